@@ -1,0 +1,114 @@
+"""Load weights of any supported layout (openmae, official MAE, timm, Hugging Face) into a MaskedAutoencoder."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+
+from openmae.convert.files import load_file, unwrap_state_dict
+from openmae.convert.hf import hf_to_openmae, is_hf_state_dict
+from openmae.convert.timm import timm_to_openmae
+from openmae.models.mae import DECODER_PREFIXES, MAEConfig, MaskedAutoencoder
+from openmae.models.pos_embed import interpolate_pos_embed
+from openmae.models.registry import VIT_SIZES
+
+
+class StateDictMismatch(ValueError):
+    """Keys or shapes of a checkpoint do not fit the model; the message lists every difference."""
+
+
+def to_openmae_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Normalise any supported layout to openmae/official keys."""
+    if is_hf_state_dict(sd):
+        return hf_to_openmae(sd)
+    return timm_to_openmae(sd)
+
+
+def describe(cfg_like: dict[str, Any]) -> str:
+    return f"width {cfg_like['embed_dim']}, depth {cfg_like['depth']}, patch {cfg_like['patch_size']}"
+
+
+def infer_config(sd: dict[str, torch.Tensor], **overrides: Any) -> MAEConfig:
+    """Guess the :class:`MAEConfig` of an openmae/official state dict from its shapes.
+
+    Heads cannot be read from shapes: the paper's sizes are used (64-wide heads for other widths).
+    The image size assumes a square grid unless ``img_size`` is given.
+    """
+    width = sd["cls_token"].shape[-1]
+    proj = sd["patch_embed.proj.weight"]  # (D, C, p, p)
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    heads = {w: h for w, _, h in VIT_SIZES.values()}.get(width, max(1, width // 64))
+    grid_tokens = sd["pos_embed"].shape[1] - 1
+    side = math.isqrt(grid_tokens)
+    params: dict[str, Any] = dict(
+        embed_dim=width, depth=depth, num_heads=heads, patch_size=proj.shape[-1], in_chans=proj.shape[1],
+        img_size=side * proj.shape[-1],
+    )
+    if "decoder_embed.weight" in sd:
+        dec_width = sd["decoder_embed.weight"].shape[0]
+        params.update(
+            decoder_embed_dim=dec_width, decoder_num_heads=max(1, dec_width // 32),
+            decoder_depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("decoder_blocks.")),
+        )
+    params.update(overrides)
+    return MAEConfig(**params)
+
+
+def load_state_dict_into(
+    model: MaskedAutoencoder, sd: dict[str, torch.Tensor], interpolate: bool = True
+) -> list[str]:
+    """Load openmae/official/timm/HF weights into ``model``; returns the keys left at their init.
+
+    A file with a decoder must fit the whole model exactly; an encoder-only file (the official
+    ``mae_pretrain_vit_*``) must fit the encoder exactly and leaves the decoder as initialised.
+    Position tables of another grid are resized (bicubic) when ``interpolate``.
+    Raises :class:`StateDictMismatch` listing missing, unexpected and mis-shaped keys.
+    """
+    sd = to_openmae_keys(sd)
+    own = model.state_dict()
+    has_decoder = any(k.startswith(DECODER_PREFIXES) for k in sd)
+    required = set(own) if has_decoder else {k for k in own if not k.startswith(DECODER_PREFIXES)}
+    if interpolate:
+        for key in ("pos_embed", "decoder_pos_embed"):
+            if key in sd and sd[key].shape != own[key].shape and sd[key].shape[-1] == own[key].shape[-1]:
+                sd[key] = interpolate_pos_embed(sd[key], model.cfg.grid)
+    missing = sorted(required - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    misshaped = sorted(f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                       for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
+    if missing or unexpected or misshaped:
+        lines = [f"checkpoint does not fit the model ({describe(model.cfg.__dict__)}):"]
+        if "cls_token" in sd and "patch_embed.proj.weight" in sd and "blocks.0.norm1.weight" in sd:
+            lines.append(f"  the checkpoint looks like {describe(infer_config(sd).__dict__)}")
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+        raise StateDictMismatch("\n".join(lines))
+    model.load_state_dict(sd, strict=False)
+    return sorted(set(own) - set(sd))
+
+
+def load_pretrained(
+    source: str | os.PathLike | dict[str, Any], name: str | None = None, **overrides: Any
+) -> MaskedAutoencoder:
+    """A MaskedAutoencoder with the weights of ``source`` (a file path or a loaded checkpoint dict).
+
+    The architecture comes from, in order: ``name`` (a registry preset) with ``overrides``; the config stored
+    in an openmae checkpoint; otherwise it is inferred from the tensor shapes.
+    """
+    from openmae.models.registry import model_config
+
+    obj = load_file(source) if not isinstance(source, dict) else source
+    sd = to_openmae_keys(unwrap_state_dict(obj))
+    if name is not None:
+        cfg = model_config(name, **overrides)
+    elif isinstance(obj, dict) and isinstance(obj.get("model_config"), dict):
+        cfg = MAEConfig(**{**obj["model_config"], **overrides})
+    else:
+        cfg = infer_config(sd, **overrides)
+    model = MaskedAutoencoder(cfg)
+    load_state_dict_into(model, sd)
+    return model

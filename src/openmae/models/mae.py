@@ -1,0 +1,240 @@
+"""MaskedAutoencoder: ViT encoder on the visible patches only, light decoder with mask tokens, pixel loss.
+
+State-dict keys and shapes are exactly those of the official ``MaskedAutoencoderViT`` (timm block names),
+so official checkpoints load as they are. Blocks and patch embedding are timm's (SDPA attention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import partial
+
+import torch
+import torch.nn as nn
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+
+from openmae.models.masking import MaskPlan, make_strategy, plan_from_noise
+from openmae.models.patches import grid_size, patchify
+from openmae.models.pos_embed import sincos_2d
+
+
+@dataclass
+class MAEConfig:
+    """Everything that rebuilds a :class:`MaskedAutoencoder` (stored in every checkpoint)."""
+
+    img_size: tuple[int, int] = (224, 224)
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    mlp_ratio: float = 4.0
+    norm_pix_loss: bool = False
+    masking: str = "random"
+    grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.img_size, int):
+            self.img_size = (self.img_size, self.img_size)
+        self.img_size = tuple(int(s) for s in self.img_size)  # type: ignore[assignment]
+        grid_size(self.img_size, self.patch_size)  # raises on a patch that does not divide the image
+        for width, heads, what in ((self.embed_dim, self.num_heads, "encoder"),
+                                   (self.decoder_embed_dim, self.decoder_num_heads, "decoder")):
+            if heads <= 0 or width % heads:
+                raise ValueError(f"{what} width {width} is not divisible by its {heads} heads")
+            if width % 4:
+                raise ValueError(f"{what} width {width} must be a multiple of 4 for 2-D sin-cos embeddings")
+        if self.in_chans <= 0:
+            raise ValueError(f"in_chans must be positive, got {self.in_chans}")
+        make_strategy(self.masking)  # raises on an unknown name
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return grid_size(self.img_size, self.patch_size)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["img_size"] = list(self.img_size)
+        return d
+
+
+@dataclass
+class MAEOutput:
+    """loss (scalar), pred (N, L, p*p*C), mask (N, L) with 1 = removed, ids_restore (N, L)."""
+
+    loss: torch.Tensor
+    pred: torch.Tensor
+    mask: torch.Tensor
+    ids_restore: torch.Tensor = field(repr=False)
+
+
+class MaskedAutoencoder(nn.Module):
+    """The paper's MAE with official state-dict keys; ``model(imgs, mask_ratio, noise)`` -> :class:`MAEOutput`."""
+
+    def __init__(self, cfg: MAEConfig | None = None, **overrides) -> None:
+        super().__init__()
+        cfg = cfg or MAEConfig(**overrides)
+        self.cfg = cfg
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        num_patches = cfg.grid[0] * cfg.grid[1]
+        self.masking = make_strategy(cfg.masking)
+
+        # encoder
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, cfg.embed_dim), requires_grad=False)
+        self.blocks = nn.ModuleList(
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(cfg.depth)
+        )
+        self.norm = norm(cfg.embed_dim)
+
+        # decoder
+        self.decoder_embed = nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim, bias=True)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(
+            torch.zeros(1, num_patches + 1, cfg.decoder_embed_dim), requires_grad=False
+        )
+        self.decoder_blocks = nn.ModuleList(
+            Block(cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.mlp_ratio, qkv_bias=True, norm_layer=norm)
+            for _ in range(cfg.decoder_depth)
+        )
+        self.decoder_norm = norm(cfg.decoder_embed_dim)
+        self.decoder_pred = nn.Linear(cfg.decoder_embed_dim, cfg.patch_size**2 * cfg.in_chans, bias=True)
+        self.initialize_weights()
+
+    # ------------------------------------------------------------------ init
+    def initialize_weights(self) -> None:
+        """Official initialisation: fixed sin-cos tables, xavier-uniform linears (patch projection as a
+        linear), zero biases, unit LayerNorms, cls and mask tokens normal(std=0.02)."""
+        self.pos_embed.data.copy_(sincos_2d(self.cfg.embed_dim, self.cfg.grid))
+        self.decoder_pos_embed.data.copy_(sincos_2d(self.cfg.decoder_embed_dim, self.cfg.grid))
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.apply(self._init_module)
+
+    @staticmethod
+    def _init_module(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def num_patches(self) -> int:
+        return self.cfg.grid[0] * self.cfg.grid[1]
+
+    def check_input(self, imgs: torch.Tensor) -> None:
+        """Clear error for a batch that does not fit the model (shape, channels, size)."""
+        if imgs.ndim != 4:
+            raise ValueError(f"expected images of shape (N, C, H, W), got {tuple(imgs.shape)}")
+        _, c, h, w = imgs.shape
+        if c != self.cfg.in_chans:
+            raise ValueError(
+                f"images have {c} channels but the model expects in_chans={self.cfg.in_chans}; "
+                f"convert the data (data.channels) or build the model with in_chans={c}"
+            )
+        if (h, w) != tuple(self.cfg.img_size):
+            raise ValueError(
+                f"images are {h}x{w} but the model was built for {self.cfg.img_size[0]}x{self.cfg.img_size[1]}; "
+                f"resize the inputs or build the model with img_size=({h}, {w})"
+            )
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, L, p*p*C)."""
+        return patchify(imgs, self.cfg.patch_size)
+
+    def random_noise(self, batch: int, device: torch.device, generator: torch.Generator | None = None,
+                     mask_ratio: float = 0.75) -> torch.Tensor:
+        """Masking noise (N, L) drawn by the model's strategy; pass it back as ``noise=`` for a fixed mask."""
+        return self.masking.noise(batch, self.cfg.grid, mask_ratio, generator=generator, device=device)
+
+    def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        for blk in blocks:
+            if self.cfg.grad_checkpointing and self.training and x.requires_grad:
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
+    # ------------------------------------------------------------------ forward
+    def forward_encoder(
+        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, MaskPlan]:
+        """Encode the visible patches: returns latent (N, 1 + K, D) and the mask plan."""
+        self.check_input(imgs)
+        x = self.patch_embed(imgs)  # (N, L, D)
+        x = x + self.pos_embed[:, 1:, :]
+        n, length, dim = x.shape
+        if noise is None:
+            noise = self.random_noise(n, x.device, generator, mask_ratio)
+        elif noise.shape != (n, length):
+            raise ValueError(f"noise must have shape (N, L) = {(n, length)}, got {tuple(noise.shape)}")
+        plan = plan_from_noise(noise.to(x.device), mask_ratio)
+        x = torch.gather(x, 1, plan.ids_keep.unsqueeze(-1).expand(-1, -1, dim))  # (N, K, D)
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(n, -1, -1)  # (N, 1, D)
+        x = torch.cat([cls, x], dim=1)  # (N, 1 + K, D)
+        x = self._run_blocks(self.blocks, x)
+        return self.norm(x), plan
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """(N, 1 + K, D) latent + unshuffle index -> pixel predictions (N, L, p*p*C)."""
+        x = self.decoder_embed(latent)  # (N, 1 + K, Dd)
+        n, visible, dim = x.shape
+        length = ids_restore.shape[1]
+        mask_tokens = self.mask_token.expand(n, length + 1 - visible, -1)  # (N, L - K, Dd)
+        x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)  # (N, L, Dd) in shuffled order
+        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))  # original patch order
+        x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed  # (N, 1 + L, Dd)
+        x = self._run_blocks(self.decoder_blocks, x)
+        x = self.decoder_pred(self.decoder_norm(x))  # (N, 1 + L, p*p*C)
+        return x[:, 1:, :]
+
+    def target(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Per-patch regression target (N, L, p*p*C), standardised per patch when ``norm_pix_loss``."""
+        target = self.patchify(imgs)
+        if self.cfg.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)  # unbiased, as the official code
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        return target
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over the removed patches only."""
+        loss = (pred.float() - self.target(imgs).float()) ** 2
+        loss = loss.mean(dim=-1)  # (N, L) per-patch loss
+        return (loss * mask).sum() / mask.sum()
+
+    def forward(
+        self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MAEOutput:
+        latent, plan = self.forward_encoder(imgs, mask_ratio, noise, generator)
+        pred = self.forward_decoder(latent, plan.ids_restore)
+        loss = self.forward_loss(imgs, pred, plan.mask)
+        return MAEOutput(loss=loss, pred=pred, mask=plan.mask, ids_restore=plan.ids_restore)
+
+    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Full-image encoder features without masking: (N, 1 + L, D), final norm applied (as timm)."""
+        self.check_input(imgs)
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]  # (N, L, D)
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        x = self._run_blocks(self.blocks, torch.cat([cls, x], dim=1))
+        return self.norm(x)
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """Encoder tensors only (the layout of the official ``mae_pretrain_vit_*`` files)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(DECODER_PREFIXES)}
+
+
+DECODER_PREFIXES = ("decoder_", "mask_token")

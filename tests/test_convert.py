@@ -1,0 +1,125 @@
+"""Loading official / timm / Hugging Face weights safely, and conversions that round-trip exactly."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+import openmae
+from openmae.convert.checkpoints import StateDictMismatch, load_pretrained, load_state_dict_into
+from openmae.convert.files import UnsafeCheckpointError, load_file, save_file
+from openmae.convert.hf import hf_config_dict, installed_layout, openmae_to_hf
+from openmae.convert.timm import create_timm_encoder, openmae_to_timm
+
+
+def official_full(tmp_path: Path, name="mae_vit_debug_patch4_32", **kw) -> tuple[Path, openmae.MaskedAutoencoder]:
+    model = openmae.create_model(name, **kw)
+    path = tmp_path / "mae_visualize_debug.pth"
+    torch.save({"model": model.state_dict()}, path)  # the official {'model': ...} layout
+    return path, model
+
+
+def test_official_full_checkpoint_loads_strictly(tmp_path):
+    path, ref = official_full(tmp_path)
+    loaded = load_pretrained(path, "mae_vit_debug_patch4_32")
+    for k, v in ref.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+
+
+def test_official_encoder_only_checkpoint(tmp_path):
+    ref = openmae.create_model("mae_vit_debug_patch4_32")
+    path = tmp_path / "mae_pretrain_debug.pth"
+    torch.save({"model": ref.encoder_state_dict()}, path)
+    model = openmae.create_model("mae_vit_debug_patch4_32")
+    left = load_state_dict_into(model, load_file(path)["model"])
+    assert left and all(k.startswith(("decoder_", "mask_token")) for k in left)
+    assert torch.equal(model.blocks[1].mlp.fc2.weight, ref.blocks[1].mlp.fc2.weight)
+    # infers the architecture when no name is given
+    assert load_pretrained(path).cfg.embed_dim == 64
+
+
+def test_encoder_only_missing_encoder_key_is_listed(tmp_path):
+    sd = openmae.create_model("mae_vit_debug_patch4_32").encoder_state_dict()
+    del sd["blocks.1.attn.qkv.weight"]
+    sd["blocks.1.extra.weight"] = torch.zeros(1)
+    with pytest.raises(StateDictMismatch) as err:
+        load_state_dict_into(openmae.create_model("mae_vit_debug_patch4_32"), sd)
+    assert "missing (1): blocks.1.attn.qkv.weight" in str(err.value)
+    assert "unexpected (1): blocks.1.extra.weight" in str(err.value)
+
+
+def test_other_model_size_says_which():
+    sd = openmae.create_model("mae_vit_debug_patch4_32", embed_dim=96, depth=3, num_heads=3).state_dict()
+    with pytest.raises(StateDictMismatch, match=r"looks like width 96, depth 3, patch 4") as err:
+        load_state_dict_into(openmae.create_model("mae_vit_debug_patch4_32"), sd)
+    assert "wrong shape" in str(err.value) and "blocks.0.attn.qkv.weight: file (288, 96) vs model (192, 64)" in str(err.value)
+
+
+def test_pickle_payload_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "args": Payload()}, path)
+    with pytest.raises(UnsafeCheckpointError, match="refused to load"):
+        load_file(path)
+    with pytest.raises(UnsafeCheckpointError):
+        load_pretrained(path)
+    assert not marker.exists()
+
+
+def test_pos_embed_interpolated_for_other_resolution(tmp_path):
+    path, ref = official_full(tmp_path)  # 32px, grid 8x8
+    model = load_pretrained(path, "mae_vit_debug_patch4_32", img_size=48)  # grid 12x12
+    assert model.pos_embed.shape == (1, 145, 64)
+    assert torch.equal(model.blocks[0].attn.qkv.weight, ref.blocks[0].attn.qkv.weight)
+
+
+def test_atomic_save_keeps_previous_file_on_failure(tmp_path):
+    path = tmp_path / "w.pth"
+    save_file({"a": torch.ones(2)}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        save_file({"a": Boom()}, path)
+    assert torch.equal(load_file(path)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["w.pth"]  # no temporary file left behind
+
+
+def test_safetensors_roundtrip(tmp_path):
+    model = openmae.create_model("mae_vit_debug_patch4_32")
+    path = save_file(model.state_dict(), tmp_path / "w.safetensors")
+    loaded = load_pretrained(path, "mae_vit_debug_patch4_32")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_official_to_openmae_to_timm_to_hf_and_back_identical(tmp_path):
+    path, ref = official_full(tmp_path)
+    model = load_pretrained(path)
+    # timm: the encoder, identical tensors and identical features
+    timm_vit = create_timm_encoder(model.cfg).eval()
+    timm_vit.load_state_dict(openmae_to_timm(model.state_dict()))
+    # Hugging Face: the whole MAE, identical outputs for the same noise
+    hf = ViTMAEForPreTraining(ViTMAEConfig(**hf_config_dict(model.cfg))).eval()
+    hf.load_state_dict(openmae_to_hf(model.state_dict(), layout=installed_layout()), strict=True)
+    back = load_pretrained(hf.state_dict(), "mae_vit_debug_patch4_32")
+    back_timm = load_pretrained({**timm_vit.state_dict(), **{k: v for k, v in ref.state_dict().items()
+                                                              if k.startswith(("decoder_", "mask_token"))}})
+    for k, v in ref.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+        assert torch.equal(back_timm.state_dict()[k], v), k
+    imgs = torch.randn(2, 3, 32, 32)
+    noise = torch.rand(2, 64)
+    model.eval()
+    with torch.no_grad():
+        out, hf_out = model(imgs, noise=noise), hf(pixel_values=imgs, noise=noise)
+        torch.testing.assert_close(out.pred, hf_out.logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.forward_features(imgs), timm_vit.forward_features(imgs), rtol=1e-5, atol=1e-5)
