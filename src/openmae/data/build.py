@@ -1,0 +1,60 @@
+"""From settings to a seeded dataset and its resumable sampler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from openmae.data.config import DataConfig
+from openmae.data.datasets import ImageSource, build_source, stats_for
+from openmae.data.loader import Batch, ResumableSampler, SeededSamples, make_loader, probe_source
+from openmae.data.transforms import eval_transform, pretrain_transform
+
+Subset = list[int]
+
+
+class LimitedSource:
+    """The first ``count`` items of a source, spread evenly (a fixed, reproducible subset)."""
+
+    def __init__(self, source: ImageSource, count: int) -> None:
+        step = len(source) / count
+        self.source, self.index = source, [int(i * step) for i in range(count)]
+        self.classes = source.classes
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def load(self, index: int):
+        return self.source.load(self.index[index])
+
+    def describe(self, index: int) -> str:
+        return self.source.describe(self.index[index])
+
+
+def source_for(cfg: DataConfig, split: str, channels: int, limit: int = 0) -> ImageSource:
+    source = build_source(cfg, split, channels)
+    if limit and limit < len(source):
+        source = LimitedSource(source, limit)
+    probe_source(source, cfg.bad_files)
+    return source
+
+
+def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, batch_size: int, seed: int,
+                  rank: int = 0, world_size: int = 1, transform: Callable | None = None,
+                  ) -> tuple[SeededSamples, ResumableSampler]:
+    """Training images with the pretraining augmentation (or ``transform``), shuffled per epoch."""
+    source = source_for(cfg, cfg.train_split, channels, cfg.max_samples)
+    mean, std = stats_for(cfg, channels)
+    transform = transform or pretrain_transform(cfg, img_size, mean, std)
+    sampler = ResumableSampler(len(source), batch_size, seed, shuffle=True, rank=rank, world_size=world_size)
+    return SeededSamples(source, transform, cfg.bad_files), sampler
+
+
+def eval_batches(cfg: DataConfig, split: str, img_size: tuple[int, int], channels: int, batch_size: int,
+                 limit: int = 0, augment: bool = False, seed: int = 0) -> Iterator[Batch]:
+    """Every image of ``split`` once, in order, with the evaluation transform (or the training one)."""
+    source = source_for(cfg, split, channels, limit)
+    mean, std = stats_for(cfg, channels)
+    transform = pretrain_transform(cfg, img_size, mean, std) if augment else eval_transform(cfg, img_size, mean, std)
+    sampler = ResumableSampler(len(source), batch_size, seed, shuffle=False, drop_last=False)
+    loader = make_loader(SeededSamples(source, transform, cfg.bad_files), sampler, cfg.num_workers, False)
+    yield from loader

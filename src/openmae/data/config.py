@@ -1,0 +1,53 @@
+"""Data settings shared by pretraining, fine-tuning, linear probing and kNN."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from openmae.config import require
+
+NAMED = ("cifar10", "cifar100", "fashion-mnist", "mnist", "stl10")
+KINDS = NAMED + ("folder", "imagefolder")
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are augmented.
+
+    ``name``: a named dataset (cifar10, cifar100, fashion-mnist, mnist, stl10) read from ``root``,
+    ``folder`` (any images under ``path``, searched recursively, no labels) or ``imagefolder``
+    (``path/<class>/<image>``). ``root`` defaults to ``$OPENMAE_DATA``.
+    """
+
+    name: str = "folder"
+    path: str = ""
+    root: str = ""
+    download: bool = False
+    train_split: str = "train"
+    eval_split: str = "test"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: float = 0.5
+    eval_crop_pct: float | None = None
+    num_workers: int = 2
+    bad_files: str = "skip"
+    max_samples: int = 0
+    max_eval_samples: int = 0
+
+    def check(self) -> None:
+        require(self.name in KINDS, "data.name", self.name, f"one of {list(KINDS)}")
+        require(self.name not in ("folder", "imagefolder") or bool(self.path), "data.path", self.path,
+                "a folder of images when data.name is folder or imagefolder")
+        require(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "data.crop_scale", self.crop_scale,
+                "two numbers 0 < low <= high <= 1")
+        require(0 <= self.hflip <= 1, "data.hflip", self.hflip, "a probability in [0, 1]")
+        require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+        require(self.bad_files in ("skip", "fail"), "data.bad_files", self.bad_files, "'skip' or 'fail'")
+        require(self.max_samples >= 0, "data.max_samples", self.max_samples, ">= 0 (0 = all)")
+        require(self.max_eval_samples >= 0, "data.max_eval_samples", self.max_eval_samples, ">= 0 (0 = all)")
+        require(self.eval_crop_pct is None or 0 < self.eval_crop_pct <= 1, "data.eval_crop_pct",
+                self.eval_crop_pct, "in (0, 1]")
+        require((self.mean is None) == (self.std is None), "data.mean/std", (self.mean, self.std),
+                "both set or both unset")
+        require(self.std is None or all(s > 0 for s in self.std), "data.std", self.std, "positive numbers")

@@ -1,0 +1,174 @@
+"""Datasets: image folders (with or without class folders) and named datasets (CIFAR, MNIST-likes, STL-10).
+
+Every dataset yields ``(PIL image, label)`` with label -1 when there are none; augmentation and seeding are
+added by :class:`openmae.data.loader.SeededSamples`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from openmae.data.config import DataConfig
+from openmae.data.images import find_images, open_image, to_channels
+
+# Dataset statistics for normalisation (mean, std) per channel
+STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+}
+
+
+class ImageSource(Protocol):
+    """What the loader needs: a length, ``load(i) -> (PIL image, label)`` and a description for errors."""
+
+    classes: list[str]
+
+    def __len__(self) -> int: ...
+    def load(self, index: int) -> tuple[Image.Image, int]: ...
+    def describe(self, index: int) -> str: ...
+
+
+class FileImages:
+    """Images read from files on demand (decoded lazily in the loader's workers)."""
+
+    def __init__(self, files: list[Path], labels: list[int] | None, channels: int, classes: list[str]) -> None:
+        self.files, self.labels, self.channels, self.classes = files, labels, channels, classes
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        return open_image(self.files[index], self.channels), (self.labels[index] if self.labels else -1)
+
+    def describe(self, index: int) -> str:
+        return str(self.files[index])
+
+
+class ArrayImages:
+    """Images held in memory as a uint8 array (N, H, W) or (N, H, W, 3)."""
+
+    def __init__(self, array: np.ndarray, labels: np.ndarray | None, channels: int, classes: list[str]) -> None:
+        self.array, self.labels, self.channels, self.classes = array, labels, channels, classes
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        img = Image.fromarray(self.array[index])
+        return to_channels(img, self.channels), (int(self.labels[index]) if self.labels is not None else -1)
+
+    def describe(self, index: int) -> str:
+        return f"array item {index}"
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (MNIST format, optionally gzipped).
+
+    Written here because torchvision's MNIST classes only read their own ``<root>/<Name>/raw`` layout,
+    while users (and the distributed archives) keep the four files in any folder.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("OPENMAE_DATA", Path.home() / ".cache" / "openmae" / "data"))
+
+
+def _image_folder(path: Path, channels: int) -> FileImages:
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise FileNotFoundError(f"{path} has no class folders; an ImageFolder is <path>/<class>/<image>")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        found = find_images(path / name)
+        files += found
+        labels += [label] * len(found)
+    return FileImages(files, labels, channels, classes)
+
+
+def _named(cfg: DataConfig, split: str, channels: int) -> ImageSource:
+    root = Path(cfg.root) if cfg.root else default_root()
+    folder = root / cfg.name
+    train = split == "train"
+    if cfg.name in ("cifar10", "cifar100") and (folder / split).is_dir():
+        return _image_folder(folder / split, channels)  # the ImageFolder-of-JPEGs layout
+    if cfg.name in ("fashion-mnist", "mnist"):
+        stem = "train" if train else "t10k"
+        images = [folder / f"{stem}-images-idx3-ubyte{s}" for s in (".gz", "")]
+        labels = [folder / f"{stem}-labels-idx1-ubyte{s}" for s in (".gz", "")]
+        if any(p.is_file() for p in images):
+            img = read_idx(next(p for p in images if p.is_file()))
+            lab = read_idx(next(p for p in labels if p.is_file())) if any(p.is_file() for p in labels) else None
+            return ArrayImages(img, lab, channels, [str(i) for i in range(10)])
+    import torchvision.datasets as tvd
+
+    try:
+        if cfg.name == "stl10":
+            ds = tvd.STL10(str(folder), split=split, download=cfg.download)
+            return ArrayImages(ds.data.transpose(0, 2, 3, 1), ds.labels if split != "unlabeled" else None,
+                               channels, list(ds.classes))
+        cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "fashion-mnist": tvd.FashionMNIST,
+               "mnist": tvd.MNIST}[cfg.name]
+        ds = cls(str(folder), train=train, download=cfg.download)
+    except RuntimeError as err:
+        raise FileNotFoundError(
+            f"dataset {cfg.name!r} ({split}) not found under {folder}: {err}. Point data.root (or OPENMAE_DATA) at "
+            f"the folder that holds '{cfg.name}/', or set data.download=true when online"
+        ) from None
+    data = ds.data.numpy() if hasattr(ds.data, "numpy") else np.asarray(ds.data)
+    return ArrayImages(data, np.asarray(ds.targets), channels, list(ds.classes))
+
+
+def build_source(cfg: DataConfig, split: str, channels: int) -> ImageSource:
+    """The images of ``split`` ("train", "test", ...) as configured; refuses an empty dataset."""
+    if cfg.name == "folder":
+        path = Path(cfg.path)
+        files = find_images(path)
+        source: ImageSource = FileImages(files, None, channels, [])
+    elif cfg.name == "imagefolder":
+        path = Path(cfg.path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"data.path {path} does not exist")
+        source = _image_folder(path / split if (path / split).is_dir() else path, channels)
+    else:
+        source = _named(cfg, split, channels)
+    if len(source) == 0:
+        where = cfg.path or cfg.name
+        raise ValueError(f"no images found in {where} ({split}); supported files: .jpg .jpeg .png .webp .bmp .tif "
+                         f".tiff .gif .ppm .pgm, searched recursively")
+    return source
+
+
+def stats_for(cfg: DataConfig, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation mean/std: configured, else the dataset's own, else ImageNet's (0.5 for 1 channel)."""
+    if cfg.mean is not None and cfg.std is not None:
+        mean, std = tuple(cfg.mean), tuple(cfg.std)
+    elif cfg.name in STATS:
+        mean, std = STATS[cfg.name]
+    else:
+        mean, std = STATS["imagenet"] if channels == 3 else ((0.5,), (0.5,))
+    if len(mean) == 1 and channels > 1:
+        mean, std = mean * channels, std * channels
+    if channels == 1 and len(mean) == 3:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    if len(mean) != channels:
+        raise ValueError(f"data.mean/std have {len(mean)} values but the model has {channels} channels")
+    return mean, std

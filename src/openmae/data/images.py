@@ -1,0 +1,71 @@
+"""Decoding any image file into a PIL image with the model's channel count, with defined outcomes for
+odd inputs: grayscale, RGBA, palette (with transparency), CMYK, 16-bit, EXIF rotation, decompression bombs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+
+
+class BadImageError(RuntimeError):
+    """A file could not be decoded as an image; the message names the file and the reason."""
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer / float single-channel images -> 8-bit L, scaled by the type's range."""
+    arr = np.asarray(img)
+    if arr.dtype == np.uint8:
+        return img
+    if arr.dtype in (np.uint16, np.int32, np.int16) and img.mode.startswith("I"):
+        arr = arr.astype(np.float64) / (65535.0 if arr.max(initial=0) > 255 or img.mode == "I;16" else 255.0)
+    else:
+        arr = arr.astype(np.float64)
+        hi = arr.max(initial=0.0)
+        arr = arr / hi if hi > 1 else arr
+    return Image.fromarray((np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8), mode="L")
+
+
+def to_channels(img: Image.Image, channels: int) -> Image.Image:
+    """Convert to ``L`` (1 channel) or ``RGB`` (3 channels); alpha is composited onto black."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        img = _to_8bit(img)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    if channels == 1:
+        return img.convert("L")
+    if channels == 3:
+        return img.convert("RGB")
+    raise ValueError(f"images can be decoded to 1 or 3 channels, not {channels}; multi-band data needs "
+                     f"a dataset that yields tensors")
+
+
+def open_image(path: str | Path, channels: int) -> Image.Image:
+    """Decode ``path`` fully; raises :class:`BadImageError` on anything that is not a readable image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return to_channels(img, channels)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise BadImageError(f"{path}: {type(err).__name__}: {err}") from None
+
+
+def find_images(root: str | Path) -> list[Path]:
+    """Image files under ``root``, recursively, sorted; hidden files and folders are ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))

@@ -1,0 +1,160 @@
+"""Resumable, distributed, seeded loading.
+
+Each sample's augmentation (and the pretraining mask) is drawn from a seed that is a function of
+(run seed, epoch, sample index) only. So what a step sees does not depend on the number of workers, on
+the number of processes sharing the global batch, or on whether the run was resumed mid-epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from openmae.data.datasets import ImageSource
+from openmae.data.images import BadImageError
+
+log = logging.getLogger("openmae.data")
+MAX_CONSECUTIVE_BAD = 64
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed unique to (run seed, epoch, sample index)."""
+    return (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) % (2**63 - 1)
+
+
+class ResumableSampler(Sampler):
+    """Shuffled (or ordered) indices split over ranks like ``DistributedSampler``, yielding
+    ``(index, sample_seed)`` pairs and able to start mid-epoch.
+
+    Written here rather than using ``DistributedSampler`` because that one can neither start at a position
+    within an epoch nor hand a per-sample seed to the dataset.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1, drop_last: bool = True) -> None:
+        self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch = 0
+        self.start_batch = 0
+        per_rank = size // world_size if drop_last else math.ceil(size / world_size)
+        self.batches_per_epoch = per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"dataset of {size} images is too small for batch {batch_size} x {world_size} process(es); "
+                f"lower the batch size or add images"
+            )
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=gen).tolist()
+        else:
+            order = list(range(self.size))
+        if not self.drop_last and len(order) % self.world_size:
+            order += order[: self.world_size - len(order) % self.world_size]
+        order = order[self.rank :: self.world_size]
+        count = self.batches_per_epoch * self.batch_size if self.drop_last else len(order)
+        return order[self.start_batch * self.batch_size : count]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self.indices():
+            yield index, sample_seed(self.seed, self.epoch, index)
+
+    def __len__(self) -> int:
+        return len(self.indices())
+
+
+class SeededSamples(Dataset):
+    """Decodes, augments under the sample's own seed, and applies the bad-file policy.
+
+    Returns ``(image tensor, label, sample seed, files skipped)``. With policy ``skip`` an unreadable file is
+    replaced by the next readable one (so batches keep their size) and counted; ``fail`` raises.
+    """
+
+    def __init__(self, source: ImageSource, transform: Callable, bad_files: str = "skip") -> None:
+        self.source, self.transform, self.bad_files = source, transform, bad_files
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        skipped = 0
+        while True:
+            try:
+                img, label = self.source.load(index)
+                break
+            except BadImageError as err:
+                if self.bad_files == "fail":
+                    raise
+                skipped += 1
+                log.warning("skipping unreadable image %s", err)
+                if skipped >= min(MAX_CONSECUTIVE_BAD, len(self.source)):
+                    raise BadImageError(f"{skipped} consecutive unreadable images up to {err}; "
+                                        f"check the data folder") from None
+                index = (index + 1) % len(self.source)
+        # torchvision draws from torch's RNG, timm's RandAugment from `random` and numpy: seed all three for
+        # this sample only, and give the caller's streams back untouched
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            try:
+                tensor = self.transform(img)
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+        return tensor, label, seed, skipped
+
+
+@dataclass
+class Batch:
+    """images (N, C, H, W), labels (N,) (-1 = unlabeled), seeds (N,) int64, skipped (files replaced)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    seeds: torch.Tensor
+    skipped: int
+
+    def pin_memory(self) -> "Batch":
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.seeds, self.skipped)
+
+
+def collate(samples: list) -> Batch:
+    images, labels, seeds, skipped = zip(*samples)
+    return Batch(torch.stack(images), torch.tensor(labels), torch.tensor(seeds, dtype=torch.int64), sum(skipped))
+
+
+def make_loader(dataset: SeededSamples, sampler: ResumableSampler, num_workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=sampler.batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
+        pin_memory=pin_memory, drop_last=sampler.drop_last, persistent_workers=num_workers > 0,
+        generator=torch.Generator(),  # own RNG: building an iterator must not consume the global one (exact resume)
+        prefetch_factor=4 if num_workers else None,
+    )
+
+
+def probe_source(source: ImageSource, bad_files: str, count: int = 16) -> None:
+    """Refuse at start a dataset whose first ``count`` files are all unreadable."""
+    errors = []
+    for index in range(min(count, len(source))):
+        try:
+            source.load(index)
+            return
+        except BadImageError as err:
+            if bad_files == "fail":
+                raise
+            errors.append(str(err))
+    raise ValueError(f"the first {len(errors)} images could not be read, the dataset looks unusable: "
+                     + "; ".join(errors[:3]))

@@ -1,0 +1,125 @@
+"""Run checkpoints: atomic writes, a checksum, newest-valid discovery and exact-resume state.
+
+A checkpoint is a plain dict of tensors, numbers, strings and lists (loadable with ``weights_only=True``):
+model, optimizer, scaler, epoch, position in the epoch, optimizer step, RNG states, config, model config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from openmae.convert.files import load_file, save_file
+
+log = logging.getLogger("openmae.checkpoint")
+NAME = re.compile(r"^checkpoint-(\d{9})\.pth$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, corrupted or does not fit."""
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training step may draw from, in a weights_only-loadable form."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _digest(state: dict[str, Any]) -> str:
+    """sha256 over the model tensors' bytes: detects silent corruption that still unpickles."""
+    h = hashlib.sha256()
+    for key in sorted(state["model"]):
+        t = state["model"][key].detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class CheckpointManager:
+    """``checkpoint-<step>.pth`` files in the run folder; the newest ``keep_last`` are kept (plus ``keep``
+    ones marked as periodic)."""
+
+    def __init__(self, run_dir: str | Path, keep_last: int = 2) -> None:
+        self.run_dir = Path(run_dir)
+        self.keep_last = keep_last
+
+    def path(self, step: int) -> Path:
+        return self.run_dir / f"checkpoint-{step:09d}.pth"
+
+    def list(self) -> list[Path]:
+        """Checkpoints by step, newest first."""
+        if not self.run_dir.is_dir():
+            return []
+        found = [p for p in self.run_dir.iterdir() if NAME.match(p.name)]
+        return sorted(found, key=lambda p: int(NAME.match(p.name).group(1)), reverse=True)
+
+    def save(self, state: dict[str, Any], step: int, keep: bool = False) -> Path:
+        state = {**state, "sha256": _digest(state), "keep": keep}
+        path = save_file(state, self.path(step))
+        save_file({"model": state["model"], "model_config": state.get("model_config"),
+                   "config": state.get("config")}, self.run_dir / "model-last.pth")
+        self._prune()
+        return path
+
+    def _prune(self) -> None:
+        recent = 0
+        for path in self.list():
+            recent += 1
+            if recent <= self.keep_last:
+                continue
+            try:
+                keep = bool(load_file(path).get("keep", False))
+            except (RuntimeError, EOFError, OSError, ValueError) as err:  # unreadable old ones are pruned, and said so
+                log.warning("removing unreadable old checkpoint %s (%s)", path, err)
+                keep = False
+            if not keep:
+                path.unlink(missing_ok=True)
+
+    @staticmethod
+    def load(path: str | Path) -> dict[str, Any]:
+        """Load and validate one checkpoint; raises :class:`CheckpointError` when it is damaged."""
+        path = Path(path)
+        try:
+            state = load_file(path)
+        except (RuntimeError, EOFError, OSError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else ''}); it is truncated or corrupted") from None
+        if not isinstance(state, dict) or "model" not in state or "step" not in state:
+            raise CheckpointError(f"{path} is not an openmae run checkpoint (no 'model'/'step')")
+        if "sha256" in state and state["sha256"] != _digest(state):
+            raise CheckpointError(f"checkpoint {path} fails its checksum: the weights were changed or corrupted")
+        return state
+
+    def latest_valid(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that loads and passes its checksum; damaged ones are reported and skipped."""
+        for path in self.list():
+            try:
+                return path, self.load(path)
+            except CheckpointError as err:
+                log.warning("%s; trying the previous checkpoint", err)
+        return None

@@ -1,0 +1,110 @@
+"""Run settings shared by every task: which model, how to train, where to write."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from openmae.config import require
+from openmae.models.mae import MAEConfig
+from openmae.models.registry import PRESETS, _SHORT, model_config
+
+
+@dataclass
+class ModelSection:
+    """A registry preset plus optional overrides of its fields (None keeps the preset's value)."""
+
+    name: str = "mae_vit_base_patch16"
+    img_size: tuple[int, int] | None = None
+    patch_size: int | None = None
+    in_chans: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    decoder_embed_dim: int | None = None
+    decoder_depth: int | None = None
+    decoder_num_heads: int | None = None
+    mlp_ratio: float | None = None
+    norm_pix_loss: bool | None = None
+    masking: str | None = None
+    grad_checkpointing: bool | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "name" and getattr(self, f.name) is not None}
+
+    def resolve(self) -> MAEConfig:
+        return model_config(self.name, **self.overrides())
+
+    def check(self) -> None:
+        require(self.name in PRESETS or bool(_SHORT.match(self.name)), "model.name", self.name,
+                f"a preset ({', '.join(sorted(PRESETS))}) or a short form like B/16")
+        try:
+            self.resolve()
+        except ValueError as err:
+            raise type(err)(f"model: {err}") from None
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop. lr = blr x effective batch / 256 unless ``lr`` is set."""
+
+    epochs: int = 800
+    warmup_epochs: float = 40
+    batch_size: int = 64
+    accum_steps: int = 1
+    blr: float = 1.5e-4
+    lr: float | None = None
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    optimizer: str = "adamw"
+    clip_grad: float | None = None
+    precision: str = "auto"
+    compile: bool = False
+    distributed: str = "ddp"
+    seed: int = 0
+    output_dir: str = "runs/run"
+    resume: str = ""
+    ckpt_every_epochs: int = 20
+    ckpt_every_steps: int = 0
+    keep_last: int = 2
+    log_every_steps: int = 20
+    max_steps_per_epoch: int = 0
+    halt_after_steps: int = 0
+    nonfinite: str = "stop"
+    device: str = "auto"
+    tensorboard: bool = True
+    progress: bool = True
+
+    def check(self) -> None:
+        require(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
+        require(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", self.warmup_epochs,
+                f"between 0 and train.epochs ({self.epochs})")
+        require(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1 (images per process and step)")
+        require(self.accum_steps >= 1, "train.accum_steps", self.accum_steps, ">= 1")
+        require(self.blr > 0, "train.blr", self.blr, "> 0")
+        require(self.lr is None or self.lr > 0, "train.lr", self.lr, "> 0 or unset")
+        require(self.min_lr >= 0, "train.min_lr", self.min_lr, ">= 0")
+        require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
+        require(all(0 <= b < 1 for b in self.betas), "train.betas", self.betas, "two numbers in [0, 1)")
+        require(self.optimizer in ("adamw", "lars", "sgd"), "train.optimizer", self.optimizer, "adamw, lars or sgd")
+        require(self.clip_grad is None or self.clip_grad > 0, "train.clip_grad", self.clip_grad, "> 0 or unset")
+        require(self.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", self.precision,
+                "auto, fp32, bf16 or fp16 (fp16 on CUDA only)")
+        require(self.distributed in ("ddp", "fsdp"), "train.distributed", self.distributed, "ddp or fsdp")
+        require(self.ckpt_every_epochs >= 0, "train.ckpt_every_epochs", self.ckpt_every_epochs, ">= 0")
+        require(self.ckpt_every_steps >= 0, "train.ckpt_every_steps", self.ckpt_every_steps, ">= 0")
+        require(self.keep_last >= 1, "train.keep_last", self.keep_last, ">= 1")
+        require(self.log_every_steps >= 1, "train.log_every_steps", self.log_every_steps, ">= 1")
+        require(self.max_steps_per_epoch >= 0, "train.max_steps_per_epoch", self.max_steps_per_epoch, ">= 0")
+        require(self.halt_after_steps >= 0, "train.halt_after_steps", self.halt_after_steps, ">= 0")
+        require(self.nonfinite in ("stop", "skip"), "train.nonfinite", self.nonfinite, "stop or skip")
+        require(self.resume in ("", "auto") or not self.resume.startswith("-"), "train.resume", self.resume,
+                "'', 'auto' or a checkpoint path")
+
+
+def train_field(**kw: Any) -> Any:
+    """A ``train`` section default with task-specific values (e.g. fine-tuning's blr)."""
+    return field(default_factory=lambda: TrainConfig(**kw))

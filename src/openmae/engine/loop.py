@@ -1,0 +1,272 @@
+"""The one training loop. Pretraining, fine-tuning and linear probing differ only by a :class:`Task`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from tqdm import tqdm
+
+from openmae.config import dump_yaml, to_dict
+from openmae.data.loader import Batch, ResumableSampler, SeededSamples, make_loader
+from openmae.engine.checkpoint import CheckpointError, CheckpointManager, rng_state, set_rng_state
+from openmae.engine.config import TrainConfig
+from openmae.engine.distributed import DistInfo, all_reduce_mean, barrier, parallelize
+from openmae.engine.logging import MetricsLog, read_metrics
+from openmae.engine.optim import build_optimizer
+from openmae.engine.schedule import effective_lr, lr_at
+
+log = logging.getLogger("openmae.train")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf; the message names the optimizer step."""
+
+
+@dataclass
+class StepOutput:
+    """The loss to minimise and extra scalars to log (detached tensors; averaged over the log interval)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    """What differs between pretraining, fine-tuning and probing."""
+
+    name: str
+    model: nn.Module
+
+    def shard_blocks(self) -> list[nn.Module]: ...
+    def param_groups(self, train: TrainConfig) -> list[dict]: ...
+    def train_data(self, info: DistInfo) -> tuple[SeededSamples, ResumableSampler]: ...
+    def forward(self, model: nn.Module, batch: Batch, device: torch.device) -> StepOutput: ...
+    def after_epoch(self, run: "Run", epoch: int) -> dict[str, Any]: ...
+
+
+@dataclass
+class Run:
+    """Context handed to task hooks: settings, where to write, who we are, how far we are."""
+
+    config: Any
+    train: TrainConfig
+    run_dir: Path
+    info: DistInfo
+    metrics: MetricsLog
+    step: int = 0
+    epoch: int = 0
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """None for fp32; bf16 / fp16 for autocast. ``auto`` = bf16 on CUDA cards that support it, fp32 on CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"train.precision=fp16 needs a CUDA device (got {device}); use bf16 or fp32 on CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _options() -> StateDictOptions:
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
+    state = rng_state()
+    if not info.enabled:
+        return [state]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * info.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
+    """Run ``task`` to the end (or to ``halt_after_steps``); returns the last logged and evaluated metrics."""
+    run_dir = Path(train_cfg.output_dir)
+    device = info.device
+    amp_dtype = autocast_dtype(train_cfg.precision, device)
+    dataset, sampler = task.train_data(info)
+    loader = make_loader(dataset, sampler, config.data.num_workers, pin_memory=device.type == "cuda")
+    accum = train_cfg.accum_steps
+    batches = sampler.batches_per_epoch
+    if train_cfg.max_steps_per_epoch:
+        batches = min(batches, train_cfg.max_steps_per_epoch * accum)
+    batches -= batches % accum
+    if batches == 0:
+        raise ValueError(f"one epoch has {sampler.batches_per_epoch} batches, fewer than train.accum_steps={accum}")
+    steps_per_epoch = batches // accum
+    total_steps = steps_per_epoch * train_cfg.epochs
+
+    model = task.model.to(device)
+    wrapped = parallelize(model, info, train_cfg.distributed, train_cfg.compile, task.shard_blocks())
+    groups = task.param_groups(train_cfg)
+    base_lr = effective_lr(train_cfg.blr, train_cfg.lr, train_cfg.batch_size, accum, info.world_size)
+    optimizer = build_optimizer(train_cfg.optimizer, groups, base_lr, train_cfg.betas, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    ckpts = CheckpointManager(run_dir, train_cfg.keep_last)
+    model_config = task.model.cfg.to_dict() if hasattr(task.model.cfg, "to_dict") else to_dict(task.model.cfg)
+
+    epoch, start_batch, step, resumed = 0, 0, 0, None
+    if train_cfg.resume:
+        found = ckpts.latest_valid() if train_cfg.resume == "auto" else (train_cfg.resume, ckpts.load(train_cfg.resume))
+        if found is None:
+            log.info("resume=auto: no valid checkpoint in %s, starting from scratch", run_dir)
+        else:
+            path, state = found
+            if state.get("model_config") != model_config:
+                raise CheckpointError(f"{path} was written for model {state.get('model_config')}, "
+                                      f"but this run builds {model_config}; use the same model settings to resume")
+            set_model_state_dict(model, state["model"], options=_options())
+            set_optimizer_state_dict(model, optimizer, state["optimizer"], options=_options())
+            if "scaler" in state and scaler.is_enabled():
+                scaler.load_state_dict(state["scaler"])
+            epoch, start_batch, step = state["epoch"], state["batch_in_epoch"], state["step"]
+            rngs = state["rng"]
+            set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
+            resumed = step
+            if info.is_main:
+                log.info("resumed from %s (epoch %d, batch %d, step %d)", path, epoch, start_batch, step)
+
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(config))
+        log.info("%s: %d steps/epoch x %d epochs, effective batch %d, lr %.3g, precision %s, device %s, world %d",
+                 task.name, steps_per_epoch, train_cfg.epochs, train_cfg.batch_size * accum * info.world_size,
+                 base_lr, amp_dtype or "fp32", device, info.world_size)
+    metrics_log = MetricsLog(run_dir, info.is_main, resumed, train_cfg.tensorboard)
+    run = Run(config, train_cfg, run_dir, info, metrics_log, step, epoch)
+
+    def checkpoint(epoch_: int, batch_in_epoch: int, keep: bool = False) -> None:
+        state_model = get_model_state_dict(model, options=_options())
+        state_optim = get_optimizer_state_dict(model, optimizer, options=_options())
+        rngs = _gather_rng(info)
+        if info.is_main:
+            state = {"model": state_model, "optimizer": state_optim, "epoch": epoch_, "batch_in_epoch": batch_in_epoch,
+                     "step": step, "rng": rngs, "config": to_dict(config), "model_config": model_config,
+                     "task": task.name}
+            if scaler.is_enabled():
+                state["scaler"] = scaler.state_dict()
+            ckpts.save(state, step, keep=keep)
+        barrier(info)
+
+    pending: list[tuple[int, torch.Tensor, dict[str, torch.Tensor]]] = []
+    last: dict[str, Any] = {}
+    skipped_files, skipped_steps = 0, 0
+    window_start, window_images = time.perf_counter(), 0
+
+    def flush(epoch_: int) -> None:
+        """Check the buffered losses for NaN/Inf (one host sync per interval, not per step) and log them."""
+        nonlocal pending, window_start, window_images, last
+        if not pending:
+            return
+        losses = torch.stack([loss for _, loss, _ in pending]).float()
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            bad_step = pending[int((~finite).nonzero()[0])][0]
+            raise NonFiniteLossError(
+                f"loss became {losses[~finite][0].item()} at step {bad_step} (epoch {epoch_}); stopped. The last good "
+                f"checkpoint in {run_dir} is untouched. Lower the lr, set train.clip_grad, use bf16 instead of fp16, "
+                f"or set train.nonfinite=skip")
+        mean_loss = float(all_reduce_mean(losses.mean().to(device), info))
+        extra = {k: float(all_reduce_mean(torch.stack([m[k] for _, _, m in pending]).float().mean().to(device), info))
+                 for k in pending[-1][2]}
+        elapsed = time.perf_counter() - window_start
+        last = {"step": pending[-1][0], "epoch": round(epoch_ + (pending[-1][0] - epoch_ * steps_per_epoch)
+                                                       / steps_per_epoch, 4),
+                "loss": mean_loss, "lr": optimizer.param_groups[0]["lr"] / groups[0].get("lr_scale", 1.0),
+                "images_per_s": round(window_images * info.world_size / max(elapsed, 1e-9), 2),
+                "skipped_files": skipped_files, "skipped_steps": skipped_steps, **extra}
+        metrics_log.write(last)
+        pending, window_start, window_images = [], time.perf_counter(), 0
+
+    bar = tqdm(total=total_steps, initial=step, disable=not (info.is_main and train_cfg.progress), unit="step",
+               dynamic_ncols=True, desc=task.name)
+    optimizer.zero_grad(set_to_none=True)
+    while epoch < train_cfg.epochs:
+        run.epoch = epoch
+        sampler.set_position(epoch, start_batch)
+        model.train()
+        for i, batch in enumerate(loader, start=start_batch):
+            if i >= batches:
+                break
+            micro = i % accum
+            if micro == 0:
+                lr = lr_at(epoch + i / batches, base_lr, train_cfg.min_lr, train_cfg.warmup_epochs, train_cfg.epochs)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
+            sync = micro == accum - 1
+            no_sync = wrapped.no_sync() if (not sync and isinstance(wrapped, nn.parallel.DistributedDataParallel)) \
+                else contextlib.nullcontext()
+            with no_sync:
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    out = task.forward(wrapped, batch, device)
+                scaler.scale(out.loss / accum).backward()
+            skipped_files += batch.skipped
+            window_images += batch.images.shape[0]
+            if not sync:
+                continue
+            if train_cfg.nonfinite == "skip":
+                ok = all_reduce_mean(torch.isfinite(out.loss.detach()).float(), info) == 1
+                if not bool(ok):
+                    log.warning("non-finite loss at step %d: update skipped (train.nonfinite=skip)", step + 1)
+                    optimizer.zero_grad(set_to_none=True)
+                    skipped_steps += 1
+                    step += 1
+                    bar.update(1)
+                    continue
+            if train_cfg.clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            run.step = step
+            bar.update(1)
+            pending.append((step, out.loss.detach(), {k: v.detach() for k, v in out.metrics.items()}))
+            if step % train_cfg.log_every_steps == 0:
+                flush(epoch)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", img_s=f"{last['images_per_s']:.0f}")
+            mid_epoch_save = train_cfg.ckpt_every_steps and step % train_cfg.ckpt_every_steps == 0 and i + 1 < batches
+            halt = train_cfg.halt_after_steps and step == train_cfg.halt_after_steps
+            if mid_epoch_save or (halt and i + 1 < batches):
+                flush(epoch)
+                checkpoint(epoch, i + 1)
+            if halt and i + 1 < batches:
+                bar.close()
+                log.info("halted after step %d as asked (train.halt_after_steps)", step)
+                return {**last, "halted": True}
+        start_batch = 0
+        flush(epoch)
+        epoch += 1
+        run.epoch = epoch
+        evaluated = task.after_epoch(run, epoch)
+        if evaluated:
+            last = {**last, **evaluated}
+            metrics_log.write({"step": step, "epoch": epoch, **evaluated})
+        periodic = train_cfg.ckpt_every_epochs and epoch % train_cfg.ckpt_every_epochs == 0
+        halt = train_cfg.halt_after_steps and step == train_cfg.halt_after_steps
+        if periodic or epoch == train_cfg.epochs or halt or train_cfg.ckpt_every_steps:
+            checkpoint(epoch, 0, keep=bool(periodic))
+        if halt:
+            bar.close()
+            return {**last, "halted": True}
+    bar.close()
+    if info.is_main:
+        from openmae.eval.plots import loss_curve
+
+        loss_curve(read_metrics(run_dir / "metrics.jsonl"), run_dir / "loss_curve.png", title=task.name)
+    metrics_log.close()
+    return last

@@ -1,0 +1,149 @@
+"""Pretraining task: MAE reconstruction loss, masks drawn from each sample's own seed."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from openmae.config import require
+from openmae.data.build import eval_batches, train_dataset
+from openmae.data.config import DataConfig
+from openmae.data.datasets import stats_for
+from openmae.data.loader import Batch
+from openmae.engine.config import ModelSection, TrainConfig
+from openmae.engine.distributed import DistInfo, barrier
+from openmae.engine.loop import Run, StepOutput
+from openmae.engine.optim import param_groups
+from openmae.eval.features import POOLING, extract_features
+from openmae.eval.knn import knn_accuracy
+from openmae.eval.reconstruction import auto_scale, grid_image, reconstruct, save_grid
+from openmae.models.mae import MaskedAutoencoder
+
+log = logging.getLogger("openmae.pretrain")
+
+
+@dataclass
+class PretrainSection:
+    """Masking, and what to look at while training (reconstruction pictures, kNN monitor)."""
+
+    mask_ratio: float = 0.75
+    vis_every_epochs: int = 0
+    vis_images: int = 8
+    knn_every_epochs: int = 0
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_pooling: str = "cls"
+    knn_train_samples: int = 0
+    knn_eval_samples: int = 0
+
+    def check(self) -> None:
+        require(0 < self.mask_ratio < 1, "pretrain.mask_ratio", self.mask_ratio, "strictly between 0 and 1")
+        require(self.vis_every_epochs >= 0, "pretrain.vis_every_epochs", self.vis_every_epochs, ">= 0 (0 = at the end)")
+        require(self.vis_images >= 0, "pretrain.vis_images", self.vis_images, ">= 0")
+        require(self.knn_every_epochs >= 0, "pretrain.knn_every_epochs", self.knn_every_epochs, ">= 0 (0 = off)")
+        require(self.knn_k >= 1, "pretrain.knn_k", self.knn_k, ">= 1")
+        require(self.knn_temperature > 0, "pretrain.knn_temperature", self.knn_temperature, "> 0")
+        require(self.knn_pooling in POOLING, "pretrain.knn_pooling", self.knn_pooling, f"one of {POOLING}")
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/pretrain"))
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
+
+    def check(self) -> None:
+        require(not (self.pretrain.knn_every_epochs and self.data.name == "folder"), "pretrain.knn_every_epochs",
+                self.pretrain.knn_every_epochs, "0 for unlabeled folders (kNN needs labels: use imagefolder or a named set)")
+
+
+def masking_noise(model: MaskedAutoencoder, seeds: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+    """(N, L) noise, each row drawn from its sample's seed: masks independent of batch split and resume."""
+    rows = [model.random_noise(1, torch.device("cpu"), torch.Generator().manual_seed(int(s) + 1), mask_ratio)
+            for s in seeds.tolist()]
+    return torch.cat(rows)
+
+
+class PretrainTask:
+    name = "pretrain"
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        self.cfg = cfg
+        self.model = MaskedAutoencoder(cfg.model.resolve())
+
+    def shard_blocks(self) -> list[nn.Module]:
+        return [*self.model.blocks, *self.model.decoder_blocks]
+
+    def param_groups(self, train: TrainConfig) -> list[dict]:
+        return param_groups(self.model, train.weight_decay)
+
+    def train_data(self, info: DistInfo):
+        m = self.model.cfg
+        return train_dataset(self.cfg.data, m.img_size, m.in_chans, self.cfg.train.batch_size, self.cfg.train.seed,
+                             info.rank, info.world_size)
+
+    def forward(self, model: nn.Module, batch: Batch, device: torch.device) -> StepOutput:
+        noise = masking_noise(self.model, batch.seeds, self.cfg.pretrain.mask_ratio)
+        imgs = batch.images.to(device, non_blocking=True)
+        out = model(imgs, mask_ratio=self.cfg.pretrain.mask_ratio, noise=noise.to(device, non_blocking=True))
+        return StepOutput(out.loss)
+
+    # ------------------------------------------------------------------ monitoring
+    def pictures(self, run: Run, epoch: int) -> None:
+        """Reconstructions of fixed held-out images (the eval split when there is one, else training images)."""
+        cfg, m = self.cfg, self.model.cfg
+        if not cfg.pretrain.vis_images:
+            return
+        split = cfg.data.train_split if cfg.data.name == "folder" else cfg.data.eval_split
+        batch = next(iter(eval_batches(cfg.data, split, m.img_size, m.in_chans, cfg.pretrain.vis_images,
+                                       limit=cfg.pretrain.vis_images)))
+        mean, std = stats_for(cfg.data, m.in_chans)
+        rec = reconstruct(self.model, batch.images, mean, std, cfg.pretrain.mask_ratio, seed=0)
+        path = save_grid(rec, run.run_dir / "pictures" / f"reconstruction-epoch{epoch:04d}.png", auto_scale(m.img_size))
+        run.metrics.image("reconstruction", grid_image(rec, auto_scale(m.img_size)), run.step)
+        log.info("reconstructions written to %s", path)
+
+    def knn(self) -> dict[str, float]:
+        cfg, m = self.cfg, self.model.cfg
+        device = next(self.model.parameters()).device
+        bs = max(cfg.train.batch_size, 256)
+        train = extract_features(self.model, eval_batches(cfg.data, cfg.data.train_split, m.img_size, m.in_chans, bs,
+                                                          cfg.pretrain.knn_train_samples), device, cfg.pretrain.knn_pooling)
+        test = extract_features(self.model, eval_batches(cfg.data, cfg.data.eval_split, m.img_size, m.in_chans, bs,
+                                                         cfg.pretrain.knn_eval_samples), device, cfg.pretrain.knn_pooling)
+        num_classes = int(max(train[1].max(), test[1].max())) + 1
+        return knn_accuracy(train[0], train[1], test[0], test[1], num_classes, cfg.pretrain.knn_k,
+                            cfg.pretrain.knn_temperature)
+
+    def after_epoch(self, run: Run, epoch: int) -> dict[str, Any]:
+        p, last = self.cfg.pretrain, epoch == self.cfg.train.epochs
+        out: dict[str, Any] = {}
+        if run.info.is_main:
+            if (p.vis_every_epochs and epoch % p.vis_every_epochs == 0) or last:
+                self.pictures(run, epoch)
+            if p.knn_every_epochs and (epoch % p.knn_every_epochs == 0 or last):
+                out = self.knn()
+                log.info("epoch %d kNN: %s", epoch, ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
+        barrier(run.info)
+        return out
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Run MAE pretraining as configured (single process, or one rank of a torchrun job)."""
+    from openmae.engine.distributed import cleanup, init_distributed
+    from openmae.engine.logging import setup_console
+    from openmae.engine.loop import train
+
+    info = init_distributed(cfg.train.device)
+    setup_console(info.is_main)
+    torch.manual_seed(cfg.train.seed)
+    task = PretrainTask(cfg)
+    try:
+        return train(task, cfg, cfg.train, info)
+    finally:
+        cleanup(info)

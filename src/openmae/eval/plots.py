@@ -1,0 +1,28 @@
+"""Figures a person would rather look at than read: loss curves and accuracy-vs-setting plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def loss_curve(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Training loss against optimizer step, from ``metrics.jsonl`` records."""
+    rows = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    if rows:
+        steps, losses = zip(*rows)
+        ax.plot(steps, losses, lw=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title or "training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,88 @@
+"""Reconstruction pictures: original | masked | reconstruction | reconstruction with visible patches pasted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from openmae.models.mae import MaskedAutoencoder
+from openmae.models.patches import patchify, unpatchify
+
+
+@dataclass
+class Reconstruction:
+    """Images (N, C, H, W) in [0, 1] (dataset normalisation undone)."""
+
+    original: torch.Tensor
+    masked: torch.Tensor
+    reconstruction: torch.Tensor
+    pasted: torch.Tensor
+    mask: torch.Tensor  # (N, L), 1 = removed
+
+
+@torch.no_grad()
+def reconstruct(model: MaskedAutoencoder, imgs: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+                mask_ratio: float = 0.75, seed: int = 0) -> Reconstruction:
+    """Run the MAE on normalised ``imgs`` with a fixed-seed mask and undo every normalisation.
+
+    For ``norm_pix_loss`` models each predicted patch is mapped back with the mean and variance of the
+    corresponding input patch (as the official visualisation does).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    imgs = imgs.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    noise = model.random_noise(imgs.shape[0], torch.device("cpu"), gen, mask_ratio).to(device)
+    out = model(imgs, mask_ratio=mask_ratio, noise=noise)
+    p, c, size = model.cfg.patch_size, model.cfg.in_chans, model.cfg.img_size
+    pred = out.pred.float()
+    if model.cfg.norm_pix_loss:
+        target = patchify(imgs, p)
+        pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
+    recon = unpatchify(pred, p, size, c)
+    pixel_mask = unpatchify(out.mask.unsqueeze(-1).expand(-1, -1, p * p * c), p, size, c)  # 1 = removed
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    def to_unit(x: torch.Tensor) -> torch.Tensor:
+        return (x * s + m).clamp(0, 1).cpu()
+
+    original = to_unit(imgs)
+    reconstruction = to_unit(recon)
+    masked = original * (1 - pixel_mask.cpu())
+    pasted = original * (1 - pixel_mask.cpu()) + reconstruction * pixel_mask.cpu()
+    return Reconstruction(original, masked, reconstruction, pasted, out.mask.cpu())
+
+
+def grid_image(rec: Reconstruction, scale: int = 1, gap: int = 2) -> np.ndarray:
+    """One row per image, four panels per row, as an (H, W, 3) uint8 array; ``scale`` enlarges small images."""
+    panels = [rec.original, rec.masked, rec.reconstruction, rec.pasted]
+    n, c, h, w = rec.original.shape
+    hh, ww = h * scale, w * scale
+    canvas = np.full((n * hh + (n - 1) * gap, 4 * ww + 3 * gap, 3), 255, dtype=np.uint8)
+    for row in range(n):
+        for col, panel in enumerate(panels):
+            x = panel[row]
+            x = x.repeat(3, 1, 1) if c == 1 else x[:3]
+            arr = (x.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+            if scale > 1:
+                arr = arr.repeat(scale, axis=0).repeat(scale, axis=1)
+            top, left = row * (hh + gap), col * (ww + gap)
+            canvas[top : top + hh, left : left + ww] = arr
+    return canvas
+
+
+def save_grid(rec: Reconstruction, path: str | Path, scale: int = 1) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid_image(rec, scale)).save(path)
+    return path
+
+
+def auto_scale(img_size: tuple[int, int], target: int = 128) -> int:
+    """Nearest-neighbour enlargement that brings small images to about ``target`` pixels."""
+    return max(1, target // max(img_size))
