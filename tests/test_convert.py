@@ -54,7 +54,8 @@ def test_other_model_size_says_which():
     sd = openmae.create_model("mae_vit_debug_patch4_32", embed_dim=96, depth=3, num_heads=3).state_dict()
     with pytest.raises(StateDictMismatch, match=r"looks like width 96, depth 3, patch 4") as err:
         load_state_dict_into(openmae.create_model("mae_vit_debug_patch4_32"), sd)
-    assert "wrong shape" in str(err.value) and "blocks.0.attn.qkv.weight: file (288, 96) vs model (192, 64)" in str(err.value)
+    assert "wrong shape" in str(err.value)
+    assert "blocks.0.attn.qkv.weight: file (288, 96) vs model (192, 64)" in str(err.value)
 
 
 def test_pickle_payload_is_refused_and_not_run(tmp_path):

@@ -3,8 +3,16 @@
 from openmae.models import MAEConfig, MAEOutput, MaskedAutoencoder, create_model, list_models, model_config
 
 __version__ = "0.1.0"
-__all__ = ["MAEConfig", "MAEOutput", "MaskedAutoencoder", "create_model", "list_models", "model_config",
-           "load_pretrained", "__version__"]
+__all__ = [
+    "MAEConfig",
+    "MAEOutput",
+    "MaskedAutoencoder",
+    "__version__",
+    "create_model",
+    "list_models",
+    "load_pretrained",
+    "model_config",
+]
 
 
 def __getattr__(name: str):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from openmae.models.mae import DECODER_PREFIXES, MAEConfig
 

@@ -127,7 +127,7 @@ class Batch:
     seeds: torch.Tensor
     skipped: int
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.seeds, self.skipped)
 
 

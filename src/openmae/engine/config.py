@@ -6,9 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from openmae.config import require
+from openmae.config import ConfigError, require
 from openmae.models.mae import MAEConfig
-from openmae.models.registry import PRESETS, _SHORT, model_config
+from openmae.models.registry import _SHORT, PRESETS, model_config
 
 
 @dataclass
@@ -43,7 +43,7 @@ class ModelSection:
         try:
             self.resolve()
         except ValueError as err:
-            raise type(err)(f"model: {err}") from None
+            raise ConfigError(f"model: {err}") from None
 
 
 @dataclass

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
 from tqdm import tqdm
@@ -52,7 +54,7 @@ class Task(Protocol):
     def param_groups(self, train: TrainConfig) -> list[dict]: ...
     def train_data(self, info: DistInfo) -> tuple[SeededSamples, ResumableSampler]: ...
     def forward(self, model: nn.Module, batch: Batch, device: torch.device) -> StepOutput: ...
-    def after_epoch(self, run: "Run", epoch: int) -> dict[str, Any]: ...
+    def after_epoch(self, run: Run, epoch: int) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -264,6 +266,7 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
             bar.close()
             return {**last, "halted": True}
     bar.close()
+    last.update(skipped_files=skipped_files, skipped_steps=skipped_steps)
     if info.is_main:
         from openmae.eval.plots import loss_curve
 

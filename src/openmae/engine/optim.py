@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 # names of 1-D-or-token parameters that get no weight decay even when they have more than one dimension
 NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed", "decoder_pos_embed", "dist_token", "reg_token")

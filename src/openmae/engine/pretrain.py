@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from openmae.config import require
 from openmae.data.build import eval_batches, train_dataset

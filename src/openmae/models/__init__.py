@@ -4,5 +4,13 @@ from openmae.models.mae import MAEConfig, MAEOutput, MaskedAutoencoder
 from openmae.models.masking import MaskPlan, plan_from_noise
 from openmae.models.registry import create_model, list_models, model_config
 
-__all__ = ["MAEConfig", "MAEOutput", "MaskedAutoencoder", "MaskPlan", "plan_from_noise", "create_model",
-           "list_models", "model_config"]
+__all__ = [
+           "MAEConfig",
+           "MAEOutput",
+           "MaskPlan",
+           "MaskedAutoencoder",
+           "create_model",
+           "list_models",
+           "model_config",
+           "plan_from_noise",
+]

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import torch
-import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
+from torch import nn
 
 from openmae.models.masking import MaskPlan, make_strategy, plan_from_noise
 from openmae.models.patches import grid_size, patchify

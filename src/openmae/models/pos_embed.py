@@ -46,7 +46,7 @@ def interpolate_pos_embed(
     prefix, grid_tokens = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
     n_old = grid_tokens.shape[1]
     if old_grid is None:
-        side = int(math.isqrt(n_old))
+        side = math.isqrt(n_old)
         if side * side != n_old:
             raise ValueError(f"position table has {n_old} grid tokens, not a square; pass old_grid=(gh, gw)")
         old_grid = (side, side)

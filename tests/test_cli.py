@@ -1,0 +1,62 @@
+"""The command line on real data: loss goes down, and the run folder holds everything a user needs."""
+
+import json
+
+import pytest
+from helpers import run_cli
+from PIL import Image
+
+COMMON = ["train.log_every_steps=5", "train.progress=false", "data.num_workers=2", "train.warmup_epochs=1",
+          "train.blr=1.5e-3", "pretrain.vis_images=4"]
+
+
+def losses(run_dir):
+    return [json.loads(ln)["loss"] for ln in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(ln)]
+
+
+@pytest.mark.parametrize("dataset,model,size", [
+    ("cifar10", "mae_vit_debug_patch4_32", 32),
+    ("fashion-mnist", "mae_vit_tiny_patch7_28_gray", 28),
+])
+def test_real_data_run_lowers_loss_and_writes_outputs(tmp_path, datasets, dataset, model, size):
+    extra = ["model.depth=2", "model.decoder_depth=1"] if "tiny" in model else []
+    proc = run_cli("pretrain", f"--data-root={datasets}", "-o", str(tmp_path / "run"), f"model.name={model}",
+                   f"data.name={dataset}", "data.max_samples=1024", "train.batch_size=64", "train.epochs=4", *COMMON,
+                   *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    curve = losses(run)
+    assert len(curve) == 16  # every 5 steps, plus the end of each 16-step epoch
+    assert sum(curve[-3:]) / 3 < 0.85 * sum(curve[:3]) / 3, curve
+    assert (run / "checkpoint-000000064.pth").is_file() and (run / "model-last.pth").is_file()
+    assert "model:" in (run / "config.yaml").read_text() and f"name: {dataset}" in (run / "config.yaml").read_text()
+    picture = Image.open(run / "pictures" / "reconstruction-epoch0004.png")
+    scale = 128 // size
+    assert picture.size == (4 * size * scale + 3 * 2, 4 * size * scale + 3 * 2)
+    assert (run / "loss_curve.png").stat().st_size > 1000
+    assert any((run / "tb").iterdir())
+    assert "model:\n  name: " + model in proc.stderr  # resolved config printed at start
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epochs=abc", "train.epochs='abc' must be an integer"),
+    ("pretrain.mask_ratio=1.0", "pretrain.mask_ratio=1.0 is invalid: must be strictly between 0 and 1"),
+    ("train.batch_size=0", "train.batch_size=0 is invalid"),
+    ("model.patch_size=5", "patch size 5 does not divide image size 32x32"),
+    ("train.lrr=0.1", "unknown setting(s) ['train.lrr']"),
+    ("data.name=imagenet21k", "data.name='imagenet21k' is invalid"),
+    ("train.precision=fp8", "train.precision='fp8' is invalid"),
+])
+def test_bad_settings_refused_before_work(tmp_path, override, message):
+    proc = run_cli("pretrain", "-o", str(tmp_path / "run"), "model.name=mae_vit_debug_patch4_32", "data.name=cifar10",
+                   override)
+    assert proc.returncode == 2
+    assert message in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_print_config_and_presets(tmp_path):
+    proc = run_cli("pretrain", "-c", "configs/pretrain/mae_vit_base_imagenet.yaml", "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    assert "blr: 0.00015" in proc.stdout and "epochs: 800" in proc.stdout and "norm_pix_loss: true" in proc.stdout

@@ -1,0 +1,147 @@
+"""Data: every odd file gets a defined outcome; named datasets read from the data root; seeded sampling."""
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_pretrain
+from PIL import Image
+
+from openmae.data.config import DataConfig
+from openmae.data.datasets import build_source, read_idx
+from openmae.data.images import BadImageError, open_image
+from openmae.data.loader import ResumableSampler
+from openmae.engine.pretrain import pretrain
+
+
+def make_messy_folder(root, datasets, good=24):
+    root.mkdir()
+    photos = sorted((datasets / "imagenet-sample").glob("*.JPEG"))[: max(good, 2)]
+    sub = root / "nested" / "deeper"
+    sub.mkdir(parents=True)
+    for i, p in enumerate(photos):
+        shutil.copy(p, (sub if i % 2 else root) / p.name)
+    rgb = Image.open(photos[0]).convert("RGB")
+    data = photos[1].read_bytes()
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (root / "zero.jpg").write_bytes(b"")
+    (root / "notes.png").write_text("this is not an image")
+    (root / "garbage.webp").write_bytes(np.random.default_rng(0).bytes(5000))
+    rgb.convert("L").save(root / "gray.png")
+    rgb.convert("CMYK").save(root / "cmyk.jpg")
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).save(root / "sixteen.png")
+    pal = rgb.resize((40, 30)).convert("P")
+    pal.info["transparency"] = 0
+    pal.save(root / "palette.png")
+    rgb.resize((50, 40)).convert("RGBA").save(root / "rgba.png")
+    rgb.resize((6, 5)).save(root / "tiny.bmp")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when shown
+    rgb.resize((60, 30)).save(root / "rotated.jpg", exif=exif)
+    return root
+
+
+def test_every_odd_file_has_a_defined_outcome(tmp_path, datasets):
+    root = make_messy_folder(tmp_path / "messy", datasets, good=1)
+    for name in ("gray.png", "cmyk.jpg", "sixteen.png", "palette.png", "rgba.png", "tiny.bmp"):
+        img = open_image(root / name, 3)
+        assert img.mode == "RGB"
+        assert open_image(root / name, 1).mode == "L"
+    assert open_image(root / "rotated.jpg", 3).size == (30, 60)  # EXIF orientation applied
+    sixteen = np.asarray(open_image(root / "sixteen.png", 1))
+    assert sixteen.max() > 200 and sixteen.min() == 0  # 16-bit range scaled, not clipped to white
+    assert np.asarray(open_image(root / "palette.png", 3)).shape == (30, 40, 3)
+    for name in ("truncated.jpg", "zero.jpg", "notes.png", "garbage.webp"):
+        with pytest.raises(BadImageError, match=name):
+            open_image(root / name, 3)
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    Image.new("RGB", (200, 200)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    with pytest.raises(BadImageError, match="DecompressionBomb"):
+        open_image(tmp_path / "big.png", 3)
+
+
+def test_messy_folder_trains_and_reports_skips(tmp_path, datasets, caplog):
+    root = make_messy_folder(tmp_path / "messy", datasets)
+    cfg = tiny_pretrain(tmp_path / "run", datasets, "data.name=folder", f"data.path={root}", "data.max_samples=0",
+                        "train.batch_size=8", "train.epochs=1", "model.img_size=64")
+    with caplog.at_level(logging.WARNING, logger="openmae.data"):
+        out = pretrain(cfg)
+    # each of the 4 bad files is met at least once an epoch (and again when it follows another bad one)
+    assert out["skipped_files"] >= 4
+    warned = {r.getMessage().split(": ")[0].rsplit("/", 1)[-1] for r in caplog.records}
+    assert warned == {"truncated.jpg", "zero.jpg", "notes.png", "garbage.webp"}
+
+
+def test_fail_policy_raises_on_bad_file(tmp_path, datasets):
+    root = make_messy_folder(tmp_path / "messy", datasets, good=4)
+    cfg = tiny_pretrain(tmp_path / "run", datasets, "data.name=folder", f"data.path={root}", "data.max_samples=0",
+                        "train.batch_size=8", "train.epochs=1", "data.bad_files=fail", "model.img_size=64")
+    with pytest.raises(BadImageError):
+        pretrain(cfg)
+
+
+def test_empty_and_all_bad_folders_are_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images found in .*empty"):
+        build_source(DataConfig(name="folder", path=str(tmp_path / "empty")), "train", 3)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"{i}.jpg").write_bytes(b"nope")
+    cfg = tiny_pretrain(tmp_path / "run", tmp_path, "data.name=folder", f"data.path={bad}", "data.max_samples=0")
+    with pytest.raises(ValueError, match="the first 3 images could not be read"):
+        pretrain(cfg)
+
+
+def test_named_datasets_from_data_root(datasets):
+    fm = build_source(DataConfig(name="fashion-mnist", root=str(datasets)), "train", 1)
+    assert len(fm) == 60000
+    img, label = fm.load(0)
+    assert img.size == (28, 28) and img.mode == "L" and 0 <= label < 10
+    assert len(build_source(DataConfig(name="fashion-mnist", root=str(datasets)), "test", 1)) == 10000
+    cifar = build_source(DataConfig(name="cifar10", root=str(datasets)), "test", 3)
+    assert len(cifar) == 10000 and cifar.classes[0] == "airplane"
+    assert read_idx(datasets / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").shape == (10000,)
+
+
+def test_missing_named_dataset_says_where(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset 'mnist' .* not found under .*data.download=true"):
+        build_source(DataConfig(name="mnist", root=str(tmp_path)), "train", 1)
+
+
+def test_sampler_splits_global_batch_and_resumes():
+    one = ResumableSampler(100, 8, seed=3, world_size=1)
+    ranks = [ResumableSampler(100, 4, seed=3, rank=r, world_size=2) for r in range(2)]
+    one.set_position(2)
+    for r in ranks:
+        r.set_position(2)
+    a = [i for i, _ in one]
+    b0, b1 = [[i for i, _ in r] for r in ranks]
+    for step in range(len(b0) // 4):  # step s of 2 ranks covers exactly step s of one process
+        assert sorted(a[8 * step : 8 * step + 8]) == sorted(b0[4 * step : 4 * step + 4] + b1[4 * step : 4 * step + 4])
+    one.set_position(2, start_batch=3)
+    assert [i for i, _ in one] == a[24:]
+    seeds = dict(ResumableSampler(100, 8, seed=3))
+    assert len(set(seeds.values())) == len(seeds)  # one seed per sample
+    with pytest.raises(ValueError, match="too small for batch 64 x 2"):
+        ResumableSampler(100, 64, world_size=2)
+
+
+def test_augmentation_depends_on_sample_seed_only(datasets):
+    from openmae.data.build import train_dataset
+
+    cfg = DataConfig(name="cifar10", root=str(datasets), max_samples=32)
+    ds, sampler = train_dataset(cfg, (32, 32), 3, 8, seed=0)
+    item = next(iter(sampler))
+    torch.manual_seed(123)
+    a = ds[item][0]
+    torch.manual_seed(456)
+    b = ds[item][0]
+    assert torch.equal(a, b)
+    other = ds[(item[0], item[1] + 1)][0]
+    assert not torch.equal(a, other)

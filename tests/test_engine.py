@@ -1,0 +1,105 @@
+"""The training loop: exact resume, schedule, weight-decay groups, accumulation, non-finite losses."""
+
+import math
+
+import pytest
+import torch
+from helpers import tiny_pretrain, weights
+
+import openmae
+from openmae.engine.checkpoint import CheckpointManager
+from openmae.engine.logging import read_metrics
+from openmae.engine.loop import NonFiniteLossError
+from openmae.engine.optim import param_groups
+from openmae.engine.pretrain import pretrain
+from openmae.engine.schedule import effective_lr, lr_at
+
+
+def official_lr(epoch: float, lr: float, min_lr: float, warmup: float, epochs: int) -> float:
+    """The official adjust_learning_rate, restated as the reference."""
+    if epoch < warmup:
+        return lr * epoch / warmup
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup)))
+
+
+@pytest.mark.parametrize("epoch", [0.0, 0.37, 20.0, 39.99, 40.0, 41.5, 420.0, 799.9, 800.0])
+def test_schedule_matches_official(epoch):
+    assert lr_at(epoch, 2.4e-3, 1e-6, 40, 800) == pytest.approx(official_lr(epoch, 2.4e-3, 1e-6, 40, 800), rel=1e-12)
+    assert lr_at(20.0, 1.0, 0.0, 40, 800) == pytest.approx(0.5)
+    assert lr_at(420.0, 1.0, 0.0, 40, 800) == pytest.approx(0.5)
+
+
+def test_lr_scaling_rule():
+    assert effective_lr(1.5e-4, None, 64, 4, 16) == pytest.approx(1.5e-4 * 4096 / 256)
+    assert effective_lr(1.5e-4, 3e-3, 64, 4, 16) == 3e-3
+
+
+def test_no_decay_set_is_biases_norms_tokens_pos():
+    model = openmae.create_model("mae_vit_debug_patch4_32")
+    groups = param_groups(model, 0.05)
+    no_decay = {n for g in groups if g["weight_decay"] == 0 for n in g["names"]}
+    decay = {n for g in groups if g["weight_decay"] == 0.05 for n in g["names"]}
+    names = dict(model.named_parameters())
+    expected = {n for n in names if n.endswith(".bias") or ".norm" in f".{n}" or n.startswith(("norm.", "decoder_norm."))
+                or n in ("cls_token", "mask_token")}
+    assert no_decay == expected
+    assert decay == {n for n in names if n.endswith(".weight") and names[n].ndim == 2 or n == "patch_embed.proj.weight"}
+    assert "pos_embed" not in no_decay | decay and "decoder_pos_embed" not in no_decay | decay  # fixed, not trained
+    # a learnable position embedding (fine-tuning) is not decayed either
+    model.pos_embed.requires_grad_(True)
+    assert "pos_embed" in {n for g in param_groups(model, 0.05) if g["weight_decay"] == 0 for n in g["names"]}
+
+
+def test_resume_is_bit_exact(tmp_path, datasets):
+    full = tiny_pretrain(tmp_path / "full", datasets)
+    pretrain(full)
+    cut = tiny_pretrain(tmp_path / "cut", datasets, "train.halt_after_steps=6")
+    assert pretrain(cut)["halted"]
+    assert [p.name for p in CheckpointManager(tmp_path / "cut").list()] == ["checkpoint-000000006.pth"]
+    # resume with a different worker count: the data a step sees does not depend on it
+    resumed = tiny_pretrain(tmp_path / "cut", datasets, "train.resume=auto", "data.num_workers=2")
+    pretrain(resumed)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = lambda d: [(r["step"], r["loss"]) for r in read_metrics(d / "metrics.jsonl") if "loss" in r]
+    assert losses(tmp_path / "full") == losses(tmp_path / "cut")
+    assert len(losses(tmp_path / "full")) == 12
+
+
+def test_logged_lr_follows_schedule(tmp_path, datasets):
+    cfg = tiny_pretrain(tmp_path / "r", datasets)
+    pretrain(cfg)
+    base = effective_lr(1.5e-3, None, 16, 1, 1)
+    for r in read_metrics(tmp_path / "r" / "metrics.jsonl"):
+        if "lr" in r:
+            step = r["step"] - 1  # lr is set before the step runs
+            assert r["lr"] == pytest.approx(lr_at(step / 4, base, 0.0, 1, 3), rel=1e-9)
+
+
+def test_gradient_accumulation_equals_larger_batch(tmp_path, datasets):
+    big = tiny_pretrain(tmp_path / "big", datasets, "train.batch_size=32", "train.epochs=1", "train.warmup_epochs=0")
+    small = tiny_pretrain(tmp_path / "acc", datasets, "train.batch_size=16", "train.accum_steps=2", "train.epochs=1",
+                          "train.warmup_epochs=0")
+    pretrain(big)
+    pretrain(small)
+    a, b = weights(tmp_path / "big"), weights(tmp_path / "acc")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_last_good(tmp_path, datasets):
+    cfg = tiny_pretrain(tmp_path / "nan", datasets, "train.lr=1e30", "train.warmup_epochs=0", "train.ckpt_every_steps=1")
+    with pytest.raises(NonFiniteLossError, match=r"at step (\d+) \(epoch 0\)") as err:
+        pretrain(cfg)
+    bad = int(err.value.args[0].split("at step ")[1].split(" ")[0])
+    saved = [int(p.name[11:20]) for p in CheckpointManager(tmp_path / "nan").list()]
+    assert saved and max(saved) == bad - 1
+    state = CheckpointManager.load(CheckpointManager(tmp_path / "nan").list()[0])
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_nonfinite_skip_policy_counts_skips(tmp_path, datasets):
+    cfg = tiny_pretrain(tmp_path / "skip", datasets, "train.lr=1e30", "train.warmup_epochs=0", "train.nonfinite=skip",
+                        "train.epochs=1")
+    out = pretrain(cfg)
+    assert out["skipped_steps"] >= 1
