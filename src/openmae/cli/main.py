@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Callable
 
-from openmae.config import ConfigError, dump_yaml, load_config
+from openmae.config import ConfigError, dump_yaml, from_dict, load_config, parse_override
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace, list[str]], int]]] = {}
 
@@ -52,10 +54,81 @@ def cmd_pretrain(args: argparse.Namespace, rest: list[str]) -> int:
     if args.print_config:
         print(dump_yaml(cfg))
         return 0
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(dump_yaml(cfg), file=sys.stderr)
     pretrain(cfg)
     return 0
+
+
+def _run_task(config_cls, runner, args: argparse.Namespace, rest: list[str], init_key: str | None = None) -> int:
+    overrides = run_overrides(args, rest)
+    if init_key and getattr(args, "checkpoint", None):
+        overrides.insert(0, f"{init_key}={args.checkpoint}")
+    cfg = load_config(config_cls, args.config, overrides)
+    if args.print_config:
+        print(dump_yaml(cfg))
+        return 0
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(dump_yaml(cfg), file=sys.stderr)
+    result = runner(cfg)
+    if int(os.environ.get("RANK", "0")) == 0 and result:
+        print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}))
+    return 0
+
+
+@command("finetune", "fine-tune a ViT classifier from a pretrained encoder (torchrun-ready)")
+def cmd_finetune(args: argparse.Namespace, rest: list[str]) -> int:
+    from openmae.engine.finetune import FinetuneConfig, finetune
+
+    return _run_task(FinetuneConfig, finetune, args, rest, "finetune.init")
+
+
+@command("linprobe", "linear probe of a frozen encoder (online or on cached features)")
+def cmd_linprobe(args: argparse.Namespace, rest: list[str]) -> int:
+    from openmae.engine.linprobe import LinprobeConfig, linprobe
+
+    return _run_task(LinprobeConfig, linprobe, args, rest, "linprobe.init")
+
+
+@command("knn", "weighted kNN accuracy of an encoder's features")
+def cmd_knn(args: argparse.Namespace, rest: list[str]) -> int:
+    from openmae.engine.knn_eval import KnnConfig, knn_eval
+
+    return _run_task(KnnConfig, knn_eval, args, rest, "knn.init")
+
+
+@command("visualize", "reconstruction pictures: original | masked | reconstruction | pasted")
+def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
+    from openmae.convert.checkpoints import load_pretrained
+    from openmae.data.config import DataConfig
+    from openmae.eval.visualize import image_paths, visualize_files
+
+    # only the normalisation and evaluation crop of DataConfig matter here (data.mean=..., data.std=...)
+    data = from_dict(DataConfig, dict(parse_override(item.removeprefix("data.")) for item in rest))
+    model = load_pretrained(args.checkpoint)
+    if not any(k.startswith("decoder_") for k in model.state_dict()) or model.cfg.decoder_depth == 0:
+        raise ConfigError("visualize needs a checkpoint with the decoder")
+    written = visualize_files(model, image_paths(args.images), args.out, data, args.mask_ratio, args.seed)
+    for path in written:
+        print(path)
+    return 0
+
+
+@command("convert", "convert weights between openmae/official, timm and Hugging Face layouts")
+def cmd_convert(args: argparse.Namespace, rest: list[str]) -> int:
+    from openmae.convert.export import convert_file
+
+    if rest:
+        raise ConfigError(f"unexpected arguments {rest}")
+    print(convert_file(args.src, args.dst, args.to, args.hf_layout))
+    return 0
+
+
+@command("demo", "pretrain a small MAE on real data for a few minutes and evaluate it")
+def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
+    from openmae.engine.demo import run_demo
+
+    return run_demo(args.data_root, args.output, rest, args.minutes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,8 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        if name in ("pretrain",):
+        if name in ("pretrain", "finetune", "linprobe", "knn"):
             add_run_flags(p)
+        if name in ("finetune", "linprobe", "knn", "visualize"):
+            p.add_argument("--checkpoint", "--init", help="pretrained weights (openmae, official, timm or Hugging Face)")
+        if name == "visualize":
+            p.add_argument("images", nargs="+", help="image files and/or folders")
+            p.add_argument("--out", "-o", default="reconstructions", help="folder for the PNGs")
+            p.add_argument("--mask-ratio", type=float, default=0.75)
+            p.add_argument("--seed", type=int, default=0)
+        if name == "convert":
+            p.add_argument("src", help="input weights (.pth/.pt/.bin/.safetensors, any supported layout)")
+            p.add_argument("dst", help="output file (.pth or .safetensors), or a folder for --to hf")
+            p.add_argument("--to", required=True, choices=["openmae", "official", "timm", "hf"])
+            p.add_argument("--hf-layout", default="v4", choices=["v4", "v5"],
+                           help="Hugging Face key names: v4 = hub files / transformers 4, v5 = transformers 5")
+        if name == "demo":
+            p.add_argument("--data-root", help="folder holding fashion-mnist/ (default $OPENMAE_DATA)")
+            p.add_argument("--output", "-o", default="runs/demo")
+            p.add_argument("--minutes", type=float, default=8.0, help="pretraining budget")
     return parser
 
 
@@ -76,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"openmae {args.command}: configuration error: {err}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"openmae {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from openmae.models.registry import _SHORT, PRESETS, model_config
 
 @dataclass
 class ModelSection:
-    """A registry preset plus optional overrides of its fields (None keeps the preset's value)."""
+    """A registry preset plus optional overrides of its fields (None keeps the preset's value).
+
+    ``name=auto`` (evaluation commands) takes the architecture from the checkpoint being evaluated."""
 
     name: str = "mae_vit_base_patch16"
     img_size: tuple[int, int] | None = None
@@ -38,8 +40,10 @@ class ModelSection:
         return model_config(self.name, **self.overrides())
 
     def check(self) -> None:
-        require(self.name in PRESETS or bool(_SHORT.match(self.name)), "model.name", self.name,
-                f"a preset ({', '.join(sorted(PRESETS))}) or a short form like B/16")
+        require(self.name in PRESETS or bool(_SHORT.match(self.name)) or self.name == "auto", "model.name", self.name,
+                f"a preset ({', '.join(sorted(PRESETS))}), a short form like B/16, or auto (from the init checkpoint)")
+        if self.name == "auto":
+            return
         try:
             self.resolve()
         except ValueError as err:

@@ -49,6 +49,7 @@ class Task(Protocol):
 
     name: str
     model: nn.Module
+    model_config: dict[str, Any]  # the MAEConfig of the encoder (stored in checkpoints, checked on resume)
 
     def shard_blocks(self) -> list[nn.Module]: ...
     def param_groups(self, train: TrainConfig) -> list[dict]: ...
@@ -118,7 +119,7 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
     optimizer = build_optimizer(train_cfg.optimizer, groups, base_lr, train_cfg.betas, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     ckpts = CheckpointManager(run_dir, train_cfg.keep_last)
-    model_config = task.model.cfg.to_dict() if hasattr(task.model.cfg, "to_dict") else to_dict(task.model.cfg)
+    model_config = task.model_config
 
     epoch, start_batch, step, resumed = 0, 0, 0, None
     if train_cfg.resume:
@@ -246,6 +247,7 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
             if mid_epoch_save or (halt and i + 1 < batches):
                 flush(epoch)
                 checkpoint(epoch, i + 1)
+                window_start = time.perf_counter()
             if halt and i + 1 < batches:
                 bar.close()
                 log.info("halted after step %d as asked (train.halt_after_steps)", step)
@@ -262,6 +264,7 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
         halt = train_cfg.halt_after_steps and step == train_cfg.halt_after_steps
         if periodic or epoch == train_cfg.epochs or halt or train_cfg.ckpt_every_steps:
             checkpoint(epoch, 0, keep=bool(periodic))
+        window_start, window_images = time.perf_counter(), 0  # evaluation and saving are not training time
         if halt:
             bar.close()
             return {**last, "halted": True}

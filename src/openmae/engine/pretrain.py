@@ -75,6 +75,7 @@ class PretrainTask:
     def __init__(self, cfg: PretrainConfig) -> None:
         self.cfg = cfg
         self.model = MaskedAutoencoder(cfg.model.resolve())
+        self.model_config = self.model.cfg.to_dict()
 
     def shard_blocks(self) -> list[nn.Module]:
         return [*self.model.blocks, *self.model.decoder_blocks]

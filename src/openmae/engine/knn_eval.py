@@ -1,0 +1,74 @@
+"""``openmae knn``: weighted kNN accuracy of a (pretrained or random) encoder on a labelled dataset."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from openmae.config import require
+from openmae.convert.checkpoints import load_state_dict_into
+from openmae.data.build import eval_batches
+from openmae.data.config import DataConfig
+from openmae.engine.classifier import resolve_encoder
+from openmae.engine.config import ModelSection
+from openmae.engine.distributed import pick_device
+from openmae.eval.features import POOLING, extract_features
+from openmae.eval.knn import knn_accuracy
+from openmae.models.mae import MaskedAutoencoder
+
+log = logging.getLogger("openmae.knn")
+
+
+@dataclass
+class KnnSection:
+    init: str = ""
+    k: int = 20
+    temperature: float = 0.07
+    pooling: str = "cls"
+    batch_size: int = 256
+    device: str = "auto"
+    seed: int = 0
+
+    def check(self) -> None:
+        require(self.k >= 1, "knn.k", self.k, ">= 1")
+        require(self.temperature > 0, "knn.temperature", self.temperature, "> 0")
+        require(self.pooling in POOLING, "knn.pooling", self.pooling, f"one of {POOLING}")
+        require(self.batch_size >= 1, "knn.batch_size", self.batch_size, ">= 1")
+
+
+@dataclass
+class KnnConfig:
+    model: ModelSection = field(default_factory=lambda: ModelSection(name="auto"))
+    data: DataConfig = field(default_factory=DataConfig)
+    knn: KnnSection = field(default_factory=KnnSection)
+
+    def check(self) -> None:
+        require(self.data.name != "folder", "data.name", self.data.name, "a labelled dataset (imagefolder or named)")
+
+
+def load_encoder_model(model: ModelSection, init: str, seed: int = 0) -> MaskedAutoencoder:
+    """An MAE whose encoder holds ``init``'s weights (decoder optional), or a random one when ``init`` is empty."""
+    cfg, sd, _ = resolve_encoder(model, init)
+    torch.manual_seed(seed)
+    mae = MaskedAutoencoder(cfg)
+    if sd is not None:
+        load_state_dict_into(mae, sd)
+    return mae
+
+
+def knn_eval(cfg: KnnConfig) -> dict[str, Any]:
+    """Features of the train and eval splits, then weighted kNN; returns knn_top1 (and top5)."""
+    k = cfg.knn
+    device = pick_device(k.device)
+    model = load_encoder_model(cfg.model, k.init, k.seed).to(device)
+    m, d = model.cfg, cfg.data
+    train = extract_features(model, eval_batches(d, d.train_split, m.img_size, m.in_chans, k.batch_size, d.max_samples),
+                             device, k.pooling)
+    test = extract_features(model, eval_batches(d, d.eval_split, m.img_size, m.in_chans, k.batch_size,
+                                                d.max_eval_samples), device, k.pooling)
+    num_classes = int(max(train[1].max(), test[1].max())) + 1
+    out = knn_accuracy(train[0], train[1], test[0], test[1], num_classes, k.k, k.temperature)
+    return {**out, "train_samples": len(train[0]), "eval_samples": len(test[0])}

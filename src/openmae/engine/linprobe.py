@@ -1,0 +1,185 @@
+"""Linear probing: frozen encoder, BatchNorm1d(affine=False) + Linear head on the cls token, LARS.
+
+``mode=online`` trains the head on augmented images through the frozen encoder (the paper's protocol);
+``mode=cached`` extracts features once (no augmentation) and trains the head on them: far cheaper, and
+the results say which mode produced them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from openmae.config import require
+from openmae.data.build import eval_batches, train_dataset
+from openmae.data.config import DataConfig
+from openmae.data.loader import Batch, ResumableSampler, SeededSamples
+from openmae.engine.classifier import BestKeeper, evaluate, labels_and_images, num_classes_of, resolve_encoder
+from openmae.engine.config import ModelSection, TrainConfig
+from openmae.engine.distributed import DistInfo, barrier
+from openmae.engine.loop import Run, StepOutput, autocast_dtype
+from openmae.engine.optim import param_groups
+from openmae.eval.features import POOLING, extract_features
+from openmae.models.vit import create_classifier, load_encoder
+
+log = logging.getLogger("openmae.linprobe")
+
+
+@dataclass
+class LinprobeSection:
+    init: str = ""
+    num_classes: int = 0
+    mode: str = "online"
+    pooling: str = "cls"
+    eval_batch_size: int = 256
+    eval_every_epochs: int = 1
+
+    def check(self) -> None:
+        require(self.mode in ("online", "cached"), "linprobe.mode", self.mode, "online or cached")
+        require(self.pooling in POOLING, "linprobe.pooling", self.pooling, f"one of {POOLING}")
+        require(self.num_classes >= 0, "linprobe.num_classes", self.num_classes, ">= 0 (0 = from the dataset)")
+        require(self.eval_every_epochs >= 1, "linprobe.eval_every_epochs", self.eval_every_epochs, ">= 1")
+
+
+@dataclass
+class LinprobeConfig:
+    model: ModelSection = field(default_factory=lambda: ModelSection(name="auto"))
+    data: DataConfig = field(default_factory=lambda: DataConfig(crop_scale=(0.08, 1.0)))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=90, warmup_epochs=10, blr=0.1, weight_decay=0.0, optimizer="lars", output_dir="runs/linprobe",
+        ckpt_every_epochs=10))
+    linprobe: LinprobeSection = field(default_factory=LinprobeSection)
+
+    def check(self) -> None:
+        require(self.data.name != "folder", "data.name", self.data.name, "a labelled dataset (imagefolder or named)")
+
+
+class FeatureSource:
+    """Cached features as a dataset: ``load(i) -> (feature (D,), label)``."""
+
+    def __init__(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
+        self.feats, self.labels, self.classes = feats, labels, []
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+    def load(self, index: int):
+        return self.feats[index], int(self.labels[index])
+
+    def describe(self, index: int) -> str:
+        return f"cached feature {index}"
+
+
+class LinprobeTask:
+    name = "linprobe"
+
+    def __init__(self, cfg: LinprobeConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        p = cfg.linprobe
+        mae_cfg, sd, old_grid = resolve_encoder(cfg.model, p.init)
+        self.mae_cfg, self.model_config = mae_cfg, mae_cfg.to_dict()
+        self.amp_dtype = autocast_dtype(cfg.train.precision, device)
+        from openmae.data.datasets import build_source
+
+        self.num_classes = num_classes_of(p.num_classes, build_source(cfg.data, cfg.data.train_split, mae_cfg.in_chans).classes)
+        self.classifier = create_classifier(mae_cfg, self.num_classes, "token", bn_head=True, head_init_std=0.01)
+        if sd is not None:
+            load_encoder(self.classifier, sd, mae_cfg.grid, old_grid)
+        for name, param in self.classifier.named_parameters():
+            param.requires_grad = name.startswith("head.")
+        self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
+                               {"num_classes": self.num_classes, "mode": p.mode})
+        if p.mode == "cached":
+            self.classifier.to(device)
+            self.train_feats = self._features(cfg.data.train_split, cfg.data.max_samples)
+            self.eval_feats = self._features(cfg.data.eval_split, cfg.data.max_eval_samples)
+            self.model = self.classifier.head  # only the head trains; features come from the cache
+        else:
+            self.model = self.classifier
+
+    def _features(self, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        m, bs = self.mae_cfg, self.cfg.linprobe.eval_batch_size
+        encoder = _Encoder(self.classifier, self.cfg.linprobe.pooling)
+        feats = extract_features(encoder, eval_batches(self.cfg.data, split, m.img_size, m.in_chans, bs, limit),
+                                 self.device, "cls", self.amp_dtype)
+        log.info("cached %d %s features of width %d", len(feats[0]), split, feats[0].shape[1])
+        return feats
+
+    def shard_blocks(self) -> list[nn.Module]:
+        return []
+
+    def param_groups(self, train: TrainConfig) -> list[dict]:
+        return param_groups(self.model, train.weight_decay)
+
+    def train_data(self, info: DistInfo):
+        d, m, t = self.cfg.data, self.mae_cfg, self.cfg.train
+        if self.cfg.linprobe.mode == "cached":
+            sampler = ResumableSampler(len(self.train_feats[0]), t.batch_size, t.seed, rank=info.rank,
+                                       world_size=info.world_size)
+            return SeededSamples(FeatureSource(*self.train_feats), _identity), sampler
+        return train_dataset(d, m.img_size, m.in_chans, t.batch_size, t.seed, info.rank, info.world_size)
+
+    def forward(self, model: nn.Module, batch: Batch, device: torch.device) -> StepOutput:
+        inputs, labels = labels_and_images(batch, device)
+        if self.cfg.linprobe.mode == "online":
+            self.classifier.eval()  # frozen encoder; only the BatchNorm head is in training mode
+            self.classifier.head.train()
+        return StepOutput(nn.functional.cross_entropy(model(inputs).float(), labels))
+
+    def evaluate(self) -> dict[str, float]:
+        if self.cfg.linprobe.mode == "cached":
+            feats, labels = self.eval_feats
+            bs = self.cfg.linprobe.eval_batch_size
+            batches = [Batch(feats[i : i + bs], labels[i : i + bs], labels[i : i + bs], 0) for i in range(0, len(feats), bs)]
+            return evaluate(self.model, batches, self.device)
+        d, m = self.cfg.data, self.mae_cfg
+        return evaluate(self.classifier, eval_batches(d, d.eval_split, m.img_size, m.in_chans,
+                                                      self.cfg.linprobe.eval_batch_size, d.max_eval_samples),
+                        self.device, self.amp_dtype)
+
+    def after_epoch(self, run: Run, epoch: int) -> dict[str, Any]:
+        final = epoch == self.cfg.train.epochs
+        out: dict[str, Any] = {}
+        if run.info.is_main and (epoch % self.cfg.linprobe.eval_every_epochs == 0 or final):
+            out = {**self.best.update(self.classifier, self.evaluate(), epoch, final), "mode": self.cfg.linprobe.mode}
+            log.info("epoch %d (%s): top-1 %.2f (best %.2f)", epoch, self.cfg.linprobe.mode, out["top1"], out["best_top1"])
+        barrier(run.info)
+        return out
+
+
+def _identity(x):
+    return x
+
+
+class _Encoder(nn.Module):
+    """``forward_features`` of the classifier with the probe's pooling applied, as (N, 1, D) "tokens"."""
+
+    def __init__(self, classifier: nn.Module, pooling: str) -> None:
+        super().__init__()
+        self.classifier, self.pooling = classifier, pooling
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.classifier.forward_features(images)  # (N, 1 + L, D), final norm applied
+        pooled = tokens[:, 0] if self.pooling == "cls" else tokens[:, 1:].mean(1)
+        return pooled.unsqueeze(1)
+
+
+def linprobe(cfg: LinprobeConfig) -> dict[str, Any]:
+    """Linear probe of a pretrained (or random) encoder as configured."""
+    from openmae.engine.distributed import cleanup, init_distributed
+    from openmae.engine.logging import setup_console
+    from openmae.engine.loop import train
+
+    info = init_distributed(cfg.train.device)
+    setup_console(info.is_main)
+    torch.manual_seed(cfg.train.seed)
+    task = LinprobeTask(cfg, info.device)
+    try:
+        return train(task, cfg, cfg.train, info)
+    finally:
+        cleanup(info)

@@ -1,0 +1,70 @@
+"""The classifier for fine-tuning and probing: timm's ``VisionTransformer`` with the MAE encoder's shape.
+
+Keys are timm's (and the official fine-tuning code's): ``fc_norm`` + global average pooling by default,
+or the cls token with the final ``norm``; for linear probing the head is BatchNorm1d(affine=False) + Linear.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import VisionTransformer
+
+from openmae.models.mae import DECODER_PREFIXES, MAEConfig
+from openmae.models.pos_embed import interpolate_pos_embed
+
+GLOBAL_POOL = ("avg", "token")
+
+
+def create_classifier(cfg: MAEConfig, num_classes: int, global_pool: str = "avg", drop_path: float = 0.0,
+                      bn_head: bool = False, head_init_std: float = 2e-5) -> VisionTransformer:
+    """A ViT classifier whose encoder fits an MAE of config ``cfg``.
+
+    ``global_pool="avg"``: mean of patch tokens then ``fc_norm`` (the paper's fine-tuning);
+    ``"token"``: the cls token after the final ``norm`` (the paper's linear probe).
+    """
+    if global_pool not in GLOBAL_POOL:
+        raise ValueError(f"global_pool={global_pool!r}; choose one of {GLOBAL_POOL}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    from functools import partial
+
+    model = VisionTransformer(
+        img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, embed_dim=cfg.embed_dim,
+        depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=num_classes, global_pool=global_pool,
+        drop_path_rate=drop_path,
+    )
+    trunc_normal_(model.head.weight, std=head_init_std)
+    nn.init.zeros_(model.head.bias)
+    if bn_head:
+        model.head = nn.Sequential(nn.BatchNorm1d(cfg.embed_dim, affine=False, eps=1e-6), model.head)
+    return model
+
+
+def load_encoder(model: VisionTransformer, mae_sd: dict[str, torch.Tensor], grid: tuple[int, int] | None = None,
+                 old_grid: tuple[int, int] | None = None) -> list[str]:
+    """Copy MAE encoder weights into ``model``; returns the keys left at their init (the head, fc_norm).
+
+    The decoder is dropped; with average pooling the final ``norm`` is dropped as in the official code;
+    the position table is resized (bicubic) when the resolution differs.
+    """
+    sd = {k: v for k, v in mae_sd.items() if not k.startswith(DECODER_PREFIXES) and not k.startswith(("head.", "fc_norm."))}
+    own = model.state_dict()
+    if "norm.weight" not in own:  # average pooling: norm is Identity, fc_norm is trained from scratch
+        sd = {k: v for k, v in sd.items() if not k.startswith("norm.")}
+    if "pos_embed" in sd and sd["pos_embed"].shape != own["pos_embed"].shape:
+        sd["pos_embed"] = interpolate_pos_embed(sd["pos_embed"], grid or model.patch_embed.grid_size, old_grid)
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    misshaped = sorted(k for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
+    allowed_missing = {k for k in own if k.startswith(("head.", "fc_norm."))}
+    if unexpected or misshaped or set(missing) - allowed_missing:
+        raise ValueError(
+            "encoder weights do not fit the classifier: "
+            f"missing {sorted(set(missing) - allowed_missing)}, unexpected {unexpected}, wrong shape "
+            + ", ".join(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in misshaped)
+        )
+    model.load_state_dict(sd, strict=False)
+    return missing
