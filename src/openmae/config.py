@@ -93,10 +93,15 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a (partial) nested dict, refusing unknown keys and wrong types."""
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "", base: T | None = None) -> T:
+    """Build dataclass ``cls`` from a (partial) nested dict, refusing unknown keys and wrong types.
+
+    Values not in ``data`` keep those of ``base`` (default: ``cls()``), so a section whose default comes
+    from a task-specific factory (fine-tuning's ``train.blr``) keeps it when only other keys are set.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    base = cls() if base is None else base
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -107,11 +112,10 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for name, value in data.items():
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, value, f"{prefix}{name}.")
+            kwargs[name] = from_dict(tp, value, f"{prefix}{name}.", getattr(base, name))
         else:
             kwargs[name] = coerce(value, tp, prefix + name)
-    obj = cls(**kwargs)
-    return obj
+    return dataclasses.replace(base, **kwargs)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -124,6 +124,18 @@ def cmd_convert(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+@command("benchmark", "images/s, FLOPs and MFU of a pretraining step, beside Hugging Face and an eager reference")
+def cmd_benchmark(args: argparse.Namespace, rest: list[str]) -> int:
+    from openmae.engine.benchmark import benchmark
+
+    if rest:
+        raise ConfigError(f"unexpected arguments {rest}")
+    result = benchmark(args.preset, args.batch, args.precision, args.compile, not args.no_hf, True,
+                       steps=args.steps, grad_checkpointing=args.grad_checkpointing)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 @command("demo", "pretrain a small MAE on real data for a few minutes and evaluate it")
 def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
     from openmae.engine.demo import run_demo
@@ -151,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--to", required=True, choices=["openmae", "official", "timm", "hf"])
             p.add_argument("--hf-layout", default="v4", choices=["v4", "v5"],
                            help="Hugging Face key names: v4 = hub files / transformers 4, v5 = transformers 5")
+        if name == "benchmark":
+            p.add_argument("--preset", default="mae_vit_base_patch16")
+            p.add_argument("--batch", type=int, default=64)
+            p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
+            p.add_argument("--compile", action="store_true")
+            p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face comparison")
+            p.add_argument("--grad-checkpointing", action="store_true")
+            p.add_argument("--steps", type=int, default=10)
         if name == "demo":
             p.add_argument("--data-root", help="folder holding fashion-mnist/ (default $OPENMAE_DATA)")
             p.add_argument("--output", "-o", default="runs/demo")

@@ -81,8 +81,8 @@ class SeededSamples(Dataset):
     replaced by the next readable one (so batches keep their size) and counted; ``fail`` raises.
     """
 
-    def __init__(self, source: ImageSource, transform: Callable, bad_files: str = "skip") -> None:
-        self.source, self.transform, self.bad_files = source, transform, bad_files
+    def __init__(self, source: ImageSource, transform: Callable, bad_files: str = "skip", seeded: bool = True) -> None:
+        self.source, self.transform, self.bad_files, self.seeded = source, transform, bad_files, seeded
 
     def __len__(self) -> int:
         return len(self.source)
@@ -103,6 +103,8 @@ class SeededSamples(Dataset):
                     raise BadImageError(f"{skipped} consecutive unreadable images up to {err}; "
                                         f"check the data folder") from None
                 index = (index + 1) % len(self.source)
+        if not self.seeded:  # a deterministic transform (cached features) needs no seeding
+            return self.transform(img), label, seed, skipped
         # torchvision draws from torch's RNG, timm's RandAugment from `random` and numpy: seed all three for
         # this sample only, and give the caller's streams back untouched
         py_state, np_state = random.getstate(), np.random.get_state()

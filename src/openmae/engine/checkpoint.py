@@ -56,7 +56,7 @@ def _digest(state: dict[str, Any]) -> str:
     for key in sorted(state["model"]):
         t = state["model"][key].detach().cpu().contiguous()
         h.update(key.encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -114,6 +114,16 @@ class CheckpointManager:
         if "sha256" in state and state["sha256"] != _digest(state):
             raise CheckpointError(f"checkpoint {path} fails its checksum: the weights were changed or corrupted")
         return state
+
+    def remove_temporary(self) -> list[Path]:
+        """Delete temporary files left by a save that was killed half-way (never a finished checkpoint)."""
+        if not self.run_dir.is_dir():
+            return []
+        stale = [p for p in self.run_dir.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+        for path in stale:
+            log.warning("removing %s, left by an interrupted save", path.name)
+            path.unlink(missing_ok=True)
+        return stale
 
     def latest_valid(self) -> tuple[Path, dict[str, Any]] | None:
         """The newest checkpoint that loads and passes its checksum; damaged ones are reported and skipped."""

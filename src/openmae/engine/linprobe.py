@@ -99,8 +99,10 @@ class LinprobeTask:
             self.train_feats = self._features(cfg.data.train_split, cfg.data.max_samples)
             self.eval_feats = self._features(cfg.data.eval_split, cfg.data.max_eval_samples)
             self.model = self.classifier.head  # only the head trains; features come from the cache
+            self.num_workers = 0  # in-memory tensors: worker processes would only add overhead
         else:
             self.model = self.classifier
+            self.num_workers = cfg.data.num_workers
 
     def _features(self, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
         m, bs = self.mae_cfg, self.cfg.linprobe.eval_batch_size
@@ -121,7 +123,7 @@ class LinprobeTask:
         if self.cfg.linprobe.mode == "cached":
             sampler = ResumableSampler(len(self.train_feats[0]), t.batch_size, t.seed, rank=info.rank,
                                        world_size=info.world_size)
-            return SeededSamples(FeatureSource(*self.train_feats), _identity), sampler
+            return SeededSamples(FeatureSource(*self.train_feats), _identity, seeded=False), sampler
         return train_dataset(d, m.img_size, m.in_chans, t.batch_size, t.seed, info.rank, info.world_size)
 
     def forward(self, model: nn.Module, batch: Batch, device: torch.device) -> StepOutput:

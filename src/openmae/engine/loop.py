@@ -101,7 +101,8 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
     device = info.device
     amp_dtype = autocast_dtype(train_cfg.precision, device)
     dataset, sampler = task.train_data(info)
-    loader = make_loader(dataset, sampler, config.data.num_workers, pin_memory=device.type == "cuda")
+    workers = getattr(task, "num_workers", config.data.num_workers)
+    loader = make_loader(dataset, sampler, workers, pin_memory=device.type == "cuda")
     accum = train_cfg.accum_steps
     batches = sampler.batches_per_epoch
     if train_cfg.max_steps_per_epoch:
@@ -123,6 +124,8 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
 
     epoch, start_batch, step, resumed = 0, 0, 0, None
     if train_cfg.resume:
+        if info.is_main:
+            ckpts.remove_temporary()
         found = ckpts.latest_valid() if train_cfg.resume == "auto" else (train_cfg.resume, ckpts.load(train_cfg.resume))
         if found is None:
             log.info("resume=auto: no valid checkpoint in %s, starting from scratch", run_dir)

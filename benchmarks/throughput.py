@@ -1,0 +1,52 @@
+"""Pretraining-step throughput, FLOPs and MFU of openmae against Hugging Face and an eager fp32 reference.
+
+    python benchmarks/throughput.py                       # the CPU suite (ViT-S/16 at 224, ViT-T/4 at 32)
+    python benchmarks/throughput.py --preset mae_vit_large_patch16 --batch 128 --precision bf16 --compile
+
+Prints one JSON object per configuration and a table with the ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from openmae.engine.benchmark import benchmark
+
+CPU_SUITE = [("mae_vit_small_patch16", 16), ("mae_vit_tiny_patch4_32", 128)]
+
+
+def table(result: dict) -> str:
+    rows = result["rows"]
+    best = rows[0]["images_per_s"]
+    lines = [f"{result['preset']} batch {result['batch']} on {result['device']} (matmul "
+             f"{result['matmul_tflops']:.2f} TFLOP/s {result['precision']}, {result['train_gflops_per_image']:.2f} "
+             f"GFLOP/image, load {result['load_avg'][0]:.2f})",
+             "| implementation | images/s | step ms | TFLOP/s | MFU | openmae speed-up |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['images_per_s']:.1f} | {r['step_ms']:.1f} | {r['tflops']:.3f} | "
+                     f"{100 * r['mfu']:.1f}% | {best / r['images_per_s']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", help="one preset instead of the CPU suite")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--no-hf", action="store_true")
+    parser.add_argument("--grad-checkpointing", action="store_true")
+    args = parser.parse_args()
+    suite = [(args.preset, args.batch)] if args.preset else CPU_SUITE
+    for preset, batch in suite:
+        result = benchmark(preset, batch, args.precision, args.compile, not args.no_hf, True, warmup=args.warmup,
+                           steps=args.steps, grad_checkpointing=args.grad_checkpointing)
+        print(json.dumps(result))
+        print(table(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Throughput of a full pretraining step (forward, backward, AdamW), its FLOPs and MFU, side by side with
+Hugging Face ``ViTMAEForPreTraining`` and a plain eager fp32 reference, all measured in one run."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from openmae.eval.flops import mae_train_flops
+from openmae.models.mae import MAEConfig, MaskedAutoencoder
+from openmae.models.registry import model_config
+
+
+@dataclass
+class StepTiming:
+    name: str
+    images_per_s: float
+    step_ms: float
+    tflops: float
+    mfu: float
+    peak_mem_mb_per_image: float | None
+
+    def row(self) -> dict:
+        return asdict(self)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 10) -> float:
+    """Measured dense matmul FLOP/s of this machine for ``dtype`` (median of ``repeats``)."""
+    size = size or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * size**3 / statistics.median(times)
+
+
+def time_step(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> float:
+    """Median seconds of ``step`` after ``warmup`` calls (the device is synchronised around each timing)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        t = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _train_step(model: nn.Module, forward: Callable[[], torch.Tensor], dtype: torch.dtype | None,
+                device: torch.device) -> Callable[[], None]:
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95),
+                            fused=device.type == "cuda")
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = forward()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _measure(name: str, model: nn.Module, forward: Callable[[], torch.Tensor], cfg: MAEConfig, batch: int,
+             dtype: torch.dtype | None, device: torch.device, peak: float, warmup: int, steps: int) -> StepTiming:
+    step = _train_step(model, forward, dtype, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = time_step(step, device, warmup, steps)
+    flops = mae_train_flops(cfg) * batch
+    mem = torch.cuda.max_memory_allocated(device) / 2**20 / batch if device.type == "cuda" else None
+    return StepTiming(name, batch / seconds, 1000 * seconds, flops / seconds / 1e12, flops / seconds / peak, mem)
+
+
+def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: bool = False, compare_hf: bool = True,
+              eager_reference: bool = True, device_name: str = "auto", warmup: int = 3, steps: int = 10,
+              grad_checkpointing: bool = False, **overrides) -> dict:
+    """Time openmae's step (and the peers') for ``preset``; returns rows and the machine's matmul rate."""
+    device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
+                          ("cpu" if device_name == "auto" else device_name))
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    cfg = model_config(preset, grad_checkpointing=grad_checkpointing, **overrides)
+    peak = matmul_rate(device, dtype or torch.float32)
+    imgs = torch.randn(batch, cfg.in_chans, *cfg.img_size, device=device)
+    noise = torch.rand(batch, cfg.grid[0] * cfg.grid[1], device=device)
+    rows = []
+
+    torch.manual_seed(0)
+    ours = MaskedAutoencoder(cfg).to(device)
+    run = torch.compile(ours) if compile_model else ours
+    label = f"openmae {precision}{' compiled' if compile_model else ''}{' ckpt' if grad_checkpointing else ''}"
+    rows.append(_measure(label, ours, lambda: run(imgs, noise=noise).loss, cfg, batch, dtype, device, peak,
+                         warmup, steps))
+    if compare_hf:
+        from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+        from openmae.convert.hf import hf_config_dict
+
+        hf = ViTMAEForPreTraining(ViTMAEConfig(**hf_config_dict(cfg), attn_implementation="sdpa")).to(device)
+        rows.append(_measure(f"huggingface sdpa {precision}", hf, lambda: hf(pixel_values=imgs, noise=noise).loss,
+                             cfg, batch, dtype, device, peak, warmup, steps))
+        del hf
+    if eager_reference:
+        ref = MaskedAutoencoder(cfg).to(device)
+        for blk in [*ref.blocks, *ref.decoder_blocks]:
+            blk.attn.fused_attn = False  # explicit softmax(QK^T)V, as the official code's timm 0.3.2
+        ref_peak = matmul_rate(device, torch.float32) if dtype is not None else peak
+        rows.append(_measure("eager fp32 reference", ref, lambda: ref(imgs, noise=noise).loss, cfg, batch, None,
+                             device, ref_peak, warmup, steps))
+    return {
+        "preset": preset, "batch": batch, "precision": precision, "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+        "matmul_tflops": peak / 1e12, "train_gflops_per_image": mae_train_flops(cfg) / 1e9,
+        "load_avg": os.getloadavg(), "rows": [r.row() for r in rows],
+    }

@@ -1,0 +1,53 @@
+"""``python tests/fault_run.py <openmae args>``: the openmae CLI with one fault injected, chosen by $FAULT.
+
+- ``kill_in_save:<step>``: SIGKILL half-way through writing the checkpoint of that step (a torn temp file).
+- ``kill_at_step:<rank>:<step>``: that rank SIGKILLs itself right after optimizer step <step>, on the
+  first attempt only (torchrun's TORCHELASTIC_RESTART_COUNT == 0).
+"""
+
+import io
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+fault = os.environ.get("FAULT", "")
+if fault.startswith("kill_in_save:"):
+    target = f"checkpoint-{int(fault.split(':')[1]):09d}.pth"
+    import openmae.engine.checkpoint as checkpoint
+
+    real_save = checkpoint.save_file
+
+    def torn_save(obj, path):
+        if Path(path).name != target:
+            return real_save(obj, path)
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        tmp = Path(path).parent / f".{Path(path).name}.crash.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    checkpoint.save_file = torn_save
+elif fault.startswith("kill_at_step:"):
+    _, rank, step = fault.split(":")
+    if os.environ.get("RANK", "0") == rank and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        real_step = torch.optim.AdamW.step
+        calls = {"n": 0}
+
+        def dying_step(self, *args, **kwargs):
+            out = real_step(self, *args, **kwargs)
+            calls["n"] += 1
+            if calls["n"] == int(step):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+
+        torch.optim.AdamW.step = dying_step
+
+from openmae.cli.main import main  # noqa: E402
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""Configuration: defaults, YAML, overrides, type checks, task-specific section defaults."""
+
+from pathlib import Path
+
+import pytest
+
+from openmae.config import ConfigError, dump_yaml, load_config, to_dict
+from openmae.engine.finetune import FinetuneConfig
+from openmae.engine.linprobe import LinprobeConfig
+from openmae.engine.pretrain import PretrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_task_defaults_survive_partial_overrides():
+    cfg = load_config(LinprobeConfig, overrides=["train.epochs=5", "train.warmup_epochs=1", "data.name=cifar10"])
+    assert cfg.train.blr == 0.1 and cfg.train.optimizer == "lars" and cfg.train.weight_decay == 0.0
+    assert cfg.train.epochs == 5 and cfg.data.crop_scale == (0.08, 1.0)
+    ft = load_config(FinetuneConfig, overrides=["train.batch_size=32", "data.name=cifar10"])
+    assert ft.train.blr == 5e-4 and ft.train.betas == (0.9, 0.999) and ft.model.name == "auto"
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: mae_vit_tiny_patch4_32\ntrain:\n  epochs: 7\n  betas: [0.8, 0.9]\n")
+    cfg = load_config(PretrainConfig, [path], ["train.epochs=9", "train.warmup_epochs=1", "model.img_size=64", "data.path=/x"])
+    assert cfg.train.epochs == 9 and cfg.train.betas == (0.8, 0.9) and cfg.model.img_size == (64, 64)
+    assert cfg.model.resolve().img_size == (64, 64)
+    again = load_config(PretrainConfig, overrides=[f"{k}={v}" for k, v in [("train.epochs", 9)]] + ["data.path=/x", "train.warmup_epochs=1"])
+    assert to_dict(again)["train"]["epochs"] == 9
+    assert "epochs: 9" in dump_yaml(cfg)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epochs=1.5", "train.epochs=1.5 must be an integer"),
+    ("train.betas=[0.9]", "train.betas=[0.9] must have 2 items"),
+    ("train.clip_grad=-1", "train.clip_grad=-1.0 is invalid"),
+    ("model.norm_pix_loss=maybe", "model.norm_pix_loss='maybe' is not a valid bool"),
+    ("nonsense=1", "unknown setting(s) ['nonsense']"),
+    ("data.crop_scale=[0.5,0.2]", "data.crop_scale=(0.5, 0.2) is invalid"),
+    ("train.warmup_epochs=900", "train.warmup_epochs=900.0 is invalid: must be between 0 and train.epochs (800)"),
+    ("pretrain.knn_every_epochs=1", "kNN needs labels"),
+    ("train", "must look like key.sub=value"),
+])
+def test_invalid_settings_name_key_value_and_range(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(PretrainConfig, overrides=["data.path=/x", override])
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_preset_loads_and_validates(path):
+    cls = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "linprobe": LinprobeConfig}[path.parent.name]
+    cfg = load_config(cls, [path])
+    if cfg.model.name != "auto":
+        cfg.model.resolve()
+
+
+def test_paper_presets_hold_the_paper_recipe():
+    base = load_config(PretrainConfig, [REPO / "configs/pretrain/mae_vit_base_imagenet.yaml"])
+    assert (base.train.blr, base.train.weight_decay, base.train.betas, base.pretrain.mask_ratio) == (1.5e-4, 0.05, (0.9, 0.95), 0.75)
+    assert base.train.batch_size * base.train.accum_steps * 16 == 4096 and base.model.norm_pix_loss
+    ft = load_config(FinetuneConfig, [REPO / "configs/finetune/vit_base_imagenet.yaml"])
+    assert (ft.finetune.layer_decay, ft.finetune.drop_path, ft.train.blr, ft.train.epochs) == (0.65, 0.1, 5e-4, 100)
+    lp = load_config(LinprobeConfig, [REPO / "configs/linprobe/vit_base_imagenet.yaml"])
+    assert (lp.train.optimizer, lp.train.blr, lp.train.batch_size * lp.train.accum_steps * 8) == ("lars", 0.1, 16384)

@@ -1,0 +1,145 @@
+"""Nothing is lost: SIGKILL anywhere, torn and corrupted checkpoints, full disks, dying workers."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from openmae.engine.checkpoint import CheckpointError, CheckpointManager
+from openmae.engine.pretrain import pretrain
+
+from helpers import REPO, tiny_pretrain, weights
+
+ARGS = ["model.name=mae_vit_debug_patch4_32", "data.name=cifar10", "data.max_samples=96", "data.num_workers=0",
+        "train.epochs=3", "train.warmup_epochs=1", "train.batch_size=16", "train.log_every_steps=1",
+        "train.progress=false", "train.tensorboard=false", "pretrain.vis_images=0", "train.blr=1.5e-3",
+        "train.ckpt_every_steps=2"]
+
+
+def cli(out: Path, data_root: Path, *extra: str, fault: str = "", torchrun: int = 0) -> subprocess.Popen:
+    args = [f"--data-root={data_root}", f"-o={out}", "--resume=auto", *ARGS, *extra]
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
+               "--max-restarts=2", str(REPO / "tests" / "fault_run.py"), "pretrain", *args]
+    else:
+        cmd = [sys.executable, str(REPO / "tests" / "fault_run.py"), "pretrain", *args]
+    env = {**os.environ, "FAULT": fault, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=600)
+    return proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, datasets):
+    out = tmp_path_factory.mktemp("reference")
+    code, err = finish(cli(out, datasets))
+    assert code == 0, err[-3000:]
+    return weights(out)
+
+
+def same(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def logged_steps(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    return max([json.loads(ln).get("step", 0) for ln in path.read_text().splitlines() if ln.strip()] or [0])
+
+
+@pytest.mark.parametrize("kill_after_step", [3, 8, 13])  # mid-epoch 1, mid-epoch 2, right after an epoch end
+def test_sigkill_anywhere_then_resume_matches(tmp_path, datasets, reference, kill_after_step):
+    run = tmp_path / "run"
+    proc = cli(run, datasets)
+    deadline = time.time() + 300
+    while logged_steps(run) < kill_after_step and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    code, err = finish(cli(run, datasets))
+    assert code == 0, err[-3000:]
+    assert "resumed from" in err
+    assert same(weights(run), reference)
+    steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines() if "loss" in ln]
+    assert steps == sorted(set(steps)) and len(steps) == 18  # one line per step, none lost, none twice
+
+
+def test_sigkill_during_checkpoint_write(tmp_path, datasets, reference):
+    run = tmp_path / "run"
+    code, _ = finish(cli(run, datasets, fault="kill_in_save:6"))
+    assert code == -signal.SIGKILL
+    assert [p.name for p in CheckpointManager(run).list()] == ["checkpoint-000000004.pth", "checkpoint-000000002.pth"]
+    assert list(run.glob(".checkpoint-000000006.pth.*"))  # the torn temporary file is there ...
+    code, err = finish(cli(run, datasets))
+    assert code == 0, err[-3000:]
+    assert "resumed from" in err and "checkpoint-000000004.pth" in err
+    assert not list(run.glob(".checkpoint-*"))  # ... and cleaned up on resume
+    assert same(weights(run), reference)
+
+
+def test_truncated_and_corrupted_checkpoints_fall_back(tmp_path, datasets, caplog):
+    run = tmp_path / "run"
+    pretrain(tiny_pretrain(run, datasets, "train.ckpt_every_steps=2", "train.keep_last=3", "train.epochs=1"))
+    newest, middle, oldest = CheckpointManager(run).list()
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])  # cut short
+    raw = bytearray(middle.read_bytes())
+    pos = raw.find(b"data/0") + 200
+    raw[pos : pos + 64] = bytes(64)  # silent corruption inside tensor bytes: unpickles fine
+    middle.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        CheckpointManager.load(newest)
+    with pytest.raises(CheckpointError, match="fails its checksum"):
+        CheckpointManager.load(middle)
+    path, state = CheckpointManager(run).latest_valid()
+    assert path == oldest and state["step"] == 2
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert newest.name in messages and middle.name in messages
+
+
+def test_full_disk_during_save_keeps_previous(tmp_path, datasets, monkeypatch):
+    run = tmp_path / "run"
+    pretrain(tiny_pretrain(run, datasets, "train.epochs=1"))
+    manager = CheckpointManager(run)
+    (only,) = manager.list()
+    before = only.read_bytes()
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    state = CheckpointManager.load(only)
+    with pytest.raises(OSError, match="No space left"):
+        manager.save(state, step=99)
+    assert manager.list() == [only] and only.read_bytes() == before
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_torchrun_restarts_after_a_worker_dies(tmp_path, datasets):
+    ref = tmp_path / "ref"
+    code, err = finish(cli(ref, datasets, "train.batch_size=8", torchrun=2))
+    assert code == 0, err[-3000:]
+    run = tmp_path / "run"
+    code, err = finish(cli(run, datasets, "train.batch_size=8", fault="kill_at_step:1:7", torchrun=2))
+    assert code == 0, err[-3000:]
+    assert "resumed from" in err and "checkpoint-000000006.pth" in err
+    assert same(weights(run), weights(ref))
+
+
+def test_resume_with_other_model_settings_is_refused(tmp_path, datasets):
+    run = tmp_path / "run"
+    pretrain(tiny_pretrain(run, datasets, "train.epochs=1"))
+    with pytest.raises(CheckpointError, match="was written for model .* but this run builds"):
+        pretrain(tiny_pretrain(run, datasets, "train.epochs=2", "train.resume=auto", "model.depth=3"))

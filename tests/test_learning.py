@@ -1,0 +1,60 @@
+"""Smoke versions of the evaluation protocols on real Fashion-MNIST: a briefly pretrained encoder must beat
+a random-init encoder under kNN, the cached linear probe and fine-tuning at the same budget.
+A regression in what the model learns fails here, in CI."""
+
+import pytest
+
+from openmae.config import load_config
+from openmae.engine.finetune import FinetuneConfig, finetune
+from openmae.engine.knn_eval import KnnConfig, knn_eval
+from openmae.engine.linprobe import LinprobeConfig, linprobe
+from openmae.engine.pretrain import PretrainConfig, pretrain
+
+MODEL = ["model.name=mae_vit_tiny_patch7_28_gray", "model.embed_dim=96", "model.depth=4", "model.num_heads=3",
+         "model.decoder_embed_dim=64", "model.decoder_depth=1", "model.decoder_num_heads=2"]
+QUIET = ["train.progress=false", "train.tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, datasets):
+    out = tmp_path_factory.mktemp("pretrained")
+    pretrain(load_config(PretrainConfig, overrides=MODEL + QUIET + [
+        "data.name=fashion-mnist", f"data.root={datasets}", "data.max_samples=12000", "train.epochs=4",
+        "train.warmup_epochs=1", "train.batch_size=128", "train.blr=3e-3", "train.log_every_steps=50",
+        "pretrain.vis_images=0", f"train.output_dir={out}"]))
+    return out / "model-last.pth"
+
+
+def eval_data(datasets, train: int, test: int) -> list[str]:
+    return ["data.name=fashion-mnist", f"data.root={datasets}", f"data.max_samples={train}",
+            f"data.max_eval_samples={test}"]
+
+
+def test_knn_pretrained_beats_random(pretrained, datasets):
+    common = eval_data(datasets, 5000, 2000) + ["knn.pooling=mean"]
+    ours = knn_eval(load_config(KnnConfig, overrides=common + [f"knn.init={pretrained}"]))["knn_top1"]
+    rand = knn_eval(load_config(KnnConfig, overrides=common + MODEL))["knn_top1"]
+    assert ours > rand + 2.0, (ours, rand)
+
+
+def test_cached_linear_probe_pretrained_beats_random(pretrained, datasets, tmp_path):
+    common = eval_data(datasets, 5000, 2000) + QUIET + [
+        "linprobe.mode=cached", "linprobe.pooling=mean", "train.epochs=10", "train.warmup_epochs=1",
+        "train.batch_size=256", "train.optimizer=adamw", "train.lr=1e-3", "train.betas=[0.9,0.999]"]
+    ours = linprobe(load_config(LinprobeConfig, overrides=common + [f"linprobe.init={pretrained}",
+                                                                     f"train.output_dir={tmp_path / 'a'}"]))
+    rand = linprobe(load_config(LinprobeConfig, overrides=common + MODEL + [f"train.output_dir={tmp_path / 'b'}"]))
+    assert ours["mode"] == "cached"
+    assert ours["best_top1"] > rand["best_top1"] + 2.0, (ours["best_top1"], rand["best_top1"])
+    assert (tmp_path / "a" / "model-best.pth").is_file() and (tmp_path / "a" / "model-timm.safetensors").is_file()
+
+
+def test_finetune_pretrained_beats_scratch(pretrained, datasets, tmp_path):
+    common = eval_data(datasets, 2000, 2000) + QUIET + [
+        "train.epochs=3", "train.warmup_epochs=1", "train.batch_size=64", "train.blr=2e-3", "data.num_workers=2",
+        "finetune.mixup=0", "finetune.cutmix=0", "finetune.auto_augment=", "finetune.reprob=0",
+        "finetune.drop_path=0", "train.log_every_steps=10"]
+    ours = finetune(load_config(FinetuneConfig, overrides=common + [f"finetune.init={pretrained}",
+                                                                     f"train.output_dir={tmp_path / 'a'}"]))
+    scratch = finetune(load_config(FinetuneConfig, overrides=common + MODEL + [f"train.output_dir={tmp_path / 'b'}"]))
+    assert ours["best_top1"] > scratch["best_top1"] + 2.0, (ours["best_top1"], scratch["best_top1"])
