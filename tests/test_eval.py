@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 from PIL import Image
 
 import openmae
 from openmae.convert.files import load_file
 from openmae.eval.knn import knn_accuracy, knn_predict
 from openmae.eval.reconstruction import reconstruct
-
-from helpers import run_cli
 
 
 def test_knn_separable_is_perfect():

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, tiny_pretrain, weights
 
 from openmae.engine.checkpoint import CheckpointError, CheckpointManager
 from openmae.engine.pretrain import pretrain
-
-from helpers import REPO, tiny_pretrain, weights
 
 ARGS = ["model.name=mae_vit_debug_patch4_32", "data.name=cifar10", "data.max_samples=96", "data.num_workers=0",
         "train.epochs=3", "train.warmup_epochs=1", "train.batch_size=16", "train.log_every_steps=1",

@@ -109,7 +109,8 @@ class SeededSamples(Dataset):
         # this sample only, and give the caller's streams back untouched
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # the CPU generator only: torch.manual_seed would also queue a (costly) lazy CUDA seeding
+            torch.default_generator.manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed % 2**32)
             try:

@@ -53,7 +53,7 @@ def reconstruct(model: MaskedAutoencoder, imgs: torch.Tensor, mean: tuple[float,
 
     original = to_unit(imgs)
     reconstruction = to_unit(recon)
-    masked = original * (1 - pixel_mask.cpu())
+    masked = original * (1 - pixel_mask.cpu()) + 0.5 * pixel_mask.cpu()  # removed patches shown mid-grey
     pasted = original * (1 - pixel_mask.cpu()) + reconstruction * pixel_mask.cpu()
     return Reconstruction(original, masked, reconstruction, pasted, out.mask.cpu())
 
