@@ -9,7 +9,7 @@ import openmae
 def loss_and_grads(model, imgs, noise, dtype=None, run=None):
     model.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-        loss = (run or model)(imgs, noise=noise).loss
+        loss = (run if run is not None else model)(imgs, noise=noise).loss
     loss.backward()
     return loss.detach().float(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -56,10 +56,10 @@ def test_bf16_autocast_close_to_fp32(setup):
     ref = loss_and_grads(model, imgs, noise)
     bf16 = loss_and_grads(model, imgs, noise, torch.bfloat16)
     assert abs(bf16[0] - ref[0]) / ref[0] <= 1e-2
-    # gradients in bf16 carry ~3 significant digits: compare them as whole tensors
+    # gradients in bf16 carry ~3 significant digits: compare each as a whole tensor (relative norm of the error)
     for k in ref[1]:
         err = (bf16[1][k].float() - ref[1][k]).norm() / ref[1][k].norm().clamp_min(1e-12)
-        assert err <= 5e-2, k
+        assert err <= 1e-2, k
 
 
 def test_compiled_step_equals_eager(setup):
