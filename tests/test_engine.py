@@ -103,3 +103,12 @@ def test_nonfinite_skip_policy_counts_skips(tmp_path, datasets):
                         "train.epochs=1")
     out = pretrain(cfg)
     assert out["skipped_steps"] >= 1
+
+
+@pytest.mark.parametrize("extra", [["train.precision=bf16"], ["train.clip_grad=0.5"], ["train.compile=true"]])
+def test_loop_options_train_and_checkpoint(tmp_path, datasets, extra):
+    out = pretrain(tiny_pretrain(tmp_path / "r", datasets, "train.epochs=2", *extra))
+    records = [r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r]
+    assert len(records) == 8 and all(math.isfinite(r["loss"]) for r in records)
+    assert sum(r["loss"] for r in records[-2:]) < sum(r["loss"] for r in records[:2])
+    assert out["step"] == 8 and (tmp_path / "r" / "checkpoint-000000008.pth").is_file()

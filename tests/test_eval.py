@@ -75,3 +75,15 @@ def test_convert_cli_roundtrip(tmp_path):
     again = hf_to_openmae(hf_sd)
     assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
     assert isinstance(hf.config, ViTMAEConfig) and hf.config.layer_norm_eps == 1e-6
+
+
+def test_visualize_dataset_items(tmp_path, datasets):
+    model = openmae.create_model("mae_vit_tiny_patch7_28_gray", depth=1, decoder_depth=1)
+    ckpt = tmp_path / "mae.pth"
+    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, ckpt)
+    proc = run_cli("visualize", "--checkpoint", str(ckpt), "--count", "3", "-o", str(tmp_path / "pics"),
+                   "data.name=fashion-mnist", f"data.root={datasets}")
+    assert proc.returncode == 0, proc.stderr
+    pngs = sorted((tmp_path / "pics").glob("test-*.png"))
+    assert [p.name for p in pngs] == ["test-00000.png", "test-00001.png", "test-00002.png"]
+    assert Image.open(pngs[0]).size == (4 * 112 + 6, 112)  # 28px enlarged 4x

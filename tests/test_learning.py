@@ -58,3 +58,20 @@ def test_finetune_pretrained_beats_scratch(pretrained, datasets, tmp_path):
                                                                      f"train.output_dir={tmp_path / 'a'}"]))
     scratch = finetune(load_config(FinetuneConfig, overrides=common + MODEL + [f"train.output_dir={tmp_path / 'b'}"]))
     assert ours["best_top1"] > scratch["best_top1"] + 2.0, (ours["best_top1"], scratch["best_top1"])
+
+
+def test_online_linear_probe_trains_only_the_head(pretrained, datasets, tmp_path):
+    import torch
+
+    from openmae.convert.files import load_file
+
+    out = linprobe(load_config(LinprobeConfig, overrides=eval_data(datasets, 512, 256) + QUIET + [
+        f"linprobe.init={pretrained}", "train.epochs=2", "train.warmup_epochs=1", "train.batch_size=64",
+        f"train.output_dir={tmp_path}", "data.num_workers=0"]))
+    assert out["mode"] == "online" and out["top1"] > 10.0
+    probe = load_file(tmp_path / "model-last.pth")["model"]
+    mae = load_file(pretrained)["model"]
+    for key in ("blocks.0.attn.qkv.weight", "patch_embed.proj.weight", "norm.weight", "cls_token"):
+        assert torch.equal(probe[key], mae[key]), key  # the encoder stayed frozen
+    assert probe["head.0.running_var"].ne(1).any()  # the BatchNorm head saw the features
+    assert not torch.equal(probe["head.1.weight"], torch.zeros_like(probe["head.1.weight"]))

@@ -101,14 +101,19 @@ def cmd_knn(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     from openmae.convert.checkpoints import load_pretrained
     from openmae.data.config import DataConfig
-    from openmae.eval.visualize import image_paths, visualize_files
+    from openmae.eval.visualize import image_paths, visualize_dataset, visualize_files
 
     # only the normalisation and evaluation crop of DataConfig matter here (data.mean=..., data.std=...)
     data = from_dict(DataConfig, dict(parse_override(item.removeprefix("data.")) for item in rest))
     model = load_pretrained(args.checkpoint)
     if not any(k.startswith("decoder_") for k in model.state_dict()) or model.cfg.decoder_depth == 0:
         raise ConfigError("visualize needs a checkpoint with the decoder")
-    written = visualize_files(model, image_paths(args.images), args.out, data, args.mask_ratio, args.seed)
+    if args.images:
+        written = visualize_files(model, image_paths(args.images), args.out, data, args.mask_ratio, args.seed)
+    elif data.name != "folder" or data.path:
+        written = visualize_dataset(model, data, args.out, args.count, args.mask_ratio, args.seed)
+    else:
+        raise ConfigError("give image files or folders, or a dataset (data.name=cifar10 data.root=...)")
     for path in written:
         print(path)
     return 0
@@ -153,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("finetune", "linprobe", "knn", "visualize"):
             p.add_argument("--checkpoint", "--init", help="pretrained weights (openmae, official, timm or Hugging Face)")
         if name == "visualize":
-            p.add_argument("images", nargs="+", help="image files and/or folders")
+            p.add_argument("images", nargs="*", help="image files and/or folders (or give data.name=... instead)")
+            p.add_argument("--count", type=int, default=8, help="images taken from a dataset")
             p.add_argument("--out", "-o", default="reconstructions", help="folder for the PNGs")
             p.add_argument("--mask-ratio", type=float, default=0.75)
             p.add_argument("--seed", type=int, default=0)

@@ -44,7 +44,13 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # torchrun keeps one store across elastic restarts; the keys a dead attempt left there (its ranks'
+        # addresses) make the next attempt connect to dead peers and hang. A per-attempt prefix avoids them.
+        store, rank, world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"openmae/attempt{attempt}", store)
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 

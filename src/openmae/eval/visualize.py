@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from openmae.data.config import DataConfig
 from openmae.data.datasets import stats_for
 from openmae.data.images import find_images, open_image
@@ -43,9 +41,18 @@ def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | 
     return written
 
 
-@torch.no_grad()
-def visualize_batch(model: MaskedAutoencoder, images: torch.Tensor, out_path: str | Path, data: DataConfig,
-                    mask_ratio: float = 0.75, seed: int = 0) -> Path:
-    mean, std = stats_for(data, model.cfg.in_chans)
-    rec = reconstruct(model, images, mean, std, mask_ratio, seed)
-    return save_grid(rec, out_path, auto_scale(model.cfg.img_size))
+def visualize_dataset(model: MaskedAutoencoder, data: DataConfig, out_dir: str | Path, count: int = 8,
+                      mask_ratio: float = 0.75, seed: int = 0) -> list[Path]:
+    """Writes ``<out_dir>/<split>-<index>.png`` for the first ``count`` images of the evaluation split."""
+    from openmae.data.build import eval_batches
+
+    m = model.cfg
+    mean, std = stats_for(data, m.in_chans)
+    split = data.train_split if data.name == "folder" else data.eval_split
+    written: list[Path] = []
+    for batch in eval_batches(data, split, m.img_size, m.in_chans, count, limit=count):
+        for i in range(batch.images.shape[0]):
+            rec = reconstruct(model, batch.images[i : i + 1], mean, std, mask_ratio, seed=seed + len(written))
+            written.append(save_grid(rec, Path(out_dir) / f"{split}-{len(written):05d}.png", auto_scale(m.img_size)))
+        break
+    return written
