@@ -67,7 +67,7 @@ def test_online_linear_probe_trains_only_the_head(pretrained, datasets, tmp_path
 
     out = linprobe(load_config(LinprobeConfig, overrides=eval_data(datasets, 512, 256) + QUIET + [
         f"linprobe.init={pretrained}", "train.epochs=2", "train.warmup_epochs=1", "train.batch_size=64",
-        f"train.output_dir={tmp_path}", "data.num_workers=0"]))
+        f"train.output_dir={tmp_path}", "data.num_workers=0", "train.optimizer=adamw", "train.lr=1e-3"]))
     assert out["mode"] == "online" and out["top1"] > 10.0
     probe = load_file(tmp_path / "model-last.pth")["model"]
     mae = load_file(pretrained)["model"]
