@@ -26,7 +26,7 @@ def test_yaml_then_overrides(tmp_path):
     cfg = load_config(PretrainConfig, [path], ["train.epochs=9", "train.warmup_epochs=1", "model.img_size=64", "data.path=/x"])
     assert cfg.train.epochs == 9 and cfg.train.betas == (0.8, 0.9) and cfg.model.img_size == (64, 64)
     assert cfg.model.resolve().img_size == (64, 64)
-    again = load_config(PretrainConfig, overrides=[f"{k}={v}" for k, v in [("train.epochs", 9)]] + ["data.path=/x", "train.warmup_epochs=1"])
+    again = load_config(PretrainConfig, overrides=["train.epochs=9", "data.path=/x", "train.warmup_epochs=1"])
     assert to_dict(again)["train"]["epochs"] == 9
     assert "epochs: 9" in dump_yaml(cfg)
 

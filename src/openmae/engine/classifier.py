@@ -4,6 +4,7 @@ evaluating top-1/top-5, keeping the best weights and exporting them in timm's la
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from openmae.convert.checkpoints import infer_config, to_openmae_keys
 from openmae.convert.files import load_file, save_file, unwrap_state_dict
 from openmae.data.loader import Batch
 from openmae.engine.config import ModelSection
+from openmae.engine.distributed import barrier
+from openmae.engine.loop import Run
 from openmae.models.mae import MAEConfig
 
 log = logging.getLogger("openmae.classifier")
@@ -91,6 +94,18 @@ class BestKeeper:
                       self.run_dir / "model-timm.safetensors")
             log.info("exported the final classifier in timm layout to %s", self.run_dir / "model-timm.safetensors")
         return {**metrics, "best_top1": self.best}
+
+
+def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module, evaluate_fn: Callable[[], dict[str, float]],
+                         best: BestKeeper, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rank 0 evaluates every ``every`` epochs and at the end, keeps the best weights; all ranks wait."""
+    final = epoch == run.train.epochs
+    out: dict[str, Any] = {}
+    if run.info.is_main and (epoch % every == 0 or final):
+        out = {**best.update(model, evaluate_fn(), epoch, final), **(extra or {})}
+        log.info("epoch %d: top-1 %.2f top-5 %.2f (best %.2f)", epoch, out["top1"], out["top5"], out["best_top1"])
+    barrier(run.info)
+    return out
 
 
 def labels_and_images(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

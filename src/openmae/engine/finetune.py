@@ -18,10 +18,17 @@ from openmae.data.build import eval_batches, train_dataset
 from openmae.data.config import DataConfig
 from openmae.data.datasets import stats_for
 from openmae.data.loader import Batch
-from openmae.engine.classifier import BestKeeper, evaluate, labels_and_images, num_classes_of, resolve_encoder
+from openmae.engine.classifier import (
+    BestKeeper,
+    evaluate,
+    evaluate_after_epoch,
+    labels_and_images,
+    num_classes_of,
+    resolve_encoder,
+)
 from openmae.engine.config import ModelSection, TrainConfig
-from openmae.engine.distributed import DistInfo, barrier
-from openmae.engine.loop import Run, StepOutput, autocast_dtype
+from openmae.engine.distributed import DistInfo
+from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
 from openmae.engine.optim import param_groups
 from openmae.models.vit import GLOBAL_POOL, create_classifier, load_encoder
 
@@ -130,26 +137,8 @@ class FinetuneTask:
         return evaluate(self.model, batches, device, self.amp_dtype)
 
     def after_epoch(self, run: Run, epoch: int) -> dict[str, Any]:
-        final = epoch == self.cfg.train.epochs
-        out: dict[str, Any] = {}
-        if run.info.is_main and (epoch % self.cfg.finetune.eval_every_epochs == 0 or final):
-            out = self.best.update(self.model, self.evaluate(), epoch, final)
-            log.info("epoch %d: top-1 %.2f top-5 %.2f (best %.2f)", epoch, out["top1"], out["top5"], out["best_top1"])
-        barrier(run.info)
-        return out
-
+        return evaluate_after_epoch(run, epoch, self.cfg.finetune.eval_every_epochs, self.model, self.evaluate, self.best)
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune a ViT classifier from a pretrained (or random) encoder as configured."""
-    from openmae.engine.distributed import cleanup, init_distributed
-    from openmae.engine.logging import setup_console
-    from openmae.engine.loop import train
-
-    info = init_distributed(cfg.train.device)
-    setup_console(info.is_main)
-    torch.manual_seed(cfg.train.seed)
-    task = FinetuneTask(cfg, info.device)
-    try:
-        return train(task, cfg, cfg.train, info)
-    finally:
-        cleanup(info)
+    return launch(lambda info: FinetuneTask(cfg, info.device), cfg)

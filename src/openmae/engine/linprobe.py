@@ -19,10 +19,17 @@ from openmae.config import require
 from openmae.data.build import eval_batches, train_dataset
 from openmae.data.config import DataConfig
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples
-from openmae.engine.classifier import BestKeeper, evaluate, labels_and_images, num_classes_of, resolve_encoder
+from openmae.engine.classifier import (
+    BestKeeper,
+    evaluate,
+    evaluate_after_epoch,
+    labels_and_images,
+    num_classes_of,
+    resolve_encoder,
+)
 from openmae.engine.config import ModelSection, TrainConfig
-from openmae.engine.distributed import DistInfo, barrier
-from openmae.engine.loop import Run, StepOutput, autocast_dtype
+from openmae.engine.distributed import DistInfo
+from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
 from openmae.engine.optim import param_groups
 from openmae.eval.features import POOLING, extract_features
 from openmae.models.vit import create_classifier, load_encoder
@@ -145,14 +152,9 @@ class LinprobeTask:
                         self.device, self.amp_dtype)
 
     def after_epoch(self, run: Run, epoch: int) -> dict[str, Any]:
-        final = epoch == self.cfg.train.epochs
-        out: dict[str, Any] = {}
-        if run.info.is_main and (epoch % self.cfg.linprobe.eval_every_epochs == 0 or final):
-            out = {**self.best.update(self.classifier, self.evaluate(), epoch, final), "mode": self.cfg.linprobe.mode}
-            log.info("epoch %d (%s): top-1 %.2f (best %.2f)", epoch, self.cfg.linprobe.mode, out["top1"], out["best_top1"])
-        barrier(run.info)
-        return out
-
+        p = self.cfg.linprobe
+        return evaluate_after_epoch(run, epoch, p.eval_every_epochs, self.classifier, self.evaluate, self.best,
+                                    {"mode": p.mode})
 
 def _identity(x):
     return x
@@ -173,15 +175,4 @@ class _Encoder(nn.Module):
 
 def linprobe(cfg: LinprobeConfig) -> dict[str, Any]:
     """Linear probe of a pretrained (or random) encoder as configured."""
-    from openmae.engine.distributed import cleanup, init_distributed
-    from openmae.engine.logging import setup_console
-    from openmae.engine.loop import train
-
-    info = init_distributed(cfg.train.device)
-    setup_console(info.is_main)
-    torch.manual_seed(cfg.train.seed)
-    task = LinprobeTask(cfg, info.device)
-    try:
-        return train(task, cfg, cfg.train, info)
-    finally:
-        cleanup(info)
+    return launch(lambda info: LinprobeTask(cfg, info.device), cfg)

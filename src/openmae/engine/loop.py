@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,6 +70,21 @@ class Run:
     metrics: MetricsLog
     step: int = 0
     epoch: int = 0
+
+
+def launch(make_task: Callable[[DistInfo], Task], config: Any) -> dict[str, Any]:
+    """Join torchrun's process group (if any), seed, build the task and train it; always leave the group."""
+    from openmae.engine.distributed import cleanup, init_distributed
+    from openmae.engine.logging import setup_console
+
+    info = init_distributed(config.train.device)
+    setup_console(info.is_main)
+    torch.manual_seed(config.train.seed)
+    task = make_task(info)
+    try:
+        return train(task, config, config.train, info)
+    finally:
+        cleanup(info)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

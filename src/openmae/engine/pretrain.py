@@ -16,7 +16,7 @@ from openmae.data.datasets import stats_for
 from openmae.data.loader import Batch
 from openmae.engine.config import ModelSection, TrainConfig
 from openmae.engine.distributed import DistInfo, barrier
-from openmae.engine.loop import Run, StepOutput
+from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
 from openmae.eval.features import POOLING, extract_features
 from openmae.eval.knn import knn_accuracy
@@ -136,15 +136,4 @@ class PretrainTask:
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Run MAE pretraining as configured (single process, or one rank of a torchrun job)."""
-    from openmae.engine.distributed import cleanup, init_distributed
-    from openmae.engine.logging import setup_console
-    from openmae.engine.loop import train
-
-    info = init_distributed(cfg.train.device)
-    setup_console(info.is_main)
-    torch.manual_seed(cfg.train.seed)
-    task = PretrainTask(cfg)
-    try:
-        return train(task, cfg, cfg.train, info)
-    finally:
-        cleanup(info)
+    return launch(lambda info: PretrainTask(cfg), cfg)
