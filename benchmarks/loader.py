@@ -1,0 +1,48 @@
+"""Data-loading throughput: decode + RandomResizedCrop(224, 0.2-1, bicubic) + flip + normalise, in images/s,
+for 0..N loader workers, on the real ImageNet sample photos (full-size JPEGs, some grayscale).
+
+    python benchmarks/loader.py --workers 0 1 2 --size 224 --images 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from openmae.data.build import train_dataset
+from openmae.data.config import DataConfig
+from openmae.data.loader import make_loader
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(Path(os.environ.get("OPENMAE_DATA", REPO.parent / "shared" / "datasets"))
+                                              / "imagenet-sample"))
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args()
+    rows = []
+    for workers in args.workers:
+        cfg = DataConfig(name="folder", path=args.data, max_samples=args.images, num_workers=workers)
+        dataset, sampler = train_dataset(cfg, (args.size, args.size), 3, args.batch, seed=0)
+        loader = make_loader(dataset, sampler, workers, pin_memory=False)
+        next(iter(loader))  # start the workers
+        start, seen = time.perf_counter(), 0
+        for batch in loader:
+            seen += batch.images.shape[0]
+        seconds = time.perf_counter() - start
+        rows.append({"workers": workers, "images_per_s": round(seen / seconds, 1),
+                     "per_worker": round(seen / seconds / max(workers, 1), 1), "images": seen})
+        print(json.dumps(rows[-1]), flush=True)
+    print(json.dumps({"size": args.size, "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
