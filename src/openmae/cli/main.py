@@ -103,8 +103,11 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     from openmae.data.config import DataConfig
     from openmae.eval.visualize import image_paths, visualize_dataset, visualize_files
 
-    # only the normalisation and evaluation crop of DataConfig matter here (data.mean=..., data.std=...)
-    data = from_dict(DataConfig, dict(parse_override(item.removeprefix("data.")) for item in rest))
+    # positional arguments mix image paths and data.* settings; only DataConfig matters here (dataset,
+    # normalisation, evaluation crop)
+    settings = [a for a in args.images if "=" in a] + rest
+    args.images = [a for a in args.images if "=" not in a]
+    data = from_dict(DataConfig, dict(parse_override(item.removeprefix("data.")) for item in settings))
     model = load_pretrained(args.checkpoint)
     if not any(k.startswith("decoder_") for k in model.state_dict()) or model.cfg.decoder_depth == 0:
         raise ConfigError("visualize needs a checkpoint with the decoder")
