@@ -37,8 +37,8 @@ def tree_rss_mb(pid: int) -> float:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) / 1024
-        except OSError:
-            pass
+        except OSError:  # the process ended between listing and reading: it holds no memory any more
+            continue
         stack += children.get(p, [])
     return total
 

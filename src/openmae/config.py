@@ -72,9 +72,9 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return float(value)
         if isinstance(value, str):
             try:
-                return float(value)
+                return float(value)  # YAML reads "1e-3" (no dot) as a string
             except ValueError:
-                pass
+                raise ConfigError(f"{key}={value!r} must be a number") from None
         raise ConfigError(f"{key}={value!r} must be a number")
     if tp is str:
         if isinstance(value, str):
