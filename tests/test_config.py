@@ -3,9 +3,11 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from openmae.config import ConfigError, dump_yaml, load_config, to_dict
 from openmae.engine.finetune import FinetuneConfig
+from openmae.engine.knn_eval import KnnConfig
 from openmae.engine.linprobe import LinprobeConfig
 from openmae.engine.pretrain import PretrainConfig
 
@@ -64,3 +66,28 @@ def test_paper_presets_hold_the_paper_recipe():
     assert (ft.finetune.layer_decay, ft.finetune.drop_path, ft.train.blr, ft.train.epochs) == (0.65, 0.1, 5e-4, 100)
     lp = load_config(LinprobeConfig, [REPO / "configs/linprobe/vit_base_imagenet.yaml"])
     assert (lp.train.optimizer, lp.train.blr, lp.train.batch_size * lp.train.accum_steps * 8) == ("lars", 0.1, 16384)
+
+
+@pytest.mark.parametrize("cls, override, message", [
+    (LinprobeConfig, "linprobe.last_blocks=2", "set linprobe.mode=cached"),
+    (LinprobeConfig, "linprobe.last_blocks=0", "linprobe.last_blocks=0 is invalid"),
+    (KnnConfig, "knn.last_blocks=0", "knn.last_blocks=0 is invalid"),
+])
+def test_feature_block_settings_are_checked(cls, override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(cls, overrides=["data.name=cifar10", override])
+    assert message in str(err.value)
+
+
+def test_finetune_crop_scale_reaches_the_training_transform(datasets):
+    """The crop range is a setting (timm's 0.08-1 by default; small images need a milder one)."""
+    from openmae.engine.distributed import DistInfo
+    from openmae.engine.finetune import FinetuneTask
+
+    for override, scale in (([], (0.08, 1.0)), (["data.crop_scale=[0.5,1.0]"], (0.5, 1.0))):
+        cfg = load_config(FinetuneConfig, overrides=["model.name=mae_vit_debug_patch4_32", "data.name=cifar10",
+                                                     f"data.root={datasets}", "data.max_samples=64", *override])
+        task = FinetuneTask(cfg, torch.device("cpu"))
+        dataset, _ = task.train_data(DistInfo())
+        crops = [t for t in dataset.transform.transforms if type(t).__name__.startswith("RandomResizedCrop")]
+        assert len(crops) == 1 and tuple(crops[0].scale) == scale

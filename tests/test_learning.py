@@ -37,16 +37,33 @@ def test_knn_pretrained_beats_random(pretrained, datasets):
     assert ours > rand + 2.0, (ours, rand)
 
 
-def test_cached_linear_probe_pretrained_beats_random(pretrained, datasets, tmp_path):
-    common = eval_data(datasets, 5000, 2000) + QUIET + [
+def cached_probe(datasets) -> list[str]:
+    return eval_data(datasets, 5000, 2000) + QUIET + [
         "linprobe.mode=cached", "linprobe.pooling=mean", "train.epochs=10", "train.warmup_epochs=1",
         "train.batch_size=256", "train.optimizer=adamw", "train.lr=1e-3", "train.betas=[0.9,0.999]"]
+
+
+def test_cached_linear_probe_pretrained_beats_random(pretrained, datasets, tmp_path):
+    common = cached_probe(datasets)
     ours = linprobe(load_config(LinprobeConfig, overrides=common + [f"linprobe.init={pretrained}",
                                                                      f"train.output_dir={tmp_path / 'a'}"]))
     rand = linprobe(load_config(LinprobeConfig, overrides=common + MODEL + [f"train.output_dir={tmp_path / 'b'}"]))
     assert ours["mode"] == "cached"
     assert ours["best_top1"] > rand["best_top1"] + 2.0, (ours["best_top1"], rand["best_top1"])
     assert (tmp_path / "a" / "model-best.pth").is_file() and (tmp_path / "a" / "model-timm.safetensors").is_file()
+
+
+def test_cached_probe_of_all_blocks(pretrained, datasets, tmp_path):
+    """The probe reads the concatenated pooled features of the last 4 blocks (4 x 96 channels)."""
+    from openmae.convert.files import load_file
+
+    common = cached_probe(datasets) + ["linprobe.last_blocks=4"]
+    ours = linprobe(load_config(LinprobeConfig, overrides=common + [f"linprobe.init={pretrained}",
+                                                                     f"train.output_dir={tmp_path / 'a'}"]))
+    rand = linprobe(load_config(LinprobeConfig, overrides=common + MODEL + [f"train.output_dir={tmp_path / 'b'}"]))
+    head = load_file(tmp_path / "a" / "model-best.pth")["model"]["head.1.weight"]
+    assert head.shape == (10, 4 * 96)
+    assert ours["best_top1"] > rand["best_top1"] + 2.0, (ours["best_top1"], rand["best_top1"])
 
 
 def test_finetune_pretrained_beats_scratch(pretrained, datasets, tmp_path):
@@ -75,3 +92,20 @@ def test_online_linear_probe_trains_only_the_head(pretrained, datasets, tmp_path
         assert torch.equal(probe[key], mae[key]), key  # the encoder stayed frozen
     assert probe["head.0.running_var"].ne(1).any()  # the BatchNorm head saw the features
     assert not torch.equal(probe["head.1.weight"], torch.zeros_like(probe["head.1.weight"]))
+
+
+CIFAR_MODEL = ["model.name=mae_vit_tiny_patch4_32", "model.embed_dim=96", "model.depth=4", "model.num_heads=3",
+               "model.decoder_embed_dim=64", "model.decoder_depth=1", "model.decoder_num_heads=2"]
+
+
+def test_cifar10_pretrained_beats_random(tmp_path, datasets):
+    """The CIFAR-10 protocol in miniature (RGB JPEGs, 32px, patch 4): kNN and the cached probe."""
+    pretrain(load_config(PretrainConfig, overrides=CIFAR_MODEL + QUIET + [
+        "data.name=cifar10", f"data.root={datasets}", "data.max_samples=10000", "train.epochs=3",
+        "train.warmup_epochs=1", "train.batch_size=128", "train.blr=3e-3", "pretrain.vis_images=0",
+        f"train.output_dir={tmp_path / 'pre'}"]))
+    ckpt = tmp_path / "pre" / "model-last.pth"
+    data = ["data.name=cifar10", f"data.root={datasets}", "data.max_samples=5000", "data.max_eval_samples=2000"]
+    knn = [knn_eval(load_config(KnnConfig, overrides=data + ["knn.pooling=mean", *init]))["knn_top1"]
+           for init in ([f"knn.init={ckpt}"], CIFAR_MODEL)]
+    assert knn[0] > knn[1] + 2.0, knn

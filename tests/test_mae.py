@@ -61,6 +61,31 @@ def test_encoder_features_equal_timm():
         torch.testing.assert_close(model.forward_features(imgs), timm_vit.forward_features(imgs), rtol=1e-5, atol=1e-5)
 
 
+def test_features_of_last_blocks_match_timm_intermediates():
+    """Several blocks' features: openmae's own path and timm's forward_intermediates give the same tensor, and
+    the last D channels are the ordinary final features."""
+    from openmae.eval.features import encoder_tokens
+
+    torch.manual_seed(0)
+    model = openmae.create_model("mae_vit_debug_patch4_32").eval()
+    timm_vit = create_timm_encoder(model.cfg).eval()
+    timm_vit.load_state_dict(openmae_to_timm(model.state_dict()), strict=True)
+    imgs = torch.randn(2, 3, 32, 32)
+    depth, dim = model.cfg.depth, model.cfg.embed_dim
+    with torch.no_grad():
+        ours = encoder_tokens(model, imgs, depth)
+        theirs = encoder_tokens(timm_vit, imgs, depth)
+        assert ours.shape == (2, 1 + model.num_patches, dim * depth)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours[..., -dim:], model.forward_features(imgs), rtol=0, atol=0)
+        assert not torch.allclose(ours[..., :dim], ours[..., -dim:])  # an earlier block, not a copy
+    for bad in (0, depth + 1):
+        with pytest.raises(ValueError, match=f"last_blocks={bad}: the encoder has {depth} blocks"):
+            encoder_tokens(model, imgs, bad)
+        with pytest.raises(ValueError, match=f"last_blocks={bad}: the encoder has {depth} blocks"):
+            encoder_tokens(timm_vit, imgs, bad)
+
+
 def test_sincos_equals_reference_table():
     # Hugging Face's decoder builds its frozen table with the official layout (h/w halves as the original code)
     for width in (64, 32):

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource, build_source, stats_for
+from openmae.data.device import DeviceAugment, PlanCrops
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples, make_loader, probe_source
 from openmae.data.transforms import eval_transform, pretrain_transform
 
@@ -29,6 +30,9 @@ class LimitedSource:
     def describe(self, index: int) -> str:
         return self.source.describe(self.index[index])
 
+    def file(self, index: int):
+        return self.source.file(self.index[index])
+
 
 def source_for(cfg: DataConfig, split: str, channels: int, limit: int = 0) -> ImageSource:
     source = build_source(cfg, split, channels)
@@ -42,10 +46,16 @@ def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, bat
                   rank: int = 0, world_size: int = 1, transform: Callable | None = None,
                   ) -> tuple[SeededSamples, ResumableSampler]:
     """Training images with the pretraining augmentation (or ``transform``), shuffled per epoch."""
+    if cfg.device_augment and transform is not None:
+        raise ValueError("data.device_augment=true applies to the pretraining augmentation only; set it to false "
+                         "for fine-tuning (its RandAugment / random erasing recipe runs in the loader's workers)")
     source = source_for(cfg, cfg.train_split, channels, cfg.max_samples)
     mean, std = stats_for(cfg, channels)
-    transform = transform or pretrain_transform(cfg, img_size, mean, std)
     sampler = ResumableSampler(len(source), batch_size, seed, shuffle=True, rank=rank, world_size=world_size)
+    if cfg.device_augment:
+        plan = PlanCrops(img_size, cfg.crop_scale, cfg.hflip, channels)
+        return SeededSamples(source, plan, cfg.bad_files, device_stage=DeviceAugment(img_size, channels, mean, std)), sampler
+    transform = transform or pretrain_transform(cfg, img_size, mean, std)
     return SeededSamples(source, transform, cfg.bad_files), sampler
 
 

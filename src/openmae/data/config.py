@@ -31,6 +31,7 @@ class DataConfig:
     hflip: float = 0.5
     eval_crop_pct: float | None = None
     num_workers: int = 2
+    device_augment: bool = False  # pretraining: decode JPEGs and crop / flip / normalise on the training device
     bad_files: str = "skip"
     max_samples: int = 0
     max_eval_samples: int = 0

@@ -30,13 +30,15 @@ STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 
 
 class ImageSource(Protocol):
-    """What the loader needs: a length, ``load(i) -> (PIL image, label)`` and a description for errors."""
+    """What the loader needs: a length, ``load(i) -> (PIL image, label)``, a description for errors and
+    ``file(i) -> (path or None, label)`` (the file behind an item, None when it is held in memory)."""
 
     classes: list[str]
 
     def __len__(self) -> int: ...
     def load(self, index: int) -> tuple[Image.Image, int]: ...
     def describe(self, index: int) -> str: ...
+    def file(self, index: int) -> tuple[Path | None, int]: ...
 
 
 class FileImages:
@@ -54,6 +56,10 @@ class FileImages:
     def describe(self, index: int) -> str:
         return str(self.files[index])
 
+    def file(self, index: int) -> tuple[Path, int]:
+        """The file behind item ``index`` and its label (read without decoding by ``data.device_augment``)."""
+        return self.files[index], (self.labels[index] if self.labels else -1)
+
 
 class ArrayImages:
     """Images held in memory as a uint8 array (N, H, W) or (N, H, W, 3)."""
@@ -70,6 +76,9 @@ class ArrayImages:
 
     def describe(self, index: int) -> str:
         return f"array item {index}"
+
+    def file(self, index: int) -> tuple[None, int]:
+        return None, (int(self.labels[index]) if self.labels is not None else -1)  # in memory: no file
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -81,8 +81,19 @@ class SeededSamples(Dataset):
     replaced by the next readable one (so batches keep their size) and counted; ``fail`` raises.
     """
 
-    def __init__(self, source: ImageSource, transform: Callable, bad_files: str = "skip", seeded: bool = True) -> None:
+    def __init__(self, source: ImageSource, transform: Callable, bad_files: str = "skip", seeded: bool = True,
+                 device_stage: Callable | None = None) -> None:
         self.source, self.transform, self.bad_files, self.seeded = source, transform, bad_files, seeded
+        # a transform with ``read(source, index)`` reads the item itself (data.device_augment: JPEGs stay encoded)
+        self.read = getattr(transform, "read", None)
+        # device_stage(items, device) -> (N, C, H, W) finishes the augmentation on the training device
+        self.device_stage = device_stage
+
+    def to_device(self, batch: Batch, device: torch.device) -> Batch:
+        """The batch with its images as one tensor on ``device`` (augmentation finished there if it is split)."""
+        if self.device_stage is None:
+            return batch
+        return Batch(self.device_stage(batch.images, device), batch.labels, batch.seeds, batch.skipped)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -92,7 +103,7 @@ class SeededSamples(Dataset):
         skipped = 0
         while True:
             try:
-                img, label = self.source.load(index)
+                img, label = self.read(self.source, index) if self.read else self.source.load(index)
                 break
             except BadImageError as err:
                 if self.bad_files == "fail":
@@ -123,7 +134,9 @@ class SeededSamples(Dataset):
 
 @dataclass
 class Batch:
-    """images (N, C, H, W), labels (N,) (-1 = unlabeled), seeds (N,) int64, skipped (files replaced)."""
+    """images (N, C, H, W), labels (N,) (-1 = unlabeled), seeds (N,) int64, skipped (files replaced).
+
+    With ``data.device_augment`` the loader's images are a list of planned crops until ``to_device``."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -131,12 +144,15 @@ class Batch:
     skipped: int
 
     def pin_memory(self) -> Batch:
-        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.seeds, self.skipped)
+        images = self.images.pin_memory() if isinstance(self.images, torch.Tensor) else self.images
+        return Batch(images, self.labels.pin_memory(), self.seeds, self.skipped)
 
 
 def collate(samples: list) -> Batch:
+    """Stack the images; items that are not tensors (crops planned for the device) stay a list."""
     images, labels, seeds, skipped = zip(*samples)
-    return Batch(torch.stack(images), torch.tensor(labels), torch.tensor(seeds, dtype=torch.int64), sum(skipped))
+    images = torch.stack(images) if isinstance(images[0], torch.Tensor) else list(images)
+    return Batch(images, torch.tensor(labels), torch.tensor(seeds, dtype=torch.int64), sum(skipped))
 
 
 def make_loader(dataset: SeededSamples, sampler: ResumableSampler, num_workers: int, pin_memory: bool) -> DataLoader:

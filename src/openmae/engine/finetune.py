@@ -64,7 +64,7 @@ class FinetuneSection:
 @dataclass
 class FinetuneConfig:
     model: ModelSection = field(default_factory=lambda: ModelSection(name="auto"))
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(crop_scale=(0.08, 1.0)))  # timm's / the paper's crop
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=100, warmup_epochs=5, blr=5e-4, betas=(0.9, 0.999), output_dir="runs/finetune", ckpt_every_epochs=10))
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
@@ -74,6 +74,8 @@ class FinetuneConfig:
         require(not mixing or self.train.batch_size % 2 == 0, "train.batch_size", self.train.batch_size,
                 "even when mixup/cutmix are on")
         require(self.data.name != "folder", "data.name", self.data.name, "a labelled dataset (imagefolder or named)")
+        require(not self.data.device_augment, "data.device_augment", self.data.device_augment,
+                "false for fine-tuning (its RandAugment / random erasing recipe runs in the loader's workers)")
 
 
 class FinetuneTask:
@@ -116,7 +118,7 @@ class FinetuneTask:
         f, d, m = self.cfg.finetune, self.cfg.data, self.mae_cfg
         mean, std = stats_for(d, m.in_chans)
         transform = create_transform(
-            m.img_size, is_training=True, auto_augment=f.auto_augment or None, interpolation="bicubic",
+            m.img_size, is_training=True, scale=d.crop_scale, auto_augment=f.auto_augment or None, interpolation="bicubic",
             re_prob=f.reprob, re_mode="pixel", re_count=1, mean=mean, std=std, hflip=d.hflip)
         return train_dataset(d, m.img_size, m.in_chans, self.cfg.train.batch_size, self.cfg.train.seed,
                              info.rank, info.world_size, transform=transform)

@@ -28,6 +28,7 @@ class KnnSection:
     k: int = 20
     temperature: float = 0.07
     pooling: str = "cls"
+    last_blocks: int = 1  # > 1: concatenate the pooled features of the encoder's last N blocks
     batch_size: int = 256
     device: str = "auto"
     seed: int = 0
@@ -37,6 +38,7 @@ class KnnSection:
         require(self.temperature > 0, "knn.temperature", self.temperature, "> 0")
         require(self.pooling in POOLING, "knn.pooling", self.pooling, f"one of {POOLING}")
         require(self.batch_size >= 1, "knn.batch_size", self.batch_size, ">= 1")
+        require(self.last_blocks >= 1, "knn.last_blocks", self.last_blocks, ">= 1 (1 = the last block only)")
 
 
 @dataclass
@@ -66,9 +68,9 @@ def knn_eval(cfg: KnnConfig) -> dict[str, Any]:
     model = load_encoder_model(cfg.model, k.init, k.seed).to(device)
     m, d = model.cfg, cfg.data
     train = extract_features(model, eval_batches(d, d.train_split, m.img_size, m.in_chans, k.batch_size, d.max_samples),
-                             device, k.pooling)
+                             device, k.pooling, last_blocks=k.last_blocks)
     test = extract_features(model, eval_batches(d, d.eval_split, m.img_size, m.in_chans, k.batch_size,
-                                                d.max_eval_samples), device, k.pooling)
+                                                d.max_eval_samples), device, k.pooling, last_blocks=k.last_blocks)
     num_classes = int(max(train[1].max(), test[1].max())) + 1
     out = knn_accuracy(train[0], train[1], test[0], test[1], num_classes, k.k, k.temperature)
     return {**out, "train_samples": len(train[0]), "eval_samples": len(test[0])}

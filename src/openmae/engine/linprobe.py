@@ -31,7 +31,7 @@ from openmae.engine.config import ModelSection, TrainConfig
 from openmae.engine.distributed import DistInfo
 from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
 from openmae.engine.optim import param_groups
-from openmae.eval.features import POOLING, extract_features
+from openmae.eval.features import POOLING, encoder_tokens, extract_features, pool
 from openmae.models.vit import create_classifier, load_encoder
 
 log = logging.getLogger("openmae.linprobe")
@@ -43,12 +43,16 @@ class LinprobeSection:
     num_classes: int = 0
     mode: str = "online"
     pooling: str = "cls"
+    last_blocks: int = 1  # cached mode: probe the concatenated pooled features of the last N blocks
     eval_batch_size: int = 256
     eval_every_epochs: int = 1
 
     def check(self) -> None:
         require(self.mode in ("online", "cached"), "linprobe.mode", self.mode, "online or cached")
         require(self.pooling in POOLING, "linprobe.pooling", self.pooling, f"one of {POOLING}")
+        require(self.last_blocks >= 1, "linprobe.last_blocks", self.last_blocks, ">= 1 (1 = the last block only)")
+        require(self.last_blocks == 1 or self.mode == "cached", "linprobe.last_blocks", self.last_blocks,
+                "1 in online mode (several blocks are probed from cached features: set linprobe.mode=cached)")
         require(self.num_classes >= 0, "linprobe.num_classes", self.num_classes, ">= 0 (0 = from the dataset)")
         require(self.eval_every_epochs >= 1, "linprobe.eval_every_epochs", self.eval_every_epochs, ">= 1")
 
@@ -94,13 +98,14 @@ class LinprobeTask:
         from openmae.data.datasets import build_source
 
         self.num_classes = num_classes_of(p.num_classes, build_source(cfg.data, cfg.data.train_split, mae_cfg.in_chans).classes)
-        self.classifier = create_classifier(mae_cfg, self.num_classes, "token", bn_head=True, head_init_std=0.01)
+        self.classifier = create_classifier(mae_cfg, self.num_classes, "token", bn_head=True, head_init_std=0.01,
+                                            head_in=mae_cfg.embed_dim * p.last_blocks)
         if sd is not None:
             load_encoder(self.classifier, sd, mae_cfg.grid, old_grid)
         for name, param in self.classifier.named_parameters():
             param.requires_grad = name.startswith("head.")
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
-                               {"num_classes": self.num_classes, "mode": p.mode})
+                               {"num_classes": self.num_classes, "mode": p.mode, "last_blocks": p.last_blocks})
         if p.mode == "cached":
             self.classifier.to(device)
             self.train_feats = self._features(cfg.data.train_split, cfg.data.max_samples)
@@ -113,7 +118,7 @@ class LinprobeTask:
 
     def _features(self, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
         m, bs = self.mae_cfg, self.cfg.linprobe.eval_batch_size
-        encoder = _Encoder(self.classifier, self.cfg.linprobe.pooling)
+        encoder = _Encoder(self.classifier, self.cfg.linprobe.pooling, self.cfg.linprobe.last_blocks)
         feats = extract_features(encoder, eval_batches(self.cfg.data, split, m.img_size, m.in_chans, bs, limit),
                                  self.device, "cls", self.amp_dtype)
         log.info("cached %d %s features of width %d", len(feats[0]), split, feats[0].shape[1])
@@ -161,16 +166,15 @@ def _identity(x):
 
 
 class _Encoder(nn.Module):
-    """``forward_features`` of the classifier with the probe's pooling applied, as (N, 1, D) "tokens"."""
+    """The classifier's encoder tokens with the probe's pooling applied, as (N, 1, D * last_blocks) "tokens"."""
 
-    def __init__(self, classifier: nn.Module, pooling: str) -> None:
+    def __init__(self, classifier: nn.Module, pooling: str, last_blocks: int) -> None:
         super().__init__()
-        self.classifier, self.pooling = classifier, pooling
+        self.classifier, self.pooling, self.last_blocks = classifier, pooling, last_blocks
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        tokens = self.classifier.forward_features(images)  # (N, 1 + L, D), final norm applied
-        pooled = tokens[:, 0] if self.pooling == "cls" else tokens[:, 1:].mean(1)
-        return pooled.unsqueeze(1)
+        tokens = encoder_tokens(self.classifier, images, self.last_blocks)  # (N, 1 + L, D * last_blocks)
+        return pool(tokens, self.pooling).unsqueeze(1)
 
 
 def linprobe(cfg: LinprobeConfig) -> dict[str, Any]:

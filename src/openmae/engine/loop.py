@@ -223,6 +223,7 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
         for i, batch in enumerate(loader, start=start_batch):
             if i >= batches:
                 break
+            batch = dataset.to_device(batch, device)
             micro = i % accum
             if micro == 0:
                 lr = lr_at(epoch + i / batches, base_lr, train_cfg.min_lr, train_cfg.warmup_epochs, train_cfg.epochs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from openmae.data.loader import Batch
@@ -21,16 +22,31 @@ def pool(tokens: torch.Tensor, pooling: str) -> torch.Tensor:
     raise ValueError(f"pooling={pooling!r}; choose one of {POOLING}")
 
 
+def encoder_tokens(encoder: nn.Module, images: torch.Tensor, last_blocks: int = 1) -> torch.Tensor:
+    """(N, 1 + L, D * last_blocks): the final-normed tokens of the encoder's last ``last_blocks`` blocks,
+    concatenated along the channels, for an openmae ``MaskedAutoencoder`` or a timm ``VisionTransformer``."""
+    if last_blocks == 1:
+        return encoder.forward_features(images)
+    if isinstance(encoder, VisionTransformer):
+        depth = len(encoder.blocks)
+        if not 1 <= last_blocks <= depth:
+            raise ValueError(f"last_blocks={last_blocks}: the encoder has {depth} blocks; choose 1..{depth}")
+        outs = encoder.forward_intermediates(images, indices=last_blocks, norm=True, output_fmt="NLC",
+                                             intermediates_only=True, return_prefix_tokens=True)
+        return torch.cat([torch.cat([prefix, patches], dim=1) for patches, prefix in outs], dim=-1)
+    return encoder.forward_features(images, last_blocks=last_blocks)
+
+
 @torch.no_grad()
 def extract_features(encoder: nn.Module, batches: Iterable[Batch], device: torch.device, pooling: str = "cls",
-                     amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features (N, D) float32 on the CPU and labels (N,) for every batch; ``encoder.forward_features``."""
+                     amp_dtype: torch.dtype | None = None, last_blocks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (N, D * last_blocks) float32 on the CPU and labels (N,) for every batch (``encoder_tokens``)."""
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
     for batch in batches:
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            tokens = encoder.forward_features(batch.images.to(device, non_blocking=True))
+            tokens = encoder_tokens(encoder, batch.images.to(device, non_blocking=True), last_blocks)
         feats.append(pool(tokens, pooling).float().cpu())
         labels.append(batch.labels)
     encoder.train(was_training)

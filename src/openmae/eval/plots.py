@@ -26,3 +26,21 @@ def loss_curve(records: list[dict[str, Any]], path: str | Path, title: str = "")
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def setting_curve(xs: list[float], series: dict[str, list[float]], path: str | Path, xlabel: str,
+                  ylabel: str = "top-1 accuracy (%)", title: str = "") -> Path:
+    """One line per metric against a setting (an ablation such as the mask ratio)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for label, ys in series.items():
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(xs)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -224,13 +224,24 @@ class MaskedAutoencoder(nn.Module):
         loss = self.forward_loss(imgs, pred, plan.mask)
         return MAEOutput(loss=loss, pred=pred, mask=plan.mask, ids_restore=plan.ids_restore)
 
-    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
-        """Full-image encoder features without masking: (N, 1 + L, D), final norm applied (as timm)."""
+    def forward_features(self, imgs: torch.Tensor, last_blocks: int = 1) -> torch.Tensor:
+        """Full-image encoder features without masking: (N, 1 + L, D), final norm applied (as timm).
+
+        ``last_blocks`` > 1: the outputs of the last that many blocks, each through the final norm (as timm's
+        ``forward_intermediates(norm=True)``), concatenated along the channels: (N, 1 + L, D * last_blocks).
+        """
         self.check_input(imgs)
+        if not 1 <= last_blocks <= self.cfg.depth:
+            raise ValueError(f"last_blocks={last_blocks}: the encoder has {self.cfg.depth} blocks; choose 1..{self.cfg.depth}")
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]  # (N, L, D)
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
-        x = self._run_blocks(self.blocks, torch.cat([cls, x], dim=1))
-        return self.norm(x)
+        x = torch.cat([cls, x], dim=1)  # (N, 1 + L, D)
+        outputs = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i >= self.cfg.depth - last_blocks:
+                outputs.append(self.norm(x))
+        return torch.cat(outputs, dim=-1)
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """Encoder tensors only (the layout of the official ``mae_pretrain_vit_*`` files)."""

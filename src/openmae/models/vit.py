@@ -18,11 +18,12 @@ GLOBAL_POOL = ("avg", "token")
 
 
 def create_classifier(cfg: MAEConfig, num_classes: int, global_pool: str = "avg", drop_path: float = 0.0,
-                      bn_head: bool = False, head_init_std: float = 2e-5) -> VisionTransformer:
+                      bn_head: bool = False, head_init_std: float = 2e-5, head_in: int = 0) -> VisionTransformer:
     """A ViT classifier whose encoder fits an MAE of config ``cfg``.
 
     ``global_pool="avg"``: mean of patch tokens then ``fc_norm`` (the paper's fine-tuning);
     ``"token"``: the cls token after the final ``norm`` (the paper's linear probe).
+    ``head_in``: the head's input width when it reads something wider than one token (probes of several blocks).
     """
     if global_pool not in GLOBAL_POOL:
         raise ValueError(f"global_pool={global_pool!r}; choose one of {GLOBAL_POOL}")
@@ -36,10 +37,13 @@ def create_classifier(cfg: MAEConfig, num_classes: int, global_pool: str = "avg"
         norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=num_classes, global_pool=global_pool,
         drop_path_rate=drop_path,
     )
+    head_in = head_in or cfg.embed_dim
+    if head_in != cfg.embed_dim:
+        model.head = nn.Linear(head_in, num_classes)
     trunc_normal_(model.head.weight, std=head_init_std)
     nn.init.zeros_(model.head.bias)
     if bn_head:
-        model.head = nn.Sequential(nn.BatchNorm1d(cfg.embed_dim, affine=False, eps=1e-6), model.head)
+        model.head = nn.Sequential(nn.BatchNorm1d(head_in, affine=False, eps=1e-6), model.head)
     return model
 
 

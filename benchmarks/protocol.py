@@ -1,0 +1,182 @@
+"""The steps shared by the real-data protocols (`fashion_mnist.py`, `cifar10.py`, `ablations.py`).
+
+A protocol is a sequence of named steps (pretraining, kNN, cached probe, fine-tuning, pixel baselines); each
+result is written to ``<out>/results.json`` as soon as it exists, and a re-run skips the steps already there
+(pretraining resumes from its last checkpoint), so a long protocol that was stopped continues where it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from openmae.config import load_config
+from openmae.data.build import eval_batches
+from openmae.data.config import DataConfig
+from openmae.engine.finetune import FinetuneConfig, finetune
+from openmae.engine.knn_eval import KnnConfig, knn_eval
+from openmae.engine.linprobe import LinprobeConfig, linprobe
+from openmae.engine.logging import read_metrics
+from openmae.engine.pretrain import PretrainConfig, pretrain
+from openmae.eval.knn import knn_accuracy
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = os.environ.get("OPENMAE_DATA", str(REPO.parent / "shared" / "datasets"))
+QUIET = ["train.progress=false", "train.tensorboard=false"]
+
+
+def arguments(doc: str, out: str, pretrain_epochs: int, finetune_epochs: int) -> argparse.ArgumentParser:
+    """The command-line options every protocol script has."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=out, help="run folder; results.json is written there step by step")
+    parser.add_argument("--data-root", default=DEFAULT_ROOT, help="folder holding the named datasets")
+    parser.add_argument("--pretrain-epochs", type=int, default=pretrain_epochs)
+    parser.add_argument("--finetune-epochs", type=int, default=finetune_epochs)
+    parser.add_argument("--smoke", action="store_true", help="tiny budgets, to check the script end to end")
+    return parser
+
+
+@dataclass
+class Protocol:
+    """One dataset, one encoder architecture (``model`` overrides), presets for each task."""
+
+    dataset: str
+    root: str
+    out: Path
+    model: list[str]
+    pretrain_config: Path
+    finetune_config: Path
+    probe_config: Path = REPO / "configs/linprobe/small_cached.yaml"
+    limit: list[str] = field(default_factory=list)  # data.max_samples / data.max_eval_samples for smoke runs
+    results: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "results.json"
+        self.results = json.loads(path.read_text()) if path.exists() else {}
+        self.results.setdefault("machine", f"{platform.node()}, {os.cpu_count()} cores, torch {torch.__version__}")
+        self.results.setdefault("date", time.strftime("%Y-%m-%d"))
+        self.results.setdefault("minutes", {})
+        self.results.setdefault("settings", {})
+
+    @property
+    def data(self) -> list[str]:
+        return [f"data.name={self.dataset}", f"data.root={self.root}", *self.limit]
+
+    def step(self, key: str, run: Callable[[], float], settings: list | None = None) -> float:
+        """Run ``run`` unless ``key`` already has a result; store the value, its wall time and settings."""
+        if key not in self.results:
+            timer = time.time()
+            self.results[key] = run()
+            self.results["minutes"][key] = round((time.time() - timer) / 60, 2)
+            if settings is not None:
+                self.results["settings"][key] = [str(s) for s in settings]
+            self.save()
+        print(f"{key}: {self.results[key]:.2f}", flush=True)
+        return self.results[key]
+
+    def save(self) -> None:
+        path = self.out / "results.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.results, indent=2))
+        tmp.replace(path)
+
+    # ------------------------------------------------------------------ tasks
+    def pretrain(self, name: str, epochs: int, overrides: list[str] = ()) -> Path:
+        """MAE pretraining (resumed when a checkpoint exists); returns the final weights."""
+        run_dir = self.out / name
+        settings = [self.pretrain_config.relative_to(REPO), *self.model, *self.data, f"train.epochs={epochs}",
+                    f"train.warmup_epochs={min(2, epochs)}", *overrides]
+        cfg = load_config(PretrainConfig, [self.pretrain_config], [
+            *self.model, *self.data, f"train.epochs={epochs}", f"train.warmup_epochs={min(2, epochs)}",
+            f"train.output_dir={run_dir}", "train.resume=auto", "train.ckpt_every_epochs=1", *QUIET, *overrides])
+
+        def run() -> float:
+            pretrain(cfg)  # a finished run resumed from its last checkpoint returns at once
+            losses = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+            return losses[-1]
+
+        self.step(f"{name}_loss", run, settings)
+        return run_dir / "model-last.pth"
+
+    def encoder(self, ckpt: Path | None) -> list[str]:
+        return self.model if ckpt is None else []
+
+    def knn(self, key: str, ckpt: Path | None, pooling: str = "mean", last_blocks: int = 1) -> float:
+        overrides = [*self.data, *self.encoder(ckpt), f"knn.pooling={pooling}", f"knn.last_blocks={last_blocks}",
+                     f"knn.init={ckpt or ''}"]
+        return self.step(key, lambda: knn_eval(load_config(KnnConfig, overrides=overrides))["knn_top1"], overrides)
+
+    def probe(self, key: str, ckpt: Path | None, pooling: str = "mean", last_blocks: int = 1) -> float:
+        overrides = [*self.data, *QUIET, *self.encoder(ckpt), f"linprobe.pooling={pooling}",
+                     f"linprobe.last_blocks={last_blocks}", f"linprobe.init={ckpt or ''}", f"train.output_dir={self.out / key}"]
+        cfg = load_config(LinprobeConfig, [self.probe_config], overrides)
+        return self.step(key, lambda: linprobe(cfg)["best_top1"], [self.probe_config.relative_to(REPO), *overrides])
+
+    def finetune(self, key: str, ckpt: Path | None, epochs: int, overrides: list[str] = ()) -> float:
+        overrides = [*self.data, *QUIET, *self.encoder(ckpt), f"train.epochs={epochs}",
+                     f"train.warmup_epochs={min(1, epochs)}", f"finetune.init={ckpt or ''}",
+                     f"train.output_dir={self.out / key}", *overrides]
+        cfg = load_config(FinetuneConfig, [self.finetune_config], overrides)
+        return self.step(key, lambda: finetune(cfg)["best_top1"], [self.finetune_config.relative_to(REPO), *overrides])
+
+    def encoder_suite(self, ckpt: Path, last_blocks: int, finetune_epochs: int, img_size: tuple[int, int],
+                      channels: int, num_classes: int, smoke: bool) -> None:
+        """Everything a protocol reports for one pretrained encoder: kNN and cached probes (last block, cls
+        token, the last ``last_blocks`` blocks) against the same encoder at random init, the raw-pixel
+        baselines, and fine-tuning against the same ViT from scratch at the same budget."""
+        self.knn("knn_mae", ckpt)
+        self.knn("knn_mae_cls", ckpt, pooling="cls")
+        self.knn(f"knn_mae_last{last_blocks}", ckpt, last_blocks=last_blocks)
+        self.knn("knn_random", None)
+        self.probe("probe_mae", ckpt)
+        self.probe(f"probe_mae_last{last_blocks}", ckpt, last_blocks=last_blocks)
+        self.probe("probe_random", None)
+        self.probe(f"probe_random_last{last_blocks}", None, last_blocks=last_blocks)
+        self.pixel_baselines(img_size, channels, num_classes, smoke)
+        self.finetune("finetune_mae", ckpt, finetune_epochs)
+        self.finetune("finetune_scratch", None, finetune_epochs)
+
+    # ------------------------------------------------------------------ baselines on raw pixels
+    def pixels(self, split: str, img_size: tuple[int, int], channels: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        data = DataConfig(name=self.dataset, root=self.root, num_workers=2)
+        xs, ys = [], []
+        for batch in eval_batches(data, split, img_size, channels, 2000, limit):
+            xs.append(batch.images.flatten(1))
+            ys.append(batch.labels)
+        return torch.cat(xs), torch.cat(ys)
+
+    def pixel_baselines(self, img_size: tuple[int, int], channels: int, num_classes: int, smoke: bool) -> None:
+        n_train, n_test = (3000, 1000) if smoke else (0, 0)
+        if "knn_pixels" in self.results and "logreg_pixels" in self.results:
+            self.step("knn_pixels", lambda: 0.0)
+            self.step("logreg_pixels", lambda: 0.0)
+            return
+        xtr, ytr = self.pixels("train", img_size, channels, n_train)
+        xte, yte = self.pixels("test", img_size, channels, n_test)
+        self.step("knn_pixels", lambda: knn_accuracy(xtr, ytr, xte, yte, num_classes)["knn_top1"])
+        self.step("logreg_pixels", lambda: logistic_regression(xtr, ytr, xte, yte, num_classes, 5 if smoke else 100))
+
+
+def logistic_regression(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor, num_classes: int,
+                        epochs: int = 100) -> float:
+    """Multinomial logistic regression on raw pixels (Adam, mini-batches of 512, light L2)."""
+    gen = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(xtr.shape[1], num_classes)
+    opt = torch.optim.Adam(layer.parameters(), lr=1e-3, weight_decay=1e-5)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(xtr), generator=gen).split(512):
+            loss = torch.nn.functional.cross_entropy(layer(xtr[idx]), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return 100.0 * (layer(xte).argmax(1) == yte).float().mean().item()

@@ -1,0 +1,134 @@
+"""Pretraining augmentation on the training device (``data.device_augment``).
+
+The loader's workers only read: a JPEG file stays encoded (its header gives the size), any other image is
+decoded on the CPU as usual; then, under the sample's own seed, they draw the crop box and the flip with the
+very calls torchvision's ``RandomResizedCrop`` and ``RandomHorizontalFlip`` make, so the boxes equal the
+CPU path's. On the training device, the JPEGs of a batch are decoded together (torchvision's batched
+``decode_jpeg``, nvJPEG on CUDA), then each image is cropped and resized (bicubic, antialiased), flipped,
+and the batch is normalised. A 16-core GPU machine then spends its CPU time on reading files only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
+
+from openmae.data.datasets import ImageSource
+from openmae.data.images import BadImageError
+
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+@dataclass
+class RawImage:
+    """A file's bytes still encoded as JPEG (``encoded``), or a decoded (C, H, W) uint8 image.
+
+    numpy, not torch: a batch holds hundreds of these and worker processes would hand each torch tensor
+    over as its own shared-memory file descriptor (the batch then fails with EBADF or EMFILE)."""
+
+    data: np.ndarray
+    encoded: bool
+    height: int
+    width: int
+    name: str
+
+
+@dataclass
+class PlannedCrop:
+    """What a worker hands over for one image: the pixels (maybe encoded), its crop box and flip."""
+
+    image: RawImage
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+
+
+def read_raw(source: ImageSource, index: int, channels: int) -> tuple[RawImage, int]:
+    """A JPEG file as its bytes (plain L / RGB JPEGs only), anything else decoded here on the CPU."""
+    path, label = source.file(index)
+    if path is not None and path.suffix.lower() in JPEG_SUFFIXES:
+        try:
+            with Image.open(path) as img:  # the header only: size, mode, EXIF orientation
+                fmt, mode, (width, height) = img.format, img.mode, img.size
+                if img.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED:
+                    width, height = height, width
+        except (OSError, SyntaxError, ValueError) as err:
+            raise BadImageError(f"{path}: {type(err).__name__}: {err}") from None
+        if fmt == "JPEG" and mode in ("L", "RGB"):
+            return RawImage(np.fromfile(path, dtype=np.uint8), True, height, width, str(path)), label
+    img, label = source.load(index)  # decoded and converted as on the CPU path
+    arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy on the device side)
+    arr = np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))  # (C, H, W)
+    return RawImage(arr, False, arr.shape[1], arr.shape[2], source.describe(index)), label
+
+
+class PlanCrops:
+    """Worker side of ``data.device_augment``: runs under the sample's seed like any other transform."""
+
+    def __init__(self, img_size: tuple[int, int], scale: tuple[float, float], hflip: float, channels: int) -> None:
+        self.crop = T.RandomResizedCrop(img_size, scale=scale, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        self.hflip, self.channels = hflip, channels
+
+    def read(self, source: ImageSource, index: int) -> tuple[RawImage, int]:
+        return read_raw(source, index, self.channels)
+
+    def __call__(self, raw: RawImage) -> PlannedCrop:
+        shape_only = torch.empty(1, 1, 1, dtype=torch.uint8).expand(self.channels, raw.height, raw.width)
+        box = self.crop.make_params([shape_only])  # the same draws as RandomResizedCrop on the CPU path
+        flip = bool(torch.rand(1) < self.hflip)  # and as RandomHorizontalFlip's
+        return PlannedCrop(raw, box["top"], box["left"], box["height"], box["width"], flip)
+
+
+class DeviceAugment:
+    """Device side of ``data.device_augment``: decode, crop + resize, flip and normalise a whole batch."""
+
+    def __init__(self, img_size: tuple[int, int], channels: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.img_size, self.channels = list(img_size), channels
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+
+    def decode(self, planned: list[PlannedCrop], device: torch.device) -> list[torch.Tensor]:
+        encoded = [i for i, p in enumerate(planned) if p.image.encoded]
+        images = [torch.from_numpy(p.image.data) for p in planned]
+        if encoded:
+            try:  # one batched call (nvJPEG on CUDA)
+                decoded = decode_jpeg([images[i] for i in encoded], mode=self.mode, device=device,
+                                      apply_exif_orientation=True)
+            except RuntimeError:
+                decoded = [self._decode_one(planned[i], device) for i in encoded]  # find the file that fails
+            for i, img in zip(encoded, decoded, strict=True):
+                images[i] = img
+        return [img.to(device, non_blocking=True) for img in images]
+
+    def _decode_one(self, p: PlannedCrop, device: torch.device) -> torch.Tensor:
+        try:
+            return decode_jpeg(torch.from_numpy(p.image.data), mode=self.mode, device=device, apply_exif_orientation=True)
+        except RuntimeError as err:
+            raise BadImageError(f"{p.image.name}: JPEG decoding on {device} failed ({err}); remove the file, or set "
+                                f"data.device_augment=false to decode on the CPU, where bad files are skipped") from None
+
+    def __call__(self, planned: list[PlannedCrop], device: torch.device) -> torch.Tensor:
+        """(N, C, H, W) float32 normalised images on ``device``."""
+        out = []
+        for p, img in zip(planned, self.decode(planned, device), strict=True):
+            if img.shape[-2:] != (p.image.height, p.image.width):
+                raise BadImageError(f"{p.image.name}: decoded to {tuple(img.shape[-2:])}, its header said "
+                                    f"{(p.image.height, p.image.width)}")
+            # per image: the boxes differ in size, so there is no single batched resize
+            img = TF.resized_crop(img, p.top, p.left, p.height, p.width, self.img_size,
+                                  interpolation=InterpolationMode.BICUBIC, antialias=True)
+            out.append(img.flip(-1) if p.flip else img)
+        x = torch.stack(out).float().div_(255.0)  # (N, C, H, W)
+        return (x - self.mean.to(device)) / self.std.to(device)

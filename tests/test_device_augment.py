@@ -1,0 +1,64 @@
+"""``data.device_augment``: workers read and plan the crops, the training device decodes and augments.
+Same crop boxes and flips as the CPU path, pixels equal up to the resampler, training end to end."""
+
+import pytest
+import torch
+from helpers import tiny_pretrain, weights
+
+from openmae.config import ConfigError, load_config
+from openmae.data.build import train_dataset
+from openmae.data.config import DataConfig
+from openmae.data.device import PlannedCrop
+from openmae.data.loader import collate
+from openmae.engine.finetune import FinetuneConfig
+from openmae.engine.pretrain import pretrain
+
+CASES = [  # dataset settings, image size, channels
+    ({"name": "cifar10"}, (32, 32), 3),  # JPEG files: decoded by decode_jpeg
+    ({"name": "fashion-mnist"}, (28, 28), 1),  # in-memory arrays: decoded on the CPU, augmented on the device
+    ({"name": "folder", "path": "imagenet-sample"}, (96, 96), 3),  # photos of every size
+]
+
+
+def both_paths(datasets, settings, size, channels, count=24):
+    settings = {**settings, "path": str(datasets / settings["path"])} if "path" in settings else settings
+    out = []
+    for device_augment in (False, True):
+        cfg = DataConfig(root=str(datasets), device_augment=device_augment, max_samples=200, **settings)
+        dataset, sampler = train_dataset(cfg, size, channels, batch_size=count, seed=3)
+        batch = collate([dataset[item] for item in list(sampler)[:count]])
+        out.append((dataset, dataset.to_device(batch, torch.device("cpu"))))
+    return out
+
+
+@pytest.mark.parametrize("settings, size, channels", CASES, ids=[c[0]["name"] for c in CASES])
+def test_device_path_equals_cpu_path(datasets, settings, size, channels):
+    (_, cpu), (dataset, dev) = both_paths(datasets, settings, size, channels)
+    assert dev.images.shape == cpu.images.shape == (24, channels, *size) and dev.images.dtype == torch.float32
+    assert torch.equal(dev.labels, cpu.labels) and torch.equal(dev.seeds, cpu.seeds)
+    # the same crops and flips: a wrong box or a missed flip moves whole structures (errors ~1 in normalised units)
+    diff = (dev.images - cpu.images).abs()
+    assert diff.mean() < 0.03, diff.mean()
+    per_image = diff.flatten(1).mean(1)
+    assert per_image.max() < 0.08, per_image  # PIL's and torch's bicubic differ by a few grey levels only
+    if settings["name"] == "cifar10":
+        items = [dataset[item] for item in list(dataset_items(dataset))[:4]]
+        assert all(isinstance(x[0], PlannedCrop) and x[0].image.encoded for x in items)  # JPEGs stay encoded
+
+
+def dataset_items(dataset):
+    return [(i, 1000 + i) for i in range(len(dataset))]
+
+
+def test_device_augment_trains_and_does_not_depend_on_workers(tmp_path, datasets):
+    pretrain(tiny_pretrain(tmp_path / "w0", datasets, "data.device_augment=true"))
+    pretrain(tiny_pretrain(tmp_path / "w2", datasets, "data.device_augment=true", "data.num_workers=2"))
+    a, b = weights(tmp_path / "w0"), weights(tmp_path / "w2")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [line for line in (tmp_path / "w0" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert losses and "NaN" not in "".join(losses)
+
+
+def test_device_augment_is_refused_for_finetuning():
+    with pytest.raises(ConfigError, match="data.device_augment=True is invalid"):
+        load_config(FinetuneConfig, overrides=["data.name=cifar10", "data.device_augment=true"])
