@@ -1,7 +1,10 @@
 """Data-loading throughput: decode + RandomResizedCrop(224, 0.2-1, bicubic) + flip + normalise, in images/s,
 for 0..N loader workers, on the real ImageNet sample photos (full-size JPEGs, some grayscale).
+``--device-augment`` times the split path instead: workers read files and draw crops, the device decodes
+(batched decode_jpeg) and augments; the time includes that device work.
 
     python benchmarks/loader.py --workers 0 1 2 --size 224 --images 400
+    python benchmarks/loader.py --workers 4 15 --device-augment --device cuda
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import json
 import os
 import time
 from pathlib import Path
+
+import torch
 
 from openmae.data.build import train_dataset
 from openmae.data.config import DataConfig
@@ -27,18 +32,30 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device-augment", action="store_true", help="decode and augment on --device")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
+
+    def finish(dataset, batch):
+        images = dataset.to_device(batch, device).images
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return images.shape[0]
+
     rows = []
     for workers in args.workers:
-        cfg = DataConfig(name="folder", path=args.data, max_samples=args.images, num_workers=workers)
+        cfg = DataConfig(name="folder", path=args.data, max_samples=args.images, num_workers=workers,
+                         device_augment=args.device_augment)
         dataset, sampler = train_dataset(cfg, (args.size, args.size), 3, args.batch, seed=0)
         loader = make_loader(dataset, sampler, workers, pin_memory=False)
-        next(iter(loader))  # start the workers
+        finish(dataset, next(iter(loader)))  # start the workers (and the device's decoder)
         start, seen = time.perf_counter(), 0
         for batch in loader:
-            seen += batch.images.shape[0]
+            seen += finish(dataset, batch)
         seconds = time.perf_counter() - start
-        rows.append({"workers": workers, "images_per_s": round(seen / seconds, 1),
+        rows.append({"workers": workers, "device_augment": args.device_augment, "device": args.device,
+                     "images_per_s": round(seen / seconds, 1),
                      "per_worker": round(seen / seconds / max(workers, 1), 1), "images": seen})
         print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"size": args.size, "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "rows": rows}))
