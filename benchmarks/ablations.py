@@ -3,7 +3,7 @@ vs off, decoder depth 1 vs 4. Every variant gets the same pretraining budget and
 (kNN, cached linear probe of the last block, short fine-tuning); the base variant (75%, pixels, depth 4) is
 shared by the three ablations.
 
-    python benchmarks/ablations.py --out runs/ablations --pretrain-epochs 3     # ~1 h on 2 cores
+    python benchmarks/ablations.py --out runs/ablations --pretrain-epochs 2     # ~35 min on 2 cores
     python benchmarks/ablations.py --out /tmp/abl --smoke                       # minutes, to check the script
 
 Writes <out>/results.json step by step (a re-run continues), <out>/ablations.md (the table) and
@@ -52,19 +52,24 @@ def mask_ratio_plot(results: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = arguments(__doc__, "runs/ablations", 3, 1)
+    parser = arguments(__doc__, "runs/ablations", 2, 1)
     parser.add_argument("--finetune-samples", type=int, default=10000, help="training images for fine-tuning")
+    parser.add_argument("--eval-samples", type=int, nargs=2, default=[20000, 5000],
+                        help="training and test images for kNN and the probe")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
     limit = ["data.max_samples=2000", "data.max_eval_samples=500"] if args.smoke else []
     pre_epochs = 1 if args.smoke else args.pretrain_epochs
     p = Protocol("fashion-mnist", args.data_root, Path(args.out), MODEL, REPO / "configs/pretrain/fashion_mnist.yaml",
-                 REPO / "configs/finetune/fashion_mnist.yaml", limit=limit)
+                 REPO / "configs/finetune/fashion_mnist.yaml", limit=limit,
+                 eval_limit=[] if args.smoke else [f"data.max_samples={args.eval_samples[0]}",
+                                                   f"data.max_eval_samples={args.eval_samples[1]}"])
     for name in args.variants:
         ckpt = p.pretrain(name, pre_epochs, overrides(VARIANTS[name]))
         p.knn(f"{name}_knn", ckpt)
         p.probe(f"{name}_probe", ckpt)
-        ft_limit = [] if args.smoke else [f"data.max_samples={args.finetune_samples}"]
+        ft_limit = [] if args.smoke else [f"data.max_samples={args.finetune_samples}",
+                                          f"data.max_eval_samples={args.eval_samples[1]}"]
         p.finetune(f"{name}_finetune", ckpt, 1 if args.smoke else args.finetune_epochs, ft_limit)
     (p.out / "ablations.md").write_text(table(p.results))
     mask_ratio_plot(p.results, p.out / "mask_ratio.png")

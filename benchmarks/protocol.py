@@ -56,6 +56,7 @@ class Protocol:
     finetune_config: Path
     probe_config: Path = REPO / "configs/linprobe/small_cached.yaml"
     limit: list[str] = field(default_factory=list)  # data.max_samples / data.max_eval_samples for smoke runs
+    eval_limit: list[str] = field(default_factory=list)  # the same for kNN and probes only
     results: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -111,12 +112,12 @@ class Protocol:
         return self.model if ckpt is None else []
 
     def knn(self, key: str, ckpt: Path | None, pooling: str = "mean", last_blocks: int = 1) -> float:
-        overrides = [*self.data, *self.encoder(ckpt), f"knn.pooling={pooling}", f"knn.last_blocks={last_blocks}",
+        overrides = [*self.data, *self.eval_limit, *self.encoder(ckpt), f"knn.pooling={pooling}", f"knn.last_blocks={last_blocks}",
                      f"knn.init={ckpt or ''}"]
         return self.step(key, lambda: knn_eval(load_config(KnnConfig, overrides=overrides))["knn_top1"], overrides)
 
     def probe(self, key: str, ckpt: Path | None, pooling: str = "mean", last_blocks: int = 1) -> float:
-        overrides = [*self.data, *QUIET, *self.encoder(ckpt), f"linprobe.pooling={pooling}",
+        overrides = [*self.data, *self.eval_limit, *QUIET, *self.encoder(ckpt), f"linprobe.pooling={pooling}",
                      f"linprobe.last_blocks={last_blocks}", f"linprobe.init={ckpt or ''}", f"train.output_dir={self.out / key}"]
         cfg = load_config(LinprobeConfig, [self.probe_config], overrides)
         return self.step(key, lambda: linprobe(cfg)["best_top1"], [self.probe_config.relative_to(REPO), *overrides])

@@ -62,3 +62,21 @@ def test_device_augment_trains_and_does_not_depend_on_workers(tmp_path, datasets
 def test_device_augment_is_refused_for_finetuning():
     with pytest.raises(ConfigError, match="data.device_augment=True is invalid"):
         load_config(FinetuneConfig, overrides=["data.name=cifar10", "data.device_augment=true"])
+
+
+def test_corrupt_jpeg_body_stops_with_the_file_name(tmp_path, datasets):
+    """The header reads (so the worker plans a crop), the body does not decode: the device names the file."""
+    import shutil
+
+    from openmae.data.images import BadImageError
+
+    photos = sorted((datasets / "imagenet-sample").glob("*.JPEG"))[:4]
+    for photo in photos:
+        shutil.copy(photo, tmp_path / photo.name)
+    broken = tmp_path / photos[0].name
+    broken.write_bytes(broken.read_bytes()[:6000])  # header intact, scan data cut off
+    cfg = DataConfig(name="folder", path=str(tmp_path), device_augment=True)
+    dataset, sampler = train_dataset(cfg, (64, 64), 3, batch_size=4, seed=0)
+    batch = collate([dataset[item] for item in sampler])
+    with pytest.raises(BadImageError, match=broken.name + ".*data.device_augment=false"):
+        dataset.to_device(batch, torch.device("cpu"))
