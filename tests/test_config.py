@@ -91,3 +91,29 @@ def test_finetune_crop_scale_reaches_the_training_transform(datasets):
         dataset, _ = task.train_data(DistInfo())
         crops = [t for t in dataset.transform.transforms if type(t).__name__.startswith("RandomResizedCrop")]
         assert len(crops) == 1 and tuple(crops[0].scale) == scale
+
+
+@pytest.mark.parametrize("task", ["finetune", "linprobe"])
+def test_training_folder_is_scanned_once(datasets, monkeypatch, task):
+    """Classes and training images come from one scan of the folder (minutes on ImageNet-sized folders)."""
+    import openmae.data.build as build
+    from openmae.engine.distributed import DistInfo
+    from openmae.engine.finetune import FinetuneTask
+    from openmae.engine.linprobe import LinprobeTask
+
+    scans = []
+    real = build.build_source
+    import openmae.data.datasets as datasets_module
+
+    def counted(cfg, split, channels):
+        scans.append(split)
+        return real(cfg, split, channels)
+
+    for module in (build, datasets_module):  # wherever a task would import it from
+        monkeypatch.setattr(module, "build_source", counted)
+    cls, task_cls = {"finetune": (FinetuneConfig, FinetuneTask), "linprobe": (LinprobeConfig, LinprobeTask)}[task]
+    cfg = load_config(cls, overrides=["model.name=mae_vit_debug_patch4_32", "data.name=cifar10", f"data.root={datasets}",
+                                      "data.max_samples=64"])
+    made = task_cls(cfg, torch.device("cpu"))
+    dataset, _ = made.train_data(DistInfo())
+    assert len(dataset) == 64 and scans == ["train"]

@@ -44,12 +44,13 @@ def source_for(cfg: DataConfig, split: str, channels: int, limit: int = 0) -> Im
 
 def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, batch_size: int, seed: int,
                   rank: int = 0, world_size: int = 1, transform: Callable | None = None,
-                  ) -> tuple[SeededSamples, ResumableSampler]:
-    """Training images with the pretraining augmentation (or ``transform``), shuffled per epoch."""
+                  source: ImageSource | None = None) -> tuple[SeededSamples, ResumableSampler]:
+    """Training images with the pretraining augmentation (or ``transform``), shuffled per epoch.
+    ``source``: the training split already built (``source_for``), so that a large folder is scanned once."""
     if cfg.device_augment and transform is not None:
         raise ValueError("data.device_augment=true applies to the pretraining augmentation only; set it to false "
                          "for fine-tuning (its RandAugment / random erasing recipe runs in the loader's workers)")
-    source = source_for(cfg, cfg.train_split, channels, cfg.max_samples)
+    source = source or source_for(cfg, cfg.train_split, channels, cfg.max_samples)
     mean, std = stats_for(cfg, channels)
     sampler = ResumableSampler(len(source), batch_size, seed, shuffle=True, rank=rank, world_size=world_size)
     if cfg.device_augment:
@@ -60,9 +61,10 @@ def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, bat
 
 
 def eval_batches(cfg: DataConfig, split: str, img_size: tuple[int, int], channels: int, batch_size: int,
-                 limit: int = 0, augment: bool = False, seed: int = 0) -> Iterator[Batch]:
+                 limit: int = 0, augment: bool = False, seed: int = 0, source: ImageSource | None = None,
+                 ) -> Iterator[Batch]:
     """Every image of ``split`` once, in order, with the evaluation transform (or the training one)."""
-    source = source_for(cfg, split, channels, limit)
+    source = source or source_for(cfg, split, channels, limit)
     mean, std = stats_for(cfg, channels)
     transform = pretrain_transform(cfg, img_size, mean, std) if augment else eval_transform(cfg, img_size, mean, std)
     sampler = ResumableSampler(len(source), batch_size, seed, shuffle=False, drop_last=False)

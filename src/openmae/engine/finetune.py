@@ -14,7 +14,7 @@ from timm.data import Mixup, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from openmae.config import require
-from openmae.data.build import eval_batches, train_dataset
+from openmae.data.build import eval_batches, source_for, train_dataset
 from openmae.data.config import DataConfig
 from openmae.data.datasets import stats_for
 from openmae.data.loader import Batch
@@ -88,8 +88,9 @@ class FinetuneTask:
         self.mae_cfg = mae_cfg
         self.model_config = mae_cfg.to_dict()
         self.eval_split = cfg.data.eval_split
-        classes = self._train_classes()
-        self.num_classes = num_classes_of(f.num_classes, classes)
+        # built once: scanning an ImageNet-sized folder takes minutes
+        self.train_source = source_for(cfg.data, cfg.data.train_split, mae_cfg.in_chans, cfg.data.max_samples)
+        self.num_classes = num_classes_of(f.num_classes, self.train_source.classes)
         self.model = create_classifier(mae_cfg, self.num_classes, f.global_pool, f.drop_path)
         if sd is not None:
             load_encoder(self.model, sd, mae_cfg.grid, old_grid)
@@ -102,11 +103,6 @@ class FinetuneTask:
         self.amp_dtype = autocast_dtype(cfg.train.precision, device)
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
                                {"num_classes": self.num_classes, "global_pool": f.global_pool})
-
-    def _train_classes(self) -> list[str]:
-        from openmae.data.datasets import build_source
-
-        return build_source(self.cfg.data, self.cfg.data.train_split, self.mae_cfg.in_chans).classes
 
     def shard_blocks(self) -> list[nn.Module]:
         return list(self.model.blocks)
@@ -121,7 +117,7 @@ class FinetuneTask:
             m.img_size, is_training=True, scale=d.crop_scale, auto_augment=f.auto_augment or None, interpolation="bicubic",
             re_prob=f.reprob, re_mode="pixel", re_count=1, mean=mean, std=std, hflip=d.hflip)
         return train_dataset(d, m.img_size, m.in_chans, self.cfg.train.batch_size, self.cfg.train.seed,
-                             info.rank, info.world_size, transform=transform)
+                             info.rank, info.world_size, transform=transform, source=self.train_source)
 
     def forward(self, model: nn.Module, batch: Batch, device: torch.device) -> StepOutput:
         images, labels = labels_and_images(batch, device)

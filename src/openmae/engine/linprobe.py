@@ -16,8 +16,9 @@ import torch
 import torch.nn as nn
 
 from openmae.config import require
-from openmae.data.build import eval_batches, train_dataset
+from openmae.data.build import eval_batches, source_for, train_dataset
 from openmae.data.config import DataConfig
+from openmae.data.datasets import ImageSource
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples
 from openmae.engine.classifier import (
     BestKeeper,
@@ -95,9 +96,9 @@ class LinprobeTask:
         mae_cfg, sd, old_grid = resolve_encoder(cfg.model, p.init)
         self.mae_cfg, self.model_config = mae_cfg, mae_cfg.to_dict()
         self.amp_dtype = autocast_dtype(cfg.train.precision, device)
-        from openmae.data.datasets import build_source
-
-        self.num_classes = num_classes_of(p.num_classes, build_source(cfg.data, cfg.data.train_split, mae_cfg.in_chans).classes)
+        # built once: scanning an ImageNet-sized folder takes minutes
+        self.train_source = source_for(cfg.data, cfg.data.train_split, mae_cfg.in_chans, cfg.data.max_samples)
+        self.num_classes = num_classes_of(p.num_classes, self.train_source.classes)
         self.classifier = create_classifier(mae_cfg, self.num_classes, "token", bn_head=True, head_init_std=0.01,
                                             head_in=mae_cfg.embed_dim * p.last_blocks)
         if sd is not None:
@@ -108,7 +109,7 @@ class LinprobeTask:
                                {"num_classes": self.num_classes, "mode": p.mode, "last_blocks": p.last_blocks})
         if p.mode == "cached":
             self.classifier.to(device)
-            self.train_feats = self._features(cfg.data.train_split, cfg.data.max_samples)
+            self.train_feats = self._features(cfg.data.train_split, cfg.data.max_samples, self.train_source)
             self.eval_feats = self._features(cfg.data.eval_split, cfg.data.max_eval_samples)
             self.model = self.classifier.head  # only the head trains; features come from the cache
             self.num_workers = 0  # in-memory tensors: worker processes would only add overhead
@@ -116,10 +117,10 @@ class LinprobeTask:
             self.model = self.classifier
             self.num_workers = cfg.data.num_workers
 
-    def _features(self, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _features(self, split: str, limit: int, source: ImageSource | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         m, bs = self.mae_cfg, self.cfg.linprobe.eval_batch_size
         encoder = _Encoder(self.classifier, self.cfg.linprobe.pooling, self.cfg.linprobe.last_blocks)
-        feats = extract_features(encoder, eval_batches(self.cfg.data, split, m.img_size, m.in_chans, bs, limit),
+        feats = extract_features(encoder, eval_batches(self.cfg.data, split, m.img_size, m.in_chans, bs, limit, source=source),
                                  self.device, "cls", self.amp_dtype)
         log.info("cached %d %s features of width %d", len(feats[0]), split, feats[0].shape[1])
         return feats
@@ -136,7 +137,8 @@ class LinprobeTask:
             sampler = ResumableSampler(len(self.train_feats[0]), t.batch_size, t.seed, rank=info.rank,
                                        world_size=info.world_size)
             return SeededSamples(FeatureSource(*self.train_feats), _identity, seeded=False), sampler
-        return train_dataset(d, m.img_size, m.in_chans, t.batch_size, t.seed, info.rank, info.world_size)
+        return train_dataset(d, m.img_size, m.in_chans, t.batch_size, t.seed, info.rank, info.world_size,
+                             source=self.train_source)
 
     def forward(self, model: nn.Module, batch: Batch, device: torch.device) -> StepOutput:
         inputs, labels = labels_and_images(batch, device)
