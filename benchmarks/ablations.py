@@ -53,6 +53,7 @@ def mask_ratio_plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = arguments(__doc__, "runs/ablations", 2, 1)
+    parser.add_argument("--pretrain-samples", type=int, default=0, help="training images for pretraining (0 = all)")
     parser.add_argument("--finetune-samples", type=int, default=10000, help="training images for fine-tuning")
     parser.add_argument("--eval-samples", type=int, nargs=2, default=[20000, 5000],
                         help="training and test images for kNN and the probe")
@@ -65,7 +66,8 @@ def main() -> None:
                  eval_limit=[] if args.smoke else [f"data.max_samples={args.eval_samples[0]}",
                                                    f"data.max_eval_samples={args.eval_samples[1]}"])
     for name in args.variants:
-        ckpt = p.pretrain(name, pre_epochs, overrides(VARIANTS[name]))
+        pre_limit = [f"data.max_samples={args.pretrain_samples}"] if args.pretrain_samples and not args.smoke else []
+        ckpt = p.pretrain(name, pre_epochs, overrides(VARIANTS[name]) + pre_limit)
         p.knn(f"{name}_knn", ckpt)
         p.probe(f"{name}_probe", ckpt)
         ft_limit = [] if args.smoke else [f"data.max_samples={args.finetune_samples}",
