@@ -54,7 +54,7 @@ class PlannedCrop:
     flip: bool
 
 
-def read_raw(source: ImageSource, index: int, channels: int) -> tuple[RawImage, int]:
+def read_raw(source: ImageSource, index: int) -> tuple[RawImage, int]:
     """A JPEG file as its bytes (plain L / RGB JPEGs only), anything else decoded here on the CPU."""
     path, label = source.file(index)
     if path is not None and path.suffix.lower() in JPEG_SUFFIXES:
@@ -81,7 +81,7 @@ class PlanCrops:
         self.hflip, self.channels = hflip, channels
 
     def read(self, source: ImageSource, index: int) -> tuple[RawImage, int]:
-        return read_raw(source, index, self.channels)
+        return read_raw(source, index)
 
     def __call__(self, raw: RawImage) -> PlannedCrop:
         shape_only = torch.empty(1, 1, 1, dtype=torch.uint8).expand(self.channels, raw.height, raw.width)

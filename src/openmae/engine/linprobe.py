@@ -32,7 +32,7 @@ from openmae.engine.config import ModelSection, TrainConfig
 from openmae.engine.distributed import DistInfo
 from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
 from openmae.engine.optim import param_groups
-from openmae.eval.features import POOLING, encoder_tokens, extract_features, pool
+from openmae.eval.features import POOLING, extract_features
 from openmae.models.vit import create_classifier, load_encoder
 
 log = logging.getLogger("openmae.linprobe")
@@ -119,9 +119,10 @@ class LinprobeTask:
 
     def _features(self, split: str, limit: int, source: ImageSource | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         m, bs = self.mae_cfg, self.cfg.linprobe.eval_batch_size
-        encoder = _Encoder(self.classifier, self.cfg.linprobe.pooling, self.cfg.linprobe.last_blocks)
-        feats = extract_features(encoder, eval_batches(self.cfg.data, split, m.img_size, m.in_chans, bs, limit, source=source),
-                                 self.device, "cls", self.amp_dtype)
+        p = self.cfg.linprobe
+        feats = extract_features(self.classifier, eval_batches(self.cfg.data, split, m.img_size, m.in_chans, bs, limit,
+                                                               source=source),
+                                 self.device, p.pooling, self.amp_dtype, last_blocks=p.last_blocks)
         log.info("cached %d %s features of width %d", len(feats[0]), split, feats[0].shape[1])
         return feats
 
@@ -163,20 +164,9 @@ class LinprobeTask:
         return evaluate_after_epoch(run, epoch, p.eval_every_epochs, self.classifier, self.evaluate, self.best,
                                     {"mode": p.mode})
 
+
 def _identity(x):
     return x
-
-
-class _Encoder(nn.Module):
-    """The classifier's encoder tokens with the probe's pooling applied, as (N, 1, D * last_blocks) "tokens"."""
-
-    def __init__(self, classifier: nn.Module, pooling: str, last_blocks: int) -> None:
-        super().__init__()
-        self.classifier, self.pooling, self.last_blocks = classifier, pooling, last_blocks
-
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        tokens = encoder_tokens(self.classifier, images, self.last_blocks)  # (N, 1 + L, D * last_blocks)
-        return pool(tokens, self.pooling).unsqueeze(1)
 
 
 def linprobe(cfg: LinprobeConfig) -> dict[str, Any]:
