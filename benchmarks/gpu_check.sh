@@ -1,34 +1,43 @@
 #!/usr/bin/env bash
 # One prepared GPU check (a CUDA machine with no network): installs openmae from this working tree without
 # dependencies (torch, timm, transformers must be there), then measures pretraining steps of ViT-B/16, ViT-L/16
-# and ViT-H/14 (bf16, SDPA, fused AdamW; eager and compiled) beside the official-style fp16 + GradScaler eager
-# step, Hugging Face at ViT-B/16, and the loader on real photos (CPU path, and decoding + augmentation on the
-# GPU) when a photo folder is given.
-# Sized to about 5 minutes on an H100. Results go to $OUT (or /tmp/gpu_check); the table is printed last.
+# and ViT-H/14 (bf16, SDPA, fused AdamW, compiled) beside the official-style fp16 + GradScaler eager step and
+# Hugging Face (ViT-B/16), eager vs activation checkpointing (memory), and the loader on real photos (CPU path,
+# and decoding + augmentation on the GPU) when a photo folder is given.
+# Sized to about 5 minutes on an H100. Results go to $OUT (or /tmp/gpu_check); the tables are printed last.
 #
 #   bash benchmarks/gpu_check.sh [photo-folder]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-/tmp/gpu_check}"
 mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH="$PWD/src:${PYTHONPATH:-}"
-python3 -c "import openmae, torch; print('openmae', openmae.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())" \
+python3 -c "import openmae, torch, timm; print('openmae', openmae.__version__, 'torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())" \
   | tee "$OUT_DIR/env.txt"
+python3 -c "import transformers; print('transformers', transformers.__version__)" 2>&1 | tail -1 | tee -a "$OUT_DIR/env.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee -a "$OUT_DIR/env.txt"
 log="$OUT_DIR/throughput.log"
 : > "$log"
-bench() { timeout 150 python3 benchmarks/throughput.py --steps 8 --warmup 3 "$@" 2>&1 | tee -a "$log"; }
-bench --preset mae_vit_base_patch16 --batch 256 --precision bf16
-bench --preset mae_vit_base_patch16 --batch 256 --precision bf16 --compile --no-hf
-bench --preset mae_vit_large_patch16 --batch 128 --precision bf16 --no-hf
-bench --preset mae_vit_large_patch16 --batch 128 --precision bf16 --compile --no-hf
-bench --preset mae_vit_huge_patch14 --batch 64 --precision bf16 --compile --no-hf
-bench --preset mae_vit_large_patch16 --batch 128 --precision bf16 --no-hf --grad-checkpointing
+bench() { local t=$1; shift; echo "## throughput.py $*" >> "$log"; timeout "$t" python3 benchmarks/throughput.py --steps 8 --warmup 3 "$@" 2>&1 | tee -a "$log"; }
+loader() { local t=$1; shift; echo "## loader.py $*" >> "$OUT_DIR/loader.log"; timeout "$t" python3 benchmarks/loader.py "$@" 2>&1 | tee -a "$OUT_DIR/loader.log"; }
+# the ratios of the issue, each measured in one run: openmae compiled vs Hugging Face vs the official-style step
+bench 120 --preset mae_vit_base_patch16 --batch 256 --precision bf16 --compile
+bench 100 --preset mae_vit_large_patch16 --batch 128 --precision bf16 --compile blocks --no-hf
+bench 110 --preset mae_vit_huge_patch14 --batch 64 --precision bf16 --compile blocks --no-hf
+# memory: the same eager step without and with activation checkpointing
+bench 45 --preset mae_vit_large_patch16 --batch 128 --precision bf16 --no-hf --no-reference
+bench 45 --preset mae_vit_large_patch16 --batch 128 --precision bf16 --no-hf --no-reference --grad-checkpointing
 if [ -n "${1:-}" ] && [ -d "$1" ]; then
-  timeout 90 python3 benchmarks/loader.py --data "$1" --workers 4 15 --images 1000 2>&1 | tee "$OUT_DIR/loader.log"
-  timeout 90 python3 benchmarks/loader.py --data "$1" --workers 4 15 --images 1000 --batch 256 --device-augment \
-    --device cuda 2>&1 | tee -a "$OUT_DIR/loader.log"
+  : > "$OUT_DIR/loader.log"
+  loader 70 --data "$1" --workers 4 15 --repeat 12 --batch 256
+  loader 70 --data "$1" --workers 4 15 --repeat 12 --batch 256 --device-augment --device cuda
 fi
+# compile scope: the whole forward (above) vs each block
+bench 60 --preset mae_vit_base_patch16 --batch 256 --precision bf16 --compile blocks --no-hf --no-reference
+bench 60 --preset mae_vit_small_patch16 --batch 256 --precision bf16 --compile blocks --no-hf --no-reference
 echo
 echo "== summary =="
-grep -E '^(mae_vit|\| )' "$log"
+grep -E '^(mae_vit|\| |## )' "$log"
+[ -f "$OUT_DIR/loader.log" ] && grep -E '^\{"workers' "$OUT_DIR/loader.log"
+exit 0

@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=1, help="go over the photos this many times (data.repeat)")
     parser.add_argument("--device-augment", action="store_true", help="decode and augment on --device")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -46,7 +47,7 @@ def main() -> None:
     rows = []
     for workers in args.workers:
         cfg = DataConfig(name="folder", path=args.data, max_samples=args.images, num_workers=workers,
-                         device_augment=args.device_augment)
+                         device_augment=args.device_augment, repeat=args.repeat)
         dataset, sampler = train_dataset(cfg, (args.size, args.size), 3, args.batch, seed=0)
         loader = make_loader(dataset, sampler, workers, pin_memory=False)
         finish(dataset, next(iter(loader)))  # start the workers (and the device's decoder)

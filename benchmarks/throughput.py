@@ -22,10 +22,14 @@ def table(result: dict) -> str:
     lines = [f"{result['preset']} batch {result['batch']} on {result['device']} (matmul "
              f"{result['matmul_tflops']:.2f} TFLOP/s {result['precision']}, {result['train_gflops_per_image']:.2f} "
              f"GFLOP/image, load {result['load_avg'][0]:.2f})",
-             "| implementation | images/s | step ms | TFLOP/s | MFU | openmae speed-up |", "|---|---|---|---|---|---|"]
+             "| implementation | images/s | step ms | TFLOP/s | MFU | peak MiB/image | openmae speed-up |",
+             "|---|---|---|---|---|---|---|"]
+    if result.get("hf_error"):
+        lines.append(f"| huggingface | failed: {result['hf_error'][:200]} | | | | | |")
     for r in rows:
+        mem = "-" if r["peak_mem_mb_per_image"] is None else f"{r['peak_mem_mb_per_image']:.1f}"
         lines.append(f"| {r['name']} | {r['images_per_s']:.1f} | {r['step_ms']:.1f} | {r['tflops']:.3f} | "
-                     f"{100 * r['mfu']:.1f}% | {best / r['images_per_s']:.2f}x |")
+                     f"{100 * r['mfu']:.1f}% | {mem} | {best / r['images_per_s']:.2f}x |")
     return "\n".join(lines)
 
 
@@ -34,16 +38,19 @@ def main() -> None:
     parser.add_argument("--preset", help="one preset instead of the CPU suite")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", nargs="?", const="model", choices=["model", "blocks"],
+                        help="torch.compile the whole forward (model, the default) or each block (blocks)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--no-hf", action="store_true")
+    parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face")
+    parser.add_argument("--no-reference", action="store_true", help="skip the eager (official-style) reference")
     parser.add_argument("--grad-checkpointing", action="store_true")
     args = parser.parse_args()
     suite = [(args.preset, args.batch)] if args.preset else CPU_SUITE
     for preset, batch in suite:
-        result = benchmark(preset, batch, args.precision, args.compile, not args.no_hf, True, warmup=args.warmup,
-                           steps=args.steps, grad_checkpointing=args.grad_checkpointing)
+        result = benchmark(preset, batch, args.precision, bool(args.compile), not args.no_hf, not args.no_reference,
+                           warmup=args.warmup, steps=args.steps, grad_checkpointing=args.grad_checkpointing,
+                           compile_scope=args.compile or "model")
         print(json.dumps(result))
         print(table(result), flush=True)
 

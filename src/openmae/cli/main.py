@@ -138,8 +138,8 @@ def cmd_benchmark(args: argparse.Namespace, rest: list[str]) -> int:
 
     if rest:
         raise ConfigError(f"unexpected arguments {rest}")
-    result = benchmark(args.preset, args.batch, args.precision, args.compile, not args.no_hf, True,
-                       steps=args.steps, grad_checkpointing=args.grad_checkpointing)
+    result = benchmark(args.preset, args.batch, args.precision, bool(args.compile), not args.no_hf, True,
+                       steps=args.steps, grad_checkpointing=args.grad_checkpointing, compile_scope=args.compile or "model")
     print(json.dumps(result, indent=1))
     return 0
 
@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--preset", default="mae_vit_base_patch16")
             p.add_argument("--batch", type=int, default=64)
             p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
-            p.add_argument("--compile", action="store_true")
+            p.add_argument("--compile", nargs="?", const="model", choices=["model", "blocks"],
+                           help="torch.compile the whole forward (model, the default) or each block (blocks)")
             p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face comparison")
             p.add_argument("--grad-checkpointing", action="store_true")
             p.add_argument("--steps", type=int, default=10)

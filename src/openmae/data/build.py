@@ -13,13 +13,23 @@ from openmae.data.transforms import eval_transform, pretrain_transform
 Subset = list[int]
 
 
-class LimitedSource:
-    """The first ``count`` items of a source, spread evenly (a fixed, reproducible subset)."""
+class SourceView:
+    """Items of a source picked by a list of indices (a subset, or the same items several times)."""
 
-    def __init__(self, source: ImageSource, count: int) -> None:
-        step = len(source) / count
-        self.source, self.index = source, [int(i * step) for i in range(count)]
+    def __init__(self, source: ImageSource, index: list[int]) -> None:
+        self.source, self.index = source, index
         self.classes = source.classes
+
+    @classmethod
+    def limited(cls, source: ImageSource, count: int) -> SourceView:
+        """The first ``count`` items of a source, spread evenly (a fixed, reproducible subset)."""
+        step = len(source) / count
+        return cls(source, [int(i * step) for i in range(count)])
+
+    @classmethod
+    def repeated(cls, source: ImageSource, times: int) -> SourceView:
+        """Every item ``times`` over: each copy has its own index, hence its own augmentation and mask seeds."""
+        return cls(source, list(range(len(source))) * times)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -37,7 +47,7 @@ class LimitedSource:
 def source_for(cfg: DataConfig, split: str, channels: int, limit: int = 0) -> ImageSource:
     source = build_source(cfg, split, channels)
     if limit and limit < len(source):
-        source = LimitedSource(source, limit)
+        source = SourceView.limited(source, limit)
     probe_source(source, cfg.bad_files)
     return source
 
@@ -51,6 +61,8 @@ def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, bat
         raise ValueError("data.device_augment=true applies to the pretraining augmentation only; set it to false "
                          "for fine-tuning (its RandAugment / random erasing recipe runs in the loader's workers)")
     source = source or source_for(cfg, cfg.train_split, channels, cfg.max_samples)
+    if cfg.repeat > 1:  # a small folder: longer epochs, so that per-epoch costs (loader refill, logging) amortise
+        source = SourceView.repeated(source, cfg.repeat)
     mean, std = stats_for(cfg, channels)
     sampler = ResumableSampler(len(source), batch_size, seed, shuffle=True, rank=rank, world_size=world_size)
     if cfg.device_augment:

@@ -34,6 +34,7 @@ class DataConfig:
     device_augment: bool = False  # pretraining: decode JPEGs and crop / flip / normalise on the training device
     bad_files: str = "skip"
     max_samples: int = 0
+    repeat: int = 1  # training epochs go over the (limited) training images this many times
     max_eval_samples: int = 0
 
     def check(self) -> None:
@@ -46,6 +47,7 @@ class DataConfig:
         require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
         require(self.bad_files in ("skip", "fail"), "data.bad_files", self.bad_files, "'skip' or 'fail'")
         require(self.max_samples >= 0, "data.max_samples", self.max_samples, ">= 0 (0 = all)")
+        require(self.repeat >= 1, "data.repeat", self.repeat, ">= 1 (training epochs go over the images this many times)")
         require(self.max_eval_samples >= 0, "data.max_eval_samples", self.max_eval_samples, ">= 0 (0 = all)")
         require(self.eval_crop_pct is None or 0 < self.eval_crop_pct <= 1, "data.eval_crop_pct",
                 self.eval_crop_pct, "in (0, 1]")

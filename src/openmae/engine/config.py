@@ -67,6 +67,7 @@ class TrainConfig:
     clip_grad: float | None = None
     precision: str = "auto"
     compile: bool = False
+    compile_scope: str = "model"  # model: one graph for the whole forward; blocks: each block (fast to compile)
     distributed: str = "ddp"
     seed: int = 0
     output_dir: str = "runs/run"
@@ -95,6 +96,7 @@ class TrainConfig:
         require(all(0 <= b < 1 for b in self.betas), "train.betas", self.betas, "two numbers in [0, 1)")
         require(self.optimizer in ("adamw", "lars", "sgd"), "train.optimizer", self.optimizer, "adamw, lars or sgd")
         require(self.clip_grad is None or self.clip_grad > 0, "train.clip_grad", self.clip_grad, "> 0 or unset")
+        require(self.compile_scope in ("model", "blocks"), "train.compile_scope", self.compile_scope, "model or blocks")
         require(self.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", self.precision,
                 "auto, fp32, bf16 or fp16 (fp16 on CUDA only)")
         require(self.distributed in ("ddp", "fsdp"), "train.distributed", self.distributed, "ddp or fsdp")

@@ -130,7 +130,7 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
     total_steps = steps_per_epoch * train_cfg.epochs
 
     model = task.model.to(device)
-    wrapped = parallelize(model, info, train_cfg.distributed, train_cfg.compile, task.shard_blocks())
+    wrapped = parallelize(model, info, train_cfg.distributed, train_cfg.compile, task.shard_blocks(), train_cfg.compile_scope)
     groups = task.param_groups(train_cfg)
     base_lr = effective_lr(train_cfg.blr, train_cfg.lr, train_cfg.batch_size, accum, info.world_size)
     optimizer = build_optimizer(train_cfg.optimizer, groups, base_lr, train_cfg.betas, device)
