@@ -115,7 +115,7 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
     label = f"openmae {precision}{compiled}{' ckpt' if grad_checkpointing else ''}"
     rows.append(_measure(label, ours, lambda: run(imgs, noise=noise).loss, cfg, batch, dtype, device, peak,
                          warmup, steps))
-    del ours, run  # the rows after this one measure their own peak memory
+    ours = run = None  # free it: the rows after this one measure their own peak memory
     if device.type == "cuda":
         torch.cuda.empty_cache()
     hf_error = None
