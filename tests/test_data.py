@@ -145,3 +145,18 @@ def test_augmentation_depends_on_sample_seed_only(datasets):
     assert torch.equal(a, b)
     other = ds[(item[0], item[1] + 1)][0]
     assert not torch.equal(a, other)
+
+
+def test_repeat_goes_over_each_image_several_times_with_its_own_seeds(datasets):
+    from openmae.config import ConfigError
+    from openmae.data.build import train_dataset
+
+    cfg = DataConfig(name="fashion-mnist", root=str(datasets), max_samples=40, repeat=3)
+    dataset, sampler = train_dataset(cfg, (28, 28), 1, batch_size=8, seed=0)
+    assert len(dataset) == 120 and sampler.batches_per_epoch == 15
+    labels = [dataset.source.load(i)[1] for i in range(120)]
+    assert labels[:40] == labels[40:80] == labels[80:]  # the same 40 images, three times an epoch
+    a, b = dataset[(0, 11)][0], dataset[(40, 12)][0]  # one image, two copies: each its own crop
+    assert not torch.equal(a, b)
+    with pytest.raises(ConfigError, match="data.repeat"):
+        DataConfig(name="cifar10", repeat=0).check()

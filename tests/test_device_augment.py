@@ -1,6 +1,7 @@
 """``data.device_augment``: workers read and plan the crops, the training device decodes and augments.
 Same crop boxes and flips as the CPU path, pixels equal up to the resampler, training end to end."""
 
+import numpy as np
 import pytest
 import torch
 from helpers import tiny_pretrain, weights
@@ -80,3 +81,31 @@ def test_corrupt_jpeg_body_stops_with_the_file_name(tmp_path, datasets):
     batch = collate([dataset[item] for item in sampler])
     with pytest.raises(BadImageError, match=broken.name + ".*data.device_augment=false"):
         dataset.to_device(batch, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_on_the_device_path(tmp_path, orientation):
+    """A phone photo's EXIF orientation turns it upright on both paths (torchvision's CUDA decoder ignores the
+    tag, so the device path applies it itself: checked here against the CPU decoder that honours it)."""
+    from PIL import Image
+    from torchvision.io import decode_jpeg
+
+    from openmae.data.device import orient
+
+    yy, xx = torch.meshgrid(torch.arange(48), torch.arange(80), indexing="ij")  # no symmetry: any turn shows
+    rgb = torch.stack([xx * 3, yy * 5, (xx * yy) % 251]).clamp(0, 255).to(torch.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photos" / "phone.jpg"
+    path.parent.mkdir()
+    Image.fromarray(rgb.permute(1, 2, 0).numpy()).save(path, quality=95, exif=exif)
+    data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+    assert torch.equal(orient(decode_jpeg(data), orientation), decode_jpeg(data, apply_exif_orientation=True))
+
+    # the whole pipeline: the device path's crops of the upright photo equal the CPU path's (PIL exif_transpose)
+    cfg = {"name": "folder", "path": str(path.parent)}
+    out = []
+    for device_augment in (False, True):
+        dataset, sampler = train_dataset(DataConfig(device_augment=device_augment, repeat=6, **cfg), (32, 32), 3, 6, seed=1)
+        out.append(dataset.to_device(collate([dataset[item] for item in sampler]), torch.device("cpu")).images)
+    assert (out[0] - out[1]).abs().mean() < 0.03

@@ -37,9 +37,21 @@ class RawImage:
 
     data: np.ndarray
     encoded: bool
-    height: int
+    height: int  # after the EXIF orientation is applied
     width: int
     name: str
+    orientation: int = 1  # EXIF orientation (1-8) still to apply after decoding an encoded JPEG
+
+
+def orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
+    """(C, H, W) image turned upright as its EXIF orientation says (PIL's ``ImageOps.exif_transpose``).
+
+    Written here because torchvision's CUDA decoder ignores ``apply_exif_orientation`` (the CPU decoder
+    honours it); doing it ourselves gives the same pixels on every device."""
+    if orientation in (5, 6, 7, 8):
+        img = img.transpose(-2, -1)
+    flips = {2: (-1,), 3: (-2, -1), 4: (-2,), 6: (-1,), 7: (-2, -1), 8: (-2,)}.get(orientation)
+    return img.flip(flips) if flips else img
 
 
 @dataclass
@@ -61,12 +73,14 @@ def read_raw(source: ImageSource, index: int) -> tuple[RawImage, int]:
         try:
             with Image.open(path) as img:  # the header only: size, mode, EXIF orientation
                 fmt, mode, (width, height) = img.format, img.mode, img.size
-                if img.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED:
+                orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+                if orientation in TRANSPOSED:
                     width, height = height, width
         except (OSError, SyntaxError, ValueError) as err:
             raise BadImageError(f"{path}: {type(err).__name__}: {err}") from None
         if fmt == "JPEG" and mode in ("L", "RGB"):
-            return RawImage(np.fromfile(path, dtype=np.uint8), True, height, width, str(path)), label
+            orientation = orientation if orientation in range(1, 9) else 1  # PIL ignores other values too
+            return RawImage(np.fromfile(path, dtype=np.uint8), True, height, width, str(path), orientation), label
     img, label = source.load(index)  # decoded and converted as on the CPU path
     arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy on the device side)
     arr = np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))  # (C, H, W)
@@ -104,17 +118,16 @@ class DeviceAugment:
         images = [torch.from_numpy(p.image.data) for p in planned]
         if encoded:
             try:  # one batched call (nvJPEG on CUDA)
-                decoded = decode_jpeg([images[i] for i in encoded], mode=self.mode, device=device,
-                                      apply_exif_orientation=True)
+                decoded = decode_jpeg([images[i] for i in encoded], mode=self.mode, device=device)
             except RuntimeError:
                 decoded = [self._decode_one(planned[i], device) for i in encoded]  # find the file that fails
             for i, img in zip(encoded, decoded, strict=True):
-                images[i] = img
+                images[i] = orient(img, planned[i].image.orientation)
         return [img.to(device, non_blocking=True) for img in images]
 
     def _decode_one(self, p: PlannedCrop, device: torch.device) -> torch.Tensor:
         try:
-            return decode_jpeg(torch.from_numpy(p.image.data), mode=self.mode, device=device, apply_exif_orientation=True)
+            return decode_jpeg(torch.from_numpy(p.image.data), mode=self.mode, device=device)
         except RuntimeError as err:
             raise BadImageError(f"{p.image.name}: JPEG decoding on {device} failed ({err}); remove the file, or set "
                                 f"data.device_augment=false to decode on the CPU, where bad files are skipped") from None
