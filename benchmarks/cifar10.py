@@ -20,6 +20,9 @@ DEPTH = 12
 
 def main() -> None:
     parser = arguments(__doc__, "runs/cifar10_protocol", 20, 10)
+    parser.add_argument("--finetune-samples", type=int, default=0, help="training images for both fine-tunings (0 = all)")
+    parser.add_argument("--eval-samples", type=int, nargs=2, default=[0, 0],
+                        help="training and test images for kNN and the probes (0 = all)")
     parser.add_argument("overrides", nargs="*", help="extra key=value settings for pretraining")
     args = parser.parse_args()
     limit = ["data.max_samples=2000", "data.max_eval_samples=500"] if args.smoke else []
@@ -27,9 +30,12 @@ def main() -> None:
     model = MODEL + (["model.depth=2", "model.decoder_depth=1"] if args.smoke else [])
     depth = 2 if args.smoke else DEPTH
     p = Protocol("cifar10", args.data_root, Path(args.out), model, REPO / "configs/pretrain/cifar10.yaml",
-                 REPO / "configs/finetune/cifar10.yaml", limit=limit)
+                 REPO / "configs/finetune/cifar10.yaml", limit=limit,
+                 eval_limit=[] if args.smoke else [f"data.max_samples={args.eval_samples[0]}",
+                                                   f"data.max_eval_samples={args.eval_samples[1]}"])
     ckpt = p.pretrain("pretrain", pre_epochs, args.overrides)
-    p.encoder_suite(ckpt, depth // 2, ft_epochs, (32, 32), 3, 10, args.smoke)
+    ft_limit = [f"data.max_samples={args.finetune_samples}"] if args.finetune_samples and not args.smoke else []
+    p.encoder_suite(ckpt, depth // 2, ft_epochs, (32, 32), 3, 10, args.smoke, ft_limit)
     print(json.dumps(p.results, indent=2))
 
 

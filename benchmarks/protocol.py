@@ -130,10 +130,11 @@ class Protocol:
         return self.step(key, lambda: finetune(cfg)["best_top1"], [self.finetune_config.relative_to(REPO), *overrides])
 
     def encoder_suite(self, ckpt: Path, last_blocks: int, finetune_epochs: int, img_size: tuple[int, int],
-                      channels: int, num_classes: int, smoke: bool) -> None:
+                      channels: int, num_classes: int, smoke: bool, finetune_overrides: list[str] = ()) -> None:
         """Everything a protocol reports for one pretrained encoder: kNN and cached probes (last block, cls
         token, the last ``last_blocks`` blocks) against the same encoder at random init, the raw-pixel
-        baselines, and fine-tuning against the same ViT from scratch at the same budget."""
+        baselines, and fine-tuning against the same ViT from scratch at the same budget (``finetune_overrides``
+        apply to both, e.g. a training subset)."""
         self.knn("knn_mae", ckpt)
         self.knn("knn_mae_cls", ckpt, pooling="cls")
         self.knn(f"knn_mae_last{last_blocks}", ckpt, last_blocks=last_blocks)
@@ -143,8 +144,8 @@ class Protocol:
         self.probe("probe_random", None)
         self.probe(f"probe_random_last{last_blocks}", None, last_blocks=last_blocks)
         self.pixel_baselines(img_size, channels, num_classes, smoke)
-        self.finetune("finetune_mae", ckpt, finetune_epochs)
-        self.finetune("finetune_scratch", None, finetune_epochs)
+        self.finetune("finetune_mae", ckpt, finetune_epochs, finetune_overrides)
+        self.finetune("finetune_scratch", None, finetune_epochs, finetune_overrides)
 
     # ------------------------------------------------------------------ baselines on raw pixels
     def pixels(self, split: str, img_size: tuple[int, int], channels: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
