@@ -160,3 +160,20 @@ def test_repeat_goes_over_each_image_several_times_with_its_own_seeds(datasets):
     assert not torch.equal(a, b)
     with pytest.raises(ConfigError, match="data.repeat"):
         DataConfig(name="cifar10", repeat=0).check()
+
+
+def test_paper_randaugment_survives_posterize_at_magnitude_10():
+    """rand-m9-mstd0.5-inc1 now and then draws magnitude 10, i.e. posterize to 0 bits, which Pillow 13 refuses;
+    the fine-tuning transform must give a black image there (older Pillow's answer) instead of crashing."""
+    from timm.data.auto_augment import RandAugment
+
+    from openmae.data.transforms import finetune_transform
+
+    transform = finetune_transform(DataConfig(name="cifar10"), (32, 32), (0.5,) * 3, (0.5,) * 3, "rand-m9-mstd0.5-inc1", 0.0)
+    ra = next(t for t in transform.transforms if isinstance(t, RandAugment))
+    op = next(o for o in ra.ops if o.name == "PosterizeIncreasing")
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
+    img = Image.fromarray(np.full((32, 32, 3), 200, np.uint8))
+    assert np.asarray(op(img)).max() == 0
+    op.magnitude = 5  # 2 bits kept: 200 -> 192
+    assert np.asarray(op(img)).max() == 192

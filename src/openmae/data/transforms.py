@@ -33,3 +33,31 @@ def eval_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std) -> T.C
         T.CenterCrop(img_size),
         *_to_tensor(mean, std),
     ])
+
+
+def _posterize_any_bits(img, bits_to_keep, **__):
+    """timm's posterize, also for 0 bits (a black image, as Pillow before 13 gave): the paper's RandAugment
+    ``rand-m9-mstd0.5-inc1`` draws magnitude 10 now and then, which asks for 0 bits, and Pillow 13 raises there."""
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def finetune_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std, auto_augment: str, reprob: float):
+    """timm's fine-tuning recipe (RandomResizedCrop, flip, RandAugment, random erasing), its posterize made safe."""
+    from timm.data import create_transform
+    from timm.data.auto_augment import RandAugment
+
+    transform = create_transform(img_size, is_training=True, scale=cfg.crop_scale, auto_augment=auto_augment or None,
+                                 interpolation="bicubic", re_prob=reprob, re_mode="pixel", re_count=1, mean=mean,
+                                 std=std, hflip=cfg.hflip)
+    for t in transform.transforms:
+        if isinstance(t, RandAugment):
+            for op in t.ops:
+                if op.name.startswith("Posterize"):
+                    op.aug_fn = _posterize_any_bits
+    return transform

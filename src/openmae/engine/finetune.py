@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.data import Mixup, create_transform
+from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from openmae.config import require
@@ -18,6 +18,7 @@ from openmae.data.build import eval_batches, source_for, train_dataset
 from openmae.data.config import DataConfig
 from openmae.data.datasets import stats_for
 from openmae.data.loader import Batch
+from openmae.data.transforms import finetune_transform
 from openmae.engine.classifier import (
     BestKeeper,
     evaluate,
@@ -113,9 +114,7 @@ class FinetuneTask:
     def train_data(self, info: DistInfo):
         f, d, m = self.cfg.finetune, self.cfg.data, self.mae_cfg
         mean, std = stats_for(d, m.in_chans)
-        transform = create_transform(
-            m.img_size, is_training=True, scale=d.crop_scale, auto_augment=f.auto_augment or None, interpolation="bicubic",
-            re_prob=f.reprob, re_mode="pixel", re_count=1, mean=mean, std=std, hflip=d.hflip)
+        transform = finetune_transform(d, m.img_size, mean, std, f.auto_augment, f.reprob)
         return train_dataset(d, m.img_size, m.in_chans, self.cfg.train.batch_size, self.cfg.train.seed,
                              info.rank, info.world_size, transform=transform, source=self.train_source)
 
