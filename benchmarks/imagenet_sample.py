@@ -32,7 +32,7 @@ from openmae.data.transforms import eval_transform
 from openmae.engine.logging import read_metrics
 from openmae.engine.pretrain import PretrainConfig, pretrain
 from openmae.eval.plots import loss_curve
-from openmae.eval.reconstruction import reconstruct, save_grid
+from openmae.eval.reconstruction import predicted_patches, reconstruct, save_grid
 from openmae.models.mae import MaskedAutoencoder
 from openmae.models.patches import patchify
 
@@ -84,9 +84,7 @@ def masked_errors(model: MaskedAutoencoder, imgs: torch.Tensor, mask_ratio: floa
         noise = model.random_noise(x.shape[0], torch.device("cpu"), gen, mask_ratio).to(device)
         out = model(x, mask_ratio=mask_ratio, noise=noise)
         target = patchify(x, p)  # (N, L, p*p*C), channels last within a patch
-        pred = out.pred.float()
-        if model.cfg.norm_pix_loss:  # back to pixel space with each target patch's own statistics
-            pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
+        pred = predicted_patches(model, x, out.pred)
         mask = out.mask  # (N, L), 1 = removed
         pixels = target.reshape(*target.shape[:2], p * p, c)  # (N, L, p*p, C)
         visible = (1 - mask)[..., None, None]

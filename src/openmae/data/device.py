@@ -47,8 +47,9 @@ def orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
     """(C, H, W) image turned upright as its EXIF orientation says (PIL's ``ImageOps.exif_transpose``).
 
     Written here because torchvision's CUDA decoder ignores ``apply_exif_orientation`` (the CPU decoder
-    honours it); doing it ourselves gives the same pixels on every device."""
-    if orientation in (5, 6, 7, 8):
+    honours it); doing it ourselves gives the same pixels on every device. Values outside 1-8 change nothing,
+    as in PIL."""
+    if orientation in TRANSPOSED:
         img = img.transpose(-2, -1)
     flips = {2: (-1,), 3: (-2, -1), 4: (-2,), 6: (-1,), 7: (-2, -1), 8: (-2,)}.get(orientation)
     return img.flip(flips) if flips else img
@@ -79,7 +80,6 @@ def read_raw(source: ImageSource, index: int) -> tuple[RawImage, int]:
         except (OSError, SyntaxError, ValueError) as err:
             raise BadImageError(f"{path}: {type(err).__name__}: {err}") from None
         if fmt == "JPEG" and mode in ("L", "RGB"):
-            orientation = orientation if orientation in range(1, 9) else 1  # PIL ignores other values too
             return RawImage(np.fromfile(path, dtype=np.uint8), True, height, width, str(path), orientation), label
     img, label = source.load(index)  # decoded and converted as on the CPU path
     arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy on the device side)

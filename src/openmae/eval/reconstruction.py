@@ -24,14 +24,21 @@ class Reconstruction:
     mask: torch.Tensor  # (N, L), 1 = removed
 
 
+def predicted_patches(model: MaskedAutoencoder, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """The decoder's output (N, L, p*p*C) in the input's pixel space: for ``norm_pix_loss`` models each patch is
+    mapped back with the mean and variance of the corresponding input patch (as the official visualisation does)."""
+    pred = pred.float()
+    if model.cfg.norm_pix_loss:
+        target = patchify(imgs, model.cfg.patch_size)
+        pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
+    return pred
+
+
 @torch.no_grad()
 def reconstruct(model: MaskedAutoencoder, imgs: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
                 mask_ratio: float = 0.75, seed: int = 0) -> Reconstruction:
-    """Run the MAE on normalised ``imgs`` with a fixed-seed mask and undo every normalisation.
-
-    For ``norm_pix_loss`` models each predicted patch is mapped back with the mean and variance of the
-    corresponding input patch (as the official visualisation does).
-    """
+    """Run the MAE on normalised ``imgs`` with a fixed-seed mask and undo every normalisation
+    (:func:`predicted_patches`)."""
     model.eval()
     device = next(model.parameters()).device
     imgs = imgs.to(device)
@@ -39,11 +46,7 @@ def reconstruct(model: MaskedAutoencoder, imgs: torch.Tensor, mean: tuple[float,
     noise = model.random_noise(imgs.shape[0], torch.device("cpu"), gen, mask_ratio).to(device)
     out = model(imgs, mask_ratio=mask_ratio, noise=noise)
     p, c, size = model.cfg.patch_size, model.cfg.in_chans, model.cfg.img_size
-    pred = out.pred.float()
-    if model.cfg.norm_pix_loss:
-        target = patchify(imgs, p)
-        pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
-    recon = unpatchify(pred, p, size, c)
+    recon = unpatchify(predicted_patches(model, imgs, out.pred), p, size, c)
     pixel_mask = unpatchify(out.mask.unsqueeze(-1).expand(-1, -1, p * p * c), p, size, c)  # 1 = removed
     m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=device).view(1, -1, 1, 1)
