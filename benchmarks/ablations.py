@@ -62,7 +62,7 @@ def main() -> None:
     limit = ["data.max_samples=2000", "data.max_eval_samples=500"] if args.smoke else []
     pre_epochs = 1 if args.smoke else args.pretrain_epochs
     p = Protocol("fashion-mnist", args.data_root, Path(args.out), MODEL, REPO / "configs/pretrain/fashion_mnist.yaml",
-                 REPO / "configs/finetune/fashion_mnist.yaml", limit=limit,
+                 REPO / "configs/finetune/fashion_mnist.yaml", limit=limit, workers=args.workers,
                  eval_limit=[] if args.smoke else [f"data.max_samples={args.eval_samples[0]}",
                                                    f"data.max_eval_samples={args.eval_samples[1]}"])
     for name in args.variants:

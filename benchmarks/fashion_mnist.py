@@ -24,7 +24,7 @@ def main() -> None:
     limit = ["data.max_samples=3000", "data.max_eval_samples=1000"] if args.smoke else []
     pre_epochs, ft_epochs = (1, 1) if args.smoke else (args.pretrain_epochs, args.finetune_epochs)
     p = Protocol("fashion-mnist", args.data_root, Path(args.out), MODEL, REPO / "configs/pretrain/fashion_mnist.yaml",
-                 REPO / "configs/finetune/fashion_mnist.yaml", limit=limit)
+                 REPO / "configs/finetune/fashion_mnist.yaml", limit=limit, workers=args.workers)
     ckpt = p.pretrain("pretrain", pre_epochs, args.overrides)
     p.encoder_suite(ckpt, 6, ft_epochs, (28, 28), 1, 10, args.smoke)
     print(json.dumps(p.results, indent=2))

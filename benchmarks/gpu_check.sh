@@ -7,6 +7,7 @@
 # Sized to about 5 minutes on an H100 (the first run, 2026-11-26, took 316 s). Results go to $OUT (or /tmp/gpu_check); the tables are printed last.
 #
 #   bash benchmarks/gpu_check.sh [photo-folder]
+#   PARTS="L H loader" bash benchmarks/gpu_check.sh photos   # only some parts (default: B L H mem loader)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-/tmp/gpu_check}"
@@ -23,16 +24,19 @@ bench() { local t=$1; shift; echo "## throughput.py $*" >> "$log"; timeout "$t" 
 loader() { local t=$1; shift; echo "## loader.py $*" >> "$OUT_DIR/loader.log"; timeout "$t" python3 benchmarks/loader.py "$@" 2>&1 | tee -a "$OUT_DIR/loader.log"; }
 # the ratios of the issue, each measured in one run: openmae compiled vs Hugging Face vs the official-style step.
 # Batches fill a good part of an 80 GB card (2026-11-26 on an H100: B 53, L 107, H 267 MiB per image).
-bench 120 --preset mae_vit_base_patch16 --batch 256 --precision bf16 --compile
-bench 120 --preset mae_vit_large_patch16 --batch 256 --precision bf16 --compile --no-hf
-bench 150 --preset mae_vit_huge_patch14 --batch 128 --precision bf16 --compile --no-hf
+PARTS=" ${PARTS:-B L H mem loader} "
+part() { [[ "$PARTS" == *" $1 "* ]]; }
+part B && bench 120 --preset mae_vit_base_patch16 --batch 256 --precision bf16 --compile
+part L && bench 120 --preset mae_vit_large_patch16 --batch 256 --precision bf16 --compile --no-hf
+part H && bench 150 --preset mae_vit_huge_patch14 --batch 128 --precision bf16 --compile --no-hf
 # memory: the same eager step without and with activation checkpointing
-bench 45 --preset mae_vit_large_patch16 --batch 128 --precision bf16 --no-hf --no-reference
-bench 45 --preset mae_vit_large_patch16 --batch 128 --precision bf16 --no-hf --no-reference --grad-checkpointing
-if [ -n "${1:-}" ] && [ -d "$1" ]; then
+part mem && bench 45 --preset mae_vit_large_patch16 --batch 128 --precision bf16 --no-hf --no-reference
+part mem && bench 45 --preset mae_vit_large_patch16 --batch 128 --precision bf16 --no-hf --no-reference --grad-checkpointing
+if part loader && [ -n "${1:-}" ] && [ -d "$1" ]; then
   : > "$OUT_DIR/loader.log"
-  loader 70 --data "$1" --workers 4 15 --repeat 12 --batch 256
-  loader 70 --data "$1" --workers 4 15 --repeat 12 --batch 256 --device-augment --device cuda
+  # --repeat: at least ten thousand images a row, so that worker start-up does not dominate
+  loader 70 --data "$1" --workers 15 --repeat 40 --batch 256
+  loader 70 --data "$1" --workers 4 15 --repeat 40 --batch 256 --device-augment --device cuda
 fi
 echo
 echo "== summary =="

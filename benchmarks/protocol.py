@@ -41,6 +41,8 @@ def arguments(doc: str, out: str, pretrain_epochs: int, finetune_epochs: int) ->
     parser.add_argument("--pretrain-epochs", type=int, default=pretrain_epochs)
     parser.add_argument("--finetune-epochs", type=int, default=finetune_epochs)
     parser.add_argument("--smoke", action="store_true", help="tiny budgets, to check the script end to end")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="data-loader workers for every step (default: each preset's own, 2 for these datasets)")
     return parser
 
 
@@ -57,6 +59,7 @@ class Protocol:
     probe_config: Path = REPO / "configs/linprobe/small_cached.yaml"
     limit: list[str] = field(default_factory=list)  # data.max_samples / data.max_eval_samples for smoke runs
     eval_limit: list[str] = field(default_factory=list)  # the same for kNN and probes only
+    workers: int | None = None  # data.num_workers for every step; None keeps each preset's setting
     results: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -70,7 +73,8 @@ class Protocol:
 
     @property
     def data(self) -> list[str]:
-        return [f"data.name={self.dataset}", f"data.root={self.root}", *self.limit]
+        workers = [] if self.workers is None else [f"data.num_workers={self.workers}"]
+        return [f"data.name={self.dataset}", f"data.root={self.root}", *workers, *self.limit]
 
     def step(self, key: str, run: Callable[[], float], settings: list | None = None) -> float:
         """Run ``run`` unless ``key`` already has a result; store the value, its wall time and settings."""
