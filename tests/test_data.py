@@ -147,6 +147,34 @@ def test_augmentation_depends_on_sample_seed_only(datasets):
     assert not torch.equal(a, other)
 
 
+@pytest.mark.parametrize("recipe", ["pretrain", "finetune"])
+def test_workers_give_the_batches_of_the_main_process(datasets, recipe):
+    """A sample's augmentation depends on its seed alone, in a worker (seeded without saving any state) as in
+    the training process (which gives the caller's random streams back untouched). The fine-tuning recipe's
+    RandAugment draws from `random` and numpy as well as torch."""
+    import random
+
+    from openmae.data.build import train_dataset
+    from openmae.data.loader import make_loader
+    from openmae.data.transforms import finetune_transform
+
+    cfg = DataConfig(name="fashion-mnist", root=str(datasets), max_samples=48)
+    transform = finetune_transform(cfg, (28, 28), (0.5,), (0.5,), "rand-m9-mstd0.5-inc1", 0.25) \
+        if recipe == "finetune" else None
+    batches = {}
+    for workers in (0, 2):
+        dataset, sampler = train_dataset(cfg, (28, 28), 1, batch_size=8, seed=0, transform=transform)
+        random.seed(1), np.random.seed(1), torch.manual_seed(1)
+        streams = random.random(), np.random.rand(), torch.rand(1).item()
+        random.seed(1), np.random.seed(1), torch.manual_seed(1)
+        batches[workers] = [b.images for b in make_loader(dataset, sampler, workers, pin_memory=False)]
+        # the training process's own streams are where they were (num_workers=0 augments in this process)
+        assert (random.random(), np.random.rand(), torch.rand(1).item()) == streams
+    assert len(batches[0]) == len(batches[2]) == 6
+    for a, b in zip(batches[0], batches[2], strict=True):
+        assert torch.equal(a, b)
+
+
 def test_repeat_goes_over_each_image_several_times_with_its_own_seeds(datasets):
     from openmae.config import ConfigError
     from openmae.data.build import train_dataset
@@ -177,3 +205,19 @@ def test_paper_randaugment_survives_posterize_at_magnitude_10():
     assert np.asarray(op(img)).max() == 0
     op.magnitude = 5  # 2 bits kept: 200 -> 192
     assert np.asarray(op(img)).max() == 192
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_to_normalized_tensor_equals_torchvision_steps(mode):
+    from torchvision.transforms import v2 as T
+
+    from openmae.data.transforms import ToNormalizedTensor
+
+    channels = 1 if mode == "L" else 3
+    mean, std = (0.2, 0.5, 0.7)[:channels], (0.3, 0.25, 0.4)[:channels]
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (20, 28, channels), dtype=np.uint8).squeeze(-1 if mode == "L" else ()))
+    reference = T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])(img)
+    ours = ToNormalizedTensor(mean, std)(img)
+    assert ours.shape == (channels, 20, 28) and ours.dtype == torch.float32
+    assert torch.equal(ours, reference.as_subclass(torch.Tensor))

@@ -6,12 +6,29 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
 
 from openmae.data.config import DataConfig
 
 
+class ToNormalizedTensor:
+    """PIL image -> (C, H, W) float32 in [0, 1], normalised: v2's ``ToImage``, ``ToDtype(scale=True)`` and
+    ``Normalize`` through the same functional kernels (equal values), as one step. Written here because the three
+    transform objects' per-call dispatch cost more than their arithmetic on small images (135 vs 56 µs at 28px)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean, self.std = list(mean), list(std)
+
+    def __call__(self, img) -> torch.Tensor:
+        x = TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)  # (C, H, W)
+        return TF.normalize(x, self.mean, self.std)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
+
+
 def _to_tensor(mean: tuple[float, ...], std: tuple[float, ...]) -> list:
-    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
+    return [ToNormalizedTensor(mean, std)]
 
 
 def pretrain_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std) -> T.Compose:
