@@ -12,6 +12,7 @@ import argparse
 import json
 
 from openmae.engine.benchmark import benchmark
+from openmae.engine.config import COMPILE_MODES
 
 CPU_SUITE = [("mae_vit_small_patch16", 16), ("mae_vit_tiny_patch4_32", 128)]
 
@@ -40,6 +41,8 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--compile", nargs="?", const="model", choices=["model", "blocks"],
                         help="torch.compile the whole forward (model, the default) or each block (blocks)")
+    parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                        help="torch.compile mode; reduce-overhead replays the step as CUDA graphs on a GPU")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face")
@@ -50,7 +53,7 @@ def main() -> None:
     for preset, batch in suite:
         result = benchmark(preset, batch, args.precision, bool(args.compile), not args.no_hf, not args.no_reference,
                            warmup=args.warmup, steps=args.steps, grad_checkpointing=args.grad_checkpointing,
-                           compile_scope=args.compile or "model")
+                           compile_scope=args.compile or "model", compile_mode=args.compile_mode)
         print(json.dumps(result))
         print(table(result), flush=True)
 

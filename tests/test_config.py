@@ -43,6 +43,7 @@ def test_yaml_then_overrides(tmp_path):
     ("train.warmup_epochs=900", "train.warmup_epochs=900.0 is invalid: must be between 0 and train.epochs (800)"),
     ("pretrain.knn_every_epochs=1", "kNN needs labels"),
     ("train", "must look like key.sub=value"),
+    ("train.compile_mode=fast", "train.compile_mode='fast' is invalid: must be default or reduce-overhead"),
 ])
 def test_invalid_settings_name_key_value_and_range(override, message):
     with pytest.raises(ConfigError) as err:

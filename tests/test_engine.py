@@ -105,7 +105,8 @@ def test_nonfinite_skip_policy_counts_skips(tmp_path, datasets):
     assert out["skipped_steps"] >= 1
 
 
-@pytest.mark.parametrize("extra", [["train.precision=bf16"], ["train.clip_grad=0.5"], ["train.compile=true"]])
+@pytest.mark.parametrize("extra", [["train.precision=bf16"], ["train.clip_grad=0.5"], ["train.compile=true"],
+                                   ["train.compile=true", "train.compile_mode=reduce-overhead"]])
 def test_loop_options_train_and_checkpoint(tmp_path, datasets, extra):
     out = pretrain(tiny_pretrain(tmp_path / "r", datasets, "train.epochs=2", *extra))
     records = [r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r]

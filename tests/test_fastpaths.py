@@ -82,3 +82,16 @@ def test_block_compiled_step_equals_eager(setup):
     assert abs(fast[0] - ref[0]) / ref[0] <= 1e-5
     assert_close_rel(fast[1], ref[1], 1e-4)
     assert set(model.state_dict()) == set(openmae.create_model("mae_vit_debug_patch4_32").state_dict())  # keys unchanged
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    """train.compile_mode (reduce-overhead: CUDA graphs) is handed to torch.compile, whole model or per block."""
+    from openmae.engine.distributed import compile_module
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: seen.append(("model", kw)) or module)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(("block", kw)))
+    model = openmae.create_model("mae_vit_debug_patch4_32")
+    compile_module(model, "model", mode="reduce-overhead")
+    compile_module(model, "blocks", [*model.blocks], mode="max-autotune")
+    assert seen == [("model", {"mode": "reduce-overhead"})] + [("block", {"mode": "max-autotune"})] * len(model.blocks)

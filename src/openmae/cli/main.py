@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 from openmae.config import ConfigError, dump_yaml, from_dict, load_config, parse_override
+from openmae.engine.config import COMPILE_MODES
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace, list[str]], int]]] = {}
 
@@ -139,7 +140,8 @@ def cmd_benchmark(args: argparse.Namespace, rest: list[str]) -> int:
     if rest:
         raise ConfigError(f"unexpected arguments {rest}")
     result = benchmark(args.preset, args.batch, args.precision, bool(args.compile), not args.no_hf, True,
-                       steps=args.steps, grad_checkpointing=args.grad_checkpointing, compile_scope=args.compile or "model")
+                       steps=args.steps, grad_checkpointing=args.grad_checkpointing, compile_scope=args.compile or "model",
+                       compile_mode=args.compile_mode)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -178,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
             p.add_argument("--compile", nargs="?", const="model", choices=["model", "blocks"],
                            help="torch.compile the whole forward (model, the default) or each block (blocks)")
+            p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                           help="torch.compile mode; reduce-overhead replays the step as CUDA graphs on a GPU")
             p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face comparison")
             p.add_argument("--grad-checkpointing", action="store_true")
             p.add_argument("--steps", type=int, default=10)

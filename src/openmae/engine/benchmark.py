@@ -74,6 +74,7 @@ def _train_step(model: nn.Module, forward: Callable[[], torch.Tensor], dtype: to
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
     def step() -> None:
+        torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs (compile mode reduce-overhead): a new step
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = forward()
         scaler.scale(loss).backward()
@@ -97,7 +98,8 @@ def _measure(name: str, model: nn.Module, forward: Callable[[], torch.Tensor], c
 
 def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: bool = False, compare_hf: bool = True,
               eager_reference: bool = True, device_name: str = "auto", warmup: int = 3, steps: int = 10,
-              grad_checkpointing: bool = False, compile_scope: str = "model", **overrides) -> dict:
+              grad_checkpointing: bool = False, compile_scope: str = "model", compile_mode: str = "default",
+              **overrides) -> dict:
     """Time openmae's step (and the peers') for ``preset``; returns rows and the machine's matmul rate."""
     device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
                           ("cpu" if device_name == "auto" else device_name))
@@ -110,8 +112,10 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
 
     torch.manual_seed(0)
     ours = MaskedAutoencoder(cfg).to(device)
-    run = compile_module(ours, compile_scope, [*ours.blocks, *ours.decoder_blocks]) if compile_model else ours
-    compiled = f" compiled ({compile_scope})" if compile_model else ""
+    run = compile_module(ours, compile_scope, [*ours.blocks, *ours.decoder_blocks], compile_mode) if compile_model \
+        else ours
+    mode = "" if compile_mode == "default" else f", {compile_mode}"
+    compiled = f" compiled ({compile_scope}{mode})" if compile_model else ""
     label = f"openmae {precision}{compiled}{' ckpt' if grad_checkpointing else ''}"
     rows.append(_measure(label, ours, lambda: run(imgs, noise=noise).loss, cfg, batch, dtype, device, peak,
                          warmup, steps))

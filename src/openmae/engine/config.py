@@ -10,6 +10,8 @@ from openmae.config import ConfigError, require
 from openmae.models.mae import MAEConfig
 from openmae.models.registry import _SHORT, PRESETS, model_config
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile modes
+
 
 @dataclass
 class ModelSection:
@@ -68,6 +70,8 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False
     compile_scope: str = "model"  # model: one graph for the whole forward; blocks: each block (fast to compile)
+    # torch.compile's mode: reduce-overhead replays the step's kernels as CUDA graphs (the step's shapes are static)
+    compile_mode: str = "default"
     distributed: str = "ddp"
     seed: int = 0
     output_dir: str = "runs/run"
@@ -97,6 +101,7 @@ class TrainConfig:
         require(self.optimizer in ("adamw", "lars", "sgd"), "train.optimizer", self.optimizer, "adamw, lars or sgd")
         require(self.clip_grad is None or self.clip_grad > 0, "train.clip_grad", self.clip_grad, "> 0 or unset")
         require(self.compile_scope in ("model", "blocks"), "train.compile_scope", self.compile_scope, "model or blocks")
+        require(self.compile_mode in COMPILE_MODES, "train.compile_mode", self.compile_mode, " or ".join(COMPILE_MODES))
         require(self.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", self.precision,
                 "auto, fp32, bf16 or fp16 (fp16 on CUDA only)")
         require(self.distributed in ("ddp", "fsdp"), "train.distributed", self.distributed, "ddp or fsdp")

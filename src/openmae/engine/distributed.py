@@ -54,25 +54,27 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
-def compile_module(model: nn.Module, scope: str = "model", blocks: list[nn.Module] | None = None) -> nn.Module:
+def compile_module(model: nn.Module, scope: str = "model", blocks: list[nn.Module] | None = None,
+                   mode: str = "default") -> nn.Module:
     """``torch.compile`` the whole forward (``model``: one graph, the most fusion) or each transformer block
     (``blocks``: the identical blocks share one compiled graph, so compiling a deep model takes seconds, not
-    minutes). Returns the module to call."""
+    minutes), in torch.compile's ``mode`` (``reduce-overhead``: CUDA graphs on a GPU). Returns the module to call."""
     if scope == "blocks":
         for block in blocks or []:
-            block.compile()
+            block.compile(mode=mode)
         return model
-    return torch.compile(model)
+    return torch.compile(model, mode=mode)
 
 
 def parallelize(model: nn.Module, info: DistInfo, strategy: str = "ddp", compile_model: bool = False,
-                blocks: list[nn.Module] | None = None, compile_scope: str = "model") -> nn.Module:
+                blocks: list[nn.Module] | None = None, compile_scope: str = "model",
+                compile_mode: str = "default") -> nn.Module:
     """Compile, then wrap for data parallelism, in that fixed order. Returns the module to call.
 
     ``fsdp`` shards parameters with FSDP2 (``fully_shard``) block by block, then the root.
     """
     if compile_model:
-        model = compile_module(model, compile_scope, blocks)
+        model = compile_module(model, compile_scope, blocks, compile_mode)
     if not info.enabled:
         return model
     if strategy == "fsdp":

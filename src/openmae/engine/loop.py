@@ -130,7 +130,8 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
     total_steps = steps_per_epoch * train_cfg.epochs
 
     model = task.model.to(device)
-    wrapped = parallelize(model, info, train_cfg.distributed, train_cfg.compile, task.shard_blocks(), train_cfg.compile_scope)
+    wrapped = parallelize(model, info, train_cfg.distributed, train_cfg.compile, task.shard_blocks(), train_cfg.compile_scope,
+                          train_cfg.compile_mode)
     groups = task.param_groups(train_cfg)
     base_lr = effective_lr(train_cfg.blr, train_cfg.lr, train_cfg.batch_size, accum, info.world_size)
     optimizer = build_optimizer(train_cfg.optimizer, groups, base_lr, train_cfg.betas, device)
@@ -232,6 +233,8 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
             sync = micro == accum - 1
             no_sync = wrapped.no_sync() if (not sync and isinstance(wrapped, nn.parallel.DistributedDataParallel)) \
                 else contextlib.nullcontext()
+            if train_cfg.compile:
+                torch.compiler.cudagraph_mark_step_begin()  # a new step: CUDA graphs may reuse the last step's outputs
             with no_sync:
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     out = task.forward(wrapped, batch, device)
@@ -258,7 +261,8 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
             step += 1
             run.step = step
             bar.update(1)
-            pending.append((step, out.loss.detach(), {k: v.detach() for k, v in out.metrics.items()}))
+            # copies (on the device, no sync): with CUDA graphs the next replay overwrites the step's outputs
+            pending.append((step, out.loss.detach().clone(), {k: v.detach().clone() for k, v in out.metrics.items()}))
             if step % train_cfg.log_every_steps == 0:
                 flush(epoch)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", img_s=f"{last['images_per_s']:.0f}")
