@@ -4,7 +4,10 @@
 # and ViT-H/14 (bf16, SDPA, fused AdamW, compiled) beside the official-style fp16 + GradScaler eager step and
 # Hugging Face (ViT-B/16), eager vs activation checkpointing (memory), and the loader on real photos (CPU path,
 # and decoding + augmentation on the GPU) when a photo folder is given.
-# Sized to about 5 minutes on an H100 (the first run, 2026-11-26, took 316 s). Results go to $OUT (or /tmp/gpu_check); the tables are printed last.
+# Timing on an H100: the first run (per-block compile for L and H, smaller batches) took 316 s; with whole-model
+# compile, the parts L H loader alone took 257 s (2026-11-26), so the whole script needs an estimated 7 minutes, more
+# than the 5 the speed issue asks: split it into two calls with PARTS. Results go to $OUT (or /tmp/gpu_check); the
+# tables are printed last.
 #
 #   bash benchmarks/gpu_check.sh [photo-folder]
 #   PARTS="L H loader" bash benchmarks/gpu_check.sh photos   # only some parts (default: B L H mem loader)
