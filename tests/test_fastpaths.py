@@ -95,3 +95,27 @@ def test_compile_mode_reaches_torch_compile(monkeypatch):
     compile_module(model, "model", mode="reduce-overhead")
     compile_module(model, "blocks", [*model.blocks], mode="max-autotune")
     assert seen == [("model", {"mode": "reduce-overhead"})] + [("block", {"mode": "max-autotune"})] * len(model.blocks)
+
+
+def test_interleaved_timing_goes_round_by_round():
+    """The benchmark's implementations are timed in turn (a, b, a, b, ...) after each one's warm-up, so a
+    shared machine's slow moments fall on all of them; each gets the median of its own timings."""
+    from openmae.engine.benchmark import time_interleaved
+
+    calls = []
+    seconds = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                               torch.device("cpu"), warmup=2, repeats=3)
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_benchmark_rows_in_one_run(interleave):
+    from openmae.engine.benchmark import benchmark
+
+    out = benchmark("mae_vit_debug_patch4_32", 4, "fp32", device_name="cpu", warmup=1, steps=2, interleave=interleave)
+    assert out["hf_error"] is None
+    names = [r["name"] for r in out["rows"]]
+    assert names == ["openmae fp32", "huggingface sdpa fp32", "eager fp32 reference"]
+    assert all(r["images_per_s"] > 0 and r["mfu"] > 0 for r in out["rows"])
+    assert out["timing"] == ("interleaved rounds" if interleave else "each alone, one after another")

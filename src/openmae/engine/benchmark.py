@@ -67,6 +67,24 @@ def time_step(step: Callable[[], None], device: torch.device, warmup: int, steps
     return statistics.median(times)
 
 
+def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int,
+                     repeats: int) -> dict[str, float]:
+    """Median seconds of each named step, timed in rounds (one step of each per round, in turn), so that a shared
+    machine's slow and fast moments fall on every implementation alike instead of on whichever ran then."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            _sync(device)
+            t = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def _train_step(model: nn.Module, forward: Callable[[], torch.Tensor], dtype: torch.dtype | None,
                 device: torch.device) -> Callable[[], None]:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95),
@@ -85,22 +103,36 @@ def _train_step(model: nn.Module, forward: Callable[[], torch.Tensor], dtype: to
     return step
 
 
-def _measure(name: str, model: nn.Module, forward: Callable[[], torch.Tensor], cfg: MAEConfig, batch: int,
-             dtype: torch.dtype | None, device: torch.device, peak: float, warmup: int, steps: int) -> StepTiming:
-    step = _train_step(model, forward, dtype, device)
+@dataclass
+class _Candidate:
+    """One implementation's step, waiting to be timed (``interleave``) or timed at once."""
+
+    name: str
+    step: Callable[[], None]
+    peak: float  # the matmul rate its MFU is a fraction of
+
+
+def _timing(name: str, seconds: float, cfg: MAEConfig, batch: int, peak: float, mem: float | None) -> StepTiming:
+    flops = mae_train_flops(cfg) * batch
+    return StepTiming(name, batch / seconds, 1000 * seconds, flops / seconds / 1e12, flops / seconds / peak, mem)
+
+
+def _measure(c: _Candidate, cfg: MAEConfig, batch: int, device: torch.device, warmup: int, steps: int) -> StepTiming:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = time_step(step, device, warmup, steps)
-    flops = mae_train_flops(cfg) * batch
+    seconds = time_step(c.step, device, warmup, steps)
     mem = torch.cuda.max_memory_allocated(device) / 2**20 / batch if device.type == "cuda" else None
-    return StepTiming(name, batch / seconds, 1000 * seconds, flops / seconds / 1e12, flops / seconds / peak, mem)
+    return _timing(c.name, seconds, cfg, batch, c.peak, mem)
 
 
 def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: bool = False, compare_hf: bool = True,
               eager_reference: bool = True, device_name: str = "auto", warmup: int = 3, steps: int = 10,
               grad_checkpointing: bool = False, compile_scope: str = "model", compile_mode: str = "default",
-              **overrides) -> dict:
-    """Time openmae's step (and the peers') for ``preset``; returns rows and the machine's matmul rate."""
+              interleave: bool | None = None, **overrides) -> dict:
+    """Time openmae's step (and the peers') for ``preset``; returns rows and the machine's matmul rate.
+
+    ``interleave`` (default: on a CPU) times the implementations in turn, round by round (``time_interleaved``);
+    otherwise each is timed alone, one after the other, which a GPU needs to read each one's peak memory."""
     device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
                           ("cpu" if device_name == "auto" else device_name))
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -108,7 +140,16 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
     peak = matmul_rate(device, dtype or torch.float32)
     imgs = torch.randn(batch, cfg.in_chans, *cfg.img_size, device=device)
     noise = torch.rand(batch, cfg.grid[0] * cfg.grid[1], device=device)
-    rows = []
+    interleave = device.type == "cpu" if interleave is None else interleave
+    rows, waiting = [], []
+
+    def add(name: str, model: nn.Module, forward: Callable[[], torch.Tensor], step_dtype: torch.dtype | None,
+            rate: float) -> None:
+        candidate = _Candidate(name, _train_step(model, forward, step_dtype, device), rate)
+        if interleave:
+            waiting.append(candidate)
+        else:
+            rows.append(_measure(candidate, cfg, batch, device, warmup, steps))
 
     torch.manual_seed(0)
     ours = MaskedAutoencoder(cfg).to(device)
@@ -117,9 +158,8 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
     mode = "" if compile_mode == "default" else f", {compile_mode}"
     compiled = f" compiled ({compile_scope}{mode})" if compile_model else ""
     label = f"openmae {precision}{compiled}{' ckpt' if grad_checkpointing else ''}"
-    rows.append(_measure(label, ours, lambda: run(imgs, noise=noise).loss, cfg, batch, dtype, device, peak,
-                         warmup, steps))
-    ours = run = None  # free it: the rows after this one measure their own peak memory
+    add(label, ours, lambda m=run: m(imgs, noise=noise).loss, dtype, peak)  # m: bound now, `run` is dropped below
+    ours = run = None  # free it (when timed alone): the rows after this one measure their own peak memory
     if device.type == "cuda":
         torch.cuda.empty_cache()
     hf_error = None
@@ -130,8 +170,7 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
             from openmae.convert.hf import hf_config_dict
 
             hf = ViTMAEForPreTraining(ViTMAEConfig(**hf_config_dict(cfg), attn_implementation="sdpa")).to(device)
-            rows.append(_measure(f"huggingface sdpa {precision}", hf, lambda: hf(pixel_values=imgs, noise=noise).loss,
-                                 cfg, batch, dtype, device, peak, warmup, steps))
+            add(f"huggingface sdpa {precision}", hf, lambda m=hf: m(pixel_values=imgs, noise=noise).loss, dtype, peak)
             del hf
         except Exception as err:  # a missing or incompatible transformers must not cost the other rows
             hf_error = f"{type(err).__name__}: {err}"
@@ -144,11 +183,14 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
         ref_dtype = torch.float16 if device.type == "cuda" else None
         ref_peak = matmul_rate(device, ref_dtype or torch.float32) if ref_dtype != dtype else peak
         name = "official-style fp16 eager" if ref_dtype else "eager fp32 reference"
-        rows.append(_measure(name, ref, lambda: ref(imgs, noise=noise).loss, cfg, batch, ref_dtype, device, ref_peak,
-                             warmup, steps))
+        add(name, ref, lambda: ref(imgs, noise=noise).loss, ref_dtype, ref_peak)
+    if waiting:
+        seconds = time_interleaved({c.name: c.step for c in waiting}, device, warmup, steps)
+        rows = [_timing(c.name, seconds[c.name], cfg, batch, c.peak, None) for c in waiting]
     return {
         "preset": preset, "batch": batch, "precision": precision, "device": torch.cuda.get_device_name(device)
         if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
         "matmul_tflops": peak / 1e12, "train_gflops_per_image": mae_train_flops(cfg) / 1e9,
         "load_avg": os.getloadavg(), "rows": [r.row() for r in rows], "hf_error": hf_error,
+        "timing": "interleaved rounds" if interleave else "each alone, one after another",
     }
