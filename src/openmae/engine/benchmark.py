@@ -53,24 +53,11 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int | None = Non
     return 2 * size**3 / statistics.median(times)
 
 
-def time_step(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> float:
-    """Median seconds of ``step`` after ``warmup`` calls (the device is synchronised around each timing)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        t = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int,
                      repeats: int) -> dict[str, float]:
-    """Median seconds of each named step, timed in rounds (one step of each per round, in turn), so that a shared
-    machine's slow and fast moments fall on every implementation alike instead of on whichever ran then."""
+    """Median seconds of each named step after its ``warmup`` calls, timed in rounds (one step of each per round,
+    in turn; the device synchronised around each timing), so that a shared machine's slow and fast moments fall
+    on every implementation alike instead of on whichever ran then. One step alone is timed the same way."""
     for step in steps.values():
         for _ in range(warmup):
             step()
@@ -120,7 +107,7 @@ def _timing(name: str, seconds: float, cfg: MAEConfig, batch: int, peak: float, 
 def _measure(c: _Candidate, cfg: MAEConfig, batch: int, device: torch.device, warmup: int, steps: int) -> StepTiming:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = time_step(c.step, device, warmup, steps)
+    seconds = time_interleaved({c.name: c.step}, device, warmup, steps)[c.name]
     mem = torch.cuda.max_memory_allocated(device) / 2**20 / batch if device.type == "cuda" else None
     return _timing(c.name, seconds, cfg, batch, c.peak, mem)
 
