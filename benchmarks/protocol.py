@@ -115,16 +115,21 @@ class Protocol:
     def encoder(self, ckpt: Path | None) -> list[str]:
         return self.model if ckpt is None else []
 
-    def knn(self, key: str, ckpt: Path | None, pooling: str = "mean", last_blocks: int = 1) -> float:
+    def knn(self, key: str, ckpt: Path | None, pooling: str = "mean", last_blocks: int = 1,
+            extra: list[str] = ()) -> float:
         overrides = [*self.data, *self.eval_limit, *self.encoder(ckpt), f"knn.pooling={pooling}", f"knn.last_blocks={last_blocks}",
-                     f"knn.init={ckpt or ''}"]
+                     f"knn.init={ckpt or ''}", *extra]
         return self.step(key, lambda: knn_eval(load_config(KnnConfig, overrides=overrides))["knn_top1"], overrides)
 
-    def probe(self, key: str, ckpt: Path | None, pooling: str = "mean", last_blocks: int = 1) -> float:
+    def probe(self, key: str, ckpt: Path | None, pooling: str = "mean", last_blocks: int = 1, extra: list[str] = (),
+              metric: str = "best_top1") -> float:
+        """Cached linear probe; ``metric``: best_top1 (the best epoch, as the paper's code reports) or top1 (the
+        last epoch, for settings chosen on held-out images)."""
         overrides = [*self.data, *self.eval_limit, *QUIET, *self.encoder(ckpt), f"linprobe.pooling={pooling}",
-                     f"linprobe.last_blocks={last_blocks}", f"linprobe.init={ckpt or ''}", f"train.output_dir={self.out / key}"]
+                     f"linprobe.last_blocks={last_blocks}", f"linprobe.init={ckpt or ''}", f"train.output_dir={self.out / key}",
+                     *extra]
         cfg = load_config(LinprobeConfig, [self.probe_config], overrides)
-        return self.step(key, lambda: linprobe(cfg)["best_top1"], [self.probe_config.relative_to(REPO), *overrides])
+        return self.step(key, lambda: linprobe(cfg)[metric], [self.probe_config.relative_to(REPO), *overrides])
 
     def finetune(self, key: str, ckpt: Path | None, epochs: int, overrides: list[str] = ()) -> float:
         overrides = [*self.data, *QUIET, *self.encoder(ckpt), f"train.epochs={epochs}",

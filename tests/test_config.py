@@ -73,10 +73,14 @@ def test_paper_presets_hold_the_paper_recipe():
     (LinprobeConfig, "linprobe.last_blocks=2", "set linprobe.mode=cached"),
     (LinprobeConfig, "linprobe.last_blocks=0", "linprobe.last_blocks=0 is invalid"),
     (KnnConfig, "knn.last_blocks=0", "knn.last_blocks=0 is invalid"),
+    (LinprobeConfig, "linprobe.pooling=cls+mean", "cls+mean is for cached features"),
+    (KnnConfig, "knn.pooling=max", "one of ('cls', 'mean', 'cls+mean')"),
+    (KnnConfig, "data.holdout=1.0", "a fraction in [0, 1)"),
+    (KnnConfig, "data.holdout=0.1 data.eval_split=train", "a split other than data.train_split='train' when data.holdout > 0"),
 ])
 def test_feature_block_settings_are_checked(cls, override, message):
     with pytest.raises(ConfigError) as err:
-        load_config(cls, overrides=["data.name=cifar10", override])
+        load_config(cls, overrides=["data.name=cifar10", *override.split()])
     assert message in str(err.value)
 
 

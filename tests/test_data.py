@@ -109,6 +109,26 @@ def test_named_datasets_from_data_root(datasets):
     assert read_idx(datasets / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").shape == (10000,)
 
 
+def test_holdout_splits_the_training_images_and_replaces_the_eval_split(datasets):
+    """data.holdout: the held-out images are training images no training run reads, the same on every call,
+    and they stand in for the evaluation split; the test split is not touched."""
+    from openmae.data.build import holdout_indices, source_for
+
+    cfg = DataConfig(name="fashion-mnist", root=str(datasets), holdout=0.1, holdout_seed=3)
+    full = build_source(DataConfig(name="fashion-mnist", root=str(datasets)), "train", 1)
+    kept, held = source_for(cfg, "train", 1), source_for(cfg, "test", 1)
+    assert (len(kept), len(held)) == (54000, 6000)
+    assert sorted(kept.index + held.index) == list(range(60000))  # a partition of the training split
+    assert held.index == source_for(cfg, "test", 1).index  # fixed: the same images each time
+    assert held.index != holdout_indices(60000, 0.1, 4)[1]  # ... drawn with holdout_seed
+    assert held.index[:50] != list(range(50))  # a random subset, not the first images
+    i = held.index[7]
+    assert np.array_equal(np.asarray(held.load(7)[0]), np.asarray(full.load(i)[0])) and held.load(7)[1] == full.load(i)[1]
+    assert len(source_for(cfg, "train", 1, limit=1000)) == 1000  # max_samples applies to the kept images
+    with pytest.raises(ValueError, match="holds out 0; choose a fraction"):
+        holdout_indices(5, 0.01, 0)
+
+
 def test_missing_named_dataset_says_where(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset 'mnist' .* not found under .*data.download=true"):
         build_source(DataConfig(name="mnist", root=str(tmp_path)), "train", 1)

@@ -8,7 +8,7 @@ from PIL import Image
 
 import openmae
 from openmae.convert.files import load_file
-from openmae.eval.knn import knn_accuracy, knn_predict
+from openmae.eval.knn import knn_accuracy, knn_accuracy_grid, knn_predict, standardize
 from openmae.eval.reconstruction import reconstruct
 
 
@@ -31,6 +31,75 @@ def test_knn_hand_made_example():
     expected = torch.tensor([[torch.exp(s[1, 0] / 0.1), torch.exp(s[2, 0] / 0.1)]])  # top-2: items 2 and 1
     torch.testing.assert_close(scores, expected)
     assert knn_predict(train, labels, query, 2, k=3, temperature=1.0).argmax().item() == 0  # two weaker votes win
+
+
+def test_knn_grid_equals_one_search_per_setting():
+    gen = torch.Generator().manual_seed(1)
+    train, test = torch.randn(300, 8, generator=gen), torch.randn(70, 8, generator=gen)
+    labels, test_labels = torch.randint(0, 5, (300,), generator=gen), torch.randint(0, 5, (70,), generator=gen)
+    grid = knn_accuracy_grid(train, labels, test, test_labels, 5, (1, 7, 20), (0.05, 0.5), chunk=32)
+    assert len(set(grid.values())) > 1  # the settings do differ on this data
+    for (k, t), acc in grid.items():
+        assert acc == pytest.approx(knn_accuracy(train, labels, test, test_labels, 5, k, t)["knn_top1"], abs=1e-4), (k, t)
+    with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
+        knn_accuracy_grid(train, labels, test, test_labels, 5, (5,), (0,))
+
+
+def test_standardize_lets_a_small_informative_dimension_vote():
+    """Cosine similarity of raw features is ruled by a large uninformative dimension and an offset (the class
+    changes the angle less than the noise does); scaled by the training features' mean and std, the
+    informative dimension decides. Test features are moved with the training statistics."""
+    gen = torch.Generator().manual_seed(0)
+
+    def make(n):
+        labels = torch.arange(2).repeat(n // 2)
+        noise, signal = 1 + 199 * torch.rand(n, generator=gen), 10 + labels + 0.01 * torch.randn(n, generator=gen)
+        return torch.stack([noise, signal], 1), labels
+
+    (train, labels), (test, test_labels) = make(200), make(40)
+    raw = knn_accuracy(train, labels, test, test_labels, 2, k=5)["knn_top1"]
+    tr, te = standardize(train, test)
+    assert raw < 70 and knn_accuracy(tr, labels, te, test_labels, 2, k=5)["knn_top1"] == 100.0
+    torch.testing.assert_close(tr.mean(0), torch.zeros(2), atol=1e-4, rtol=0)
+    torch.testing.assert_close(te, (test - train.mean(0)) / train.std(0))
+
+
+def test_cls_plus_mean_pooling_concatenates_both():
+    from openmae.eval.features import pool, pooled_width
+
+    tokens = torch.randn(3, 5, 4)  # (N, 1 + L, D)
+    both = pool(tokens, "cls+mean")
+    assert both.shape == (3, pooled_width("cls+mean", 4)) == (3, 8)
+    torch.testing.assert_close(both, torch.cat([pool(tokens, "cls"), pool(tokens, "mean")], 1), rtol=0, atol=0)
+
+
+def test_knn_command_on_a_holdout_equals_the_library_path(datasets):
+    """`openmae knn` with data.holdout, standardised cls+mean features of 2 blocks: the same number as
+    computing those features by hand on the kept / held-out training images."""
+    from openmae.config import load_config
+    from openmae.data.build import eval_batches, source_for
+    from openmae.data.config import DataConfig
+    from openmae.engine.knn_eval import KnnConfig, knn_eval, load_encoder_model
+    from openmae.engine.config import ModelSection
+    from openmae.eval.features import extract_features
+
+    data = dict(name="fashion-mnist", root=str(datasets), max_samples=1500, max_eval_samples=500, holdout=0.25,
+                num_workers=0)
+    model = ["model.name=mae_vit_tiny_patch7_28_gray", "model.depth=3"]
+    out = knn_eval(load_config(KnnConfig, overrides=[*(f"data.{k}={v}" for k, v in data.items()), *model,
+                                                     "knn.pooling=cls+mean", "knn.last_blocks=2", "knn.standardize=true",
+                                                     "knn.k=10"]))
+    cfg = DataConfig(**data)
+    mae = load_encoder_model(ModelSection(name="mae_vit_tiny_patch7_28_gray", depth=3), "")
+    feats = [extract_features(mae, eval_batches(cfg, split, (28, 28), 1, 256, limit), torch.device("cpu"), "cls+mean",
+                              last_blocks=2) for split, limit in (("train", 1500), ("test", 500))]
+    assert feats[0][0].shape == (1500, 2 * 2 * 192)
+    held = source_for(cfg, "test", 1, 500)
+    assert torch.equal(feats[1][1], torch.tensor([held.load(i)[1] for i in range(500)]))
+    tr, te = standardize(feats[0][0], feats[1][0])
+    expected = knn_accuracy(tr, feats[0][1], te, feats[1][1], 10, k=10)
+    assert (out["train_samples"], out["eval_samples"]) == (1500, 500)
+    assert out["knn_top1"] == pytest.approx(expected["knn_top1"], abs=1e-9)
 
 
 @pytest.mark.parametrize("norm_pix", [False, True])
@@ -87,3 +156,16 @@ def test_visualize_dataset_items(tmp_path, datasets):
     pngs = sorted((tmp_path / "pics").glob("test-*.png"))
     assert [p.name for p in pngs] == ["test-00000.png", "test-00001.png", "test-00002.png"]
     assert Image.open(pngs[0]).size == (4 * 112 + 6, 112)  # 28px enlarged 4x
+
+
+def test_cached_probe_head_reads_cls_plus_mean_of_several_blocks(datasets, tmp_path):
+    from openmae.config import load_config
+    from openmae.engine.linprobe import LinprobeConfig, LinprobeTask
+
+    cfg = load_config(LinprobeConfig, overrides=[
+        "data.name=fashion-mnist", f"data.root={datasets}", "data.max_samples=300", "data.max_eval_samples=100",
+        "data.holdout=0.5", "data.num_workers=0", "model.name=mae_vit_tiny_patch7_28_gray", "model.depth=3",
+        "linprobe.mode=cached", "linprobe.pooling=cls+mean", "linprobe.last_blocks=2", f"train.output_dir={tmp_path}"])
+    task = LinprobeTask(cfg, torch.device("cpu"))
+    assert task.classifier.head[1].in_features == 2 * 2 * 192
+    assert task.train_feats[0].shape == (300, 768) and task.eval_feats[0].shape == (100, 768)

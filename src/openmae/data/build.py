@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import torch
+
 from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource, build_source, stats_for
 from openmae.data.device import DeviceAugment, PlanCrops
@@ -44,8 +46,25 @@ class SourceView:
         return self.source.file(self.index[index])
 
 
+def holdout_indices(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(kept, held out): a fixed random ``fraction`` of ``range(count)`` held out, both in ascending order."""
+    held = round(count * fraction)
+    if fraction > 0 and not 0 < held < count:
+        raise ValueError(f"data.holdout={fraction} of {count} training images holds out {held}; choose a fraction "
+                         "that leaves at least one image on each side")
+    perm = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[held:]), sorted(perm[:held])
+
+
 def source_for(cfg: DataConfig, split: str, channels: int, limit: int = 0) -> ImageSource:
-    source = build_source(cfg, split, channels)
+    """The images of ``split`` (its first ``limit``, spread evenly, when set). With ``data.holdout``, the
+    training split gives the images it keeps and the evaluation split the held-out ones."""
+    if cfg.holdout and split in (cfg.train_split, cfg.eval_split):
+        full = build_source(cfg, cfg.train_split, channels)
+        kept, held = holdout_indices(len(full), cfg.holdout, cfg.holdout_seed)
+        source: ImageSource = SourceView(full, held if split == cfg.eval_split else kept)
+    else:
+        source = build_source(cfg, split, channels)
     if limit and limit < len(source):
         source = SourceView.limited(source, limit)
     probe_source(source, cfg.bad_files)

@@ -17,6 +17,10 @@ class DataConfig:
     ``name``: a named dataset (cifar10, cifar100, fashion-mnist, mnist, stl10) read from ``root``,
     ``folder`` (any images under ``path``, searched recursively, no labels) or ``imagefolder``
     (``path/<class>/<image>``). ``root`` defaults to ``$OPENMAE_DATA``.
+
+    ``holdout`` > 0 sets that fraction of the training split aside (a fixed random subset drawn with
+    ``holdout_seed``): training reads the rest and evaluation reads the held-out images instead of
+    ``eval_split``, so that evaluation settings can be chosen without looking at the test split.
     """
 
     name: str = "folder"
@@ -36,6 +40,8 @@ class DataConfig:
     max_samples: int = 0
     repeat: int = 1  # training epochs go over the (limited) training images this many times
     max_eval_samples: int = 0
+    holdout: float = 0.0
+    holdout_seed: int = 0
 
     def check(self) -> None:
         require(self.name in KINDS, "data.name", self.name, f"one of {list(KINDS)}")
@@ -51,6 +57,11 @@ class DataConfig:
         require(self.max_eval_samples >= 0, "data.max_eval_samples", self.max_eval_samples, ">= 0 (0 = all)")
         require(self.eval_crop_pct is None or 0 < self.eval_crop_pct <= 1, "data.eval_crop_pct",
                 self.eval_crop_pct, "in (0, 1]")
+        require(0 <= self.holdout < 1, "data.holdout", self.holdout,
+                "a fraction in [0, 1) of the training split to evaluate on (0 = evaluate on data.eval_split)")
+        require(self.holdout == 0 or self.train_split != self.eval_split, "data.eval_split", self.eval_split,
+                f"a split other than data.train_split={self.train_split!r} when data.holdout > 0 (it names which "
+                "requests get the held-out part)")
         require((self.mean is None) == (self.std is None), "data.mean/std", (self.mean, self.std),
                 "both set or both unset")
         require(self.std is None or all(s > 0 for s in self.std), "data.std", self.std, "positive numbers")

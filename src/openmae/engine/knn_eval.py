@@ -16,7 +16,7 @@ from openmae.engine.classifier import resolve_encoder
 from openmae.engine.config import ModelSection
 from openmae.engine.distributed import pick_device
 from openmae.eval.features import POOLING, extract_features
-from openmae.eval.knn import knn_accuracy
+from openmae.eval.knn import knn_accuracy, standardize
 from openmae.models.mae import MaskedAutoencoder
 
 log = logging.getLogger("openmae.knn")
@@ -29,6 +29,7 @@ class KnnSection:
     temperature: float = 0.07
     pooling: str = "cls"
     last_blocks: int = 1  # > 1: concatenate the pooled features of the encoder's last N blocks
+    standardize: bool = False  # scale each feature dimension by the training features' mean and std first
     batch_size: int = 256
     device: str = "auto"
     seed: int = 0
@@ -72,5 +73,6 @@ def knn_eval(cfg: KnnConfig) -> dict[str, Any]:
     test = extract_features(model, eval_batches(d, d.eval_split, m.img_size, m.in_chans, k.batch_size,
                                                 d.max_eval_samples), device, k.pooling, last_blocks=k.last_blocks)
     num_classes = int(max(train[1].max(), test[1].max())) + 1
-    out = knn_accuracy(train[0], train[1], test[0], test[1], num_classes, k.k, k.temperature)
+    train_feats, test_feats = standardize(train[0], test[0]) if k.standardize else (train[0], test[0])
+    out = knn_accuracy(train_feats, train[1], test_feats, test[1], num_classes, k.k, k.temperature)
     return {**out, "train_samples": len(train[0]), "eval_samples": len(test[0])}

@@ -32,7 +32,7 @@ from openmae.engine.config import ModelSection, TrainConfig
 from openmae.engine.distributed import DistInfo
 from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
 from openmae.engine.optim import param_groups
-from openmae.eval.features import POOLING, extract_features
+from openmae.eval.features import POOLING, extract_features, pooled_width
 from openmae.models.vit import create_classifier, load_encoder
 
 log = logging.getLogger("openmae.linprobe")
@@ -52,6 +52,8 @@ class LinprobeSection:
         require(self.mode in ("online", "cached"), "linprobe.mode", self.mode, "online or cached")
         require(self.pooling in POOLING, "linprobe.pooling", self.pooling, f"one of {POOLING}")
         require(self.last_blocks >= 1, "linprobe.last_blocks", self.last_blocks, ">= 1 (1 = the last block only)")
+        require(self.pooling != "cls+mean" or self.mode == "cached", "linprobe.pooling", self.pooling,
+                "cls or mean in online mode (the online head reads the cls token; cls+mean is for cached features)")
         require(self.last_blocks == 1 or self.mode == "cached", "linprobe.last_blocks", self.last_blocks,
                 "1 in online mode (several blocks are probed from cached features: set linprobe.mode=cached)")
         require(self.num_classes >= 0, "linprobe.num_classes", self.num_classes, ">= 0 (0 = from the dataset)")
@@ -100,7 +102,7 @@ class LinprobeTask:
         self.train_source = source_for(cfg.data, cfg.data.train_split, mae_cfg.in_chans, cfg.data.max_samples)
         self.num_classes = num_classes_of(p.num_classes, self.train_source.classes)
         self.classifier = create_classifier(mae_cfg, self.num_classes, "token", bn_head=True, head_init_std=0.01,
-                                            head_in=mae_cfg.embed_dim * p.last_blocks)
+                                            head_in=pooled_width(p.pooling, mae_cfg.embed_dim) * p.last_blocks)
         if sd is not None:
             load_encoder(self.classifier, sd, mae_cfg.grid, old_grid)
         for name, param in self.classifier.named_parameters():

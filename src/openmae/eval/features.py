@@ -10,15 +10,23 @@ from torch import nn
 
 from openmae.data.loader import Batch
 
-POOLING = ("cls", "mean")
+POOLING = ("cls", "mean", "cls+mean")
+
+
+def pooled_width(pooling: str, width: int) -> int:
+    """Feature width of ``pool`` for tokens of ``width`` channels."""
+    return 2 * width if pooling == "cls+mean" else width
 
 
 def pool(tokens: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(N, 1 + L, D) encoder output -> (N, D): the cls token or the mean of the patch tokens."""
+    """(N, 1 + L, D) encoder output -> (N, D): the cls token or the mean of the patch tokens;
+    ``cls+mean``: both, concatenated (N, 2 * D)."""
     if pooling == "cls":
         return tokens[:, 0]
     if pooling == "mean":
         return tokens[:, 1:].mean(dim=1)
+    if pooling == "cls+mean":
+        return torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=-1)
     raise ValueError(f"pooling={pooling!r}; choose one of {POOLING}")
 
 

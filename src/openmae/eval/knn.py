@@ -7,25 +7,64 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, num_classes: int,
-                k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
-    """Class scores (M, num_classes): each of the ``k`` most cosine-similar training samples votes for its
-    class with weight ``exp(similarity / temperature)``."""
+def _neighbours(train_feats: torch.Tensor, test_feats: torch.Tensor, k: int, chunk: int):
+    """Per chunk of test features: cosine similarities (m, k) and indices (m, k) of the ``k`` nearest training
+    features (chunked so that the (m, N) similarity matrix stays small)."""
+    train = F.normalize(train_feats.float(), dim=1)
+    for start in range(0, test_feats.shape[0], chunk):
+        test = F.normalize(test_feats[start : start + chunk].float(), dim=1)
+        yield (test @ train.T).topk(k, dim=1)  # (m, N) -> (m, k) twice
+
+
+def _votes(top_sim: torch.Tensor, top_labels: torch.Tensor, num_classes: int, temperature: float) -> torch.Tensor:
+    weights = (top_sim / temperature).exp()  # (m, k)
+    return (F.one_hot(top_labels, num_classes).float() * weights.unsqueeze(-1)).sum(dim=1)  # (m, C)
+
+
+def _check(k: int, temperature: float) -> None:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+@torch.no_grad()
+def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, num_classes: int,
+                k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+    """Class scores (M, num_classes): each of the ``k`` most cosine-similar training samples votes for its
+    class with weight ``exp(similarity / temperature)``."""
+    _check(k, temperature)
     k = min(k, train_feats.shape[0])
-    train = F.normalize(train_feats.float(), dim=1)
-    scores = []
-    for start in range(0, test_feats.shape[0], chunk):
-        test = F.normalize(test_feats[start : start + chunk].float(), dim=1)
-        sim = test @ train.T  # (m, N)
-        top_sim, top_idx = sim.topk(k, dim=1)
-        weights = (top_sim / temperature).exp()  # (m, k)
-        votes = F.one_hot(train_labels[top_idx], num_classes).float()  # (m, k, C)
-        scores.append((votes * weights.unsqueeze(-1)).sum(dim=1))
-    return torch.cat(scores)
+    return torch.cat([_votes(sim, train_labels[idx], num_classes, temperature)
+                      for sim, idx in _neighbours(train_feats, test_feats, k, chunk)])
+
+
+@torch.no_grad()
+def knn_accuracy_grid(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                      test_labels: torch.Tensor, num_classes: int, ks: tuple[int, ...],
+                      temperatures: tuple[float, ...], chunk: int = 1024) -> dict[tuple[int, float], float]:
+    """Top-1 accuracy (percent) for every (k, temperature), from one neighbour search for the largest k
+    (the nearest k of the largest-k search are the k nearest)."""
+    for k in ks:
+        for t in temperatures:
+            _check(k, t)
+    kmax = min(max(ks), train_feats.shape[0])
+    correct = {(k, t): 0 for k in ks for t in temperatures}
+    start = 0
+    for sim, idx in _neighbours(train_feats, test_feats, kmax, chunk):
+        labels, truth = train_labels[idx], test_labels[start : start + len(sim)]
+        for k, t in correct:
+            kk = min(k, kmax)
+            correct[k, t] += (_votes(sim[:, :kk], labels[:, :kk], num_classes, t).argmax(1) == truth).sum().item()
+        start += len(sim)
+    return {key: 100.0 * c / len(test_feats) for key, c in correct.items()}
+
+
+def standardize(train_feats: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Every feature dimension shifted and scaled by the training features' mean and std (then the cosine
+    similarity weighs all dimensions alike instead of being ruled by a few large ones)."""
+    mean, std = train_feats.mean(dim=0), train_feats.std(dim=0).clamp_min(1e-6)
+    return [(f - mean) / std for f in (train_feats, *others)]
 
 
 def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,

@@ -1,0 +1,129 @@
+"""Choose the kNN and linear-probe settings of a pretrained encoder on held-out training images, then measure the
+chosen settings once on the test split. Raw pixels get the same kNN search, so the baseline is tuned as hard.
+
+    python benchmarks/eval_select.py --init runs/fm_gpu50/pretrain/model-last.pth --out runs/fm_select
+    python benchmarks/eval_select.py --init <checkpoint> --out /tmp/sel --smoke      # minutes, to check the script
+
+The held-out part (``--holdout``, a fraction of the training split, ``data.holdout``) stands in for the test
+split while settings are compared; the test split is read only for the chosen settings. kNN settings: pooling
+(cls, mean, cls+mean) x last blocks x per-dimension standardisation x k x temperature, all from one feature
+extraction; probe settings: pooling x schedule, each a cached probe run of `openmae linprobe` on the held-out
+split, compared at their last epoch (no best-epoch picking). Writes <out>/results.json step by step.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from protocol import DEFAULT_ROOT, REPO, Protocol
+
+from openmae.data.build import eval_batches
+from openmae.data.config import DataConfig
+from openmae.engine.config import ModelSection
+from openmae.engine.knn_eval import load_encoder_model
+from openmae.eval.features import extract_features
+from openmae.eval.knn import knn_accuracy, knn_accuracy_grid, standardize
+
+KS = (10, 20, 50)
+TEMPERATURES = (0.02, 0.07, 0.2)
+POOLINGS = ("cls", "mean", "cls+mean")
+PROBE_POOLINGS = ("mean", "cls+mean")
+PROBE_SCHEDULES = {  # on top of configs/linprobe/small_cached.yaml (AdamW, batch 256, 2 warm-up epochs, cosine)
+    "30ep_lr1e-3": ["train.epochs=30", "train.lr=1e-3"],
+    "100ep_lr3e-3": ["train.epochs=100", "train.lr=3e-3"],
+    "200ep_lr3e-3": ["train.epochs=200", "train.lr=3e-3"],
+}
+
+
+def last_blocks_of(feats: torch.Tensor, pooling: str, n: int, depth: int, width: int) -> torch.Tensor:
+    """From ``cls+mean`` features of all ``depth`` blocks, (N, 2 * depth * width) laid out as [cls tokens of
+    every block | patch means of every block], the features ``pooling`` gives for the last ``n`` blocks (the
+    layout `extract_features(..., pooling, last_blocks=n)` produces)."""
+    cls, mean = feats[:, : depth * width], feats[:, depth * width :]
+    last = slice((depth - n) * width, depth * width)
+    return torch.cat({"cls": [cls[:, last]], "mean": [mean[:, last]], "cls+mean": [cls[:, last], mean[:, last]]}[pooling], 1)
+
+
+def search(rows: list, name: str, train, val, num_classes: int, **setting) -> None:
+    """kNN of ``val`` against ``train`` for every (k, temperature), raw and standardised; appends result rows."""
+    for std in (False, True):
+        tr, va = standardize(train[0], val[0]) if std else (train[0], val[0])
+        for (k, t), acc in knn_accuracy_grid(tr, train[1], va, val[1], num_classes, KS, TEMPERATURES).items():
+            rows.append({"features": name, **setting, "standardize": std, "k": k, "temperature": t, "holdout_top1": acc})
+    best = max((r for r in rows if r["features"] == name and all(r[a] == b for a, b in setting.items())),
+               key=lambda r: r["holdout_top1"])
+    print(f"{name} {setting}: best {best['holdout_top1']:.2f} (standardize {best['standardize']}, k {best['k']}, "
+          f"T {best['temperature']})", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--init", required=True, help="pretrained checkpoint (openmae, official or timm layout)")
+    parser.add_argument("--out", default="runs/eval_select")
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--data-root", default=DEFAULT_ROOT)
+    parser.add_argument("--holdout", type=float, default=1 / 6, help="fraction of the training split held out")
+    parser.add_argument("--smoke", action="store_true", help="small subsets and one short probe schedule")
+    args = parser.parse_args()
+
+    limit = ["data.max_samples=3000", "data.max_eval_samples=1000"] if args.smoke else []
+    p = Protocol(args.dataset, args.data_root, Path(args.out), [], REPO / "configs/pretrain/fashion_mnist.yaml",
+                 REPO / "configs/finetune/fashion_mnist.yaml", limit=limit)
+    holdout = [f"data.holdout={args.holdout}"]
+    ckpt = Path(args.init)
+    encoder = load_encoder_model(ModelSection(name="auto"), str(ckpt))
+    m = encoder.cfg
+    depth, width = m.depth, m.embed_dim
+    n_train, n_eval = (3000, 1000) if args.smoke else (0, 0)
+    blocks = sorted({1, 2, 3, depth // 2, depth} & set(range(1, depth + 1)))
+
+    def features(cfg: DataConfig, split: str, limit: int, pixels: bool = False):
+        batches = eval_batches(cfg, split, m.img_size, m.in_chans, 500, limit)
+        if pixels:
+            xs, ys = zip(*((b.images.flatten(1), b.labels) for b in batches))
+            return torch.cat(xs), torch.cat(ys)
+        return extract_features(encoder, batches, torch.device("cpu"), "cls+mean", last_blocks=depth)
+
+    held = DataConfig(name=args.dataset, root=args.data_root, holdout=args.holdout, num_workers=2)
+    full = DataConfig(name=args.dataset, root=args.data_root, num_workers=2)
+    if "knn_search" not in p.results:
+        rows: list = []
+        train, val = features(held, "train", n_train), features(held, "test", n_eval)
+        num_classes = int(train[1].max()) + 1
+        for pooling in POOLINGS:
+            for n in blocks:
+                search(rows, "encoder", (last_blocks_of(train[0], pooling, n, depth, width), train[1]),
+                       (last_blocks_of(val[0], pooling, n, depth, width), val[1]), num_classes,
+                       pooling=pooling, last_blocks=n)
+        search(rows, "pixels", features(held, "train", n_train, True), features(held, "test", n_eval, True), num_classes)
+        p.results["knn_search"] = rows
+        p.save()
+    rows = p.results["knn_search"]
+    best = max((r for r in rows if r["features"] == "encoder"), key=lambda r: r["holdout_top1"])
+    best_pix = max((r for r in rows if r["features"] == "pixels"), key=lambda r: r["holdout_top1"])
+    p.results["knn_chosen"], p.results["knn_pixels_chosen"] = best, best_pix
+    p.knn("knn_selected_test", ckpt, best["pooling"], best["last_blocks"],
+          [f"knn.k={best['k']}", f"knn.temperature={best['temperature']}", f"knn.standardize={best['standardize']}"])
+
+    def pixel_knn() -> float:
+        train, test = features(full, "train", n_train, True), features(full, "test", n_eval, True)
+        tr, te = standardize(train[0], test[0]) if best_pix["standardize"] else (train[0], test[0])
+        return knn_accuracy(tr, train[1], te, test[1], int(train[1].max()) + 1, best_pix["k"],
+                            best_pix["temperature"])["knn_top1"]
+
+    p.step("knn_pixels_selected_test", pixel_knn)
+
+    schedules = {"3ep_lr1e-3": ["train.epochs=3", "train.warmup_epochs=1", "train.lr=1e-3"]} if args.smoke \
+        else PROBE_SCHEDULES
+    probes = {(pooling, name): p.probe(f"probe_holdout_{pooling}_{name}", ckpt, pooling, depth, [*holdout, *sched], "top1")
+              for pooling in PROBE_POOLINGS for name, sched in schedules.items()}
+    pooling, name = max(probes, key=probes.get)
+    p.results["probe_chosen"] = {"pooling": pooling, "last_blocks": depth, "schedule": name}
+    p.probe("probe_selected_test", ckpt, pooling, depth, schedules[name], "top1")
+    p.save()
+
+
+if __name__ == "__main__":
+    main()
