@@ -126,3 +126,27 @@ def test_imagenet_sample_protocol_reconstructs_held_out_photos(tmp_path, dataset
     assert result["train_images"] == 900 and result["heldout_images"] == 100
     assert result["heldout_mse_removed"] < 0.8 * result["heldout_mse_removed_at_init"], result
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("heldout.png", "train.png", "loss.png"))
+
+
+def test_eval_select_chooses_on_held_out_images_then_tests_once(pretrained, datasets, tmp_path):
+    """benchmarks/eval_select.py in miniature: every kNN candidate is scored on the held-out images, the chosen
+    setting is the best of them, and the chosen kNN and probe settings are then measured on the test split."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "eval_select.py"), "--smoke", "--init", str(pretrained),
+                    "--data-root", str(datasets), "--out", str(tmp_path)], check=True, cwd=REPO / "benchmarks")
+    r = json.loads((tmp_path / "results.json").read_text())
+    rows = r["knn_search"]
+    assert len(rows) == 3 * 4 * 2 * 9 + 2 * 9  # poolings x last 1-4 blocks x standardise x (k, T); pixels
+    encoder = [row for row in rows if row["features"] == "encoder"]
+    assert r["knn_chosen"] == max(encoder, key=lambda row: row["holdout_top1"])
+    probes = {key: v for key, v in r.items() if key.startswith("probe_holdout_")}
+    chosen = r["probe_chosen"]
+    assert max(probes, key=probes.get) == f"probe_holdout_{chosen['pooling']}_{chosen['schedule']}"
+    assert any("data.holdout=" in s for s in r["settings"][max(probes, key=probes.get)])
+    assert not any("data.holdout" in s for s in r["settings"]["probe_selected_test"] + r["settings"]["knn_selected_test"])
+    assert r["knn_selected_test"] > 50 and r["probe_selected_test"] > 50  # ten classes: chance is 10%
