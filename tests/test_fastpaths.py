@@ -42,6 +42,62 @@ def test_sdpa_equals_explicit_attention(setup):
     assert_close_rel(fast[1], slow[1], 1e-5)
 
 
+def sdpa_kernels_run(model, imgs, noise, dtype) -> set[str]:
+    """Names of the SDPA kernels a training step runs (forward and backward)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        loss_and_grads(model, imgs, noise, dtype)
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_cpu_bf16_math_kernel_for_short_sequences_equals_flash(setup, monkeypatch, ckpt):
+    """On a CPU under bf16, blocks with <= CPU_MATH_MAX_TOKENS tokens run SDPA's math kernel (faster there); it
+    gives the flash kernel's loss and gradients within bf16's tolerance, also when activation checkpointing
+    recomputes the blocks in the backward pass (the recomputation must pick the same kernel). fp32 keeps flash."""
+    from openmae.models import attention
+
+    model, imgs, noise = setup
+    model.cfg.grad_checkpointing = ckpt
+    assert not any("flash" in k for k in sdpa_kernels_run(model, imgs, noise, torch.bfloat16))  # 17, 65 tokens
+    assert any("flash" in k for k in sdpa_kernels_run(model, imgs, noise, None))  # fp32: flash is faster there
+    short = loss_and_grads(model, imgs, noise, torch.bfloat16)
+    monkeypatch.setattr(attention, "CPU_MATH_MAX_TOKENS", 0)
+    assert any("flash" in k for k in sdpa_kernels_run(model, imgs, noise, torch.bfloat16))  # PyTorch's own choice
+    flash = loss_and_grads(model, imgs, noise, torch.bfloat16)
+    assert abs(short[0] - flash[0]) / flash[0] <= 1e-2
+    for k, ref in flash[1].items():
+        err = (short[1][k].float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12)
+        assert err <= 1e-2, k
+
+
+def test_math_and_flash_kernels_agree_in_fp32(setup):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model, imgs, noise = setup
+    with sdpa_kernel([SDPBackend.MATH]):
+        math = loss_and_grads(model, imgs, noise)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        flash = loss_and_grads(model, imgs, noise)
+    assert abs(math[0] - flash[0]) / flash[0] <= 1e-5
+    assert_close_rel(math[1], flash[1], 1e-5)
+
+
+def test_attention_kernel_choice_by_device_and_length():
+    import contextlib
+
+    from openmae.models.attention import CPU_MATH_MAX_TOKENS, attention_kernels
+
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    assert not isinstance(attention_kernels(cpu, CPU_MATH_MAX_TOKENS, bf16), contextlib.nullcontext)
+    assert isinstance(attention_kernels(cpu, CPU_MATH_MAX_TOKENS + 1, bf16), contextlib.nullcontext)
+    assert isinstance(attention_kernels(cpu, 17, torch.float32), contextlib.nullcontext)
+    with torch.autocast("cpu", dtype=bf16):  # fp32 tensors under bf16 autocast compute in bf16
+        assert not isinstance(attention_kernels(cpu, 17, torch.float32), contextlib.nullcontext)
+    assert isinstance(attention_kernels(torch.device("cuda"), 17, bf16), contextlib.nullcontext)
+
+
 def test_activation_checkpointing_equals_plain(setup):
     model, imgs, noise = setup
     ref = loss_and_grads(model, imgs, noise)

@@ -31,6 +31,7 @@ from openmae.engine.config import ModelSection, TrainConfig
 from openmae.engine.distributed import DistInfo
 from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
 from openmae.engine.optim import param_groups
+from openmae.models.attention import attention_kernels
 from openmae.models.vit import GLOBAL_POOL, create_classifier, load_encoder
 
 log = logging.getLogger("openmae.finetune")
@@ -123,7 +124,9 @@ class FinetuneTask:
         targets = labels
         if self.mixup is not None:
             images, targets = self.mixup(images, labels)
-        logits = model(images)
+        grid = self.mae_cfg.grid
+        with attention_kernels(images.device, grid[0] * grid[1] + 1, images.dtype):  # CPU bf16: math kernel if short
+            logits = model(images)
         return StepOutput(self.criterion(logits.float(), targets))
 
     def evaluate(self) -> dict[str, float]:

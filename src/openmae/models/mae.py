@@ -14,6 +14,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from openmae.models.attention import attention_kernels
 from openmae.models.masking import MaskPlan, make_strategy, plan_from_noise
 from openmae.models.patches import grid_size, patchify
 from openmae.models.pos_embed import sincos_2d
@@ -159,11 +160,15 @@ class MaskedAutoencoder(nn.Module):
         return self.masking.noise(batch, self.cfg.grid, mask_ratio, generator=generator, device=device)
 
     def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-        for blk in blocks:
-            if self.cfg.grad_checkpointing and self.training and x.requires_grad:
-                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
+        kernels = partial(attention_kernels, x.device, x.shape[1], x.dtype)  # a CPU: math kernel for short sequences
+        with kernels():
+            for blk in blocks:
+                if self.cfg.grad_checkpointing and self.training and x.requires_grad:
+                    # the recomputation in the backward pass must pick the same kernel as the forward did
+                    x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False,
+                                                          context_fn=lambda: (kernels(), kernels()))
+                else:
+                    x = blk(x)
         return x
 
     # ------------------------------------------------------------------ forward
@@ -237,10 +242,11 @@ class MaskedAutoencoder(nn.Module):
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)  # (N, 1 + L, D)
         outputs = []
-        for i, blk in enumerate(self.blocks):
-            x = blk(x)
-            if i >= self.cfg.depth - last_blocks:
-                outputs.append(self.norm(x))
+        with attention_kernels(x.device, x.shape[1], x.dtype):
+            for i, blk in enumerate(self.blocks):
+                x = blk(x)
+                if i >= self.cfg.depth - last_blocks:
+                    outputs.append(self.norm(x))
         return torch.cat(outputs, dim=-1)
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,64 @@
+"""Forward + backward time of SDPA's flash and math kernels for the attention shapes MAE trains with, in timm's
+layout (one qkv projection, permuted views), on this machine's CPU (or GPU). The shortest sequences are
+where `openmae.models.attention` switches a CPU to the math kernel; this script is how that was measured.
+
+    python benchmarks/attention_kernels.py                  # bf16 on the CPU
+    python benchmarks/attention_kernels.py --precision fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# (batch, heads, tokens, head width): ViT-T/4 at 32px (encoder, decoder), ViT-S/16 at 224 (encoder, decoder) and
+# sizes between
+SHAPES = [(128, 3, 17, 64), (128, 4, 65, 32), (16, 6, 50, 64), (64, 6, 100, 64), (32, 8, 128, 64),
+          (32, 16, 145, 32), (16, 16, 197, 32), (16, 12, 197, 64), (8, 6, 197, 64)]
+
+
+def fwd_bwd_ms(shape: tuple[int, int, int, int], backend: SDPBackend, dtype: torch.dtype, device: torch.device,
+               repeats: int) -> float:
+    b, h, n, d = shape
+    qkv = torch.randn(b, n, 3 * h * d, dtype=dtype, device=device, requires_grad=True)
+
+    def once() -> None:
+        q, k, v = qkv.reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d) views, as timm
+        with sdpa_kernel([backend]):
+            out = F.scaled_dot_product_attention(q, k, v)
+        out.transpose(1, 2).reshape(b, n, h * d).sum().backward()
+
+    for _ in range(2):
+        once()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        once()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=8)
+    args = parser.parse_args()
+    dtype, device = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.precision], torch.device(args.device)
+    print(f"| batch | heads | tokens | head width | flash ms | math ms | math speed-up |  ({args.precision}, {device}, "
+          f"{torch.get_num_threads()} threads)")
+    print("|---|---|---|---|---|---|---|")
+    for shape in SHAPES:
+        flash = fwd_bwd_ms(shape, SDPBackend.FLASH_ATTENTION, dtype, device, args.repeats)
+        math = fwd_bwd_ms(shape, SDPBackend.MATH, dtype, device, args.repeats)
+        print(f"| {' | '.join(map(str, shape))} | {flash:.1f} | {math:.1f} | {flash / math:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
