@@ -22,6 +22,7 @@ from protocol import DEFAULT_ROOT, REPO, Protocol
 from openmae.data.build import eval_batches
 from openmae.data.config import DataConfig
 from openmae.engine.config import ModelSection
+from openmae.engine.distributed import pick_device
 from openmae.engine.knn_eval import load_encoder_model
 from openmae.eval.features import extract_features
 from openmae.eval.knn import knn_accuracy, knn_accuracy_grid, standardize
@@ -73,7 +74,8 @@ def main() -> None:
                  REPO / "configs/finetune/fashion_mnist.yaml", limit=limit)
     holdout = [f"data.holdout={args.holdout}"]
     ckpt = Path(args.init)
-    encoder = load_encoder_model(ModelSection(name="auto"), str(ckpt))
+    device = pick_device("auto")
+    encoder = load_encoder_model(ModelSection(name="auto"), str(ckpt)).to(device)
     m = encoder.cfg
     depth, width = m.depth, m.embed_dim
     n_train, n_eval = (3000, 1000) if args.smoke else (0, 0)
@@ -84,7 +86,7 @@ def main() -> None:
         if pixels:
             xs, ys = zip(*((b.images.flatten(1), b.labels) for b in batches))
             return torch.cat(xs), torch.cat(ys)
-        return extract_features(encoder, batches, torch.device("cpu"), "cls+mean", last_blocks=depth)
+        return extract_features(encoder, batches, device, "cls+mean", last_blocks=depth)  # float32 on the CPU
 
     held = DataConfig(name=args.dataset, root=args.data_root, holdout=args.holdout, num_workers=2)
     full = DataConfig(name=args.dataset, root=args.data_root, num_workers=2)
