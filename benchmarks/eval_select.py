@@ -81,25 +81,24 @@ def main() -> None:
     n_train, n_eval = (3000, 1000) if args.smoke else (0, 0)
     blocks = sorted({1, 2, 3, depth // 2, depth} & set(range(1, depth + 1)))
 
-    def features(cfg: DataConfig, split: str, limit: int, pixels: bool = False):
-        batches = eval_batches(cfg, split, m.img_size, m.in_chans, 500, limit)
-        if pixels:
-            xs, ys = zip(*((b.images.flatten(1), b.labels) for b in batches))
-            return torch.cat(xs), torch.cat(ys)
-        return extract_features(encoder, batches, device, "cls+mean", last_blocks=depth)  # float32 on the CPU
+    def features(split: str, limit: int):  # float32 on the CPU, cls+mean of every block, from the held-out split
+        held = DataConfig(name=args.dataset, root=args.data_root, holdout=args.holdout, num_workers=2)
+        return extract_features(encoder, eval_batches(held, split, m.img_size, m.in_chans, 500, limit), device,
+                                "cls+mean", last_blocks=depth)
 
-    held = DataConfig(name=args.dataset, root=args.data_root, holdout=args.holdout, num_workers=2)
-    full = DataConfig(name=args.dataset, root=args.data_root, num_workers=2)
+    def pixels(split: str, limit: int, holdout: float = 0.0):
+        return p.pixels(split, m.img_size, m.in_chans, limit, holdout)
+
     if "knn_search" not in p.results:
         rows: list = []
-        train, val = features(held, "train", n_train), features(held, "test", n_eval)
+        train, val = features("train", n_train), features("test", n_eval)
         num_classes = int(train[1].max()) + 1
         for pooling in POOLINGS:
             for n in blocks:
                 search(rows, "encoder", (last_blocks_of(train[0], pooling, n, depth, width), train[1]),
                        (last_blocks_of(val[0], pooling, n, depth, width), val[1]), num_classes,
                        pooling=pooling, last_blocks=n)
-        search(rows, "pixels", features(held, "train", n_train, True), features(held, "test", n_eval, True), num_classes)
+        search(rows, "pixels", pixels("train", n_train, args.holdout), pixels("test", n_eval, args.holdout), num_classes)
         p.results["knn_search"] = rows
         p.save()
     rows = p.results["knn_search"]
@@ -110,7 +109,7 @@ def main() -> None:
           [f"knn.k={best['k']}", f"knn.temperature={best['temperature']}", f"knn.standardize={best['standardize']}"])
 
     def pixel_knn() -> float:
-        train, test = features(full, "train", n_train, True), features(full, "test", n_eval, True)
+        train, test = pixels("train", n_train), pixels("test", n_eval)
         tr, te = standardize(train[0], test[0]) if best_pix["standardize"] else (train[0], test[0])
         return knn_accuracy(tr, train[1], te, test[1], int(train[1].max()) + 1, best_pix["k"],
                             best_pix["temperature"])["knn_top1"]

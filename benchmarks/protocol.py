@@ -157,8 +157,10 @@ class Protocol:
         self.finetune("finetune_scratch", None, finetune_epochs, finetune_overrides)
 
     # ------------------------------------------------------------------ baselines on raw pixels
-    def pixels(self, split: str, img_size: tuple[int, int], channels: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-        data = DataConfig(name=self.dataset, root=self.root, num_workers=2)
+    def pixels(self, split: str, img_size: tuple[int, int], channels: int, limit: int,
+               holdout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw pixels (N, C * H * W) and labels of ``split`` (``holdout``: as ``data.holdout`` splits it)."""
+        data = DataConfig(name=self.dataset, root=self.root, num_workers=2, holdout=holdout)
         xs, ys = [], []
         for batch in eval_batches(data, split, img_size, channels, 2000, limit):
             xs.append(batch.images.flatten(1))

@@ -242,11 +242,10 @@ class MaskedAutoencoder(nn.Module):
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)  # (N, 1 + L, D)
         outputs = []
-        with attention_kernels(x.device, x.shape[1], x.dtype):
-            for i, blk in enumerate(self.blocks):
-                x = blk(x)
-                if i >= self.cfg.depth - last_blocks:
-                    outputs.append(self.norm(x))
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i >= self.cfg.depth - last_blocks:
+                outputs.append(self.norm(x))
         return torch.cat(outputs, dim=-1)
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
