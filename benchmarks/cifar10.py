@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from protocol import REPO, Protocol, arguments
+from protocol import REPO, Protocol, arguments, train_overrides
 
 MODEL = ["model.name=mae_vit_tiny_patch4_32"]
 DEPTH = 12
@@ -31,6 +31,7 @@ def main() -> None:
     depth = 2 if args.smoke else DEPTH
     p = Protocol("cifar10", args.data_root, Path(args.out), model, REPO / "configs/pretrain/cifar10.yaml",
                  REPO / "configs/finetune/cifar10.yaml", limit=limit, workers=args.workers,
+                 train=train_overrides(args),
                  eval_limit=[] if args.smoke else [f"data.max_samples={args.eval_samples[0]}",
                                                    f"data.max_eval_samples={args.eval_samples[1]}"])
     ckpt = p.pretrain("pretrain", pre_epochs, args.overrides)

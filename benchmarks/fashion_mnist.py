@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from protocol import REPO, Protocol, arguments
+from protocol import REPO, Protocol, arguments, train_overrides
 
 MODEL = ["model.name=mae_vit_tiny_patch7_28_gray", "model.depth=6"]
 
@@ -24,7 +24,8 @@ def main() -> None:
     limit = ["data.max_samples=3000", "data.max_eval_samples=1000"] if args.smoke else []
     pre_epochs, ft_epochs = (1, 1) if args.smoke else (args.pretrain_epochs, args.finetune_epochs)
     p = Protocol("fashion-mnist", args.data_root, Path(args.out), MODEL, REPO / "configs/pretrain/fashion_mnist.yaml",
-                 REPO / "configs/finetune/fashion_mnist.yaml", limit=limit, workers=args.workers)
+                 REPO / "configs/finetune/fashion_mnist.yaml", limit=limit, workers=args.workers,
+                 train=train_overrides(args))
     ckpt = p.pretrain("pretrain", pre_epochs, args.overrides)
     p.encoder_suite(ckpt, 6, ft_epochs, (28, 28), 1, 10, args.smoke)
     print(json.dumps(p.results, indent=2))

@@ -43,7 +43,14 @@ def arguments(doc: str, out: str, pretrain_epochs: int, finetune_epochs: int) ->
     parser.add_argument("--smoke", action="store_true", help="tiny budgets, to check the script end to end")
     parser.add_argument("--workers", type=int, default=None,
                         help="data-loader workers for every step (default: each preset's own, 2 for these datasets)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                        help="train.precision for pretraining, probes and fine-tuning (default: each preset's own)")
     return parser
+
+
+def train_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``train.*`` settings the common options ask for (``--precision``)."""
+    return [] if args.precision is None else [f"train.precision={args.precision}"]
 
 
 @dataclass
@@ -60,6 +67,7 @@ class Protocol:
     limit: list[str] = field(default_factory=list)  # data.max_samples / data.max_eval_samples for smoke runs
     eval_limit: list[str] = field(default_factory=list)  # the same for kNN and probes only
     workers: int | None = None  # data.num_workers for every step; None keeps each preset's setting
+    train: list[str] = field(default_factory=list)  # train.* overrides for pretraining, probes and fine-tuning
     results: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,10 +107,11 @@ class Protocol:
         """MAE pretraining (resumed when a checkpoint exists); returns the final weights."""
         run_dir = self.out / name
         settings = [self.pretrain_config.relative_to(REPO), *self.model, *self.data, f"train.epochs={epochs}",
-                    f"train.warmup_epochs={min(2, epochs)}", *overrides]
+                    f"train.warmup_epochs={min(2, epochs)}", *self.train, *overrides]
         cfg = load_config(PretrainConfig, [self.pretrain_config], [
             *self.model, *self.data, f"train.epochs={epochs}", f"train.warmup_epochs={min(2, epochs)}",
-            f"train.output_dir={run_dir}", "train.resume=auto", "train.ckpt_every_epochs=1", *QUIET, *overrides])
+            f"train.output_dir={run_dir}", "train.resume=auto", "train.ckpt_every_epochs=1", *QUIET, *self.train,
+            *overrides])
 
         def run() -> float:
             pretrain(cfg)  # a finished run resumed from its last checkpoint returns at once
@@ -127,14 +136,14 @@ class Protocol:
         last epoch, for settings chosen on held-out images)."""
         overrides = [*self.data, *self.eval_limit, *QUIET, *self.encoder(ckpt), f"linprobe.pooling={pooling}",
                      f"linprobe.last_blocks={last_blocks}", f"linprobe.init={ckpt or ''}", f"train.output_dir={self.out / key}",
-                     *extra]
+                     *self.train, *extra]
         cfg = load_config(LinprobeConfig, [self.probe_config], overrides)
         return self.step(key, lambda: linprobe(cfg)[metric], [self.probe_config.relative_to(REPO), *overrides])
 
     def finetune(self, key: str, ckpt: Path | None, epochs: int, overrides: list[str] = ()) -> float:
         overrides = [*self.data, *QUIET, *self.encoder(ckpt), f"train.epochs={epochs}",
                      f"train.warmup_epochs={min(1, epochs)}", f"finetune.init={ckpt or ''}",
-                     f"train.output_dir={self.out / key}", *overrides]
+                     f"train.output_dir={self.out / key}", *self.train, *overrides]
         cfg = load_config(FinetuneConfig, [self.finetune_config], overrides)
         return self.step(key, lambda: finetune(cfg)["best_top1"], [self.finetune_config.relative_to(REPO), *overrides])
 

@@ -28,12 +28,17 @@ def loss_curve(records: list[dict[str, Any]], path: str | Path, title: str = "")
     return Path(path)
 
 
-def setting_curve(xs: list[float], series: dict[str, list[float]], path: str | Path, xlabel: str,
+def setting_curve(xs: list[float], series: dict[str, list[float | list[float]]], path: str | Path, xlabel: str,
                   ylabel: str = "top-1 accuracy (%)", title: str = "") -> Path:
-    """One line per metric against a setting (an ablation such as the mask ratio)."""
+    """One line per metric against a setting (an ablation such as the mask ratio). A point given as a list of
+    values (one per seed) is drawn at their mean with a bar from the lowest to the highest."""
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    for label, ys in series.items():
-        ax.plot(xs, ys, marker="o", label=label)
+    for label, points in series.items():
+        runs = [p if isinstance(p, list) else [p] for p in points]
+        means = [sum(r) / len(r) for r in runs]
+        spread = [[m - min(r) for m, r in zip(means, runs)], [max(r) - m for m, r in zip(means, runs)]]
+        ax.errorbar(xs, means, yerr=spread if any(len(r) > 1 for r in runs) else None, marker="o", capsize=3,
+                    label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_xticks(xs)
