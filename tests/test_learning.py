@@ -150,3 +150,27 @@ def test_eval_select_chooses_on_held_out_images_then_tests_once(pretrained, data
     assert any("data.holdout=" in s for s in r["settings"][max(probes, key=probes.get)])
     assert not any("data.holdout" in s for s in r["settings"]["probe_selected_test"] + r["settings"]["knn_selected_test"])
     assert r["knn_selected_test"] > 50 and r["probe_selected_test"] > 50  # ten classes: chance is 10%
+
+
+def test_ablations_repeat_each_variant_per_seed(datasets, tmp_path):
+    """benchmarks/ablations.py with two seeds, in miniature: each seed is its own run (its seed and the asked
+    precision reach every step, so the two pretrainings differ), and the table gives the mean of the seeds
+    followed by each seed's value."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "ablations.py"), "--smoke", "--seeds", "0", "1",
+                    "--variants", "base", "--precision", "bf16", "--data-root", str(datasets), "--out", str(tmp_path)],
+                   check=True, cwd=REPO / "benchmarks")
+    runs = [json.loads((tmp_path / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
+    for seed, r in enumerate(runs):
+        for step in ("base_loss", "base_probe", "base_finetune"):
+            assert f"train.seed={seed}" in r["settings"][step] and "train.precision=bf16" in r["settings"][step]
+    assert runs[0]["base_loss"] != runs[1]["base_loss"]
+    row = next(line for line in (tmp_path / "ablations.md").read_text().splitlines() if line.startswith("| base "))
+    knn = [runs[0]["base_knn"], runs[1]["base_knn"]]
+    assert f"{sum(knn) / 2:.2f} ({knn[0]:.2f} / {knn[1]:.2f})" in row
+    assert (tmp_path / "mask_ratio.png").stat().st_size > 1000
