@@ -152,6 +152,29 @@ def test_sampler_splits_global_batch_and_resumes():
         ResumableSampler(100, 64, world_size=2)
 
 
+def test_sampler_spanning_epochs_equals_the_epochs_one_by_one():
+    """One iterator over several epochs (what the training loop uses, so the loader's workers run on across an
+    epoch boundary) yields exactly the single epochs' (index, seed) pairs in turn, from a mid-epoch start,
+    with a cap on the batches taken per epoch, and len() says how many."""
+    s = ResumableSampler(100, 8, seed=5)  # 12 batches per epoch
+    singles = []
+    for epoch, start in ((3, 5), (4, 0), (5, 0)):
+        s.set_position(epoch, start, batches=10)
+        singles += list(s)
+    s.set_position(3, 5, end_epoch=6, batches=10)
+    assert list(s) == singles and len(s) == len(singles) == (5 + 10 + 10) * 8
+    s.set_position(3, 5, end_epoch=6)
+    assert len(s) == len(list(s)) == (7 + 12 + 12) * 8
+    assert len({seed for _, seed in s}) == len(s)  # an index seen in two epochs gets two seeds
+    with pytest.raises(ValueError, match="batches per epoch must be in \\[1, 12\\], got 13"):
+        s.set_position(0, batches=13)
+    keep = ResumableSampler(100, 8, shuffle=False, drop_last=False)
+    with pytest.raises(ValueError, match="only run one epoch at a time"):
+        keep.set_position(0, end_epoch=2)
+    keep.set_position(0)
+    assert len(keep) == len(list(keep)) == 100
+
+
 def test_augmentation_depends_on_sample_seed_only(datasets):
     from openmae.data.build import train_dataset
 

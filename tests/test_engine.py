@@ -66,6 +66,20 @@ def test_resume_is_bit_exact(tmp_path, datasets):
     assert len(losses(tmp_path / "full")) == 12
 
 
+def test_one_loader_iterator_runs_through_all_epochs(tmp_path, datasets, monkeypatch):
+    """The loop draws every epoch from one loader iterator (workers run on across epoch boundaries instead of
+    refilling their queues at each epoch's start), also after a mid-epoch resume."""
+    from torch.utils.data import DataLoader
+
+    iterators = []
+    original = DataLoader.__iter__
+    monkeypatch.setattr(DataLoader, "__iter__", lambda self: iterators.append(self) or original(self))
+    assert pretrain(tiny_pretrain(tmp_path / "r", datasets, "data.num_workers=2", "train.halt_after_steps=6"))["halted"]
+    pretrain(tiny_pretrain(tmp_path / "r", datasets, "data.num_workers=2", "train.resume=auto"))
+    assert len(iterators) == 2  # one for steps 1-6 (epochs 0-1), one for steps 7-12 (epochs 1-2)
+    assert len([r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r]) == 12
+
+
 def test_logged_lr_follows_schedule(tmp_path, datasets):
     cfg = tiny_pretrain(tmp_path / "r", datasets)
     pretrain(cfg)

@@ -79,8 +79,8 @@ def test_knn_command_on_a_holdout_equals_the_library_path(datasets):
     from openmae.config import load_config
     from openmae.data.build import eval_batches, source_for
     from openmae.data.config import DataConfig
-    from openmae.engine.knn_eval import KnnConfig, knn_eval, load_encoder_model
     from openmae.engine.config import ModelSection
+    from openmae.engine.knn_eval import KnnConfig, knn_eval, load_encoder_model
     from openmae.eval.features import extract_features
 
     data = dict(name="fashion-mnist", root=str(datasets), max_samples=1500, max_eval_samples=500, holdout=0.25,

@@ -41,8 +41,8 @@ class ResumableSampler(Sampler):
                  world_size: int = 1, drop_last: bool = True) -> None:
         self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.epoch = 0
-        self.start_batch = 0
+        self.epoch, self.start_batch, self.end_epoch = 0, 0, 1
+        self.batches: int | None = None  # batches taken from each epoch (None: all)
         per_rank = size // world_size if drop_last else math.ceil(size / world_size)
         self.batches_per_epoch = per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
         if self.batches_per_epoch == 0:
@@ -51,27 +51,51 @@ class ResumableSampler(Sampler):
                 f"lower the batch size or add images"
             )
 
-    def set_position(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
+    def set_position(self, epoch: int, start_batch: int = 0, end_epoch: int | None = None,
+                     batches: int | None = None) -> None:
+        """Start at batch ``start_batch`` of ``epoch`` and run to the end of epoch ``end_epoch - 1`` (default:
+        this epoch only), taking the first ``batches`` batches of each epoch (default: all of them).
 
-    def indices(self) -> list[int]:
+        Spanning several epochs lets one loader iterator run through them, so its workers go on preparing the
+        next epoch's first batches while the training loop ends an epoch (no refill stall at the boundary);
+        the (index, seed) stream is exactly the concatenation of the single epochs'."""
+        end_epoch = epoch + 1 if end_epoch is None else end_epoch
+        if end_epoch > epoch + 1 and not self.drop_last:
+            raise ValueError("a sampler that keeps partial batches (drop_last=False) can only run one epoch at a "
+                             "time: a partial batch would mix two epochs")
+        if batches is not None and not 0 < batches <= self.batches_per_epoch:
+            raise ValueError(f"batches per epoch must be in [1, {self.batches_per_epoch}], got {batches}")
+        self.epoch, self.start_batch, self.end_epoch = epoch, start_batch, end_epoch
+        self.batches = batches
+
+    def epoch_indices(self, epoch: int, start_batch: int = 0) -> list[int]:
+        """This rank's sample indices of ``epoch`` from batch ``start_batch`` on."""
         if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            gen = torch.Generator().manual_seed(self.seed + epoch)
             order = torch.randperm(self.size, generator=gen).tolist()
         else:
             order = list(range(self.size))
         if not self.drop_last and len(order) % self.world_size:
             order += order[: self.world_size - len(order) % self.world_size]
         order = order[self.rank :: self.world_size]
-        count = self.batches_per_epoch * self.batch_size if self.drop_last else len(order)
-        return order[self.start_batch * self.batch_size : count]
+        return order[start_batch * self.batch_size : self._end()]
+
+    def _end(self) -> int:
+        """How many of an epoch's indices this rank takes (before ``start_batch``)."""
+        if self.batches is not None:
+            return self.batches * self.batch_size
+        if self.drop_last:
+            return self.batches_per_epoch * self.batch_size
+        return math.ceil(self.size / self.world_size)  # the order is padded to a multiple of the world size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for index in self.indices():
-            yield index, sample_seed(self.seed, self.epoch, index)
+        for epoch in range(self.epoch, self.end_epoch):
+            for index in self.epoch_indices(epoch, self.start_batch if epoch == self.epoch else 0):
+                yield index, sample_seed(self.seed, epoch, index)
 
-    def __len__(self) -> int:
-        return len(self.indices())
+    def __len__(self) -> int:  # arithmetic: drawing every epoch's order here would cost a permutation each
+        first = max(0, self._end() - self.start_batch * self.batch_size)
+        return first + (self.end_epoch - self.epoch - 1) * self._end()
 
 
 class SeededSamples(Dataset):

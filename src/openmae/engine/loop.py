@@ -217,14 +217,19 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
     bar = tqdm(total=total_steps, initial=step, disable=not (info.is_main and train_cfg.progress), unit="step",
                dynamic_ncols=True, desc=task.name)
     optimizer.zero_grad(set_to_none=True)
+    # One loader iterator for the rest of the run: its workers go on preparing the next epoch's first batches
+    # while an epoch ends (evaluation, checkpoint) instead of starting each epoch from empty queues. The batches
+    # are the same either way (each sample's seed depends on its epoch and index only).
+    span = sampler.drop_last
+    stream = None
     while epoch < train_cfg.epochs:
         run.epoch = epoch
-        sampler.set_position(epoch, start_batch)
+        if stream is None or not span:
+            sampler.set_position(epoch, start_batch, train_cfg.epochs if span else None, batches)
+            stream = iter(loader)
         model.train()
-        for i, batch in enumerate(loader, start=start_batch):
-            if i >= batches:
-                break
-            batch = dataset.to_device(batch, device)
+        for i in range(start_batch, batches):
+            batch = dataset.to_device(next(stream), device)
             micro = i % accum
             if micro == 0:
                 lr = lr_at(epoch + i / batches, base_lr, train_cfg.min_lr, train_cfg.warmup_epochs, train_cfg.epochs)
