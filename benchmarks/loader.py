@@ -5,6 +5,13 @@ for 0..N loader workers, on the real ImageNet sample photos (full-size JPEGs, so
 
     python benchmarks/loader.py --workers 0 1 2 --size 224 --images 400
     python benchmarks/loader.py --workers 4 15 --device-augment --device cuda
+
+``--epochs N`` times epoch boundaries instead: a stand-in training loop (each batch then ``--step-ms`` of
+sleep, as a process waiting on its GPU would; ``--pause-ms`` at each epoch's end, for evaluation and checkpoints)
+runs N short epochs once with a new loader iterator per epoch and once with one iterator spanning them (what the
+training loop does); it reports the wait for each epoch's first batch and the wall time.
+
+    python benchmarks/loader.py --workers 2 --epochs 6 --images 128 --step-ms 100 --pause-ms 500
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="go over the photos this many times (data.repeat)")
     parser.add_argument("--device-augment", action="store_true", help="decode and augment on --device")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--epochs", type=int, default=0, help="time N epoch boundaries (see above) instead")
+    parser.add_argument("--step-ms", type=float, default=100.0, help="with --epochs: the stand-in step's time")
+    parser.add_argument("--pause-ms", type=float, default=500.0, help="with --epochs: the pause after each epoch")
     args = parser.parse_args()
     device = torch.device(args.device)
 
@@ -43,6 +53,10 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         return images.shape[0]
+
+    if args.epochs:
+        boundaries(args, finish)
+        return
 
     rows = []
     for workers in args.workers:
@@ -60,6 +74,36 @@ def main() -> None:
                      "per_worker": round(seen / seconds / max(workers, 1), 1), "images": seen})
         print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"size": args.size, "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "rows": rows}))
+
+
+def boundaries(args: argparse.Namespace, finish) -> None:
+    """Wait for each epoch's first batch, per-epoch iterators against one iterator spanning the epochs."""
+    for workers in args.workers:
+        for span in (False, True):
+            cfg = DataConfig(name="folder", path=args.data, max_samples=args.images, num_workers=workers,
+                             device_augment=args.device_augment, repeat=args.repeat)
+            dataset, sampler = train_dataset(cfg, (args.size, args.size), 3, args.batch, seed=0)
+            loader = make_loader(dataset, sampler, workers, pin_memory=False)
+            waits, stream, start = [], None, time.perf_counter()
+            for epoch in range(args.epochs):
+                if stream is None or not span:
+                    sampler.set_position(epoch, 0, args.epochs if span else None)
+                    stream = iter(loader)
+                for i in range(sampler.batches_per_epoch):
+                    asked = time.perf_counter()
+                    batch = next(stream)
+                    if i == 0:
+                        waits.append(time.perf_counter() - asked)
+                    finish(dataset, batch)
+                    time.sleep(args.step_ms / 1000)
+                time.sleep(args.pause_ms / 1000)
+            later = waits[1:]  # the first epoch's wait is the workers' start-up in both modes
+            print(json.dumps({"workers": workers, "iterator": "one for all epochs" if span else "one per epoch",
+                              "first_batch_wait_ms_after_a_boundary": round(1000 * sum(later) / len(later), 1),
+                              "first_epoch_wait_ms": round(1000 * waits[0], 1),
+                              "wall_s": round(time.perf_counter() - start, 2), "epochs": args.epochs,
+                              "batches_per_epoch": sampler.batches_per_epoch, "size": args.size,
+                              "load_avg": os.getloadavg()}), flush=True)
 
 
 if __name__ == "__main__":
