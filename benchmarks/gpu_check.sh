@@ -40,6 +40,9 @@ if part loader && [ -n "${1:-}" ] && [ -d "$1" ]; then
   # --repeat: at least ten thousand images a row, so that worker start-up does not dominate
   loader 70 --data "$1" --workers 15 --repeat 40 --batch 256
   loader 70 --data "$1" --workers 4 15 --repeat 40 --batch 256 --device-augment --device cuda
+  # epoch boundaries: wait for each epoch's first batch, a new iterator per epoch vs one for the run (60 ms steps,
+  # as ViT-B/16 at batch 256; 2 s of pictures and checkpoint at each epoch's end)
+  loader 60 --data "$1" --workers 15 --epochs 4 --repeat 4 --batch 256 --step-ms 60 --pause-ms 2000
 fi
 echo
 echo "== summary =="
