@@ -98,7 +98,6 @@ def main() -> None:
                                               f"data.max_eval_samples={args.eval_samples[1]}"]
             p.finetune(f"{name}_finetune", ckpt, 1 if args.smoke else args.finetune_epochs, ft_limit)
         runs.append(p.results)
-        out.mkdir(parents=True, exist_ok=True)
         (out / "ablations.md").write_text(table(runs))  # after every seed, so a stopped run still has its table
         mask_ratio_plot(runs, out / "mask_ratio.png")
     print(table(runs))

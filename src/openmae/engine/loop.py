@@ -237,13 +237,11 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
     # One loader iterator for the rest of the run: its workers go on preparing the next epoch's first batches
     # while an epoch ends (evaluation, checkpoint) instead of starting each epoch from empty queues. The batches
     # are the same either way (each sample's seed depends on its epoch and index only).
-    span = sampler.drop_last
-    stream = None
+    if epoch < train_cfg.epochs:  # a finished run that is resumed starts no workers
+        sampler.set_position(epoch, start_batch, train_cfg.epochs, batches)
+        stream = iter(loader)
     while epoch < train_cfg.epochs:
         run.epoch = epoch
-        if stream is None or not span:
-            sampler.set_position(epoch, start_batch, train_cfg.epochs if span else None, batches)
-            stream = iter(loader)
         model.train()
         for i in range(start_batch, batches):
             batch = dataset.to_device(next(stream), device)
