@@ -2,13 +2,18 @@
 chosen settings once on the test split. Raw pixels get the same kNN search, so the baseline is tuned as hard.
 
     python benchmarks/eval_select.py --init runs/fm_gpu50/pretrain/model-last.pth --out runs/fm_select
+    python benchmarks/eval_select.py --init runs/fm_gpu50/pretrain/model-last.pth --out runs/fm_select \
+        --finetune-select-epochs 5 --finetune-epochs 25 --precision bf16              # and a fine-tuning recipe
     python benchmarks/eval_select.py --init <checkpoint> --out /tmp/sel --smoke      # minutes, to check the script
 
 The held-out part (``--holdout``, a fraction of the training split, ``data.holdout``) stands in for the test
 split while settings are compared; the test split is read only for the chosen settings. kNN settings: pooling
 (cls, mean, cls+mean) x last blocks x per-dimension standardisation x k x temperature, all from one feature
 extraction; probe settings: pooling x schedule, each a cached probe run of `openmae linprobe` on the held-out
-split, compared at their last epoch (no best-epoch picking). Writes <out>/results.json step by step.
+split, compared at their last epoch (no best-epoch picking). With ``--finetune-select-epochs``, fine-tuning
+recipes (crop scale, learning rate) are compared the same way, at their last held-out epoch, and the chosen one
+fine-tunes ``--finetune-epochs`` on the full training split, reported at its last epoch. Writes
+<out>/results.json step by step.
 """
 
 from __future__ import annotations
@@ -31,6 +36,14 @@ KS = (10, 20, 50)
 TEMPERATURES = (0.02, 0.07, 0.2)
 POOLINGS = ("cls", "mean", "cls+mean")
 PROBE_POOLINGS = ("mean", "cls+mean")
+# Fine-tuning recipes, on top of configs/finetune/fashion_mnist.yaml (RandomResizedCrop scale 0.5-1, flip, colour
+# jitter 0.4, drop path 0.1, label smoothing 0.1, layer decay 0.75, blr 2e-3): how hard to augment 28px garments.
+FINETUNE_RECIPES = {
+    "crop0.5_jitter0.4": [],
+    "crop0.5": ["finetune.color_jitter=0"],
+    "crop0.8": ["finetune.color_jitter=0", "data.crop_scale=[0.8,1.0]"],
+    "crop1.0": ["finetune.color_jitter=0", "data.crop_scale=[1.0,1.0]"],
+}
 PROBE_SCHEDULES = {  # on top of configs/linprobe/small_cached.yaml (AdamW, batch 256, 2 warm-up epochs, cosine)
     "30ep_lr1e-3": ["train.epochs=30", "train.lr=1e-3"],
     "100ep_lr3e-3": ["train.epochs=100", "train.lr=3e-3"],
@@ -66,6 +79,12 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--data-root", default=DEFAULT_ROOT)
     parser.add_argument("--holdout", type=float, default=1 / 6, help="fraction of the training split held out")
+    parser.add_argument("--finetune-select-epochs", type=int, default=0,
+                        help="also choose a fine-tuning recipe: each candidate fine-tunes this many epochs on the "
+                             "held-out split (0: no fine-tuning)")
+    parser.add_argument("--finetune-epochs", type=int, default=0,
+                        help="epochs of the chosen recipe's one run on the full training split, tested once")
+    parser.add_argument("--precision", default="auto", help="train.precision of the fine-tuning runs")
     parser.add_argument("--smoke", action="store_true", help="small subsets and one short probe schedule")
     args = parser.parse_args()
 
@@ -124,6 +143,18 @@ def main() -> None:
     p.results["probe_chosen"] = {"pooling": pooling, "last_blocks": depth, "schedule": name}
     p.probe("probe_selected_test", ckpt, pooling, depth, schedules[name], "top1")
     p.save()
+
+    if args.finetune_select_epochs:
+        tune = [f"train.precision={args.precision}"]
+        recipes = {k: FINETUNE_RECIPES[k] for k in ("crop0.5_jitter0.4", "crop1.0")} if args.smoke else FINETUNE_RECIPES
+        scores = {name: p.finetune(f"finetune_holdout_{name}", ckpt, args.finetune_select_epochs,
+                                   [*holdout, *tune, *recipe], "top1") for name, recipe in recipes.items()}
+        name = max(scores, key=scores.get)
+        p.results["finetune_chosen"] = {"recipe": name, "overrides": recipes[name]}
+        p.save()
+        if args.finetune_epochs:  # the last epoch's accuracy: no epoch is picked on the test split either
+            p.finetune(f"finetune_selected_test_{args.finetune_epochs}ep", ckpt, args.finetune_epochs,
+                       [*tune, *recipes[name]], "top1")
 
 
 if __name__ == "__main__":

@@ -140,12 +140,15 @@ class Protocol:
         cfg = load_config(LinprobeConfig, [self.probe_config], overrides)
         return self.step(key, lambda: linprobe(cfg)[metric], [self.probe_config.relative_to(REPO), *overrides])
 
-    def finetune(self, key: str, ckpt: Path | None, epochs: int, overrides: list[str] = ()) -> float:
+    def finetune(self, key: str, ckpt: Path | None, epochs: int, overrides: list[str] = (),
+                 metric: str = "best_top1") -> float:
+        """Fine-tuning; ``metric``: best_top1 (the best epoch) or top1 (the last epoch, for recipes chosen on
+        held-out images)."""
         overrides = [*self.data, *QUIET, *self.encoder(ckpt), f"train.epochs={epochs}",
                      f"train.warmup_epochs={min(1, epochs)}", f"finetune.init={ckpt or ''}",
                      f"train.output_dir={self.out / key}", *self.train, *overrides]
         cfg = load_config(FinetuneConfig, [self.finetune_config], overrides)
-        return self.step(key, lambda: finetune(cfg)["best_top1"], [self.finetune_config.relative_to(REPO), *overrides])
+        return self.step(key, lambda: finetune(cfg)[metric], [self.finetune_config.relative_to(REPO), *overrides])
 
     def encoder_suite(self, ckpt: Path, last_blocks: int, finetune_epochs: int, img_size: tuple[int, int],
                       channels: int, num_classes: int, smoke: bool, finetune_overrides: list[str] = ()) -> None:

@@ -250,6 +250,28 @@ def test_paper_randaugment_survives_posterize_at_magnitude_10():
     assert np.asarray(op(img)).max() == 192
 
 
+def test_finetune_colour_jitter_only_when_asked():
+    """Without RandAugment, timm's own default would brighten and darken every image (jitter 0.4); the recipe adds
+    colour jitter only when finetune.color_jitter asks, so crop scale 1, no flip and no jitter leave the image as
+    it is (normalised)."""
+    from openmae.config import ConfigError
+    from openmae.data.transforms import finetune_transform
+    from openmae.engine.finetune import FinetuneSection
+
+    cfg = DataConfig(name="fashion-mnist", crop_scale=(1.0, 1.0), hflip=0.0)
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    img = Image.fromarray(pixels)
+    expected = (torch.from_numpy(pixels).float() / 255 - 0.5) / 0.5
+    plain = finetune_transform(cfg, (28, 28), (0.5,), (0.5,), "", 0.0, 0.0)
+    torch.manual_seed(0)
+    assert all(torch.allclose(plain(img)[0], expected, atol=1e-6) for _ in range(5))
+    jitter = finetune_transform(cfg, (28, 28), (0.5,), (0.5,), "", 0.0, 0.4)
+    assert any(not torch.allclose(jitter(img)[0], expected, atol=1e-2) for _ in range(5))
+    assert FinetuneSection().color_jitter == 0.0  # the official recipe: no jitter
+    with pytest.raises(ConfigError, match="finetune.color_jitter"):
+        FinetuneSection(color_jitter=-0.1).check()
+
+
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 def test_to_normalized_tensor_equals_torchvision_steps(mode):
     from torchvision.transforms import v2 as T

@@ -138,7 +138,8 @@ def test_eval_select_chooses_on_held_out_images_then_tests_once(pretrained, data
     from conftest import REPO
 
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "eval_select.py"), "--smoke", "--init", str(pretrained),
-                    "--data-root", str(datasets), "--out", str(tmp_path)], check=True, cwd=REPO / "benchmarks")
+                    "--data-root", str(datasets), "--out", str(tmp_path), "--finetune-select-epochs", "1",
+                    "--finetune-epochs", "1", "--precision", "bf16"], check=True, cwd=REPO / "benchmarks")
     r = json.loads((tmp_path / "results.json").read_text())
     rows = r["knn_search"]
     assert len(rows) == 3 * 4 * 2 * 9 + 2 * 9  # poolings x last 1-4 blocks x standardise x (k, T); pixels
@@ -150,6 +151,15 @@ def test_eval_select_chooses_on_held_out_images_then_tests_once(pretrained, data
     assert any("data.holdout=" in s for s in r["settings"][max(probes, key=probes.get)])
     assert not any("data.holdout" in s for s in r["settings"]["probe_selected_test"] + r["settings"]["knn_selected_test"])
     assert r["knn_selected_test"] > 50 and r["probe_selected_test"] > 50  # ten classes: chance is 10%
+    # fine-tuning recipes: the same rule (held-out images, last epoch), then one run of the chosen recipe
+    tuned = {key: v for key, v in r.items() if key.startswith("finetune_holdout_")}
+    assert len(tuned) == 2 and max(tuned, key=tuned.get) == f"finetune_holdout_{r['finetune_chosen']['recipe']}"
+    final = r["settings"]["finetune_selected_test_1ep"]
+    assert all(any("data.holdout=" in s for s in r["settings"][key]) for key in tuned)
+    assert not any("data.holdout" in s for s in final) and "train.precision=bf16" in final
+    chosen_overrides = r["finetune_chosen"]["overrides"]
+    assert final[len(final) - len(chosen_overrides):] == chosen_overrides  # the chosen recipe, applied last
+    assert r["finetune_selected_test_1ep"] > 30
 
 
 def test_ablations_repeat_each_variant_per_seed(datasets, tmp_path):

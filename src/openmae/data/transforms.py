@@ -64,14 +64,16 @@ def _posterize_any_bits(img, bits_to_keep, **__):
     return ImageOps.posterize(img, bits_to_keep)
 
 
-def finetune_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std, auto_augment: str, reprob: float):
-    """timm's fine-tuning recipe (RandomResizedCrop, flip, RandAugment, random erasing), its posterize made safe."""
+def finetune_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std, auto_augment: str, reprob: float,
+                       color_jitter: float = 0.0):
+    """timm's fine-tuning recipe (RandomResizedCrop, flip, RandAugment, random erasing), its posterize made safe.
+    ``color_jitter`` applies only without ``auto_augment`` (timm's rule); 0 turns it off."""
     from timm.data import create_transform
     from timm.data.auto_augment import RandAugment
 
     transform = create_transform(img_size, is_training=True, scale=cfg.crop_scale, auto_augment=auto_augment or None,
                                  interpolation="bicubic", re_prob=reprob, re_mode="pixel", re_count=1, mean=mean,
-                                 std=std, hflip=cfg.hflip)
+                                 std=std, hflip=cfg.hflip, color_jitter=color_jitter or None)
     for t in transform.transforms:
         if isinstance(t, RandAugment):
             for op in t.ops:

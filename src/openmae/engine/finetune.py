@@ -49,6 +49,9 @@ class FinetuneSection:
     cutmix: float = 1.0
     auto_augment: str = "rand-m9-mstd0.5-inc1"
     reprob: float = 0.25
+    # Colour jitter strength when auto_augment is off (timm applies it only then); 0 = none, as the official
+    # recipe (which passes None, where timm's own default would be 0.4).
+    color_jitter: float = 0.0
     eval_batch_size: int = 256
     eval_every_epochs: int = 1
 
@@ -59,6 +62,7 @@ class FinetuneSection:
         require(0 <= self.smoothing < 1, "finetune.smoothing", self.smoothing, "in [0, 1)")
         require(self.mixup >= 0 and self.cutmix >= 0, "finetune.mixup/cutmix", (self.mixup, self.cutmix), ">= 0")
         require(0 <= self.reprob <= 1, "finetune.reprob", self.reprob, "in [0, 1]")
+        require(self.color_jitter >= 0, "finetune.color_jitter", self.color_jitter, ">= 0 (0 = no colour jitter)")
         require(self.num_classes >= 0, "finetune.num_classes", self.num_classes, ">= 0 (0 = from the dataset)")
         require(self.eval_every_epochs >= 1, "finetune.eval_every_epochs", self.eval_every_epochs, ">= 1")
 
@@ -115,7 +119,7 @@ class FinetuneTask:
     def train_data(self, info: DistInfo):
         f, d, m = self.cfg.finetune, self.cfg.data, self.mae_cfg
         mean, std = stats_for(d, m.in_chans)
-        transform = finetune_transform(d, m.img_size, mean, std, f.auto_augment, f.reprob)
+        transform = finetune_transform(d, m.img_size, mean, std, f.auto_augment, f.reprob, f.color_jitter)
         return train_dataset(d, m.img_size, m.in_chans, self.cfg.train.batch_size, self.cfg.train.seed,
                              info.rank, info.world_size, transform=transform, source=self.train_source)
 
