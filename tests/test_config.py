@@ -98,9 +98,11 @@ def test_finetune_crop_scale_reaches_the_training_transform(datasets):
         assert len(crops) == 1 and tuple(crops[0].scale) == scale
 
 
+@pytest.mark.parametrize("holdout", [0.0, 0.5])
 @pytest.mark.parametrize("task", ["finetune", "linprobe"])
-def test_training_folder_is_scanned_once(datasets, monkeypatch, task):
-    """Classes and training images come from one scan of the folder (minutes on ImageNet-sized folders)."""
+def test_each_folder_is_scanned_once_per_run(datasets, monkeypatch, task, holdout):
+    """Classes, training images and every epoch's evaluation come from one scan of each folder (minutes on
+    ImageNet-sized folders); with data.holdout, one scan of the training folder gives both."""
     import openmae.data.build as build
     from openmae.engine.distributed import DistInfo
     from openmae.engine.finetune import FinetuneTask
@@ -118,7 +120,10 @@ def test_training_folder_is_scanned_once(datasets, monkeypatch, task):
         monkeypatch.setattr(module, "build_source", counted)
     cls, task_cls = {"finetune": (FinetuneConfig, FinetuneTask), "linprobe": (LinprobeConfig, LinprobeTask)}[task]
     cfg = load_config(cls, overrides=["model.name=mae_vit_debug_patch4_32", "data.name=cifar10", f"data.root={datasets}",
-                                      "data.max_samples=64"])
+                                      "data.max_samples=64", "data.max_eval_samples=16", "data.num_workers=0",
+                                      f"data.holdout={holdout}"])
     made = task_cls(cfg, torch.device("cpu"))
     dataset, _ = made.train_data(DistInfo())
-    assert len(dataset) == 64 and scans == ["train"]
+    for _ in range(2):  # two epochs' evaluations
+        assert 0 <= made.evaluate()["top1"] <= 100
+    assert len(dataset) == 64 and scans == (["train"] if holdout else ["train", "test"])

@@ -56,11 +56,13 @@ def holdout_indices(count: int, fraction: float, seed: int) -> tuple[list[int], 
     return sorted(perm[held:]), sorted(perm[:held])
 
 
-def source_for(cfg: DataConfig, split: str, channels: int, limit: int = 0) -> ImageSource:
+def source_for(cfg: DataConfig, split: str, channels: int, limit: int = 0, full: ImageSource | None = None,
+               ) -> ImageSource:
     """The images of ``split`` (its first ``limit``, spread evenly, when set). With ``data.holdout``, the
-    training split gives the images it keeps and the evaluation split the held-out ones."""
+    training split gives the images it keeps and the evaluation split the held-out ones; ``full``: the whole
+    training split already built, so that it is not scanned again."""
     if cfg.holdout and split in (cfg.train_split, cfg.eval_split):
-        full = build_source(cfg, cfg.train_split, channels)
+        full = build_source(cfg, cfg.train_split, channels) if full is None else full
         kept, held = holdout_indices(len(full), cfg.holdout, cfg.holdout_seed)
         source: ImageSource = SourceView(full, held if split == cfg.eval_split else kept)
     else:
@@ -69,6 +71,15 @@ def source_for(cfg: DataConfig, split: str, channels: int, limit: int = 0) -> Im
         source = SourceView.limited(source, limit)
     probe_source(source, cfg.bad_files)
     return source
+
+
+def split_sources(cfg: DataConfig, channels: int) -> tuple[ImageSource, ImageSource]:
+    """The training and evaluation splits (``data.max_samples`` / ``data.max_eval_samples`` applied), each folder
+    scanned once: build them once per run, as scanning an ImageNet-sized folder takes minutes, and with
+    ``data.holdout`` both come from the training folder."""
+    full = build_source(cfg, cfg.train_split, channels) if cfg.holdout else None
+    return (source_for(cfg, cfg.train_split, channels, cfg.max_samples, full),
+            source_for(cfg, cfg.eval_split, channels, cfg.max_eval_samples, full))
 
 
 def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, batch_size: int, seed: int,

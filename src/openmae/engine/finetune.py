@@ -14,7 +14,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from openmae.config import require
-from openmae.data.build import eval_batches, source_for, train_dataset
+from openmae.data.build import eval_batches, split_sources, train_dataset
 from openmae.data.config import DataConfig
 from openmae.data.datasets import stats_for
 from openmae.data.loader import Batch
@@ -94,8 +94,7 @@ class FinetuneTask:
         self.mae_cfg = mae_cfg
         self.model_config = mae_cfg.to_dict()
         self.eval_split = cfg.data.eval_split
-        # built once: scanning an ImageNet-sized folder takes minutes
-        self.train_source = source_for(cfg.data, cfg.data.train_split, mae_cfg.in_chans, cfg.data.max_samples)
+        self.train_source, self.eval_source = split_sources(cfg.data, mae_cfg.in_chans)
         self.num_classes = num_classes_of(f.num_classes, self.train_source.classes)
         self.model = create_classifier(mae_cfg, self.num_classes, f.global_pool, f.drop_path)
         if sd is not None:
@@ -137,7 +136,7 @@ class FinetuneTask:
         d, m = self.cfg.data, self.mae_cfg
         device = next(self.model.parameters()).device
         batches = eval_batches(d, d.eval_split, m.img_size, m.in_chans, self.cfg.finetune.eval_batch_size,
-                               d.max_eval_samples)
+                               source=self.eval_source)
         return evaluate(self.model, batches, device, self.amp_dtype)
 
     def after_epoch(self, run: Run, epoch: int) -> dict[str, Any]:

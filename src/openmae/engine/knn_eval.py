@@ -10,7 +10,7 @@ import torch
 
 from openmae.config import require
 from openmae.convert.checkpoints import load_state_dict_into
-from openmae.data.build import eval_batches
+from openmae.data.build import eval_batches, split_sources
 from openmae.data.config import DataConfig
 from openmae.engine.classifier import resolve_encoder
 from openmae.engine.config import ModelSection
@@ -68,10 +68,11 @@ def knn_eval(cfg: KnnConfig) -> dict[str, Any]:
     device = pick_device(k.device)
     model = load_encoder_model(cfg.model, k.init, k.seed).to(device)
     m, d = model.cfg, cfg.data
-    train = extract_features(model, eval_batches(d, d.train_split, m.img_size, m.in_chans, k.batch_size, d.max_samples),
-                             device, k.pooling, last_blocks=k.last_blocks)
+    train_source, eval_source = split_sources(d, m.in_chans)
+    train = extract_features(model, eval_batches(d, d.train_split, m.img_size, m.in_chans, k.batch_size,
+                                                 source=train_source), device, k.pooling, last_blocks=k.last_blocks)
     test = extract_features(model, eval_batches(d, d.eval_split, m.img_size, m.in_chans, k.batch_size,
-                                                d.max_eval_samples), device, k.pooling, last_blocks=k.last_blocks)
+                                                source=eval_source), device, k.pooling, last_blocks=k.last_blocks)
     num_classes = int(max(train[1].max(), test[1].max())) + 1
     train_feats, test_feats = standardize(train[0], test[0]) if k.standardize else (train[0], test[0])
     out = knn_accuracy(train_feats, train[1], test_feats, test[1], num_classes, k.k, k.temperature)

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from openmae.config import require
-from openmae.data.build import eval_batches, source_for, train_dataset
+from openmae.data.build import eval_batches, split_sources, train_dataset
 from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples
@@ -98,8 +98,7 @@ class LinprobeTask:
         mae_cfg, sd, old_grid = resolve_encoder(cfg.model, p.init)
         self.mae_cfg, self.model_config = mae_cfg, mae_cfg.to_dict()
         self.amp_dtype = autocast_dtype(cfg.train.precision, device)
-        # built once: scanning an ImageNet-sized folder takes minutes
-        self.train_source = source_for(cfg.data, cfg.data.train_split, mae_cfg.in_chans, cfg.data.max_samples)
+        self.train_source, self.eval_source = split_sources(cfg.data, mae_cfg.in_chans)
         self.num_classes = num_classes_of(p.num_classes, self.train_source.classes)
         self.classifier = create_classifier(mae_cfg, self.num_classes, "token", bn_head=True, head_init_std=0.01,
                                             head_in=pooled_width(p.pooling, mae_cfg.embed_dim) * p.last_blocks)
@@ -111,18 +110,18 @@ class LinprobeTask:
                                {"num_classes": self.num_classes, "mode": p.mode, "last_blocks": p.last_blocks})
         if p.mode == "cached":
             self.classifier.to(device)
-            self.train_feats = self._features(cfg.data.train_split, cfg.data.max_samples, self.train_source)
-            self.eval_feats = self._features(cfg.data.eval_split, cfg.data.max_eval_samples)
+            self.train_feats = self._features(cfg.data.train_split, self.train_source)
+            self.eval_feats = self._features(cfg.data.eval_split, self.eval_source)
             self.model = self.classifier.head  # only the head trains; features come from the cache
             self.num_workers = 0  # in-memory tensors: worker processes would only add overhead
         else:
             self.model = self.classifier
             self.num_workers = cfg.data.num_workers
 
-    def _features(self, split: str, limit: int, source: ImageSource | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _features(self, split: str, source: ImageSource) -> tuple[torch.Tensor, torch.Tensor]:
         m, bs = self.mae_cfg, self.cfg.linprobe.eval_batch_size
         p = self.cfg.linprobe
-        feats = extract_features(self.classifier, eval_batches(self.cfg.data, split, m.img_size, m.in_chans, bs, limit,
+        feats = extract_features(self.classifier, eval_batches(self.cfg.data, split, m.img_size, m.in_chans, bs,
                                                                source=source),
                                  self.device, p.pooling, self.amp_dtype, last_blocks=p.last_blocks)
         log.info("cached %d %s features of width %d", len(feats[0]), split, feats[0].shape[1])
@@ -158,7 +157,7 @@ class LinprobeTask:
             return evaluate(self.model, batches, self.device)
         d, m = self.cfg.data, self.mae_cfg
         return evaluate(self.classifier, eval_batches(d, d.eval_split, m.img_size, m.in_chans,
-                                                      self.cfg.linprobe.eval_batch_size, d.max_eval_samples),
+                                                      self.cfg.linprobe.eval_batch_size, source=self.eval_source),
                         self.device, self.amp_dtype)
 
     def after_epoch(self, run: Run, epoch: int) -> dict[str, Any]:
