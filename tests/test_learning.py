@@ -160,6 +160,7 @@ def test_eval_select_chooses_on_held_out_images_then_tests_once(pretrained, data
     chosen_overrides = r["finetune_chosen"]["overrides"]
     assert final[len(final) - len(chosen_overrides):] == chosen_overrides  # the chosen recipe, applied last
     assert r["finetune_selected_test_1ep"] > 30
+    assert (tmp_path / "finetune_curves.png").stat().st_size > 1000
 
 
 def test_ablations_repeat_each_variant_per_seed(datasets, tmp_path):

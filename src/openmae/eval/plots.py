@@ -1,4 +1,4 @@
-"""Figures a person would rather look at than read: loss curves and accuracy-vs-setting plots."""
+"""Figures a person would rather look at than read: loss curves, accuracy per epoch and accuracy-vs-setting plots."""
 
 from __future__ import annotations
 
@@ -22,6 +22,25 @@ def loss_curve(records: list[dict[str, Any]], path: str | Path, title: str = "")
     ax.set_ylabel("training loss")
     ax.set_title(title or "training loss")
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def epoch_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str = "") -> Path:
+    """Evaluated top-1 against epoch, one line per run, from each run's ``metrics.jsonl`` records."""
+    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
+    for label, records in runs.items():
+        rows = [(r["epoch"], r["top1"]) for r in records if "top1" in r]
+        if rows:
+            epochs, top1 = zip(*rows)
+            ax.plot(epochs, top1, marker="o", ms=2.5, lw=1.2, label=f"{label} (last {top1[-1]:.2f})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
