@@ -45,6 +45,10 @@ def arguments(doc: str, out: str, pretrain_epochs: int, finetune_epochs: int) ->
                         help="data-loader workers for every step (default: each preset's own, 2 for these datasets)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
                         help="train.precision for pretraining, probes and fine-tuning (default: each preset's own)")
+    parser.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for fine-tuning only, on top of the preset (repeatable), e.g. the recipe of "
+                             "earlier runs: --finetune-set data.crop_scale=[0.5,1.0] --finetune-set "
+                             "finetune.color_jitter=0.4")
     return parser
 
 
@@ -68,6 +72,7 @@ class Protocol:
     eval_limit: list[str] = field(default_factory=list)  # the same for kNN and probes only
     workers: int | None = None  # data.num_workers for every step; None keeps each preset's setting
     train: list[str] = field(default_factory=list)  # train.* overrides for pretraining, probes and fine-tuning
+    finetune_overrides: list[str] = field(default_factory=list)  # on top of finetune_config, for every fine-tuning
     results: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -146,7 +151,7 @@ class Protocol:
         held-out images)."""
         overrides = [*self.data, *QUIET, *self.encoder(ckpt), f"train.epochs={epochs}",
                      f"train.warmup_epochs={min(1, epochs)}", f"finetune.init={ckpt or ''}",
-                     f"train.output_dir={self.out / key}", *self.train, *overrides]
+                     f"train.output_dir={self.out / key}", *self.train, *self.finetune_overrides, *overrides]
         cfg = load_config(FinetuneConfig, [self.finetune_config], overrides)
         return self.step(key, lambda: finetune(cfg)[metric], [self.finetune_config.relative_to(REPO), *overrides])
 

@@ -165,8 +165,8 @@ def test_eval_select_chooses_on_held_out_images_then_tests_once(pretrained, data
 
 def test_ablations_repeat_each_variant_per_seed(datasets, tmp_path):
     """benchmarks/ablations.py with two seeds, in miniature: each seed is its own run (its seed and the asked
-    precision reach every step, so the two pretrainings differ), and the table gives the mean of the seeds
-    followed by each seed's value."""
+    precision reach every step, so the two pretrainings differ; --finetune-set reaches fine-tuning alone), and the
+    table gives the mean of the seeds followed by each seed's value."""
     import json
     import subprocess
     import sys
@@ -174,12 +174,14 @@ def test_ablations_repeat_each_variant_per_seed(datasets, tmp_path):
     from conftest import REPO
 
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "ablations.py"), "--smoke", "--seeds", "0", "1",
-                    "--variants", "base", "--precision", "bf16", "--data-root", str(datasets), "--out", str(tmp_path)],
-                   check=True, cwd=REPO / "benchmarks")
+                    "--variants", "base", "--precision", "bf16", "--finetune-set", "finetune.color_jitter=0.4",
+                    "--data-root", str(datasets), "--out", str(tmp_path)], check=True, cwd=REPO / "benchmarks")
     runs = [json.loads((tmp_path / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
     for seed, r in enumerate(runs):
         for step in ("base_loss", "base_probe", "base_finetune"):
             assert f"train.seed={seed}" in r["settings"][step] and "train.precision=bf16" in r["settings"][step]
+        assert "finetune.color_jitter=0.4" in r["settings"]["base_finetune"]  # fine-tuning only
+        assert not any("color_jitter" in s for s in r["settings"]["base_probe"] + r["settings"]["base_loss"])
     assert runs[0]["base_loss"] != runs[1]["base_loss"]
     row = next(line for line in (tmp_path / "ablations.md").read_text().splitlines() if line.startswith("| base "))
     knn = [runs[0]["base_knn"], runs[1]["base_knn"]]
