@@ -3,7 +3,7 @@ chosen settings once on the test split. Raw pixels get the same kNN search, so t
 
     python benchmarks/eval_select.py --init runs/fm_gpu50/pretrain/model-last.pth --out runs/fm_select
     python benchmarks/eval_select.py --init runs/fm_gpu50/pretrain/model-last.pth --out runs/fm_select \
-        --finetune-select-epochs 5 --finetune-epochs 25 --precision bf16              # and a fine-tuning recipe
+        --finetune-select-epochs 5 --finetune-epochs 30 --precision bf16              # and a fine-tuning recipe
     python benchmarks/eval_select.py --init <checkpoint> --out /tmp/sel --smoke      # minutes, to check the script
 
 The held-out part (``--holdout``, a fraction of the training split, ``data.holdout``) stands in for the test
@@ -11,7 +11,7 @@ split while settings are compared; the test split is read only for the chosen se
 (cls, mean, cls+mean) x last blocks x per-dimension standardisation x k x temperature, all from one feature
 extraction; probe settings: pooling x schedule, each a cached probe run of `openmae linprobe` on the held-out
 split, compared at their last epoch (no best-epoch picking). With ``--finetune-select-epochs``, fine-tuning
-recipes (crop scale, learning rate) are compared the same way, at their last held-out epoch, and the chosen one
+recipes (crop scale, colour jitter) are compared the same way, at their last held-out epoch, and the chosen one
 fine-tunes ``--finetune-epochs`` on the full training split, reported at its last epoch (accuracy per epoch of
 every run: <out>/finetune_curves.png). Writes <out>/results.json step by step.
 """
