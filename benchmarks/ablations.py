@@ -87,7 +87,7 @@ def main() -> None:
         p = Protocol("fashion-mnist", args.data_root, out if len(args.seeds) == 1 else out / f"seed{seed}", MODEL,
                      REPO / "configs/pretrain/fashion_mnist.yaml", REPO / "configs/finetune/fashion_mnist.yaml",
                      limit=limit, workers=args.workers, train=[*train_overrides(args), f"train.seed={seed}"],
-                     finetune_overrides=args.finetune_set,
+                     finetune_set=args.finetune_set,
                      eval_limit=[] if args.smoke else [f"data.max_samples={args.eval_samples[0]}",
                                                        f"data.max_eval_samples={args.eval_samples[1]}"])
         for name in args.variants:

@@ -31,7 +31,7 @@ def main() -> None:
     depth = 2 if args.smoke else DEPTH
     p = Protocol("cifar10", args.data_root, Path(args.out), model, REPO / "configs/pretrain/cifar10.yaml",
                  REPO / "configs/finetune/cifar10.yaml", limit=limit, workers=args.workers,
-                 train=train_overrides(args), finetune_overrides=args.finetune_set,
+                 train=train_overrides(args), finetune_set=args.finetune_set,
                  eval_limit=[] if args.smoke else [f"data.max_samples={args.eval_samples[0]}",
                                                    f"data.max_eval_samples={args.eval_samples[1]}"])
     ckpt = p.pretrain("pretrain", pre_epochs, args.overrides)

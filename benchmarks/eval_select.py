@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from protocol import DEFAULT_ROOT, REPO, Protocol
 
-from openmae.data.build import eval_batches
+from openmae.data.build import eval_batches, split_sources
 from openmae.data.config import DataConfig
 from openmae.engine.config import ModelSection
 from openmae.engine.distributed import pick_device
@@ -102,24 +102,23 @@ def main() -> None:
     n_train, n_eval = (3000, 1000) if args.smoke else (0, 0)
     blocks = sorted({1, 2, 3, depth // 2, depth} & set(range(1, depth + 1)))
 
-    def features(split: str, limit: int):  # float32 on the CPU, cls+mean of every block, from the held-out split
-        held = DataConfig(name=args.dataset, root=args.data_root, holdout=args.holdout, num_workers=2)
-        return extract_features(encoder, eval_batches(held, split, m.img_size, m.in_chans, 500, limit), device,
-                                "cls+mean", last_blocks=depth)
-
-    def pixels(split: str, limit: int, holdout: float = 0.0):
-        return p.pixels(split, m.img_size, m.in_chans, limit, holdout)
+    def features():  # float32 on the CPU, cls+mean of every block, of the training and held-out images
+        held = DataConfig(name=args.dataset, root=args.data_root, holdout=args.holdout, num_workers=2,
+                          max_samples=n_train, max_eval_samples=n_eval)
+        return [extract_features(encoder, eval_batches(held, split, m.img_size, m.in_chans, 500, source=source),
+                                 device, "cls+mean", last_blocks=depth)
+                for split, source in zip((held.train_split, held.eval_split), split_sources(held, m.in_chans), strict=True)]
 
     if "knn_search" not in p.results:
         rows: list = []
-        train, val = features("train", n_train), features("test", n_eval)
+        train, val = features()
         num_classes = int(train[1].max()) + 1
         for pooling in POOLINGS:
             for n in blocks:
                 search(rows, "encoder", (last_blocks_of(train[0], pooling, n, depth, width), train[1]),
                        (last_blocks_of(val[0], pooling, n, depth, width), val[1]), num_classes,
                        pooling=pooling, last_blocks=n)
-        search(rows, "pixels", pixels("train", n_train, args.holdout), pixels("test", n_eval, args.holdout), num_classes)
+        search(rows, "pixels", *p.pixels(m.img_size, m.in_chans, (n_train, n_eval), args.holdout), num_classes)
         p.results["knn_search"] = rows
         p.save()
     rows = p.results["knn_search"]
@@ -130,7 +129,7 @@ def main() -> None:
           [f"knn.k={best['k']}", f"knn.temperature={best['temperature']}", f"knn.standardize={best['standardize']}"])
 
     def pixel_knn() -> float:
-        train, test = pixels("train", n_train), pixels("test", n_eval)
+        train, test = p.pixels(m.img_size, m.in_chans, (n_train, n_eval))
         tr, te = standardize(train[0], test[0]) if best_pix["standardize"] else (train[0], test[0])
         return knn_accuracy(tr, train[1], te, test[1], int(train[1].max()) + 1, best_pix["k"],
                             best_pix["temperature"])["knn_top1"]

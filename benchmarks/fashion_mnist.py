@@ -25,7 +25,7 @@ def main() -> None:
     pre_epochs, ft_epochs = (1, 1) if args.smoke else (args.pretrain_epochs, args.finetune_epochs)
     p = Protocol("fashion-mnist", args.data_root, Path(args.out), MODEL, REPO / "configs/pretrain/fashion_mnist.yaml",
                  REPO / "configs/finetune/fashion_mnist.yaml", limit=limit, workers=args.workers,
-                 train=train_overrides(args), finetune_overrides=args.finetune_set)
+                 train=train_overrides(args), finetune_set=args.finetune_set)
     ckpt = p.pretrain("pretrain", pre_epochs, args.overrides)
     p.encoder_suite(ckpt, 6, ft_epochs, (28, 28), 1, 10, args.smoke)
     print(json.dumps(p.results, indent=2))

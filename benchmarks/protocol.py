@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from openmae.config import load_config
-from openmae.data.build import eval_batches
+from openmae.data.build import eval_batches, split_sources
 from openmae.data.config import DataConfig
 from openmae.engine.finetune import FinetuneConfig, finetune
 from openmae.engine.knn_eval import KnnConfig, knn_eval
@@ -72,7 +72,7 @@ class Protocol:
     eval_limit: list[str] = field(default_factory=list)  # the same for kNN and probes only
     workers: int | None = None  # data.num_workers for every step; None keeps each preset's setting
     train: list[str] = field(default_factory=list)  # train.* overrides for pretraining, probes and fine-tuning
-    finetune_overrides: list[str] = field(default_factory=list)  # on top of finetune_config, for every fine-tuning
+    finetune_set: list[str] = field(default_factory=list)  # on top of finetune_config, for every fine-tuning
     results: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -151,7 +151,7 @@ class Protocol:
         held-out images)."""
         overrides = [*self.data, *QUIET, *self.encoder(ckpt), f"train.epochs={epochs}",
                      f"train.warmup_epochs={min(1, epochs)}", f"finetune.init={ckpt or ''}",
-                     f"train.output_dir={self.out / key}", *self.train, *self.finetune_overrides, *overrides]
+                     f"train.output_dir={self.out / key}", *self.train, *self.finetune_set, *overrides]
         cfg = load_config(FinetuneConfig, [self.finetune_config], overrides)
         return self.step(key, lambda: finetune(cfg)[metric], [self.finetune_config.relative_to(REPO), *overrides])
 
@@ -174,22 +174,23 @@ class Protocol:
         self.finetune("finetune_scratch", None, finetune_epochs, finetune_overrides)
 
     # ------------------------------------------------------------------ baselines on raw pixels
-    def pixels(self, split: str, img_size: tuple[int, int], channels: int, limit: int,
-               holdout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw pixels (N, C * H * W) and labels of ``split`` (``holdout``: as ``data.holdout`` splits it)."""
-        data = DataConfig(name=self.dataset, root=self.root, num_workers=2, holdout=holdout)
-        xs, ys = [], []
-        for batch in eval_batches(data, split, img_size, channels, 2000, limit):
-            xs.append(batch.images.flatten(1))
-            ys.append(batch.labels)
-        return torch.cat(xs), torch.cat(ys)
+    def pixels(self, img_size: tuple[int, int], channels: int, limits: tuple[int, int] = (0, 0), holdout: float = 0.0,
+               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Raw pixels (N, C * H * W) and labels of the training and test splits, their first ``limits`` images
+        (0: all; ``holdout``: the two parts ``data.holdout`` splits the training images into)."""
+        data = DataConfig(name=self.dataset, root=self.root, num_workers=2, holdout=holdout, max_samples=limits[0],
+                          max_eval_samples=limits[1])
+        out = []
+        for split, source in zip((data.train_split, data.eval_split), split_sources(data, channels), strict=True):
+            batches = list(eval_batches(data, split, img_size, channels, 2000, source=source))
+            out.append((torch.cat([b.images.flatten(1) for b in batches]), torch.cat([b.labels for b in batches])))
+        return out
 
     def pixel_baselines(self, img_size: tuple[int, int], channels: int, num_classes: int, smoke: bool) -> None:
         n_train, n_test = (3000, 1000) if smoke else (0, 0)
         missing = "knn_pixels" not in self.results or "logreg_pixels" not in self.results
         # the pixels are read only when a baseline still has to run (``step`` skips the ones already stored)
-        xtr, ytr = self.pixels("train", img_size, channels, n_train) if missing else (None, None)
-        xte, yte = self.pixels("test", img_size, channels, n_test) if missing else (None, None)
+        (xtr, ytr), (xte, yte) = self.pixels(img_size, channels, (n_train, n_test)) if missing else [(None, None)] * 2
         self.step("knn_pixels", lambda: knn_accuracy(xtr, ytr, xte, yte, num_classes)["knn_top1"])
         self.step("logreg_pixels", lambda: logistic_regression(xtr, ytr, xte, yte, num_classes, 5 if smoke else 100))
 

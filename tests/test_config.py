@@ -127,3 +127,28 @@ def test_each_folder_is_scanned_once_per_run(datasets, monkeypatch, task, holdou
     for _ in range(2):  # two epochs' evaluations
         assert 0 <= made.evaluate()["top1"] <= 100
     assert len(dataset) == 64 and scans == (["train"] if holdout else ["train", "test"])
+
+
+def test_pretraining_monitor_reads_its_images_once(datasets, monkeypatch):
+    """The reconstruction pictures' fixed images and the kNN monitor's two splits are read at first use and kept,
+    not rescanned at every monitored epoch."""
+    import openmae.data.build as build
+    from openmae.engine.pretrain import PretrainTask
+
+    scans = []
+    real = build.build_source
+
+    def counted(cfg, split, channels):
+        scans.append(split)
+        return real(cfg, split, channels)
+
+    monkeypatch.setattr(build, "build_source", counted)
+    cfg = load_config(PretrainConfig, overrides=["model.name=mae_vit_debug_patch4_32", "data.name=cifar10",
+                                                 f"data.root={datasets}", "data.num_workers=0", "pretrain.vis_images=4",
+                                                 "pretrain.knn_every_epochs=1", "pretrain.knn_train_samples=64",
+                                                 "pretrain.knn_eval_samples=16"])
+    task = PretrainTask(cfg)
+    for _ in range(2):  # two monitored epochs
+        assert task.picture_batch.images.shape == (4, 3, 32, 32)
+        assert 0 <= task.knn()["knn_top1"] <= 100
+    assert scans == ["test", "train", "test"]

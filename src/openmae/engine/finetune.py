@@ -93,7 +93,6 @@ class FinetuneTask:
         mae_cfg, sd, old_grid = resolve_encoder(cfg.model, f.init)
         self.mae_cfg = mae_cfg
         self.model_config = mae_cfg.to_dict()
-        self.eval_split = cfg.data.eval_split
         self.train_source, self.eval_source = split_sources(cfg.data, mae_cfg.in_chans)
         self.num_classes = num_classes_of(f.num_classes, self.train_source.classes)
         self.model = create_classifier(mae_cfg, self.num_classes, f.global_pool, f.drop_path)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import torch
 from torch import nn
 
 from openmae.config import require
-from openmae.data.build import eval_batches, train_dataset
+from openmae.data.build import eval_batches, split_sources, train_dataset
 from openmae.data.config import DataConfig
-from openmae.data.datasets import stats_for
+from openmae.data.datasets import ImageSource, stats_for
 from openmae.data.loader import Batch
 from openmae.engine.config import ModelSection, TrainConfig
 from openmae.engine.distributed import DistInfo, barrier
@@ -95,14 +96,29 @@ class PretrainTask:
         return StepOutput(out.loss)
 
     # ------------------------------------------------------------------ monitoring
+    # Built at first use (rank 0 alone monitors) and kept: reading them again at every epoch would rescan the
+    # folders, minutes on an ImageNet-sized one.
+    @cached_property
+    def picture_batch(self) -> Batch:
+        """The fixed images the reconstruction pictures show (the eval split when there is one, else training)."""
+        cfg, m = self.cfg, self.model.cfg
+        split = cfg.data.train_split if cfg.data.name == "folder" else cfg.data.eval_split
+        return next(iter(eval_batches(cfg.data, split, m.img_size, m.in_chans, cfg.pretrain.vis_images,
+                                      limit=cfg.pretrain.vis_images)))
+
+    @cached_property
+    def knn_sources(self) -> tuple[ImageSource, ImageSource]:
+        """The kNN monitor's training and evaluation images (pretrain.knn_train_samples / knn_eval_samples)."""
+        p = self.cfg.pretrain
+        data = replace(self.cfg.data, max_samples=p.knn_train_samples, max_eval_samples=p.knn_eval_samples)
+        return split_sources(data, self.model.cfg.in_chans)
+
     def pictures(self, run: Run, epoch: int) -> None:
         """Reconstructions of fixed held-out images (the eval split when there is one, else training images)."""
         cfg, m = self.cfg, self.model.cfg
         if not cfg.pretrain.vis_images:
             return
-        split = cfg.data.train_split if cfg.data.name == "folder" else cfg.data.eval_split
-        batch = next(iter(eval_batches(cfg.data, split, m.img_size, m.in_chans, cfg.pretrain.vis_images,
-                                       limit=cfg.pretrain.vis_images)))
+        batch = self.picture_batch
         mean, std = stats_for(cfg.data, m.in_chans)
         rec = reconstruct(self.model, batch.images, mean, std, cfg.pretrain.mask_ratio, seed=0)
         path = save_grid(rec, run.run_dir / "pictures" / f"reconstruction-epoch{epoch:04d}.png", auto_scale(m.img_size))
@@ -113,10 +129,11 @@ class PretrainTask:
         cfg, m = self.cfg, self.model.cfg
         device = next(self.model.parameters()).device
         bs = max(cfg.train.batch_size, 256)
+        train_source, eval_source = self.knn_sources
         train = extract_features(self.model, eval_batches(cfg.data, cfg.data.train_split, m.img_size, m.in_chans, bs,
-                                                          cfg.pretrain.knn_train_samples), device, cfg.pretrain.knn_pooling)
+                                                          source=train_source), device, cfg.pretrain.knn_pooling)
         test = extract_features(self.model, eval_batches(cfg.data, cfg.data.eval_split, m.img_size, m.in_chans, bs,
-                                                         cfg.pretrain.knn_eval_samples), device, cfg.pretrain.knn_pooling)
+                                                         source=eval_source), device, cfg.pretrain.knn_pooling)
         num_classes = int(max(train[1].max(), test[1].max())) + 1
         return knn_accuracy(train[0], train[1], test[0], test[1], num_classes, cfg.pretrain.knn_k,
                             cfg.pretrain.knn_temperature)
