@@ -4,16 +4,18 @@ chosen settings once on the test split. Raw pixels get the same kNN search, so t
     python benchmarks/eval_select.py --init runs/fm_gpu50/pretrain/model-last.pth --out runs/fm_select
     python benchmarks/eval_select.py --init runs/fm_gpu50/pretrain/model-last.pth --out runs/fm_select \
         --finetune-select-epochs 5 --finetune-epochs 30 --precision bf16              # and a fine-tuning recipe
+    python benchmarks/eval_select.py ... --finetune-select-epochs 10 --finetune-recipes crop1.0,erase0.25 ...
     python benchmarks/eval_select.py --init <checkpoint> --out /tmp/sel --smoke      # minutes, to check the script
 
 The held-out part (``--holdout``, a fraction of the training split, ``data.holdout``) stands in for the test
 split while settings are compared; the test split is read only for the chosen settings. kNN settings: pooling
 (cls, mean, cls+mean) x last blocks x per-dimension standardisation x k x temperature, all from one feature
 extraction; probe settings: pooling x schedule, each a cached probe run of `openmae linprobe` on the held-out
-split, compared at their last epoch (no best-epoch picking). With ``--finetune-select-epochs``, fine-tuning
-recipes (crop scale, colour jitter) are compared the same way, at their last held-out epoch, and the chosen one
-fine-tunes ``--finetune-epochs`` on the full training split, reported at its last epoch (accuracy per epoch of
-every run: <out>/finetune_curves.png). Writes <out>/results.json step by step.
+split, compared at their last epoch (no best-epoch picking). With ``--finetune-select-epochs N``, fine-tuning
+recipes (``--finetune-recipes``: crop scale, colour jitter, random erasing, mixup, weight EMA) are compared the
+same way, at their last held-out epoch, and the chosen one fine-tunes ``--finetune-epochs`` on the full training
+split, reported at its last epoch (accuracy per epoch of every run: <out>/finetune_curves_<N>ep.png). Writes
+<out>/results.json step by step; a step already there (same key: epochs and recipe in its name) is not rerun.
 """
 
 from __future__ import annotations
@@ -40,12 +42,18 @@ POOLINGS = ("cls", "mean", "cls+mean")
 PROBE_POOLINGS = ("mean", "cls+mean")
 # Fine-tuning recipes, on top of configs/finetune/fashion_mnist.yaml (flip, drop path 0.1, label smoothing 0.1,
 # layer decay 0.75, blr 2e-3): how hard to augment 28px garments (crop scale, brightness/contrast jitter).
+# The crop recipes were compared first (5 epochs); the regularisers, for longer schedules, start from the winner.
+NO_CROP = ["data.crop_scale=[1.0,1.0]", "finetune.color_jitter=0"]
 FINETUNE_RECIPES = {
     "crop0.5_jitter0.4": ["data.crop_scale=[0.5,1.0]", "finetune.color_jitter=0.4"],
     "crop0.5": ["data.crop_scale=[0.5,1.0]", "finetune.color_jitter=0"],
     "crop0.8": ["data.crop_scale=[0.8,1.0]", "finetune.color_jitter=0"],
-    "crop1.0": ["data.crop_scale=[1.0,1.0]", "finetune.color_jitter=0"],
+    "crop1.0": NO_CROP,
+    "erase0.25": [*NO_CROP, "finetune.reprob=0.25"],
+    "mixup0.8_cutmix1.0": [*NO_CROP, "finetune.mixup=0.8", "finetune.cutmix=1.0"],
+    "ema0.999": [*NO_CROP, "finetune.model_ema=true", "finetune.model_ema_decay=0.999"],
 }
+CROP_RECIPES = ("crop0.5_jitter0.4", "crop0.5", "crop0.8", "crop1.0")
 PROBE_SCHEDULES = {  # on top of configs/linprobe/small_cached.yaml (AdamW, batch 256, 2 warm-up epochs, cosine)
     "30ep_lr1e-3": ["train.epochs=30", "train.lr=1e-3"],
     "100ep_lr3e-3": ["train.epochs=100", "train.lr=3e-3"],
@@ -86,9 +94,14 @@ def main() -> None:
                              "held-out split (0: no fine-tuning)")
     parser.add_argument("--finetune-epochs", type=int, default=0,
                         help="epochs of the chosen recipe's one run on the full training split, tested once")
+    parser.add_argument("--finetune-recipes", default=",".join(CROP_RECIPES),
+                        help=f"comma-separated candidates, of: {', '.join(FINETUNE_RECIPES)}")
     parser.add_argument("--precision", default="auto", help="train.precision of the fine-tuning runs")
     parser.add_argument("--smoke", action="store_true", help="small subsets and one short probe schedule")
     args = parser.parse_args()
+    names = args.finetune_recipes.split(",")
+    if unknown := [name for name in names if name not in FINETUNE_RECIPES]:
+        parser.error(f"--finetune-recipes: unknown {unknown}; known: {', '.join(FINETUNE_RECIPES)}")
 
     limit = ["data.max_samples=3000", "data.max_eval_samples=1000"] if args.smoke else []
     p = Protocol(args.dataset, args.data_root, Path(args.out), [], REPO / "configs/pretrain/fashion_mnist.yaml",
@@ -146,21 +159,20 @@ def main() -> None:
     p.save()
 
     if args.finetune_select_epochs:
-        tune = [f"train.precision={args.precision}"]
-        recipes = {k: FINETUNE_RECIPES[k] for k in ("crop0.5_jitter0.4", "crop1.0")} if args.smoke else FINETUNE_RECIPES
-        scores = {name: p.finetune(f"finetune_holdout_{name}", ckpt, args.finetune_select_epochs,
-                                   [*holdout, *tune, *recipe], "top1") for name, recipe in recipes.items()}
+        tune, n = [f"train.precision={args.precision}"], args.finetune_select_epochs
+        scores = {name: p.finetune(f"finetune_holdout{n}_{name}", ckpt, n, [*holdout, *tune, *FINETUNE_RECIPES[name]],
+                                   "top1") for name in names}
         name = max(scores, key=scores.get)
-        p.results["finetune_chosen"] = {"recipe": name, "overrides": recipes[name]}
+        p.results["finetune_chosen"] = {"recipe": name, "overrides": FINETUNE_RECIPES[name], "select_epochs": n,
+                                        "candidates": scores}
         p.save()
-        runs = {f"{recipe}, held-out": f"finetune_holdout_{recipe}" for recipe in recipes}
+        runs = {f"{recipe}, held-out": f"finetune_holdout{n}_{recipe}" for recipe in names}
         if args.finetune_epochs:  # the last epoch's accuracy: no epoch is picked on the test split either
-            final = f"finetune_selected_test_{args.finetune_epochs}ep"
-            p.finetune(final, ckpt, args.finetune_epochs, [*tune, *recipes[name]], "top1")
+            final = f"finetune_selected_test_{args.finetune_epochs}ep_{name}"
+            p.finetune(final, ckpt, args.finetune_epochs, [*tune, *FINETUNE_RECIPES[name]], "top1")
             runs[f"{name}, test split"] = final
         epoch_curves({label: read_metrics(p.out / key / "metrics.jsonl") for label, key in runs.items()},
-                     p.out / "finetune_curves.png", "fine-tuning recipes: held-out images, then the test split")
-
+                     p.out / f"finetune_curves_{n}ep.png", "fine-tuning recipes: held-out images, then the test split")
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@ from openmae.config import load_config
 from openmae.engine.finetune import FinetuneConfig, finetune
 from openmae.engine.knn_eval import KnnConfig, knn_eval
 from openmae.engine.linprobe import LinprobeConfig, linprobe
+from openmae.engine.logging import read_metrics
 from openmae.engine.pretrain import PretrainConfig, pretrain
 
 MODEL = ["model.name=mae_vit_tiny_patch7_28_gray", "model.embed_dim=96", "model.depth=4", "model.num_heads=3",
@@ -139,7 +140,8 @@ def test_eval_select_chooses_on_held_out_images_then_tests_once(pretrained, data
 
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "eval_select.py"), "--smoke", "--init", str(pretrained),
                     "--data-root", str(datasets), "--out", str(tmp_path), "--finetune-select-epochs", "1",
-                    "--finetune-epochs", "1", "--precision", "bf16"], check=True, cwd=REPO / "benchmarks")
+                    "--finetune-epochs", "1", "--precision", "bf16", "--finetune-recipes",
+                    "crop0.5_jitter0.4,ema0.999"], check=True, cwd=REPO / "benchmarks")
     r = json.loads((tmp_path / "results.json").read_text())
     rows = r["knn_search"]
     assert len(rows) == 3 * 4 * 2 * 9 + 2 * 9  # poolings x last 1-4 blocks x standardise x (k, T); pixels
@@ -152,15 +154,21 @@ def test_eval_select_chooses_on_held_out_images_then_tests_once(pretrained, data
     assert not any("data.holdout" in s for s in r["settings"]["probe_selected_test"] + r["settings"]["knn_selected_test"])
     assert r["knn_selected_test"] > 50 and r["probe_selected_test"] > 50  # ten classes: chance is 10%
     # fine-tuning recipes: the same rule (held-out images, last epoch), then one run of the chosen recipe
-    tuned = {key: v for key, v in r.items() if key.startswith("finetune_holdout_")}
-    assert len(tuned) == 2 and max(tuned, key=tuned.get) == f"finetune_holdout_{r['finetune_chosen']['recipe']}"
-    final = r["settings"]["finetune_selected_test_1ep"]
+    tuned = {key: v for key, v in r.items() if key.startswith("finetune_holdout1_")}
+    assert len(tuned) == 2 and max(tuned, key=tuned.get) == f"finetune_holdout1_{r['finetune_chosen']['recipe']}"
+    final_key = f"finetune_selected_test_1ep_{r['finetune_chosen']['recipe']}"
+    final = r["settings"][final_key]
     assert all(any("data.holdout=" in s for s in r["settings"][key]) for key in tuned)
     assert not any("data.holdout" in s for s in final) and "train.precision=bf16" in final
     chosen_overrides = r["finetune_chosen"]["overrides"]
     assert final[len(final) - len(chosen_overrides):] == chosen_overrides  # the chosen recipe, applied last
-    assert r["finetune_selected_test_1ep"] > 30
-    assert (tmp_path / "finetune_curves.png").stat().st_size > 1000
+    assert r[final_key] > 30
+    assert (tmp_path / "finetune_curves_1ep.png").stat().st_size > 1000
+    ema = read_metrics(tmp_path / "finetune_holdout1_ema0.999" / "metrics.jsonl")  # the EMA recipe reached its run
+    assert any("live_top1" in row for row in ema)
+    bad = subprocess.run([sys.executable, "eval_select.py", "--init", str(pretrained), "--finetune-recipes", "crop9"],
+                         capture_output=True, text=True, cwd=REPO / "benchmarks")
+    assert bad.returncode == 2 and "unknown ['crop9']" in bad.stderr and "ema0.999" in bad.stderr
 
 
 def test_ablations_repeat_each_variant_per_seed(datasets, tmp_path):

@@ -1,5 +1,5 @@
 """Fine-tuning task: the whole ViT, layer-wise lr decay, RandAugment / mixup / cutmix / random erasing /
-label smoothing (timm's implementations), global average pooling + fc_norm."""
+label smoothing / weight EMA (timm's implementations), global average pooling + fc_norm."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
 
 from openmae.config import require
 from openmae.data.build import eval_batches, split_sources, train_dataset
@@ -19,6 +20,7 @@ from openmae.data.config import DataConfig
 from openmae.data.datasets import stats_for
 from openmae.data.loader import Batch
 from openmae.data.transforms import finetune_transform
+from openmae.engine.checkpoint import CheckpointError
 from openmae.engine.classifier import (
     BestKeeper,
     evaluate,
@@ -52,6 +54,13 @@ class FinetuneSection:
     # Colour jitter strength when auto_augment is off (timm applies it only then); 0 = none, as the official
     # recipe (which passes None, where timm's own default would be 0.4).
     color_jitter: float = 0.0
+    # An exponential moving average of the weights (as DeiT's recipe): when on, the EMA weights are the classifier
+    # that is evaluated (top1), kept (model-best.pth) and exported; the trained weights' numbers are logged as
+    # live_top1 etc. With the warm-up (timm's), the decay at optimizer step t is min(decay, 1 - (1 + t)^-0.75),
+    # so short runs still average over a horizon their length allows.
+    model_ema: bool = False
+    model_ema_decay: float = 0.9999
+    model_ema_warmup: bool = True
     eval_batch_size: int = 256
     eval_every_epochs: int = 1
 
@@ -65,6 +74,8 @@ class FinetuneSection:
         require(self.color_jitter >= 0, "finetune.color_jitter", self.color_jitter, ">= 0 (0 = no colour jitter)")
         require(self.num_classes >= 0, "finetune.num_classes", self.num_classes, ">= 0 (0 = from the dataset)")
         require(self.eval_every_epochs >= 1, "finetune.eval_every_epochs", self.eval_every_epochs, ">= 1")
+        require(0 <= self.model_ema_decay < 1, "finetune.model_ema_decay", self.model_ema_decay,
+                "in [0, 1) (0.9999 averages over about 10,000 optimizer steps)")
 
 
 @dataclass
@@ -82,6 +93,9 @@ class FinetuneConfig:
         require(self.data.name != "folder", "data.name", self.data.name, "a labelled dataset (imagefolder or named)")
         require(not self.data.device_augment, "data.device_augment", self.data.device_augment,
                 "false for fine-tuning (its RandAugment / random erasing recipe runs in the loader's workers)")
+        require(not (self.finetune.model_ema and self.train.distributed == "fsdp"), "finetune.model_ema",
+                self.finetune.model_ema, "false with train.distributed=fsdp (the average needs whole weights on "
+                "every rank); use ddp")
 
 
 class FinetuneTask:
@@ -105,6 +119,9 @@ class FinetuneTask:
         self.criterion = SoftTargetCrossEntropy() if mixing else (
             LabelSmoothingCrossEntropy(f.smoothing) if f.smoothing > 0 else nn.CrossEntropyLoss())
         self.amp_dtype = autocast_dtype(cfg.train.precision, device)
+        # Built on the run's device from the initial weights (the loop moves the same model there).
+        self.ema = ModelEmaV3(self.model.to(device), decay=f.model_ema_decay, use_warmup=f.model_ema_warmup,
+                              warmup_power=3 / 4) if f.model_ema else None
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
                                {"num_classes": self.num_classes, "global_pool": f.global_pool})
 
@@ -131,15 +148,42 @@ class FinetuneTask:
             logits = model(images)
         return StepOutput(self.criterion(logits.float(), targets))
 
+    def after_step(self, step: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model, step=step)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"ema": self.ema.module.state_dict()} if self.ema is not None else {}
+
+    def load_extra_state(self, state: dict[str, Any], path: Path) -> None:
+        if self.ema is None:
+            return
+        if "ema" not in state:
+            raise CheckpointError(f"{path} has no EMA weights (written with finetune.model_ema=false) but this run "
+                                  "has finetune.model_ema=true; resume with the same setting or start a new run")
+        self.ema.module.load_state_dict(state["ema"])
+
+    @property
+    def classifier(self) -> nn.Module:
+        """What is evaluated, kept and exported: the EMA weights when finetune.model_ema is on."""
+        return self.ema.module if self.ema is not None else self.model
+
     def evaluate(self) -> dict[str, float]:
         d, m = self.cfg.data, self.mae_cfg
         device = next(self.model.parameters()).device
-        batches = eval_batches(d, d.eval_split, m.img_size, m.in_chans, self.cfg.finetune.eval_batch_size,
-                               source=self.eval_source)
-        return evaluate(self.model, batches, device, self.amp_dtype)
+
+        def on(model: nn.Module) -> dict[str, float]:
+            return evaluate(model, eval_batches(d, d.eval_split, m.img_size, m.in_chans, self.cfg.finetune.eval_batch_size,
+                                                source=self.eval_source), device, self.amp_dtype)
+
+        metrics = on(self.classifier)
+        if self.ema is not None:
+            metrics.update({f"live_{k}": v for k, v in on(self.model).items()})
+        return metrics
 
     def after_epoch(self, run: Run, epoch: int) -> dict[str, Any]:
-        return evaluate_after_epoch(run, epoch, self.cfg.finetune.eval_every_epochs, self.model, self.evaluate, self.best)
+        return evaluate_after_epoch(run, epoch, self.cfg.finetune.eval_every_epochs, self.classifier, self.evaluate,
+                                    self.best)
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune a ViT classifier from a pretrained (or random) encoder as configured."""

@@ -47,7 +47,10 @@ class StepOutput:
 
 
 class Task(Protocol):
-    """What differs between pretraining, fine-tuning and probing."""
+    """What differs between pretraining, fine-tuning and probing. Optional hooks, called when a task has them:
+    ``after_step(step)`` after each optimizer update (e.g. a weight average), and ``extra_state() -> dict`` /
+    ``load_extra_state(state, path)`` for what the task keeps beyond its model (saved with every checkpoint and
+    restored on resume, so that resuming stays exact)."""
 
     name: str
     model: nn.Module
@@ -172,6 +175,8 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
             set_optimizer_state_dict(model, optimizer, state["optimizer"], options=_options())
             if "scaler" in state and scaler.is_enabled():
                 scaler.load_state_dict(state["scaler"])
+            if hasattr(task, "load_extra_state"):
+                task.load_extra_state(state.get("task_state", {}), path)
             epoch, start_batch, step = state["epoch"], state["batch_in_epoch"], state["step"]
             rngs = state["rng"]
             set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
@@ -195,12 +200,13 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
         if info.is_main:
             state = {"model": state_model, "optimizer": state_optim, "epoch": epoch_, "batch_in_epoch": batch_in_epoch,
                      "step": step, "rng": rngs, "config": to_dict(config), "model_config": model_config,
-                     "task": task.name}
+                     "task": task.name, "task_state": task.extra_state() if hasattr(task, "extra_state") else {}}
             if scaler.is_enabled():
                 state["scaler"] = scaler.state_dict()
             ckpts.save(state, step, keep=keep)
         barrier(info)
 
+    after_step = getattr(task, "after_step", None)
     pending: list[tuple[int, torch.Tensor, dict[str, torch.Tensor]]] = []
     last: dict[str, Any] = {}
     skipped_files, skipped_steps = 0, 0
@@ -280,6 +286,8 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
             optimizer.zero_grad(set_to_none=True)
             step += 1
             run.step = step
+            if after_step is not None:
+                after_step(step)
             bar.update(1)
             # copies (on the device, no sync): with CUDA graphs the next replay overwrites the step's outputs
             pending.append((step, out.loss.detach().clone(), {k: v.detach().clone() for k, v in out.metrics.items()}))

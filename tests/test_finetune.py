@@ -1,0 +1,91 @@
+"""Fine-tuning's weight average (finetune.model_ema): the average itself, what is evaluated and exported, and
+exact resume."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from openmae.config import ConfigError, load_config
+from openmae.convert.files import load_file
+from openmae.engine.checkpoint import CheckpointError
+from openmae.engine.finetune import FinetuneConfig, FinetuneTask, finetune
+from openmae.engine.logging import read_metrics
+from openmae.engine.loop import launch
+
+
+def tiny_finetune(out: Path, data_root: Path, *extra: str) -> FinetuneConfig:
+    """Debug ViT from random init on 64 real CIFAR-10 images (4 steps of 16 an epoch), 32 test images."""
+    return load_config(FinetuneConfig, overrides=[
+        "model.name=mae_vit_debug_patch4_32", "data.name=cifar10", f"data.root={data_root}", "data.max_samples=64",
+        "data.max_eval_samples=32", "data.num_workers=0", "train.epochs=2", "train.warmup_epochs=1",
+        "train.batch_size=16", "train.log_every_steps=1", "train.progress=false", "train.tensorboard=false",
+        f"train.output_dir={out}", "finetune.mixup=0", "finetune.cutmix=0", "finetune.auto_augment=",
+        "finetune.reprob=0", *extra])
+
+
+def test_ema_is_the_average_of_the_trained_weights_and_is_what_gets_evaluated(tmp_path, datasets):
+    cfg = tiny_finetune(tmp_path, datasets, "finetune.model_ema=true", "finetune.model_ema_decay=0.8",
+                        "finetune.model_ema_warmup=false")
+    made: list[FinetuneTask] = []
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    def make(info):
+        task = FinetuneTask(cfg, info.device)
+        snapshots.append({k: v.detach().clone() for k, v in task.model.state_dict().items()})
+        update = task.after_step
+
+        def after_step(step: int) -> None:  # the trained weights after every optimizer step
+            snapshots.append({k: v.detach().clone() for k, v in task.model.state_dict().items()})
+            update(step)
+
+        task.after_step = after_step
+        made.append(task)
+        return task
+
+    out = launch(make, cfg)
+    assert len(snapshots) == 1 + 8
+    # timm's schedule: the first update copies the weights (decay 0), then e = 0.8 e + 0.2 w
+    expected = dict(snapshots[1])
+    for w in snapshots[2:]:
+        expected = {k: 0.8 * expected[k] + 0.2 * w[k] for k in w}
+    ema = made[0].ema.module.state_dict()
+    assert all(torch.allclose(ema[k], expected[k], atol=1e-6) for k in expected)
+    assert not all(torch.equal(ema[k], snapshots[-1][k]) for k in expected)  # an average, not the last weights
+    # the average is what is evaluated and exported; the trained weights' numbers are logged beside it
+    exported = load_file(tmp_path / "model-timm.safetensors")
+    assert all(torch.equal(exported[k], ema[k]) for k in exported)
+    evals = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "top1" in r]
+    assert len(evals) == 2 and all("live_top1" in r and "live_eval_loss" in r for r in evals)
+    assert out["eval_loss"] != out["live_eval_loss"]
+
+
+def test_ema_warmup_follows_timm_schedule(tmp_path, datasets):
+    task = FinetuneTask(tiny_finetune(tmp_path, datasets, "finetune.model_ema=true", "finetune.model_ema_decay=0.99"),
+                        torch.device("cpu"))
+    assert task.ema.get_decay(1) == 0.0
+    assert task.ema.get_decay(11) == pytest.approx(1 - 11 ** -0.75)
+    assert task.ema.get_decay(100_000) == 0.99
+
+
+def test_ema_resume_is_bit_exact(tmp_path, datasets):
+    ema = ("finetune.model_ema=true", "finetune.model_ema_decay=0.8")
+    full = finetune(tiny_finetune(tmp_path / "full", datasets, *ema))
+    assert finetune(tiny_finetune(tmp_path / "cut", datasets, *ema, "train.halt_after_steps=6"))["halted"]
+    resumed = finetune(tiny_finetune(tmp_path / "cut", datasets, *ema, "train.resume=auto"))
+    a, b = (load_file(tmp_path / d / "model-timm.safetensors") for d in ("full", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (full["top1"], full["eval_loss"]) == (resumed["top1"], resumed["eval_loss"])
+
+
+def test_ema_run_refuses_a_checkpoint_without_the_average(tmp_path, datasets):
+    assert finetune(tiny_finetune(tmp_path, datasets, "train.halt_after_steps=2"))["halted"]
+    with pytest.raises(CheckpointError, match="no EMA weights.*model_ema=true"):
+        finetune(tiny_finetune(tmp_path, datasets, "train.resume=auto", "finetune.model_ema=true"))
+
+
+@pytest.mark.parametrize("bad, match", [("finetune.model_ema_decay=1.0", "model_ema_decay"),
+                                        ("train.distributed=fsdp", "model_ema")])
+def test_ema_settings_are_checked(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(FinetuneConfig, overrides=["data.name=cifar10", "finetune.model_ema=true", bad])
