@@ -1,4 +1,5 @@
-"""What fine-tuning and linear probing share: building the classifier from a pretrained encoder,
+"""What fine-tuning and linear probing share: building the classifier from a pretrained encoder (the
+resolution of architecture and weights from a checkpoint also serves pretrain.init),
 evaluating top-1/top-5, keeping the best weights and exporting them in timm's layout."""
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def resolve_encoder(model: ModelSection, init: str) -> tuple[MAEConfig, dict[str
     if not init:
         if model.name == "auto":
             raise ValueError("model.name=auto needs an init checkpoint to read the architecture from; "
-                             "set finetune.init / linprobe.init, or name a model preset")
+                             "set finetune.init / linprobe.init / pretrain.init, or name a model preset")
         return model.resolve(), None, None
     obj = load_file(init)
     sd = to_openmae_keys(unwrap_state_dict(obj))

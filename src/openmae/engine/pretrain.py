@@ -11,10 +11,12 @@ import torch
 from torch import nn
 
 from openmae.config import require
+from openmae.convert.checkpoints import load_state_dict_into
 from openmae.data.build import eval_batches, split_sources, train_dataset
 from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource, stats_for
 from openmae.data.loader import Batch
+from openmae.engine.classifier import resolve_encoder
 from openmae.engine.config import ModelSection, TrainConfig
 from openmae.engine.distributed import DistInfo, barrier
 from openmae.engine.loop import Run, StepOutput, launch
@@ -32,6 +34,11 @@ class PretrainSection:
     """Masking, and what to look at while training (reconstruction pictures, kNN monitor)."""
 
     mask_ratio: float = 0.75
+    # Weights to start from (continued pretraining, e.g. the official ImageNet MAE on your own images), in any
+    # layout `openmae convert` reads; an encoder-only file leaves the decoder at its initialisation, and
+    # model.name=auto takes the architecture from the file. Optimizer, schedule and step start afresh
+    # (train.resume is what continues an interrupted run, and wins over this when it finds a checkpoint).
+    init: str = ""
     vis_every_epochs: int = 0
     vis_images: int = 8
     knn_every_epochs: int = 0
@@ -59,6 +66,8 @@ class PretrainConfig:
     pretrain: PretrainSection = field(default_factory=PretrainSection)
 
     def check(self) -> None:
+        require(self.model.name != "auto" or bool(self.pretrain.init), "model.name", self.model.name,
+                "a preset, or auto together with pretrain.init (the architecture is read from that file)")
         require(not (self.pretrain.knn_every_epochs and self.data.name == "folder"), "pretrain.knn_every_epochs",
                 self.pretrain.knn_every_epochs, "0 for unlabeled folders (kNN needs labels: use imagefolder or a named set)")
 
@@ -75,7 +84,16 @@ class PretrainTask:
 
     def __init__(self, cfg: PretrainConfig) -> None:
         self.cfg = cfg
-        self.model = MaskedAutoencoder(cfg.model.resolve())
+        init = cfg.pretrain.init
+        if not init:
+            self.model = MaskedAutoencoder(cfg.model.resolve())
+        else:
+            model_cfg, sd, old_grid = resolve_encoder(cfg.model, init)
+            self.model = MaskedAutoencoder(model_cfg)
+            left = load_state_dict_into(self.model, sd)  # raises, naming the keys, when the file does not fit
+            if old_grid != model_cfg.grid:  # the tables are fixed, not learned: this grid's own, not a resized one
+                self.model.reset_pos_embed()
+            log.info("weights from %s%s", init, f"; left at their initialisation: {', '.join(left)}" if left else "")
         self.model_config = self.model.cfg.to_dict()
 
     def shard_blocks(self) -> list[nn.Module]:

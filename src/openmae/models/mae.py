@@ -111,13 +111,17 @@ class MaskedAutoencoder(nn.Module):
     def initialize_weights(self) -> None:
         """Official initialisation: fixed sin-cos tables, xavier-uniform linears (patch projection as a
         linear), zero biases, unit LayerNorms, cls and mask tokens normal(std=0.02)."""
-        self.pos_embed.data.copy_(sincos_2d(self.cfg.embed_dim, self.cfg.grid))
-        self.decoder_pos_embed.data.copy_(sincos_2d(self.cfg.decoder_embed_dim, self.cfg.grid))
+        self.reset_pos_embed()
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
         self.apply(self._init_module)
+
+    def reset_pos_embed(self) -> None:
+        """The fixed sin-cos position tables of this model's grid (encoder and decoder)."""
+        self.pos_embed.data.copy_(sincos_2d(self.cfg.embed_dim, self.cfg.grid))
+        self.decoder_pos_embed.data.copy_(sincos_2d(self.cfg.decoder_embed_dim, self.cfg.grid))
 
     @staticmethod
     def _init_module(m: nn.Module) -> None:
