@@ -165,7 +165,7 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
             ckpts.remove_temporary()
         found = ckpts.latest_valid() if train_cfg.resume == "auto" else (train_cfg.resume, ckpts.load(train_cfg.resume))
         if found is None:
-            log.info("resume=auto: no valid checkpoint in %s, starting from scratch", run_dir)
+            log.info("resume=auto: no valid checkpoint in %s, starting a new run", run_dir)
         else:
             path, state = found
             if state.get("model_config") != model_config:
