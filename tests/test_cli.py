@@ -60,3 +60,13 @@ def test_print_config_and_presets(tmp_path):
     proc = run_cli("pretrain", "-c", "configs/pretrain/mae_vit_base_imagenet.yaml", "--print-config")
     assert proc.returncode == 0, proc.stderr
     assert "blr: 0.00015" in proc.stdout and "epochs: 800" in proc.stdout and "norm_pix_loss: true" in proc.stdout
+
+
+def test_print_config_shows_defaults_before_data_is_chosen():
+    """--print-config with nothing else (no data yet) still shows every setting, then says what stops it from
+    running, with exit code 2."""
+    proc = run_cli("finetune", "--print-config")
+    assert proc.returncode == 2 and "model_ema: false" in proc.stdout and "reprob: 0.25" in proc.stdout
+    assert "cannot run as it is: data.path=''" in proc.stderr
+    proc = run_cli("pretrain", "--print-config", "data.name=cifar10")
+    assert proc.returncode == 0 and "init: ''" in proc.stdout, proc.stderr

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from openmae.config import ConfigError, dump_yaml, from_dict, load_config, parse_override
+from openmae.config import ConfigError, dump_yaml, from_dict, load_config, parse_override, validate
 from openmae.engine.config import COMPILE_MODES
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace, list[str]], int]]] = {}
@@ -47,14 +47,26 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
+def print_config(config_cls, files: list[str], overrides: list[str]) -> int:
+    """--print-config: the resolved settings, printed even when they cannot run yet (e.g. no data chosen), then
+    exit 2 with the reason in that case, so the flag also validates a config."""
+    cfg = load_config(config_cls, files, overrides, check=False)
+    print(dump_yaml(cfg))
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        print(f"openmae: this configuration cannot run as it is: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 @command("pretrain", "MAE pretraining (torchrun-ready)")
 def cmd_pretrain(args: argparse.Namespace, rest: list[str]) -> int:
     from openmae.engine.pretrain import PretrainConfig, pretrain
 
-    cfg = load_config(PretrainConfig, args.config, run_overrides(args, rest))
     if args.print_config:
-        print(dump_yaml(cfg))
-        return 0
+        return print_config(PretrainConfig, args.config, run_overrides(args, rest))
+    cfg = load_config(PretrainConfig, args.config, run_overrides(args, rest))
     if int(os.environ.get("RANK", "0")) == 0:
         print(dump_yaml(cfg), file=sys.stderr)
     pretrain(cfg)
@@ -65,10 +77,9 @@ def _run_task(config_cls, runner, args: argparse.Namespace, rest: list[str], ini
     overrides = run_overrides(args, rest)
     if init_key and getattr(args, "checkpoint", None):
         overrides.insert(0, f"{init_key}={args.checkpoint}")
-    cfg = load_config(config_cls, args.config, overrides)
     if args.print_config:
-        print(dump_yaml(cfg))
-        return 0
+        return print_config(config_cls, args.config, overrides)
+    cfg = load_config(config_cls, args.config, overrides)
     if int(os.environ.get("RANK", "0")) == 0:
         print(dump_yaml(cfg), file=sys.stderr)
     result = runner(cfg)
