@@ -8,7 +8,7 @@ import torch
 
 from openmae.config import ConfigError, load_config
 from openmae.convert.files import load_file
-from openmae.engine.checkpoint import CheckpointError
+from openmae.engine.checkpoint import CheckpointError, CheckpointManager
 from openmae.engine.finetune import FinetuneConfig, FinetuneTask, finetune
 from openmae.engine.logging import read_metrics
 from openmae.engine.loop import launch
@@ -89,3 +89,16 @@ def test_ema_run_refuses_a_checkpoint_without_the_average(tmp_path, datasets):
 def test_ema_settings_are_checked(bad, match):
     with pytest.raises(ConfigError, match=match):
         load_config(FinetuneConfig, overrides=["data.name=cifar10", "finetune.model_ema=true", bad])
+
+
+def test_checkpoint_checksum_covers_the_average(tmp_path, datasets):
+    """A changed EMA tensor in a checkpoint fails its checksum like a changed model tensor."""
+    assert finetune(tiny_finetune(tmp_path, datasets, "finetune.model_ema=true", "train.halt_after_steps=2"))["halted"]
+    (path,) = CheckpointManager(tmp_path).list()
+    state = CheckpointManager.load(path)
+    assert state["task_state"]["ema"]
+    key = next(iter(state["task_state"]["ema"]))
+    state["task_state"]["ema"][key] = state["task_state"]["ema"][key] + 1
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="fails its checksum"):
+        CheckpointManager.load(path)

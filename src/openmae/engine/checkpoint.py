@@ -51,10 +51,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _digest(state: dict[str, Any]) -> str:
-    """sha256 over the model tensors' bytes: detects silent corruption that still unpickles."""
+    """sha256 over the bytes of the model tensors and of the task's own weights (task_state, e.g. an EMA):
+    detects silent corruption that still unpickles. Checkpoints without task_state digest as before."""
     h = hashlib.sha256()
-    for key in sorted(state["model"]):
-        t = state["model"][key].detach().cpu().contiguous()
+    tensors = {k: v for k, v in state["model"].items()}
+    for name, part in (state.get("task_state") or {}).items():
+        tensors.update({f"task_state.{name}.{k}": v for k, v in part.items() if isinstance(v, torch.Tensor)})
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
         h.update(key.encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
