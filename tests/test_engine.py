@@ -10,7 +10,7 @@ import openmae
 from openmae.config import ConfigError, load_config
 from openmae.convert.checkpoints import StateDictMismatch
 from openmae.convert.files import load_file
-from openmae.engine.checkpoint import CheckpointManager
+from openmae.engine.checkpoint import CheckpointError, CheckpointManager
 from openmae.engine.logging import read_metrics
 from openmae.engine.loop import NonFiniteLossError
 from openmae.engine.optim import param_groups
@@ -168,6 +168,30 @@ def test_pretraining_continues_from_init_weights(tmp_path, datasets):
     cont_loss, fresh_loss, first = losses(tmp_path / "cont"), losses(tmp_path / "fresh"), losses(tmp_path / "first")
     assert fresh_loss == first[:4]
     assert all(c < f - 0.05 for c, f in zip(cont_loss, fresh_loss, strict=True))  # seen 0.09-0.10 lower
+
+
+def test_resumed_pretraining_does_not_read_init_and_is_bit_exact(tmp_path, datasets, caplog):
+    """A run started from pretrain.init resumes from its own checkpoint without the init file (moved here; its
+    weights would be replaced anyway): model.name=auto takes the checkpoint's architecture, a changed model
+    override is refused, and the result equals the uninterrupted run."""
+    pretrain(tiny_pretrain(tmp_path / "first", datasets, "train.epochs=1"))
+    init = tmp_path / "init.pth"
+    (tmp_path / "first" / "model-last.pth").rename(init)
+    cont = ("model.name=auto", f"pretrain.init={init}")
+    pretrain(tiny_pretrain(tmp_path / "full", datasets, *cont))
+    assert pretrain(tiny_pretrain(tmp_path / "cut", datasets, *cont, "train.halt_after_steps=6"))["halted"]
+    init.rename(tmp_path / "moved.pth")
+    with pytest.raises(FileNotFoundError, match="init.pth"):  # a new run still needs the file
+        pretrain(tiny_pretrain(tmp_path / "new", datasets, *cont, "train.resume=auto"))
+    with pytest.raises(CheckpointError, match="use the same model settings"):
+        pretrain(tiny_pretrain(tmp_path / "cut", datasets, *cont, "train.resume=auto", "model.norm_pix_loss=true"))
+    with caplog.at_level("INFO", logger="openmae.weights"):
+        pretrain(tiny_pretrain(tmp_path / "cut", datasets, *cont, "train.resume=auto"))
+    assert f"{init} not read: the run resumes from its own checkpoint" in caplog.text
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = lambda d: [(r["step"], r["loss"]) for r in read_metrics(d / "metrics.jsonl") if "loss" in r]
+    assert losses(tmp_path / "full") == losses(tmp_path / "cut")
 
 
 def test_pretraining_from_an_encoder_only_file_keeps_the_decoder_initialised(tmp_path, datasets, caplog):

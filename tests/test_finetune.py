@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import openmae
 from openmae.config import ConfigError, load_config
 from openmae.convert.files import load_file
 from openmae.engine.checkpoint import CheckpointError, CheckpointManager
@@ -30,7 +31,7 @@ def test_ema_is_the_average_of_the_trained_weights_and_is_what_gets_evaluated(tm
     made: list[FinetuneTask] = []
     snapshots: list[dict[str, torch.Tensor]] = []
 
-    def make(info):
+    def make(info, resume):
         task = FinetuneTask(cfg, info.device)
         snapshots.append({k: v.detach().clone() for k, v in task.model.state_dict().items()})
         update = task.after_step
@@ -102,3 +103,19 @@ def test_checkpoint_checksum_covers_the_average(tmp_path, datasets):
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="fails its checksum"):
         CheckpointManager.load(path)
+
+
+def test_resumed_finetuning_does_not_read_init_and_is_bit_exact(tmp_path, datasets):
+    """finetune.init is read by a new run only: a resumed one takes the architecture (model.name=auto) and every
+    weight from its checkpoint, so it finishes after the init file is gone, equal to the uninterrupted run."""
+    encoder = openmae.create_model("mae_vit_debug_patch4_32")
+    init = tmp_path / "init.pth"
+    torch.save({"model": encoder.state_dict(), "model_config": encoder.cfg.to_dict()}, init)
+    auto = ("model.name=auto", f"finetune.init={init}", "finetune.model_ema=true", "finetune.model_ema_decay=0.8")
+    full = finetune(tiny_finetune(tmp_path / "full", datasets, *auto))
+    assert finetune(tiny_finetune(tmp_path / "cut", datasets, *auto, "train.halt_after_steps=6"))["halted"]
+    init.unlink()
+    resumed = finetune(tiny_finetune(tmp_path / "cut", datasets, *auto, "train.resume=auto"))
+    a, b = (load_file(tmp_path / d / "model-timm.safetensors") for d in ("full", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (full["top1"], full["eval_loss"]) == (resumed["top1"], resumed["eval_loss"])

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,33 @@ class CheckpointManager:
             except CheckpointError as err:
                 log.warning("%s; trying the previous checkpoint", err)
         return None
+
+
+@dataclass
+class Resume:
+    """The checkpoint a run continues from."""
+
+    path: Path
+    state: dict[str, Any]
+
+    @property
+    def model_config(self) -> dict[str, Any] | None:
+        return self.state.get("model_config")
+
+
+def find_resume(resume: str, run_dir: str | Path, keep_last: int, is_main: bool) -> Resume | None:
+    """The checkpoint ``train.resume`` names (``auto``: the newest valid one in ``run_dir``, None when there is
+    none; a path: that file, which must load). Looked up before the task is built, so that a resumed task does not
+    read its init weights only to have them replaced."""
+    if not resume:
+        return None
+    ckpts = CheckpointManager(run_dir, keep_last)
+    if is_main:
+        ckpts.remove_temporary()
+    if resume != "auto":
+        return Resume(Path(resume), ckpts.load(resume))
+    found = ckpts.latest_valid()
+    if found is None:
+        log.info("resume=auto: no valid checkpoint in %s, starting a new run", run_dir)
+        return None
+    return Resume(*found)

@@ -1,6 +1,5 @@
-"""What fine-tuning and linear probing share: building the classifier from a pretrained encoder (the
-resolution of architecture and weights from a checkpoint also serves pretrain.init),
-evaluating top-1/top-5, keeping the best weights and exporting them in timm's layout."""
+"""What fine-tuning and linear probing share: evaluating top-1/top-5, keeping the best weights and exporting them
+in timm's layout."""
 
 from __future__ import annotations
 
@@ -13,38 +12,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from openmae.convert.checkpoints import infer_config, to_openmae_keys
-from openmae.convert.files import load_file, save_file, unwrap_state_dict
+from openmae.convert.files import save_file
 from openmae.data.loader import Batch
-from openmae.engine.config import ModelSection
 from openmae.engine.distributed import barrier
 from openmae.engine.loop import Run
-from openmae.models.mae import MAEConfig
 
 log = logging.getLogger("openmae.classifier")
-
-
-def resolve_encoder(model: ModelSection, init: str) -> tuple[MAEConfig, dict[str, torch.Tensor] | None,
-                                                            tuple[int, int] | None]:
-    """Encoder config, its weights (None for random init) and the grid the weights were trained at.
-
-    ``model.name=auto`` takes the architecture from ``init`` (stored config, else inferred from shapes);
-    overrides such as ``model.img_size`` still apply (the position table is then interpolated).
-    """
-    if not init:
-        if model.name == "auto":
-            raise ValueError("model.name=auto needs an init checkpoint to read the architecture from; "
-                             "set finetune.init / linprobe.init / pretrain.init, or name a model preset")
-        return model.resolve(), None, None
-    obj = load_file(init)
-    sd = to_openmae_keys(unwrap_state_dict(obj))
-    stored = MAEConfig(**obj["model_config"]) if isinstance(obj, dict) and isinstance(obj.get("model_config"), dict) \
-        else infer_config(sd)
-    if model.name == "auto":
-        cfg = MAEConfig(**{**stored.to_dict(), **model.overrides()})
-    else:
-        cfg = model.resolve()
-    return cfg, sd, stored.grid
 
 
 @torch.no_grad()

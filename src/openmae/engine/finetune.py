@@ -27,12 +27,12 @@ from openmae.engine.classifier import (
     evaluate_after_epoch,
     labels_and_images,
     num_classes_of,
-    resolve_encoder,
 )
 from openmae.engine.config import ModelSection, TrainConfig
 from openmae.engine.distributed import DistInfo
 from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
 from openmae.engine.optim import param_groups
+from openmae.engine.weights import resolve_encoder
 from openmae.models.attention import attention_kernels
 from openmae.models.vit import GLOBAL_POOL, create_classifier, load_encoder
 
@@ -101,10 +101,11 @@ class FinetuneConfig:
 class FinetuneTask:
     name = "finetune"
 
-    def __init__(self, cfg: FinetuneConfig, device: torch.device) -> None:
+    def __init__(self, cfg: FinetuneConfig, device: torch.device, resumed: dict[str, Any] | None = None) -> None:
+        """``resumed``: the model config of the checkpoint the run resumes from (then finetune.init is not read)."""
         self.cfg = cfg
         f = cfg.finetune
-        mae_cfg, sd, old_grid = resolve_encoder(cfg.model, f.init)
+        mae_cfg, sd, old_grid = resolve_encoder(cfg.model, f.init, resumed)
         self.mae_cfg = mae_cfg
         self.model_config = mae_cfg.to_dict()
         self.train_source, self.eval_source = split_sources(cfg.data, mae_cfg.in_chans)
@@ -187,4 +188,4 @@ class FinetuneTask:
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune a ViT classifier from a pretrained (or random) encoder as configured."""
-    return launch(lambda info: FinetuneTask(cfg, info.device), cfg)
+    return launch(lambda info, resume: FinetuneTask(cfg, info.device, resume.model_config if resume else None), cfg)

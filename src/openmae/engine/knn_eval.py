@@ -12,9 +12,9 @@ from openmae.config import require
 from openmae.convert.checkpoints import load_state_dict_into
 from openmae.data.build import eval_batches, split_sources
 from openmae.data.config import DataConfig
-from openmae.engine.classifier import resolve_encoder
 from openmae.engine.config import ModelSection
 from openmae.engine.distributed import pick_device
+from openmae.engine.weights import resolve_encoder
 from openmae.eval.features import POOLING, extract_features
 from openmae.eval.knn import knn_accuracy, standardize
 from openmae.models.mae import MaskedAutoencoder

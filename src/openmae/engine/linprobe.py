@@ -26,12 +26,12 @@ from openmae.engine.classifier import (
     evaluate_after_epoch,
     labels_and_images,
     num_classes_of,
-    resolve_encoder,
 )
 from openmae.engine.config import ModelSection, TrainConfig
 from openmae.engine.distributed import DistInfo
 from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
 from openmae.engine.optim import param_groups
+from openmae.engine.weights import resolve_encoder
 from openmae.eval.features import POOLING, extract_features, pooled_width
 from openmae.models.vit import create_classifier, load_encoder
 
@@ -172,4 +172,4 @@ def _identity(x):
 
 def linprobe(cfg: LinprobeConfig) -> dict[str, Any]:
     """Linear probe of a pretrained (or random) encoder as configured."""
-    return launch(lambda info: LinprobeTask(cfg, info.device), cfg)
+    return launch(lambda info, resume: LinprobeTask(cfg, info.device), cfg)  # the frozen encoder is always read

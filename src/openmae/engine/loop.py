@@ -24,7 +24,14 @@ from tqdm import tqdm
 
 from openmae.config import dump_yaml, to_dict
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples, make_loader
-from openmae.engine.checkpoint import CheckpointError, CheckpointManager, rng_state, set_rng_state
+from openmae.engine.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    Resume,
+    find_resume,
+    rng_state,
+    set_rng_state,
+)
 from openmae.engine.config import TrainConfig
 from openmae.engine.distributed import DistInfo, all_reduce_mean, barrier, parallelize
 from openmae.engine.logging import MetricsLog, read_metrics
@@ -76,17 +83,20 @@ class Run:
     epoch: int = 0
 
 
-def launch(make_task: Callable[[DistInfo], Task], config: Any) -> dict[str, Any]:
-    """Join torchrun's process group (if any), seed, build the task and train it; always leave the group."""
+def launch(make_task: Callable[[DistInfo, Resume | None], Task], config: Any) -> dict[str, Any]:
+    """Join torchrun's process group (if any), find the checkpoint to resume from (if any), seed, build the task
+    (told what it resumes from, so that it skips its init weights) and train it; always leave the group."""
     from openmae.engine.distributed import cleanup, init_distributed
     from openmae.engine.logging import setup_console
 
     info = init_distributed(config.train.device)
     setup_console(info.is_main)
-    torch.manual_seed(config.train.seed)
-    task = make_task(info)
     try:
-        return train(task, config, config.train, info)
+        t = config.train
+        resume = find_resume(t.resume, t.output_dir, t.keep_last, info.is_main)
+        torch.manual_seed(t.seed)
+        task = make_task(info, resume)
+        return train(task, config, t, info, resume)
     finally:
         cleanup(info)
 
@@ -131,8 +141,10 @@ def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
     return states
 
 
-def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
-    """Run ``task`` to the end (or to ``halt_after_steps``); returns the last logged and evaluated metrics."""
+def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resume: Resume | None = None
+          ) -> dict[str, Any]:
+    """Run ``task`` to the end (or to ``halt_after_steps``), continuing from ``resume`` when given; returns the
+    last logged and evaluated metrics."""
     run_dir = Path(train_cfg.output_dir)
     device = info.device
     amp_dtype = autocast_dtype(train_cfg.precision, device)
@@ -160,29 +172,23 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo) -> di
     model_config = task.model_config
 
     epoch, start_batch, step, resumed = 0, 0, 0, None
-    if train_cfg.resume:
+    if resume is not None:
+        path, state = resume.path, resume.state
+        if state.get("model_config") != model_config:
+            raise CheckpointError(f"{path} was written for model {state.get('model_config')}, "
+                                  f"but this run builds {model_config}; use the same model settings to resume")
+        set_model_state_dict(model, state["model"], options=_options())
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=_options())
+        if "scaler" in state and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+        if hasattr(task, "load_extra_state"):
+            task.load_extra_state(state.get("task_state", {}), path)
+        epoch, start_batch, step = state["epoch"], state["batch_in_epoch"], state["step"]
+        rngs = state["rng"]
+        set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
+        resumed = step
         if info.is_main:
-            ckpts.remove_temporary()
-        found = ckpts.latest_valid() if train_cfg.resume == "auto" else (train_cfg.resume, ckpts.load(train_cfg.resume))
-        if found is None:
-            log.info("resume=auto: no valid checkpoint in %s, starting a new run", run_dir)
-        else:
-            path, state = found
-            if state.get("model_config") != model_config:
-                raise CheckpointError(f"{path} was written for model {state.get('model_config')}, "
-                                      f"but this run builds {model_config}; use the same model settings to resume")
-            set_model_state_dict(model, state["model"], options=_options())
-            set_optimizer_state_dict(model, optimizer, state["optimizer"], options=_options())
-            if "scaler" in state and scaler.is_enabled():
-                scaler.load_state_dict(state["scaler"])
-            if hasattr(task, "load_extra_state"):
-                task.load_extra_state(state.get("task_state", {}), path)
-            epoch, start_batch, step = state["epoch"], state["batch_in_epoch"], state["step"]
-            rngs = state["rng"]
-            set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
-            resumed = step
-            if info.is_main:
-                log.info("resumed from %s (epoch %d, batch %d, step %d)", path, epoch, start_batch, step)
+            log.info("resumed from %s (epoch %d, batch %d, step %d)", path, epoch, start_batch, step)
 
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,11 @@ from openmae.data.build import eval_batches, split_sources, train_dataset
 from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource, stats_for
 from openmae.data.loader import Batch
-from openmae.engine.classifier import resolve_encoder
 from openmae.engine.config import ModelSection, TrainConfig
 from openmae.engine.distributed import DistInfo, barrier
 from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
+from openmae.engine.weights import resolve_encoder
 from openmae.eval.features import POOLING, extract_features
 from openmae.eval.knn import knn_accuracy
 from openmae.eval.reconstruction import auto_scale, grid_image, reconstruct, save_grid
@@ -82,18 +82,17 @@ def masking_noise(model: MaskedAutoencoder, seeds: torch.Tensor, mask_ratio: flo
 class PretrainTask:
     name = "pretrain"
 
-    def __init__(self, cfg: PretrainConfig) -> None:
+    def __init__(self, cfg: PretrainConfig, resumed: dict[str, Any] | None = None) -> None:
+        """``resumed``: the model config of the checkpoint the run resumes from (then pretrain.init is not read)."""
         self.cfg = cfg
-        init = cfg.pretrain.init
-        if not init:
-            self.model = MaskedAutoencoder(cfg.model.resolve())
-        else:
-            model_cfg, sd, old_grid = resolve_encoder(cfg.model, init)
-            self.model = MaskedAutoencoder(model_cfg)
+        model_cfg, sd, old_grid = resolve_encoder(cfg.model, cfg.pretrain.init, resumed)
+        self.model = MaskedAutoencoder(model_cfg)
+        if sd is not None:
             left = load_state_dict_into(self.model, sd)  # raises, naming the keys, when the file does not fit
             if old_grid != model_cfg.grid:  # the tables are fixed, not learned: this grid's own, not a resized one
                 self.model.reset_pos_embed()
-            log.info("weights from %s%s", init, f"; left at their initialisation: {', '.join(left)}" if left else "")
+            log.info("weights from %s%s", cfg.pretrain.init,
+                     f"; left at their initialisation: {', '.join(left)}" if left else "")
         self.model_config = self.model.cfg.to_dict()
 
     def shard_blocks(self) -> list[nn.Module]:
@@ -171,4 +170,4 @@ class PretrainTask:
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Run MAE pretraining as configured (single process, or one rank of a torchrun job)."""
-    return launch(lambda info: PretrainTask(cfg), cfg)
+    return launch(lambda info, resume: PretrainTask(cfg, resume.model_config if resume else None), cfg)
