@@ -56,7 +56,8 @@ def table(runs: list[dict]) -> str:
         cells = [cell(values(runs, f"{name}_{m}")) for m in METRICS]
         rows.append(f"| {name} | {v['mask_ratio']:.2f} | {v['norm_pix_loss']} | {v['decoder_depth']} | "
                     f"{cell(values(runs, f'{name}_loss'), 3)} | " + " | ".join(cells) + " |")
-    return "\n".join(rows) + "\n"
+    epoch = {r.get("reported_epoch", "best") for r in runs}
+    return "\n".join(rows) + f"\n\nLinear probe and fine-tuning: top-1 at the {' / '.join(sorted(epoch))} epoch.\n"
 
 
 def mask_ratio_plot(runs: list[dict], path: Path) -> None:

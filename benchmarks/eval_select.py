@@ -105,7 +105,7 @@ def main() -> None:
 
     limit = ["data.max_samples=3000", "data.max_eval_samples=1000"] if args.smoke else []
     p = Protocol(args.dataset, args.data_root, Path(args.out), [], REPO / "configs/pretrain/fashion_mnist.yaml",
-                 REPO / "configs/finetune/fashion_mnist.yaml", limit=limit)
+                 REPO / "configs/finetune/fashion_mnist.yaml", limit=limit, reported_epoch="last")
     holdout = [f"data.holdout={args.holdout}"]
     ckpt = Path(args.init)
     device = pick_device("auto")
@@ -151,17 +151,16 @@ def main() -> None:
 
     schedules = {"3ep_lr1e-3": ["train.epochs=3", "train.warmup_epochs=1", "train.lr=1e-3"]} if args.smoke \
         else PROBE_SCHEDULES
-    probes = {(pooling, name): p.probe(f"probe_holdout_{pooling}_{name}", ckpt, pooling, depth, [*holdout, *sched], "top1")
+    probes = {(pooling, name): p.probe(f"probe_holdout_{pooling}_{name}", ckpt, pooling, depth, [*holdout, *sched])
               for pooling in PROBE_POOLINGS for name, sched in schedules.items()}
     pooling, name = max(probes, key=probes.get)
     p.results["probe_chosen"] = {"pooling": pooling, "last_blocks": depth, "schedule": name}
-    p.probe("probe_selected_test", ckpt, pooling, depth, schedules[name], "top1")
+    p.probe("probe_selected_test", ckpt, pooling, depth, schedules[name])
     p.save()
 
     if args.finetune_select_epochs:
         tune, n = [f"train.precision={args.precision}"], args.finetune_select_epochs
-        scores = {name: p.finetune(f"finetune_holdout{n}_{name}", ckpt, n, [*holdout, *tune, *FINETUNE_RECIPES[name]],
-                                   "top1") for name in names}
+        scores = {name: p.finetune(f"finetune_holdout{n}_{name}", ckpt, n, [*holdout, *tune, *FINETUNE_RECIPES[name]]) for name in names}
         name = max(scores, key=scores.get)
         p.results["finetune_chosen"] = {"recipe": name, "overrides": FINETUNE_RECIPES[name], "select_epochs": n,
                                         "candidates": scores}
@@ -169,7 +168,7 @@ def main() -> None:
         runs = {f"{recipe}, held-out": f"finetune_holdout{n}_{recipe}" for recipe in names}
         if args.finetune_epochs:  # the last epoch's accuracy: no epoch is picked on the test split either
             final = f"finetune_selected_test_{args.finetune_epochs}ep_{name}"
-            p.finetune(final, ckpt, args.finetune_epochs, [*tune, *FINETUNE_RECIPES[name]], "top1")
+            p.finetune(final, ckpt, args.finetune_epochs, [*tune, *FINETUNE_RECIPES[name]])
             runs[f"{name}, test split"] = final
         epoch_curves({label: read_metrics(p.out / key / "metrics.jsonl") for label, key in runs.items()},
                      p.out / f"finetune_curves_{n}ep.png", "fine-tuning recipes: held-out images, then the test split")

@@ -3,6 +3,11 @@
 A protocol is a sequence of named steps (pretraining, kNN, cached probe, fine-tuning, pixel baselines); each
 result is written to ``<out>/results.json`` as soon as it exists, and a re-run skips the steps already there
 (pretraining resumes from its last checkpoint), so a long protocol that was stopped continues where it was.
+
+Probes and fine-tunings are reported at their last epoch: picking the best of the epochs evaluated on the test
+split would choose on the test split. The best epoch's top-1 is kept beside it (``best_epoch_top1``), for
+comparison with the paper's code, which reports that one. Results files written before this rule
+(no ``reported_epoch``) go on reporting the best epoch when continued, so that one file never mixes the two.
 """
 
 from __future__ import annotations
@@ -73,6 +78,9 @@ class Protocol:
     workers: int | None = None  # data.num_workers for every step; None keeps each preset's setting
     train: list[str] = field(default_factory=list)  # train.* overrides for pretraining, probes and fine-tuning
     finetune_set: list[str] = field(default_factory=list)  # on top of finetune_config, for every fine-tuning
+    # "last" or "best"; empty: "last" for a new results file, "best" for one written before this choice existed
+    # (a script that always reported the last epoch, as eval_select, names "last" and accepts its older files)
+    reported_epoch: str = ""
     results: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,6 +91,12 @@ class Protocol:
         self.results.setdefault("date", time.strftime("%Y-%m-%d"))
         self.results.setdefault("minutes", {})
         self.results.setdefault("settings", {})
+        self.results.setdefault("best_epoch_top1", {})
+        legacy = any(k not in ("machine", "date", "minutes", "settings", "best_epoch_top1") for k in self.results)
+        self.results.setdefault("reported_epoch", self.reported_epoch or ("best" if legacy else "last"))
+        if self.reported_epoch and self.results["reported_epoch"] != self.reported_epoch:
+            raise ValueError(f"{path} reports the {self.results['reported_epoch']} epoch, this protocol the "
+                             f"{self.reported_epoch}; write to a new --out folder")
 
     @property
     def data(self) -> list[str]:
@@ -135,25 +149,34 @@ class Protocol:
                      f"knn.init={ckpt or ''}", *extra]
         return self.step(key, lambda: knn_eval(load_config(KnnConfig, overrides=overrides))["knn_top1"], overrides)
 
-    def probe(self, key: str, ckpt: Path | None, pooling: str = "mean", last_blocks: int = 1, extra: list[str] = (),
-              metric: str = "best_top1") -> float:
-        """Cached linear probe; ``metric``: best_top1 (the best epoch, as the paper's code reports) or top1 (the
-        last epoch, for settings chosen on held-out images)."""
+    def classifier_top1(self, key: str, train: Callable[[], dict]) -> Callable[[], float]:
+        """A step that trains a classifier: reports the last epoch's top-1 (the best epoch's in a legacy file)
+        and keeps the best epoch's beside it."""
+        def run() -> float:
+            out = train()
+            self.results["best_epoch_top1"][key] = out["best_top1"]
+            return out["top1" if self.results["reported_epoch"] == "last" else "best_top1"]
+
+        return run
+
+    def probe(self, key: str, ckpt: Path | None, pooling: str = "mean", last_blocks: int = 1,
+              extra: list[str] = ()) -> float:
+        """Cached linear probe; its last epoch's top-1."""
         overrides = [*self.data, *self.eval_limit, *QUIET, *self.encoder(ckpt), f"linprobe.pooling={pooling}",
                      f"linprobe.last_blocks={last_blocks}", f"linprobe.init={ckpt or ''}", f"train.output_dir={self.out / key}",
                      *self.train, *extra]
         cfg = load_config(LinprobeConfig, [self.probe_config], overrides)
-        return self.step(key, lambda: linprobe(cfg)[metric], [self.probe_config.relative_to(REPO), *overrides])
+        return self.step(key, self.classifier_top1(key, lambda: linprobe(cfg)),
+                         [self.probe_config.relative_to(REPO), *overrides])
 
-    def finetune(self, key: str, ckpt: Path | None, epochs: int, overrides: list[str] = (),
-                 metric: str = "best_top1") -> float:
-        """Fine-tuning; ``metric``: best_top1 (the best epoch) or top1 (the last epoch, for recipes chosen on
-        held-out images)."""
+    def finetune(self, key: str, ckpt: Path | None, epochs: int, overrides: list[str] = ()) -> float:
+        """Fine-tuning; its last epoch's top-1."""
         overrides = [*self.data, *QUIET, *self.encoder(ckpt), f"train.epochs={epochs}",
                      f"train.warmup_epochs={min(1, epochs)}", f"finetune.init={ckpt or ''}",
                      f"train.output_dir={self.out / key}", *self.train, *self.finetune_set, *overrides]
         cfg = load_config(FinetuneConfig, [self.finetune_config], overrides)
-        return self.step(key, lambda: finetune(cfg)[metric], [self.finetune_config.relative_to(REPO), *overrides])
+        return self.step(key, self.classifier_top1(key, lambda: finetune(cfg)),
+                         [self.finetune_config.relative_to(REPO), *overrides])
 
     def encoder_suite(self, ckpt: Path, last_blocks: int, finetune_epochs: int, img_size: tuple[int, int],
                       channels: int, num_classes: int, smoke: bool, finetune_overrides: list[str] = ()) -> None:

@@ -191,7 +191,42 @@ def test_ablations_repeat_each_variant_per_seed(datasets, tmp_path):
         assert "finetune.color_jitter=0.4" in r["settings"]["base_finetune"]  # fine-tuning only
         assert not any("color_jitter" in s for s in r["settings"]["base_probe"] + r["settings"]["base_loss"])
     assert runs[0]["base_loss"] != runs[1]["base_loss"]
+    # probes and fine-tunings are reported at their last epoch (never picked on the test split); the best epoch beside
+    for seed, r in enumerate(runs):
+        assert r["reported_epoch"] == "last"
+        for step in ("base_probe", "base_finetune"):
+            evals = [m for m in read_metrics(tmp_path / f"seed{seed}" / step / "metrics.jsonl") if "top1" in m]
+            assert r[step] == evals[-1]["top1"] and r["best_epoch_top1"][step] == max(m["top1"] for m in evals)
     row = next(line for line in (tmp_path / "ablations.md").read_text().splitlines() if line.startswith("| base "))
     knn = [runs[0]["base_knn"], runs[1]["base_knn"]]
     assert f"{sum(knn) / 2:.2f} ({knn[0]:.2f} / {knn[1]:.2f})" in row
+    assert "top-1 at the last epoch" in (tmp_path / "ablations.md").read_text()
     assert (tmp_path / "mask_ratio.png").stat().st_size > 1000
+
+
+def test_protocol_results_written_before_the_last_epoch_rule_keep_reporting_the_best(tmp_path):
+    """A results file without ``reported_epoch`` (written when protocols reported the best test epoch) goes on
+    reporting the best epoch when continued, so it never mixes the two; a script that reports the last epoch alone
+    (eval_select, which always did) refuses a file that says it holds best epochs."""
+    import json
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from protocol import Protocol
+
+    def protocol(out, **kw):
+        return Protocol("fashion-mnist", "", out, [], REPO / "configs/pretrain/fashion_mnist.yaml",
+                        REPO / "configs/finetune/fashion_mnist.yaml", **kw)
+
+    assert protocol(tmp_path / "new").results["reported_epoch"] == "last"
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text(json.dumps({"date": "2026-11-26", "probe_mae": 80.0}))
+    old = protocol(tmp_path / "old")
+    assert old.results["reported_epoch"] == "best"
+    assert old.classifier_top1("probe_x", lambda: {"top1": 79.0, "best_top1": 81.0})() == 81.0
+    assert protocol(tmp_path / "new").classifier_top1("probe_x", lambda: {"top1": 79.0, "best_top1": 81.0})() == 79.0
+    old.save()
+    with pytest.raises(ValueError, match="reports the best epoch, this protocol the last"):
+        protocol(tmp_path / "old", reported_epoch="last")
