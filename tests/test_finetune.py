@@ -119,3 +119,17 @@ def test_resumed_finetuning_does_not_read_init_and_is_bit_exact(tmp_path, datase
     a, b = (load_file(tmp_path / d / "model-timm.safetensors") for d in ("full", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (full["top1"], full["eval_loss"]) == (resumed["top1"], resumed["eval_loss"])
+
+
+def test_resuming_another_tasks_checkpoint_is_refused(tmp_path, datasets):
+    """Fine-tuning with resume=auto in a folder that holds a pretraining run (same architecture, so the model
+    check alone would pass) names both tasks instead of failing on state-dict keys."""
+    from helpers import tiny_pretrain
+
+    from openmae.engine.pretrain import pretrain
+
+    pretrain(tiny_pretrain(tmp_path, datasets, "train.epochs=1"))
+    cfg = tiny_finetune(tmp_path, datasets, "model.name=auto", f"finetune.init={tmp_path / 'model-last.pth'}",
+                        "train.resume=auto")
+    with pytest.raises(CheckpointError, match="written by `openmae pretrain`, but this run is `openmae finetune`"):
+        finetune(cfg)

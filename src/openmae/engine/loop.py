@@ -174,6 +174,10 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resum
     epoch, start_batch, step, resumed = 0, 0, 0, None
     if resume is not None:
         path, state = resume.path, resume.state
+        if state.get("task", task.name) != task.name:
+            raise CheckpointError(f"{path} was written by `openmae {state['task']}`, but this run is `openmae "
+                                  f"{task.name}`; give this run its own output folder (-o), or resume that run with "
+                                  f"`openmae {state['task']}`")
         if state.get("model_config") != model_config:
             raise CheckpointError(f"{path} was written for model {state.get('model_config')}, "
                                   f"but this run builds {model_config}; use the same model settings to resume")
