@@ -133,3 +133,13 @@ def test_resuming_another_tasks_checkpoint_is_refused(tmp_path, datasets):
                         "train.resume=auto")
     with pytest.raises(CheckpointError, match="written by `openmae pretrain`, but this run is `openmae finetune`"):
         finetune(cfg)
+
+
+def test_log_says_when_model_best_is_chosen_on_the_eval_split(tmp_path, datasets, caplog):
+    with caplog.at_level("INFO", logger="openmae.finetune"):
+        FinetuneTask(tiny_finetune(tmp_path, datasets), torch.device("cpu"))
+    assert "evaluating on the 'test' split: model-best.pth is its best epoch" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="openmae.finetune"):
+        FinetuneTask(tiny_finetune(tmp_path, datasets, "data.holdout=0.25"), torch.device("cpu"))
+    assert "model-best.pth" not in caplog.text

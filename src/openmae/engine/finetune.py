@@ -125,6 +125,10 @@ class FinetuneTask:
                               warmup_power=3 / 4) if f.model_ema else None
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
                                {"num_classes": self.num_classes, "global_pool": f.global_pool})
+        if not cfg.data.holdout:
+            log.info("evaluating on the '%s' split: model-best.pth is its best epoch, chosen on that split; report "
+                     "the last epoch, or set data.holdout to compare settings on held-out training images",
+                     cfg.data.eval_split)
 
     def shard_blocks(self) -> list[nn.Module]:
         return list(self.model.blocks)
