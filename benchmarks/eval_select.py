@@ -160,7 +160,8 @@ def main() -> None:
 
     if args.finetune_select_epochs:
         tune, n = [f"train.precision={args.precision}"], args.finetune_select_epochs
-        scores = {name: p.finetune(f"finetune_holdout{n}_{name}", ckpt, n, [*holdout, *tune, *FINETUNE_RECIPES[name]]) for name in names}
+        scores = {name: p.finetune(f"finetune_holdout{n}_{name}", ckpt, n, [*holdout, *tune, *FINETUNE_RECIPES[name]])
+                  for name in names}
         name = max(scores, key=scores.get)
         p.results["finetune_chosen"] = {"recipe": name, "overrides": FINETUNE_RECIPES[name], "select_epochs": n,
                                         "candidates": scores}

@@ -47,16 +47,15 @@ $PY -m openmae pretrain -c configs/pretrain/fashion_mnist.yaml $COMMON $MODEL $L
   > "$OUT_DIR/speed.log" 2>&1
 IPS=$($PY -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(max(x.get('images_per_s', 0) for x in r))" \
   "$OUT_DIR/probe_speed/metrics.jsonl")
-IMAGES=$([ -n "${SMOKE:-}" ] && echo 1024 || echo 60000)
-EPOCHS=$($PY -c "print(max(1, int(0.9 * $PRETRAIN_S * $IPS / $IMAGES)))")
-[ -n "${SMOKE:-}" ] && EPOCHS=1
+EPOCHS=$($PY -c "print(max(1, int(0.9 * $PRETRAIN_S * $IPS / 60000)))")  # 60,000 training images
+if [ -n "${SMOKE:-}" ]; then EPOCHS=1; fi
 echo "pretraining: $IPS images/s measured, $EPOCHS epochs in about $PRETRAIN_S s" | tee "$OUT_DIR/summary.txt"
 
 # 2. pretraining, the whole cosine schedule inside the budget (a checkpoint every 10 epochs, in case it runs long)
 timeout $((PRETRAIN_S * 5 / 4)) $PY -m openmae pretrain -c configs/pretrain/fashion_mnist.yaml $COMMON $MODEL $LIMIT \
   -o "$OUT_DIR/pretrain" train.epochs="$EPOCHS" train.warmup_epochs=$((EPOCHS < 20 ? 1 : EPOCHS / 20)) \
   train.ckpt_every_epochs=10 train.resume=auto pretrain.vis_every_epochs=0 \
-  > "$OUT_DIR/pretrain.log" 2>&1 || echo "pretraining stopped by its time limit" | tee -a "$OUT_DIR/summary.txt"
+  > "$OUT_DIR/pretrain.log" 2>&1 || echo "pretraining stopped early (time limit or error: see pretrain.log)" | tee -a "$OUT_DIR/summary.txt"
 CKPT="$OUT_DIR/pretrain/model-last.pth"
 [ -f "$CKPT" ] || CKPT="$(ls -1 "$OUT_DIR"/pretrain/checkpoint-*.pth | tail -1)"
 echo "pretrained: $CKPT after $SECONDS s; last loss $(tail -1 "$OUT_DIR/pretrain/metrics.jsonl")" | tee -a "$OUT_DIR/summary.txt"

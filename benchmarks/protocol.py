@@ -92,8 +92,8 @@ class Protocol:
         self.results.setdefault("minutes", {})
         self.results.setdefault("settings", {})
         self.results.setdefault("best_epoch_top1", {})
-        legacy = any(k not in ("machine", "date", "minutes", "settings", "best_epoch_top1") for k in self.results)
-        self.results.setdefault("reported_epoch", self.reported_epoch or ("best" if legacy else "last"))
+        # a file without the field was written before the choice existed, when the best epoch was reported
+        self.results.setdefault("reported_epoch", self.reported_epoch or ("best" if path.exists() else "last"))
         if self.reported_epoch and self.results["reported_epoch"] != self.reported_epoch:
             raise ValueError(f"{path} reports the {self.results['reported_epoch']} epoch, this protocol the "
                              f"{self.reported_epoch}; write to a new --out folder")

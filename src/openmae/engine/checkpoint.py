@@ -55,7 +55,7 @@ def _digest(state: dict[str, Any]) -> str:
     """sha256 over the bytes of the model tensors and of the task's own weights (task_state, e.g. an EMA):
     detects silent corruption that still unpickles. Checkpoints without task_state digest as before."""
     h = hashlib.sha256()
-    tensors = {k: v for k, v in state["model"].items()}
+    tensors = dict(state["model"])
     for name, part in (state.get("task_state") or {}).items():
         tensors.update({f"task_state.{name}.{k}": v for k, v in part.items() if isinstance(v, torch.Tensor)})
     for key in sorted(tensors):
@@ -152,13 +152,13 @@ class Resume:
         return self.state.get("model_config")
 
 
-def find_resume(resume: str, run_dir: str | Path, keep_last: int, is_main: bool) -> Resume | None:
+def find_resume(resume: str, run_dir: str | Path, is_main: bool) -> Resume | None:
     """The checkpoint ``train.resume`` names (``auto``: the newest valid one in ``run_dir``, None when there is
     none; a path: that file, which must load). Looked up before the task is built, so that a resumed task does not
     read its init weights only to have them replaced."""
     if not resume:
         return None
-    ckpts = CheckpointManager(run_dir, keep_last)
+    ckpts = CheckpointManager(run_dir)
     if is_main:
         ckpts.remove_temporary()
     if resume != "auto":

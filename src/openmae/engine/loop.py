@@ -93,7 +93,7 @@ def launch(make_task: Callable[[DistInfo, Resume | None], Task], config: Any) ->
     setup_console(info.is_main)
     try:
         t = config.train
-        resume = find_resume(t.resume, t.output_dir, t.keep_last, info.is_main)
+        resume = find_resume(t.resume, t.output_dir, info.is_main)
         torch.manual_seed(t.seed)
         task = make_task(info, resume)
         return train(task, config, t, info, resume)
