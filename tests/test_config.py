@@ -77,6 +77,9 @@ def test_paper_presets_hold_the_paper_recipe():
     (KnnConfig, "knn.pooling=max", "one of ('cls', 'mean', 'cls+mean')"),
     (KnnConfig, "data.holdout=1.0", "a fraction in [0, 1)"),
     (KnnConfig, "data.holdout=0.1 data.eval_split=train", "a split other than data.train_split='train' when data.holdout > 0"),
+    (FinetuneConfig, "data.report_eval_split=true", "false unless data.holdout > 0"),
+    (LinprobeConfig, "data.report_eval_split=true", "false unless data.holdout > 0"),
+    (KnnConfig, "data.holdout=0.1 data.report_eval_split=true", "false for kNN (one evaluation, no epoch to choose)"),
 ])
 def test_feature_block_settings_are_checked(cls, override, message):
     with pytest.raises(ConfigError) as err:

@@ -169,3 +169,30 @@ def test_cached_probe_head_reads_cls_plus_mean_of_several_blocks(datasets, tmp_p
     task = LinprobeTask(cfg, torch.device("cpu"))
     assert task.classifier.head[1].in_features == 2 * 2 * 192
     assert task.train_feats[0].shape == (300, 768) and task.eval_feats[0].shape == (100, 768)
+
+
+def test_cached_probe_reports_the_test_split_beside_held_out_images(datasets, tmp_path):
+    """linprobe with data.holdout + data.report_eval_split: features of the real test split are cached beside the
+    held-out ones, and test_top1 is the trained head's accuracy on them (top1 stays the held-out accuracy)."""
+    from openmae.config import load_config
+    from openmae.data.loader import Batch
+    from openmae.engine.classifier import evaluate
+    from openmae.engine.linprobe import LinprobeConfig, LinprobeTask
+    from openmae.engine.loop import launch
+
+    cfg = load_config(LinprobeConfig, overrides=[
+        "data.name=fashion-mnist", f"data.root={datasets}", "data.max_samples=300", "data.max_eval_samples=100",
+        "data.holdout=0.5", "data.report_eval_split=true", "data.num_workers=0", "model.name=mae_vit_tiny_patch7_28_gray",
+        "model.depth=2", "linprobe.mode=cached", "train.epochs=2", "train.warmup_epochs=0", "train.batch_size=50",
+        "train.progress=false", "train.tensorboard=false", f"train.output_dir={tmp_path}"])
+    task = LinprobeTask(cfg, torch.device("cpu"))
+    assert task.report_feats[0].shape == task.eval_feats[0].shape == (100, 192)
+    assert not torch.equal(task.report_feats[0], task.eval_feats[0])
+    out = launch(lambda info, resume: task, cfg)
+
+    def top1(cached):
+        f, y = cached
+        return evaluate(task.model, [Batch(f, y, y, 0)], torch.device("cpu"))["top1"]
+
+    assert (out["top1"], out["test_top1"]) == (top1(task.eval_feats), top1(task.report_feats))
+    assert out["best_test_top1"] == load_file(tmp_path / "model-best.pth")["metrics"]["test_top1"]

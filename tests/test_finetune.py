@@ -143,3 +143,40 @@ def test_log_says_when_model_best_is_chosen_on_the_eval_split(tmp_path, datasets
     with caplog.at_level("INFO", logger="openmae.finetune"):
         FinetuneTask(tiny_finetune(tmp_path, datasets, "data.holdout=0.25"), torch.device("cpu"))
     assert "model-best.pth" not in caplog.text
+
+
+def test_held_out_images_choose_model_best_and_the_test_split_is_reported_beside(tmp_path, datasets):
+    """data.holdout + data.report_eval_split: each evaluation reads the held-out training images (top1, which
+    model-best.pth is chosen on) and the real test split (test_top1); both equal a direct evaluation of the kept
+    weights on those images, and best_test_top1 is the test top-1 of the epoch chosen on held-out images."""
+    from openmae.data.build import eval_batches, source_for
+    from openmae.engine.classifier import evaluate
+    from openmae.models.vit import create_classifier
+
+    cfg = tiny_finetune(tmp_path, datasets, "data.holdout=0.25", "data.report_eval_split=true", "train.epochs=3")
+    finetune(cfg)
+    evals = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "top1" in r]
+    assert [r["epoch"] for r in evals] == [1, 2, 3] and all("test_top1" in r for r in evals)
+    chosen = max(evals, key=lambda r: r["top1"])  # the first of equal tops, as the keeper (strictly better only)
+    assert evals[-1]["best_epoch"] == chosen["epoch"] and evals[-1]["best_test_top1"] == chosen["test_top1"]
+    best = load_file(tmp_path / "model-best.pth")
+    assert best["epoch"] == chosen["epoch"]
+    model = create_classifier(openmae.MAEConfig(**best["model_config"]), best["num_classes"], "avg")
+    model.load_state_dict(best["model"])
+    d = cfg.data
+    held, test = source_for(d, "test", 3, 32), source_for(d, "test", 3, 32, holdout=False)
+    assert "/cifar10/train/" in held.describe(0) and all("/cifar10/test/" in test.describe(i) for i in range(32))
+    for source, key in ((held, "top1"), (test, "test_top1")):
+        top1 = evaluate(model, eval_batches(d, "test", (32, 32), 3, 256, source=source), torch.device("cpu"))["top1"]
+        assert top1 == pytest.approx(best["metrics"][key], abs=1e-9)
+
+
+def test_resumed_run_keeps_the_best_epochs_record(tmp_path, datasets, monkeypatch):
+    """model-best.pth's record travels in checkpoints: after a resume, an epoch worse than one before the halt
+    does not replace model-best.pth (scripted top-1: 50 after epoch 1, 40 after epoch 2)."""
+    scores = iter([50.0, 40.0])
+    monkeypatch.setattr(FinetuneTask, "evaluate", lambda self: {"top1": next(scores), "top5": 100.0, "eval_loss": 1.0})
+    assert finetune(tiny_finetune(tmp_path, datasets, "train.halt_after_steps=4"))["halted"]  # end of epoch 1
+    out = finetune(tiny_finetune(tmp_path, datasets, "train.resume=auto"))
+    assert (out["top1"], out["best_top1"], out["best_epoch"]) == (40.0, 50.0, 1)
+    assert load_file(tmp_path / "model-best.pth")["epoch"] == 1

@@ -57,11 +57,11 @@ def holdout_indices(count: int, fraction: float, seed: int) -> tuple[list[int], 
 
 
 def source_for(cfg: DataConfig, split: str, channels: int, limit: int = 0, full: ImageSource | None = None,
-               ) -> ImageSource:
-    """The images of ``split`` (its first ``limit``, spread evenly, when set). With ``data.holdout``, the
-    training split gives the images it keeps and the evaluation split the held-out ones; ``full``: the whole
-    training split already built, so that it is not scanned again."""
-    if cfg.holdout and split in (cfg.train_split, cfg.eval_split):
+               holdout: bool = True) -> ImageSource:
+    """The images of ``split`` (its first ``limit``, spread evenly, when set). With ``data.holdout`` (and
+    ``holdout`` true), the training split gives the images it keeps and the evaluation split the held-out ones;
+    ``full``: the whole training split already built, so that it is not scanned again."""
+    if holdout and cfg.holdout and split in (cfg.train_split, cfg.eval_split):
         full = build_source(cfg, cfg.train_split, channels) if full is None else full
         kept, held = holdout_indices(len(full), cfg.holdout, cfg.holdout_seed)
         source: ImageSource = SourceView(full, held if split == cfg.eval_split else kept)
@@ -80,6 +80,13 @@ def split_sources(cfg: DataConfig, channels: int) -> tuple[ImageSource, ImageSou
     full = build_source(cfg, cfg.train_split, channels) if cfg.holdout else None
     return (source_for(cfg, cfg.train_split, channels, cfg.max_samples, full),
             source_for(cfg, cfg.eval_split, channels, cfg.max_eval_samples, full))
+
+
+def report_source(cfg: DataConfig, channels: int) -> ImageSource | None:
+    """``data.eval_split`` itself (not its held-out stand-in) when ``data.report_eval_split`` is on, else None."""
+    if not cfg.report_eval_split:
+        return None
+    return source_for(cfg, cfg.eval_split, channels, cfg.max_eval_samples, holdout=False)
 
 
 def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, batch_size: int, seed: int,

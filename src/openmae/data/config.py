@@ -21,6 +21,10 @@ class DataConfig:
     ``holdout`` > 0 sets that fraction of the training split aside (a fixed random subset drawn with
     ``holdout_seed``): training reads the rest and evaluation reads the held-out images instead of
     ``eval_split``, so that evaluation settings can be chosen without looking at the test split.
+    ``report_eval_split`` (fine-tuning and linear probing, with ``holdout``): evaluate on ``eval_split`` itself as
+    well, each time the held-out images are evaluated; its numbers are logged with the split's name as a prefix
+    (``test_top1``), and ``model-best.pth`` stays chosen on the held-out images. One run then both chooses its
+    epoch without the test split and reports that epoch's test accuracy.
     """
 
     name: str = "folder"
@@ -42,6 +46,7 @@ class DataConfig:
     max_eval_samples: int = 0
     holdout: float = 0.0
     holdout_seed: int = 0
+    report_eval_split: bool = False
 
     def check(self) -> None:
         require(self.name in KINDS, "data.name", self.name, f"one of {list(KINDS)}")
@@ -62,6 +67,8 @@ class DataConfig:
         require(self.holdout == 0 or self.train_split != self.eval_split, "data.eval_split", self.eval_split,
                 f"a split other than data.train_split={self.train_split!r} when data.holdout > 0 (it names which "
                 "requests get the held-out part)")
+        require(not self.report_eval_split or self.holdout > 0, "data.report_eval_split", self.report_eval_split,
+                "false unless data.holdout > 0 (without a held-out part, evaluation already reads data.eval_split)")
         require((self.mean is None) == (self.std is None), "data.mean/std", (self.mean, self.std),
                 "both set or both unset")
         require(self.std is None or all(s > 0 for s in self.std), "data.std", self.std, "positive numbers")

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from openmae.convert.files import save_file
+from openmae.data.config import DataConfig
 from openmae.data.loader import Batch
 from openmae.engine.distributed import barrier
 from openmae.engine.loop import Run
@@ -50,24 +51,46 @@ def num_classes_of(configured: int, classes: list[str], labels_max: int | None =
     raise ValueError("the dataset has no class names; set num_classes")
 
 
-class BestKeeper:
-    """Writes ``model-best.pth`` when the top-1 improves and ``model-timm.safetensors`` (timm keys) at the end."""
+def report_prefix(data: DataConfig) -> str:
+    """The prefix of the metrics measured on ``data.eval_split`` itself beside the held-out images
+    (``data.report_eval_split``), e.g. ``test_``; empty when there are none."""
+    return f"{data.eval_split}_" if data.report_eval_split else ""
 
-    def __init__(self, run_dir: Path, model_config: dict[str, Any], extra: dict[str, Any]) -> None:
-        self.run_dir, self.model_config, self.extra = run_dir, model_config, extra
+
+class BestKeeper:
+    """Writes ``model-best.pth`` when the top-1 improves and ``model-timm.safetensors`` (timm keys) at the end.
+
+    Its record (the best epoch and its metrics) travels in checkpoints (``state`` / ``load_state``), so that a
+    resumed run does not replace ``model-best.pth`` with a worse epoch. ``report``: the prefix of metrics from the
+    evaluation split measured beside held-out images (``report_prefix``); they are kept and logged, never chosen on.
+    """
+
+    def __init__(self, run_dir: Path, model_config: dict[str, Any], extra: dict[str, Any], report: str = "") -> None:
+        self.run_dir, self.model_config, self.extra, self.report = run_dir, model_config, extra, report
         self.best = float("-inf")
+        self.epoch = 0
+        self.metrics: dict[str, float] = {}
+
+    def state(self) -> dict[str, Any]:
+        return {"top1": self.best, "epoch": self.epoch, "metrics": dict(self.metrics)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.best, self.epoch, self.metrics = float(state["top1"]), int(state["epoch"]), dict(state["metrics"])
 
     def update(self, model: nn.Module, metrics: dict[str, float], epoch: int, final: bool) -> dict[str, float]:
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         if metrics["top1"] > self.best:
-            self.best = metrics["top1"]
+            self.best, self.epoch, self.metrics = metrics["top1"], epoch, dict(metrics)
             save_file({"model": sd, "model_config": self.model_config, "epoch": epoch, "metrics": metrics,
                        **self.extra}, self.run_dir / "model-best.pth")
         if final:
             save_file({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")},
                       self.run_dir / "model-timm.safetensors")
             log.info("exported the final classifier in timm layout to %s", self.run_dir / "model-timm.safetensors")
-        return {**metrics, "best_top1": self.best}
+        out = {**metrics, "best_top1": self.best, "best_epoch": self.epoch}
+        if self.report:
+            out[f"best_{self.report}top1"] = self.metrics[f"{self.report}top1"]
+        return out
 
 
 def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module, evaluate_fn: Callable[[], dict[str, float]],
@@ -77,7 +100,14 @@ def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module, eva
     out: dict[str, Any] = {}
     if run.info.is_main and (epoch % every == 0 or final):
         out = {**best.update(model, evaluate_fn(), epoch, final), **(extra or {})}
-        log.info("epoch %d: top-1 %.2f top-5 %.2f (best %.2f)", epoch, out["top1"], out["top5"], out["best_top1"])
+        line = (f"epoch {epoch}: top-1 {out['top1']:.2f} top-5 {out['top5']:.2f} "
+                f"(best {out['best_top1']:.2f}, epoch {out['best_epoch']})")
+        if best.report:
+            split = best.report[:-1]
+            line = (f"epoch {epoch}: held-out top-1 {out['top1']:.2f} top-5 {out['top5']:.2f}, {split} top-1 "
+                    f"{out[f'{best.report}top1']:.2f} (best held-out {out['best_top1']:.2f} at epoch "
+                    f"{out['best_epoch']}, whose {split} top-1 is {out[f'best_{best.report}top1']:.2f})")
+        log.info("%s", line)
     barrier(run.info)
     return out
 

@@ -15,7 +15,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 
 from openmae.config import require
-from openmae.data.build import eval_batches, split_sources, train_dataset
+from openmae.data.build import eval_batches, report_source, split_sources, train_dataset
 from openmae.data.config import DataConfig
 from openmae.data.datasets import stats_for
 from openmae.data.loader import Batch
@@ -27,6 +27,7 @@ from openmae.engine.classifier import (
     evaluate_after_epoch,
     labels_and_images,
     num_classes_of,
+    report_prefix,
 )
 from openmae.engine.config import ModelSection, TrainConfig
 from openmae.engine.distributed import DistInfo
@@ -109,6 +110,7 @@ class FinetuneTask:
         self.mae_cfg = mae_cfg
         self.model_config = mae_cfg.to_dict()
         self.train_source, self.eval_source = split_sources(cfg.data, mae_cfg.in_chans)
+        self.report_source = report_source(cfg.data, mae_cfg.in_chans)  # the test split beside held-out images
         self.num_classes = num_classes_of(f.num_classes, self.train_source.classes)
         self.model = create_classifier(mae_cfg, self.num_classes, f.global_pool, f.drop_path)
         if sd is not None:
@@ -124,11 +126,12 @@ class FinetuneTask:
         self.ema = ModelEmaV3(self.model.to(device), decay=f.model_ema_decay, use_warmup=f.model_ema_warmup,
                               warmup_power=3 / 4) if f.model_ema else None
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
-                               {"num_classes": self.num_classes, "global_pool": f.global_pool})
+                               {"num_classes": self.num_classes, "global_pool": f.global_pool},
+                               report_prefix(cfg.data))
         if not cfg.data.holdout:
             log.info("evaluating on the '%s' split: model-best.pth is its best epoch, chosen on that split; report "
-                     "the last epoch, or set data.holdout to compare settings on held-out training images",
-                     cfg.data.eval_split)
+                     "the last epoch, or set data.holdout (with data.report_eval_split=true) to choose on held-out "
+                     "training images and report this split beside them", cfg.data.eval_split)
 
     def shard_blocks(self) -> list[nn.Module]:
         return list(self.model.blocks)
@@ -158,9 +161,12 @@ class FinetuneTask:
             self.ema.update(self.model, step=step)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"ema": self.ema.module.state_dict()} if self.ema is not None else {}
+        state = {"best": self.best.state()}
+        return {**state, "ema": self.ema.module.state_dict()} if self.ema is not None else state
 
     def load_extra_state(self, state: dict[str, Any], path: Path) -> None:
+        if "best" in state:  # checkpoints written before the record travelled start it afresh
+            self.best.load_state(state["best"])
         if self.ema is None:
             return
         if "ema" not in state:
@@ -177,11 +183,13 @@ class FinetuneTask:
         d, m = self.cfg.data, self.mae_cfg
         device = next(self.model.parameters()).device
 
-        def on(model: nn.Module) -> dict[str, float]:
+        def on(model: nn.Module, source=self.eval_source) -> dict[str, float]:
             return evaluate(model, eval_batches(d, d.eval_split, m.img_size, m.in_chans, self.cfg.finetune.eval_batch_size,
-                                                source=self.eval_source), device, self.amp_dtype)
+                                                source=source), device, self.amp_dtype)
 
         metrics = on(self.classifier)
+        if self.report_source is not None:
+            metrics.update({f"{self.best.report}{k}": v for k, v in on(self.classifier, self.report_source).items()})
         if self.ema is not None:
             metrics.update({f"live_{k}": v for k, v in on(self.model).items()})
         return metrics

@@ -50,6 +50,9 @@ class KnnConfig:
 
     def check(self) -> None:
         require(self.data.name != "folder", "data.name", self.data.name, "a labelled dataset (imagefolder or named)")
+        require(not self.data.report_eval_split, "data.report_eval_split", self.data.report_eval_split,
+                "false for kNN (one evaluation, no epoch to choose): run `openmae knn` without data.holdout for the "
+                "test split's number")
 
 
 def load_encoder_model(model: ModelSection, init: str, seed: int = 0) -> MaskedAutoencoder:

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from openmae.config import require
-from openmae.data.build import eval_batches, split_sources, train_dataset
+from openmae.data.build import eval_batches, report_source, split_sources, train_dataset
 from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples
@@ -26,6 +26,7 @@ from openmae.engine.classifier import (
     evaluate_after_epoch,
     labels_and_images,
     num_classes_of,
+    report_prefix,
 )
 from openmae.engine.config import ModelSection, TrainConfig
 from openmae.engine.distributed import DistInfo
@@ -99,6 +100,7 @@ class LinprobeTask:
         self.mae_cfg, self.model_config = mae_cfg, mae_cfg.to_dict()
         self.amp_dtype = autocast_dtype(cfg.train.precision, device)
         self.train_source, self.eval_source = split_sources(cfg.data, mae_cfg.in_chans)
+        self.report_source = report_source(cfg.data, mae_cfg.in_chans)  # the test split beside held-out images
         self.num_classes = num_classes_of(p.num_classes, self.train_source.classes)
         self.classifier = create_classifier(mae_cfg, self.num_classes, "token", bn_head=True, head_init_std=0.01,
                                             head_in=pooled_width(p.pooling, mae_cfg.embed_dim) * p.last_blocks)
@@ -107,14 +109,18 @@ class LinprobeTask:
         for name, param in self.classifier.named_parameters():
             param.requires_grad = name.startswith("head.")
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
-                               {"num_classes": self.num_classes, "mode": p.mode, "last_blocks": p.last_blocks})
+                               {"num_classes": self.num_classes, "mode": p.mode, "last_blocks": p.last_blocks},
+                               report_prefix(cfg.data))
         if p.mode == "cached":
             self.classifier.to(device)
             self.train_feats = self._features(cfg.data.train_split, self.train_source)
             self.eval_feats = self._features(cfg.data.eval_split, self.eval_source)
+            self.report_feats = (self._features(cfg.data.eval_split, self.report_source)
+                                 if self.report_source is not None else None)
             self.model = self.classifier.head  # only the head trains; features come from the cache
             self.num_workers = 0  # in-memory tensors: worker processes would only add overhead
         else:
+            self.train_feats = self.eval_feats = self.report_feats = None
             self.model = self.classifier
             self.num_workers = cfg.data.num_workers
 
@@ -149,15 +155,30 @@ class LinprobeTask:
             self.classifier.head.train()
         return StepOutput(nn.functional.cross_entropy(model(inputs).float(), labels))
 
+    def extra_state(self) -> dict[str, Any]:
+        return {"best": self.best.state()}
+
+    def load_extra_state(self, state: dict[str, Any], path: Path) -> None:
+        if "best" in state:  # checkpoints written before the record travelled start it afresh
+            self.best.load_state(state["best"])
+
     def evaluate(self) -> dict[str, float]:
-        if self.cfg.linprobe.mode == "cached":
-            feats, labels = self.eval_feats
+        metrics = self._evaluate_on(self.eval_source, self.eval_feats)
+        if self.report_source is not None:
+            report = self._evaluate_on(self.report_source, self.report_feats)
+            metrics.update({f"{self.best.report}{k}": v for k, v in report.items()})
+        return metrics
+
+    def _evaluate_on(self, source: ImageSource, cached: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, float]:
+        """Top-1 etc. of the probe on ``source``'s images (or, in cached mode, on their ``cached`` features)."""
+        if cached is not None:
+            feats, labels = cached
             bs = self.cfg.linprobe.eval_batch_size
             batches = [Batch(feats[i : i + bs], labels[i : i + bs], labels[i : i + bs], 0) for i in range(0, len(feats), bs)]
             return evaluate(self.model, batches, self.device)
         d, m = self.cfg.data, self.mae_cfg
         return evaluate(self.classifier, eval_batches(d, d.eval_split, m.img_size, m.in_chans,
-                                                      self.cfg.linprobe.eval_batch_size, source=self.eval_source),
+                                                      self.cfg.linprobe.eval_batch_size, source=source),
                         self.device, self.amp_dtype)
 
     def after_epoch(self, run: Run, epoch: int) -> dict[str, Any]:
