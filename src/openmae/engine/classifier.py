@@ -89,7 +89,8 @@ class BestKeeper:
             log.info("exported the final classifier in timm layout to %s", self.run_dir / "model-timm.safetensors")
         out = {**metrics, "best_top1": self.best, "best_epoch": self.epoch}
         if self.report:
-            out[f"best_{self.report}top1"] = self.metrics[f"{self.report}top1"]
+            # nan: the best epoch was evaluated before data.report_eval_split was turned on (a resumed run)
+            out[f"best_{self.report}top1"] = self.metrics.get(f"{self.report}top1", float("nan"))
         return out
 
 
