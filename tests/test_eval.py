@@ -196,3 +196,25 @@ def test_cached_probe_reports_the_test_split_beside_held_out_images(datasets, tm
 
     assert (out["top1"], out["test_top1"]) == (top1(task.eval_feats), top1(task.report_feats))
     assert out["best_test_top1"] == load_file(tmp_path / "model-best.pth")["metrics"]["test_top1"]
+
+
+def test_resumed_probe_keeps_the_best_epochs_record(datasets, tmp_path, monkeypatch):
+    """The probe's model-best.pth record travels in checkpoints too: after a resume, a worse epoch (scripted top-1:
+    50 after epoch 1, 40 after epoch 2) does not replace it."""
+    from openmae.config import load_config
+    from openmae.engine.linprobe import LinprobeConfig, LinprobeTask, linprobe
+
+    scores = iter([50.0, 40.0])
+    monkeypatch.setattr(LinprobeTask, "evaluate", lambda self: {"top1": next(scores), "top5": 100.0, "eval_loss": 1.0})
+
+    def cfg(*extra):
+        return load_config(LinprobeConfig, overrides=[
+            "data.name=fashion-mnist", f"data.root={datasets}", "data.max_samples=200", "data.max_eval_samples=50",
+            "data.num_workers=0", "model.name=mae_vit_tiny_patch7_28_gray", "model.depth=1", "linprobe.mode=cached",
+            "train.epochs=2", "train.warmup_epochs=0", "train.batch_size=50", "train.progress=false",
+            "train.tensorboard=false", f"train.output_dir={tmp_path}", *extra])
+
+    assert linprobe(cfg("train.halt_after_steps=4"))["halted"]  # the end of epoch 1
+    out = linprobe(cfg("train.resume=auto"))
+    assert (out["top1"], out["best_top1"], out["best_epoch"]) == (40.0, 50.0, 1)
+    assert load_file(tmp_path / "model-best.pth")["epoch"] == 1
