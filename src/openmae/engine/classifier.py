@@ -72,10 +72,15 @@ class BestKeeper:
         self.metrics: dict[str, float] = {}
 
     def state(self) -> dict[str, Any]:
-        return {"top1": self.best, "epoch": self.epoch, "metrics": dict(self.metrics)}
+        """Its part of a checkpoint's task_state."""
+        return {"best": {"top1": self.best, "epoch": self.epoch, "metrics": dict(self.metrics)}}
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.best, self.epoch, self.metrics = float(state["top1"]), int(state["epoch"]), dict(state["metrics"])
+    def load_state(self, task_state: dict[str, Any]) -> None:
+        """From a checkpoint's task_state; one written before the record travelled has none, and the record
+        starts afresh."""
+        if "best" in task_state:
+            best = task_state["best"]
+            self.best, self.epoch, self.metrics = float(best["top1"]), int(best["epoch"]), dict(best["metrics"])
 
     def update(self, model: nn.Module, metrics: dict[str, float], epoch: int, final: bool) -> dict[str, float]:
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -101,14 +106,14 @@ def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module, eva
     out: dict[str, Any] = {}
     if run.info.is_main and (epoch % every == 0 or final):
         out = {**best.update(model, evaluate_fn(), epoch, final), **(extra or {})}
-        line = (f"epoch {epoch}: top-1 {out['top1']:.2f} top-5 {out['top5']:.2f} "
-                f"(best {out['best_top1']:.2f}, epoch {out['best_epoch']})")
         if best.report:
             split = best.report[:-1]
-            line = (f"epoch {epoch}: held-out top-1 {out['top1']:.2f} top-5 {out['top5']:.2f}, {split} top-1 "
-                    f"{out[f'{best.report}top1']:.2f} (best held-out {out['best_top1']:.2f} at epoch "
-                    f"{out['best_epoch']}, whose {split} top-1 is {out[f'best_{best.report}top1']:.2f})")
-        log.info("%s", line)
+            log.info("epoch %d: held-out top-1 %.2f top-5 %.2f, %s top-1 %.2f (best held-out %.2f at epoch %d, whose "
+                     "%s top-1 is %.2f)", epoch, out["top1"], out["top5"], split, out[f"{best.report}top1"],
+                     out["best_top1"], out["best_epoch"], split, out[f"best_{best.report}top1"])
+        else:
+            log.info("epoch %d: top-1 %.2f top-5 %.2f (best %.2f, epoch %d)", epoch, out["top1"], out["top5"],
+                     out["best_top1"], out["best_epoch"])
     barrier(run.info)
     return out
 

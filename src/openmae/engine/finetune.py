@@ -161,12 +161,11 @@ class FinetuneTask:
             self.ema.update(self.model, step=step)
 
     def extra_state(self) -> dict[str, Any]:
-        state = {"best": self.best.state()}
+        state = self.best.state()
         return {**state, "ema": self.ema.module.state_dict()} if self.ema is not None else state
 
     def load_extra_state(self, state: dict[str, Any], path: Path) -> None:
-        if "best" in state:  # checkpoints written before the record travelled start it afresh
-            self.best.load_state(state["best"])
+        self.best.load_state(state)
         if self.ema is None:
             return
         if "ema" not in state:

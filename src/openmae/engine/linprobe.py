@@ -156,11 +156,10 @@ class LinprobeTask:
         return StepOutput(nn.functional.cross_entropy(model(inputs).float(), labels))
 
     def extra_state(self) -> dict[str, Any]:
-        return {"best": self.best.state()}
+        return self.best.state()
 
     def load_extra_state(self, state: dict[str, Any], path: Path) -> None:
-        if "best" in state:  # checkpoints written before the record travelled start it afresh
-            self.best.load_state(state["best"])
+        self.best.load_state(state)
 
     def evaluate(self) -> dict[str, float]:
         metrics = self._evaluate_on(self.eval_source, self.eval_feats)
