@@ -230,3 +230,31 @@ def test_protocol_results_written_before_the_last_epoch_rule_keep_reporting_the_
     old.save()
     with pytest.raises(ValueError, match="reports the best epoch, this protocol the last"):
         protocol(tmp_path / "old", reported_epoch="last")
+
+
+def test_plot_epochs_reports_each_runs_last_and_best_epoch(tmp_path, capsys):
+    """benchmarks/plot_epochs.py: the printed table reads the last and the best evaluated epoch of each run (step
+    records without top1 are skipped), the figure is written, and a malformed or missing run is refused by name."""
+    import json
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from plot_epochs import main
+
+    runs = {"a": [70.0, 80.5, 79.25], "b": [60.0, 65.0]}
+    for name, accs in runs.items():
+        (tmp_path / name).mkdir()
+        lines = [{"step": 10, "loss": 1.0}] + [{"step": 20 * e, "epoch": e, "top1": t} for e, t in enumerate(accs, 1)]
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    out = tmp_path / "fig" / "curves.png"
+    main([f"run a={tmp_path / 'a'}", f"b={tmp_path / 'b' / 'metrics.jsonl'}", "-o", str(out)])
+    table = capsys.readouterr().out
+    assert "| run a | 3 | 79.25 | 80.50 (2) |" in table
+    assert "| b | 2 | 65.00 | 65.00 (2) |" in table
+    assert out.stat().st_size > 1000
+    with pytest.raises(SystemExit, match="is not LABEL=PATH"):
+        main([str(tmp_path / "a"), "-o", str(out)])
+    with pytest.raises(SystemExit, match="no metrics file at"):
+        main([f"c={tmp_path / 'missing'}", "-o", str(out)])
