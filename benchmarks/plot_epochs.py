@@ -30,11 +30,12 @@ def parse_run(spec: str) -> tuple[str, Path]:
     return label, metrics
 
 
-def summary(records: list[dict[str, Any]]) -> tuple[int, float, float, int]:
+def summary(label: str, records: list[dict[str, Any]]) -> tuple[int, float, float, int]:
     """(epochs evaluated, last top-1, best top-1, best epoch) of one run's evaluation records."""
     evals = [r for r in records if "top1" in r]
     if not evals:
-        raise ValueError("no evaluation records (top1) in the metrics; was the run evaluated per epoch?")
+        raise SystemExit(f"run {label!r} has no evaluated epochs (no top1 in its metrics): give a fine-tuning or "
+                         "probe run, not a pretraining one")
     best = max(evals, key=lambda r: r["top1"])
     return len(evals), evals[-1]["top1"], best["top1"], best["epoch"]
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = {label: read_metrics(path) for label, path in map(parse_run, args.runs)}
     print("| run | epochs | last top-1 | best top-1 (epoch) |\n|---|---|---|---|")
     for label, records in runs.items():
-        n, last, best, best_epoch = summary(records)
+        n, last, best, best_epoch = summary(label, records)
         print(f"| {label} | {n} | {last:.2f} | {best:.2f} ({best_epoch}) |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     print(f"wrote {epoch_curves(runs, args.out, title=args.title)}")

@@ -258,3 +258,7 @@ def test_plot_epochs_reports_each_runs_last_and_best_epoch(tmp_path, capsys):
         main([str(tmp_path / "a"), "-o", str(out)])
     with pytest.raises(SystemExit, match="no metrics file at"):
         main([f"c={tmp_path / 'missing'}", "-o", str(out)])
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 1.0}) + "\n")
+    with pytest.raises(SystemExit, match="run 'p' has no evaluated epochs"):
+        main([f"p={tmp_path / 'pretrain'}", "-o", str(out)])
