@@ -109,6 +109,15 @@ def cmd_knn(args: argparse.Namespace, rest: list[str]) -> int:
     return _run_task(KnnConfig, knn_eval, args, rest, "knn.init")
 
 
+@command("evaluate", "accuracy of a fine-tuned classifier (or online probe) on a split: top-1/5, per class, confusion")
+def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
+    from openmae.engine.evaluate import EvaluateConfig, run_evaluate
+
+    if args.json_out:
+        rest = [*rest, f"evaluate.output={args.json_out}"]
+    return _run_task(EvaluateConfig, run_evaluate, args, rest, "evaluate.init")
+
+
 @command("visualize", "reconstruction pictures: original | masked | reconstruction | pasted")
 def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     from openmae.convert.checkpoints import load_pretrained
@@ -173,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
             add_run_flags(p)
         if name in ("finetune", "linprobe", "knn", "visualize"):
             p.add_argument("--checkpoint", "--init", help="pretrained weights (openmae, official, timm or Hugging Face)")
+        if name == "evaluate":
+            p.add_argument("--config", "-c", action="append", default=[], help="YAML preset(s), applied in order")
+            p.add_argument("--data-root", help="folder holding named datasets (default $OPENMAE_DATA)")
+            p.add_argument("--data", help="image folder (data.path) with data.name=imagefolder")
+            p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+            p.add_argument("--checkpoint", "--init", required=True,
+                           help="the classifier: model-best.pth of a finetune (or online linprobe) run, or its "
+                                "model-last.pth / checkpoint-*.pth")
+            p.add_argument("--out", "-o", dest="json_out", help="JSON file for every number (per class, confusion)")
         if name == "visualize":
             p.add_argument("images", nargs="*", help="image files and/or folders (or give data.name=... instead)")
             p.add_argument("--count", type=int, default=8, help="images taken from a dataset")

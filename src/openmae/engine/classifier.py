@@ -22,12 +22,15 @@ log = logging.getLogger("openmae.classifier")
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Top-1, top-5 (in percent) and mean cross-entropy over every batch."""
+def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.dtype | None = None,
+             confusion: bool = False) -> dict[str, Any]:
+    """Top-1, top-5 (in percent) and mean cross-entropy over every batch; with ``confusion``, also the confusion
+    matrix as ``confusion`` (a list of rows: true class, columns: predicted class)."""
     was_training = model.training
     model.eval()
     correct1 = correct5 = total = 0
     loss_sum = 0.0
+    counts: torch.Tensor | None = None
     for batch in batches:
         images, labels = batch.images.to(device, non_blocking=True), batch.labels.to(device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -37,8 +40,16 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
         correct1 += (top[:, 0] == labels).sum().item()
         correct5 += (top == labels[:, None]).any(1).sum().item()
         total += labels.numel()
+        if confusion:
+            n = logits.shape[1]
+            pairs = torch.bincount((labels * n + top[:, 0]).cpu(), minlength=n * n).view(n, n)
+            counts = pairs if counts is None else counts + pairs
     model.train(was_training)
-    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "eval_loss": loss_sum / total}
+    out: dict[str, Any] = {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total,
+                           "eval_loss": loss_sum / total}
+    if confusion:
+        out["confusion"] = counts.tolist() if counts is not None else []
+    return out
 
 
 def num_classes_of(configured: int, classes: list[str], labels_max: int | None = None) -> int:

@@ -1,0 +1,126 @@
+"""``openmae evaluate``: the accuracy of a trained classifier (fine-tuned, or an online linear probe) on a labelled
+split, without training: top-1 / top-5 / loss as fine-tuning measured them, per-class accuracy and the confusion
+matrix (the official code's ``--eval``, with the per-class view a user needs to see what the model confuses)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from openmae.config import ConfigError, require
+from openmae.convert.files import load_file
+from openmae.data.build import eval_batches, source_for
+from openmae.data.config import DataConfig
+from openmae.engine.classifier import evaluate as evaluate_batches
+from openmae.engine.distributed import pick_device
+from openmae.engine.loop import autocast_dtype
+from openmae.models.mae import MAEConfig
+from openmae.models.vit import create_classifier
+
+log = logging.getLogger("openmae.evaluate")
+
+
+@dataclass
+class EvaluateSection:
+    init: str = ""  # the classifier: model-best.pth, or a fine-tuning / online-probe run checkpoint
+    batch_size: int = 256
+    precision: str = "auto"  # as train.precision: auto = bf16 on CUDA, fp32 on CPU
+    device: str = "auto"
+    output: str = ""  # a JSON file for every number (per-class accuracy and confusion matrix included)
+
+    def check(self) -> None:
+        require(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, ">= 1")
+        require(self.precision in ("auto", "fp32", "bf16", "fp16"), "evaluate.precision", self.precision,
+                "auto, fp32, bf16 or fp16 (fp16 on CUDA only)")
+
+
+@dataclass
+class EvaluateConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+
+    def check(self) -> None:
+        require(bool(self.evaluate.init), "evaluate.init", self.evaluate.init,
+                "a classifier file: --checkpoint runs/<finetune run>/model-best.pth")
+        require(self.data.name != "folder", "data.name", self.data.name,
+                "a labelled dataset: a named one (data.name=fashion-mnist ...) or data.name=imagefolder data.path=...")
+        require(not self.data.report_eval_split, "data.report_eval_split", self.data.report_eval_split,
+                "false: evaluate reads one split, data.eval_split (or its held-out stand-in with data.holdout)")
+
+
+def _head_kind(obj: dict[str, Any], path: str) -> tuple[str, bool]:
+    """(global_pool, BatchNorm head) of the classifier stored in ``obj``, or a ConfigError saying what the file is."""
+    run_cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    if "global_pool" in obj:  # fine-tuning's model-best.pth
+        return str(obj["global_pool"]), False
+    if "finetune" in run_cfg:  # a fine-tuning run checkpoint (model-last.pth, checkpoint-*.pth)
+        return str(run_cfg["finetune"].get("global_pool", "avg")), False
+    mode = obj.get("mode", run_cfg.get("linprobe", {}).get("mode") if "linprobe" in run_cfg else None)
+    if mode == "online":
+        return "token", True
+    if mode == "cached":
+        raise ConfigError(f"{path} is a linear probe trained on cached features: its head reads pooled features of "
+                          "the encoder's last blocks, which only `openmae linprobe` computes; re-run that probe "
+                          "(with data.* set to the split to measure), or train an online one (linprobe.mode=online)")
+    if "pretrain" in run_cfg or any(k.startswith(("decoder_", "mask_token")) for k in obj.get("model", {})):
+        raise ConfigError(f"{path} is a pretraining checkpoint (an encoder and decoder, no classifier head): "
+                          "fine-tune it first (`openmae finetune --checkpoint ...`) and evaluate that run's "
+                          "model-best.pth, or measure the encoder itself with `openmae knn` / `openmae linprobe`")
+    raise ConfigError(f"{path} is not a classifier written by openmae (no fine-tuning or probe settings in it; keys "
+                      f"{sorted(obj)[:8]}); give the model-best.pth or a run checkpoint of `openmae finetune` or "
+                      "`openmae linprobe linprobe.mode=online`")
+
+
+def load_classifier(path: str) -> tuple[nn.Module, MAEConfig]:
+    """The classifier stored at ``path`` (its architecture from the file's model config) and that config."""
+    obj = load_file(path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict) or not isinstance(obj.get("model_config"),
+                                                                                             dict):
+        raise ConfigError(f"{path} holds no 'model' weights with a 'model_config' (a bare weights file such as "
+                          "model-timm.safetensors carries no architecture); give the run's model-best.pth or a run "
+                          "checkpoint")
+    global_pool, bn_head = _head_kind(obj, path)
+    sd: dict[str, torch.Tensor] = obj["model"]
+    head = sd.get("head.1.weight" if bn_head else "head.weight")
+    if head is None:
+        raise ConfigError(f"{path} has no classifier head weights ({'head.1.weight' if bn_head else 'head.weight'})")
+    cfg = MAEConfig(**obj["model_config"])
+    model = create_classifier(cfg, head.shape[0], global_pool, bn_head=bn_head, head_in=head.shape[1])
+    model.load_state_dict(sd)
+    return model, cfg
+
+
+def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Top-1 / top-5 / mean cross-entropy of ``evaluate.init`` on ``data.eval_split`` (held-out images with
+    ``data.holdout``), per-class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    e, d = cfg.evaluate, cfg.data
+    device = pick_device(e.device)
+    model, mae_cfg = load_classifier(e.init)
+    classes = model.head.out_features if isinstance(model.head, nn.Linear) else model.head[1].out_features
+    source = source_for(d, d.eval_split, mae_cfg.in_chans, d.max_eval_samples)
+    names = list(source.classes) or [str(i) for i in range(classes)]
+    if len(names) != classes:
+        raise ConfigError(f"the classifier in {e.init} has {classes} outputs but the '{d.eval_split}' split of "
+                          f"data.name={d.name} has {len(names)} classes; evaluate on the dataset it was trained on")
+    batches = eval_batches(d, d.eval_split, mae_cfg.img_size, mae_cfg.in_chans, e.batch_size, source=source)
+    metrics = evaluate_batches(model.to(device), batches, device, autocast_dtype(e.precision, device), confusion=True)
+    confusion: list[list[int]] = metrics.pop("confusion")
+    per_class = {name: (100.0 * row[i] / sum(row) if sum(row) else float("nan"))
+                 for i, (name, row) in enumerate(zip(names, confusion))}
+    split = f"held-out part of '{d.train_split}'" if d.holdout else f"'{d.eval_split}'"
+    log.info("%s on the %s split (%d images): top-1 %.2f top-5 %.2f loss %.4f", e.init, split, len(source),
+             metrics["top1"], metrics["top5"], metrics["eval_loss"])
+    for name, acc in per_class.items():
+        log.info("  %-20s %6.2f", name, acc)
+    result = {**metrics, "samples": len(source), "per_class_top1": per_class, "classes": names, "confusion": confusion}
+    if e.output:
+        Path(e.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(e.output).write_text(json.dumps(result, indent=1))
+        log.info("wrote %s", e.output)
+    return result

@@ -1,0 +1,103 @@
+"""``openmae evaluate``: a trained classifier measured again without training gives the numbers its run recorded;
+per-class accuracy and the confusion matrix agree with them; files that are not classifiers are refused by name."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from test_finetune import tiny_finetune
+
+from openmae.cli.main import main
+from openmae.config import ConfigError, load_config
+from openmae.convert.files import load_file, save_file
+from openmae.engine.config import ModelSection
+from openmae.engine.evaluate import EvaluateConfig, run_evaluate
+from openmae.engine.finetune import finetune
+from openmae.engine.linprobe import LinprobeConfig, linprobe
+from openmae.engine.logging import read_metrics
+from openmae.models.mae import MaskedAutoencoder
+
+DATA = ["data.name=cifar10", "data.max_eval_samples=32", "data.num_workers=0"]
+
+
+def evaluate_cfg(init, datasets, *extra: str) -> EvaluateConfig:
+    return load_config(EvaluateConfig, overrides=[f"evaluate.init={init}", f"data.root={datasets}", *DATA, *extra])
+
+
+def test_evaluate_gives_the_numbers_the_fine_tuning_run_recorded(tmp_path, datasets, capsys):
+    """model-best.pth (chosen on held-out images) measured again on them equals its stored metrics; model-last.pth
+    equals the last epoch's; the CLI prints the same and writes per-class numbers and the confusion matrix."""
+    finetune(tiny_finetune(tmp_path, datasets, "data.holdout=0.25", "train.epochs=3"))
+    best = load_file(tmp_path / "model-best.pth")
+    out = run_evaluate(evaluate_cfg(tmp_path / "model-best.pth", datasets, "data.holdout=0.25"))
+    for key in ("top1", "top5"):
+        assert out[key] == pytest.approx(best["metrics"][key], abs=1e-9)
+    assert out["eval_loss"] == pytest.approx(best["metrics"]["eval_loss"], rel=1e-5)
+    last = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "top1" in r][-1]
+    assert last["epoch"] == 3
+    out_last = run_evaluate(evaluate_cfg(tmp_path / "model-last.pth", datasets, "data.holdout=0.25"))
+    assert out_last["top1"] == pytest.approx(last["top1"], abs=1e-9)
+
+    # the confusion matrix: rows are true classes; its diagonal is top-1, its rows the per-class accuracy
+    conf = torch.tensor(out["confusion"])
+    assert conf.shape == (10, 10) and conf.sum().item() == out["samples"] == 32  # data.max_eval_samples
+    assert 100.0 * conf.trace().item() / out["samples"] == pytest.approx(out["top1"])
+    for i, name in enumerate(out["classes"]):
+        if conf[i].sum():
+            assert out["per_class_top1"][name] == pytest.approx(100.0 * conf[i, i].item() / conf[i].sum().item())
+    assert out["classes"][0] == "airplane"
+
+    # the command line: the same numbers, printed and written
+    json_out = tmp_path / "eval.json"
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "model-best.pth"), "--data-root", str(datasets), *DATA,
+                 "data.holdout=0.25", "-o", str(json_out)])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    written = json.loads(json_out.read_text())
+    assert printed["top1"] == written["top1"] == pytest.approx(out["top1"])
+    assert written["confusion"] == out["confusion"]
+
+
+def test_evaluate_gives_the_numbers_an_online_probe_recorded(tmp_path, datasets):
+    cfg = load_config(LinprobeConfig, overrides=[
+        "model.name=mae_vit_debug_patch4_32", f"data.root={datasets}", *DATA, "data.max_samples=64",
+        "linprobe.mode=online", "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=16",
+        "train.progress=false", "train.tensorboard=false", f"train.output_dir={tmp_path}"])
+    linprobe(cfg)
+    best = load_file(tmp_path / "model-best.pth")
+    out = run_evaluate(evaluate_cfg(tmp_path / "model-best.pth", datasets))
+    assert out["samples"] == 32
+    assert out["top1"] == pytest.approx(best["metrics"]["top1"], abs=1e-9)
+    assert out["eval_loss"] == pytest.approx(best["metrics"]["eval_loss"], rel=1e-5)
+
+
+def test_evaluate_refuses_files_that_are_not_classifiers(tmp_path, datasets):
+    mae_cfg = ModelSection(name="mae_vit_debug_patch4_32").resolve()
+    mae = MaskedAutoencoder(mae_cfg)
+    save_file({"model": mae.state_dict(), "model_config": mae_cfg.to_dict(), "config": {"pretrain": {}}},
+              tmp_path / "pretrain.pth")
+    with pytest.raises(ConfigError, match="pretraining checkpoint.*openmae finetune"):
+        run_evaluate(evaluate_cfg(tmp_path / "pretrain.pth", datasets))
+    save_file({"model": {}, "model_config": mae_cfg.to_dict(), "num_classes": 10, "mode": "cached", "last_blocks": 2},
+              tmp_path / "cached.pth")
+    with pytest.raises(ConfigError, match="cached features"):
+        run_evaluate(evaluate_cfg(tmp_path / "cached.pth", datasets))
+    save_file({"head.weight": torch.zeros(10, 64)}, tmp_path / "model-timm.safetensors")
+    with pytest.raises(ConfigError, match="carries no architecture"):
+        run_evaluate(evaluate_cfg(tmp_path / "model-timm.safetensors", datasets))
+    with pytest.raises(ConfigError, match="evaluate.init"):
+        load_config(EvaluateConfig, overrides=DATA)
+
+
+def test_evaluate_refuses_a_dataset_with_other_classes(tmp_path, datasets):
+    """A 10-class CIFAR-10 classifier on a 3-class image folder: refused with both counts, not a crash in the loss."""
+    finetune(tiny_finetune(tmp_path / "run", datasets, "train.epochs=1"))
+    for cls in ("a", "b", "c"):
+        (tmp_path / "folder" / cls).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (10, 20, 30)).save(tmp_path / "folder" / cls / "x.png")
+    cfg = load_config(EvaluateConfig, overrides=[
+        f"evaluate.init={tmp_path / 'run' / 'model-best.pth'}", "data.name=imagefolder",
+        f"data.path={tmp_path / 'folder'}", "data.num_workers=0"])
+    with pytest.raises(ConfigError, match="has 10 outputs but .* has 3 classes"):
+        run_evaluate(cfg)
