@@ -51,12 +51,13 @@ def test_evaluate_gives_the_numbers_the_fine_tuning_run_recorded(tmp_path, datas
     # the command line: the same numbers, printed and written
     json_out = tmp_path / "eval.json"
     code = main(["evaluate", "--checkpoint", str(tmp_path / "model-best.pth"), "--data-root", str(datasets), *DATA,
-                 "data.holdout=0.25", "-o", str(json_out)])
+                 "data.holdout=0.25", "-o", str(json_out), "--plot", str(tmp_path / "confusion.png")])
     assert code == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     written = json.loads(json_out.read_text())
     assert printed["top1"] == written["top1"] == pytest.approx(out["top1"])
     assert written["confusion"] == out["confusion"]
+    assert Image.open(tmp_path / "confusion.png").size[0] > 300  # the figure was drawn
 
 
 def test_evaluate_gives_the_numbers_an_online_probe_recorded(tmp_path, datasets):

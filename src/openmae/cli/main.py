@@ -115,6 +115,8 @@ def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
 
     if args.json_out:
         rest = [*rest, f"evaluate.output={args.json_out}"]
+    if args.plot:
+        rest = [*rest, f"evaluate.plot={args.plot}"]
     return _run_task(EvaluateConfig, run_evaluate, args, rest, "evaluate.init")
 
 
@@ -191,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the classifier: model-best.pth of a finetune (or online linprobe) run, or its "
                                 "model-last.pth / checkpoint-*.pth")
             p.add_argument("--out", "-o", dest="json_out", help="JSON file for every number (per class, confusion)")
+            p.add_argument("--plot", help="PNG of the confusion matrix")
         if name == "visualize":
             p.add_argument("images", nargs="*", help="image files and/or folders (or give data.name=... instead)")
             p.add_argument("--count", type=int, default=8, help="images taken from a dataset")

@@ -20,6 +20,7 @@ from openmae.data.config import DataConfig
 from openmae.engine.classifier import evaluate as evaluate_batches
 from openmae.engine.distributed import pick_device
 from openmae.engine.loop import autocast_dtype
+from openmae.eval.plots import confusion_plot
 from openmae.models.mae import MAEConfig
 from openmae.models.vit import create_classifier
 
@@ -33,6 +34,7 @@ class EvaluateSection:
     precision: str = "auto"  # as train.precision: auto = bf16 on CUDA, fp32 on CPU
     device: str = "auto"
     output: str = ""  # a JSON file for every number (per-class accuracy and confusion matrix included)
+    plot: str = ""  # a PNG of the confusion matrix (rows as percentages of each true class)
 
     def check(self) -> None:
         require(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, ">= 1")
@@ -123,4 +125,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         Path(e.output).parent.mkdir(parents=True, exist_ok=True)
         Path(e.output).write_text(json.dumps(result, indent=1))
         log.info("wrote %s", e.output)
+    if e.plot:
+        Path(e.plot).parent.mkdir(parents=True, exist_ok=True)
+        confusion_plot(confusion, names, e.plot, f"{Path(e.init).name}: top-1 {metrics['top1']:.2f}% on {split}")
+        log.info("wrote %s", e.plot)
     return result

@@ -68,3 +68,26 @@ def setting_curve(xs: list[float], series: dict[str, list[float | list[float]]],
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def confusion_plot(confusion: list[list[int]], classes: list[str], path: str | Path, title: str = "") -> Path:
+    """The confusion matrix with each row (true class) as percentages of that class's images, the counts written
+    in the cells that hold any."""
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n), dpi=120)
+    shares = [[100.0 * c / max(sum(row), 1) for c in row] for row in confusion]
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=100)
+    for i, row in enumerate(confusion):
+        for j, count in enumerate(row):
+            if count:
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                        color="white" if shares[i][j] > 50 else "black")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (row: % of the class)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
