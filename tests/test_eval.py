@@ -218,3 +218,27 @@ def test_resumed_probe_keeps_the_best_epochs_record(datasets, tmp_path, monkeypa
     out = linprobe(cfg("train.resume=auto"))
     assert (out["top1"], out["best_top1"], out["best_epoch"]) == (40.0, 50.0, 1)
     assert load_file(tmp_path / "model-best.pth")["epoch"] == 1
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_online_probe_head_reads_the_pooling_asked_for(datasets, tmp_path, pooling):
+    """linprobe.mode=online: the BatchNorm head's input is the pooled feature that kNN and cached probes use for the
+    same setting (mean: the final-normed patch tokens averaged), not the cls token whatever the setting."""
+    from openmae.config import load_config
+    from openmae.engine.linprobe import LinprobeConfig, LinprobeTask
+    from openmae.eval.features import encoder_tokens, pool
+
+    cfg = load_config(LinprobeConfig, overrides=[
+        "data.name=cifar10", f"data.root={datasets}", "data.max_samples=16", "data.max_eval_samples=16",
+        "data.num_workers=0", "model.name=mae_vit_debug_patch4_32", "linprobe.mode=online",
+        f"linprobe.pooling={pooling}", f"train.output_dir={tmp_path}"])
+    model = LinprobeTask(cfg, torch.device("cpu")).classifier.eval()
+    seen = {}
+    model.head.register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        model(images)
+        tokens = encoder_tokens(model, images)
+    torch.testing.assert_close(seen["x"], pool(tokens, pooling))
+    other = pool(tokens, "cls" if pooling == "mean" else "mean")
+    assert not torch.allclose(seen["x"], other)

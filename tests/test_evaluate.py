@@ -60,13 +60,15 @@ def test_evaluate_gives_the_numbers_the_fine_tuning_run_recorded(tmp_path, datas
     assert Image.open(tmp_path / "confusion.png").size[0] > 300  # the figure was drawn
 
 
-def test_evaluate_gives_the_numbers_an_online_probe_recorded(tmp_path, datasets):
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_evaluate_gives_the_numbers_an_online_probe_recorded(tmp_path, datasets, pooling):
     cfg = load_config(LinprobeConfig, overrides=[
         "model.name=mae_vit_debug_patch4_32", f"data.root={datasets}", *DATA, "data.max_samples=64",
-        "linprobe.mode=online", "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=16",
-        "train.progress=false", "train.tensorboard=false", f"train.output_dir={tmp_path}"])
+        "linprobe.mode=online", f"linprobe.pooling={pooling}", "train.epochs=1", "train.warmup_epochs=0",
+        "train.batch_size=16", "train.progress=false", "train.tensorboard=false", f"train.output_dir={tmp_path}"])
     linprobe(cfg)
     best = load_file(tmp_path / "model-best.pth")
+    assert best["pooling"] == pooling
     out = run_evaluate(evaluate_cfg(tmp_path / "model-best.pth", datasets))
     assert out["samples"] == 32
     assert out["top1"] == pytest.approx(best["metrics"]["top1"], abs=1e-9)

@@ -57,15 +57,17 @@ class EvaluateConfig:
 
 
 def _head_kind(obj: dict[str, Any], path: str) -> tuple[str, bool]:
-    """(global_pool, BatchNorm head) of the classifier stored in ``obj``, or a ConfigError saying what the file is."""
+    """(global_pool, BatchNorm head) of the classifier stored in ``obj``, or a ConfigError saying what the file is.
+    A probe's BatchNorm head reads the final norm's output (``create_classifier(..., fc_norm=False)``)."""
     run_cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
     if "global_pool" in obj:  # fine-tuning's model-best.pth
         return str(obj["global_pool"]), False
     if "finetune" in run_cfg:  # a fine-tuning run checkpoint (model-last.pth, checkpoint-*.pth)
         return str(run_cfg["finetune"].get("global_pool", "avg")), False
-    mode = obj.get("mode", run_cfg.get("linprobe", {}).get("mode") if "linprobe" in run_cfg else None)
-    if mode == "online":
-        return "token", True
+    probe = run_cfg.get("linprobe", {})
+    mode = obj.get("mode", probe.get("mode"))
+    if mode == "online":  # probes written before the pooling was stored read the cls token
+        return ("avg" if obj.get("pooling", probe.get("pooling", "cls")) == "mean" else "token"), True
     if mode == "cached":
         raise ConfigError(f"{path} is a linear probe trained on cached features: its head reads pooled features of "
                           "the encoder's last blocks, which only `openmae linprobe` computes; re-run that probe "
@@ -93,7 +95,8 @@ def load_classifier(path: str) -> tuple[nn.Module, MAEConfig]:
     if head is None:
         raise ConfigError(f"{path} has no classifier head weights ({'head.1.weight' if bn_head else 'head.weight'})")
     cfg = MAEConfig(**obj["model_config"])
-    model = create_classifier(cfg, head.shape[0], global_pool, bn_head=bn_head, head_in=head.shape[1])
+    model = create_classifier(cfg, head.shape[0], global_pool, bn_head=bn_head, head_in=head.shape[1],
+                              fc_norm=False if bn_head else None)
     model.load_state_dict(sd)
     return model, cfg
 

@@ -102,14 +102,17 @@ class LinprobeTask:
         self.train_source, self.eval_source = split_sources(cfg.data, mae_cfg.in_chans)
         self.report_source = report_source(cfg.data, mae_cfg.in_chans)  # the test split beside held-out images
         self.num_classes = num_classes_of(p.num_classes, self.train_source.classes)
-        self.classifier = create_classifier(mae_cfg, self.num_classes, "token", bn_head=True, head_init_std=0.01,
+        # online: the head reads the pooling asked for (mean: normed patch tokens averaged, as cached features are)
+        self.classifier = create_classifier(mae_cfg, self.num_classes, online_pool(p), bn_head=True,
+                                            head_init_std=0.01, fc_norm=False,
                                             head_in=pooled_width(p.pooling, mae_cfg.embed_dim) * p.last_blocks)
         if sd is not None:
             load_encoder(self.classifier, sd, mae_cfg.grid, old_grid)
         for name, param in self.classifier.named_parameters():
             param.requires_grad = name.startswith("head.")
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
-                               {"num_classes": self.num_classes, "mode": p.mode, "last_blocks": p.last_blocks},
+                               {"num_classes": self.num_classes, "mode": p.mode, "last_blocks": p.last_blocks,
+                                "pooling": p.pooling},
                                report_prefix(cfg.data))
         if p.mode == "cached":
             self.classifier.to(device)
@@ -184,6 +187,12 @@ class LinprobeTask:
         p = self.cfg.linprobe
         return evaluate_after_epoch(run, epoch, p.eval_every_epochs, self.classifier, self.evaluate, self.best,
                                     {"mode": p.mode})
+
+
+def online_pool(p: LinprobeSection) -> str:
+    """The classifier's global_pool for ``p``: avg (with the final norm before it) for an online probe of mean
+    features, else the cls token (cached probes pool their features themselves)."""
+    return "avg" if p.mode == "online" and p.pooling == "mean" else "token"
 
 
 def _identity(x):

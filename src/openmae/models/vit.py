@@ -18,12 +18,15 @@ GLOBAL_POOL = ("avg", "token")
 
 
 def create_classifier(cfg: MAEConfig, num_classes: int, global_pool: str = "avg", drop_path: float = 0.0,
-                      bn_head: bool = False, head_init_std: float = 2e-5, head_in: int = 0) -> VisionTransformer:
+                      bn_head: bool = False, head_init_std: float = 2e-5, head_in: int = 0,
+                      fc_norm: bool | None = None) -> VisionTransformer:
     """A ViT classifier whose encoder fits an MAE of config ``cfg``.
 
     ``global_pool="avg"``: mean of patch tokens then ``fc_norm`` (the paper's fine-tuning);
     ``"token"``: the cls token after the final ``norm`` (the paper's linear probe).
     ``head_in``: the head's input width when it reads something wider than one token (probes of several blocks).
+    ``fc_norm=False`` with ``"avg"``: the final ``norm`` on every token, then the mean of the patch tokens (a frozen
+    encoder's mean-pooled features, as kNN and cached probes pool them); None: timm's default (fc_norm for avg).
     """
     if global_pool not in GLOBAL_POOL:
         raise ValueError(f"global_pool={global_pool!r}; choose one of {GLOBAL_POOL}")
@@ -35,7 +38,7 @@ def create_classifier(cfg: MAEConfig, num_classes: int, global_pool: str = "avg"
         img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, embed_dim=cfg.embed_dim,
         depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True,
         norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=num_classes, global_pool=global_pool,
-        drop_path_rate=drop_path,
+        drop_path_rate=drop_path, fc_norm=fc_norm,
     )
     head_in = head_in or cfg.embed_dim
     if head_in != cfg.embed_dim:
