@@ -86,6 +86,10 @@ def test_evaluate_refuses_files_that_are_not_classifiers(tmp_path, datasets):
               tmp_path / "cached.pth")
     with pytest.raises(ConfigError, match="cached features"):
         run_evaluate(evaluate_cfg(tmp_path / "cached.pth", datasets))
+    save_file({"model": {"head.weight": torch.zeros(10, 64)}, "model_config": mae_cfg.to_dict(), "num_classes": 10,
+               "global_pool": "avg"}, tmp_path / "head-only.pth")
+    with pytest.raises(ConfigError, match="do not fit the classifier"):
+        run_evaluate(evaluate_cfg(tmp_path / "head-only.pth", datasets))
     save_file({"head.weight": torch.zeros(10, 64)}, tmp_path / "model-timm.safetensors")
     with pytest.raises(ConfigError, match="carries no architecture"):
         run_evaluate(evaluate_cfg(tmp_path / "model-timm.safetensors", datasets))

@@ -97,7 +97,12 @@ def load_classifier(path: str) -> tuple[nn.Module, MAEConfig]:
     cfg = MAEConfig(**obj["model_config"])
     model = create_classifier(cfg, head.shape[0], global_pool, bn_head=bn_head, head_in=head.shape[1],
                               fc_norm=False if bn_head else None)
-    model.load_state_dict(sd)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as err:
+        raise ConfigError(f"{path}: its weights do not fit the classifier its settings describe ({global_pool} "
+                          f"pooling, {head.shape[0]} classes): {str(err).splitlines()[0]}; the file was changed or "
+                          "written by another program") from None
     return model, cfg
 
 
