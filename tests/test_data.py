@@ -106,6 +106,9 @@ def test_named_datasets_from_data_root(datasets):
     assert len(build_source(DataConfig(name="fashion-mnist", root=str(datasets)), "test", 1)) == 10000
     cifar = build_source(DataConfig(name="cifar10", root=str(datasets)), "test", 3)
     assert len(cifar) == 10000 and cifar.classes[0] == "airplane"
+    import torchvision.datasets as tvd  # the IDX files' class names, in label order, are torchvision's
+
+    assert fm.classes == tvd.FashionMNIST.classes and fm.classes[9] == "Ankle boot"
     assert read_idx(datasets / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").shape == (10000,)
 
 

@@ -19,6 +19,7 @@ from openmae.data.build import eval_batches, source_for
 from openmae.data.config import DataConfig
 from openmae.engine.classifier import evaluate as evaluate_batches
 from openmae.engine.distributed import pick_device
+from openmae.engine.logging import setup_console
 from openmae.engine.loop import autocast_dtype
 from openmae.eval.plots import confusion_plot
 from openmae.models.mae import MAEConfig
@@ -110,6 +111,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Top-1 / top-5 / mean cross-entropy of ``evaluate.init`` on ``data.eval_split`` (held-out images with
     ``data.holdout``), per-class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
     e, d = cfg.evaluate, cfg.data
+    setup_console(True)  # the per-class table is printed through the log
     device = pick_device(e.device)
     model, mae_cfg = load_classifier(e.init)
     classes = model.head.out_features if isinstance(model.head, nn.Linear) else model.head[1].out_features
