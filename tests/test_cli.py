@@ -70,3 +70,17 @@ def test_print_config_shows_defaults_before_data_is_chosen():
     assert "cannot run as it is: data.path=''" in proc.stderr
     proc = run_cli("pretrain", "--print-config", "data.name=cifar10")
     assert proc.returncode == 0 and "init: ''" in proc.stdout, proc.stderr
+
+
+def test_each_command_offers_only_the_flags_it_uses():
+    """knn writes no run folder and resumes nothing: it has no --output / --resume (they used to be offered and then
+    refused as an unknown 'train' setting); evaluate needs its classifier."""
+    from openmae.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    flags = {name: {o for a in p._actions for o in a.option_strings} for name, p in sub.items()}
+    assert {"--output", "--resume"} <= flags["finetune"] and {"--output", "--resume"} <= flags["pretrain"]
+    assert not {"--output", "-o", "--resume"} & flags["knn"] and "--checkpoint" in flags["knn"]
+    assert {"--checkpoint", "--plot", "-o"} <= flags["evaluate"] and "--resume" not in flags["evaluate"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "data.name=cifar10"])  # --checkpoint is required

@@ -38,12 +38,15 @@ def run_overrides(args: argparse.Namespace, rest: list[str]) -> list[str]:
     return out + rest
 
 
-def add_run_flags(parser: argparse.ArgumentParser) -> None:
+def add_run_flags(parser: argparse.ArgumentParser, training: bool = True) -> None:
+    """The flags of commands built from a config; ``training``: also the run folder and resuming (not for knn,
+    which writes no run)."""
     parser.add_argument("--config", "-c", action="append", default=[], help="YAML preset(s), applied in order")
     parser.add_argument("--data-root", help="folder holding named datasets (default $OPENMAE_DATA)")
     parser.add_argument("--data", help="image folder (data.path)")
-    parser.add_argument("--output", "-o", help="run folder (train.output_dir)")
-    parser.add_argument("--resume", help="'auto' (newest valid checkpoint in the run folder) or a checkpoint path")
+    if training:
+        parser.add_argument("--output", "-o", help="run folder (train.output_dir)")
+        parser.add_argument("--resume", help="'auto' (newest valid checkpoint in the run folder) or a checkpoint path")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
@@ -181,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         if name in ("pretrain", "finetune", "linprobe", "knn"):
-            add_run_flags(p)
+            add_run_flags(p, training=name != "knn")
         if name in ("finetune", "linprobe", "knn", "visualize"):
             p.add_argument("--checkpoint", "--init", help="pretrained weights (openmae, official, timm or Hugging Face)")
         if name == "evaluate":
