@@ -39,8 +39,8 @@ def run_overrides(args: argparse.Namespace, rest: list[str]) -> list[str]:
 
 
 def add_run_flags(parser: argparse.ArgumentParser, training: bool = True) -> None:
-    """The flags of commands built from a config; ``training``: also the run folder and resuming (not for knn,
-    which writes no run)."""
+    """The flags of commands built from a config; ``training``: also the run folder and resuming (not for knn and
+    evaluate, which write no run)."""
     parser.add_argument("--config", "-c", action="append", default=[], help="YAML preset(s), applied in order")
     parser.add_argument("--data-root", help="folder holding named datasets (default $OPENMAE_DATA)")
     parser.add_argument("--data", help="image folder (data.path)")
@@ -183,15 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        if name in ("pretrain", "finetune", "linprobe", "knn"):
-            add_run_flags(p, training=name != "knn")
+        if name in ("pretrain", "finetune", "linprobe", "knn", "evaluate"):
+            add_run_flags(p, training=name not in ("knn", "evaluate"))
         if name in ("finetune", "linprobe", "knn", "visualize"):
             p.add_argument("--checkpoint", "--init", help="pretrained weights (openmae, official, timm or Hugging Face)")
         if name == "evaluate":
-            p.add_argument("--config", "-c", action="append", default=[], help="YAML preset(s), applied in order")
-            p.add_argument("--data-root", help="folder holding named datasets (default $OPENMAE_DATA)")
-            p.add_argument("--data", help="image folder (data.path) with data.name=imagefolder")
-            p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
             p.add_argument("--checkpoint", "--init", required=True,
                            help="the classifier: model-best.pth of a finetune (or online linprobe) run, or its "
                                 "model-last.pth / checkpoint-*.pth")

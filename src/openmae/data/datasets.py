@@ -81,15 +81,6 @@ class ArrayImages:
         return None, (int(self.labels[index]) if self.labels is not None else -1)  # in memory: no file
 
 
-# Class names of the IDX datasets, in label order (as torchvision's FashionMNIST.classes / MNIST.classes).
-IDX_CLASSES = {
-    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                      "Ankle boot"),
-    "mnist": ("0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six", "7 - seven",
-              "8 - eight", "9 - nine"),
-}
-
-
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (MNIST format, optionally gzipped).
 
@@ -135,7 +126,10 @@ def _named(cfg: DataConfig, split: str, channels: int) -> ImageSource:
         if any(p.is_file() for p in images):
             img = read_idx(next(p for p in images if p.is_file()))
             lab = read_idx(next(p for p in labels if p.is_file())) if any(p.is_file() for p in labels) else None
-            return ArrayImages(img, lab, channels, list(IDX_CLASSES[cfg.name]))
+            import torchvision.datasets as tvd  # class names in label order, as torchvision's classes have them
+
+            names = (tvd.FashionMNIST if cfg.name == "fashion-mnist" else tvd.MNIST).classes
+            return ArrayImages(img, lab, channels, list(names))
     import torchvision.datasets as tvd
 
     try:

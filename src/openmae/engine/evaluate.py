@@ -19,6 +19,7 @@ from openmae.data.build import eval_batches, source_for
 from openmae.data.config import DataConfig
 from openmae.engine.classifier import evaluate as evaluate_batches
 from openmae.engine.distributed import pick_device
+from openmae.engine.linprobe import probe_global_pool
 from openmae.engine.logging import setup_console
 from openmae.engine.loop import autocast_dtype
 from openmae.eval.plots import confusion_plot
@@ -68,7 +69,7 @@ def _head_kind(obj: dict[str, Any], path: str) -> tuple[str, bool]:
     probe = run_cfg.get("linprobe", {})
     mode = obj.get("mode", probe.get("mode"))
     if mode == "online":  # probes written before the pooling was stored read the cls token
-        return ("avg" if obj.get("pooling", probe.get("pooling", "cls")) == "mean" else "token"), True
+        return probe_global_pool(obj.get("pooling", probe.get("pooling", "cls"))), True
     if mode == "cached":
         raise ConfigError(f"{path} is a linear probe trained on cached features: its head reads pooled features of "
                           "the encoder's last blocks, which only `openmae linprobe` computes; re-run that probe "
@@ -92,9 +93,10 @@ def load_classifier(path: str) -> tuple[nn.Module, MAEConfig]:
                           "checkpoint")
     global_pool, bn_head = _head_kind(obj, path)
     sd: dict[str, torch.Tensor] = obj["model"]
-    head = sd.get("head.1.weight" if bn_head else "head.weight")
+    head_key = "head.1.weight" if bn_head else "head.weight"
+    head = sd.get(head_key)
     if head is None:
-        raise ConfigError(f"{path} has no classifier head weights ({'head.1.weight' if bn_head else 'head.weight'})")
+        raise ConfigError(f"{path} has no classifier head weights ({head_key})")
     cfg = MAEConfig(**obj["model_config"])
     model = create_classifier(cfg, head.shape[0], global_pool, bn_head=bn_head, head_in=head.shape[1],
                               fc_norm=False if bn_head else None)
@@ -114,7 +116,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     setup_console(True)  # the per-class table is printed through the log
     device = pick_device(e.device)
     model, mae_cfg = load_classifier(e.init)
-    classes = model.head.out_features if isinstance(model.head, nn.Linear) else model.head[1].out_features
+    classes = model.num_classes
     source = source_for(d, d.eval_split, mae_cfg.in_chans, d.max_eval_samples)
     names = list(source.classes) or [str(i) for i in range(classes)]
     if len(names) != classes:

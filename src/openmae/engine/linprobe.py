@@ -103,7 +103,7 @@ class LinprobeTask:
         self.report_source = report_source(cfg.data, mae_cfg.in_chans)  # the test split beside held-out images
         self.num_classes = num_classes_of(p.num_classes, self.train_source.classes)
         # online: the head reads the pooling asked for (mean: normed patch tokens averaged, as cached features are)
-        self.classifier = create_classifier(mae_cfg, self.num_classes, online_pool(p), bn_head=True,
+        self.classifier = create_classifier(mae_cfg, self.num_classes, probe_global_pool(p.pooling), bn_head=True,
                                             head_init_std=0.01, fc_norm=False,
                                             head_in=pooled_width(p.pooling, mae_cfg.embed_dim) * p.last_blocks)
         if sd is not None:
@@ -189,10 +189,11 @@ class LinprobeTask:
                                     {"mode": p.mode})
 
 
-def online_pool(p: LinprobeSection) -> str:
-    """The classifier's global_pool for ``p``: avg (with the final norm before it) for an online probe of mean
-    features, else the cls token (cached probes pool their features themselves)."""
-    return "avg" if p.mode == "online" and p.pooling == "mean" else "token"
+def probe_global_pool(pooling: str) -> str:
+    """The probe classifier's global_pool for ``linprobe.pooling``: avg (with the final norm before it, fc_norm off)
+    for mean features, else the cls token. Only an online head reads it; cached probes pool their features
+    themselves."""
+    return "avg" if pooling == "mean" else "token"
 
 
 def _identity(x):
