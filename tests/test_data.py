@@ -289,3 +289,34 @@ def test_to_normalized_tensor_equals_torchvision_steps(mode):
     ours = ToNormalizedTensor(mean, std)(img)
     assert ours.shape == (channels, 20, 28) and ours.dtype == torch.float32
     assert torch.equal(ours, reference.as_subclass(torch.Tensor))
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect"])
+def test_finetune_shift_moves_whole_pixels_and_fills_the_border(mode):
+    """finetune.shift=2: every training image is the input moved by whole pixels, at most 2 each way, the uncovered
+    border black (constant) or mirrored (reflect); several draws give several shifts; 0 leaves the image alone."""
+    from openmae.config import ConfigError
+    from openmae.data.transforms import finetune_transform
+    from openmae.engine.finetune import FinetuneSection
+
+    cfg = DataConfig(name="fashion-mnist", crop_scale=(1.0, 1.0), hflip=0.0)
+    pixels = np.random.default_rng(0).integers(1, 256, (28, 28), dtype=np.uint8)
+    padded = np.pad(pixels, 2, mode=mode)  # constant pads with 0: black
+    shifted = {(dy, dx): (torch.from_numpy(padded[2 + dy:30 + dy, 2 + dx:30 + dx].copy()).float() / 255 - 0.5) / 0.5
+               for dy in range(-2, 3) for dx in range(-2, 3)}
+    transform = finetune_transform(cfg, (28, 28), (0.5,), (0.5,), "", 0.0, 0.0, shift=2, shift_mode=mode)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(40):
+        out = transform(Image.fromarray(pixels))[0]
+        match = [k for k, v in shifted.items() if torch.allclose(out, v, atol=1e-6)]
+        assert len(match) == 1, "not a whole-pixel shift of the input by at most 2"
+        seen.add(match[0])
+    assert len(seen) >= 10  # many of the 25 shifts drawn
+    with pytest.raises(ValueError, match="finetune.shift=28"):
+        finetune_transform(cfg, (28, 28), (0.5,), (0.5,), "", 0.0, 0.0, shift=28)
+    with pytest.raises(ConfigError, match="finetune.shift"):
+        FinetuneSection(shift=-1).check()
+    with pytest.raises(ConfigError, match="finetune.shift_mode"):
+        FinetuneSection(shift_mode="wrap").check()
+    assert FinetuneSection().shift == 0  # the official recipe: no translation

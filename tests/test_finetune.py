@@ -180,3 +180,19 @@ def test_resumed_run_keeps_the_best_epochs_record(tmp_path, datasets, monkeypatc
     out = finetune(tiny_finetune(tmp_path, datasets, "train.resume=auto"))
     assert (out["top1"], out["best_top1"], out["best_epoch"]) == (40.0, 50.0, 1)
     assert load_file(tmp_path / "model-best.pth")["epoch"] == 1
+
+
+def test_finetune_shift_reaches_the_training_images(tmp_path, datasets):
+    """finetune.shift / shift_mode from the command line end up in the training loader's transform."""
+    from torchvision.transforms import v2 as T
+
+    from openmae.engine.distributed import DistInfo
+
+    task = FinetuneTask(tiny_finetune(tmp_path, datasets, "finetune.shift=3", "finetune.shift_mode=edge"),
+                        torch.device("cpu"))
+    dataset, _ = task.train_data(DistInfo())
+    crops = [t for t in dataset.transform.transforms if isinstance(t, T.RandomCrop)]
+    assert len(crops) == 1 and crops[0].padding == [3, 3, 3, 3] and crops[0].padding_mode == "edge"
+    plain = FinetuneTask(tiny_finetune(tmp_path, datasets), torch.device("cpu"))
+    dataset, _ = plain.train_data(DistInfo())
+    assert not any(isinstance(t, T.RandomCrop) for t in dataset.transform.transforms)

@@ -64,16 +64,27 @@ def _posterize_any_bits(img, bits_to_keep, **__):
     return ImageOps.posterize(img, bits_to_keep)
 
 
+SHIFT_MODES = ("constant", "edge", "reflect")
+
+
 def finetune_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std, auto_augment: str, reprob: float,
-                       color_jitter: float = 0.0):
+                       color_jitter: float = 0.0, shift: int = 0, shift_mode: str = "constant"):
     """timm's fine-tuning recipe (RandomResizedCrop, flip, RandAugment, random erasing), its posterize made safe.
-    ``color_jitter`` applies only without ``auto_augment`` (timm's rule); 0 turns it off."""
+    ``color_jitter`` applies only without ``auto_augment`` (timm's rule); 0 turns it off. ``shift`` > 0 moves each
+    image by up to that many whole pixels each way after the crop (pad by ``shift`` with ``shift_mode``, black for
+    constant, then a random crop of the image size: the classic translation augmentation of small images, which
+    keeps a garment's or digit's shape where RandomResizedCrop rescales and stretches it)."""
     from timm.data import create_transform
     from timm.data.auto_augment import RandAugment
 
     transform = create_transform(img_size, is_training=True, scale=cfg.crop_scale, auto_augment=auto_augment or None,
                                  interpolation="bicubic", re_prob=reprob, re_mode="pixel", re_count=1, mean=mean,
                                  std=std, hflip=cfg.hflip, color_jitter=color_jitter or None)
+    if shift >= min(img_size):
+        raise ValueError(f"finetune.shift={shift} pixels is not smaller than the image ({img_size[0]}x{img_size[1]}): "
+                         "a shift that large moves the whole image out of view; use a few pixels (2 at 28px)")
+    if shift:  # timm's transform list starts with its crop; the shift goes right after it, on the PIL image
+        transform.transforms.insert(1, T.RandomCrop(img_size, padding=shift, fill=0, padding_mode=shift_mode))
     for t in transform.transforms:
         if isinstance(t, RandAugment):
             for op in t.ops:

@@ -19,7 +19,7 @@ from openmae.data.build import eval_batches, report_source, split_sources, train
 from openmae.data.config import DataConfig
 from openmae.data.datasets import stats_for
 from openmae.data.loader import Batch
-from openmae.data.transforms import finetune_transform
+from openmae.data.transforms import SHIFT_MODES, finetune_transform
 from openmae.engine.checkpoint import CheckpointError
 from openmae.engine.classifier import (
     BestKeeper,
@@ -55,6 +55,10 @@ class FinetuneSection:
     # Colour jitter strength when auto_augment is off (timm applies it only then); 0 = none, as the official
     # recipe (which passes None, where timm's own default would be 0.4).
     color_jitter: float = 0.0
+    # Random translation by up to this many pixels each way (pad, then crop the image size back), after the crop;
+    # shift_mode fills the uncovered border: constant (black), edge or reflect. 0 = none, as the official recipe.
+    shift: int = 0
+    shift_mode: str = "constant"
     # An exponential moving average of the weights (as DeiT's recipe): when on, the EMA weights are the classifier
     # that is evaluated (top1), kept (model-best.pth) and exported; the trained weights' numbers are logged as
     # live_top1 etc. With the warm-up (timm's), the decay at optimizer step t is min(decay, 1 - (1 + t)^-0.75),
@@ -73,6 +77,8 @@ class FinetuneSection:
         require(self.mixup >= 0 and self.cutmix >= 0, "finetune.mixup/cutmix", (self.mixup, self.cutmix), ">= 0")
         require(0 <= self.reprob <= 1, "finetune.reprob", self.reprob, "in [0, 1]")
         require(self.color_jitter >= 0, "finetune.color_jitter", self.color_jitter, ">= 0 (0 = no colour jitter)")
+        require(self.shift >= 0, "finetune.shift", self.shift, ">= 0 pixels (0 = no random translation)")
+        require(self.shift_mode in SHIFT_MODES, "finetune.shift_mode", self.shift_mode, f"one of {SHIFT_MODES}")
         require(self.num_classes >= 0, "finetune.num_classes", self.num_classes, ">= 0 (0 = from the dataset)")
         require(self.eval_every_epochs >= 1, "finetune.eval_every_epochs", self.eval_every_epochs, ">= 1")
         require(0 <= self.model_ema_decay < 1, "finetune.model_ema_decay", self.model_ema_decay,
@@ -142,7 +148,8 @@ class FinetuneTask:
     def train_data(self, info: DistInfo):
         f, d, m = self.cfg.finetune, self.cfg.data, self.mae_cfg
         mean, std = stats_for(d, m.in_chans)
-        transform = finetune_transform(d, m.img_size, mean, std, f.auto_augment, f.reprob, f.color_jitter)
+        transform = finetune_transform(d, m.img_size, mean, std, f.auto_augment, f.reprob, f.color_jitter,
+                                       f.shift, f.shift_mode)
         return train_dataset(d, m.img_size, m.in_chans, self.cfg.train.batch_size, self.cfg.train.seed,
                              info.rank, info.world_size, transform=transform, source=self.train_source)
 
