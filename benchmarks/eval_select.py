@@ -12,10 +12,11 @@ split while settings are compared; the test split is read only for the chosen se
 (cls, mean, cls+mean) x last blocks x per-dimension standardisation x k x temperature, all from one feature
 extraction; probe settings: pooling x schedule, each a cached probe run of `openmae linprobe` on the held-out
 split, compared at their last epoch (no best-epoch picking). With ``--finetune-select-epochs N``, fine-tuning
-recipes (``--finetune-recipes``: crop scale, colour jitter, random erasing, mixup, weight EMA) are compared the
-same way, at their last held-out epoch, and the chosen one fine-tunes ``--finetune-epochs`` on the full training
-split, reported at its last epoch (accuracy per epoch of every run: <out>/finetune_curves_<N>ep.png). Writes
-<out>/results.json step by step; a step already there (same key: epochs and recipe in its name) is not rerun.
+recipes (``--finetune-recipes``: crop scale, colour jitter, random erasing, mixup, weight EMA, a 2-pixel shift,
+RandAugment) are compared the same way, at their last held-out epoch, and the chosen one fine-tunes
+``--finetune-epochs`` on the full training split, reported at its last epoch (accuracy per epoch of every run:
+<out>/finetune_curves_<N>ep.png). Writes <out>/results.json step by step; a step already there (same key: epochs
+and recipe in its name) is not rerun.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ FINETUNE_RECIPES = {
     "erase0.25": [*NO_CROP, "finetune.reprob=0.25"],
     "mixup0.8_cutmix1.0": [*NO_CROP, "finetune.mixup=0.8", "finetune.cutmix=1.0"],
     "ema0.999": [*NO_CROP, "finetune.model_ema=true", "finetune.model_ema_decay=0.999"],
+    "shift2": [*NO_CROP, "finetune.shift=2"],
+    "randaug_m9": [*NO_CROP, "finetune.auto_augment=rand-m9-mstd0.5-inc1"],
 }
 CROP_RECIPES = ("crop0.5_jitter0.4", "crop0.5", "crop0.8", "crop1.0")
 PROBE_SCHEDULES = {  # on top of configs/linprobe/small_cached.yaml (AdamW, batch 256, 2 warm-up epochs, cosine)
