@@ -196,3 +196,5 @@ def test_finetune_shift_reaches_the_training_images(tmp_path, datasets):
     plain = FinetuneTask(tiny_finetune(tmp_path, datasets), torch.device("cpu"))
     dataset, _ = plain.train_data(DistInfo())
     assert not any(isinstance(t, T.RandomCrop) for t in dataset.transform.transforms)
+    with pytest.raises(ConfigError, match="finetune.shift.*32x32"):  # refused before the classifier is built
+        FinetuneTask(tiny_finetune(tmp_path, datasets, "finetune.shift=32"), torch.device("cpu"))

@@ -114,6 +114,8 @@ class FinetuneTask:
         f = cfg.finetune
         mae_cfg, sd, old_grid = resolve_encoder(cfg.model, f.init, resumed)
         self.mae_cfg = mae_cfg
+        require(f.shift < min(mae_cfg.img_size), "finetune.shift", f.shift,
+                f"fewer pixels than the {mae_cfg.img_size[0]}x{mae_cfg.img_size[1]} images (a few: 2 at 28px)")
         self.model_config = mae_cfg.to_dict()
         self.train_source, self.eval_source = split_sources(cfg.data, mae_cfg.in_chans)
         self.report_source = report_source(cfg.data, mae_cfg.in_chans)  # the test split beside held-out images
