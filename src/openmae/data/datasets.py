@@ -114,6 +114,8 @@ def _image_folder(path: Path, channels: int) -> FileImages:
 
 
 def _named(cfg: DataConfig, split: str, channels: int) -> ImageSource:
+    import torchvision.datasets as tvd
+
     root = Path(cfg.root) if cfg.root else default_root()
     folder = root / cfg.name
     train = split == "train"
@@ -126,12 +128,8 @@ def _named(cfg: DataConfig, split: str, channels: int) -> ImageSource:
         if any(p.is_file() for p in images):
             img = read_idx(next(p for p in images if p.is_file()))
             lab = read_idx(next(p for p in labels if p.is_file())) if any(p.is_file() for p in labels) else None
-            import torchvision.datasets as tvd  # class names in label order, as torchvision's classes have them
-
-            names = (tvd.FashionMNIST if cfg.name == "fashion-mnist" else tvd.MNIST).classes
+            names = (tvd.FashionMNIST if cfg.name == "fashion-mnist" else tvd.MNIST).classes  # label order
             return ArrayImages(img, lab, channels, list(names))
-    import torchvision.datasets as tvd
-
     try:
         if cfg.name == "stl10":
             ds = tvd.STL10(str(folder), split=split, download=cfg.download)

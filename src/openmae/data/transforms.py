@@ -8,6 +8,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
+from openmae.config import require
 from openmae.data.config import DataConfig
 
 
@@ -67,6 +68,12 @@ def _posterize_any_bits(img, bits_to_keep, **__):
 SHIFT_MODES = ("constant", "edge", "reflect")
 
 
+def check_shift(shift: int, img_size: tuple[int, int]) -> None:
+    """A random shift must leave part of the image in view: fewer pixels than its shorter side."""
+    require(shift < min(img_size), "finetune.shift", shift,
+            f"fewer pixels than the {img_size[0]}x{img_size[1]} images (a few: 2 at 28px)")
+
+
 def finetune_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std, auto_augment: str, reprob: float,
                        color_jitter: float = 0.0, shift: int = 0, shift_mode: str = "constant"):
     """timm's fine-tuning recipe (RandomResizedCrop, flip, RandAugment, random erasing), its posterize made safe.
@@ -80,9 +87,7 @@ def finetune_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std, au
     transform = create_transform(img_size, is_training=True, scale=cfg.crop_scale, auto_augment=auto_augment or None,
                                  interpolation="bicubic", re_prob=reprob, re_mode="pixel", re_count=1, mean=mean,
                                  std=std, hflip=cfg.hflip, color_jitter=color_jitter or None)
-    if shift >= min(img_size):
-        raise ValueError(f"finetune.shift={shift} pixels is not smaller than the image ({img_size[0]}x{img_size[1]}): "
-                         "a shift that large moves the whole image out of view; use a few pixels (2 at 28px)")
+    check_shift(shift, img_size)
     if shift:  # timm's transform list starts with its crop; the shift goes right after it, on the PIL image
         transform.transforms.insert(1, T.RandomCrop(img_size, padding=shift, fill=0, padding_mode=shift_mode))
     for t in transform.transforms:

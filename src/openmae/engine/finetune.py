@@ -19,7 +19,7 @@ from openmae.data.build import eval_batches, report_source, split_sources, train
 from openmae.data.config import DataConfig
 from openmae.data.datasets import stats_for
 from openmae.data.loader import Batch
-from openmae.data.transforms import SHIFT_MODES, finetune_transform
+from openmae.data.transforms import SHIFT_MODES, check_shift, finetune_transform
 from openmae.engine.checkpoint import CheckpointError
 from openmae.engine.classifier import (
     BestKeeper,
@@ -114,8 +114,7 @@ class FinetuneTask:
         f = cfg.finetune
         mae_cfg, sd, old_grid = resolve_encoder(cfg.model, f.init, resumed)
         self.mae_cfg = mae_cfg
-        require(f.shift < min(mae_cfg.img_size), "finetune.shift", f.shift,
-                f"fewer pixels than the {mae_cfg.img_size[0]}x{mae_cfg.img_size[1]} images (a few: 2 at 28px)")
+        check_shift(f.shift, mae_cfg.img_size)  # before the classifier is built, not when the loader is
         self.model_config = mae_cfg.to_dict()
         self.train_source, self.eval_source = split_sources(cfg.data, mae_cfg.in_chans)
         self.report_source = report_source(cfg.data, mae_cfg.in_chans)  # the test split beside held-out images
