@@ -11,8 +11,9 @@ from test_finetune import tiny_finetune
 from openmae.cli.main import main
 from openmae.config import ConfigError, load_config
 from openmae.convert.files import load_file, save_file
+from openmae.data.build import eval_batches, source_for
 from openmae.engine.config import ModelSection
-from openmae.engine.evaluate import EvaluateConfig, run_evaluate
+from openmae.engine.evaluate import EvaluateConfig, load_classifier, run_evaluate
 from openmae.engine.finetune import finetune
 from openmae.engine.linprobe import LinprobeConfig, linprobe
 from openmae.engine.logging import read_metrics
@@ -73,6 +74,41 @@ def test_evaluate_gives_the_numbers_an_online_probe_recorded(tmp_path, datasets,
     assert out["samples"] == 32
     assert out["top1"] == pytest.approx(best["metrics"]["top1"], abs=1e-9)
     assert out["eval_loss"] == pytest.approx(best["metrics"]["eval_loss"], rel=1e-5)
+
+
+def test_flip_test_time_augmentation_averages_the_probabilities_of_each_image_and_its_mirror(tmp_path, datasets):
+    """evaluate.tta=flip: top-1 / top-5 / loss of the mean of softmax(image) and softmax(mirrored image), computed
+    here by hand from the same classifier and images; different from the single view; other values refused."""
+    finetune(tiny_finetune(tmp_path, datasets, "train.epochs=1"))
+    obj = load_file(tmp_path / "model-best.pth")  # one epoch leaves it near uniform: a random head so views disagree
+    obj["model"]["head.weight"] = torch.randn(obj["model"]["head.weight"].shape, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "sharp.pth"
+    save_file(obj, path)
+    single = run_evaluate(evaluate_cfg(path, datasets))
+    out = run_evaluate(evaluate_cfg(path, datasets, "evaluate.tta=flip"))
+    assert out["tta"] == "flip" and single["tta"] == "none"
+
+    cfg = evaluate_cfg(path, datasets)
+    model, mae_cfg = load_classifier(str(path))
+    model.eval()
+    probs, labels = [], []
+    d = cfg.data
+    source = source_for(d, d.eval_split, mae_cfg.in_chans, d.max_eval_samples)
+    with torch.no_grad():
+        for batch in eval_batches(d, d.eval_split, mae_cfg.img_size, mae_cfg.in_chans, 8, source=source):
+            x = batch.images
+            probs.append((model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2)  # (B, classes)
+            labels.append(batch.labels)
+    p, y = torch.cat(probs), torch.cat(labels)
+    assert len(y) == out["samples"] == 32
+    assert out["top1"] == pytest.approx(100.0 * (p.argmax(1) == y).float().mean().item(), abs=1e-9)
+    assert out["top5"] == pytest.approx(100.0 * (p.topk(5, 1).indices == y[:, None]).any(1).float().mean().item(),
+                                        abs=1e-9)
+    assert out["eval_loss"] == pytest.approx(-p[torch.arange(len(y)), y].log().mean().item(), rel=1e-5)
+    # the mirror was really looked at: the single view's loss is farther off than the tolerance above (~2e-4)
+    assert abs(out["eval_loss"] - single["eval_loss"]) > 1e-3
+    with pytest.raises(ConfigError, match="evaluate.tta.*none or flip"):
+        evaluate_cfg(path, datasets, "evaluate.tta=rotate")
 
 
 def test_evaluate_refuses_files_that_are_not_classifiers(tmp_path, datasets):

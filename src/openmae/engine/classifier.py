@@ -4,6 +4,7 @@ in timm's layout."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ log = logging.getLogger("openmae.classifier")
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.dtype | None = None,
-             confusion: bool = False) -> dict[str, Any]:
+             confusion: bool = False, flip: bool = False) -> dict[str, Any]:
     """Top-1, top-5 (in percent) and mean cross-entropy over every batch; with ``confusion``, also the confusion
-    matrix as ``confusion`` (a list of rows: true class, columns: predicted class)."""
+    matrix as ``confusion`` (a list of rows: true class, columns: predicted class). ``flip``: test-time
+    augmentation, each image's class probabilities averaged with its horizontal mirror's (ranks and cross-entropy
+    are then those of the averaged probabilities)."""
     was_training = model.training
     model.eval()
     correct1 = correct5 = total = 0
@@ -34,7 +37,10 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
     for batch in batches:
         images, labels = batch.images.to(device, non_blocking=True), batch.labels.to(device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(images).float()
+            logits = model(images).float()  # (B, classes)
+            if flip:  # log of the mean of the two softmaxes: a log-probability, so cross_entropy stays its NLL
+                mirrored = model(images.flip(-1)).float()
+                logits = torch.logsumexp(torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)]), 0) - math.log(2)
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += (top[:, 0] == labels).sum().item()

@@ -28,6 +28,8 @@ from openmae.models.vit import create_classifier
 
 log = logging.getLogger("openmae.evaluate")
 
+TTA_MODES = ("none", "flip")
+
 
 @dataclass
 class EvaluateSection:
@@ -37,11 +39,15 @@ class EvaluateSection:
     device: str = "auto"
     output: str = ""  # a JSON file for every number (per-class accuracy and confusion matrix included)
     plot: str = ""  # a PNG of the confusion matrix (rows as percentages of each true class)
+    # test-time augmentation: none, or flip (each image's class probabilities averaged with its mirror's; only
+    # for classifiers trained with horizontal flips). Reported apart: fine-tuning's own numbers are single-view.
+    tta: str = "none"
 
     def check(self) -> None:
         require(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, ">= 1")
         require(self.precision in ("auto", "fp32", "bf16", "fp16"), "evaluate.precision", self.precision,
                 "auto, fp32, bf16 or fp16 (fp16 on CUDA only)")
+        require(self.tta in TTA_MODES, "evaluate.tta", self.tta, " or ".join(TTA_MODES))
 
 
 @dataclass
@@ -123,16 +129,18 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         raise ConfigError(f"the classifier in {e.init} has {classes} outputs but the '{d.eval_split}' split of "
                           f"data.name={d.name} has {len(names)} classes; evaluate on the dataset it was trained on")
     batches = eval_batches(d, d.eval_split, mae_cfg.img_size, mae_cfg.in_chans, e.batch_size, source=source)
-    metrics = evaluate_batches(model.to(device), batches, device, autocast_dtype(e.precision, device), confusion=True)
+    metrics = evaluate_batches(model.to(device), batches, device, autocast_dtype(e.precision, device), confusion=True,
+                               flip=e.tta == "flip")
     confusion: list[list[int]] = metrics.pop("confusion")
     per_class = {name: (100.0 * row[i] / sum(row) if sum(row) else float("nan"))
                  for i, (name, row) in enumerate(zip(names, confusion))}
     split = f"held-out part of '{d.train_split}'" if d.holdout else f"'{d.eval_split}'"
-    log.info("%s on the %s split (%d images): top-1 %.2f top-5 %.2f loss %.4f", e.init, split, len(source),
+    view = " (flip test-time augmentation)" if e.tta == "flip" else ""
+    log.info("%s on the %s split (%d images)%s: top-1 %.2f top-5 %.2f loss %.4f", e.init, split, len(source), view,
              metrics["top1"], metrics["top5"], metrics["eval_loss"])
     for name, acc in per_class.items():
         log.info("  %-20s %6.2f", name, acc)
-    result = {**metrics, "samples": len(source), "per_class_top1": per_class, "classes": names, "confusion": confusion}
+    result = {**metrics, "tta": e.tta, "samples": len(source), "per_class_top1": per_class, "classes": names, "confusion": confusion}
     if e.output:
         Path(e.output).parent.mkdir(parents=True, exist_ok=True)
         Path(e.output).write_text(json.dumps(result, indent=1))
