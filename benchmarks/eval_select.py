@@ -55,6 +55,8 @@ FINETUNE_RECIPES = {
     "ema0.999": [*NO_CROP, "finetune.model_ema=true", "finetune.model_ema_decay=0.999"],
     "shift2": [*NO_CROP, "finetune.shift=2"],
     "randaug_m9": [*NO_CROP, "finetune.auto_augment=rand-m9-mstd0.5-inc1"],
+    "drop_path0": [*NO_CROP, "finetune.drop_path=0"],
+    "batch64": [*NO_CROP, "train.batch_size=64"],  # blr unchanged: lr scales with the batch (5e-4)
 }
 CROP_RECIPES = ("crop0.5_jitter0.4", "crop0.5", "crop0.8", "crop1.0")
 PROBE_SCHEDULES = {  # on top of configs/linprobe/small_cached.yaml (AdamW, batch 256, 2 warm-up epochs, cosine)
