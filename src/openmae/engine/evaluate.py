@@ -140,13 +140,14 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
              metrics["top1"], metrics["top5"], metrics["eval_loss"])
     for name, acc in per_class.items():
         log.info("  %-20s %6.2f", name, acc)
-    result = {**metrics, "tta": e.tta, "samples": len(source), "per_class_top1": per_class, "classes": names, "confusion": confusion}
+    result = {**metrics, "tta": e.tta, "samples": len(source), "per_class_top1": per_class, "classes": names,
+              "confusion": confusion}
     if e.output:
         Path(e.output).parent.mkdir(parents=True, exist_ok=True)
         Path(e.output).write_text(json.dumps(result, indent=1))
         log.info("wrote %s", e.output)
     if e.plot:
         Path(e.plot).parent.mkdir(parents=True, exist_ok=True)
-        confusion_plot(confusion, names, e.plot, f"{Path(e.init).name}: top-1 {metrics['top1']:.2f}% on {split}")
+        confusion_plot(confusion, names, e.plot, f"{Path(e.init).name}: top-1 {metrics['top1']:.2f}% on {split}{view}")
         log.info("wrote %s", e.plot)
     return result
