@@ -11,6 +11,7 @@
 #   bash benchmarks/gpu_fashion_mnist.sh <folder holding fashion-mnist/>
 #   PATCH=7 PRETRAIN_S=240 FINETUNE_EPOCHS=30 WORKERS=14 bash benchmarks/gpu_fashion_mnist.sh data
 #   CKPT=runs/p4/model-last.pth SEEDS="0 1 2" bash benchmarks/gpu_fashion_mnist.sh data  # three fine-tunings, mean and std
+#   CKPT=... FINETUNE_SET="finetune.reprob=0.25 finetune.mixup=0.8" bash ...  # any fine-tuning overrides on top
 #   CKPT=runs/p4/model-last.pth bash benchmarks/gpu_fashion_mnist.sh data  # fine-tuning only, of those weights
 #   SMOKE=1 bash benchmarks/gpu_fashion_mnist.sh ../shared/datasets     # a CPU check of the script, two minutes
 # Budget: about 30 s to measure, PRETRAIN_S (stopped at 1.25 x that), then fine-tuning, whose speed on a GPU has not
@@ -68,7 +69,7 @@ fi
 for SEED in $SEEDS; do
   FT="$OUT_DIR/finetune_seed$SEED"
   $PY -m openmae finetune -c configs/finetune/fashion_mnist.yaml --checkpoint "$CKPT" $COMMON $LIMIT \
-    -o "$FT" train.epochs="$FINETUNE_EPOCHS" train.warmup_epochs=1 train.ckpt_every_epochs=0 train.seed="$SEED" \
+    -o "$FT" train.epochs="$FINETUNE_EPOCHS" train.warmup_epochs=1 train.ckpt_every_epochs=0 train.seed="$SEED" ${FINETUNE_SET:-} \
     > "$FT.log" 2>&1
   rm -f "$FT"/checkpoint-*.pth "$FT"/model-best.pth
   echo "seed $SEED: $(grep "top-1" "$FT.log" | tail -1)" | tee -a "$OUT_DIR/summary.txt"
