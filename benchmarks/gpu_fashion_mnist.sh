@@ -77,9 +77,10 @@ done
 rm -f "$OUT_DIR"/pretrain/checkpoint-*.pth
 # the last epoch's top-1 of every seed, their mean and standard deviation
 $PY - "$OUT_DIR" $SEEDS <<'PYEOF' | tee -a "$OUT_DIR/summary.txt"
-import json, statistics, sys
+import statistics, sys
+from openmae.engine.logging import read_metrics
 out, seeds = sys.argv[1], sys.argv[2:]
-last = [[json.loads(l) for l in open(f"{out}/finetune_seed{s}/metrics.jsonl") if '"top1"' in l][-1]["top1"] for s in seeds]
+last = [[r for r in read_metrics(f"{out}/finetune_seed{s}/metrics.jsonl") if "top1" in r][-1]["top1"] for s in seeds]
 spread = f" +- {statistics.stdev(last):.2f} (sample std)" if len(last) > 1 else ""
 print(f"fine-tuned top-1, last epoch, seeds {' '.join(seeds)}: {' '.join(f'{x:.2f}' for x in last)}; "
       f"mean {statistics.mean(last):.2f}{spread}")
