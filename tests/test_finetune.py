@@ -198,3 +198,19 @@ def test_finetune_shift_reaches_the_training_images(tmp_path, datasets):
     assert not any(isinstance(t, T.RandomCrop) for t in dataset.transform.transforms)
     with pytest.raises(ConfigError, match="finetune.shift.*32x32"):  # refused before the classifier is built
         FinetuneTask(tiny_finetune(tmp_path, datasets, "finetune.shift=32"), torch.device("cpu"))
+
+
+def test_mixup_runs_with_one_seed_are_equal_whatever_numpy_held_before(tmp_path, datasets):
+    """timm's Mixup draws its mixing ratio and its mixup-or-cutmix switch from numpy's global generator in the
+    training process: a run seeds it from train.seed, so two fresh runs with one seed give the same weights even
+    when numpy's state differed before (as it does between two processes)."""
+    import numpy as np
+
+    mixing = ("finetune.mixup=0.8", "finetune.cutmix=1.0", "train.epochs=1")
+    weights = []
+    for i, before in enumerate((1, 2)):
+        np.random.seed(before)
+        finetune(tiny_finetune(tmp_path / f"run{i}", datasets, *mixing))
+        weights.append(load_file(tmp_path / f"run{i}" / "model-timm.safetensors"))
+    a, b = weights
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

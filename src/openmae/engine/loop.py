@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -94,7 +96,12 @@ def launch(make_task: Callable[[DistInfo, Resume | None], Task], config: Any) ->
     try:
         t = config.train
         resume = find_resume(t.resume, t.output_dir, info.is_main)
+        # all three generators of the training process: timm's Mixup draws its ratio and its mixup-or-cutmix
+        # switch from numpy's, so seeding torch alone left a mixup run different each time (a resumed run restores
+        # the three from its checkpoint)
         torch.manual_seed(t.seed)
+        random.seed(t.seed)
+        np.random.seed(t.seed % 2**32)
         task = make_task(info, resume)
         return train(task, config, t, info, resume)
     finally:
