@@ -73,7 +73,7 @@ class TrainConfig:
     # torch.compile's mode: reduce-overhead replays the step's kernels as CUDA graphs (the step's shapes are static)
     compile_mode: str = "default"
     distributed: str = "ddp"
-    seed: int = 0
+    seed: int = 0  # seeds torch, numpy and Python in the training process, and (with epoch and index) every sample's augmentation
     output_dir: str = "runs/run"
     resume: str = ""
     ckpt_every_epochs: int = 20
