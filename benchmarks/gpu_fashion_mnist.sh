@@ -4,10 +4,11 @@
 # MAE in bf16 for a fixed time, then fine-tunes the result with the recipe chosen on held-out images
 # (configs/finetune/fashion_mnist.yaml: no crop, flip, drop path 0.1, label smoothing 0.1, layer decay 0.75) plus,
 # for its 30 epochs, random erasing 0.25 and mixup 0.8 (FINETUNE_SET's default: 93.34% against 92.63% without them
-# on the 40-epoch patch-4 encoder, docs/results.md), and reports the test split's top-1 at the last epoch. Pretraining is given PRETRAIN_S seconds: its epochs are set from
-# the throughput of a first, short measurement, so that the cosine schedule ends inside the budget instead of being
-# cut half-way. Everything lands in $OUT (or /tmp/gpu_fm): logs, metrics, the pretrained weights (model-last.pth,
-# for kNN and probes on a CPU afterwards) and summary.txt.
+# on the 40-epoch patch-4 encoder, docs/results.md), and reports the test split's top-1 at the last epoch.
+# Pretraining is given PRETRAIN_S seconds: its epochs are set from the throughput of a first, short measurement, so
+# that the cosine schedule ends inside the budget instead of being cut half-way. Everything lands in $OUT (or
+# /tmp/gpu_fm): logs, metrics, the pretrained weights (model-last.pth, for kNN and probes on a CPU afterwards) and
+# summary.txt.
 #
 #   bash benchmarks/gpu_fashion_mnist.sh <folder holding fashion-mnist/>
 #   PATCH=7 PRETRAIN_S=240 FINETUNE_EPOCHS=30 WORKERS=14 bash benchmarks/gpu_fashion_mnist.sh data

@@ -3,6 +3,7 @@ exact resume."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -204,8 +205,6 @@ def test_mixup_runs_with_one_seed_are_equal_whatever_numpy_held_before(tmp_path,
     """timm's Mixup draws its mixing ratio and its mixup-or-cutmix switch from numpy's global generator in the
     training process: a run seeds it from train.seed, so two fresh runs with one seed give the same weights even
     when numpy's state differed before (as it does between two processes)."""
-    import numpy as np
-
     mixing = ("finetune.mixup=0.8", "finetune.cutmix=1.0", "train.epochs=1")
     weights = []
     for i, before in enumerate((1, 2)):
