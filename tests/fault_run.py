@@ -3,6 +3,8 @@
 - ``kill_in_save:<step>``: SIGKILL half-way through writing the checkpoint of that step (a torn temp file).
 - ``kill_at_step:<rank>:<step>``: that rank SIGKILLs itself right after optimizer step <step>, on the
   first attempt only (torchrun's TORCHELASTIC_RESTART_COUNT == 0).
+- ``signal_at_step:<rank>:<step>:<name>``: that rank sends itself the signal <name> (e.g. SIGUSR1) right after
+  optimizer step <step>, on the first attempt only.
 """
 
 import io
@@ -33,8 +35,9 @@ if fault.startswith("kill_in_save:"):
         os.kill(os.getpid(), signal.SIGKILL)
 
     checkpoint.save_file = torn_save
-elif fault.startswith("kill_at_step:"):
-    _, rank, step = fault.split(":")
+elif fault.startswith(("kill_at_step:", "signal_at_step:")):
+    _, rank, step, *name = fault.split(":")
+    number = getattr(signal, name[0]) if name else signal.SIGKILL
     if os.environ.get("RANK", "0") == rank and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
         real_step = torch.optim.AdamW.step
         calls = {"n": 0}
@@ -43,7 +46,7 @@ elif fault.startswith("kill_at_step:"):
             out = real_step(self, *args, **kwargs)
             calls["n"] += 1
             if calls["n"] == int(step):
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), number)
             return out
 
         torch.optim.AdamW.step = dying_step

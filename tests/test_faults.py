@@ -30,7 +30,9 @@ def cli(out: Path, data_root: Path, *extra: str, fault: str = "", torchrun: int 
     else:
         cmd = [sys.executable, str(REPO / "tests" / "fault_run.py"), "pretrain", *args]
     env = {**os.environ, "FAULT": fault, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    # its own process group, so that a test can signal the run and its loader workers together, as Slurm does
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                            start_new_session=True)
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
@@ -44,6 +46,15 @@ def reference(tmp_path_factory, datasets):
     code, err = finish(cli(out, datasets))
     assert code == 0, err[-3000:]
     return weights(out)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc), whatever session or process group it is in."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            found += [int(child), *descendants(int(child))]
+    return found
 
 
 def same(a, b) -> bool:
@@ -126,15 +137,80 @@ def test_full_disk_during_save_keeps_previous(tmp_path, datasets, monkeypatch):
     assert not [p for p in run.iterdir() if p.name.startswith(".")]
 
 
-def test_torchrun_restarts_after_a_worker_dies(tmp_path, datasets):
-    ref = tmp_path / "ref"
-    code, err = finish(cli(ref, datasets, "train.batch_size=8", torchrun=2))
+@pytest.fixture(scope="module")
+def reference_two_ranks(tmp_path_factory, datasets):
+    out = tmp_path_factory.mktemp("reference_two_ranks")
+    code, err = finish(cli(out, datasets, "train.batch_size=8", torchrun=2))
     assert code == 0, err[-3000:]
+    return weights(out)
+
+
+def test_torchrun_restarts_after_a_worker_dies(tmp_path, datasets, reference_two_ranks):
     run = tmp_path / "run"
     code, err = finish(cli(run, datasets, "train.batch_size=8", fault="kill_at_step:1:7", torchrun=2))
     assert code == 0, err[-3000:]
     assert "resumed from" in err and "checkpoint-000000006.pth" in err
-    assert same(weights(run), weights(ref))
+    assert same(weights(run), reference_two_ranks)
+
+
+def test_sigterm_to_the_process_group_saves_exits_143_and_resume_matches(tmp_path, datasets, reference):
+    """Slurm's time limit / preemption: SIGTERM to every process of the job, loader workers included."""
+    run = tmp_path / "run"
+    proc = cli(run, datasets, "data.num_workers=2", "train.ckpt_every_steps=0")
+    deadline = time.time() + 300
+    while logged_steps(run) < 5 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be signalled"
+    os.killpg(proc.pid, signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    (ckpt,) = CheckpointManager(run).list()  # no periodic checkpoints in this run: this one is the signal's
+    stopped_at = CheckpointManager.load(ckpt)["step"]
+    assert stopped_at == logged_steps(run) and 5 <= stopped_at < 18
+    assert f"stopped by SIGTERM after step {stopped_at}" in err
+    code, err = finish(cli(run, datasets))
+    assert code == 0, err[-3000:]
+    assert f"resumed from {ckpt}" in err
+    assert same(weights(run), reference)
+
+
+def test_sigterm_to_torchrun_and_its_workers_saves_and_resume_matches(tmp_path, datasets, reference_two_ranks):
+    """SIGTERM to torchrun, its workers and their loader workers at once, as Slurm signals every process of a job
+    step: a worker gets it directly and may get it again, forwarded by torchrun to its process group (loader
+    workers included); the workers agree on a step, save within torchrun's shutdown wait, and a relaunch resumes."""
+    run = tmp_path / "run"
+    # agreement every 4 steps: torchrun's forwarded SIGTERM reaches the workers while they train on to that step
+    proc = cli(run, datasets, "train.batch_size=8", "data.num_workers=1", "train.ckpt_every_steps=0",
+               "train.log_every_steps=4", torchrun=2)
+    deadline = time.time() + 300
+    while logged_steps(run) < 4 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be signalled"
+    tree = [proc.pid, *descendants(proc.pid)]
+    assert len(tree) >= 5  # torchrun, 2 workers, their loader workers
+    for pid in tree:
+        os.kill(pid, signal.SIGTERM)
+    code, err = finish(proc)
+    assert code != 0
+    (ckpt,) = CheckpointManager(run).list()
+    stopped_at = CheckpointManager.load(ckpt)["step"]
+    assert f"stopped by SIGTERM after step {stopped_at}" in err and stopped_at in (8, 12, 16)
+    code, err = finish(cli(run, datasets, "train.batch_size=8", torchrun=2))
+    assert code == 0, err[-3000:]
+    assert f"resumed from {ckpt}" in err
+    assert same(weights(run), reference_two_ranks)
+
+
+def test_torchrun_stop_signal_on_one_rank_stops_all_at_one_step(tmp_path, datasets, reference_two_ranks):
+    """Rank 1 alone gets SIGUSR1 after step 5; the ranks agree at the next log step (8), save, exit; torchrun
+    restarts them (--max-restarts=2) and the resumed run ends where an uninterrupted one does."""
+    run = tmp_path / "run"
+    code, err = finish(cli(run, datasets, "train.batch_size=8", "train.log_every_steps=4", "train.ckpt_every_steps=0",
+                           fault="signal_at_step:1:5:SIGUSR1", torchrun=2))
+    assert code == 0, err[-3000:]
+    assert "stopped by SIGUSR1 after step 8" in err
+    assert "resumed from" in err and "checkpoint-000000008.pth" in err
+    assert same(weights(run), reference_two_ranks)
 
 
 def test_resume_with_other_model_settings_is_refused(tmp_path, datasets):

@@ -72,8 +72,9 @@ def cmd_pretrain(args: argparse.Namespace, rest: list[str]) -> int:
     cfg = load_config(PretrainConfig, args.config, run_overrides(args, rest))
     if int(os.environ.get("RANK", "0")) == 0:
         print(dump_yaml(cfg), file=sys.stderr)
-    pretrain(cfg)
-    return 0
+    from openmae.engine.preempt import exit_code
+
+    return exit_code(pretrain(cfg))
 
 
 def _run_task(config_cls, runner, args: argparse.Namespace, rest: list[str], init_key: str | None = None) -> int:
@@ -88,7 +89,9 @@ def _run_task(config_cls, runner, args: argparse.Namespace, rest: list[str], ini
     result = runner(cfg)
     if int(os.environ.get("RANK", "0")) == 0 and result:
         print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}))
-    return 0
+    from openmae.engine.preempt import exit_code
+
+    return exit_code(result)
 
 
 @command("finetune", "fine-tune a ViT classifier from a pretrained encoder (torchrun-ready)")

@@ -7,9 +7,11 @@ the number of processes sharing the global batch, or on whether the run was resu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -186,12 +188,23 @@ def collate(samples: list) -> Batch:
     return Batch(images, torch.tensor(labels), torch.tensor(seeds, dtype=torch.int64), sum(skipped))
 
 
+def _leave_stop_signals_to_parent(worker_id: int) -> None:
+    """In a loader worker: ignore the signals on which the training process saves and stops (see
+    ``openmae.engine.preempt``; a forked worker inherits those handlers, marked ``stops_training``). A signal sent
+    to the whole process group, as Slurm does, would otherwise kill the worker and with it the run before it can
+    save. Workers still end with the training process."""
+    for number in signal.valid_signals():
+        with contextlib.suppress(OSError, ValueError):
+            if getattr(signal.getsignal(number), "stops_training", False):
+                signal.signal(number, signal.SIG_IGN)
+
+
 def make_loader(dataset: SeededSamples, sampler: ResumableSampler, num_workers: int, pin_memory: bool) -> DataLoader:
     return DataLoader(
         dataset, batch_size=sampler.batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
         pin_memory=pin_memory, drop_last=sampler.drop_last, persistent_workers=num_workers > 0,
         generator=torch.Generator(),  # own RNG: building an iterator must not consume the global one (exact resume)
-        prefetch_factor=4 if num_workers else None,
+        prefetch_factor=4 if num_workers else None, worker_init_fn=_leave_stop_signals_to_parent,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,9 @@ class TrainConfig:
     max_steps_per_epoch: int = 0
     halt_after_steps: int = 0
     nonfinite: str = "stop"
+    # on these signals (a cluster's preemption or time-limit warning): save a checkpoint and exit with 128 + the
+    # signal's number; [] leaves them to end the process at once
+    stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
     device: str = "auto"
     tensorboard: bool = True
     progress: bool = True
@@ -112,6 +116,9 @@ class TrainConfig:
         require(self.max_steps_per_epoch >= 0, "train.max_steps_per_epoch", self.max_steps_per_epoch, ">= 0")
         require(self.halt_after_steps >= 0, "train.halt_after_steps", self.halt_after_steps, ">= 0")
         require(self.nonfinite in ("stop", "skip"), "train.nonfinite", self.nonfinite, "stop or skip")
+        for name in self.stop_signals:
+            require(isinstance(getattr(signal, name, None), signal.Signals) and name.startswith("SIG"),
+                    "train.stop_signals", list(self.stop_signals), "signal names of this platform, e.g. [SIGTERM, SIGUSR1]")
         require(self.resume in ("", "auto") or not self.resume.startswith("-"), "train.resume", self.resume,
                 "'', 'auto' or a checkpoint path")
 

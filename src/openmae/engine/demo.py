@@ -15,6 +15,7 @@ from openmae.data.build import eval_batches
 from openmae.data.config import DataConfig
 from openmae.engine.knn_eval import KnnConfig, knn_eval
 from openmae.engine.linprobe import LinprobeConfig, linprobe
+from openmae.engine.preempt import exit_code
 from openmae.engine.pretrain import PretrainConfig, pretrain
 from openmae.eval.knn import knn_accuracy
 
@@ -46,7 +47,10 @@ def run_demo(data_root: str | None, output: str, overrides: list[str], minutes: 
                                                                             *overrides])
     print(f"[demo] pretraining {cfg.model.name} (depth {cfg.model.depth}) on Fashion-MNIST for {cfg.train.epochs} "
           f"epochs (~{minutes:.0f} min on 2 CPU cores)")
-    pretrain(cfg)
+    stopped = pretrain(cfg).get("stopped_by")
+    if stopped:
+        print(f"[demo] pretraining stopped by {stopped}; its checkpoint is in {out / 'pretrain'}, no evaluation run")
+        return exit_code({"stopped_by": stopped})
     ckpt = out / "pretrain" / "model-last.pth"
     common = root + ["data.name=fashion-mnist", f"data.max_samples={EVAL_TRAIN}", f"data.max_eval_samples={EVAL_TEST}"]
     results: dict[str, Any] = {}

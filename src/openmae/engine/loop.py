@@ -38,6 +38,7 @@ from openmae.engine.config import TrainConfig
 from openmae.engine.distributed import DistInfo, all_reduce_mean, barrier, parallelize
 from openmae.engine.logging import MetricsLog, read_metrics
 from openmae.engine.optim import build_optimizer
+from openmae.engine.preempt import StopSignals
 from openmae.engine.schedule import effective_lr, lr_at
 
 log = logging.getLogger("openmae.train")
@@ -150,8 +151,14 @@ def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
 
 def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resume: Resume | None = None
           ) -> dict[str, Any]:
-    """Run ``task`` to the end (or to ``halt_after_steps``), continuing from ``resume`` when given; returns the
-    last logged and evaluated metrics."""
+    """Run ``task`` to the end (or to ``halt_after_steps``, or to a stop signal), continuing from ``resume`` when
+    given; returns the last logged and evaluated metrics (with ``stopped_by``: the signal's name, after one)."""
+    with StopSignals(train_cfg.stop_signals) as stops:
+        return _train(task, config, train_cfg, info, resume, stops)
+
+
+def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resume: Resume | None,
+           stops: StopSignals) -> dict[str, Any]:
     run_dir = Path(train_cfg.output_dir)
     device = info.device
     amp_dtype = autocast_dtype(train_cfg.precision, device)
@@ -321,6 +328,18 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resum
                 bar.close()
                 log.info("halted after step %d as asked (train.halt_after_steps)", step)
                 return {**last, "halted": True}
+            # a stop signal: asked after every step in one process, at log steps when distributed (a collective;
+            # every rank asks at the same steps); saved at batch i + 1 even at an epoch's end, so that a resumed
+            # run does that epoch's evaluation and saving exactly as an uninterrupted run would have
+            stop = stops.agreed(info) if not info.enabled or step % train_cfg.log_every_steps == 0 else None
+            if stop:
+                flush(epoch)
+                checkpoint(epoch, i + 1)
+                bar.close()
+                if info.is_main:
+                    log.warning("stopped by %s after step %d; checkpoint saved in %s. Run the same command with "
+                                "--resume=auto (train.resume=auto) to continue exactly from here", stop, step, run_dir)
+                return {**last, "stopped_by": stop}
         start_batch = 0
         flush(epoch)
         epoch += 1

@@ -1,0 +1,85 @@
+"""Stop cleanly on a signal: a cluster's preemption or time-limit warning becomes a checkpoint and an exit.
+
+Slurm sends SIGTERM at a job's time limit and on preemption (and a chosen signal earlier with ``--signal``);
+torchrun forwards SIGTERM to its workers. The handler only records the signal; the training loop asks
+:meth:`StopSignals.agreed` at points where every rank is at the same step, saves a checkpoint there and returns.
+Later stop signals are only noted: under torchrun a worker gets the scheduler's SIGTERM and then the one torchrun
+forwards, and the second must not cut the save short (SIGKILL, or Ctrl-C's SIGINT, still end a run at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterable
+from types import FrameType
+from typing import Any
+
+import torch
+
+from openmae.engine.distributed import DistInfo
+
+log = logging.getLogger("openmae.train")
+
+
+def signal_number(name: str) -> int:
+    """``"SIGTERM"`` -> 15; a clear error for a name this platform does not have."""
+    number = getattr(signal, name, None) if name.startswith("SIG") else None
+    if not isinstance(number, signal.Signals):
+        raise ValueError(f"{name!r} is not a signal on this platform; use names such as SIGTERM or SIGUSR1")
+    return int(number)
+
+
+def exit_code(result: dict[str, Any] | None) -> int:
+    """0, or 128 + the signal's number when a run saved and stopped on a signal (what a shell reports for a
+    process that signal ended), so that a job script does not go on as if training had finished."""
+    stopped = (result or {}).get("stopped_by")
+    return 128 + signal_number(stopped) if stopped else 0
+
+
+class StopSignals:
+    """Context manager: while active, the named signals are recorded instead of ending the process.
+
+    Handlers can only be installed from the main thread; elsewhere (a notebook's worker thread) nothing is
+    installed and :attr:`received` stays None.
+    """
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.numbers = [signal_number(n) for n in names]
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for number in self.numbers:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+        self._previous.clear()
+
+    def _handle(self, number: int, frame: FrameType | None) -> None:
+        name = signal.Signals(number).name
+        if self.received is None:
+            self.received = name
+            log.warning("%s received: saving a checkpoint at the next step where all processes agree, then stopping "
+                        "(SIGKILL or Ctrl-C stop at once, without saving)", name)
+
+    _handle.stops_training = True  # type: ignore[attr-defined]  # loader workers ignore signals so handled
+
+    def agreed(self, info: DistInfo) -> str | None:
+        """The signal to stop for if any process received one, else None. A collective when distributed: call it
+        at the same step on every rank."""
+        if not info.enabled:
+            return self.received
+        import torch.distributed as dist
+
+        # a rank's index into self.numbers + 1 (0: nothing); the max over ranks names one of the signals received
+        code = 0 if self.received is None else self.numbers.index(signal_number(self.received)) + 1
+        flag = torch.tensor([code], device=info.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        code = int(flag.item())
+        return None if code == 0 else signal.Signals(self.numbers[code - 1]).name
