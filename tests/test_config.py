@@ -1,5 +1,6 @@
 """Configuration: defaults, YAML, overrides, type checks, task-specific section defaults."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,8 @@ def test_invalid_settings_name_key_value_and_range(override, message):
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_preset_loads_and_validates(path):
     cls = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "linprobe": LinprobeConfig}[path.parent.name]
-    cfg = load_config(cls, [path])
+    overlay = re.search(r"applied on top of (\S+\.yaml)", path.read_text())  # an overlay: a second -c after its base
+    cfg = load_config(cls, [path.parent / overlay.group(1), path] if overlay else [path])
     if cfg.model.name != "auto":
         cfg.model.resolve()
 
@@ -67,6 +69,15 @@ def test_paper_presets_hold_the_paper_recipe():
     assert (ft.finetune.layer_decay, ft.finetune.drop_path, ft.train.blr, ft.train.epochs) == (0.65, 0.1, 5e-4, 100)
     lp = load_config(LinprobeConfig, [REPO / "configs/linprobe/vit_base_imagenet.yaml"])
     assert (lp.train.optimizer, lp.train.blr, lp.train.batch_size * lp.train.accum_steps * 8) == ("lars", 0.1, 16384)
+
+
+def test_fashion_mnist_30_epoch_overlay_changes_only_its_three_settings():
+    base = to_dict(load_config(FinetuneConfig, [REPO / "configs/finetune/fashion_mnist.yaml"]))
+    both = to_dict(load_config(FinetuneConfig, [REPO / "configs/finetune/fashion_mnist.yaml",
+                                                REPO / "configs/finetune/fashion_mnist_30ep.yaml"]))
+    changed = {(section, key): value for section in both for key, value in both[section].items()
+               if base[section][key] != value}
+    assert changed == {("train", "epochs"): 30, ("finetune", "reprob"): 0.25, ("finetune", "mixup"): 0.8}
 
 
 @pytest.mark.parametrize("cls, override, message", [
