@@ -1,6 +1,7 @@
 """Forward + backward time of SDPA's flash and math kernels for the attention shapes MAE trains with, in timm's
-layout (one qkv projection, permuted views), on this machine's CPU (or GPU). The shortest sequences are
-where `openmae.models.attention` switches a CPU to the math kernel; this script is how that was measured.
+layout (one qkv projection, permuted views), on this machine's CPU (or GPU). In bf16 a third column times the
+flash kernel run in fp32 on the same bf16 tensors (q, k, v cast up, the output cast back, casts included). This
+script is how `openmae.models.attention` chose a CPU's kernel and precision for each sequence length.
 
     python benchmarks/attention_kernels.py                  # bf16 on the CPU
     python benchmarks/attention_kernels.py --precision fp32
@@ -22,14 +23,17 @@ SHAPES = [(128, 3, 17, 64), (128, 4, 65, 32), (16, 6, 50, 64), (64, 6, 100, 64),
 
 
 def fwd_bwd_ms(shape: tuple[int, int, int, int], backend: SDPBackend, dtype: torch.dtype, device: torch.device,
-               repeats: int) -> float:
+               repeats: int, core_dtype: torch.dtype | None = None) -> float:
+    """``core_dtype``: the dtype the kernel runs in (q, k, v cast to it, the output cast back); default ``dtype``."""
     b, h, n, d = shape
     qkv = torch.randn(b, n, 3 * h * d, dtype=dtype, device=device, requires_grad=True)
 
     def once() -> None:
         q, k, v = qkv.reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d) views, as timm
+        if core_dtype is not None:
+            q, k, v = q.to(core_dtype), k.to(core_dtype), v.to(core_dtype)
         with sdpa_kernel([backend]):
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v).to(dtype)
         out.transpose(1, 2).reshape(b, n, h * d).sum().backward()
 
     for _ in range(2):
@@ -51,13 +55,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8)
     args = parser.parse_args()
     dtype, device = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.precision], torch.device(args.device)
-    print(f"| batch | heads | tokens | head width | flash ms | math ms | math speed-up |  ({args.precision}, {device}, "
-          f"{torch.get_num_threads()} threads)")
-    print("|---|---|---|---|---|---|---|")
+    up = dtype == torch.bfloat16
+    print(f"| batch | heads | tokens | head width | flash ms | math ms | math speed-up |"
+          + (" fp32 flash on bf16 ms | its speed-up over the faster bf16 kernel |" if up else "")
+          + f"  ({args.precision}, {device}, {torch.get_num_threads()} threads)")
+    print("|---|---|---|---|---|---|---|" + ("---|---|" if up else ""))
     for shape in SHAPES:
         flash = fwd_bwd_ms(shape, SDPBackend.FLASH_ATTENTION, dtype, device, args.repeats)
         math = fwd_bwd_ms(shape, SDPBackend.MATH, dtype, device, args.repeats)
-        print(f"| {' | '.join(map(str, shape))} | {flash:.1f} | {math:.1f} | {flash / math:.2f}x |", flush=True)
+        row = f"| {' | '.join(map(str, shape))} | {flash:.1f} | {math:.1f} | {flash / math:.2f}x |"
+        if up:
+            cast = fwd_bwd_ms(shape, SDPBackend.FLASH_ATTENTION, dtype, device, args.repeats, torch.float32)
+            row += f" {cast:.1f} | {min(flash, math) / cast:.2f}x |"
+        print(row, flush=True)
 
 
 if __name__ == "__main__":

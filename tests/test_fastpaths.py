@@ -42,34 +42,67 @@ def test_sdpa_equals_explicit_attention(setup):
     assert_close_rel(fast[1], slow[1], 1e-5)
 
 
-def sdpa_kernels_run(model, imgs, noise, dtype) -> set[str]:
-    """Names of the SDPA kernels a training step runs (forward and backward)."""
-    from torch.profiler import ProfilerActivity, profile
+def sdpa_input_dtypes(monkeypatch, fn) -> list[torch.dtype]:
+    """The dtype of q in every SDPA call while ``fn()`` runs."""
+    import torch.nn.functional as F
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        loss_and_grads(model, imgs, noise, dtype)
-    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+    seen, real = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **kw: seen.append(q.dtype) or real(q, *a, **kw))
+    fn()
+    monkeypatch.setattr(F, "scaled_dot_product_attention", real)
+    return seen
 
 
 @pytest.mark.parametrize("ckpt", [False, True])
-def test_cpu_bf16_math_kernel_for_short_sequences_equals_flash(setup, monkeypatch, ckpt):
-    """On a CPU under bf16, blocks with <= CPU_MATH_MAX_TOKENS tokens run SDPA's math kernel (faster there); it
-    gives the flash kernel's loss and gradients within bf16's tolerance, also when activation checkpointing
-    recomputes the blocks in the backward pass (the recomputation must pick the same kernel). fp32 keeps flash."""
+def test_cpu_bf16_attention_core_in_fp32_equals_timms_bf16_attention(setup, monkeypatch, ckpt):
+    """On a CPU under bf16 the SDPA core runs in fp32 (faster there at every MAE shape); loss and gradients equal
+    timm's all-bf16 attention within bf16's tolerance, also when activation checkpointing recomputes the blocks."""
     from openmae.models import attention
 
     model, imgs, noise = setup
     model.cfg.grad_checkpointing = ckpt
-    assert not any("flash" in k for k in sdpa_kernels_run(model, imgs, noise, torch.bfloat16))  # 17, 65 tokens
-    assert any("flash" in k for k in sdpa_kernels_run(model, imgs, noise, None))  # fp32: flash is faster there
-    short = loss_and_grads(model, imgs, noise, torch.bfloat16)
-    monkeypatch.setattr(attention, "CPU_MATH_MAX_TOKENS", 0)
-    assert any("flash" in k for k in sdpa_kernels_run(model, imgs, noise, torch.bfloat16))  # PyTorch's own choice
-    flash = loss_and_grads(model, imgs, noise, torch.bfloat16)
-    assert abs(short[0] - flash[0]) / flash[0] <= 1e-2
-    for k, ref in flash[1].items():
-        err = (short[1][k].float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12)
+    dtypes = sdpa_input_dtypes(monkeypatch, lambda: loss_and_grads(model, imgs, noise, torch.bfloat16))
+    blocks = len(model.blocks) + len(model.decoder_blocks)
+    assert set(dtypes) == {torch.float32} and len(dtypes) == blocks * (2 if ckpt else 1)  # recomputed: twice
+    ours = loss_and_grads(model, imgs, noise, torch.bfloat16)
+    monkeypatch.setattr(attention, "fp32_core", lambda x: False)
+    dtypes = sdpa_input_dtypes(monkeypatch, lambda: loss_and_grads(model, imgs, noise, torch.bfloat16))
+    assert set(dtypes) == {torch.bfloat16}  # timm's own path
+    timm_bf16 = loss_and_grads(model, imgs, noise, torch.bfloat16)
+    assert abs(ours[0] - timm_bf16[0]) / timm_bf16[0] <= 1e-2
+    for k, ref in timm_bf16[1].items():
+        err = (ours[1][k].float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12)
         assert err <= 1e-2, k
+
+
+def test_classifier_attention_core_in_fp32_under_cpu_bf16(monkeypatch):
+    from openmae.models import attention
+    from openmae.models.vit import create_classifier
+
+    torch.manual_seed(0)
+    model = create_classifier(openmae.create_model("mae_vit_debug_patch4_32").cfg, 10)
+    imgs = torch.randn(4, 3, 32, 32)
+
+    def logits():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(imgs).float()
+
+    dtypes = sdpa_input_dtypes(monkeypatch, logits)
+    assert dtypes and set(dtypes) == {torch.float32}
+    ours = logits()
+    monkeypatch.setattr(attention, "fp32_core", lambda x: False)
+    ref = logits()
+    assert (ours - ref).norm() / ref.norm() <= 1e-2
+
+
+def test_attention_core_precision_by_device_and_dtype():
+    from openmae.models.attention import fp32_core
+
+    bf16, fp32 = torch.zeros(1, dtype=torch.bfloat16), torch.zeros(1)
+    assert fp32_core(bf16) and not fp32_core(fp32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 tensors under bf16 autocast compute in bf16
+        assert fp32_core(fp32)
+    assert not fp32_core(torch.zeros(1, dtype=torch.bfloat16, device="meta"))  # not a CPU: timm's path
 
 
 def test_math_and_flash_kernels_agree_in_fp32(setup):
@@ -82,20 +115,6 @@ def test_math_and_flash_kernels_agree_in_fp32(setup):
         flash = loss_and_grads(model, imgs, noise)
     assert abs(math[0] - flash[0]) / flash[0] <= 1e-5
     assert_close_rel(math[1], flash[1], 1e-5)
-
-
-def test_attention_kernel_choice_by_device_and_length():
-    import contextlib
-
-    from openmae.models.attention import CPU_MATH_MAX_TOKENS, attention_kernels
-
-    cpu, bf16 = torch.device("cpu"), torch.bfloat16
-    assert not isinstance(attention_kernels(cpu, CPU_MATH_MAX_TOKENS, bf16), contextlib.nullcontext)
-    assert isinstance(attention_kernels(cpu, CPU_MATH_MAX_TOKENS + 1, bf16), contextlib.nullcontext)
-    assert isinstance(attention_kernels(cpu, 17, torch.float32), contextlib.nullcontext)
-    with torch.autocast("cpu", dtype=bf16):  # fp32 tensors under bf16 autocast compute in bf16
-        assert not isinstance(attention_kernels(cpu, 17, torch.float32), contextlib.nullcontext)
-    assert isinstance(attention_kernels(torch.device("cuda"), 17, bf16), contextlib.nullcontext)
 
 
 def test_activation_checkpointing_equals_plain(setup):

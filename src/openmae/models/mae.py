@@ -14,7 +14,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from openmae.models.attention import attention_kernels
+from openmae.models.attention import Attention
 from openmae.models.masking import MaskPlan, make_strategy, plan_from_noise
 from openmae.models.patches import grid_size, patchify
 from openmae.models.pos_embed import sincos_2d
@@ -89,7 +89,8 @@ class MaskedAutoencoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, cfg.embed_dim), requires_grad=False)
         self.blocks = nn.ModuleList(
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(cfg.depth)
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, norm_layer=norm, attn_layer=Attention)
+            for _ in range(cfg.depth)
         )
         self.norm = norm(cfg.embed_dim)
 
@@ -100,7 +101,8 @@ class MaskedAutoencoder(nn.Module):
             torch.zeros(1, num_patches + 1, cfg.decoder_embed_dim), requires_grad=False
         )
         self.decoder_blocks = nn.ModuleList(
-            Block(cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.mlp_ratio, qkv_bias=True, norm_layer=norm)
+            Block(cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.mlp_ratio, qkv_bias=True, norm_layer=norm,
+                  attn_layer=Attention)
             for _ in range(cfg.decoder_depth)
         )
         self.decoder_norm = norm(cfg.decoder_embed_dim)
@@ -164,15 +166,11 @@ class MaskedAutoencoder(nn.Module):
         return self.masking.noise(batch, self.cfg.grid, mask_ratio, generator=generator, device=device)
 
     def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-        kernels = partial(attention_kernels, x.device, x.shape[1], x.dtype)  # a CPU: math kernel for short sequences
-        with kernels():
-            for blk in blocks:
-                if self.cfg.grad_checkpointing and self.training and x.requires_grad:
-                    # the recomputation in the backward pass must pick the same kernel as the forward did
-                    x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False,
-                                                          context_fn=lambda: (kernels(), kernels()))
-                else:
-                    x = blk(x)
+        for blk in blocks:
+            if self.cfg.grad_checkpointing and self.training and x.requires_grad:
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
         return x
 
     # ------------------------------------------------------------------ forward

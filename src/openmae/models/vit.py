@@ -11,6 +11,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 
+from openmae.models.attention import Attention
 from openmae.models.mae import DECODER_PREFIXES, MAEConfig
 from openmae.models.pos_embed import interpolate_pos_embed
 
@@ -38,7 +39,7 @@ def create_classifier(cfg: MAEConfig, num_classes: int, global_pool: str = "avg"
         img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, embed_dim=cfg.embed_dim,
         depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True,
         norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=num_classes, global_pool=global_pool,
-        drop_path_rate=drop_path, fc_norm=fc_norm,
+        drop_path_rate=drop_path, fc_norm=fc_norm, attn_layer=Attention,
     )
     head_in = head_in or cfg.embed_dim
     if head_in != cfg.embed_dim:
