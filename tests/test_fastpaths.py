@@ -146,6 +146,18 @@ def test_compiled_step_equals_eager(setup):
     assert_close_rel(fast[1], ref[1], 1e-4)
 
 
+def test_compiled_bf16_step_on_cpu_keeps_the_fp32_attention_core(setup, monkeypatch):
+    model, imgs, noise = setup
+    ref = loss_and_grads(model, imgs, noise, torch.bfloat16)
+    compiled = torch.compile(model)
+    dtypes = sdpa_input_dtypes(monkeypatch, lambda: loss_and_grads(model, imgs, noise, torch.bfloat16, run=compiled))
+    assert dtypes and set(dtypes) == {torch.float32}  # seen while tracing
+    fast = loss_and_grads(model, imgs, noise, torch.bfloat16, run=compiled)
+    assert abs(fast[0] - ref[0]) / ref[0] <= 1e-2
+    for k, r in ref[1].items():
+        assert (fast[1][k].float() - r.float()).norm() / r.float().norm().clamp_min(1e-12) <= 1e-2, k
+
+
 def test_block_compiled_step_equals_eager(setup):
     from openmae.engine.distributed import compile_module
 

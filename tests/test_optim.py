@@ -1,5 +1,7 @@
 """Layer-wise lr decay assignment and LARS against hand-computed numbers."""
 
+import copy
+
 import pytest
 import torch
 
@@ -45,3 +47,33 @@ def test_lars_hand_computed_step():
     b.grad = torch.tensor([2.0])
     opt.step()
     torch.testing.assert_close(b.detach(), torch.tensor([0.8 - 0.1 * (0.9 * 2.0 + 2.0)]))
+
+
+def test_cpu_adamw_is_fused_and_equals_the_default_implementation():
+    """On a CPU build_optimizer takes PyTorch's fused AdamW (faster); it updates as the default (foreach) one does,
+    within fp32 rounding, with per-group learning-rate scales and weight decay."""
+    from openmae.engine.optim import build_optimizer
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
+    b, start = copy.deepcopy(a), copy.deepcopy(a)
+
+    def groups(model):
+        return [{"params": list(model[0].parameters()), "weight_decay": 0.05, "lr_scale": 0.5, "names": ["0"]},
+                {"params": list(model[2].parameters()), "weight_decay": 0.0, "lr_scale": 1.0, "names": ["2"]}]
+
+    fused = build_optimizer("adamw", groups(a), 1e-2, (0.9, 0.95), torch.device("cpu"))
+    assert fused.defaults["fused"]
+    plain = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups(b)], lr=1e-2,
+                              betas=(0.9, 0.95))
+    for step in range(5):
+        x = torch.randn(8, 16)
+        for model, opt in ((a, fused), (b, plain)):
+            for g in opt.param_groups:
+                g["lr"] = 1e-2 * g["lr_scale"] * (step + 1) / 5
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-7)
+    assert not torch.equal(a[0].weight, start[0].weight)  # it did train

@@ -87,12 +87,17 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")
+
+
 def build_optimizer(name: str, groups: list[dict], lr: float, betas: tuple[float, float],
                     device: torch.device) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA), LARS or SGD with momentum over ``groups`` (extra keys like names stay in groups)."""
+    """AdamW (fused on CUDA and CPU), LARS or SGD with momentum over ``groups`` (extra keys like names stay in
+    groups). PyTorch's fused AdamW on a CPU: 34 ms against 133 ms for the default (foreach) for ViT-S/16's MAE
+    (48 M parameters, 2 cores; docs/benchmarks.md), ~8% of its bf16 step."""
     clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]
     if name == "adamw":
-        return torch.optim.AdamW(clean, lr=lr, betas=betas, fused=device.type == "cuda")
+        return torch.optim.AdamW(clean, lr=lr, betas=betas, fused=device.type in FUSED_ADAMW_DEVICES)
     if name == "lars":
         return LARS(clean, lr=lr)
     return torch.optim.SGD(clean, lr=lr, momentum=0.9)

@@ -7,7 +7,8 @@ output cast back, against the faster of the bf16 flash and math kernels, 1.07-2.
 docs/benchmarks.md). The bf16 flash kernel's backward is the slow part; the math kernel materialises the attention
 matrix. So :class:`Attention` runs the core in fp32 there: same parameters and state-dict keys as timm's, the same
 attention to within bf16 rounding (the projections around it stay in bf16), one kernel for every length, and the
-same choice when activation checkpointing recomputes a block. GPUs, fp32 runs and compiled graphs keep timm's path.
+same choice when activation checkpointing recomputes a block or torch.compile traces it (compiled ViT-S/16 step:
+12.2 images/s with it, 10.0 without). GPUs and fp32 runs keep timm's path.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from timm.layers import Attention as TimmAttention
 
 
 def fp32_core(x: torch.Tensor) -> bool:
-    """Whether attention on ``x`` runs its SDPA core in fp32: a CPU, bf16 (autocast or tensors), not compiling."""
-    if x.device.type != "cpu" or torch.compiler.is_compiling():
+    """Whether attention on ``x`` runs its SDPA core in fp32: a CPU and bf16 (autocast or tensors)."""
+    if x.device.type != "cpu":
         return False
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     return dtype == torch.bfloat16
