@@ -320,7 +320,8 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", img_s=f"{last['images_per_s']:.0f}")
             mid_epoch_save = train_cfg.ckpt_every_steps and step % train_cfg.ckpt_every_steps == 0 and i + 1 < batches
             halt = train_cfg.halt_after_steps and step == train_cfg.halt_after_steps
-            if mid_epoch_save or (halt and i + 1 < batches):
+            saved = bool(mid_epoch_save or (halt and i + 1 < batches))
+            if saved:
                 flush(epoch)
                 checkpoint(epoch, i + 1)
                 window_start = time.perf_counter()
@@ -334,7 +335,8 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
             stop = stops.agreed(info) if not info.enabled or step % train_cfg.log_every_steps == 0 else None
             if stop:
                 flush(epoch)
-                checkpoint(epoch, i + 1)
+                if not saved:  # the periodic save of this very step may just have written it
+                    checkpoint(epoch, i + 1)
                 bar.close()
                 if info.is_main:
                     log.warning("stopped by %s after step %d; checkpoint saved in %s. Run the same command with "

@@ -3,7 +3,7 @@
 On a CPU, both of PyTorch's bf16 SDPA kernels are slower than its fp32 flash kernel for every attention shape MAE
 trains with, casts included: forward plus backward, in timm's layout, bf16 tensors cast up for the kernel and the
 output cast back, against the faster of the bf16 flash and math kernels, 1.07-2.14x (17 to 197 tokens, head width
-32 and 64; development machine, 2 cores with AVX-512 bf16, torch 2.14; `benchmarks/attention_kernels.py`,
+32 and 64; development machine, 2 cores with AMX and AVX-512 bf16, torch 2.14; `benchmarks/attention_kernels.py`,
 docs/benchmarks.md). The bf16 flash kernel's backward is the slow part; the math kernel materialises the attention
 matrix. So :class:`Attention` runs the core in fp32 there: same parameters and state-dict keys as timm's, the same
 attention to within bf16 rounding (the projections around it stay in bf16), one kernel for every length, and the
