@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     dtype, device = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.precision], torch.device(args.device)
     up = dtype == torch.bfloat16
-    print(f"| batch | heads | tokens | head width | flash ms | math ms | math speed-up |"
+    print("| batch | heads | tokens | head width | flash ms | math ms | math speed-up |"
           + (" fp32 flash on bf16 ms | its speed-up over the faster bf16 kernel |" if up else "")
           + f"  ({args.precision}, {device}, {torch.get_num_threads()} threads)")
     print("|---|---|---|---|---|---|---|" + ("---|---|" if up else ""))
