@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import signal
 from dataclasses import dataclass, field
 from typing import Any
 
 from openmae.config import ConfigError, require
+from openmae.engine.preempt import is_signal_name
 from openmae.models.mae import MAEConfig
 from openmae.models.registry import _SHORT, PRESETS, model_config
 
@@ -117,8 +117,8 @@ class TrainConfig:
         require(self.halt_after_steps >= 0, "train.halt_after_steps", self.halt_after_steps, ">= 0")
         require(self.nonfinite in ("stop", "skip"), "train.nonfinite", self.nonfinite, "stop or skip")
         for name in self.stop_signals:
-            require(isinstance(getattr(signal, name, None), signal.Signals) and name.startswith("SIG"),
-                    "train.stop_signals", list(self.stop_signals), "signal names of this platform, e.g. [SIGTERM, SIGUSR1]")
+            require(is_signal_name(name), "train.stop_signals", list(self.stop_signals),
+                    "signal names of this platform, e.g. [SIGTERM, SIGUSR1]")
         require(self.resume in ("", "auto") or not self.resume.startswith("-"), "train.resume", self.resume,
                 "'', 'auto' or a checkpoint path")
 

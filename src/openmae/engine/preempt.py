@@ -23,12 +23,15 @@ from openmae.engine.distributed import DistInfo
 log = logging.getLogger("openmae.train")
 
 
+def is_signal_name(name: str) -> bool:
+    return name.startswith("SIG") and isinstance(getattr(signal, name, None), signal.Signals)
+
+
 def signal_number(name: str) -> int:
     """``"SIGTERM"`` -> 15; a clear error for a name this platform does not have."""
-    number = getattr(signal, name, None) if name.startswith("SIG") else None
-    if not isinstance(number, signal.Signals):
+    if not is_signal_name(name):
         raise ValueError(f"{name!r} is not a signal on this platform; use names such as SIGTERM or SIGUSR1")
-    return int(number)
+    return int(getattr(signal, name))
 
 
 def exit_code(result: dict[str, Any] | None) -> int:
