@@ -1,7 +1,10 @@
 """A stop signal (a cluster's preemption or time-limit warning) becomes a checkpoint, an exit, and an exact resume."""
 
+import logging
 import os
+import re
 import signal
+import time
 
 import pytest
 import torch
@@ -10,7 +13,7 @@ from helpers import tiny_pretrain, weights
 from openmae.config import ConfigError
 from openmae.engine.checkpoint import CheckpointManager
 from openmae.engine.logging import read_metrics
-from openmae.engine.preempt import StopSignals
+from openmae.engine.preempt import StopSignals, torchrun_grace_warning
 from openmae.engine.pretrain import pretrain
 
 
@@ -21,13 +24,26 @@ def test_signals_are_recorded_not_fatal_and_the_handlers_come_back():
         with StopSignals(["SIGUSR1", "SIGTERM"]) as stops:
             os.kill(os.getpid(), signal.SIGUSR1)
             assert stops.received == "SIGUSR1" and seen == []  # recorded, the process goes on
+            first = stops.received_at
+            assert first is not None and 0 <= time.monotonic() - first < 5
             os.kill(os.getpid(), signal.SIGTERM)  # torchrun forwarding the scheduler's signal: noted, not fatal
             os.kill(os.getpid(), signal.SIGUSR1)
-            assert stops.received == "SIGUSR1" and seen == []
+            assert stops.received == "SIGUSR1" and stops.received_at == first and seen == []
         os.kill(os.getpid(), signal.SIGUSR1)
         assert seen == [signal.SIGUSR1]  # the handler that was there before is back
     finally:
         signal.signal(signal.SIGUSR1, before)
+
+
+def test_torchrun_grace_warning_only_under_torchrun_past_half_its_timeout():
+    assert torchrun_grace_warning(100.0, {}) is None  # not under torchrun: nobody kills the process
+    run = {"TORCHELASTIC_RUN_ID": "job"}
+    assert torchrun_grace_warning(15.0, run) is None  # half of torchrun's default 30 s
+    warning = torchrun_grace_warning(16.0, run)
+    assert warning is not None and "16.0 s" in warning and "30 s" in warning and "TORCH_ELASTIC_SHUTDOWN_TIMEOUT" in warning
+    longer = {**run, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "120"}
+    assert torchrun_grace_warning(16.0, longer) is None
+    assert "120 s" in torchrun_grace_warning(61.0, longer)
 
 
 def test_unknown_signal_name_is_a_config_error(tmp_path, datasets):
@@ -50,13 +66,19 @@ def _signal_after_step(monkeypatch, step: int, number: int) -> None:
 
 
 @pytest.mark.parametrize("signal_step", [6, 4])  # mid-epoch 2; the last step of epoch 1 (4 steps an epoch)
-def test_stop_signal_saves_then_resume_is_bit_exact(tmp_path, datasets, monkeypatch, signal_step):
+def test_stop_signal_saves_then_resume_is_bit_exact(tmp_path, datasets, monkeypatch, caplog, signal_step):
     pretrain(tiny_pretrain(tmp_path / "full", datasets))
     handler_before = signal.getsignal(signal.SIGTERM)
-    with monkeypatch.context() as patch:
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING, logger="openmae.train"):
         _signal_after_step(patch, signal_step, signal.SIGTERM)
+        # as under torchrun with no time to spare: the stop says how long it took and that torchrun may kill it
+        patch.setenv("TORCHELASTIC_RUN_ID", "test")
+        patch.setenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "0")
         result = pretrain(tiny_pretrain(tmp_path / "cut", datasets))
     assert result["stopped_by"] == "SIGTERM"
+    assert re.search(rf"stopped by SIGTERM after step {signal_step}; checkpoint saved in .*, \d+\.\d s after the signal",
+                     caplog.text)
+    assert "torchrun kills its workers 0 s after it forwards a signal" in caplog.text
     assert signal.getsignal(signal.SIGTERM) is handler_before
     (ckpt,) = CheckpointManager(tmp_path / "cut").list()
     state = CheckpointManager.load(ckpt)

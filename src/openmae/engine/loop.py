@@ -38,7 +38,7 @@ from openmae.engine.config import TrainConfig
 from openmae.engine.distributed import DistInfo, all_reduce_mean, barrier, parallelize
 from openmae.engine.logging import MetricsLog, read_metrics
 from openmae.engine.optim import build_optimizer
-from openmae.engine.preempt import StopSignals
+from openmae.engine.preempt import StopSignals, torchrun_grace_warning
 from openmae.engine.schedule import effective_lr, lr_at
 
 log = logging.getLogger("openmae.train")
@@ -339,8 +339,14 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
                     checkpoint(epoch, i + 1)
                 bar.close()
                 if info.is_main:
-                    log.warning("stopped by %s after step %d; checkpoint saved in %s. Run the same command with "
-                                "--resume=auto (train.resume=auto) to continue exactly from here", stop, step, run_dir)
+                    # None where only another rank got the signal
+                    waited = None if stops.received_at is None else time.monotonic() - stops.received_at
+                    after = "" if waited is None else f", {waited:.1f} s after the signal"
+                    log.warning("stopped by %s after step %d; checkpoint saved in %s%s. Run the same command with "
+                                "--resume=auto (train.resume=auto) to continue exactly from here", stop, step, run_dir,
+                                after)
+                    if waited is not None and (warning := torchrun_grace_warning(waited)):
+                        log.warning(warning)
                 return {**last, "stopped_by": stop}
         start_batch = 0
         flush(epoch)

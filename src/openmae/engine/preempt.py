@@ -10,8 +10,10 @@ forwards, and the second must not cut the save short (SIGKILL, or Ctrl-C's SIGIN
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any
@@ -51,6 +53,7 @@ class StopSignals:
     def __init__(self, names: Iterable[str]) -> None:
         self.numbers = [signal_number(n) for n in names]
         self.received: str | None = None
+        self.received_at: float | None = None  # time.monotonic() of the first signal
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
@@ -67,7 +70,7 @@ class StopSignals:
     def _handle(self, number: int, frame: FrameType | None) -> None:
         name = signal.Signals(number).name
         if self.received is None:
-            self.received = name
+            self.received, self.received_at = name, time.monotonic()
             log.warning("%s received: saving a checkpoint at the next step where all processes agree, then stopping "
                         "(SIGKILL or Ctrl-C stop at once, without saving)", name)
 
@@ -86,3 +89,20 @@ class StopSignals:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         code = int(flag.item())
         return None if code == 0 else signal.Signals(self.numbers[code - 1]).name
+
+
+def torchrun_grace_warning(seconds: float, env: dict[str, str] | None = None) -> str | None:
+    """A warning when a stop took more than half the time torchrun gives its workers after forwarding a signal
+    (its --shutdown-timeout / TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default) before it kills them; None
+    outside torchrun or with time to spare. ``seconds``: from the signal to the saved checkpoint."""
+    env = os.environ if env is None else env
+    if "TORCHELASTIC_RUN_ID" not in env:
+        return None
+    # torchrun's --shutdown-timeout flag does not reach the workers; the variable does when it was exported
+    grace = float(env.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", 30))
+    if seconds <= grace / 2:
+        return None
+    return (f"the stop took {seconds:.1f} s from the signal to the saved checkpoint; torchrun kills its workers "
+            f"{grace:g} s after it forwards a signal (--shutdown-timeout, TORCH_ELASTIC_SHUTDOWN_TIMEOUT), so a "
+            "slower save would be lost: raise that timeout, or lower train.log_every_steps (the processes agree to "
+            "stop at log steps)")
