@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from openmae.engine.distributed import compile_module
+from openmae.engine.host_memory import keep_freed_host_memory
 from openmae.engine.optim import FUSED_ADAMW_DEVICES
 from openmae.eval.flops import mae_train_flops
 from openmae.models.mae import MAEConfig, MaskedAutoencoder
@@ -125,6 +126,7 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
                           ("cpu" if device_name == "auto" else device_name))
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     cfg = model_config(preset, grad_checkpointing=grad_checkpointing, **overrides)
+    host_memory = keep_freed_host_memory()  # as a training run does; for every row (one process)
     peak = matmul_rate(device, dtype or torch.float32)
     imgs = torch.randn(batch, cfg.in_chans, *cfg.img_size, device=device)
     noise = torch.rand(batch, cfg.grid[0] * cfg.grid[1], device=device)
@@ -183,6 +185,6 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
         "preset": preset, "batch": batch, "precision": precision, "device": torch.cuda.get_device_name(device)
         if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
         "matmul_tflops": peak / 1e12, "train_gflops_per_image": mae_train_flops(cfg) / 1e9,
-        "load_avg": os.getloadavg(), "rows": [r.row() for r in rows], "hf_error": hf_error,
+        "load_avg": os.getloadavg(), "host_memory": host_memory, "rows": [r.row() for r in rows], "hf_error": hf_error,
         "timing": "interleaved rounds" if interleave else "each alone, one after another",
     }

@@ -36,6 +36,7 @@ from openmae.engine.checkpoint import (
 )
 from openmae.engine.config import TrainConfig
 from openmae.engine.distributed import DistInfo, all_reduce_mean, barrier, parallelize
+from openmae.engine.host_memory import keep_freed_host_memory
 from openmae.engine.logging import MetricsLog, read_metrics
 from openmae.engine.optim import build_optimizer
 from openmae.engine.preempt import StopSignals, torchrun_grace_warning
@@ -159,6 +160,7 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resum
 
 def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resume: Resume | None,
            stops: StopSignals) -> dict[str, Any]:
+    host_memory = keep_freed_host_memory()  # before the first step's allocations
     run_dir = Path(train_cfg.output_dir)
     device = info.device
     amp_dtype = autocast_dtype(train_cfg.precision, device)
@@ -214,6 +216,7 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
         log.info("%s: %d steps/epoch x %d epochs, effective batch %d, lr %.3g, precision %s, device %s, world %d",
                  task.name, steps_per_epoch, train_cfg.epochs, train_cfg.batch_size * accum * info.world_size,
                  base_lr, amp_dtype or "fp32", device, info.world_size)
+        log.info("host memory: %s", host_memory)
     metrics_log = MetricsLog(run_dir, info.is_main, resumed, train_cfg.tensorboard)
     run = Run(config, train_cfg, run_dir, info, metrics_log, step, epoch)
 
