@@ -1,7 +1,8 @@
 """Forward + backward time of SDPA's flash and math kernels for the attention shapes MAE trains with, in timm's
-layout (one qkv projection, permuted views), on this machine's CPU (or GPU). In bf16 a third column times the
-flash kernel run in fp32 on the same bf16 tensors (q, k, v cast up, the output cast back, casts included). This
-script is how `openmae.models.attention` chose a CPU's kernel and precision for each sequence length.
+layout (one qkv projection, permuted views), on this machine's CPU (or GPU). In bf16 two more columns: the flash
+kernel run in fp32 on the same bf16 tensors (q, k, v cast up, the output cast back, casts included), and timm's
+explicit attention (its fused_attn=False branch: bf16 matmuls around a softmax). This script is how
+`openmae.models.attention` chose a CPU's kernel and precision for each sequence length.
 
     python benchmarks/attention_kernels.py                  # bf16 on the CPU
     python benchmarks/attention_kernels.py --precision fp32
@@ -18,13 +19,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # (batch, heads, tokens, head width): ViT-T/4 at 32px (encoder, decoder), ViT-S/16 at 224 (encoder, decoder) and
 # sizes between
-SHAPES = [(128, 3, 17, 64), (128, 4, 65, 32), (16, 6, 50, 64), (64, 6, 100, 64), (32, 8, 128, 64),
-          (32, 16, 145, 32), (16, 16, 197, 32), (16, 12, 197, 64), (8, 6, 197, 64)]
+SHAPES = [(128, 3, 17, 64), (128, 4, 65, 32), (16, 6, 50, 64), (32, 16, 82, 32), (32, 16, 101, 32), (64, 6, 100, 64),
+          (32, 8, 128, 64), (32, 16, 145, 32), (16, 16, 197, 32), (16, 12, 197, 64), (8, 6, 197, 64)]
 
 
 def fwd_bwd_ms(shape: tuple[int, int, int, int], backend: SDPBackend, dtype: torch.dtype, device: torch.device,
-               repeats: int, core_dtype: torch.dtype | None = None) -> float:
-    """``core_dtype``: the dtype the kernel runs in (q, k, v cast to it, the output cast back); default ``dtype``."""
+               repeats: int, core_dtype: torch.dtype | None = None, explicit: bool = False) -> float:
+    """``core_dtype``: the dtype the kernel runs in (q, k, v cast to it, the output cast back); default ``dtype``.
+    ``explicit``: timm's explicit attention instead of SDPA (``backend`` unused)."""
     b, h, n, d = shape
     qkv = torch.randn(b, n, 3 * h * d, dtype=dtype, device=device, requires_grad=True)
 
@@ -32,8 +34,11 @@ def fwd_bwd_ms(shape: tuple[int, int, int, int], backend: SDPBackend, dtype: tor
         q, k, v = qkv.reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d) views, as timm
         if core_dtype is not None:
             q, k, v = q.to(core_dtype), k.to(core_dtype), v.to(core_dtype)
-        with sdpa_kernel([backend]):
-            out = F.scaled_dot_product_attention(q, k, v).to(dtype)
+        if explicit:
+            out = ((q * d**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v  # (B, H, N, d)
+        else:
+            with sdpa_kernel([backend]):
+                out = F.scaled_dot_product_attention(q, k, v).to(dtype)
         out.transpose(1, 2).reshape(b, n, h * d).sum().backward()
 
     for _ in range(2):
@@ -57,16 +62,18 @@ def main() -> None:
     dtype, device = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.precision], torch.device(args.device)
     up = dtype == torch.bfloat16
     print("| batch | heads | tokens | head width | flash ms | math ms | math speed-up |"
-          + (" fp32 flash on bf16 ms | its speed-up over the faster bf16 kernel |" if up else "")
+          + (" fp32 flash on bf16 ms | its speed-up over the faster bf16 kernel | explicit bf16 ms | explicit's "
+             "speed-up over fp32 flash |" if up else "")
           + f"  ({args.precision}, {device}, {torch.get_num_threads()} threads)")
-    print("|---|---|---|---|---|---|---|" + ("---|---|" if up else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|---|---|---|" if up else ""))
     for shape in SHAPES:
         flash = fwd_bwd_ms(shape, SDPBackend.FLASH_ATTENTION, dtype, device, args.repeats)
         math = fwd_bwd_ms(shape, SDPBackend.MATH, dtype, device, args.repeats)
         row = f"| {' | '.join(map(str, shape))} | {flash:.1f} | {math:.1f} | {flash / math:.2f}x |"
         if up:
             cast = fwd_bwd_ms(shape, SDPBackend.FLASH_ATTENTION, dtype, device, args.repeats, torch.float32)
-            row += f" {cast:.1f} | {min(flash, math) / cast:.2f}x |"
+            explicit = fwd_bwd_ms(shape, SDPBackend.MATH, dtype, device, args.repeats, explicit=True)
+            row += f" {cast:.1f} | {min(flash, math) / cast:.2f}x | {explicit:.1f} | {cast / explicit:.2f}x |"
         print(row, flush=True)
 
 

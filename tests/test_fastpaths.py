@@ -53,21 +53,32 @@ def sdpa_input_dtypes(monkeypatch, fn) -> list[torch.dtype]:
     return seen
 
 
+@pytest.fixture
+def long_setup():
+    """The debug MAE at 64 px: 65 tokens in the encoder (explicit attention on a CPU under bf16), 257 in the
+    decoder (SDPA core in fp32)."""
+    torch.manual_seed(0)
+    model = openmae.create_model("mae_vit_debug_patch4_32", img_size=64, norm_pix_loss=True)
+    return model, torch.randn(4, 3, 64, 64), torch.rand(4, 256)
+
+
 @pytest.mark.parametrize("ckpt", [False, True])
-def test_cpu_bf16_attention_core_in_fp32_equals_timms_bf16_attention(setup, monkeypatch, ckpt):
-    """On a CPU under bf16 the SDPA core runs in fp32 (faster there at every MAE shape); loss and gradients equal
-    timm's all-bf16 attention within bf16's tolerance, also when activation checkpointing recomputes the blocks."""
+def test_cpu_bf16_attention_paths_equal_timms_bf16_attention(long_setup, monkeypatch, ckpt):
+    """On a CPU under bf16, short sequences take timm's explicit attention and long ones the SDPA core in fp32
+    (each faster there); loss and gradients equal timm's all-bf16 fused attention within bf16's tolerance, also
+    when activation checkpointing recomputes the blocks."""
     from openmae.models import attention
 
-    model, imgs, noise = setup
+    model, imgs, noise = long_setup
     model.cfg.grad_checkpointing = ckpt
     dtypes = sdpa_input_dtypes(monkeypatch, lambda: loss_and_grads(model, imgs, noise, torch.bfloat16))
-    blocks = len(model.blocks) + len(model.decoder_blocks)
-    assert set(dtypes) == {torch.float32} and len(dtypes) == blocks * (2 if ckpt else 1)  # recomputed: twice
+    # only the decoder's 257-token blocks call SDPA, in fp32; recomputed under checkpointing: twice
+    assert dtypes == [torch.float32] * len(model.decoder_blocks) * (2 if ckpt else 1)
     ours = loss_and_grads(model, imgs, noise, torch.bfloat16)
-    monkeypatch.setattr(attention, "fp32_core", lambda x: False)
+    monkeypatch.setattr(attention, "cpu_bf16", lambda x: False)
     dtypes = sdpa_input_dtypes(monkeypatch, lambda: loss_and_grads(model, imgs, noise, torch.bfloat16))
-    assert set(dtypes) == {torch.bfloat16}  # timm's own path
+    assert set(dtypes) == {torch.bfloat16}  # timm's own path, in every block
+    assert len(dtypes) == (len(model.blocks) + len(model.decoder_blocks)) * (2 if ckpt else 1)
     timm_bf16 = loss_and_grads(model, imgs, noise, torch.bfloat16)
     assert abs(ours[0] - timm_bf16[0]) / timm_bf16[0] <= 1e-2
     for k, ref in timm_bf16[1].items():
@@ -75,34 +86,62 @@ def test_cpu_bf16_attention_core_in_fp32_equals_timms_bf16_attention(setup, monk
         assert err <= 1e-2, k
 
 
+@pytest.mark.parametrize("tokens", [attention_max := 96, attention_max + 1])
+def test_cpu_bf16_short_sequences_are_timms_explicit_attention(monkeypatch, tokens):
+    """Up to EXPLICIT_MAX_TOKENS the output and gradients are exactly timm's fused_attn=False branch's; past it,
+    the fp32 SDPA core runs instead."""
+    from openmae.models.attention import EXPLICIT_MAX_TOKENS, Attention
+
+    assert EXPLICIT_MAX_TOKENS == attention_max
+    torch.manual_seed(0)
+    attn, x = Attention(64, 4, qkv_bias=True), torch.randn(3, tokens, 64)
+
+    def out_and_grads(fused: bool):
+        attn.fused_attn = fused
+        attn.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = attn(x)
+        out.float().square().mean().backward()
+        return out, [p.grad.clone() for p in attn.parameters()]
+
+    dtypes = sdpa_input_dtypes(monkeypatch, lambda: out_and_grads(True))
+    ours, timm_explicit = out_and_grads(True), out_and_grads(False)
+    if tokens <= EXPLICIT_MAX_TOKENS:
+        assert dtypes == []
+        assert torch.equal(ours[0], timm_explicit[0]) and all(map(torch.equal, ours[1], timm_explicit[1]))
+    else:
+        assert dtypes == [torch.float32]
+        assert (ours[0].float() - timm_explicit[0].float()).norm() / timm_explicit[0].float().norm() <= 1e-2
+
+
 def test_classifier_attention_core_in_fp32_under_cpu_bf16(monkeypatch):
     from openmae.models import attention
     from openmae.models.vit import create_classifier
 
     torch.manual_seed(0)
-    model = create_classifier(openmae.create_model("mae_vit_debug_patch4_32").cfg, 10)
-    imgs = torch.randn(4, 3, 32, 32)
+    model = create_classifier(openmae.create_model("mae_vit_debug_patch4_32", img_size=64).cfg, 10)
+    imgs = torch.randn(4, 3, 64, 64)  # 257 tokens: the fp32 core
 
     def logits():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return model(imgs).float()
 
     dtypes = sdpa_input_dtypes(monkeypatch, logits)
-    assert dtypes and set(dtypes) == {torch.float32}
+    assert dtypes == [torch.float32] * len(model.blocks)
     ours = logits()
-    monkeypatch.setattr(attention, "fp32_core", lambda x: False)
+    monkeypatch.setattr(attention, "cpu_bf16", lambda x: False)
     ref = logits()
     assert (ours - ref).norm() / ref.norm() <= 1e-2
 
 
-def test_attention_core_precision_by_device_and_dtype():
-    from openmae.models.attention import fp32_core
+def test_attention_path_by_device_and_dtype():
+    from openmae.models.attention import cpu_bf16
 
     bf16, fp32 = torch.zeros(1, dtype=torch.bfloat16), torch.zeros(1)
-    assert fp32_core(bf16) and not fp32_core(fp32)
+    assert cpu_bf16(bf16) and not cpu_bf16(fp32)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 tensors under bf16 autocast compute in bf16
-        assert fp32_core(fp32)
-    assert not fp32_core(torch.zeros(1, dtype=torch.bfloat16, device="meta"))  # not a CPU: timm's path
+        assert cpu_bf16(fp32)
+    assert not cpu_bf16(torch.zeros(1, dtype=torch.bfloat16, device="meta"))  # not a CPU: timm's path
 
 
 def test_math_and_flash_kernels_agree_in_fp32(setup):
@@ -146,12 +185,12 @@ def test_compiled_step_equals_eager(setup):
     assert_close_rel(fast[1], ref[1], 1e-4)
 
 
-def test_compiled_bf16_step_on_cpu_keeps_the_fp32_attention_core(setup, monkeypatch):
-    model, imgs, noise = setup
+def test_compiled_bf16_step_on_cpu_keeps_the_attention_paths(long_setup, monkeypatch):
+    model, imgs, noise = long_setup
     ref = loss_and_grads(model, imgs, noise, torch.bfloat16)
     compiled = torch.compile(model)
     dtypes = sdpa_input_dtypes(monkeypatch, lambda: loss_and_grads(model, imgs, noise, torch.bfloat16, run=compiled))
-    assert dtypes and set(dtypes) == {torch.float32}  # seen while tracing
+    assert dtypes and set(dtypes) == {torch.float32}  # seen while tracing: the decoder's
     fast = loss_and_grads(model, imgs, noise, torch.bfloat16, run=compiled)
     assert abs(fast[0] - ref[0]) / ref[0] <= 1e-2
     for k, r in ref[1].items():
