@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# (batch, heads, tokens, head width): ViT-T/4 at 32px (encoder, decoder), ViT-S/16 at 224 (encoder, decoder) and
-# sizes between
+# (batch, heads, tokens, head width): ViT-T/4 at 32px (encoder, decoder), ViT-S/16 at 224 (encoder, decoder), sizes
+# between, and longer sequences (ViT-H/14's decoder at 224: 257 tokens; /16 at 384: 577)
 SHAPES = [(128, 3, 17, 64), (128, 4, 65, 32), (16, 6, 50, 64), (32, 16, 82, 32), (32, 16, 101, 32), (64, 6, 100, 64),
-          (32, 8, 128, 64), (32, 16, 145, 32), (16, 16, 197, 32), (16, 12, 197, 64), (8, 6, 197, 64)]
+          (32, 8, 128, 64), (32, 16, 145, 32), (16, 16, 197, 32), (16, 12, 197, 64), (8, 6, 197, 64), (16, 16, 257, 32),
+          (4, 16, 577, 32), (8, 12, 577, 64)]
 
 
 def fwd_bwd_ms(shape: tuple[int, int, int, int], backend: SDPBackend, dtype: torch.dtype, device: torch.device,

@@ -86,7 +86,7 @@ def test_cpu_bf16_attention_paths_equal_timms_bf16_attention(long_setup, monkeyp
         assert err <= 1e-2, k
 
 
-@pytest.mark.parametrize("tokens", [attention_max := 96, attention_max + 1])
+@pytest.mark.parametrize("tokens", [attention_max := 256, attention_max + 1])
 def test_cpu_bf16_short_sequences_are_timms_explicit_attention(monkeypatch, tokens):
     """Up to EXPLICIT_MAX_TOKENS the output and gradients are exactly timm's fused_attn=False branch's; past it,
     the fp32 SDPA core runs instead."""

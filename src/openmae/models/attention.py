@@ -4,14 +4,15 @@ On a CPU, both of PyTorch's bf16 SDPA kernels are slow for MAE's shapes: the bf1
 math kernel, which computes bf16 in fp32 inside (unless a process-wide flag says otherwise). So on a CPU under bf16
 :class:`Attention` runs
 
-- up to ``EXPLICIT_MAX_TOKENS`` tokens: timm's explicit attention (its ``fused_attn=False`` branch, the official
-  MAE's attention under autocast): two bf16 matmuls around a softmax, the (B, H, N, N) scores kept. Against the
-  fp32 flash kernel, forward plus backward: 1.26-1.44x faster at 50-82 tokens with heads of width 32, 1.31-1.78x at
-  50-145 tokens with width 64, but 0.46-0.87x from 101 tokens at width 32 (development machine: 2 cores with AMX
-  and AVX-512 bf16, torch 2.14); the tiny ViT's whole MAE step ~10% faster;
-- longer sequences: the SDPA core in fp32 on the bf16 projections, cast up for the kernel and back (the fp32
-  flash kernel beat both bf16 kernels at every MAE shape, 1.07-2.14x, casts included; ViT-S/16's 197-token
-  decoder is 2x faster than the explicit path). Compiled ViT-S/16 step: 12.2 images/s with it, 10.0 without.
+- up to ``EXPLICIT_MAX_TOKENS`` (256) tokens: timm's explicit attention (its ``fused_attn=False`` branch, the
+  official MAE's attention under autocast): two bf16 matmuls around a bf16 softmax, the (B, H, N, N) probabilities
+  kept for the backward. Forward plus backward against the fp32 flash kernel below: 1.19-2.07x faster from 17 to
+  197 tokens (heads of width 32 and 64; ViT-S/16's 197-token decoder 1.79x), 0.93x at 257 tokens with width 32
+  and 0.58-0.81x beyond (development machine: 2 cores with AMX and AVX-512 bf16, torch 2.14). ViT-S/16's whole
+  MAE step ~10% faster than with the fp32 core past 96 tokens;
+- longer sequences: the SDPA core in fp32 on the bf16 projections, cast up for the kernel and back (it beat both
+  bf16 kernels at every MAE shape, 1.07-2.14x, casts included), whose memory does not grow with the square of the
+  length. Compiled ViT-S/16 step: 12.2 images/s with it, 10.0 with timm's bf16 kernel.
 
 Same parameters and state-dict keys as timm's, the same attention to within bf16 rounding, the same choice when
 activation checkpointing recomputes a block or torch.compile traces it (the length is a static shape). GPUs and
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Attention as TimmAttention
 
-EXPLICIT_MAX_TOKENS = 96  # between 82 (explicit faster) and 101 (fp32 flash faster) for heads of width 32
+EXPLICIT_MAX_TOKENS = 256  # explicit 1.79x faster at 197 tokens, 0.93x at 257 (heads of width 32)
 
 
 def cpu_bf16(x: torch.Tensor) -> bool:
