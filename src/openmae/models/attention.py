@@ -6,13 +6,13 @@ math kernel, which computes bf16 in fp32 inside (unless a process-wide flag says
 
 - up to ``EXPLICIT_MAX_TOKENS`` (256) tokens: timm's explicit attention (its ``fused_attn=False`` branch, the
   official MAE's attention under autocast): two bf16 matmuls around a bf16 softmax, the (B, H, N, N) probabilities
-  kept for the backward. Forward plus backward against the fp32 flash kernel below: 1.19-2.07x faster from 17 to
-  197 tokens (heads of width 32 and 64; ViT-S/16's 197-token decoder 1.79x), 0.93x at 257 tokens with width 32
-  and 0.58-0.81x beyond (development machine: 2 cores with AMX and AVX-512 bf16, torch 2.14). ViT-S/16's whole
-  MAE step ~10% faster than with the fp32 core past 96 tokens;
+  kept for the backward. Forward plus backward against the fp32 flash kernel below, two runs: 1.12-2.09x faster
+  from 17 to 197 tokens (heads of width 32 and 64; ViT-S/16's 197-token decoder 1.22x and 1.79x), 0.93-1.11x at 257
+  tokens with width 32, 0.76-1.04x at 577 and 0.58x at 1025 (development machine: 2 cores with AMX and AVX-512 bf16,
+  torch 2.14). ViT-S/16's whole MAE step ~10% faster than with the fp32 core past 96 tokens;
 - longer sequences: the SDPA core in fp32 on the bf16 projections, cast up for the kernel and back (it beat both
   bf16 kernels at every MAE shape, 1.07-2.14x, casts included), whose memory does not grow with the square of the
-  length. Compiled ViT-S/16 step: 12.2 images/s with it, 10.0 with timm's bf16 kernel.
+  length. (Compiled ViT-S/16 step with this core at every length: 12.2 images/s, 10.0 with timm's bf16 kernel.)
 
 Same parameters and state-dict keys as timm's, the same attention to within bf16 rounding, the same choice when
 activation checkpointing recomputes a block or torch.compile traces it (the length is a static shape). GPUs and
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Attention as TimmAttention
 
-EXPLICIT_MAX_TOKENS = 256  # explicit 1.79x faster at 197 tokens, 0.93x at 257 (heads of width 32)
+EXPLICIT_MAX_TOKENS = 256  # past it, about even at first, then slower, and its memory grows with N²
 
 
 def cpu_bf16(x: torch.Tensor) -> bool:
