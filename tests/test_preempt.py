@@ -44,6 +44,7 @@ def test_torchrun_grace_warning_only_under_torchrun_past_half_its_timeout():
     longer = {**run, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "120"}
     assert torchrun_grace_warning(16.0, longer) is None
     assert "120 s" in torchrun_grace_warning(61.0, longer)
+    assert torchrun_grace_warning(61.0, {**run, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "soon"}) is None  # not a crash
 
 
 def test_unknown_signal_name_is_a_config_error(tmp_path, datasets):

@@ -21,6 +21,7 @@ import ctypes
 import functools
 import os
 import platform
+from collections.abc import Mapping
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
@@ -29,7 +30,7 @@ TRIM_THRESHOLD = 2**31 - 1  # mallopt takes a C int
 _PRELOADED = ("jemalloc", "tcmalloc", "mimalloc")
 
 
-def _users_choice(env: os._Environ | dict[str, str]) -> str | None:
+def _users_choice(env: Mapping[str, str]) -> str | None:
     """Why the user's own allocator settings stand, or None when there are none."""
     if env.get("OPENMAE_MALLOC", "") == "system":
         return "OPENMAE_MALLOC=system"

@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import FrameType
 from typing import Any
 
@@ -91,7 +91,7 @@ class StopSignals:
         return None if code == 0 else signal.Signals(self.numbers[code - 1]).name
 
 
-def torchrun_grace_warning(seconds: float, env: dict[str, str] | None = None) -> str | None:
+def torchrun_grace_warning(seconds: float, env: Mapping[str, str] | None = None) -> str | None:
     """A warning when a stop took more than half the time torchrun gives its workers after forwarding a signal
     (its --shutdown-timeout / TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default) before it kills them; None
     outside torchrun or with time to spare. ``seconds``: from the signal to the saved checkpoint."""
@@ -99,7 +99,10 @@ def torchrun_grace_warning(seconds: float, env: dict[str, str] | None = None) ->
     if "TORCHELASTIC_RUN_ID" not in env:
         return None
     # torchrun's --shutdown-timeout flag does not reach the workers; the variable does when it was exported
-    grace = float(env.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", 30))
+    try:
+        grace = float(env.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", 30))
+    except ValueError:  # torchrun itself would have refused it; nothing to compare with
+        return None
     if seconds <= grace / 2:
         return None
     return (f"the stop took {seconds:.1f} s from the signal to the saved checkpoint; torchrun kills its workers "
