@@ -24,10 +24,10 @@ SHAPES = [(128, 3, 17, 64), (128, 4, 65, 32), (16, 6, 50, 64), (32, 16, 82, 32),
           (4, 16, 577, 32), (8, 12, 577, 64)]
 
 
-def fwd_bwd_ms(shape: tuple[int, int, int, int], backend: SDPBackend, dtype: torch.dtype, device: torch.device,
-               repeats: int, core_dtype: torch.dtype | None = None, explicit: bool = False) -> float:
-    """``core_dtype``: the dtype the kernel runs in (q, k, v cast to it, the output cast back); default ``dtype``.
-    ``explicit``: timm's explicit attention instead of SDPA (``backend`` unused)."""
+def fwd_bwd_ms(shape: tuple[int, int, int, int], backend: SDPBackend | None, dtype: torch.dtype, device: torch.device,
+               repeats: int, core_dtype: torch.dtype | None = None) -> float:
+    """``backend`` None: timm's explicit attention instead of SDPA. ``core_dtype``: the dtype the kernel runs in
+    (q, k, v cast to it, the output cast back); default ``dtype``."""
     b, h, n, d = shape
     qkv = torch.randn(b, n, 3 * h * d, dtype=dtype, device=device, requires_grad=True)
 
@@ -35,7 +35,7 @@ def fwd_bwd_ms(shape: tuple[int, int, int, int], backend: SDPBackend, dtype: tor
         q, k, v = qkv.reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d) views, as timm
         if core_dtype is not None:
             q, k, v = q.to(core_dtype), k.to(core_dtype), v.to(core_dtype)
-        if explicit:
+        if backend is None:
             out = ((q * d**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v  # (B, H, N, d)
         else:
             with sdpa_kernel([backend]):
@@ -73,7 +73,7 @@ def main() -> None:
         row = f"| {' | '.join(map(str, shape))} | {flash:.1f} | {math:.1f} | {flash / math:.2f}x |"
         if up:
             cast = fwd_bwd_ms(shape, SDPBackend.FLASH_ATTENTION, dtype, device, args.repeats, torch.float32)
-            explicit = fwd_bwd_ms(shape, SDPBackend.MATH, dtype, device, args.repeats, explicit=True)
+            explicit = fwd_bwd_ms(shape, None, dtype, device, args.repeats)
             row += f" {cast:.1f} | {min(flash, math) / cast:.2f}x | {explicit:.1f} | {cast / explicit:.2f}x |"
         print(row, flush=True)
 

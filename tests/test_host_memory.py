@@ -2,13 +2,14 @@
 
 import logging
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
-from openmae.engine.host_memory import _users_choice
+from openmae.engine.host_memory import GLIBC, KEPT, USER_SETTINGS, _users_choice
+
+glibc_only = pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's (Linux); elsewhere nothing is set")
 
 ROUNDS = """
 import ctypes, resource, sys, torch
@@ -30,18 +31,19 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+def _without_users_settings() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in USER_SETTINGS}
+
+
 def _minor_faults(mode: str, **env: str) -> tuple[list[str], int]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES",
-                                                                                            "OPENMAE_MALLOC")}
+    clean = _without_users_settings()
     out = subprocess.run([sys.executable, "-c", ROUNDS, mode], env={**clean, **env}, capture_output=True, text=True,
                          check=True).stdout.split("\n")
     return out[:-2], int(out[-2])
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+@glibc_only
 def test_kept_memory_is_not_faulted_in_again():
-    from openmae.engine.host_memory import KEPT
-
     (said,), kept = _minor_faults("keep")
     assert said == KEPT
     _, system = _minor_faults("system")
@@ -60,14 +62,13 @@ def test_the_users_allocator_settings_stand():
     assert _users_choice({"MALLOC_ARENA_MAX": "2"}) == "malloc settings in the environment"
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+@glibc_only
 def test_training_keeps_host_memory_and_says_so(tmp_path, datasets, caplog, monkeypatch):
     from helpers import tiny_pretrain
 
-    from openmae.engine.host_memory import KEPT
     from openmae.engine.pretrain import pretrain
 
-    for name in [k for k in os.environ if k.startswith("MALLOC_")] + ["GLIBC_TUNABLES", "OPENMAE_MALLOC"]:
+    for name in [k for k in os.environ if k.startswith("MALLOC_")] + list(USER_SETTINGS):
         monkeypatch.delenv(name, raising=False)
     with caplog.at_level(logging.INFO, logger="openmae.train"):
         pretrain(tiny_pretrain(tmp_path, datasets, "train.epochs=1"))

@@ -28,6 +28,9 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 * 2**20  # glibc refuses more on 64-bit (HEAP_MAX_SIZE / 2)
 TRIM_THRESHOLD = 2**31 - 1  # mallopt takes a C int
 _PRELOADED = ("jemalloc", "tcmalloc", "mimalloc")
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"  # where mallopt exists
+KEPT = "freed blocks up to 32 MiB stay in the process (OPENMAE_MALLOC=system: glibc's defaults)"
+USER_SETTINGS = ("OPENMAE_MALLOC", "LD_PRELOAD", "GLIBC_TUNABLES")  # with MALLOC_*: what _users_choice reads
 
 
 def _users_choice(env: Mapping[str, str]) -> str | None:
@@ -47,12 +50,9 @@ def keep_freed_host_memory() -> str:
     choice = _users_choice(os.environ)
     if choice is not None:
         return f"malloc as configured ({choice})"
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not GLIBC:
         return "the system's malloc"
     libc = ctypes.CDLL(None)
     if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 or libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
         return "glibc's malloc defaults (mallopt refused)"
     return KEPT
-
-
-KEPT = "freed blocks up to 32 MiB stay in the process (OPENMAE_MALLOC=system: glibc's defaults)"
