@@ -245,3 +245,29 @@ def test_benchmark_rows_in_one_run(interleave):
     assert names == ["openmae fp32", "huggingface sdpa fp32", "eager fp32 reference"]
     assert all(r["images_per_s"] > 0 and r["mfu"] > 0 for r in out["rows"])
     assert out["timing"] == ("interleaved rounds" if interleave else "each alone, one after another")
+    rate = out["matmul_tflops_by_precision"]["fp32"]
+    assert set(out["matmul_tflops_by_precision"]) == {"fp32"} and out["matmul_tflops"] == rate > 0
+    for r in out["rows"]:  # every MFU is a fraction of the rate the run reports
+        assert r["mfu"] == pytest.approx(r["tflops"] / rate, rel=1e-9)
+
+
+def test_benchmark_times_the_matmul_rates_in_the_steps_rounds(monkeypatch):
+    """On a CPU the matmul rate of each precision the MFUs refer to (bf16 for openmae and Hugging Face, fp32 for
+    the eager reference) is timed in the same rounds as the steps, not once before them at another moment."""
+    from openmae.engine import benchmark as bench
+
+    timed = []
+    real = bench.time_interleaved
+
+    def spy(steps, *args, **kwargs):
+        timed.append(list(steps))
+        return real(steps, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "time_interleaved", spy)
+    monkeypatch.setitem(bench.MATMUL_PROBE, "cpu", (64, 1))
+    out = bench.benchmark("mae_vit_debug_patch4_32", 4, "bf16", device_name="cpu", warmup=1, steps=2)
+    assert timed == [["openmae bf16", "huggingface sdpa bf16", "eager fp32 reference", "matmul bf16", "matmul fp32"]]
+    assert set(out["matmul_tflops_by_precision"]) == {"bf16", "fp32"}
+    assert out["matmul_tflops"] == out["matmul_tflops_by_precision"]["bf16"]
+    ref = out["rows"][-1]
+    assert ref["mfu"] == pytest.approx(ref["tflops"] / out["matmul_tflops_by_precision"]["fp32"], rel=1e-9)

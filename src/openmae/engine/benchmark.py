@@ -38,21 +38,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_rate(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 10) -> float:
-    """Measured dense matmul FLOP/s of this machine for ``dtype`` (median of ``repeats``)."""
-    size = size or (8192 if device.type == "cuda" else 1024)
+MATMUL_PROBE = {"cuda": (8192, 1), "cpu": (1024, 8)}  # device type -> (side of the square product, products per call)
+
+
+def matmul_probe(device: torch.device, dtype: torch.dtype) -> tuple[Callable[[], None], float]:
+    """A call of dense square matmuls for ``dtype`` (eight 1024² products on a CPU, ~50-100 ms there; one 8192²
+    on a GPU) and its FLOPs: timed like a training step, it gives the machine's matmul rate."""
+    size, count = MATMUL_PROBE["cuda" if device.type == "cuda" else "cpu"]
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        a @ b
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return 2 * size**3 / statistics.median(times)
+
+    def probe() -> None:
+        for _ in range(count):
+            a @ b
+
+    return probe, 2 * size**3 * count
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, repeats: int = 10) -> float:
+    """Measured dense matmul FLOP/s of this machine for ``dtype`` (median of ``repeats`` probe calls)."""
+    probe, flops = matmul_probe(device, dtype)
+    return flops / time_interleaved({"matmul": probe}, device, 3, repeats)["matmul"]
 
 
 def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int,
@@ -98,7 +104,7 @@ class _Candidate:
 
     name: str
     step: Callable[[], None]
-    peak: float  # the matmul rate its MFU is a fraction of
+    peak_dtype: torch.dtype  # its MFU is a fraction of this dtype's matmul rate
 
 
 def _timing(name: str, seconds: float, cfg: MAEConfig, batch: int, peak: float, mem: float | None) -> StepTiming:
@@ -106,12 +112,17 @@ def _timing(name: str, seconds: float, cfg: MAEConfig, batch: int, peak: float, 
     return StepTiming(name, batch / seconds, 1000 * seconds, flops / seconds / 1e12, flops / seconds / peak, mem)
 
 
-def _measure(c: _Candidate, cfg: MAEConfig, batch: int, device: torch.device, warmup: int, steps: int) -> StepTiming:
+def _measure(c: _Candidate, cfg: MAEConfig, batch: int, device: torch.device, warmup: int, steps: int,
+             peak: float) -> StepTiming:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = time_interleaved({c.name: c.step}, device, warmup, steps)[c.name]
     mem = torch.cuda.max_memory_allocated(device) / 2**20 / batch if device.type == "cuda" else None
-    return _timing(c.name, seconds, cfg, batch, c.peak, mem)
+    return _timing(c.name, seconds, cfg, batch, peak, mem)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: bool = False, compare_hf: bool = True,
@@ -120,14 +131,16 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
               interleave: bool | None = None, **overrides) -> dict:
     """Time openmae's step (and the peers') for ``preset``; returns rows and the machine's matmul rate.
 
-    ``interleave`` (default: on a CPU) times the implementations in turn, round by round (``time_interleaved``);
-    otherwise each is timed alone, one after the other, which a GPU needs to read each one's peak memory."""
+    ``interleave`` (default: on a CPU) times the implementations in turn, round by round (``time_interleaved``),
+    with the matmul probes (``matmul_probe``) of the precisions the MFUs refer to in the same rounds: a shared
+    machine's slow moments then fall on the rates and the steps alike. Otherwise each is timed alone, one after
+    the other, which a GPU needs to read each one's peak memory, the matmul rates first."""
     device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
                           ("cpu" if device_name == "auto" else device_name))
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     cfg = model_config(preset, grad_checkpointing=grad_checkpointing, **overrides)
     host_memory = keep_freed_host_memory()  # as a training run does; for every row (one process)
-    peak = matmul_rate(device, dtype or torch.float32)
+    rates: dict[torch.dtype, float] = {}  # matmul FLOP/s by dtype, timed alone (not interleaved)
     imgs = torch.randn(batch, cfg.in_chans, *cfg.img_size, device=device)
     noise = torch.rand(batch, cfg.grid[0] * cfg.grid[1], device=device)
     interleave = device.type == "cpu" if interleave is None else interleave
@@ -137,12 +150,14 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
     best_fused = device.type in FUSED_ADAMW_DEVICES
 
     def add(name: str, model: nn.Module, forward: Callable[[], torch.Tensor], step_dtype: torch.dtype | None,
-            rate: float, fused: bool = best_fused) -> None:
-        candidate = _Candidate(name, _train_step(model, forward, step_dtype, device, fused), rate)
+            fused: bool = best_fused) -> None:
+        candidate = _Candidate(name, _train_step(model, forward, step_dtype, device, fused), step_dtype or torch.float32)
         if interleave:
             waiting.append(candidate)
         else:
-            rows.append(_measure(candidate, cfg, batch, device, warmup, steps))
+            if candidate.peak_dtype not in rates:
+                rates[candidate.peak_dtype] = matmul_rate(device, candidate.peak_dtype)
+            rows.append(_measure(candidate, cfg, batch, device, warmup, steps, rates[candidate.peak_dtype]))
 
     torch.manual_seed(0)
     ours = MaskedAutoencoder(cfg).to(device)
@@ -151,7 +166,7 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
     mode = "" if compile_mode == "default" else f", {compile_mode}"
     compiled = f" compiled ({compile_scope}{mode})" if compile_model else ""
     label = f"openmae {precision}{compiled}{' ckpt' if grad_checkpointing else ''}"
-    add(label, ours, lambda m=run: m(imgs, noise=noise).loss, dtype, peak)  # m: bound now, `run` is dropped below
+    add(label, ours, lambda m=run: m(imgs, noise=noise).loss, dtype)  # m: bound now, `run` is dropped below
     ours = run = None  # free it (when timed alone): the rows after this one measure their own peak memory
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -163,7 +178,7 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
             from openmae.convert.hf import hf_config_dict
 
             hf = ViTMAEForPreTraining(ViTMAEConfig(**hf_config_dict(cfg), attn_implementation="sdpa")).to(device)
-            add(f"huggingface sdpa {precision}", hf, lambda m=hf: m(pixel_values=imgs, noise=noise).loss, dtype, peak)
+            add(f"huggingface sdpa {precision}", hf, lambda m=hf: m(pixel_values=imgs, noise=noise).loss, dtype)
             del hf
         except Exception as err:  # a missing or incompatible transformers must not cost the other rows
             hf_error = f"{type(err).__name__}: {err}"
@@ -175,16 +190,23 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
         for blk in [*ref.blocks, *ref.decoder_blocks]:
             blk.attn.fused_attn = False
         ref_dtype = torch.float16 if device.type == "cuda" else None
-        ref_peak = matmul_rate(device, ref_dtype or torch.float32) if ref_dtype != dtype else peak
         name = "official-style fp16 eager" if ref_dtype else "eager fp32 reference"
-        add(name, ref, lambda: ref(imgs, noise=noise).loss, ref_dtype, ref_peak, fused=device.type == "cuda")
+        add(name, ref, lambda: ref(imgs, noise=noise).loss, ref_dtype, fused=device.type == "cuda")
     if waiting:
-        seconds = time_interleaved({c.name: c.step for c in waiting}, device, warmup, steps)
-        rows = [_timing(c.name, seconds[c.name], cfg, batch, c.peak, None) for c in waiting]
+        probes = {d: matmul_probe(device, d) for d in dict.fromkeys(c.peak_dtype for c in waiting)}
+        seconds = time_interleaved({**{c.name: c.step for c in waiting},
+                                    **{f"matmul {_dtype_name(d)}": probe for d, (probe, _) in probes.items()}},
+                                   device, warmup, steps)
+        rates = {d: flops / seconds[f"matmul {_dtype_name(d)}"] for d, (_, flops) in probes.items()}
+        rows = [_timing(c.name, seconds[c.name], cfg, batch, rates[c.peak_dtype], None) for c in waiting]
+    peak = rates[dtype or torch.float32]
     return {
         "preset": preset, "batch": batch, "precision": precision, "device": torch.cuda.get_device_name(device)
         if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
-        "matmul_tflops": peak / 1e12, "train_gflops_per_image": mae_train_flops(cfg) / 1e9,
+        "matmul_tflops": peak / 1e12,
+        "matmul_tflops_by_precision": {_dtype_name(d): r / 1e12 for d, r in rates.items()},
+        "matmul_timing": "in the timing rounds" if interleave else "alone, before the first row using it",
+        "train_gflops_per_image": mae_train_flops(cfg) / 1e9,
         "load_avg": os.getloadavg(), "host_memory": host_memory, "rows": [r.row() for r in rows], "hf_error": hf_error,
         "timing": "interleaved rounds" if interleave else "each alone, one after another",
     }
