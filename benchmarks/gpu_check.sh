@@ -11,6 +11,7 @@
 #
 #   bash benchmarks/gpu_check.sh [photo-folder]
 #   PARTS="L H loader" bash benchmarks/gpu_check.sh photos   # only some parts (default: B L H mem loader)
+#   PARTS="prof" bash benchmarks/gpu_check.sh                 # where ViT-B/16's step goes (kernels, GPU idle time)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-/tmp/gpu_check}"
@@ -35,6 +36,10 @@ part H && bench 150 --preset mae_vit_huge_patch14 --batch 128 --precision bf16 -
 # memory: the same eager step without and with activation checkpointing
 part mem && bench 45 --preset mae_vit_large_patch16 --batch 128 --precision bf16 --no-hf --no-reference
 part mem && bench 45 --preset mae_vit_large_patch16 --batch 128 --precision bf16 --no-hf --no-reference --grad-checkpointing
+# where the step's time goes: kernel time by kind and the GPU's idle share, eager and compiled (ViT-B/16, batch 256)
+prof() { local t=$1; shift; echo "## profile_step.py $*" >> "$OUT_DIR/profile.log"; timeout "$t" python3 benchmarks/profile_step.py "$@" 2>&1 | tee -a "$OUT_DIR/profile.log"; }
+part prof && prof 60 --preset mae_vit_base_patch16 --batch 256 --precision bf16
+part prof && prof 120 --preset mae_vit_base_patch16 --batch 256 --precision bf16 --compile
 if part loader && [ -n "${1:-}" ] && [ -d "$1" ]; then
   : > "$OUT_DIR/loader.log"
   # --repeat: at least ten thousand images a row, so that worker start-up does not dominate
@@ -48,4 +53,5 @@ echo
 echo "== summary =="
 grep -E '^(mae_vit|\| |## )' "$log"
 [ -f "$OUT_DIR/loader.log" ] && grep -E '^\{"workers' "$OUT_DIR/loader.log"
+[ -f "$OUT_DIR/profile.log" ] && grep -E '^(mae_vit|profiled|\| (kind|matmul|attention|copies|optimizer|element-wise)[ ,]|GPU idle)' "$OUT_DIR/profile.log"
 exit 0

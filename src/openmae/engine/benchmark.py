@@ -80,8 +80,10 @@ def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device,
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def _train_step(model: nn.Module, forward: Callable[[], torch.Tensor], dtype: torch.dtype | None,
-                device: torch.device, fused: bool) -> Callable[[], None]:
+def train_step(model: nn.Module, forward: Callable[[], torch.Tensor], dtype: torch.dtype | None,
+               device: torch.device, fused: bool) -> Callable[[], None]:
+    """One pretraining step of ``model`` as a call: ``forward()`` (the loss) under autocast to ``dtype`` (None:
+    fp32), backward (GradScaler for fp16), AdamW (``fused`` or foreach), gradients dropped."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95),
                             fused=fused)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
@@ -125,6 +127,22 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
+def random_batch(cfg: MAEConfig, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images (N, C, H, W) and masking noise (N, L) for ``cfg``: every implementation gets the same."""
+    imgs = torch.randn(batch, cfg.in_chans, *cfg.img_size, device=device)
+    return imgs, torch.rand(batch, cfg.grid[0] * cfg.grid[1], device=device)
+
+
+def openmae_step(cfg: MAEConfig, imgs: torch.Tensor, noise: torch.Tensor, dtype: torch.dtype | None,
+                 device: torch.device, compile_model: bool = False, compile_scope: str = "model",
+                 compile_mode: str = "default") -> Callable[[], None]:
+    """openmae's pretraining step at its best settings (fused AdamW where it exists), optionally compiled."""
+    model = MaskedAutoencoder(cfg).to(device)
+    run = compile_module(model, compile_scope, [*model.blocks, *model.decoder_blocks], compile_mode) \
+        if compile_model else model
+    return train_step(model, lambda: run(imgs, noise=noise).loss, dtype, device, device.type in FUSED_ADAMW_DEVICES)
+
+
 def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: bool = False, compare_hf: bool = True,
               eager_reference: bool = True, device_name: str = "auto", warmup: int = 3, steps: int = 10,
               grad_checkpointing: bool = False, compile_scope: str = "model", compile_mode: str = "default",
@@ -141,17 +159,15 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
     cfg = model_config(preset, grad_checkpointing=grad_checkpointing, **overrides)
     host_memory = keep_freed_host_memory()  # as a training run does; for every row (one process)
     rates: dict[torch.dtype, float] = {}  # matmul FLOP/s by dtype, timed alone (not interleaved)
-    imgs = torch.randn(batch, cfg.in_chans, *cfg.img_size, device=device)
-    noise = torch.rand(batch, cfg.grid[0] * cfg.grid[1], device=device)
+    imgs, noise = random_batch(cfg, batch, device)
     interleave = device.type == "cpu" if interleave is None else interleave
     rows, waiting = [], []
 
     # openmae's optimizer, and Hugging Face's at its best (its Trainer's default is fused AdamW since torch 2.8)
     best_fused = device.type in FUSED_ADAMW_DEVICES
 
-    def add(name: str, model: nn.Module, forward: Callable[[], torch.Tensor], step_dtype: torch.dtype | None,
-            fused: bool = best_fused) -> None:
-        candidate = _Candidate(name, _train_step(model, forward, step_dtype, device, fused), step_dtype or torch.float32)
+    def add(name: str, step: Callable[[], None], step_dtype: torch.dtype | None) -> None:
+        candidate = _Candidate(name, step, step_dtype or torch.float32)
         if interleave:
             waiting.append(candidate)
         else:
@@ -160,14 +176,11 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
             rows.append(_measure(candidate, cfg, batch, device, warmup, steps, rates[candidate.peak_dtype]))
 
     torch.manual_seed(0)
-    ours = MaskedAutoencoder(cfg).to(device)
-    run = compile_module(ours, compile_scope, [*ours.blocks, *ours.decoder_blocks], compile_mode) if compile_model \
-        else ours
     mode = "" if compile_mode == "default" else f", {compile_mode}"
     compiled = f" compiled ({compile_scope}{mode})" if compile_model else ""
     label = f"openmae {precision}{compiled}{' ckpt' if grad_checkpointing else ''}"
-    add(label, ours, lambda m=run: m(imgs, noise=noise).loss, dtype)  # m: bound now, `run` is dropped below
-    ours = run = None  # free it (when timed alone): the rows after this one measure their own peak memory
+    # timed alone, the model is freed with its step: the rows after this one measure their own peak memory
+    add(label, openmae_step(cfg, imgs, noise, dtype, device, compile_model, compile_scope, compile_mode), dtype)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     hf_error = None
@@ -178,8 +191,9 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
             from openmae.convert.hf import hf_config_dict
 
             hf = ViTMAEForPreTraining(ViTMAEConfig(**hf_config_dict(cfg), attn_implementation="sdpa")).to(device)
-            add(f"huggingface sdpa {precision}", hf, lambda m=hf: m(pixel_values=imgs, noise=noise).loss, dtype)
-            del hf
+            add(f"huggingface sdpa {precision}",
+                train_step(hf, lambda m=hf: m(pixel_values=imgs, noise=noise).loss, dtype, device, best_fused), dtype)
+            del hf  # with its step (when timed alone), before the next row measures its peak memory
         except Exception as err:  # a missing or incompatible transformers must not cost the other rows
             hf_error = f"{type(err).__name__}: {err}"
     if eager_reference:
@@ -191,7 +205,8 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
             blk.attn.fused_attn = False
         ref_dtype = torch.float16 if device.type == "cuda" else None
         name = "official-style fp16 eager" if ref_dtype else "eager fp32 reference"
-        add(name, ref, lambda: ref(imgs, noise=noise).loss, ref_dtype, fused=device.type == "cuda")
+        add(name, train_step(ref, lambda: ref(imgs, noise=noise).loss, ref_dtype, device, device.type == "cuda"),
+            ref_dtype)
     if waiting:
         probes = {d: matmul_probe(device, d) for d in dict.fromkeys(c.peak_dtype for c in waiting)}
         seconds = time_interleaved({**{c.name: c.step for c in waiting},

@@ -1,0 +1,47 @@
+"""The step profile: operator and kernel names sorted into kinds, and a real step's time split per step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openmae.engine.benchmark import openmae_step, random_batch
+from openmae.engine.step_profile import KINDS, OTHER, kind_of, profile_step
+from openmae.models.registry import model_config
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("aten::mm", "matmul"), ("aten::addmm", "matmul"), ("aten::bmm", "matmul"),
+    ("aten::convolution_backward", "matmul"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1", "matmul"),
+    ("nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_NTN", "matmul"),
+    ("void cutlass::Kernel2<cutlass_80_wmma_tensorop_bf16_s161616gemm_bf16_32x32_128x2_tn_align8>", "matmul"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"), ("aten::_softmax", "attention"),
+    ("void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits>", "attention"),
+    ("aten::_fused_adamw_", "optimizer"), ("Optimizer.step#AdamW.step", "optimizer"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
+    ("aten::copy_", "copies and casts"), ("aten::_to_copy", "copies and casts"), ("aten::cat", "copies and casts"),
+    ("aten::gather", "copies and casts"),
+    ("void at::native::elementwise_kernel<128, 4, direct_copy_kernel_cuda(at::TensorIteratorBase&)>", "copies and casts"),
+    ("aten::gelu_backward", OTHER), ("aten::native_layer_norm", OTHER), ("triton_poi_fused_add_gelu_0", OTHER),
+])
+def test_kinds_of_cpu_operators_and_gpu_kernels(name, kind):
+    assert kind_of(name) == kind
+
+
+def test_profile_of_a_real_step_is_per_step():
+    """Three profiled steps of a debug MAE: one fused AdamW call per step, matmuls present, the costliest first."""
+    device = torch.device("cpu")
+    cfg = model_config("mae_vit_debug_patch4_32")
+    torch.manual_seed(0)
+    imgs, noise = random_batch(cfg, 4, device)
+    prof = profile_step(openmae_step(cfg, imgs, noise, None, device), device, warmup=1, steps=3, top=50)
+    assert list(prof.kind_ms) == list(KINDS)
+    assert prof.kind_ms["matmul"] > 0 and prof.kind_ms["optimizer"] > 0
+    assert sum(prof.kind_ms.values()) <= prof.step_ms  # own times of one thread's operators fit in the wall time
+    calls = {t["name"]: t["calls"] for t in prof.top}
+    assert calls["aten::_fused_adamw_"] == 1  # per step, not per profiled run
+    # per step: 2 encoder blocks + 1 decoder block, each with qkv, proj, fc1, fc2 (addmm), plus embed and pred
+    assert calls["aten::addmm"] == 4 * (cfg.depth + cfg.decoder_depth) + 2
+    assert [t["ms"] for t in prof.top] == sorted((t["ms"] for t in prof.top), reverse=True)
+    assert prof.device_idle_share is None and "| matmul |" in prof.table()
