@@ -12,6 +12,7 @@
 #   bash benchmarks/gpu_check.sh [photo-folder]
 #   PARTS="L H loader" bash benchmarks/gpu_check.sh photos   # only some parts (default: B L H mem loader)
 #   PARTS="prof" bash benchmarks/gpu_check.sh                 # where ViT-B/16's step goes (kernels, GPU idle time)
+#   PARTS="big" bash benchmarks/gpu_check.sh                  # B, L, H at twice the batches above (MFU vs batch)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-/tmp/gpu_check}"
@@ -33,6 +34,10 @@ part() { [[ "$PARTS" == *" $1 "* ]]; }
 part B && bench 120 --preset mae_vit_base_patch16 --batch 256 --precision bf16 --compile
 part L && bench 120 --preset mae_vit_large_patch16 --batch 256 --precision bf16 --compile --no-hf
 part H && bench 150 --preset mae_vit_huge_patch14 --batch 128 --precision bf16 --compile --no-hf
+# MFU against batch: twice the batches above, openmae alone (fits a card of 80 GB: about 27, 46 and 51 GB)
+part big && bench 120 --preset mae_vit_base_patch16 --batch 512 --precision bf16 --compile --no-hf --no-reference
+part big && bench 120 --preset mae_vit_large_patch16 --batch 512 --precision bf16 --compile --no-hf --no-reference
+part big && bench 150 --preset mae_vit_huge_patch14 --batch 256 --precision bf16 --compile --no-hf --no-reference
 # memory: the same eager step without and with activation checkpointing
 part mem && bench 45 --preset mae_vit_large_patch16 --batch 128 --precision bf16 --no-hf --no-reference
 part mem && bench 45 --preset mae_vit_large_patch16 --batch 128 --precision bf16 --no-hf --no-reference --grad-checkpointing
