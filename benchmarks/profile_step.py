@@ -12,12 +12,7 @@ import argparse
 import json
 from dataclasses import asdict
 
-import torch
-
-from openmae.engine.benchmark import openmae_step, random_batch
-from openmae.engine.host_memory import keep_freed_host_memory
-from openmae.engine.step_profile import profile_step
-from openmae.models.registry import model_config
+from openmae.engine.step_profile import profile_preset
 
 
 def main() -> None:
@@ -29,15 +24,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--grad-checkpointing", action="store_true")
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    keep_freed_host_memory()  # as training and the throughput benchmark do
-    cfg = model_config(args.preset)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    torch.manual_seed(0)
-    imgs, noise = random_batch(cfg, args.batch, device)
-    step = openmae_step(cfg, imgs, noise, dtype, device, bool(args.compile), args.compile or "model")
-    result = profile_step(step, device, args.warmup, args.steps, args.top)
+    result = profile_preset(args.preset, args.batch, args.precision, bool(args.compile), args.compile or "model",
+                            args.grad_checkpointing, warmup=args.warmup, steps=args.steps, top=args.top)
     print(json.dumps({"preset": args.preset, "batch": args.batch, "precision": args.precision,
                       "compile": args.compile, **asdict(result)}))
     print(f"{args.preset} batch {args.batch} {args.precision}{' compiled (' + args.compile + ')' if args.compile else ''}")

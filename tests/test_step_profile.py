@@ -45,3 +45,14 @@ def test_profile_of_a_real_step_is_per_step():
     assert calls["aten::addmm"] == 4 * (cfg.depth + cfg.decoder_depth) + 2
     assert [t["ms"] for t in prof.top] == sorted((t["ms"] for t in prof.top), reverse=True)
     assert prof.device_idle_share is None and "| matmul |" in prof.table()
+
+
+def test_benchmark_command_profiles_the_step(capsys):
+    """``openmae benchmark --profile`` prints the step's time by kind instead of the comparison."""
+    from openmae.cli.main import main
+
+    assert main(["benchmark", "--profile", "--preset", "mae_vit_debug_patch4_32", "--batch", "4", "--steps", "1",
+                 "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mae_vit_debug_patch4_32 batch 4 fp32\nprofiled step on cpu")
+    assert all(f"| {kind} |" in out for kind in KINDS) and "| aten::addmm | matmul |" in out

@@ -167,6 +167,14 @@ def cmd_benchmark(args: argparse.Namespace, rest: list[str]) -> int:
 
     if rest:
         raise ConfigError(f"unexpected arguments {rest}")
+    if args.profile:
+        from openmae.engine.step_profile import profile_preset
+
+        prof = profile_preset(args.preset, args.batch, args.precision, bool(args.compile), args.compile or "model",
+                              args.grad_checkpointing, steps=min(args.steps, 3), compile_mode=args.compile_mode)
+        print(f"{args.preset} batch {args.batch} {args.precision}" + (f" compiled ({args.compile})" if args.compile else ""))
+        print(prof.table())
+        return 0
     result = benchmark(args.preset, args.batch, args.precision, bool(args.compile), not args.no_hf, True,
                        steps=args.steps, grad_checkpointing=args.grad_checkpointing, compile_scope=args.compile or "model",
                        compile_mode=args.compile_mode)
@@ -219,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face comparison")
             p.add_argument("--grad-checkpointing", action="store_true")
             p.add_argument("--steps", type=int, default=10)
+            p.add_argument("--profile", action="store_true",
+                           help="instead of the comparison: where openmae's step spends its time (matmuls, attention, "
+                                "copies and casts, optimizer, the rest) and its costliest operators or GPU kernels")
         if name == "demo":
             p.add_argument("--data-root", help="folder holding fashion-mnist/ (default $OPENMAE_DATA)")
             p.add_argument("--output", "-o", default="runs/demo")

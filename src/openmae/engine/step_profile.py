@@ -87,3 +87,23 @@ def profile_step(step: Callable[[], None], device: torch.device, warmup: int = 2
     name = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
     return StepProfile(name, 1e3 * wall, kind_ms,
                        [{"name": n, "kind": kind_of(n), "ms": ms, "calls": c} for n, ms, c in ranked], idle)
+
+
+def profile_preset(preset: str, batch: int, precision: str = "bf16", compile_model: bool = False,
+                   compile_scope: str = "model", grad_checkpointing: bool = False, device_name: str = "auto",
+                   warmup: int = 2, steps: int = 3, top: int = 15, compile_mode: str = "default") -> StepProfile:
+    """Profile openmae's pretraining step for ``preset``: the step ``openmae benchmark`` times (random images,
+    75% masking, fused AdamW where it exists, host memory kept as in training)."""
+    from openmae.engine.benchmark import openmae_step, random_batch
+    from openmae.engine.host_memory import keep_freed_host_memory
+    from openmae.models.registry import model_config
+
+    device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
+                          ("cpu" if device_name == "auto" else device_name))
+    keep_freed_host_memory()
+    cfg = model_config(preset, grad_checkpointing=grad_checkpointing)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    torch.manual_seed(0)
+    imgs, noise = random_batch(cfg, batch, device)
+    step = openmae_step(cfg, imgs, noise, dtype, device, compile_model, compile_scope, compile_mode)
+    return profile_step(step, device, warmup, steps, top)
