@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                       # the CPU suite (ViT-S/16 at 224, ViT-T/4 at 32)
     python benchmarks/throughput.py --preset mae_vit_large_patch16 --batch 128 --precision bf16 --compile
+    python benchmarks/throughput.py --compile --with-eager   # the CPU suite, openmae compiled and eager in one run
 
 Prints one JSON object per configuration and a table with the ratios measured in the same run.
 """
@@ -19,11 +20,11 @@ CPU_SUITE = [("mae_vit_small_patch16", 16), ("mae_vit_tiny_patch4_32", 128)]
 
 def table(result: dict) -> str:
     rows = result["rows"]
-    best = rows[0]["images_per_s"]
+    best = max(r["images_per_s"] for r in rows if r["name"].startswith("openmae"))  # openmae's fastest row
     rates = ", ".join(f"{r:.2f} TFLOP/s {name}" for name, r in result["matmul_tflops_by_precision"].items())
     lines = [f"{result['preset']} batch {result['batch']} on {result['device']} (matmul {rates}, "
              f"{result['train_gflops_per_image']:.2f} GFLOP/image, load {result['load_avg'][0]:.2f})",
-             "| implementation | images/s | step ms | TFLOP/s | MFU | peak MiB/image | openmae speed-up |",
+             "| implementation | images/s | step ms | TFLOP/s | MFU | peak MiB/image | openmae's fastest row's speed-up |",
              "|---|---|---|---|---|---|---|"]
     if result.get("hf_error"):
         lines.append(f"| huggingface | failed: {result['hf_error'][:200]} | | | | | |")
@@ -48,12 +49,15 @@ def main() -> None:
     parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face")
     parser.add_argument("--no-reference", action="store_true", help="skip the eager (official-style) reference")
     parser.add_argument("--grad-checkpointing", action="store_true")
+    parser.add_argument("--with-eager", action="store_true",
+                        help="with --compile: openmae's eager step as one more row of the same run")
     args = parser.parse_args()
     suite = [(args.preset, args.batch)] if args.preset else CPU_SUITE
     for preset, batch in suite:
         result = benchmark(preset, batch, args.precision, bool(args.compile), not args.no_hf, not args.no_reference,
                            warmup=args.warmup, steps=args.steps, grad_checkpointing=args.grad_checkpointing,
-                           compile_scope=args.compile or "model", compile_mode=args.compile_mode)
+                           compile_scope=args.compile or "model", compile_mode=args.compile_mode,
+                           eager_too=args.with_eager)
         print(json.dumps(result))
         print(table(result), flush=True)
 

@@ -251,6 +251,15 @@ def test_benchmark_rows_in_one_run(interleave):
         assert r["mfu"] == pytest.approx(r["tflops"] / rate, rel=1e-9)
 
 
+def test_benchmark_compiled_and_eager_openmae_in_one_run():
+    from openmae.engine.benchmark import benchmark
+
+    out = benchmark("mae_vit_debug_patch4_32", 4, "fp32", compile_model=True, compare_hf=False, eager_reference=False,
+                    device_name="cpu", warmup=1, steps=1, eager_too=True)
+    assert [r["name"] for r in out["rows"]] == ["openmae fp32 compiled (model)", "openmae fp32"]
+    assert all(r["images_per_s"] > 0 for r in out["rows"])
+
+
 def test_benchmark_times_the_matmul_rates_in_the_steps_rounds(monkeypatch):
     """On a CPU the matmul rate of each precision the MFUs refer to (bf16 for openmae and Hugging Face, fp32 for
     the eager reference) is timed in the same rounds as the steps, not once before them at another moment."""

@@ -177,7 +177,7 @@ def cmd_benchmark(args: argparse.Namespace, rest: list[str]) -> int:
         return 0
     result = benchmark(args.preset, args.batch, args.precision, bool(args.compile), not args.no_hf, True,
                        steps=args.steps, grad_checkpointing=args.grad_checkpointing, compile_scope=args.compile or "model",
-                       compile_mode=args.compile_mode)
+                       compile_mode=args.compile_mode, eager_too=args.with_eager)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face comparison")
             p.add_argument("--grad-checkpointing", action="store_true")
             p.add_argument("--steps", type=int, default=10)
+            p.add_argument("--with-eager", action="store_true",
+                           help="with --compile: openmae's eager step as one more row of the same run")
             p.add_argument("--profile", action="store_true",
                            help="instead of the comparison: where openmae's step spends its time (matmuls, attention, "
                                 "copies and casts, optimizer, the rest) and its costliest operators or GPU kernels")

@@ -146,8 +146,11 @@ def openmae_step(cfg: MAEConfig, imgs: torch.Tensor, noise: torch.Tensor, dtype:
 def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: bool = False, compare_hf: bool = True,
               eager_reference: bool = True, device_name: str = "auto", warmup: int = 3, steps: int = 10,
               grad_checkpointing: bool = False, compile_scope: str = "model", compile_mode: str = "default",
-              interleave: bool | None = None, **overrides) -> dict:
+              interleave: bool | None = None, eager_too: bool = False, **overrides) -> dict:
     """Time openmae's step (and the peers') for ``preset``; returns rows and the machine's matmul rate.
+
+    ``eager_too`` (with ``compile_model``): openmae's eager step as one more row, so that one run says which of
+    the two is openmae's best setting on this machine (compiling wins on some CPUs and loses on others).
 
     ``interleave`` (default: on a CPU) times the implementations in turn, round by round (``time_interleaved``),
     with the matmul probes (``matmul_probe``) of the precisions the MFUs refer to in the same rounds: a shared
@@ -181,6 +184,10 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
     label = f"openmae {precision}{compiled}{' ckpt' if grad_checkpointing else ''}"
     # timed alone, the model is freed with its step: the rows after this one measure their own peak memory
     add(label, openmae_step(cfg, imgs, noise, dtype, device, compile_model, compile_scope, compile_mode), dtype)
+    if compile_model and eager_too:
+        torch.manual_seed(0)
+        add(f"openmae {precision}{' ckpt' if grad_checkpointing else ''}", openmae_step(cfg, imgs, noise, dtype, device),
+            dtype)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     hf_error = None
