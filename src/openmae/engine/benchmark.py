@@ -161,7 +161,7 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     cfg = model_config(preset, grad_checkpointing=grad_checkpointing, **overrides)
     host_memory = keep_freed_host_memory()  # as a training run does; for every row (one process)
-    rates: dict[torch.dtype, float] = {}  # matmul FLOP/s by dtype, timed alone (not interleaved)
+    rates: dict[torch.dtype, float] = {}  # matmul FLOP/s by dtype: read alone, or in the rounds (interleave)
     imgs, noise = random_batch(cfg, batch, device)
     interleave = device.type == "cpu" if interleave is None else interleave
     rows, waiting = [], []
