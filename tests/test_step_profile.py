@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from openmae.engine.benchmark import openmae_step, random_batch
-from openmae.engine.step_profile import KINDS, OTHER, kind_of, profile_step
+from openmae.engine.step_profile import KINDS, OTHER, kind_of, own_times, profile_step
 from openmae.models.registry import model_config
 
 
@@ -56,3 +56,22 @@ def test_benchmark_command_profiles_the_step(capsys):
     out = capsys.readouterr().out
     assert out.startswith("mae_vit_debug_patch4_32 batch 4 fp32\nprofiled step on cpu")
     assert all(f"| {kind} |" in out for kind in KINDS) and "| aten::addmm | matmul |" in out
+
+
+def test_gpu_time_counts_each_kernel_once():
+    """On a GPU, an operator's own device time is its kernels' time, and the kernels are events of their own:
+    only the device's events are summed (here 3 ms of matmul over two steps: 1.5 ms a step, not 3)."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(key, device, cpu_us, device_us, count):
+        return SimpleNamespace(key=key, device_type=device, self_cpu_time_total=cpu_us,
+                               self_device_time_total=device_us, count=count)
+
+    events = [event("aten::mm", DeviceType.CPU, 40.0, 3000.0, 2),
+              event("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", DeviceType.CUDA, 0.0, 3000.0, 2),
+              event("aten::empty", DeviceType.CPU, 10.0, 0.0, 6)]
+    assert own_times(events, 2, device_time=True) == [("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", 1.5, 1.0)]
+    assert own_times(events, 2, device_time=False) == [("aten::mm", 0.02, 1.0), ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", 0.0, 1.0),
+                                                       ("aten::empty", 0.005, 3.0)]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 OTHER = "element-wise, norms, other"
@@ -58,6 +59,16 @@ class StepProfile:
         return "\n".join(lines)
 
 
+def own_times(events: Iterable, steps: int, device_time: bool) -> list[tuple[str, float, float]]:
+    """(name, own ms per step, calls per step) of profiler averages. With ``device_time``, the GPU's events
+    (kernels, memcpy, memset) and their time only: a CPU operator's own device time is that of the kernels it
+    launched, which appear as events of their own, so counting both would count the kernels twice."""
+    if device_time:
+        return [(e.key, e.self_device_time_total / 1e3 / steps, e.count / steps) for e in events
+                if e.device_type != DeviceType.CPU and e.self_device_time_total > 0]
+    return [(e.key, e.self_cpu_time_total / 1e3 / steps, e.count / steps) for e in events]
+
+
 def profile_step(step: Callable[[], None], device: torch.device, warmup: int = 2, steps: int = 3,
                  top: int = 15) -> StepProfile:
     """Run ``step`` ``warmup`` times, then profile ``steps`` calls; times are per step."""
@@ -74,11 +85,7 @@ def profile_step(step: Callable[[], None], device: torch.device, warmup: int = 2
         if cuda:
             torch.cuda.synchronize(device)
         wall = (time.perf_counter() - t) / steps
-    events = prof.key_averages()
-    own = [(e.key, (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e3 / steps, e.count / steps)
-           for e in events]
-    if cuda:  # kernels (and memcpy/memset) only: CPU-side operators have no device time of their own
-        own = [o for o in own if o[1] > 0]
+    own = own_times(prof.key_averages(), steps, cuda)
     kind_ms = dict.fromkeys(KINDS, 0.0)
     for name, ms, _ in own:
         kind_ms[kind_of(name)] += ms
