@@ -75,3 +75,28 @@ def test_gpu_time_counts_each_kernel_once():
     assert own_times(events, 2, device_time=True) == [("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", 1.5, 1.0)]
     assert own_times(events, 2, device_time=False) == [("aten::mm", 0.02, 1.0), ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", 0.0, 1.0),
                                                        ("aten::empty", 0.005, 3.0)]
+
+
+def test_benchmark_command_defaults_fit_a_cpu(monkeypatch, capsys):
+    """Without --preset/--batch, a CPU-only machine benchmarks ViT-S/16 at batch 16 (not ViT-B/16), and the command
+    prints the JSON line and the table of ratios."""
+    from openmae.cli.main import main
+    from openmae.engine import benchmark as bench
+
+    seen = {}
+
+    def fake(preset, batch, *args, **kwargs):
+        seen.update(preset=preset, batch=batch)
+        return {"preset": preset, "batch": batch, "device": "cpu", "matmul_tflops_by_precision": {"bf16": 1.0},
+                "train_gflops_per_image": 39.0, "load_avg": (0.5, 0.5, 0.5), "hf_error": None,
+                "rows": [{"name": "openmae bf16", "images_per_s": 20.0, "step_ms": 800.0, "tflops": 0.78, "mfu": 0.78,
+                          "peak_mem_mb_per_image": None},
+                         {"name": "huggingface sdpa bf16", "images_per_s": 10.0, "step_ms": 1600.0, "tflops": 0.39,
+                          "mfu": 0.39, "peak_mem_mb_per_image": None}]}
+
+    monkeypatch.setattr(bench, "benchmark", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["benchmark"]) == 0
+    assert seen == {"preset": "mae_vit_small_patch16", "batch": 16}
+    out = capsys.readouterr().out
+    assert "| huggingface sdpa bf16 | 10.0 | 1600.0 | 0.390 | 39.0% | - | 2.00x |" in out

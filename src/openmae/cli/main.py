@@ -163,22 +163,28 @@ def cmd_convert(args: argparse.Namespace, rest: list[str]) -> int:
 
 @command("benchmark", "images/s, FLOPs and MFU of a pretraining step, beside Hugging Face and an eager reference")
 def cmd_benchmark(args: argparse.Namespace, rest: list[str]) -> int:
-    from openmae.engine.benchmark import benchmark
+    import torch
+
+    from openmae.engine.benchmark import benchmark, table
 
     if rest:
         raise ConfigError(f"unexpected arguments {rest}")
+    gpu = torch.cuda.is_available()  # defaults sized to the machine: a CPU step of ViT-B/16 at 64 takes minutes
+    preset = args.preset or ("mae_vit_base_patch16" if gpu else "mae_vit_small_patch16")
+    batch = args.batch or (256 if gpu else 16)
     if args.profile:
         from openmae.engine.step_profile import profile_preset
 
-        prof = profile_preset(args.preset, args.batch, args.precision, bool(args.compile), args.compile or "model",
+        prof = profile_preset(preset, batch, args.precision, bool(args.compile), args.compile or "model",
                               args.grad_checkpointing, steps=min(args.steps, 3), compile_mode=args.compile_mode)
-        print(f"{args.preset} batch {args.batch} {args.precision}" + (f" compiled ({args.compile})" if args.compile else ""))
+        print(f"{preset} batch {batch} {args.precision}" + (f" compiled ({args.compile})" if args.compile else ""))
         print(prof.table())
         return 0
-    result = benchmark(args.preset, args.batch, args.precision, bool(args.compile), not args.no_hf, True,
+    result = benchmark(preset, batch, args.precision, bool(args.compile), not args.no_hf, True,
                        steps=args.steps, grad_checkpointing=args.grad_checkpointing, compile_scope=args.compile or "model",
                        compile_mode=args.compile_mode, eager_too=args.with_eager)
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result))
+    print(table(result))
     return 0
 
 
@@ -217,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--hf-layout", default="v4", choices=["v4", "v5"],
                            help="Hugging Face key names: v4 = hub files / transformers 4, v5 = transformers 5")
         if name == "benchmark":
-            p.add_argument("--preset", default="mae_vit_base_patch16")
-            p.add_argument("--batch", type=int, default=64)
+            p.add_argument("--preset", help="default: mae_vit_base_patch16 on a GPU, mae_vit_small_patch16 on a CPU")
+            p.add_argument("--batch", type=int, help="default: 256 on a GPU, 16 on a CPU")
             p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
             p.add_argument("--compile", nargs="?", const="model", choices=["model", "blocks"],
                            help="torch.compile the whole forward (model, the default) or each block (blocks)")

@@ -232,3 +232,21 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
         "load_avg": os.getloadavg(), "host_memory": host_memory, "rows": [r.row() for r in rows], "hf_error": hf_error,
         "timing": "interleaved rounds" if interleave else "each alone, one after another",
     }
+
+
+def table(result: dict) -> str:
+    """The result of :func:`benchmark` as a Markdown table, ratios against openmae's fastest row."""
+    rows = result["rows"]
+    best = max(r["images_per_s"] for r in rows if r["name"].startswith("openmae"))  # openmae's fastest row
+    rates = ", ".join(f"{r:.2f} TFLOP/s {name}" for name, r in result["matmul_tflops_by_precision"].items())
+    lines = [f"{result['preset']} batch {result['batch']} on {result['device']} (matmul {rates}, "
+             f"{result['train_gflops_per_image']:.2f} GFLOP/image, load {result['load_avg'][0]:.2f})",
+             "| implementation | images/s | step ms | TFLOP/s | MFU | peak MiB/image | openmae's fastest row's speed-up |",
+             "|---|---|---|---|---|---|---|"]
+    if result.get("hf_error"):
+        lines.append(f"| huggingface | failed: {result['hf_error'][:200]} | | | | | |")
+    for r in rows:
+        mem = "-" if r["peak_mem_mb_per_image"] is None else f"{r['peak_mem_mb_per_image']:.1f}"
+        lines.append(f"| {r['name']} | {r['images_per_s']:.1f} | {r['step_ms']:.1f} | {r['tflops']:.3f} | "
+                     f"{100 * r['mfu']:.1f}% | {mem} | {best / r['images_per_s']:.2f}x |")
+    return "\n".join(lines)
