@@ -280,3 +280,38 @@ def test_benchmark_times_the_matmul_rates_in_the_steps_rounds(monkeypatch):
     assert out["matmul_tflops"] == out["matmul_tflops_by_precision"]["bf16"]
     ref = out["rows"][-1]
     assert ref["mfu"] == pytest.approx(ref["tflops"] / out["matmul_tflops_by_precision"]["fp32"], rel=1e-9)
+
+
+def test_plot_throughput_divides_by_each_runs_reference(tmp_path):
+    """benchmarks/plot_throughput.py: each row's images/s over its own run's eager reference; the figure is written;
+    a run without a reference row, a log without results and a missing file are refused by name."""
+    import json
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from plot_throughput import main, read_results, speedups
+
+    def result(preset, rows):
+        return {"preset": preset, "rows": [{"name": n, "images_per_s": v} for n, v in rows]}
+
+    log = tmp_path / "run.log"
+    log.write_text(json.dumps(result("s", [("openmae bf16", 15.0), ("huggingface sdpa bf16", 10.0),
+                                           ("eager fp32 reference", 6.0)])) + "\n| a table | line |\n"
+                   + json.dumps(result("t", [("openmae bf16", 300.0), ("eager fp32 reference", 200.0)])) + "\n")
+    results = read_results(log)
+    assert [r["preset"] for r in results] == ["s", "t"]
+    assert speedups(results[0]) == {"openmae bf16": 2.5, "huggingface sdpa bf16": 10.0 / 6.0}
+    out = tmp_path / "bars.png"
+    main([f"one={log}", f"two={log}", "-o", str(out)])
+    assert out.stat().st_size > 1000
+    with pytest.raises(ValueError, match="s: no eager reference row"):
+        speedups(result("s", [("openmae bf16", 15.0)]))
+    (tmp_path / "empty.log").write_text("| only | a table |\n")
+    with pytest.raises(SystemExit, match="no benchmark results in it"):
+        main([f"e={tmp_path / 'empty.log'}", "-o", str(out)])
+    with pytest.raises(SystemExit, match="no log file at"):
+        main([f"m={tmp_path / 'missing.log'}", "-o", str(out)])
+    with pytest.raises(SystemExit, match="is not LABEL=PATH"):
+        main([str(log), "-o", str(out)])
