@@ -28,9 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     result = profile_preset(args.preset, args.batch, args.precision, bool(args.compile), args.compile or "model",
                             args.grad_checkpointing, warmup=args.warmup, steps=args.steps, top=args.top)
-    print(json.dumps({"preset": args.preset, "batch": args.batch, "precision": args.precision,
-                      "compile": args.compile, **asdict(result)}))
-    print(f"{args.preset} batch {args.batch} {args.precision}{' compiled (' + args.compile + ')' if args.compile else ''}")
+    print(json.dumps({"preset": args.preset, "batch": args.batch, "precision": args.precision, **asdict(result)}))
     print(result.table(), flush=True)
 
 

@@ -177,7 +177,6 @@ def cmd_benchmark(args: argparse.Namespace, rest: list[str]) -> int:
 
         prof = profile_preset(preset, batch, args.precision, bool(args.compile), args.compile or "model",
                               args.grad_checkpointing, steps=min(args.steps, 3), compile_mode=args.compile_mode)
-        print(f"{preset} batch {batch} {args.precision}" + (f" compiled ({args.compile})" if args.compile else ""))
         print(prof.table())
         return 0
     result = benchmark(preset, batch, args.precision, bool(args.compile), not args.no_hf, True,

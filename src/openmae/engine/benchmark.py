@@ -123,8 +123,19 @@ def _measure(c: _Candidate, cfg: MAEConfig, batch: int, device: torch.device, wa
     return _timing(c.name, seconds, cfg, batch, peak, mem)
 
 
+# precision name -> autocast dtype (None: plain fp32)
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return next(name for name, d in PRECISIONS.items() if (d or torch.float32) == dtype)
+
+
+def resolve_device(device_name: str = "auto") -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU; any other name as given."""
+    if device_name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device_name)
 
 
 def random_batch(cfg: MAEConfig, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,9 +167,8 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
     with the matmul probes (``matmul_probe``) of the precisions the MFUs refer to in the same rounds: a shared
     machine's slow moments then fall on the rates and the steps alike. Otherwise each is timed alone, one after
     the other, which a GPU needs to read each one's peak memory, the matmul rates first."""
-    device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device_name == "auto" else device_name))
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    device = resolve_device(device_name)
+    dtype = PRECISIONS[precision]
     cfg = model_config(preset, grad_checkpointing=grad_checkpointing, **overrides)
     host_memory = keep_freed_host_memory()  # as a training run does; for every row (one process)
     rates: dict[torch.dtype, float] = {}  # matmul FLOP/s by dtype: read alone, or in the rounds (interleave)
@@ -227,7 +237,6 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
         if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
         "matmul_tflops": peak / 1e12,
         "matmul_tflops_by_precision": {_dtype_name(d): r / 1e12 for d, r in rates.items()},
-        "matmul_timing": "in the timing rounds" if interleave else "alone, before the first row using it",
         "train_gflops_per_image": mae_train_flops(cfg) / 1e9,
         "load_avg": os.getloadavg(), "host_memory": host_memory, "rows": [r.row() for r in rows], "hf_error": hf_error,
         "timing": "interleaved rounds" if interleave else "each alone, one after another",

@@ -45,11 +45,13 @@ class StepProfile:
     kind_ms: dict[str, float]  # own time of each kind, per step (CPU: operators' self time; GPU: kernel time)
     top: list[dict] = field(default_factory=list)  # the costliest operators/kernels: name, kind, ms and calls per step
     device_idle_share: float | None = None  # GPU: share of the wall time with no kernel running
+    title: str = ""  # what was profiled (profile_preset: preset, batch, precision, compilation)
 
     def table(self) -> str:
         total = sum(self.kind_ms.values()) or 1.0
         busy = "GPU kernel" if self.device_idle_share is not None else "operator self"
-        lines = [f"profiled step on {self.device}: {self.step_ms:.1f} ms wall, {total:.1f} ms {busy} time",
+        lines = [self.title] if self.title else []
+        lines += [f"profiled step on {self.device}: {self.step_ms:.1f} ms wall, {total:.1f} ms {busy} time",
                  "| kind | ms per step | share |", "|---|---|---|"]
         lines += [f"| {k} | {ms:.1f} | {100 * ms / total:.1f}% |" for k, ms in self.kind_ms.items()]
         if self.device_idle_share is not None:
@@ -101,16 +103,17 @@ def profile_preset(preset: str, batch: int, precision: str = "bf16", compile_mod
                    warmup: int = 2, steps: int = 3, top: int = 15, compile_mode: str = "default") -> StepProfile:
     """Profile openmae's pretraining step for ``preset``: the step ``openmae benchmark`` times (random images,
     75% masking, fused AdamW where it exists, host memory kept as in training)."""
-    from openmae.engine.benchmark import openmae_step, random_batch
+    from dataclasses import replace
+
+    from openmae.engine.benchmark import PRECISIONS, openmae_step, random_batch, resolve_device
     from openmae.engine.host_memory import keep_freed_host_memory
     from openmae.models.registry import model_config
 
-    device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device_name == "auto" else device_name))
+    device = resolve_device(device_name)
     keep_freed_host_memory()
     cfg = model_config(preset, grad_checkpointing=grad_checkpointing)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     torch.manual_seed(0)
     imgs, noise = random_batch(cfg, batch, device)
-    step = openmae_step(cfg, imgs, noise, dtype, device, compile_model, compile_scope, compile_mode)
-    return profile_step(step, device, warmup, steps, top)
+    step = openmae_step(cfg, imgs, noise, PRECISIONS[precision], device, compile_model, compile_scope, compile_mode)
+    compiled = f" compiled ({compile_scope})" if compile_model else ""
+    return replace(profile_step(step, device, warmup, steps, top), title=f"{preset} batch {batch} {precision}{compiled}")
