@@ -5,6 +5,12 @@ for 0..N loader workers, on the real ImageNet sample photos (full-size JPEGs, so
 
     python benchmarks/loader.py --workers 0 1 2 --size 224 --images 400
     python benchmarks/loader.py --workers 4 15 --device-augment --device cuda
+    python benchmarks/loader.py --workers 15 --device-augment --device cuda --resize per-image --profile 5
+
+Each row also splits the training process's time: waiting for the workers' next batch against the device stage
+(decode, resize, normalise, synchronised); whichever dominates is the limit. ``--resize`` chooses the device
+stage's resize (default: batched products on a GPU, each crop alone on a CPU); ``--profile N`` prints where N
+batches' device stage spends its time (``torch.profiler``, CPU and GPU).
 
 ``--epochs N`` times epoch boundaries instead: a stand-in training loop (each batch then ``--step-ms`` of
 sleep, as a process waiting on its GPU would; ``--pause-ms`` at each epoch's end, for evaluation and checkpoints)
@@ -42,6 +48,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="go over the photos this many times (data.repeat)")
     parser.add_argument("--device-augment", action="store_true", help="decode and augment on --device")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--resize", choices=["auto", "batched", "per-image"], default="auto",
+                        help="with --device-augment: the device stage's resize (auto: batched on a GPU)")
+    parser.add_argument("--profile", type=int, default=0, help="with --device-augment: profile N batches' device stage")
     parser.add_argument("--epochs", type=int, default=0, help="time N epoch boundaries (see above) instead")
     parser.add_argument("--step-ms", type=float, default=100.0, help="with --epochs: the stand-in step's time")
     parser.add_argument("--pause-ms", type=float, default=500.0, help="with --epochs: the pause after each epoch")
@@ -63,17 +72,43 @@ def main() -> None:
         cfg = DataConfig(name="folder", path=args.data, max_samples=args.images, num_workers=workers,
                          device_augment=args.device_augment, repeat=args.repeat)
         dataset, sampler = train_dataset(cfg, (args.size, args.size), 3, args.batch, seed=0)
-        loader = make_loader(dataset, sampler, workers, pin_memory=False)
-        finish(dataset, next(iter(loader)))  # start the workers (and the device's decoder)
-        start, seen = time.perf_counter(), 0
-        for batch in loader:
+        if args.device_augment and args.resize != "auto":
+            dataset.device_stage.batched_resize = args.resize == "batched"
+        loader = make_loader(dataset, sampler, workers, pin_memory=device.type == "cuda")
+        stream = iter(loader)
+        finish(dataset, next(stream))  # start the workers (and the device's decoder)
+        if args.device_augment and args.profile:
+            profile(dataset, [next(stream) for _ in range(args.profile)], finish, device)
+        start, seen, waited, staged, batches = time.perf_counter(), 0, 0.0, 0.0, 0
+        while True:
+            asked = time.perf_counter()
+            batch = next(stream, None)
+            if batch is None:
+                break
+            got = time.perf_counter()
             seen += finish(dataset, batch)
+            waited, staged, batches = waited + got - asked, staged + time.perf_counter() - got, batches + 1
         seconds = time.perf_counter() - start
         rows.append({"workers": workers, "device_augment": args.device_augment, "device": args.device,
-                     "images_per_s": round(seen / seconds, 1),
-                     "per_worker": round(seen / seconds / max(workers, 1), 1), "images": seen})
+                     "resize": args.resize if args.device_augment else None, "images_per_s": round(seen / seconds, 1),
+                     "per_worker": round(seen / seconds / max(workers, 1), 1), "images": seen,
+                     "wait_ms_per_batch": round(1000 * waited / max(batches, 1), 1),
+                     "device_stage_ms_per_batch": round(1000 * staged / max(batches, 1), 1)})
         print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"size": args.size, "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "rows": rows}))
+
+
+def profile(dataset, batches: list, finish, device: torch.device) -> None:
+    """The device stage of ``batches`` under ``torch.profiler``: its costliest operators by own CPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for batch in batches:
+            finish(dataset, batch)
+    print(f"## device stage of {len(batches)} batches, own time by operator", flush=True)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
 
 
 def boundaries(args: argparse.Namespace, finish) -> None:

@@ -109,3 +109,59 @@ def test_exif_orientation_is_applied_on_the_device_path(tmp_path, orientation):
         dataset, sampler = train_dataset(DataConfig(device_augment=device_augment, repeat=6, **cfg), (32, 32), 3, 6, seed=1)
         out.append(dataset.to_device(collate([dataset[item] for item in sampler]), torch.device("cpu")).images)
     assert (out[0] - out[1]).abs().mean() < 0.03
+
+
+def test_batched_resize_equals_per_image_resize_on_photos(datasets):
+    """The GPU's batched resize (run here on the CPU) gives the per-image path's pixels on real photos of every
+    size: a grey level apart at most in 99% of the pixels, a few at the edges of sharp detail, because the
+    per-image path's uint8 resize on a CPU rounds its weights to fixed point (the float resize it replaces on a
+    GPU is matched to the rounding in tests/test_resize.py); a wrong box or flip would move tens of levels."""
+    cfg = DataConfig(name="folder", path=str(datasets / "imagenet-sample"), device_augment=True, max_samples=64)
+    dataset, sampler = train_dataset(cfg, (96, 96), 3, batch_size=24, seed=5)
+    batch = collate([dataset[item] for item in list(sampler)[:24]])
+    stage = dataset.device_stage
+    out = {}
+    for batched in (False, True):
+        stage.batched_resize = batched
+        out[batched] = stage(batch.images, torch.device("cpu"))
+    levels = (out[True] - out[False]).abs() * stage.std * 255  # in grey levels
+    assert levels.mean() < 0.25 and levels.max() < 10
+    assert torch.quantile(levels.flatten()[::7], 0.99) <= 1.001
+
+
+def test_a_planned_batch_crosses_to_the_training_process_as_one_block(datasets):
+    """Workers hand a device-path batch over as one shared-memory buffer: its pickle is small whatever the photos
+    weigh, and every image's bytes come back intact."""
+    from multiprocessing.reduction import ForkingPickler
+
+    from openmae.data.device import PlannedBatch
+
+    cfg = DataConfig(name="folder", path=str(datasets / "imagenet-sample"), device_augment=True, max_samples=32)
+    dataset, sampler = train_dataset(cfg, (64, 64), 3, batch_size=16, seed=0)
+    items = [dataset[item] for item in list(sampler)[:16]]
+    batch = collate(items).images
+    assert isinstance(batch, PlannedBatch) and len(batch) == 16
+    for i, (crop, *_) in enumerate(items):
+        assert np.array_equal(batch.image(i).numpy(), crop.image.data)
+        assert (batch.crops[i].top, batch.crops[i].flip) == (crop.top, crop.flip)
+    photos = batch.data.numel()
+    assert photos > 500_000 and len(ForkingPickler.dumps(batch)) < 20_000
+
+
+def test_loader_benchmark_splits_the_time_and_profiles_the_device_stage(datasets):
+    """``benchmarks/loader.py``: images/s with the training process's time split into waiting for workers and the
+    device stage, the resize chosen on the command line, and a profile of the device stage."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(repo / "benchmarks" / "loader.py"), "--data", str(datasets / "imagenet-sample"),
+                          "--workers", "0", "--images", "48", "--batch", "16", "--size", "64", "--device-augment",
+                          "--resize", "batched", "--profile", "1"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "## device stage of 1 batches" in run.stdout and "aten::bmm" in run.stdout  # the batched resize ran
+    row = json.loads(run.stdout.strip().splitlines()[-1])["rows"][0]
+    assert row["resize"] == "batched" and row["images"] == 16  # the batch left after the start and the profile
+    assert row["wait_ms_per_batch"] >= 0 and row["device_stage_ms_per_batch"] > 0 and row["images_per_s"] > 0

@@ -3,14 +3,16 @@
 The loader's workers only read: a JPEG file stays encoded (its header gives the size), any other image is
 decoded on the CPU as usual; then, under the sample's own seed, they draw the crop box and the flip with the
 very calls torchvision's ``RandomResizedCrop`` and ``RandomHorizontalFlip`` make, so the boxes equal the
-CPU path's. On the training device, the JPEGs of a batch are decoded together (torchvision's batched
-``decode_jpeg``, nvJPEG on CUDA), then each image is cropped and resized (bicubic, antialiased), flipped,
-and the batch is normalised. A 16-core GPU machine then spends its CPU time on reading files only.
+CPU path's. A worker hands its batch over as one buffer of bytes (:class:`PlannedBatch`). On the training
+device, the JPEGs of a batch are decoded together (torchvision's batched ``decode_jpeg``, nvJPEG on CUDA), then
+the crops are resized (bicubic, antialiased) and flipped, on a GPU all in a few batched products
+(``openmae.data.resize``), and the batch is normalised. A 16-core GPU machine then spends its CPU time on
+reading files only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from openmae.data.datasets import ImageSource
 from openmae.data.images import BadImageError
+from openmae.data.resize import resize_crops
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 EXIF_ORIENTATION = 0x0112
@@ -33,7 +36,8 @@ class RawImage:
     """A file's bytes still encoded as JPEG (``encoded``), or a decoded (C, H, W) uint8 image.
 
     numpy, not torch: a batch holds hundreds of these and worker processes would hand each torch tensor
-    over as its own shared-memory file descriptor (the batch then fails with EBADF or EMFILE)."""
+    over as its own shared-memory file descriptor (the batch then fails with EBADF or EMFILE); a batch
+    crosses as one :class:`PlannedBatch` instead."""
 
     data: np.ndarray
     encoded: bool
@@ -65,6 +69,37 @@ class PlannedCrop:
     height: int
     width: int
     flip: bool
+
+
+@dataclass
+class PlannedBatch:
+    """A batch of planned crops as a loader worker hands it over: every image's bytes (encoded JPEG, or decoded
+    (C, H, W) pixels) in one uint8 buffer, which reaches the training process as one shared-memory block instead
+    of hundreds of pickled arrays (a few hundred KB each for photos); ``crops`` carry the boxes and flips."""
+
+    data: torch.Tensor  # (total bytes,) uint8
+    offsets: list[int]  # image i is data[offsets[i] : offsets[i + 1]]
+    crops: list[PlannedCrop]  # their image.data emptied: the bytes are in ``data``
+
+    @classmethod
+    def pack(cls, crops: list[PlannedCrop]) -> PlannedBatch:
+        arrays = [c.image.data.reshape(-1) for c in crops]
+        offsets = np.cumsum([0] + [a.size for a in arrays]).tolist()
+        data = torch.from_numpy(np.concatenate(arrays)) if arrays else torch.empty(0, dtype=torch.uint8)
+        empty = np.empty(0, dtype=np.uint8)
+        return cls(data, offsets, [replace(c, image=replace(c.image, data=empty)) for c in crops])
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def image(self, i: int) -> torch.Tensor:
+        """Image ``i``'s encoded bytes (B,), or its decoded pixels (C, H, W): a view of the buffer."""
+        raw = self.crops[i].image
+        flat = self.data[self.offsets[i] : self.offsets[i + 1]]
+        return flat if raw.encoded else flat.view(-1, raw.height, raw.width)
+
+    def pin_memory(self) -> PlannedBatch:
+        return PlannedBatch(self.data.pin_memory(), self.offsets, self.crops)
 
 
 def read_raw(source: ImageSource, index: int) -> tuple[RawImage, int]:
@@ -105,43 +140,53 @@ class PlanCrops:
 
 
 class DeviceAugment:
-    """Device side of ``data.device_augment``: decode, crop + resize, flip and normalise a whole batch."""
+    """Device side of ``data.device_augment``: decode, crop + resize, flip and normalise a whole batch.
 
-    def __init__(self, img_size: tuple[int, int], channels: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    ``batched_resize`` (default: on a GPU) resizes all crops in a few batched products (``resize_crops``: a few
+    launches a group of crops instead of five an image); on a CPU, where those products cost more than they save,
+    each crop is resized on its own (``TF.resized_crop``). Both give the same pixels to within a grey level."""
+
+    def __init__(self, img_size: tuple[int, int], channels: int, mean: tuple[float, ...], std: tuple[float, ...],
+                 batched_resize: bool | None = None) -> None:
         self.img_size, self.channels = list(img_size), channels
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
         self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+        self.batched_resize = batched_resize
 
-    def decode(self, planned: list[PlannedCrop], device: torch.device) -> list[torch.Tensor]:
-        encoded = [i for i, p in enumerate(planned) if p.image.encoded]
-        images = [torch.from_numpy(p.image.data) for p in planned]
+    def decode(self, batch: PlannedBatch, device: torch.device) -> list[torch.Tensor]:
+        """Every image of the batch on ``device`` as (C, H, W) uint8, upright."""
+        images = [batch.image(i) for i in range(len(batch))]
+        encoded = [i for i, c in enumerate(batch.crops) if c.image.encoded]
         if encoded:
             try:  # one batched call (nvJPEG on CUDA)
                 decoded = decode_jpeg([images[i] for i in encoded], mode=self.mode, device=device)
             except RuntimeError:
-                decoded = [self._decode_one(planned[i], device) for i in encoded]  # find the file that fails
+                decoded = [self._decode_one(images[i], batch.crops[i].image.name, device) for i in encoded]
             for i, img in zip(encoded, decoded, strict=True):
-                images[i] = orient(img, planned[i].image.orientation)
+                images[i] = orient(img, batch.crops[i].image.orientation)
         return [img.to(device, non_blocking=True) for img in images]
 
-    def _decode_one(self, p: PlannedCrop, device: torch.device) -> torch.Tensor:
-        try:
-            return decode_jpeg(torch.from_numpy(p.image.data), mode=self.mode, device=device)
+    def _decode_one(self, data: torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
+        try:  # one by one, to name the file that fails
+            return decode_jpeg(data, mode=self.mode, device=device)
         except RuntimeError as err:
-            raise BadImageError(f"{p.image.name}: JPEG decoding on {device} failed ({err}); remove the file, or set "
+            raise BadImageError(f"{name}: JPEG decoding on {device} failed ({err}); remove the file, or set "
                                 f"data.device_augment=false to decode on the CPU, where bad files are skipped") from None
 
-    def __call__(self, planned: list[PlannedCrop], device: torch.device) -> torch.Tensor:
+    def __call__(self, batch: PlannedBatch, device: torch.device) -> torch.Tensor:
         """(N, C, H, W) float32 normalised images on ``device``."""
-        out = []
-        for p, img in zip(planned, self.decode(planned, device), strict=True):
+        crops = []
+        for p, img in zip(batch.crops, self.decode(batch, device), strict=True):
             if img.shape[-2:] != (p.image.height, p.image.width):
                 raise BadImageError(f"{p.image.name}: decoded to {tuple(img.shape[-2:])}, its header said "
                                     f"{(p.image.height, p.image.width)}")
-            # per image: the boxes differ in size, so there is no single batched resize
-            img = TF.resized_crop(img, p.top, p.left, p.height, p.width, self.img_size,
-                                  interpolation=InterpolationMode.BICUBIC, antialias=True)
-            out.append(img.flip(-1) if p.flip else img)
-        x = torch.stack(out).float().div_(255.0)  # (N, C, H, W)
+            crops.append(img[:, p.top : p.top + p.height, p.left : p.left + p.width])  # a view
+        flips = [p.flip for p in batch.crops]
+        if self.batched_resize if self.batched_resize is not None else device.type == "cuda":
+            x = resize_crops(crops, tuple(self.img_size), flips)  # (N, C, H, W) in [0, 255]
+        else:
+            out = [TF.resize(c, self.img_size, interpolation=InterpolationMode.BICUBIC, antialias=True) for c in crops]
+            x = torch.stack([o.flip(-1) if f else o for o, f in zip(out, flips, strict=True)]).float()
+        x = x.div_(255.0)
         return (x - self.mean.to(device)) / self.std.to(device)

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from openmae.data.datasets import ImageSource
+from openmae.data.device import PlannedBatch
 from openmae.data.images import BadImageError
 
 log = logging.getLogger("openmae.data")
@@ -169,22 +170,22 @@ class SeededSamples(Dataset):
 class Batch:
     """images (N, C, H, W), labels (N,) (-1 = unlabeled), seeds (N,) int64, skipped (files replaced).
 
-    With ``data.device_augment`` the loader's images are a list of planned crops until ``to_device``."""
+    With ``data.device_augment`` the loader's images are a ``PlannedBatch`` (crops planned for the device) until
+    ``to_device``."""
 
-    images: torch.Tensor
+    images: torch.Tensor | PlannedBatch
     labels: torch.Tensor
     seeds: torch.Tensor
     skipped: int
 
     def pin_memory(self) -> Batch:
-        images = self.images.pin_memory() if isinstance(self.images, torch.Tensor) else self.images
-        return Batch(images, self.labels.pin_memory(), self.seeds, self.skipped)
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.seeds, self.skipped)
 
 
 def collate(samples: list) -> Batch:
-    """Stack the images; items that are not tensors (crops planned for the device) stay a list."""
+    """Stack the images; crops planned for the device (``data.device_augment``) go into one ``PlannedBatch``."""
     images, labels, seeds, skipped = zip(*samples)
-    images = torch.stack(images) if isinstance(images[0], torch.Tensor) else list(images)
+    images = torch.stack(images) if isinstance(images[0], torch.Tensor) else PlannedBatch.pack(list(images))
     return Batch(images, torch.tensor(labels), torch.tensor(seeds, dtype=torch.int64), sum(skipped))
 
 
