@@ -143,7 +143,7 @@ def test_a_planned_batch_crosses_to_the_training_process_as_one_block(datasets):
     assert isinstance(batch, PlannedBatch) and len(batch) == 16
     for i, (crop, *_) in enumerate(items):
         assert np.array_equal(batch.image(i).numpy(), crop.image.data)
-        assert (batch.crops[i].top, batch.crops[i].flip) == (crop.top, crop.flip)
+        assert (batch.boxes[i], batch.flips[i]) == ((crop.top, crop.left, crop.height, crop.width), crop.flip)
     photos = batch.data.numel()
     assert photos > 500_000 and len(ForkingPickler.dumps(batch)) < 20_000
 

@@ -75,31 +75,37 @@ class PlannedCrop:
 class PlannedBatch:
     """A batch of planned crops as a loader worker hands it over: every image's bytes (encoded JPEG, or decoded
     (C, H, W) pixels) in one uint8 buffer, which reaches the training process as one shared-memory block instead
-    of hundreds of pickled arrays (a few hundred KB each for photos); ``crops`` carry the boxes and flips."""
+    of hundreds of pickled arrays (a few hundred KB each for photos), and the rest as plain lists (quick to pickle)."""
 
     data: torch.Tensor  # (total bytes,) uint8
     offsets: list[int]  # image i is data[offsets[i] : offsets[i + 1]]
-    crops: list[PlannedCrop]  # their image.data emptied: the bytes are in ``data``
+    encoded: list[bool]
+    sizes: list[tuple[int, int]]  # (height, width), upright
+    orientations: list[int]  # EXIF orientation still to apply after decoding
+    names: list[str]
+    boxes: list[tuple[int, int, int, int]]  # crop (top, left, height, width)
+    flips: list[bool]
 
     @classmethod
     def pack(cls, crops: list[PlannedCrop]) -> PlannedBatch:
         arrays = [c.image.data.reshape(-1) for c in crops]
         offsets = np.cumsum([0] + [a.size for a in arrays]).tolist()
         data = torch.from_numpy(np.concatenate(arrays)) if arrays else torch.empty(0, dtype=torch.uint8)
-        empty = np.empty(0, dtype=np.uint8)
-        return cls(data, offsets, [replace(c, image=replace(c.image, data=empty)) for c in crops])
+        images = [c.image for c in crops]
+        return cls(data, offsets, [i.encoded for i in images], [(i.height, i.width) for i in images],
+                   [i.orientation for i in images], [i.name for i in images],
+                   [(c.top, c.left, c.height, c.width) for c in crops], [c.flip for c in crops])
 
     def __len__(self) -> int:
-        return len(self.crops)
+        return len(self.offsets) - 1
 
     def image(self, i: int) -> torch.Tensor:
         """Image ``i``'s encoded bytes (B,), or its decoded pixels (C, H, W): a view of the buffer."""
-        raw = self.crops[i].image
         flat = self.data[self.offsets[i] : self.offsets[i + 1]]
-        return flat if raw.encoded else flat.view(-1, raw.height, raw.width)
+        return flat if self.encoded[i] else flat.view(-1, *self.sizes[i])
 
     def pin_memory(self) -> PlannedBatch:
-        return PlannedBatch(self.data.pin_memory(), self.offsets, self.crops)
+        return replace(self, data=self.data.pin_memory())
 
 
 def read_raw(source: ImageSource, index: int) -> tuple[RawImage, int]:
@@ -157,14 +163,14 @@ class DeviceAugment:
     def decode(self, batch: PlannedBatch, device: torch.device) -> list[torch.Tensor]:
         """Every image of the batch on ``device`` as (C, H, W) uint8, upright."""
         images = [batch.image(i) for i in range(len(batch))]
-        encoded = [i for i, c in enumerate(batch.crops) if c.image.encoded]
+        encoded = [i for i, enc in enumerate(batch.encoded) if enc]
         if encoded:
             try:  # one batched call (nvJPEG on CUDA)
                 decoded = decode_jpeg([images[i] for i in encoded], mode=self.mode, device=device)
             except RuntimeError:
-                decoded = [self._decode_one(images[i], batch.crops[i].image.name, device) for i in encoded]
+                decoded = [self._decode_one(images[i], batch.names[i], device) for i in encoded]
             for i, img in zip(encoded, decoded, strict=True):
-                images[i] = orient(img, batch.crops[i].image.orientation)
+                images[i] = orient(img, batch.orientations[i])
         return [img.to(device, non_blocking=True) for img in images]
 
     def _decode_one(self, data: torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
@@ -177,12 +183,13 @@ class DeviceAugment:
     def __call__(self, batch: PlannedBatch, device: torch.device) -> torch.Tensor:
         """(N, C, H, W) float32 normalised images on ``device``."""
         crops = []
-        for p, img in zip(batch.crops, self.decode(batch, device), strict=True):
-            if img.shape[-2:] != (p.image.height, p.image.width):
-                raise BadImageError(f"{p.image.name}: decoded to {tuple(img.shape[-2:])}, its header said "
-                                    f"{(p.image.height, p.image.width)}")
-            crops.append(img[:, p.top : p.top + p.height, p.left : p.left + p.width])  # a view
-        flips = [p.flip for p in batch.crops]
+        for i, img in enumerate(self.decode(batch, device)):
+            if img.shape[-2:] != batch.sizes[i]:
+                raise BadImageError(f"{batch.names[i]}: decoded to {tuple(img.shape[-2:])}, its header said "
+                                    f"{batch.sizes[i]}")
+            top, left, height, width = batch.boxes[i]
+            crops.append(img[:, top : top + height, left : left + width])  # a view
+        flips = batch.flips
         if self.batched_resize if self.batched_resize is not None else device.type == "cuda":
             x = resize_crops(crops, tuple(self.img_size), flips)  # (N, C, H, W) in [0, 255]
         else:

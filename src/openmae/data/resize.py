@@ -14,15 +14,18 @@ those kernels' formula (window, clipping at the borders, normalisation), and tes
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 BICUBIC_A = -0.5  # PIL's bicubic, which PyTorch's antialiased resize uses too
 GROUP_PIXELS = 2**24  # a group's padded pixels per channel: 8 crops of 1448², 64 of 512²; one larger crop goes alone
 
 
-def aa_bicubic_weights(in_sizes: torch.Tensor, out_size: int, width: int) -> torch.Tensor:
-    """(n, out_size, width) float32: row o of matrix i weighs the input pixels of output pixel o when a length
-    ``in_sizes[i]`` is resized to ``out_size`` (antialiased bicubic); columns at or past ``in_sizes[i]`` are 0."""
+def aa_bicubic_taps(in_sizes: torch.Tensor, out_size: int, max_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The antialiased bicubic resize of lengths ``in_sizes`` (n,) to ``out_size``, as each output pixel's window:
+    ``first`` (n, out_size) its first input pixel and ``taps`` (n, out_size, K) the weights from there on (0 past
+    the window). ``max_size`` (at least every input length) sets K."""
     size = in_sizes.to(torch.float32).view(-1, 1, 1)  # (n, 1, 1)
     scale = size / out_size
     stretch = scale.clamp(min=1.0)  # downscaling widens the filter by the scale (antialiasing)
@@ -31,14 +34,26 @@ def aa_bicubic_weights(in_sizes: torch.Tensor, out_size: int, width: int) -> tor
     support = 2.0 * stretch
     first = (center - support + 0.5).trunc().clamp(min=0)  # the window of each output pixel, clipped to the input
     stop = torch.minimum((center + support + 0.5).trunc(), size)
-    pixel = torch.arange(width, dtype=torch.float32, device=in_sizes.device).view(1, 1, -1)
-    x = ((pixel - center + 0.5) / stretch).abs()  # (n, out, width)
+    width = 2 * math.ceil(2.0 * max(max_size / out_size, 1.0)) + 2  # the widest window in pixels
+    pixel = first + torch.arange(width, dtype=torch.float32, device=in_sizes.device)  # (n, out, K)
+    x = ((pixel - center + 0.5) / stretch).abs()
     a = BICUBIC_A
     near = ((a + 2) * x - (a + 3)) * x * x + 1
     far = (((x - 5) * x + 8) * x - 4) * a
-    weights = torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
-    weights = weights * ((pixel >= first) & (pixel < stop))
-    return weights / weights.sum(-1, keepdim=True)
+    taps = torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x))) * (pixel < stop)
+    return first.squeeze(-1).long(), taps / taps.sum(-1, keepdim=True)
+
+
+def dense_weights(first: torch.Tensor, taps: torch.Tensor, width: int) -> torch.Tensor:
+    """(n, out, width): the windows of :func:`aa_bicubic_taps` as matrices over ``width`` input pixels."""
+    index = (first.unsqueeze(-1) + torch.arange(taps.shape[-1], device=taps.device)).clamp(max=width - 1)
+    return taps.new_zeros(*taps.shape[:-1], width).scatter_add_(-1, index, taps)  # taps past an input's end are 0
+
+
+def aa_bicubic_weights(in_sizes: torch.Tensor, out_size: int, width: int) -> torch.Tensor:
+    """(n, out_size, width) float32: row o of matrix i weighs the input pixels of output pixel o when a length
+    ``in_sizes[i]`` is resized to ``out_size`` (antialiased bicubic); columns at or past ``in_sizes[i]`` are 0."""
+    return dense_weights(*aa_bicubic_taps(in_sizes, out_size, width), width)
 
 
 def _groups(sizes: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -65,6 +80,11 @@ def resize_crops(crops: list[torch.Tensor], size: tuple[int, int], flips: list[b
     if device.type == "cuda":
         meta = meta.pin_memory()
     meta = meta.to(device, non_blocking=True)  # (4, N): crop index, height, width, flip, by area
+    first_y, taps_y = aa_bicubic_taps(meta[1], size[0], max(h for h, _ in sizes))  # the whole batch at once
+    first_x, taps_x = aa_bicubic_taps(meta[2], size[1], max(w for _, w in sizes))
+    flip = meta[3].bool().view(-1, 1)
+    first_x = torch.where(flip, first_x.flip(1), first_x)  # a mirrored output: its columns' windows reversed
+    taps_x = torch.where(flip.unsqueeze(-1), taps_x.flip(1), taps_x)
     out = torch.empty(n, channels, *size, device=device)
     for start, stop in _groups(sizes):
         high, wide = max(h for h, _ in sizes[start:stop]), max(w for _, w in sizes[start:stop])
@@ -73,8 +93,7 @@ def resize_crops(crops: list[torch.Tensor], size: tuple[int, int], flips: list[b
         for k in range(start, stop):
             h, w = sizes[k]
             pad[k - start, :, :h, :w].copy_(crops[order[k]])
-        wy = aa_bicubic_weights(meta[1, start:stop], size[0], high)  # (m, H, high)
-        wx = aa_bicubic_weights(meta[2, start:stop], size[1], wide)  # (m, W, wide)
-        wx = torch.where(meta[3, start:stop].view(-1, 1, 1).bool(), wx.flip(1), wx)
+        wy = dense_weights(first_y[start:stop], taps_y[start:stop], high)  # (m, H, high)
+        wx = dense_weights(first_x[start:stop], taps_x[start:stop], wide)  # (m, W, wide)
         out[meta[0, start:stop]] = wy.unsqueeze(1) @ pad.float() @ wx.transpose(1, 2).unsqueeze(1)  # (m, C, H, W)
     return out.round_().clamp_(0, 255)
