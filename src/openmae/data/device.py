@@ -105,7 +105,9 @@ class PlannedBatch:
         return flat if self.encoded[i] else flat.view(-1, *self.sizes[i])
 
     def pin_memory(self) -> PlannedBatch:
-        return replace(self, data=self.data.pin_memory())
+        """Pinned for the decoded images' non-blocking copies; JPEG bytes only go to the decoder, which reads them
+        from host memory itself: a batch of JPEGs stays as it is (pinning would copy every byte for nothing)."""
+        return self if all(self.encoded) else replace(self, data=self.data.pin_memory())
 
 
 def read_raw(source: ImageSource, index: int) -> tuple[RawImage, int]:
