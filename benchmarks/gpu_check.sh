@@ -54,9 +54,10 @@ if part loader && [ -n "${1:-}" ] && [ -d "$1" ]; then
   # where the device stage's time goes (the rows also split the training process's time: waiting vs device stage)
   loader 70 --data "$1" --workers 15 --repeat 40 --batch 256 --device-augment --device cuda --resize per-image --profile 4
   loader 70 --data "$1" --workers 15 --repeat 40 --batch 256 --device-augment --device cuda --profile 4
-  # the training process's cost of taking a worker's batch of 256 photos: pickled arrays vs one shared buffer
-  echo "## batch_transfer.py" >> "$OUT_DIR/loader.log"
-  timeout 40 python3 benchmarks/batch_transfer.py --data "$1" --repeats 10 --rounds 1 2>&1 | tee -a "$OUT_DIR/loader.log"
+  # the training process's CPU time for a batch of 256 photos: receiving it (pickled arrays vs one shared
+  # buffer) and dispatching its resize (per crop vs batched)
+  echo "## device_stage.py" >> "$OUT_DIR/loader.log"
+  timeout 40 python3 benchmarks/device_stage.py --data "$1" --repeats 10 --rounds 1 2>&1 | tee -a "$OUT_DIR/loader.log"
   # epoch boundaries: wait for each epoch's first batch, a new iterator per epoch vs one for the run (60 ms steps,
   # as ViT-B/16 at batch 256; 2 s of pictures and checkpoint at each epoch's end)
   loader 60 --data "$1" --workers 15 --epochs 4 --repeat 4 --batch 256 --step-ms 60 --pause-ms 2000
@@ -64,6 +65,6 @@ fi
 echo
 echo "== summary =="
 grep -E '^(mae_vit|\| |## )' "$log"
-[ -f "$OUT_DIR/loader.log" ] && grep -E '^(\{"workers|\{"form|## device stage|Self CPU time total|Self CUDA time total)' "$OUT_DIR/loader.log"
+[ -f "$OUT_DIR/loader.log" ] && grep -E '^(\{"workers|\{"part|## device stage|operators called|Self CPU time total|Self CUDA time total)' "$OUT_DIR/loader.log"
 [ -f "$OUT_DIR/profile.log" ] && grep -E '^(mae_vit|profiled|\| (kind|matmul|attention|copies|optimizer|element-wise)[ ,]|GPU idle)' "$OUT_DIR/profile.log"
 exit 0

@@ -100,6 +100,7 @@ def main() -> None:
 
 def profile(dataset, batches: list, finish, device: torch.device) -> None:
     """The device stage of ``batches`` under ``torch.profiler``: its costliest operators by own CPU time."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -109,6 +110,11 @@ def profile(dataset, batches: list, finish, device: torch.device) -> None:
             finish(dataset, batch)
     print(f"## device stage of {len(batches)} batches, own time by operator", flush=True)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
+    events = prof.events()
+    top = sum(1 for e in events if e.cpu_parent is None and e.device_type == DeviceType.CPU and e.name.startswith("aten::"))
+    kernels = sum(1 for e in events if e.device_type == DeviceType.CUDA)
+    print(f"operators called by the device stage: {top / len(batches):.0f} a batch (top level); "
+          f"GPU kernels: {kernels / len(batches):.0f} a batch", flush=True)
 
 
 def boundaries(args: argparse.Namespace, finish) -> None:

@@ -167,18 +167,21 @@ def test_loader_benchmark_splits_the_time_and_profiles_the_device_stage(datasets
     assert row["wait_ms_per_batch"] >= 0 and row["device_stage_ms_per_batch"] > 0 and row["images_per_s"] > 0
 
 
-def test_batch_transfer_benchmark_times_both_forms(datasets):
-    """``benchmarks/batch_transfer.py``: the receiving time of a device-path batch as a list and as one PlannedBatch."""
+def test_device_stage_benchmark_times_receiving_and_resize_dispatch(datasets):
+    """``benchmarks/device_stage.py``: receiving a device-path batch as a list and as one PlannedBatch, and the
+    host time of the three resizes."""
     import json
     import subprocess
     import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    run = subprocess.run([sys.executable, str(repo / "benchmarks" / "batch_transfer.py"), "--data",
+    run = subprocess.run([sys.executable, str(repo / "benchmarks" / "device_stage.py"), "--data",
                           str(datasets / "imagenet-sample"), "--images", "16", "--repeats", "3", "--rounds", "1",
                           "--pause", "0.05"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    assert [r["form"] for r in rows] == ["list of planned crops", "one PlannedBatch"]
-    assert all(r["images"] == 16 and r["megabytes"] > 0.5 and r["receive_ms_median"] > 0 for r in rows)
+    assert rows[0]["part"] == "resize dispatch" and set(rows[0]["ms"]) == {
+        "torchvision_per_crop", "off_cpu_sequence_per_crop", "batched"} and min(rows[0]["ms"].values()) > 0
+    assert [r["form"] for r in rows[1:]] == ["list of planned crops", "one PlannedBatch"]
+    assert all(r["images"] == 16 and r["megabytes"] > 0.5 and r["receive_ms_median"] > 0 for r in rows[1:])
