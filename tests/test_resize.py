@@ -53,3 +53,13 @@ def test_weights_are_a_normalised_window_inside_each_crop():
     assert torch.allclose(w[2, :, :224], torch.eye(224), atol=1e-6)  # same size: the identity
     taps = (w[0] != 0).sum(-1)  # downscaling 500 -> 224 widens bicubic's 4 taps by the scale (antialiasing)
     assert taps.max() <= 10 and taps.float().mean() > 8
+
+
+def test_autocast_around_the_call_does_not_lower_the_pixels_precision():
+    crops = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+             for h, w in SIZES[:3]]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = resize_crops(crops, (40, 40), [False] * 3)
+    assert out.dtype == torch.float32
+    for crop, got in zip(crops, out):
+        assert (got - reference(crop, (40, 40), False)).abs().max() <= 1  # bf16 products would be levels off

@@ -95,5 +95,6 @@ def resize_crops(crops: list[torch.Tensor], size: tuple[int, int], flips: list[b
             pad[k - start, :, :h, :w].copy_(crops[order[k]])
         wy = dense_weights(first_y[start:stop], taps_y[start:stop], high)  # (m, H, high)
         wx = dense_weights(first_x[start:stop], taps_x[start:stop], wide)  # (m, W, wide)
-        out[meta[0, start:stop]] = wy.unsqueeze(1) @ pad.float() @ wx.transpose(1, 2).unsqueeze(1)  # (m, C, H, W)
+        with torch.autocast(device.type, enabled=False):  # pixels in fp32 even when called under autocast
+            out[meta[0, start:stop]] = wy.unsqueeze(1) @ pad.float() @ wx.transpose(1, 2).unsqueeze(1)  # (m, C, H, W)
     return out.round_().clamp_(0, 255)
