@@ -13,6 +13,8 @@
 #   PARTS="L H loader" bash benchmarks/gpu_check.sh photos   # only some parts (default: B L H mem loader)
 #   PARTS="prof" bash benchmarks/gpu_check.sh                 # where ViT-B/16's step goes (kernels, GPU idle time)
 #   PARTS="big" bash benchmarks/gpu_check.sh                  # B, L, H at twice the batches above (MFU vs batch)
+#   PARTS="loader loadab" bash benchmarks/gpu_check.sh photos # the loader, and its device stage's resize per crop
+# Each part's wall time goes to $OUT/timing.log and the summary.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-/tmp/gpu_check}"
@@ -30,7 +32,10 @@ loader() { local t=$1; shift; echo "## loader.py $*" >> "$OUT_DIR/loader.log"; t
 # the ratios of the issue, each measured in one run: openmae compiled vs Hugging Face vs the official-style step.
 # Batches fill a good part of an 80 GB card (2026-11-26 on an H100: B 53, L 107, H 267 MiB per image).
 PARTS=" ${PARTS:-B L H mem loader} "
-part() { [[ "$PARTS" == *" $1 "* ]]; }
+part() { [[ "$PARTS" == *" $1 "* ]] || return 1; [[ "$PARTS_TIMED" == *" $1 "* ]] && return 0
+         PARTS_TIMED+=" $1 "; echo "## part $1 starts at ${SECONDS} s" >> "$OUT_DIR/timing.log"; }
+PARTS_TIMED=" "
+: > "$OUT_DIR/timing.log"
 part B && bench 120 --preset mae_vit_base_patch16 --batch 256 --precision bf16 --compile
 part L && bench 120 --preset mae_vit_large_patch16 --batch 256 --precision bf16 --compile --no-hf
 part H && bench 150 --preset mae_vit_huge_patch14 --batch 128 --precision bf16 --compile --no-hf
@@ -49,21 +54,23 @@ if part loader && [ -n "${1:-}" ] && [ -d "$1" ]; then
   : > "$OUT_DIR/loader.log"
   # --repeat: at least ten thousand images a row, so that worker start-up does not dominate
   loader 70 --data "$1" --workers 15 --repeat 40 --batch 256
-  loader 70 --data "$1" --workers 4 15 --repeat 40 --batch 256 --device-augment --device cuda
-  # the device stage's resize: each crop alone (as before the batched resize) against the batched default, and
-  # where the device stage's time goes (the rows also split the training process's time: waiting vs device stage)
-  loader 70 --data "$1" --workers 15 --repeat 40 --batch 256 --device-augment --device cuda --resize per-image --profile 4
-  loader 70 --data "$1" --workers 15 --repeat 40 --batch 256 --device-augment --device cuda --profile 4
+  # the rows split the training process's time: waiting for the workers vs the device stage; the profile says
+  # where the device stage's time goes (4 batches, before the timed ones)
+  loader 70 --data "$1" --workers 4 15 --repeat 40 --batch 256 --device-augment --device cuda --profile 4
   # the training process's CPU time for a batch of 256 photos: receiving it (pickled arrays vs one shared
   # buffer) and dispatching its resize (per crop vs batched)
   echo "## device_stage.py" >> "$OUT_DIR/loader.log"
   timeout 40 python3 benchmarks/device_stage.py --data "$1" --repeats 10 --rounds 1 2>&1 | tee -a "$OUT_DIR/loader.log"
+  # the device stage's resize crop by crop (as before the batched resize), for the difference on this GPU
+  part loadab && loader 70 --data "$1" --workers 15 --repeat 40 --batch 256 --device-augment --device cuda --resize per-image --profile 4
   # epoch boundaries: wait for each epoch's first batch, a new iterator per epoch vs one for the run (60 ms steps,
   # as ViT-B/16 at batch 256; 2 s of pictures and checkpoint at each epoch's end)
   loader 60 --data "$1" --workers 15 --epochs 4 --repeat 4 --batch 256 --step-ms 60 --pause-ms 2000
 fi
+echo "## all parts done at ${SECONDS} s" >> "$OUT_DIR/timing.log"
 echo
 echo "== summary =="
+cat "$OUT_DIR/timing.log"
 grep -E '^(mae_vit|\| |## )' "$log"
 [ -f "$OUT_DIR/loader.log" ] && grep -E '^(\{"workers|\{"part|## device stage|operators called|Self CPU time total|Self CUDA time total)' "$OUT_DIR/loader.log"
 [ -f "$OUT_DIR/profile.log" ] && grep -E '^(mae_vit|profiled|\| (kind|matmul|attention|copies|optimizer|element-wise)[ ,]|GPU idle)' "$OUT_DIR/profile.log"
