@@ -185,3 +185,28 @@ def test_device_stage_benchmark_times_receiving_and_resize_dispatch(datasets):
         "torchvision_per_crop", "off_cpu_sequence_per_crop", "batched"} and min(rows[0]["ms"].values()) > 0
     assert [r["form"] for r in rows[1:]] == ["list of planned crops", "one PlannedBatch"]
     assert all(r["images"] == 16 and r["megabytes"] > 0.5 and r["receive_ms_median"] > 0 for r in rows[1:])
+
+
+def test_progressive_jpegs_are_decoded_by_the_workers(tmp_path):
+    """Baseline JPEGs stay encoded for the device's batched decoder; a progressive one, which nvJPEG would decode
+    alone on the training process's CPU, is decoded by the worker, and both give the CPU path's crops."""
+    from PIL import Image
+
+    from openmae.data.device import read_raw
+
+    yy, xx = np.meshgrid(np.arange(60), np.arange(90), indexing="ij")
+    rgb = np.stack([xx * 2, yy * 4, (xx * yy) % 251], -1).astype(np.uint8)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(rgb).save(folder / "baseline.jpg", quality=95)
+    Image.fromarray(rgb).save(folder / "progressive.jpg", quality=95, progressive=True)
+    cfg = {"name": "folder", "path": str(folder)}
+    dataset, _ = train_dataset(DataConfig(device_augment=True, **cfg), (32, 32), 3, 2, seed=0)
+    raws = {dataset.source.describe(i).rsplit("/", 1)[-1]: read_raw(dataset.source, i)[0] for i in range(2)}
+    assert raws["baseline.jpg"].encoded and not raws["progressive.jpg"].encoded
+    assert raws["progressive.jpg"].data.shape == (3, 60, 90)
+    out = []
+    for device_augment in (False, True):
+        dataset, sampler = train_dataset(DataConfig(device_augment=device_augment, repeat=4, **cfg), (32, 32), 3, 8, seed=1)
+        out.append(dataset.to_device(collate([dataset[item] for item in sampler]), torch.device("cpu")).images)
+    assert (out[0] - out[1]).abs().mean() < 0.03

@@ -111,18 +111,21 @@ class PlannedBatch:
 
 
 def read_raw(source: ImageSource, index: int) -> tuple[RawImage, int]:
-    """A JPEG file as its bytes (plain L / RGB JPEGs only), anything else decoded here on the CPU."""
+    """A baseline L / RGB JPEG file as its bytes; anything else decoded here on the CPU, progressive JPEGs included:
+    nvJPEG's batched (hardware) decoding takes baseline ones only and torchvision decodes the others one at a time
+    with their entropy decoding on the training process's CPU, which a worker does better."""
     path, label = source.file(index)
     if path is not None and path.suffix.lower() in JPEG_SUFFIXES:
         try:
-            with Image.open(path) as img:  # the header only: size, mode, EXIF orientation
+            with Image.open(path) as img:  # the header only: size, mode, EXIF orientation, progressive or not
                 fmt, mode, (width, height) = img.format, img.mode, img.size
+                progressive = bool(img.info.get("progressive"))
                 orientation = img.getexif().get(EXIF_ORIENTATION, 1)
                 if orientation in TRANSPOSED:
                     width, height = height, width
         except (OSError, SyntaxError, ValueError) as err:
             raise BadImageError(f"{path}: {type(err).__name__}: {err}") from None
-        if fmt == "JPEG" and mode in ("L", "RGB"):
+        if fmt == "JPEG" and mode in ("L", "RGB") and not progressive:
             return RawImage(np.fromfile(path, dtype=np.uint8), True, height, width, str(path), orientation), label
     img, label = source.load(index)  # decoded and converted as on the CPU path
     arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy on the device side)
