@@ -1,8 +1,9 @@
 """One antialiased bicubic resize for a whole batch of crops of different sizes (``data.device_augment`` on a GPU).
 
 ``F.interpolate`` resizes a batch only when all its images have one size; a pretraining batch has a different crop
-box per image, so the per-image path launches a crop, a cast, a resize, a rounding and a flip for each image, and on
-a GPU the training process's CPU time goes into launching them. Here the batch is resized as matrix products
+box per image, so the per-image path runs torchvision's resize for each crop (on a GPU, for uint8: a cast, the
+resize, a clamp, a rounding and a cast back), then its flip, and the training process's CPU time goes into
+launching them. Here the batch is resized as matrix products
 instead: the antialiased bicubic resize (PIL's filter, ``a = -0.5``, the one ``F.interpolate(mode="bicubic",
 antialias=True)`` uses) is separable, so each crop's output is ``Wy @ crop @ Wx^T`` with ``Wy`` (H, h) and ``Wx``
 (W, w) that filter's weights. Crops are padded into groups of similar size and each group takes one batched
