@@ -13,7 +13,7 @@
 #   PARTS="L H loader" bash benchmarks/gpu_check.sh photos   # only some parts (default: B L H mem loader)
 #   PARTS="prof" bash benchmarks/gpu_check.sh                 # where ViT-B/16's step goes (kernels, GPU idle time)
 #   PARTS="big" bash benchmarks/gpu_check.sh                  # B, L, H at twice the batches above (MFU vs batch)
-#   PARTS="loader loadab" bash benchmarks/gpu_check.sh photos # the loader, and its device stage's resize per crop
+#   PARTS="loader loadab" bash benchmarks/gpu_check.sh photos # the loader; the resize per crop; workers decoding
 # Each part's wall time goes to $OUT/timing.log and the summary.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -63,6 +63,8 @@ if part loader && [ -n "${1:-}" ] && [ -d "$1" ]; then
   timeout 40 python3 benchmarks/device_stage.py --data "$1" --repeats 10 --rounds 1 2>&1 | tee -a "$OUT_DIR/loader.log"
   # the device stage's resize crop by crop (as before the batched resize), for the difference on this GPU
   part loadab && loader 70 --data "$1" --workers 15 --repeat 40 --batch 256 --device-augment --device cuda --resize per-image --profile 4
+  # the workers decode and crop, the GPU resizes (data.device_decode=false: for GPUs without a hardware JPEG decoder)
+  part loadab && loader 70 --data "$1" --workers 15 --repeat 40 --batch 256 --device-augment --worker-decode --device cuda
   # epoch boundaries: wait for each epoch's first batch, a new iterator per epoch vs one for the run (60 ms steps,
   # as ViT-B/16 at batch 256; 2 s of pictures and checkpoint at each epoch's end)
   loader 60 --data "$1" --workers 15 --epochs 4 --repeat 4 --batch 256 --step-ms 60 --pause-ms 2000

@@ -6,11 +6,13 @@ for 0..N loader workers, on the real ImageNet sample photos (full-size JPEGs, so
     python benchmarks/loader.py --workers 0 1 2 --size 224 --images 400
     python benchmarks/loader.py --workers 4 15 --device-augment --device cuda
     python benchmarks/loader.py --workers 15 --device-augment --device cuda --resize per-image --profile 5
+    python benchmarks/loader.py --workers 15 --device-augment --worker-decode --device cuda
 
 Each row also splits the training process's time: waiting for the workers' next batch against the device stage
 (decode, resize, normalise, synchronised); whichever dominates is the limit. ``--resize`` chooses the device
 stage's resize (default: batched products on a GPU, each crop alone on a CPU); ``--profile N`` prints where N
-batches' device stage spends its time (``torch.profiler``, CPU and GPU).
+batches' device stage spends its time (``torch.profiler``, CPU and GPU); ``--worker-decode`` has the workers decode
+and crop the JPEGs (``data.device_decode=false``, for GPUs without a hardware JPEG decoder).
 
 ``--epochs N`` times epoch boundaries instead: a stand-in training loop (each batch then ``--step-ms`` of
 sleep, as a process waiting on its GPU would; ``--pause-ms`` at each epoch's end, for evaluation and checkpoints)
@@ -48,6 +50,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="go over the photos this many times (data.repeat)")
     parser.add_argument("--device-augment", action="store_true", help="decode and augment on --device")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--worker-decode", action="store_true",
+                        help="with --device-augment: the workers decode JPEGs (data.device_decode=false)")
     parser.add_argument("--resize", choices=["auto", "batched", "per-image"], default="auto",
                         help="with --device-augment: the device stage's resize (auto: batched on a GPU)")
     parser.add_argument("--profile", type=int, default=0, help="with --device-augment: profile N batches' device stage")
@@ -70,7 +74,8 @@ def main() -> None:
     rows = []
     for workers in args.workers:
         cfg = DataConfig(name="folder", path=args.data, max_samples=args.images, num_workers=workers,
-                         device_augment=args.device_augment, repeat=args.repeat)
+                         device_augment=args.device_augment, repeat=args.repeat,
+                         device_decode=not (args.device_augment and args.worker_decode))
         dataset, sampler = train_dataset(cfg, (args.size, args.size), 3, args.batch, seed=0)
         if args.device_augment and args.resize != "auto":
             dataset.device_stage.batched_resize = args.resize == "batched"
@@ -90,7 +95,9 @@ def main() -> None:
             waited, staged, batches = waited + got - asked, staged + time.perf_counter() - got, batches + 1
         seconds = time.perf_counter() - start
         rows.append({"workers": workers, "device_augment": args.device_augment, "device": args.device,
-                     "resize": args.resize if args.device_augment else None, "images_per_s": round(seen / seconds, 1),
+                     "resize": args.resize if args.device_augment else None,
+                     "decode": ("workers" if args.worker_decode else "device") if args.device_augment else "workers",
+                     "images_per_s": round(seen / seconds, 1),
                      "per_worker": round(seen / seconds / max(workers, 1), 1), "images": seen,
                      "wait_ms_per_batch": round(1000 * waited / max(batches, 1), 1),
                      "device_stage_ms_per_batch": round(1000 * staged / max(batches, 1), 1)})

@@ -21,20 +21,22 @@ CASES = [  # dataset settings, image size, channels
 ]
 
 
-def both_paths(datasets, settings, size, channels, count=24):
+def both_paths(datasets, settings, size, channels, count=24, device_decode=True):
     settings = {**settings, "path": str(datasets / settings["path"])} if "path" in settings else settings
     out = []
     for device_augment in (False, True):
-        cfg = DataConfig(root=str(datasets), device_augment=device_augment, max_samples=200, **settings)
+        cfg = DataConfig(root=str(datasets), device_augment=device_augment, max_samples=200, **settings,
+                         device_decode=device_decode or not device_augment)
         dataset, sampler = train_dataset(cfg, size, channels, batch_size=count, seed=3)
         batch = collate([dataset[item] for item in list(sampler)[:count]])
         out.append((dataset, dataset.to_device(batch, torch.device("cpu"))))
     return out
 
 
+@pytest.mark.parametrize("device_decode", [True, False], ids=["device decodes", "workers decode"])
 @pytest.mark.parametrize("settings, size, channels", CASES, ids=[c[0]["name"] for c in CASES])
-def test_device_path_equals_cpu_path(datasets, settings, size, channels):
-    (_, cpu), (dataset, dev) = both_paths(datasets, settings, size, channels)
+def test_device_path_equals_cpu_path(datasets, settings, size, channels, device_decode):
+    (_, cpu), (dataset, dev) = both_paths(datasets, settings, size, channels, device_decode=device_decode)
     assert dev.images.shape == cpu.images.shape == (24, channels, *size) and dev.images.dtype == torch.float32
     assert torch.equal(dev.labels, cpu.labels) and torch.equal(dev.seeds, cpu.seeds)
     # the same crops and flips: a wrong box or a missed flip moves whole structures (errors ~1 in normalised units)
@@ -42,9 +44,13 @@ def test_device_path_equals_cpu_path(datasets, settings, size, channels):
     assert diff.mean() < 0.03, diff.mean()
     per_image = diff.flatten(1).mean(1)
     assert per_image.max() < 0.08, per_image  # PIL's and torch's bicubic differ by a few grey levels only
-    if settings["name"] == "cifar10":
-        items = [dataset[item] for item in list(dataset_items(dataset))[:4]]
-        assert all(isinstance(x[0], PlannedCrop) and x[0].image.encoded for x in items)  # JPEGs stay encoded
+    items = [dataset[item][0] for item in list(dataset_items(dataset))[:4]]
+    assert all(isinstance(x, PlannedCrop) for x in items)
+    if settings["name"] == "cifar10" and device_decode:
+        assert all(x.image.encoded for x in items)  # JPEGs stay encoded
+    if not device_decode:  # decoded by the worker, which hands over its crop's pixels only
+        assert not any(x.image.encoded for x in items)
+        assert all(x.image.data.shape == (channels, x.height, x.width) and (x.top, x.left) == (0, 0) for x in items)
 
 
 def dataset_items(dataset):
@@ -58,6 +64,11 @@ def test_device_augment_trains_and_does_not_depend_on_workers(tmp_path, datasets
     assert all(torch.equal(a[k], b[k]) for k in a)
     losses = [line for line in (tmp_path / "w0" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert losses and "NaN" not in "".join(losses)
+
+
+def test_device_decode_needs_the_device_path():
+    with pytest.raises(ConfigError, match="data.device_decode=False is invalid"):
+        load_config(FinetuneConfig, overrides=["data.name=cifar10", "data.device_decode=false"])
 
 
 def test_device_augment_is_refused_for_finetuning():

@@ -103,7 +103,7 @@ def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, bat
     mean, std = stats_for(cfg, channels)
     sampler = ResumableSampler(len(source), batch_size, seed, shuffle=True, rank=rank, world_size=world_size)
     if cfg.device_augment:
-        plan = PlanCrops(img_size, cfg.crop_scale, cfg.hflip, channels)
+        plan = PlanCrops(img_size, cfg.crop_scale, cfg.hflip, channels, cfg.device_decode)
         return SeededSamples(source, plan, cfg.bad_files, device_stage=DeviceAugment(img_size, channels, mean, std)), sampler
     transform = transform or pretrain_transform(cfg, img_size, mean, std)
     return SeededSamples(source, transform, cfg.bad_files), sampler

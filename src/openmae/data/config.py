@@ -40,6 +40,10 @@ class DataConfig:
     eval_crop_pct: float | None = None
     num_workers: int = 2
     device_augment: bool = False  # pretraining: decode JPEGs and crop / flip / normalise on the training device
+    # with device_augment: JPEGs decoded on the device (nvJPEG; fast on GPUs with a hardware JPEG decoder: A100,
+    # H100, H200); false: the workers decode and crop, the device resizes, flips and normalises (other GPUs, on
+    # which torchvision decodes each JPEG's entropy-coded data on the training process's CPU)
+    device_decode: bool = True
     bad_files: str = "skip"
     max_samples: int = 0
     repeat: int = 1  # training epochs go over the (limited) training images this many times
@@ -56,6 +60,8 @@ class DataConfig:
                 "two numbers 0 < low <= high <= 1")
         require(0 <= self.hflip <= 1, "data.hflip", self.hflip, "a probability in [0, 1]")
         require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+        require(self.device_decode or self.device_augment, "data.device_decode", self.device_decode,
+                "true unless data.device_augment=true (it says where that path decodes JPEGs)")
         require(self.bad_files in ("skip", "fail"), "data.bad_files", self.bad_files, "'skip' or 'fail'")
         require(self.max_samples >= 0, "data.max_samples", self.max_samples, ">= 0 (0 = all)")
         require(self.repeat >= 1, "data.repeat", self.repeat, ">= 1 (training epochs go over the images this many times)")

@@ -99,9 +99,10 @@ class PlannedBatch:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def image(self, i: int) -> torch.Tensor:
-        """Image ``i``'s encoded bytes (B,), or its decoded pixels (C, H, W): a view of the buffer."""
-        flat = self.data[self.offsets[i] : self.offsets[i + 1]]
+    def image(self, i: int, data: torch.Tensor | None = None) -> torch.Tensor:
+        """Image ``i``'s encoded bytes (B,), or its decoded pixels (C, H, W): a view of the buffer (or of ``data``,
+        a copy of it on another device)."""
+        flat = (self.data if data is None else data)[self.offsets[i] : self.offsets[i + 1]]
         return flat if self.encoded[i] else flat.view(-1, *self.sizes[i])
 
     def pin_memory(self) -> PlannedBatch:
@@ -110,12 +111,12 @@ class PlannedBatch:
         return self if all(self.encoded) else replace(self, data=self.data.pin_memory())
 
 
-def read_raw(source: ImageSource, index: int) -> tuple[RawImage, int]:
-    """A baseline L / RGB JPEG file as its bytes; anything else decoded here on the CPU, progressive JPEGs included:
-    nvJPEG's batched (hardware) decoding takes baseline ones only and torchvision decodes the others one at a time
-    with their entropy decoding on the training process's CPU, which a worker does better."""
+def read_raw(source: ImageSource, index: int, keep_jpegs: bool = True) -> tuple[RawImage, int]:
+    """A baseline L / RGB JPEG file as its bytes (``keep_jpegs``); anything else decoded here on the CPU, progressive
+    JPEGs included: nvJPEG's batched (hardware) decoding takes baseline ones only and torchvision decodes the others
+    one at a time with their entropy decoding on the training process's CPU, which a worker does better."""
     path, label = source.file(index)
-    if path is not None and path.suffix.lower() in JPEG_SUFFIXES:
+    if keep_jpegs and path is not None and path.suffix.lower() in JPEG_SUFFIXES:
         try:
             with Image.open(path) as img:  # the header only: size, mode, EXIF orientation, progressive or not
                 fmt, mode, (width, height) = img.format, img.mode, img.size
@@ -134,20 +135,28 @@ def read_raw(source: ImageSource, index: int) -> tuple[RawImage, int]:
 
 
 class PlanCrops:
-    """Worker side of ``data.device_augment``: runs under the sample's seed like any other transform."""
+    """Worker side of ``data.device_augment``: runs under the sample's seed like any other transform.
 
-    def __init__(self, img_size: tuple[int, int], scale: tuple[float, float], hflip: float, channels: int) -> None:
+    ``device_decode=False`` (``data.device_decode``): the worker decodes JPEGs too, as every other image. An image
+    decoded here leaves with its crop's pixels only (fewer bytes to hand over; the same pixels reach the resize)."""
+
+    def __init__(self, img_size: tuple[int, int], scale: tuple[float, float], hflip: float, channels: int,
+                 device_decode: bool = True) -> None:
         self.crop = T.RandomResizedCrop(img_size, scale=scale, interpolation=InterpolationMode.BICUBIC, antialias=True)
-        self.hflip, self.channels = hflip, channels
+        self.hflip, self.channels, self.device_decode = hflip, channels, device_decode
 
     def read(self, source: ImageSource, index: int) -> tuple[RawImage, int]:
-        return read_raw(source, index)
+        return read_raw(source, index, keep_jpegs=self.device_decode)
 
     def __call__(self, raw: RawImage) -> PlannedCrop:
         shape_only = torch.empty(1, 1, 1, dtype=torch.uint8).expand(self.channels, raw.height, raw.width)
         box = self.crop.make_params([shape_only])  # the same draws as RandomResizedCrop on the CPU path
         flip = bool(torch.rand(1) < self.hflip)  # and as RandomHorizontalFlip's
-        return PlannedCrop(raw, box["top"], box["left"], box["height"], box["width"], flip)
+        top, left, height, width = box["top"], box["left"], box["height"], box["width"]
+        if raw.encoded:
+            return PlannedCrop(raw, top, left, height, width, flip)
+        pixels = np.ascontiguousarray(raw.data[:, top : top + height, left : left + width])  # (C, h, w)
+        return PlannedCrop(replace(raw, data=pixels, height=height, width=width), 0, 0, height, width, flip)
 
 
 class DeviceAugment:
@@ -168,7 +177,9 @@ class DeviceAugment:
 
     def decode(self, batch: PlannedBatch, device: torch.device) -> list[torch.Tensor]:
         """Every image of the batch on ``device`` as (C, H, W) uint8, upright."""
-        images = [batch.image(i) for i in range(len(batch))]
+        # the images decoded by the workers reach the device in one copy (pinned by the loader: non-blocking)
+        on_device = None if all(batch.encoded) else batch.data.to(device, non_blocking=True)
+        images = [batch.image(i, None if enc else on_device) for i, enc in enumerate(batch.encoded)]
         encoded = [i for i, enc in enumerate(batch.encoded) if enc]
         if encoded:
             try:  # one batched call (nvJPEG on CUDA)
@@ -177,7 +188,7 @@ class DeviceAugment:
                 decoded = [self._decode_one(images[i], batch.names[i], device) for i in encoded]
             for i, img in zip(encoded, decoded, strict=True):
                 images[i] = orient(img, batch.orientations[i])
-        return [img.to(device, non_blocking=True) for img in images]
+        return images
 
     def _decode_one(self, data: torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
         try:  # one by one, to name the file that fails
