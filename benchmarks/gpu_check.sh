@@ -15,6 +15,9 @@
 #   PARTS="big" bash benchmarks/gpu_check.sh                  # B, L, H at twice the batches above (MFU vs batch)
 #   PARTS="loader loadab" bash benchmarks/gpu_check.sh photos # the loader; the resize per crop; workers decoding
 # Each part's wall time goes to $OUT/timing.log and the summary.
+# The photo folder, from a machine that has the datasets (every fourth ImageNet-sample photo: 27 MB, in an ignored
+# folder that can travel with the working tree to a machine without them):
+#   mkdir -p runs/gpu_photos && ls ../shared/datasets/imagenet-sample/*.JPEG | awk 'NR % 4 == 1' | xargs cp -t runs/gpu_photos
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-/tmp/gpu_check}"
