@@ -64,6 +64,11 @@ def test_device_augment_trains_and_does_not_depend_on_workers(tmp_path, datasets
     assert all(torch.equal(a[k], b[k]) for k in a)
     losses = [line for line in (tmp_path / "w0" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert losses and "NaN" not in "".join(losses)
+    # the workers decoding instead (data.device_decode=false), with workers: trains too
+    pretrain(tiny_pretrain(tmp_path / "wd", datasets, "data.device_augment=true", "data.device_decode=false",
+                           "data.num_workers=2"))
+    losses = [line for line in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert len(losses) == 12 and "NaN" not in "".join(losses)
 
 
 def test_device_decode_needs_the_device_path():
