@@ -13,7 +13,8 @@
 #   PARTS="L H loader" bash benchmarks/gpu_check.sh photos   # only some parts (default: B L H mem loader)
 #   PARTS="prof" bash benchmarks/gpu_check.sh                 # where ViT-B/16's step goes (kernels, GPU idle time)
 #   PARTS="big" bash benchmarks/gpu_check.sh                  # B, L, H at twice the batches above (MFU vs batch)
-#   PARTS="loader loadab" bash benchmarks/gpu_check.sh photos # the loader; the resize per crop; workers decoding
+#   PARTS="loader loadab" bash benchmarks/gpu_check.sh photos # the loader; the resize per crop; workers decoding;
+#                                                             # no decoding ahead
 # Each part's wall time goes to $OUT/timing.log and the summary.
 # The photo folder, from a machine that has the datasets (every fourth ImageNet-sample photo: 27 MB, in an ignored
 # folder that can travel with the working tree to a machine without them):
@@ -68,6 +69,8 @@ if part loader && [ -n "${1:-}" ] && [ -d "$1" ]; then
   part loadab && loader 70 --data "$1" --workers 15 --repeat 40 --batch 256 --device-augment --device cuda --resize per-image --profile 4
   # the workers decode and crop, the GPU resizes (data.device_decode=false: for GPUs without a hardware JPEG decoder)
   part loadab && loader 70 --data "$1" --workers 15 --repeat 40 --batch 256 --device-augment --worker-decode --device cuda
+  # the device stage in line instead of decoding a batch ahead in a thread (data.device_ahead=false)
+  part loadab && loader 70 --data "$1" --workers 15 --repeat 40 --batch 256 --device-augment --device cuda --no-ahead
   # epoch boundaries: wait for each epoch's first batch, a new iterator per epoch vs one for the run (60 ms steps,
   # as ViT-B/16 at batch 256; 2 s of pictures and checkpoint at each epoch's end)
   loader 60 --data "$1" --workers 15 --epochs 4 --repeat 4 --batch 256 --step-ms 60 --pause-ms 2000

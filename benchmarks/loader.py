@@ -8,8 +8,9 @@ for 0..N loader workers, on the real ImageNet sample photos (full-size JPEGs, so
     python benchmarks/loader.py --workers 15 --device-augment --device cuda --resize per-image --profile 5
     python benchmarks/loader.py --workers 15 --device-augment --worker-decode --device cuda
 
-Each row also splits the training process's time: waiting for the workers' next batch against the device stage
-(decode, resize, normalise, synchronised); whichever dominates is the limit. ``--resize`` chooses the device
+Each row also splits the training process's time: waiting for the next batch against the device stage (decode,
+resize, normalise, synchronised); whichever dominates is the limit. With workers, the device stage runs a batch
+ahead in a thread as in training (``DeviceAhead``; ``--no-ahead``: in line), so the wait includes it. ``--resize`` chooses the device
 stage's resize (default: batched products on a GPU, each crop alone on a CPU); ``--profile N`` prints where N
 batches' device stage spends its time (``torch.profiler``, CPU and GPU); ``--worker-decode`` has the workers decode
 and crop the JPEGs (``data.device_decode=false``, for GPUs without a hardware JPEG decoder).
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from openmae.data.ahead import DeviceAhead
 from openmae.data.build import train_dataset
 from openmae.data.config import DataConfig
 from openmae.data.loader import make_loader
@@ -50,6 +52,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="go over the photos this many times (data.repeat)")
     parser.add_argument("--device-augment", action="store_true", help="decode and augment on --device")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-ahead", dest="ahead", action="store_false",
+                        help="with --device-augment and workers: the device stage in line instead of in a thread")
     parser.add_argument("--worker-decode", action="store_true",
                         help="with --device-augment: the workers decode JPEGs (data.device_decode=false)")
     parser.add_argument("--resize", choices=["auto", "batched", "per-image"], default="auto",
@@ -61,8 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
 
-    def finish(dataset, batch):
-        images = dataset.to_device(batch, device).images
+    def finish(dataset, batch):  # dataset None: the batch is on the device already (DeviceAhead)
+        images = (batch if dataset is None else dataset.to_device(batch, device)).images
         if device.type == "cuda":
             torch.cuda.synchronize()
         return images.shape[0]
@@ -84,6 +88,9 @@ def main() -> None:
         finish(dataset, next(stream))  # start the workers (and the device's decoder)
         if args.device_augment and args.profile:
             profile(dataset, [next(stream) for _ in range(args.profile)], finish, device)
+        ahead = args.device_augment and args.ahead and workers > 0
+        if ahead:  # as the training loop: the next batch's device stage in a thread
+            stream = DeviceAhead(stream, dataset, device)
         start, seen, waited, staged, batches = time.perf_counter(), 0, 0.0, 0.0, 0
         while True:
             asked = time.perf_counter()
@@ -91,11 +98,11 @@ def main() -> None:
             if batch is None:
                 break
             got = time.perf_counter()
-            seen += finish(dataset, batch)
+            seen += finish(None if ahead else dataset, batch)
             waited, staged, batches = waited + got - asked, staged + time.perf_counter() - got, batches + 1
         seconds = time.perf_counter() - start
         rows.append({"workers": workers, "device_augment": args.device_augment, "device": args.device,
-                     "resize": args.resize if args.device_augment else None,
+                     "resize": args.resize if args.device_augment else None, "ahead": ahead,
                      "decode": ("workers" if args.worker_decode else "device") if args.device_augment else "workers",
                      "images_per_s": round(seen / seconds, 1),
                      "per_worker": round(seen / seconds / max(workers, 1), 1), "images": seen,

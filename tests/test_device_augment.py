@@ -7,6 +7,7 @@ import torch
 from helpers import tiny_pretrain, weights
 
 from openmae.config import ConfigError, load_config
+from openmae.data.ahead import DeviceAhead
 from openmae.data.build import train_dataset
 from openmae.data.config import DataConfig
 from openmae.data.device import PlannedCrop
@@ -57,11 +58,21 @@ def dataset_items(dataset):
     return [(i, 1000 + i) for i in range(len(dataset))]
 
 
-def test_device_augment_trains_and_does_not_depend_on_workers(tmp_path, datasets):
+def test_device_augment_trains_and_does_not_depend_on_workers(tmp_path, datasets, monkeypatch):
+    """0 workers: the device stage in line; 2 workers: in a thread, a batch ahead (DeviceAhead). Same weights."""
+    from openmae.engine import loop
+
+    threads = []
+    monkeypatch.setattr(loop, "DeviceAhead", lambda *a, **k: threads.append(1) or DeviceAhead(*a, **k))
     pretrain(tiny_pretrain(tmp_path / "w0", datasets, "data.device_augment=true"))
+    assert not threads
     pretrain(tiny_pretrain(tmp_path / "w2", datasets, "data.device_augment=true", "data.num_workers=2"))
-    a, b = weights(tmp_path / "w0"), weights(tmp_path / "w2")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert threads == [1]
+    pretrain(tiny_pretrain(tmp_path / "w2l", datasets, "data.device_augment=true", "data.num_workers=2",
+                           "data.device_ahead=false"))
+    assert threads == [1]  # in line
+    a, b, c = weights(tmp_path / "w0"), weights(tmp_path / "w2"), weights(tmp_path / "w2l")
+    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
     losses = [line for line in (tmp_path / "w0" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert losses and "NaN" not in "".join(losses)
     # the workers decoding instead (data.device_decode=false), with workers: trains too
@@ -74,6 +85,8 @@ def test_device_augment_trains_and_does_not_depend_on_workers(tmp_path, datasets
 def test_device_decode_needs_the_device_path():
     with pytest.raises(ConfigError, match="data.device_decode=False is invalid"):
         load_config(FinetuneConfig, overrides=["data.name=cifar10", "data.device_decode=false"])
+    with pytest.raises(ConfigError, match="data.device_ahead=False is invalid"):
+        load_config(FinetuneConfig, overrides=["data.name=cifar10", "data.device_ahead=false"])
 
 
 def test_device_augment_is_refused_for_finetuning():

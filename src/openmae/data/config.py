@@ -44,6 +44,9 @@ class DataConfig:
     # H100, H200); false: the workers decode and crop, the device resizes, flips and normalises (other GPUs, on
     # which torchvision decodes each JPEG's entropy-coded data on the training process's CPU)
     device_decode: bool = True
+    # with device_augment and loader workers: take and decode the next batch in a thread while the training loop
+    # resizes and trains on this one (openmae.data.ahead); false: the whole device stage in line
+    device_ahead: bool = True
     bad_files: str = "skip"
     max_samples: int = 0
     repeat: int = 1  # training epochs go over the (limited) training images this many times
@@ -62,6 +65,8 @@ class DataConfig:
         require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
         require(self.device_decode or self.device_augment, "data.device_decode", self.device_decode,
                 "true unless data.device_augment=true (it says where that path decodes JPEGs)")
+        require(self.device_ahead or self.device_augment, "data.device_ahead", self.device_ahead,
+                "true unless data.device_augment=true (it says whether that path decodes a batch ahead)")
         require(self.bad_files in ("skip", "fail"), "data.bad_files", self.bad_files, "'skip' or 'fail'")
         require(self.max_samples >= 0, "data.max_samples", self.max_samples, ">= 0 (0 = all)")
         require(self.repeat >= 1, "data.repeat", self.repeat, ">= 1 (training epochs go over the images this many times)")

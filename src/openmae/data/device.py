@@ -199,8 +199,12 @@ class DeviceAugment:
 
     def __call__(self, batch: PlannedBatch, device: torch.device) -> torch.Tensor:
         """(N, C, H, W) float32 normalised images on ``device``."""
+        return self.augment(batch, self.decode(batch, device), device)
+
+    def augment(self, batch: PlannedBatch, images: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        """The decoded ``images`` of ``batch`` cropped, resized, flipped and normalised: (N, C, H, W) float32."""
         crops = []
-        for i, img in enumerate(self.decode(batch, device)):
+        for i, img in enumerate(images):
             if img.shape[-2:] != batch.sizes[i]:
                 raise BadImageError(f"{batch.names[i]}: decoded to {tuple(img.shape[-2:])}, its header said "
                                     f"{batch.sizes[i]}")

@@ -14,6 +14,7 @@ import random
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,14 +114,26 @@ class SeededSamples(Dataset):
         self.source, self.transform, self.bad_files, self.seeded = source, transform, bad_files, seeded
         # a transform with ``read(source, index)`` reads the item itself (data.device_augment: JPEGs stay encoded)
         self.read = getattr(transform, "read", None)
-        # device_stage(items, device) -> (N, C, H, W) finishes the augmentation on the training device
+        # device_stage (DeviceAugment): decode(items, device), then augment(items, decoded, device) -> (N, C, H, W)
+        # finish the augmentation on the training device
         self.device_stage = device_stage
 
     def to_device(self, batch: Batch, device: torch.device) -> Batch:
         """The batch with its images as one tensor on ``device`` (augmentation finished there if it is split)."""
+        return self.finish_on_device(self.start_on_device(batch, device), device)
+
+    def start_on_device(self, batch: Batch, device: torch.device) -> Batch | tuple[Batch, Any]:
+        """The first part of :meth:`to_device`, which waits the most (decoding: ``DeviceAugment.decode``); it may run
+        in another thread than :meth:`finish_on_device` (``DeviceAhead``)."""
         if self.device_stage is None:
             return batch
-        return Batch(self.device_stage(batch.images, device), batch.labels, batch.seeds, batch.skipped)
+        return batch, self.device_stage.decode(batch.images, device)
+
+    def finish_on_device(self, started: Batch | tuple[Batch, Any], device: torch.device) -> Batch:
+        if self.device_stage is None:
+            return started
+        batch, decoded = started
+        return Batch(self.device_stage.augment(batch.images, decoded, device), batch.labels, batch.seeds, batch.skipped)
 
     def __len__(self) -> int:
         return len(self.source)

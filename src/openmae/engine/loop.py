@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 from tqdm import tqdm
 
 from openmae.config import dump_yaml, to_dict
+from openmae.data.ahead import DeviceAhead
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples, make_loader
 from openmae.engine.checkpoint import (
     CheckpointError,
@@ -154,12 +155,12 @@ def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resum
           ) -> dict[str, Any]:
     """Run ``task`` to the end (or to ``halt_after_steps``, or to a stop signal), continuing from ``resume`` when
     given; returns the last logged and evaluated metrics (with ``stopped_by``: the signal's name, after one)."""
-    with StopSignals(train_cfg.stop_signals) as stops:
-        return _train(task, config, train_cfg, info, resume, stops)
+    with StopSignals(train_cfg.stop_signals) as stops, contextlib.ExitStack() as resources:
+        return _train(task, config, train_cfg, info, resume, stops, resources)
 
 
 def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resume: Resume | None,
-           stops: StopSignals) -> dict[str, Any]:
+           stops: StopSignals, resources: contextlib.ExitStack) -> dict[str, Any]:
     host_memory = keep_freed_host_memory()  # before the first step's allocations
     run_dir = Path(train_cfg.output_dir)
     device = info.device
@@ -272,12 +273,15 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
     # are the same either way (each sample's seed depends on its epoch and index only).
     if epoch < train_cfg.epochs:  # a finished run that is resumed starts no workers
         sampler.set_position(epoch, start_batch, train_cfg.epochs, batches)
-        stream = iter(loader)
+        if dataset.device_stage is not None and workers > 0 and config.data.device_ahead:  # decode ahead, in a thread
+            stream = resources.enter_context(DeviceAhead(iter(loader), dataset, device))
+        else:
+            stream = (dataset.to_device(b, device) for b in loader)
     while epoch < train_cfg.epochs:
         run.epoch = epoch
         model.train()
         for i in range(start_batch, batches):
-            batch = dataset.to_device(next(stream), device)
+            batch = next(stream)
             micro = i % accum
             if micro == 0:
                 lr = lr_at(epoch + i / batches, base_lr, train_cfg.min_lr, train_cfg.warmup_epochs, train_cfg.epochs)
