@@ -9,6 +9,8 @@
    left is the time spent calling operators (on a GPU, each call that computes is a kernel launch on top):
    torchvision's resize per crop (on a CPU its native uint8 kernel), the sequence it runs per crop off the CPU
    (cast, resize, clamp, round, cast back), and the batched resize (``resize_crops``).
+3. Whether decoding lets another thread run (``DeviceAhead`` decodes the next batch in a thread): the batch's JPEGs
+   decoded twice one after the other, then twice at once in two threads (here on the CPU's decoder).
 
     python benchmarks/device_stage.py --images 256 --repeats 20
 """
@@ -19,12 +21,14 @@ import argparse
 import json
 import os
 import statistics
+import threading
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -97,6 +101,32 @@ def resize_host_ms(count: int, repeats: int) -> dict[str, float]:
     return result
 
 
+def decode_threads_ms(crops: list[PlannedCrop]) -> dict[str, float]:
+    """Two decodes of the batch's JPEGs, one after the other and in two threads at once (median of three)."""
+    datas = [torch.from_numpy(c.image.data) for c in crops if c.image.encoded]
+
+    def decode() -> None:
+        decode_jpeg(datas, mode=ImageReadMode.RGB)
+
+    def in_threads() -> None:
+        threads = [threading.Thread(target=decode) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    decode()
+    result = {}
+    for name, run in (("one_after_the_other", lambda: (decode(), decode())), ("two_threads", in_threads)):
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            run()
+            times.append(1000 * (time.perf_counter() - start))
+        result[name] = round(statistics.median(times), 1)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(Path(os.environ.get("OPENMAE_DATA", REPO.parent / "shared" / "datasets"))
@@ -112,6 +142,8 @@ def main() -> None:
     megabytes = sum(c.image.data.size for c in crops) / 1e6
     torch.set_num_threads(1)
     print(json.dumps({"part": "resize dispatch", "crops": args.images, "ms": resize_host_ms(args.images, args.repeats),
+                      "load_avg": os.getloadavg()}), flush=True)
+    print(json.dumps({"part": "decode in threads", "images": len(crops), "ms": decode_threads_ms(crops),
                       "load_avg": os.getloadavg()}), flush=True)
     for _ in range(args.rounds):
         for packed in (False, True):

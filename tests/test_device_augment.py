@@ -212,8 +212,9 @@ def test_device_stage_benchmark_times_receiving_and_resize_dispatch(datasets):
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert rows[0]["part"] == "resize dispatch" and set(rows[0]["ms"]) == {
         "torchvision_per_crop", "off_cpu_sequence_per_crop", "batched"} and min(rows[0]["ms"].values()) > 0
-    assert [r["form"] for r in rows[1:]] == ["list of planned crops", "one PlannedBatch"]
-    assert all(r["images"] == 16 and r["megabytes"] > 0.5 and r["receive_ms_median"] > 0 for r in rows[1:])
+    assert rows[1]["part"] == "decode in threads" and set(rows[1]["ms"]) == {"one_after_the_other", "two_threads"}
+    assert [r["form"] for r in rows[2:]] == ["list of planned crops", "one PlannedBatch"]
+    assert all(r["images"] == 16 and r["megabytes"] > 0.5 and r["receive_ms_median"] > 0 for r in rows[2:])
 
 
 def test_progressive_jpegs_are_decoded_by_the_workers(tmp_path):
