@@ -29,13 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from openmae.data.build import train_dataset
 from openmae.data.config import DataConfig
 from openmae.data.device import PlannedBatch, PlannedCrop
-from openmae.data.resize import resize_crops
+from openmae.data.resize import resize_crops, resize_each
+from openmae.engine.benchmark import time_interleaved
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,9 +72,8 @@ def resize_host_ms(count: int, repeats: int) -> dict[str, float]:
     crops = [im[:, 1:10, 2:12] for im in images]  # views, as the device stage crops
     flips = [i % 2 == 0 for i in range(count)]
 
-    def torchvision_per_crop() -> torch.Tensor:
-        out = [TF.resize(c, [8, 8], interpolation=InterpolationMode.BICUBIC, antialias=True) for c in crops]
-        return torch.stack([o.flip(-1) if f else o for o, f in zip(out, flips, strict=True)]).float()
+    def torchvision_per_crop() -> torch.Tensor:  # the device stage's per-crop resize
+        return resize_each(crops, (8, 8), flips)
 
     def off_cpu_sequence_per_crop() -> torch.Tensor:  # torchvision's steps for uint8 bicubic on a GPU
         out = []
@@ -88,17 +86,9 @@ def resize_host_ms(count: int, repeats: int) -> dict[str, float]:
     def batched() -> torch.Tensor:
         return resize_crops(crops, (8, 8), flips)
 
-    result = {}
-    for f in (torchvision_per_crop, off_cpu_sequence_per_crop, batched):
-        for _ in range(3):
-            f()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            f()
-            times.append(1000 * (time.perf_counter() - start))
-        result[f.__name__] = round(statistics.median(times), 2)
-    return result
+    seconds = time_interleaved({f.__name__: f for f in (torchvision_per_crop, off_cpu_sequence_per_crop, batched)},
+                               torch.device("cpu"), 3, repeats)
+    return {name: round(1000 * s, 2) for name, s in seconds.items()}
 
 
 def decode_threads_ms(crops: list[PlannedCrop]) -> dict[str, float]:
@@ -115,16 +105,9 @@ def decode_threads_ms(crops: list[PlannedCrop]) -> dict[str, float]:
         for t in threads:
             t.join()
 
-    decode()
-    result = {}
-    for name, run in (("one_after_the_other", lambda: (decode(), decode())), ("two_threads", in_threads)):
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            run()
-            times.append(1000 * (time.perf_counter() - start))
-        result[name] = round(statistics.median(times), 1)
-    return result
+    seconds = time_interleaved({"one_after_the_other": lambda: (decode(), decode()), "two_threads": in_threads},
+                               torch.device("cpu"), 1, 3)
+    return {name: round(1000 * s, 1) for name, s in seconds.items()}
 
 
 def main() -> None:

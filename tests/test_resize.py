@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from openmae.data import resize
-from openmae.data.resize import aa_bicubic_weights, resize_crops
+from openmae.data.resize import aa_bicubic_taps, dense_weights, resize_crops
 
 SIZES = [(300, 500), (100, 150), (224, 224), (37, 1200), (600, 80), (50, 60), (7, 9)]  # down, up, equal, extreme
 
@@ -47,7 +47,7 @@ def test_crops_of_a_view_and_the_groups_keep_the_batch_order(monkeypatch):
 
 
 def test_weights_are_a_normalised_window_inside_each_crop():
-    w = aa_bicubic_weights(torch.tensor([500, 100, 224]), 224, 600)  # (3, 224, 600)
+    w = dense_weights(*aa_bicubic_taps(torch.tensor([500, 100, 224]), 224, 600), 600)  # (3, 224, 600)
     assert torch.allclose(w.sum(-1), torch.ones(3, 224))
     assert w[0, :, 500:].abs().max() == 0 and w[1, :, 100:].abs().max() == 0  # nothing from the padding
     assert torch.allclose(w[2, :, :224], torch.eye(224), atol=1e-6)  # same size: the identity

@@ -163,13 +163,11 @@ def cmd_convert(args: argparse.Namespace, rest: list[str]) -> int:
 
 @command("benchmark", "images/s, FLOPs and MFU of a pretraining step, beside Hugging Face and an eager reference")
 def cmd_benchmark(args: argparse.Namespace, rest: list[str]) -> int:
-    import torch
-
-    from openmae.engine.benchmark import benchmark, table
+    from openmae.engine.benchmark import benchmark, resolve_device, table
 
     if rest:
         raise ConfigError(f"unexpected arguments {rest}")
-    gpu = torch.cuda.is_available()  # defaults sized to the machine: a CPU step of ViT-B/16 at 64 takes minutes
+    gpu = resolve_device().type == "cuda"  # defaults sized to the machine: a CPU step of ViT-B/16 at 64 takes minutes
     preset = args.preset or ("mae_vit_base_patch16" if gpu else "mae_vit_small_patch16")
     batch = args.batch or (256 if gpu else 16)
     if args.profile:

@@ -42,7 +42,7 @@ class DeviceAhead:
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         stream = torch.cuda.current_stream(device) if device.type == "cuda" else None  # the training loop's
-        self._thread = threading.Thread(target=self._run, args=(batches, dataset, device, stream), daemon=True,
+        self._thread = threading.Thread(target=self._run, args=(batches, stream), daemon=True,
                                         name="openmae-device-ahead")
         self._thread.start()
 
@@ -55,13 +55,12 @@ class DeviceAhead:
                 continue
         return False
 
-    def _run(self, batches: Iterator[Batch], dataset: SeededSamples, device: torch.device,
-             stream: torch.cuda.Stream | None) -> None:
+    def _run(self, batches: Iterator[Batch], stream: torch.cuda.Stream | None) -> None:
         context = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
         try:
             with context:
                 for batch in batches:
-                    if not self._put(dataset.start_on_device(batch, device)):
+                    if not self._put(self._dataset.start_on_device(batch, self._device)):
                         return
             self._put(_END)
         except BaseException as err:  # handed to the training loop, which raises it at that batch

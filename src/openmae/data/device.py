@@ -20,11 +20,10 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
-from torchvision.transforms.v2 import functional as TF
 
 from openmae.data.datasets import ImageSource
 from openmae.data.images import BadImageError
-from openmae.data.resize import resize_crops
+from openmae.data.resize import resize_crops, resize_each
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 EXIF_ORIENTATION = 0x0112
@@ -164,7 +163,7 @@ class DeviceAugment:
 
     ``batched_resize`` (default: on a GPU) resizes all crops in a few batched products (``resize_crops``: a few
     launches a group of crops instead of five an image); on a CPU, where those products cost more than they save,
-    each crop is resized on its own (``TF.resize``). Both give the same pixels to within a grey level in 99% of them
+    each crop is resized on its own (``resize_each``). Both give the same pixels to within a grey level in 99% of them
     (tests/test_resize.py, test_device_augment.py)."""
 
     def __init__(self, img_size: tuple[int, int], channels: int, mean: tuple[float, ...], std: tuple[float, ...],
@@ -210,11 +209,7 @@ class DeviceAugment:
                                     f"{batch.sizes[i]}")
             top, left, height, width = batch.boxes[i]
             crops.append(img[:, top : top + height, left : left + width])  # a view
-        flips = batch.flips
-        if self.batched_resize if self.batched_resize is not None else device.type == "cuda":
-            x = resize_crops(crops, tuple(self.img_size), flips)  # (N, C, H, W) in [0, 255]
-        else:
-            out = [TF.resize(c, self.img_size, interpolation=InterpolationMode.BICUBIC, antialias=True) for c in crops]
-            x = torch.stack([o.flip(-1) if f else o for o, f in zip(out, flips, strict=True)]).float()
+        batched = self.batched_resize if self.batched_resize is not None else device.type == "cuda"
+        x = (resize_crops if batched else resize_each)(crops, tuple(self.img_size), batch.flips)  # (N, C, H, W), 0-255
         x = x.div_(255.0)
         return (x - self.mean.to(device)) / self.std.to(device)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from openmae.engine.config import PRECISIONS
 from openmae.engine.distributed import compile_module
 from openmae.engine.host_memory import keep_freed_host_memory
 from openmae.engine.optim import FUSED_ADAMW_DEVICES
@@ -121,10 +122,6 @@ def _measure(c: _Candidate, cfg: MAEConfig, batch: int, device: torch.device, wa
     seconds = time_interleaved({c.name: c.step}, device, warmup, steps)[c.name]
     mem = torch.cuda.max_memory_allocated(device) / 2**20 / batch if device.type == "cuda" else None
     return _timing(c.name, seconds, cfg, batch, peak, mem)
-
-
-# precision name -> autocast dtype (None: plain fp32)
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

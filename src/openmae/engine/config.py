@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from openmae.config import ConfigError, require
 from openmae.engine.preempt import is_signal_name
 from openmae.models.mae import MAEConfig
@@ -13,6 +15,9 @@ from openmae.models.registry import _SHORT, PRESETS, model_config
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile modes
 
+
+# precision name -> autocast dtype (None: plain fp32); train.precision also takes "auto"
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class ModelSection:
@@ -106,7 +111,7 @@ class TrainConfig:
         require(self.clip_grad is None or self.clip_grad > 0, "train.clip_grad", self.clip_grad, "> 0 or unset")
         require(self.compile_scope in ("model", "blocks"), "train.compile_scope", self.compile_scope, "model or blocks")
         require(self.compile_mode in COMPILE_MODES, "train.compile_mode", self.compile_mode, " or ".join(COMPILE_MODES))
-        require(self.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", self.precision,
+        require(self.precision in ("auto", *PRECISIONS), "train.precision", self.precision,
                 "auto, fp32, bf16 or fp16 (fp16 on CUDA only)")
         require(self.distributed in ("ddp", "fsdp"), "train.distributed", self.distributed, "ddp or fsdp")
         require(self.ckpt_every_epochs >= 0, "train.ckpt_every_epochs", self.ckpt_every_epochs, ">= 0")

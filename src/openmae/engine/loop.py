@@ -35,7 +35,7 @@ from openmae.engine.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from openmae.engine.config import TrainConfig
+from openmae.engine.config import PRECISIONS, TrainConfig
 from openmae.engine.distributed import DistInfo, all_reduce_mean, barrier, parallelize
 from openmae.engine.host_memory import keep_freed_host_memory
 from openmae.engine.logging import MetricsLog, read_metrics
@@ -133,7 +133,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     if precision == "fp16" and device.type != "cuda":
         raise ValueError(f"train.precision=fp16 needs a CUDA device (got {device}); use bf16 or fp32 on CPU")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return PRECISIONS[precision]
 
 
 def _options() -> StateDictOptions:

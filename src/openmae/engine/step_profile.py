@@ -105,7 +105,8 @@ def profile_preset(preset: str, batch: int, precision: str = "bf16", compile_mod
     75% masking, fused AdamW where it exists, host memory kept as in training)."""
     from dataclasses import replace
 
-    from openmae.engine.benchmark import PRECISIONS, openmae_step, random_batch, resolve_device
+    from openmae.engine.benchmark import openmae_step, random_batch, resolve_device
+    from openmae.engine.config import PRECISIONS
     from openmae.engine.host_memory import keep_freed_host_memory
     from openmae.models.registry import model_config
 
