@@ -1,85 +1,144 @@
 #!/usr/bin/env bash
 # One prepared GPU check (a CUDA machine with no network): installs openmae from this working tree without
-# dependencies (torch, timm, transformers must be there), then measures pretraining steps of ViT-B/16, ViT-L/16
-# and ViT-H/14 (bf16, SDPA, fused AdamW, compiled) beside the official-style fp16 + GradScaler eager step and
-# Hugging Face (ViT-B/16), eager vs activation checkpointing (memory), and the loader on real photos (CPU path,
-# and decoding + augmentation on the GPU) when a photo folder is given.
-# Timing on an H100: the first run (per-block compile for L and H, smaller batches) took 316 s; with whole-model
-# compile, the parts L H loader alone took 257 s (2026-11-26), so the whole script needs an estimated 7 minutes, more
-# than the 5 the speed issue asks: split it into two calls with PARTS. Results go to $OUT (or /tmp/gpu_check); the
-# tables are printed last.
+# dependencies (torch, timm, transformers must be there), then measures, most important first:
+#   B       ViT-B/16 pretraining step: openmae bf16 (SDPA, fused AdamW) compiled and eager, Hugging Face (SDPA, bf16)
+#           and the official-style fp16 + GradScaler eager step, in one run (the ratios)
+#   loader  the loader on real photos: the CPU path (15 workers) and GPU decoding + augmentation (4 and 15 workers)
+#   L, H    ViT-L/16 and ViT-H/14: openmae compiled block by block and eager beside the official-style fp16 step
+#   mem     ViT-L/16 eager without and with activation checkpointing (peak memory per image)
+# (the default), and on request: whole (L and H compiled as a whole, their best setting), big (twice the batches),
+# prof (where ViT-B/16's step goes), loadab (the loader's alternatives).
+# and prints the tables last. The whole script stops by BUDGET_S seconds (default 290, install included): each
+# row runs under a time limit cut to what is left, a row that needs more than is left is skipped, and timing.log
+# and the summary say which rows ran, timed out or were skipped. Rows skipped for time run in a second call with
+# PARTS. Timing on an H100 (2026-11-26): L and H compiled whole with their reference rows ~105 s each with a cold
+# compiler cache (so parts B L H mem loader took ~7 minutes that way); the loader rows 10-20 s each. On a CPU,
+# compiling ViT-B/16 whole took twice as long as block by block.
 #
 #   bash benchmarks/gpu_check.sh [photo-folder]
-#   PARTS="L H loader" bash benchmarks/gpu_check.sh photos   # only some parts (default: B L H mem loader)
+#   PARTS="L H" bash benchmarks/gpu_check.sh                  # only some parts (default: B loader L H mem)
+#   PARTS="whole prof" bash benchmarks/gpu_check.sh           # the second call: best settings, and the profile
+#   PLAN=1 bash benchmarks/gpu_check.sh photos                # print the rows and their limits, run nothing
 #   PARTS="prof" bash benchmarks/gpu_check.sh                 # where ViT-B/16's step goes (kernels, GPU idle time)
 #   PARTS="big" bash benchmarks/gpu_check.sh                  # B, L, H at twice the batches above (MFU vs batch)
-#   PARTS="loader loadab" bash benchmarks/gpu_check.sh photos # the loader; the resize per crop; workers decoding;
-#                                                             # no decoding ahead
-# Each part's wall time goes to $OUT/timing.log and the summary.
+#   PARTS="loadab" bash benchmarks/gpu_check.sh photos        # receiving/resizing costs; the resize per crop;
+#                                                             # workers decoding; no decoding ahead; epoch boundaries
+#   BUDGET_S=580 PARTS="B L H mem" bash benchmarks/gpu_check.sh   # a longer budget
+# Results go to $OUT (or /tmp/gpu_check).
 # The photo folder, from a machine that has the datasets (every fourth ImageNet-sample photo: 27 MB, in an ignored
 # folder that can travel with the working tree to a machine without them):
 #   mkdir -p runs/gpu_photos && ls ../shared/datasets/imagenet-sample/*.JPEG | awk 'NR % 4 == 1' | xargs cp -t runs/gpu_photos
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-/tmp/gpu_check}"
+BUDGET_S="${BUDGET_S:-290}"
+PLAN="${PLAN:-}"
+PARTS=" ${PARTS:-B loader L H mem} "
+PHOTOS="${1:-}"
 mkdir -p "$OUT_DIR"
+timing="$OUT_DIR/timing.log"
+: > "$timing"
+for f in throughput.log loader.log profile.log; do rm -f "$OUT_DIR/$f"; done
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH="$PWD/src:${PYTHONPATH:-}"
-python3 -c "import openmae, torch, timm; print('openmae', openmae.__version__, 'torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())" \
-  | tee "$OUT_DIR/env.txt"
-python3 -c "import transformers; print('transformers', transformers.__version__)" 2>&1 | tail -1 | tee -a "$OUT_DIR/env.txt"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee -a "$OUT_DIR/env.txt"
-log="$OUT_DIR/throughput.log"
-: > "$log"
-bench() { local t=$1; shift; echo "## throughput.py $*" >> "$log"; timeout "$t" python3 benchmarks/throughput.py --steps 8 --warmup 3 "$@" 2>&1 | tee -a "$log"; }
-loader() { local t=$1; shift; echo "## loader.py $*" >> "$OUT_DIR/loader.log"; timeout "$t" python3 benchmarks/loader.py "$@" 2>&1 | tee -a "$OUT_DIR/loader.log"; }
-# the ratios of the issue, each measured in one run: openmae compiled vs Hugging Face vs the official-style step.
-# Batches fill a good part of an 80 GB card (2026-11-26 on an H100: B 53, L 107, H 267 MiB per image).
-PARTS=" ${PARTS:-B L H mem loader} "
-part() { [[ "$PARTS" == *" $1 "* ]] || return 1; [[ "$PARTS_TIMED" == *" $1 "* ]] && return 0
-         PARTS_TIMED+=" $1 "; echo "## part $1 starts at ${SECONDS} s" >> "$OUT_DIR/timing.log"; }
-PARTS_TIMED=" "
-: > "$OUT_DIR/timing.log"
-part B && bench 120 --preset mae_vit_base_patch16 --batch 256 --precision bf16 --compile
-part L && bench 120 --preset mae_vit_large_patch16 --batch 256 --precision bf16 --compile --no-hf
-part H && bench 150 --preset mae_vit_huge_patch14 --batch 128 --precision bf16 --compile --no-hf
-# MFU against batch: twice the batches above, openmae alone (fits a card of 80 GB: about 27, 46 and 51 GB)
-part big && bench 120 --preset mae_vit_base_patch16 --batch 512 --precision bf16 --compile --no-hf --no-reference
-part big && bench 120 --preset mae_vit_large_patch16 --batch 512 --precision bf16 --compile --no-hf --no-reference
-part big && bench 150 --preset mae_vit_huge_patch14 --batch 256 --precision bf16 --compile --no-hf --no-reference
-# memory: the same eager step without and with activation checkpointing
-part mem && bench 45 --preset mae_vit_large_patch16 --batch 128 --precision bf16 --no-hf --no-reference
-part mem && bench 45 --preset mae_vit_large_patch16 --batch 128 --precision bf16 --no-hf --no-reference --grad-checkpointing
-# where the step's time goes: kernel time by kind and the GPU's idle share, eager and compiled (ViT-B/16, batch 256)
-prof() { local t=$1; shift; echo "## profile_step.py $*" >> "$OUT_DIR/profile.log"; timeout "$t" python3 benchmarks/profile_step.py "$@" 2>&1 | tee -a "$OUT_DIR/profile.log"; }
-part prof && prof 60 --preset mae_vit_base_patch16 --batch 256 --precision bf16
-part prof && prof 120 --preset mae_vit_base_patch16 --batch 256 --precision bf16 --compile
-if part loader && [ -n "${1:-}" ] && [ -d "$1" ]; then
-  : > "$OUT_DIR/loader.log"
-  # --repeat: at least ten thousand images a row, so that worker start-up does not dominate
-  loader 70 --data "$1" --workers 15 --repeat 40 --batch 256
-  # the rows split the training process's time: waiting for the workers vs the device stage; the profile says
-  # where the device stage's time goes (4 batches, before the timed ones)
-  loader 70 --data "$1" --workers 4 15 --repeat 40 --batch 256 --device-augment --device cuda --profile 4
-  # the training process's CPU time for a batch of 256 photos: receiving it (pickled arrays vs one shared
-  # buffer) and dispatching its resize (per crop vs batched)
-  echo "## device_stage.py" >> "$OUT_DIR/loader.log"
-  timeout 40 python3 benchmarks/device_stage.py --data "$1" --repeats 10 --rounds 1 2>&1 | tee -a "$OUT_DIR/loader.log"
-  # the device stage's resize crop by crop (as before the batched resize), for the difference on this GPU
-  part loadab && loader 70 --data "$1" --workers 15 --repeat 40 --batch 256 --device-augment --device cuda --resize per-image --profile 4
-  # the workers decode and crop, the GPU resizes (data.device_decode=false: for GPUs without a hardware JPEG decoder)
-  part loadab && loader 70 --data "$1" --workers 15 --repeat 40 --batch 256 --device-augment --worker-decode --device cuda
-  # the device stage in line instead of decoding a batch ahead in a thread (data.device_ahead=false)
-  part loadab && loader 70 --data "$1" --workers 15 --repeat 40 --batch 256 --device-augment --device cuda --no-ahead
-  # epoch boundaries: wait for each epoch's first batch, a new iterator per epoch vs one for the run (60 ms steps,
-  # as ViT-B/16 at batch 256; 2 s of pictures and checkpoint at each epoch's end)
-  loader 60 --data "$1" --workers 15 --epochs 4 --repeat 4 --batch 256 --step-ms 60 --pause-ms 2000
+
+# row PART LIMIT_S NEEDS_S LOG COMMAND...: run COMMAND when PART is asked for and at least NEEDS_S seconds of the
+# budget are left, for at most LIMIT_S seconds (or what is left); its output goes to $OUT_DIR/LOG. NEEDS_S is what
+# the row is expected to take on an H100-class machine with a cold compiler cache. With PLAN set, print the row
+# instead and count NEEDS_S as spent (the expected schedule).
+row() {
+  local part=$1 limit=$2 needs=$3 log=$4
+  shift 4
+  [[ "$PARTS" == *" $part "* ]] || return 0
+  local left=$((BUDGET_S - SECONDS - 5)) # 5 s for the summary
+  if ((left < needs)); then
+    echo "## skipped: ${left} s of the budget left, the row needs ${needs}: part $part: $*" | tee -a "$timing"
+    return 0
+  fi
+  local t=$((limit < left ? limit : left))
+  echo "## part $part at ${SECONDS} s, at most ${t} s: $*" >> "$timing"
+  if [ -n "$PLAN" ]; then
+    echo "plan: part $part at ${SECONDS} s, needs ${needs} s, at most ${t} s: $*"
+    SECONDS=$((SECONDS + needs))
+    return 0
+  fi
+  echo "## $*" >> "$OUT_DIR/$log"
+  timeout "$t" "$@" 2>&1 | tee -a "$OUT_DIR/$log"
+  local rc=${PIPESTATUS[0]}
+  if ((rc == 124)); then
+    echo "## timed out after ${t} s: part $part: $*" | tee -a "$timing"
+  elif ((rc != 0)); then
+    echo "## failed (exit ${rc}): part $part: $*" | tee -a "$timing"
+  fi
+  return 0
+}
+
+if [ -z "$PLAN" ]; then
+  python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH="$PWD/src:${PYTHONPATH:-}"
+  python3 -c "import openmae, torch, timm; print('openmae', openmae.__version__, 'torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())" \
+    | tee "$OUT_DIR/env.txt"
+  python3 -c "import transformers; print('transformers', transformers.__version__)" 2>&1 | tail -1 | tee -a "$OUT_DIR/env.txt"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee -a "$OUT_DIR/env.txt"
+  echo "## install and environment done at ${SECONDS} s" >> "$timing"
+else
+  SECONDS=10 # what the install and environment lines take
 fi
-echo "## all parts done at ${SECONDS} s" >> "$OUT_DIR/timing.log"
+
+step=(python3 benchmarks/throughput.py --steps 8 --warmup 3 --precision bf16)
+loader=(python3 benchmarks/loader.py --data "$PHOTOS" --repeat 40 --batch 256)
+# --repeat 40: about ten thousand images a row (250 photos), so that worker start-up does not dominate
+if [ -n "$PHOTOS" ] && [ -d "$PHOTOS" ]; then have_photos=1; else have_photos=; fi
+photos_row() { # as row, for the rows that read the photo folder
+  if [ -n "$have_photos" ]; then row "$@"; elif [[ "$PARTS" == *" $1 "* ]] && [[ "$NO_PHOTOS_SAID" != *" $1 "* ]]; then
+    NO_PHOTOS_SAID+=" $1 "
+    echo "## skipped: no photo folder given (or '$PHOTOS' is not one): part $1" | tee -a "$timing"
+  fi
+}
+NO_PHOTOS_SAID=" "
+
+# Batches fill a good part of an 80 GB card (2026-11-26 on an H100: B 53, L 91, H 201 MiB per image).
+# The ratios of the issue, each measured in one run: openmae compiled and eager vs Hugging Face vs the official style.
+row B 120 70 throughput.log "${step[@]}" --preset mae_vit_base_patch16 --batch 256 --compile --with-eager
+# the CPU path (PIL decode, torchvision crop/resize) and the GPU path (nvJPEG decode, resize/flip/normalise on the
+# GPU); the rows split the training process's time: waiting for the workers vs the device stage
+photos_row loader 45 20 loader.log "${loader[@]}" --workers 15
+photos_row loader 60 25 loader.log "${loader[@]}" --workers 4 15 --device-augment --device cuda
+# L and H compiled block by block (the identical blocks share one graph: compiling takes a fraction of the whole
+# model's time, so that all parts fit the budget); part "whole" compiles them whole, the best setting (the MFU targets)
+row L 90 45 throughput.log "${step[@]}" --preset mae_vit_large_patch16 --batch 256 --compile blocks --with-eager --no-hf
+row H 100 50 throughput.log "${step[@]}" --preset mae_vit_huge_patch14 --batch 128 --compile blocks --with-eager --no-hf
+# memory: the same eager step without and with activation checkpointing
+row mem 40 25 throughput.log "${step[@]}" --preset mae_vit_large_patch16 --batch 128 --no-hf --no-reference
+row mem 40 25 throughput.log "${step[@]}" --preset mae_vit_large_patch16 --batch 128 --no-hf --no-reference --grad-checkpointing
+row whole 130 90 throughput.log "${step[@]}" --preset mae_vit_large_patch16 --batch 256 --compile --no-hf
+row whole 150 100 throughput.log "${step[@]}" --preset mae_vit_huge_patch14 --batch 128 --compile --no-hf
+# MFU against batch: twice the batches above, openmae alone (fits a card of 80 GB: about 27, 46 and 51 GB)
+row big 120 70 throughput.log "${step[@]}" --preset mae_vit_base_patch16 --batch 512 --compile --no-hf --no-reference
+row big 130 90 throughput.log "${step[@]}" --preset mae_vit_large_patch16 --batch 512 --compile --no-hf --no-reference
+row big 150 100 throughput.log "${step[@]}" --preset mae_vit_huge_patch14 --batch 256 --compile --no-hf --no-reference
+# where the step's time goes: kernel time by kind and the GPU's idle share, eager and compiled (ViT-B/16, batch 256)
+prof=(python3 benchmarks/profile_step.py --preset mae_vit_base_patch16 --batch 256 --precision bf16)
+row prof 60 30 profile.log "${prof[@]}"
+row prof 120 70 profile.log "${prof[@]}" --compile
+# the loader's alternatives: the training process's CPU time for a batch of 256 photos (receiving it as pickled
+# arrays vs one shared buffer; dispatching its resize per crop vs batched); the device stage's profile; its resize
+# crop by crop; the workers decoding (data.device_decode=false: GPUs without a hardware JPEG decoder); the device
+# stage in line instead of a batch ahead in a thread (data.device_ahead=false); epoch boundaries (wait for each
+# epoch's first batch, a new iterator per epoch vs one for the run; 60 ms steps as ViT-B/16 at batch 256, 2 s of
+# pictures and checkpoint at each epoch's end)
+photos_row loadab 40 20 loader.log python3 benchmarks/device_stage.py --data "$PHOTOS" --repeats 10 --rounds 1
+photos_row loadab 60 25 loader.log "${loader[@]}" --workers 15 --device-augment --device cuda --profile 4
+photos_row loadab 60 25 loader.log "${loader[@]}" --workers 15 --device-augment --device cuda --resize per-image --profile 4
+photos_row loadab 60 25 loader.log "${loader[@]}" --workers 15 --device-augment --worker-decode --device cuda
+photos_row loadab 60 25 loader.log "${loader[@]}" --workers 15 --device-augment --device cuda --no-ahead
+photos_row loadab 60 30 loader.log python3 benchmarks/loader.py --data "$PHOTOS" --workers 15 --epochs 4 --repeat 4 \
+  --batch 256 --step-ms 60 --pause-ms 2000
+
+echo "## all rows done at ${SECONDS} s (budget ${BUDGET_S} s)" >> "$timing"
+[ -n "$PLAN" ] && exit 0
 echo
 echo "== summary =="
-cat "$OUT_DIR/timing.log"
-grep -E '^(mae_vit|\| |## )' "$log"
-[ -f "$OUT_DIR/loader.log" ] && grep -E '^(\{"workers|\{"part|## device stage|operators called|Self CPU time total|Self CUDA time total)' "$OUT_DIR/loader.log"
+cat "$timing"
+[ -f "$OUT_DIR/throughput.log" ] && grep -E '^(mae_vit|\| |## )' "$OUT_DIR/throughput.log"
+[ -f "$OUT_DIR/loader.log" ] && grep -E '^(\{"workers|\{"part|operators called|Self CPU time total|Self CUDA time total)' "$OUT_DIR/loader.log"
 [ -f "$OUT_DIR/profile.log" ] && grep -E '^(mae_vit|profiled|\| (kind|matmul|attention|copies|optimizer|element-wise)[ ,]|GPU idle)' "$OUT_DIR/profile.log"
 exit 0

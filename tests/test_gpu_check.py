@@ -1,0 +1,88 @@
+"""benchmarks/gpu_check.sh: the rows the speed issue names, in order, and a time budget the script keeps.
+
+The script's measurements need a CUDA machine; here it runs with stand-ins for python3 and nvidia-smi (a stand-in
+sleeps instead of measuring), which is enough to check its schedule: the row that runs, the row cut off at the
+budget, the rows skipped, and the summary.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
+
+
+def _run(tmp_path: Path, *args: str, path_dir: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "OUT": str(tmp_path / "out"), **env}
+    if path_dir is not None:
+        full_env["PATH"] = f"{path_dir}:{full_env['PATH']}"
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=full_env, timeout=120)
+
+
+def _plan_rows(stdout: str) -> list[tuple[str, int, int, str]]:
+    """(part, starts at s, needs s, command) for each planned row."""
+    rows = re.findall(r"^plan: part (\S+) at (\d+) s, needs (\d+) s, at most \d+ s: (.*)$", stdout, re.M)
+    return [(part, int(start), int(needs), command) for part, start, needs, command in rows]
+
+
+def test_default_rows_are_the_issues_list_in_order_of_importance(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rows = _plan_rows(_run(tmp_path, str(photos), PLAN="1", BUDGET_S="100000").stdout)
+    assert [part for part, *_ in rows] == ["B", "loader", "loader", "L", "H", "mem", "mem"]
+    b, cpu_loader, gpu_loader, large, huge, mem, mem_ckpt = (command for *_, command in rows)
+    # ViT-B/16: openmae bf16 compiled and eager, Hugging Face and the official-style step, in one run
+    assert "--preset mae_vit_base_patch16" in b and "--compile --with-eager" in b and "--precision bf16" in b
+    assert "--no-hf" not in b and "--no-reference" not in b
+    for command, preset in ((large, "mae_vit_large_patch16"), (huge, "mae_vit_huge_patch14")):
+        assert f"--preset {preset}" in command and "--compile blocks --with-eager" in command
+        assert "--no-reference" not in command  # the official-style step beside it, for the ratio
+    assert "--device-augment" not in cpu_loader and f"--data {photos}" in cpu_loader and "--workers 15" in cpu_loader
+    assert "--device-augment --device cuda" in gpu_loader and "--workers 4 15" in gpu_loader
+    assert "--grad-checkpointing" not in mem and "--grad-checkpointing" in mem_ckpt
+    assert mem.replace(" --grad-checkpointing", "") == mem_ckpt.replace(" --grad-checkpointing", "")
+
+
+def test_default_schedule_fits_five_minutes(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    result = _run(tmp_path, str(photos), PLAN="1")
+    rows = _plan_rows(result.stdout)
+    assert len(rows) == 7 and "skipped" not in result.stdout  # every default row is expected to run
+    part, start, needs, _ = rows[-1]
+    assert start + needs <= 290
+    assert (tmp_path / "out" / "timing.log").read_text().rstrip().endswith("(budget 290 s)")
+
+
+def test_rows_without_a_photo_folder_are_reported_skipped(tmp_path):
+    result = _run(tmp_path, PLAN="1", PARTS="loader B")
+    assert [part for part, *_ in _plan_rows(result.stdout)] == ["B"]
+    assert result.stdout.count("no photo folder given") == 1
+
+
+def test_a_row_is_cut_at_the_budget_and_the_next_skipped(tmp_path):
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    (stand_ins / "python3").write_text(  # install and environment lines at once; every measurement sleeps
+        '#!/bin/bash\ncase "$1" in -m|-c) exit 0;; esac\necho "stand-in $*"\nexec sleep 60\n')
+    (stand_ins / "nvidia-smi").write_text("#!/bin/bash\necho 'name, memory.total'\n")
+    for f in stand_ins.iterdir():
+        f.chmod(0o755)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    start = time.monotonic()
+    result = _run(tmp_path, str(photos), path_dir=stand_ins, PARTS="loader", BUDGET_S="27")
+    wall = time.monotonic() - start
+    assert result.returncode == 0
+    assert wall < 27, wall  # the 60 s row was stopped inside the budget
+    timing = (tmp_path / "out" / "timing.log").read_text()
+    # the first loader row needs 20 s and got what was left (27 - 5 for the summary); the second one never started
+    assert re.search(r"## timed out after 2[12] s: part loader: python3 benchmarks/loader.py .*--workers 15$", timing, re.M)
+    assert re.search(r"## skipped: -?\d+ s of the budget left, the row needs 25: part loader: .*--device-augment", timing)
+    assert "stand-in benchmarks/loader.py" in (tmp_path / "out" / "loader.log").read_text()
+    assert "== summary ==" in result.stdout and "timed out after" in result.stdout
