@@ -6,8 +6,9 @@
 #   loader  the loader on real photos: the CPU path (15 workers) and GPU decoding + augmentation (4 and 15 workers)
 #   L, H    ViT-L/16 and ViT-H/14: openmae compiled block by block and eager beside the official-style fp16 step
 #   mem     ViT-L/16 eager without and with activation checkpointing (peak memory per image)
-# (the default), and on request: whole (L and H compiled as a whole, their best setting), big (twice the batches),
-# prof (where ViT-B/16's step goes), loadab (the loader's alternatives).
+# (the default), and on request: whole (L and H compiled as a whole, their best setting), graphs (B and L compiled
+# and replayed as CUDA graphs), big (twice the batches), prof (where ViT-B/16's step goes), loadab (the loader's
+# alternatives).
 # and prints the tables last. The whole script stops by BUDGET_S seconds (default 290, install included): each
 # row runs under a time limit cut to what is left, a row that needs more than is left is skipped, and timing.log
 # and the summary say which rows ran, timed out or were skipped. Rows skipped for time run in a second call with
@@ -111,6 +112,10 @@ row mem 40 25 throughput.log "${step[@]}" --preset mae_vit_large_patch16 --batch
 row mem 40 25 throughput.log "${step[@]}" --preset mae_vit_large_patch16 --batch 128 --no-hf --no-reference --grad-checkpointing
 row whole 130 90 throughput.log "${step[@]}" --preset mae_vit_large_patch16 --batch 256 --compile --no-hf
 row whole 150 100 throughput.log "${step[@]}" --preset mae_vit_huge_patch14 --batch 128 --compile --no-hf
+# CUDA graphs: the compiled step replayed as graphs (torch.compile mode reduce-overhead; the step has static shapes),
+# for how much of the step is the host launching kernels (compare with B and whole)
+row graphs 130 80 throughput.log "${step[@]}" --preset mae_vit_base_patch16 --batch 256 --compile --compile-mode reduce-overhead --no-hf --no-reference
+row graphs 150 100 throughput.log "${step[@]}" --preset mae_vit_large_patch16 --batch 256 --compile --compile-mode reduce-overhead --no-hf --no-reference
 # MFU against batch: twice the batches above, openmae alone (fits a card of 80 GB: about 27, 46 and 51 GB)
 row big 120 70 throughput.log "${step[@]}" --preset mae_vit_base_patch16 --batch 512 --compile --no-hf --no-reference
 row big 130 90 throughput.log "${step[@]}" --preset mae_vit_large_patch16 --batch 512 --compile --no-hf --no-reference
