@@ -7,13 +7,15 @@ for 0..N loader workers, on the real ImageNet sample photos (full-size JPEGs, so
     python benchmarks/loader.py --workers 4 15 --device-augment --device cuda
     python benchmarks/loader.py --workers 15 --device-augment --device cuda --resize per-image --profile 5
     python benchmarks/loader.py --workers 15 --device-augment --worker-decode --device cuda
+    python benchmarks/loader.py --workers 2 --data photos --no-draft   # large JPEGs decoded at full size
 
 Each row also splits the training process's time: waiting for the next batch against the device stage (decode,
 resize, normalise, synchronised); whichever dominates is the limit. With workers, the device stage runs a batch
 ahead in a thread as in training (``DeviceAhead``; ``--no-ahead``: in line), so the wait includes it. ``--resize`` chooses the device
 stage's resize (default: batched products on a GPU, each crop alone on a CPU); ``--profile N`` prints where N
 batches' device stage spends its time (``torch.profiler``, CPU and GPU); ``--worker-decode`` has the workers decode
-and crop the JPEGs (``data.device_decode=false``, for GPUs without a hardware JPEG decoder).
+and crop the JPEGs (``data.device_decode=false``, for GPUs without a hardware JPEG decoder). ``--no-draft``: the CPU
+path decodes every JPEG at full size (``data.jpeg_draft=false``), not at the reduced scale a large photo's crop allows.
 
 ``--epochs N`` times epoch boundaries instead: a stand-in training loop (each batch then ``--step-ms`` of
 sleep, as a process waiting on its GPU would; ``--pause-ms`` at each epoch's end, for evaluation and checkpoints)
@@ -56,6 +58,8 @@ def main() -> None:
                         help="with --device-augment and workers: the device stage in line instead of in a thread")
     parser.add_argument("--worker-decode", action="store_true",
                         help="with --device-augment: the workers decode JPEGs (data.device_decode=false)")
+    parser.add_argument("--no-draft", dest="draft", action="store_false",
+                        help="the CPU path decodes every JPEG at full size (data.jpeg_draft=false)")
     parser.add_argument("--resize", choices=["auto", "batched", "per-image"], default="auto",
                         help="with --device-augment: the device stage's resize (auto: batched on a GPU)")
     parser.add_argument("--profile", type=int, default=0, help="with --device-augment: profile N batches' device stage")
@@ -79,7 +83,7 @@ def main() -> None:
     for workers in args.workers:
         cfg = DataConfig(name="folder", path=args.data, max_samples=args.images, num_workers=workers,
                          device_augment=args.device_augment, repeat=args.repeat,
-                         device_decode=not (args.device_augment and args.worker_decode))
+                         device_decode=not (args.device_augment and args.worker_decode), jpeg_draft=args.draft)
         dataset, sampler = train_dataset(cfg, (args.size, args.size), 3, args.batch, seed=0)
         if args.device_augment and args.resize != "auto":
             dataset.device_stage.batched_resize = args.resize == "batched"
@@ -102,6 +106,7 @@ def main() -> None:
             waited, staged, batches = waited + got - asked, staged + time.perf_counter() - got, batches + 1
         seconds = time.perf_counter() - start
         rows.append({"workers": workers, "device_augment": args.device_augment, "device": args.device,
+                     "jpeg_draft": args.draft and not args.device_augment,
                      "resize": args.resize if args.device_augment else None, "ahead": ahead,
                      "decode": ("workers" if args.worker_decode else "device") if args.device_augment else "workers",
                      "images_per_s": round(seen / seconds, 1),

@@ -16,18 +16,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from openmae.data.datasets import ImageSource
-from openmae.data.images import BadImageError
+from openmae.data.images import JPEG_SUFFIXES, TRANSPOSED, BadImageError, read_header
 from openmae.data.resize import resize_crops, resize_each
-
-JPEG_SUFFIXES = (".jpg", ".jpeg")
-EXIF_ORIENTATION = 0x0112
-TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+from openmae.data.transforms import draw_crop
 
 
 @dataclass
@@ -116,17 +112,10 @@ def read_raw(source: ImageSource, index: int, keep_jpegs: bool = True) -> tuple[
     one at a time with their entropy decoding on the training process's CPU, which a worker does better."""
     path, label = source.file(index)
     if keep_jpegs and path is not None and path.suffix.lower() in JPEG_SUFFIXES:
-        try:
-            with Image.open(path) as img:  # the header only: size, mode, EXIF orientation, progressive or not
-                fmt, mode, (width, height) = img.format, img.mode, img.size
-                progressive = bool(img.info.get("progressive"))
-                orientation = img.getexif().get(EXIF_ORIENTATION, 1)
-                if orientation in TRANSPOSED:
-                    width, height = height, width
-        except (OSError, SyntaxError, ValueError) as err:
-            raise BadImageError(f"{path}: {type(err).__name__}: {err}") from None
-        if fmt == "JPEG" and mode in ("L", "RGB") and not progressive:
-            return RawImage(np.fromfile(path, dtype=np.uint8), True, height, width, str(path), orientation), label
+        head = read_header(path)  # size, mode, EXIF orientation, progressive or not
+        if head.format == "JPEG" and head.mode in ("L", "RGB") and not head.progressive:
+            return RawImage(np.fromfile(path, dtype=np.uint8), True, head.height, head.width, str(path),
+                            head.orientation), label
     img, label = source.load(index)  # decoded and converted as on the CPU path
     arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy on the device side)
     arr = np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))  # (C, H, W)
@@ -148,10 +137,7 @@ class PlanCrops:
         return read_raw(source, index, keep_jpegs=self.device_decode)
 
     def __call__(self, raw: RawImage) -> PlannedCrop:
-        shape_only = torch.empty(1, 1, 1, dtype=torch.uint8).expand(self.channels, raw.height, raw.width)
-        box = self.crop.make_params([shape_only])  # the same draws as RandomResizedCrop on the CPU path
-        flip = bool(torch.rand(1) < self.hflip)  # and as RandomHorizontalFlip's
-        top, left, height, width = box["top"], box["left"], box["height"], box["width"]
+        top, left, height, width, flip = draw_crop(self.crop, self.hflip, self.channels, raw.height, raw.width)
         if raw.encoded:
             return PlannedCrop(raw, top, left, height, width, flip)
         pixels = np.ascontiguousarray(raw.data[:, top : top + height, left : left + width])  # (C, h, w)

@@ -5,12 +5,16 @@ odd inputs: grayscale, RGBA, palette (with transparency), CMYK, 16-bit, EXIF rot
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 class BadImageError(RuntimeError):
@@ -50,12 +54,43 @@ def to_channels(img: Image.Image, channels: int) -> Image.Image:
                      f"a dataset that yields tensors")
 
 
-def open_image(path: str | Path, channels: int) -> Image.Image:
-    """Decode ``path`` fully; raises :class:`BadImageError` on anything that is not a readable image."""
+@dataclass(frozen=True)
+class Header:
+    """What a file's header says, read without decoding: its format and mode, its size upright (after the EXIF
+    orientation, which is still to apply after decoding) and whether a JPEG is progressive."""
+
+    format: str | None
+    mode: str
+    height: int
+    width: int
+    orientation: int
+    progressive: bool
+
+
+def read_header(path: str | Path) -> Header:
+    """The header of ``path``; raises :class:`BadImageError` when it is not an image's."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+            if orientation in TRANSPOSED:
+                width, height = height, width
+            return Header(img.format, img.mode, height, width, orientation, bool(img.info.get("progressive")))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise BadImageError(f"{path}: {type(err).__name__}: {err}") from None
+
+
+def open_image(path: str | Path, channels: int, reduce: int = 1) -> Image.Image:
+    """Decode ``path``; raises :class:`BadImageError` on anything that is not a readable image.
+
+    ``reduce`` > 1: a JPEG is decoded at about 1/``reduce`` of its size (1/2, 1/4 or 1/8: libjpeg scales in
+    the DCT domain, through PIL's ``draft``, and saves most of the decoding); other formats decode fully."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
+                if reduce > 1:  # draft picks the smallest scale whose size is at least the size asked for
+                    img.draft(img.mode, (max(1, img.width // reduce), max(1, img.height // reduce)))
                 img.load()
                 return to_channels(img, channels)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:

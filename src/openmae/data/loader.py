@@ -142,9 +142,9 @@ class SeededSamples(Dataset):
         index, seed = item
         skipped = 0
         while True:
-            try:
+            try:  # a transform that reads the file itself (DraftCrop) may find it unreadable only when it decodes
                 img, label = self.read(self.source, index) if self.read else self.source.load(index)
-                break
+                return self._transform(img, seed), label, seed, skipped
             except BadImageError as err:
                 if self.bad_files == "fail":
                     raise
@@ -154,21 +154,22 @@ class SeededSamples(Dataset):
                     raise BadImageError(f"{skipped} consecutive unreadable images up to {err}; "
                                         f"check the data folder") from None
                 index = (index + 1) % len(self.source)
+
+    def _transform(self, img, seed: int):
         if not self.seeded:  # a deterministic transform (cached features) needs no seeding
-            return self.transform(img), label, seed, skipped
+            return self.transform(img)
         if get_worker_info() is not None:
             # a loader worker's random streams are its own and every sample reseeds all three, so there is
             # nothing to give back (saving and restoring numpy's state costs ~0.1 ms, as much as a 28px crop)
-            return self._seeded_transform(img, seed), label, seed, skipped
+            return self._seeded_transform(img, seed)
         # in the training process itself (num_workers=0): give the caller's streams back untouched
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             try:
-                tensor = self._seeded_transform(img, seed)
+                return self._seeded_transform(img, seed)
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)
-        return tensor, label, seed, skipped
 
     def _seeded_transform(self, img, seed: int):
         # torchvision draws from torch's RNG, timm's RandAugment from `random` and numpy: seed all three.

@@ -41,6 +41,15 @@ def pretrain_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std) ->
     ])
 
 
+def draw_crop(crop: T.RandomResizedCrop, hflip: float, channels: int, height: int, width: int,
+              ) -> tuple[int, int, int, int, bool]:
+    """The random draws ``pretrain_transform`` makes for an image of this size, without the image: RandomResizedCrop's
+    box (top, left, height, width), then RandomHorizontalFlip's flip (it flips when ``torch.rand(1) < p``)."""
+    shape_only = torch.empty(1, 1, 1, dtype=torch.uint8).expand(channels, height, width)
+    box = crop.make_params([shape_only])
+    return box["top"], box["left"], box["height"], box["width"], bool(torch.rand(1) < hflip)
+
+
 def eval_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std) -> T.Compose:
     """Resize the short side to size / crop_pct, then centre-crop (crop_pct 0.875 from 224px up, else 1)."""
     crop_pct = cfg.eval_crop_pct or (0.875 if min(img_size) >= 224 else 1.0)
