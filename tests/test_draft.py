@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +145,27 @@ def test_evaluation_resize_decodes_large_photos_smaller(datasets, large_photos, 
     assert levels.mean() < 0.5, levels.mean()  # measured: 0.18-0.33
     assert levels.flatten(1).mean(1).max() < 1.5
     assert torch.quantile(levels.flatten()[::7], 0.99) <= 3.0
+
+
+@pytest.mark.parametrize("recipe", ["crop", "randaugment"])
+def test_finetuning_crop_decodes_large_photos_smaller(large_photos, monkeypatch, recipe):
+    """timm's RandomResizedCropAndInterpolation draws its box itself (Python's random): the same box and the rest of
+    the recipe (flip, RandAugment, random erasing) run as they are."""
+    from openmae.data.transforms import finetune_transform
+
+    calls = _spy(monkeypatch)
+    cfg = DataConfig(name="folder", path=str(large_photos), repeat=6)
+    augment, reprob = ("rand-m9-mstd0.5-inc1", 0.25) if recipe == "randaugment" else ("", 0.0)
+    out = {}
+    for jpeg_draft in (True, False):
+        plain = finetune_transform(cfg, (224, 224), (0.5,) * 3, (0.25,) * 3, augment, reprob)
+        dataset, _ = train_dataset(replace(cfg, jpeg_draft=jpeg_draft), (224, 224), 3, 8, seed=5, transform=plain)
+        assert isinstance(dataset.transform, DraftCrop) == jpeg_draft
+        out[jpeg_draft] = torch.stack([dataset[(i, 100 + i)][0] for i in range(len(dataset))])
+    reduced = torch.tensor([r > 1 for r, _ in calls])
+    assert reduced.sum() >= 16 and torch.equal(out[True][~reduced], out[False][~reduced])
+    levels = (out[True] - out[False])[reduced].abs() * 255 * 0.25
+    if recipe == "crop":
+        assert levels.mean() < 0.5 and levels.flatten(1).mean(1).max() < 1.5, levels.mean()
+    else:  # RandAugment's thresholds (solarize, posterize) can turn a level's difference into a large one
+        assert levels.mean() < 2.0, levels.mean()

@@ -9,7 +9,7 @@ import torch
 from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource, build_source, stats_for
 from openmae.data.device import DeviceAugment, PlanCrops
-from openmae.data.draft import DraftCrop, DraftResize
+from openmae.data.draft import with_draft
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples, make_loader, probe_source
 from openmae.data.transforms import eval_transform, pretrain_transform
 
@@ -106,9 +106,8 @@ def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, bat
     if cfg.device_augment:
         plan = PlanCrops(img_size, cfg.crop_scale, cfg.hflip, channels, cfg.device_decode)
         return SeededSamples(source, plan, cfg.bad_files, device_stage=DeviceAugment(img_size, channels, mean, std)), sampler
-    if transform is None:
-        transform = pretrain_transform(cfg, img_size, mean, std)
-        transform = DraftCrop(transform, channels) if cfg.jpeg_draft else transform
+    transform = transform or pretrain_transform(cfg, img_size, mean, std)
+    transform = with_draft(transform, channels) if cfg.jpeg_draft else transform
     return SeededSamples(source, transform, cfg.bad_files), sampler
 
 
@@ -119,8 +118,7 @@ def eval_batches(cfg: DataConfig, split: str, img_size: tuple[int, int], channel
     source = source or source_for(cfg, split, channels, limit)
     mean, std = stats_for(cfg, channels)
     transform = pretrain_transform(cfg, img_size, mean, std) if augment else eval_transform(cfg, img_size, mean, std)
-    if cfg.jpeg_draft:
-        transform = DraftCrop(transform, channels) if augment else DraftResize(transform, channels)
+    transform = with_draft(transform, channels) if cfg.jpeg_draft else transform
     sampler = ResumableSampler(len(source), batch_size, seed, shuffle=False, drop_last=False)
     loader = make_loader(SeededSamples(source, transform, cfg.bad_files), sampler, cfg.num_workers, False)
     yield from loader

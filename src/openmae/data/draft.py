@@ -9,7 +9,8 @@ the smaller image's fractional coordinates). Twice is Pillow's own margin for it
 64 enlarged ImageNet photos (918-5454 px a side) the crops came out 0.2 grey levels from a full-size decode on
 average, 99% of pixels within 2, in a fifth of the time (docs/benchmarks.md). Crops that allow no reduction, and
 files other than JPEGs, go through ``pretrain_transform``'s very steps, with the same pixels.
-:class:`DraftResize` does the same for evaluation's resize and centre crop.
+:class:`DraftCrop` serves fine-tuning's crop too (timm's), and :class:`DraftResize` evaluation's resize and
+centre crop.
 
 Written here because neither torchvision's transforms nor timm's decode at a reduced scale: both take decoded
 images.
@@ -17,17 +18,19 @@ images.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
+from torchvision.transforms.functional import resized_crop as resized_crop_v1
 from torchvision.transforms.v2 import functional as TF
 
 from openmae.data.datasets import ImageSource
 from openmae.data.images import JPEG_SUFFIXES, open_image, read_header
-from openmae.data.transforms import draw_crop
 
 REDUCING_GAP = 2.0  # the box keeps at least this many pixels per output pixel, each way, after the reduction
 REDUCTIONS = (8, 4, 2)  # the scales libjpeg decodes at, besides 1
@@ -67,16 +70,16 @@ def read_jpeg_header(source: ImageSource, index: int) -> tuple[JpegFile | Image.
     return source.load(index)
 
 
-class DraftCrop:
-    """RandomResizedCrop(scale, bicubic) + horizontal flip + normalise, ``pretrain_transform``'s, reading JPEGs at
-    the smallest scale the crop allows (the module's docstring). ``read(source, index)`` is the loader's read
-    (``SeededSamples``): a JPEG file is left undecoded until the call, which runs under the sample's seed."""
+class _Draft:
+    """A Compose whose first step this wrapper runs on a JPEG decoded at a reduced scale; the other steps as they are."""
 
-    def __init__(self, plain: T.Compose, channels: int, gap: float = REDUCING_GAP) -> None:
-        """``plain``: ``pretrain_transform``'s Compose (crop, flip, normalise), whose steps this one takes."""
+    def __init__(self, plain, channels: int, gap: float = REDUCING_GAP) -> None:
         self.plain, self.channels, self.gap = plain, channels, gap
-        self.crop, flip, self.to_tensor = plain.transforms
-        self.hflip, self.size = flip.p, tuple(self.crop.size)
+        self.first, *self.rest = plain.transforms
+
+    @property
+    def transforms(self) -> list:  # as the Compose's (tests and callers look for steps there)
+        return self.plain.transforms
 
     def read(self, source: ImageSource, index: int) -> tuple[JpegFile | Image.Image, int]:
         return read_jpeg_header(source, index)
@@ -84,57 +87,78 @@ class DraftCrop:
     def __call__(self, item: JpegFile | Image.Image) -> torch.Tensor:
         if not isinstance(item, JpegFile):
             return self.plain(item)
-        top, left, height, width, flip = draw_crop(self.crop, self.hflip, self.channels, item.height, item.width)
-        img = open_image(item.path, self.channels, reduction(height, width, self.size, self.gap))
-        if img.size == (item.width, item.height):  # full size: pretrain_transform's own steps
-            out = TF.resized_crop(img, top, left, height, width, self.crop.size, self.crop.interpolation,
-                                  antialias=self.crop.antialias)
-        else:  # the box in the smaller image's coordinates (fractional: PIL's resize takes a float box)
-            f = 1 / decoded_scale(item, img)
-            out = img.resize((self.size[1], self.size[0]), Image.Resampling.BICUBIC,
-                             box=(left * f, top * f, (left + width) * f, (top + height) * f))
-        return self.to_tensor(TF.horizontal_flip(out) if flip else out)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.plain}, reducing_gap={self.gap})"
-
-
-class DraftResize:
-    """``eval_transform`` (resize, centre crop, normalise) reading a large JPEG at the smallest scale its resize allows:
-    the image's short side (or each side, for a non-square size) keeps twice the resized one's pixels."""
-
-    def __init__(self, plain: T.Compose, channels: int, gap: float = REDUCING_GAP) -> None:
-        """``plain``: ``eval_transform``'s Compose (resize, centre crop, normalise)."""
-        self.plain, self.channels, self.gap = plain, channels, gap
-        self.size = list(plain.transforms[0].size)  # [short side] or [height, width]
-
-    def read(self, source: ImageSource, index: int) -> tuple[JpegFile | Image.Image, int]:
-        return read_jpeg_header(source, index)
-
-    def __call__(self, item: JpegFile | Image.Image) -> torch.Tensor:
-        if not isinstance(item, JpegFile):
-            return self.plain(item)
-        if len(self.size) == 1:
-            short = min(item.height, item.width)
-            r = reduction(short, short, (self.size[0], self.size[0]), self.gap)
-        else:
-            r = reduction(item.height, item.width, (self.size[0], self.size[1]), self.gap)
-        img = open_image(item.path, self.channels, r)
-        if img.size == (item.width, item.height):
-            return self.plain(img)
-        # the full-size image's resize, from the smaller one: the same output size (torchvision's rule, on the
-        # full size), from the same extent of the photo (its last pixels may be partial ones at the smaller scale)
-        scale = decoded_scale(item, img)
-        if len(self.size) == 1:
-            short, long = sorted((item.height, item.width))
-            new_short, new_long = self.size[0], int(self.size[0] * long / short)
-            out_h, out_w = (new_short, new_long) if item.height <= item.width else (new_long, new_short)
-        else:
-            out_h, out_w = self.size
-        out = img.resize((out_w, out_h), Image.Resampling.BICUBIC, box=(0, 0, item.width / scale, item.height / scale))
-        for step in self.plain.transforms[1:]:  # centre crop, normalise
+        out = self.first_step(item)
+        for step in self.rest:
             out = step(out)
         return out
 
+    def first_step(self, item: JpegFile) -> Image.Image:
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.plain}, reducing_gap={self.gap})"
+
+
+class DraftCrop(_Draft):
+    """A training Compose that starts with a random resized crop (torchvision's ``RandomResizedCrop``: pretraining's
+    ``pretrain_transform``; timm's ``RandomResizedCropAndInterpolation``: fine-tuning's recipe), reading a JPEG at
+    the smallest scale the crop's box allows (the module's docstring). ``read(source, index)`` is the loader's read
+    (``SeededSamples``): a JPEG file is left undecoded until the call, which runs under the sample's seed."""
+
+    def first_step(self, item: JpegFile) -> Image.Image:
+        crop = self.first
+        shape_only = torch.empty(1, 1, 1, dtype=torch.uint8).expand(self.channels, item.height, item.width)
+        if isinstance(crop, T.RandomResizedCrop):  # the crop's own draws, in its order
+            box = crop.make_params([shape_only])
+            top, left, height, width = box["top"], box["left"], box["height"], box["width"]
+            interpolation, kernel = crop.interpolation, partial(TF.resized_crop, antialias=crop.antialias)
+        else:  # timm's
+            top, left, height, width = crop.get_params(shape_only, crop.scale, crop.ratio)
+            interpolation = random.choice(crop.interpolation) if isinstance(crop.interpolation, (tuple, list)) \
+                else crop.interpolation
+            kernel = resized_crop_v1
+        size = tuple(crop.size)
+        img = open_image(item.path, self.channels, reduction(height, width, size, self.gap))
+        if img.size == (item.width, item.height):  # full size: the crop's own kernel, the same pixels
+            return kernel(img, top, left, height, width, list(size), interpolation)
+        f = 1 / decoded_scale(item, img)  # the box at the smaller scale (fractional: PIL's resize takes a float box)
+        return img.resize((size[1], size[0]), Image.Resampling[interpolation.name],
+                          box=(left * f, top * f, (left + width) * f, (top + height) * f))
+
+
+class DraftResize(_Draft):
+    """``eval_transform`` (resize, centre crop, normalise) reading a large JPEG at the smallest scale its resize allows:
+    the image's short side (or each side, for a non-square size) keeps twice the resized one's pixels."""
+
+    def first_step(self, item: JpegFile) -> Image.Image:
+        resize = self.first
+        size = list(resize.size)  # [short side] or [height, width]
+        if len(size) == 1:
+            short, long = sorted((item.height, item.width))
+            r = reduction(short, short, (size[0], size[0]), self.gap)
+            # torchvision's rule for the output size, on the full size
+            new_short, new_long = size[0], int(size[0] * long / short)
+            out_h, out_w = (new_short, new_long) if item.height <= item.width else (new_long, new_short)
+        else:
+            r = reduction(item.height, item.width, (size[0], size[1]), self.gap)
+            out_h, out_w = size
+        img = open_image(item.path, self.channels, r)
+        if img.size == (item.width, item.height):
+            return resize(img)
+        # from the smaller image, the same extent of the photo (its last pixels may be partial ones at that scale)
+        scale = decoded_scale(item, img)
+        return img.resize((out_w, out_h), Image.Resampling[resize.interpolation.name],
+                          box=(0, 0, item.width / scale, item.height / scale))
+
+
+def with_draft(transform, channels: int):
+    """``transform`` reading large JPEGs at a reduced scale when it starts with a step that allows it (a random
+    resized crop, or evaluation's resize), else ``transform`` itself."""
+    from timm.data.transforms import RandomResizedCropAndInterpolation  # fine-tuning's crop (timm: imported late)
+
+    first = getattr(transform, "transforms", [None])[0]
+    if isinstance(first, (T.RandomResizedCrop, RandomResizedCropAndInterpolation)):
+        return DraftCrop(transform, channels)
+    if isinstance(first, T.Resize):
+        return DraftResize(transform, channels)
+    return transform
