@@ -15,7 +15,7 @@ ahead in a thread as in training (``DeviceAhead``; ``--no-ahead``: in line), so 
 stage's resize (default: batched products on a GPU, each crop alone on a CPU); ``--profile N`` prints where N
 batches' device stage spends its time (``torch.profiler``, CPU and GPU); ``--worker-decode`` has the workers decode
 and crop the JPEGs (``data.device_decode=false``, for GPUs without a hardware JPEG decoder). ``--no-draft``: the CPU
-path decodes every JPEG at full size (``data.jpeg_draft=false``), not at the reduced scale a large photo's crop allows.
+path (and ``--worker-decode``) decodes every JPEG at full size (``data.jpeg_draft=false``), not at the reduced scale a large photo's crop allows.
 
 ``--epochs N`` times epoch boundaries instead: a stand-in training loop (each batch then ``--step-ms`` of
 sleep, as a process waiting on its GPU would; ``--pause-ms`` at each epoch's end, for evaluation and checkpoints)
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--worker-decode", action="store_true",
                         help="with --device-augment: the workers decode JPEGs (data.device_decode=false)")
     parser.add_argument("--no-draft", dest="draft", action="store_false",
-                        help="the CPU path decodes every JPEG at full size (data.jpeg_draft=false)")
+                        help="the CPU path (or --worker-decode) decodes every JPEG at full size (data.jpeg_draft=false)")
     parser.add_argument("--resize", choices=["auto", "batched", "per-image"], default="auto",
                         help="with --device-augment: the device stage's resize (auto: batched on a GPU)")
     parser.add_argument("--profile", type=int, default=0, help="with --device-augment: profile N batches' device stage")
@@ -106,7 +106,7 @@ def main() -> None:
             waited, staged, batches = waited + got - asked, staged + time.perf_counter() - got, batches + 1
         seconds = time.perf_counter() - start
         rows.append({"workers": workers, "device_augment": args.device_augment, "device": args.device,
-                     "jpeg_draft": args.draft and not args.device_augment,
+                     "jpeg_draft": args.draft and (args.worker_decode or not args.device_augment),
                      "resize": args.resize if args.device_augment else None, "ahead": ahead,
                      "decode": ("workers" if args.worker_decode else "device") if args.device_augment else "workers",
                      "images_per_s": round(seen / seconds, 1),

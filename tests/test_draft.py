@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import openmae.data.device as device
 import openmae.data.draft as draft
 from openmae.data.build import eval_batches, train_dataset
 from openmae.data.config import DataConfig
@@ -40,6 +41,7 @@ def _spy(monkeypatch) -> list[tuple[int, tuple[int, int]]]:
         return img
 
     monkeypatch.setattr(draft, "open_image", spy)
+    monkeypatch.setattr(device, "open_image", spy)
     return calls
 
 
@@ -169,3 +171,28 @@ def test_finetuning_crop_decodes_large_photos_smaller(large_photos, monkeypatch,
         assert levels.mean() < 0.5 and levels.flatten(1).mean(1).max() < 1.5, levels.mean()
     else:  # RandAugment's thresholds (solarize, posterize) can turn a level's difference into a large one
         assert levels.mean() < 2.0, levels.mean()
+
+
+def test_workers_decoding_for_the_device_read_large_photos_smaller(large_photos, monkeypatch):
+    """data.device_decode=false: the workers decode at the reduced scale and hand over that crop (the box rounded to
+    whole pixels there); the device's resize then gives the CPU path's full-size result to within the rounding."""
+    from openmae.data.device import PlannedCrop
+
+    calls = _spy(monkeypatch)
+    cfg = DataConfig(name="folder", path=str(large_photos), repeat=6)
+    dataset, sampler = train_dataset(replace(cfg, device_augment=True, device_decode=False), (224, 224), 3, 24, seed=5)
+    items = [dataset[item] for item in sampler]
+    assert all(isinstance(x[0], PlannedCrop) for x in items)
+    reduced = torch.tensor([r > 1 for r, _ in calls])
+    assert len(calls) == 24 and reduced.sum() >= 16
+    scales = [round(3600 / max(size)) for _, size in calls]
+    crops = [x[0] for x in items]  # a reduced crop is about its scale smaller than its box at full size
+    assert all(max(c.height, c.width) >= 2 * 224 for c in crops)
+    on_device = dataset.to_device(collate(items), torch.device("cpu")).images
+    full, _ = train_dataset(replace(cfg, jpeg_draft=False), (224, 224), 3, 24, seed=5)
+    cpu = torch.stack([full[item][0] for item in sampler])
+    levels = (on_device - cpu).abs() * 255 * 0.225
+    # the same boxes and flips; rounding the box to the decoded scale moves it by up to half a pixel there
+    assert levels[reduced].mean() < 2.0, levels[reduced].mean()
+    assert levels.flatten(1).mean(1).max() < 4.0
+    assert max(scales) > 1

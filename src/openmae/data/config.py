@@ -47,9 +47,9 @@ class DataConfig:
     # with device_augment and loader workers: take and decode the next batch in a thread while the training loop
     # resizes and trains on this one (openmae.data.ahead); false: the whole device stage in line
     device_ahead: bool = True
-    # the CPU path's crop (pretraining, fine-tuning) and evaluation's resize decode a large JPEG at 1/2, 1/4 or 1/8 of its size
-    # when the crop box still spans twice the output's pixels each way (openmae.data.draft); false: every image
-    # decoded at full size
+    # the CPU path's crop (pretraining, fine-tuning), evaluation's resize and the workers' decoding for the device
+    # path (device_decode=false) read a large JPEG at 1/2, 1/4 or 1/8 of its size when the crop box still spans twice
+    # the output's pixels each way (openmae.data.draft); false: every image decoded at full size
     jpeg_draft: bool = True
     bad_files: str = "skip"
     max_samples: int = 0

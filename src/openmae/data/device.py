@@ -16,12 +16,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from openmae.data.datasets import ImageSource
-from openmae.data.images import JPEG_SUFFIXES, TRANSPOSED, BadImageError, read_header
+from openmae.data.draft import JpegFile, decoded_scale, read_jpeg_header, reduction
+from openmae.data.images import JPEG_SUFFIXES, TRANSPOSED, BadImageError, open_image, read_header
 from openmae.data.resize import resize_crops, resize_each
 from openmae.data.transforms import draw_crop
 
@@ -117,27 +119,47 @@ def read_raw(source: ImageSource, index: int, keep_jpegs: bool = True) -> tuple[
             return RawImage(np.fromfile(path, dtype=np.uint8), True, head.height, head.width, str(path),
                             head.orientation), label
     img, label = source.load(index)  # decoded and converted as on the CPU path
+    return raw_pixels(img, source.describe(index)), label
+
+
+def raw_pixels(img: Image.Image, name: str) -> RawImage:
+    """A decoded image as a :class:`RawImage` of (C, H, W) uint8 pixels."""
     arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy on the device side)
     arr = np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))  # (C, H, W)
-    return RawImage(arr, False, arr.shape[1], arr.shape[2], source.describe(index)), label
+    return RawImage(arr, False, arr.shape[1], arr.shape[2], name)
 
 
 class PlanCrops:
     """Worker side of ``data.device_augment``: runs under the sample's seed like any other transform.
 
     ``device_decode=False`` (``data.device_decode``): the worker decodes JPEGs too, as every other image. An image
-    decoded here leaves with its crop's pixels only (fewer bytes to hand over; the same pixels reach the resize)."""
+    decoded here leaves with its crop's pixels only (fewer bytes to hand over; the same pixels reach the resize).
+    With ``jpeg_draft`` too, a large JPEG is decoded at the reduced scale its crop allows (``openmae.data.draft``);
+    its crop's pixels then leave at that scale, the box rounded to whole pixels there."""
 
     def __init__(self, img_size: tuple[int, int], scale: tuple[float, float], hflip: float, channels: int,
-                 device_decode: bool = True) -> None:
+                 device_decode: bool = True, jpeg_draft: bool = False) -> None:
         self.crop = T.RandomResizedCrop(img_size, scale=scale, interpolation=InterpolationMode.BICUBIC, antialias=True)
         self.hflip, self.channels, self.device_decode = hflip, channels, device_decode
+        self.draft = jpeg_draft and not device_decode
+        self.size = tuple(img_size)
 
-    def read(self, source: ImageSource, index: int) -> tuple[RawImage, int]:
+    def read(self, source: ImageSource, index: int) -> tuple[RawImage | JpegFile, int]:
+        if self.draft:
+            item, label = read_jpeg_header(source, index)
+            return (item if isinstance(item, JpegFile) else raw_pixels(item, source.describe(index))), label
         return read_raw(source, index, keep_jpegs=self.device_decode)
 
-    def __call__(self, raw: RawImage) -> PlannedCrop:
+    def __call__(self, raw: RawImage | JpegFile) -> PlannedCrop:
         top, left, height, width, flip = draw_crop(self.crop, self.hflip, self.channels, raw.height, raw.width)
+        if isinstance(raw, JpegFile):  # decoded here, at the scale the box allows
+            img = open_image(raw.path, self.channels, reduction(height, width, self.size))
+            s = decoded_scale(raw, img)
+            pixels = raw_pixels(img, str(raw.path))
+            t0, l0 = round(top / s), round(left / s)  # the box at the decoded scale, in whole pixels
+            t1 = min(pixels.height, max(t0 + 1, round((top + height) / s)))
+            l1 = min(pixels.width, max(l0 + 1, round((left + width) / s)))
+            top, left, height, width, raw = t0, l0, t1 - t0, l1 - l0, pixels
         if raw.encoded:
             return PlannedCrop(raw, top, left, height, width, flip)
         pixels = np.ascontiguousarray(raw.data[:, top : top + height, left : left + width])  # (C, h, w)
