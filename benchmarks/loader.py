@@ -15,7 +15,8 @@ ahead in a thread as in training (``DeviceAhead``; ``--no-ahead``: in line), so 
 stage's resize (default: batched products on a GPU, each crop alone on a CPU); ``--profile N`` prints where N
 batches' device stage spends its time (``torch.profiler``, CPU and GPU); ``--worker-decode`` has the workers decode
 and crop the JPEGs (``data.device_decode=false``, for GPUs without a hardware JPEG decoder). ``--no-draft``: the CPU
-path (and ``--worker-decode``) decodes every JPEG at full size (``data.jpeg_draft=false``), not at the reduced scale a large photo's crop allows.
+path (and ``--worker-decode``) decodes every JPEG at full size (``data.jpeg_draft=false``), not at the reduced
+scale a large photo's crop allows.
 
 ``--epochs N`` times epoch boundaries instead: a stand-in training loop (each batch then ``--step-ms`` of
 sleep, as a process waiting on its GPU would; ``--pause-ms`` at each epoch's end, for evaluation and checkpoints)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from openmae.data.config import DataConfig
 from openmae.data.datasets import build_source, read_idx
-from openmae.data.images import BadImageError, open_image
+from openmae.data.images import BadImageError, open_image, read_header
 from openmae.data.loader import ResumableSampler
 from openmae.engine.pretrain import pretrain
 
@@ -60,9 +60,16 @@ def test_every_odd_file_has_a_defined_outcome(tmp_path, datasets):
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     Image.new("RGB", (200, 200)).save(tmp_path / "big.png")
+    Image.new("RGB", (200, 200)).save(tmp_path / "big.jpg")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
     with pytest.raises(BadImageError, match="DecompressionBomb"):
         open_image(tmp_path / "big.png", 3)
+    # a JPEG's header alone (read first by data.jpeg_draft and data.device_augment) is refused the same way, as a
+    # bad file, not a crash (over twice the limit PIL raises an error rather than a warning)
+    for limit in (10_000, 30_000):
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+        with pytest.raises(BadImageError, match="DecompressionBomb"):
+            read_header(tmp_path / "big.jpg")
 
 
 def test_messy_folder_trains_and_reports_skips(tmp_path, datasets, caplog):

@@ -70,13 +70,15 @@ class Header:
 def read_header(path: str | Path) -> Header:
     """The header of ``path``; raises :class:`BadImageError` when it is not an image's."""
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
-            if orientation in TRANSPOSED:
-                width, height = height, width
-            return Header(img.format, img.mode, height, width, orientation, bool(img.info.get("progressive")))
-    except (OSError, SyntaxError, ValueError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused as open_image refuses it
+            with Image.open(path) as img:
+                width, height = img.size
+                orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+                if orientation in TRANSPOSED:
+                    width, height = height, width
+                return Header(img.format, img.mode, height, width, orientation, bool(img.info.get("progressive")))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImageError(f"{path}: {type(err).__name__}: {err}") from None
 
 
