@@ -1,4 +1,4 @@
-"""The CPU path's pretraining augmentation for large JPEGs: decode at a reduced scale what the crop allows.
+"""Large JPEGs on the CPU path: decoded at the reduced scale that a crop (or a resize) allows.
 
 RandomResizedCrop throws most of a large photo's pixels away: a 3000x2250 photo's crop of a fifth to all of it
 becomes 224x224. :class:`DraftCrop` draws the crop box from the file's header (the very draws of torchvision's
@@ -48,7 +48,7 @@ def reduction(box_height: int, box_width: int, out_size: tuple[int, int], gap: f
 def decoded_scale(item: JpegFile, img: Image.Image) -> int:
     """By how much libjpeg scaled ``item`` down (1, 2, 4 or 8): its sides are the full ones divided by it, rounded
     up, so the ratio of the sizes is a little off for the exact scale."""
-    return round(item.width / img.width)
+    return min((1, *REDUCTIONS), key=lambda s: abs(item.width / s - img.width))
 
 
 @dataclass(frozen=True)
