@@ -196,3 +196,19 @@ def test_workers_decoding_for_the_device_read_large_photos_smaller(large_photos,
     assert levels[reduced].mean() < 2.0, levels[reduced].mean()
     assert levels.flatten(1).mean(1).max() < 4.0
     assert max(scales) > 1
+
+
+def test_visualizing_a_large_photo_reads_it_smaller(large_photos, tmp_path, monkeypatch):
+    import openmae
+    from openmae.eval.visualize import visualize_files
+
+    calls = _spy(monkeypatch)
+    model = openmae.create_model("mae_vit_debug_patch4_32", img_size=64, patch_size=8)
+    photo = large_photos / "large0.jpg"
+    panels = {}
+    for jpeg_draft in (True, False):
+        data = DataConfig(name="folder", path=str(large_photos), jpeg_draft=jpeg_draft)
+        (png,) = visualize_files(model, [photo], tmp_path / str(jpeg_draft), data, scale=1)
+        panels[jpeg_draft] = np.asarray(Image.open(png))[:, :64].astype(float)  # the original panel
+    assert calls == [(8, (375, 282))]  # 2250 px short side, resized to 64: decoded at 1/8
+    assert np.abs(panels[True] - panels[False]).mean() < 0.5
