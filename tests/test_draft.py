@@ -31,16 +31,23 @@ def test_reduction_keeps_twice_the_output_each_way():
 
 
 def _spy(monkeypatch) -> list[tuple[int, tuple[int, int]]]:
-    """Record each decode's reduction and decoded size."""
+    """Record each decode's reduction and decoded size (decoded at once when read, or later at a reduced scale)."""
     calls = []
-    real = draft.open_image
+    real, real_or_header = draft.open_image, draft.open_image_or_header
 
     def spy(path, channels, reduce=1):
         img = real(path, channels, reduce)
         calls.append((reduce, img.size))
         return img
 
+    def spy_or_header(path, channels, keep_encoded=None, reduce=1):
+        out = real_or_header(path, channels, keep_encoded, reduce)
+        if isinstance(out, Image.Image):
+            calls.append((reduce, out.size))
+        return out
+
     monkeypatch.setattr(draft, "open_image", spy)
+    monkeypatch.setattr(draft, "open_image_or_header", spy_or_header)
     monkeypatch.setattr(device, "open_image", spy)
     return calls
 
@@ -127,7 +134,7 @@ def test_other_files_take_the_plain_steps(tmp_path, monkeypatch):
     (folder / "fake.jpg").write_bytes((folder / "p0.png").read_bytes())  # a PNG named .jpg
     _, drafted = _images(DataConfig(name="folder", path=str(folder)), (64, 64), batch=2)
     _, plain = _images(DataConfig(name="folder", path=str(folder), jpeg_draft=False), (64, 64), batch=2)
-    assert torch.equal(drafted, plain) and calls == []  # decoded by the source, the PNG named .jpg too
+    assert torch.equal(drafted, plain) and all(r == 1 for r, _ in calls)  # the PNG named .jpg too: full size
 
 
 @pytest.mark.parametrize("folder, size", [("large", (224, 224)), ("large", (64, 96)), ("photos", (224, 224))])

@@ -146,9 +146,12 @@ class PlanCrops:
 
     def read(self, source: ImageSource, index: int) -> tuple[RawImage | JpegFile, int]:
         if self.draft:
-            item, label = read_jpeg_header(source, index)
+            item, label = read_jpeg_header(source, index, self.channels, self.may_reduce)
             return (item if isinstance(item, JpegFile) else raw_pixels(item, source.describe(index))), label
         return read_raw(source, index, keep_jpegs=self.device_decode)
+
+    def may_reduce(self, height: int, width: int) -> bool:  # the whole image is the largest box a crop draws
+        return reduction(height, width, self.size) > 1
 
     def __call__(self, raw: RawImage | JpegFile) -> PlannedCrop:
         top, left, height, width, flip = draw_crop(self.crop, self.hflip, self.channels, raw.height, raw.width)

@@ -19,6 +19,7 @@ images.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,7 +31,7 @@ from torchvision.transforms.functional import resized_crop as resized_crop_v1
 from torchvision.transforms.v2 import functional as TF
 
 from openmae.data.datasets import ImageSource
-from openmae.data.images import JPEG_SUFFIXES, open_image, read_header
+from openmae.data.images import JPEG_SUFFIXES, Header, open_image, open_image_or_header
 
 REDUCING_GAP = 2.0  # the box keeps at least this many pixels per output pixel, each way, after the reduction
 REDUCTIONS = (8, 4, 2)  # the scales libjpeg decodes at, besides 1
@@ -60,13 +61,15 @@ class JpegFile:
     width: int
 
 
-def read_jpeg_header(source: ImageSource, index: int) -> tuple[JpegFile | Image.Image, int]:
-    """Item ``index`` of ``source``: a JPEG file's header only, any other image decoded (as ``source.load``)."""
+def read_jpeg_header(source: ImageSource, index: int, channels: int,
+                     may_reduce: Callable[[int, int], bool]) -> tuple[JpegFile | Image.Image, int]:
+    """Item ``index`` of ``source``: a JPEG whose (upright height, width) ``may_reduce`` as its header only, to decode
+    later; any other image decoded at once (from the same opening of the file, as ``source.load`` decodes it)."""
     path, label = source.file(index)
     if path is not None and path.suffix.lower() in JPEG_SUFFIXES:
-        head = read_header(path)
-        if head.format == "JPEG":
-            return JpegFile(path, head.height, head.width), label
+        out = open_image_or_header(path, channels,
+                                   lambda head: head.format == "JPEG" and may_reduce(head.height, head.width))
+        return (JpegFile(path, out.height, out.width) if isinstance(out, Header) else out), label
     return source.load(index)
 
 
@@ -82,7 +85,11 @@ class _Draft:
         return self.plain.transforms
 
     def read(self, source: ImageSource, index: int) -> tuple[JpegFile | Image.Image, int]:
-        return read_jpeg_header(source, index)
+        return read_jpeg_header(source, index, self.channels, self.may_reduce)
+
+    def may_reduce(self, height: int, width: int) -> bool:
+        """Whether the first step could decode an image of this size at a reduced scale (else it decodes at once)."""
+        raise NotImplementedError
 
     def __call__(self, item: JpegFile | Image.Image) -> torch.Tensor:
         if not isinstance(item, JpegFile):
@@ -104,6 +111,9 @@ class DraftCrop(_Draft):
     ``pretrain_transform``; timm's ``RandomResizedCropAndInterpolation``: fine-tuning's recipe), reading a JPEG at
     the smallest scale the crop's box allows (the module's docstring). ``read(source, index)`` is the loader's read
     (``SeededSamples``): a JPEG file is left undecoded until the call, which runs under the sample's seed."""
+
+    def may_reduce(self, height: int, width: int) -> bool:  # the whole image is the largest box a crop draws
+        return reduction(height, width, tuple(self.first.size), self.gap) > 1
 
     def first_step(self, item: JpegFile) -> Image.Image:
         crop = self.first
@@ -130,24 +140,28 @@ class DraftResize(_Draft):
     """``eval_transform`` (resize, centre crop, normalise) reading a large JPEG at the smallest scale its resize allows:
     the image's short side (or each side, for a non-square size) keeps twice the resized one's pixels."""
 
-    def first_step(self, item: JpegFile) -> Image.Image:
-        resize = self.first
-        size = list(resize.size)  # [short side] or [height, width]
+    def _plan(self, height: int, width: int) -> tuple[int, int, int]:
+        """The reduction for an image of this size, and the (height, width) the resize gives it."""
+        size = list(self.first.size)  # [short side] or [height, width]
         if len(size) == 1:
-            short, long = sorted((item.height, item.width))
+            short, long = sorted((height, width))
             r = reduction(short, short, (size[0], size[0]), self.gap)
             # torchvision's rule for the output size, on the full size
             new_short, new_long = size[0], int(size[0] * long / short)
-            out_h, out_w = (new_short, new_long) if item.height <= item.width else (new_long, new_short)
-        else:
-            r = reduction(item.height, item.width, (size[0], size[1]), self.gap)
-            out_h, out_w = size
+            return (r, new_short, new_long) if height <= width else (r, new_long, new_short)
+        return reduction(height, width, (size[0], size[1]), self.gap), size[0], size[1]
+
+    def may_reduce(self, height: int, width: int) -> bool:
+        return self._plan(height, width)[0] > 1
+
+    def first_step(self, item: JpegFile) -> Image.Image:
+        r, out_h, out_w = self._plan(item.height, item.width)
         img = open_image(item.path, self.channels, r)
         if img.size == (item.width, item.height):
-            return resize(img)
+            return self.first(img)
         # from the smaller image, the same extent of the photo (its last pixels may be partial ones at that scale)
         scale = decoded_scale(item, img)
-        return img.resize((out_w, out_h), Image.Resampling[resize.interpolation.name],
+        return img.resize((out_w, out_h), Image.Resampling[self.first.interpolation.name],
                           box=(0, 0, item.width / scale, item.height / scale))
 
 

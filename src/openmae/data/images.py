@@ -5,6 +5,7 @@ odd inputs: grayscale, RGBA, palette (with transparency), CMYK, 16-bit, EXIF rot
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,36 +68,44 @@ class Header:
     progressive: bool
 
 
-def read_header(path: str | Path) -> Header:
-    """The header of ``path``; raises :class:`BadImageError` when it is not an image's."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused as open_image refuses it
-            with Image.open(path) as img:
-                width, height = img.size
-                orientation = img.getexif().get(EXIF_ORIENTATION, 1)
-                if orientation in TRANSPOSED:
-                    width, height = height, width
-                return Header(img.format, img.mode, height, width, orientation, bool(img.info.get("progressive")))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise BadImageError(f"{path}: {type(err).__name__}: {err}") from None
+def _header(img: Image.Image) -> Header:
+    width, height = img.size
+    orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    if orientation in TRANSPOSED:
+        width, height = height, width
+    return Header(img.format, img.mode, height, width, orientation, bool(img.info.get("progressive")))
 
 
-def open_image(path: str | Path, channels: int, reduce: int = 1) -> Image.Image:
-    """Decode ``path``; raises :class:`BadImageError` on anything that is not a readable image.
-
-    ``reduce`` > 1: a JPEG is decoded at about 1/``reduce`` of its size (1/2, 1/4 or 1/8: libjpeg scales in
-    the DCT domain, through PIL's ``draft``, and saves most of the decoding); other formats decode fully."""
+def open_image_or_header(path: str | Path, channels: int, keep_encoded: Callable[[Header], bool] | None = None,
+                         reduce: int = 1) -> Image.Image | Header:
+    """``path`` opened once: its :class:`Header` alone when ``keep_encoded(header)`` says so (the caller decodes it
+    later), else decoded to ``channels``. ``reduce`` > 1: a JPEG is decoded at about 1/``reduce`` of its size (1/2,
+    1/4 or 1/8: libjpeg scales in the DCT domain, through PIL's ``draft``, and saves most of the decoding); other
+    formats decode fully. Raises :class:`BadImageError` on anything that is not a readable image, decompression
+    bombs included."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
+                if keep_encoded is not None and keep_encoded(head := _header(img)):
+                    return head
                 if reduce > 1:  # draft picks the smallest scale whose size is at least the size asked for
                     img.draft(img.mode, (max(1, img.width // reduce), max(1, img.height // reduce)))
                 img.load()
                 return to_channels(img, channels)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImageError(f"{path}: {type(err).__name__}: {err}") from None
+
+
+def read_header(path: str | Path) -> Header:
+    """The header of ``path``; raises :class:`BadImageError` when it is not an image's."""
+    return open_image_or_header(path, 0, keep_encoded=lambda head: True)
+
+
+def open_image(path: str | Path, channels: int, reduce: int = 1) -> Image.Image:
+    """Decode ``path`` (``reduce``: see :func:`open_image_or_header`); raises :class:`BadImageError` on anything
+    that is not a readable image."""
+    return open_image_or_header(path, channels, reduce=reduce)
 
 
 def find_images(root: str | Path) -> list[Path]:
