@@ -25,7 +25,7 @@ from openmae.data.datasets import ImageSource
 from openmae.data.draft import JpegFile, decoded_scale, read_jpeg_header, reduction
 from openmae.data.images import JPEG_SUFFIXES, TRANSPOSED, BadImageError, open_image, read_header
 from openmae.data.resize import resize_crops, resize_each
-from openmae.data.transforms import draw_crop
+from openmae.data.transforms import draw_box
 
 
 @dataclass
@@ -154,7 +154,8 @@ class PlanCrops:
         return reduction(height, width, self.size) > 1
 
     def __call__(self, raw: RawImage | JpegFile) -> PlannedCrop:
-        top, left, height, width, flip = draw_crop(self.crop, self.hflip, self.channels, raw.height, raw.width)
+        top, left, height, width = draw_box(self.crop, self.channels, raw.height, raw.width)  # pretrain_transform's
+        flip = bool(torch.rand(1) < self.hflip)  # draws, then RandomHorizontalFlip's
         if isinstance(raw, JpegFile):  # decoded here, at the scale the box allows
             img = open_image(raw.path, self.channels, reduction(height, width, self.size))
             s = decoded_scale(raw, img)

@@ -19,6 +19,7 @@ images.
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -32,6 +33,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from openmae.data.datasets import ImageSource
 from openmae.data.images import JPEG_SUFFIXES, Header, open_image, open_image_or_header
+from openmae.data.transforms import draw_box
 
 REDUCING_GAP = 2.0  # the box keeps at least this many pixels per output pixel, each way, after the reduction
 REDUCTIONS = (8, 4, 2)  # the scales libjpeg decodes at, besides 1
@@ -73,7 +75,7 @@ def read_jpeg_header(source: ImageSource, index: int, channels: int,
     return source.load(index)
 
 
-class _Draft:
+class _Draft(ABC):
     """A Compose whose first step this wrapper runs on a JPEG decoded at a reduced scale; the other steps as they are."""
 
     def __init__(self, plain, channels: int, gap: float = REDUCING_GAP) -> None:
@@ -87,9 +89,9 @@ class _Draft:
     def read(self, source: ImageSource, index: int) -> tuple[JpegFile | Image.Image, int]:
         return read_jpeg_header(source, index, self.channels, self.may_reduce)
 
+    @abstractmethod
     def may_reduce(self, height: int, width: int) -> bool:
         """Whether the first step could decode an image of this size at a reduced scale (else it decodes at once)."""
-        raise NotImplementedError
 
     def __call__(self, item: JpegFile | Image.Image) -> torch.Tensor:
         if not isinstance(item, JpegFile):
@@ -99,8 +101,9 @@ class _Draft:
             out = step(out)
         return out
 
+    @abstractmethod
     def first_step(self, item: JpegFile) -> Image.Image:
-        raise NotImplementedError
+        """The first step's output for ``item``, decoded at the scale the step allows."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.plain}, reducing_gap={self.gap})"
@@ -117,13 +120,10 @@ class DraftCrop(_Draft):
 
     def first_step(self, item: JpegFile) -> Image.Image:
         crop = self.first
-        shape_only = torch.empty(1, 1, 1, dtype=torch.uint8).expand(self.channels, item.height, item.width)
-        if isinstance(crop, T.RandomResizedCrop):  # the crop's own draws, in its order
-            box = crop.make_params([shape_only])
-            top, left, height, width = box["top"], box["left"], box["height"], box["width"]
+        top, left, height, width = draw_box(crop, self.channels, item.height, item.width)
+        if isinstance(crop, T.RandomResizedCrop):
             interpolation, kernel = crop.interpolation, partial(TF.resized_crop, antialias=crop.antialias)
-        else:  # timm's
-            top, left, height, width = crop.get_params(shape_only, crop.scale, crop.ratio)
+        else:  # timm's, which may draw its interpolation too
             interpolation = random.choice(crop.interpolation) if isinstance(crop.interpolation, (tuple, list)) \
                 else crop.interpolation
             kernel = resized_crop_v1

@@ -41,13 +41,15 @@ def pretrain_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std) ->
     ])
 
 
-def draw_crop(crop: T.RandomResizedCrop, hflip: float, channels: int, height: int, width: int,
-              ) -> tuple[int, int, int, int, bool]:
-    """The random draws ``pretrain_transform`` makes for an image of this size, without the image: RandomResizedCrop's
-    box (top, left, height, width), then RandomHorizontalFlip's flip (it flips when ``torch.rand(1) < p``)."""
+def draw_box(crop, channels: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """The box (top, left, height, width) that ``crop`` (torchvision's ``RandomResizedCrop``, or timm's
+    ``RandomResizedCropAndInterpolation``) draws for an image of this size, without the image: its own random draws,
+    in its order."""
     shape_only = torch.empty(1, 1, 1, dtype=torch.uint8).expand(channels, height, width)
-    box = crop.make_params([shape_only])
-    return box["top"], box["left"], box["height"], box["width"], bool(torch.rand(1) < hflip)
+    if isinstance(crop, T.RandomResizedCrop):
+        box = crop.make_params([shape_only])
+        return box["top"], box["left"], box["height"], box["width"]
+    return tuple(crop.get_params(shape_only, crop.scale, crop.ratio))  # timm's (Python's random)
 
 
 def eval_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std) -> T.Compose:

@@ -8,6 +8,7 @@ from openmae.data.config import DataConfig
 from openmae.data.datasets import FileImages, stats_for
 from openmae.data.draft import with_draft
 from openmae.data.images import find_images
+from openmae.data.loader import SeededSamples
 from openmae.data.transforms import eval_transform
 from openmae.eval.reconstruction import auto_scale, reconstruct, save_grid
 from openmae.models.mae import MaskedAutoencoder
@@ -34,14 +35,13 @@ def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | 
     m = model.cfg
     mean, std = stats_for(data, m.in_chans)
     transform = eval_transform(data, m.img_size, mean, std)
-    files = FileImages(paths, None, m.in_chans, [])
     if data.jpeg_draft:  # a camera's photo decoded at the scale its resize needs (openmae.data.draft)
         transform = with_draft(transform, m.in_chans)
-    read = getattr(transform, "read", None)
+    # read and transformed as the loader does; an unreadable file stops with its name
+    files = SeededSamples(FileImages(paths, None, m.in_chans, []), transform, bad_files="fail", seeded=False)
     written = []
     for i, path in enumerate(paths):
-        item = read(files, i)[0] if read else files.load(i)[0]
-        img = transform(item).unsqueeze(0)  # (1, C, H, W)
+        img = files[(i, 0)][0].unsqueeze(0)  # (1, C, H, W)
         rec = reconstruct(model, img, mean, std, mask_ratio, seed=seed + i)
         written.append(save_grid(rec, Path(out_dir) / f"{path.stem}.png", scale or auto_scale(m.img_size)))
     return written
