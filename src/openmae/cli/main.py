@@ -130,6 +130,7 @@ def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     from openmae.convert.checkpoints import load_pretrained
     from openmae.data.config import DataConfig
+    from openmae.data.datasets import suffixes_for
     from openmae.eval.visualize import image_paths, visualize_dataset, visualize_files
 
     # positional arguments mix image paths and data.* settings; only DataConfig matters here (dataset,
@@ -141,7 +142,8 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     if not any(k.startswith("decoder_") for k in model.state_dict()) or model.cfg.decoder_depth == 0:
         raise ConfigError("visualize needs a checkpoint with the decoder")
     if args.images:
-        written = visualize_files(model, image_paths(args.images), args.out, data, args.mask_ratio, args.seed)
+        written = visualize_files(model, image_paths(args.images, suffixes_for(data)), args.out, data, args.mask_ratio,
+                                  args.seed)
     elif data.name != "folder" or data.path:
         written = visualize_dataset(model, data, args.out, args.count, args.mask_ratio, args.seed)
     else:

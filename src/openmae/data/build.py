@@ -107,7 +107,7 @@ def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, bat
         plan = PlanCrops(img_size, cfg.crop_scale, cfg.hflip, channels, cfg.device_decode, cfg.jpeg_draft)
         return SeededSamples(source, plan, cfg.bad_files, device_stage=DeviceAugment(img_size, channels, mean, std)), sampler
     transform = transform or pretrain_transform(cfg, img_size, mean, std)
-    transform = with_draft(transform, channels) if cfg.jpeg_draft else transform
+    transform = with_draft(transform, channels) if cfg.jpeg_draft and cfg.format == "image" else transform
     return SeededSamples(source, transform, cfg.bad_files), sampler
 
 
@@ -118,7 +118,7 @@ def eval_batches(cfg: DataConfig, split: str, img_size: tuple[int, int], channel
     source = source or source_for(cfg, split, channels, limit)
     mean, std = stats_for(cfg, channels)
     transform = pretrain_transform(cfg, img_size, mean, std) if augment else eval_transform(cfg, img_size, mean, std)
-    transform = with_draft(transform, channels) if cfg.jpeg_draft else transform
+    transform = with_draft(transform, channels) if cfg.jpeg_draft and cfg.format == "image" else transform
     sampler = ResumableSampler(len(source), batch_size, seed, shuffle=False, drop_last=False)
     loader = make_loader(SeededSamples(source, transform, cfg.bad_files), sampler, cfg.num_workers, False)
     yield from loader

@@ -8,6 +8,8 @@ from openmae.config import require
 
 NAMED = ("cifar10", "cifar100", "fashion-mnist", "mnist", "stl10")
 KINDS = NAMED + ("folder", "imagefolder")
+FORMATS = ("image", "array")
+LAYOUTS = ("auto", "hwc", "chw")
 
 
 @dataclass
@@ -25,10 +27,17 @@ class DataConfig:
     well, each time the held-out images are evaluated; its numbers are logged with the split's name as a prefix
     (``test_top1``), and ``model-best.pth`` stays chosen on the held-out images. One run then both chooses its
     epoch without the test split and reports that epoch's test accuracy.
+
+    ``format``: ``image`` reads image files (JPEG, PNG, ...) converted to the model's 1 or 3 channels; ``array`` reads
+    ``.npy`` and TIFF files of any number of bands (``model.in_chans``) in their own units, laid out as
+    ``array_layout`` says (``auto``: from which axis has ``in_chans`` entries), normalised by ``mean`` / ``std``,
+    which are measured on the training files when not set (:mod:`openmae.data.arrays`).
     """
 
     name: str = "folder"
     path: str = ""
+    format: str = "image"
+    array_layout: str = "auto"
     root: str = ""
     download: bool = False
     train_split: str = "train"
@@ -61,6 +70,13 @@ class DataConfig:
 
     def check(self) -> None:
         require(self.name in KINDS, "data.name", self.name, f"one of {list(KINDS)}")
+        require(self.format in FORMATS, "data.format", self.format, f"one of {list(FORMATS)}")
+        require(self.array_layout in LAYOUTS, "data.array_layout", self.array_layout, f"one of {list(LAYOUTS)}")
+        require(self.format == "image" or self.name in ("folder", "imagefolder"), "data.format", self.format,
+                f"'image' for the named dataset {self.name!r}; array files are read from data.name=folder or "
+                "imagefolder")
+        require(self.format == "image" or not self.device_augment, "data.device_augment", self.device_augment,
+                "false with data.format=array (the device path decodes JPEGs; arrays are augmented in the workers)")
         require(self.name not in ("folder", "imagefolder") or bool(self.path), "data.path", self.path,
                 "a folder of images when data.name is folder or imagefolder")
         require(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "data.crop_scale", self.crop_scale,

@@ -6,7 +6,9 @@ added by :class:`openmae.data.loader.SeededSamples`.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import logging
 import os
 import struct
 from pathlib import Path
@@ -15,8 +17,11 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from openmae.data.arrays import ARRAY_SUFFIXES, STATS_FILES, FileArrays, band_stats
 from openmae.data.config import DataConfig
-from openmae.data.images import find_images, open_image, to_channels
+from openmae.data.images import IMAGE_SUFFIXES, find_images, open_image, to_channels
+
+log = logging.getLogger(__name__)
 
 # Dataset statistics for normalisation (mean, std) per channel
 STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -101,16 +106,29 @@ def default_root() -> Path:
     return Path(os.environ.get("OPENMAE_DATA", Path.home() / ".cache" / "openmae" / "data"))
 
 
-def _image_folder(path: Path, channels: int) -> FileImages:
+def file_source(files: list[Path], labels: list[int] | None, channels: int, classes: list[str],
+                cfg: DataConfig | None = None) -> FileImages | FileArrays:
+    """Files read as images, or as arrays of bands with ``data.format=array``."""
+    if cfg is not None and cfg.format == "array":
+        return FileArrays(files, labels, channels, classes, cfg.array_layout)
+    return FileImages(files, labels, channels, classes)
+
+
+def suffixes_for(cfg: DataConfig) -> tuple[str, ...]:
+    return ARRAY_SUFFIXES if cfg.format == "array" else IMAGE_SUFFIXES
+
+
+def _image_folder(path: Path, channels: int, cfg: DataConfig | None = None) -> FileImages | FileArrays:
     classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise FileNotFoundError(f"{path} has no class folders; an ImageFolder is <path>/<class>/<image>")
+    suffixes = suffixes_for(cfg) if cfg is not None else IMAGE_SUFFIXES
     files, labels = [], []
     for label, name in enumerate(classes):
-        found = find_images(path / name)
+        found = find_images(path / name, suffixes)
         files += found
         labels += [label] * len(found)
-    return FileImages(files, labels, channels, classes)
+    return file_source(files, labels, channels, classes, cfg)
 
 
 def _named(cfg: DataConfig, split: str, channels: int) -> ImageSource:
@@ -151,26 +169,47 @@ def build_source(cfg: DataConfig, split: str, channels: int) -> ImageSource:
     """The images of ``split`` ("train", "test", ...) as configured; refuses an empty dataset."""
     if cfg.name == "folder":
         path = Path(cfg.path)
-        files = find_images(path)
-        source: ImageSource = FileImages(files, None, channels, [])
+        files = find_images(path, suffixes_for(cfg))
+        source: ImageSource = file_source(files, None, channels, [], cfg)
     elif cfg.name == "imagefolder":
         path = Path(cfg.path)
         if not path.is_dir():
             raise FileNotFoundError(f"data.path {path} does not exist")
-        source = _image_folder(path / split if (path / split).is_dir() else path, channels)
+        source = _image_folder(path / split if (path / split).is_dir() else path, channels, cfg)
     else:
         source = _named(cfg, split, channels)
     if len(source) == 0:
         where = cfg.path or cfg.name
-        raise ValueError(f"no images found in {where} ({split}); supported files: .jpg .jpeg .png .webp .bmp .tif "
-                         f".tiff .gif .ppm .pgm, searched recursively")
+        raise ValueError(f"no images found in {where} ({split}); supported files with data.format={cfg.format}: "
+                         f"{' '.join(suffixes_for(cfg))}, searched recursively")
     return source
 
 
+_MEASURED: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {}  # per process: data settings -> stats
+
+
+def _measured_stats(cfg: DataConfig, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Each band's mean / std over the training files, measured once per process for the same data settings."""
+    from openmae.data.build import source_for  # build imports this module
+
+    key = repr((dataclasses.astuple(cfg), channels))
+    if key in _MEASURED:
+        return _MEASURED[key]
+    source = source_for(cfg, cfg.train_split, channels, cfg.max_samples)
+    mean, std = _MEASURED[key] = band_stats(source)
+    log.info("data.mean=[%s] data.std=[%s]: measured on %d training files of %s (set both to keep them fixed)",
+             ",".join(f"{v:.6g}" for v in mean), ",".join(f"{v:.6g}" for v in std), min(len(source), STATS_FILES),
+             cfg.path)
+    return mean, std
+
+
 def stats_for(cfg: DataConfig, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalisation mean/std: configured, else the dataset's own, else ImageNet's (0.5 for 1 channel)."""
+    """Normalisation mean/std: configured, else measured on the training files (``data.format=array``: values are
+    in the files' own units), else the dataset's own, else ImageNet's (0.5 for 1 channel)."""
     if cfg.mean is not None and cfg.std is not None:
         mean, std = tuple(cfg.mean), tuple(cfg.std)
+    elif cfg.format == "array":
+        mean, std = _measured_stats(cfg, channels)
     elif cfg.name in STATS:
         mean, std = STATS[cfg.name]
     else:

@@ -108,10 +108,11 @@ def open_image(path: str | Path, channels: int, reduce: int = 1) -> Image.Image:
     return open_image_or_header(path, channels, reduce=reduce)
 
 
-def find_images(root: str | Path) -> list[Path]:
-    """Image files under ``root``, recursively, sorted; hidden files and folders are ignored."""
+def find_images(root: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """Files under ``root`` ending in one of ``suffixes`` (image files by default), recursively, sorted; hidden
+    files and folders are ignored."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))

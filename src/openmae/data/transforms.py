@@ -21,6 +21,8 @@ class ToNormalizedTensor:
         self.mean, self.std = list(mean), list(std)
 
     def __call__(self, img) -> torch.Tensor:
+        if isinstance(img, torch.Tensor):  # an array's bands (data.format=array): float already, in the file's units
+            return TF.normalize(img, self.mean, self.std)
         x = TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)  # (C, H, W)
         return TF.normalize(x, self.mean, self.std)
 
@@ -85,6 +87,14 @@ def check_shift(shift: int, img_size: tuple[int, int]) -> None:
             f"fewer pixels than the {img_size[0]}x{img_size[1]} images (a few: 2 at 28px)")
 
 
+def check_recipe(data_format: str, auto_augment: str, color_jitter: float) -> None:
+    """RandAugment and colour jitter are operations on 8-bit RGB pictures (PIL): refused for arrays of bands."""
+    if data_format == "array":
+        require(not auto_augment, "finetune.auto_augment", auto_augment,
+                "'' with data.format=array (RandAugment works on 8-bit RGB pictures, not on arrays of bands)")
+        require(not color_jitter, "finetune.color_jitter", color_jitter, "0 with data.format=array (it works on RGB)")
+
+
 def finetune_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std, auto_augment: str, reprob: float,
                        color_jitter: float = 0.0, shift: int = 0, shift_mode: str = "constant"):
     """timm's fine-tuning recipe (RandomResizedCrop, flip, RandAugment, random erasing), its posterize made safe.
@@ -95,10 +105,12 @@ def finetune_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std, au
     from timm.data import create_transform
     from timm.data.auto_augment import RandAugment
 
+    check_shift(shift, img_size)
+    if cfg.format == "array":
+        return _array_finetune_transform(cfg, img_size, mean, std, auto_augment, reprob, color_jitter, shift, shift_mode)
     transform = create_transform(img_size, is_training=True, scale=cfg.crop_scale, auto_augment=auto_augment or None,
                                  interpolation="bicubic", re_prob=reprob, re_mode="pixel", re_count=1, mean=mean,
                                  std=std, hflip=cfg.hflip, color_jitter=color_jitter or None)
-    check_shift(shift, img_size)
     if shift:  # timm's transform list starts with its crop; the shift goes right after it, on the PIL image
         transform.transforms.insert(1, T.RandomCrop(img_size, padding=shift, fill=0, padding_mode=shift_mode))
     for t in transform.transforms:
@@ -107,3 +119,20 @@ def finetune_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std, au
                 if op.name.startswith("Posterize"):
                     op.aug_fn = _posterize_any_bits
     return transform
+
+
+def _array_finetune_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std, auto_augment: str, reprob: float,
+                              color_jitter: float, shift: int, shift_mode: str) -> T.Compose:
+    """The fine-tuning recipe for arrays of bands (``data.format=array``): timm's order (crop, flip, the shift,
+    normalise, random erasing) on tensors; RandAugment and colour jitter refused (:func:`check_recipe`)."""
+    from timm.data.random_erasing import RandomErasing
+
+    check_recipe(cfg.format, auto_augment, color_jitter)
+    steps = [T.RandomResizedCrop(img_size, scale=cfg.crop_scale, interpolation=InterpolationMode.BICUBIC, antialias=True),
+             T.RandomHorizontalFlip(cfg.hflip)]
+    if shift:
+        steps.append(T.RandomCrop(img_size, padding=shift, fill=0, padding_mode=shift_mode))
+    steps.append(ToNormalizedTensor(mean, std))
+    if reprob > 0:
+        steps.append(RandomErasing(reprob, mode="pixel", max_count=1, device="cpu"))
+    return T.Compose(steps)

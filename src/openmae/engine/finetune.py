@@ -19,7 +19,7 @@ from openmae.data.build import eval_batches, report_source, split_sources, train
 from openmae.data.config import DataConfig
 from openmae.data.datasets import stats_for
 from openmae.data.loader import Batch
-from openmae.data.transforms import SHIFT_MODES, check_shift, finetune_transform
+from openmae.data.transforms import SHIFT_MODES, check_recipe, check_shift, finetune_transform
 from openmae.engine.checkpoint import CheckpointError
 from openmae.engine.classifier import (
     BestKeeper,
@@ -99,6 +99,7 @@ class FinetuneConfig:
         require(self.data.name != "folder", "data.name", self.data.name, "a labelled dataset (imagefolder or named)")
         require(not self.data.device_augment, "data.device_augment", self.data.device_augment,
                 "false for fine-tuning (its RandAugment / random erasing recipe runs in the loader's workers)")
+        check_recipe(self.data.format, self.finetune.auto_augment, self.finetune.color_jitter)
         require(not (self.finetune.model_ema and self.train.distributed == "fsdp"), "finetune.model_ema",
                 self.finetune.model_ema, "false with train.distributed=fsdp (the average needs whole weights on "
                 "every rank); use ddp")

@@ -137,7 +137,8 @@ class PretrainTask:
             return
         batch = self.picture_batch
         mean, std = stats_for(cfg.data, m.in_chans)
-        rec = reconstruct(self.model, batch.images, mean, std, cfg.pretrain.mask_ratio, seed=0)
+        rec = reconstruct(self.model, batch.images, mean, std, cfg.pretrain.mask_ratio, seed=0,
+                          stretch=cfg.data.format == "array")
         path = save_grid(rec, run.run_dir / "pictures" / f"reconstruction-epoch{epoch:04d}.png", auto_scale(m.img_size))
         run.metrics.image("reconstruction", grid_image(rec, auto_scale(m.img_size)), run.step)
         log.info("reconstructions written to %s", path)

@@ -36,9 +36,10 @@ def predicted_patches(model: MaskedAutoencoder, imgs: torch.Tensor, pred: torch.
 
 @torch.no_grad()
 def reconstruct(model: MaskedAutoencoder, imgs: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-                mask_ratio: float = 0.75, seed: int = 0) -> Reconstruction:
+                mask_ratio: float = 0.75, seed: int = 0, stretch: bool = False) -> Reconstruction:
     """Run the MAE on normalised ``imgs`` with a fixed-seed mask and undo every normalisation
-    (:func:`predicted_patches`)."""
+    (:func:`predicted_patches`). The panels are in [0, 1]: pixel values as they are, or with ``stretch`` (arrays of
+    bands in their own units) each band of each image mapped from its 1st-99th percentile range of the original."""
     model.eval()
     device = next(model.parameters()).device
     imgs = imgs.to(device)
@@ -51,8 +52,14 @@ def reconstruct(model: MaskedAutoencoder, imgs: torch.Tensor, mean: tuple[float,
     m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
+    lo, span = torch.zeros(()), torch.ones(())
+    if stretch:
+        flat = (imgs * s + m).float().flatten(2).cpu()  # (N, C, H*W)
+        lo, hi = flat.quantile(0.01, dim=2)[..., None, None], flat.quantile(0.99, dim=2)[..., None, None]
+        span = (hi - lo).clamp_min(1e-12)
+
     def to_unit(x: torch.Tensor) -> torch.Tensor:
-        return (x * s + m).clamp(0, 1).cpu()
+        return (((x * s + m).float().cpu() - lo) / span).clamp(0, 1)
 
     original = to_unit(imgs)
     reconstruction = to_unit(recon)
@@ -70,7 +77,7 @@ def grid_image(rec: Reconstruction, scale: int = 1, gap: int = 2) -> np.ndarray:
     for row in range(n):
         for col, panel in enumerate(panels):
             x = panel[row]
-            x = x.repeat(3, 1, 1) if c == 1 else x[:3]
+            x = x[:1].repeat(3, 1, 1) if c < 3 else x[:3]  # more bands: the first three shown as red, green, blue
             arr = (x.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
             if scale > 1:
                 arr = arr.repeat(scale, axis=0).repeat(scale, axis=1)

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from openmae.data.arrays import band_stats
 from openmae.data.config import DataConfig
-from openmae.data.datasets import FileImages, stats_for
+from openmae.data.datasets import file_source, stats_for
 from openmae.data.draft import with_draft
-from openmae.data.images import find_images
+from openmae.data.images import IMAGE_SUFFIXES, find_images
 from openmae.data.loader import SeededSamples
 from openmae.data.transforms import eval_transform
 from openmae.eval.reconstruction import auto_scale, reconstruct, save_grid
 from openmae.models.mae import MaskedAutoencoder
 
+log = logging.getLogger(__name__)
 
-def image_paths(inputs: list[str]) -> list[Path]:
+
+def image_paths(inputs: list[str], suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """The files named and those found in the folders named (with one of ``suffixes``)."""
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths += find_images(p)
+            paths += find_images(p, suffixes)
         elif p.is_file():
             paths.append(p)
         else:
@@ -33,16 +38,21 @@ def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | 
                     mask_ratio: float = 0.75, seed: int = 0, scale: int | None = None) -> list[Path]:
     """Writes ``<out_dir>/<image stem>.png`` (original | masked | reconstruction | pasted) for each path."""
     m = model.cfg
-    mean, std = stats_for(data, m.in_chans)
+    source = file_source(paths, None, m.in_chans, [], data)
+    if data.format == "array" and data.mean is None and not data.path:  # no training folder named: these files'
+        mean, std = band_stats(source)
+        log.info("data.mean/std measured on the %d files shown; set them to the pretraining run's", len(paths))
+    else:
+        mean, std = stats_for(data, m.in_chans)
     transform = eval_transform(data, m.img_size, mean, std)
-    if data.jpeg_draft:  # a camera's photo decoded at the scale its resize needs (openmae.data.draft)
+    if data.jpeg_draft and data.format == "image":  # a camera's photo decoded at the scale its resize needs
         transform = with_draft(transform, m.in_chans)
     # read and transformed as the loader does; an unreadable file stops with its name
-    files = SeededSamples(FileImages(paths, None, m.in_chans, []), transform, bad_files="fail", seeded=False)
+    files = SeededSamples(source, transform, bad_files="fail", seeded=False)
     written = []
     for i, path in enumerate(paths):
         img = files[(i, 0)][0].unsqueeze(0)  # (1, C, H, W)
-        rec = reconstruct(model, img, mean, std, mask_ratio, seed=seed + i)
+        rec = reconstruct(model, img, mean, std, mask_ratio, seed=seed + i, stretch=data.format == "array")
         written.append(save_grid(rec, Path(out_dir) / f"{path.stem}.png", scale or auto_scale(m.img_size)))
     return written
 
@@ -58,7 +68,8 @@ def visualize_dataset(model: MaskedAutoencoder, data: DataConfig, out_dir: str |
     written: list[Path] = []
     for batch in eval_batches(data, split, m.img_size, m.in_chans, count, limit=count):
         for i in range(batch.images.shape[0]):
-            rec = reconstruct(model, batch.images[i : i + 1], mean, std, mask_ratio, seed=seed + len(written))
+            rec = reconstruct(model, batch.images[i : i + 1], mean, std, mask_ratio, seed=seed + len(written),
+                              stretch=data.format == "array")
             written.append(save_grid(rec, Path(out_dir) / f"{split}-{len(written):05d}.png", auto_scale(m.img_size)))
         break
     return written

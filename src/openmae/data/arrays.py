@@ -1,0 +1,114 @@
+"""Multi-band images stored as arrays (``data.format=array``): satellite tiles with any number of bands, medical
+scans kept at their full bit depth. Each file holds one image as a NumPy ``.npy`` array or a TIFF (read with
+``tifffile``), laid out (H, W, C), (C, H, W) or (H, W); it is read as float32 in its own units (no scaling to
+[0, 1]) and normalised per band by ``data.mean`` / ``data.std``, which are measured on the training files when
+not set (:func:`band_stats`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from openmae.data.images import BadImageError
+
+log = logging.getLogger(__name__)
+
+ARRAY_SUFFIXES = (".npy", ".tif", ".tiff")
+STATS_FILES = 256  # training files read (spread evenly) to measure each band's mean and std
+
+
+def _load(path: Path) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False)  # an object array would need unpickling: refused
+    try:
+        import tifffile
+    except ImportError:
+        raise ImportError(f"{path}: multi-band TIFFs are read with tifffile; pip install tifffile "
+                          "(or openmae[geo]), or save the arrays as .npy") from None
+    return tifffile.imread(path)
+
+
+def to_chw(array: np.ndarray, channels: int, layout: str = "auto", where: str = "array") -> np.ndarray:
+    """``array`` as (C, H, W) with C == ``channels``. ``auto`` reads a 3-D array as (H, W, C) when its last axis has
+    ``channels`` entries and its first does not, as (C, H, W) the other way round; a 2-D array is one band."""
+    if array.ndim == 2:
+        array = array[None]
+        layout = "chw"
+    if array.ndim != 3:
+        raise ValueError(f"{where} has shape {array.shape}; an image array is (H, W, C), (C, H, W) or (H, W)")
+    if layout == "auto":
+        first, last = array.shape[0] == channels, array.shape[-1] == channels
+        if first and last:
+            raise ValueError(f"{where} has shape {array.shape}: both its first and last axes could be the "
+                             f"{channels} bands; set data.array_layout=hwc or chw")
+        layout = "hwc" if last else "chw"
+    chw = np.moveaxis(array, -1, 0) if layout == "hwc" else array
+    if chw.shape[0] != channels:
+        raise ValueError(f"{where} has shape {array.shape}, read as {layout}: {chw.shape[0]} bands, but the model "
+                         f"takes model.in_chans={channels}; set model.in_chans={chw.shape[0]} (or data.array_layout)")
+    return chw
+
+
+def read_array(path: str | Path, channels: int, layout: str = "auto") -> torch.Tensor:
+    """One image file as a (C, H, W) float32 tensor in the file's own units. Raises :class:`BadImageError` on a
+    file that cannot be read or holds non-finite values (a nodata mask must be filled before training)."""
+    path = Path(path)
+    try:
+        array = _load(path)
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise ValueError(f"dtype {array.dtype} is not numeric")
+        chw = to_chw(array, channels, layout, "the array")
+    except ImportError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError) as err:  # tifffile raises TiffFileError, a ValueError
+        raise BadImageError(f"{path}: {type(err).__name__}: {err}") from None
+    out = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))  # (C, H, W)
+    if not torch.isfinite(out).all():
+        raise BadImageError(f"{path}: holds NaN or infinite values ({int((~torch.isfinite(out)).sum())} of "
+                            f"{out.numel()}); fill nodata pixels (e.g. with the band's mean) before training")
+    return out
+
+
+class FileArrays:
+    """Images read from array files on demand, as (C, H, W) float32 tensors."""
+
+    def __init__(self, files: list[Path], labels: list[int] | None, channels: int, classes: list[str],
+                 layout: str = "auto") -> None:
+        self.files, self.labels, self.channels, self.classes, self.layout = files, labels, channels, classes, layout
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        return read_array(self.files[index], self.channels, self.layout), (self.labels[index] if self.labels else -1)
+
+    def describe(self, index: int) -> str:
+        return str(self.files[index])
+
+    def file(self, index: int) -> tuple[Path, int]:
+        return self.files[index], (self.labels[index] if self.labels else -1)
+
+
+def band_stats(source, count: int = STATS_FILES) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Each band's mean and standard deviation over every pixel of ``count`` items of ``source`` spread evenly
+    (all of them when fewer), in float64; unreadable files are left out."""
+    picked = sorted({int(i * len(source) / count) for i in range(count)}) if len(source) > count else range(len(source))
+    total = total_sq = None
+    pixels = 0
+    for index in picked:
+        try:
+            x = source.load(index)[0].double().flatten(1)  # (C, H*W)
+        except BadImageError:
+            continue
+        total = x.sum(1) if total is None else total + x.sum(1)
+        total_sq = (x * x).sum(1) if total_sq is None else total_sq + (x * x).sum(1)
+        pixels += x.shape[1]
+    if total is None:
+        raise ValueError("no readable array among the training files to measure data.mean/std on")
+    mean = total / pixels
+    std = (total_sq / pixels - mean * mean).clamp_min(0).sqrt()
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant band: only centred
+    return tuple(mean.tolist()), tuple(std.tolist())

@@ -1,0 +1,216 @@
+"""Multi-band images stored as arrays (data.format=array): reading, per-band statistics, the augmentations, and
+pretraining, kNN, fine-tuning and pictures on them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from helpers import run_cli
+from PIL import Image
+
+from openmae.config import ConfigError
+from openmae.data.arrays import FileArrays, band_stats, read_array
+from openmae.data.build import eval_batches, train_dataset
+from openmae.data.config import DataConfig
+from openmae.data.datasets import STATS, stats_for
+from openmae.data.images import BadImageError
+from openmae.data.transforms import finetune_transform
+from openmae.eval.reconstruction import reconstruct
+from openmae.models import create_model
+
+CLASSES = ("airplane", "frog")
+
+
+def bands_of(photo: Path) -> np.ndarray:
+    """A CIFAR-10 photo as four 16-bit bands (C, H, W): red, green, blue at 16 bits, and their brightness."""
+    rgb = np.asarray(Image.open(photo).convert("RGB"), dtype=np.uint16) * 257  # (H, W, 3), 0..65535
+    return np.concatenate([rgb, rgb.mean(-1, keepdims=True).astype(np.uint16)], -1).transpose(2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def band_folder(tmp_path_factory, datasets) -> Path:
+    """CIFAR-10 photos of two classes as an ImageFolder of 4-band arrays: train/ (150 a class) and test/ (50)."""
+    root = tmp_path_factory.mktemp("bands")
+    for split, count in (("train", 150), ("test", 50)):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for i, photo in enumerate(sorted((datasets / "cifar10" / split / name).glob("*.jpg"))[:count]):
+                chw = bands_of(photo)
+                if i % 3 == 0:
+                    tifffile.imwrite(root / split / name / f"{i:04d}.tif", chw, photometric="minisblack",
+                                     planarconfig="separate")
+                else:  # half of the rest (H, W, C), as a NumPy image would be saved
+                    np.save(root / split / name / f"{i:04d}.npy", chw if i % 2 else chw.transpose(1, 2, 0))
+    return root
+
+
+def test_read_array_layouts_and_formats(tmp_path):
+    chw = np.arange(5 * 6 * 7, dtype=np.uint16).reshape(5, 6, 7)
+    np.save(tmp_path / "chw.npy", chw)
+    np.save(tmp_path / "hwc.npy", chw.transpose(1, 2, 0))
+    tifffile.imwrite(tmp_path / "planar.tif", chw, photometric="minisblack", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "contig.tif", chw.transpose(1, 2, 0), photometric="minisblack", planarconfig="contig")
+    np.save(tmp_path / "one.npy", chw[0].astype(np.float64))
+    for name in ("chw.npy", "hwc.npy", "planar.tif", "contig.tif"):
+        x = read_array(tmp_path / name, 5)
+        assert x.dtype == torch.float32 and torch.equal(x, torch.from_numpy(chw.astype(np.float32))), name
+    assert torch.equal(read_array(tmp_path / "one.npy", 1), torch.from_numpy(chw[:1].astype(np.float32)))
+    assert torch.equal(read_array(tmp_path / "hwc.npy", 6, layout="chw"), torch.from_numpy(chw.transpose(1, 2, 0)
+                                                                                             .astype(np.float32)))
+
+
+@pytest.mark.parametrize("array,channels,layout,message", [
+    (np.zeros((4, 9, 4)), 4, "auto", "both its first and last axes could be the 4 bands; set data.array_layout"),
+    (np.zeros((6, 9, 9)), 4, "auto", "6 bands, but the model takes model.in_chans=4; set model.in_chans=6"),
+    (np.zeros((9, 9, 4)), 4, "chw", "9 bands, but the model takes model.in_chans=4"),
+    (np.zeros((2, 3, 9, 9)), 3, "auto", "an image array is (H, W, C), (C, H, W) or (H, W)"),
+    (np.array([[1.0, np.nan], [0.0, 1.0]]), 1, "auto", "holds NaN or infinite values (1 of 4); fill nodata"),
+    (np.array([["a", "b"]]), 1, "auto", "is not numeric"),
+])
+def test_bad_arrays_say_what_is_wrong(tmp_path, array, channels, layout, message):
+    np.save(tmp_path / "x.npy", array)
+    with pytest.raises(BadImageError, match="x.npy") as err:
+        read_array(tmp_path / "x.npy", channels, layout)
+    assert message in str(err.value)
+
+
+def test_arrays_that_would_unpickle_are_refused(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(BadImageError, match="allow_pickle"):
+        read_array(tmp_path / "obj.npy", 1)
+
+
+def test_band_stats_equal_numpys_over_every_pixel(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(loc=(10, 2000, 5), scale=(1, 300, 0), size=(8 + i, 5, 3)) for i in range(5)]  # (H, W, C)
+    for i, a in enumerate(arrays):
+        np.save(tmp_path / f"{i}.npy", a)
+    source = FileArrays(sorted(tmp_path.glob("*.npy")), None, 3, [])
+    mean, std = band_stats(source)
+    pixels = np.concatenate([a.reshape(-1, 3) for a in arrays])
+    assert np.allclose(mean, pixels.mean(0), rtol=1e-6) and np.allclose(std[:2], pixels.std(0)[:2], rtol=1e-5)
+    assert std[2] == 1.0  # a constant band is only centred
+    picked = band_stats(source, count=2)  # two files spread evenly: the first and the third
+    both = np.concatenate([arrays[0].reshape(-1, 3), arrays[2].reshape(-1, 3)])
+    assert np.allclose(picked[0], both.mean(0), rtol=1e-6)
+
+
+def array_config(root: Path, **kw) -> DataConfig:
+    return DataConfig(name="imagefolder", path=str(root), format="array", num_workers=0, **kw)
+
+
+def test_unset_mean_std_are_measured_on_the_training_files(band_folder):
+    cfg = array_config(band_folder)
+    mean, std = stats_for(cfg, 4)
+    files = sorted(p for p in (band_folder / "train").rglob("*") if p.suffix in (".npy", ".tif"))
+    assert len(files) == 300  # more than the 256 read: those spread evenly over the split
+    picked = sorted({i * 300 // 256 for i in range(256)})
+    train = np.stack([read_array(files[i], 4).numpy().astype(np.float64) for i in picked])  # (256, 4, 32, 32)
+    assert np.allclose(mean, train.mean((0, 2, 3)), rtol=1e-6) and np.allclose(std, train.std((0, 2, 3)), rtol=1e-5)
+    assert stats_for(array_config(band_folder, mean=(1.0,) * 4, std=(2.0,) * 4), 4) == ((1.0,) * 4, (2.0,) * 4)
+
+
+def test_array_bands_equal_the_image_path_for_evaluation_and_follow_its_crops(band_folder, datasets):
+    """The arrays' first three bands are the CIFAR-10 photos at 16 bits: normalised by 65535 times the image path's
+    statistics, evaluation (at 32px: no resize) gives the photos' normalised pixels, and the training crop draws the
+    image path's boxes and flips (its resampler works on floats where PIL's works on bytes: within a few grey
+    levels)."""
+    (mean, std), size = STATS["cifar10"], (32, 32)
+    images = DataConfig(name="imagefolder", path=str(datasets / "cifar10"), num_workers=0, mean=mean, std=std)
+    arrays = array_config(band_folder, mean=(*[m * 65535 for m in mean], 0.0), std=(*[s * 65535 for s in std], 1.0))
+    got = torch.cat([batch.images for batch in eval_batches(arrays, "test", size, 4, 25)])[:, :3]  # in file order
+    photos = [sorted((datasets / "cifar10" / "test" / c).glob("*.jpg"))[:50] for c in CLASSES]
+    reference = torch.stack([
+        torch.from_numpy(((bands_of(p)[:3] / 65535.0 - np.array(mean)[:, None, None]) / np.array(std)[:, None, None])
+                         .astype(np.float32)) for p in photos[0] + photos[1]])
+    assert torch.allclose(got, reference, atol=1e-5)
+    img_samples, _ = train_dataset(images, size, 3, 8, seed=0)
+    arr_samples, _ = train_dataset(arrays, size, 4, 8, seed=0)
+    img_index = {p: i for i, p in enumerate(img_samples.source.files)}
+    diffs = []
+    for j, path in enumerate(arr_samples.source.files[:40]):
+        twin = datasets / "cifar10" / "train" / path.parent.name / f"{path.stem}.jpg"
+        a = arr_samples[(j, 1234 + j)][0][:3] * torch.tensor(std)[:, None, None] * 255  # grey levels
+        b = img_samples[(img_index[twin], 1234 + j)][0] * torch.tensor(std)[:, None, None] * 255
+        diffs.append((a - b).abs().mean().item())
+    assert max(diffs) < 2.0, diffs  # a different box or flip would differ by tens of grey levels
+
+
+def test_fine_tuning_recipe_on_arrays(band_folder):
+    cfg = array_config(band_folder, mean=(0.0,) * 4, std=(1.0,) * 4)
+    with pytest.raises(ConfigError, match="finetune.auto_augment='rand-m9-mstd0.5-inc1' is invalid"):
+        finetune_transform(cfg, (32, 32), cfg.mean, cfg.std, "rand-m9-mstd0.5-inc1", 0.25)
+    with pytest.raises(ConfigError, match="finetune.color_jitter=0.4 is invalid"):
+        finetune_transform(cfg, (32, 32), cfg.mean, cfg.std, "", 0.25, color_jitter=0.4)
+    x = read_array(next((band_folder / "train" / "frog").glob("*.npy")), 4)
+    outs = []
+    for reprob in (0.0, 1.0):  # erasing comes last: the same seed draws the same crop, flip and shift before it
+        torch.manual_seed(0)
+        outs.append(finetune_transform(cfg, (24, 24), cfg.mean, cfg.std, "", reprob, shift=2)(x))
+    assert outs[0].shape == (4, 24, 24)
+    erased = (outs[0] != outs[1]).all(0).float().mean().item()  # one box, every band replaced by noise
+    assert 0.02 <= erased <= 0.34, erased  # timm's area range 2%-33%
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.name=cifar10", "data.format='array' is invalid: must be 'image' for the named dataset 'cifar10'"),
+    ("data.device_augment=true", "data.device_augment=True is invalid: must be false with data.format=array"),
+    ("data.array_layout=whc", "data.array_layout='whc' is invalid: must be one of ['auto', 'hwc', 'chw']"),
+])
+def test_array_settings_refused_before_work(tmp_path, override, message):
+    proc = run_cli("pretrain", "--data", str(tmp_path), "-o", str(tmp_path / "run"), "data.format=array",
+                   "model.name=mae_vit_debug_patch4_32", override)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_pictures_of_bands_are_stretched_per_band():
+    model = create_model("mae_vit_debug_patch4_32", in_chans=5)
+    imgs = torch.randn(2, 5, 32, 32)
+    mean, std = (1000.0,) * 5, (300.0,) * 5  # reflectances in the thousands: a [0, 1] clamp would be all white
+    rec = reconstruct(model, imgs, mean, std, stretch=True)
+    for panel in (rec.original, rec.reconstruction, rec.pasted):
+        assert panel.shape == (2, 5, 32, 32) and panel.min() >= 0 and panel.max() <= 1
+    flat = rec.original.flatten(2)
+    assert (flat.quantile(0.01, dim=2) < 0.01).all() and (flat.quantile(0.99, dim=2) > 0.99).all()
+
+
+@pytest.mark.slow
+def test_pretrain_knn_finetune_and_visualize_on_band_arrays(tmp_path, band_folder):
+    """The whole product on 4-band 16-bit arrays (TIFF and .npy, both layouts), one unreadable file among them."""
+    data = [f"data.path={band_folder}", "data.name=imagefolder", "data.format=array", "data.num_workers=2"]
+    np.save(band_folder / "train" / "frog" / "broken.npy", np.full((4, 32, 32), np.nan))
+    try:
+        proc = run_cli("pretrain", "-o", str(tmp_path / "pre"), *data, "model.name=mae_vit_debug_patch4_32",
+                       "model.in_chans=4", "train.epochs=6", "train.warmup_epochs=1", "train.batch_size=32",
+                       "train.blr=1.5e-3", "train.progress=false", "train.log_every_steps=3", "pretrain.vis_images=4")
+    finally:
+        (band_folder / "train" / "frog" / "broken.npy").unlink()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "data.mean=[" in proc.stderr and "measured on 256 training files" in proc.stderr
+    assert "skipping unreadable image" in proc.stderr and "broken.npy: holds NaN" in proc.stderr
+    metrics = [json.loads(line) for line in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]
+    curve = [m["loss"] for m in metrics if "loss" in m]
+    assert sum(curve[-3:]) / 3 < 0.85 * sum(curve[:3]) / 3, curve
+    picture = Image.open(tmp_path / "pre" / "pictures" / "reconstruction-epoch0006.png")
+    assert picture.size == (4 * 128 + 3 * 2, 4 * 128 + 3 * 2)
+    checkpoint = str(tmp_path / "pre" / "model-last.pth")
+
+    knn = run_cli("knn", "--checkpoint", checkpoint, *data, "model.name=auto")
+    assert knn.returncode == 0, knn.stderr[-3000:]
+    assert json.loads(knn.stdout.splitlines()[-1])["knn_top1"] > 60.0  # airplanes against frogs; chance is 50
+
+    tune = run_cli("finetune", "--checkpoint", checkpoint, "-o", str(tmp_path / "ft"), *data, "model.name=auto",
+                   "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=32", "train.progress=false",
+                   "finetune.auto_augment=")  # mixup, cutmix and random erasing as they are
+    assert tune.returncode == 0, tune.stderr[-3000:]
+    assert (tmp_path / "ft" / "model-best.pth").is_file()
+
+    shown = run_cli("visualize", "--checkpoint", checkpoint, str(band_folder / "test" / "frog"), "-o",
+                    str(tmp_path / "vis"), "data.format=array")
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert len(list((tmp_path / "vis").glob("*.png"))) == 50
