@@ -181,16 +181,20 @@ def test_pictures_of_bands_are_stretched_per_band():
 
 @pytest.mark.slow
 def test_pretrain_knn_finetune_and_visualize_on_band_arrays(tmp_path, band_folder):
-    """The whole product on 4-band 16-bit arrays (TIFF and .npy, both layouts), one unreadable file among them."""
+    """The whole product on 4-band 16-bit arrays (TIFF and .npy, both layouts), one unreadable file among them,
+    pretraining started from the weights of an RGB model."""
     data = [f"data.path={band_folder}", "data.name=imagefolder", "data.format=array", "data.num_workers=2"]
+    torch.save({"model": create_model("mae_vit_debug_patch4_32").state_dict()}, tmp_path / "rgb.pth")
     np.save(band_folder / "train" / "frog" / "broken.npy", np.full((4, 32, 32), np.nan))
     try:
-        proc = run_cli("pretrain", "-o", str(tmp_path / "pre"), *data, "model.name=mae_vit_debug_patch4_32",
-                       "model.in_chans=4", "train.epochs=6", "train.warmup_epochs=1", "train.batch_size=32",
+        proc = run_cli("pretrain", "-o", str(tmp_path / "pre"), *data, f"pretrain.init={tmp_path / 'rgb.pth'}",
+                       "model.name=auto", "model.in_chans=4", "train.epochs=6", "train.warmup_epochs=1", "train.batch_size=32",
                        "train.blr=1.5e-3", "train.progress=false", "train.log_every_steps=3", "pretrain.vis_images=4")
     finally:
         (band_folder / "train" / "frog" / "broken.npy").unlink()
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "patch_embed.proj.weight adapted from 3 to 4 input channels" in proc.stderr
+    assert "left at their initialisation: decoder_pred.bias, decoder_pred.weight" in proc.stderr
     assert "data.mean=[" in proc.stderr and "measured on 256 training files" in proc.stderr
     assert "skipping unreadable image" in proc.stderr and "broken.npy: holds NaN" in proc.stderr
     metrics = [json.loads(line) for line in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]

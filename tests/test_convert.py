@@ -124,3 +124,27 @@ def test_official_to_openmae_to_timm_to_hf_and_back_identical(tmp_path):
         out, hf_out = model(imgs, noise=noise), hf(pixel_values=imgs, noise=noise)
         torch.testing.assert_close(out.pred, hf_out.logits, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(model.forward_features(imgs), timm_vit.forward_features(imgs), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bands", [1, 6])
+def test_rgb_weights_adapted_to_other_bands(bands, caplog):
+    """An RGB checkpoint for a model of 1 or 6 input channels: the patch embedding through timm's adapt_input_conv,
+    so that a gray image (1 band) or RGB twice over (6 bands) gives exactly the RGB model's features on RGB; the
+    decoder's per-band pixel head is left at its initialisation; the classifier's encoder is adapted the same way."""
+    from openmae.models.vit import create_classifier, load_encoder
+
+    rgb = openmae.create_model("mae_vit_debug_patch4_32").eval()
+    other = openmae.create_model("mae_vit_debug_patch4_32", in_chans=bands).eval()
+    init = other.state_dict()["decoder_pred.weight"].clone()
+    sd = rgb.state_dict()
+    left = load_state_dict_into(other, sd)
+    assert left == ["decoder_pred.bias", "decoder_pred.weight"] and torch.equal(other.decoder_pred.weight, init)
+    assert sd["patch_embed.proj.weight"].shape[1] == 3  # the caller's weights untouched
+    assert f"adapted from 3 to {bands} input channels" in caplog.text
+    x = torch.rand(2, 1, 32, 32).expand(-1, 3, -1, -1) if bands == 1 else torch.rand(2, 3, 32, 32)
+    x_other = x[:, :1] if bands == 1 else x.repeat(1, 2, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(other.forward_features(x_other), rgb.forward_features(x), atol=1e-5)
+        classifier = create_classifier(other.cfg, num_classes=4, global_pool="token").eval()
+        load_encoder(classifier, sd)
+        assert torch.allclose(classifier.forward_features(x_other), rgb.forward_features(x), atol=1e-5)

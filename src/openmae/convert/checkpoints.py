@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Any
@@ -12,8 +13,11 @@ from openmae.convert.files import load_file, unwrap_state_dict
 from openmae.convert.hf import hf_to_openmae, is_hf_state_dict
 from openmae.convert.timm import timm_to_openmae
 from openmae.models.mae import DECODER_PREFIXES, MAEConfig, MaskedAutoencoder
+from openmae.models.patches import PIXEL_HEADS, adapt_in_chans
 from openmae.models.pos_embed import interpolate_pos_embed
 from openmae.models.registry import VIT_SIZES
+
+log = logging.getLogger(__name__)
 
 
 class StateDictMismatch(ValueError):
@@ -63,14 +67,19 @@ def load_state_dict_into(
     """Load openmae/official/timm/HF weights into ``model``; returns the keys left at their init.
 
     A file with a decoder must fit the whole model exactly; an encoder-only file (the official
-    ``mae_pretrain_vit_*``) must fit the encoder exactly and leaves the decoder as initialised.
+    ``mae_pretrain_vit_*``) must fit the encoder exactly and leaves the decoder as initialised. Weights of
+    another number of input channels are adapted (:func:`openmae.models.patches.adapt_in_chans`, logged).
     Position tables of another grid are resized (bicubic) when ``interpolate``.
     Raises :class:`StateDictMismatch` listing missing, unexpected and mis-shaped keys.
     """
-    sd = to_openmae_keys(sd)
+    sd = dict(to_openmae_keys(sd))  # a new dict: the adaptations below must not change the caller's
     own = model.state_dict()
     has_decoder = any(k.startswith(DECODER_PREFIXES) for k in sd)
     required = set(own) if has_decoder else {k for k in own if not k.startswith(DECODER_PREFIXES)}
+    adapted = adapt_in_chans(sd, model.cfg.in_chans)  # weights of RGB images for a model of other bands
+    for line in adapted:
+        log.warning(line)
+    required -= set(PIXEL_HEADS) if adapted else set()
     if interpolate:
         for key in ("pos_embed", "decoder_pos_embed"):
             if key in sd and sd[key].shape != own[key].shape and sd[key].shape[-1] == own[key].shape[-1]:

@@ -42,3 +42,28 @@ def unpatchify(patches: torch.Tensor, patch_size: int, img_size: tuple[int, int]
     x = patches.reshape(n, gh, gw, p, p, channels)
     x = torch.einsum("nhwpqc->nchpwq", x)  # (N, C, gh, p, gw, p)
     return x.reshape(n, channels, gh * p, gw * p)
+
+
+PATCH_WEIGHT = "patch_embed.proj.weight"
+PIXEL_HEADS = ("decoder_pred.weight", "decoder_pred.bias")  # (p*p*C, D), (p*p*C): one output per pixel and band
+
+
+def adapt_in_chans(sd: dict[str, torch.Tensor], in_chans: int) -> list[str]:
+    """Weights trained on images with another number of channels (an RGB checkpoint for 13-band satellite tiles, or
+    for grayscale scans), made to fit a model taking ``in_chans``: the patch embedding's input channels through
+    timm's ``adapt_input_conv`` (one channel: the RGB filters summed; more: repeated cyclically, scaled by 3 / C),
+    and the decoder's pixel head, whose outputs are per band, dropped (left at its initialisation). Changes ``sd``
+    in place; returns what it did, for the log (nothing when the channels already match)."""
+    from timm.models import adapt_input_conv
+
+    weight = sd.get(PATCH_WEIGHT)
+    if weight is None or weight.ndim != 4 or weight.shape[1] == in_chans:
+        return []
+    done = [f"{PATCH_WEIGHT} adapted from {weight.shape[1]} to {in_chans} input channels (timm's adapt_input_conv)"]
+    sd[PATCH_WEIGHT] = adapt_input_conv(in_chans, weight, base_chans=weight.shape[1])
+    dropped = [k for k in PIXEL_HEADS if k in sd]
+    for key in dropped:
+        del sd[key]
+    if dropped:
+        done.append(f"{', '.join(dropped)} left at initialisation (one output per pixel and channel)")
+    return done

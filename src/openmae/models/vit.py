@@ -6,6 +6,8 @@ or the cls token with the final ``norm``; for linear probing the head is BatchNo
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
@@ -13,7 +15,10 @@ from timm.models.vision_transformer import VisionTransformer
 
 from openmae.models.attention import Attention
 from openmae.models.mae import DECODER_PREFIXES, MAEConfig
+from openmae.models.patches import adapt_in_chans
 from openmae.models.pos_embed import interpolate_pos_embed
+
+log = logging.getLogger(__name__)
 
 GLOBAL_POOL = ("avg", "token")
 
@@ -56,10 +61,13 @@ def load_encoder(model: VisionTransformer, mae_sd: dict[str, torch.Tensor], grid
     """Copy MAE encoder weights into ``model``; returns the keys left at their init (the head, fc_norm).
 
     The decoder is dropped; with average pooling the final ``norm`` is dropped as in the official code;
-    the position table is resized (bicubic) when the resolution differs.
+    the position table is resized (bicubic) when the resolution differs; the patch embedding of another number of
+    input channels is adapted (:func:`openmae.models.patches.adapt_in_chans`).
     """
     sd = {k: v for k, v in mae_sd.items() if not k.startswith(DECODER_PREFIXES) and not k.startswith(("head.", "fc_norm."))}
     own = model.state_dict()
+    for line in adapt_in_chans(sd, model.patch_embed.proj.in_channels):  # an RGB encoder for other bands
+        log.warning(line)
     if "norm.weight" not in own:  # average pooling: norm is Identity, fc_norm is trained from scratch
         sd = {k: v for k, v in sd.items() if not k.startswith("norm.")}
     if "pos_embed" in sd and sd["pos_embed"].shape != own["pos_embed"].shape:
