@@ -8,6 +8,7 @@ for 0..N loader workers, on the real ImageNet sample photos (full-size JPEGs, so
     python benchmarks/loader.py --workers 15 --device-augment --device cuda --resize per-image --profile 5
     python benchmarks/loader.py --workers 15 --device-augment --worker-decode --device cuda
     python benchmarks/loader.py --workers 2 --data photos --no-draft   # large JPEGs decoded at full size
+    python benchmarks/loader.py --workers 0 2 --data runs/band_tiles --format array --bands 13   # multi-band arrays
 
 Each row also splits the training process's time: waiting for the next batch against the device stage (decode,
 resize, normalise, synchronised); whichever dominates is the limit. With workers, the device stage runs a batch
@@ -61,6 +62,9 @@ def main() -> None:
                         help="with --device-augment: the workers decode JPEGs (data.device_decode=false)")
     parser.add_argument("--no-draft", dest="draft", action="store_false",
                         help="the CPU path (or --worker-decode) decodes every JPEG at full size (data.jpeg_draft=false)")
+    parser.add_argument("--format", choices=["image", "array"], default="image",
+                        help="data.format: array reads .npy / TIFF files of --bands bands (benchmarks/make_band_tiles.py)")
+    parser.add_argument("--bands", type=int, default=3, help="with --format array: the bands a file holds")
     parser.add_argument("--resize", choices=["auto", "batched", "per-image"], default="auto",
                         help="with --device-augment: the device stage's resize (auto: batched on a GPU)")
     parser.add_argument("--profile", type=int, default=0, help="with --device-augment: profile N batches' device stage")
@@ -84,8 +88,9 @@ def main() -> None:
     for workers in args.workers:
         cfg = DataConfig(name="folder", path=args.data, max_samples=args.images, num_workers=workers,
                          device_augment=args.device_augment, repeat=args.repeat,
-                         device_decode=not (args.device_augment and args.worker_decode), jpeg_draft=args.draft)
-        dataset, sampler = train_dataset(cfg, (args.size, args.size), 3, args.batch, seed=0)
+                         device_decode=not (args.device_augment and args.worker_decode), jpeg_draft=args.draft,
+                         format=args.format, **stand_in_stats(args))
+        dataset, sampler = train_dataset(cfg, (args.size, args.size), args.bands, args.batch, seed=0)
         if args.device_augment and args.resize != "auto":
             dataset.device_stage.batched_resize = args.resize == "batched"
         loader = make_loader(dataset, sampler, workers, pin_memory=device.type == "cuda")
@@ -106,7 +111,8 @@ def main() -> None:
             seen += finish(None if ahead else dataset, batch)
             waited, staged, batches = waited + got - asked, staged + time.perf_counter() - got, batches + 1
         seconds = time.perf_counter() - start
-        rows.append({"workers": workers, "device_augment": args.device_augment, "device": args.device,
+        rows.append({"workers": workers, "format": args.format, "bands": args.bands,
+                     "device_augment": args.device_augment, "device": args.device,
                      "jpeg_draft": args.draft and (args.worker_decode or not args.device_augment),
                      "resize": args.resize if args.device_augment else None, "ahead": ahead,
                      "decode": ("workers" if args.worker_decode else "device") if args.device_augment else "workers",
@@ -116,6 +122,11 @@ def main() -> None:
                      "device_stage_ms_per_batch": round(1000 * staged / max(batches, 1), 1)})
         print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"size": args.size, "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "rows": rows}))
+
+
+def stand_in_stats(args: argparse.Namespace) -> dict:
+    """Arrays: a fixed mean / std per band (measuring them would read the files before the timing starts)."""
+    return {"mean": (30000.0,) * args.bands, "std": (15000.0,) * args.bands} if args.format == "array" else {}
 
 
 def profile(dataset, batches: list, finish, device: torch.device) -> None:

@@ -218,3 +218,12 @@ def test_pretrain_knn_finetune_and_visualize_on_band_arrays(tmp_path, band_folde
                     str(tmp_path / "vis"), "data.format=array")
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert len(list((tmp_path / "vis").glob("*.png"))) == 50
+
+
+def test_image_files_for_a_model_of_other_bands_say_to_read_arrays(tmp_path):
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    proc = run_cli("pretrain", "--data", str(tmp_path), "-o", str(tmp_path / "run"), "model.name=mae_vit_debug_patch4_32",
+                   "model.in_chans=4", "data.num_workers=0")
+    assert proc.returncode != 0
+    assert "the model takes 4 input channels (model.in_chans) and image files decode to 1 or 3; for files of 4 " \
+           "bands set data.format=array" in proc.stderr, proc.stderr[-2000:]

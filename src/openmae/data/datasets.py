@@ -167,6 +167,9 @@ def _named(cfg: DataConfig, split: str, channels: int) -> ImageSource:
 
 def build_source(cfg: DataConfig, split: str, channels: int) -> ImageSource:
     """The images of ``split`` ("train", "test", ...) as configured; refuses an empty dataset."""
+    if cfg.format == "image" and channels not in (1, 3):
+        raise ValueError(f"the model takes {channels} input channels (model.in_chans) and image files decode to 1 or 3; "
+                         f"for files of {channels} bands set data.format=array (.npy or TIFF arrays)")
     if cfg.name == "folder":
         path = Path(cfg.path)
         files = find_images(path, suffixes_for(cfg))

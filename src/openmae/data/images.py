@@ -51,8 +51,8 @@ def to_channels(img: Image.Image, channels: int) -> Image.Image:
         return img.convert("L")
     if channels == 3:
         return img.convert("RGB")
-    raise ValueError(f"images can be decoded to 1 or 3 channels, not {channels}; multi-band data needs "
-                     f"a dataset that yields tensors")
+    raise ValueError(f"images can be decoded to 1 or 3 channels, not {channels}; multi-band files are read with "
+                     f"data.format=array")
 
 
 @dataclass(frozen=True)

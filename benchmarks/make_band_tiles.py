@@ -1,0 +1,53 @@
+"""Multi-band tiles for the loader benchmark, as a satellite's: ImageNet-sample photos centre-cropped to a square,
+resized to ``--size`` and written as ``--bands`` 16-bit bands (the photo's red, green and blue repeated in turn,
+each copy at another gain), alternately as ``.npy`` (H, W, C) and as TIFF (C, H, W). Reading and augmenting cost
+the same whatever the bands hold.
+
+    python benchmarks/make_band_tiles.py --out runs/band_tiles --count 128 --bands 13 --size 256
+    python benchmarks/loader.py --data runs/band_tiles --format array --bands 13 --workers 0 1 2 --images 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(Path(os.environ.get("OPENMAE_DATA", REPO.parent / "shared" / "datasets"))
+                                              / "imagenet-sample"))
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--count", type=int, default=128)
+    parser.add_argument("--bands", type=int, default=13)
+    parser.add_argument("--size", type=int, default=256)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    photos = sorted(Path(args.data).glob("*.JPEG"))
+    gains = 40 + 20 * np.arange(args.bands)  # band b: 8-bit value times 40, 60, 80, ... (up to 65535)
+    for i, src in enumerate(photos[:: max(1, len(photos) // args.count)][: args.count]):
+        with Image.open(src) as img:
+            img = img.convert("RGB")
+            side = min(img.size)
+            box = ((img.width - side) // 2, (img.height - side) // 2)
+            img = img.crop((*box, box[0] + side, box[1] + side)).resize((args.size, args.size), Image.Resampling.BICUBIC)
+        rgb = np.asarray(img, dtype=np.float64)  # (H, W, 3)
+        hwc = np.minimum(rgb[..., np.arange(args.bands) % 3] * gains, 65535).astype(np.uint16)
+        if i % 2:
+            tifffile.imwrite(out / f"{src.stem}.tif", hwc.transpose(2, 0, 1), photometric="minisblack",
+                             planarconfig="separate")
+        else:
+            np.save(out / f"{src.stem}.npy", hwc)
+    print(f"{args.count} tiles of {args.bands} bands, {args.size}x{args.size}, in {out}")
+
+
+if __name__ == "__main__":
+    main()
