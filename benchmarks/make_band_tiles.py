@@ -9,31 +9,23 @@ the same whatever the bands hold.
 
 from __future__ import annotations
 
-import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 import tifffile
+from make_large_photos import photo_arguments, spread_photos
 from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(Path(os.environ.get("OPENMAE_DATA", REPO.parent / "shared" / "datasets"))
-                                              / "imagenet-sample"))
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--count", type=int, default=128)
+    parser = photo_arguments(__doc__, 128)
     parser.add_argument("--bands", type=int, default=13)
     parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    photos = sorted(Path(args.data).glob("*.JPEG"))
     gains = 40 + 20 * np.arange(args.bands)  # band b: 8-bit value times 40, 60, 80, ... (up to 65535)
-    for i, src in enumerate(photos[:: max(1, len(photos) // args.count)][: args.count]):
+    for i, src in enumerate(spread_photos(args.data, args.count)):
         with Image.open(src) as img:
             img = img.convert("RGB")
             side = min(img.size)

@@ -18,18 +18,29 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def photo_arguments(doc: str, count: int) -> argparse.ArgumentParser:
+    """--data (the ImageNet sample), --out and --count: what the scripts making test files from its photos share."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(Path(os.environ.get("OPENMAE_DATA", REPO.parent / "shared" / "datasets"))
                                               / "imagenet-sample"))
     parser.add_argument("--out", required=True)
-    parser.add_argument("--count", type=int, default=64)
+    parser.add_argument("--count", type=int, default=count)
+    return parser
+
+
+def spread_photos(data: str, count: int) -> list[Path]:
+    """``count`` of the photos in ``data``, spread evenly over their sorted names."""
+    photos = sorted(Path(data).glob("*.JPEG"))
+    return photos[:: max(1, len(photos) // count)][:count]
+
+
+def main() -> None:
+    parser = photo_arguments(__doc__, 64)
     parser.add_argument("--scale", type=int, default=6)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    photos = sorted(Path(args.data).glob("*.JPEG"))
-    for src in photos[:: max(1, len(photos) // args.count)][: args.count]:
+    for src in spread_photos(args.data, args.count):
         with Image.open(src) as img:
             img = img.convert("RGB")
             img.resize((img.width * args.scale, img.height * args.scale), Image.Resampling.BICUBIC).save(
