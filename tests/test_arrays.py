@@ -60,6 +60,9 @@ def test_read_array_layouts_and_formats(tmp_path):
         x = read_array(tmp_path / name, 5)
         assert x.dtype == torch.float32 and torch.equal(x, torch.from_numpy(chw.astype(np.float32))), name
     assert torch.equal(read_array(tmp_path / "one.npy", 1), torch.from_numpy(chw[:1].astype(np.float32)))
+    scan = (np.arange(6 * 7, dtype=np.uint16).reshape(6, 7) * 1531)  # a 16-bit grayscale PNG: values kept, not 8-bit
+    Image.fromarray(scan).save(tmp_path / "scan.png")
+    assert torch.equal(read_array(tmp_path / "scan.png", 1), torch.from_numpy(scan[None].astype(np.float32)))
     assert torch.equal(read_array(tmp_path / "hwc.npy", 6, layout="chw"), torch.from_numpy(chw.transpose(1, 2, 0)
                                                                                              .astype(np.float32)))
 

@@ -1,6 +1,6 @@
 """Multi-band images stored as arrays (``data.format=array``): satellite tiles with any number of bands, medical
-scans kept at their full bit depth. Each file holds one image as a NumPy ``.npy`` array or a TIFF (read with
-``tifffile``), laid out (H, W, C), (C, H, W) or (H, W); it is read as float32 in its own units (no scaling to
+scans kept at their full bit depth. Each file holds one image as a NumPy ``.npy`` array, a TIFF (read with
+``tifffile``) or a PNG (8 or 16 bits), laid out (H, W, C), (C, H, W) or (H, W); it is read as float32 in its own units (no scaling to
 [0, 1]) and normalised per band by ``data.mean`` / ``data.std``, which are measured on the training files when
 not set (:func:`band_stats`)."""
 
@@ -16,13 +16,19 @@ from openmae.data.images import BadImageError
 
 log = logging.getLogger(__name__)
 
-ARRAY_SUFFIXES = (".npy", ".tif", ".tiff")
+ARRAY_SUFFIXES = (".npy", ".tif", ".tiff", ".png")
 STATS_FILES = 256  # training files read (spread evenly) to measure each band's mean and std
 
 
 def _load(path: Path) -> np.ndarray:
-    if path.suffix.lower() == ".npy":
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
         return np.load(path, allow_pickle=False)  # an object array would need unpickling: refused
+    if suffix == ".png":  # 16-bit scans are often PNGs: their values as stored (PIL mode I;16 reads as uint16)
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return np.asarray(img)
     try:
         import tifffile
     except ImportError:

@@ -29,7 +29,7 @@ class DataConfig:
     epoch without the test split and reports that epoch's test accuracy.
 
     ``format``: ``image`` reads image files (JPEG, PNG, ...) converted to the model's 1 or 3 channels; ``array`` reads
-    ``.npy`` and TIFF files of any number of bands (``model.in_chans``) in their own units, laid out as
+    ``.npy``, TIFF and PNG files of any number of bands (``model.in_chans``) in their own units, laid out as
     ``array_layout`` says (``auto``: from which axis has ``in_chans`` entries), normalised by ``mean`` / ``std``,
     which are measured on the training files when not set (:mod:`openmae.data.arrays`).
     """
