@@ -63,6 +63,10 @@ def test_read_array_layouts_and_formats(tmp_path):
     scan = (np.arange(6 * 7, dtype=np.uint16).reshape(6, 7) * 1531)  # a 16-bit grayscale PNG: values kept, not 8-bit
     Image.fromarray(scan).save(tmp_path / "scan.png")
     assert torch.equal(read_array(tmp_path / "scan.png", 1), torch.from_numpy(scan[None].astype(np.float32)))
+    palette = Image.fromarray(np.array([[0, 1], [1, 0]], dtype=np.uint8), mode="P")
+    palette.putpalette([10, 20, 30, 200, 150, 100])
+    palette.save(tmp_path / "palette.png")  # stored as indices 0 / 1: read as the colours they stand for
+    assert read_array(tmp_path / "palette.png", 3)[:, 0, 1].tolist() == [200.0, 150.0, 100.0]
     assert torch.equal(read_array(tmp_path / "hwc.npy", 6, layout="chw"), torch.from_numpy(chw.transpose(1, 2, 0)
                                                                                              .astype(np.float32)))
 

@@ -28,6 +28,8 @@ def _load(path: Path) -> np.ndarray:
         from PIL import Image
 
         with Image.open(path) as img:
+            if img.mode == "P":  # a palette's stored values are indices into it: its colours instead
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
             return np.asarray(img)
     try:
         import tifffile
