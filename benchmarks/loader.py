@@ -113,7 +113,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         rows.append({"workers": workers, "format": args.format, "bands": args.bands,
                      "device_augment": args.device_augment, "device": args.device,
-                     "jpeg_draft": args.draft and (args.worker_decode or not args.device_augment),
+                     "jpeg_draft": args.draft and args.format == "image" and (args.worker_decode or not args.device_augment),
                      "resize": args.resize if args.device_augment else None, "ahead": ahead,
                      "decode": ("workers" if args.worker_decode else "device") if args.device_augment else "workers",
                      "images_per_s": round(seen / seconds, 1),
