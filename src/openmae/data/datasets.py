@@ -6,7 +6,6 @@ added by :class:`openmae.data.loader.SeededSamples`.
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import logging
 import os
@@ -169,7 +168,7 @@ def build_source(cfg: DataConfig, split: str, channels: int) -> ImageSource:
     """The images of ``split`` ("train", "test", ...) as configured; refuses an empty dataset."""
     if cfg.format == "image" and channels not in (1, 3):
         raise ValueError(f"the model takes {channels} input channels (model.in_chans) and image files decode to 1 or 3; "
-                         f"for files of {channels} bands set data.format=array (.npy or TIFF arrays)")
+                         f"for files of {channels} bands set data.format=array (.npy, TIFF or PNG arrays)")
     if cfg.name == "folder":
         path = Path(cfg.path)
         files = find_images(path, suffixes_for(cfg))
@@ -195,7 +194,8 @@ def _measured_stats(cfg: DataConfig, channels: int) -> tuple[tuple[float, ...], 
     """Each band's mean / std over the training files, measured once per process for the same data settings."""
     from openmae.data.build import source_for  # build imports this module
 
-    key = repr((dataclasses.astuple(cfg), channels))
+    key = repr((cfg.name, cfg.path, cfg.root, cfg.format, cfg.array_layout, cfg.train_split, cfg.max_samples,
+                cfg.holdout, cfg.holdout_seed, channels))  # what decides the training files and their bands
     if key in _MEASURED:
         return _MEASURED[key]
     source = source_for(cfg, cfg.train_split, channels, cfg.max_samples)
