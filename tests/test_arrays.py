@@ -234,3 +234,31 @@ def test_image_files_for_a_model_of_other_bands_say_to_read_arrays(tmp_path):
     assert proc.returncode != 0
     assert "the model takes 4 input channels (model.in_chans) and image files decode to 1 or 3; for files of 4 " \
            "bands set data.format=array" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("workers_decode", [False, True], ids=["device_decode", "workers_decode"])
+def test_device_path_for_arrays_equals_the_cpu_path(band_folder, workers_decode):
+    """data.device_augment with arrays: the workers read the bands and hand over their crop's floats, the device
+    resizes (float bicubic, as the CPU path's crop does), flips and normalises: the CPU path's tensors, the same
+    boxes and flips; the GPU's batched resize (run here on the CPU) within float rounding of it."""
+    from openmae.data.loader import collate
+
+    out, crops = [], None
+    for device_augment in (False, True):
+        cfg = array_config(band_folder, device_augment=device_augment, device_decode=not (device_augment and workers_decode))
+        dataset, sampler = train_dataset(cfg, (24, 24), 4, batch_size=16, seed=3)
+        items = [dataset[item] for item in list(sampler)[:16]]
+        batch = collate(items)
+        if device_augment:
+            crops = [item[0] for item in items]
+            assert all(c.image.data.dtype == np.float32 and c.image.data.shape == (4, c.height, c.width) for c in crops)
+            assert batch.images.data.dtype == torch.float32  # one float buffer for the batch
+            dataset.device_stage.batched_resize = True
+            batched = dataset.to_device(batch, torch.device("cpu")).images
+            dataset.device_stage.batched_resize = False
+        out.append(dataset.to_device(batch, torch.device("cpu")).images)
+    cpu, device = out
+    assert device.shape == cpu.shape == (16, 4, 24, 24)
+    assert torch.equal(device, cpu)  # the crop, then the same float resize
+    assert torch.allclose(batched, cpu, atol=1e-4), (batched - cpu).abs().max()  # 2e-6 measured
+    assert any(c.flip for c in crops) and not all(c.flip for c in crops)

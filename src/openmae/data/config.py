@@ -75,8 +75,6 @@ class DataConfig:
         require(self.format == "image" or self.name in ("folder", "imagefolder"), "data.format", self.format,
                 f"'image' for the named dataset {self.name!r}; array files are read from data.name=folder or "
                 "imagefolder")
-        require(self.format == "image" or not self.device_augment, "data.device_augment", self.device_augment,
-                "false with data.format=array (the device path decodes JPEGs; arrays are augmented in the workers)")
         require(self.name not in ("folder", "imagefolder") or bool(self.path), "data.path", self.path,
                 "a folder of images when data.name is folder or imagefolder")
         require(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "data.crop_scale", self.crop_scale,

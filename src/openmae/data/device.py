@@ -30,7 +30,8 @@ from openmae.data.transforms import draw_box
 
 @dataclass
 class RawImage:
-    """A file's bytes still encoded as JPEG (``encoded``), or a decoded (C, H, W) uint8 image.
+    """A file's bytes still encoded as JPEG (``encoded``), or a decoded (C, H, W) image: uint8 pixels, or float32
+    bands in their own units (``data.format=array``).
 
     numpy, not torch: a batch holds hundreds of these and worker processes would hand each torch tensor
     over as its own shared-memory file descriptor (the batch then fails with EBADF or EMFILE); a batch
@@ -71,10 +72,11 @@ class PlannedCrop:
 @dataclass
 class PlannedBatch:
     """A batch of planned crops as a loader worker hands it over: every image's bytes (encoded JPEG, or decoded
-    (C, H, W) pixels) in one uint8 buffer, which reaches the training process as one shared-memory block instead
-    of hundreds of pickled arrays (a few hundred KB each for photos), and the rest as plain lists (quick to pickle)."""
+    (C, H, W) pixels) in one buffer, which reaches the training process as one shared-memory block instead
+    of hundreds of pickled arrays (a few hundred KB each for photos), and the rest as plain lists (quick to pickle).
+    The buffer is uint8 (JPEG bytes and pixels), or float32 for arrays of bands (a dataset holds one or the other)."""
 
-    data: torch.Tensor  # (total bytes,) uint8
+    data: torch.Tensor  # (total values,) uint8 or float32
     offsets: list[int]  # image i is data[offsets[i] : offsets[i + 1]]
     encoded: list[bool]
     sizes: list[tuple[int, int]]  # (height, width), upright
@@ -122,8 +124,11 @@ def read_raw(source: ImageSource, index: int, keep_jpegs: bool = True) -> tuple[
     return raw_pixels(img, source.describe(index)), label
 
 
-def raw_pixels(img: Image.Image, name: str) -> RawImage:
-    """A decoded image as a :class:`RawImage` of (C, H, W) uint8 pixels."""
+def raw_pixels(img: Image.Image | torch.Tensor, name: str) -> RawImage:
+    """A decoded image as a :class:`RawImage` of (C, H, W) uint8 pixels; an array's (C, H, W) float32 bands as
+    they are (``data.format=array``)."""
+    if isinstance(img, torch.Tensor):
+        return RawImage(img.numpy(), False, img.shape[1], img.shape[2], name)
     arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy on the device side)
     arr = np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))  # (C, H, W)
     return RawImage(arr, False, arr.shape[1], arr.shape[2], name)
@@ -222,6 +227,7 @@ class DeviceAugment:
             top, left, height, width = batch.boxes[i]
             crops.append(img[:, top : top + height, left : left + width])  # a view
         batched = self.batched_resize if self.batched_resize is not None else device.type == "cuda"
-        x = (resize_crops if batched else resize_each)(crops, tuple(self.img_size), batch.flips)  # (N, C, H, W), 0-255
-        x = x.div_(255.0)
+        x = (resize_crops if batched else resize_each)(crops, tuple(self.img_size), batch.flips)  # (N, C, H, W)
+        if crops[0].dtype == torch.uint8:  # pixels 0-255; arrays' bands are normalised in their own units
+            x = x.div_(255.0)
         return (x - self.mean.to(device)) / self.std.to(device)

@@ -68,9 +68,11 @@ def _groups(sizes: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def resize_crops(crops: list[torch.Tensor], size: tuple[int, int], flips: list[bool]) -> torch.Tensor:
     """(N, C, H, W) float32 in [0, 255]: each (C, h_i, w_i) uint8 crop resized to ``size`` (antialiased bicubic),
-    mirrored where ``flips`` says, rounded and clamped as a resize to uint8 would. No host synchronisation: the
-    sizes reach the device in one non-blocking copy."""
+    mirrored where ``flips`` says, rounded and clamped as a resize to uint8 would; float32 crops (arrays of bands)
+    resized as they are, as ``F.interpolate`` does. No host synchronisation: the sizes reach the device in one
+    non-blocking copy."""
     n, channels, device = len(crops), crops[0].shape[0], crops[0].device
+    pixels = crops[0].dtype == torch.uint8
     order = sorted(range(n), key=lambda i: crops[i].shape[-2] * crops[i].shape[-1])
     sizes = [tuple(crops[i].shape[-2:]) for i in order]
     meta = torch.tensor([order, [s[0] for s in sizes], [s[1] for s in sizes], [int(flips[i]) for i in order]])
@@ -85,8 +87,9 @@ def resize_crops(crops: list[torch.Tensor], size: tuple[int, int], flips: list[b
     out = torch.empty(n, channels, *size, device=device)
     for start, stop in _groups(sizes):
         high, wide = max(h for h, _ in sizes[start:stop]), max(w for _, w in sizes[start:stop])
-        # uint8: whatever the padding holds is finite, and its weights are 0
-        pad = crops[0].new_empty(stop - start, channels, high, wide)
+        # uint8: whatever the padding holds is finite, and its weights are 0; floats could hold NaN there
+        pad = crops[0].new_empty(stop - start, channels, high, wide) if pixels else crops[0].new_zeros(
+            stop - start, channels, high, wide)
         for k in range(start, stop):
             h, w = sizes[k]
             pad[k - start, :, :h, :w].copy_(crops[order[k]])
@@ -94,7 +97,7 @@ def resize_crops(crops: list[torch.Tensor], size: tuple[int, int], flips: list[b
         wx = dense_weights(first_x[start:stop], taps_x[start:stop], wide)  # (m, W, wide)
         with torch.autocast(device.type, enabled=False):  # pixels in fp32 even when called under autocast
             out[meta[0, start:stop]] = wy.unsqueeze(1) @ pad.float() @ wx.transpose(1, 2).unsqueeze(1)  # (m, C, H, W)
-    return out.round_().clamp_(0, 255)
+    return out.round_().clamp_(0, 255) if pixels else out
 
 
 def resize_each(crops: list[torch.Tensor], size: tuple[int, int], flips: list[bool]) -> torch.Tensor:

@@ -1,0 +1,46 @@
+"""A loader worker's cost for one multi-band tile (``data.format=array``): the CPU path (read, crop + resize,
+flip, normalise) against the device path (``data.device_augment``: read and cut out the crop; the resize, flip and
+normalisation left to the training device). One thread, in the process, the tiles already in the page cache.
+
+    python benchmarks/make_band_tiles.py --out runs/band_tiles --count 128 --bands 13 --size 256
+    python benchmarks/array_worker_cost.py runs/band_tiles --bands 13 --size 224 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from openmae.data.build import train_dataset
+from openmae.data.config import DataConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tiles")
+    parser.add_argument("--bands", type=int, default=13)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--count", type=int, default=128, help="tiles timed a round (after 8 untimed)")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # as in a loader worker
+    for rnd in range(args.rounds):
+        row = {}
+        for device_augment in (False, True):
+            cfg = DataConfig(name="folder", path=args.tiles, format="array", device_augment=device_augment,
+                             num_workers=0, mean=(30000.0,) * args.bands, std=(15000.0,) * args.bands)
+            dataset, sampler = train_dataset(cfg, (args.size, args.size), args.bands, 32, seed=rnd)
+            items = list(sampler)[: args.count + 8]
+            for item in items[:8]:
+                dataset[item]
+            start = time.perf_counter()
+            for item in items[8:]:
+                dataset[item]
+            row["device path" if device_augment else "CPU path"] = (time.perf_counter() - start) / args.count * 1e3
+        print(f"round {rnd + 1}: " + ", ".join(f"{k} {v:.2f} ms a tile" for k, v in row.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
