@@ -48,7 +48,8 @@ class DataConfig:
     hflip: float = 0.5
     eval_crop_pct: float | None = None
     num_workers: int = 2
-    device_augment: bool = False  # pretraining: decode JPEGs and crop / flip / normalise on the training device
+    # pretraining: decode JPEGs (arrays: the workers cut out each crop) and resize / flip / normalise on the device
+    device_augment: bool = False
     # with device_augment: JPEGs decoded on the device (nvJPEG; fast on GPUs with a hardware JPEG decoder: A100,
     # H100, H200); false: the workers decode and crop, the device resizes, flips and normalises (other GPUs, on
     # which torchvision decodes each JPEG's entropy-coded data on the training process's CPU)
