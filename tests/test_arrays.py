@@ -166,7 +166,6 @@ def test_fine_tuning_recipe_on_arrays(band_folder):
 
 @pytest.mark.parametrize("override,message", [
     ("data.name=cifar10", "data.format='array' is invalid: must be 'image' for the named dataset 'cifar10'"),
-    ("data.device_augment=true", "data.device_augment=True is invalid: must be false with data.format=array"),
     ("data.array_layout=whc", "data.array_layout='whc' is invalid: must be one of ['auto', 'hwc', 'chw']"),
 ])
 def test_array_settings_refused_before_work(tmp_path, override, message):
@@ -262,3 +261,15 @@ def test_device_path_for_arrays_equals_the_cpu_path(band_folder, workers_decode)
     assert torch.equal(device, cpu)  # the crop, then the same float resize
     assert torch.allclose(batched, cpu, atol=1e-4), (batched - cpu).abs().max()  # 2e-6 measured
     assert any(c.flip for c in crops) and not all(c.flip for c in crops)
+
+
+def test_npy_files_are_memory_mapped_for_the_device_paths_crops(tmp_path):
+    from openmae.data.arrays import open_array
+
+    np.save(tmp_path / "tile.npy", np.arange(3 * 8 * 6, dtype=np.uint16).reshape(8, 6, 3))
+    view = open_array(tmp_path / "tile.npy", 3, mapped=True)
+    assert isinstance(view.base, np.memmap) or isinstance(view, np.memmap)  # nothing read until a crop is cut out
+    assert view.shape == (3, 8, 6) and np.array_equal(view[:, 2:4, 1:3], np.load(tmp_path / "tile.npy")[2:4, 1:3].transpose(2, 0, 1))
+    np.save(tmp_path / "nodata.npy", np.where(np.eye(8)[None] > 0, np.nan, 1.0).repeat(3, 0))
+    with pytest.raises(BadImageError, match="holds NaN or infinite values \\(24 of 192\\)"):
+        open_array(tmp_path / "nodata.npy", 3, mapped=True)  # a float file is checked whole, as on the CPU path

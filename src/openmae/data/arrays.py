@@ -20,10 +20,10 @@ ARRAY_SUFFIXES = (".npy", ".tif", ".tiff", ".png")
 STATS_FILES = 256  # training files read (spread evenly) to measure each band's mean and std
 
 
-def _load(path: Path) -> np.ndarray:
+def _load(path: Path, mapped: bool = False) -> np.ndarray:
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)  # an object array would need unpickling: refused
+    if suffix == ".npy":  # an object array would need unpickling: refused
+        return np.load(path, mmap_mode="r" if mapped else None, allow_pickle=False)
     if suffix == ".png":  # 16-bit scans are often PNGs: their values as stored (PIL mode I;16 reads as uint16)
         from PIL import Image
 
@@ -60,12 +60,14 @@ def to_chw(array: np.ndarray, channels: int, layout: str = "auto", where: str = 
     return chw
 
 
-def read_array(path: str | Path, channels: int, layout: str = "auto") -> torch.Tensor:
-    """One image file as a (C, H, W) float32 tensor in the file's own units. Raises :class:`BadImageError` on a
-    file that cannot be read or holds non-finite values (a nodata mask must be filled before training)."""
+def open_array(path: str | Path, channels: int, layout: str = "auto", mapped: bool = False) -> np.ndarray:
+    """One image file's array as a (C, H, W) view in its own dtype and units, checked: numeric, ``channels`` bands,
+    no NaN or infinite value (a nodata mask must be filled before training). ``mapped``: a ``.npy`` file is
+    memory-mapped, so that only the part a crop reads is loaded (an integer file is not read at all here; a float
+    one is read once for the check). Raises :class:`BadImageError` on a file that cannot be used."""
     path = Path(path)
     try:
-        array = _load(path)
+        array = _load(path, mapped)
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
             raise ValueError(f"dtype {array.dtype} is not numeric")
         chw = to_chw(array, channels, layout, "the array")
@@ -73,11 +75,17 @@ def read_array(path: str | Path, channels: int, layout: str = "auto") -> torch.T
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as err:  # tifffile raises TiffFileError, a ValueError
         raise BadImageError(f"{path}: {type(err).__name__}: {err}") from None
-    out = torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))  # (C, H, W)
-    if not torch.isfinite(out).all():
-        raise BadImageError(f"{path}: holds NaN or infinite values ({int((~torch.isfinite(out)).sum())} of "
-                            f"{out.numel()}); fill nodata pixels (e.g. with the band's mean) before training")
-    return out
+    if np.issubdtype(chw.dtype, np.inexact):  # integers are always finite
+        bad = chw.size - int(np.isfinite(chw).sum())
+        if bad:
+            raise BadImageError(f"{path}: holds NaN or infinite values ({bad} of {chw.size}); fill nodata pixels "
+                                "(e.g. with the band's mean) before training")
+    return chw
+
+
+def read_array(path: str | Path, channels: int, layout: str = "auto") -> torch.Tensor:
+    """One image file as a (C, H, W) float32 tensor in the file's own units (:func:`open_array`'s checks)."""
+    return torch.from_numpy(np.ascontiguousarray(open_array(path, channels, layout), dtype=np.float32))
 
 
 class FileArrays:

@@ -104,7 +104,8 @@ def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, bat
     mean, std = stats_for(cfg, channels)
     sampler = ResumableSampler(len(source), batch_size, seed, shuffle=True, rank=rank, world_size=world_size)
     if cfg.device_augment:
-        plan = PlanCrops(img_size, cfg.crop_scale, cfg.hflip, channels, cfg.device_decode, cfg.jpeg_draft)
+        plan = PlanCrops(img_size, cfg.crop_scale, cfg.hflip, channels, cfg.device_decode, cfg.jpeg_draft,
+                         cfg.array_layout if cfg.format == "array" else None)
         return SeededSamples(source, plan, cfg.bad_files, device_stage=DeviceAugment(img_size, channels, mean, std)), sampler
     transform = transform or pretrain_transform(cfg, img_size, mean, std)
     transform = with_draft(transform, channels) if cfg.jpeg_draft and cfg.format == "image" else transform

@@ -21,6 +21,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from openmae.data.arrays import open_array
 from openmae.data.datasets import ImageSource
 from openmae.data.draft import JpegFile, decoded_scale, read_jpeg_header, reduction
 from openmae.data.images import JPEG_SUFFIXES, TRANSPOSED, BadImageError, open_image, read_header
@@ -43,6 +44,7 @@ class RawImage:
     width: int
     name: str
     orientation: int = 1  # EXIF orientation (1-8) still to apply after decoding an encoded JPEG
+    bands: bool = False  # an array of bands (data.format=array): its crop leaves as float32, in the file's units
 
 
 def orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -128,7 +130,7 @@ def raw_pixels(img: Image.Image | torch.Tensor, name: str) -> RawImage:
     """A decoded image as a :class:`RawImage` of (C, H, W) uint8 pixels; an array's (C, H, W) float32 bands as
     they are (``data.format=array``)."""
     if isinstance(img, torch.Tensor):
-        return RawImage(img.numpy(), False, img.shape[1], img.shape[2], name)
+        return RawImage(img.numpy(), False, img.shape[1], img.shape[2], name, bands=True)
     arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy on the device side)
     arr = np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))  # (C, H, W)
     return RawImage(arr, False, arr.shape[1], arr.shape[2], name)
@@ -143,13 +145,18 @@ class PlanCrops:
     its crop's pixels then leave at that scale, the box rounded to whole pixels there."""
 
     def __init__(self, img_size: tuple[int, int], scale: tuple[float, float], hflip: float, channels: int,
-                 device_decode: bool = True, jpeg_draft: bool = False) -> None:
+                 device_decode: bool = True, jpeg_draft: bool = False, array_layout: str | None = None) -> None:
         self.crop = T.RandomResizedCrop(img_size, scale=scale, interpolation=InterpolationMode.BICUBIC, antialias=True)
         self.hflip, self.channels, self.device_decode = hflip, channels, device_decode
         self.draft = jpeg_draft and not device_decode
         self.size = tuple(img_size)
+        self.array_layout = array_layout  # data.format=array: files of bands, laid out so
 
     def read(self, source: ImageSource, index: int) -> tuple[RawImage | JpegFile, int]:
+        if self.array_layout is not None:  # a .npy file memory-mapped: the crop reads only its part of it
+            path, label = source.file(index)
+            chw = open_array(path, self.channels, self.array_layout, mapped=True)
+            return RawImage(chw, False, chw.shape[1], chw.shape[2], str(path), bands=True), label
         if self.draft:
             item, label = read_jpeg_header(source, index, self.channels, self.may_reduce)
             return (item if isinstance(item, JpegFile) else raw_pixels(item, source.describe(index))), label
@@ -171,7 +178,8 @@ class PlanCrops:
             top, left, height, width, raw = t0, l0, t1 - t0, l1 - l0, pixels
         if raw.encoded:
             return PlannedCrop(raw, top, left, height, width, flip)
-        pixels = np.ascontiguousarray(raw.data[:, top : top + height, left : left + width])  # (C, h, w)
+        pixels = np.ascontiguousarray(raw.data[:, top : top + height, left : left + width],  # (C, h, w)
+                                      dtype=np.float32 if raw.bands else None)
         return PlannedCrop(replace(raw, data=pixels, height=height, width=width), 0, 0, height, width, flip)
 
 
