@@ -1,9 +1,12 @@
 """A loader worker's cost for one multi-band tile (``data.format=array``): the CPU path (read, crop + resize,
-flip, normalise) against the device path (``data.device_augment``: read and cut out the crop; the resize, flip and
+flip, normalise; a ``.npy`` file memory-mapped and only the crop converted, or, for comparison, the whole file read
+first) against the device path (``data.device_augment``: read and cut out the crop; the resize, flip and
 normalisation left to the training device). One thread, in the process, the tiles already in the page cache.
 
     python benchmarks/make_band_tiles.py --out runs/band_tiles --count 128 --bands 13 --size 256
     python benchmarks/array_worker_cost.py runs/band_tiles --bands 13 --size 224 --rounds 3
+    python benchmarks/make_band_tiles.py --out runs/band_scenes --count 16 --bands 13 --size 1024   # larger files
+    python benchmarks/array_worker_cost.py runs/band_scenes --bands 13 --size 224 --count 32 --rounds 3
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 from openmae.data.build import train_dataset
 from openmae.data.config import DataConfig
+from openmae.data.loader import SeededSamples
 
 
 def main() -> None:
@@ -28,17 +32,19 @@ def main() -> None:
     torch.set_num_threads(1)  # as in a loader worker
     for rnd in range(args.rounds):
         row = {}
-        for device_augment in (False, True):
-            cfg = DataConfig(name="folder", path=args.tiles, format="array", device_augment=device_augment,
-                             num_workers=0, mean=(30000.0,) * args.bands, std=(15000.0,) * args.bands)
-            dataset, sampler = train_dataset(cfg, (args.size, args.size), args.bands, 32, seed=rnd)
+        for name in ("CPU path, whole file read", "CPU path", "device path"):
+            cfg = DataConfig(name="folder", path=args.tiles, format="array", device_augment=name == "device path",
+                             num_workers=0, mean=(30000.0,) * args.bands, std=(15000.0,) * args.bands, repeat=8)
+            dataset, sampler = train_dataset(cfg, (args.size, args.size), args.bands, 8, seed=rnd)
+            if name == "CPU path, whole file read":  # the training transform on the whole array, not the mapped crop
+                dataset = SeededSamples(dataset.source, dataset.transform.plain)
             items = list(sampler)[: args.count + 8]
             for item in items[:8]:
                 dataset[item]
             start = time.perf_counter()
             for item in items[8:]:
                 dataset[item]
-            row["device path" if device_augment else "CPU path"] = (time.perf_counter() - start) / args.count * 1e3
+            row[name] = (time.perf_counter() - start) / args.count * 1e3
         print(f"round {rnd + 1}: " + ", ".join(f"{k} {v:.2f} ms a tile" for k, v in row.items()), flush=True)
 
 

@@ -273,3 +273,21 @@ def test_npy_files_are_memory_mapped_for_the_device_paths_crops(tmp_path):
     np.save(tmp_path / "nodata.npy", np.where(np.eye(8)[None] > 0, np.nan, 1.0).repeat(3, 0))
     with pytest.raises(BadImageError, match="holds NaN or infinite values \\(24 of 192\\)"):
         open_array(tmp_path / "nodata.npy", 3, mapped=True)  # a float file is checked whole, as on the CPU path
+
+
+def test_training_crops_read_only_their_part_and_equal_the_whole_arrays_crops(band_folder):
+    """The CPU path's training transform on arrays reads a memory-mapped .npy file and converts only its crop: the
+    same tensors as the plain transform on the whole array (same draws, crop then resize), for pretraining's crop and
+    fine-tuning's recipe for arrays."""
+    from openmae.data.arrays import MappedCrop
+    from openmae.data.loader import SeededSamples
+    from openmae.data.transforms import pretrain_transform
+
+    cfg = array_config(band_folder, mean=(30000.0,) * 4, std=(15000.0,) * 4)
+    for plain in (pretrain_transform(cfg, (24, 24), cfg.mean, cfg.std),
+                  finetune_transform(cfg, (24, 24), cfg.mean, cfg.std, "", 0.5, shift=2)):
+        dataset, _ = train_dataset(cfg, (24, 24), 4, 8, seed=0, transform=plain)
+        assert isinstance(dataset.transform, MappedCrop)
+        whole = SeededSamples(dataset.source, plain)  # reads each file whole
+        for index in range(0, 300, 23):
+            assert torch.equal(dataset[(index, 77 + index)][0], whole[(index, 77 + index)][0]), index

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
 
 from openmae.data.images import BadImageError
+from openmae.data.transforms import draw_box
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +131,41 @@ def band_stats(source, count: int = STATS_FILES) -> tuple[tuple[float, ...], tup
     std = (total_sq / pixels - mean * mean).clamp_min(0).sqrt()
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant band: only centred
     return tuple(mean.tolist()), tuple(std.tolist())
+
+
+class MappedCrop:
+    """A Compose that starts with a RandomResizedCrop, run on arrays (``data.format=array``) without reading whole
+    files: a ``.npy`` file is memory-mapped, the crop draws its box on the array's shape (its own random draws, as
+    it would on the whole array), and only the box is converted to float32 and resized; the other steps as they
+    are. The same tensors as the Compose on the whole array: torchvision's resized crop is a crop, then a resize."""
+
+    def __init__(self, plain, channels: int, layout: str) -> None:
+        self.plain, self.channels, self.layout = plain, channels, layout
+        self.first, *self.rest = plain.transforms
+
+    @property
+    def transforms(self) -> list:  # as the Compose's
+        return self.plain.transforms
+
+    def read(self, source, index: int) -> tuple[np.ndarray, int]:
+        path, label = source.file(index)
+        return open_array(path, self.channels, self.layout, mapped=True), label
+
+    def __call__(self, chw: np.ndarray | torch.Tensor) -> torch.Tensor:
+        top, left, height, width = draw_box(self.first, self.channels, chw.shape[1], chw.shape[2])
+        box = chw[:, top : top + height, left : left + width]
+        crop = box.float() if isinstance(box, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(box, np.float32))
+        out = TF.resize(crop, list(self.first.size), interpolation=self.first.interpolation, antialias=self.first.antialias)
+        for step in self.rest:
+            out = step(out)
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.plain}, layout={self.layout})"
+
+
+def with_mapped_crop(transform, channels: int, layout: str):
+    """``transform`` reading only each crop's part of an array file when it starts with a RandomResizedCrop
+    (pretraining's, fine-tuning's for arrays), else ``transform`` itself (evaluation's resize needs the whole)."""
+    first = getattr(transform, "transforms", [None])[0]
+    return MappedCrop(transform, channels, layout) if isinstance(first, T.RandomResizedCrop) else transform

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from openmae.data.arrays import with_mapped_crop
 from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource, build_source, stats_for
 from openmae.data.device import DeviceAugment, PlanCrops
@@ -108,7 +109,10 @@ def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, bat
                          cfg.array_layout if cfg.format == "array" else None)
         return SeededSamples(source, plan, cfg.bad_files, device_stage=DeviceAugment(img_size, channels, mean, std)), sampler
     transform = transform or pretrain_transform(cfg, img_size, mean, std)
-    transform = with_draft(transform, channels) if cfg.jpeg_draft and cfg.format == "image" else transform
+    if cfg.format == "array":  # only each crop's part of a .npy file is read
+        transform = with_mapped_crop(transform, channels, cfg.array_layout)
+    elif cfg.jpeg_draft:  # large JPEGs decoded at the scale their crop allows
+        transform = with_draft(transform, channels)
     return SeededSamples(source, transform, cfg.bad_files), sampler
 
 
