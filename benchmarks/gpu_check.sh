@@ -8,7 +8,7 @@
 #   mem     ViT-L/16 eager without and with activation checkpointing (peak memory per image)
 # (the default), and on request: whole (L and H compiled as a whole, their best setting), graphs (B and L compiled
 # and replayed as CUDA graphs), big (twice the batches), prof (where ViT-B/16's step goes), loadab (the loader's
-# alternatives).
+# alternatives), bands (13-band arrays made from the photos: the loader's CPU path and device path).
 # and prints the tables last. The whole script stops by BUDGET_S seconds (default 290, install included): each
 # row runs under a time limit cut to what is left, a row that needs more than is left is skipped, and timing.log
 # and the summary say which rows ran, timed out or were skipped. Rows skipped for time run in a second call with
@@ -24,6 +24,7 @@
 #   PARTS="big" bash benchmarks/gpu_check.sh                  # B, L, H at twice the batches above (MFU vs batch)
 #   PARTS="loadab" bash benchmarks/gpu_check.sh photos        # receiving/resizing costs; the resize per crop;
 #                                                             # workers decoding; no decoding ahead; epoch boundaries
+#   PARTS="bands" bash benchmarks/gpu_check.sh photos         # multi-band arrays (data.format=array) in the loader
 #   BUDGET_S=580 PARTS="B L H mem" bash benchmarks/gpu_check.sh   # a longer budget
 # Results go to $OUT (or /tmp/gpu_check).
 # The photo folder, from a machine that has the datasets (every fourth ImageNet-sample photo: 27 MB, in an ignored
@@ -137,6 +138,14 @@ photos_row loadab 60 25 loader.log "${loader[@]}" --workers 15 --device-augment 
 photos_row loadab 60 25 loader.log "${loader[@]}" --workers 15 --device-augment --device cuda --no-ahead
 photos_row loadab 60 30 loader.log python3 benchmarks/loader.py --data "$PHOTOS" --workers 15 --epochs 4 --repeat 4 \
   --batch 256 --step-ms 60 --pause-ms 2000
+# multi-band arrays (data.format=array): 128 tiles of 13 uint16 bands at 256x256 made from the photos (outside $OUT,
+# which comes back: 209 MB), then the loader's CPU path and its device path (workers cut out crops, the GPU resizes)
+TILES=/tmp/openmae_band_tiles
+bands=(python3 benchmarks/loader.py --data "$TILES" --format array --bands 13 --images 128 --repeat 40 --batch 256)
+photos_row bands 60 20 bands.log python3 benchmarks/make_band_tiles.py --data "$PHOTOS" --out "$TILES" --count 128 \
+  --bands 13 --size 256
+photos_row bands 60 25 loader.log "${bands[@]}" --workers 15
+photos_row bands 60 25 loader.log "${bands[@]}" --workers 15 --device-augment --device cuda
 
 echo "## all rows done at ${SECONDS} s (budget ${BUDGET_S} s)" >> "$timing"
 [ -n "$PLAN" ] && exit 0

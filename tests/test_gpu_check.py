@@ -98,3 +98,17 @@ def test_a_row_is_cut_at_the_budget_and_the_next_skipped(tmp_path):
     assert re.search(r"## skipped: -?\d+ s of the budget left, the row needs 25: part loader: .*--device-augment", timing)
     assert "stand-in benchmarks/loader.py" in (tmp_path / "out" / "loader.log").read_text()
     assert "== summary ==" in result.stdout and "timed out after" in result.stdout
+
+
+def test_the_bands_part_makes_tiles_then_times_both_array_paths(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rows = _plan_rows(_run(tmp_path, str(photos), PLAN="1", PARTS="bands").stdout)
+    assert [part for part, *_ in rows] == ["bands"] * 3
+    make, cpu, device = (command for *_, command in rows)
+    assert f"make_band_tiles.py --data {photos}" in make and "--bands 13" in make
+    tiles = re.search(r"--out (\S+)", make).group(1)
+    assert not tiles.startswith(str(tmp_path / "out"))  # 209 MB of tiles must not come back with the results
+    for command in (cpu, device):
+        assert f"--data {tiles} --format array --bands 13" in command and "--workers 15" in command
+    assert "--device-augment" not in cpu and "--device-augment --device cuda" in device
