@@ -14,6 +14,7 @@ SIZES = [
     # (name, overrides): a 3-channel 32px model and a 1-channel 28px one
     ("mae_vit_debug_patch4_32", {}),
     ("mae_vit_tiny_patch7_28_gray", {"depth": 2, "decoder_depth": 2}),
+    ("mae_vit_debug_patch4_32", {"in_chans": 13}),  # a satellite's bands
 ]
 
 
