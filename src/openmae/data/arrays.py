@@ -1,23 +1,22 @@
 """Multi-band images stored as arrays (``data.format=array``): satellite tiles with any number of bands, medical
 scans kept at their full bit depth. Each file holds one image as a NumPy ``.npy`` array, a TIFF (read with
-``tifffile``) or a PNG (8 or 16 bits), laid out (H, W, C), (C, H, W) or (H, W); it is read as float32 in its own units (no scaling to
-[0, 1]) and normalised per band by ``data.mean`` / ``data.std``, which are measured on the training files when
-not set (:func:`band_stats`)."""
+``tifffile``) or a PNG (8 or 16 bits), laid out (H, W, C), (C, H, W) or (H, W); it is read as float32 in its own
+units (no scaling to [0, 1]) and normalised per band by ``data.mean`` / ``data.std``, which are measured on the
+training files when not set (:func:`band_stats`). Training crops read only their part of a ``.npy`` file
+(memory-mapped: :class:`MappedCrop`, and the device path's workers)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
 from openmae.data.images import BadImageError
 from openmae.data.transforms import draw_box
-
-log = logging.getLogger(__name__)
 
 ARRAY_SUFFIXES = (".npy", ".tif", ".tiff", ".png")
 STATS_FILES = 256  # training files read (spread evenly) to measure each band's mean and std
@@ -28,8 +27,6 @@ def _load(path: Path, mapped: bool = False) -> np.ndarray:
     if suffix == ".npy":  # an object array would need unpickling: refused
         return np.load(path, mmap_mode="r" if mapped else None, allow_pickle=False)
     if suffix == ".png":  # 16-bit scans are often PNGs: their values as stored (PIL mode I;16 reads as uint16)
-        from PIL import Image
-
         with Image.open(path) as img:
             if img.mode == "P":  # a palette's stored values are indices into it: its colours instead
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
