@@ -167,6 +167,7 @@ def test_fine_tuning_recipe_on_arrays(band_folder):
 @pytest.mark.parametrize("override,message", [
     ("data.name=cifar10", "data.format='array' is invalid: must be 'image' for the named dataset 'cifar10'"),
     ("data.array_layout=whc", "data.array_layout='whc' is invalid: must be one of ['auto', 'hwc', 'chw']"),
+    ("pretrain.vis_bands=[0,1]", "pretrain.vis_bands=(0, 1) is invalid: must be empty, one channel index (grey) or three"),
 ])
 def test_array_settings_refused_before_work(tmp_path, override, message):
     proc = run_cli("pretrain", "--data", str(tmp_path), "-o", str(tmp_path / "run"), "data.format=array",
@@ -195,7 +196,8 @@ def test_pretrain_knn_finetune_and_visualize_on_band_arrays(tmp_path, band_folde
     try:
         proc = run_cli("pretrain", "-o", str(tmp_path / "pre"), *data, f"pretrain.init={tmp_path / 'rgb.pth'}",
                        "model.name=auto", "model.in_chans=4", "train.epochs=6", "train.warmup_epochs=1", "train.batch_size=32",
-                       "train.blr=1.5e-3", "train.progress=false", "train.log_every_steps=3", "pretrain.vis_images=4")
+                       "train.blr=1.5e-3", "train.progress=false", "train.log_every_steps=3", "pretrain.vis_images=4",
+                       "pretrain.vis_bands=[3,0,1]")
     finally:
         (band_folder / "train" / "frog" / "broken.npy").unlink()
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -221,9 +223,12 @@ def test_pretrain_knn_finetune_and_visualize_on_band_arrays(tmp_path, band_folde
     assert (tmp_path / "ft" / "model-best.pth").is_file()
 
     shown = run_cli("visualize", "--checkpoint", checkpoint, str(band_folder / "test" / "frog"), "-o",
-                    str(tmp_path / "vis"), "data.format=array")
+                    str(tmp_path / "vis"), "data.format=array", "--bands", "2", "1", "0")
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert len(list((tmp_path / "vis").glob("*.png"))) == 50
+    wrong = run_cli("visualize", "--checkpoint", checkpoint, str(band_folder / "test" / "frog"), "-o",
+                    str(tmp_path / "vis2"), "data.format=array", "--bands", "4")
+    assert wrong.returncode == 1 and "each from 0 to 3 (the model has 4)" in wrong.stderr, wrong.stderr[-2000:]
 
 
 def test_image_files_for_a_model_of_other_bands_say_to_read_arrays(tmp_path):
@@ -291,3 +296,19 @@ def test_training_crops_read_only_their_part_and_equal_the_whole_arrays_crops(ba
         whole = SeededSamples(dataset.source, plain)  # reads each file whole
         for index in range(0, 300, 23):
             assert torch.equal(dataset[(index, 77 + index)][0], whole[(index, 77 + index)][0]), index
+
+
+def test_pictures_show_the_bands_asked_for():
+    from openmae.eval.reconstruction import Reconstruction, grid_image
+
+    bands = torch.arange(5.0).view(1, 5, 1, 1).expand(1, 5, 4, 4) / 4  # band b is the constant b / 4
+    rec = Reconstruction(bands, bands, bands, bands, torch.zeros(1, 1))
+    first = grid_image(rec)[0, 0]  # top-left pixel of the original panel, (R, G, B)
+    assert first.tolist() == [0, 64, 128]  # the first three bands by default
+    assert grid_image(rec, bands=(3, 2, 1))[0, 0].tolist() == [191, 128, 64]  # e.g. Sentinel-2's true colour
+    assert grid_image(rec, bands=(4,))[0, 0].tolist() == [255, 255, 255]  # one band in grey
+    two = Reconstruction(bands[:, :2], bands[:, :2], bands[:, :2], bands[:, :2], torch.zeros(1, 1))
+    assert grid_image(two)[0, 0].tolist() == [0, 0, 0]  # fewer than three: the first in grey
+    for wrong in ((1, 2), (0, 1, 5)):
+        with pytest.raises(ValueError, match="give one band \\(grey\\) or three .* each from 0 to 4"):
+            grid_image(rec, bands=wrong)

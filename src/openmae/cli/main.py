@@ -131,6 +131,7 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     from openmae.convert.checkpoints import load_pretrained
     from openmae.data.config import DataConfig
     from openmae.data.datasets import suffixes_for
+    from openmae.eval.reconstruction import check_bands
     from openmae.eval.visualize import image_paths, visualize_dataset, visualize_files
 
     # positional arguments mix image paths and data.* settings; only DataConfig matters here (dataset,
@@ -141,11 +142,12 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     model = load_pretrained(args.checkpoint)
     if not any(k.startswith("decoder_") for k in model.state_dict()) or model.cfg.decoder_depth == 0:
         raise ConfigError("visualize needs a checkpoint with the decoder")
+    check_bands(args.bands, model.cfg.in_chans)
     if args.images:
         written = visualize_files(model, image_paths(args.images, suffixes_for(data)), args.out, data, args.mask_ratio,
-                                  args.seed)
+                                  args.seed, bands=tuple(args.bands))
     elif data.name != "folder" or data.path:
-        written = visualize_dataset(model, data, args.out, args.count, args.mask_ratio, args.seed)
+        written = visualize_dataset(model, data, args.out, args.count, args.mask_ratio, args.seed, tuple(args.bands))
     else:
         raise ConfigError("give image files or folders, or a dataset (data.name=cifar10 data.root=...)")
     for path in written:
@@ -215,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", "-o", default="reconstructions", help="folder for the PNGs")
             p.add_argument("--mask-ratio", type=float, default=0.75)
             p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--bands", type=int, nargs="+", default=[], metavar="B",
+                           help="channels to show: one (grey) or three (red, green, blue), e.g. 3 2 1; default the "
+                                "first three")
         if name == "convert":
             p.add_argument("src", help="input weights (.pth/.pt/.bin/.safetensors, any supported layout)")
             p.add_argument("dst", help="output file (.pth or .safetensors), or a folder for --to hf")

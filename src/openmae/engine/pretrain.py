@@ -23,7 +23,7 @@ from openmae.engine.optim import param_groups
 from openmae.engine.weights import resolve_encoder
 from openmae.eval.features import POOLING, extract_features
 from openmae.eval.knn import knn_accuracy
-from openmae.eval.reconstruction import auto_scale, grid_image, reconstruct, save_grid
+from openmae.eval.reconstruction import auto_scale, check_bands, grid_image, reconstruct, save_grid
 from openmae.models.mae import MaskedAutoencoder
 
 log = logging.getLogger("openmae.pretrain")
@@ -41,6 +41,9 @@ class PretrainSection:
     init: str = ""
     vis_every_epochs: int = 0
     vis_images: int = 8
+    # the channels the pictures show: one (grey) or three (red, green, blue); empty: the first three (or the first
+    # when there are fewer). For multi-band data, e.g. [3, 2, 1]: Sentinel-2's true colour
+    vis_bands: tuple[int, ...] = ()
     knn_every_epochs: int = 0
     knn_k: int = 20
     knn_temperature: float = 0.07
@@ -52,6 +55,8 @@ class PretrainSection:
         require(0 < self.mask_ratio < 1, "pretrain.mask_ratio", self.mask_ratio, "strictly between 0 and 1")
         require(self.vis_every_epochs >= 0, "pretrain.vis_every_epochs", self.vis_every_epochs, ">= 0 (0 = at the end)")
         require(self.vis_images >= 0, "pretrain.vis_images", self.vis_images, ">= 0")
+        require(len(self.vis_bands) in (0, 1, 3), "pretrain.vis_bands", self.vis_bands,
+                "empty, one channel index (grey) or three (red, green, blue)")
         require(self.knn_every_epochs >= 0, "pretrain.knn_every_epochs", self.knn_every_epochs, ">= 0 (0 = off)")
         require(self.knn_k >= 1, "pretrain.knn_k", self.knn_k, ">= 1")
         require(self.knn_temperature > 0, "pretrain.knn_temperature", self.knn_temperature, "> 0")
@@ -94,6 +99,7 @@ class PretrainTask:
             log.info("weights from %s%s", cfg.pretrain.init,
                      f"; left at their initialisation: {', '.join(left)}" if left else "")
         self.model_config = self.model.cfg.to_dict()
+        check_bands(cfg.pretrain.vis_bands, model_cfg.in_chans)  # at the start, not at the first pictures
 
     def shard_blocks(self) -> list[nn.Module]:
         return [*self.model.blocks, *self.model.decoder_blocks]
@@ -139,8 +145,10 @@ class PretrainTask:
         mean, std = stats_for(cfg.data, m.in_chans)
         rec = reconstruct(self.model, batch.images, mean, std, cfg.pretrain.mask_ratio, seed=0,
                           stretch=cfg.data.format == "array")
-        path = save_grid(rec, run.run_dir / "pictures" / f"reconstruction-epoch{epoch:04d}.png", auto_scale(m.img_size))
-        run.metrics.image("reconstruction", grid_image(rec, auto_scale(m.img_size)), run.step)
+        bands = tuple(cfg.pretrain.vis_bands)
+        path = save_grid(rec, run.run_dir / "pictures" / f"reconstruction-epoch{epoch:04d}.png", auto_scale(m.img_size),
+                         bands)
+        run.metrics.image("reconstruction", grid_image(rec, auto_scale(m.img_size), bands=bands), run.step)
         log.info("reconstructions written to %s", path)
 
     def knn(self) -> dict[str, float]:

@@ -68,16 +68,27 @@ def reconstruct(model: MaskedAutoencoder, imgs: torch.Tensor, mean: tuple[float,
     return Reconstruction(original, masked, reconstruction, pasted, out.mask.cpu())
 
 
-def grid_image(rec: Reconstruction, scale: int = 1, gap: int = 2) -> np.ndarray:
-    """One row per image, four panels per row, as an (H, W, 3) uint8 array; ``scale`` enlarges small images."""
+def check_bands(bands: tuple[int, ...] | list[int], channels: int) -> None:
+    """``bands`` to show: none (the default view), one (grey) or three (red, green, blue) of ``channels``."""
+    if len(bands) not in (0, 1, 3) or any(not 0 <= b < channels for b in bands):
+        raise ValueError(f"bands to show {list(bands)}: give one band (grey) or three (red, green, blue), each from 0 "
+                         f"to {channels - 1} (the model has {channels}); e.g. 3 2 1 for Sentinel-2's true colour")
+
+
+def grid_image(rec: Reconstruction, scale: int = 1, gap: int = 2, bands: tuple[int, ...] = ()) -> np.ndarray:
+    """One row per image, four panels per row, as an (H, W, 3) uint8 array; ``scale`` enlarges small images.
+    ``bands``: which channels to show, one (grey) or three (as red, green, blue); by default the first three, or
+    the first alone when there are fewer."""
     panels = [rec.original, rec.masked, rec.reconstruction, rec.pasted]
     n, c, h, w = rec.original.shape
+    check_bands(bands, c)
+    shown = list(bands) if bands else ([0] if c < 3 else [0, 1, 2])
     hh, ww = h * scale, w * scale
     canvas = np.full((n * hh + (n - 1) * gap, 4 * ww + 3 * gap, 3), 255, dtype=np.uint8)
     for row in range(n):
         for col, panel in enumerate(panels):
             x = panel[row]
-            x = x[:1].repeat(3, 1, 1) if c < 3 else x[:3]  # more bands: the first three shown as red, green, blue
+            x = x[shown].expand(3, -1, -1) if len(shown) == 1 else x[shown]
             arr = (x.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
             if scale > 1:
                 arr = arr.repeat(scale, axis=0).repeat(scale, axis=1)
@@ -86,10 +97,10 @@ def grid_image(rec: Reconstruction, scale: int = 1, gap: int = 2) -> np.ndarray:
     return canvas
 
 
-def save_grid(rec: Reconstruction, path: str | Path, scale: int = 1) -> Path:
+def save_grid(rec: Reconstruction, path: str | Path, scale: int = 1, bands: tuple[int, ...] = ()) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid_image(rec, scale)).save(path)
+    Image.fromarray(grid_image(rec, scale, bands=bands)).save(path)
     return path
 
 

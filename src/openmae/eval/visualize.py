@@ -35,8 +35,10 @@ def image_paths(inputs: list[str], suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -
 
 
 def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | Path, data: DataConfig,
-                    mask_ratio: float = 0.75, seed: int = 0, scale: int | None = None) -> list[Path]:
-    """Writes ``<out_dir>/<image stem>.png`` (original | masked | reconstruction | pasted) for each path."""
+                    mask_ratio: float = 0.75, seed: int = 0, scale: int | None = None, bands: tuple[int, ...] = (),
+                    ) -> list[Path]:
+    """Writes ``<out_dir>/<image stem>.png`` (original | masked | reconstruction | pasted) for each path;
+    ``bands``: the channels shown (:func:`openmae.eval.reconstruction.grid_image`)."""
     m = model.cfg
     source = file_source(paths, None, m.in_chans, [], data)
     if data.format == "array" and data.mean is None and not data.path:  # no training folder named: these files'
@@ -53,12 +55,12 @@ def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | 
     for i, path in enumerate(paths):
         img = files[(i, 0)][0].unsqueeze(0)  # (1, C, H, W)
         rec = reconstruct(model, img, mean, std, mask_ratio, seed=seed + i, stretch=data.format == "array")
-        written.append(save_grid(rec, Path(out_dir) / f"{path.stem}.png", scale or auto_scale(m.img_size)))
+        written.append(save_grid(rec, Path(out_dir) / f"{path.stem}.png", scale or auto_scale(m.img_size), bands))
     return written
 
 
 def visualize_dataset(model: MaskedAutoencoder, data: DataConfig, out_dir: str | Path, count: int = 8,
-                      mask_ratio: float = 0.75, seed: int = 0) -> list[Path]:
+                      mask_ratio: float = 0.75, seed: int = 0, bands: tuple[int, ...] = ()) -> list[Path]:
     """Writes ``<out_dir>/<split>-<index>.png`` for the first ``count`` images of the evaluation split."""
     from openmae.data.build import eval_batches
 
@@ -70,6 +72,7 @@ def visualize_dataset(model: MaskedAutoencoder, data: DataConfig, out_dir: str |
         for i in range(batch.images.shape[0]):
             rec = reconstruct(model, batch.images[i : i + 1], mean, std, mask_ratio, seed=seed + len(written),
                               stretch=data.format == "array")
-            written.append(save_grid(rec, Path(out_dir) / f"{split}-{len(written):05d}.png", auto_scale(m.img_size)))
+            written.append(save_grid(rec, Path(out_dir) / f"{split}-{len(written):05d}.png", auto_scale(m.img_size),
+                                     bands))
         break
     return written
