@@ -142,7 +142,8 @@ class PlanCrops:
     ``device_decode=False`` (``data.device_decode``): the worker decodes JPEGs too, as every other image. An image
     decoded here leaves with its crop's pixels only (fewer bytes to hand over; the same pixels reach the resize).
     With ``jpeg_draft`` too, a large JPEG is decoded at the reduced scale its crop allows (``openmae.data.draft``);
-    its crop's pixels then leave at that scale, the box rounded to whole pixels there."""
+    its crop's pixels then leave at that scale, the box rounded to whole pixels there. ``array_layout`` (set for
+    ``data.format=array``): files of bands, a ``.npy`` one memory-mapped; the crop's bands leave as float32."""
 
     def __init__(self, img_size: tuple[int, int], scale: tuple[float, float], hflip: float, channels: int,
                  device_decode: bool = True, jpeg_draft: bool = False, array_layout: str | None = None) -> None:
