@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import yaml
 from helpers import run_cli
 from PIL import Image
 
@@ -208,6 +209,9 @@ def test_pretrain_knn_finetune_and_visualize_on_band_arrays(tmp_path, band_folde
     metrics = [json.loads(line) for line in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]
     curve = [m["loss"] for m in metrics if "loss" in m]
     assert sum(curve[-3:]) / 3 < 0.85 * sum(curve[:3]) / 3, curve
+    saved = yaml.safe_load((tmp_path / "pre" / "config.yaml").read_text())["data"]  # the normalisation it used
+    assert len(saved["mean"]) == len(saved["std"]) == 4 and all(20000 < m < 45000 for m in saved["mean"]), saved
+    assert f"data.mean=[{','.join(f'{v:.6g}' for v in saved['mean'])}]" in proc.stderr
     picture = Image.open(tmp_path / "pre" / "pictures" / "reconstruction-epoch0006.png")
     assert picture.size == (4 * 128 + 3 * 2, 4 * 128 + 3 * 2)
     checkpoint = str(tmp_path / "pre" / "model-last.pth")

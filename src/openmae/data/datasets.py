@@ -206,6 +206,13 @@ def _measured_stats(cfg: DataConfig, channels: int) -> tuple[tuple[float, ...], 
     return mean, std
 
 
+def keep_measured_stats(cfg: DataConfig, channels: int) -> None:
+    """Arrays without ``data.mean`` / ``data.std``: measure them now and write them into ``cfg``, so that the run's
+    ``config.yaml`` and checkpoints record the normalisation it trained with (a rerun from that file uses it as is)."""
+    if cfg.format == "array" and cfg.mean is None:
+        cfg.mean, cfg.std = stats_for(cfg, channels)
+
+
 def stats_for(cfg: DataConfig, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Normalisation mean/std: configured, else measured on the training files (``data.format=array``: values are
     in the files' own units), else the dataset's own, else ImageNet's (0.5 for 1 channel)."""

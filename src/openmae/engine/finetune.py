@@ -17,7 +17,7 @@ from timm.utils import ModelEmaV3
 from openmae.config import require
 from openmae.data.build import eval_batches, report_source, split_sources, train_dataset
 from openmae.data.config import DataConfig
-from openmae.data.datasets import stats_for
+from openmae.data.datasets import keep_measured_stats, stats_for
 from openmae.data.loader import Batch
 from openmae.data.transforms import SHIFT_MODES, check_recipe, check_shift, finetune_transform
 from openmae.engine.checkpoint import CheckpointError
@@ -118,6 +118,7 @@ class FinetuneTask:
         self.model_config = mae_cfg.to_dict()
         self.train_source, self.eval_source = split_sources(cfg.data, mae_cfg.in_chans)
         self.report_source = report_source(cfg.data, mae_cfg.in_chans)  # the test split beside held-out images
+        keep_measured_stats(cfg.data, mae_cfg.in_chans)  # recorded in config.yaml and the checkpoints
         self.num_classes = num_classes_of(f.num_classes, self.train_source.classes)
         self.model = create_classifier(mae_cfg, self.num_classes, f.global_pool, f.drop_path)
         if sd is not None:

@@ -18,7 +18,7 @@ import torch.nn as nn
 from openmae.config import require
 from openmae.data.build import eval_batches, report_source, split_sources, train_dataset
 from openmae.data.config import DataConfig
-from openmae.data.datasets import ImageSource
+from openmae.data.datasets import ImageSource, keep_measured_stats
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples
 from openmae.engine.classifier import (
     BestKeeper,
@@ -101,6 +101,7 @@ class LinprobeTask:
         self.amp_dtype = autocast_dtype(cfg.train.precision, device)
         self.train_source, self.eval_source = split_sources(cfg.data, mae_cfg.in_chans)
         self.report_source = report_source(cfg.data, mae_cfg.in_chans)  # the test split beside held-out images
+        keep_measured_stats(cfg.data, mae_cfg.in_chans)  # recorded in config.yaml and the checkpoints
         self.num_classes = num_classes_of(p.num_classes, self.train_source.classes)
         # online: the head reads the pooling asked for (mean: normed patch tokens averaged, as cached features are)
         self.classifier = create_classifier(mae_cfg, self.num_classes, probe_global_pool(p.pooling), bn_head=True,

@@ -14,7 +14,7 @@ from openmae.config import require
 from openmae.convert.checkpoints import load_state_dict_into
 from openmae.data.build import eval_batches, split_sources, train_dataset
 from openmae.data.config import DataConfig
-from openmae.data.datasets import ImageSource, stats_for
+from openmae.data.datasets import ImageSource, keep_measured_stats, stats_for
 from openmae.data.loader import Batch
 from openmae.engine.config import ModelSection, TrainConfig
 from openmae.engine.distributed import DistInfo, barrier
@@ -100,6 +100,7 @@ class PretrainTask:
                      f"; left at their initialisation: {', '.join(left)}" if left else "")
         self.model_config = self.model.cfg.to_dict()
         check_bands(cfg.pretrain.vis_bands, model_cfg.in_chans)  # at the start, not at the first pictures
+        keep_measured_stats(cfg.data, model_cfg.in_chans)  # recorded in config.yaml and the checkpoints
 
     def shard_blocks(self) -> list[nn.Module]:
         return [*self.model.blocks, *self.model.decoder_blocks]
