@@ -15,10 +15,10 @@ from helpers import run_cli
 from PIL import Image
 
 from openmae.config import ConfigError
-from openmae.data.arrays import FileArrays, band_stats, read_array
+from openmae.data.arrays import band_stats, read_array
 from openmae.data.build import eval_batches, train_dataset
 from openmae.data.config import DataConfig
-from openmae.data.datasets import STATS, stats_for
+from openmae.data.datasets import STATS, FileArrays, stats_for
 from openmae.data.images import BadImageError
 from openmae.data.transforms import finetune_transform
 from openmae.eval.reconstruction import reconstruct

@@ -88,24 +88,11 @@ def read_array(path: str | Path, channels: int, layout: str = "auto") -> torch.T
     return torch.from_numpy(np.ascontiguousarray(open_array(path, channels, layout), dtype=np.float32))
 
 
-class FileArrays:
-    """Images read from array files on demand, as (C, H, W) float32 tensors."""
-
-    def __init__(self, files: list[Path], labels: list[int] | None, channels: int, classes: list[str],
-                 layout: str = "auto") -> None:
-        self.files, self.labels, self.channels, self.classes, self.layout = files, labels, channels, classes, layout
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def load(self, index: int) -> tuple[torch.Tensor, int]:
-        return read_array(self.files[index], self.channels, self.layout), (self.labels[index] if self.labels else -1)
-
-    def describe(self, index: int) -> str:
-        return str(self.files[index])
-
-    def file(self, index: int) -> tuple[Path, int]:
-        return self.files[index], (self.labels[index] if self.labels else -1)
+def read_mapped(source, index: int, channels: int, layout: str) -> tuple[np.ndarray, int]:
+    """Item ``index`` of ``source`` (a file of bands) as a (C, H, W) view of its array, memory-mapped for a ``.npy``
+    file (:func:`open_array`), and its label: what a training crop reads its part of."""
+    path, label = source.file(index)
+    return open_array(path, channels, layout, mapped=True), label
 
 
 def band_stats(source, count: int = STATS_FILES) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -145,13 +132,11 @@ class MappedCrop:
         return self.plain.transforms
 
     def read(self, source, index: int) -> tuple[np.ndarray, int]:
-        path, label = source.file(index)
-        return open_array(path, self.channels, self.layout, mapped=True), label
+        return read_mapped(source, index, self.channels, self.layout)
 
-    def __call__(self, chw: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def __call__(self, chw: np.ndarray) -> torch.Tensor:
         top, left, height, width = draw_box(self.first, self.channels, chw.shape[1], chw.shape[2])
-        box = chw[:, top : top + height, left : left + width]
-        crop = box.float() if isinstance(box, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(box, np.float32))
+        crop = torch.from_numpy(np.ascontiguousarray(chw[:, top : top + height, left : left + width], np.float32))
         out = TF.resize(crop, list(self.first.size), interpolation=self.first.interpolation, antialias=self.first.antialias)
         for step in self.rest:
             out = step(out)

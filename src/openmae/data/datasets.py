@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 from PIL import Image
 
-from openmae.data.arrays import ARRAY_SUFFIXES, STATS_FILES, FileArrays, band_stats
+from openmae.data.arrays import ARRAY_SUFFIXES, STATS_FILES, band_stats, read_array
 from openmae.data.config import DataConfig
 from openmae.data.images import IMAGE_SUFFIXES, find_images, open_image, to_channels
 
@@ -65,6 +66,18 @@ class FileImages:
         return self.files[index], (self.labels[index] if self.labels else -1)
 
 
+class FileArrays(FileImages):
+    """Files of bands (``data.format=array``) read on demand as (C, H, W) float32 tensors in their own units."""
+
+    def __init__(self, files: list[Path], labels: list[int] | None, channels: int, classes: list[str],
+                 layout: str = "auto") -> None:
+        super().__init__(files, labels, channels, classes)
+        self.layout = layout
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        return read_array(self.files[index], self.channels, self.layout), (self.labels[index] if self.labels else -1)
+
+
 class ArrayImages:
     """Images held in memory as a uint8 array (N, H, W) or (N, H, W, 3)."""
 
@@ -106,9 +119,9 @@ def default_root() -> Path:
 
 
 def file_source(files: list[Path], labels: list[int] | None, channels: int, classes: list[str],
-                cfg: DataConfig | None = None) -> FileImages | FileArrays:
+                cfg: DataConfig) -> FileImages:
     """Files read as images, or as arrays of bands with ``data.format=array``."""
-    if cfg is not None and cfg.format == "array":
+    if cfg.format == "array":
         return FileArrays(files, labels, channels, classes, cfg.array_layout)
     return FileImages(files, labels, channels, classes)
 
@@ -117,14 +130,13 @@ def suffixes_for(cfg: DataConfig) -> tuple[str, ...]:
     return ARRAY_SUFFIXES if cfg.format == "array" else IMAGE_SUFFIXES
 
 
-def _image_folder(path: Path, channels: int, cfg: DataConfig | None = None) -> FileImages | FileArrays:
+def _image_folder(path: Path, channels: int, cfg: DataConfig) -> FileImages:
     classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise FileNotFoundError(f"{path} has no class folders; an ImageFolder is <path>/<class>/<image>")
-    suffixes = suffixes_for(cfg) if cfg is not None else IMAGE_SUFFIXES
     files, labels = [], []
     for label, name in enumerate(classes):
-        found = find_images(path / name, suffixes)
+        found = find_images(path / name, suffixes_for(cfg))
         files += found
         labels += [label] * len(found)
     return file_source(files, labels, channels, classes, cfg)
@@ -137,7 +149,7 @@ def _named(cfg: DataConfig, split: str, channels: int) -> ImageSource:
     folder = root / cfg.name
     train = split == "train"
     if cfg.name in ("cifar10", "cifar100") and (folder / split).is_dir():
-        return _image_folder(folder / split, channels)  # the ImageFolder-of-JPEGs layout
+        return _image_folder(folder / split, channels, cfg)  # the ImageFolder-of-JPEGs layout
     if cfg.name in ("fashion-mnist", "mnist"):
         stem = "train" if train else "t10k"
         images = [folder / f"{stem}-images-idx3-ubyte{s}" for s in (".gz", "")]

@@ -21,7 +21,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from openmae.data.arrays import open_array
+from openmae.data.arrays import read_mapped
 from openmae.data.datasets import ImageSource
 from openmae.data.draft import JpegFile, decoded_scale, read_jpeg_header, reduction
 from openmae.data.images import JPEG_SUFFIXES, TRANSPOSED, BadImageError, open_image, read_header
@@ -126,11 +126,8 @@ def read_raw(source: ImageSource, index: int, keep_jpegs: bool = True) -> tuple[
     return raw_pixels(img, source.describe(index)), label
 
 
-def raw_pixels(img: Image.Image | torch.Tensor, name: str) -> RawImage:
-    """A decoded image as a :class:`RawImage` of (C, H, W) uint8 pixels; an array's (C, H, W) float32 bands as
-    they are (``data.format=array``)."""
-    if isinstance(img, torch.Tensor):
-        return RawImage(img.numpy(), False, img.shape[1], img.shape[2], name, bands=True)
+def raw_pixels(img: Image.Image, name: str) -> RawImage:
+    """A decoded image as a :class:`RawImage` of (C, H, W) uint8 pixels."""
     arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy on the device side)
     arr = np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))  # (C, H, W)
     return RawImage(arr, False, arr.shape[1], arr.shape[2], name)
@@ -155,9 +152,8 @@ class PlanCrops:
 
     def read(self, source: ImageSource, index: int) -> tuple[RawImage | JpegFile, int]:
         if self.array_layout is not None:  # a .npy file memory-mapped: the crop reads only its part of it
-            path, label = source.file(index)
-            chw = open_array(path, self.channels, self.array_layout, mapped=True)
-            return RawImage(chw, False, chw.shape[1], chw.shape[2], str(path), bands=True), label
+            chw, label = read_mapped(source, index, self.channels, self.array_layout)
+            return RawImage(chw, False, chw.shape[1], chw.shape[2], source.describe(index), bands=True), label
         if self.draft:
             item, label = read_jpeg_header(source, index, self.channels, self.may_reduce)
             return (item if isinstance(item, JpegFile) else raw_pixels(item, source.describe(index))), label
