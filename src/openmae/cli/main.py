@@ -129,8 +129,10 @@ def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
 @command("visualize", "reconstruction pictures: original | masked | reconstruction | pasted")
 def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     from openmae.convert.checkpoints import load_pretrained
+    from openmae.convert.files import load_file
     from openmae.data.config import DataConfig
     from openmae.data.datasets import suffixes_for
+    from openmae.data.normalization import inherit_stats
     from openmae.eval.reconstruction import check_bands
     from openmae.eval.visualize import image_paths, visualize_dataset, visualize_files
 
@@ -139,7 +141,9 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     settings = [a for a in args.images if "=" in a] + rest
     args.images = [a for a in args.images if "=" not in a]
     data = from_dict(DataConfig, dict(parse_override(item.removeprefix("data.")) for item in settings))
-    model = load_pretrained(args.checkpoint)
+    obj = load_file(args.checkpoint)
+    model = load_pretrained(obj)
+    inherit_stats(data, obj, args.checkpoint, model.cfg.in_chans)  # the pictures normalise as the run trained
     if not any(k.startswith("decoder_") for k in model.state_dict()) or model.cfg.decoder_depth == 0:
         raise ConfigError("visualize needs a checkpoint with the decoder")
     check_bands(args.bands, model.cfg.in_chans)

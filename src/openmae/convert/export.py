@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from openmae.convert.checkpoints import infer_config, to_openmae_keys
 from openmae.convert.files import load_file, save_file, unwrap_state_dict
 from openmae.convert.hf import Layout, hf_config_dict, openmae_to_hf
 from openmae.convert.timm import openmae_to_timm
+from openmae.data.normalization import recorded_stats
 from openmae.models.mae import MAEConfig
 
 Format = Literal["openmae", "official", "timm", "hf"]
@@ -22,7 +23,9 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: Format, hf_
 
     ``official``/``openmae``: ``{'model': state_dict}`` (.pth) or the flat state dict (.safetensors);
     ``timm``: the encoder's ``VisionTransformer`` state dict; ``hf``: a Hugging Face folder
-    (``model.safetensors`` + ``config.json``) when ``dst`` has no suffix, else just the tensors.
+    (``model.safetensors`` + ``config.json``, and ``preprocessor_config.json`` when ``src`` records the normalisation
+    of its images) when ``dst`` has no suffix, else just the tensors. An ``openmae`` .pth keeps the normalisation
+    ``src`` records (:mod:`openmae.data.normalization`).
     """
     if to not in FORMATS:
         raise ValueError(f"unknown target format {to!r}; choose one of {FORMATS}")
@@ -31,6 +34,7 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: Format, hf_
     cfg = MAEConfig(**obj["model_config"]) if isinstance(obj, dict) and isinstance(obj.get("model_config"), dict) \
         else infer_config(sd)
     dst = Path(dst)
+    stats = recorded_stats(obj)
     if to == "timm":
         return save_file(openmae_to_timm(sd), dst)
     if to == "hf":
@@ -41,10 +45,22 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: Format, hf_
         save_file(tensors, dst / "model.safetensors")
         config = {"model_type": "vit_mae", "architectures": ["ViTMAEForPreTraining"], **hf_config_dict(cfg)}
         (dst / "config.json").write_text(json.dumps(config, indent=2))
+        if stats is not None and stats["format"] == "image":
+            (dst / "preprocessor_config.json").write_text(json.dumps(hf_processor_dict(cfg, stats), indent=2))
         return dst
     if dst.suffix == ".safetensors":
         return save_file(sd, dst)
     payload = {"model": sd}
     if to == "openmae":
         payload["model_config"] = cfg.to_dict()
+        if stats is not None:
+            payload["normalization"] = stats
     return save_file(payload, dst)
+
+
+def hf_processor_dict(cfg: MAEConfig, stats: dict[str, Any]) -> dict[str, Any]:
+    """A ``ViTImageProcessor`` for the model's images (8-bit pixels): bicubic resize to the model's size, scaled to
+    [0, 1], normalised with the recorded mean / std, as the Hugging Face hub's ViTMAE checkpoints are."""
+    return {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+            "size": {"height": cfg.img_size[0], "width": cfg.img_size[1]}, "resample": 3, "do_rescale": True,
+            "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": stats["mean"], "image_std": stats["std"]}

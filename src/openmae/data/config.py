@@ -31,7 +31,8 @@ class DataConfig:
     ``format``: ``image`` reads image files (JPEG, PNG, ...) converted to the model's 1 or 3 channels; ``array`` reads
     ``.npy``, TIFF and PNG files of any number of bands (``model.in_chans``) in their own units, laid out as
     ``array_layout`` says (``auto``: from which axis has ``in_chans`` entries), normalised by ``mean`` / ``std``,
-    which are measured on the training files when not set (:mod:`openmae.data.arrays`).
+    which are measured on the training files when not set (:mod:`openmae.data.arrays`). Unset ``mean`` / ``std`` are
+    first taken from the weights a command starts from, when they record them (:mod:`openmae.data.normalization`).
     """
 
     name: str = "folder"

@@ -218,10 +218,11 @@ def _measured_stats(cfg: DataConfig, channels: int) -> tuple[tuple[float, ...], 
     return mean, std
 
 
-def keep_measured_stats(cfg: DataConfig, channels: int) -> None:
-    """Arrays without ``data.mean`` / ``data.std``: measure them now and write them into ``cfg``, so that the run's
-    ``config.yaml`` and checkpoints record the normalisation it trained with (a rerun from that file uses it as is)."""
-    if cfg.format == "array" and cfg.mean is None:
+def keep_stats(cfg: DataConfig, channels: int) -> None:
+    """Write the normalisation :func:`stats_for` resolves into ``cfg`` (arrays: measured now), so that the run's
+    ``config.yaml`` and checkpoints record the one it trained with: a rerun from that file uses it as is, and the
+    commands that start from its weights take it (:mod:`openmae.data.normalization`)."""
+    if cfg.mean is None:
         cfg.mean, cfg.std = stats_for(cfg, channels)
 
 

@@ -17,6 +17,7 @@ from openmae.config import ConfigError, require
 from openmae.convert.files import load_file
 from openmae.data.build import eval_batches, source_for
 from openmae.data.config import DataConfig
+from openmae.data.normalization import inherit_stats
 from openmae.engine.classifier import evaluate as evaluate_batches
 from openmae.engine.distributed import pick_device
 from openmae.engine.linprobe import probe_global_pool
@@ -89,8 +90,9 @@ def _head_kind(obj: dict[str, Any], path: str) -> tuple[str, bool]:
                       "`openmae linprobe linprobe.mode=online`")
 
 
-def load_classifier(path: str) -> tuple[nn.Module, MAEConfig]:
-    """The classifier stored at ``path`` (its architecture from the file's model config) and that config."""
+def load_classifier(path: str, data: DataConfig | None = None) -> tuple[nn.Module, MAEConfig]:
+    """The classifier stored at ``path`` (its architecture from the file's model config) and that config;
+    ``data`` takes the normalisation the file records when its own is unset."""
     obj = load_file(path)
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict) or not isinstance(obj.get("model_config"),
                                                                                              dict):
@@ -104,6 +106,8 @@ def load_classifier(path: str) -> tuple[nn.Module, MAEConfig]:
     if head is None:
         raise ConfigError(f"{path} has no classifier head weights ({head_key})")
     cfg = MAEConfig(**obj["model_config"])
+    if data is not None:
+        inherit_stats(data, obj, path, cfg.in_chans)
     model = create_classifier(cfg, head.shape[0], global_pool, bn_head=bn_head, head_in=head.shape[1],
                               fc_norm=False if bn_head else None)
     try:
@@ -121,7 +125,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     e, d = cfg.evaluate, cfg.data
     setup_console(True)  # the per-class table is printed through the log
     device = pick_device(e.device)
-    model, mae_cfg = load_classifier(e.init)
+    model, mae_cfg = load_classifier(e.init, d)
     classes = model.num_classes
     source = source_for(d, d.eval_split, mae_cfg.in_chans, d.max_eval_samples)
     names = list(source.classes) or [str(i) for i in range(classes)]

@@ -17,8 +17,9 @@ from timm.utils import ModelEmaV3
 from openmae.config import require
 from openmae.data.build import eval_batches, report_source, split_sources, train_dataset
 from openmae.data.config import DataConfig
-from openmae.data.datasets import keep_measured_stats, stats_for
+from openmae.data.datasets import keep_stats, stats_for
 from openmae.data.loader import Batch
+from openmae.data.normalization import stats_record
 from openmae.data.transforms import SHIFT_MODES, check_recipe, check_shift, finetune_transform
 from openmae.engine.checkpoint import CheckpointError
 from openmae.engine.classifier import (
@@ -112,13 +113,13 @@ class FinetuneTask:
         """``resumed``: the model config of the checkpoint the run resumes from (then finetune.init is not read)."""
         self.cfg = cfg
         f = cfg.finetune
-        mae_cfg, sd, old_grid = resolve_encoder(cfg.model, f.init, resumed)
+        mae_cfg, sd, old_grid = resolve_encoder(cfg.model, f.init, resumed, cfg.data)
         self.mae_cfg = mae_cfg
         check_shift(f.shift, mae_cfg.img_size)  # before the classifier is built, not when the loader is
         self.model_config = mae_cfg.to_dict()
         self.train_source, self.eval_source = split_sources(cfg.data, mae_cfg.in_chans)
         self.report_source = report_source(cfg.data, mae_cfg.in_chans)  # the test split beside held-out images
-        keep_measured_stats(cfg.data, mae_cfg.in_chans)  # recorded in config.yaml and the checkpoints
+        keep_stats(cfg.data, mae_cfg.in_chans)  # recorded in config.yaml and the checkpoints
         self.num_classes = num_classes_of(f.num_classes, self.train_source.classes)
         self.model = create_classifier(mae_cfg, self.num_classes, f.global_pool, f.drop_path)
         if sd is not None:
@@ -134,7 +135,8 @@ class FinetuneTask:
         self.ema = ModelEmaV3(self.model.to(device), decay=f.model_ema_decay, use_warmup=f.model_ema_warmup,
                               warmup_power=3 / 4) if f.model_ema else None
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
-                               {"num_classes": self.num_classes, "global_pool": f.global_pool},
+                               {"num_classes": self.num_classes, "global_pool": f.global_pool,
+                                "normalization": stats_record(cfg.data)},
                                report_prefix(cfg.data))
         if not cfg.data.holdout:
             log.info("evaluating on the '%s' split: model-best.pth is its best epoch, chosen on that split; report "

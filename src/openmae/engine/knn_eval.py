@@ -55,9 +55,11 @@ class KnnConfig:
                 "test split's number")
 
 
-def load_encoder_model(model: ModelSection, init: str, seed: int = 0) -> MaskedAutoencoder:
-    """An MAE whose encoder holds ``init``'s weights (decoder optional), or a random one when ``init`` is empty."""
-    cfg, sd, _ = resolve_encoder(model, init)
+def load_encoder_model(model: ModelSection, init: str, seed: int = 0, data: DataConfig | None = None
+                       ) -> MaskedAutoencoder:
+    """An MAE whose encoder holds ``init``'s weights (decoder optional), or a random one when ``init`` is empty;
+    ``data`` takes the normalisation ``init`` records when its own is unset."""
+    cfg, sd, _ = resolve_encoder(model, init, data=data)
     torch.manual_seed(seed)
     mae = MaskedAutoencoder(cfg)
     if sd is not None:
@@ -69,7 +71,7 @@ def knn_eval(cfg: KnnConfig) -> dict[str, Any]:
     """Features of the train and eval splits, then weighted kNN; returns knn_top1 (and top5)."""
     k = cfg.knn
     device = pick_device(k.device)
-    model = load_encoder_model(cfg.model, k.init, k.seed).to(device)
+    model = load_encoder_model(cfg.model, k.init, k.seed, cfg.data).to(device)
     m, d = model.cfg, cfg.data
     train_source, eval_source = split_sources(d, m.in_chans)
     train = extract_features(model, eval_batches(d, d.train_split, m.img_size, m.in_chans, k.batch_size,

@@ -18,8 +18,9 @@ import torch.nn as nn
 from openmae.config import require
 from openmae.data.build import eval_batches, report_source, split_sources, train_dataset
 from openmae.data.config import DataConfig
-from openmae.data.datasets import ImageSource, keep_measured_stats
+from openmae.data.datasets import ImageSource, keep_stats
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples
+from openmae.data.normalization import stats_record
 from openmae.engine.classifier import (
     BestKeeper,
     evaluate,
@@ -96,12 +97,12 @@ class LinprobeTask:
     def __init__(self, cfg: LinprobeConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         p = cfg.linprobe
-        mae_cfg, sd, old_grid = resolve_encoder(cfg.model, p.init)
+        mae_cfg, sd, old_grid = resolve_encoder(cfg.model, p.init, data=cfg.data)
         self.mae_cfg, self.model_config = mae_cfg, mae_cfg.to_dict()
         self.amp_dtype = autocast_dtype(cfg.train.precision, device)
         self.train_source, self.eval_source = split_sources(cfg.data, mae_cfg.in_chans)
         self.report_source = report_source(cfg.data, mae_cfg.in_chans)  # the test split beside held-out images
-        keep_measured_stats(cfg.data, mae_cfg.in_chans)  # recorded in config.yaml and the checkpoints
+        keep_stats(cfg.data, mae_cfg.in_chans)  # recorded in config.yaml and the checkpoints
         self.num_classes = num_classes_of(p.num_classes, self.train_source.classes)
         # online: the head reads the pooling asked for (mean: normed patch tokens averaged, as cached features are)
         self.classifier = create_classifier(mae_cfg, self.num_classes, probe_global_pool(p.pooling), bn_head=True,
@@ -113,7 +114,7 @@ class LinprobeTask:
             param.requires_grad = name.startswith("head.")
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
                                {"num_classes": self.num_classes, "mode": p.mode, "last_blocks": p.last_blocks,
-                                "pooling": p.pooling},
+                                "pooling": p.pooling, "normalization": stats_record(cfg.data)},
                                report_prefix(cfg.data))
         if p.mode == "cached":
             self.classifier.to(device)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from openmae.config import dump_yaml, to_dict
 from openmae.data.ahead import DeviceAhead
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples, make_loader
+from openmae.data.normalization import inherit_stats
 from openmae.engine.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -99,6 +100,8 @@ def launch(make_task: Callable[[DistInfo, Resume | None], Task], config: Any) ->
     try:
         t = config.train
         resume = find_resume(t.resume, t.output_dir, info.is_main)
+        if resume is not None:  # normalise as before the stop (the init file, if any, is not read again)
+            inherit_stats(config.data, resume.state, str(resume.path), int((resume.model_config or {}).get("in_chans", 3)))
         # all three generators of the training process: timm's Mixup draws its ratio and its mixup-or-cutmix
         # switch from numpy's, so seeding torch alone left a mixup run different each time (a resumed run restores
         # the three from its checkpoint)

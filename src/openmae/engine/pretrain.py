@@ -14,7 +14,7 @@ from openmae.config import require
 from openmae.convert.checkpoints import load_state_dict_into
 from openmae.data.build import eval_batches, split_sources, train_dataset
 from openmae.data.config import DataConfig
-from openmae.data.datasets import ImageSource, keep_measured_stats, stats_for
+from openmae.data.datasets import ImageSource, keep_stats, stats_for
 from openmae.data.loader import Batch
 from openmae.engine.config import ModelSection, TrainConfig
 from openmae.engine.distributed import DistInfo, barrier
@@ -90,7 +90,7 @@ class PretrainTask:
     def __init__(self, cfg: PretrainConfig, resumed: dict[str, Any] | None = None) -> None:
         """``resumed``: the model config of the checkpoint the run resumes from (then pretrain.init is not read)."""
         self.cfg = cfg
-        model_cfg, sd, old_grid = resolve_encoder(cfg.model, cfg.pretrain.init, resumed)
+        model_cfg, sd, old_grid = resolve_encoder(cfg.model, cfg.pretrain.init, resumed, cfg.data)
         self.model = MaskedAutoencoder(model_cfg)
         if sd is not None:
             left = load_state_dict_into(self.model, sd)  # raises, naming the keys, when the file does not fit
@@ -100,7 +100,7 @@ class PretrainTask:
                      f"; left at their initialisation: {', '.join(left)}" if left else "")
         self.model_config = self.model.cfg.to_dict()
         check_bands(cfg.pretrain.vis_bands, model_cfg.in_chans)  # at the start, not at the first pictures
-        keep_measured_stats(cfg.data, model_cfg.in_chans)  # recorded in config.yaml and the checkpoints
+        keep_stats(cfg.data, model_cfg.in_chans)  # recorded in config.yaml and the checkpoints
 
     def shard_blocks(self) -> list[nn.Module]:
         return [*self.model.blocks, *self.model.decoder_blocks]

@@ -9,13 +9,15 @@ import torch
 
 from openmae.convert.checkpoints import infer_config, to_openmae_keys
 from openmae.convert.files import load_file, unwrap_state_dict
+from openmae.data.config import DataConfig
+from openmae.data.normalization import inherit_stats
 from openmae.engine.config import ModelSection
 from openmae.models.mae import MAEConfig
 
 log = logging.getLogger("openmae.weights")
 
 
-def resolve_encoder(model: ModelSection, init: str, resumed: dict | None = None
+def resolve_encoder(model: ModelSection, init: str, resumed: dict | None = None, data: DataConfig | None = None
                     ) -> tuple[MAEConfig, dict[str, torch.Tensor] | None, tuple[int, int] | None]:
     """Encoder config, its weights (None: random init, or the checkpoint's when resuming) and the grid the
     weights were trained at.
@@ -25,7 +27,8 @@ def resolve_encoder(model: ModelSection, init: str, resumed: dict | None = None
     ``resumed`` is the model config stored in the checkpoint a run resumes from: the checkpoint's weights replace
     the init file's, so the file is not read (it may be large, or have moved since the run began) and ``auto``
     takes the checkpoint's architecture, with the ``model.*`` overrides on top (a changed one then fails the
-    loop's check that the checkpoint fits the run).
+    loop's check that the checkpoint fits the run). ``data``: its ``mean`` / ``std``, when unset, become those the
+    init file records (:func:`openmae.data.normalization.inherit_stats`; a resumed run's come from its checkpoint).
     """
     if not init:
         if model.name == "auto":
@@ -44,4 +47,6 @@ def resolve_encoder(model: ModelSection, init: str, resumed: dict | None = None
         cfg = MAEConfig(**{**stored.to_dict(), **model.overrides()})
     else:
         cfg = model.resolve()
+    if data is not None:
+        inherit_stats(data, obj, init, cfg.in_chans)
     return cfg, sd, stored.grid

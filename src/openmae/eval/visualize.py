@@ -43,7 +43,8 @@ def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | 
     source = file_source(paths, None, m.in_chans, [], data)
     if data.format == "array" and data.mean is None and not data.path:  # no training folder named: these files'
         mean, std = band_stats(source)
-        log.info("data.mean/std measured on the %d files shown; set them to the pretraining run's", len(paths))
+        log.info("data.mean/std measured on the %d files shown (the checkpoint records none; set them to its "
+                 "pretraining's)", len(paths))
     else:
         mean, std = stats_for(data, m.in_chans)
     transform = eval_transform(data, m.img_size, mean, std)

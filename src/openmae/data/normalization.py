@@ -1,0 +1,57 @@
+"""The normalisation a model was trained with travels with its weights.
+
+An encoder expects its inputs normalised as they were in training: a checkpoint records the ``data.mean`` /
+``data.std`` its run used (a run checkpoint in its config, a ``model-best.pth`` or converted file under
+``normalization``), and a command that starts from that file takes them when its own ``data.mean`` / ``data.std``
+are unset, as timm's ``pretrained_cfg`` and a Hugging Face image processor do. A resumed run takes them from its own
+checkpoint the same way, so that it normalises exactly as before the stop without measuring its files again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from openmae.data.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+
+def stats_record(cfg: DataConfig) -> dict[str, Any]:
+    """What a weights file stores of ``cfg``'s normalisation (set: the runs record theirs before they start)."""
+    if cfg.mean is None or cfg.std is None:
+        raise ValueError("data.mean/std are not set yet: a run records them once they are resolved (keep_stats)")
+    return {"mean": [float(v) for v in cfg.mean], "std": [float(v) for v in cfg.std], "format": cfg.format}
+
+
+def recorded_stats(obj: Any) -> dict[str, Any] | None:
+    """The normalisation a loaded weights file records ({'mean', 'std', 'format'}), or None (a file of another
+    program, or of a run from before runs recorded it)."""
+    if not isinstance(obj, dict):
+        return None
+    record = obj.get("normalization")
+    if not isinstance(record, dict):
+        config = obj.get("config")
+        record = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(record, dict) or record.get("mean") is None or record.get("std") is None:
+        return None
+    return {"mean": [float(v) for v in record["mean"]], "std": [float(v) for v in record["std"]],
+            "format": record.get("format", "image")}
+
+
+def inherit_stats(cfg: DataConfig, obj: Any, origin: str, channels: int) -> None:
+    """Set ``cfg.mean`` / ``cfg.std`` to those ``obj`` (loaded from ``origin``) records, unless they are set
+    already or the record is for other inputs (another ``data.format``: other units; another channel count: the
+    weights were adapted to these bands)."""
+    if cfg.mean is not None or cfg.std is not None:
+        return
+    record = recorded_stats(obj)
+    if record is None:
+        return
+    if record["format"] != cfg.format or len(record["mean"]) != channels:
+        log.info("the normalisation recorded in %s (%d channels, data.format=%s) is not used for %d channels of "
+                 "data.format=%s", origin, len(record["mean"]), record["format"], channels, cfg.format)
+        return
+    cfg.mean, cfg.std = tuple(record["mean"]), tuple(record["std"])
+    log.info("data.mean=[%s] data.std=[%s]: the normalisation %s was trained with (set data.mean/std to change it)",
+             ",".join(f"{v:.6g}" for v in cfg.mean), ",".join(f"{v:.6g}" for v in cfg.std), origin)
