@@ -1,7 +1,8 @@
 """A loader worker's cost for one multi-band tile (``data.format=array``): the CPU path (read, crop + resize,
-flip, normalise; a ``.npy`` file memory-mapped and only the crop converted, or, for comparison, the whole file read
-first) against the device path (``data.device_augment``: read and cut out the crop; the resize, flip and
-normalisation left to the training device). One thread, in the process, the tiles already in the page cache.
+flip, normalise; a ``.npy`` file or an uncompressed TIFF memory-mapped and only the crop converted, a compressed
+TIFF decoded whole, or, for comparison, the whole file read first) against the device path
+(``data.device_augment``: read and cut out the crop; the resize, flip and normalisation left to the training
+device). One thread, in the process, the tiles already in the page cache.
 
     python benchmarks/make_band_tiles.py --out runs/band_tiles --count 128 --bands 13 --size 256
     python benchmarks/array_worker_cost.py runs/band_tiles --bands 13 --size 224 --rounds 3

@@ -1,9 +1,11 @@
 """Multi-band tiles for the loader benchmark, as a satellite's: ImageNet-sample photos centre-cropped to a square,
 resized to ``--size`` and written as ``--bands`` 16-bit bands (the photo's red, green and blue repeated in turn,
-each copy at another gain), alternately as ``.npy`` (H, W, C) and as TIFF (C, H, W). Reading and augmenting cost
-the same whatever the bands hold.
+each copy at another gain), alternately as ``.npy`` (H, W, C) and as TIFF (C, H, W) (``--files``: one kind only,
+``tif-deflate`` for compressed TIFFs, which are decoded whole). Reading and augmenting cost the same whatever the
+bands hold.
 
     python benchmarks/make_band_tiles.py --out runs/band_tiles --count 128 --bands 13 --size 256
+    python benchmarks/make_band_tiles.py --out runs/band_tiles_deflate --count 128 --files tif-deflate
     python benchmarks/loader.py --data runs/band_tiles --format array --bands 13 --workers 0 1 2 --images 128
 """
 
@@ -21,6 +23,8 @@ def main() -> None:
     parser = photo_arguments(__doc__, 128)
     parser.add_argument("--bands", type=int, default=13)
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--files", choices=("both", "npy", "tif", "tif-deflate"), default="both",
+                        help="both: .npy and uncompressed TIFF in turn")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -33,9 +37,9 @@ def main() -> None:
             img = img.crop((*box, box[0] + side, box[1] + side)).resize((args.size, args.size), Image.Resampling.BICUBIC)
         rgb = np.asarray(img, dtype=np.float64)  # (H, W, 3)
         hwc = np.minimum(rgb[..., np.arange(args.bands) % 3] * gains, 65535).astype(np.uint16)
-        if i % 2:
+        if args.files.startswith("tif") or (args.files == "both" and i % 2):
             tifffile.imwrite(out / f"{src.stem}.tif", hwc.transpose(2, 0, 1), photometric="minisblack",
-                             planarconfig="separate")
+                             planarconfig="separate", compression="zlib" if args.files == "tif-deflate" else None)
         else:
             np.save(out / f"{src.stem}.npy", hwc)
     print(f"{args.count} tiles of {args.bands} bands, {args.size}x{args.size}, in {out}")

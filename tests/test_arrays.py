@@ -272,13 +272,26 @@ def test_device_path_for_arrays_equals_the_cpu_path(band_folder, workers_decode)
     assert any(c.flip for c in crops) and not all(c.flip for c in crops)
 
 
-def test_npy_files_are_memory_mapped_for_the_device_paths_crops(tmp_path):
+def test_npy_and_uncompressed_tiff_files_are_memory_mapped_for_the_crops(tmp_path):
     from openmae.data.arrays import open_array
 
-    np.save(tmp_path / "tile.npy", np.arange(3 * 8 * 6, dtype=np.uint16).reshape(8, 6, 3))
-    view = open_array(tmp_path / "tile.npy", 3, mapped=True)
-    assert isinstance(view.base, np.memmap) or isinstance(view, np.memmap)  # nothing read until a crop is cut out
-    assert view.shape == (3, 8, 6) and np.array_equal(view[:, 2:4, 1:3], np.load(tmp_path / "tile.npy")[2:4, 1:3].transpose(2, 0, 1))
+    hwc = np.arange(3 * 8 * 6, dtype=np.uint16).reshape(8, 6, 3)
+    np.save(tmp_path / "tile.npy", hwc)
+    plain = dict(photometric="minisblack")
+    tifffile.imwrite(tmp_path / "contig.tif", hwc, planarconfig="contig", **plain)
+    tifffile.imwrite(tmp_path / "planar.tif", hwc.transpose(2, 0, 1), planarconfig="separate", **plain)
+    tifffile.imwrite(tmp_path / "big_endian.tif", hwc, planarconfig="contig", byteorder=">", **plain)
+    tifffile.imwrite(tmp_path / "float.tif", hwc.astype(np.float32), planarconfig="contig", **plain)
+    tifffile.imwrite(tmp_path / "deflate.tif", hwc, planarconfig="contig", compression="zlib", **plain)
+    tifffile.imwrite(tmp_path / "tiled.tif", np.tile(hwc, (2, 3, 1)), planarconfig="contig", tile=(16, 16), **plain)
+    expected = hwc.transpose(2, 0, 1)
+    for name, mapped in (("tile.npy", True), ("contig.tif", True), ("planar.tif", True), ("big_endian.tif", True),
+                         ("float.tif", True), ("deflate.tif", False), ("tiled.tif", False)):
+        view = open_array(tmp_path / name, 3, mapped=True)
+        # mapped: nothing read until a crop is cut out; compressed or tiled TIFFs are decoded whole
+        assert (isinstance(view.base, np.memmap) or isinstance(view, np.memmap)) == mapped, name
+        assert view.shape[0] == 3 and np.array_equal(view[:, 2:4, 1:3], expected[:, 2:4, 1:3]), name
+        assert np.array_equal(np.asarray(view), open_array(tmp_path / name, 3)), name  # as read unmapped
     np.save(tmp_path / "nodata.npy", np.where(np.eye(8)[None] > 0, np.nan, 1.0).repeat(3, 0))
     with pytest.raises(BadImageError, match="holds NaN or infinite values \\(24 of 192\\)"):
         open_array(tmp_path / "nodata.npy", 3, mapped=True)  # a float file is checked whole, as on the CPU path

@@ -145,7 +145,7 @@ def test_visualize_and_converted_files_keep_the_normalisation(tmp_path, datasets
 
     pixels = ViTImageProcessor.from_pretrained(str(hf))(Image.open(photo).convert("RGB"), return_tensors="pt")
     resized = Image.open(photo).convert("RGB").resize((32, 32), Image.BICUBIC)
-    expected = (torch.from_numpy(np.asarray(resized)).float().permute(2, 0, 1) / 255
+    expected = (torch.from_numpy(np.array(resized)).float().permute(2, 0, 1) / 255
                 - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
     # its resize rounds a few pixels the other way: within one 8-bit level
     torch.testing.assert_close(pixels["pixel_values"][0], expected, atol=1.001 / 255 / min(STD), rtol=0)

@@ -2,8 +2,9 @@
 scans kept at their full bit depth. Each file holds one image as a NumPy ``.npy`` array, a TIFF (read with
 ``tifffile``) or a PNG (8 or 16 bits), laid out (H, W, C), (C, H, W) or (H, W); it is read as float32 in its own
 units (no scaling to [0, 1]) and normalised per band by ``data.mean`` / ``data.std``, which are measured on the
-training files when not set (:func:`band_stats`). Training crops read only their part of a ``.npy`` file
-(memory-mapped: :class:`MappedCrop`, and the device path's workers)."""
+training files when not set (:func:`band_stats`). Training crops read only their part of a ``.npy`` file or an
+uncompressed TIFF (memory-mapped: :class:`MappedCrop`, and the device path's workers); a compressed TIFF is decoded
+whole."""
 
 from __future__ import annotations
 
@@ -36,7 +37,12 @@ def _load(path: Path, mapped: bool = False) -> np.ndarray:
     except ImportError:
         raise ImportError(f"{path}: multi-band TIFFs are read with tifffile; pip install tifffile "
                           "(or openmae[geo]), or save the arrays as .npy") from None
-    return tifffile.imread(path)
+    with tifffile.TiffFile(path) as tif:
+        image = tif.series[0]  # what tifffile.imread reads
+        if mapped and image.dataoffset is not None:  # uncompressed and stored in one piece: mapped as a .npy is
+            # (tifffile.memmap does the same, but would parse the file a second time for one that is not)
+            return np.memmap(path, np.dtype(tif.byteorder + image.dtype.char), "r", image.dataoffset, image.shape, "C")
+        return tif.asarray()  # compressed or in strips apart: decoded whole
 
 
 def to_chw(array: np.ndarray, channels: int, layout: str = "auto", where: str = "array") -> np.ndarray:
@@ -62,8 +68,8 @@ def to_chw(array: np.ndarray, channels: int, layout: str = "auto", where: str = 
 
 def open_array(path: str | Path, channels: int, layout: str = "auto", mapped: bool = False) -> np.ndarray:
     """One image file's array as a (C, H, W) view in its own dtype and units, checked: numeric, ``channels`` bands,
-    no NaN or infinite value (a nodata mask must be filled before training). ``mapped``: a ``.npy`` file is
-    memory-mapped, so that only the part a crop reads is loaded (an integer file is not read at all here; a float
+    no NaN or infinite value (a nodata mask must be filled before training). ``mapped``: a ``.npy`` file or an
+    uncompressed TIFF is memory-mapped, so that only the part a crop reads is loaded (an integer file is not read at all here; a float
     one is read once for the check). Raises :class:`BadImageError` on a file that cannot be used."""
     path = Path(path)
     try:
@@ -90,7 +96,7 @@ def read_array(path: str | Path, channels: int, layout: str = "auto") -> torch.T
 
 def read_mapped(source, index: int, channels: int, layout: str) -> tuple[np.ndarray, int]:
     """Item ``index`` of ``source`` (a file of bands) as a (C, H, W) view of its array, memory-mapped for a ``.npy``
-    file (:func:`open_array`), and its label: what a training crop reads its part of."""
+    file or an uncompressed TIFF (:func:`open_array`), and its label: what a training crop reads its part of."""
     path, label = source.file(index)
     return open_array(path, channels, layout, mapped=True), label
 
@@ -119,7 +125,7 @@ def band_stats(source, count: int = STATS_FILES) -> tuple[tuple[float, ...], tup
 
 class MappedCrop:
     """A Compose that starts with a RandomResizedCrop, run on arrays (``data.format=array``) without reading whole
-    files: a ``.npy`` file is memory-mapped, the crop draws its box on the array's shape (its own random draws, as
+    files: a ``.npy`` file or an uncompressed TIFF is memory-mapped, the crop draws its box on the array's shape (its own random draws, as
     it would on the whole array), and only the box is converted to float32 and resized; the other steps as they
     are. The same tensors as the Compose on the whole array: torchvision's resized crop is a crop, then a resize."""
 
