@@ -148,3 +148,73 @@ def test_rgb_weights_adapted_to_other_bands(bands, caplog):
         classifier = create_classifier(other.cfg, num_classes=4, global_pool="token").eval()
         load_encoder(classifier, sd)
         assert torch.allclose(classifier.forward_features(x_other), rgb.forward_features(x), atol=1e-5)
+
+
+def _outputs(model: openmae.MaskedAutoencoder) -> torch.Tensor:
+    torch.manual_seed(0)
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
+    with torch.no_grad():
+        return model(imgs, 0.75, noise).pred
+
+
+def test_hugging_face_folders_load_with_their_architecture_and_normalisation(tmp_path):
+    """A folder `convert --to hf` or transformers' save_pretrained writes (one file or shards, safetensors or .bin)
+    reads as a checkpoint anywhere: the architecture from config.json (2 heads here, which shapes alone would read as
+    1; norm_pix_loss), the normalisation from preprocessor_config.json."""
+    from openmae.convert.checkpoints import infer_config
+    from openmae.convert.export import convert_file
+
+    model = openmae.create_model("mae_vit_debug_patch4_32", norm_pix_loss=True)
+    assert infer_config(model.state_dict()).num_heads != model.cfg.num_heads == 2  # what a bare file would give
+    run = tmp_path / "run.pth"
+    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict(),
+                "config": {"data": {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3], "format": "image"}}}, run)
+    folder = convert_file(run, tmp_path / "hf", "hf")
+    hf = ViTMAEForPreTraining.from_pretrained(str(folder))
+    hf.save_pretrained(str(tmp_path / "shards"), max_shard_size="100KB")  # model.safetensors.index.json + shards
+    (tmp_path / "bin").mkdir()  # as older hub repositories hold them: pytorch_model.bin beside config.json
+    torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    (tmp_path / "bin" / "config.json").write_text((folder / "config.json").read_text())
+    assert (tmp_path / "shards" / "model.safetensors.index.json").is_file()
+    assert (tmp_path / "bin" / "pytorch_model.bin").is_file()
+    for path in (folder, tmp_path / "shards", tmp_path / "bin"):
+        loaded = load_pretrained(path)
+        assert loaded.cfg == model.cfg, path
+        assert torch.equal(_outputs(loaded), _outputs(model)), path
+    from openmae.data.normalization import recorded_stats
+
+    assert recorded_stats(load_file(folder)) == {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3], "format": "image"}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty is a folder without model.safetensors or pytorch_model.bin"):
+        load_file(tmp_path / "empty")
+
+
+def test_openmae_safetensors_carry_the_config_and_normalisation(tmp_path):
+    from openmae.convert.export import convert_file
+
+    model = openmae.create_model("mae_vit_debug_patch4_32")
+    run = tmp_path / "run.pth"
+    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict(),
+                "config": {"data": {"mean": [0.4], "std": [0.2], "format": "image"}}}, run)
+    obj = load_file(convert_file(run, tmp_path / "mae.safetensors", "openmae"))
+    assert obj["model_config"] == model.cfg.to_dict() and obj["normalization"]["mean"] == [0.4]
+    assert load_pretrained(tmp_path / "mae.safetensors").cfg.num_heads == 2
+    # other layouts stay bare tensor files, as timm and the official code read them
+    assert all(isinstance(v, torch.Tensor) for v in load_file(convert_file(run, tmp_path / "enc.safetensors",
+                                                                            "timm")).values())
+    assert all(isinstance(v, torch.Tensor) for v in load_file(convert_file(run, tmp_path / "off.safetensors",
+                                                                            "official")).values())
+
+
+def test_decoder_blocks_as_transformers_5_saves_them_are_read():
+    """transformers 5.x's save_pretrained names the decoder's blocks decoder.decoder_encoder.layer.{i} (5.24 does),
+    and reads them back so; openmae reads them too."""
+    from openmae.convert.hf import hf_to_openmae
+
+    model = openmae.create_model("mae_vit_debug_patch4_32")
+    hub = openmae_to_hf(model.state_dict(), layout="v4")
+    saved = {k.replace("decoder.decoder_layers.", "decoder.decoder_encoder.layer."): v for k, v in hub.items()}
+    assert saved.keys() != hub.keys()
+    again = hf_to_openmae(saved)
+    assert again.keys() == model.state_dict().keys()
+    assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())

@@ -48,8 +48,9 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: Format, hf_
         if stats is not None and stats["format"] == "image":
             (dst / "preprocessor_config.json").write_text(json.dumps(hf_processor_dict(cfg, stats), indent=2))
         return dst
-    if dst.suffix == ".safetensors":
-        return save_file(sd, dst)
+    if dst.suffix == ".safetensors":  # openmae: the config (and normalisation) as metadata, read back by load_file
+        keep = {"model_config": cfg.to_dict(), **({"normalization": stats} if stats else {})} if to == "openmae" else None
+        return save_file(sd, dst, metadata=keep)
     payload = {"model": sd}
     if to == "openmae":
         payload["model_config"] = cfg.to_dict()

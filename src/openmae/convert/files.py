@@ -1,11 +1,15 @@
 """Reading and writing weight files safely: never unpickle arbitrary objects, never leave half a file.
 
 ``.safetensors`` files go through safetensors; everything else through ``torch.load(weights_only=True)``,
-which refuses any pickled object that is not a tensor or a plain container/number/string.
+which refuses any pickled object that is not a tensor or a plain container/number/string. A Hugging Face model
+folder (``save_pretrained``, a hub download) reads as one checkpoint: its weights, the architecture of its
+``config.json`` and the normalisation of its ``preprocessor_config.json``.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import pickle
 import tempfile
@@ -14,20 +18,34 @@ from typing import Any
 
 import torch
 
+log = logging.getLogger(__name__)
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # a folder's weights: one file, or shards with an index
+METADATA_KEYS = ("model_config", "normalization")  # what an openmae .safetensors file carries beside its tensors
+
 
 class UnsafeCheckpointError(RuntimeError):
     """The file holds pickled Python objects other than tensors and plain data; it was not executed."""
 
 
 def load_file(path: str | os.PathLike) -> Any:
-    """Load a ``.pth``/``.pt``/``.bin`` (tensors and plain data only) or ``.safetensors`` file onto the CPU."""
+    """Load a ``.pth``/``.pt``/``.bin`` (tensors and plain data only) or ``.safetensors`` file onto the CPU, or a
+    Hugging Face model folder (:func:`load_hf_folder`). A ``.safetensors`` file whose metadata holds a model config
+    (``openmae convert --to openmae``) reads as ``{'model': tensors, 'model_config': ..., 'normalization': ...}``."""
     path = Path(path)
+    if path.is_dir():
+        return load_hf_folder(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such checkpoint file: {path}")
+        raise FileNotFoundError(f"no such checkpoint file or model folder: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
         from safetensors.torch import load_file as st_load
 
-        return st_load(str(path))
+        tensors = st_load(str(path))
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        if "model_config" not in meta:
+            return tensors
+        return {"model": tensors, **{k: json.loads(meta[k]) for k in METADATA_KEYS if k in meta}}
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -38,11 +56,12 @@ def load_file(path: str | os.PathLike) -> Any:
         ) from None
 
 
-def save_file(obj: Any, path: str | os.PathLike) -> Path:
+def save_file(obj: Any, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
     """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``.
 
     A crash or full disk during the write leaves any previous file at ``path`` untouched.
-    ``.safetensors`` takes a flat dict of tensors; other suffixes are written with ``torch.save``.
+    ``.safetensors`` takes a flat dict of tensors (and ``metadata``, stored as JSON strings, read back by
+    :func:`load_file`); other suffixes are written with ``torch.save``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +71,8 @@ def save_file(obj: Any, path: str | os.PathLike) -> Path:
             if path.suffix == ".safetensors":
                 from safetensors.torch import save
 
-                fh.write(save({k: v.contiguous() for k, v in obj.items()}))
+                text = {k: json.dumps(v) for k, v in (metadata or {}).items()} or None
+                fh.write(save({k: v.contiguous() for k, v in obj.items()}, metadata=text))
             else:
                 torch.save(obj, fh)
             fh.flush()
@@ -76,3 +96,36 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
         f"no state dict found: expected a dict of tensors or one under 'model'/'state_dict', "
         f"got {type(obj).__name__} with keys {list(obj)[:8] if isinstance(obj, dict) else '-'}"
     )
+
+
+def load_hf_folder(folder: Path) -> dict[str, Any]:
+    """A Hugging Face model folder as a checkpoint: ``{'model': its tensors}`` (``model.safetensors`` or
+    ``pytorch_model.bin``, or their shards through the ``.index.json``), with ``model_config`` from a ViTMAE
+    ``config.json`` (head counts cannot be read from tensor shapes) and ``normalization`` from
+    ``preprocessor_config.json`` (its ``image_mean`` / ``image_std``)."""
+    from openmae.convert.hf import mae_config_from_hf
+
+    index = next((folder / f"{name}.index.json" for name in HF_WEIGHTS if (folder / f"{name}.index.json").is_file()),
+                 None)
+    if index is not None:
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            tensors.update(unwrap_state_dict(load_file(folder / shard)))
+    else:
+        weights = next((folder / name for name in HF_WEIGHTS if (folder / name).is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(f"{folder} is a folder without {' or '.join(HF_WEIGHTS)} (nor their sharded "
+                                    "index): give a weights file, or a Hugging Face model folder")
+        tensors = unwrap_state_dict(load_file(weights))
+    out: dict[str, Any] = {"model": tensors}
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    if config.get("model_type") == "vit_mae":
+        out["model_config"] = mae_config_from_hf(config).to_dict()
+    processor = folder / "preprocessor_config.json"
+    if processor.is_file():
+        p = json.loads(processor.read_text())
+        if p.get("image_mean") is not None and p.get("image_std") is not None:
+            channels = int(config.get("num_channels", 3))
+            as_list = lambda v: [float(x) for x in v] if isinstance(v, list) else [float(v)] * channels
+            out["normalization"] = {"mean": as_list(p["image_mean"]), "std": as_list(p["image_std"]), "format": "image"}
+    return out

@@ -8,6 +8,7 @@ Pure functions on dicts of tensors: transformers itself is not needed here.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Literal
 
@@ -15,6 +16,7 @@ import torch
 
 from openmae.models.mae import MAEConfig
 
+log = logging.getLogger(__name__)
 Layout = Literal["v4", "v5"]
 
 # per-block sub-keys: openmae (timm) name -> HF name, for each layout (qkv is handled apart: split / concatenated)
@@ -88,7 +90,10 @@ def hf_to_openmae(hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     layout = detect_layout(hf_sd)
     reverse_top = {v: k for k, v in _TOP_KEYS.items()}
     reverse_block = {v: k for k, v in _BLOCK_KEYS[layout].items()}
-    block_re = re.compile(rf"^({re.escape(_ENCODER_BLOCK[layout])}|decoder\.decoder_layers)\.(\d+)\.(.+)\.(weight|bias)$")
+    # transformers 5's save_pretrained writes the decoder's blocks as decoder.decoder_encoder.layer.{i} (its renaming
+    # of v5's layers back to the hub's encoder.layer reaches decoder_layers too), and reads them back so: both taken
+    block_re = re.compile(rf"^({re.escape(_ENCODER_BLOCK[layout])}|decoder\.decoder_layers|decoder\.decoder_encoder\.layer)"
+                          r"\.(\d+)\.(.+)\.(weight|bias)$")
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
     for key, value in hf_sd.items():
@@ -99,7 +104,7 @@ def hf_to_openmae(hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not m:
             raise KeyError(f"unexpected key {key!r} in a Hugging Face ViTMAE state dict ({layout} layout)")
         where, idx, sub, kind = m.groups()
-        prefix = f"blocks.{idx}" if where != "decoder.decoder_layers" else f"decoder_blocks.{idx}"
+        prefix = f"decoder_blocks.{idx}" if where.startswith("decoder.") else f"blocks.{idx}"
         if sub in _QKV_NAMES[layout]:
             qkv.setdefault((prefix, kind), {})[_QKV_NAMES[layout].index(sub)] = value
         elif sub in reverse_block:
@@ -131,8 +136,10 @@ def hf_config_dict(cfg: MAEConfig, mask_ratio: float = 0.75) -> dict:
 
 def mae_config_from_hf(hf: dict) -> MAEConfig:
     """:class:`MAEConfig` from a Hugging Face ``config.json`` dict (or ``ViTMAEConfig.to_dict()``)."""
-    if abs(hf.get("layer_norm_eps", 1e-12) - 1e-6) > 1e-9:
-        raise ValueError(f"Hugging Face config has layer_norm_eps={hf.get('layer_norm_eps')}; openmae uses 1e-6")
+    eps = hf.get("layer_norm_eps", 1e-12)
+    if abs(eps - 1e-6) > 1e-9:  # the hub's ViTMAE configs say 1e-12, transformers' default, for weights trained at 1e-6
+        log.info("the Hugging Face config has layer_norm_eps=%g; openmae's layers use 1e-6, as the official MAE's "
+                 "(outputs differ from transformers' with %g by about that much)", eps, eps)
     return MAEConfig(
         img_size=hf["image_size"], patch_size=hf["patch_size"], in_chans=hf.get("num_channels", 3),
         embed_dim=hf["hidden_size"], depth=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
