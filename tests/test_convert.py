@@ -1,5 +1,6 @@
 """Loading official / timm / Hugging Face weights safely, and conversions that round-trip exactly."""
 
+import json
 import os
 from pathlib import Path
 
@@ -174,7 +175,9 @@ def test_hugging_face_folders_load_with_their_architecture_and_normalisation(tmp
     hf.save_pretrained(str(tmp_path / "shards"), max_shard_size="100KB")  # model.safetensors.index.json + shards
     (tmp_path / "bin").mkdir()  # as older hub repositories hold them: pytorch_model.bin beside config.json
     torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
-    (tmp_path / "bin" / "config.json").write_text((folder / "config.json").read_text())
+    hub_config = json.loads((folder / "config.json").read_text())
+    hub_config["layer_norm_eps"] = 1e-12  # what the hub's ViTMAE configs say (transformers' default): read, logged
+    (tmp_path / "bin" / "config.json").write_text(json.dumps(hub_config))
     assert (tmp_path / "shards" / "model.safetensors.index.json").is_file()
     assert (tmp_path / "bin" / "pytorch_model.bin").is_file()
     for path in (folder, tmp_path / "shards", tmp_path / "bin"):
