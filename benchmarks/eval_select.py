@@ -114,15 +114,16 @@ def main() -> None:
     holdout = [f"data.holdout={args.holdout}"]
     ckpt = Path(args.init)
     device = pick_device("auto")
-    encoder = load_encoder_model(ModelSection(name="auto"), str(ckpt)).to(device)
+    n_train, n_eval = (3000, 1000) if args.smoke else (0, 0)
+    held = DataConfig(name=args.dataset, root=args.data_root, holdout=args.holdout, num_workers=2,
+                      max_samples=n_train, max_eval_samples=n_eval)
+    # the normalisation the checkpoint records, as the commands take it
+    encoder = load_encoder_model(ModelSection(name="auto"), str(ckpt), data=held).to(device)
     m = encoder.cfg
     depth, width = m.depth, m.embed_dim
-    n_train, n_eval = (3000, 1000) if args.smoke else (0, 0)
     blocks = sorted({1, 2, 3, depth // 2, depth} & set(range(1, depth + 1)))
 
     def features():  # float32 on the CPU, cls+mean of every block, of the training and held-out images
-        held = DataConfig(name=args.dataset, root=args.data_root, holdout=args.holdout, num_workers=2,
-                          max_samples=n_train, max_eval_samples=n_eval)
         return [extract_features(encoder, eval_batches(held, split, m.img_size, m.in_chans, 500, source=source),
                                  device, "cls+mean", last_blocks=depth)
                 for split, source in zip((held.train_split, held.eval_split), split_sources(held, m.in_chans), strict=True)]

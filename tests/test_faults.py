@@ -194,7 +194,9 @@ def test_sigterm_to_torchrun_and_its_workers_saves_and_resume_matches(tmp_path, 
     assert code != 0
     (ckpt,) = CheckpointManager(run).list()
     stopped_at = CheckpointManager.load(ckpt)["step"]
-    assert f"stopped by SIGTERM after step {stopped_at}" in err and stopped_at in (8, 12, 16)
+    # at an agreement step: step 4's when the signal lands between step 4's log line (which the wait above reads)
+    # and that step's agreement, a few milliseconds later (seen once in a full suite run), else a later one
+    assert f"stopped by SIGTERM after step {stopped_at}" in err and stopped_at in (4, 8, 12, 16)
     code, err = finish(cli(run, datasets, "train.batch_size=8", torchrun=2))
     assert code == 0, err[-3000:]
     assert f"resumed from {ckpt}" in err

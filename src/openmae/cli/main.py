@@ -169,6 +169,17 @@ def cmd_convert(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+@command("info", "what a weights file or Hugging Face folder holds: layout, parts, architecture, normalisation, run")
+def cmd_info(args: argparse.Namespace, rest: list[str]) -> int:
+    from openmae.convert.summary import format_summary, summarize
+
+    if rest:
+        raise ConfigError(f"unexpected arguments {rest}")
+    info = summarize(args.path)
+    print(json.dumps(info, indent=1) if args.json else format_summary(info))
+    return 0
+
+
 @command("benchmark", "images/s, FLOPs and MFU of a pretraining step, beside Hugging Face and an eager reference")
 def cmd_benchmark(args: argparse.Namespace, rest: list[str]) -> int:
     from openmae.engine.benchmark import benchmark, resolve_device, table
@@ -230,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--to", required=True, choices=["openmae", "official", "timm", "hf"])
             p.add_argument("--hf-layout", default="v4", choices=["v4", "v5"],
                            help="Hugging Face key names: v4 = hub files / transformers 4, v5 = transformers 5")
+        if name == "info":
+            p.add_argument("path", help="a weights file (.pth/.pt/.bin/.safetensors) or a Hugging Face model folder")
+            p.add_argument("--json", action="store_true", help="everything as JSON")
         if name == "benchmark":
             p.add_argument("--preset", help="default: mae_vit_base_patch16 on a GPU, mae_vit_small_patch16 on a CPU")
             p.add_argument("--batch", type=int, help="default: 256 on a GPU, 16 on a CPU")

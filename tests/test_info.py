@@ -1,0 +1,65 @@
+"""``openmae info``: what a weights file holds, for each kind of file openmae reads."""
+
+import json
+
+import torch
+from helpers import tiny_pretrain
+from test_finetune import tiny_finetune
+
+from openmae.cli.main import main
+from openmae.convert.export import convert_file
+from openmae.convert.summary import summarize
+from openmae.engine.finetune import finetune
+from openmae.engine.pretrain import pretrain
+
+SET = ["data.mean=[0.31,0.42,0.53]", "data.std=[0.21,0.22,0.23]"]
+STATS = {"mean": [0.31, 0.42, 0.53], "std": [0.21, 0.22, 0.23], "format": "image"}
+
+
+def test_info_on_run_files_and_their_conversions(tmp_path, datasets, capsys):
+    pretrain(tiny_pretrain(tmp_path / "pre", datasets, "train.epochs=1", *SET))
+    ckpt = next((tmp_path / "pre").glob("checkpoint-*.pth"))
+    info = summarize(ckpt)
+    assert info["written_by"] == "an openmae pretrain run checkpoint"
+    assert info["preset"] == "mae_vit_debug_patch4_32" and info["architecture_from"] == "the file's config"
+    assert (info["encoder"], info["decoder"], info["classifier_classes"]) == (True, True, None)
+    assert info["run"]["task"] == "pretrain" and info["run"]["step"] == 4 and info["run"]["data"] == "cifar10"
+    assert info["normalization"] == STATS
+    model = torch.load(tmp_path / "pre" / "model-last.pth", weights_only=True)["model"]
+    assert info["parameters"] == sum(v.numel() for v in model.values() if v.is_floating_point())
+    last = summarize(tmp_path / "pre" / "model-last.pth")
+    assert last["written_by"] == "the weights of an openmae pretrain run (model-last.pth)"
+
+    hf = summarize(convert_file(ckpt, tmp_path / "hf", "hf"))
+    assert hf["written_by"] == "a Hugging Face model folder" and hf["layout"] == "Hugging Face (v4 names)"
+    assert hf["preset"] == "mae_vit_debug_patch4_32" and hf["normalization"] == STATS
+
+    # a bare encoder file: the architecture from shapes, the debug model's 2 heads read as 1, so no preset
+    timm = summarize(convert_file(ckpt, tmp_path / "enc.safetensors", "timm"))
+    assert timm["written_by"].startswith("weights without a config") and not timm["decoder"]
+    assert timm["architecture_from"] == "the tensors' shapes (head counts guessed)" and timm["preset"] is None
+    assert timm["normalization"] is None
+
+    assert main(["info", str(ckpt)]) == 0
+    text = capsys.readouterr().out
+    assert "an openmae pretrain run checkpoint" in text and "mae_vit_debug_patch4_32: width 64, depth 2" in text
+    assert "mean [0.31, 0.42, 0.53]" in text
+    assert main(["info", str(tmp_path / "enc.safetensors"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["embed_dim"] == 64
+
+
+def test_info_on_a_classifier(tmp_path, datasets, capsys):
+    finetune(tiny_finetune(tmp_path, datasets, "train.epochs=1"))
+    info = summarize(tmp_path / "model-best.pth")
+    assert info["written_by"] == "an openmae classifier (model-best.pth)"
+    assert info["classifier_classes"] == 10 and not info["decoder"]
+    assert info["metrics"]["epoch"] == 1 and "top1" in info["metrics"]
+    assert main(["info", str(tmp_path / "model-best.pth")]) == 0
+    assert "classifier head (10 classes)" in capsys.readouterr().out
+
+
+def test_info_on_weights_that_are_not_a_vit(tmp_path):
+    torch.save({"fc.weight": torch.zeros(10, 4), "fc.bias": torch.zeros(10)}, tmp_path / "other.pth")
+    info = summarize(tmp_path / "other.pth")
+    assert info["model"] is None and info["architecture_from"].startswith("nowhere: no ViT encoder among its keys")
+    assert not info["encoder"] and info["parameters"] == 50
