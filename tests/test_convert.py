@@ -221,3 +221,25 @@ def test_decoder_blocks_as_transformers_5_saves_them_are_read():
     again = hf_to_openmae(saved)
     assert again.keys() == model.state_dict().keys()
     assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
+
+
+def test_timm_loads_a_converted_encoder_by_its_own_pretrained_mechanism(tmp_path):
+    """`convert --to timm` then timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...)), as the
+    README shows: timm loads the file strictly and gives the encoder's features; the mean / std put in the overlay
+    reach timm's data config."""
+    import timm
+    from timm.data import resolve_data_config
+
+    from openmae.convert.export import convert_file
+
+    model = openmae.create_model("mae_vit_tiny_patch16")
+    run = tmp_path / "run.pth"
+    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, run)
+    path = convert_file(run, tmp_path / "vit_t.safetensors", "timm")
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(
+        file=str(path), mean=(0.3, 0.4, 0.5), std=(0.2, 0.2, 0.2))).eval()
+    assert resolve_data_config(model=vit)["mean"] == (0.3, 0.4, 0.5)
+    imgs = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(vit.forward_features(imgs), model.eval().forward_features(imgs), rtol=1e-5,
+                                   atol=1e-5)
