@@ -202,11 +202,19 @@ def test_openmae_safetensors_carry_the_config_and_normalisation(tmp_path):
     obj = load_file(convert_file(run, tmp_path / "mae.safetensors", "openmae"))
     assert obj["model_config"] == model.cfg.to_dict() and obj["normalization"]["mean"] == [0.4]
     assert load_pretrained(tmp_path / "mae.safetensors").cfg.num_heads == 2
-    # other layouts stay bare tensor files, as timm and the official code read them
-    assert all(isinstance(v, torch.Tensor) for v in load_file(convert_file(run, tmp_path / "enc.safetensors",
-                                                                            "timm")).values())
+    # timm's layout: the encoder's tensors as timm reads them (metadata aside), with the config beside them
+    timm = load_file(convert_file(run, tmp_path / "enc.safetensors", "timm"))
+    assert timm["model_config"] == model.cfg.to_dict() and timm["normalization"]["mean"] == [0.4]
+    assert set(timm["model"]) == set(model.encoder_state_dict())
+    from safetensors.torch import load_file as plain_load
+
+    assert set(plain_load(tmp_path / "enc.safetensors")) == set(model.encoder_state_dict())
+    # the official layout stays a bare tensor file; a file without a stored config gets no guessed one
     assert all(isinstance(v, torch.Tensor) for v in load_file(convert_file(run, tmp_path / "off.safetensors",
                                                                             "official")).values())
+    torch.save({"model": model.state_dict()}, tmp_path / "bare.pth")
+    assert all(isinstance(v, torch.Tensor) for v in load_file(convert_file(tmp_path / "bare.pth", tmp_path /
+                                                                            "bare.safetensors", "timm")).values())
 
 
 def test_decoder_blocks_as_transformers_5_saves_them_are_read():

@@ -9,7 +9,7 @@ import torch
 
 import openmae
 from openmae.config import ConfigError, load_config
-from openmae.convert.files import load_file
+from openmae.convert.files import load_file, unwrap_state_dict
 from openmae.engine.checkpoint import CheckpointError, CheckpointManager
 from openmae.engine.finetune import FinetuneConfig, FinetuneTask, finetune
 from openmae.engine.logging import read_metrics
@@ -55,7 +55,7 @@ def test_ema_is_the_average_of_the_trained_weights_and_is_what_gets_evaluated(tm
     assert all(torch.allclose(ema[k], expected[k], atol=1e-6) for k in expected)
     assert not all(torch.equal(ema[k], snapshots[-1][k]) for k in expected)  # an average, not the last weights
     # the average is what is evaluated and exported; the trained weights' numbers are logged beside it
-    exported = load_file(tmp_path / "model-timm.safetensors")
+    exported = unwrap_state_dict(load_file(tmp_path / "model-timm.safetensors"))
     assert all(torch.equal(exported[k], ema[k]) for k in exported)
     evals = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "top1" in r]
     assert len(evals) == 2 and all("live_top1" in r and "live_eval_loss" in r for r in evals)
@@ -75,7 +75,7 @@ def test_ema_resume_is_bit_exact(tmp_path, datasets):
     full = finetune(tiny_finetune(tmp_path / "full", datasets, *ema))
     assert finetune(tiny_finetune(tmp_path / "cut", datasets, *ema, "train.halt_after_steps=6"))["halted"]
     resumed = finetune(tiny_finetune(tmp_path / "cut", datasets, *ema, "train.resume=auto"))
-    a, b = (load_file(tmp_path / d / "model-timm.safetensors") for d in ("full", "cut"))
+    a, b = (unwrap_state_dict(load_file(tmp_path / d / "model-timm.safetensors")) for d in ("full", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (full["top1"], full["eval_loss"]) == (resumed["top1"], resumed["eval_loss"])
 
@@ -117,7 +117,7 @@ def test_resumed_finetuning_does_not_read_init_and_is_bit_exact(tmp_path, datase
     assert finetune(tiny_finetune(tmp_path / "cut", datasets, *auto, "train.halt_after_steps=6"))["halted"]
     init.unlink()
     resumed = finetune(tiny_finetune(tmp_path / "cut", datasets, *auto, "train.resume=auto"))
-    a, b = (load_file(tmp_path / d / "model-timm.safetensors") for d in ("full", "cut"))
+    a, b = (unwrap_state_dict(load_file(tmp_path / d / "model-timm.safetensors")) for d in ("full", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (full["top1"], full["eval_loss"]) == (resumed["top1"], resumed["eval_loss"])
 
@@ -210,6 +210,6 @@ def test_mixup_runs_with_one_seed_are_equal_whatever_numpy_held_before(tmp_path,
     for i, before in enumerate((1, 2)):
         np.random.seed(before)
         finetune(tiny_finetune(tmp_path / f"run{i}", datasets, *mixing))
-        weights.append(load_file(tmp_path / f"run{i}" / "model-timm.safetensors"))
+        weights.append(unwrap_state_dict(load_file(tmp_path / f"run{i}" / "model-timm.safetensors")))
     a, b = weights
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

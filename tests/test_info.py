@@ -34,11 +34,15 @@ def test_info_on_run_files_and_their_conversions(tmp_path, datasets, capsys):
     assert hf["written_by"] == "a Hugging Face model folder" and hf["layout"] == "Hugging Face (v4 names)"
     assert hf["preset"] == "mae_vit_debug_patch4_32" and hf["normalization"] == STATS
 
-    # a bare encoder file: the architecture from shapes, the debug model's 2 heads read as 1, so no preset
+    # timm's layout keeps the run's config in its metadata; a bare encoder file (no config, as the official code
+    # writes them) has its architecture read from shapes: the debug model's 2 heads read as 1, so no preset
     timm = summarize(convert_file(ckpt, tmp_path / "enc.safetensors", "timm"))
-    assert timm["written_by"].startswith("weights without a config") and not timm["decoder"]
-    assert timm["architecture_from"] == "the tensors' shapes (head counts guessed)" and timm["preset"] is None
-    assert timm["normalization"] is None
+    assert timm["preset"] == "mae_vit_debug_patch4_32" and not timm["decoder"] and timm["normalization"] == STATS
+    torch.save({"model": model}, tmp_path / "official.pth")
+    bare = summarize(convert_file(tmp_path / "official.pth", tmp_path / "bare.safetensors", "timm"))
+    assert bare["written_by"].startswith("weights without a config") and not bare["decoder"]
+    assert bare["architecture_from"] == "the tensors' shapes (head counts guessed)" and bare["preset"] is None
+    assert bare["normalization"] is None
 
     assert main(["info", str(ckpt)]) == 0
     text = capsys.readouterr().out
@@ -56,6 +60,10 @@ def test_info_on_a_classifier(tmp_path, datasets, capsys):
     assert info["metrics"]["epoch"] == 1 and "top1" in info["metrics"]
     assert main(["info", str(tmp_path / "model-best.pth")]) == 0
     assert "classifier head (10 classes)" in capsys.readouterr().out
+    # the timm export: tensors as timm reads them, the architecture and normalisation in its metadata
+    exported = summarize(tmp_path / "model-timm.safetensors")
+    assert exported["architecture_from"] == "the file's config" and exported["classifier_classes"] == 10
+    assert exported["model"]["num_heads"] == 2 and exported["normalization"] == info["normalization"] is not None
 
 
 def test_info_on_weights_that_are_not_a_vit(tmp_path):

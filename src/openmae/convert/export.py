@@ -24,19 +24,21 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: Format, hf_
     ``official``/``openmae``: ``{'model': state_dict}`` (.pth) or the flat state dict (.safetensors);
     ``timm``: the encoder's ``VisionTransformer`` state dict; ``hf``: a Hugging Face folder
     (``model.safetensors`` + ``config.json``, and ``preprocessor_config.json`` when ``src`` records the normalisation
-    of its images) when ``dst`` has no suffix, else just the tensors. An ``openmae`` .pth keeps the normalisation
-    ``src`` records (:mod:`openmae.data.normalization`).
+    of its images) when ``dst`` has no suffix, else just the tensors. An ``openmae`` file keeps the normalisation
+    ``src`` records (:mod:`openmae.data.normalization`); a ``timm`` or ``openmae`` .safetensors carries the model
+    config (a ``timm`` one: when ``src`` stores it) and the normalisation as metadata, which timm ignores.
     """
     if to not in FORMATS:
         raise ValueError(f"unknown target format {to!r}; choose one of {FORMATS}")
     obj = load_file(src)
     sd = to_openmae_keys(unwrap_state_dict(obj))
-    cfg = MAEConfig(**obj["model_config"]) if isinstance(obj, dict) and isinstance(obj.get("model_config"), dict) \
-        else infer_config(sd)
+    stored = isinstance(obj, dict) and isinstance(obj.get("model_config"), dict)
+    cfg = MAEConfig(**obj["model_config"]) if stored else infer_config(sd)
     dst = Path(dst)
     stats = recorded_stats(obj)
-    if to == "timm":
-        return save_file(openmae_to_timm(sd), dst)
+    if to == "timm":  # a known architecture (and normalisation) as metadata, which timm leaves alone
+        keep = {"model_config": cfg.to_dict(), **({"normalization": stats} if stats else {})} if stored else None
+        return save_file(openmae_to_timm(sd), dst, metadata=keep)
     if to == "hf":
         tensors = openmae_to_hf(sd, layout=hf_layout)
         if dst.suffix:

@@ -106,8 +106,10 @@ class BestKeeper:
             save_file({"model": sd, "model_config": self.model_config, "epoch": epoch, "metrics": metrics,
                        **self.extra}, self.run_dir / "model-best.pth")
         if final:
+            # timm reads the tensors; openmae also the architecture (head counts) and normalisation in the metadata
+            keep = {"model_config": self.model_config, **{k: self.extra[k] for k in ("normalization",) if k in self.extra}}
             save_file({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")},
-                      self.run_dir / "model-timm.safetensors")
+                      self.run_dir / "model-timm.safetensors", metadata=keep)
             log.info("exported the final classifier in timm layout to %s", self.run_dir / "model-timm.safetensors")
         out = {**metrics, "best_top1": self.best, "best_epoch": self.epoch}
         if self.report:
