@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from openmae.convert.checkpoints import infer_config, to_openmae_keys
-from openmae.convert.files import load_file, save_file, unwrap_state_dict
+from openmae.convert.files import load_file, save_file, unwrap_state_dict, weights_metadata
 from openmae.convert.hf import Layout, hf_config_dict, openmae_to_hf
 from openmae.convert.timm import openmae_to_timm
 from openmae.data.normalization import recorded_stats
@@ -37,8 +37,7 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: Format, hf_
     dst = Path(dst)
     stats = recorded_stats(obj)
     if to == "timm":  # a known architecture (and normalisation) as metadata, which timm leaves alone
-        keep = {"model_config": cfg.to_dict(), **({"normalization": stats} if stats else {})} if stored else None
-        return save_file(openmae_to_timm(sd), dst, metadata=keep)
+        return save_file(openmae_to_timm(sd), dst, metadata=weights_metadata(cfg.to_dict(), stats) if stored else None)
     if to == "hf":
         tensors = openmae_to_hf(sd, layout=hf_layout)
         if dst.suffix:
@@ -51,8 +50,7 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: Format, hf_
             (dst / "preprocessor_config.json").write_text(json.dumps(hf_processor_dict(cfg, stats), indent=2))
         return dst
     if dst.suffix == ".safetensors":  # openmae: the config (and normalisation) as metadata, read back by load_file
-        keep = {"model_config": cfg.to_dict(), **({"normalization": stats} if stats else {})} if to == "openmae" else None
-        return save_file(sd, dst, metadata=keep)
+        return save_file(sd, dst, metadata=weights_metadata(cfg.to_dict(), stats) if to == "openmae" else None)
     payload = {"model": sd}
     if to == "openmae":
         payload["model_config"] = cfg.to_dict()

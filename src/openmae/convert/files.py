@@ -56,6 +56,12 @@ def load_file(path: str | os.PathLike) -> Any:
         ) from None
 
 
+def weights_metadata(model_config: dict[str, Any], normalization: dict[str, Any] | None) -> dict[str, Any]:
+    """What a ``.safetensors`` weights file carries beside its tensors (:data:`METADATA_KEYS`): the architecture,
+    whose head counts the shapes do not hold, and the normalisation the weights were trained with, if known."""
+    return {"model_config": model_config, **({"normalization": normalization} if normalization else {})}
+
+
 def save_file(obj: Any, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
     """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``.
 

@@ -1,10 +1,11 @@
 """The normalisation a model was trained with travels with its weights.
 
 An encoder expects its inputs normalised as they were in training: a checkpoint records the ``data.mean`` /
-``data.std`` its run used (a run checkpoint in its config, a ``model-best.pth`` or converted file under
-``normalization``), and a command that starts from that file takes them when its own ``data.mean`` / ``data.std``
-are unset, as timm's ``pretrained_cfg`` and a Hugging Face image processor do. A resumed run takes them from its own
-checkpoint the same way, so that it normalises exactly as before the stop without measuring its files again.
+``data.std`` its run used (a run checkpoint in its config; ``model-best.pth`` and converted ``.pth`` files under
+``normalization``; ``.safetensors`` files in their metadata; a Hugging Face folder in ``preprocessor_config.json``),
+and a command that starts from that file takes them when its own ``data.mean`` / ``data.std`` are unset, as timm's
+``pretrained_cfg`` and a Hugging Face image processor do. A resumed run takes them from its own checkpoint the same
+way, so that it normalises exactly as before the stop without measuring its files again.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from openmae.convert.files import save_file
+from openmae.convert.files import save_file, weights_metadata
 from openmae.data.config import DataConfig
 from openmae.data.loader import Batch
 from openmae.engine.distributed import barrier
@@ -107,9 +107,9 @@ class BestKeeper:
                        **self.extra}, self.run_dir / "model-best.pth")
         if final:
             # timm reads the tensors; openmae also the architecture (head counts) and normalisation in the metadata
-            keep = {"model_config": self.model_config, **{k: self.extra[k] for k in ("normalization",) if k in self.extra}}
             save_file({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")},
-                      self.run_dir / "model-timm.safetensors", metadata=keep)
+                      self.run_dir / "model-timm.safetensors",
+                      metadata=weights_metadata(self.model_config, self.extra.get("normalization")))
             log.info("exported the final classifier in timm layout to %s", self.run_dir / "model-timm.safetensors")
         out = {**metrics, "best_top1": self.best, "best_epoch": self.epoch}
         if self.report:
