@@ -100,6 +100,13 @@ def load_state_dict_into(
     return sorted(set(own) - set(sd))
 
 
+def stored_config(obj: Any) -> MAEConfig | None:
+    """The architecture a loaded weights file stores (openmae's files, a Hugging Face folder's config.json), or
+    None: then only :func:`infer_config` can read one from the shapes, guessing head counts."""
+    return MAEConfig(**obj["model_config"]) if isinstance(obj, dict) and isinstance(obj.get("model_config"), dict) \
+        else None
+
+
 def load_pretrained(
     source: str | os.PathLike | dict[str, Any], name: str | None = None, **overrides: Any
 ) -> MaskedAutoencoder:
@@ -114,8 +121,8 @@ def load_pretrained(
     sd = to_openmae_keys(unwrap_state_dict(obj))
     if name is not None:
         cfg = model_config(name, **overrides)
-    elif isinstance(obj, dict) and isinstance(obj.get("model_config"), dict):
-        cfg = MAEConfig(**{**obj["model_config"], **overrides})
+    elif (stored := stored_config(obj)) is not None:
+        cfg = MAEConfig(**{**stored.to_dict(), **overrides})
     else:
         cfg = infer_config(sd, **overrides)
     model = MaskedAutoencoder(cfg)

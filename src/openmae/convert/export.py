@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from openmae.convert.checkpoints import infer_config, to_openmae_keys
+from openmae.convert.checkpoints import infer_config, stored_config, to_openmae_keys
 from openmae.convert.files import load_file, save_file, unwrap_state_dict, weights_metadata
 from openmae.convert.hf import Layout, hf_config_dict, openmae_to_hf
 from openmae.convert.timm import openmae_to_timm
@@ -32,12 +32,12 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: Format, hf_
         raise ValueError(f"unknown target format {to!r}; choose one of {FORMATS}")
     obj = load_file(src)
     sd = to_openmae_keys(unwrap_state_dict(obj))
-    stored = isinstance(obj, dict) and isinstance(obj.get("model_config"), dict)
-    cfg = MAEConfig(**obj["model_config"]) if stored else infer_config(sd)
+    stored = stored_config(obj)
+    cfg = stored or infer_config(sd)
     dst = Path(dst)
     stats = recorded_stats(obj)
     if to == "timm":  # a known architecture (and normalisation) as metadata, which timm leaves alone
-        return save_file(openmae_to_timm(sd), dst, metadata=weights_metadata(cfg.to_dict(), stats) if stored else None)
+        return save_file(openmae_to_timm(sd), dst, metadata=weights_metadata(cfg.to_dict(), stats) if stored is not None else None)
     if to == "hf":
         tensors = openmae_to_hf(sd, layout=hf_layout)
         if dst.suffix:

@@ -38,10 +38,9 @@ def load_file(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(f"no such checkpoint file or model folder: {path}")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
-        from safetensors.torch import load_file as st_load
 
-        tensors = st_load(str(path))
-        with safe_open(str(path), "pt") as fh:
+        with safe_open(str(path), "pt") as fh:  # one opening for the tensors and the metadata
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
             meta = fh.metadata() or {}
         if "model_config" not in meta:
             return tensors

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from openmae.convert.checkpoints import infer_config, to_openmae_keys
+from openmae.convert.checkpoints import infer_config, stored_config, to_openmae_keys
 from openmae.convert.files import load_file, unwrap_state_dict
 from openmae.convert.hf import detect_layout, is_hf_state_dict
 from openmae.data.normalization import recorded_stats
@@ -28,10 +28,9 @@ def _preset(cfg: MAEConfig) -> str | None:
                 None)
 
 
-def _written_by(obj: Any, path: Path, run: dict[str, Any]) -> str:
+def _written_by(obj: Any, path: Path, task: str | None) -> str:
     if path.is_dir():
         return "a Hugging Face model folder"
-    task = next((t for t in TASKS if t in run), None)
     if task and isinstance(obj, dict) and "step" in obj:
         return f"an openmae {task} run checkpoint"
     if task:
@@ -54,14 +53,15 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
     head_key = next((k for k in ("head.weight", "head.1.weight", "1.weight") if k in raw), None)
     sd = to_openmae_keys(raw)
     run = obj.get("config") if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else {}
-    stored = isinstance(obj, dict) and isinstance(obj.get("model_config"), dict)
+    task = next((t for t in TASKS if t in run), None)
+    stored = stored_config(obj)
     try:
-        cfg = MAEConfig(**obj["model_config"]) if stored else infer_config(sd)
+        cfg = stored or infer_config(sd)
     except (KeyError, ValueError):  # no ViT encoder tensors to read an architecture from
         cfg = None
     out: dict[str, Any] = {
         "path": str(path),
-        "written_by": _written_by(obj, path, run),
+        "written_by": _written_by(obj, path, task),
         "layout": f"Hugging Face ({detect_layout(raw)} names)" if hf else "openmae / official / timm names",
         "tensors": len(raw),
         "parameters": sum(v.numel() for v in raw.values() if isinstance(v, torch.Tensor) and v.is_floating_point()),
@@ -69,12 +69,11 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "decoder": any(k.startswith(DECODER_PREFIXES) for k in sd),
         "classifier_classes": int(raw[head_key].shape[0]) if head_key else None,
         "model": cfg.to_dict() if cfg else None,
-        "architecture_from": "the file's config" if stored else "the tensors' shapes (head counts guessed)" if cfg
+        "architecture_from": "the file's config" if stored is not None else "the tensors' shapes (head counts guessed)" if cfg
         else f"nowhere: no ViT encoder among its keys ({', '.join(sorted(raw)[:5])}, ...)",
         "preset": _preset(cfg) if cfg else None,
         "normalization": recorded_stats(obj),
     }
-    task = next((t for t in TASKS if t in run), None)
     if task:
         data, train = run.get("data", {}), run.get("train", {})
         out["run"] = {"task": task, "step": obj.get("step"), "epoch": obj.get("epoch"), "epochs": train.get("epochs"),

@@ -69,8 +69,8 @@ def to_chw(array: np.ndarray, channels: int, layout: str = "auto", where: str = 
 def open_array(path: str | Path, channels: int, layout: str = "auto", mapped: bool = False) -> np.ndarray:
     """One image file's array as a (C, H, W) view in its own dtype and units, checked: numeric, ``channels`` bands,
     no NaN or infinite value (a nodata mask must be filled before training). ``mapped``: a ``.npy`` file or an
-    uncompressed TIFF is memory-mapped, so that only the part a crop reads is loaded (an integer file is not read at all here; a float
-    one is read once for the check). Raises :class:`BadImageError` on a file that cannot be used."""
+    uncompressed TIFF is memory-mapped, so that only the part a crop reads is loaded (an integer file is not read at
+    all here; a float one is read once for the check). Raises :class:`BadImageError` on a file that cannot be used."""
     path = Path(path)
     try:
         array = _load(path, mapped)
@@ -125,9 +125,9 @@ def band_stats(source, count: int = STATS_FILES) -> tuple[tuple[float, ...], tup
 
 class MappedCrop:
     """A Compose that starts with a RandomResizedCrop, run on arrays (``data.format=array``) without reading whole
-    files: a ``.npy`` file or an uncompressed TIFF is memory-mapped, the crop draws its box on the array's shape (its own random draws, as
-    it would on the whole array), and only the box is converted to float32 and resized; the other steps as they
-    are. The same tensors as the Compose on the whole array: torchvision's resized crop is a crop, then a resize."""
+    files: a ``.npy`` file or an uncompressed TIFF is memory-mapped, the crop draws its box on the array's shape
+    (its own random draws, as it would on the whole array), and only the box is converted to float32 and resized;
+    the other steps as they are. The same tensors as the Compose on the whole array: torchvision's resized crop is a crop, then a resize."""
 
     def __init__(self, plain, channels: int, layout: str) -> None:
         self.plain, self.channels, self.layout = plain, channels, layout

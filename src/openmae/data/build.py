@@ -109,7 +109,7 @@ def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, bat
                          cfg.array_layout if cfg.format == "array" else None)
         return SeededSamples(source, plan, cfg.bad_files, device_stage=DeviceAugment(img_size, channels, mean, std)), sampler
     transform = transform or pretrain_transform(cfg, img_size, mean, std)
-    if cfg.format == "array":  # only each crop's part of a .npy file is read
+    if cfg.format == "array":  # only each crop's part of a .npy file or uncompressed TIFF is read
         transform = with_mapped_crop(transform, channels, cfg.array_layout)
     elif cfg.jpeg_draft:  # large JPEGs decoded at the scale their crop allows
         transform = with_draft(transform, channels)
