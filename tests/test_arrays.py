@@ -4,6 +4,8 @@ pretraining, kNN, fine-tuning and pictures on them."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,8 @@ def bands_of(photo: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def band_folder(tmp_path_factory, datasets) -> Path:
-    """CIFAR-10 photos of two classes as an ImageFolder of 4-band arrays: train/ (150 a class) and test/ (50)."""
+    """CIFAR-10 photos of two classes as an ImageFolder of 4-band arrays: train/ (150 a class) and test/ (50); a
+    third TIFFs (half of them uncompressed, half deflate-compressed in 16x16 tiles), the rest .npy files."""
     root = tmp_path_factory.mktemp("bands")
     for split, count in (("train", 150), ("test", 50)):
         for name in CLASSES:
@@ -43,8 +46,9 @@ def band_folder(tmp_path_factory, datasets) -> Path:
             for i, photo in enumerate(sorted((datasets / "cifar10" / split / name).glob("*.jpg"))[:count]):
                 chw = bands_of(photo)
                 if i % 3 == 0:
+                    tiled = dict(tile=(16, 16), compression="zlib") if i % 2 else {}
                     tifffile.imwrite(root / split / name / f"{i:04d}.tif", chw, photometric="minisblack",
-                                     planarconfig="separate")
+                                     planarconfig="separate", **tiled)
                 else:  # half of the rest (H, W, C), as a NumPy image would be saved
                     np.save(root / split / name / f"{i:04d}.npy", chw if i % 2 else chw.transpose(1, 2, 0))
     return root
@@ -274,6 +278,7 @@ def test_device_path_for_arrays_equals_the_cpu_path(band_folder, workers_decode)
 
 def test_npy_and_uncompressed_tiff_files_are_memory_mapped_for_the_crops(tmp_path):
     from openmae.data.arrays import open_array
+    from openmae.data.tiles import TiledBands
 
     hwc = np.arange(3 * 8 * 6, dtype=np.uint16).reshape(8, 6, 3)
     np.save(tmp_path / "tile.npy", hwc)
@@ -283,18 +288,85 @@ def test_npy_and_uncompressed_tiff_files_are_memory_mapped_for_the_crops(tmp_pat
     tifffile.imwrite(tmp_path / "big_endian.tif", hwc, planarconfig="contig", byteorder=">", **plain)
     tifffile.imwrite(tmp_path / "float.tif", hwc.astype(np.float32), planarconfig="contig", **plain)
     tifffile.imwrite(tmp_path / "deflate.tif", hwc, planarconfig="contig", compression="zlib", **plain)
-    tifffile.imwrite(tmp_path / "tiled.tif", np.tile(hwc, (2, 3, 1)), planarconfig="contig", tile=(16, 16), **plain)
+    tifffile.imwrite(tmp_path / "tiled.tif", hwc, planarconfig="contig", tile=(16, 16), **plain)
     expected = hwc.transpose(2, 0, 1)
     for name, mapped in (("tile.npy", True), ("contig.tif", True), ("planar.tif", True), ("big_endian.tif", True),
                          ("float.tif", True), ("deflate.tif", False), ("tiled.tif", False)):
         view = open_array(tmp_path / name, 3, mapped=True)
-        # mapped: nothing read until a crop is cut out; compressed or tiled TIFFs are decoded whole
-        assert (isinstance(view.base, np.memmap) or isinstance(view, np.memmap)) == mapped, name
-        assert view.shape[0] == 3 and np.array_equal(view[:, 2:4, 1:3], expected[:, 2:4, 1:3]), name
+        # mapped: nothing read until a crop is cut out; compressed or tiled TIFFs: the tiles (strips) a crop covers
+        assert isinstance(view, TiledBands) != mapped, name
+        assert mapped == (isinstance(view, np.memmap) or isinstance(getattr(view, "base", None), np.memmap)), name
+        assert view.shape == (3, 8, 6) and np.array_equal(view[:, 2:4, 1:3], expected[:, 2:4, 1:3]), name
         assert np.array_equal(np.asarray(view), open_array(tmp_path / name, 3)), name  # as read unmapped
     np.save(tmp_path / "nodata.npy", np.where(np.eye(8)[None] > 0, np.nan, 1.0).repeat(3, 0))
     with pytest.raises(BadImageError, match="holds NaN or infinite values \\(24 of 192\\)"):
         open_array(tmp_path / "nodata.npy", 3, mapped=True)  # a float file is checked whole, as on the CPU path
+
+
+def tiff_layouts(hwc: np.ndarray) -> dict[str, tuple[np.ndarray, dict]]:
+    """``hwc`` as each stored layout tifffile writes for a compressed scene: what to write and how."""
+    deflate = dict(photometric="minisblack", compression="zlib")
+    return {
+        "interleaved tiles": (hwc, dict(deflate, planarconfig="contig", tile=(32, 48), predictor=True)),
+        "a plane of tiles a band": (hwc.transpose(2, 0, 1), dict(deflate, planarconfig="separate", tile=(32, 32))),
+        "a page a band": (hwc.transpose(2, 0, 1)[:, None], dict(deflate, tile=(16, 32), metadata=None)),
+        "strips": (hwc, dict(deflate, planarconfig="contig", rowsperstrip=5)),
+        "big-endian float tiles": (hwc.astype(np.float32), dict(deflate, planarconfig="contig", tile=(16, 16),
+                                                                 byteorder=">")),
+        "LZW tiles (imagecodecs)": (hwc, dict(deflate, planarconfig="contig", tile=(32, 32), compression="lzw")),
+        "one band": (hwc[..., 0], dict(deflate, tile=(32, 32))),
+    }
+
+
+def test_compressed_tiffs_decode_only_the_tiles_a_window_covers(tmp_path):
+    """A compressed TIFF in tiles or strips, every layout: any window equals the whole file's decode at that place;
+    a tile the window does not cover is not decoded (a corrupt one there goes unnoticed, one inside is reported);
+    a float file's NaN are found in the windows that hold them; a codec tifffile lacks is a setup error."""
+    from openmae.data.arrays import open_array
+    from openmae.data.tiles import TiledBands
+
+    rng = np.random.default_rng(0)
+    hwc = rng.integers(0, 60000, (70, 100, 3)).astype(np.uint16)  # 70 x 100: tiles of 16 and 32 overhang both edges
+    windows = [(0, 70, 0, 100), (3, 9, 31, 33), (40, 70, 90, 100), (16, 32, 0, 1), (69, 70, 99, 100), (5, 5, 0, 10)]
+    for layout, (data, options) in tiff_layouts(hwc).items():
+        bands = 1 if data.ndim == 2 else 3
+        tifffile.imwrite(tmp_path / "scene.tif", data, **options)
+        view, whole = open_array(tmp_path / "scene.tif", bands, mapped=True), open_array(tmp_path / "scene.tif", bands)
+        assert isinstance(view, TiledBands) and view.shape == whole.shape == (bands, 70, 100), layout
+        for r0, r1, c0, c1 in windows:
+            got = view[:, r0:r1, c0:c1]
+            assert got.dtype == whole.dtype and np.array_equal(got, whole[:, r0:r1, c0:c1]), (layout, r0, c0)
+
+    tifffile.imwrite(tmp_path / "scene.tif", hwc, photometric="minisblack", planarconfig="contig", tile=(32, 32),
+                     compression="zlib")
+    with tifffile.TiffFile(tmp_path / "scene.tif") as tif:  # tiles 3 x 4; the last one (rows 64-95, columns 96-127)
+        offset, count = tif.pages[0].dataoffsets[-1], tif.pages[0].databytecounts[-1]
+    with open(tmp_path / "scene.tif", "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xff" * count)
+    view = open_array(tmp_path / "scene.tif", 3, mapped=True)
+    assert np.array_equal(view[:, 0:64, 0:96], hwc.transpose(2, 0, 1)[:, 0:64, 0:96])  # the corrupt tile not read
+    with pytest.raises(BadImageError, match="scene.tif: .* decoding its tiles"):
+        view[:, 60:70, 90:100]
+    with pytest.raises(BadImageError, match="scene.tif"):
+        open_array(tmp_path / "scene.tif", 3)  # read whole
+
+    nodata = hwc.astype(np.float32)
+    nodata[50:52, 10:13] = np.nan
+    tifffile.imwrite(tmp_path / "nodata.tif", nodata, photometric="minisblack", planarconfig="contig", tile=(16, 16),
+                     compression="zlib")
+    view = open_array(tmp_path / "nodata.tif", 3, mapped=True)  # not decoded whole to look for NaN
+    assert np.array_equal(view[:, 0:48, :], nodata.transpose(2, 0, 1)[:, 0:48])
+    with pytest.raises(BadImageError, match="nodata.tif: holds NaN or infinite values \\(18 of 1200\\)"):
+        view[:, 40:60, 0:20]
+
+    tifffile.imwrite(tmp_path / "lzw.tif", hwc, photometric="minisblack", tile=(32, 32), compression="lzw")
+    script = ("import sys; sys.modules['imagecodecs'] = None\n"  # as where imagecodecs is not installed
+              "from openmae.data.arrays import open_array\n"
+              f"open_array({str(tmp_path / 'lzw.tif')!r}, 3, mapped=True)[:, 0:8, 0:8]")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 1 and "ImportError: " in proc.stderr and "LZW" in proc.stderr, proc.stderr[-2000:]
+    assert "pip install imagecodecs (or openmae[geo])" in proc.stderr
 
 
 def test_training_crops_read_only_their_part_and_equal_the_whole_arrays_crops(band_folder):

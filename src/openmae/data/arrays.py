@@ -3,11 +3,13 @@ scans kept at their full bit depth. Each file holds one image as a NumPy ``.npy`
 ``tifffile``) or a PNG (8 or 16 bits), laid out (H, W, C), (C, H, W) or (H, W); it is read as float32 in its own
 units (no scaling to [0, 1]) and normalised per band by ``data.mean`` / ``data.std``, which are measured on the
 training files when not set (:func:`band_stats`). Training crops read only their part of a ``.npy`` file or an
-uncompressed TIFF (memory-mapped: :class:`MappedCrop`, and the device path's workers); a compressed TIFF is decoded
-whole."""
+uncompressed TIFF (memory-mapped: :class:`MappedCrop`, and the device path's workers), and only the tiles or strips
+their box covers of a compressed TIFF (:class:`openmae.data.tiles.TiledBands`)."""
 
 from __future__ import annotations
 
+import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +19,14 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
 from openmae.data.images import BadImageError
+from openmae.data.tiles import TiledBands, missing_codec
 from openmae.data.transforms import draw_box
 
 ARRAY_SUFFIXES = (".npy", ".tif", ".tiff", ".png")
 STATS_FILES = 256  # training files read (spread evenly) to measure each band's mean and std
 
 
-def _load(path: Path, mapped: bool = False) -> np.ndarray:
+def _load(path: Path, mapped: bool = False) -> np.ndarray | TiledBands:
     suffix = path.suffix.lower()
     if suffix == ".npy":  # an object array would need unpickling: refused
         return np.load(path, mmap_mode="r" if mapped else None, allow_pickle=False)
@@ -42,50 +45,65 @@ def _load(path: Path, mapped: bool = False) -> np.ndarray:
         if mapped and image.dataoffset is not None:  # uncompressed and stored in one piece: mapped as a .npy is
             # (tifffile.memmap does the same, but would parse the file a second time for one that is not)
             return np.memmap(path, np.dtype(tif.byteorder + image.dtype.char), "r", image.dataoffset, image.shape, "C")
-        return tif.asarray()  # compressed or in strips apart: decoded whole
+        tiled = TiledBands.of(path, tif) if mapped else None  # compressed or in strips apart: a crop's tiles
+        return tiled if tiled is not None else tif.asarray()  # else decoded whole
 
 
-def to_chw(array: np.ndarray, channels: int, layout: str = "auto", where: str = "array") -> np.ndarray:
+def to_chw(array: np.ndarray | TiledBands, channels: int, layout: str = "auto", where: str = "array") -> np.ndarray | TiledBands:
     """``array`` as (C, H, W) with C == ``channels``. ``auto`` reads a 3-D array as (H, W, C) when its last axis has
     ``channels`` entries and its first does not, as (C, H, W) the other way round; a 2-D array is one band."""
-    if array.ndim == 2:
-        array = array[None]
-        layout = "chw"
-    if array.ndim != 3:
-        raise ValueError(f"{where} has shape {array.shape}; an image array is (H, W, C), (C, H, W) or (H, W)")
-    if layout == "auto":
-        first, last = array.shape[0] == channels, array.shape[-1] == channels
+    shape = array.shape
+    if len(shape) == 2:
+        layout = "hw"
+    elif len(shape) != 3:
+        raise ValueError(f"{where} has shape {shape}; an image array is (H, W, C), (C, H, W) or (H, W)")
+    elif layout == "auto":
+        first, last = shape[0] == channels, shape[-1] == channels
         if first and last:
-            raise ValueError(f"{where} has shape {array.shape}: both its first and last axes could be the "
+            raise ValueError(f"{where} has shape {shape}: both its first and last axes could be the "
                              f"{channels} bands; set data.array_layout=hwc or chw")
         layout = "hwc" if last else "chw"
-    chw = np.moveaxis(array, -1, 0) if layout == "hwc" else array
-    if chw.shape[0] != channels:
-        raise ValueError(f"{where} has shape {array.shape}, read as {layout}: {chw.shape[0]} bands, but the model "
-                         f"takes model.in_chans={channels}; set model.in_chans={chw.shape[0]} (or data.array_layout)")
-    return chw
+    bands = 1 if layout == "hw" else shape[-1] if layout == "hwc" else shape[0]
+    if bands != channels:
+        raise ValueError(f"{where} has shape {shape}, read as {layout}: {bands} bands, but the model "
+                         f"takes model.in_chans={channels}; set model.in_chans={bands} (or data.array_layout)")
+    if isinstance(array, TiledBands):
+        return array.bands_first(layout)
+    return array[None] if layout == "hw" else np.moveaxis(array, -1, 0) if layout == "hwc" else array
 
 
-def open_array(path: str | Path, channels: int, layout: str = "auto", mapped: bool = False) -> np.ndarray:
+def require_finite(chw: np.ndarray, path: Path | str) -> None:
+    """Raises :class:`BadImageError` when ``chw`` holds NaN or infinite values (a nodata mask not filled)."""
+    if np.issubdtype(chw.dtype, np.inexact):  # integers are always finite
+        bad = chw.size - int(np.isfinite(chw).sum())
+        if bad:
+            raise BadImageError(f"{path}: holds NaN or infinite values ({bad} of {chw.size}); fill nodata pixels "
+                                "(e.g. with the band's mean) before training")
+
+
+def open_array(path: str | Path, channels: int, layout: str = "auto", mapped: bool = False) -> np.ndarray | TiledBands:
     """One image file's array as a (C, H, W) view in its own dtype and units, checked: numeric, ``channels`` bands,
     no NaN or infinite value (a nodata mask must be filled before training). ``mapped``: a ``.npy`` file or an
     uncompressed TIFF is memory-mapped, so that only the part a crop reads is loaded (an integer file is not read at
-    all here; a float one is read once for the check). Raises :class:`BadImageError` on a file that cannot be used."""
+    all here; a float one is read once for the check); a tiled or striped TIFF is a :class:`TiledBands`, which
+    decodes the tiles of the windows read from it, and checks only those. Raises :class:`BadImageError` on a file
+    that cannot be used."""
     path = Path(path)
     try:
         array = _load(path, mapped)
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
             raise ValueError(f"dtype {array.dtype} is not numeric")
         chw = to_chw(array, channels, layout, "the array")
-    except ImportError:
+    except (ImportError, BadImageError):
         raise
-    except (OSError, ValueError, SyntaxError, EOFError) as err:  # tifffile raises TiffFileError, a ValueError
+    # tifffile raises TiffFileError (a ValueError), its codecs zlib.error or imagecodecs' errors (RuntimeErrors)
+    except (OSError, ValueError, SyntaxError, EOFError, RuntimeError, zlib.error) as err:
+        missing_codec(path, err)
         raise BadImageError(f"{path}: {type(err).__name__}: {err}") from None
-    if np.issubdtype(chw.dtype, np.inexact):  # integers are always finite
-        bad = chw.size - int(np.isfinite(chw).sum())
-        if bad:
-            raise BadImageError(f"{path}: holds NaN or infinite values ({bad} of {chw.size}); fill nodata pixels "
-                                "(e.g. with the band's mean) before training")
+    if isinstance(chw, TiledBands):  # each window read is checked: the whole file is not decoded
+        chw.check = partial(require_finite, path=path)
+    else:
+        require_finite(chw, path)
     return chw
 
 
@@ -94,9 +112,10 @@ def read_array(path: str | Path, channels: int, layout: str = "auto") -> torch.T
     return torch.from_numpy(np.ascontiguousarray(open_array(path, channels, layout), dtype=np.float32))
 
 
-def read_mapped(source, index: int, channels: int, layout: str) -> tuple[np.ndarray, int]:
+def read_mapped(source, index: int, channels: int, layout: str) -> tuple[np.ndarray | TiledBands, int]:
     """Item ``index`` of ``source`` (a file of bands) as a (C, H, W) view of its array, memory-mapped for a ``.npy``
-    file or an uncompressed TIFF (:func:`open_array`), and its label: what a training crop reads its part of."""
+    file or an uncompressed TIFF, tile by tile for a tiled or striped one (:func:`open_array`), and its label: what a
+    training crop reads its part of."""
     path, label = source.file(index)
     return open_array(path, channels, layout, mapped=True), label
 
@@ -125,8 +144,9 @@ def band_stats(source, count: int = STATS_FILES) -> tuple[tuple[float, ...], tup
 
 class MappedCrop:
     """A Compose that starts with a RandomResizedCrop, run on arrays (``data.format=array``) without reading whole
-    files: a ``.npy`` file or an uncompressed TIFF is memory-mapped, the crop draws its box on the array's shape
-    (its own random draws, as it would on the whole array), and only the box is converted to float32 and resized;
+    files: a ``.npy`` file or an uncompressed TIFF is memory-mapped (a compressed one decodes the tiles the box
+    covers), the crop draws its box on the array's shape (its own random draws, as it would on the whole array), and
+    only the box is converted to float32 and resized;
     the other steps as they are. The same tensors as the Compose on the whole array: torchvision's resized crop is a crop, then a resize."""
 
     def __init__(self, plain, channels: int, layout: str) -> None:

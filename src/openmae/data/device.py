@@ -140,7 +140,8 @@ class PlanCrops:
     decoded here leaves with its crop's pixels only (fewer bytes to hand over; the same pixels reach the resize).
     With ``jpeg_draft`` too, a large JPEG is decoded at the reduced scale its crop allows (``openmae.data.draft``);
     its crop's pixels then leave at that scale, the box rounded to whole pixels there. ``array_layout`` (set for
-    ``data.format=array``): files of bands, a ``.npy`` one memory-mapped; the crop's bands leave as float32."""
+    ``data.format=array``): files of bands, of which the crop reads only its part (memory-mapped, or the tiles it
+    covers); the crop's bands leave as float32."""
 
     def __init__(self, img_size: tuple[int, int], scale: tuple[float, float], hflip: float, channels: int,
                  device_decode: bool = True, jpeg_draft: bool = False, array_layout: str | None = None) -> None:
@@ -151,7 +152,7 @@ class PlanCrops:
         self.array_layout = array_layout  # data.format=array: files of bands, laid out so
 
     def read(self, source: ImageSource, index: int) -> tuple[RawImage | JpegFile, int]:
-        if self.array_layout is not None:  # a .npy file memory-mapped: the crop reads only its part of it
+        if self.array_layout is not None:  # memory-mapped or tiled: the crop reads only its part of the file
             chw, label = read_mapped(source, index, self.channels, self.array_layout)
             return RawImage(chw, False, chw.shape[1], chw.shape[2], source.describe(index), bands=True), label
         if self.draft:
