@@ -1,10 +1,10 @@
-"""Multi-band images stored as arrays (``data.format=array``): satellite tiles with any number of bands, medical
-scans kept at their full bit depth. Each file holds one image as a NumPy ``.npy`` array, a TIFF (read with
-``tifffile``) or a PNG (8 or 16 bits), laid out (H, W, C), (C, H, W) or (H, W); it is read as float32 in its own
-units (no scaling to [0, 1]) and normalised per band by ``data.mean`` / ``data.std``, which are measured on the
-training files when not set (:func:`band_stats`). Training crops read only their part of a ``.npy`` file or an
-uncompressed TIFF (memory-mapped: :class:`MappedCrop`, and the device path's workers), and only the tiles or strips
-their box covers of a compressed TIFF (:class:`openmae.data.tiles.TiledBands`)."""
+"""Multi-band images stored as arrays (``data.format=array``): satellite tiles with any number of bands, medical scans
+kept at their full bit depth. Each file holds one image as a NumPy ``.npy`` array, a TIFF (read with ``tifffile``),
+a PNG (8 or 16 bits) or a DICOM file (:mod:`openmae.data.dicom`), laid out (H, W, C), (C, H, W) or (H, W); it is
+read as float32 in its own units (no scaling to [0, 1]) and normalised per band by ``data.mean`` / ``data.std``,
+which are measured on the training files when not set (:func:`band_stats`). Training crops read only their part of a
+``.npy`` file or an uncompressed TIFF (memory-mapped: :class:`MappedCrop`, and the device path's workers), and only
+the tiles or strips their box covers of a compressed TIFF (:class:`openmae.data.tiles.TiledBands`)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
+from openmae.data.dicom import DICOM_SUFFIXES, read_dicom
 from openmae.data.images import BadImageError
 from openmae.data.tiles import TiledBands, missing_codec
 from openmae.data.transforms import draw_box
 
-ARRAY_SUFFIXES = (".npy", ".tif", ".tiff", ".png")
+ARRAY_SUFFIXES = (".npy", ".tif", ".tiff", ".png", *DICOM_SUFFIXES)
 STATS_FILES = 256  # training files read (spread evenly) to measure each band's mean and std
 
 
@@ -30,6 +31,8 @@ def _load(path: Path, mapped: bool = False) -> np.ndarray | TiledBands:
     suffix = path.suffix.lower()
     if suffix == ".npy":  # an object array would need unpickling: refused
         return np.load(path, mmap_mode="r" if mapped else None, allow_pickle=False)
+    if suffix in DICOM_SUFFIXES:
+        return read_dicom(path)
     if suffix == ".png":  # 16-bit scans are often PNGs: their values as stored (PIL mode I;16 reads as uint16)
         with Image.open(path) as img:
             if img.mode == "P":  # a palette's stored values are indices into it: its colours instead
@@ -62,7 +65,8 @@ def to_chw(array: np.ndarray | TiledBands, channels: int, layout: str = "auto", 
         if first and last:
             raise ValueError(f"{where} has shape {shape}: both its first and last axes could be the "
                              f"{channels} bands; set data.array_layout=hwc or chw")
-        layout = "hwc" if last else "chw"
+        # neither axis: the shorter of the two is named as the bands in the message below
+        layout = "hwc" if last or (not first and shape[-1] < shape[0]) else "chw"
     bands = 1 if layout == "hw" else shape[-1] if layout == "hwc" else shape[0]
     if bands != channels:
         raise ValueError(f"{where} has shape {shape}, read as {layout}: {bands} bands, but the model "

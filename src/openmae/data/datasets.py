@@ -195,7 +195,8 @@ def build_source(cfg: DataConfig, split: str, channels: int) -> ImageSource:
     if len(source) == 0:
         where = cfg.path or cfg.name
         raise ValueError(f"no images found in {where} ({split}); supported files with data.format={cfg.format}: "
-                         f"{' '.join(suffixes_for(cfg))}, searched recursively")
+                         f"{' '.join(suffixes_for(cfg))}, searched recursively"
+                         + ("" if cfg.format == "array" else f" (data.format=array reads {' '.join(ARRAY_SUFFIXES)})"))
     return source
 
 
