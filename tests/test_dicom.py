@@ -11,17 +11,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom  # in the dev extra (openmae[medical] for users)
 import pytest
 import yaml
 from helpers import run_cli
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-pydicom = pytest.importorskip("pydicom")  # in the dev extra: always there under `make test`
-from pydicom.data import get_testdata_file  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
-
-from openmae.data.arrays import read_array  # noqa: E402
-from openmae.data.images import BadImageError  # noqa: E402
+from openmae.data.arrays import read_array
+from openmae.data.images import BadImageError
 
 
 def write_dicom(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 12,

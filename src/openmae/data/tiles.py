@@ -8,6 +8,7 @@ tiles a window covers are picked and placed here."""
 
 from __future__ import annotations
 
+import copy
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +43,7 @@ class TiledBands:
         self.size = shape[:2] if band_axis == "last" else shape[-2:]  # (H, W)
 
     @classmethod
-    def of(cls, path: Path, tif, check: Callable[[np.ndarray], None] | None = None) -> TiledBands | None:
+    def of(cls, path: Path, tif) -> TiledBands | None:
         """``tif``'s first series (an open ``tifffile.TiffFile``) when it is a 2-D image of one or more bands whose
         pages are stored in tiles or strips, else None (read it whole)."""
         series = tif.series[0]
@@ -69,11 +70,7 @@ class TiledBands:
             return None
         pages = [(tuple(p.dataoffsets), tuple(p.databytecounts)) for p in pages]
         return cls(path, tuple(series.shape), np.dtype(series.dtype).newbyteorder("="), band_axis, pages, key.decode,
-                   key.jpegtables, tile, planes, check)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
+                   key.jpegtables, tile, planes)
 
     def bands_first(self, layout: str) -> TiledBands | np.ndarray:
         """As (C, H, W) for ``layout`` (``hw``, ``hwc`` or ``chw``, as :func:`openmae.data.arrays.to_chw` read the
@@ -81,8 +78,7 @@ class TiledBands:
         if {"hw": "none", "hwc": "last", "chw": "first"}[layout] != self.band_axis:
             whole = self.read_whole()
             return whole[None] if layout == "hw" else np.moveaxis(whole, -1, 0) if layout == "hwc" else whole
-        out = TiledBands(self.path, self.shape, self.dtype, self.band_axis, self.pages, self.decode, self.jpegtables,
-                         self.tile, self.planes, self.check)
+        out = copy.copy(self)  # the same file and tiles, read band first
         out.chw = True
         out.shape = (self.bands, *self.size)
         return out
