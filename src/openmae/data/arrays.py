@@ -116,14 +116,6 @@ def read_array(path: str | Path, channels: int, layout: str = "auto") -> torch.T
     return torch.from_numpy(np.ascontiguousarray(open_array(path, channels, layout), dtype=np.float32))
 
 
-def read_mapped(source, index: int, channels: int, layout: str) -> tuple[np.ndarray | TiledBands, int]:
-    """Item ``index`` of ``source`` (a file of bands) as a (C, H, W) view of its array, memory-mapped for a ``.npy``
-    file or an uncompressed TIFF, tile by tile for a tiled or striped one (:func:`open_array`), and its label: what a
-    training crop reads its part of."""
-    path, label = source.file(index)
-    return open_array(path, channels, layout, mapped=True), label
-
-
 def band_stats(source, count: int = STATS_FILES) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Each band's mean and standard deviation over every pixel of ``count`` items of ``source`` spread evenly
     (all of them when fewer), in float64; unreadable files are left out."""
@@ -162,7 +154,7 @@ class MappedCrop:
         return self.plain.transforms
 
     def read(self, source, index: int) -> tuple[np.ndarray, int]:
-        return read_mapped(source, index, self.channels, self.layout)
+        return source.view(index)  # a view of the file, or a volume's slices
 
     def __call__(self, chw: np.ndarray) -> torch.Tensor:
         top, left, height, width = draw_box(self.first, self.channels, chw.shape[1], chw.shape[2])

@@ -47,6 +47,9 @@ class SourceView:
     def file(self, index: int):
         return self.source.file(self.index[index])
 
+    def view(self, index: int):  # arrays and volumes (data.format=array, volume): what a crop cuts
+        return self.source.view(self.index[index])
+
 
 def holdout_indices(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(kept, held out): a fixed random ``fraction`` of ``range(count)`` held out, both in ascending order."""
@@ -106,10 +109,10 @@ def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, bat
     sampler = ResumableSampler(len(source), batch_size, seed, shuffle=True, rank=rank, world_size=world_size)
     if cfg.device_augment:
         plan = PlanCrops(img_size, cfg.crop_scale, cfg.hflip, channels, cfg.device_decode, cfg.jpeg_draft,
-                         cfg.array_layout if cfg.format == "array" else None)
+                         cfg.reads_arrays)
         return SeededSamples(source, plan, cfg.bad_files, device_stage=DeviceAugment(img_size, channels, mean, std)), sampler
     transform = transform or pretrain_transform(cfg, img_size, mean, std)
-    if cfg.format == "array":  # only each crop's part of a .npy file or uncompressed TIFF is read
+    if cfg.reads_arrays:  # only each crop's part of a .npy file, an uncompressed TIFF or a tiled one is read
         transform = with_mapped_crop(transform, channels, cfg.array_layout)
     elif cfg.jpeg_draft:  # large JPEGs decoded at the scale their crop allows
         transform = with_draft(transform, channels)

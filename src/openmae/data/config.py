@@ -8,7 +8,8 @@ from openmae.config import require
 
 NAMED = ("cifar10", "cifar100", "fashion-mnist", "mnist", "stl10")
 KINDS = NAMED + ("folder", "imagefolder")
-FORMATS = ("image", "array")
+FORMATS = ("image", "array", "volume")
+PLANES = ("axial", "coronal", "sagittal")
 LAYOUTS = ("auto", "hwc", "chw")
 
 
@@ -31,7 +32,10 @@ class DataConfig:
     ``format``: ``image`` reads image files (JPEG, PNG, ...) converted to the model's 1 or 3 channels; ``array`` reads
     ``.npy``, TIFF and PNG files of any number of bands (``model.in_chans``) in their own units, laid out as
     ``array_layout`` says (``auto``: from which axis has ``in_chans`` entries), normalised by ``mean`` / ``std``,
-    which are measured on the training files when not set (:mod:`openmae.data.arrays`). Unset ``mean`` / ``std`` are
+    which are measured on the training files when not set (:mod:`openmae.data.arrays`); ``volume`` reads 3-D scans
+    (NIfTI, multi-frame DICOM, ``.npy`` / TIFF stacks) and makes each of their slices an image, cut across
+    ``slice_plane`` in NIfTI files, with ``in_chans`` neighbouring slices as its bands (:mod:`openmae.data.volumes`),
+    normalised like arrays. Unset ``mean`` / ``std`` are
     first taken from the weights a command starts from, when they record them (:mod:`openmae.data.normalization`).
     """
 
@@ -39,6 +43,10 @@ class DataConfig:
     path: str = ""
     format: str = "image"
     array_layout: str = "auto"
+    slice_plane: str = "axial"
+    # data.format=volume: a folder where each .nii.gz is decompressed once, on first read, and memory-mapped from
+    # then on (a slice of a .nii.gz otherwise costs decompressing the file up to it); "" = off
+    volume_cache: str = ""
     root: str = ""
     download: bool = False
     train_split: str = "train"
@@ -70,9 +78,16 @@ class DataConfig:
     holdout_seed: int = 0
     report_eval_split: bool = False
 
+    @property
+    def reads_arrays(self) -> bool:
+        """Files read as arrays of bands in their own units (``array``, ``volume``): normalised by measured
+        statistics, augmented on tensors, shown stretched."""
+        return self.format != "image"
+
     def check(self) -> None:
         require(self.name in KINDS, "data.name", self.name, f"one of {list(KINDS)}")
         require(self.format in FORMATS, "data.format", self.format, f"one of {list(FORMATS)}")
+        require(self.slice_plane in PLANES, "data.slice_plane", self.slice_plane, f"one of {list(PLANES)}")
         require(self.array_layout in LAYOUTS, "data.array_layout", self.array_layout, f"one of {list(LAYOUTS)}")
         require(self.format == "image" or self.name in ("folder", "imagefolder"), "data.format", self.format,
                 f"'image' for the named dataset {self.name!r}; array files are read from data.name=folder or "

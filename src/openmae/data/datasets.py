@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from openmae.data.arrays import ARRAY_SUFFIXES, STATS_FILES, band_stats, read_array
+from openmae.data.arrays import ARRAY_SUFFIXES, STATS_FILES, band_stats, open_array, read_array
 from openmae.data.config import DataConfig
 from openmae.data.images import IMAGE_SUFFIXES, find_images, open_image, to_channels
+from openmae.data.tiles import TiledBands
+from openmae.data.volumes import VOLUME_SUFFIXES, FileVolumes
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,12 @@ class FileArrays(FileImages):
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         return read_array(self.files[index], self.channels, self.layout), (self.labels[index] if self.labels else -1)
 
+    def view(self, index: int) -> tuple[np.ndarray | TiledBands, int]:
+        """Item ``index`` as a (C, H, W) view of its file, memory-mapped or tile by tile (:func:`open_array`): what
+        a training crop reads its part of."""
+        path, label = self.file(index)
+        return open_array(path, self.channels, self.layout, mapped=True), label
+
 
 class ArrayImages:
     """Images held in memory as a uint8 array (N, H, W) or (N, H, W, 3)."""
@@ -119,15 +127,17 @@ def default_root() -> Path:
 
 
 def file_source(files: list[Path], labels: list[int] | None, channels: int, classes: list[str],
-                cfg: DataConfig) -> FileImages:
-    """Files read as images, or as arrays of bands with ``data.format=array``."""
+                cfg: DataConfig) -> FileImages | FileVolumes:
+    """Files read as images, as arrays of bands with ``data.format=array``, as volumes of slices with ``volume``."""
     if cfg.format == "array":
         return FileArrays(files, labels, channels, classes, cfg.array_layout)
+    if cfg.format == "volume":
+        return FileVolumes(files, labels, channels, classes, cfg.slice_plane, cfg.bad_files, cfg.volume_cache)
     return FileImages(files, labels, channels, classes)
 
 
 def suffixes_for(cfg: DataConfig) -> tuple[str, ...]:
-    return ARRAY_SUFFIXES if cfg.format == "array" else IMAGE_SUFFIXES
+    return {"array": ARRAY_SUFFIXES, "volume": VOLUME_SUFFIXES}.get(cfg.format, IMAGE_SUFFIXES)
 
 
 def _image_folder(path: Path, channels: int, cfg: DataConfig) -> FileImages:
@@ -196,7 +206,8 @@ def build_source(cfg: DataConfig, split: str, channels: int) -> ImageSource:
         where = cfg.path or cfg.name
         raise ValueError(f"no images found in {where} ({split}); supported files with data.format={cfg.format}: "
                          f"{' '.join(suffixes_for(cfg))}, searched recursively"
-                         + ("" if cfg.format == "array" else f" (data.format=array reads {' '.join(ARRAY_SUFFIXES)})"))
+                         + ("" if cfg.reads_arrays else f" (data.format=array reads {' '.join(ARRAY_SUFFIXES)}, "
+                                                          f"data.format=volume {' '.join(VOLUME_SUFFIXES)})"))
     return source
 
 
@@ -204,10 +215,10 @@ _MEASURED: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {}  # per pr
 
 
 def _measured_stats(cfg: DataConfig, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Each band's mean / std over the training files, measured once per process for the same data settings."""
+    """Each band's mean / std over the training files (items), measured once per process for the same data settings."""
     from openmae.data.build import source_for  # build imports this module
 
-    key = repr((cfg.name, cfg.path, cfg.root, cfg.format, cfg.array_layout, cfg.train_split, cfg.max_samples,
+    key = repr((cfg.name, cfg.path, cfg.root, cfg.format, cfg.array_layout, cfg.slice_plane, cfg.train_split, cfg.max_samples,
                 cfg.holdout, cfg.holdout_seed, channels))  # what decides the training files and their bands
     if key in _MEASURED:
         return _MEASURED[key]
@@ -232,7 +243,7 @@ def stats_for(cfg: DataConfig, channels: int) -> tuple[tuple[float, ...], tuple[
     in the files' own units), else the dataset's own, else ImageNet's (0.5 for 1 channel)."""
     if cfg.mean is not None and cfg.std is not None:
         mean, std = tuple(cfg.mean), tuple(cfg.std)
-    elif cfg.format == "array":
+    elif cfg.reads_arrays:
         mean, std = _measured_stats(cfg, channels)
     elif cfg.name in STATS:
         mean, std = STATS[cfg.name]

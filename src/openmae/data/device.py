@@ -21,7 +21,6 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from openmae.data.arrays import read_mapped
 from openmae.data.datasets import ImageSource
 from openmae.data.draft import JpegFile, decoded_scale, read_jpeg_header, reduction
 from openmae.data.images import JPEG_SUFFIXES, TRANSPOSED, BadImageError, open_image, read_header
@@ -139,21 +138,21 @@ class PlanCrops:
     ``device_decode=False`` (``data.device_decode``): the worker decodes JPEGs too, as every other image. An image
     decoded here leaves with its crop's pixels only (fewer bytes to hand over; the same pixels reach the resize).
     With ``jpeg_draft`` too, a large JPEG is decoded at the reduced scale its crop allows (``openmae.data.draft``);
-    its crop's pixels then leave at that scale, the box rounded to whole pixels there. ``array_layout`` (set for
-    ``data.format=array``): files of bands, of which the crop reads only its part (memory-mapped, or the tiles it
-    covers); the crop's bands leave as float32."""
+    its crop's pixels then leave at that scale, the box rounded to whole pixels there. ``bands`` (``data.format=array``
+    or ``volume``): files of bands, of which the crop reads only its part (memory-mapped, or the tiles it covers), or
+    a volume's slices; the crop's bands leave as float32."""
 
     def __init__(self, img_size: tuple[int, int], scale: tuple[float, float], hflip: float, channels: int,
-                 device_decode: bool = True, jpeg_draft: bool = False, array_layout: str | None = None) -> None:
+                 device_decode: bool = True, jpeg_draft: bool = False, bands: bool = False) -> None:
         self.crop = T.RandomResizedCrop(img_size, scale=scale, interpolation=InterpolationMode.BICUBIC, antialias=True)
         self.hflip, self.channels, self.device_decode = hflip, channels, device_decode
         self.draft = jpeg_draft and not device_decode
         self.size = tuple(img_size)
-        self.array_layout = array_layout  # data.format=array: files of bands, laid out so
+        self.bands = bands  # data.format=array or volume: files of bands
 
     def read(self, source: ImageSource, index: int) -> tuple[RawImage | JpegFile, int]:
-        if self.array_layout is not None:  # memory-mapped or tiled: the crop reads only its part of the file
-            chw, label = read_mapped(source, index, self.channels, self.array_layout)
+        if self.bands:  # memory-mapped or tiled: the crop reads only its part of the file
+            chw, label = source.view(index)
             return RawImage(chw, False, chw.shape[1], chw.shape[2], source.describe(index), bands=True), label
         if self.draft:
             item, label = read_jpeg_header(source, index, self.channels, self.may_reduce)

@@ -114,5 +114,5 @@ def find_images(root: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) ->
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+    return sorted(p for p in root.rglob("*") if p.name.lower().endswith(suffixes) and p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))

@@ -89,10 +89,10 @@ def check_shift(shift: int, img_size: tuple[int, int]) -> None:
 
 def check_recipe(data_format: str, auto_augment: str, color_jitter: float) -> None:
     """RandAugment and colour jitter are operations on 8-bit RGB pictures (PIL): refused for arrays of bands."""
-    if data_format == "array":
+    if data_format != "image":
         require(not auto_augment, "finetune.auto_augment", auto_augment,
-                "'' with data.format=array (RandAugment works on 8-bit RGB pictures, not on arrays of bands)")
-        require(not color_jitter, "finetune.color_jitter", color_jitter, "0 with data.format=array (it works on RGB)")
+                f"'' with data.format={data_format} (RandAugment works on 8-bit RGB pictures, not on arrays of bands)")
+        require(not color_jitter, "finetune.color_jitter", color_jitter, f"0 with data.format={data_format} (it works on RGB)")
 
 
 def finetune_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std, auto_augment: str, reprob: float,
@@ -106,7 +106,7 @@ def finetune_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std, au
     from timm.data.auto_augment import RandAugment
 
     check_shift(shift, img_size)
-    if cfg.format == "array":
+    if cfg.reads_arrays:
         return _array_finetune_transform(cfg, img_size, mean, std, auto_augment, reprob, color_jitter, shift, shift_mode)
     transform = create_transform(img_size, is_training=True, scale=cfg.crop_scale, auto_augment=auto_augment or None,
                                  interpolation="bicubic", re_prob=reprob, re_mode="pixel", re_count=1, mean=mean,

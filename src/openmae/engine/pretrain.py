@@ -145,7 +145,7 @@ class PretrainTask:
         batch = self.picture_batch
         mean, std = stats_for(cfg.data, m.in_chans)
         rec = reconstruct(self.model, batch.images, mean, std, cfg.pretrain.mask_ratio, seed=0,
-                          stretch=cfg.data.format == "array")
+                          stretch=cfg.data.reads_arrays)
         bands = tuple(cfg.pretrain.vis_bands)
         path = save_grid(rec, run.run_dir / "pictures" / f"reconstruction-epoch{epoch:04d}.png", auto_scale(m.img_size),
                          bands)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from openmae.data.arrays import band_stats
@@ -12,6 +13,7 @@ from openmae.data.draft import with_draft
 from openmae.data.images import IMAGE_SUFFIXES, find_images
 from openmae.data.loader import SeededSamples
 from openmae.data.transforms import eval_transform
+from openmae.data.volumes import FileVolumes, suffix_of
 from openmae.eval.reconstruction import auto_scale, reconstruct, save_grid
 from openmae.models.mae import MaskedAutoencoder
 
@@ -37,11 +39,12 @@ def image_paths(inputs: list[str], suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -
 def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | Path, data: DataConfig,
                     mask_ratio: float = 0.75, seed: int = 0, scale: int | None = None, bands: tuple[int, ...] = (),
                     ) -> list[Path]:
-    """Writes ``<out_dir>/<image stem>.png`` (original | masked | reconstruction | pasted) for each path;
-    ``bands``: the channels shown (:func:`openmae.eval.reconstruction.grid_image`)."""
+    """Writes ``<out_dir>/<image stem>.png`` (original | masked | reconstruction | pasted) for each path (a volume:
+    its middle slice); ``bands``: the channels shown (:func:`openmae.eval.reconstruction.grid_image`)."""
     m = model.cfg
-    source = file_source(paths, None, m.in_chans, [], data)
-    if data.format == "array" and data.mean is None and not data.path:  # no training folder named: these files'
+    source = file_source(paths, None, m.in_chans, [], replace(data, bad_files="fail"))
+    items = [source.middle(i) for i in range(len(paths))] if isinstance(source, FileVolumes) else range(len(paths))
+    if data.reads_arrays and data.mean is None and not data.path:  # no training folder named: these files'
         mean, std = band_stats(source)
         log.info("data.mean/std measured on the %d files shown (the checkpoint records none; set them to its "
                  "pretraining's)", len(paths))
@@ -53,10 +56,11 @@ def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | 
     # read and transformed as the loader does; an unreadable file stops with its name
     files = SeededSamples(source, transform, bad_files="fail", seeded=False)
     written = []
-    for i, path in enumerate(paths):
-        img = files[(i, 0)][0].unsqueeze(0)  # (1, C, H, W)
-        rec = reconstruct(model, img, mean, std, mask_ratio, seed=seed + i, stretch=data.format == "array")
-        written.append(save_grid(rec, Path(out_dir) / f"{path.stem}.png", scale or auto_scale(m.img_size), bands))
+    for i, (path, item) in enumerate(zip(paths, items, strict=True)):
+        img = files[(item, 0)][0].unsqueeze(0)  # (1, C, H, W)
+        rec = reconstruct(model, img, mean, std, mask_ratio, seed=seed + i, stretch=data.reads_arrays)
+        stem = path.name[: -len(suffix_of(path))] or path.name  # brain.nii.gz: brain
+        written.append(save_grid(rec, Path(out_dir) / f"{stem}.png", scale or auto_scale(m.img_size), bands))
     return written
 
 
@@ -72,7 +76,7 @@ def visualize_dataset(model: MaskedAutoencoder, data: DataConfig, out_dir: str |
     for batch in eval_batches(data, split, m.img_size, m.in_chans, count, limit=count):
         for i in range(batch.images.shape[0]):
             rec = reconstruct(model, batch.images[i : i + 1], mean, std, mask_ratio, seed=seed + len(written),
-                              stretch=data.format == "array")
+                              stretch=data.reads_arrays)
             written.append(save_grid(rec, Path(out_dir) / f"{split}-{len(written):05d}.png", auto_scale(m.img_size),
                                      bands))
         break

@@ -1,0 +1,319 @@
+"""3-D scans as 2-D training images (``data.format=volume``): every slice of every volume in a folder is an image,
+in the scanner's units, so that MAE pretrains a 2-D ViT on CT, MR or microscopy stacks as they are stored.
+
+Files (one volume each; a 2-D file is a volume of one slice):
+
+- NIfTI (``.nii``, ``.nii.gz``, read with nibabel, ``openmae[medical]``): cut across ``data.slice_plane`` (axial,
+  coronal or sagittal), found from the file's affine, so that the same plane is read from files stored in any axis
+  order. A slice is shown in the radiological convention whatever the storage: rows run from the top of the body
+  (superior; anterior for an axial slice) down, columns from the patient's right to their left (anterior to
+  posterior for a sagittal slice). Voxel values are scaled by the header's ``scl_slope`` / ``scl_inter``. A slice
+  whose pixels are not square (the through-plane spacing of a thick-slice scan in a coronal or sagittal cut) is
+  resized along its coarser axis to square pixels, as the body's proportions need. An uncompressed ``.nii`` is
+  memory-mapped (a slice reads its voxels only, in any plane); a ``.nii.gz`` has to be decompressed up to the slice
+  for every read (0.3-1.2 s for a 512x512x160 CT), so ``data.volume_cache`` names a folder where each is
+  decompressed once, on first read, to a ``.npy`` file that is memory-mapped from then on.
+- Multi-frame DICOM (``.dcm``, ``.dicom``: an enhanced CT or MR, a dose grid, a cine loop): its frames in file
+  order, each read alone from the file (pydicom decodes only that frame), in the modality's units (the rescale of
+  the file, or of the frame's functional groups), MONOCHROME1 turned over as :mod:`openmae.data.dicom` does.
+- Stacks as ``.npy`` or TIFF files (a microscope's z-stack): (D, H, W), slices along the first axis.
+
+``model.in_chans`` > 1 makes each image out of that many neighbouring slices as its bands (2.5-D: with 3, the slice
+and the one on either side), repeated at the volume's ends; a colour DICOM's frames are read with their own 3
+bands instead. A volume's slices share its file's label (``data.name=imagefolder``)."""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import hashlib
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from openmae.data.arrays import require_finite
+from openmae.data.dicom import DICOM_SUFFIXES, dicom_values, open_dicom
+from openmae.data.images import BadImageError
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, *DICOM_SUFFIXES, ".npy", ".tif", ".tiff")
+PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}  # the RAS axis a plane's slices are cut across
+SQUARE_TOLERANCE = 0.01  # pixel spacings within 1% of each other count as square
+
+
+@dataclass(frozen=True)
+class Scan:
+    """How to cut one volume file into slices, from its header.
+
+    ``axis``: the stored axis the slices are cut across (NIfTI; 0 otherwise); ``rows`` / ``cols``: the stored axes
+    a slice's rows and columns run along, and ``flip``: which of the two run backwards (NIfTI only); ``spacing``:
+    the (row, column) pixel spacing in mm (1, 1 when unknown); ``samples``: bands a slice holds itself (3 for a
+    colour DICOM, else 1)."""
+
+    path: Path
+    kind: str  # "nifti", "dicom" or "stack"
+    slices: int
+    axis: int = 0
+    rows: int = 1
+    cols: int = 2
+    flip: tuple[bool, bool] = (False, False)
+    spacing: tuple[float, float] = (1.0, 1.0)
+    samples: int = 1
+    cache: str = ""  # a compressed NIfTI's data.volume_cache folder
+
+
+class VolumeCacheError(Exception):
+    """The decompressed volume could not be written to ``data.volume_cache``: a stop, not a skipped file."""
+
+
+def suffix_of(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _nibabel():
+    try:
+        import nibabel
+    except ImportError:
+        raise ImportError("NIfTI files are read with nibabel; pip install nibabel (or openmae[medical])") from None
+    return nibabel
+
+
+def _nifti_scan(path: Path, plane: str, cache: str) -> Scan:
+    nib = _nibabel()
+    img = nib.load(path)
+    shape = img.shape
+    if len(shape) < 3 or any(n != 1 for n in shape[3:]):
+        raise ValueError(f"a NIfTI image of shape {shape}; a volume is (X, Y, Z) (a 4-D file, a time series or "
+                         "several contrasts, is one volume a file: split it, e.g. with nibabel's four_to_three)")
+    ornt = nib.io_orientation(img.affine)  # per stored axis: the RAS axis it runs along and its direction (+1, -1)
+    axis = int(np.flatnonzero(ornt[:, 0] == PLANES[plane])[0])
+    a, b = (s for s in range(3) if s != axis)
+    rows, cols = (a, b) if ornt[a, 0] > ornt[b, 0] else (b, a)  # rows along the later RAS axis (S over A over R)
+    zooms = img.header.get_zooms()
+    return Scan(path, "nifti", int(shape[axis]), axis, rows, cols,
+                # rows and columns run towards R, A, S lowering: stored axes that run up are read backwards
+                flip=(bool(ornt[rows, 1] > 0), bool(ornt[cols, 1] > 0)),
+                spacing=(float(zooms[rows]), float(zooms[cols])), cache=cache if suffix_of(path) == ".nii.gz" else "")
+
+
+def _dicom_scan(path: Path) -> Scan:
+    ds = open_dicom(path, pixels=False)
+    if "Rows" not in ds:
+        raise ValueError(f"no DICOM image in it (SOP class {ds.get('SOPClassUID', 'none')}: a report, a structure set "
+                         "or not a DICOM file)")
+    return Scan(path, "dicom", int(ds.get("NumberOfFrames", 1) or 1), samples=int(ds.get("SamplesPerPixel", 1)))
+
+
+def _stack_shape(path: Path) -> tuple[int, ...]:
+    if path.suffix.lower() == ".npy":
+        return np.load(path, mmap_mode="r", allow_pickle=False).shape
+    try:
+        import tifffile
+    except ImportError:
+        raise ImportError(f"{path}: TIFF stacks are read with tifffile; pip install tifffile (or openmae[geo])") from None
+    with tifffile.TiffFile(path) as tif:
+        return tuple(tif.series[0].shape)
+
+
+def _stack_scan(path: Path) -> Scan:
+    shape = _stack_shape(path)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"an array of shape {shape}; a stack is (D, H, W), slices along the first axis, or one (H, W) slice")
+    return Scan(path, "stack", shape[0] if len(shape) == 3 else 1, rows=len(shape) - 2, cols=len(shape) - 1)
+
+
+def scan_volume(path: str | Path, plane: str = "axial", cache: str = "") -> Scan:
+    """``path``'s :class:`Scan` (its header only is read); ``cache``: ``data.volume_cache``. Raises
+    :class:`BadImageError` on a file that is not a volume openmae reads, ImportError when the library its kind needs is missing."""
+    path = Path(path)
+    kind = suffix_of(path)
+    try:
+        if kind in NIFTI_SUFFIXES:
+            return _nifti_scan(path, plane, cache)
+        if kind in DICOM_SUFFIXES:
+            return _dicom_scan(path)
+        return _stack_scan(path)
+    except ImportError:
+        raise
+    except Exception as err:  # noqa: BLE001 - nibabel, pydicom and tifffile raise their own kinds on bad headers
+        raise BadImageError(f"{path}: {type(err).__name__}: {err}") from None
+
+
+def neighbours(slice_: int, count: int, channels: int) -> list[int]:
+    """The ``channels`` slices centred on ``slice_`` (the later one of the middle two for an even count), held at
+    the volume's ends: [0, 0, 1] for slice 0 of 3 bands."""
+    start = slice_ - (channels - 1) // 2
+    return [min(max(start + j, 0), count - 1) for j in range(channels)]
+
+
+def _cached(scan: Scan, proxy) -> np.ndarray:
+    """The stored (unscaled) voxels of a compressed NIfTI, decompressed once into ``scan.cache`` (a ``.npy`` named
+    by the file's path, size and modification time: a changed file is decompressed again), memory-mapped."""
+    stat = scan.path.stat()
+    key = hashlib.sha1(f"{scan.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = Path(scan.cache) / f"{scan.path.name.split('.')[0]}-{key}.npy"
+    if not target.is_file():
+        voxels = np.asanyarray(proxy.get_unscaled())  # the whole file decompressed, once
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        try:  # written whole, then renamed: a worker reading it meanwhile, or a crash, never sees half a file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "wb") as fh:
+                np.save(fh, voxels)
+            os.replace(partial, target)
+        except OSError as err:
+            with contextlib.suppress(OSError):  # not there, or its folder could not be made
+                partial.unlink()
+            raise VolumeCacheError(f"could not write {scan.path}'s voxels to data.volume_cache={scan.cache}: {err}; "
+                                   "free space there, name another folder, or unset data.volume_cache") from None
+    return np.load(target, mmap_mode="r")
+
+
+def _voxels(scan: Scan):
+    """(stored voxels indexable by slices, slope, intercept): an uncompressed file memory-mapped, a compressed one
+    from ``data.volume_cache`` when set, else nibabel's proxy (which decompresses up to what it reads and scales)."""
+    proxy = _nibabel().load(scan.path).dataobj
+    slope, inter = float(proxy.slope), float(proxy.inter)
+    if suffix_of(scan.path) == ".nii":  # nibabel's own slicing reads a slice across the storage order piece by piece
+        return np.memmap(scan.path, proxy.dtype, "r", proxy.offset, proxy.shape, proxy.order), slope, inter
+    if scan.cache:
+        return _cached(scan, proxy), slope, inter
+    return proxy, 1.0, 0.0
+
+
+def _read_nifti(scan: Scan, picks: list[int]) -> np.ndarray:
+    voxels, slope, inter = _voxels(scan)
+    low, high = min(picks), max(picks) + 1
+    window = [slice(None)] * 3 + [0] * (len(voxels.shape) - 3)
+    window[scan.axis] = slice(low, high)
+    slab = np.asarray(voxels[tuple(window)])  # the slices' voxels only
+    if slope != 1 or inter != 0:  # scl_slope / scl_inter, as nibabel applies them
+        slab = slab * slope + inter
+    slab = np.moveaxis(slab, scan.axis, 0)[[p - low for p in picks]]  # (C, stored a, stored b)
+    inplane = [s for s in range(3) if s != scan.axis]
+    if inplane.index(scan.rows) == 1:
+        slab = slab.transpose(0, 2, 1)  # (C, rows, cols)
+    return slab[:, ::-1 if scan.flip[0] else 1, ::-1 if scan.flip[1] else 1]
+
+
+def _read_dicom(scan: Scan, picks: list[int]) -> np.ndarray:
+    if scan.slices == 1:  # a single-frame file: read whole
+        frames = [dicom_values(scan.path)] * len(picks)
+    else:
+        header = open_dicom(scan.path, pixels=False)
+        frames = [dicom_values(scan.path, p, header) for p in picks]
+    return np.moveaxis(frames[0], -1, 0) if scan.samples > 1 else np.stack(frames)
+
+
+def _read_stack(scan: Scan, picks: list[int]) -> np.ndarray:
+    if scan.path.suffix.lower() == ".npy":
+        array = np.load(scan.path, mmap_mode="r", allow_pickle=False)
+        return array[picks] if array.ndim == 3 else np.stack([array] * len(picks))
+    import tifffile
+
+    with tifffile.TiffFile(scan.path) as tif:
+        series = tif.series[0]
+        if len(series.shape) == 2:
+            return np.stack([series.asarray()] * len(picks))
+        if len(series.pages) == scan.slices:  # a page a slice: only the pages needed are decoded
+            return np.stack([series.pages[p].asarray() for p in picks])
+        return series.asarray()[picks]
+
+
+def square_pixels(slab: torch.Tensor, spacing: tuple[float, float]) -> torch.Tensor:
+    """(C, H, W) resized along its coarser axis so that its pixels are square (bilinear; unchanged when they are)."""
+    rows, cols = spacing
+    if min(rows, cols) <= 0 or abs(rows / cols - 1) <= SQUARE_TOLERANCE:
+        return slab
+    fine = min(rows, cols)
+    size = [max(1, round(slab.shape[1] * rows / fine)), max(1, round(slab.shape[2] * cols / fine))]
+    return F.interpolate(slab[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def read_slices(scan: Scan, slice_: int, channels: int) -> torch.Tensor:
+    """Slice ``slice_`` of ``scan`` as a (C, H, W) float32 tensor in the file's units: ``channels`` neighbouring
+    slices as its bands (a colour DICOM frame: its own 3). Raises :class:`BadImageError` when it cannot be read or
+    holds NaN or infinite values."""
+    where = f"{scan.path} (slice {slice_} of {scan.slices})"
+    picks = [slice_] if scan.samples > 1 else neighbours(slice_, scan.slices, channels)
+    try:
+        read = {"nifti": _read_nifti, "dicom": _read_dicom, "stack": _read_stack}[scan.kind]
+        slab = np.ascontiguousarray(read(scan, picks), dtype=np.float32)
+    except ImportError:
+        raise
+    # nibabel, pydicom, tifffile and their codecs raise these on damaged data (gzip: OSError / EOFError)
+    except (OSError, ValueError, EOFError, RuntimeError, KeyError, IndexError, zlib.error) as err:
+        raise BadImageError(f"{where}: {type(err).__name__}: {err}") from None
+    require_finite(slab, where)
+    return square_pixels(torch.from_numpy(slab), scan.spacing)
+
+
+class FileVolumes:
+    """Every slice of a list of volume files as an image (``data.format=volume``): item ``i`` is a slice of the
+    volume its index falls in, in file order then slice order. The headers are read here, once; a file whose
+    header cannot be read is left out (logged) with ``bad_files=skip``, and stops the run with ``fail``."""
+
+    def __init__(self, files: list[Path], labels: list[int] | None, channels: int, classes: list[str],
+                 plane: str = "axial", bad_files: str = "skip", cache: str = "") -> None:
+        self.channels, self.classes = channels, classes
+        self.scans: list[Scan] = []
+        self.labels: list[int] = []
+        skipped: list[str] = []
+        for i, path in enumerate(files):
+            try:
+                scan = scan_volume(path, plane, cache)
+            except BadImageError as err:
+                if bad_files == "fail":
+                    raise
+                skipped.append(str(err))
+                continue
+            if scan.samples > 1 and scan.samples != channels:
+                raise ValueError(f"{path} holds colour frames ({scan.samples} bands a slice), but the model takes "
+                                 f"model.in_chans={channels}; set model.in_chans={scan.samples}")
+            self.scans.append(scan)
+            self.labels.append(labels[i] if labels else -1)
+        if skipped:
+            log.warning("%d of %d volume files could not be read and are left out: %s", len(skipped), len(files),
+                        "; ".join(skipped[:3]))
+        self.ends = np.cumsum([s.slices for s in self.scans]).tolist()  # item index just past each volume's slices
+        gzipped = sum(suffix_of(s.path) == ".nii.gz" for s in self.scans)
+        if gzipped and not cache:
+            log.warning("%d .nii.gz volumes: each slice read decompresses its file up to the slice (0.3-1.2 s for a "
+                        "512x512x160 CT); set data.volume_cache=<folder> to decompress each once onto disk", gzipped)
+
+    def __len__(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    def locate(self, index: int) -> tuple[Scan, int, int]:
+        """(volume, slice, label) of item ``index``."""
+        v = bisect.bisect_right(self.ends, index)
+        return self.scans[v], index - (self.ends[v - 1] if v else 0), self.labels[v]
+
+    def middle(self, volume: int) -> int:
+        """The item of volume ``volume``'s middle slice."""
+        return (self.ends[volume - 1] if volume else 0) + self.scans[volume].slices // 2
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        scan, slice_, label = self.locate(index)
+        return read_slices(scan, slice_, self.channels), label
+
+    def view(self, index: int) -> tuple[np.ndarray, int]:
+        """Item ``index`` as a (C, H, W) array, for a crop to cut (:class:`openmae.data.arrays.MappedCrop`)."""
+        image, label = self.load(index)
+        return image.numpy(), label
+
+    def describe(self, index: int) -> str:
+        scan, slice_, _ = self.locate(index)
+        return f"{scan.path} (slice {slice_} of {scan.slices})"
+
+    def file(self, index: int) -> tuple[Path, int]:
+        scan, _, label = self.locate(index)
+        return scan.path, label

@@ -1,0 +1,301 @@
+"""3-D scans as slices (data.format=volume): NIfTI files cut across a plane in one orientation whatever their
+storage, square pixels, scaled voxels and neighbouring slices as bands; multi-frame DICOM frames in their units;
+.npy / TIFF stacks; a folder of mixed volumes as every slice, bad files skipped; pretraining, kNN and visualize on
+volumes made from Fashion-MNIST."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib  # in the dev extra (openmae[medical] for users)
+import numpy as np
+import pydicom
+import pytest
+import tifffile
+import torch
+from helpers import run_cli
+from nibabel.orientations import axcodes2ornt, ornt_transform
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import MRImageStorage
+from test_dicom import fashion_mnist, new_dataset, pretrain_trousers_and_bags
+
+from openmae.data.arrays import read_array
+from openmae.data.config import DataConfig
+from openmae.data.datasets import build_source
+from openmae.data.images import BadImageError
+from openmae.data.volumes import neighbours, read_slices, scan_volume
+
+SHAPE = (6, 7, 5)  # (R, A, S) voxels of the canonical test volume
+
+
+def canonical() -> np.ndarray:
+    """A volume stored RAS+ (index up = right, anterior, superior), every voxel's value distinct, with the corner
+    voxel at the most right, anterior and superior position the largest."""
+    return np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE)
+
+
+def save_nifti(path: Path, volume: np.ndarray, codes: str = "RAS", zooms=(1.0, 1.0, 1.0), slope_inter=None) -> None:
+    """``volume`` (indexed RAS+) written stored as ``codes`` say (e.g. "LPS": index up = left, posterior, superior;
+    "SRA": the axes permuted), the affine keeping each voxel where it was."""
+    img = nib.Nifti1Image(volume, np.diag([*zooms, 1.0]))
+    img = img.as_reoriented(ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(tuple(codes))))
+    if slope_inter is not None:
+        img.header.set_slope_inter(*slope_inter)
+    nib.save(img, path)
+
+
+def expected(volume: np.ndarray, plane: str) -> list[np.ndarray]:
+    """The slices of a RAS+ volume in the radiological convention: rows from superior (anterior in an axial cut)
+    down, columns from the patient's right to their left (anterior to posterior in a sagittal cut), slices in
+    order of R, A or S."""
+    cut = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
+    return [np.take(volume, k, axis=cut)[::-1, ::-1].T for k in range(volume.shape[cut])]
+
+
+def slices(path: Path, plane: str, channels: int = 1) -> list[np.ndarray]:
+    scan = scan_volume(path, plane)
+    return [read_slices(scan, k, channels).numpy() for k in range(scan.slices)]
+
+
+def test_nifti_slices_read_in_one_orientation_whatever_the_storage(tmp_path):
+    volume = canonical()
+    for plane, (rows, cols) in {"axial": (7, 6), "coronal": (5, 6), "sagittal": (5, 7)}.items():
+        save_nifti(tmp_path / "ras.nii", volume)
+        got = slices(tmp_path / "ras.nii", plane)
+        want = expected(volume, plane)
+        assert [g.shape for g in got] == [(1, rows, cols)] * len(want)
+        assert all(np.array_equal(g[0], w) for g, w in zip(got, want, strict=True)), plane
+        # the corner voxel farthest right, anterior and superior lands top left (radiological view), except in a
+        # sagittal cut, where the face is to the left: anterior there, superior at the top
+        assert got[-1][0, 0, 0] == volume.max()
+    for codes, suffix in (("LPS", ".nii"), ("LPI", ".nii.gz"), ("SRA", ".nii"), ("PIL", ".nii.gz")):
+        path = tmp_path / f"stored-{codes}{suffix}"
+        save_nifti(path, volume, codes)
+        assert nib.aff2axcodes(nib.load(path).affine) == tuple(codes)  # stored as said
+        for plane in ("axial", "coronal", "sagittal"):
+            got, want = slices(path, plane), expected(volume, plane)
+            cut = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
+            if "RAS"[cut] not in codes:  # the file's slices run the other way along that axis
+                want = want[::-1]
+            assert all(np.array_equal(g[0], w) for g, w in zip(got, want, strict=True)), (codes, plane)
+
+
+def test_square_pixels_scaled_voxels_and_neighbouring_slices(tmp_path):
+    volume = canonical()
+    save_nifti(tmp_path / "thick.nii.gz", volume, "LPS", zooms=(0.5, 0.5, 2.0), slope_inter=(2.0, -100.0))
+    axial = slices(tmp_path / "thick.nii.gz", "axial")  # in-plane 0.5 x 0.5 mm: as stored
+    assert np.array_equal(axial[2][0], expected(volume, "axial")[2] * 2.0 - 100)  # scl_slope, scl_inter
+    coronal = slices(tmp_path / "thick.nii.gz", "coronal")  # rows 2 mm apart, columns 0.5 mm: rows x4
+    assert coronal[0].shape == (1, 20, 6)
+    plain = torch.from_numpy(expected(volume, "coronal")[-1] * 2.0 - 100).float()  # LPS: slice 0 is the front one
+    resized = torch.nn.functional.interpolate(plain[None, None], size=(20, 6), mode="bilinear", align_corners=False)
+    assert torch.allclose(torch.from_numpy(coronal[0]), resized[0], atol=1e-4)
+    assert neighbours(0, 5, 3) == [0, 0, 1] and neighbours(4, 5, 3) == [3, 4, 4] and neighbours(2, 5, 4) == [1, 2, 3, 4]
+    one = slices(tmp_path / "thick.nii.gz", "axial")
+    three = slices(tmp_path / "thick.nii.gz", "axial", channels=3)
+    for k in range(5):
+        assert np.array_equal(three[k], np.concatenate([one[j] for j in neighbours(k, 5, 3)])), k
+
+
+def write_frames(path: Path, frames: np.ndarray, photometric: str = "MONOCHROME2", rescales=None) -> None:
+    """(F, H, W) unsigned 12-bit frames as one multi-frame MR file; ``rescales``: a (slope, intercept) per frame,
+    kept in the per-frame functional groups as an enhanced MR keeps them."""
+    ds = new_dataset(MRImageStorage)
+    ds.set_pixel_data(frames.astype(np.uint16), photometric, 12)
+    if rescales is not None:
+        groups = []
+        for slope, intercept in rescales:
+            transform = Dataset()
+            transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = slope, intercept, "US"
+            group = Dataset()
+            group.PixelValueTransformationSequence = [transform]
+            groups.append(group)
+        ds.PerFrameFunctionalGroupsSequence = groups
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_multiframe_dicom_frames_are_slices_in_their_units(tmp_path):
+    dose = pydicom.dcmread(get_testdata_file("rtdose.dcm"))  # 15 frames; stored values x DoseGridScaling = Gy
+    for name in ("rtdose.dcm", "rtdose_rle.dcm", "rtdose_expb.dcm"):  # native, RLE, big-endian
+        got = slices(Path(get_testdata_file(name)), "axial")
+        assert len(got) == 15, name
+        for k in (0, 7, 14):
+            assert np.allclose(got[k][0], dose.pixel_array[k] * float(dose.DoseGridScaling)), (name, k)
+    frames = (np.arange(3 * 6 * 5).reshape(3, 6, 5) * 97) % 4096
+    write_frames(tmp_path / "plain.dcm", frames)
+    write_frames(tmp_path / "inverted.dcm", 4095 - frames, "MONOCHROME1")
+    write_frames(tmp_path / "enhanced.dcm", frames // 2, rescales=[(2.0, 0.0), (2.0, -10.0), (2.0, 5.0)])
+    plain = slices(tmp_path / "plain.dcm", "axial")
+    assert all(np.array_equal(plain[k][0], frames[k]) for k in range(3))
+    assert all(np.array_equal(a, b) for a, b in zip(slices(tmp_path / "inverted.dcm", "axial"), plain, strict=True))
+    enhanced = slices(tmp_path / "enhanced.dcm", "axial")  # each frame its own rescale, from its functional group
+    assert [float(enhanced[k][0, 0, 0] - frames[k, 0, 0] // 2 * 2) for k in range(3)] == [0.0, -10.0, 5.0]
+    three = slices(tmp_path / "plain.dcm", "axial", channels=3)
+    assert np.array_equal(three[0], np.stack([frames[0], frames[0], frames[1]]))
+    rgb = slices(Path(get_testdata_file("SC_rgb_rle_2frame.dcm")), "axial", channels=3)  # colour frames: own bands
+    colour = pydicom.dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm")).pixel_array
+    assert len(rgb) == 2 and np.array_equal(rgb[1], np.moveaxis(colour[1], -1, 0))
+    with pytest.raises(BadImageError, match="a DICOM file of 3 frames; data.format=array reads one image a file: "
+                                            "read its frames as slices with data.format=volume"):
+        read_array(tmp_path / "plain.dcm", 1)
+
+
+def make_volume_folder(root: Path) -> dict[str, int]:
+    """One volume of each kind openmae reads, and its slice count."""
+    root.mkdir(parents=True)
+    counts = {}
+    save_nifti(root / "head.nii.gz", canonical(), "LPS")
+    counts["head.nii.gz"] = 5
+    write_frames(root / "series.dcm", np.zeros((4, 6, 5)) + 100)
+    counts["series.dcm"] = 4
+    np.save(root / "stack.npy", np.ones((3, 9, 8), np.float32))
+    counts["stack.npy"] = 3
+    tifffile.imwrite(root / "zstack.tif", np.full((2, 8, 8), 7, np.uint16))  # a page a slice
+    counts["zstack.tif"] = 2
+    np.save(root / "single.npy", np.full((10, 10), 3.0, np.float32))  # one slice
+    counts["single.npy"] = 1
+    return counts
+
+
+def test_a_folder_of_volumes_is_every_slice_and_skips_bad_files(tmp_path, caplog):
+    root = tmp_path / "scans"
+    counts = make_volume_folder(root)
+    (root / "broken.nii.gz").write_bytes((root / "head.nii.gz").read_bytes()[:60])  # cut inside its header
+    np.save(root / "timeseries.npy", np.zeros((2, 3, 4, 5)))
+    cfg = DataConfig(name="folder", path=str(root), format="volume")
+    with caplog.at_level(logging.WARNING):
+        source = build_source(cfg, "train", 1)
+    assert len(source) == sum(counts.values()) == 15
+    assert "2 of 7 volume files could not be read and are left out" in caplog.text
+    assert "timeseries.npy: ValueError: an array of shape (2, 3, 4, 5); a stack is (D, H, W)" in caplog.text
+    described = [source.describe(i) for i in range(len(source))]
+    assert described[0].endswith("head.nii.gz (slice 0 of 5)") and described[5].endswith("series.dcm (slice 0 of 4)")
+    assert {source.load(i)[0].shape for i in range(5, 9)} == {(1, 6, 5)} and float(source.load(7)[0].max()) == 100
+    assert source.load(9)[0].shape == (1, 10, 10) and source.load(12)[0].shape == (1, 9, 8)  # single, stack
+    assert source.load(14)[0].shape == (1, 8, 8) and float(source.load(14)[0].min()) == 7  # the TIFF's pages
+    with pytest.raises(BadImageError, match="broken.nii.gz"):
+        build_source(DataConfig(name="folder", path=str(root), format="volume", bad_files="fail"), "train", 1)
+    with pytest.raises(ValueError, match="SC_rgb_rle_2frame.dcm holds colour frames \\(3 bands a slice\\), but the "
+                                         "model takes model.in_chans=1; set model.in_chans=3"):
+        from openmae.data.volumes import FileVolumes
+
+        FileVolumes([Path(get_testdata_file("SC_rgb_rle_2frame.dcm"))], None, 1, [])
+    four = nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.float32), np.eye(4))
+    nib.save(four, tmp_path / "fmri.nii")
+    with pytest.raises(BadImageError, match="a NIfTI image of shape \\(4, 4, 3, 2\\); a volume is \\(X, Y, Z\\)"):
+        scan_volume(tmp_path / "fmri.nii")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 1), np.float32), np.eye(4)), tmp_path / "one.nii")
+    assert scan_volume(tmp_path / "one.nii").slices == 3  # a trailing axis of one is no time series
+    nan = np.zeros((3, 4, 4), np.float32)
+    nan[1, 2, 2] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    with pytest.raises(BadImageError, match="nan.npy \\(slice 2 of 3\\): holds NaN"):
+        read_slices(scan_volume(tmp_path / "nan.npy"), 2, 3)  # a neighbour holds it
+    assert read_slices(scan_volume(tmp_path / "nan.npy"), 0, 1).sum() == 0  # slices apart from it are fine
+    with pytest.raises(ValueError, match="data.slice_plane='top' is invalid: must be one of"):
+        DataConfig(name="folder", path=str(root), format="volume", slice_plane="top").check()
+
+
+def test_pretrain_knn_and_visualize_on_volumes(tmp_path, datasets):
+    """Fashion-MNIST trousers and bags stacked into volumes (ten images of one class each) stored as NIfTI (plain
+    and gzipped, LPS) and as multi-frame DICOM, in an ImageFolder, one broken volume among them: pretraining on
+    their slices measures the statistics, trains, and its encoder tells the slices' classes apart by kNN;
+    visualize shows a volume's middle slice."""
+    root = tmp_path / "volumes"
+    for split, count in (("train", 150), ("test", 50)):
+        images, labels = fashion_mnist(datasets, split)
+        if split == "train":
+            trousers = images[labels == 1].astype(np.int64)
+            images_of = {k: images[labels == k][:count] for k in (1, 8)}
+        for label, name in ((1, "trouser"), (8, "bag")):
+            (root / split / name).mkdir(parents=True)
+            picked = images[labels == label][:count].astype(np.int64) * 16  # 0..4080
+            for v in range(count // 10):
+                stack = picked[10 * v : 10 * v + 10]  # (10, 28, 28): slices, rows, columns
+                if v % 3 == 2:
+                    write_frames(root / split / name / f"{v:03d}.dcm", stack)
+                else:  # written so that its axial slices read as the images do
+                    ras = np.ascontiguousarray(stack[:, ::-1, ::-1].transpose(2, 1, 0)).astype(np.int16)
+                    save_nifti(root / split / name / f"{v:03d}.nii{'.gz' if v % 3 else ''}", ras, "LPS" if v % 3 else "RAS")
+    (root / "train" / "bag" / "broken.nii").write_bytes(b"\0" * 100)
+    first = read_slices(scan_volume(root / "train" / "trouser" / "000.nii"), 3, 1)[0].numpy()
+    assert np.array_equal(first, trousers[3] * 16)
+    assert np.array_equal(read_slices(scan_volume(root / "train" / "trouser" / "001.nii.gz"), 2, 1)[0], trousers[12] * 16)
+    every = np.concatenate([images_of[k] for k in (1, 8)]).astype(np.float64) * 16  # the 300 training slices
+    proc = pretrain_trousers_and_bags(tmp_path, root, "volume", every)
+    assert "1 of 31 volume files could not be read" in proc.stderr and "broken.nii" in proc.stderr
+    shown = run_cli("visualize", "--checkpoint", str(tmp_path / "pre" / "model-last.pth"),
+                    str(root / "test" / "bag" / "001.nii.gz"), str(root / "test" / "bag" / "002.dcm"), "-o",
+                    str(tmp_path / "shown"), "data.format=volume")
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "shown").iterdir()) == ["001.png", "002.png"]
+
+
+def test_volume_cache_decompresses_each_gzipped_file_once(tmp_path, caplog):
+    """A .nii.gz read through data.volume_cache (decompressed once into a .npy, memory-mapped), an uncompressed
+    .nii (memory-mapped) and nibabel's own reading of the .nii.gz give the same slices in every plane; the cache
+    file is written once and replaced when the volume changes; a cache that cannot be written stops the run."""
+    from openmae.data.volumes import FileVolumes, VolumeCacheError
+
+    volume = canonical()
+    save_nifti(tmp_path / "v.nii.gz", volume, "PIL", zooms=(1.0, 1.0, 2.0), slope_inter=(2.0, -100.0))
+    save_nifti(tmp_path / "v.nii", volume, "PIL", zooms=(1.0, 1.0, 2.0), slope_inter=(2.0, -100.0))
+    cache = tmp_path / "cache"
+    for plane in ("axial", "coronal", "sagittal"):
+        proxy = slices(tmp_path / "v.nii.gz", plane, channels=3)
+        mapped = slices(tmp_path / "v.nii", plane, channels=3)
+        scan = scan_volume(tmp_path / "v.nii.gz", plane, str(cache))
+        cached = [read_slices(scan, k, 3).numpy() for k in range(scan.slices)]
+        assert all(np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(proxy, mapped, cached, strict=True))
+    axial = expected(volume, "axial")  # PIL: S runs down the file, so slice 0 is the top one
+    assert np.array_equal(read_slices(scan_volume(tmp_path / "v.nii.gz", "axial", str(cache)), 0, 1)[0],
+                          axial[-1] * 2.0 - 100)
+    (written,) = cache.iterdir()
+    assert written.suffix == ".npy" and np.load(written).dtype == np.int16  # stored values: scaled on reading
+    stamp = written.stat().st_mtime_ns
+    read_slices(scan_volume(tmp_path / "v.nii.gz", "coronal", str(cache)), 2, 1)
+    assert written.stat().st_mtime_ns == stamp and len(list(cache.iterdir())) == 1  # read, not written again
+    save_nifti(tmp_path / "v.nii.gz", volume + 1, "PIL", zooms=(1.0, 1.0, 2.0), slope_inter=(2.0, -100.0))
+    again = read_slices(scan_volume(tmp_path / "v.nii.gz", "axial", str(cache)), 0, 1)[0]
+    assert np.array_equal(again, (axial[-1] + 1) * 2.0 - 100) and len(list(cache.iterdir())) == 2
+    with caplog.at_level(logging.WARNING):
+        FileVolumes([tmp_path / "v.nii.gz"], None, 1, [], cache=str(cache))
+        assert "decompresses" not in caplog.text
+        FileVolumes([tmp_path / "v.nii.gz"], None, 1, [])
+    assert "1 .nii.gz volumes: each slice read decompresses its file up to the slice" in caplog.text
+    assert "set data.volume_cache=<folder>" in caplog.text
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(VolumeCacheError, match="could not write .*v.nii.gz's voxels to data.volume_cache=.*a_file/"
+                                               "cache: .*; free space there, name another folder"):
+        read_slices(scan_volume(tmp_path / "v.nii.gz", "axial", str(tmp_path / "a_file" / "cache")), 0, 1)
+
+
+def test_crops_of_slices_on_the_device_path_equal_the_cpu_path(tmp_path):
+    """Pretraining crops of volume slices: the CPU path's crop of a slice (MappedCrop over FileVolumes.view) equals
+    the plain transform on the loaded slice, and the device path (data.device_augment) gives the CPU path's
+    tensors, through a repeated source (data.repeat)."""
+    from openmae.data.build import train_dataset
+    from openmae.data.loader import SeededSamples, collate
+
+    root = tmp_path / "scans"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    save_nifti(root / "a.nii.gz", rng.integers(-1000, 2000, (40, 36, 6)).astype(np.int16), "LPS", zooms=(1, 1, 1.5))
+    write_frames(root / "b.dcm", rng.integers(0, 4096, (5, 30, 34)))
+    np.save(root / "c.npy", rng.normal(size=(4, 32, 32)).astype(np.float32))
+    out = []
+    for device_augment in (False, True):
+        cfg = DataConfig(name="folder", path=str(root), format="volume", device_augment=device_augment, repeat=2,
+                         num_workers=0, mean=(500.0,) * 3, std=(900.0,) * 3, crop_scale=(0.3, 1.0),
+                         volume_cache=str(tmp_path / "cache"))
+        dataset, sampler = train_dataset(cfg, (24, 24), 3, batch_size=16, seed=5)
+        assert len(dataset.source) == 2 * (6 + 5 + 4)
+        items = list(sampler)[:16]
+        if not device_augment:
+            whole = SeededSamples(dataset.source, dataset.transform.plain)  # the plain transform on each loaded slice
+            assert all(torch.equal(dataset[item][0], whole[item][0]) for item in items)
+        batch = collate([dataset[item] for item in items])
+        out.append(dataset.to_device(batch, torch.device("cpu")).images if device_augment else batch.images)
+    assert out[0].shape == out[1].shape == (16, 3, 24, 24) and torch.equal(out[0], out[1])
