@@ -18,7 +18,7 @@ from helpers import run_cli
 from nibabel.orientations import axcodes2ornt, ornt_transform
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import MRImageStorage
+from pydicom.uid import CTImageStorage, MRImageStorage
 from test_dicom import fashion_mnist, new_dataset, pretrain_trousers_and_bags
 
 from openmae.data.arrays import read_array
@@ -299,3 +299,61 @@ def test_crops_of_slices_on_the_device_path_equal_the_cpu_path(tmp_path):
         batch = collate([dataset[item] for item in items])
         out.append(dataset.to_device(batch, torch.device("cpu")).images if device_augment else batch.images)
     assert out[0].shape == out[1].shape == (16, 3, 24, 24) and torch.equal(out[0], out[1])
+
+
+def write_series(folder: Path, frames: np.ndarray, uid: str, names: list[str], positions=None, orientation=None,
+                 numbers=None) -> None:
+    """(N, H, W) unsigned 12-bit CT slices as N single-frame files of one series (Hounsfield units: intercept -1024),
+    slice ``k`` named ``names[k]``, at ``positions[k]`` (Image Position Patient) with ``orientation`` and Instance
+    Number ``numbers[k]`` when given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, frame in enumerate(frames):
+        ds = new_dataset(CTImageStorage)
+        ds.set_pixel_data(frame.astype(np.uint16), "MONOCHROME2", 12)
+        ds.SeriesInstanceUID, ds.RescaleSlope, ds.RescaleIntercept = uid, 1, -1024
+        if positions is not None:
+            ds.ImagePositionPatient, ds.ImageOrientationPatient = list(positions[k]), list(orientation)
+        if numbers is not None:
+            ds.InstanceNumber = numbers[k]
+        ds.save_as(folder / names[k], enforce_file_format=True)
+
+
+def test_a_dicom_series_stored_a_file_a_slice_is_one_volume_in_body_order(tmp_path):
+    """Single-frame files of one folder and series make one volume, slices ordered along their normal (axial: z;
+    coronal: y) whatever the files are called and numbered, else by Instance Number; another series, the same series
+    in another folder and a lone radiograph stay apart; neighbours as bands come from the body's order; visualize
+    names a series by its folder and first file."""
+    import openmae
+    from openmae.data.volumes import FileVolumes
+    from openmae.eval.visualize import visualize_files
+
+    rng = np.random.default_rng(1)
+    axial = rng.integers(0, 4096, (6, 8, 9))  # in body order, foot to head (z up)
+    order = rng.permutation(6)  # file k holds slice order[k]: names and numbers say nothing of the order
+    write_series(tmp_path / "ct", axial[order], "1.2.3.1", [f"IM{k:04d}.dcm" for k in range(6)],
+                 positions=[(-100.0, -80.0, 2.5 * i - 40) for i in order], orientation=(1, 0, 0, 0, 1, 0),
+                 numbers=[k + 1 for k in range(6)])
+    coronal = rng.integers(0, 4096, (4, 7, 9))  # in order of y (posterior up, DICOM's patient axes)
+    write_series(tmp_path / "ct", coronal[::-1], "1.2.3.2", [f"COR{k}.dcm" for k in range(4)],
+                 positions=[(0.0, 10.0 - 3 * k, 0.0) for k in range(4)], orientation=(1, 0, 0, 0, 0, -1),
+                 numbers=[1, 2, 3, 4])
+    numbered = rng.integers(0, 4096, (3, 5, 5))
+    write_series(tmp_path / "ct", numbered[[2, 0, 1]], "1.2.3.3", ["a.dcm", "b.dcm", "c.dcm"], numbers=[3, 1, 2])
+    write_series(tmp_path / "ct", rng.integers(0, 4096, (1, 6, 6)), "1.2.3.4", ["xray.dcm"])
+    write_series(tmp_path / "other", axial[:2], "1.2.3.1", ["x.dcm", "y.dcm"])
+    files = sorted((tmp_path / "ct").iterdir()) + sorted((tmp_path / "other").iterdir())
+    source = FileVolumes(files, None, 1, [])
+    assert [(s.kind, s.slices) for s in source.scans] == [("series", 4), ("series", 6), ("series", 3),
+                                                          ("dicom", 1), ("series", 2)]
+    volumes = dict(zip(("coronal", "axial", "numbered"), source.scans, strict=False))
+    for name, want in (("axial", axial), ("coronal", coronal), ("numbered", numbered)):
+        got = [read_slices(volumes[name], k, 1)[0].numpy() for k in range(len(want))]
+        assert all(np.array_equal(g, w - 1024.0) for g, w in zip(got, want, strict=True)), name
+    three = read_slices(volumes["axial"], 0, 3).numpy()
+    assert np.array_equal(three, np.stack([axial[0], axial[0], axial[1]]) - 1024.0)
+    first = int(np.flatnonzero(order == 0)[0])  # the file holding the lowest slice
+    assert source.describe(4) == f"{tmp_path / 'ct' / f'IM{first:04d}.dcm'} (slice 0 of 6)"
+    model = openmae.create_model("mae_vit_debug_patch4_32", in_chans=1)
+    data = DataConfig(name="folder", format="volume", mean=(0.0,), std=(1000.0,))
+    shown = visualize_files(model, files, tmp_path / "shown", data, scale=1)
+    assert [p.name for p in shown] == ["ct-COR3.png", f"ct-IM{first:04d}.png", "ct-b.png", "xray.png", "other-x.png"]

@@ -16,6 +16,10 @@ Files (one volume each; a 2-D file is a volume of one slice):
 - Multi-frame DICOM (``.dcm``, ``.dicom``: an enhanced CT or MR, a dose grid, a cine loop): its frames in file
   order, each read alone from the file (pydicom decodes only that frame), in the modality's units (the rescale of
   the file, or of the frame's functional groups), MONOCHROME1 turned over as :mod:`openmae.data.dicom` does.
+- A DICOM series stored a slice a file (how scanners and PACS export CT and MR): the single-frame files of one
+  folder that share a Series Instance UID are one volume, their slices in order of position along the slices'
+  normal (Image Position / Orientation Patient; else Instance Number; else file name), so that neighbouring
+  slices are neighbours in the body whatever the files are called.
 - Stacks as ``.npy`` or TIFF files (a microscope's z-stack): (D, H, W), slices along the first axis.
 
 ``model.in_chans`` > 1 makes each image out of that many neighbouring slices as its bands (2.5-D: with 3, the slice
@@ -30,7 +34,7 @@ import hashlib
 import logging
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +60,12 @@ class Scan:
     ``axis``: the stored axis the slices are cut across (NIfTI; 0 otherwise); ``rows`` / ``cols``: the stored axes
     a slice's rows and columns run along, and ``flip``: which of the two run backwards (NIfTI only); ``spacing``:
     the (row, column) pixel spacing in mm (1, 1 when unknown); ``samples``: bands a slice holds itself (3 for a
-    colour DICOM, else 1)."""
+    colour DICOM, else 1); ``series`` and ``position``: a single-frame DICOM's Series Instance UID and place along
+    its slices' normal (None when it says none), from which a series' ``members`` (a file a slice) are put in
+    order."""
 
     path: Path
-    kind: str  # "nifti", "dicom" or "stack"
+    kind: str  # "nifti", "dicom", "series" (DICOM files a slice) or "stack"
     slices: int
     axis: int = 0
     rows: int = 1
@@ -68,6 +74,13 @@ class Scan:
     spacing: tuple[float, float] = (1.0, 1.0)
     samples: int = 1
     cache: str = ""  # a compressed NIfTI's data.volume_cache folder
+    series: str = ""
+    position: float | None = None
+    members: tuple[Path, ...] = ()
+
+    def file_of(self, slice_: int) -> Path:
+        """The file holding slice ``slice_``."""
+        return self.members[slice_] if self.members else self.path
 
 
 class VolumeCacheError(Exception):
@@ -110,7 +123,44 @@ def _dicom_scan(path: Path) -> Scan:
     if "Rows" not in ds:
         raise ValueError(f"no DICOM image in it (SOP class {ds.get('SOPClassUID', 'none')}: a report, a structure set "
                          "or not a DICOM file)")
-    return Scan(path, "dicom", int(ds.get("NumberOfFrames", 1) or 1), samples=int(ds.get("SamplesPerPixel", 1)))
+    return Scan(path, "dicom", int(ds.get("NumberOfFrames", 1) or 1), samples=int(ds.get("SamplesPerPixel", 1)),
+                series=str(ds.get("SeriesInstanceUID", "")), position=_position(ds))
+
+
+def _position(ds) -> float | None:
+    """A slice's place along its normal: Image Position (Patient) on the cross product of Image Orientation
+    (Patient)'s row and column directions; else its Instance Number; None when it has neither."""
+    orientation, position = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
+    if orientation is not None and position is not None and len(orientation) == 6 and len(position) == 3:
+        normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+        return float(normal @ np.asarray(position, float))
+    number = ds.get("InstanceNumber")
+    return float(number) if number is not None and number != "" else None
+
+
+def assemble_series(scans: list[Scan], labels: list[int]) -> tuple[list[Scan], list[int]]:
+    """``scans`` with the single-frame DICOM files of one folder and series made one volume (where the series'
+    first file was), its slices in order of position (file names when a file says none); the rest as they are."""
+    groups: dict[tuple[Path, str], list[int]] = {}
+    for i, scan in enumerate(scans):
+        if scan.kind == "dicom" and scan.slices == 1 and scan.series:
+            groups.setdefault((scan.path.parent, scan.series), []).append(i)
+    groups = {key: members for key, members in groups.items() if len(members) > 1}
+    first = {members[0]: members for members in groups.values()}
+    grouped = {i for members in groups.values() for i in members}
+    out, out_labels = [], []
+    for i, scan in enumerate(scans):
+        if i in first:
+            members = first[i]
+            if all(scans[j].position is not None for j in members):
+                members = sorted(members, key=lambda j: (scans[j].position, str(scans[j].path)))
+            paths = tuple(scans[j].path for j in members)
+            out.append(replace(scan, path=paths[0], kind="series", slices=len(paths), members=paths))
+            out_labels.append(labels[i])
+        elif i not in grouped:
+            out.append(scan)
+            out_labels.append(labels[i])
+    return out, out_labels
 
 
 def _stack_shape(path: Path) -> tuple[int, ...]:
@@ -205,7 +255,9 @@ def _read_nifti(scan: Scan, picks: list[int]) -> np.ndarray:
 
 
 def _read_dicom(scan: Scan, picks: list[int]) -> np.ndarray:
-    if scan.slices == 1:  # a single-frame file: read whole
+    if scan.members:  # a series, a file a slice
+        frames = [dicom_values(scan.members[p]) for p in picks]
+    elif scan.slices == 1:  # a single-frame file: read whole
         frames = [dicom_values(scan.path)] * len(picks)
     else:
         header = open_dicom(scan.path, pixels=False)
@@ -242,10 +294,10 @@ def read_slices(scan: Scan, slice_: int, channels: int) -> torch.Tensor:
     """Slice ``slice_`` of ``scan`` as a (C, H, W) float32 tensor in the file's units: ``channels`` neighbouring
     slices as its bands (a colour DICOM frame: its own 3). Raises :class:`BadImageError` when it cannot be read or
     holds NaN or infinite values."""
-    where = f"{scan.path} (slice {slice_} of {scan.slices})"
+    where = f"{scan.file_of(slice_)} (slice {slice_} of {scan.slices})"
     picks = [slice_] if scan.samples > 1 else neighbours(slice_, scan.slices, channels)
     try:
-        read = {"nifti": _read_nifti, "dicom": _read_dicom, "stack": _read_stack}[scan.kind]
+        read = {"nifti": _read_nifti, "dicom": _read_dicom, "series": _read_dicom, "stack": _read_stack}[scan.kind]
         slab = np.ascontiguousarray(read(scan, picks), dtype=np.float32)
     except ImportError:
         raise
@@ -258,8 +310,9 @@ def read_slices(scan: Scan, slice_: int, channels: int) -> torch.Tensor:
 
 class FileVolumes:
     """Every slice of a list of volume files as an image (``data.format=volume``): item ``i`` is a slice of the
-    volume its index falls in, in file order then slice order. The headers are read here, once; a file whose
-    header cannot be read is left out (logged) with ``bad_files=skip``, and stops the run with ``fail``."""
+    volume its index falls in, in file order then slice order (a DICOM series stored a file a slice is one volume:
+    :func:`assemble_series`). The headers are read here, once; a file whose header cannot be read is left out
+    (logged) with ``bad_files=skip``, and stops the run with ``fail``."""
 
     def __init__(self, files: list[Path], labels: list[int] | None, channels: int, classes: list[str],
                  plane: str = "axial", bad_files: str = "skip", cache: str = "") -> None:
@@ -283,6 +336,7 @@ class FileVolumes:
         if skipped:
             log.warning("%d of %d volume files could not be read and are left out: %s", len(skipped), len(files),
                         "; ".join(skipped[:3]))
+        self.scans, self.labels = assemble_series(self.scans, self.labels)
         self.ends = np.cumsum([s.slices for s in self.scans]).tolist()  # item index just past each volume's slices
         gzipped = sum(suffix_of(s.path) == ".nii.gz" for s in self.scans)
         if gzipped and not cache:
@@ -312,8 +366,8 @@ class FileVolumes:
 
     def describe(self, index: int) -> str:
         scan, slice_, _ = self.locate(index)
-        return f"{scan.path} (slice {slice_} of {scan.slices})"
+        return f"{scan.file_of(slice_)} (slice {slice_} of {scan.slices})"
 
     def file(self, index: int) -> tuple[Path, int]:
-        scan, _, label = self.locate(index)
-        return scan.path, label
+        scan, slice_, label = self.locate(index)
+        return scan.file_of(slice_), label

@@ -36,14 +36,24 @@ def image_paths(inputs: list[str], suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -
     return paths
 
 
+def stem_of(path: Path) -> str:
+    """A file's name without its suffix (brain.nii.gz: brain)."""
+    return path.name[: -len(suffix_of(path))] or path.name
+
+
 def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | Path, data: DataConfig,
                     mask_ratio: float = 0.75, seed: int = 0, scale: int | None = None, bands: tuple[int, ...] = (),
                     ) -> list[Path]:
     """Writes ``<out_dir>/<image stem>.png`` (original | masked | reconstruction | pasted) for each path (a volume:
-    its middle slice); ``bands``: the channels shown (:func:`openmae.eval.reconstruction.grid_image`)."""
+    its middle slice; a DICOM series a file a slice: ``<folder>-<its first file>.png``); ``bands``: the channels shown
+    (:func:`openmae.eval.reconstruction.grid_image`)."""
     m = model.cfg
     source = file_source(paths, None, m.in_chans, [], replace(data, bad_files="fail"))
-    items = [source.middle(i) for i in range(len(paths))] if isinstance(source, FileVolumes) else range(len(paths))
+    if isinstance(source, FileVolumes):  # a volume's middle slice, named by its file (a series: folder and first file)
+        shown = [(f"{scan.path.parent.name}-{stem_of(scan.path)}" if scan.members else stem_of(scan.path), source.middle(v))
+                 for v, scan in enumerate(source.scans)]
+    else:
+        shown = [(stem_of(path), i) for i, path in enumerate(paths)]
     if data.reads_arrays and data.mean is None and not data.path:  # no training folder named: these files'
         mean, std = band_stats(source)
         log.info("data.mean/std measured on the %d files shown (the checkpoint records none; set them to its "
@@ -56,10 +66,9 @@ def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | 
     # read and transformed as the loader does; an unreadable file stops with its name
     files = SeededSamples(source, transform, bad_files="fail", seeded=False)
     written = []
-    for i, (path, item) in enumerate(zip(paths, items, strict=True)):
+    for i, (stem, item) in enumerate(shown):
         img = files[(item, 0)][0].unsqueeze(0)  # (1, C, H, W)
         rec = reconstruct(model, img, mean, std, mask_ratio, seed=seed + i, stretch=data.reads_arrays)
-        stem = path.name[: -len(suffix_of(path))] or path.name  # brain.nii.gz: brain
         written.append(save_grid(rec, Path(out_dir) / f"{stem}.png", scale or auto_scale(m.img_size), bands))
     return written
 
