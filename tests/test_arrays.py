@@ -112,6 +112,41 @@ def test_band_stats_equal_numpys_over_every_pixel(tmp_path):
     assert np.allclose(picked[0], both.mean(0), rtol=1e-6)
 
 
+def test_band_stats_of_large_scenes_read_a_few_windows(tmp_path, monkeypatch):
+    """A file larger than its share of the pixels measured is measured on 256² windows of a grid, drawn from its
+    index: a tiled TIFF is then never decoded whole (only the windows' tiles), a memory-mapped .npy is read in those
+    windows only; the numbers are the same every run and near those of every pixel; smaller files are read whole."""
+    from openmae.data.tiles import TiledBands
+
+    rng = np.random.default_rng(0)
+    scenes = [rng.normal(loc=(100, 2000, 5), scale=(10, 300, 1), size=(1300, 1400, 3)).astype(np.float32)
+              for _ in range(3)]
+    for i, scene in enumerate(scenes):
+        tifffile.imwrite(tmp_path / f"{i}.tif", scene, tile=(256, 256), compression="zlib", photometric="rgb")
+    np.save(tmp_path / "3.npy", scenes[0][:700, :700])  # 490,000 pixels: under four windows, read whole
+    windows = []
+    real_window = TiledBands._window
+    monkeypatch.setattr(TiledBands, "_window", lambda self, *box: windows.append(box) or real_window(self, *box))
+    monkeypatch.setattr(TiledBands, "read_whole", lambda self: pytest.fail("a large tiled scene was decoded whole"))
+    source = FileArrays(sorted(tmp_path.glob("*.tif")) + [tmp_path / "3.npy"], None, 3, [])
+    budget = 4 * 16 * 256**2  # a million pixels a file: 16 windows of the 1300x1400 scenes (of their 5x5 grid)
+    mean, std = band_stats(source, pixels=budget)
+    assert len(windows) == 48 and {(r1 - r0, c1 - c0) for r0, r1, c0, c1 in windows} == {(256, 256)}
+    assert all(r0 % 256 == 0 and c0 % 256 == 0 for r0, _, c0, _ in windows)  # on the grid: one tile each
+    assert band_stats(source, pixels=budget) == (mean, std)  # the same windows again
+    every = np.concatenate([s.reshape(-1, 3) for s in scenes] + [scenes[0][:700, :700].reshape(-1, 3)]).astype(np.float64)
+    assert np.allclose(mean, every.mean(0), rtol=2e-3) and np.allclose(std, every.std(0), rtol=1e-2), (mean, std)
+    mapped = FileArrays([tmp_path / "big.npy"], None, 3, [])
+    np.save(tmp_path / "big.npy", scenes[1])
+    reads = []
+    real_load = FileArrays.load
+    monkeypatch.setattr(FileArrays, "load", lambda self, i: reads.append(i) or real_load(self, i))
+    assert np.allclose(band_stats(mapped, pixels=budget // 4)[0], scenes[1].reshape(-1, 3).mean(0), rtol=2e-3)
+    assert reads == []  # its 16 windows read from the memory map
+    whole = scenes[1].reshape(-1, 3).astype(np.float64).mean(0)
+    assert np.allclose(band_stats(mapped)[0], whole, rtol=1e-9) and reads == [0]  # its share: the whole file
+
+
 def array_config(root: Path, **kw) -> DataConfig:
     return DataConfig(name="imagefolder", path=str(root), format="array", num_workers=0, **kw)
 

@@ -25,6 +25,8 @@ from openmae.data.transforms import draw_box
 
 ARRAY_SUFFIXES = (".npy", ".tif", ".tiff", ".png", *DICOM_SUFFIXES)
 STATS_FILES = 256  # training files read (spread evenly) to measure each band's mean and std
+STATS_PIXELS = 2**28  # pixels of each band measured at most, over all the files read (1M a file of 256)
+STATS_WINDOW = 256  # the side of the windows a file larger than its share of STATS_PIXELS is measured on
 
 
 def _load(path: Path, mapped: bool = False) -> np.ndarray | TiledBands:
@@ -116,24 +118,48 @@ def read_array(path: str | Path, channels: int, layout: str = "auto") -> torch.T
     return torch.from_numpy(np.ascontiguousarray(open_array(path, channels, layout), dtype=np.float32))
 
 
-def band_stats(source, count: int = STATS_FILES) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _measured_pixels(source, index: int, budget: int) -> torch.Tensor:
+    """The (C, N) float64 pixels of item ``index`` that :func:`band_stats` measures: all of them, or when the file
+    holds more than ``budget`` pixels, those of ``budget`` / STATS_WINDOW² windows on a grid of that side, drawn
+    from the item's index (the same every run), read from its memory-mapped or tiled view: a 4096² deflate scene
+    in 256² tiles then costs one tile a window instead of being decoded whole."""
+    if hasattr(source, "view"):
+        chw, _ = source.view(index)
+        bands, height, width = chw.shape
+        side = STATS_WINDOW
+        rows, cols = height // side, width // side  # the grid of whole windows
+        count = budget // (side * side)
+        if height * width > budget and count < rows * cols:
+            cells = np.random.default_rng(index).choice(rows * cols, size=max(count, 1), replace=False)
+            parts = []
+            for cell in sorted(cells.tolist()):  # in storage order
+                top, left = cell // cols * side, cell % cols * side
+                # NaN: a mapped float file was checked whole when opened, a tiled one's windows are as they are read
+                window = np.asarray(chw[:, top : top + side, left : left + side], dtype=np.float64)
+                parts.append(window.reshape(bands, -1))
+            return torch.from_numpy(np.concatenate(parts, axis=1))
+    return source.load(index)[0].double().flatten(1)  # (C, H*W)
+
+
+def band_stats(source, count: int = STATS_FILES, pixels: int = STATS_PIXELS) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Each band's mean and standard deviation over every pixel of ``count`` items of ``source`` spread evenly
-    (all of them when fewer), in float64; unreadable files are left out."""
+    (all of them when fewer), in float64; a file larger than its share of ``pixels`` is measured on windows of it
+    (:func:`_measured_pixels`); unreadable files are left out."""
     picked = sorted({int(i * len(source) / count) for i in range(count)}) if len(source) > count else range(len(source))
     total = total_sq = None
-    pixels = 0
+    measured = 0
     for index in picked:
         try:
-            x = source.load(index)[0].double().flatten(1)  # (C, H*W)
+            x = _measured_pixels(source, index, pixels // len(picked))  # (C, N)
         except BadImageError:
             continue
         total = x.sum(1) if total is None else total + x.sum(1)
         total_sq = (x * x).sum(1) if total_sq is None else total_sq + (x * x).sum(1)
-        pixels += x.shape[1]
+        measured += x.shape[1]
     if total is None:
         raise ValueError("no readable array among the training files to measure data.mean/std on")
-    mean = total / pixels
-    std = (total_sq / pixels - mean * mean).clamp_min(0).sqrt()
+    mean = total / measured
+    std = (total_sq / measured - mean * mean).clamp_min(0).sqrt()
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant band: only centred
     return tuple(mean.tolist()), tuple(std.tolist())
 
