@@ -365,3 +365,46 @@ def test_a_dicom_series_stored_a_file_a_slice_is_one_volume_in_body_order(tmp_pa
     data = DataConfig(name="folder", format="volume", mean=(0.0,), std=(1000.0,))
     shown = visualize_files(model, files, tmp_path / "shown", data, scale=1)
     assert [p.name for p in shown] == ["ct-COR3.png", f"ct-IM{first:04d}.png", "ct-b.png", "xray.png", "other-x.png"]
+
+
+def test_clip_bounds_values_on_every_path(tmp_path):
+    """data.clip (a CT window) bounds the values before anything else: a volume's slices, an array file read whole,
+    its memory-mapped and tiled views' windows, the statistics, and the CPU and device paths' crops alike."""
+    from openmae.data.arrays import band_stats
+    from openmae.data.build import train_dataset
+    from openmae.data.datasets import FileArrays
+    from openmae.data.loader import collate
+
+    rng = np.random.default_rng(2)
+    hu = rng.integers(-1024, 3000, (40, 36, 5)).astype(np.int16)
+    (tmp_path / "vol").mkdir()
+    save_nifti(tmp_path / "vol" / "ct.nii", hu)
+    window = (-1000.0, 1000.0)
+    raw = slices(tmp_path / "vol" / "ct.nii", "axial")
+    source = build_source(DataConfig(name="folder", path=str(tmp_path / "vol"), format="volume", clip=window), "train", 1)
+    assert all(np.array_equal(source.load(k)[0].numpy(), np.clip(raw[k], *window)) for k in range(5))
+    assert raw[0].min() < -1000 and raw[0].max() > 1000  # there was something to clip
+    (tmp_path / "arr").mkdir()
+    scene = rng.integers(0, 60000, (3, 600, 640)).astype(np.uint16)
+    np.save(tmp_path / "arr" / "a.npy", scene)
+    tifffile.imwrite(tmp_path / "arr" / "b.tif", scene.transpose(1, 2, 0), tile=(128, 128), compression="zlib",
+                     photometric="rgb")
+    bounds = (10000.0, 50000.0)
+    arrays = FileArrays(sorted((tmp_path / "arr").iterdir()), None, 3, [], clip=bounds)
+    want = np.clip(scene.astype(np.float32), *bounds)
+    for i in range(2):
+        assert np.array_equal(arrays.load(i)[0].numpy(), want)
+        view, _ = arrays.view(i)  # memory-mapped .npy, tiled TIFF
+        assert view.shape == (3, 600, 640) and np.array_equal(view[:, 130:300, 7:500], want[:, 130:300, 7:500])
+    mean, std = band_stats(arrays, pixels=2 * 4 * 256**2)  # windows of each scene, clipped
+    assert max(mean) <= 50000 and min(mean) >= 10000
+    whole_mean, _ = band_stats(arrays)  # every pixel, clipped
+    assert np.allclose(whole_mean, want.reshape(3, -1).astype(np.float64).mean(1), rtol=1e-6)
+    out = []
+    for device_augment in (False, True):
+        cfg = DataConfig(name="folder", path=str(tmp_path / "arr"), format="array", clip=bounds, repeat=8,
+                         device_augment=device_augment, num_workers=0, mean=(30000.0,) * 3, std=(15000.0,) * 3)
+        dataset, sampler = train_dataset(cfg, (24, 24), 3, batch_size=16, seed=7)
+        batch = collate([dataset[item] for item in list(sampler)[:16]])
+        out.append(dataset.to_device(batch, torch.device("cpu")).images if device_augment else batch.images)
+    assert torch.equal(out[0], out[1]) and out[0].max() <= (50000 - 30000) / 15000 + 1e-3  # bicubic may overshoot a bit

@@ -164,6 +164,31 @@ def band_stats(source, count: int = STATS_FILES, pixels: int = STATS_PIXELS) -> 
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+class Clipped:
+    """A (C, H, W) view of a file's bands (a memory map, a tiled TIFF, an array) whose values read clipped to
+    [``low``, ``high``] (``data.clip``) as float32: what is sliced out of it is clipped, so that crops, windows and
+    the device path's cuts see the values a whole read does."""
+
+    def __init__(self, chw, low: float, high: float) -> None:
+        self.chw, self.low, self.high = chw, low, high
+        self.shape = chw.shape
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.clip(np.asarray(self.chw[key], dtype=np.float32), self.low, self.high)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = np.clip(np.asarray(self.chw, dtype=np.float32), self.low, self.high)
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def clipped(chw, bounds: tuple[float, float] | None):
+    """``chw`` (a tensor, or a view of a file) with its values clipped to ``bounds`` (``data.clip``; None: as it is)."""
+    if bounds is None:
+        return chw
+    return chw.clamp(*bounds) if isinstance(chw, torch.Tensor) else Clipped(chw, *bounds)
+
+
 class MappedCrop:
     """A Compose that starts with a RandomResizedCrop, run on arrays (``data.format=array``) without reading whole
     files: a ``.npy`` file or an uncompressed TIFF is memory-mapped (a compressed one decodes the tiles the box

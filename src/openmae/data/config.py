@@ -47,6 +47,9 @@ class DataConfig:
     # data.format=volume: a folder where each .nii.gz is decompressed once, on first read, and memory-mapped from
     # then on (a slice of a .nii.gz otherwise costs decompressing the file up to it); "" = off
     volume_cache: str = ""
+    # data.format=array or volume: values outside [low, high] read as the nearer bound, before anything else (a CT
+    # window such as [-1000, 1000] Hounsfield units; a sensor's saturation); statistics are measured on them
+    clip: tuple[float, float] | None = None
     root: str = ""
     download: bool = False
     train_split: str = "train"
@@ -115,6 +118,10 @@ class DataConfig:
                 "requests get the held-out part)")
         require(not self.report_eval_split or self.holdout > 0, "data.report_eval_split", self.report_eval_split,
                 "false unless data.holdout > 0 (without a held-out part, evaluation already reads data.eval_split)")
+        require(self.clip is None or (len(self.clip) == 2 and self.clip[0] < self.clip[1]), "data.clip", self.clip,
+                "two numbers [low, high], low < high")
+        require(self.clip is None or self.reads_arrays, "data.clip", self.clip,
+                "unset with data.format=image (it bounds the values of arrays and volumes, in their own units)")
         require((self.mean is None) == (self.std is None), "data.mean/std", (self.mean, self.std),
                 "both set or both unset")
         require(self.std is None or all(s > 0 for s in self.std), "data.std", self.std, "positive numbers")

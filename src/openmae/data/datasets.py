@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from openmae.data.arrays import ARRAY_SUFFIXES, STATS_FILES, band_stats, open_array, read_array
+from openmae.data.arrays import ARRAY_SUFFIXES, STATS_FILES, band_stats, clipped, open_array, read_array
 from openmae.data.config import DataConfig
 from openmae.data.images import IMAGE_SUFFIXES, find_images, open_image, to_channels
 from openmae.data.tiles import TiledBands
@@ -69,21 +69,23 @@ class FileImages:
 
 
 class FileArrays(FileImages):
-    """Files of bands (``data.format=array``) read on demand as (C, H, W) float32 tensors in their own units."""
+    """Files of bands (``data.format=array``) read on demand as (C, H, W) float32 tensors in their own units, clipped
+    to ``clip`` when set (``data.clip``)."""
 
     def __init__(self, files: list[Path], labels: list[int] | None, channels: int, classes: list[str],
-                 layout: str = "auto") -> None:
+                 layout: str = "auto", clip: tuple[float, float] | None = None) -> None:
         super().__init__(files, labels, channels, classes)
-        self.layout = layout
+        self.layout, self.clip = layout, clip
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
-        return read_array(self.files[index], self.channels, self.layout), (self.labels[index] if self.labels else -1)
+        image = read_array(self.files[index], self.channels, self.layout)
+        return clipped(image, self.clip), (self.labels[index] if self.labels else -1)
 
     def view(self, index: int) -> tuple[np.ndarray | TiledBands, int]:
         """Item ``index`` as a (C, H, W) view of its file, memory-mapped or tile by tile (:func:`open_array`): what
         a training crop reads its part of."""
         path, label = self.file(index)
-        return open_array(path, self.channels, self.layout, mapped=True), label
+        return clipped(open_array(path, self.channels, self.layout, mapped=True), self.clip), label
 
 
 class ArrayImages:
@@ -130,9 +132,9 @@ def file_source(files: list[Path], labels: list[int] | None, channels: int, clas
                 cfg: DataConfig) -> FileImages | FileVolumes:
     """Files read as images, as arrays of bands with ``data.format=array``, as volumes of slices with ``volume``."""
     if cfg.format == "array":
-        return FileArrays(files, labels, channels, classes, cfg.array_layout)
+        return FileArrays(files, labels, channels, classes, cfg.array_layout, cfg.clip)
     if cfg.format == "volume":
-        return FileVolumes(files, labels, channels, classes, cfg.slice_plane, cfg.bad_files, cfg.volume_cache)
+        return FileVolumes(files, labels, channels, classes, cfg.slice_plane, cfg.bad_files, cfg.volume_cache, cfg.clip)
     return FileImages(files, labels, channels, classes)
 
 
@@ -218,7 +220,7 @@ def _measured_stats(cfg: DataConfig, channels: int) -> tuple[tuple[float, ...], 
     """Each band's mean / std over the training files (items), measured once per process for the same data settings."""
     from openmae.data.build import source_for  # build imports this module
 
-    key = repr((cfg.name, cfg.path, cfg.root, cfg.format, cfg.array_layout, cfg.slice_plane, cfg.train_split, cfg.max_samples,
+    key = repr((cfg.name, cfg.path, cfg.root, cfg.format, cfg.array_layout, cfg.slice_plane, cfg.clip, cfg.train_split, cfg.max_samples,
                 cfg.holdout, cfg.holdout_seed, channels))  # what decides the training files and their bands
     if key in _MEASURED:
         return _MEASURED[key]

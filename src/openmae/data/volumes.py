@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from openmae.data.arrays import require_finite
+from openmae.data.arrays import clipped, require_finite
 from openmae.data.dicom import DICOM_SUFFIXES, dicom_values, open_dicom
 from openmae.data.images import BadImageError
 
@@ -312,11 +312,12 @@ class FileVolumes:
     """Every slice of a list of volume files as an image (``data.format=volume``): item ``i`` is a slice of the
     volume its index falls in, in file order then slice order (a DICOM series stored a file a slice is one volume:
     :func:`assemble_series`). The headers are read here, once; a file whose header cannot be read is left out
-    (logged) with ``bad_files=skip``, and stops the run with ``fail``."""
+    (logged) with ``bad_files=skip``, and stops the run with ``fail``. ``clip``: ``data.clip``."""
 
     def __init__(self, files: list[Path], labels: list[int] | None, channels: int, classes: list[str],
-                 plane: str = "axial", bad_files: str = "skip", cache: str = "") -> None:
-        self.channels, self.classes = channels, classes
+                 plane: str = "axial", bad_files: str = "skip", cache: str = "",
+                 clip: tuple[float, float] | None = None) -> None:
+        self.channels, self.classes, self.clip = channels, classes, clip
         self.scans: list[Scan] = []
         self.labels: list[int] = []
         skipped: list[str] = []
@@ -357,7 +358,7 @@ class FileVolumes:
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         scan, slice_, label = self.locate(index)
-        return read_slices(scan, slice_, self.channels), label
+        return clipped(read_slices(scan, slice_, self.channels), self.clip), label
 
     def view(self, index: int) -> tuple[np.ndarray, int]:
         """Item ``index`` as a (C, H, W) array, for a crop to cut (:class:`openmae.data.arrays.MappedCrop`)."""
