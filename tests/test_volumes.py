@@ -408,3 +408,24 @@ def test_clip_bounds_values_on_every_path(tmp_path):
         batch = collate([dataset[item] for item in list(sampler)[:16]])
         out.append(dataset.to_device(batch, torch.device("cpu")).images if device_augment else batch.images)
     assert torch.equal(out[0], out[1]) and out[0].max() <= (50000 - 30000) / 15000 + 1e-3  # bicubic may overshoot a bit
+
+
+def test_holdout_keeps_each_volume_whole_on_one_side(tmp_path):
+    """data.holdout on volumes holds out whole volumes: no volume has slices on both sides (neighbouring slices are
+    near copies), the held-out items are all the slices of the volumes drawn, the same on every call."""
+    from openmae.data.build import holdout_indices, source_for
+
+    root = tmp_path / "scans"
+    root.mkdir()
+    for v in range(8):
+        np.save(root / f"{v}.npy", np.full((3 + v % 3, 6, 6), v, np.float32))  # 3, 4 or 5 slices, valued by volume
+    cfg = DataConfig(name="folder", path=str(root), format="volume", holdout=0.25, holdout_seed=1)
+    kept, held = source_for(cfg, "train", 1), source_for(cfg, "test", 1)
+    assert sorted(kept.index + held.index) == list(range(sum(3 + v % 3 for v in range(8))))
+    volume_of = lambda view: {int(view.load(i)[0][0, 0, 0]) for i in range(len(view))}  # noqa: E731
+    kept_volumes, held_volumes = volume_of(kept), volume_of(held)
+    assert kept_volumes.isdisjoint(held_volumes) and len(held_volumes) == 2
+    assert held_volumes == set(holdout_indices(8, 0.25, 1)[1])  # files sorted by name: volume v is volume v
+    assert len(held) == sum(3 + v % 3 for v in held_volumes) and held.index == source_for(cfg, "test", 1).index
+    with pytest.raises(ValueError, match="data.holdout=0.01 of 8 training volumes holds out 0"):
+        source_for(DataConfig(name="folder", path=str(root), format="volume", holdout=0.01), "test", 1)

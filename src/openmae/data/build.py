@@ -13,6 +13,7 @@ from openmae.data.device import DeviceAugment, PlanCrops
 from openmae.data.draft import with_draft
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples, make_loader, probe_source
 from openmae.data.transforms import eval_transform, pretrain_transform
+from openmae.data.volumes import FileVolumes
 
 Subset = list[int]
 
@@ -51,14 +52,25 @@ class SourceView:
         return self.source.view(self.index[index])
 
 
-def holdout_indices(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def holdout_indices(count: int, fraction: float, seed: int, what: str = "images") -> tuple[list[int], list[int]]:
     """(kept, held out): a fixed random ``fraction`` of ``range(count)`` held out, both in ascending order."""
     held = round(count * fraction)
     if fraction > 0 and not 0 < held < count:
-        raise ValueError(f"data.holdout={fraction} of {count} training images holds out {held}; choose a fraction "
-                         "that leaves at least one image on each side")
+        raise ValueError(f"data.holdout={fraction} of {count} training {what} holds out {held}; choose a fraction "
+                         f"that leaves at least one of them on each side")
     perm = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(perm[held:]), sorted(perm[:held])
+
+
+def holdout_split(full: ImageSource, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(kept, held out) items of the training split: :func:`holdout_indices` of its images, or of a volume source's
+    volumes, each whole on one side (its slices are near copies of each other: held-out slices of a volume trained
+    on would measure memory, not generalisation)."""
+    if not isinstance(full, FileVolumes):
+        return holdout_indices(len(full), fraction, seed)
+    spans = full.volume_items()
+    kept, held = holdout_indices(len(spans), fraction, seed, "volumes")
+    return [i for v in kept for i in spans[v]], [i for v in held for i in spans[v]]
 
 
 def source_for(cfg: DataConfig, split: str, channels: int, limit: int = 0, full: ImageSource | None = None,
@@ -68,7 +80,7 @@ def source_for(cfg: DataConfig, split: str, channels: int, limit: int = 0, full:
     ``full``: the whole training split already built, so that it is not scanned again."""
     if holdout and cfg.holdout and split in (cfg.train_split, cfg.eval_split):
         full = build_source(cfg, cfg.train_split, channels) if full is None else full
-        kept, held = holdout_indices(len(full), cfg.holdout, cfg.holdout_seed)
+        kept, held = holdout_split(full, cfg.holdout, cfg.holdout_seed)
         source: ImageSource = SourceView(full, held if split == cfg.eval_split else kept)
     else:
         source = build_source(cfg, split, channels)

@@ -352,6 +352,10 @@ class FileVolumes:
         v = bisect.bisect_right(self.ends, index)
         return self.scans[v], index - (self.ends[v - 1] if v else 0), self.labels[v]
 
+    def volume_items(self) -> list[range]:
+        """The items of each volume, in order."""
+        return [range(end - scan.slices, end) for scan, end in zip(self.scans, self.ends, strict=True)]
+
     def middle(self, volume: int) -> int:
         """The item of volume ``volume``'s middle slice."""
         return (self.ends[volume - 1] if volume else 0) + self.scans[volume].slices // 2
