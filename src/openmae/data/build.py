@@ -57,7 +57,7 @@ def holdout_indices(count: int, fraction: float, seed: int, what: str = "images"
     held = round(count * fraction)
     if fraction > 0 and not 0 < held < count:
         raise ValueError(f"data.holdout={fraction} of {count} training {what} holds out {held}; choose a fraction "
-                         f"that leaves at least one of them on each side")
+                         "that leaves at least one of them on each side")
     perm = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(perm[held:]), sorted(perm[:held])
 
