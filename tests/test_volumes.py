@@ -227,6 +227,7 @@ def test_pretrain_knn_visualize_and_finetune_on_volumes(tmp_path, datasets):
     every = np.concatenate([images_of[k] for k in (1, 8)]).astype(np.float64) * 16  # the 300 training slices
     proc = pretrain_trousers_and_bags(tmp_path, root, "volume", every)
     assert "1 of 31 volume files could not be read" in proc.stderr and "broken.nii" in proc.stderr
+    assert "measured on 256 training slices of" in proc.stderr
     shown = run_cli("visualize", "--checkpoint", str(tmp_path / "pre" / "model-last.pth"),
                     str(root / "test" / "bag" / "001.nii.gz"), str(root / "test" / "bag" / "002.dcm"), "-o",
                     str(tmp_path / "shown"), "data.format=volume")

@@ -226,9 +226,9 @@ def _measured_stats(cfg: DataConfig, channels: int) -> tuple[tuple[float, ...], 
         return _MEASURED[key]
     source = source_for(cfg, cfg.train_split, channels, cfg.max_samples)
     mean, std = _MEASURED[key] = band_stats(source)
-    log.info("data.mean=[%s] data.std=[%s]: measured on %d training files of %s (set both to keep them fixed)",
+    log.info("data.mean=[%s] data.std=[%s]: measured on %d training %s of %s (set both to keep them fixed)",
              ",".join(f"{v:.6g}" for v in mean), ",".join(f"{v:.6g}" for v in std), min(len(source), STATS_FILES),
-             cfg.path)
+             "slices" if cfg.format == "volume" else "files", cfg.path)
     return mean, std
 
 
