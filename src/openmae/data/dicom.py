@@ -39,6 +39,12 @@ def open_dicom(path: Path, pixels: bool = True):
         return pydicom.dcmread(path, stop_before_pixels=not pixels, force=True)
 
 
+def no_image(ds) -> ValueError:
+    """The error for a data set without an image (a report, a structure set, or not DICOM at all)."""
+    return ValueError(f"no DICOM image in it (SOP class {ds.get('SOPClassUID', 'none')}: a report, a structure set "
+                      "or not a DICOM file)")
+
+
 def _decoded(path: Path, ds, frame: int | None) -> np.ndarray:
     """The stored values of ``ds`` (the whole image), or of ``frame`` alone read from ``path`` (pydicom reads and
     decodes only that frame's data); a decoder that is not installed is an ImportError saying what to install."""
@@ -83,8 +89,7 @@ def dicom_values(path: Path, frame: int | None = None, ds=None) -> np.ndarray:
 
     ds = open_dicom(path, pixels=frame is None) if ds is None else ds
     if "PixelData" not in ds and frame is None:
-        raise ValueError(f"no DICOM image in it (SOP class {ds.get('SOPClassUID', 'none')}: a report, a structure set "
-                         "or not a DICOM file)")
+        raise no_image(ds)
     values = apply_modality_lut(_decoded(path, ds, frame), _rescale(ds, frame))
     if "DoseGridScaling" in ds:  # an RT dose grid's stored values times this are Gy
         values = values * float(ds.DoseGridScaling)

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from openmae.data.arrays import clipped, require_finite
-from openmae.data.dicom import DICOM_SUFFIXES, dicom_values, open_dicom
+from openmae.data.dicom import DICOM_SUFFIXES, dicom_values, no_image, open_dicom
 from openmae.data.images import BadImageError
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,10 @@ class Scan:
     ``axis``: the stored axis the slices are cut across (NIfTI; 0 otherwise); ``rows`` / ``cols``: the stored axes
     a slice's rows and columns run along, and ``flip``: which of the two run backwards (NIfTI only); ``spacing``:
     the (row, column) pixel spacing in mm (1, 1 when unknown); ``samples``: bands a slice holds itself (3 for a
-    colour DICOM, else 1); ``series`` and ``position``: a single-frame DICOM's Series Instance UID and place along
-    its slices' normal (None when it says none), from which a series' ``members`` (a file a slice) are put in
-    order."""
+    colour DICOM, else 1); ``stored``: a NIfTI's voxel layout (dtype, data offset, shape, order) and ``scale`` its
+    (scl_slope, scl_inter), read with the header so that a slice read parses no header; ``series`` and
+    ``position``: a single-frame DICOM's Series Instance UID and place along its slices' normal (None when it says
+    none), from which a series' ``members`` (a file a slice) are put in order."""
 
     path: Path
     kind: str  # "nifti", "dicom", "series" (DICOM files a slice) or "stack"
@@ -74,6 +75,8 @@ class Scan:
     spacing: tuple[float, float] = (1.0, 1.0)
     samples: int = 1
     cache: str = ""  # a compressed NIfTI's data.volume_cache folder
+    stored: tuple = ()
+    scale: tuple[float, float] = (1.0, 0.0)
     series: str = ""
     position: float | None = None
     members: tuple[Path, ...] = ()
@@ -112,7 +115,10 @@ def _nifti_scan(path: Path, plane: str, cache: str) -> Scan:
     a, b = (s for s in range(3) if s != axis)
     rows, cols = (a, b) if ornt[a, 0] > ornt[b, 0] else (b, a)  # rows along the later RAS axis (S over A over R)
     zooms = img.header.get_zooms()
+    proxy = img.dataobj
     return Scan(path, "nifti", int(shape[axis]), axis, rows, cols,
+                stored=(proxy.dtype.str, int(proxy.offset), tuple(proxy.shape), proxy.order),
+                scale=(float(proxy.slope), float(proxy.inter)),
                 # rows and columns run towards R, A, S lowering: stored axes that run up are read backwards
                 flip=(bool(ornt[rows, 1] > 0), bool(ornt[cols, 1] > 0)),
                 spacing=(float(zooms[rows]), float(zooms[cols])), cache=cache if suffix_of(path) == ".nii.gz" else "")
@@ -120,9 +126,8 @@ def _nifti_scan(path: Path, plane: str, cache: str) -> Scan:
 
 def _dicom_scan(path: Path) -> Scan:
     ds = open_dicom(path, pixels=False)
-    if "Rows" not in ds:
-        raise ValueError(f"no DICOM image in it (SOP class {ds.get('SOPClassUID', 'none')}: a report, a structure set "
-                         "or not a DICOM file)")
+    if "Rows" not in ds:  # the header read without the pixel data: an image's has its size
+        raise no_image(ds)
     return Scan(path, "dicom", int(ds.get("NumberOfFrames", 1) or 1), samples=int(ds.get("SamplesPerPixel", 1)),
                 series=str(ds.get("SeriesInstanceUID", "")), position=_position(ds))
 
@@ -205,14 +210,14 @@ def neighbours(slice_: int, count: int, channels: int) -> list[int]:
     return [min(max(start + j, 0), count - 1) for j in range(channels)]
 
 
-def _cached(scan: Scan, proxy) -> np.ndarray:
+def _cached(scan: Scan) -> np.ndarray:
     """The stored (unscaled) voxels of a compressed NIfTI, decompressed once into ``scan.cache`` (a ``.npy`` named
     by the file's path, size and modification time: a changed file is decompressed again), memory-mapped."""
     stat = scan.path.stat()
     key = hashlib.sha1(f"{scan.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = Path(scan.cache) / f"{scan.path.name.split('.')[0]}-{key}.npy"
     if not target.is_file():
-        voxels = np.asanyarray(proxy.get_unscaled())  # the whole file decompressed, once
+        voxels = np.asanyarray(_nibabel().load(scan.path).dataobj.get_unscaled())  # the whole file, once
         partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
         try:  # written whole, then renamed: a worker reading it meanwhile, or a crash, never sees half a file
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -230,13 +235,12 @@ def _cached(scan: Scan, proxy) -> np.ndarray:
 def _voxels(scan: Scan):
     """(stored voxels indexable by slices, slope, intercept): an uncompressed file memory-mapped, a compressed one
     from ``data.volume_cache`` when set, else nibabel's proxy (which decompresses up to what it reads and scales)."""
-    proxy = _nibabel().load(scan.path).dataobj
-    slope, inter = float(proxy.slope), float(proxy.inter)
     if suffix_of(scan.path) == ".nii":  # nibabel's own slicing reads a slice across the storage order piece by piece
-        return np.memmap(scan.path, proxy.dtype, "r", proxy.offset, proxy.shape, proxy.order), slope, inter
+        dtype, offset, shape, order = scan.stored
+        return np.memmap(scan.path, np.dtype(dtype), "r", offset, shape, order), *scan.scale
     if scan.cache:
-        return _cached(scan, proxy), slope, inter
-    return proxy, 1.0, 0.0
+        return _cached(scan), *scan.scale
+    return _nibabel().load(scan.path).dataobj, 1.0, 0.0
 
 
 def _read_nifti(scan: Scan, picks: list[int]) -> np.ndarray:
