@@ -183,10 +183,9 @@ def test_a_folder_of_volumes_is_every_slice_and_skips_bad_files(tmp_path, caplog
         from openmae.data.volumes import FileVolumes
 
         FileVolumes([Path(get_testdata_file("SC_rgb_rle_2frame.dcm"))], None, 1, [])
-    four = nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.float32), np.eye(4))
-    nib.save(four, tmp_path / "fmri.nii")
-    with pytest.raises(BadImageError, match="a NIfTI image of shape \\(4, 4, 3, 2\\); a volume is \\(X, Y, Z\\)"):
-        scan_volume(tmp_path / "fmri.nii")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2, 2), np.float32), np.eye(4)), tmp_path / "field.nii")
+    with pytest.raises(BadImageError, match="a NIfTI image of shape \\(4, 4, 3, 2, 2\\); openmae reads \\(X, Y, Z\\)"):
+        scan_volume(tmp_path / "field.nii")
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 1), np.float32), np.eye(4)), tmp_path / "one.nii")
     assert scan_volume(tmp_path / "one.nii").slices == 3  # a trailing axis of one is no time series
     nan = np.zeros((3, 4, 4), np.float32)
@@ -279,6 +278,40 @@ def test_volume_cache_decompresses_each_gzipped_file_once(tmp_path, caplog):
     with pytest.raises(VolumeCacheError, match="could not write .*v.nii.gz's voxels to data.volume_cache=.*a_file/"
                                                "cache: .*; free space there, name another folder"):
         read_slices(scan_volume(tmp_path / "v.nii.gz", "axial", str(tmp_path / "a_file" / "cache")), 0, 1)
+
+
+def test_a_4d_nifti_is_a_series_of_volumes_or_their_bands(tmp_path):
+    """A 4-D NIfTI (X, Y, Z, T) stored LPS, plain and gzipped through the cache: with data.fourth_axis=volumes its
+    T volumes one after another, each slice that volume's in the radiological orientation, held out together;
+    with bands, each slice's T bands are the volumes' slices (model.in_chans must be T: said otherwise)."""
+    from openmae.data.build import holdout_split
+    from openmae.data.volumes import FileVolumes
+
+    volumes = [canonical() + 1000 * t for t in range(3)]
+    for name in ("series.nii", "series.nii.gz"):
+        save_nifti(tmp_path / name, np.stack(volumes, axis=-1), "LPS")
+    for name, cache in (("series.nii", ""), ("series.nii.gz", ""), ("series.nii.gz", str(tmp_path / "cache"))):
+        each = FileVolumes([tmp_path / name], [4], 1, ["x"], cache=cache)
+        assert len(each) == 3 * 5 and each.volume_items() == [range(15)] and each.locate(7)[2] == 4
+        for t in range(3):
+            for k, want in enumerate(expected(volumes[t], "axial")):
+                assert np.array_equal(each.load(5 * t + k)[0].numpy(), want[None]), (name, t, k)
+        assert each.describe(7).endswith(f"{name} (volume 1 of 3, slice 2 of 5)")
+        bands = FileVolumes([tmp_path / name], None, 3, [], cache=cache, fourth_axis="bands")
+        assert len(bands) == 5 and bands.describe(2).endswith(f"{name} (slice 2 of 5)")
+        for k in range(5):
+            assert np.array_equal(bands.load(k)[0].numpy(), np.stack([expected(v, "axial")[k] for v in volumes]))
+    with pytest.raises(ValueError, match="series.nii holds a 4-D NIfTI of 3 volumes read as bands "
+                                         "\\(data.fourth_axis=bands: 3 bands a slice\\), but the model takes "
+                                         "model.in_chans=1; set model.in_chans=3"):
+        FileVolumes([tmp_path / "series.nii"], None, 1, [], fourth_axis="bands")
+    np.save(tmp_path / "plain.npy", np.zeros((4, 6, 5), np.float32))
+    both = FileVolumes([tmp_path / "series.nii", tmp_path / "plain.npy", tmp_path / "series.nii.gz"], None, 1, [])
+    assert both.volume_items() == [range(15), range(15, 19), range(19, 34)]
+    kept, held = holdout_split(both, 0.34, 0)
+    assert sorted(kept + held) == list(range(34)) and held in ([*range(15)], [*range(15, 19)], [*range(19, 34)])
+    with pytest.raises(ValueError, match="data.fourth_axis='time' is invalid: must be one of \\['volumes', 'bands'\\]"):
+        DataConfig(name="folder", path=str(tmp_path), format="volume", fourth_axis="time").check()
 
 
 def test_crops_of_slices_on_the_device_path_equal_the_cpu_path(tmp_path):

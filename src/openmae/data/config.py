@@ -10,6 +10,7 @@ NAMED = ("cifar10", "cifar100", "fashion-mnist", "mnist", "stl10")
 KINDS = NAMED + ("folder", "imagefolder")
 FORMATS = ("image", "array", "volume")
 PLANES = ("axial", "coronal", "sagittal")
+FOURTH_AXES = ("volumes", "bands")
 LAYOUTS = ("auto", "hwc", "chw")
 
 
@@ -47,6 +48,9 @@ class DataConfig:
     # data.format=volume: a folder where each .nii.gz is decompressed once, on first read, and memory-mapped from
     # then on (a slice of a .nii.gz otherwise costs decompressing the file up to it); "" = off
     volume_cache: str = ""
+    # data.format=volume: a 4-D NIfTI (X, Y, Z, T) read as T volumes (a time series: fMRI, DCE) or as volumes whose
+    # slices have T bands (contrasts stored together, e.g. FLAIR / T1 / T1c / T2: model.in_chans must be T)
+    fourth_axis: str = "volumes"
     # data.format=array or volume: values outside [low, high] read as the nearer bound, before anything else (a CT
     # window such as [-1000, 1000] Hounsfield units; a sensor's saturation); statistics are measured on them
     clip: tuple[float, float] | None = None
@@ -91,6 +95,7 @@ class DataConfig:
         require(self.name in KINDS, "data.name", self.name, f"one of {list(KINDS)}")
         require(self.format in FORMATS, "data.format", self.format, f"one of {list(FORMATS)}")
         require(self.slice_plane in PLANES, "data.slice_plane", self.slice_plane, f"one of {list(PLANES)}")
+        require(self.fourth_axis in FOURTH_AXES, "data.fourth_axis", self.fourth_axis, f"one of {list(FOURTH_AXES)}")
         require(self.array_layout in LAYOUTS, "data.array_layout", self.array_layout, f"one of {list(LAYOUTS)}")
         require(self.format == "image" or self.name in ("folder", "imagefolder"), "data.format", self.format,
                 f"'image' for the named dataset {self.name!r}; array files are read from data.name=folder or "

@@ -134,7 +134,8 @@ def file_source(files: list[Path], labels: list[int] | None, channels: int, clas
     if cfg.format == "array":
         return FileArrays(files, labels, channels, classes, cfg.array_layout, cfg.clip)
     if cfg.format == "volume":
-        return FileVolumes(files, labels, channels, classes, cfg.slice_plane, cfg.bad_files, cfg.volume_cache, cfg.clip)
+        return FileVolumes(files, labels, channels, classes, cfg.slice_plane, cfg.bad_files, cfg.volume_cache, cfg.clip,
+                           cfg.fourth_axis)
     return FileImages(files, labels, channels, classes)
 
 
@@ -220,8 +221,9 @@ def _measured_stats(cfg: DataConfig, channels: int) -> tuple[tuple[float, ...], 
     """Each band's mean / std over the training files (items), measured once per process for the same data settings."""
     from openmae.data.build import source_for  # build imports this module
 
-    key = repr((cfg.name, cfg.path, cfg.root, cfg.format, cfg.array_layout, cfg.slice_plane, cfg.clip, cfg.train_split, cfg.max_samples,
-                cfg.holdout, cfg.holdout_seed, channels))  # what decides the training files and their bands
+    # what decides the training files and their bands
+    key = repr((cfg.name, cfg.path, cfg.root, cfg.format, cfg.array_layout, cfg.slice_plane, cfg.fourth_axis,
+                cfg.clip, cfg.train_split, cfg.max_samples, cfg.holdout, cfg.holdout_seed, channels))
     if key in _MEASURED:
         return _MEASURED[key]
     source = source_for(cfg, cfg.train_split, channels, cfg.max_samples)

@@ -60,10 +60,12 @@ class Scan:
     ``axis``: the stored axis the slices are cut across (NIfTI; 0 otherwise); ``rows`` / ``cols``: the stored axes
     a slice's rows and columns run along, and ``flip``: which of the two run backwards (NIfTI only); ``spacing``:
     the (row, column) pixel spacing in mm (1, 1 when unknown); ``samples``: bands a slice holds itself (3 for a
-    colour DICOM, else 1); ``stored``: a NIfTI's voxel layout (dtype, data offset, shape, order) and ``scale`` its
-    (scl_slope, scl_inter), read with the header so that a slice read parses no header; ``series`` and
+    colour DICOM, a 4-D NIfTI's length along its fourth axis with ``data.fourth_axis=bands``, else 1); ``stored``:
+    a NIfTI's voxel layout (dtype, data offset, shape, order) and ``scale`` its (scl_slope, scl_inter), read with
+    the header so that a slice read parses no header; ``series`` and
     ``position``: a single-frame DICOM's Series Instance UID and place along its slices' normal (None when it says
-    none), from which a series' ``members`` (a file a slice) are put in order."""
+    none), from which a series' ``members`` (a file a slice) are put in order; ``volumes``: a 4-D NIfTI's length
+    along its fourth axis, read as that many volumes (``volume``: which one) or as a slice's bands (``samples``)."""
 
     path: Path
     kind: str  # "nifti", "dicom", "series" (DICOM files a slice) or "stack"
@@ -80,6 +82,8 @@ class Scan:
     series: str = ""
     position: float | None = None
     members: tuple[Path, ...] = ()
+    volumes: int = 1  # a 4-D NIfTI's entries along its fourth axis
+    volume: int = 0  # which of them this scan reads (data.fourth_axis=volumes)
 
     def file_of(self, slice_: int) -> Path:
         """The file holding slice ``slice_``."""
@@ -103,13 +107,14 @@ def _nibabel():
     return nibabel
 
 
-def _nifti_scan(path: Path, plane: str, cache: str) -> Scan:
+def _nifti_scan(path: Path, plane: str, cache: str, fourth_axis: str) -> Scan:
     nib = _nibabel()
     img = nib.load(path)
     shape = img.shape
-    if len(shape) < 3 or any(n != 1 for n in shape[3:]):
-        raise ValueError(f"a NIfTI image of shape {shape}; a volume is (X, Y, Z) (a 4-D file, a time series or "
-                         "several contrasts, is one volume a file: split it, e.g. with nibabel's four_to_three)")
+    if len(shape) < 3 or any(n != 1 for n in shape[4:]):
+        raise ValueError(f"a NIfTI image of shape {shape}; openmae reads (X, Y, Z) volumes and (X, Y, Z, T) series "
+                         "of them (a time series, or contrasts: data.fourth_axis)")
+    volumes = int(shape[3]) if len(shape) > 3 else 1
     ornt = nib.io_orientation(img.affine)  # per stored axis: the RAS axis it runs along and its direction (+1, -1)
     axis = int(np.flatnonzero(ornt[:, 0] == PLANES[plane])[0])
     a, b = (s for s in range(3) if s != axis)
@@ -121,7 +126,8 @@ def _nifti_scan(path: Path, plane: str, cache: str) -> Scan:
                 scale=(float(proxy.slope), float(proxy.inter)),
                 # rows and columns run towards R, A, S lowering: stored axes that run up are read backwards
                 flip=(bool(ornt[rows, 1] > 0), bool(ornt[cols, 1] > 0)),
-                spacing=(float(zooms[rows]), float(zooms[cols])), cache=cache if suffix_of(path) == ".nii.gz" else "")
+                spacing=(float(zooms[rows]), float(zooms[cols])), cache=cache if suffix_of(path) == ".nii.gz" else "",
+                volumes=volumes, samples=volumes if fourth_axis == "bands" else 1)
 
 
 def _dicom_scan(path: Path) -> Scan:
@@ -186,14 +192,15 @@ def _stack_scan(path: Path) -> Scan:
     return Scan(path, "stack", shape[0] if len(shape) == 3 else 1, rows=len(shape) - 2, cols=len(shape) - 1)
 
 
-def scan_volume(path: str | Path, plane: str = "axial", cache: str = "") -> Scan:
-    """``path``'s :class:`Scan` (its header only is read); ``cache``: ``data.volume_cache``. Raises
+def scan_volume(path: str | Path, plane: str = "axial", cache: str = "", fourth_axis: str = "volumes") -> Scan:
+    """``path``'s :class:`Scan` (its header only is read); ``cache``: ``data.volume_cache``; ``fourth_axis``:
+    ``data.fourth_axis`` (a 4-D NIfTI's scan reads its first volume, or all of them as bands). Raises
     :class:`BadImageError` on a file that is not a volume openmae reads, ImportError when the library its kind needs is missing."""
     path = Path(path)
     kind = suffix_of(path)
     try:
         if kind in NIFTI_SUFFIXES:
-            return _nifti_scan(path, plane, cache)
+            return _nifti_scan(path, plane, cache, fourth_axis)
         if kind in DICOM_SUFFIXES:
             return _dicom_scan(path)
         return _stack_scan(path)
@@ -246,12 +253,18 @@ def _voxels(scan: Scan):
 def _read_nifti(scan: Scan, picks: list[int]) -> np.ndarray:
     voxels, slope, inter = _voxels(scan)
     low, high = min(picks), max(picks) + 1
-    window = [slice(None)] * 3 + [0] * (len(voxels.shape) - 3)
+    window: list = [slice(None)] * 3 + [0] * (len(voxels.shape) - 3)
     window[scan.axis] = slice(low, high)
+    if scan.volumes > 1:  # a 4-D file: one volume along its fourth axis, or all of them as the slice's bands
+        window[3] = slice(None) if scan.samples > 1 else scan.volume
     slab = np.asarray(voxels[tuple(window)])  # the slices' voxels only
     if slope != 1 or inter != 0:  # scl_slope / scl_inter, as nibabel applies them
         slab = slab * slope + inter
-    slab = np.moveaxis(slab, scan.axis, 0)[[p - low for p in picks]]  # (C, stored a, stored b)
+    slab = np.moveaxis(slab, scan.axis, 0)  # (slices, stored a, stored b[, T])
+    if slab.ndim == 4:
+        slab = np.moveaxis(slab[picks[0] - low], -1, 0)  # (T, stored a, stored b): the fourth axis as bands
+    else:
+        slab = slab[[p - low for p in picks]]  # (C, stored a, stored b)
     inplane = [s for s in range(3) if s != scan.axis]
     if inplane.index(scan.rows) == 1:
         slab = slab.transpose(0, 2, 1)  # (C, rows, cols)
@@ -294,11 +307,17 @@ def square_pixels(slab: torch.Tensor, spacing: tuple[float, float]) -> torch.Ten
     return F.interpolate(slab[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
+def place(scan: Scan, slice_: int) -> str:
+    """Where slice ``slice_`` of ``scan`` is, for messages: its file, volume (of a 4-D file) and slice."""
+    volume = f"volume {scan.volume} of {scan.volumes}, " if scan.volumes > 1 and scan.samples == 1 else ""
+    return f"{scan.file_of(slice_)} ({volume}slice {slice_} of {scan.slices})"
+
+
 def read_slices(scan: Scan, slice_: int, channels: int) -> torch.Tensor:
     """Slice ``slice_`` of ``scan`` as a (C, H, W) float32 tensor in the file's units: ``channels`` neighbouring
     slices as its bands (a colour DICOM frame: its own 3). Raises :class:`BadImageError` when it cannot be read or
     holds NaN or infinite values."""
-    where = f"{scan.file_of(slice_)} (slice {slice_} of {scan.slices})"
+    where = place(scan, slice_)
     picks = [slice_] if scan.samples > 1 else neighbours(slice_, scan.slices, channels)
     try:
         read = {"nifti": _read_nifti, "dicom": _read_dicom, "series": _read_dicom, "stack": _read_stack}[scan.kind]
@@ -320,24 +339,27 @@ class FileVolumes:
 
     def __init__(self, files: list[Path], labels: list[int] | None, channels: int, classes: list[str],
                  plane: str = "axial", bad_files: str = "skip", cache: str = "",
-                 clip: tuple[float, float] | None = None) -> None:
+                 clip: tuple[float, float] | None = None, fourth_axis: str = "volumes") -> None:
         self.channels, self.classes, self.clip = channels, classes, clip
         self.scans: list[Scan] = []
         self.labels: list[int] = []
         skipped: list[str] = []
         for i, path in enumerate(files):
             try:
-                scan = scan_volume(path, plane, cache)
+                scan = scan_volume(path, plane, cache, fourth_axis)
             except BadImageError as err:
                 if bad_files == "fail":
                     raise
                 skipped.append(str(err))
                 continue
             if scan.samples > 1 and scan.samples != channels:
-                raise ValueError(f"{path} holds colour frames ({scan.samples} bands a slice), but the model takes "
+                what = (f"a 4-D NIfTI of {scan.volumes} volumes read as bands (data.fourth_axis=bands: {scan.samples} "
+                        "bands a slice)" if scan.volumes > 1 else f"colour frames ({scan.samples} bands a slice)")
+                raise ValueError(f"{path} holds {what}, but the model takes "
                                  f"model.in_chans={channels}; set model.in_chans={scan.samples}")
-            self.scans.append(scan)
-            self.labels.append(labels[i] if labels else -1)
+            each = scan.volumes if scan.samples == 1 else 1  # a 4-D file read as volumes: each one in turn
+            self.scans += [replace(scan, volume=v) for v in range(each)]
+            self.labels += [labels[i] if labels else -1] * each
         if skipped:
             log.warning("%d of %d volume files could not be read and are left out: %s", len(skipped), len(files),
                         "; ".join(skipped[:3]))
@@ -357,8 +379,15 @@ class FileVolumes:
         return self.scans[v], index - (self.ends[v - 1] if v else 0), self.labels[v]
 
     def volume_items(self) -> list[range]:
-        """The items of each volume, in order."""
-        return [range(end - scan.slices, end) for scan, end in zip(self.scans, self.ends, strict=True)]
+        """The items of each volume file, in order (a 4-D file's volumes together: a time series' volumes are near
+        copies of each other)."""
+        spans: list[range] = []
+        for v, (scan, end) in enumerate(zip(self.scans, self.ends, strict=True)):
+            start = end - scan.slices
+            if v and scan.volume > 0 and self.scans[v - 1].path == scan.path:
+                start = spans.pop().start
+            spans.append(range(start, end))
+        return spans
 
     def middle(self, volume: int) -> int:
         """The item of volume ``volume``'s middle slice."""
@@ -375,7 +404,7 @@ class FileVolumes:
 
     def describe(self, index: int) -> str:
         scan, slice_, _ = self.locate(index)
-        return f"{scan.file_of(slice_)} (slice {slice_} of {scan.slices})"
+        return place(scan, slice_)
 
     def file(self, index: int) -> tuple[Path, int]:
         scan, slice_, label = self.locate(index)

@@ -45,13 +45,13 @@ def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | 
                     mask_ratio: float = 0.75, seed: int = 0, scale: int | None = None, bands: tuple[int, ...] = (),
                     ) -> list[Path]:
     """Writes ``<out_dir>/<image stem>.png`` (original | masked | reconstruction | pasted) for each path (a volume:
-    its middle slice; a DICOM series a file a slice: ``<folder>-<its first file>.png``); ``bands``: the channels shown
-    (:func:`openmae.eval.reconstruction.grid_image`)."""
+    its middle slice, of its first volume for a 4-D file; a DICOM series a file a slice: ``<folder>-<its first
+    file>.png``); ``bands``: the channels shown (:func:`openmae.eval.reconstruction.grid_image`)."""
     m = model.cfg
     source = file_source(paths, None, m.in_chans, [], replace(data, bad_files="fail"))
     if isinstance(source, FileVolumes):  # a volume's middle slice, named by its file (a series: folder and first file)
         shown = [(f"{scan.path.parent.name}-{stem_of(scan.path)}" if scan.members else stem_of(scan.path), source.middle(v))
-                 for v, scan in enumerate(source.scans)]
+                 for v, scan in enumerate(source.scans) if scan.volume == 0]  # a 4-D file: its first volume
     else:
         shown = [(stem_of(path), i) for i, path in enumerate(paths)]
     if data.reads_arrays and data.mean is None and not data.path:  # no training folder named: these files'
