@@ -17,7 +17,7 @@ from openmae.convert.export import convert_file
 from openmae.convert.files import load_file
 from openmae.data.config import DataConfig
 from openmae.data.datasets import STATS
-from openmae.data.normalization import inherit_stats, recorded_stats
+from openmae.data.normalization import inherit_stats, recorded_stats, stats_record
 from openmae.engine.evaluate import EvaluateConfig, run_evaluate
 from openmae.engine.finetune import FinetuneConfig, FinetuneTask, finetune
 from openmae.engine.knn_eval import KnnConfig, knn_eval
@@ -49,6 +49,25 @@ def test_unset_normalisation_takes_the_record_and_set_one_is_kept(caplog):
     # model-best.pth and converted files keep it under "normalization"; files without a format were images
     assert recorded_stats({"normalization": {"mean": [0.1], "std": [0.2]}}) == {"mean": [0.1], "std": [0.2],
                                                                                  "format": "image"}
+
+
+def test_volumes_scaled_each_on_its_own_record_it_and_a_run_without_is_told(caplog):
+    """Statistics measured on volumes under data.volume_norm are recorded with it; a run reading volumes otherwise
+    does not take them and is told which setting the weights were trained with."""
+    trained = DataConfig(name="folder", path="x", format="volume", volume_norm="zscore", mean=(0.01,), std=(0.99,))
+    record = {"normalization": stats_record(trained)}
+    assert recorded_stats(record) == {"mean": [0.01], "std": [0.99], "format": "volume", "volume_norm": "zscore"}
+    plain = DataConfig(name="folder", path="x", format="volume")
+    with caplog.at_level(logging.WARNING, logger="openmae.data.normalization"):
+        inherit_stats(plain, record, "mr.pth", 1)
+    assert plain.mean is None and "mr.pth was trained on volumes scaled with data.volume_norm=zscore, but this run " \
+                                  "reads them with data.volume_norm=none" in caplog.text
+    same = DataConfig(name="folder", path="x", format="volume", volume_norm="zscore")
+    inherit_stats(same, record, "mr.pth", 1)
+    assert (same.mean, same.std) == ((0.01,), (0.99,))
+    scaled = DataConfig(name="folder", path="x", format="volume", volume_norm="percentile")
+    inherit_stats(scaled, {"config": {"data": {"mean": [5.0], "std": [2.0], "format": "volume"}}}, "ct.pth", 1)
+    assert scaled.mean is None  # recorded before volume_norm, or without it: units, not scaled volumes
 
 
 @pytest.mark.parametrize("fmt, channels", [("array", 3), ("image", 4)])

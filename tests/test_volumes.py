@@ -463,3 +463,121 @@ def test_holdout_keeps_each_volume_whole_on_one_side(tmp_path):
     assert len(held) == sum(3 + v % 3 for v in held_volumes) and held.index == source_for(cfg, "test", 1).index
     with pytest.raises(ValueError, match="data.holdout=0.01 of 8 training volumes holds out 0"):
         source_for(DataConfig(name="folder", path=str(root), format="volume", holdout=0.01), "test", 1)
+
+
+def body_volume(scale: float, offset: float) -> np.ndarray:
+    """A (12, 12, 10) RAS+ volume: air (0) around a block of tissue in axial slices 3..6 whose values run 1..n,
+    read by a scanner as ``value * scale + offset`` (offset in the tissue only: air stays 0)."""
+    volume = np.zeros((12, 12, 10), np.float32)
+    tissue = np.arange(1, 8 * 6 * 4 + 1, dtype=np.float32).reshape(8, 6, 4)
+    volume[2:10, 3:9, 3:7] = tissue * scale + offset
+    return volume
+
+
+def test_volume_norm_and_foreground_pick_each_volumes_scale_and_its_slices(tmp_path, caplog, monkeypatch):
+    """data.volume_norm: two scans of one body at different scanner scales read alike after zscore or percentile
+    scaling over their foreground voxels, equal to numpy's statistics of them; data.min_foreground leaves out the
+    slices of air; chunked reading gives the same statistics; a 4-D file's contrasts each get their own scale; a NaN
+    slice is left out and counted; the survey is kept in data.volume_cache and read back without reading voxels."""
+    from openmae.data import survey as survey_module
+    from openmae.data.survey import Settings
+    from openmae.data.volumes import FileVolumes
+
+    a, b = body_volume(1.0, 0.0), body_volume(4.0, 300.0)
+    save_nifti(tmp_path / "a.nii", a, "LPS")
+    save_nifti(tmp_path / "b.nii.gz", b, "RAS")
+    files = [tmp_path / "a.nii", tmp_path / "b.nii.gz"]
+    tissue = a[a > 0]
+    for norm in ("zscore", "percentile"):
+        settings = Settings(norm, (5.0, 95.0), foreground=0.0, min_foreground=0.1)
+        with caplog.at_level(logging.INFO):
+            source = FileVolumes(files, None, 1, [], survey=settings)
+        assert source.counts == [4, 4] and len(source) == 8  # axial slices 3..6 hold tissue on 8x6 of 12x12 pixels
+        assert [source.describe(i).split(" (")[1] for i in (0, 3, 4)] == ["slice 3 of 10)", "slice 6 of 10)",
+                                                                          "slice 3 of 10)"]
+        assert "volumes surveyed: 20 slices of 2 volumes, 8 kept" in caplog.text
+        if norm == "zscore":
+            want = (a - tissue.mean()) / tissue.std()
+        else:
+            low, high = np.percentile(tissue, [5.0, 95.0])
+            want = np.clip((a - low) / (high - low), 0, 1)
+        for k in range(4):
+            first, second = source.load(k)[0][0].numpy(), source.load(4 + k)[0][0].numpy()
+            inside = expected(a, "axial")[3 + k] > 0
+            np.testing.assert_allclose(first, expected(want, "axial")[3 + k], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(second[inside], first[inside], rtol=1e-4, atol=1e-4)  # the scanner's scale gone
+    every = FileVolumes(files, None, 3, [], survey=Settings("zscore"))  # all voxels, all slices, 2.5-D
+    assert every.counts == [10, 10] and every.surveys[0].kept is None
+    np.testing.assert_allclose(every.surveys[0].shift, [a.mean()], rtol=1e-6)
+    monkeypatch.setattr(survey_module, "CHUNK_VOXELS", 300)  # two slices a chunk
+    survey_module._SURVEYS.clear()
+    chunked = FileVolumes(files, None, 3, [], survey=Settings("zscore"))
+    np.testing.assert_allclose(chunked.surveys[1].shift, every.surveys[1].shift, rtol=1e-6)
+    np.testing.assert_allclose(chunked.surveys[1].scale, every.surveys[1].scale, rtol=1e-6)
+    contrasts = np.stack([a, a * 10 + 5], axis=-1)
+    save_nifti(tmp_path / "contrasts.nii", contrasts, "RAS")
+    bands = FileVolumes([tmp_path / "contrasts.nii"], None, 2, [], fourth_axis="bands",
+                        survey=Settings("zscore", foreground=0.0))
+    image = bands.load(4)[0].numpy()
+    inside = expected(a, "axial")[4] > 0
+    np.testing.assert_allclose(image[1][inside], image[0][inside], rtol=1e-4, atol=1e-4)
+    stack = np.ones((5, 6, 6), np.float32)
+    stack[2, 0, 0] = np.nan
+    np.save(tmp_path / "nan.npy", stack)
+    with caplog.at_level(logging.INFO):
+        nan = FileVolumes([tmp_path / "nan.npy"], None, 1, [], survey=Settings("percentile"))
+    assert nan.surveys[0].kept == (0, 1, 3, 4) and "1 unreadable" in caplog.text
+    cache = tmp_path / "cache"
+    survey_module._SURVEYS.clear()
+    first = FileVolumes(files, None, 1, [], cache=str(cache), survey=Settings("zscore", foreground=0.0))
+    assert len(list(cache.glob("survey-*.json"))) == 2
+    survey_module._SURVEYS.clear()
+    monkeypatch.setattr(survey_module, "survey_volume", lambda *args: pytest.fail("read the voxels again"))
+    again = FileVolumes(files, None, 1, [], cache=str(cache), survey=Settings("zscore", foreground=0.0))
+    assert again.surveys == first.surveys
+    for bad, match in ((dict(min_foreground=0.1), "data.min_foreground=0.1 is invalid: must be 0 unless data.foreground"),
+                       (dict(volume_norm="minmax"), "data.volume_norm='minmax' is invalid: must be one of"),
+                       (dict(format="array", volume_norm="zscore"), "data.format='array' is invalid: must be 'volume' "
+                                                                    "for data.volume_norm")):
+        with pytest.raises(ValueError, match=match):
+            DataConfig(**{"name": "folder", "path": str(tmp_path), "format": "volume", **bad}).check()
+
+
+def test_pretraining_with_volume_norm_records_it_and_evaluation_without_is_told(tmp_path):
+    """The CLI with data.volume_norm, data.foreground and data.min_foreground: the survey runs (kept in the volume
+    cache), the statistics are measured on the scaled, kept slices, the checkpoint records the setting, and kNN
+    from it without the setting is told to set it."""
+    from openmae.data.survey import Settings
+    from openmae.data.volumes import FileVolumes
+
+    root = tmp_path / "mr"
+    for v, (name, scale) in enumerate((("a", 1.0), ("a", 3.0), ("b", 0.5), ("b", 2.0))):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        save_nifti(root / name / f"{v}.nii.gz", body_volume(scale, 10.0 * v), "LPS")
+    files = sorted(root.rglob("*.nii.gz"))
+    settings = Settings("zscore", foreground=0.5, min_foreground=0.1)
+    source = FileVolumes(files, None, 1, [], survey=settings)
+    pixels = torch.cat([source.load(i)[0].flatten() for i in range(len(source))]).double()
+    data = [f"data.path={root}", "data.name=imagefolder", "data.format=volume", "data.num_workers=0",
+            "data.foreground=0.5", "data.min_foreground=0.1", f"data.volume_cache={tmp_path / 'cache'}"]
+    proc = run_cli("pretrain", "-o", str(tmp_path / "pre"), *data, "data.volume_norm=zscore",
+                   "model.name=mae_vit_debug_patch4_32", "model.in_chans=1", "train.epochs=1", "train.warmup_epochs=0",
+                   "train.batch_size=8", "train.progress=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("volumes surveyed: 40 slices of 4 volumes, 16 kept") == 1  # then from memory
+    assert "4 volumes read now, 0 from data.volume_cache" in proc.stderr
+    assert len(list((tmp_path / "cache").glob("survey-*.json"))) == 4
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "pre" / "config.yaml").read_text())["data"]
+    assert saved["volume_norm"] == "zscore" and len(source) == 16
+    assert abs(saved["mean"][0] - float(pixels.mean())) < 1e-4 and abs(saved["std"][0] - float(pixels.std())) < 1e-3
+    checkpoint = str(tmp_path / "pre" / "model-last.pth")
+    plain = run_cli("knn", "--checkpoint", checkpoint, *data, "model.name=auto", "knn.k=3")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert "was trained on volumes scaled with data.volume_norm=zscore, but this run reads them with " \
+           "data.volume_norm=none" in plain.stderr
+    scaled = run_cli("knn", "--checkpoint", checkpoint, *data, "data.volume_norm=zscore", "model.name=auto", "knn.k=3")
+    assert scaled.returncode == 0, scaled.stderr[-3000:]
+    assert "0 volumes read now, 4 from data.volume_cache" in scaled.stderr  # the pretraining's surveys
+    assert f"data.mean=[{saved['mean'][0]:.6g}]" in scaled.stderr and "was trained on" not in scaled.stderr

@@ -84,6 +84,9 @@ def _run_task(config_cls, runner, args: argparse.Namespace, rest: list[str], ini
     if args.print_config:
         return print_config(config_cls, args.config, overrides)
     cfg = load_config(config_cls, args.config, overrides)
+    from openmae.engine.logging import setup_console
+
+    setup_console(int(os.environ.get("RANK", "0")) == 0)  # every command says what it measured, took and skipped
     if int(os.environ.get("RANK", "0")) == 0:
         print(dump_yaml(cfg), file=sys.stderr)
     result = runner(cfg)
@@ -133,9 +136,11 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     from openmae.data.config import DataConfig
     from openmae.data.datasets import suffixes_for
     from openmae.data.normalization import inherit_stats
+    from openmae.engine.logging import setup_console
     from openmae.eval.reconstruction import check_bands
     from openmae.eval.visualize import image_paths, visualize_dataset, visualize_files
 
+    setup_console(True)
     # positional arguments mix image paths and data.* settings; only DataConfig matters here (dataset,
     # normalisation, evaluation crop)
     settings = [a for a in args.images if "=" in a] + rest

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from openmae.config import require
+from openmae.data.survey import NORMS
 
 NAMED = ("cifar10", "cifar100", "fashion-mnist", "mnist", "stl10")
 KINDS = NAMED + ("folder", "imagefolder")
@@ -54,6 +55,15 @@ class DataConfig:
     # data.format=array or volume: values outside [low, high] read as the nearer bound, before anything else (a CT
     # window such as [-1000, 1000] Hounsfield units; a sensor's saturation); statistics are measured on them
     clip: tuple[float, float] | None = None
+    # data.format=volume, read once per volume before training (openmae.data.survey): each volume's own intensity
+    # scale, "zscore" (mean 0, std 1 over its foreground voxels: MR) or "percentile" (its norm_percentiles mapped to
+    # 0 and 1, held there); "none" = the file's units
+    volume_norm: str = "none"
+    norm_percentiles: tuple[float, float] = (0.5, 99.5)
+    # voxels above this value (file units, after clip) are foreground: volume_norm's statistics are taken over them,
+    # and slices with fewer than min_foreground of their pixels above it are left out (air at a scan's ends)
+    foreground: float | None = None
+    min_foreground: float = 0.0
     root: str = ""
     download: bool = False
     train_split: str = "train"
@@ -127,6 +137,16 @@ class DataConfig:
                 "two numbers [low, high], low < high")
         require(self.clip is None or self.reads_arrays, "data.clip", self.clip,
                 "unset with data.format=image (it bounds the values of arrays and volumes, in their own units)")
+        require(self.volume_norm in NORMS, "data.volume_norm", self.volume_norm, f"one of {list(NORMS)}")
+        require(0 <= self.norm_percentiles[0] < self.norm_percentiles[1] <= 100, "data.norm_percentiles",
+                self.norm_percentiles, "two percentiles 0 <= low < high <= 100")
+        require(0 <= self.min_foreground < 1, "data.min_foreground", self.min_foreground,
+                "a fraction of a slice's pixels in [0, 1)")
+        require(self.min_foreground == 0 or self.foreground is not None, "data.min_foreground", self.min_foreground,
+                "0 unless data.foreground is set (the value above which a pixel is foreground)")
+        surveyed = self.volume_norm != "none" or self.min_foreground > 0 or self.foreground is not None
+        require(not surveyed or self.format == "volume", "data.format", self.format,
+                "'volume' for data.volume_norm, data.foreground and data.min_foreground (they work per volume)")
         require((self.mean is None) == (self.std is None), "data.mean/std", (self.mean, self.std),
                 "both set or both unset")
         require(self.std is None or all(s > 0 for s in self.std), "data.std", self.std, "positive numbers")

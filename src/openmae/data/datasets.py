@@ -20,6 +20,7 @@ from PIL import Image
 from openmae.data.arrays import ARRAY_SUFFIXES, STATS_FILES, band_stats, clipped, open_array, read_array
 from openmae.data.config import DataConfig
 from openmae.data.images import IMAGE_SUFFIXES, find_images, open_image, to_channels
+from openmae.data.survey import Settings
 from openmae.data.tiles import TiledBands
 from openmae.data.volumes import VOLUME_SUFFIXES, FileVolumes
 
@@ -134,8 +135,10 @@ def file_source(files: list[Path], labels: list[int] | None, channels: int, clas
     if cfg.format == "array":
         return FileArrays(files, labels, channels, classes, cfg.array_layout, cfg.clip)
     if cfg.format == "volume":
+        survey = Settings(cfg.volume_norm, tuple(cfg.norm_percentiles), cfg.foreground, cfg.min_foreground,
+                          None if cfg.clip is None else tuple(cfg.clip))
         return FileVolumes(files, labels, channels, classes, cfg.slice_plane, cfg.bad_files, cfg.volume_cache, cfg.clip,
-                           cfg.fourth_axis)
+                           cfg.fourth_axis, survey)
     return FileImages(files, labels, channels, classes)
 
 
@@ -222,8 +225,9 @@ def _measured_stats(cfg: DataConfig, channels: int) -> tuple[tuple[float, ...], 
     from openmae.data.build import source_for  # build imports this module
 
     # what decides the training files and their bands
-    key = repr((cfg.name, cfg.path, cfg.root, cfg.format, cfg.array_layout, cfg.slice_plane, cfg.fourth_axis,
-                cfg.clip, cfg.train_split, cfg.max_samples, cfg.holdout, cfg.holdout_seed, channels))
+    fields = ("name", "path", "root", "format", "array_layout", "slice_plane", "fourth_axis", "clip", "volume_norm",
+              "norm_percentiles", "foreground", "min_foreground", "train_split", "max_samples", "holdout", "holdout_seed")
+    key = repr(([getattr(cfg, f) for f in fields], channels))
     if key in _MEASURED:
         return _MEASURED[key]
     source = source_for(cfg, cfg.train_split, channels, cfg.max_samples)

@@ -22,12 +22,15 @@ def stats_record(cfg: DataConfig) -> dict[str, Any]:
     """What a weights file stores of ``cfg``'s normalisation (set: the runs record theirs before they start)."""
     if cfg.mean is None or cfg.std is None:
         raise ValueError("data.mean/std are not set yet: a run records them once they are resolved (keep_stats)")
-    return {"mean": [float(v) for v in cfg.mean], "std": [float(v) for v in cfg.std], "format": cfg.format}
+    record = {"mean": [float(v) for v in cfg.mean], "std": [float(v) for v in cfg.std], "format": cfg.format}
+    if cfg.volume_norm != "none":  # the statistics are of volumes on their own scales
+        record["volume_norm"] = cfg.volume_norm
+    return record
 
 
 def recorded_stats(obj: Any) -> dict[str, Any] | None:
-    """The normalisation a loaded weights file records ({'mean', 'std', 'format'}), or None (a file of another
-    program, or of a run from before runs recorded it)."""
+    """The normalisation a loaded weights file records ({'mean', 'std', 'format'}, and 'volume_norm' when volumes
+    were scaled each on its own), or None (a file of another program, or of a run from before runs recorded it)."""
     if not isinstance(obj, dict):
         return None
     record = obj.get("normalization")
@@ -36,8 +39,11 @@ def recorded_stats(obj: Any) -> dict[str, Any] | None:
         record = config.get("data") if isinstance(config, dict) else None
     if not isinstance(record, dict) or record.get("mean") is None or record.get("std") is None:
         return None
-    return {"mean": [float(v) for v in record["mean"]], "std": [float(v) for v in record["std"]],
-            "format": record.get("format", "image")}
+    out = {"mean": [float(v) for v in record["mean"]], "std": [float(v) for v in record["std"]],
+           "format": record.get("format", "image")}
+    if record.get("volume_norm", "none") != "none":
+        out["volume_norm"] = str(record["volume_norm"])
+    return out
 
 
 def inherit_stats(cfg: DataConfig, obj: Any, origin: str, channels: int) -> None:
@@ -52,6 +58,12 @@ def inherit_stats(cfg: DataConfig, obj: Any, origin: str, channels: int) -> None
     if record["format"] != cfg.format or len(record["mean"]) != channels:
         log.info("the normalisation recorded in %s (%d channels, data.format=%s) is not used for %d channels of "
                  "data.format=%s", origin, len(record["mean"]), record["format"], channels, cfg.format)
+        return
+    if record.get("volume_norm", "none") != cfg.volume_norm:
+        log.warning("%s was trained on volumes scaled with data.volume_norm=%s, but this run reads them with "
+                    "data.volume_norm=%s: its inputs are on another scale, and the normalisation recorded is not used; "
+                    "set data.volume_norm=%s", origin, record.get("volume_norm", "none"), cfg.volume_norm,
+                    record.get("volume_norm", "none"))
         return
     cfg.mean, cfg.std = tuple(record["mean"]), tuple(record["std"])
     log.info("data.mean=[%s] data.std=[%s]: the normalisation %s was trained with (set data.mean/std to change it)",

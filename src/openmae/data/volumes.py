@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from openmae.data.arrays import clipped, require_finite
 from openmae.data.dicom import DICOM_SUFFIXES, dicom_values, no_image, open_dicom
 from openmae.data.images import BadImageError
+from openmae.data.survey import Settings, Survey, survey_all
 
 log = logging.getLogger(__name__)
 
@@ -313,21 +314,31 @@ def place(scan: Scan, slice_: int) -> str:
     return f"{scan.file_of(slice_)} ({volume}slice {slice_} of {scan.slices})"
 
 
-def read_slices(scan: Scan, slice_: int, channels: int) -> torch.Tensor:
-    """Slice ``slice_`` of ``scan`` as a (C, H, W) float32 tensor in the file's units: ``channels`` neighbouring
-    slices as its bands (a colour DICOM frame: its own 3). Raises :class:`BadImageError` when it cannot be read or
-    holds NaN or infinite values."""
-    where = place(scan, slice_)
-    picks = [slice_] if scan.samples > 1 else neighbours(slice_, scan.slices, channels)
+def read_raw(scan: Scan, picks: list[int]) -> np.ndarray:
+    """Slices ``picks`` of ``scan`` as stored: (len(picks), H, W) float32 in the file's units, or a slice's own
+    bands (C, H, W) when it has them. Raises :class:`BadImageError` when they cannot be read."""
     try:
         read = {"nifti": _read_nifti, "dicom": _read_dicom, "series": _read_dicom, "stack": _read_stack}[scan.kind]
-        slab = np.ascontiguousarray(read(scan, picks), dtype=np.float32)
+        return np.ascontiguousarray(read(scan, picks), dtype=np.float32)
     except ImportError:
         raise
     # nibabel, pydicom, tifffile and their codecs raise these on damaged data (gzip: OSError / EOFError)
     except (OSError, ValueError, EOFError, RuntimeError, KeyError, IndexError, zlib.error) as err:
-        raise BadImageError(f"{where}: {type(err).__name__}: {err}") from None
-    require_finite(slab, where)
+        raise BadImageError(f"{place(scan, picks[0])}: {type(err).__name__}: {err}") from None
+
+
+def read_slab(scan: Scan, picks: list[int]) -> np.ndarray:
+    """Slices ``picks`` as (n, C, H, W): C a slice's own bands (one slice read), else 1."""
+    raw = read_raw(scan, picks)
+    return raw[None] if scan.samples > 1 else raw[:, None]
+
+
+def read_slices(scan: Scan, slice_: int, channels: int) -> torch.Tensor:
+    """Slice ``slice_`` of ``scan`` as a (C, H, W) float32 tensor in the file's units: ``channels`` neighbouring
+    slices as its bands (a colour DICOM frame: its own 3). Raises :class:`BadImageError` when it cannot be read or
+    holds NaN or infinite values."""
+    slab = read_raw(scan, [slice_] if scan.samples > 1 else neighbours(slice_, scan.slices, channels))
+    require_finite(slab, place(scan, slice_))
     return square_pixels(torch.from_numpy(slab), scan.spacing)
 
 
@@ -335,11 +346,14 @@ class FileVolumes:
     """Every slice of a list of volume files as an image (``data.format=volume``): item ``i`` is a slice of the
     volume its index falls in, in file order then slice order (a DICOM series stored a file a slice is one volume:
     :func:`assemble_series`). The headers are read here, once; a file whose header cannot be read is left out
-    (logged) with ``bad_files=skip``, and stops the run with ``fail``. ``clip``: ``data.clip``."""
+    (logged) with ``bad_files=skip``, and stops the run with ``fail``. ``clip``: ``data.clip``; ``survey``: the
+    per-volume normalisation and slice selection settings (:mod:`openmae.data.survey`), for which every volume is
+    read once here when they ask for either."""
 
     def __init__(self, files: list[Path], labels: list[int] | None, channels: int, classes: list[str],
                  plane: str = "axial", bad_files: str = "skip", cache: str = "",
-                 clip: tuple[float, float] | None = None, fourth_axis: str = "volumes") -> None:
+                 clip: tuple[float, float] | None = None, fourth_axis: str = "volumes",
+                 survey: Settings | None = None) -> None:
         self.channels, self.classes, self.clip = channels, classes, clip
         self.scans: list[Scan] = []
         self.labels: list[int] = []
@@ -364,38 +378,69 @@ class FileVolumes:
             log.warning("%d of %d volume files could not be read and are left out: %s", len(skipped), len(files),
                         "; ".join(skipped[:3]))
         self.scans, self.labels = assemble_series(self.scans, self.labels)
-        self.ends = np.cumsum([s.slices for s in self.scans]).tolist()  # item index just past each volume's slices
         gzipped = sum(suffix_of(s.path) == ".nii.gz" for s in self.scans)
         if gzipped and not cache:
             log.warning("%d .nii.gz volumes: each slice read decompresses its file up to the slice (0.3-1.2 s for a "
                         "512x512x160 CT); set data.volume_cache=<folder> to decompress each once onto disk", gzipped)
+        self.surveys: list[Survey] | None = None
+        if survey is not None and survey.active:
+            self._survey(survey, cache, bad_files)
+        self.counts = [s.slices if not self.surveys or self.surveys[v].kept is None else len(self.surveys[v].kept)
+                       for v, s in enumerate(self.scans)]  # each volume's items
+        self.ends = np.cumsum(self.counts).tolist()  # item index just past each volume's items
+
+    def _survey(self, settings: Settings, cache: str, bad_files: str) -> None:
+        surveys, origins = survey_all(self.scans, settings, cache, read_slab, bad_files)
+        lost = [str(scan.path) for scan, found in zip(self.scans, surveys, strict=True) if found is None]
+        if lost:
+            log.warning("%d of %d volumes have no slice that can be read and are left out: %s", len(lost),
+                        len(self.scans), "; ".join(lost[:3]))
+        keep = [v for v, found in enumerate(surveys) if found is not None]
+        self.scans, self.labels = [self.scans[v] for v in keep], [self.labels[v] for v in keep]
+        self.surveys = [surveys[v] for v in keep]
+        total = sum(scan.slices for scan in self.scans)
+        kept = sum(scan.slices if s.kept is None else len(s.kept) for scan, s in zip(self.scans, self.surveys))
+        unreadable = sum(s.unreadable for s in self.surveys)
+        log.log(logging.DEBUG if origins["memory"] == len(surveys) else logging.INFO,
+                "volumes surveyed: %d slices of %d volumes, %d kept (data.min_foreground=%g of pixels above "
+                "data.foreground=%s; %d unreadable); data.volume_norm=%s; %d volumes read now, %d from data.volume_cache",
+                total, len(self.scans), kept, settings.min_foreground, settings.foreground, unreadable, settings.norm,
+                origins["read"], origins["cache"])
 
     def __len__(self) -> int:
         return self.ends[-1] if self.ends else 0
 
+    def _where(self, index: int) -> tuple[int, int]:
+        """(volume, slice) of item ``index``."""
+        v = bisect.bisect_right(self.ends, index)
+        offset = index - (self.ends[v - 1] if v else 0)
+        kept = self.surveys[v].kept if self.surveys else None
+        return v, offset if kept is None else kept[offset]
+
     def locate(self, index: int) -> tuple[Scan, int, int]:
         """(volume, slice, label) of item ``index``."""
-        v = bisect.bisect_right(self.ends, index)
-        return self.scans[v], index - (self.ends[v - 1] if v else 0), self.labels[v]
+        v, slice_ = self._where(index)
+        return self.scans[v], slice_, self.labels[v]
 
     def volume_items(self) -> list[range]:
         """The items of each volume file, in order (a 4-D file's volumes together: a time series' volumes are near
         copies of each other)."""
         spans: list[range] = []
         for v, (scan, end) in enumerate(zip(self.scans, self.ends, strict=True)):
-            start = end - scan.slices
+            start = end - self.counts[v]
             if v and scan.volume > 0 and self.scans[v - 1].path == scan.path:
                 start = spans.pop().start
             spans.append(range(start, end))
         return spans
 
     def middle(self, volume: int) -> int:
-        """The item of volume ``volume``'s middle slice."""
-        return (self.ends[volume - 1] if volume else 0) + self.scans[volume].slices // 2
+        """The item of volume ``volume``'s middle slice (of those kept)."""
+        return (self.ends[volume - 1] if volume else 0) + self.counts[volume] // 2
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
-        scan, slice_, label = self.locate(index)
-        return clipped(read_slices(scan, slice_, self.channels), self.clip), label
+        v, slice_ = self._where(index)
+        image = clipped(read_slices(self.scans[v], slice_, self.channels), self.clip)
+        return (self.surveys[v].apply(image) if self.surveys else image), self.labels[v]
 
     def view(self, index: int) -> tuple[np.ndarray, int]:
         """Item ``index`` as a (C, H, W) array, for a crop to cut (:class:`openmae.data.arrays.MappedCrop`)."""

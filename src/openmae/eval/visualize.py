@@ -51,7 +51,7 @@ def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | 
     source = file_source(paths, None, m.in_chans, [], replace(data, bad_files="fail"))
     if isinstance(source, FileVolumes):  # a volume's middle slice, named by its file (a series: folder and first file)
         shown = [(f"{scan.path.parent.name}-{stem_of(scan.path)}" if scan.members else stem_of(scan.path), source.middle(v))
-                 for v, scan in enumerate(source.scans) if scan.volume == 0]  # a 4-D file: its first volume
+                 for v, scan in enumerate(source.scans) if scan.volume == 0 and source.counts[v]]  # a 4-D file: its first volume
     else:
         shown = [(stem_of(path), i) for i, path in enumerate(paths)]
     if data.reads_arrays and data.mean is None and not data.path:  # no training folder named: these files'
