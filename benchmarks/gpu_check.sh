@@ -25,6 +25,8 @@
 #   PARTS="loadab" bash benchmarks/gpu_check.sh photos        # receiving/resizing costs; the resize per crop;
 #                                                             # workers decoding; no decoding ahead; epoch boundaries
 #   PARTS="bands" bash benchmarks/gpu_check.sh photos         # multi-band arrays (data.format=array) in the loader
+#   PARTS="codec" bash benchmarks/gpu_check.sh photos         # TorchCodec's nvJPEG decode against torchvision's
+#                                                             # (a torchcodec wheel in runs/wheels is installed first)
 #   BUDGET_S=580 PARTS="B L H mem" bash benchmarks/gpu_check.sh   # a longer budget
 # Results go to $OUT (or /tmp/gpu_check).
 # The photo folder, from a machine that has the datasets (every fourth ImageNet-sample photo: 27 MB, in an ignored
@@ -147,6 +149,16 @@ photos_row bands 60 20 bands.log python3 benchmarks/make_band_tiles.py --data "$
 photos_row bands 60 25 loader.log "${bands[@]}" --workers 15
 photos_row bands 60 25 loader.log "${bands[@]}" --workers 15 --device-augment --device cuda
 
+# TorchCodec's batched decode_jpeg (data.jpeg_decoder=torchcodec; torchvision deprecates its own since 0.29): a batch
+# of 256 photos decoded by each (time, equal pixels), then the GPU loader path with it. The machine has no network:
+# a wheel carried in runs/wheels (pip download --no-deps 'torchcodec>=0.16,<0.17' -d runs/wheels) is installed.
+if [ -z "$PLAN" ] && [[ "$PARTS" == *" codec "* ]] && ! python3 -c "import torchcodec" 2>/dev/null; then
+  python3 -m pip install -q --no-deps runs/wheels/torchcodec-*.whl >/dev/null 2>&1 \
+    || echo "## torchcodec is not installed and no wheel in runs/wheels installed" | tee -a "$timing"
+fi
+photos_row codec 40 15 codec.log python3 benchmarks/jpeg_decoders.py --data "$PHOTOS" --images 256 --device cuda
+photos_row codec 60 25 loader.log "${loader[@]}" --workers 15 --device-augment --device cuda --jpeg-decoder torchcodec
+
 echo "## all rows done at ${SECONDS} s (budget ${BUDGET_S} s)" >> "$timing"
 [ -n "$PLAN" ] && exit 0
 echo
@@ -154,5 +166,6 @@ echo "== summary =="
 cat "$timing"
 [ -f "$OUT_DIR/throughput.log" ] && grep -E '^(mae_vit|\| |## )' "$OUT_DIR/throughput.log"
 [ -f "$OUT_DIR/loader.log" ] && grep -E '^(\{"workers|\{"part|operators called|Self CPU time total|Self CUDA time total)' "$OUT_DIR/loader.log"
+[ -f "$OUT_DIR/codec.log" ] && grep -E '^\{' "$OUT_DIR/codec.log"
 [ -f "$OUT_DIR/profile.log" ] && grep -E '^(mae_vit|profiled|\| (kind|matmul|attention|copies|optimizer|element-wise)[ ,]|GPU idle)' "$OUT_DIR/profile.log"
 exit 0

@@ -60,6 +60,8 @@ def main() -> None:
                         help="with --device-augment and workers: the device stage in line instead of in a thread")
     parser.add_argument("--worker-decode", action="store_true",
                         help="with --device-augment: the workers decode JPEGs (data.device_decode=false)")
+    parser.add_argument("--jpeg-decoder", choices=["auto", "torchvision", "torchcodec"], default="auto",
+                        help="with --device-augment: the batched JPEG decoder (data.jpeg_decoder)")
     parser.add_argument("--no-draft", dest="draft", action="store_false",
                         help="the CPU path (or --worker-decode) decodes every JPEG at full size (data.jpeg_draft=false)")
     parser.add_argument("--format", choices=["image", "array"], default="image",
@@ -89,7 +91,7 @@ def main() -> None:
         cfg = DataConfig(name="folder", path=args.data, max_samples=args.images, num_workers=workers,
                          device_augment=args.device_augment, repeat=args.repeat,
                          device_decode=not (args.device_augment and args.worker_decode), jpeg_draft=args.draft,
-                         format=args.format, **stand_in_stats(args))
+                         jpeg_decoder=args.jpeg_decoder, format=args.format, **stand_in_stats(args))
         dataset, sampler = train_dataset(cfg, (args.size, args.size), args.bands, args.batch, seed=0)
         if args.device_augment and args.resize != "auto":
             dataset.device_stage.batched_resize = args.resize == "batched"
@@ -116,6 +118,7 @@ def main() -> None:
                      "jpeg_draft": args.draft and args.format == "image" and (args.worker_decode or not args.device_augment),
                      "resize": args.resize if args.device_augment else None, "ahead": ahead,
                      "decode": ("workers" if args.worker_decode else "device") if args.device_augment else "workers",
+                     "jpeg_decoder": args.jpeg_decoder if args.device_augment and not args.worker_decode else None,
                      "images_per_s": round(seen / seconds, 1),
                      "per_worker": round(seen / seconds / max(workers, 1), 1), "images": seen,
                      "wait_ms_per_batch": round(1000 * waited / max(batches, 1), 1),

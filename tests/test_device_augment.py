@@ -82,6 +82,44 @@ def test_device_augment_trains_and_does_not_depend_on_workers(tmp_path, datasets
     assert len(losses) == 12 and "NaN" not in "".join(losses)
 
 
+@pytest.mark.parametrize("channels", [3, 1])
+def test_torchcodec_decodes_the_device_paths_photos_as_torchvision_does(datasets, channels):
+    """data.jpeg_decoder=torchcodec (torchvision deprecates its image decoding since 0.29): the device path's batch of
+    ImageNet-sample photos of every size, through TorchCodec's decode_jpeg, equals torchvision's exactly."""
+    import torchcodec.decoders
+    import torchvision.io
+
+    batches = {}
+    for decoder in ("torchvision", "torchcodec"):
+        cfg = DataConfig(name="folder", path=str(datasets / "imagenet-sample"), device_augment=True, max_samples=64,
+                         jpeg_decoder=decoder)
+        dataset, sampler = train_dataset(cfg, (64, 64), channels, batch_size=32, seed=5)
+        used = {"torchvision": torchvision.io.decode_jpeg, "torchcodec": torchcodec.decoders.decode_jpeg}[decoder]
+        assert dataset.device_stage.decode_jpeg is used
+        batch = collate([dataset[item] for item in list(sampler)[:32]])
+        assert all(batch.images.encoded)  # all photos reach the decoder encoded
+        batches[decoder] = dataset.to_device(batch, torch.device("cpu")).images
+    assert batches["torchvision"].shape == (32, channels, 64, 64)
+    assert torch.equal(batches["torchvision"], batches["torchcodec"])
+
+
+def test_auto_jpeg_decoder_falls_back_to_torchcodec_and_says_what_is_missing(monkeypatch):
+    import torchcodec.decoders
+
+    from openmae.data import jpeg
+
+    monkeypatch.setattr(jpeg, "_torchvision", lambda: None)  # a torchvision that has dropped decode_jpeg
+    assert jpeg.jpeg_decoder("auto") is torchcodec.decoders.decode_jpeg
+    with pytest.raises(ImportError, match="data.jpeg_decoder=torchvision, but this torchvision has no decode_jpeg .*"
+                                          "set data.jpeg_decoder=torchcodec"):
+        jpeg.jpeg_decoder("torchvision")
+    monkeypatch.setattr(jpeg, "_torchcodec", lambda: None)
+    with pytest.raises(ImportError, match="no JPEG decoder found .*pip install torchcodec"):
+        jpeg.jpeg_decoder("auto")
+    with pytest.raises(ConfigError, match="data.jpeg_decoder='nvjpeg' is invalid: must be one of"):
+        load_config(FinetuneConfig, overrides=["data.name=cifar10", "data.jpeg_decoder=nvjpeg"])
+
+
 def test_device_decode_needs_the_device_path():
     with pytest.raises(ConfigError, match="data.device_decode=False is invalid"):
         load_config(FinetuneConfig, overrides=["data.name=cifar10", "data.device_decode=false"])

@@ -122,7 +122,8 @@ def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, bat
     if cfg.device_augment:
         plan = PlanCrops(img_size, cfg.crop_scale, cfg.hflip, channels, cfg.device_decode, cfg.jpeg_draft,
                          cfg.reads_arrays)
-        return SeededSamples(source, plan, cfg.bad_files, device_stage=DeviceAugment(img_size, channels, mean, std)), sampler
+        stage = DeviceAugment(img_size, channels, mean, std, decoder=cfg.jpeg_decoder)
+        return SeededSamples(source, plan, cfg.bad_files, device_stage=stage), sampler
     transform = transform or pretrain_transform(cfg, img_size, mean, std)
     if cfg.reads_arrays:  # only each crop's part of a .npy file, an uncompressed TIFF or a tiled one is read
         transform = with_mapped_crop(transform, channels, cfg.array_layout)

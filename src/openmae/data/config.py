@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from openmae.config import require
+from openmae.data.jpeg import DECODERS
 from openmae.data.survey import NORMS
 
 NAMED = ("cifar10", "cifar100", "fashion-mnist", "mnist", "stl10")
@@ -80,6 +81,9 @@ class DataConfig:
     # H100, H200); false: the workers decode and crop, the device resizes, flips and normalises (other GPUs, on
     # which torchvision decodes each JPEG's entropy-coded data on the training process's CPU)
     device_decode: bool = True
+    # with device_augment and device_decode: the batched JPEG decoder, torchvision's decode_jpeg or TorchCodec's (the
+    # same pixels; torchvision deprecates its image decoding since 0.29); auto: torchvision's while it has one
+    jpeg_decoder: str = "auto"
     # with device_augment and loader workers: take and decode the next batch in a thread while the training loop
     # resizes and trains on this one (openmae.data.ahead); false: the whole device stage in line
     device_ahead: bool = True
@@ -118,6 +122,7 @@ class DataConfig:
         require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
         require(self.device_decode or self.device_augment, "data.device_decode", self.device_decode,
                 "true unless data.device_augment=true (it says where that path decodes JPEGs)")
+        require(self.jpeg_decoder in DECODERS, "data.jpeg_decoder", self.jpeg_decoder, f"one of {list(DECODERS)}")
         require(self.device_ahead or self.device_augment, "data.device_ahead", self.device_ahead,
                 "true unless data.device_augment=true (it says whether that path decodes a batch ahead)")
         require(self.bad_files in ("skip", "fail"), "data.bad_files", self.bad_files, "'skip' or 'fail'")

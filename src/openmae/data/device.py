@@ -4,7 +4,8 @@ The loader's workers only read: a JPEG file stays encoded (its header gives the 
 decoded on the CPU as usual; then, under the sample's own seed, they draw the crop box and the flip with the
 very calls torchvision's ``RandomResizedCrop`` and ``RandomHorizontalFlip`` make, so the boxes equal the
 CPU path's. A worker hands its batch over as one buffer of bytes (:class:`PlannedBatch`). On the training
-device, the JPEGs of a batch are decoded together (torchvision's batched ``decode_jpeg``, nvJPEG on CUDA), then
+device, the JPEGs of a batch are decoded together (a batched ``decode_jpeg``, nvJPEG on CUDA: torchvision's or
+TorchCodec's, ``data.jpeg_decoder``, :mod:`openmae.data.jpeg`), then
 the crops are resized (bicubic, antialiased) and flipped, on a GPU all in a few batched products
 (``openmae.data.resize``), and the batch is normalised. A 16-core GPU machine then spends its CPU time on
 reading files only.
@@ -17,13 +18,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from openmae.data.datasets import ImageSource
 from openmae.data.draft import JpegFile, decoded_scale, read_jpeg_header, reduction
 from openmae.data.images import JPEG_SUFFIXES, TRANSPOSED, BadImageError, open_image, read_header
+from openmae.data.jpeg import jpeg_decoder
 from openmae.data.resize import resize_crops, resize_each
 from openmae.data.transforms import draw_box
 
@@ -189,11 +190,12 @@ class DeviceAugment:
     (tests/test_resize.py, test_device_augment.py)."""
 
     def __init__(self, img_size: tuple[int, int], channels: int, mean: tuple[float, ...], std: tuple[float, ...],
-                 batched_resize: bool | None = None) -> None:
+                 batched_resize: bool | None = None, decoder: str = "auto") -> None:
         self.img_size, self.channels = list(img_size), channels
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
-        self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+        self.mode = "GRAY" if channels == 1 else "RGB"
+        self.decode_jpeg = jpeg_decoder(decoder)  # data.jpeg_decoder
         self.batched_resize = batched_resize
 
     def decode(self, batch: PlannedBatch, device: torch.device) -> list[torch.Tensor]:
@@ -204,7 +206,7 @@ class DeviceAugment:
         encoded = [i for i, enc in enumerate(batch.encoded) if enc]
         if encoded:
             try:  # one batched call (nvJPEG on CUDA)
-                decoded = decode_jpeg([images[i] for i in encoded], mode=self.mode, device=device)
+                decoded = self.decode_jpeg([images[i] for i in encoded], mode=self.mode, device=device)
             except RuntimeError:
                 decoded = [self._decode_one(images[i], batch.names[i], device) for i in encoded]
             for i, img in zip(encoded, decoded, strict=True):
@@ -213,7 +215,7 @@ class DeviceAugment:
 
     def _decode_one(self, data: torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
         try:  # one by one, to name the file that fails
-            return decode_jpeg(data, mode=self.mode, device=device)
+            return self.decode_jpeg(data, mode=self.mode, device=device)
         except RuntimeError as err:
             raise BadImageError(f"{name}: JPEG decoding on {device} failed ({err}); remove the file, or set "
                                 f"data.device_augment=false to decode on the CPU, where bad files are skipped") from None
