@@ -531,10 +531,16 @@ def test_volume_norm_and_foreground_pick_each_volumes_scale_and_its_slices(tmp_p
     survey_module._SURVEYS.clear()
     first = FileVolumes(files, None, 1, [], cache=str(cache), survey=Settings("zscore", foreground=0.0))
     assert len(list(cache.glob("survey-*.json"))) == 2
+    kept = sorted(cache.glob("survey-*.json"))
+    kept[1].write_text('{"kept": null, "shift": [1.0], "scale": [2.0], "from": "another version"}')
+    survey_module._SURVEYS.clear()
+    with caplog.at_level(logging.WARNING):
+        mended = FileVolumes(files, None, 1, [], cache=str(cache), survey=Settings("zscore", foreground=0.0))
+    assert mended.surveys == first.surveys and "could not be read back (TypeError" in caplog.text
     survey_module._SURVEYS.clear()
     monkeypatch.setattr(survey_module, "survey_volume", lambda *args: pytest.fail("read the voxels again"))
     again = FileVolumes(files, None, 1, [], cache=str(cache), survey=Settings("zscore", foreground=0.0))
-    assert again.surveys == first.surveys
+    assert again.surveys == first.surveys  # the mended file rewritten, both read back
     for bad, match in ((dict(min_foreground=0.1), "data.min_foreground=0.1 is invalid: must be 0 unless data.foreground"),
                        (dict(volume_norm="minmax"), "data.volume_norm='minmax' is invalid: must be one of"),
                        (dict(format="array", volume_norm="zscore"), "data.format='array' is invalid: must be 'volume' "

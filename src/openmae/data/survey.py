@@ -158,16 +158,26 @@ def _key(scan, settings: Settings) -> str:
 _SURVEYS: dict[str, Survey] = {}  # per process: key -> survey
 
 
+def _kept(path: Path) -> Survey | None:
+    """The survey kept in ``path``, or None when it cannot be read back (edited, or written by another version of
+    openmae): then the volume is surveyed again and the file replaced."""
+    try:
+        record = json.loads(path.read_text())
+        return Survey(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        log.warning("%s could not be read back (%s: %s); surveying the volume again", path, type(err).__name__, err)
+        return None
+
+
 def _stored(scan, settings: Settings, cache: str, read_slab) -> tuple[Survey, str]:
     """(survey, where from: "memory", "cache" or "read")."""
     key = _key(scan, settings)
     if key in _SURVEYS:
         return _SURVEYS[key], "memory"
     path = Path(cache) / f"survey-{scan.path.name.split('.')[0]}-{key}.json" if cache else None
-    if path is not None and path.is_file():
-        record = json.loads(path.read_text())
-        survey, origin = Survey(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}), "cache"
-    else:
+    survey = _kept(path) if path is not None and path.is_file() else None
+    origin = "cache"
+    if survey is None:
         origin = "read"
         survey = survey_volume(scan, settings, read_slab)
         if path is not None:
