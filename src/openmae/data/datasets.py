@@ -135,8 +135,7 @@ def file_source(files: list[Path], labels: list[int] | None, channels: int, clas
     if cfg.format == "array":
         return FileArrays(files, labels, channels, classes, cfg.array_layout, cfg.clip)
     if cfg.format == "volume":
-        survey = Settings(cfg.volume_norm, tuple(cfg.norm_percentiles), cfg.foreground, cfg.min_foreground,
-                          None if cfg.clip is None else tuple(cfg.clip))
+        survey = Settings(cfg.volume_norm, tuple(cfg.norm_percentiles), cfg.foreground, cfg.min_foreground)
         return FileVolumes(files, labels, channels, classes, cfg.slice_plane, cfg.bad_files, cfg.volume_cache, cfg.clip,
                            cfg.fourth_axis, survey)
     return FileImages(files, labels, channels, classes)

@@ -43,7 +43,7 @@ THREADS = 8
 @dataclass(frozen=True)
 class Settings:
     """What a survey depends on besides the volume: ``data.volume_norm``, ``norm_percentiles``, ``foreground``,
-    ``min_foreground`` and ``clip``."""
+    ``min_foreground``, and the ``clip`` the slices are read with (set by :class:`openmae.data.volumes.FileVolumes` from its own)."""
 
     norm: str = "none"
     percentiles: tuple[float, float] = (0.5, 99.5)
@@ -123,6 +123,8 @@ def survey_volume(scan, settings: Settings, read_slab) -> Survey:
             else:
                 mask = (slab > settings.foreground).any(axis=1)  # (n, H, W): above it in any band
             fractions[where] = mask.mean(axis=(1, 2))
+            if settings.norm == "none":  # slices chosen only: no statistics to gather
+                continue
             values = slab.transpose(1, 0, 2, 3)[:, mask]  # (C, foreground pixels)
             sums += values.sum(axis=1, dtype=np.float64)
             squares += np.square(values, dtype=np.float64).sum(axis=1)

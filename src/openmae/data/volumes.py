@@ -383,13 +383,24 @@ class FileVolumes:
             log.warning("%d .nii.gz volumes: each slice read decompresses its file up to the slice (0.3-1.2 s for a "
                         "512x512x160 CT); set data.volume_cache=<folder> to decompress each once onto disk", gzipped)
         self.surveys: list[Survey] | None = None
-        if survey is not None and survey.active:
-            self._survey(survey, cache, bad_files)
+        origins = None
+        if survey is not None and survey.active:  # surveyed in the units the slices are read in: clipped alike
+            survey = replace(survey, clip=None if clip is None else tuple(clip))
+            origins = self._survey(survey, cache, bad_files)
         self.counts = [s.slices if not self.surveys or self.surveys[v].kept is None else len(self.surveys[v].kept)
                        for v, s in enumerate(self.scans)]  # each volume's items
         self.ends = np.cumsum(self.counts).tolist()  # item index just past each volume's items
+        if origins is not None:
+            log.log(logging.DEBUG if origins["memory"] == len(self.scans) else logging.INFO,
+                    "volumes surveyed: %d slices of %d volumes, %d kept (data.min_foreground=%g of pixels above "
+                    "data.foreground=%s; %d unreadable); data.volume_norm=%s; %d volumes read now, %d from "
+                    "data.volume_cache", sum(scan.slices for scan in self.scans), len(self.scans), len(self),
+                    survey.min_foreground, survey.foreground, sum(s.unreadable for s in self.surveys), survey.norm,
+                    origins["read"], origins["cache"])
 
-    def _survey(self, settings: Settings, cache: str, bad_files: str) -> None:
+    def _survey(self, settings: Settings, cache: str, bad_files: str) -> dict[str, int]:
+        """Survey every volume (:func:`openmae.data.survey.survey_all`), leaving out those none of whose slices
+        reads; returns how many surveys came from where."""
         surveys, origins = survey_all(self.scans, settings, cache, read_slab, bad_files)
         lost = [str(scan.path) for scan, found in zip(self.scans, surveys, strict=True) if found is None]
         if lost:
@@ -398,14 +409,7 @@ class FileVolumes:
         keep = [v for v, found in enumerate(surveys) if found is not None]
         self.scans, self.labels = [self.scans[v] for v in keep], [self.labels[v] for v in keep]
         self.surveys = [surveys[v] for v in keep]
-        total = sum(scan.slices for scan in self.scans)
-        kept = sum(scan.slices if s.kept is None else len(s.kept) for scan, s in zip(self.scans, self.surveys))
-        unreadable = sum(s.unreadable for s in self.surveys)
-        log.log(logging.DEBUG if origins["memory"] == len(surveys) else logging.INFO,
-                "volumes surveyed: %d slices of %d volumes, %d kept (data.min_foreground=%g of pixels above "
-                "data.foreground=%s; %d unreadable); data.volume_norm=%s; %d volumes read now, %d from data.volume_cache",
-                total, len(self.scans), kept, settings.min_foreground, settings.foreground, unreadable, settings.norm,
-                origins["read"], origins["cache"])
+        return origins
 
     def __len__(self) -> int:
         return self.ends[-1] if self.ends else 0
