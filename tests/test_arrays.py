@@ -13,7 +13,7 @@ import pytest
 import tifffile
 import torch
 import yaml
-from helpers import run_cli
+from helpers import call_cli, run_cli
 from PIL import Image
 
 from openmae.config import ConfigError
@@ -210,8 +210,8 @@ def test_fine_tuning_recipe_on_arrays(band_folder):
     ("pretrain.vis_bands=[0,1]", "pretrain.vis_bands=(0, 1) is invalid: must be empty, one channel index (grey) or three"),
 ])
 def test_array_settings_refused_before_work(tmp_path, override, message):
-    proc = run_cli("pretrain", "--data", str(tmp_path), "-o", str(tmp_path / "run"), "data.format=array",
-                   "model.name=mae_vit_debug_patch4_32", override)
+    proc = call_cli("pretrain", "--data", str(tmp_path), "-o", str(tmp_path / "run"), "data.format=array",
+                    "model.name=mae_vit_debug_patch4_32", override)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
 
 
@@ -255,29 +255,29 @@ def test_pretrain_knn_finetune_and_visualize_on_band_arrays(tmp_path, band_folde
     assert picture.size == (4 * 128 + 3 * 2, 4 * 128 + 3 * 2)
     checkpoint = str(tmp_path / "pre" / "model-last.pth")
 
-    knn = run_cli("knn", "--checkpoint", checkpoint, *data, "model.name=auto")
+    knn = call_cli("knn", "--checkpoint", checkpoint, *data, "model.name=auto")
     assert knn.returncode == 0, knn.stderr[-3000:]
     assert json.loads(knn.stdout.splitlines()[-1])["knn_top1"] > 60.0  # airplanes against frogs; chance is 50
 
-    tune = run_cli("finetune", "--checkpoint", checkpoint, "-o", str(tmp_path / "ft"), *data, "model.name=auto",
-                   "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=32", "train.progress=false",
-                   "finetune.auto_augment=")  # mixup, cutmix and random erasing as they are
+    tune = call_cli("finetune", "--checkpoint", checkpoint, "-o", str(tmp_path / "ft"), *data, "model.name=auto",
+                    "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=32", "train.progress=false",
+                    "finetune.auto_augment=")  # mixup, cutmix and random erasing as they are
     assert tune.returncode == 0, tune.stderr[-3000:]
     assert (tmp_path / "ft" / "model-best.pth").is_file()
 
-    shown = run_cli("visualize", "--checkpoint", checkpoint, str(band_folder / "test" / "frog"), "-o",
-                    str(tmp_path / "vis"), "data.format=array", "--bands", "2", "1", "0")
+    shown = call_cli("visualize", "--checkpoint", checkpoint, str(band_folder / "test" / "frog"), "-o",
+                     str(tmp_path / "vis"), "data.format=array", "--bands", "2", "1", "0")
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert len(list((tmp_path / "vis").glob("*.png"))) == 50
-    wrong = run_cli("visualize", "--checkpoint", checkpoint, str(band_folder / "test" / "frog"), "-o",
-                    str(tmp_path / "vis2"), "data.format=array", "--bands", "4")
+    wrong = call_cli("visualize", "--checkpoint", checkpoint, str(band_folder / "test" / "frog"), "-o",
+                     str(tmp_path / "vis2"), "data.format=array", "--bands", "4")
     assert wrong.returncode == 1 and "each from 0 to 3 (the model has 4)" in wrong.stderr, wrong.stderr[-2000:]
 
 
 def test_image_files_for_a_model_of_other_bands_say_to_read_arrays(tmp_path):
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
-    proc = run_cli("pretrain", "--data", str(tmp_path), "-o", str(tmp_path / "run"), "model.name=mae_vit_debug_patch4_32",
-                   "model.in_chans=4", "data.num_workers=0")
+    proc = call_cli("pretrain", "--data", str(tmp_path), "-o", str(tmp_path / "run"),
+                    "model.name=mae_vit_debug_patch4_32", "model.in_chans=4", "data.num_workers=0")
     assert proc.returncode != 0
     assert "the model takes 4 input channels (model.in_chans) and image files decode to 1 or 3; for files of 4 " \
            "bands set data.format=array" in proc.stderr, proc.stderr[-2000:]

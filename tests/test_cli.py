@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from helpers import run_cli
+from helpers import REPO, call_cli, run_cli
 from PIL import Image
 
 COMMON = ["train.log_every_steps=5", "train.progress=false", "data.num_workers=2", "train.warmup_epochs=1",
@@ -49,15 +49,15 @@ def test_real_data_run_lowers_loss_and_writes_outputs(tmp_path, datasets, datase
     ("train.precision=fp8", "train.precision='fp8' is invalid"),
 ])
 def test_bad_settings_refused_before_work(tmp_path, override, message):
-    proc = run_cli("pretrain", "-o", str(tmp_path / "run"), "model.name=mae_vit_debug_patch4_32", "data.name=cifar10",
-                   override)
+    proc = call_cli("pretrain", "-o", str(tmp_path / "run"), "model.name=mae_vit_debug_patch4_32", "data.name=cifar10",
+                    override)
     assert proc.returncode == 2
     assert message in proc.stderr, proc.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_print_config_and_presets(tmp_path):
-    proc = run_cli("pretrain", "-c", "configs/pretrain/mae_vit_base_imagenet.yaml", "--print-config")
+    proc = call_cli("pretrain", "-c", str(REPO / "configs/pretrain/mae_vit_base_imagenet.yaml"), "--print-config")
     assert proc.returncode == 0, proc.stderr
     assert "blr: 0.00015" in proc.stdout and "epochs: 800" in proc.stdout and "norm_pix_loss: true" in proc.stdout
 
@@ -65,10 +65,10 @@ def test_print_config_and_presets(tmp_path):
 def test_print_config_shows_defaults_before_data_is_chosen():
     """--print-config with nothing else (no data yet) still shows every setting, then says what stops it from
     running, with exit code 2."""
-    proc = run_cli("finetune", "--print-config")
+    proc = call_cli("finetune", "--print-config")
     assert proc.returncode == 2 and "model_ema: false" in proc.stdout and "reprob: 0.25" in proc.stdout
     assert "cannot run as it is: data.path=''" in proc.stderr
-    proc = run_cli("pretrain", "--print-config", "data.name=cifar10")
+    proc = call_cli("pretrain", "--print-config", "data.name=cifar10")
     assert proc.returncode == 0 and "init: ''" in proc.stdout, proc.stderr
 
 

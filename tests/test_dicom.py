@@ -14,7 +14,7 @@ import numpy as np
 import pydicom  # in the dev extra (openmae[medical] for users)
 import pytest
 import yaml
-from helpers import run_cli
+from helpers import call_cli, run_cli
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -151,7 +151,7 @@ def pretrain_trousers_and_bags(tmp_path: Path, root: Path, data_format: str, eve
     metrics = [json.loads(line) for line in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]
     curve = [m["loss"] for m in metrics if "loss" in m]
     assert sum(curve[-3:]) / 3 < 0.85 * sum(curve[:3]) / 3, curve
-    knn = run_cli("knn", "--checkpoint", str(tmp_path / "pre" / "model-last.pth"), *data, "model.name=auto")
+    knn = call_cli("knn", "--checkpoint", str(tmp_path / "pre" / "model-last.pth"), *data, "model.name=auto")
     assert knn.returncode == 0, knn.stderr[-3000:]
     assert json.loads(knn.stdout.splitlines()[-1])["knn_top1"] > 90.0
     return proc

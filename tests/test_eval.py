@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
+from helpers import call_cli
 from PIL import Image
 
 import openmae
@@ -108,7 +108,7 @@ def test_visualization_of_real_photo(tmp_path, datasets, norm_pix):
     ckpt = tmp_path / "mae.pth"
     torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, ckpt)
     photo = sorted((datasets / "imagenet-sample").glob("*.JPEG"))[0]
-    proc = run_cli("visualize", "--checkpoint", str(ckpt), str(photo), "-o", str(tmp_path / "pics"))
+    proc = call_cli("visualize", "--checkpoint", str(ckpt), str(photo), "-o", str(tmp_path / "pics"))
     assert proc.returncode == 0, proc.stderr
     png = Image.open(tmp_path / "pics" / f"{photo.stem}.png")
     assert png.size == (4 * 128 + 6, 128)  # 64px images enlarged twice, four panels with 2px gaps
@@ -127,10 +127,10 @@ def test_convert_cli_roundtrip(tmp_path):
     official = tmp_path / "official.pth"
     torch.save({"model": model.state_dict()}, official)
     for to, dst in (("hf", tmp_path / "hf"), ("timm", tmp_path / "enc.safetensors"), ("openmae", tmp_path / "o.pth")):
-        proc = run_cli("convert", str(official), str(dst), "--to", to)
+        proc = call_cli("convert", str(official), str(dst), "--to", to)
         assert proc.returncode == 0, proc.stderr
     back = tmp_path / "back.pth"
-    assert run_cli("convert", str(tmp_path / "hf" / "model.safetensors"), str(back), "--to", "official").returncode == 0
+    assert call_cli("convert", str(tmp_path / "hf" / "model.safetensors"), str(back), "--to", "official").returncode == 0
     sd = load_file(back)["model"]
     assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items()) and sd.keys() == model.state_dict().keys()
     timm_sd = load_file(tmp_path / "enc.safetensors")
@@ -150,7 +150,7 @@ def test_visualize_dataset_items(tmp_path, datasets):
     model = openmae.create_model("mae_vit_tiny_patch7_28_gray", depth=1, decoder_depth=1)
     ckpt = tmp_path / "mae.pth"
     torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, ckpt)
-    proc = run_cli("visualize", "--checkpoint", str(ckpt), "--count", "3", "-o", str(tmp_path / "pics"),
+    proc = call_cli("visualize", "--checkpoint", str(ckpt), "--count", "3", "-o", str(tmp_path / "pics"),
                    "data.name=fashion-mnist", f"data.root={datasets}")
     assert proc.returncode == 0, proc.stderr
     pngs = sorted((tmp_path / "pics").glob("test-*.png"))

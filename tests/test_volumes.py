@@ -15,7 +15,7 @@ import pydicom
 import pytest
 import tifffile
 import torch
-from helpers import run_cli
+from helpers import call_cli, run_cli
 from nibabel.orientations import axcodes2ornt, ornt_transform
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
@@ -227,15 +227,15 @@ def test_pretrain_knn_visualize_and_finetune_on_volumes(tmp_path, datasets):
     proc = pretrain_trousers_and_bags(tmp_path, root, "volume", every)
     assert "1 of 31 volume files could not be read" in proc.stderr and "broken.nii" in proc.stderr
     assert "measured on 256 training slices of" in proc.stderr
-    shown = run_cli("visualize", "--checkpoint", str(tmp_path / "pre" / "model-last.pth"),
-                    str(root / "test" / "bag" / "001.nii.gz"), str(root / "test" / "bag" / "002.dcm"), "-o",
-                    str(tmp_path / "shown"), "data.format=volume")
+    shown = call_cli("visualize", "--checkpoint", str(tmp_path / "pre" / "model-last.pth"),
+                     str(root / "test" / "bag" / "001.nii.gz"), str(root / "test" / "bag" / "002.dcm"), "-o",
+                     str(tmp_path / "shown"), "data.format=volume")
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "shown").iterdir()) == ["001.png", "002.png"]
     data = [f"data.path={root}", "data.name=imagefolder", "data.format=volume", "data.num_workers=2"]
-    tune = run_cli("finetune", "--checkpoint", str(tmp_path / "pre" / "model-last.pth"), "-o", str(tmp_path / "ft"),
-                   *data, "model.name=auto", "train.epochs=2", "train.warmup_epochs=0", "train.batch_size=32",
-                   "train.progress=false", "finetune.auto_augment=")
+    tune = call_cli("finetune", "--checkpoint", str(tmp_path / "pre" / "model-last.pth"), "-o", str(tmp_path / "ft"),
+                    *data, "model.name=auto", "train.epochs=2", "train.warmup_epochs=0", "train.batch_size=32",
+                    "train.progress=false", "finetune.auto_augment=")
     assert tune.returncode == 0, tune.stderr[-3000:]
     results = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
     assert [r["top1"] for r in results if "top1" in r][-1] > 60.0  # 81 measured after 2 epochs; chance is 50
