@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import REPO, weights
 
@@ -22,22 +23,28 @@ def launch(nproc: int, out: Path, data_root: Path, batch: int, *extra: str) -> N
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-def test_two_process_gloo_equals_one_process(tmp_path, datasets):
-    launch(1, tmp_path / "one", datasets, 16)
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, datasets) -> Path:
+    """The reference both tests compare with: one process over the global batch of 16."""
+    out = tmp_path_factory.mktemp("distributed") / "one"
+    launch(1, out, datasets, 16)
+    return out
+
+
+def test_two_process_gloo_equals_one_process(one_process, tmp_path, datasets):
     launch(2, tmp_path / "two", datasets, 8)
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    a, b = weights(one_process), weights(tmp_path / "two")
     # same samples, masks and augmentations per step; only the reduction order of the gradient sum differs,
     # so the weights agree to float32 rounding accumulated over 8 AdamW steps
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5)
-    logs = [(tmp_path / d / "metrics.jsonl").read_text().count("\n") for d in ("one", "two")]
+    logs = [(run / "metrics.jsonl").read_text().count("\n") for run in (one_process, tmp_path / "two")]
     assert logs[0] == logs[1]  # rank 0 alone writes the log
 
 
-def test_two_process_fsdp2_equals_one_process(tmp_path, datasets):
-    launch(1, tmp_path / "one", datasets, 16)
+def test_two_process_fsdp2_equals_one_process(one_process, tmp_path, datasets):
     launch(2, tmp_path / "fsdp", datasets, 8, "train.distributed=fsdp")
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "fsdp")
+    a, b = weights(one_process), weights(tmp_path / "fsdp")
     assert a.keys() == b.keys()  # full (unsharded) state dict in the checkpoint, official key names
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5)

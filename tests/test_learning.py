@@ -106,7 +106,7 @@ def test_cifar10_pretrained_beats_random(tmp_path, datasets):
         "train.warmup_epochs=1", "train.batch_size=128", "train.blr=3e-3", "pretrain.vis_images=0",
         f"train.output_dir={tmp_path / 'pre'}"]))
     ckpt = tmp_path / "pre" / "model-last.pth"
-    data = ["data.name=cifar10", f"data.root={datasets}", "data.max_samples=5000", "data.max_eval_samples=2000"]
+    data = ["data.name=cifar10", f"data.root={datasets}", "data.max_samples=2000", "data.max_eval_samples=1000"]
     knn = [knn_eval(load_config(KnnConfig, overrides=data + ["knn.pooling=mean", *init]))["knn_top1"]
            for init in ([f"knn.init={ckpt}"], CIFAR_MODEL)]
     assert knn[0] > knn[1] + 2.0, knn
