@@ -100,8 +100,10 @@ CIFAR_MODEL = ["model.name=mae_vit_tiny_patch4_32", "model.embed_dim=96", "model
 
 
 def test_cifar10_pretrained_beats_random(tmp_path, datasets):
-    """The CIFAR-10 protocol in miniature (RGB JPEGs, 32px, patch 4): kNN and the cached probe."""
-    pretrain(load_config(PretrainConfig, overrides=CIFAR_MODEL + QUIET + [
+    """The CIFAR-10 protocol in miniature (RGB JPEGs, 32px, patch 4, the paper's per-patch normalised target): 234
+    steps on 10,000 images lift kNN on 2,000 / 1,000 images 7.1 points above the random-init encoder (32.0 / 24.9%
+    measured; 3.4 points with raw pixels as the target; 6,000 images fell short of the random encoder)."""
+    pretrain(load_config(PretrainConfig, overrides=CIFAR_MODEL + QUIET + ["model.norm_pix_loss=true",
         "data.name=cifar10", f"data.root={datasets}", "data.max_samples=10000", "train.epochs=3",
         "train.warmup_epochs=1", "train.batch_size=128", "train.blr=3e-3", "pretrain.vis_images=0",
         f"train.output_dir={tmp_path / 'pre'}"]))
@@ -109,7 +111,7 @@ def test_cifar10_pretrained_beats_random(tmp_path, datasets):
     data = ["data.name=cifar10", f"data.root={datasets}", "data.max_samples=2000", "data.max_eval_samples=1000"]
     knn = [knn_eval(load_config(KnnConfig, overrides=data + ["knn.pooling=mean", *init]))["knn_top1"]
            for init in ([f"knn.init={ckpt}"], CIFAR_MODEL)]
-    assert knn[0] > knn[1] + 2.0, knn
+    assert knn[0] > knn[1] + 4.0, knn
 
 
 def test_imagenet_sample_protocol_reconstructs_held_out_photos(tmp_path, datasets):
