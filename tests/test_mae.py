@@ -181,3 +181,21 @@ def test_generator_gives_reproducible_forward():
     a = model(imgs, generator=torch.Generator().manual_seed(3))
     b = model(imgs, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a.mask, b.mask) and torch.equal(a.loss, b.loss)
+
+
+def test_import_openmae_is_light_and_its_names_load_on_use():
+    """`import openmae` (and openmae.config, the host-memory module) imports neither torch nor timm: a tool or a
+    subprocess that needs only them does not pay 3-7 s for timm's import of torchvision's model zoo. The package's
+    names still load on first use."""
+    import subprocess
+    import sys
+
+    script = ("import sys, openmae, openmae.config, openmae.engine.host_memory\n"
+              "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))\n"
+              "print(openmae.create_model('mae_vit_debug_patch4_32').cfg.depth, 'timm' in sys.modules)\n"
+              "print(openmae.load_pretrained.__module__, sorted(set(openmae.__all__) - set(dir(openmae))))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:3] == ["[]", f"{openmae.model_config('mae_vit_debug_patch4_32').depth} True",
+                       "openmae.convert.checkpoints []"], out
+    with pytest.raises(AttributeError, match="module 'openmae' has no attribute 'create_modle'"):
+        openmae.create_modle  # noqa: B018
