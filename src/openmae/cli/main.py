@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -10,6 +11,10 @@ from collections.abc import Callable
 
 from openmae.config import ConfigError, dump_yaml, from_dict, load_config, parse_override, validate
 from openmae.engine.config import COMPILE_MODES
+from openmae.engine.task_config import EvaluateConfig, FinetuneConfig, KnnConfig, LinprobeConfig, PretrainConfig
+
+# Only settings are imported up front (no torch, no timm): `--help`, `--print-config` and a refused setting answer
+# in a fraction of a second; each command imports what runs it once its config has been read and checked.
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace, list[str]], int]]] = {}
 
@@ -65,19 +70,19 @@ def print_config(config_cls, files: list[str], overrides: list[str]) -> int:
 
 @command("pretrain", "MAE pretraining (torchrun-ready)")
 def cmd_pretrain(args: argparse.Namespace, rest: list[str]) -> int:
-    from openmae.engine.pretrain import PretrainConfig, pretrain
-
     if args.print_config:
         return print_config(PretrainConfig, args.config, run_overrides(args, rest))
     cfg = load_config(PretrainConfig, args.config, run_overrides(args, rest))
     if int(os.environ.get("RANK", "0")) == 0:
         print(dump_yaml(cfg), file=sys.stderr)
     from openmae.engine.preempt import exit_code
+    from openmae.engine.pretrain import pretrain
 
     return exit_code(pretrain(cfg))
 
 
-def _run_task(config_cls, runner, args: argparse.Namespace, rest: list[str], init_key: str | None = None) -> int:
+def _run_task(config_cls, runner: str, args: argparse.Namespace, rest: list[str], init_key: str | None = None) -> int:
+    """Read and check ``config_cls``, then run it with ``runner`` ("module:function", imported only then)."""
     overrides = run_overrides(args, rest)
     if init_key and getattr(args, "checkpoint", None):
         overrides.insert(0, f"{init_key}={args.checkpoint}")
@@ -89,7 +94,8 @@ def _run_task(config_cls, runner, args: argparse.Namespace, rest: list[str], ini
     setup_console(int(os.environ.get("RANK", "0")) == 0)  # every command says what it measured, took and skipped
     if int(os.environ.get("RANK", "0")) == 0:
         print(dump_yaml(cfg), file=sys.stderr)
-    result = runner(cfg)
+    module, function = runner.split(":")
+    result = getattr(importlib.import_module(module), function)(cfg)
     if int(os.environ.get("RANK", "0")) == 0 and result:
         print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}))
     from openmae.engine.preempt import exit_code
@@ -99,34 +105,26 @@ def _run_task(config_cls, runner, args: argparse.Namespace, rest: list[str], ini
 
 @command("finetune", "fine-tune a ViT classifier from a pretrained encoder (torchrun-ready)")
 def cmd_finetune(args: argparse.Namespace, rest: list[str]) -> int:
-    from openmae.engine.finetune import FinetuneConfig, finetune
-
-    return _run_task(FinetuneConfig, finetune, args, rest, "finetune.init")
+    return _run_task(FinetuneConfig, "openmae.engine.finetune:finetune", args, rest, "finetune.init")
 
 
 @command("linprobe", "linear probe of a frozen encoder (online or on cached features)")
 def cmd_linprobe(args: argparse.Namespace, rest: list[str]) -> int:
-    from openmae.engine.linprobe import LinprobeConfig, linprobe
-
-    return _run_task(LinprobeConfig, linprobe, args, rest, "linprobe.init")
+    return _run_task(LinprobeConfig, "openmae.engine.linprobe:linprobe", args, rest, "linprobe.init")
 
 
 @command("knn", "weighted kNN accuracy of an encoder's features")
 def cmd_knn(args: argparse.Namespace, rest: list[str]) -> int:
-    from openmae.engine.knn_eval import KnnConfig, knn_eval
-
-    return _run_task(KnnConfig, knn_eval, args, rest, "knn.init")
+    return _run_task(KnnConfig, "openmae.engine.knn_eval:knn_eval", args, rest, "knn.init")
 
 
 @command("evaluate", "accuracy of a fine-tuned classifier (or online probe) on a split: top-1/5, per class, confusion")
 def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
-    from openmae.engine.evaluate import EvaluateConfig, run_evaluate
-
     if args.json_out:
         rest = [*rest, f"evaluate.output={args.json_out}"]
     if args.plot:
         rest = [*rest, f"evaluate.plot={args.plot}"]
-    return _run_task(EvaluateConfig, run_evaluate, args, rest, "evaluate.init")
+    return _run_task(EvaluateConfig, "openmae.engine.evaluate:run_evaluate", args, rest, "evaluate.init")
 
 
 @command("visualize", "reconstruction pictures: original | masked | reconstruction | pasted")

@@ -14,6 +14,7 @@ FORMATS = ("image", "array", "volume")
 PLANES = ("axial", "coronal", "sagittal")
 FOURTH_AXES = ("volumes", "bands")
 LAYOUTS = ("auto", "hwc", "chw")
+SHIFT_MODES = ("constant", "edge", "reflect")  # fine-tuning's random translation: how the uncovered border fills
 
 
 @dataclass
@@ -155,3 +156,11 @@ class DataConfig:
         require((self.mean is None) == (self.std is None), "data.mean/std", (self.mean, self.std),
                 "both set or both unset")
         require(self.std is None or all(s > 0 for s in self.std), "data.std", self.std, "positive numbers")
+
+
+def check_recipe(data_format: str, auto_augment: str, color_jitter: float) -> None:
+    """RandAugment and colour jitter are operations on 8-bit RGB pictures (PIL): refused for arrays of bands."""
+    if data_format != "image":
+        require(not auto_augment, "finetune.auto_augment", auto_augment,
+                f"'' with data.format={data_format} (RandAugment works on 8-bit RGB pictures, not on arrays of bands)")
+        require(not color_jitter, "finetune.color_jitter", color_jitter, f"0 with data.format={data_format} (it works on RGB)")

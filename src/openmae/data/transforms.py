@@ -9,7 +9,7 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
 from openmae.config import require
-from openmae.data.config import DataConfig
+from openmae.data.config import DataConfig, check_recipe
 
 
 class ToNormalizedTensor:
@@ -78,21 +78,10 @@ def _posterize_any_bits(img, bits_to_keep, **__):
     return ImageOps.posterize(img, bits_to_keep)
 
 
-SHIFT_MODES = ("constant", "edge", "reflect")
-
-
 def check_shift(shift: int, img_size: tuple[int, int]) -> None:
     """A random shift must leave part of the image in view: fewer pixels than its shorter side."""
     require(shift < min(img_size), "finetune.shift", shift,
             f"fewer pixels than the {img_size[0]}x{img_size[1]} images (a few: 2 at 28px)")
-
-
-def check_recipe(data_format: str, auto_augment: str, color_jitter: float) -> None:
-    """RandAugment and colour jitter are operations on 8-bit RGB pictures (PIL): refused for arrays of bands."""
-    if data_format != "image":
-        require(not auto_augment, "finetune.auto_augment", auto_augment,
-                f"'' with data.format={data_format} (RandAugment works on 8-bit RGB pictures, not on arrays of bands)")
-        require(not color_jitter, "finetune.color_jitter", color_jitter, f"0 with data.format={data_format} (it works on RGB)")
 
 
 def finetune_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std, auto_augment: str, reprob: float,

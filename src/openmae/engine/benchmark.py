@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from openmae.engine.config import PRECISIONS
+from openmae.engine.config import PRECISIONS, precision_dtype
 from openmae.engine.distributed import compile_module
 from openmae.engine.host_memory import keep_freed_host_memory
 from openmae.engine.optim import FUSED_ADAMW_DEVICES
@@ -125,7 +125,7 @@ def _measure(c: _Candidate, cfg: MAEConfig, batch: int, device: torch.device, wa
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
-    return next(name for name, d in PRECISIONS.items() if (d or torch.float32) == dtype)
+    return next(name for name in PRECISIONS if (precision_dtype(name) or torch.float32) == dtype)
 
 
 def resolve_device(device_name: str = "auto") -> torch.device:
@@ -165,7 +165,7 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
     machine's slow moments then fall on the rates and the steps alike. Otherwise each is timed alone, one after
     the other, which a GPU needs to read each one's peak memory, the matmul rates first."""
     device = resolve_device(device_name)
-    dtype = PRECISIONS[precision]
+    dtype = precision_dtype(precision)
     cfg = model_config(preset, grad_checkpointing=grad_checkpointing, **overrides)
     host_memory = keep_freed_host_memory()  # as a training run does; for every row (one process)
     rates: dict[torch.dtype, float] = {}  # matmul FLOP/s by dtype: read alone, or in the rounds (interleave)

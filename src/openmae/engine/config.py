@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from openmae.config import ConfigError, require
-from openmae.engine.preempt import is_signal_name
-from openmae.models.mae import MAEConfig
+from openmae.models.config import MAEConfig
 from openmae.models.registry import _SHORT, PRESETS, model_config
+
+if TYPE_CHECKING:
+    import torch
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile modes
 
 
-# precision name -> autocast dtype (None: plain fp32); train.precision also takes "auto"
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("fp32", "bf16", "fp16")  # train.precision also takes "auto"
+
+
+def precision_dtype(name: str) -> torch.dtype | None:
+    """The autocast dtype of a precision name in :data:`PRECISIONS` (None: plain fp32)."""
+    import torch  # here, not at the top: the settings load without torch, so the CLI checks them in a blink
+
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def is_signal_name(name: str) -> bool:
+    return name.startswith("SIG") and isinstance(getattr(signal, name, None), signal.Signals)
+
 
 @dataclass
 class ModelSection:

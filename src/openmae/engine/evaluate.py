@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from openmae.config import ConfigError, require
+from openmae.config import ConfigError
 from openmae.convert.files import load_file
 from openmae.data.build import eval_batches, source_for
 from openmae.data.config import DataConfig
@@ -23,47 +22,12 @@ from openmae.engine.distributed import pick_device
 from openmae.engine.linprobe import probe_global_pool
 from openmae.engine.logging import setup_console
 from openmae.engine.loop import autocast_dtype
+from openmae.engine.task_config import EvaluateConfig
 from openmae.eval.plots import confusion_plot
 from openmae.models.mae import MAEConfig
 from openmae.models.vit import create_classifier
 
 log = logging.getLogger("openmae.evaluate")
-
-TTA_MODES = ("none", "flip")
-
-
-@dataclass
-class EvaluateSection:
-    init: str = ""  # the classifier: model-best.pth, or a fine-tuning / online-probe run checkpoint
-    batch_size: int = 256
-    precision: str = "auto"  # as train.precision: auto = bf16 on CUDA, fp32 on CPU
-    device: str = "auto"
-    output: str = ""  # a JSON file for every number (per-class accuracy and confusion matrix included)
-    plot: str = ""  # a PNG of the confusion matrix (rows as percentages of each true class)
-    # test-time augmentation: none, or flip (each image's class probabilities averaged with its mirror's; only
-    # for classifiers trained with horizontal flips). Reported apart: fine-tuning's own numbers are single-view.
-    tta: str = "none"
-
-    def check(self) -> None:
-        require(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, ">= 1")
-        require(self.precision in ("auto", "fp32", "bf16", "fp16"), "evaluate.precision", self.precision,
-                "auto, fp32, bf16 or fp16 (fp16 on CUDA only)")
-        require(self.tta in TTA_MODES, "evaluate.tta", self.tta, " or ".join(TTA_MODES))
-
-
-@dataclass
-class EvaluateConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
-
-    def check(self) -> None:
-        require(bool(self.evaluate.init), "evaluate.init", self.evaluate.init,
-                "a classifier file: --checkpoint runs/<finetune run>/model-best.pth")
-        require(self.data.name != "folder", "data.name", self.data.name,
-                "a labelled dataset: a named one (data.name=fashion-mnist ...) or data.name=imagefolder data.path=...")
-        require(not self.data.report_eval_split, "data.report_eval_split", self.data.report_eval_split,
-                "false: evaluate reads one split, data.eval_split (or its held-out stand-in with data.holdout)")
-
 
 def _head_kind(obj: dict[str, Any], path: str) -> tuple[str, bool]:
     """(global_pool, BatchNorm head) of the classifier stored in ``obj``, or a ConfigError saying what the file is.

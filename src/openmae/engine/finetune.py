@@ -4,7 +4,6 @@ label smoothing / weight EMA (timm's implementations), global average pooling + 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,11 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 
-from openmae.config import require
 from openmae.data.build import eval_batches, report_source, split_sources, train_dataset
-from openmae.data.config import DataConfig
 from openmae.data.datasets import keep_stats, stats_for
 from openmae.data.loader import Batch
 from openmae.data.normalization import stats_record
-from openmae.data.transforms import SHIFT_MODES, check_recipe, check_shift, finetune_transform
+from openmae.data.transforms import check_shift, finetune_transform
 from openmae.engine.checkpoint import CheckpointError
 from openmae.engine.classifier import (
     BestKeeper,
@@ -30,80 +27,15 @@ from openmae.engine.classifier import (
     num_classes_of,
     report_prefix,
 )
-from openmae.engine.config import ModelSection, TrainConfig
+from openmae.engine.config import TrainConfig
 from openmae.engine.distributed import DistInfo
 from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
 from openmae.engine.optim import param_groups
+from openmae.engine.task_config import FinetuneConfig
 from openmae.engine.weights import resolve_encoder
-from openmae.models.vit import GLOBAL_POOL, create_classifier, load_encoder
+from openmae.models.vit import create_classifier, load_encoder
 
 log = logging.getLogger("openmae.finetune")
-
-
-@dataclass
-class FinetuneSection:
-    init: str = ""
-    num_classes: int = 0
-    global_pool: str = "avg"
-    drop_path: float = 0.1
-    layer_decay: float = 0.75
-    smoothing: float = 0.1
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    auto_augment: str = "rand-m9-mstd0.5-inc1"
-    reprob: float = 0.25
-    # Colour jitter strength when auto_augment is off (timm applies it only then); 0 = none, as the official
-    # recipe (which passes None, where timm's own default would be 0.4).
-    color_jitter: float = 0.0
-    # Random translation by up to this many pixels each way (pad, then crop the image size back), after the crop;
-    # shift_mode fills the uncovered border: constant (black), edge or reflect. 0 = none, as the official recipe.
-    shift: int = 0
-    shift_mode: str = "constant"
-    # An exponential moving average of the weights (as DeiT's recipe): when on, the EMA weights are the classifier
-    # that is evaluated (top1), kept (model-best.pth) and exported; the trained weights' numbers are logged as
-    # live_top1 etc. With the warm-up (timm's), the decay at optimizer step t is min(decay, 1 - (1 + t)^-0.75),
-    # so short runs still average over a horizon their length allows.
-    model_ema: bool = False
-    model_ema_decay: float = 0.9999
-    model_ema_warmup: bool = True
-    eval_batch_size: int = 256
-    eval_every_epochs: int = 1
-
-    def check(self) -> None:
-        require(self.global_pool in GLOBAL_POOL, "finetune.global_pool", self.global_pool, f"one of {GLOBAL_POOL}")
-        require(0 <= self.drop_path < 1, "finetune.drop_path", self.drop_path, "in [0, 1)")
-        require(0 < self.layer_decay <= 1, "finetune.layer_decay", self.layer_decay, "in (0, 1]")
-        require(0 <= self.smoothing < 1, "finetune.smoothing", self.smoothing, "in [0, 1)")
-        require(self.mixup >= 0 and self.cutmix >= 0, "finetune.mixup/cutmix", (self.mixup, self.cutmix), ">= 0")
-        require(0 <= self.reprob <= 1, "finetune.reprob", self.reprob, "in [0, 1]")
-        require(self.color_jitter >= 0, "finetune.color_jitter", self.color_jitter, ">= 0 (0 = no colour jitter)")
-        require(self.shift >= 0, "finetune.shift", self.shift, ">= 0 pixels (0 = no random translation)")
-        require(self.shift_mode in SHIFT_MODES, "finetune.shift_mode", self.shift_mode, f"one of {SHIFT_MODES}")
-        require(self.num_classes >= 0, "finetune.num_classes", self.num_classes, ">= 0 (0 = from the dataset)")
-        require(self.eval_every_epochs >= 1, "finetune.eval_every_epochs", self.eval_every_epochs, ">= 1")
-        require(0 <= self.model_ema_decay < 1, "finetune.model_ema_decay", self.model_ema_decay,
-                "in [0, 1) (0.9999 averages over about 10,000 optimizer steps)")
-
-
-@dataclass
-class FinetuneConfig:
-    model: ModelSection = field(default_factory=lambda: ModelSection(name="auto"))
-    data: DataConfig = field(default_factory=lambda: DataConfig(crop_scale=(0.08, 1.0)))  # timm's / the paper's crop
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=100, warmup_epochs=5, blr=5e-4, betas=(0.9, 0.999), output_dir="runs/finetune", ckpt_every_epochs=10))
-    finetune: FinetuneSection = field(default_factory=FinetuneSection)
-
-    def check(self) -> None:
-        mixing = self.finetune.mixup > 0 or self.finetune.cutmix > 0
-        require(not mixing or self.train.batch_size % 2 == 0, "train.batch_size", self.train.batch_size,
-                "even when mixup/cutmix are on")
-        require(self.data.name != "folder", "data.name", self.data.name, "a labelled dataset (imagefolder or named)")
-        require(not self.data.device_augment, "data.device_augment", self.data.device_augment,
-                "false for fine-tuning (its RandAugment / random erasing recipe runs in the loader's workers)")
-        check_recipe(self.data.format, self.finetune.auto_augment, self.finetune.color_jitter)
-        require(not (self.finetune.model_ema and self.train.distributed == "fsdp"), "finetune.model_ema",
-                self.finetune.model_ema, "false with train.distributed=fsdp (the average needs whole weights on "
-                "every rank); use ddp")
 
 
 class FinetuneTask:

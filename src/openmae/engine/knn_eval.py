@@ -3,56 +3,22 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from openmae.config import require
 from openmae.convert.checkpoints import load_state_dict_into
 from openmae.data.build import eval_batches, split_sources
 from openmae.data.config import DataConfig
 from openmae.engine.config import ModelSection
 from openmae.engine.distributed import pick_device
+from openmae.engine.task_config import KnnConfig
 from openmae.engine.weights import resolve_encoder
-from openmae.eval.features import POOLING, extract_features
+from openmae.eval.features import extract_features
 from openmae.eval.knn import knn_accuracy, standardize
 from openmae.models.mae import MaskedAutoencoder
 
 log = logging.getLogger("openmae.knn")
-
-
-@dataclass
-class KnnSection:
-    init: str = ""
-    k: int = 20
-    temperature: float = 0.07
-    pooling: str = "cls"
-    last_blocks: int = 1  # > 1: concatenate the pooled features of the encoder's last N blocks
-    standardize: bool = False  # scale each feature dimension by the training features' mean and std first
-    batch_size: int = 256
-    device: str = "auto"
-    seed: int = 0
-
-    def check(self) -> None:
-        require(self.k >= 1, "knn.k", self.k, ">= 1")
-        require(self.temperature > 0, "knn.temperature", self.temperature, "> 0")
-        require(self.pooling in POOLING, "knn.pooling", self.pooling, f"one of {POOLING}")
-        require(self.batch_size >= 1, "knn.batch_size", self.batch_size, ">= 1")
-        require(self.last_blocks >= 1, "knn.last_blocks", self.last_blocks, ">= 1 (1 = the last block only)")
-
-
-@dataclass
-class KnnConfig:
-    model: ModelSection = field(default_factory=lambda: ModelSection(name="auto"))
-    data: DataConfig = field(default_factory=DataConfig)
-    knn: KnnSection = field(default_factory=KnnSection)
-
-    def check(self) -> None:
-        require(self.data.name != "folder", "data.name", self.data.name, "a labelled dataset (imagefolder or named)")
-        require(not self.data.report_eval_split, "data.report_eval_split", self.data.report_eval_split,
-                "false for kNN (one evaluation, no epoch to choose): run `openmae knn` without data.holdout for the "
-                "test split's number")
 
 
 def load_encoder_model(model: ModelSection, init: str, seed: int = 0, data: DataConfig | None = None

@@ -8,16 +8,13 @@ the results say which mode produced them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from openmae.config import require
 from openmae.data.build import eval_batches, report_source, split_sources, train_dataset
-from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource, keep_stats
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples
 from openmae.data.normalization import stats_record
@@ -29,50 +26,16 @@ from openmae.engine.classifier import (
     num_classes_of,
     report_prefix,
 )
-from openmae.engine.config import ModelSection, TrainConfig
+from openmae.engine.config import TrainConfig
 from openmae.engine.distributed import DistInfo
 from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
 from openmae.engine.optim import param_groups
+from openmae.engine.task_config import LinprobeConfig
 from openmae.engine.weights import resolve_encoder
-from openmae.eval.features import POOLING, extract_features, pooled_width
+from openmae.eval.features import extract_features, pooled_width
 from openmae.models.vit import create_classifier, load_encoder
 
 log = logging.getLogger("openmae.linprobe")
-
-
-@dataclass
-class LinprobeSection:
-    init: str = ""
-    num_classes: int = 0
-    mode: str = "online"
-    pooling: str = "cls"
-    last_blocks: int = 1  # cached mode: probe the concatenated pooled features of the last N blocks
-    eval_batch_size: int = 256
-    eval_every_epochs: int = 1
-
-    def check(self) -> None:
-        require(self.mode in ("online", "cached"), "linprobe.mode", self.mode, "online or cached")
-        require(self.pooling in POOLING, "linprobe.pooling", self.pooling, f"one of {POOLING}")
-        require(self.last_blocks >= 1, "linprobe.last_blocks", self.last_blocks, ">= 1 (1 = the last block only)")
-        require(self.pooling != "cls+mean" or self.mode == "cached", "linprobe.pooling", self.pooling,
-                "cls or mean in online mode (the online head reads the cls token; cls+mean is for cached features)")
-        require(self.last_blocks == 1 or self.mode == "cached", "linprobe.last_blocks", self.last_blocks,
-                "1 in online mode (several blocks are probed from cached features: set linprobe.mode=cached)")
-        require(self.num_classes >= 0, "linprobe.num_classes", self.num_classes, ">= 0 (0 = from the dataset)")
-        require(self.eval_every_epochs >= 1, "linprobe.eval_every_epochs", self.eval_every_epochs, ">= 1")
-
-
-@dataclass
-class LinprobeConfig:
-    model: ModelSection = field(default_factory=lambda: ModelSection(name="auto"))
-    data: DataConfig = field(default_factory=lambda: DataConfig(crop_scale=(0.08, 1.0)))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=90, warmup_epochs=10, blr=0.1, weight_decay=0.0, optimizer="lars", output_dir="runs/linprobe",
-        ckpt_every_epochs=10))
-    linprobe: LinprobeSection = field(default_factory=LinprobeSection)
-
-    def check(self) -> None:
-        require(self.data.name != "folder", "data.name", self.data.name, "a labelled dataset (imagefolder or named)")
 
 
 class FeatureSource:

@@ -36,7 +36,7 @@ from openmae.engine.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from openmae.engine.config import PRECISIONS, TrainConfig
+from openmae.engine.config import TrainConfig, precision_dtype
 from openmae.engine.distributed import DistInfo, all_reduce_mean, barrier, parallelize
 from openmae.engine.host_memory import keep_freed_host_memory
 from openmae.engine.logging import MetricsLog, read_metrics
@@ -136,7 +136,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     if precision == "fp16" and device.type != "cuda":
         raise ValueError(f"train.precision=fp16 needs a CUDA device (got {device}); use bf16 or fp32 on CPU")
-    return PRECISIONS[precision]
+    return precision_dtype(precision)
 
 
 def _options() -> StateDictOptions:

@@ -20,13 +20,10 @@ from typing import Any
 
 import torch
 
+from openmae.engine.config import is_signal_name
 from openmae.engine.distributed import DistInfo
 
 log = logging.getLogger("openmae.train")
-
-
-def is_signal_name(name: str) -> bool:
-    return name.startswith("SIG") and isinstance(getattr(signal, name, None), signal.Signals)
 
 
 def signal_number(name: str) -> int:

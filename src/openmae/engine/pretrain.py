@@ -3,78 +3,29 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
 import torch
 from torch import nn
 
-from openmae.config import require
 from openmae.convert.checkpoints import load_state_dict_into
 from openmae.data.build import eval_batches, split_sources, train_dataset
-from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource, keep_stats, stats_for
 from openmae.data.loader import Batch
-from openmae.engine.config import ModelSection, TrainConfig
+from openmae.engine.config import TrainConfig
 from openmae.engine.distributed import DistInfo, barrier
 from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
+from openmae.engine.task_config import PretrainConfig
 from openmae.engine.weights import resolve_encoder
-from openmae.eval.features import POOLING, extract_features
+from openmae.eval.features import extract_features
 from openmae.eval.knn import knn_accuracy
 from openmae.eval.reconstruction import auto_scale, check_bands, grid_image, reconstruct, save_grid
 from openmae.models.mae import MaskedAutoencoder
 
 log = logging.getLogger("openmae.pretrain")
-
-
-@dataclass
-class PretrainSection:
-    """Masking, and what to look at while training (reconstruction pictures, kNN monitor)."""
-
-    mask_ratio: float = 0.75
-    # Weights to start from (continued pretraining, e.g. the official ImageNet MAE on your own images), in any
-    # layout `openmae convert` reads; an encoder-only file leaves the decoder at its initialisation, and
-    # model.name=auto takes the architecture from the file. Optimizer, schedule and step start afresh
-    # (train.resume is what continues an interrupted run, and wins over this when it finds a checkpoint).
-    init: str = ""
-    vis_every_epochs: int = 0
-    vis_images: int = 8
-    # the channels the pictures show: one (grey) or three (red, green, blue); empty: the first three (or the first
-    # when there are fewer). For multi-band data, e.g. [3, 2, 1]: Sentinel-2's true colour
-    vis_bands: tuple[int, ...] = ()
-    knn_every_epochs: int = 0
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    knn_pooling: str = "cls"
-    knn_train_samples: int = 0
-    knn_eval_samples: int = 0
-
-    def check(self) -> None:
-        require(0 < self.mask_ratio < 1, "pretrain.mask_ratio", self.mask_ratio, "strictly between 0 and 1")
-        require(self.vis_every_epochs >= 0, "pretrain.vis_every_epochs", self.vis_every_epochs, ">= 0 (0 = at the end)")
-        require(self.vis_images >= 0, "pretrain.vis_images", self.vis_images, ">= 0")
-        require(len(self.vis_bands) in (0, 1, 3), "pretrain.vis_bands", self.vis_bands,
-                "empty, one channel index (grey) or three (red, green, blue)")
-        require(self.knn_every_epochs >= 0, "pretrain.knn_every_epochs", self.knn_every_epochs, ">= 0 (0 = off)")
-        require(self.knn_k >= 1, "pretrain.knn_k", self.knn_k, ">= 1")
-        require(self.knn_temperature > 0, "pretrain.knn_temperature", self.knn_temperature, "> 0")
-        require(self.knn_pooling in POOLING, "pretrain.knn_pooling", self.knn_pooling, f"one of {POOLING}")
-
-
-@dataclass
-class PretrainConfig:
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/pretrain"))
-    pretrain: PretrainSection = field(default_factory=PretrainSection)
-
-    def check(self) -> None:
-        require(self.model.name != "auto" or bool(self.pretrain.init), "model.name", self.model.name,
-                "a preset, or auto together with pretrain.init (the architecture is read from that file)")
-        require(not (self.pretrain.knn_every_epochs and self.data.name == "folder"), "pretrain.knn_every_epochs",
-                self.pretrain.knn_every_epochs, "0 for unlabeled folders (kNN needs labels: use imagefolder or a named set)")
 
 
 def masking_noise(model: MaskedAutoencoder, seeds: torch.Tensor, mask_ratio: float) -> torch.Tensor:

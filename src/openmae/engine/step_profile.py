@@ -106,7 +106,7 @@ def profile_preset(preset: str, batch: int, precision: str = "bf16", compile_mod
     from dataclasses import replace
 
     from openmae.engine.benchmark import openmae_step, random_batch, resolve_device
-    from openmae.engine.config import PRECISIONS
+    from openmae.engine.config import precision_dtype
     from openmae.engine.host_memory import keep_freed_host_memory
     from openmae.models.registry import model_config
 
@@ -115,6 +115,6 @@ def profile_preset(preset: str, batch: int, precision: str = "bf16", compile_mod
     cfg = model_config(preset, grad_checkpointing=grad_checkpointing)
     torch.manual_seed(0)
     imgs, noise = random_batch(cfg, batch, device)
-    step = openmae_step(cfg, imgs, noise, PRECISIONS[precision], device, compile_model, compile_scope, compile_mode)
+    step = openmae_step(cfg, imgs, noise, precision_dtype(precision), device, compile_model, compile_scope, compile_mode)
     compiled = f" compiled ({compile_scope})" if compile_model else ""
     return replace(profile_step(step, device, warmup, steps, top), title=f"{preset} batch {batch} {precision}{compiled}")

@@ -9,8 +9,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from openmae.data.loader import Batch
-
-POOLING = ("cls", "mean", "cls+mean")
+from openmae.models.config import POOLING
 
 
 def pooled_width(pooling: str, width: int) -> int:

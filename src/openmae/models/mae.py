@@ -6,7 +6,7 @@ so official checkpoints load as they are. Blocks and patch embedding are timm's 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -15,52 +15,10 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from openmae.models.attention import Attention
+from openmae.models.config import MAEConfig
 from openmae.models.masking import MaskPlan, make_strategy, plan_from_noise
-from openmae.models.patches import grid_size, patchify
+from openmae.models.patches import patchify
 from openmae.models.pos_embed import sincos_2d
-
-
-@dataclass
-class MAEConfig:
-    """Everything that rebuilds a :class:`MaskedAutoencoder` (stored in every checkpoint)."""
-
-    img_size: tuple[int, int] = (224, 224)
-    patch_size: int = 16
-    in_chans: int = 3
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    decoder_embed_dim: int = 512
-    decoder_depth: int = 8
-    decoder_num_heads: int = 16
-    mlp_ratio: float = 4.0
-    norm_pix_loss: bool = False
-    masking: str = "random"
-    grad_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.img_size, int):
-            self.img_size = (self.img_size, self.img_size)
-        self.img_size = tuple(int(s) for s in self.img_size)  # type: ignore[assignment]
-        grid_size(self.img_size, self.patch_size)  # raises on a patch that does not divide the image
-        for width, heads, what in ((self.embed_dim, self.num_heads, "encoder"),
-                                   (self.decoder_embed_dim, self.decoder_num_heads, "decoder")):
-            if heads <= 0 or width % heads:
-                raise ValueError(f"{what} width {width} is not divisible by its {heads} heads")
-            if width % 4:
-                raise ValueError(f"{what} width {width} must be a multiple of 4 for 2-D sin-cos embeddings")
-        if self.in_chans <= 0:
-            raise ValueError(f"in_chans must be positive, got {self.in_chans}")
-        make_strategy(self.masking)  # raises on an unknown name
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return grid_size(self.img_size, self.patch_size)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["img_size"] = list(self.img_size)
-        return d
 
 
 @dataclass

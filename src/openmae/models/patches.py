@@ -7,16 +7,7 @@ from __future__ import annotations
 
 import torch
 
-
-def grid_size(img_size: tuple[int, int], patch_size: int) -> tuple[int, int]:
-    """Number of patches along (height, width); raises if the patch does not divide the image."""
-    h, w = img_size
-    if patch_size <= 0 or h % patch_size or w % patch_size:
-        raise ValueError(
-            f"patch size {patch_size} does not divide image size {h}x{w} (HxW); "
-            f"choose a patch size that divides both sides, or resize the images"
-        )
-    return h // patch_size, w // patch_size
+from openmae.models.config import grid_size
 
 
 def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:

@@ -6,9 +6,12 @@ Sizes come from one table (big_vision style): "B/16" decodes to width 768, depth
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from openmae.models.mae import MAEConfig, MaskedAutoencoder
+from openmae.models.config import MAEConfig
+
+if TYPE_CHECKING:
+    from openmae.models.mae import MaskedAutoencoder
 
 # name -> (width, depth, heads): ViT encoder sizes (Dosovitskiy et al.; tiny/small from DeiT)
 VIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -76,4 +79,7 @@ def model_config(name: str, **overrides: Any) -> MAEConfig:
 
 def create_model(name: str, **overrides: Any) -> MaskedAutoencoder:
     """Build a freshly initialised MAE by preset name, e.g. ``create_model("mae_vit_base_patch16")``."""
+    # imported here: the presets serve config checks and the CLI, which should not wait for torch and timm
+    from openmae.models.mae import MaskedAutoencoder
+
     return MaskedAutoencoder(model_config(name, **overrides))

@@ -14,13 +14,12 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 
 from openmae.models.attention import Attention
-from openmae.models.mae import DECODER_PREFIXES, MAEConfig
+from openmae.models.config import GLOBAL_POOL, MAEConfig
+from openmae.models.mae import DECODER_PREFIXES
 from openmae.models.patches import adapt_in_chans
 from openmae.models.pos_embed import interpolate_pos_embed
 
 log = logging.getLogger(__name__)
-
-GLOBAL_POOL = ("avg", "token")
 
 
 def create_classifier(cfg: MAEConfig, num_classes: int, global_pool: str = "avg", drop_path: float = 0.0,

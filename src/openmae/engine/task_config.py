@@ -1,0 +1,230 @@
+"""The settings of each command (``openmae pretrain``, ``finetune``, ``linprobe``, ``knn``, ``evaluate``): dataclasses
+with their defaults and checks, importable without torch, so that the CLI prints, checks and refuses a config at
+once; the tasks that run them live beside this module (``engine/pretrain.py`` ...)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from openmae.config import require
+from openmae.data.config import SHIFT_MODES, DataConfig, check_recipe
+from openmae.engine.config import PRECISIONS, ModelSection, TrainConfig
+from openmae.models.config import GLOBAL_POOL, POOLING
+
+
+@dataclass
+class PretrainSection:
+    """Masking, and what to look at while training (reconstruction pictures, kNN monitor)."""
+
+    mask_ratio: float = 0.75
+    # Weights to start from (continued pretraining, e.g. the official ImageNet MAE on your own images), in any
+    # layout `openmae convert` reads; an encoder-only file leaves the decoder at its initialisation, and
+    # model.name=auto takes the architecture from the file. Optimizer, schedule and step start afresh
+    # (train.resume is what continues an interrupted run, and wins over this when it finds a checkpoint).
+    init: str = ""
+    vis_every_epochs: int = 0
+    vis_images: int = 8
+    # the channels the pictures show: one (grey) or three (red, green, blue); empty: the first three (or the first
+    # when there are fewer). For multi-band data, e.g. [3, 2, 1]: Sentinel-2's true colour
+    vis_bands: tuple[int, ...] = ()
+    knn_every_epochs: int = 0
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_pooling: str = "cls"
+    knn_train_samples: int = 0
+    knn_eval_samples: int = 0
+
+    def check(self) -> None:
+        require(0 < self.mask_ratio < 1, "pretrain.mask_ratio", self.mask_ratio, "strictly between 0 and 1")
+        require(self.vis_every_epochs >= 0, "pretrain.vis_every_epochs", self.vis_every_epochs, ">= 0 (0 = at the end)")
+        require(self.vis_images >= 0, "pretrain.vis_images", self.vis_images, ">= 0")
+        require(len(self.vis_bands) in (0, 1, 3), "pretrain.vis_bands", self.vis_bands,
+                "empty, one channel index (grey) or three (red, green, blue)")
+        require(self.knn_every_epochs >= 0, "pretrain.knn_every_epochs", self.knn_every_epochs, ">= 0 (0 = off)")
+        require(self.knn_k >= 1, "pretrain.knn_k", self.knn_k, ">= 1")
+        require(self.knn_temperature > 0, "pretrain.knn_temperature", self.knn_temperature, "> 0")
+        require(self.knn_pooling in POOLING, "pretrain.knn_pooling", self.knn_pooling, f"one of {POOLING}")
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/pretrain"))
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
+
+    def check(self) -> None:
+        require(self.model.name != "auto" or bool(self.pretrain.init), "model.name", self.model.name,
+                "a preset, or auto together with pretrain.init (the architecture is read from that file)")
+        require(not (self.pretrain.knn_every_epochs and self.data.name == "folder"), "pretrain.knn_every_epochs",
+                self.pretrain.knn_every_epochs, "0 for unlabeled folders (kNN needs labels: use imagefolder or a named set)")
+
+
+@dataclass
+class FinetuneSection:
+    init: str = ""
+    num_classes: int = 0
+    global_pool: str = "avg"
+    drop_path: float = 0.1
+    layer_decay: float = 0.75
+    smoothing: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    auto_augment: str = "rand-m9-mstd0.5-inc1"
+    reprob: float = 0.25
+    # Colour jitter strength when auto_augment is off (timm applies it only then); 0 = none, as the official
+    # recipe (which passes None, where timm's own default would be 0.4).
+    color_jitter: float = 0.0
+    # Random translation by up to this many pixels each way (pad, then crop the image size back), after the crop;
+    # shift_mode fills the uncovered border: constant (black), edge or reflect. 0 = none, as the official recipe.
+    shift: int = 0
+    shift_mode: str = "constant"
+    # An exponential moving average of the weights (as DeiT's recipe): when on, the EMA weights are the classifier
+    # that is evaluated (top1), kept (model-best.pth) and exported; the trained weights' numbers are logged as
+    # live_top1 etc. With the warm-up (timm's), the decay at optimizer step t is min(decay, 1 - (1 + t)^-0.75),
+    # so short runs still average over a horizon their length allows.
+    model_ema: bool = False
+    model_ema_decay: float = 0.9999
+    model_ema_warmup: bool = True
+    eval_batch_size: int = 256
+    eval_every_epochs: int = 1
+
+    def check(self) -> None:
+        require(self.global_pool in GLOBAL_POOL, "finetune.global_pool", self.global_pool, f"one of {GLOBAL_POOL}")
+        require(0 <= self.drop_path < 1, "finetune.drop_path", self.drop_path, "in [0, 1)")
+        require(0 < self.layer_decay <= 1, "finetune.layer_decay", self.layer_decay, "in (0, 1]")
+        require(0 <= self.smoothing < 1, "finetune.smoothing", self.smoothing, "in [0, 1)")
+        require(self.mixup >= 0 and self.cutmix >= 0, "finetune.mixup/cutmix", (self.mixup, self.cutmix), ">= 0")
+        require(0 <= self.reprob <= 1, "finetune.reprob", self.reprob, "in [0, 1]")
+        require(self.color_jitter >= 0, "finetune.color_jitter", self.color_jitter, ">= 0 (0 = no colour jitter)")
+        require(self.shift >= 0, "finetune.shift", self.shift, ">= 0 pixels (0 = no random translation)")
+        require(self.shift_mode in SHIFT_MODES, "finetune.shift_mode", self.shift_mode, f"one of {SHIFT_MODES}")
+        require(self.num_classes >= 0, "finetune.num_classes", self.num_classes, ">= 0 (0 = from the dataset)")
+        require(self.eval_every_epochs >= 1, "finetune.eval_every_epochs", self.eval_every_epochs, ">= 1")
+        require(0 <= self.model_ema_decay < 1, "finetune.model_ema_decay", self.model_ema_decay,
+                "in [0, 1) (0.9999 averages over about 10,000 optimizer steps)")
+
+
+@dataclass
+class FinetuneConfig:
+    model: ModelSection = field(default_factory=lambda: ModelSection(name="auto"))
+    data: DataConfig = field(default_factory=lambda: DataConfig(crop_scale=(0.08, 1.0)))  # timm's / the paper's crop
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=100, warmup_epochs=5, blr=5e-4, betas=(0.9, 0.999), output_dir="runs/finetune", ckpt_every_epochs=10))
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+
+    def check(self) -> None:
+        mixing = self.finetune.mixup > 0 or self.finetune.cutmix > 0
+        require(not mixing or self.train.batch_size % 2 == 0, "train.batch_size", self.train.batch_size,
+                "even when mixup/cutmix are on")
+        require(self.data.name != "folder", "data.name", self.data.name, "a labelled dataset (imagefolder or named)")
+        require(not self.data.device_augment, "data.device_augment", self.data.device_augment,
+                "false for fine-tuning (its RandAugment / random erasing recipe runs in the loader's workers)")
+        check_recipe(self.data.format, self.finetune.auto_augment, self.finetune.color_jitter)
+        require(not (self.finetune.model_ema and self.train.distributed == "fsdp"), "finetune.model_ema",
+                self.finetune.model_ema, "false with train.distributed=fsdp (the average needs whole weights on "
+                "every rank); use ddp")
+
+
+@dataclass
+class LinprobeSection:
+    init: str = ""
+    num_classes: int = 0
+    mode: str = "online"
+    pooling: str = "cls"
+    last_blocks: int = 1  # cached mode: probe the concatenated pooled features of the last N blocks
+    eval_batch_size: int = 256
+    eval_every_epochs: int = 1
+
+    def check(self) -> None:
+        require(self.mode in ("online", "cached"), "linprobe.mode", self.mode, "online or cached")
+        require(self.pooling in POOLING, "linprobe.pooling", self.pooling, f"one of {POOLING}")
+        require(self.last_blocks >= 1, "linprobe.last_blocks", self.last_blocks, ">= 1 (1 = the last block only)")
+        require(self.pooling != "cls+mean" or self.mode == "cached", "linprobe.pooling", self.pooling,
+                "cls or mean in online mode (the online head reads the cls token; cls+mean is for cached features)")
+        require(self.last_blocks == 1 or self.mode == "cached", "linprobe.last_blocks", self.last_blocks,
+                "1 in online mode (several blocks are probed from cached features: set linprobe.mode=cached)")
+        require(self.num_classes >= 0, "linprobe.num_classes", self.num_classes, ">= 0 (0 = from the dataset)")
+        require(self.eval_every_epochs >= 1, "linprobe.eval_every_epochs", self.eval_every_epochs, ">= 1")
+
+
+@dataclass
+class LinprobeConfig:
+    model: ModelSection = field(default_factory=lambda: ModelSection(name="auto"))
+    data: DataConfig = field(default_factory=lambda: DataConfig(crop_scale=(0.08, 1.0)))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=90, warmup_epochs=10, blr=0.1, weight_decay=0.0, optimizer="lars", output_dir="runs/linprobe",
+        ckpt_every_epochs=10))
+    linprobe: LinprobeSection = field(default_factory=LinprobeSection)
+
+    def check(self) -> None:
+        require(self.data.name != "folder", "data.name", self.data.name, "a labelled dataset (imagefolder or named)")
+
+
+@dataclass
+class KnnSection:
+    init: str = ""
+    k: int = 20
+    temperature: float = 0.07
+    pooling: str = "cls"
+    last_blocks: int = 1  # > 1: concatenate the pooled features of the encoder's last N blocks
+    standardize: bool = False  # scale each feature dimension by the training features' mean and std first
+    batch_size: int = 256
+    device: str = "auto"
+    seed: int = 0
+
+    def check(self) -> None:
+        require(self.k >= 1, "knn.k", self.k, ">= 1")
+        require(self.temperature > 0, "knn.temperature", self.temperature, "> 0")
+        require(self.pooling in POOLING, "knn.pooling", self.pooling, f"one of {POOLING}")
+        require(self.batch_size >= 1, "knn.batch_size", self.batch_size, ">= 1")
+        require(self.last_blocks >= 1, "knn.last_blocks", self.last_blocks, ">= 1 (1 = the last block only)")
+
+
+@dataclass
+class KnnConfig:
+    model: ModelSection = field(default_factory=lambda: ModelSection(name="auto"))
+    data: DataConfig = field(default_factory=DataConfig)
+    knn: KnnSection = field(default_factory=KnnSection)
+
+    def check(self) -> None:
+        require(self.data.name != "folder", "data.name", self.data.name, "a labelled dataset (imagefolder or named)")
+        require(not self.data.report_eval_split, "data.report_eval_split", self.data.report_eval_split,
+                "false for kNN (one evaluation, no epoch to choose): run `openmae knn` without data.holdout for the "
+                "test split's number")
+
+
+TTA_MODES = ("none", "flip")
+
+
+@dataclass
+class EvaluateSection:
+    init: str = ""  # the classifier: model-best.pth, or a fine-tuning / online-probe run checkpoint
+    batch_size: int = 256
+    precision: str = "auto"  # as train.precision: auto = bf16 on CUDA, fp32 on CPU
+    device: str = "auto"
+    output: str = ""  # a JSON file for every number (per-class accuracy and confusion matrix included)
+    plot: str = ""  # a PNG of the confusion matrix (rows as percentages of each true class)
+    # test-time augmentation: none, or flip (each image's class probabilities averaged with its mirror's; only
+    # for classifiers trained with horizontal flips). Reported apart: fine-tuning's own numbers are single-view.
+    tta: str = "none"
+
+    def check(self) -> None:
+        require(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, ">= 1")
+        require(self.precision in ("auto", *PRECISIONS), "evaluate.precision", self.precision,
+                "auto, fp32, bf16 or fp16 (fp16 on CUDA only)")
+        require(self.tta in TTA_MODES, "evaluate.tta", self.tta, " or ".join(TTA_MODES))
+
+
+@dataclass
+class EvaluateConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+
+    def check(self) -> None:
+        require(bool(self.evaluate.init), "evaluate.init", self.evaluate.init,
+                "a classifier file: --checkpoint runs/<finetune run>/model-best.pth")
+        require(self.data.name != "folder", "data.name", self.data.name,
+                "a labelled dataset: a named one (data.name=fashion-mnist ...) or data.name=imagefolder data.path=...")
+        require(not self.data.report_eval_split, "data.report_eval_split", self.data.report_eval_split,
+                "false: evaluate reads one split, data.eval_split (or its held-out stand-in with data.holdout)")
