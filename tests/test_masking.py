@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from openmae.models.masking import BlockMasking, GridMasking, make_strategy, plan_from_noise
+from openmae.models.config import MASKINGS, MAEConfig
+from openmae.models.masking import STRATEGIES, BlockMasking, GridMasking, make_strategy, plan_from_noise
 
 
 def test_random_masking_invariants():
@@ -67,3 +68,11 @@ def test_bad_ratio_and_name():
         plan_from_noise(torch.rand(1, 4), 1.0)
     with pytest.raises(ValueError, match="unknown masking strategy 'checker'"):
         make_strategy("checker")
+    with pytest.raises(ValueError, match="unknown masking strategy 'checker'"):
+        MAEConfig(masking="checker")
+
+
+def test_config_names_are_the_strategies_implemented():
+    """MAEConfig checks model.masking against a name list of its own (it loads without torch): exactly these."""
+    assert set(MASKINGS) == set(STRATEGIES)
+    assert all(MAEConfig(masking=name).masking == name for name in MASKINGS)
