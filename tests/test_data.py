@@ -266,7 +266,7 @@ def test_finetune_colour_jitter_only_when_asked():
     it is (normalised)."""
     from openmae.config import ConfigError
     from openmae.data.transforms import finetune_transform
-    from openmae.engine.finetune import FinetuneSection
+    from openmae.engine.task_config import FinetuneSection
 
     cfg = DataConfig(name="fashion-mnist", crop_scale=(1.0, 1.0), hflip=0.0)
     pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
@@ -304,7 +304,7 @@ def test_finetune_shift_moves_whole_pixels_and_fills_the_border(mode):
     border black (constant) or mirrored (reflect); several draws give several shifts; 0 leaves the image alone."""
     from openmae.config import ConfigError
     from openmae.data.transforms import finetune_transform
-    from openmae.engine.finetune import FinetuneSection
+    from openmae.engine.task_config import FinetuneSection
 
     cfg = DataConfig(name="fashion-mnist", crop_scale=(1.0, 1.0), hflip=0.0)
     pixels = np.random.default_rng(0).integers(1, 256, (28, 28), dtype=np.uint8)
