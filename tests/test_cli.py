@@ -105,6 +105,28 @@ print(codes, sorted(m for m in ("torch", "timm", "torchvision") if m in sys.modu
     assert "name: B/16" in proc.stdout and "mask_ratio: 0.75" in proc.stdout and "shift_mode: wrap" in proc.stdout
 
 
+def test_version_names_openmae_python_and_the_libraries():
+    """`openmae --version`: the first lines of a bug report, on stdout, exit 0; openmae's own version is the one the
+    package was installed as (pyproject.toml), so the two cannot drift apart."""
+    import platform
+    from importlib.metadata import version
+
+    import timm
+    import torch
+
+    import openmae
+
+    proc = call_cli("--version")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"openmae {openmae.__version__}" == f"openmae {version('openmae')}"
+    assert lines[1].startswith(f"python {platform.python_version()} (")
+    assert lines[2].startswith(f"torch {torch.__version__} (") and f"timm {timm.__version__}" in lines
+    assert f"{torch.get_num_threads()} CPU threads" in lines[2]
+    assert ("GPU(s): " in lines[2]) == torch.cuda.is_available()
+    assert all(" " in line for line in lines) and len(lines) == 10
+
+
 def test_each_command_offers_only_the_flags_it_uses():
     """knn writes no run folder and resumes nothing: it has no --output / --resume (they used to be offered and then
     refused as an unknown 'train' setting); evaluate needs its classifier."""
