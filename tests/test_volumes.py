@@ -587,3 +587,70 @@ def test_pretraining_with_volume_norm_records_it_and_evaluation_without_is_told(
     assert scaled.returncode == 0, scaled.stderr[-3000:]
     assert "0 volumes read now, 4 from data.volume_cache" in scaled.stderr  # the pretraining's surveys
     assert f"data.mean=[{saved['mean'][0]:.6g}]" in scaled.stderr and "was trained on" not in scaled.stderr
+
+
+SHARED_SURVEY = """
+import json, sys
+from pathlib import Path
+import numpy as np
+import torch.distributed as dist
+from openmae.data import survey as survey_module
+from openmae.data.images import BadImageError
+from openmae.data.survey import Settings, shared_by_ranks
+from openmae.data.volumes import FileVolumes
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+root, bad_file = Path(sys.argv[1]), Path(sys.argv[2])
+read = []
+surveyed = survey_module.survey_volume
+survey_module.survey_volume = lambda scan, *args: read.append(scan.path.name) or surveyed(scan, *args)
+settings = Settings("zscore", foreground=0.5, min_foreground=0.1)
+files = sorted(root.glob("*.nii"))
+with shared_by_ranks(rank, world):
+    shared = FileVolumes(files, None, 1, [], cache=str(root / f"cache{rank}"), survey=settings)
+    first = list(read)
+    try:
+        FileVolumes([*files, bad_file], None, 1, [], bad_files="fail", survey=settings)
+        failed = ""
+    except BadImageError as err:
+        failed = str(err)
+alone = FileVolumes(files, None, 1, [], survey=settings)  # outside the block: from this process's memory
+print(json.dumps({"rank": rank, "read": first, "then": read[len(first):], "counts": shared.counts, "failed": failed,
+                  "surveys": [list(map(repr, (s.kept, s.shift, s.scale))) for s in shared.surveys],
+                  "cached": len(list((root / f"cache{rank}").glob("*.json"))), "same": alone.surveys == shared.surveys}))
+"""
+
+
+def test_ranks_share_the_survey_and_each_reads_its_part(tmp_path):
+    """Under torchrun the ranks building the training data survey every world-size-th volume each and exchange the
+    results: two ranks read five volumes between them (3 and 2, none twice), each ends with every survey, equal to
+    one process's own, keeps only its part in data.volume_cache, and an unreadable volume (bad_files=fail) raises the
+    same error on both ranks, not on the one that read it alone (which would leave the other waiting)."""
+    import subprocess
+    import sys
+
+    from openmae.data.survey import Settings
+    from openmae.data.volumes import FileVolumes
+
+    for v in range(5):
+        save_nifti(tmp_path / f"{v}.nii", body_volume(1.0 + v, 10.0 * v), "LPS")
+    bad = tmp_path / "bad" / "nan.npy"
+    bad.parent.mkdir()
+    np.save(bad, np.full((4, 6, 6), np.nan, np.float32))
+    script = tmp_path / "shared_survey.py"
+    script.write_text(SHARED_SURVEY)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path), str(bad)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
+                   key=lambda r: r["rank"])
+    assert [sorted(r["read"]) for r in ranks] == [["0.nii", "2.nii", "4.nii"], ["1.nii", "3.nii"]]
+    assert [r["cached"] for r in ranks] == [3, 2] and all(r["same"] for r in ranks)
+    one = FileVolumes(sorted(tmp_path.glob("*.nii")), None, 1, [],
+                      survey=Settings("zscore", foreground=0.5, min_foreground=0.1))
+    want = [list(map(repr, (s.kept, s.shift, s.scale))) for s in one.surveys]
+    assert ranks[0]["surveys"] == ranks[1]["surveys"] == want and ranks[0]["counts"] == one.counts == [4] * 5
+    # the second build: the five from memory, the sixth (rank 1's part) unreadable; rank 0 raises rank 1's error
+    assert [r["then"] for r in ranks] == [[], ["nan.npy"]]
+    assert ranks[0]["failed"] == ranks[1]["failed"] == f"{bad}: none of its 4 slices could be read"

@@ -394,9 +394,10 @@ class FileVolumes:
             log.log(logging.DEBUG if origins["memory"] == len(self.scans) else logging.INFO,
                     "volumes surveyed: %d slices of %d volumes, %d kept (data.min_foreground=%g of pixels above "
                     "data.foreground=%s; %d unreadable); data.volume_norm=%s; %d volumes read now, %d from "
-                    "data.volume_cache", sum(scan.slices for scan in self.scans), len(self.scans), len(self),
+                    "data.volume_cache%s", sum(scan.slices for scan in self.scans), len(self.scans), len(self),
                     survey.min_foreground, survey.foreground, sum(s.unreadable for s in self.surveys), survey.norm,
-                    origins["read"], origins["cache"])
+                    origins["read"], origins["cache"],
+                    f" (shared by {origins['ranks']} ranks)" if origins["ranks"] > 1 else "")
 
     def _survey(self, settings: Settings, cache: str, bad_files: str) -> dict[str, int]:
         """Survey every volume (:func:`openmae.data.survey.survey_all`), leaving out those none of whose slices

@@ -28,6 +28,7 @@ from openmae.config import dump_yaml, to_dict
 from openmae.data.ahead import DeviceAhead
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples, make_loader
 from openmae.data.normalization import inherit_stats
+from openmae.data.survey import shared_by_ranks
 from openmae.engine.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -108,7 +109,8 @@ def launch(make_task: Callable[[DistInfo, Resume | None], Task], config: Any) ->
         torch.manual_seed(t.seed)
         random.seed(t.seed)
         np.random.seed(t.seed % 2**32)
-        task = make_task(info, resume)
+        with shared_by_ranks(info.rank, info.world_size):  # every rank builds the task's sources alike
+            task = make_task(info, resume)
         return train(task, config, t, info, resume)
     finally:
         cleanup(info)
@@ -168,7 +170,8 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
     run_dir = Path(train_cfg.output_dir)
     device = info.device
     amp_dtype = autocast_dtype(train_cfg.precision, device)
-    dataset, sampler = task.train_data(info)
+    with shared_by_ranks(info.rank, info.world_size):
+        dataset, sampler = task.train_data(info)
     workers = getattr(task, "num_workers", config.data.num_workers)
     loader = make_loader(dataset, sampler, workers, pin_memory=device.type == "cuda")
     accum = train_cfg.accum_steps
