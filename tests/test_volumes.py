@@ -594,9 +594,11 @@ import json, sys
 from pathlib import Path
 import numpy as np
 import torch.distributed as dist
-from openmae.data import survey as survey_module
+from openmae.data import arrays as arrays_module, survey as survey_module
+from openmae.data.arrays import band_stats
 from openmae.data.images import BadImageError
-from openmae.data.survey import Settings, shared_by_ranks
+from openmae.data.ranks import shared_by_ranks
+from openmae.data.survey import Settings
 from openmae.data.volumes import FileVolumes
 
 dist.init_process_group("gloo")
@@ -605,11 +607,15 @@ root, bad_file = Path(sys.argv[1]), Path(sys.argv[2])
 read = []
 surveyed = survey_module.survey_volume
 survey_module.survey_volume = lambda scan, *args: read.append(scan.path.name) or surveyed(scan, *args)
+measured = []
+pixels = arrays_module._measured_pixels
+arrays_module._measured_pixels = lambda source, index, budget: measured.append(index) or pixels(source, index, budget)
 settings = Settings("zscore", foreground=0.5, min_foreground=0.1)
 files = sorted(root.glob("*.nii"))
 with shared_by_ranks(rank, world):
     shared = FileVolumes(files, None, 1, [], cache=str(root / f"cache{rank}"), survey=settings)
     first = list(read)
+    stats = band_stats(shared, count=9)  # 9 of its 20 slices
     try:
         FileVolumes([*files, bad_file], None, 1, [], bad_files="fail", survey=settings)
         failed = ""
@@ -617,19 +623,23 @@ with shared_by_ranks(rank, world):
         failed = str(err)
 alone = FileVolumes(files, None, 1, [], survey=settings)  # outside the block: from this process's memory
 print(json.dumps({"rank": rank, "read": first, "then": read[len(first):], "counts": shared.counts, "failed": failed,
+                  "measured": measured, "stats": [[v.hex() for v in vs] for vs in stats],
                   "surveys": [list(map(repr, (s.kept, s.shift, s.scale))) for s in shared.surveys],
                   "cached": len(list((root / f"cache{rank}").glob("*.json"))), "same": alone.surveys == shared.surveys}))
 """
 
 
-def test_ranks_share_the_survey_and_each_reads_its_part(tmp_path):
+def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_path):
     """Under torchrun the ranks building the training data survey every world-size-th volume each and exchange the
     results: two ranks read five volumes between them (3 and 2, none twice), each ends with every survey, equal to
     one process's own, keeps only its part in data.volume_cache, and an unreadable volume (bad_files=fail) raises the
-    same error on both ranks, not on the one that read it alone (which would leave the other waiting)."""
+    same error on both ranks, not on the one that read it alone (which would leave the other waiting). The band
+    statistics (data.mean / std measured) likewise: each rank measures alternate files, and both end with one
+    process's numbers to the last bit."""
     import subprocess
     import sys
 
+    from openmae.data.arrays import band_stats
     from openmae.data.survey import Settings
     from openmae.data.volumes import FileVolumes
 
@@ -651,6 +661,9 @@ def test_ranks_share_the_survey_and_each_reads_its_part(tmp_path):
                       survey=Settings("zscore", foreground=0.5, min_foreground=0.1))
     want = [list(map(repr, (s.kept, s.shift, s.scale))) for s in one.surveys]
     assert ranks[0]["surveys"] == ranks[1]["surveys"] == want and ranks[0]["counts"] == one.counts == [4] * 5
+    picked = [int(i * 20 / 9) for i in range(9)]
+    assert [r["measured"] for r in ranks] == [picked[0::2], picked[1::2]]
+    assert ranks[0]["stats"] == ranks[1]["stats"] == [[v.hex() for v in vs] for vs in band_stats(one, count=9)]
     # the second build: the five from memory, the sixth (rank 1's part) unreadable; rank 0 raises rank 1's error
     assert [r["then"] for r in ranks] == [[], ["nan.npy"]]
     assert ranks[0]["failed"] == ranks[1]["failed"] == f"{bad}: none of its 4 slices could be read"

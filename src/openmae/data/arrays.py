@@ -20,6 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from openmae.data.dicom import DICOM_SUFFIXES, read_dicom
 from openmae.data.images import BadImageError
+from openmae.data.ranks import gather, share
 from openmae.data.tiles import TiledBands, missing_codec
 from openmae.data.transforms import draw_box
 
@@ -144,18 +145,30 @@ def _measured_pixels(source, index: int, budget: int) -> torch.Tensor:
 def band_stats(source, count: int = STATS_FILES, pixels: int = STATS_PIXELS) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Each band's mean and standard deviation over every pixel of ``count`` items of ``source`` spread evenly
     (all of them when fewer), in float64; a file larger than its share of ``pixels`` is measured on windows of it
-    (:func:`_measured_pixels`); unreadable files are left out."""
+    (:func:`_measured_pixels`); unreadable files are left out. Inside :func:`openmae.data.ranks.shared_by_ranks` each
+    rank reads every world-size-th file and the ranks exchange their files' sums, added in file order as one process
+    adds them: the same numbers to the last bit."""
     picked = sorted({int(i * len(source) / count) for i in range(count)}) if len(source) > count else range(len(source))
-    total = total_sq = None
-    measured = 0
-    for index in picked:
+    rank, world = share()
+    sums: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # file -> its bands' sums, sums of squares, pixels
+    for index in picked[rank::world]:
         try:
             x = _measured_pixels(source, index, pixels // len(picked))  # (C, N)
         except BadImageError:
             continue
-        total = x.sum(1) if total is None else total + x.sum(1)
-        total_sq = (x * x).sum(1) if total_sq is None else total_sq + (x * x).sum(1)
-        measured += x.shape[1]
+        sums[index] = (x.sum(1), (x * x).sum(1), x.shape[1])
+    if world > 1:
+        for part in gather(sums, world):
+            sums.update(part)
+    total = total_sq = None
+    measured = 0
+    for index in picked:
+        if index not in sums:  # unreadable
+            continue
+        s, sq, n = sums[index]
+        total = s if total is None else total + s
+        total_sq = sq if total_sq is None else total_sq + sq
+        measured += n
     if total is None:
         raise ValueError("no readable array among the training files to measure data.mean/std on")
     mean = total / measured

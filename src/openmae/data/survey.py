@@ -19,13 +19,11 @@ file's path, size and modification time), so that the next run reads no voxels f
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from openmae.data.images import BadImageError
+from openmae.data.ranks import gather, share
 
 log = logging.getLogger(__name__)
 
@@ -196,30 +195,14 @@ def _stored(scan, settings: Settings, cache: str, read_slab) -> tuple[Survey, st
     return survey, origin
 
 
-_SHARE: list[tuple[int, int]] = []  # (rank, world size) inside shared_by_ranks
-
-
-@contextlib.contextmanager
-def shared_by_ranks(rank: int, world_size: int) -> Iterator[None]:
-    """Within the block every rank of the torch.distributed group builds the same volume sources in the same order
-    (a torchrun job's training data): each rank surveys every ``world_size``-th volume and the ranks exchange the
-    results, so that a job reads each volume once between its ranks, not once on each (eight GPUs of a node: an
-    eighth of the reads of the shared disk, and of the wait). Outside it (what rank 0 builds alone, such as the
-    kNN monitor's images) a process surveys its volumes itself."""
-    _SHARE.append((rank, world_size))
-    try:
-        yield
-    finally:
-        _SHARE.pop()
-
-
 def survey_all(scans: list, settings: Settings, cache: str, read_slab,
                bad_files: str) -> tuple[list[Survey | None], dict[str, int]]:
     """Each scan's :class:`Survey` (None for one none of whose slices could be read, with ``bad_files=skip``;
     ``fail``: raises), a few volumes at a time on threads (reading and decompressing release the GIL), and how many
-    came from where ({"memory", "cache", "read"}: counts, over all ranks inside :func:`shared_by_ranks`; "ranks":
-    how many shared the work)."""
-    rank, world = _SHARE[-1] if _SHARE else (0, 1)
+    came from where ({"memory", "cache", "read"}: counts, over all ranks inside
+    :func:`openmae.data.ranks.shared_by_ranks`, where each rank surveys every world-size-th volume; "ranks": how many
+    shared the work)."""
+    rank, world = share()
     mine = range(rank, len(scans), world)
     errors: list[str] = []
 
@@ -248,13 +231,9 @@ def survey_all(scans: list, settings: Settings, cache: str, read_slab,
 def _exchange(found: dict[int, tuple[Survey | None, str]], errors: list[str], world: int
               ) -> dict[int, tuple[Survey | None, str]]:
     """Every rank's surveys, gathered on every rank; the first unreadable volume's error raised on all of them."""
-    import torch.distributed as dist
-
-    every: list[tuple[dict, list[str]] | None] = [None] * world
-    dist.all_gather_object(every, (found, errors))
     merged: dict[int, tuple[Survey | None, str]] = {}
     failed: list[str] = []
-    for part in every:
+    for part in gather((found, errors), world):
         merged.update(part[0])
         failed += part[1]
     if failed:

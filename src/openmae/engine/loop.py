@@ -28,7 +28,7 @@ from openmae.config import dump_yaml, to_dict
 from openmae.data.ahead import DeviceAhead
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples, make_loader
 from openmae.data.normalization import inherit_stats
-from openmae.data.survey import shared_by_ranks
+from openmae.data.ranks import shared_by_ranks
 from openmae.engine.checkpoint import (
     CheckpointError,
     CheckpointManager,
