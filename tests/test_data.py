@@ -327,3 +327,31 @@ def test_finetune_shift_moves_whole_pixels_and_fills_the_border(mode):
     with pytest.raises(ConfigError, match="finetune.shift_mode"):
         FinetuneSection(shift_mode="wrap").check()
     assert FinetuneSection().shift == 0  # the official recipe: no translation
+
+
+def test_folder_scan_finds_what_rglob_finds_in_path_order(tmp_path):
+    """find_images walks with os.scandir (no stat a file): the same files, in the same order, as the Path.rglob scan
+    it replaced, on a tree with hidden entries, upper-case suffixes, a folder named like an image, links to a file,
+    to nothing and to a folder (not followed below the root, as rglob), and names whose string order differs from
+    their path order ("a b", "a-b" and "a/": a run resumed across the change keeps its files' order)."""
+    import os
+    from pathlib import Path
+
+    from openmae.data.images import IMAGE_SUFFIXES, find_images
+
+    for rel in ("a/b.jpg", "a/x.JPG", "a-b/c.png", "a b/c.webp", ".hidden/h.jpg", "a/.h.jpg", "z/deep/er/f.jpeg",
+                "top.jpg", "notes.txt", "dir.jpg/in.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    os.symlink(tmp_path / "a", tmp_path / "linked")
+    os.symlink(tmp_path / "missing.jpg", tmp_path / "broken.jpg")
+    os.symlink(tmp_path / "top.jpg", tmp_path / "alias.jpg")
+    found = find_images(tmp_path)
+    rglob = sorted(p for p in Path(tmp_path).rglob("*") if p.name.lower().endswith(IMAGE_SUFFIXES) and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(tmp_path).parts))
+    assert found == rglob
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "a/b.jpg", "a/x.JPG", "a b/c.webp", "a-b/c.png", "alias.jpg", "dir.jpg/in.png", "top.jpg", "z/deep/er/f.jpeg"]
+    assert find_images(tmp_path / "linked") == [tmp_path / "linked" / "b.jpg", tmp_path / "linked" / "x.JPG"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_images(tmp_path / "nowhere")
