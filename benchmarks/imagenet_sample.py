@@ -27,7 +27,8 @@ from openmae.config import load_config
 from openmae.convert.checkpoints import load_pretrained
 from openmae.data.config import DataConfig
 from openmae.data.datasets import stats_for
-from openmae.data.images import find_images, open_image
+from openmae.data.folders import find_images
+from openmae.data.images import open_image
 from openmae.data.transforms import eval_transform
 from openmae.engine.logging import read_metrics
 from openmae.engine.pretrain import PretrainConfig, pretrain

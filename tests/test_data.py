@@ -337,7 +337,8 @@ def test_folder_scan_finds_what_rglob_finds_in_path_order(tmp_path):
     import os
     from pathlib import Path
 
-    from openmae.data.images import IMAGE_SUFFIXES, find_images
+    from openmae.data.folders import find_images
+    from openmae.data.images import IMAGE_SUFFIXES
 
     for rel in ("a/b.jpg", "a/x.JPG", "a-b/c.png", "a b/c.webp", ".hidden/h.jpg", "a/.h.jpg", "z/deep/er/f.jpeg",
                 "top.jpg", "notes.txt", "dir.jpg/in.png"):
@@ -355,3 +356,141 @@ def test_folder_scan_finds_what_rglob_finds_in_path_order(tmp_path):
     assert find_images(tmp_path / "linked") == [tmp_path / "linked" / "b.jpg", tmp_path / "linked" / "x.JPG"]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         find_images(tmp_path / "nowhere")
+
+
+def _private_mb() -> float:
+    with open("/proc/self/smaps_rollup") as fh:
+        return sum(int(line.split()[1]) for line in fh if line.startswith(("Private_Dirty", "Private_Clean"))) / 1024
+
+
+class _ReadPaths(torch.utils.data.Dataset):
+    """Item k: a loader worker reads the k-th eighth of ``files`` (as a dataset's items do); returns the worker's
+    private memory growth in MB."""
+
+    def __init__(self, files):
+        self.files = files
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, k):
+        before, n = _private_mb(), len(self.files)
+        for i in range(k * n // 8, (k + 1) * n // 8):
+            self.files[i]
+        return _private_mb() - before
+
+
+def test_file_list_is_packed_and_loader_workers_read_it_without_copying():
+    """A dataset's files are kept as one packed FileList (two numpy arrays, ~55 bytes a file here), not a list of
+    Path objects (~340 bytes each, and a forked loader worker that reads one writes its reference count, copying its
+    memory page): reading 240,000 paths in a worker copies ~90 bytes a path with a list and nothing with the packed
+    list, eighth by eighth (the median of the eighths: a rare resize of the interpreter's own tables is not the
+    list's). The list behaves as a read-only list of the same paths: equality, slices, negative indices, pickling,
+    names in any encoding."""
+    import os
+    import pickle
+    from pathlib import Path
+
+    from openmae.data.datasets import FileImages
+    from openmae.data.filelist import FileList
+
+    odd = Path(os.fsdecode(b"/data/caf\xe9.jpg"))  # not UTF-8: read back byte for byte
+    some = [Path("/data/a/1.jpg"), Path("relative/b.png"), odd, Path("/data/ü/ñ.JPEG")]
+    packed = FileList(some)
+    assert packed == some and list(packed) == some and packed[-1] == some[-1] and packed[1:3] == some[1:3]
+    assert pickle.loads(pickle.dumps(packed)) == packed and os.fsencode(packed[2]) == b"/data/caf\xe9.jpg"
+    assert FileList.concat([packed[:1], FileList(), packed[1:]]) == packed and FileList.concat([]) == []
+    assert packed != some[:3] and packed != [*some[:3], Path("/data/other.jpg")]
+    with pytest.raises(IndexError):
+        packed[4]
+
+    n = 240_000
+    names = [f"/data/train/n{c:08d}/n{c:08d}_{i}.JPEG" for c in range(100) for i in range(n // 100)]
+    source = FileImages(names, np.arange(n) % 100, 3, [f"n{c:08d}" for c in range(100)])
+    assert isinstance(source.files, FileList) and source.files.nbytes < 60 * n and source.labels.dtype == np.int64
+    assert source.file(n - 1) == (Path(names[-1]), 99)
+    grown = {}
+    for kind in ("packed", "list"):  # packed first: pathlib interns parts, so a Path built while a list of Paths
+        files = source.files if kind == "packed" else [Path(name) for name in names]  # lives would share theirs
+        loader = torch.utils.data.DataLoader(_ReadPaths(files), batch_size=None, num_workers=1,
+                                             multiprocessing_context="fork")
+        grown[kind] = float(np.median(list(loader)))
+        del files, loader
+    eighth = n // 8
+    assert grown["list"] > 50 * eighth / 2**20, grown  # the measurement sees the pages a worker copies
+    assert grown["packed"] < 2 * eighth / 2**20, grown  # the packed list: none (under 2 bytes a path)
+
+
+SHARED_SCAN = """
+import json, os, sys
+from pathlib import Path
+import torch.distributed as dist
+from openmae.data import folders
+from openmae.data.config import DataConfig
+from openmae.data.datasets import build_source
+from openmae.data.ranks import shared_by_ranks
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+root = Path(sys.argv[1])
+listed = []
+entries = folders._entries
+def listing(folder, suffixes):
+    listed.append(os.path.relpath(folder, root))
+    if Path(folder).name == "locked":
+        raise PermissionError(13, "Permission denied", folder)
+    return entries(folder, suffixes)
+folders._entries = listing
+with shared_by_ranks(rank, world):
+    classes = build_source(DataConfig(name="imagefolder", path=str(root / "classes")), "train", 3)
+    marks = [len(listed)]
+    found = folders.find_images(root / "mixed")
+    marks.append(len(listed))
+    try:
+        folders.find_images(root / "broken")
+        failed = ""
+    except PermissionError as err:
+        failed = str(err)
+marks.append(len(listed))
+alone = folders.find_images(root / "mixed")  # outside the block: this process lists everything
+parts = [listed[:marks[0]], listed[marks[0]:marks[1]], listed[marks[1]:marks[2]]]
+print(json.dumps({"rank": rank, "listed": parts, "classes": [str(p) for p in classes.files],
+                  "labels": classes.labels.tolist(), "found": [str(p) for p in found], "failed": failed,
+                  "alone": alone == found}))
+"""
+
+
+def test_ranks_share_the_folder_scan_each_listing_its_part(tmp_path):
+    """Under torchrun the ranks building the training data list every world-size-th class folder of an ImageFolder
+    (and every world-size-th top-level subfolder of a data.path folder) and exchange the lists: each folder below the
+    top is listed by one rank of two, both end with one process's files and labels in path order, and a folder that
+    cannot be listed raises its error on both ranks (the one that did not list it is not left waiting)."""
+    import json
+    import subprocess
+    import sys
+
+    from openmae.data.folders import find_images
+
+    for rel in ("classes/c0/1.jpg", "classes/c0/2.jpg", "classes/c1/deep/3.png", "classes/c2/4.jpg",
+                "classes/c3/5.jpg", "classes/c3/6.jpg", "classes/c4/7.jpg",
+                "mixed/a.jpg", "mixed/b/x.jpg", "mixed/b/y/z.jpg", "mixed/b-c.jpg", "mixed/c/d.jpg", "mixed/e.jpg",
+                "broken/a/v.jpg", "broken/locked/w.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    script = tmp_path / "shared_scan.py"
+    script.write_text(SHARED_SCAN)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
+                   key=lambda r: r["rank"])
+    one = [str(p) for p in find_images(tmp_path / "classes")]
+    assert ranks[0]["classes"] == ranks[1]["classes"] == one and ranks[0]["labels"] == [0, 0, 1, 2, 3, 3, 4]
+    assert ranks[0]["found"] == ranks[1]["found"] == [str(p) for p in find_images(tmp_path / "mixed")]
+    assert ranks[0]["alone"] and ranks[1]["alone"]
+    classes, mixed, broken = zip(*(r["listed"] for r in ranks), strict=True)  # what each rank listed, scan by scan
+    assert classes == (["classes/c0", "classes/c2", "classes/c4"], ["classes/c1", "classes/c1/deep", "classes/c3"])
+    assert mixed == (["mixed", "mixed/b", "mixed/b/y"], ["mixed", "mixed/c"])  # the top level by both
+    # broken/locked is rank 1's part: listing it fails there, and rank 0 raises the same error
+    assert broken == (["broken", "broken/a"], ["broken", "broken/locked"])
+    assert ranks[0]["failed"] == ranks[1]["failed"] == f"[Errno 13] Permission denied: '{tmp_path}/broken/locked'"

@@ -10,6 +10,7 @@ import gzip
 import logging
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -19,7 +20,9 @@ from PIL import Image
 
 from openmae.data.arrays import ARRAY_SUFFIXES, STATS_FILES, band_stats, clipped, open_array, read_array
 from openmae.data.config import DataConfig
-from openmae.data.images import IMAGE_SUFFIXES, find_images, open_image, to_channels
+from openmae.data.filelist import FileList
+from openmae.data.folders import find_images, find_in
+from openmae.data.images import IMAGE_SUFFIXES, open_image, to_channels
 from openmae.data.survey import Settings
 from openmae.data.tiles import TiledBands
 from openmae.data.volumes import VOLUME_SUFFIXES, FileVolumes
@@ -49,38 +52,46 @@ class ImageSource(Protocol):
     def file(self, index: int) -> tuple[Path | None, int]: ...
 
 
+def _label(labels: np.ndarray | None, index: int) -> int:
+    return int(labels[index]) if labels is not None else -1
+
+
 class FileImages:
     """Images read from files on demand (decoded lazily in the loader's workers)."""
 
-    def __init__(self, files: list[Path], labels: list[int] | None, channels: int, classes: list[str]) -> None:
-        self.files, self.labels, self.channels, self.classes = files, labels, channels, classes
+    def __init__(self, files: Sequence[Path], labels: Sequence[int] | np.ndarray | None, channels: int,
+                 classes: list[str]) -> None:
+        # packed: no Python object a file, which the loader's workers would copy page by page (openmae.data.filelist)
+        self.files = files if isinstance(files, FileList) else FileList(files)
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)  # (N,)
+        self.channels, self.classes = channels, classes
 
     def __len__(self) -> int:
         return len(self.files)
 
     def load(self, index: int) -> tuple[Image.Image, int]:
-        return open_image(self.files[index], self.channels), (self.labels[index] if self.labels else -1)
+        return open_image(self.files[index], self.channels), _label(self.labels, index)
 
     def describe(self, index: int) -> str:
         return str(self.files[index])
 
     def file(self, index: int) -> tuple[Path, int]:
         """The file behind item ``index`` and its label (read without decoding by ``data.device_augment``)."""
-        return self.files[index], (self.labels[index] if self.labels else -1)
+        return self.files[index], _label(self.labels, index)
 
 
 class FileArrays(FileImages):
     """Files of bands (``data.format=array``) read on demand as (C, H, W) float32 tensors in their own units, clipped
     to ``clip`` when set (``data.clip``)."""
 
-    def __init__(self, files: list[Path], labels: list[int] | None, channels: int, classes: list[str],
-                 layout: str = "auto", clip: tuple[float, float] | None = None) -> None:
+    def __init__(self, files: Sequence[Path], labels: Sequence[int] | np.ndarray | None, channels: int,
+                 classes: list[str], layout: str = "auto", clip: tuple[float, float] | None = None) -> None:
         super().__init__(files, labels, channels, classes)
         self.layout, self.clip = layout, clip
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         image = read_array(self.files[index], self.channels, self.layout)
-        return clipped(image, self.clip), (self.labels[index] if self.labels else -1)
+        return clipped(image, self.clip), _label(self.labels, index)
 
     def view(self, index: int) -> tuple[np.ndarray | TiledBands, int]:
         """Item ``index`` as a (C, H, W) view of its file, memory-mapped or tile by tile (:func:`open_array`): what
@@ -100,13 +111,13 @@ class ArrayImages:
 
     def load(self, index: int) -> tuple[Image.Image, int]:
         img = Image.fromarray(self.array[index])
-        return to_channels(img, self.channels), (int(self.labels[index]) if self.labels is not None else -1)
+        return to_channels(img, self.channels), _label(self.labels, index)
 
     def describe(self, index: int) -> str:
         return f"array item {index}"
 
     def file(self, index: int) -> tuple[None, int]:
-        return None, (int(self.labels[index]) if self.labels is not None else -1)  # in memory: no file
+        return None, _label(self.labels, index)  # in memory: no file
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -129,7 +140,7 @@ def default_root() -> Path:
     return Path(os.environ.get("OPENMAE_DATA", Path.home() / ".cache" / "openmae" / "data"))
 
 
-def file_source(files: list[Path], labels: list[int] | None, channels: int, classes: list[str],
+def file_source(files: Sequence[Path], labels: np.ndarray | None, channels: int, classes: list[str],
                 cfg: DataConfig) -> FileImages | FileVolumes:
     """Files read as images, as arrays of bands with ``data.format=array``, as volumes of slices with ``volume``."""
     if cfg.format == "array":
@@ -149,12 +160,9 @@ def _image_folder(path: Path, channels: int, cfg: DataConfig) -> FileImages:
     classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise FileNotFoundError(f"{path} has no class folders; an ImageFolder is <path>/<class>/<image>")
-    files, labels = [], []
-    for label, name in enumerate(classes):
-        found = find_images(path / name, suffixes_for(cfg))
-        files += found
-        labels += [label] * len(found)
-    return file_source(files, labels, channels, classes, cfg)
+    found = find_in([path / name for name in classes], suffixes_for(cfg))  # shared between a job's ranks
+    labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(f) for f in found])
+    return file_source(FileList.concat(found), labels, channels, classes, cfg)
 
 
 def _named(cfg: DataConfig, split: str, channels: int) -> ImageSource:

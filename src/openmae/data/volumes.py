@@ -34,6 +34,7 @@ import hashlib
 import logging
 import os
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -350,8 +351,8 @@ class FileVolumes:
     per-volume normalisation and slice selection settings (:mod:`openmae.data.survey`), for which every volume is
     read once here when they ask for either."""
 
-    def __init__(self, files: list[Path], labels: list[int] | None, channels: int, classes: list[str],
-                 plane: str = "axial", bad_files: str = "skip", cache: str = "",
+    def __init__(self, files: Sequence[Path], labels: Sequence[int] | np.ndarray | None, channels: int,
+                 classes: list[str], plane: str = "axial", bad_files: str = "skip", cache: str = "",
                  clip: tuple[float, float] | None = None, fourth_axis: str = "volumes",
                  survey: Settings | None = None) -> None:
         self.channels, self.classes, self.clip = channels, classes, clip
@@ -373,7 +374,7 @@ class FileVolumes:
                                  f"model.in_chans={channels}; set model.in_chans={scan.samples}")
             each = scan.volumes if scan.samples == 1 else 1  # a 4-D file read as volumes: each one in turn
             self.scans += [replace(scan, volume=v) for v in range(each)]
-            self.labels += [labels[i] if labels else -1] * each
+            self.labels += [int(labels[i]) if labels is not None else -1] * each
         if skipped:
             log.warning("%d of %d volume files could not be read and are left out: %s", len(skipped), len(files),
                         "; ".join(skipped[:3]))

@@ -10,7 +10,8 @@ from openmae.data.arrays import band_stats
 from openmae.data.config import DataConfig
 from openmae.data.datasets import file_source, stats_for
 from openmae.data.draft import with_draft
-from openmae.data.images import IMAGE_SUFFIXES, find_images
+from openmae.data.folders import find_images
+from openmae.data.images import IMAGE_SUFFIXES
 from openmae.data.loader import SeededSamples
 from openmae.data.transforms import eval_transform
 from openmae.data.volumes import FileVolumes, suffix_of
