@@ -494,3 +494,36 @@ def test_ranks_share_the_folder_scan_each_listing_its_part(tmp_path):
     # broken/locked is rank 1's part: listing it fails there, and rank 0 raises the same error
     assert broken == (["broken", "broken/a"], ["broken", "broken/locked"])
     assert ranks[0]["failed"] == ranks[1]["failed"] == f"[Errno 13] Permission denied: '{tmp_path}/broken/locked'"
+
+
+class _CollectInWorker(torch.utils.data.Dataset):
+    """Item 0: a full garbage collection in the loader worker; returns the worker's private memory growth in MB."""
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, _):
+        import gc
+
+        before = _private_mb()
+        gc.collect()
+        return _private_mb() - before
+
+
+def test_loader_workers_fork_with_the_parents_objects_out_of_the_collectors_reach():
+    """A full garbage collection in a forked loader worker writes the collector's header of every object it tracks;
+    the parent's (this test process: torch, the suite's modules) would be copied page by page into the worker. The
+    loader forks its workers with them frozen (gc.freeze), so the worker's collection copies nothing of them; a plain
+    DataLoader, the control, copies tens of MB. The parent's collector is unfrozen again after the fork."""
+    import gc
+
+    from openmae.data.loader import Loader
+
+    grown = {}
+    for kind, cls in (("plain", torch.utils.data.DataLoader), ("loader", Loader)):
+        loader = cls(_CollectInWorker(), batch_size=None, num_workers=1, multiprocessing_context="fork")
+        grown[kind] = next(iter(loader))
+        del loader
+    assert grown["plain"] > 20, grown  # the measurement sees the parent's objects copied by the collection
+    assert grown["loader"] < 2, grown
+    assert gc.get_freeze_count() == 0
