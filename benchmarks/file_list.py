@@ -1,5 +1,7 @@
 """What a dataset's list of files costs: the folder scan, the list's memory in the training process, and the memory a
-forked loader worker copies by reading every item, for the packed ``FileList`` against a list of ``Path`` objects.
+forked loader worker copies by reading every item, for the packed ``FileList`` against a list of ``Path`` objects,
+and likewise for the item indices of a subset (``data.holdout``, ``max_samples``, ``repeat``) as an int64 array
+against a list of ints.
 
 The scan is timed on a real folder (``--folder``, CIFAR-10's 60,000 JPEGs by default); the memory on ``--files``
 ImageNet-like names (``/data/imagenet/train/<wnid>/<wnid>_<i>.JPEG``, 1,000 folders; no files are made). A worker's
@@ -14,11 +16,14 @@ import argparse
 import gc
 import os
 import resource
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from openmae.data.build import holdout_indices
 from openmae.data.filelist import FileList
 from openmae.data.folders import find_images
 
@@ -83,6 +88,17 @@ def main() -> None:
               f"({held * 2**20 / len(names):.0f} bytes a file); a worker reading every path copies {copied:.0f} MB "
               f"({copied * 2**20 / len(names):.0f} bytes a file)")
         del files, loader
+    kept = holdout_indices(len(names), 0.01, 0)[0]  # data.holdout's training items, as a list and as a SourceView's
+    del names
+    for kind in ("int64 array", "list of ints"):
+        index = np.asarray(kept, dtype=np.int64) if kind == "int64 array" else list(kept)
+        held = index.nbytes if kind == "int64 array" else 8 * len(index) + sum(map(sys.getsizeof, index))
+        loader = torch.utils.data.DataLoader(ReadAll(index), batch_size=None, num_workers=1,
+                                             multiprocessing_context="fork")
+        copied = next(iter(loader))
+        print(f"{kind:12s} {len(index)} item indices (data.holdout=0.01): {held / 2**20:.0f} MB; a worker "
+              f"reading every index copies {copied:.0f} MB")
+        del index, loader
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

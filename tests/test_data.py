@@ -128,11 +128,12 @@ def test_holdout_splits_the_training_images_and_replaces_the_eval_split(datasets
     full = build_source(DataConfig(name="fashion-mnist", root=str(datasets)), "train", 1)
     kept, held = source_for(cfg, "train", 1), source_for(cfg, "test", 1)
     assert (len(kept), len(held)) == (54000, 6000)
-    assert sorted(kept.index + held.index) == list(range(60000))  # a partition of the training split
-    assert held.index == source_for(cfg, "test", 1).index  # fixed: the same images each time
-    assert held.index != holdout_indices(60000, 0.1, 4)[1]  # ... drawn with holdout_seed
-    assert held.index[:50] != list(range(50))  # a random subset, not the first images
-    i = held.index[7]
+    kept_index, held_index = kept.index.tolist(), held.index.tolist()  # int64 arrays (loader workers copy lists)
+    assert sorted(kept_index + held_index) == list(range(60000))  # a partition of the training split
+    assert held_index == source_for(cfg, "test", 1).index.tolist()  # fixed: the same images each time
+    assert held_index != holdout_indices(60000, 0.1, 4)[1]  # ... drawn with holdout_seed
+    assert held_index[:50] != list(range(50))  # a random subset, not the first images
+    i = held_index[7]
     assert np.array_equal(np.asarray(held.load(7)[0]), np.asarray(full.load(i)[0])) and held.load(7)[1] == full.load(i)[1]
     assert len(source_for(cfg, "train", 1, limit=1000)) == 1000  # max_samples applies to the kept images
     with pytest.raises(ValueError, match="holds out 0; choose a fraction"):
@@ -375,8 +376,9 @@ class _ReadPaths(torch.utils.data.Dataset):
 
     def __getitem__(self, k):
         before, n = _private_mb(), len(self.files)
+        read = self.files.file if hasattr(self.files, "file") else self.files.__getitem__  # a dataset's item's file
         for i in range(k * n // 8, (k + 1) * n // 8):
-            self.files[i]
+            read(i)
         return _private_mb() - before
 
 
@@ -384,13 +386,15 @@ def test_file_list_is_packed_and_loader_workers_read_it_without_copying():
     """A dataset's files are kept as one packed FileList (two numpy arrays, ~55 bytes a file here), not a list of
     Path objects (~340 bytes each, and a forked loader worker that reads one writes its reference count, copying its
     memory page): reading 240,000 paths in a worker copies ~90 bytes a path with a list and nothing with the packed
-    list, eighth by eighth (the median of the eighths: a rare resize of the interpreter's own tables is not the
-    list's). The list behaves as a read-only list of the same paths: equality, slices, negative indices, pickling,
+    list read through the items a data.holdout keeps (their indices an int64 array, not a list of ints), eighth by
+    eighth (the median of the eighths: a rare resize of the interpreter's own tables is not the list's). The list
+    behaves as a read-only list of the same paths: equality, slices, negative indices, pickling,
     names in any encoding."""
     import os
     import pickle
     from pathlib import Path
 
+    from openmae.data.build import SourceView, holdout_indices
     from openmae.data.datasets import FileImages
     from openmae.data.filelist import FileList
 
@@ -409,9 +413,11 @@ def test_file_list_is_packed_and_loader_workers_read_it_without_copying():
     source = FileImages(names, np.arange(n) % 100, 3, [f"n{c:08d}" for c in range(100)])
     assert isinstance(source.files, FileList) and source.files.nbytes < 60 * n and source.labels.dtype == np.int64
     assert source.file(n - 1) == (Path(names[-1]), 99)
+    view = SourceView(source, holdout_indices(n, 0.01, 0)[0])  # data.holdout's training items: an index a file
+    assert view.file(0) == (Path(names[0]), 0) and len(view) == n - n // 100
     grown = {}
     for kind in ("packed", "list"):  # packed first: pathlib interns parts, so a Path built while a list of Paths
-        files = source.files if kind == "packed" else [Path(name) for name in names]  # lives would share theirs
+        files = view if kind == "packed" else [Path(name) for name in names]  # lives would share theirs
         loader = torch.utils.data.DataLoader(_ReadPaths(files), batch_size=None, num_workers=1,
                                              multiprocessing_context="fork")
         grown[kind] = float(np.median(list(loader)))

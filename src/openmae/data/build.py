@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from openmae.data.arrays import with_mapped_crop
@@ -19,37 +20,39 @@ Subset = list[int]
 
 
 class SourceView:
-    """Items of a source picked by a list of indices (a subset, or the same items several times)."""
+    """Items of a source picked by a list of indices (a subset, or the same items several times), kept as an int64
+    array: a list of ints is one object an item, which loader workers would copy page by page as they read it
+    (see :mod:`openmae.data.filelist`)."""
 
-    def __init__(self, source: ImageSource, index: list[int]) -> None:
-        self.source, self.index = source, index
+    def __init__(self, source: ImageSource, index: Sequence[int] | np.ndarray) -> None:
+        self.source, self.index = source, np.asarray(index, dtype=np.int64)  # (N,)
         self.classes = source.classes
 
     @classmethod
     def limited(cls, source: ImageSource, count: int) -> SourceView:
         """The first ``count`` items of a source, spread evenly (a fixed, reproducible subset)."""
         step = len(source) / count
-        return cls(source, [int(i * step) for i in range(count)])
+        return cls(source, (np.arange(count) * step).astype(np.int64))  # int(i * step), as before
 
     @classmethod
     def repeated(cls, source: ImageSource, times: int) -> SourceView:
         """Every item ``times`` over: each copy has its own index, hence its own augmentation and mask seeds."""
-        return cls(source, list(range(len(source))) * times)
+        return cls(source, np.tile(np.arange(len(source), dtype=np.int64), times))
 
     def __len__(self) -> int:
         return len(self.index)
 
     def load(self, index: int):
-        return self.source.load(self.index[index])
+        return self.source.load(int(self.index[index]))
 
     def describe(self, index: int) -> str:
-        return self.source.describe(self.index[index])
+        return self.source.describe(int(self.index[index]))
 
     def file(self, index: int):
-        return self.source.file(self.index[index])
+        return self.source.file(int(self.index[index]))
 
     def view(self, index: int):  # arrays and volumes (data.format=array, volume): what a crop cuts
-        return self.source.view(self.index[index])
+        return self.source.view(int(self.index[index]))
 
 
 def holdout_indices(count: int, fraction: float, seed: int, what: str = "images") -> tuple[list[int], list[int]]:
