@@ -457,12 +457,17 @@ with shared_by_ranks(rank, world):
         failed = ""
     except PermissionError as err:
         failed = str(err)
-marks.append(len(listed))
+    marks.append(len(listed))
+    try:
+        folders.find_in([root / "classes" / f"c{rank}"], (".jpg",))  # as if each node held another copy
+        differ = ""
+    except RuntimeError as err:
+        differ = str(err)
 alone = folders.find_images(root / "mixed")  # outside the block: this process lists everything
 parts = [listed[:marks[0]], listed[marks[0]:marks[1]], listed[marks[1]:marks[2]]]
-print(json.dumps({"rank": rank, "listed": parts, "classes": [str(p) for p in classes.files],
-                  "labels": classes.labels.tolist(), "found": [str(p) for p in found], "failed": failed,
-                  "alone": alone == found}))
+(root / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "listed": parts, "classes": [str(p) for p in classes.files],
+                  "labels": classes.labels.tolist(), "found": [str(p) for p in found], "failed": failed, "differ": differ,
+                  "alone": alone == found}))  # a file each: the ranks' prints can share a line
 """
 
 
@@ -470,7 +475,8 @@ def test_ranks_share_the_folder_scan_each_listing_its_part(tmp_path):
     """Under torchrun the ranks building the training data list every world-size-th class folder of an ImageFolder
     (and every world-size-th top-level subfolder of a data.path folder) and exchange the lists: each folder below the
     top is listed by one rank of two, both end with one process's files and labels in path order, and a folder that
-    cannot be listed raises its error on both ranks (the one that did not list it is not left waiting)."""
+    cannot be listed raises its error on both ranks (the one that did not list it is not left waiting), as do ranks
+    asked for different folders."""
     import json
     import subprocess
     import sys
@@ -488,8 +494,7 @@ def test_ranks_share_the_folder_scan_each_listing_its_part(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
-                   key=lambda r: r["rank"])
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     one = [str(p) for p in find_images(tmp_path / "classes")]
     assert ranks[0]["classes"] == ranks[1]["classes"] == one and ranks[0]["labels"] == [0, 0, 1, 2, 3, 3, 4]
     assert ranks[0]["found"] == ranks[1]["found"] == [str(p) for p in find_images(tmp_path / "mixed")]
@@ -500,6 +505,9 @@ def test_ranks_share_the_folder_scan_each_listing_its_part(tmp_path):
     # broken/locked is rank 1's part: listing it fails there, and rank 0 raises the same error
     assert broken == (["broken", "broken/a"], ["broken", "broken/locked"])
     assert ranks[0]["failed"] == ranks[1]["failed"] == f"[Errno 13] Permission denied: '{tmp_path}/broken/locked'"
+    # ranks asked for other folders (nodes whose copies of the data differ): both stop, saying so
+    assert all("asked to list different folders" in r["differ"] and "every node must see the same data" in r["differ"]
+               for r in ranks)
 
 
 class _CollectInWorker(torch.utils.data.Dataset):

@@ -10,6 +10,7 @@ shared file system's folders once, not once a rank."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def _walk(folder: str, suffixes: tuple[str, ...]) -> list[str]:
 def find_in(folders: list[Path], suffixes: tuple[str, ...]) -> list[FileList]:
     """The files below each of ``folders`` (each list in path order). Inside ``shared_by_ranks`` each rank walks every
     world-size-th folder and the lists are exchanged; a folder that cannot be listed raises its error on every rank
-    (none is left waiting for the others)."""
+    (none is left waiting for the others), and so do ranks that were asked for different folders (nodes whose
+    copies of the data differ)."""
     rank, world = share()
     mine: dict[int, FileList | OSError] = {}
     for i in range(rank, len(folders), world):
@@ -65,7 +67,14 @@ def find_in(folders: list[Path], suffixes: tuple[str, ...]) -> list[FileList]:
                 raise
     found = dict(mine)
     if world > 1:
-        for part in gather(mine, world):
+        asked = hashlib.sha1("\0".join(map(str, folders)).encode("utf-8", "surrogateescape")).hexdigest()
+        parts = gather((asked, len(folders), mine), world)
+        if any(theirs != asked for theirs, _, _ in parts):
+            where = folders[0].parent if folders else "(none)"
+            raise RuntimeError(f"the ranks of this job were asked to list different folders (rank {rank}: {len(folders)} "
+                               f"under {where}; the ranks' counts: {[count for _, count, _ in parts]}): every node must "
+                               "see the same data; is a node-local copy incomplete, or newer than another?")
+        for _, _, part in parts:
             found.update(part)
     for i in range(len(folders)):
         if isinstance(found.get(i), OSError):
