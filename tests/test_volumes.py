@@ -594,7 +594,7 @@ import json, sys
 from pathlib import Path
 import numpy as np
 import torch.distributed as dist
-from openmae.data import arrays as arrays_module, survey as survey_module
+from openmae.data import arrays as arrays_module, survey as survey_module, volumes as volumes_module
 from openmae.data.arrays import band_stats
 from openmae.data.images import BadImageError
 from openmae.data.ranks import shared_by_ranks
@@ -607,6 +607,9 @@ root, bad_file = Path(sys.argv[1]), Path(sys.argv[2])
 read = []
 surveyed = survey_module.survey_volume
 survey_module.survey_volume = lambda scan, *args: read.append(scan.path.name) or surveyed(scan, *args)
+headers = []
+scanned = volumes_module.scan_volume
+volumes_module.scan_volume = lambda path, *args: headers.append(Path(path).name) or scanned(path, *args)
 measured = []
 pixels = arrays_module._measured_pixels
 arrays_module._measured_pixels = lambda source, index, budget: measured.append(index) or pixels(source, index, budget)
@@ -623,7 +626,7 @@ with shared_by_ranks(rank, world):
         failed = str(err)
 alone = FileVolumes(files, None, 1, [], survey=settings)  # outside the block: from this process's memory
 (root / f"rank{rank}.json").write_text(json.dumps({
-                  "rank": rank, "read": first, "then": read[len(first):], "counts": shared.counts, "failed": failed,
+                  "rank": rank, "read": first, "headers": headers, "then": read[len(first):], "counts": shared.counts, "failed": failed,
                   "measured": measured, "stats": [[v.hex() for v in vs] for vs in stats],
                   "surveys": [list(map(repr, (s.kept, s.shift, s.scale))) for s in shared.surveys],
                   "cached": len(list((root / f"cache{rank}").glob("*.json"))), "same": alone.surveys == shared.surveys}))
@@ -636,7 +639,7 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
     one process's own, keeps only its part in data.volume_cache, and an unreadable volume (bad_files=fail) raises the
     same error on both ranks, not on the one that read it alone (which would leave the other waiting). The band
     statistics (data.mean / std measured) likewise: each rank measures alternate files, and both end with one
-    process's numbers to the last bit."""
+    process's numbers to the last bit. So are the volumes' headers: each rank reads its part."""
     import subprocess
     import sys
 
@@ -655,7 +658,13 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
                            str(script), str(tmp_path), str(bad)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]  # a file each: the
-    assert [sorted(r["read"]) for r in ranks]  # ranks' prints could share a line == [["0.nii", "2.nii", "4.nii"], ["1.nii", "3.nii"]]
+    # ranks' prints could share a line
+    assert [sorted(r["read"]) for r in ranks] == [["0.nii", "2.nii", "4.nii"], ["1.nii", "3.nii"]]
+    # the headers likewise, for both builds in the block (the second list has the bad file last); outside the block
+    # each rank reads all five (another data.volume_cache: not what was read before)
+    every = [f"{v}.nii" for v in range(5)]
+    assert [r["headers"] for r in ranks] == [["0.nii", "2.nii", "4.nii"] * 2 + every,
+                                             ["1.nii", "3.nii", "1.nii", "3.nii", "nan.npy"] + every]
     assert [r["cached"] for r in ranks] == [3, 2] and all(r["same"] for r in ranks)
     one = FileVolumes(sorted(tmp_path.glob("*.nii")), None, 1, [],
                       survey=Settings("zscore", foreground=0.5, min_foreground=0.1))
@@ -667,3 +676,32 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
     # the second build: the five from memory, the sixth (rank 1's part) unreadable; rank 0 raises rank 1's error
     assert [r["then"] for r in ranks] == [[], ["nan.npy"]]
     assert ranks[0]["failed"] == ranks[1]["failed"] == f"{bad}: none of its 4 slices could be read"
+
+
+def test_headers_are_read_once_per_process_until_a_file_changes(tmp_path, monkeypatch):
+    """A run builds its training volumes again (statistics, kNN monitor): the headers of the same files, unchanged,
+    with the same settings are read once per process; a file whose time or size changed is read again, and so is
+    the list read with another setting."""
+    import os
+
+    from openmae.data import volumes as volumes_module
+    from openmae.data.volumes import FileVolumes
+
+    files = []
+    for v in range(3):
+        np.save(tmp_path / f"{v}.npy", np.full((3 + v, 6, 6), v, np.float32))
+        files.append(tmp_path / f"{v}.npy")
+    read = []
+    scanned = volumes_module.scan_volume
+    monkeypatch.setattr(volumes_module, "scan_volume", lambda path, *args: read.append(path.name) or scanned(path, *args))
+    first = FileVolumes(files, [0, 1, 1], 1, ["a", "b"])
+    again = FileVolumes(files, [0, 1, 1], 1, ["a", "b"])
+    assert read == ["0.npy", "1.npy", "2.npy"] and again.counts == first.counts == [3, 4, 5]
+    assert again.labels == first.labels == [0, 1, 1] and again.scans == first.scans and again.scans is not first.scans
+    np.save(tmp_path / "1.npy", np.full((7, 6, 6), 1, np.float32))
+    stat = os.stat(tmp_path / "1.npy")
+    os.utime(tmp_path / "1.npy", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    changed = FileVolumes(files, [0, 1, 1], 1, ["a", "b"])
+    assert changed.counts == [3, 7, 5] and read[3:] == ["0.npy", "1.npy", "2.npy"]
+    FileVolumes(files, None, 1, [])  # other labels: another list of volumes
+    assert len(read) == 9

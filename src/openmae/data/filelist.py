@@ -10,6 +10,7 @@ spawned worker receives them as two buffers. A ``Path`` is built when an item is
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -71,6 +72,10 @@ class FileList(Sequence[Path]):
     def __repr__(self) -> str:
         shown = ", ".join(str(p) for p in self[:2])
         return f"FileList({len(self)} files: {shown}{', ...' if len(self) > 2 else ''})"
+
+    def digest(self) -> str:
+        """A hash of the paths in their order (what identifies a dataset's files in memos and between ranks)."""
+        return hashlib.sha1(self._ends.tobytes() + self._bytes.tobytes()).hexdigest()
 
     @property
     def nbytes(self) -> int:

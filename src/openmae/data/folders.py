@@ -16,7 +16,7 @@ from pathlib import Path
 
 from openmae.data.filelist import FileList
 from openmae.data.images import IMAGE_SUFFIXES
-from openmae.data.ranks import gather, share
+from openmae.data.ranks import RanksDisagree, share, shared_map
 
 
 def _entries(folder: str, suffixes: tuple[str, ...]) -> list[tuple[str, str, bool]]:
@@ -56,30 +56,20 @@ def find_in(folders: list[Path], suffixes: tuple[str, ...]) -> list[FileList]:
     world-size-th folder and the lists are exchanged; a folder that cannot be listed raises its error on every rank
     (none is left waiting for the others), and so do ranks that were asked for different folders (nodes whose
     copies of the data differ)."""
-    rank, world = share()
-    mine: dict[int, FileList | OSError] = {}
-    for i in range(rank, len(folders), world):
-        try:
-            mine[i] = FileList(_walk(str(folders[i]), suffixes))
-        except OSError as err:
-            mine[i] = err
-            if world == 1:
-                raise
-    found = dict(mine)
-    if world > 1:
-        asked = hashlib.sha1("\0".join(map(str, folders)).encode("utf-8", "surrogateescape")).hexdigest()
-        parts = gather((asked, len(folders), mine), world)
-        if any(theirs != asked for theirs, _, _ in parts):
-            where = folders[0].parent if folders else "(none)"
-            raise RuntimeError(f"the ranks of this job were asked to list different folders (rank {rank}: {len(folders)} "
-                               f"under {where}; the ranks' counts: {[count for _, count, _ in parts]}): every node must "
-                               "see the same data; is a node-local copy incomplete, or newer than another?")
-        for _, _, part in parts:
-            found.update(part)
-    for i in range(len(folders)):
-        if isinstance(found.get(i), OSError):
-            raise found[i]  # type: ignore[misc]
-    return [found[i] for i in range(len(folders))]  # type: ignore[misc]
+    asked = hashlib.sha1("\0".join(map(str, folders)).encode("utf-8", "surrogateescape")).hexdigest()
+    try:
+        found = shared_map(lambda i: FileList(_walk(str(folders[i]), suffixes)), len(folders), (OSError,),
+                           agree=(asked, len(folders)))
+    except RanksDisagree as err:
+        where = folders[0].parent if folders else "(none)"
+        raise RuntimeError(f"the ranks of this job were asked to list different folders (rank {share()[0]}: "
+                           f"{len(folders)} under {where}; the ranks' counts: {[n for _, n in err.values]}): every "
+                           "node must see the same data; is a node-local copy incomplete, or newer than another?"
+                           ) from None
+    for part in found:
+        if isinstance(part, OSError):
+            raise part
+    return found  # type: ignore[return-value]
 
 
 def find_images(root: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> FileList:

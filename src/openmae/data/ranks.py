@@ -10,8 +10,11 @@ and of the wait). Outside the block (what rank 0 builds alone, such as the kNN m
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _SHARE: list[tuple[int, int]] = []  # (rank, world size) inside shared_by_ranks
 
@@ -38,3 +41,43 @@ def gather(part: Any, world_size: int) -> list[Any]:
     every: list[Any] = [None] * world_size
     dist.all_gather_object(every, part)
     return every
+
+
+class RanksDisagree(RuntimeError):
+    """The ranks were asked for different work (:func:`shared_map`'s ``agree``); ``values``: each rank's, in order."""
+
+    def __init__(self, values: list[Any]) -> None:
+        super().__init__(f"the ranks were asked for different work: {values}")
+        self.values = values
+
+
+def shared_map(fn: Callable[[int], T], count: int, catch: tuple[type[BaseException], ...] = (), threads: int = 1,
+               agree: Any = None) -> list[T | BaseException]:
+    """``[fn(0), ..., fn(count - 1)]`` on every rank, each rank of :func:`shared_by_ranks` computing every
+    world-size-th (``threads`` at a time: for reads that wait on a disk). An exception of a kind in ``catch`` takes
+    its item's place in the list, so that a rank meeting one does not leave the others waiting for its part; the
+    caller raises or skips it. ``agree``: a value that must be the same on every rank (what the work is), else
+    :class:`RanksDisagree` on every rank. Results and caught exceptions must pickle."""
+    rank, world = share()
+    mine = range(rank, count, world)
+
+    def one(i: int) -> T | BaseException:
+        try:
+            return fn(i)
+        except catch as err:
+            return err
+
+    if threads > 1 and len(mine) > 1:
+        with ThreadPoolExecutor(min(threads, len(mine))) as pool:
+            results = list(pool.map(one, mine))
+    else:
+        results = [one(i) for i in mine]
+    if world == 1:
+        return results
+    parts = gather((agree, results), world)
+    if any(theirs != agree for theirs, _ in parts):
+        raise RanksDisagree([theirs for theirs, _ in parts])
+    merged: list[Any] = [None] * count
+    for r, (_, part) in enumerate(parts):
+        merged[r::world] = part
+    return merged
