@@ -52,7 +52,7 @@ class FileList(Sequence[Path]):
             return FileList(self[i] for i in range(*index.indices(len(self))))
         n = len(self._ends)
         if not -n <= index < n:
-            raise IndexError(f"file {index} of a list of {n}")
+            raise IndexError(f"index {index} is out of range for a list of {n} files")
         index %= n
         start = int(self._ends[index - 1]) if index else 0
         return Path(os.fsdecode(self._bytes[start : int(self._ends[index])].tobytes()))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -51,13 +50,13 @@ class RanksDisagree(RuntimeError):
         self.values = values
 
 
-def shared_map(fn: Callable[[int], T], count: int, catch: tuple[type[BaseException], ...] = (), threads: int = 1,
+def shared_map(fn: Callable[[int], T], count: int, catch: tuple[type[BaseException], ...] = (),
                agree: Any = None) -> list[T | BaseException]:
     """``[fn(0), ..., fn(count - 1)]`` on every rank, each rank of :func:`shared_by_ranks` computing every
-    world-size-th (``threads`` at a time: for reads that wait on a disk). An exception of a kind in ``catch`` takes
-    its item's place in the list, so that a rank meeting one does not leave the others waiting for its part; the
-    caller raises or skips it. ``agree``: a value that must be the same on every rank (what the work is), else
-    :class:`RanksDisagree` on every rank. Results and caught exceptions must pickle."""
+    world-size-th. An exception of a kind in ``catch`` takes its item's place in the list, so that a rank meeting one
+    does not leave the others waiting for its part; the caller raises or skips it. ``agree``: a value that must be
+    the same on every rank (what the work is), else :class:`RanksDisagree` on every rank. Results and caught
+    exceptions must pickle."""
     rank, world = share()
     mine = range(rank, count, world)
 
@@ -67,11 +66,7 @@ def shared_map(fn: Callable[[int], T], count: int, catch: tuple[type[BaseExcepti
         except catch as err:
             return err
 
-    if threads > 1 and len(mine) > 1:
-        with ThreadPoolExecutor(min(threads, len(mine))) as pool:
-            results = list(pool.map(one, mine))
-    else:
-        results = [one(i) for i in mine]
+    results = [one(i) for i in mine]
     if world == 1:
         return results
     parts = gather((agree, results), world)
