@@ -549,3 +549,27 @@ def test_loader_workers_fork_with_the_parents_objects_out_of_the_collectors_reac
     assert grown["plain"] > 20, grown  # the measurement sees the parent's objects copied by the collection
     assert grown["loader"] < 2, grown
     assert gc.get_freeze_count() == 0
+
+
+def test_shared_map_in_one_process_keeps_order_catches_and_runs_on_threads():
+    """Outside torchrun, ``shared_map`` is every item in order; an exception of a caught kind takes its item's place
+    and any other propagates; with threads, two items run at once (each waits for the other at a barrier, which
+    one thread at a time would never pass)."""
+    import threading
+
+    from openmae.data.ranks import shared_map
+
+    def fn(i: int) -> int:
+        if i == 2:
+            raise BadImageError("item 2 is unreadable")
+        return i * i
+
+    out = shared_map(fn, 4, catch=(BadImageError,))
+    assert out[:2] == [0, 1] and isinstance(out[2], BadImageError) and out[3] == 9
+    with pytest.raises(BadImageError, match="item 2"):
+        shared_map(fn, 4)
+    barrier = threading.Barrier(2, timeout=10)
+    assert shared_map(lambda i: barrier.wait() * 0 + i, 2, threads=2) == [0, 1]
+    alone = threading.Barrier(2, timeout=0.2)  # one thread at a time: the first item waits alone, in vain
+    with pytest.raises(threading.BrokenBarrierError):
+        shared_map(lambda i: alone.wait(), 2, threads=1)

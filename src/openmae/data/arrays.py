@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from openmae.data.dicom import DICOM_SUFFIXES, read_dicom
 from openmae.data.images import BadImageError
-from openmae.data.ranks import gather, share
+from openmae.data.ranks import shared_map
 from openmae.data.tiles import TiledBands, missing_codec
 from openmae.data.transforms import draw_box
 
@@ -149,23 +149,17 @@ def band_stats(source, count: int = STATS_FILES, pixels: int = STATS_PIXELS) -> 
     rank reads every world-size-th file and the ranks exchange their files' sums, added in file order as one process
     adds them: the same numbers to the last bit."""
     picked = sorted({int(i * len(source) / count) for i in range(count)}) if len(source) > count else range(len(source))
-    rank, world = share()
-    sums: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # file -> its bands' sums, sums of squares, pixels
-    for index in picked[rank::world]:
-        try:
-            x = _measured_pixels(source, index, pixels // len(picked))  # (C, N)
-        except BadImageError:
-            continue
-        sums[index] = (x.sum(1), (x * x).sum(1), x.shape[1])
-    if world > 1:
-        for part in gather(sums, world):
-            sums.update(part)
+
+    def measure(j: int) -> tuple[torch.Tensor, torch.Tensor, int]:  # a file's bands' sums, sums of squares, pixels
+        x = _measured_pixels(source, picked[j], pixels // len(picked))  # (C, N)
+        return x.sum(1), (x * x).sum(1), x.shape[1]
+
     total = total_sq = None
     measured = 0
-    for index in picked:
-        if index not in sums:  # unreadable
+    for part in shared_map(measure, len(picked), catch=(BadImageError,)):
+        if isinstance(part, BadImageError):  # unreadable: left out
             continue
-        s, sq, n = sums[index]
+        s, sq, n = part
         total = s if total is None else total + s
         total_sq = sq if total_sq is None else total_sq + sq
         measured += n

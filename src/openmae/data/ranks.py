@@ -2,7 +2,7 @@
 
 The engine builds a task's sources and training data inside :func:`shared_by_ranks`, where every rank builds the same
 things in the same order. There, code that reads every file once before training (the per-volume survey, the band
-statistics of arrays) takes its part by :func:`share` and exchanges the results with :func:`gather`: a job reads
+statistics of arrays, the folder scan, volume headers) maps over its files with :func:`shared_map`: a job reads
 each file once between its ranks, not once on each (eight GPUs of a node: an eighth of the reads of a shared disk,
 and of the wait). Outside the block (what rank 0 builds alone, such as the kNN monitor's images) :func:`share` is
 ``(0, 1)``: the process does all of it, and no rank waits for another."""
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -51,11 +52,12 @@ class RanksDisagree(RuntimeError):
 
 
 def shared_map(fn: Callable[[int], T], count: int, catch: tuple[type[BaseException], ...] = (),
-               agree: Any = None) -> list[T | BaseException]:
+               agree: Any = None, threads: int = 1) -> list[T | BaseException]:
     """``[fn(0), ..., fn(count - 1)]`` on every rank, each rank of :func:`shared_by_ranks` computing every
     world-size-th. An exception of a kind in ``catch`` takes its item's place in the list, so that a rank meeting one
     does not leave the others waiting for its part; the caller raises or skips it. ``agree``: a value that must be
-    the same on every rank (what the work is), else :class:`RanksDisagree` on every rank. Results and caught
+    the same on every rank (what the work is), else :class:`RanksDisagree` on every rank. ``threads`` > 1: a rank
+    computes its items that many at a time (work that releases the GIL: reading, decompressing). Results and caught
     exceptions must pickle."""
     rank, world = share()
     mine = range(rank, count, world)
@@ -66,7 +68,11 @@ def shared_map(fn: Callable[[int], T], count: int, catch: tuple[type[BaseExcepti
         except catch as err:
             return err
 
-    results = [one(i) for i in mine]
+    if threads > 1 and len(mine) > 1:
+        with ThreadPoolExecutor(min(threads, len(mine))) as pool:
+            results = list(pool.map(one, mine))
+    else:
+        results = [one(i) for i in mine]
     if world == 1:
         return results
     parts = gather((agree, results), world)

@@ -24,14 +24,13 @@ import json
 import logging
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from openmae.data.images import BadImageError
-from openmae.data.ranks import gather, share
+from openmae.data.ranks import share, shared_map
 
 log = logging.getLogger(__name__)
 
@@ -202,40 +201,20 @@ def survey_all(scans: list, settings: Settings, cache: str, read_slab,
     came from where ({"memory", "cache", "read"}: counts, over all ranks inside
     :func:`openmae.data.ranks.shared_by_ranks`, where each rank surveys every world-size-th volume; "ranks": how many
     shared the work)."""
-    rank, world = share()
-    mine = range(rank, len(scans), world)
-    errors: list[str] = []
-
-    def one(v: int) -> tuple[Survey | None, str]:
-        try:
-            return _stored(scans[v], settings, cache, read_slab)
-        except BadImageError as err:
-            if bad_files == "fail":
-                if world == 1:
-                    raise
-                errors.append(str(err))  # raised on every rank after the exchange: none is left waiting for it
-            return None, "read"
-
-    with ThreadPoolExecutor(min(THREADS, os.cpu_count() or 1, max(1, len(mine)))) as pool:
-        found = dict(zip(mine, pool.map(one, mine), strict=True))
+    _, world = share()
+    # a lone process meeting an unreadable volume with bad_files=fail stops there; ranks first finish their parts
+    # and exchange them, so that every rank raises the same (first) error and none is left waiting for another
+    catch = () if bad_files == "fail" and world == 1 else (BadImageError,)
+    found = shared_map(lambda v: _stored(scans[v], settings, cache, read_slab), len(scans), catch=catch,
+                       threads=min(THREADS, os.cpu_count() or 1))
+    unreadable = [item for item in found if isinstance(item, BadImageError)]
+    if unreadable and bad_files == "fail":
+        raise unreadable[0]
+    found = [(None, "read") if isinstance(item, BadImageError) else item for item in found]
     if world > 1:
-        found = _exchange(found, errors, world)
-        for v, (survey, _) in found.items():  # later builds of these volumes in this process (rank 0's monitors)
+        for scan, (survey, _) in zip(scans, found, strict=True):  # later builds in this process (rank 0's monitors)
             if survey is not None:
-                _SURVEYS[_key(scans[v], settings)] = survey
-    origins = {where: sum(origin == where for _, origin in found.values()) for where in ("memory", "cache", "read")}
+                _SURVEYS[_key(scan, settings)] = survey
+    origins = {where: sum(origin == where for _, origin in found) for where in ("memory", "cache", "read")}
     origins["ranks"] = world
-    return [found[v][0] for v in range(len(scans))], origins
-
-
-def _exchange(found: dict[int, tuple[Survey | None, str]], errors: list[str], world: int
-              ) -> dict[int, tuple[Survey | None, str]]:
-    """Every rank's surveys, gathered on every rank; the first unreadable volume's error raised on all of them."""
-    merged: dict[int, tuple[Survey | None, str]] = {}
-    failed: list[str] = []
-    for part in gather((found, errors), world):
-        merged.update(part[0])
-        failed += part[1]
-    if failed:
-        raise BadImageError(failed[0])
-    return merged
+    return [survey for survey, _ in found], origins
