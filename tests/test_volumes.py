@@ -280,6 +280,49 @@ def test_volume_cache_decompresses_each_gzipped_file_once(tmp_path, caplog):
         read_slices(scan_volume(tmp_path / "v.nii.gz", "axial", str(tmp_path / "a_file" / "cache")), 0, 1)
 
 
+def test_processes_wanting_the_same_volume_at_once_decompress_it_once(tmp_path, monkeypatch):
+    """Loader workers (or the ranks of a node) meeting a .nii.gz not yet in data.volume_cache at the same moment:
+    one decompresses it while the others wait, then all read the same file; no lock or partial file is left."""
+    import multiprocessing
+    import os
+    import time
+
+    from openmae.data import volumes as volumes_module
+
+    volume = canonical()
+    save_nifti(tmp_path / "v.nii.gz", volume, "PIL", slope_inter=(2.0, -100.0))
+    cache = tmp_path / "cache"
+    scan = scan_volume(tmp_path / "v.nii.gz", "axial", str(cache))
+    want = read_slices(scan_volume(tmp_path / "v.nii.gz", "axial"), 5, 1).numpy()  # nibabel's own reading
+    log = tmp_path / "decompressions.log"
+
+    class Slow:  # nibabel, whose whole-file loads are logged and take 0.5 s
+        @staticmethod
+        def load(path):
+            with open(log, "a") as fh:
+                fh.write(f"{os.getpid()}\n")
+            time.sleep(0.5)
+            return nib.load(path)
+
+    monkeypatch.setattr(volumes_module, "_nibabel", lambda: Slow)
+    context = multiprocessing.get_context("fork")
+    together = context.Barrier(3)
+
+    def worker(k: int) -> None:
+        together.wait()
+        np.save(tmp_path / f"slice{k}.npy", read_slices(scan, 5, 1).numpy())
+
+    processes = [context.Process(target=worker, args=(k,)) for k in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert [process.exitcode for process in processes] == [0, 0, 0]
+    assert len(log.read_text().split()) == 1  # without the lock: 3
+    assert all(np.array_equal(np.load(tmp_path / f"slice{k}.npy"), want) for k in range(3))
+    assert [f.suffix for f in cache.iterdir()] == [".npy"]
+
+
 def test_a_4d_nifti_is_a_series_of_volumes_or_their_bands(tmp_path):
     """A 4-D NIfTI (X, Y, Z, T) stored LPS, plain and gzipped through the cache: with data.fourth_axis=volumes its
     T volumes one after another, each slice that volume's in the radiological orientation, held out together;

@@ -33,8 +33,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,6 +49,11 @@ from openmae.data.filelist import FileList
 from openmae.data.images import BadImageError
 from openmae.data.ranks import shared_map
 from openmae.data.survey import Settings, Survey, survey_all
+
+try:
+    import fcntl  # POSIX only: elsewhere a volume may be decompressed twice at once (see _first_of_many)
+except ImportError:
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -228,19 +234,54 @@ def _cached(scan: Scan) -> np.ndarray:
     key = hashlib.sha1(f"{scan.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = Path(scan.cache) / f"{scan.path.name.split('.')[0]}-{key}.npy"
     if not target.is_file():
-        voxels = np.asanyarray(_nibabel().load(scan.path).dataobj.get_unscaled())  # the whole file, once
-        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-        try:  # written whole, then renamed: a worker reading it meanwhile, or a crash, never sees half a file
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(partial, "wb") as fh:
-                np.save(fh, voxels)
-            os.replace(partial, target)
-        except OSError as err:
-            with contextlib.suppress(OSError):  # not there, or its folder could not be made
-                partial.unlink()
-            raise VolumeCacheError(f"could not write {scan.path}'s voxels to data.volume_cache={scan.cache}: {err}; "
-                                   "free space there, name another folder, or unset data.volume_cache") from None
+        with _first_of_many(target):
+            if not target.is_file():  # not written by another process while this one waited
+                _decompress(scan, target)
     return np.load(target, mmap_mode="r")
+
+
+def _decompress(scan: Scan, target: Path) -> None:
+    voxels = np.asanyarray(_nibabel().load(scan.path).dataobj.get_unscaled())  # the whole file, once
+    partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    try:  # written whole, then renamed: a worker reading it meanwhile, or a crash, never sees half a file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "wb") as fh:
+            np.save(fh, voxels)
+        os.replace(partial, target)
+    except OSError as err:
+        with contextlib.suppress(OSError):  # not there, or its folder could not be made
+            partial.unlink()
+        raise VolumeCacheError(f"could not write {scan.path}'s voxels to data.volume_cache={scan.cache}: {err}; "
+                               "free space there, name another folder, or unset data.volume_cache") from None
+
+
+@contextlib.contextmanager
+def _first_of_many(target: Path) -> Iterator[None]:
+    """Held by one process (or thread) at a time for ``target``: the loader's workers, the survey's threads and the
+    ranks of a node that want the same volume at once (the first batches of a run: every worker meets the volumes
+    not yet decompressed) wait for the first to decompress it instead of each decompressing it again. An advisory
+    ``flock`` on a lock file beside the target, removed once the target is written (a process still waiting on the
+    removed file then finds the target). Where no lock can be taken (no ``fcntl``, a file system without locks, a
+    folder that cannot be written: reported by the write), the work is done unguarded, as a duplicate at worst."""
+    lock = target.with_name(f"{target.name}.lock")
+    if fcntl is None:
+        yield
+        return
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if target.is_file():
+            with contextlib.suppress(OSError):
+                lock.unlink()
+        os.close(fd)
 
 
 def _voxels(scan: Scan):
