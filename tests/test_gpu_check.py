@@ -112,3 +112,48 @@ def test_the_bands_part_makes_tiles_then_times_both_array_paths(tmp_path):
     for command in (cpu, device):
         assert f"--data {tiles} --format array --bands 13" in command and "--workers 15" in command
     assert "--device-augment" not in cpu and "--device-augment --device cuda" in device
+
+
+PARSE_ONLY = """
+import argparse, json, os, runpy, shlex, sys
+parsed = argparse.ArgumentParser.parse_args
+class Parsed(Exception):
+    pass
+def parse_and_stop(self, *args, **kwargs):
+    parsed(self, *args, **kwargs)  # a bad argument exits here with argparse's status 2
+    raise Parsed
+argparse.ArgumentParser.parse_args = parse_and_stop
+results = []
+for command in json.load(sys.stdin):
+    words = shlex.split(command)
+    sys.argv = words[1:]
+    sys.path[0] = os.path.dirname(os.path.abspath(words[1]))  # as `python3 script.py` sets it
+    try:
+        runpy.run_path(words[1], run_name="__main__")
+        results.append("ran without parsing")
+    except Parsed:
+        results.append("parsed")
+    except SystemExit as err:
+        results.append(f"exit {err.code}")
+print(json.dumps(results))
+"""
+
+
+def test_every_rows_arguments_are_ones_its_script_accepts(tmp_path):
+    """Each python row of every part, as the script plans it, parsed by its own script's argument parser (and
+    nothing run): a renamed or removed option fails here instead of on the GPU machine, whose time is scarce."""
+    import json
+    import sys
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    parts = "B loader L H mem whole graphs big prof loadab bands codec"
+    rows = _plan_rows(_run(tmp_path, str(photos), PLAN="1", PARTS=parts, BUDGET_S="100000").stdout)
+    assert {part for part, *_ in rows} == set(parts.split())
+    commands = [command for *_, command in rows]
+    assert all(command.startswith("python3 benchmarks/") for command in commands)
+    result = subprocess.run([sys.executable, "-c", PARSE_ONLY], input=json.dumps(commands), capture_output=True,
+                            text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = json.loads(result.stdout.splitlines()[-1])
+    assert [(c, o) for c, o in zip(commands, outcomes, strict=True) if o != "parsed"] == [], result.stderr[-3000:]
