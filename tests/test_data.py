@@ -1,5 +1,6 @@
 """Data: every odd file gets a defined outcome; named datasets read from the data root; seeded sampling."""
 
+import dataclasses
 import logging
 import shutil
 import sys
@@ -573,3 +574,53 @@ def test_shared_map_in_one_process_keeps_order_catches_and_runs_on_threads():
     alone = threading.Barrier(2, timeout=0.2)  # one thread at a time: the first item waits alone, in vain
     with pytest.raises(threading.BrokenBarrierError):
         shared_map(lambda i: alone.wait(), 2, threads=1)
+
+
+def _item_equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    if dataclasses.is_dataclass(a):  # the device path's undecoded images
+        return type(a) is type(b) and _item_equal(vars(a), vars(b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_item_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_item_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_training_datasets_pickle_for_spawned_loader_workers(tmp_path, datasets):
+    """macOS starts loader workers by spawning, and Python 3.14 on Linux by a fork server: the training dataset
+    (source, augmentation, device-path plan) then reaches each worker pickled. Every kind pickles, and the copy
+    gives the same sample for the same (index, seed) as the original."""
+    import pickle
+
+    from openmae.data.build import train_dataset
+    from openmae.data.transforms import finetune_transform
+
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    for k in range(3):
+        np.save(arrays / f"{k}.npy", np.random.default_rng(k).random((4, 40, 40), dtype=np.float32))
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    for k in range(2):
+        np.save(stacks / f"{k}.npy", np.random.default_rng(k).integers(0, 255, (5, 36, 36), dtype=np.uint8))
+    photos = str(datasets / "imagenet-sample")
+    cases = {  # name -> (config, image size, channels, fine-tuning augmentation)
+        "cifar10": (DataConfig(name="cifar10", root=str(datasets), max_samples=32), (32, 32), 3, False),
+        "fashion-mnist": (DataConfig(name="fashion-mnist", root=str(datasets), max_samples=32), (28, 28), 1, False),
+        "photos, draft decoding": (DataConfig(path=photos, max_samples=8, jpeg_draft=True), (64, 64), 3, False),
+        "photos, device path": (DataConfig(path=photos, max_samples=8, device_augment=True), (64, 64), 3, False),
+        "photos, fine-tuning": (DataConfig(path=photos, max_samples=8), (64, 64), 3, True),
+        "arrays": (DataConfig(path=str(arrays), format="array", mean=(0.5,) * 4, std=(0.3,) * 4), (32, 32), 4, False),
+        "volumes": (DataConfig(path=str(stacks), format="volume"), (32, 32), 1, False),
+    }
+    for name, (cfg, size, channels, finetuning) in cases.items():
+        transform = finetune_transform(cfg, size, (0.5,) * channels, (0.25,) * channels, "rand-m9-mstd0.5-inc1",
+                                       0.25, 0.0, 0, "reflect") if finetuning else None
+        dataset, _ = train_dataset(cfg, size, channels, batch_size=2, seed=1, transform=transform)
+        copy = pickle.loads(pickle.dumps(dataset))
+        for item in ((0, 11), (len(dataset) - 1, 12)):
+            assert _item_equal(dataset[item], copy[item]), name
