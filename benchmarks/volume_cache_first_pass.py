@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from volume_slice_cost import phantom
 
-from openmae.data import volumes as volumes_module
+from openmae.data import volume_cache
 from openmae.data.volumes import FileVolumes
 
 
@@ -73,23 +73,23 @@ def main() -> None:
             nib.save(nib.Nifti1Image(phantom(args.size, args.slices, seed=v), np.diag([0.7, 0.7, 1.5, 1.0])), files[-1])
     logging.getLogger("openmae.data.volumes").setLevel(logging.ERROR)
     log = out / "decompressions.log"
-    decompress = volumes_module._decompress
+    write = volume_cache._write
 
-    def logged(scan, target):  # in the workers (forked after this is set): one line a decompression
+    def logged(*args):  # in the workers (forked after this is set): one line a volume decompressed and written
         with open(log, "a") as fh:
             fh.write(f"{os.getpid()}\n")
-        decompress(scan, target)
+        write(*args)
 
-    volumes_module._decompress = logged
-    lock = volumes_module.fcntl
+    volume_cache._write = logged
+    lock = volume_cache.fcntl
     print(f"{args.volumes} volumes of {args.size}x{args.size}x{args.slices}, {args.workers} workers, "
           f"{args.batches} batches of {args.batch} random axial slices, {os.cpu_count()} CPUs")
     for rnd in range(args.rounds):
         for name, module in (("without the lock", None), ("with the lock", lock)):
-            volumes_module.fcntl = module
+            volume_cache.fcntl = module
             seconds, count = first_pass(files, out / "cache", log, args, seed=rnd)
             print(f"round {rnd} {name}: {seconds:.2f} s, {count} decompressions of {args.volumes} volumes", flush=True)
-    volumes_module.fcntl = lock
+    volume_cache.fcntl = lock
 
 
 if __name__ == "__main__":

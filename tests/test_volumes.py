@@ -245,7 +245,8 @@ def test_volume_cache_decompresses_each_gzipped_file_once(tmp_path, caplog):
     """A .nii.gz read through data.volume_cache (decompressed once into a .npy, memory-mapped), an uncompressed
     .nii (memory-mapped) and nibabel's own reading of the .nii.gz give the same slices in every plane; the cache
     file is written once and replaced when the volume changes; a cache that cannot be written stops the run."""
-    from openmae.data.volumes import FileVolumes, VolumeCacheError
+    from openmae.data.volume_cache import VolumeCacheError
+    from openmae.data.volumes import FileVolumes
 
     volume = canonical()
     save_nifti(tmp_path / "v.nii.gz", volume, "PIL", zooms=(1.0, 1.0, 2.0), slope_inter=(2.0, -100.0))

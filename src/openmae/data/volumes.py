@@ -33,9 +33,8 @@ import contextlib
 import hashlib
 import logging
 import os
-import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -49,11 +48,7 @@ from openmae.data.filelist import FileList
 from openmae.data.images import BadImageError
 from openmae.data.ranks import shared_map
 from openmae.data.survey import Settings, Survey, survey_all
-
-try:
-    import fcntl  # POSIX only: elsewhere a volume may be decompressed twice at once (see _first_of_many)
-except ImportError:
-    fcntl = None
+from openmae.data.volume_cache import cached_array
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +93,6 @@ class Scan:
     def file_of(self, slice_: int) -> Path:
         """The file holding slice ``slice_``."""
         return self.members[slice_] if self.members else self.path
-
-
-class VolumeCacheError(Exception):
-    """The decompressed volume could not be written to ``data.volume_cache``: a stop, not a skipped file."""
 
 
 def suffix_of(path: Path) -> str:
@@ -227,71 +218,14 @@ def neighbours(slice_: int, count: int, channels: int) -> list[int]:
     return [min(max(start + j, 0), count - 1) for j in range(channels)]
 
 
-def _cached(scan: Scan) -> np.ndarray:
-    """The stored (unscaled) voxels of a compressed NIfTI, decompressed once into ``scan.cache`` (a ``.npy`` named
-    by the file's path, size and modification time: a changed file is decompressed again), memory-mapped."""
-    stat = scan.path.stat()
-    key = hashlib.sha1(f"{scan.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = Path(scan.cache) / f"{scan.path.name.split('.')[0]}-{key}.npy"
-    if not target.is_file():
-        with _first_of_many(target):
-            if not target.is_file():  # not written by another process while this one waited
-                _decompress(scan, target)
-    return np.load(target, mmap_mode="r")
-
-
-def _decompress(scan: Scan, target: Path) -> None:
-    voxels = np.asanyarray(_nibabel().load(scan.path).dataobj.get_unscaled())  # the whole file, once
-    partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
-    try:  # written whole, then renamed: a worker reading it meanwhile, or a crash, never sees half a file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "wb") as fh:
-            np.save(fh, voxels)
-        os.replace(partial, target)
-    except OSError as err:
-        with contextlib.suppress(OSError):  # not there, or its folder could not be made
-            partial.unlink()
-        raise VolumeCacheError(f"could not write {scan.path}'s voxels to data.volume_cache={scan.cache}: {err}; "
-                               "free space there, name another folder, or unset data.volume_cache") from None
-
-
-@contextlib.contextmanager
-def _first_of_many(target: Path) -> Iterator[None]:
-    """Held by one process (or thread) at a time for ``target``: the loader's workers, the survey's threads and the
-    ranks of a node that want the same volume at once (the first batches of a run: every worker meets the volumes
-    not yet decompressed) wait for the first to decompress it instead of each decompressing it again. An advisory
-    ``flock`` on a lock file beside the target, removed once the target is written (a process still waiting on the
-    removed file then finds the target). Where no lock can be taken (no ``fcntl``, a file system without locks, a
-    folder that cannot be written: reported by the write), the work is done unguarded, as a duplicate at worst."""
-    lock = target.with_name(f"{target.name}.lock")
-    if fcntl is None:
-        yield
-        return
-    try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        yield
-        return
-    try:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        if target.is_file():
-            with contextlib.suppress(OSError):
-                lock.unlink()
-        os.close(fd)
-
-
 def _voxels(scan: Scan):
     """(stored voxels indexable by slices, slope, intercept): an uncompressed file memory-mapped, a compressed one
     from ``data.volume_cache`` when set, else nibabel's proxy (which decompresses up to what it reads and scales)."""
     if suffix_of(scan.path) == ".nii":  # nibabel's own slicing reads a slice across the storage order piece by piece
         dtype, offset, shape, order = scan.stored
         return np.memmap(scan.path, np.dtype(dtype), "r", offset, shape, order), *scan.scale
-    if scan.cache:
-        return _cached(scan), *scan.scale
+    if scan.cache:  # the whole file, decompressed once
+        return cached_array(scan.path, scan.cache, lambda: _nibabel().load(scan.path).dataobj.get_unscaled()), *scan.scale
     return _nibabel().load(scan.path).dataobj, 1.0, 0.0
 
 
