@@ -576,6 +576,41 @@ def test_shared_map_in_one_process_keeps_order_catches_and_runs_on_threads():
         shared_map(lambda i: alone.wait(), 2, threads=1)
 
 
+def test_shared_map_spreads_long_work_over_forked_processes(monkeypatch, caplog):
+    """``processes=True``: a rank computes its first items itself, timed; when the rest would take longer than
+    ``POOL_AFTER_S`` it goes to forked processes (one a core of the node's share: LOCAL_WORLD_SIZE ranks divide the
+    cores), results in item order, a caught exception in its item's place, any other raised here; when not, all
+    in this process."""
+    import os
+
+    from openmae.data import ranks
+    from openmae.data.ranks import shared_map
+
+    def fn(i: int) -> tuple[int, int]:
+        if i == 30:
+            raise BadImageError("item 30 is unreadable")
+        if i == 90:
+            raise ValueError("item 90 is not a kind this caller catches")
+        return i, os.getpid()
+
+    monkeypatch.setattr(ranks, "pool_size", lambda: 2)  # two processes on any machine
+    monkeypatch.setattr(ranks, "POOL_AFTER_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="openmae.data.ranks"):
+        out = shared_map(fn, 80, catch=(BadImageError,), processes=True, what="the test's work")
+    assert "the test's work: " in caplog.text and "64 more: 2 processes" in caplog.text
+    assert [o[0] for o in out if not isinstance(o, BaseException)] == [i for i in range(80) if i != 30]
+    assert isinstance(out[30], BadImageError) and str(out[30]) == "item 30 is unreadable"
+    pids = [o[1] for o in out if not isinstance(o, BaseException)]
+    assert set(pids[: ranks.POOL_PROBE]) == {os.getpid()} and os.getpid() not in pids[ranks.POOL_PROBE :]
+    with pytest.raises(ValueError, match="item 90"):
+        shared_map(fn, 100, catch=(BadImageError,), processes=True)
+    monkeypatch.setattr(ranks, "POOL_AFTER_S", 60.0)  # a short part: no processes
+    assert {o[1] for o in shared_map(fn, 30, processes=True)} == {os.getpid()}
+    monkeypatch.undo()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert ranks.pool_size() == len(os.sched_getaffinity(0)) // 2
+
+
 def _item_equal(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)

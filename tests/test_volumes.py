@@ -722,6 +722,33 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
     assert ranks[0]["failed"] == ranks[1]["failed"] == f"{bad}: none of its 4 slices could be read"
 
 
+def test_headers_read_in_forked_processes_equal_one_processs(tmp_path, monkeypatch):
+    """A long list of headers (a DICOM series stored a slice a file) goes to forked processes once its first files
+    predict more than POOL_AFTER_S: the same volumes, labels and unreadable files as read in one process."""
+    from openmae.data import ranks
+    from openmae.data import volumes as volumes_module
+    from openmae.data.volumes import read_headers
+
+    rng = np.random.default_rng(3)
+    names = [f"IM{k:03d}.dcm" for k in range(60)]  # 46 after the 16 read first: 2 processes, 16 or more each
+    write_series(tmp_path / "ct", rng.integers(0, 4096, (60, 6, 5)), "1.2.3.9", names,
+                 positions=[(0.0, 0.0, 2.0 * k) for k in rng.permutation(60)], orientation=(1, 0, 0, 0, 1, 0))
+    (tmp_path / "ct" / "IM999.dcm").write_bytes(b"not a DICOM file")
+    np.save(tmp_path / "stack.npy", np.zeros((3, 4, 4), np.float32))
+    files = [*sorted((tmp_path / "ct").iterdir()), tmp_path / "stack.npy"]
+    labels = [0] * 61 + [1]
+    alone = read_headers(files, labels, "axial", "", "volumes")
+    volumes_module._HEADERS.clear()
+    forked = []
+    monkeypatch.setattr(ranks, "pool_size", lambda: 2)
+    monkeypatch.setattr(ranks, "POOL_AFTER_S", 0.0)
+    monkeypatch.setattr(ranks, "_in_processes", lambda *a, spread=ranks._in_processes: forked.append(1) or spread(*a))
+    pooled = read_headers(files, labels, "axial", "", "volumes")
+    assert forked == [1] and pooled[0] == alone[0] and pooled[1] == alone[1] == [0, 1]
+    assert [str(e) for e in pooled[2]] == [str(e) for e in alone[2]] and "IM999.dcm" in str(pooled[2][0])
+    assert [(s.kind, s.slices) for s in pooled[0]] == [("series", 60), ("stack", 3)]
+
+
 def test_headers_are_read_once_per_process_until_a_file_changes(tmp_path, monkeypatch):
     """A run builds its training volumes again (statistics, kNN monitor): the headers of the same files, unchanged,
     with the same settings are read once per process; a file whose time or size changed is read again, and so is

@@ -10,11 +10,17 @@ and of the wait). Outside the block (what rank 0 builds alone, such as the kNN m
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
+import multiprocessing
+import os
+import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _SHARE: list[tuple[int, int]] = []  # (rank, world size) inside shared_by_ranks
 
@@ -43,6 +49,37 @@ def gather(part: Any, world_size: int) -> list[Any]:
     return every
 
 
+POOL_PROBE = 16  # items a rank computes itself, timed, before it decides on processes (shared_map's processes)
+POOL_AFTER_S = 3.0  # the rest of its part taking longer than this (as timed) goes to forked processes
+_POOL_WORK: list[Callable[[int], Any]] = []  # the forked processes' work: inherited, where a closure cannot pickle
+
+
+def pool_size() -> int:
+    """Processes a rank may keep busy: the cores this process may run on, shared with the other ranks of its node
+    (torchrun's ``LOCAL_WORLD_SIZE``)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+
+
+def _pool_call(i: int) -> Any:
+    return _POOL_WORK[-1](i)
+
+
+def _in_processes(one: Callable[[int], Any], items: range, size: int) -> list[Any]:
+    """``[one(i) for i in items]`` in ``size`` forked processes (threads would hold each other back on the GIL: DICOM
+    headers parsed on 2 threads took 1.9x the CPU time of one); the objects of this process frozen for the
+    collector while they fork, as the loader's workers are (:class:`openmae.data.loader.Loader`)."""
+    _POOL_WORK.append(one)
+    gc.collect()
+    gc.freeze()  # until the map ends: the processes are forked as it goes
+    try:  # a process killed (out of memory) raises BrokenProcessPool here instead of leaving the map waiting
+        with ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_pool_call, items, chunksize=max(1, len(items) // (size * 8))))
+    finally:
+        gc.unfreeze()
+        _POOL_WORK.pop()
+
+
 class RanksDisagree(RuntimeError):
     """The ranks were asked for different work (:func:`shared_map`'s ``agree``); ``values``: each rank's, in order."""
 
@@ -52,13 +89,16 @@ class RanksDisagree(RuntimeError):
 
 
 def shared_map(fn: Callable[[int], T], count: int, catch: tuple[type[BaseException], ...] = (),
-               agree: Any = None, threads: int = 1) -> list[T | BaseException]:
+               agree: Any = None, threads: int = 1, processes: bool = False, what: str = ""
+               ) -> list[T | BaseException]:
     """``[fn(0), ..., fn(count - 1)]`` on every rank, each rank of :func:`shared_by_ranks` computing every
     world-size-th. An exception of a kind in ``catch`` takes its item's place in the list, so that a rank meeting one
     does not leave the others waiting for its part; the caller raises or skips it. ``agree``: a value that must be
     the same on every rank (what the work is), else :class:`RanksDisagree` on every rank. ``threads`` > 1: a rank
-    computes its items that many at a time (work that releases the GIL: reading, decompressing). Results and caught
-    exceptions must pickle."""
+    computes its items that many at a time (work that releases the GIL: reading, decompressing). ``processes``:
+    work that holds the GIL (parsing), whose rank's part would take more than :data:`POOL_AFTER_S` (timed on its
+    first items), goes on in forked processes, one a core of the rank's share of the machine (``what`` names the
+    work in the log line that says so). Results and caught exceptions must pickle."""
     rank, world = share()
     mine = range(rank, count, world)
 
@@ -68,11 +108,22 @@ def shared_map(fn: Callable[[int], T], count: int, catch: tuple[type[BaseExcepti
         except catch as err:
             return err
 
+    results: list[Any] = []
+    if processes and len(mine) > POOL_PROBE and "fork" in multiprocessing.get_all_start_methods():
+        start = time.perf_counter()
+        results = [one(i) for i in mine[:POOL_PROBE]]
+        mine = mine[POOL_PROBE:]
+        each = (time.perf_counter() - start) / POOL_PROBE
+        size = min(pool_size(), len(mine) // POOL_PROBE)
+        if size > 1 and each * len(mine) > POOL_AFTER_S:
+            log.info("%s: %.2f ms each, %d more: %d processes", what or "work", each * 1e3, len(mine), size)
+            results += _in_processes(one, mine, size)
+            mine = mine[:0]
     if threads > 1 and len(mine) > 1:
         with ThreadPoolExecutor(min(threads, len(mine))) as pool:
-            results = list(pool.map(one, mine))
+            results += pool.map(one, mine)
     else:
-        results = [one(i) for i in mine]
+        results += [one(i) for i in mine]
     if world == 1:
         return results
     parts = gather((agree, results), world)

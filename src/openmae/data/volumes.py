@@ -342,10 +342,10 @@ def read_headers(files: Sequence[Path], labels: Sequence[int] | np.ndarray | Non
                     hashlib.sha1(labels.tobytes()).hexdigest(), plane, cache, fourth_axis))
     if key in _HEADERS:
         return _HEADERS[key]
-    # one thread: parsing a header holds the GIL (2,000 CT slice headers from the page cache: 1.3-2.3 ms a file on
-    # one thread, 6.4-6.6 ms on eight)
+    # processes, not threads: parsing a header holds the GIL (2,000 CT slice headers from the page cache: 1.3-2.3 ms
+    # a file on one thread, 6.4-6.6 ms on eight)
     found = shared_map(lambda i: scan_volume(files[i], plane, cache, fourth_axis), len(files),
-                       (BadImageError, ImportError))
+                       (BadImageError, ImportError), processes=True, what="volume headers")
     scans: list[Scan] = []
     scan_labels: list[int] = []
     failed: list[BadImageError] = []
