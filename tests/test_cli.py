@@ -139,3 +139,41 @@ def test_each_command_offers_only_the_flags_it_uses():
     assert {"--checkpoint", "--plot", "-o"} <= flags["evaluate"] and "--resume" not in flags["evaluate"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["evaluate", "data.name=cifar10"])  # --checkpoint is required
+
+
+def readme_commands() -> list[list[str]]:
+    """The README's `openmae …` and `torchrun … -m openmae …` lines of its code blocks (continuations joined,
+    trailing comments cut), each as the words after `openmae`; `...` placeholders left out."""
+    import re
+    import shlex
+
+    words = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", (REPO / "README.md").read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("torchrun ") and " -m openmae " in line:
+                line = "openmae " + line.split(" -m openmae ", 1)[1]
+            if line.startswith("openmae ") and "..." not in line:
+                words.append(shlex.split(line)[1:])
+    return words
+
+
+def test_readme_commands_are_ones_the_cli_accepts():
+    """Every command the README shows parses (its flags are the command's; what is left is `key=value`
+    settings), and a training or evaluation command's settings resolve (--print-config exits 0): a renamed
+    setting, preset, config file or flag in the README fails here."""
+    from openmae.cli.main import build_parser
+
+    commands = readme_commands()
+    assert len(commands) >= 25 and {c[0] for c in commands} >= {"pretrain", "finetune", "linprobe", "knn", "evaluate",
+                                                                  "visualize", "convert", "info", "benchmark"}
+    for words in commands:
+        if words[0].startswith("--"):  # openmae --version: prints, then exits 0
+            with pytest.raises(SystemExit, match="0"):
+                build_parser().parse_known_args(words)
+            continue
+        _, rest = build_parser().parse_known_args(words)
+        assert all("=" in word and not word.startswith("-") for word in rest), words
+        if words[0] in ("pretrain", "finetune", "linprobe", "knn", "evaluate"):
+            proc = call_cli(*words, "--print-config")
+            assert proc.returncode == 0, (words, proc.stderr[-2000:])
