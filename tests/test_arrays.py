@@ -112,6 +112,26 @@ def test_band_stats_equal_numpys_over_every_pixel(tmp_path):
     assert np.allclose(picked[0], both.mean(0), rtol=1e-6)
 
 
+def test_band_stats_read_in_forked_processes_equal_one_processs(tmp_path, monkeypatch):
+    """Band statistics whose files would take long (timed on the first 16) are read in forked processes: the same
+    numbers to the last bit, an unreadable file left out alike."""
+    from openmae.data import ranks
+
+    rng = np.random.default_rng(2)
+    for i in range(60):
+        np.save(tmp_path / f"{i:02d}.npy", rng.normal(loc=(10, 2000), scale=(1, 300), size=(6, 7, 2)))
+    (tmp_path / "30.npy").write_bytes(b"not an array")
+    source = FileArrays(sorted(tmp_path.glob("*.npy")), None, 2, [])
+    alone = band_stats(source)
+    forked = []
+    monkeypatch.setattr(ranks, "pool_size", lambda: 2)
+    monkeypatch.setattr(ranks, "POOL_AFTER_S", 0.0)
+    monkeypatch.setattr(ranks, "_in_processes", lambda *a, spread=ranks._in_processes: forked.append(1) or spread(*a))
+    assert band_stats(source) == alone and forked == [1]
+    every = np.concatenate([np.load(f).reshape(-1, 2) for f in sorted(tmp_path.glob("*.npy")) if f.name != "30.npy"])
+    assert np.allclose(alone[0], every.mean(0), rtol=1e-9)
+
+
 def test_band_stats_of_large_scenes_read_a_few_windows(tmp_path, monkeypatch):
     """A file larger than its share of the pixels measured is measured on 256² windows of a grid, drawn from its
     index: a tiled TIFF is then never decoded whole (only the windows' tiles), a memory-mapped .npy is read in those

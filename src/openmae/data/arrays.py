@@ -147,7 +147,8 @@ def band_stats(source, count: int = STATS_FILES, pixels: int = STATS_PIXELS) -> 
     (all of them when fewer), in float64; a file larger than its share of ``pixels`` is measured on windows of it
     (:func:`_measured_pixels`); unreadable files are left out. Inside :func:`openmae.data.ranks.shared_by_ranks` each
     rank reads every world-size-th file and the ranks exchange their files' sums, added in file order as one process
-    adds them: the same numbers to the last bit."""
+    adds them: the same numbers to the last bit; a rank whose part would take more than a few seconds reads it in
+    forked processes (:func:`openmae.data.ranks.shared_map`), the same numbers again."""
     picked = sorted({int(i * len(source) / count) for i in range(count)}) if len(source) > count else range(len(source))
 
     def measure(j: int) -> tuple[torch.Tensor, torch.Tensor, int]:  # a file's bands' sums, sums of squares, pixels
@@ -156,7 +157,7 @@ def band_stats(source, count: int = STATS_FILES, pixels: int = STATS_PIXELS) -> 
 
     total = total_sq = None
     measured = 0
-    for part in shared_map(measure, len(picked), catch=(BadImageError,)):
+    for part in shared_map(measure, len(picked), catch=(BadImageError,), processes=True, what="band statistics"):
         if isinstance(part, BadImageError):  # unreadable: left out
             continue
         s, sq, n = part
