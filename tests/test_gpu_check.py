@@ -118,7 +118,7 @@ PARSE_ONLY = """
 import argparse, json, os, runpy, shlex, sys
 parsed = argparse.ArgumentParser.parse_args
 class Parsed(Exception):
-    pass
+    'The arguments parsed: stop before the script measures anything.'
 def parse_and_stop(self, *args, **kwargs):
     parsed(self, *args, **kwargs)  # a bad argument exits here with argparse's status 2
     raise Parsed
