@@ -634,10 +634,11 @@ def test_pretraining_with_volume_norm_records_it_and_evaluation_without_is_told(
 
 
 SHARED_SURVEY = """
-import json, sys
+import json, os, sys, types
 from pathlib import Path
 import numpy as np
 import torch.distributed as dist
+from openmae.data.filelist import FileList
 from openmae.data import arrays as arrays_module, survey as survey_module, volumes as volumes_module
 from openmae.data.arrays import band_stats
 from openmae.data.images import BadImageError
@@ -657,11 +658,15 @@ volumes_module.scan_volume = lambda path, *args: headers.append(Path(path).name)
 measured = []
 pixels = arrays_module._measured_pixels
 arrays_module._measured_pixels = lambda source, index, budget: measured.append(index) or pixels(source, index, budget)
+stat_calls = []
+volumes_module.os = types.SimpleNamespace(stat=lambda p: stat_calls.append(os.path.basename(os.fsdecode(p))) or os.stat(p))
+volumes_module.STAMP_CHUNK = 2
 settings = Settings("zscore", foreground=0.5, min_foreground=0.1)
 files = sorted(root.glob("*.nii"))
 with shared_by_ranks(rank, world):
     shared = FileVolumes(files, None, 1, [], cache=str(root / f"cache{rank}"), survey=settings)
-    first = list(read)
+    first, stated = list(read), sorted(set(stat_calls))
+    stamps = volumes_module.file_stamps(FileList(files))
     stats = band_stats(shared, count=9)  # 9 of its 20 slices
     try:
         FileVolumes([*files, bad_file], None, 1, [], bad_files="fail", survey=settings)
@@ -670,26 +675,30 @@ with shared_by_ranks(rank, world):
         failed = str(err)
 alone = FileVolumes(files, None, 1, [], survey=settings)  # outside the block: from this process's memory
 (root / f"rank{rank}.json").write_text(json.dumps({
-                  "rank": rank, "read": first, "headers": headers, "then": read[len(first):], "counts": shared.counts, "failed": failed,
+                  "rank": rank, "read": first, "stated": stated, "stamps": stamps,
+                  "headers": headers, "then": read[len(first):], "counts": shared.counts, "failed": failed,
                   "measured": measured, "stats": [[v.hex() for v in vs] for vs in stats],
                   "surveys": [list(map(repr, (s.kept, s.shift, s.scale))) for s in shared.surveys],
                   "cached": len(list((root / f"cache{rank}").glob("*.json"))), "same": alone.surveys == shared.surveys}))
 """
 
 
-def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_path):
+def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_path, monkeypatch):
     """Under torchrun the ranks building the training data survey every world-size-th volume each and exchange the
     results: two ranks read five volumes between them (3 and 2, none twice), each ends with every survey, equal to
     one process's own, keeps only its part in data.volume_cache, and an unreadable volume (bad_files=fail) raises the
     same error on both ranks, not on the one that read it alone (which would leave the other waiting). The band
     statistics (data.mean / std measured) likewise: each rank measures alternate files, and both end with one
-    process's numbers to the last bit. So are the volumes' headers: each rank reads its part."""
+    process's numbers to the last bit. So are the volumes' headers: each rank reads its part, and stats its chunks of
+    files for the key of the headers' memo (the same key on both ranks and in one process)."""
     import subprocess
     import sys
 
+    from openmae.data import volumes as volumes_module
     from openmae.data.arrays import band_stats
+    from openmae.data.filelist import FileList
     from openmae.data.survey import Settings
-    from openmae.data.volumes import FileVolumes
+    from openmae.data.volumes import FileVolumes, file_stamps
 
     for v in range(5):
         save_nifti(tmp_path / f"{v}.nii", body_volume(1.0 + v, 10.0 * v), "LPS")
@@ -710,6 +719,10 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
     assert [r["headers"] for r in ranks] == [["0.nii", "2.nii", "4.nii"] * 2 + every,
                                              ["1.nii", "3.nii", "1.nii", "3.nii", "nan.npy"] + every]
     assert [r["cached"] for r in ranks] == [3, 2] and all(r["same"] for r in ranks)
+    # the files' sizes and times (the headers' memo key) a chunk of two files each in turn, one digest
+    assert [r["stated"] for r in ranks] == [["0.nii", "1.nii", "4.nii"], ["2.nii", "3.nii"]]
+    monkeypatch.setattr(volumes_module, "STAMP_CHUNK", 2)
+    assert ranks[0]["stamps"] == ranks[1]["stamps"] == file_stamps(FileList(sorted(tmp_path.glob("*.nii"))))
     one = FileVolumes(sorted(tmp_path.glob("*.nii")), None, 1, [],
                       survey=Settings("zscore", foreground=0.5, min_foreground=0.1))
     want = [list(map(repr, (s.kept, s.shift, s.scale))) for s in one.surveys]
@@ -776,3 +789,45 @@ def test_headers_are_read_once_per_process_until_a_file_changes(tmp_path, monkey
     assert changed.counts == [3, 7, 5] and read[3:] == ["0.npy", "1.npy", "2.npy"]
     FileVolumes(files, None, 1, [])  # other labels: another list of volumes
     assert len(read) == 9
+
+
+def test_file_stamps_change_with_a_files_size_time_or_presence_not_with_how_they_are_read(tmp_path, monkeypatch):
+    """The key of the headers' memo: one digest of the files' sizes and times however many threads stat the chunks;
+    another when a file's time or size changes or a file goes missing. Threads only where a rank's first stats were
+    slow (a network file system), one thread from a local disk."""
+    import os
+
+    from openmae.data import volumes as volumes_module
+    from openmae.data.filelist import FileList
+    from openmae.data.volumes import file_stamps
+
+    files = []
+    for v in range(7):
+        (tmp_path / f"{v}.dcm").write_bytes(b"x" * v)
+        files.append(tmp_path / f"{v}.dcm")
+    files = FileList(files)
+    threads = []
+    chunk_size, slow_s = volumes_module.STAMP_CHUNK, volumes_module.STAMP_SLOW_S
+    shared_map = volumes_module.shared_map
+    monkeypatch.setattr(volumes_module, "shared_map", lambda *a, **k: threads.append(k["threads"]) or shared_map(*a, **k))
+    for chunk in (1, 3, 7, 1000):
+        monkeypatch.setattr(volumes_module, "STAMP_CHUNK", chunk)
+        monkeypatch.setattr(volumes_module, "STAMP_SLOW_S", 1.0)
+        alone = file_stamps(files)
+        monkeypatch.setattr(volumes_module, "STAMP_SLOW_S", 0.0)
+        assert file_stamps(files) == alone
+    assert threads == [1, 8] * 4
+    monkeypatch.setattr(volumes_module, "STAMP_CHUNK", chunk_size)
+    monkeypatch.setattr(volumes_module, "STAMP_SLOW_S", slow_s)
+    assert file_stamps(files) == alone  # the default chunks (the 7 files in one), as the 1000's
+    monkeypatch.setattr(volumes_module, "STAMP_CHUNK", 3)  # the changes below in the second and third chunks
+    digest = file_stamps(files)
+    stat = os.stat(files[3])
+    os.utime(files[3], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    touched = file_stamps(files)
+    stat = os.stat(files[5])
+    (tmp_path / "5.dcm").write_bytes(b"y" * 6)
+    os.utime(files[5], ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the size alone changed
+    resized = file_stamps(files)
+    os.remove(files[6])
+    assert len({digest, touched, resized, file_stamps(files)}) == 4

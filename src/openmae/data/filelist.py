@@ -53,9 +53,12 @@ class FileList(Sequence[Path]):
         n = len(self._ends)
         if not -n <= index < n:
             raise IndexError(f"index {index} is out of range for a list of {n} files")
-        index %= n
+        return Path(os.fsdecode(self.raw(index % n)))
+
+    def raw(self, index: int) -> bytes:
+        """Path ``index`` as the bytes it was given as (what ``os`` functions take, without building a ``Path``)."""
         start = int(self._ends[index - 1]) if index else 0
-        return Path(os.fsdecode(self._bytes[start : int(self._ends[index])].tobytes()))
+        return self._bytes[start : int(self._ends[index])].tobytes()
 
     def __iter__(self) -> Iterator[Path]:
         return (self[i] for i in range(len(self)))

@@ -2,10 +2,10 @@
 
 The engine builds a task's sources and training data inside :func:`shared_by_ranks`, where every rank builds the same
 things in the same order. There, code that reads every file once before training (the per-volume survey, the band
-statistics of arrays, the folder scan, volume headers) maps over its files with :func:`shared_map`: a job reads
-each file once between its ranks, not once on each (eight GPUs of a node: an eighth of the reads of a shared disk,
-and of the wait). Outside the block (what rank 0 builds alone, such as the kNN monitor's images) :func:`share` is
-``(0, 1)``: the process does all of it, and no rank waits for another."""
+statistics of arrays, the folder scan, volume headers and their files' sizes and times) maps over its files with
+:func:`shared_map`: a job reads each file once between its ranks, not once on each (eight GPUs of a node: an eighth of
+the reads of a shared disk, and of the wait). Outside the block (what rank 0 builds alone, such as the kNN monitor's
+images) :func:`share` is ``(0, 1)``: the process does all of it, and no rank waits for another."""
 
 from __future__ import annotations
 
