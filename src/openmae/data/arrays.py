@@ -119,11 +119,11 @@ def read_array(path: str | Path, channels: int, layout: str = "auto") -> torch.T
     return torch.from_numpy(np.ascontiguousarray(open_array(path, channels, layout), dtype=np.float32))
 
 
-def _measured_pixels(source, index: int, budget: int) -> torch.Tensor:
-    """The (C, N) float64 pixels of item ``index`` that :func:`band_stats` measures: all of them, or when the file
-    holds more than ``budget`` pixels, those of ``budget`` / STATS_WINDOW² windows on a grid of that side, drawn
-    from the item's index (the same every run), read from its memory-mapped or tiled view: a 4096² deflate scene
-    in 256² tiles then costs one tile a window instead of being decoded whole."""
+def _measured_pixels(source, index: int, budget: int) -> np.ndarray:
+    """The (C, N) pixels of item ``index`` that :func:`band_stats` measures, in the item's own dtype: all of them,
+    or when the file holds more than ``budget`` pixels, those of ``budget`` / STATS_WINDOW² windows on a grid of
+    that side, drawn from the item's index (the same every run), read from its memory-mapped or tiled view: a 4096²
+    deflate scene in 256² tiles then costs one tile a window instead of being decoded whole."""
     if hasattr(source, "view"):
         chw, _ = source.view(index)
         bands, height, width = chw.shape
@@ -136,10 +136,10 @@ def _measured_pixels(source, index: int, budget: int) -> torch.Tensor:
             for cell in sorted(cells.tolist()):  # in storage order
                 top, left = cell // cols * side, cell % cols * side
                 # NaN: a mapped float file was checked whole when opened, a tiled one's windows are as they are read
-                window = np.asarray(chw[:, top : top + side, left : left + side], dtype=np.float64)
+                window = np.asarray(chw[:, top : top + side, left : left + side])
                 parts.append(window.reshape(bands, -1))
-            return torch.from_numpy(np.concatenate(parts, axis=1))
-    return source.load(index)[0].double().flatten(1)  # (C, H*W)
+            return np.concatenate(parts, axis=1)
+    return source.load(index)[0].flatten(1).numpy()  # (C, H*W)
 
 
 def band_stats(source, count: int = STATS_FILES, pixels: int = STATS_PIXELS) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -151,9 +151,16 @@ def band_stats(source, count: int = STATS_FILES, pixels: int = STATS_PIXELS) -> 
     forked processes (:func:`openmae.data.ranks.shared_map`), the same numbers again."""
     picked = sorted({int(i * len(source) / count) for i in range(count)}) if len(source) > count else range(len(source))
 
-    def measure(j: int) -> tuple[torch.Tensor, torch.Tensor, int]:  # a file's bands' sums, sums of squares, pixels
+    def measure(j: int) -> tuple[np.ndarray, np.ndarray, int]:  # a file's bands' sums, sums of squares, pixels
         x = _measured_pixels(source, picked[j], pixels // len(picked))  # (C, N)
-        return x.sum(1), (x * x).sum(1), x.shape[1]
+        sums, squares = np.empty(len(x)), np.empty(len(x))
+        # a band at a time in float64: the whole (C, N) in float64 and its square were two fresh allocations of
+        # 27 MB a 13-band 512² file, whose page faults made 256 files take 37 s in a new process instead of 5 s.
+        # numpy arrays, not tensors: a tensor returned by a forked process comes back through shared memory
+        for b, band in enumerate(x):
+            values = band.astype(np.float64)
+            sums[b], squares[b] = values.sum(), (values * values).sum()
+        return sums, squares, x.shape[1]
 
     total = total_sq = None
     measured = 0
@@ -166,6 +173,7 @@ def band_stats(source, count: int = STATS_FILES, pixels: int = STATS_PIXELS) -> 
         measured += n
     if total is None:
         raise ValueError("no readable array among the training files to measure data.mean/std on")
+    total, total_sq = torch.from_numpy(total), torch.from_numpy(total_sq)  # (C,) float64
     mean = total / measured
     std = (total_sq / measured - mean * mean).clamp_min(0).sqrt()
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant band: only centred

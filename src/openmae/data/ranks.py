@@ -98,7 +98,8 @@ def shared_map(fn: Callable[[int], T], count: int, catch: tuple[type[BaseExcepti
     computes its items that many at a time (work that releases the GIL: reading, decompressing). ``processes``:
     work that holds the GIL (parsing), whose rank's part would take more than :data:`POOL_AFTER_S` (timed on its
     first items), goes on in forked processes, one a core of the rank's share of the machine (``what`` names the
-    work in the log line that says so). Results and caught exceptions must pickle."""
+    work in the log line that says so). Results and caught exceptions must pickle; with processes, return numpy
+    arrays rather than tensors (torch sends a tensor from a process through shared memory: tens of ms each)."""
     rank, world = share()
     mine = range(rank, count, world)
 
