@@ -346,7 +346,8 @@ def file_stamps(files: FileList) -> str:
                 digest.update(b"-;")
         return digest.hexdigest()
 
-    first = range(share()[0] * STAMP_CHUNK, min(len(files), share()[0] * STAMP_CHUNK + min(STAMP_CHUNK, 32)))
+    mine = share()[0] * STAMP_CHUNK  # this rank's first chunk, whose first 32 stats decide on threads
+    first = range(mine, min(len(files), mine + min(STAMP_CHUNK, 32)))
     start = time.perf_counter()
     for i in first:
         with contextlib.suppress(OSError):
