@@ -660,13 +660,16 @@ pixels = arrays_module._measured_pixels
 arrays_module._measured_pixels = lambda source, index, budget: measured.append(index) or pixels(source, index, budget)
 stat_calls = []
 volumes_module.os = types.SimpleNamespace(stat=lambda p: stat_calls.append(os.path.basename(os.fsdecode(p))) or os.stat(p))
-volumes_module.STAMP_CHUNK = 2
+volumes_module.STAMP_CHUNK, volumes_module.STAMP_SLOW_S = 2, 0.0  # every stat as if it waited: shared
 settings = Settings("zscore", foreground=0.5, min_foreground=0.1)
 files = sorted(root.glob("*.nii"))
 with shared_by_ranks(rank, world):
     shared = FileVolumes(files, None, 1, [], cache=str(root / f"cache{rank}"), survey=settings)
     first, stated = list(read), sorted(set(stat_calls))
     stamps = volumes_module.file_stamps(FileList(files))
+    volumes_module.STAMP_SLOW_S, stat_calls[:] = 1.0, []  # no stat waits: each rank stats every file
+    local = volumes_module.file_stamps(FileList(files))
+    stated_local = sorted(set(stat_calls))
     stats = band_stats(shared, count=9)  # 9 of its 20 slices
     try:
         FileVolumes([*files, bad_file], None, 1, [], bad_files="fail", survey=settings)
@@ -675,7 +678,8 @@ with shared_by_ranks(rank, world):
         failed = str(err)
 alone = FileVolumes(files, None, 1, [], survey=settings)  # outside the block: from this process's memory
 (root / f"rank{rank}.json").write_text(json.dumps({
-                  "rank": rank, "read": first, "stated": stated, "stamps": stamps,
+                  "rank": rank, "read": first, "stated": stated, "stamps": stamps, "local": local,
+                  "stated_local": stated_local,
                   "headers": headers, "then": read[len(first):], "counts": shared.counts, "failed": failed,
                   "measured": measured, "stats": [[v.hex() for v in vs] for vs in stats],
                   "surveys": [list(map(repr, (s.kept, s.shift, s.scale))) for s in shared.surveys],
@@ -689,8 +693,9 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
     one process's own, keeps only its part in data.volume_cache, and an unreadable volume (bad_files=fail) raises the
     same error on both ranks, not on the one that read it alone (which would leave the other waiting). The band
     statistics (data.mean / std measured) likewise: each rank measures alternate files, and both end with one
-    process's numbers to the last bit. So are the volumes' headers: each rank reads its part, and stats its chunks of
-    files for the key of the headers' memo (the same key on both ranks and in one process)."""
+    process's numbers to the last bit. So are the volumes' headers: each rank reads its part, and where a stat waits
+    (a network file system) stats its chunks of files for the key of the headers' memo (the same key on both ranks
+    and in one process); where none waits, every file itself."""
     import subprocess
     import sys
 
@@ -719,10 +724,13 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
     assert [r["headers"] for r in ranks] == [["0.nii", "2.nii", "4.nii"] * 2 + every,
                                              ["1.nii", "3.nii", "1.nii", "3.nii", "nan.npy"] + every]
     assert [r["cached"] for r in ranks] == [3, 2] and all(r["same"] for r in ranks)
-    # the files' sizes and times (the headers' memo key) a chunk of two files each in turn, one digest
+    # the files' sizes and times (the headers' memo key), where a stat waits: a chunk of two files each in turn,
+    # one digest; where none waits, every file on each rank, the same digest
     assert [r["stated"] for r in ranks] == [["0.nii", "1.nii", "4.nii"], ["2.nii", "3.nii"]]
+    assert [r["stated_local"] for r in ranks] == [every, every]
     monkeypatch.setattr(volumes_module, "STAMP_CHUNK", 2)
-    assert ranks[0]["stamps"] == ranks[1]["stamps"] == file_stamps(FileList(sorted(tmp_path.glob("*.nii"))))
+    want = file_stamps(FileList(sorted(tmp_path.glob("*.nii"))))
+    assert ranks[0]["stamps"] == ranks[1]["stamps"] == ranks[0]["local"] == ranks[1]["local"] == want
     one = FileVolumes(sorted(tmp_path.glob("*.nii")), None, 1, [],
                       survey=Settings("zscore", foreground=0.5, min_foreground=0.1))
     want = [list(map(repr, (s.kept, s.shift, s.scale))) for s in one.surveys]
@@ -809,14 +817,15 @@ def test_file_stamps_change_with_a_files_size_time_or_presence_not_with_how_they
     threads = []
     chunk_size, slow_s = volumes_module.STAMP_CHUNK, volumes_module.STAMP_SLOW_S
     shared_map = volumes_module.shared_map
-    monkeypatch.setattr(volumes_module, "shared_map", lambda *a, **k: threads.append(k["threads"]) or shared_map(*a, **k))
+    monkeypatch.setattr(volumes_module, "shared_map",
+                        lambda *a, **k: ("threads" in k and threads.append(k["threads"])) or shared_map(*a, **k))
     for chunk in (1, 3, 7, 1000):
         monkeypatch.setattr(volumes_module, "STAMP_CHUNK", chunk)
         monkeypatch.setattr(volumes_module, "STAMP_SLOW_S", 1.0)
         alone = file_stamps(files)
         monkeypatch.setattr(volumes_module, "STAMP_SLOW_S", 0.0)
         assert file_stamps(files) == alone
-    assert threads == [1, 8] * 4
+    assert threads == [8] * 4  # in one process: threads only where a stat waited
     monkeypatch.setattr(volumes_module, "STAMP_CHUNK", chunk_size)
     monkeypatch.setattr(volumes_module, "STAMP_SLOW_S", slow_s)
     assert file_stamps(files) == alone  # the default chunks (the 7 files in one), as the 1000's

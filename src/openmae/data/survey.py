@@ -171,11 +171,11 @@ def _kept(path: Path) -> Survey | None:
         return None
 
 
-def _stored(scan, settings: Settings, cache: str, read_slab) -> tuple[Survey, str, str]:
-    """(survey, where from: "memory", "cache" or "read", its key)."""
+def _stored(scan, settings: Settings, cache: str, read_slab) -> tuple[Survey, str]:
+    """(survey, where from: "memory", "cache" or "read")."""
     key = _key(scan, settings)
     if key in _SURVEYS:
-        return _SURVEYS[key], "memory", key
+        return _SURVEYS[key], "memory"
     path = Path(cache) / f"survey-{scan.path.name.split('.')[0]}-{key}.json" if cache else None
     survey = _kept(path) if path is not None and path.is_file() else None
     origin = "cache"
@@ -191,7 +191,7 @@ def _stored(scan, settings: Settings, cache: str, read_slab) -> tuple[Survey, st
             except OSError as err:
                 log.warning("could not keep %s's survey in data.volume_cache=%s: %s", scan.path, cache, err)
     _SURVEYS[key] = survey
-    return survey, origin, key
+    return survey, origin
 
 
 def survey_all(scans: list, settings: Settings, cache: str, read_slab,
@@ -210,11 +210,13 @@ def survey_all(scans: list, settings: Settings, cache: str, read_slab,
     unreadable = [item for item in found if isinstance(item, BadImageError)]
     if unreadable and bad_files == "fail":
         raise unreadable[0]
-    found = [(None, "read", "") if isinstance(item, BadImageError) else item for item in found]
-    if world > 1:
-        for survey, _, key in found:  # for later builds in this process (rank 0's monitors), by the keys exchanged:
-            if survey is not None:  # a key is a stat of each of the volume's files (a series: hundreds)
-                _SURVEYS[key] = survey
-    origins = {where: sum(origin == where for _, origin, _ in found) for where in ("memory", "cache", "read")}
+    found = [(None, "read") if isinstance(item, BadImageError) else item for item in found]
+    if world > 1:  # for later builds in this process (rank 0's monitors), under this rank's own keys: nodes' copies
+        # of the data may differ in their files' times (copied to each node's disk), so another rank's key may not
+        # be the one this rank computes
+        for scan, (survey, _) in zip(scans, found, strict=True):
+            if survey is not None:
+                _SURVEYS[_key(scan, settings)] = survey
+    origins = {where: sum(origin == where for _, origin in found) for where in ("memory", "cache", "read")}
     origins["ranks"] = world
-    return [survey for survey, _, _ in found], origins
+    return [survey for survey, _ in found], origins

@@ -326,15 +326,19 @@ _HEADERS: dict[str, tuple[list[Scan], list[int], list[BadImageError]]] = {}  # p
 
 STAMP_CHUNK = 1024  # files a digest of sizes and times covers: what the ranks exchange (a chunk, not a file)
 STAMP_THREADS = 8  # chunks a rank stats at a time where a stat waits (a network file system's round trip)
-STAMP_SLOW_S = 30e-6  # a stat slower than this (timed on a rank's first files) waits: threads; from a local disk
-# or the page cache a stat takes 2-5 us of CPU, and threads only contend for the GIL (2.4x slower on 8 threads)
+STAMP_SLOW_S = 30e-6  # a stat slower than this (timed on a rank's first files) waits: threads, and the ranks share
+# the stats; from a local disk or the page cache a stat takes 2-5 us of CPU, and threads only contend for the GIL
+# (2.4x slower on 8 threads)
 
 
 def file_stamps(files: FileList) -> str:
     """A digest of every file's size and modification time (a file changed since is read again: a stat a file, not a
-    parse). Inside :func:`openmae.data.ranks.shared_by_ranks` each rank stats every world-size-th chunk of
-    :data:`STAMP_CHUNK` files, :data:`STAMP_THREADS` chunks at a time where its first stats were slow, and the ranks
-    exchange the chunks' digests: the same digest on every rank and for any number of ranks."""
+    parse), in chunks of :data:`STAMP_CHUNK` files, :data:`STAMP_THREADS` chunks at a time where a stat waits. Inside
+    :func:`openmae.data.ranks.shared_by_ranks`, when a rank's first stats wait (a network file system: one file
+    system, the same times on every node), each rank stats every world-size-th chunk and the ranks exchange the
+    chunks' digests; when none waits (a local disk, perhaps each node's own copy of the data, whose times may differ
+    from node to node) each rank stats every file itself, so that the digest is the one this process computes alone
+    (rank 0's later builds, outside the block, find what it read inside)."""
 
     def chunk(c: int) -> str:
         digest = hashlib.sha1()
@@ -346,14 +350,21 @@ def file_stamps(files: FileList) -> str:
                 digest.update(b"-;")
         return digest.hexdigest()
 
-    mine = share()[0] * STAMP_CHUNK  # this rank's first chunk, whose first 32 stats decide on threads
-    first = range(mine, min(len(files), mine + min(STAMP_CHUNK, 32)))
-    start = time.perf_counter()
-    for i in first:
-        with contextlib.suppress(OSError):
-            os.stat(files.raw(i))
-    slow = len(first) > 0 and (time.perf_counter() - start) / len(first) > STAMP_SLOW_S
-    chunks = shared_map(chunk, -(-len(files) // STAMP_CHUNK), threads=STAMP_THREADS if slow else 1)
+    def waits(rank: int) -> bool:  # this rank's first chunk's first 32 stats, timed
+        first = range(rank * STAMP_CHUNK, min(len(files), rank * STAMP_CHUNK + min(STAMP_CHUNK, 32)))
+        start = time.perf_counter()
+        for i in first:
+            with contextlib.suppress(OSError):
+                os.stat(files.raw(i))
+        return len(first) > 0 and (time.perf_counter() - start) / len(first) > STAMP_SLOW_S
+
+    _, world = share()
+    slow = any(shared_map(lambda r: waits(r), world))  # the ranks' probes exchanged: one decision for all
+    count = -(-len(files) // STAMP_CHUNK)
+    if slow:
+        chunks = shared_map(chunk, count, threads=STAMP_THREADS)
+    else:
+        chunks = [chunk(c) for c in range(count)]
     return hashlib.sha1("".join(map(str, chunks)).encode()).hexdigest()
 
 
