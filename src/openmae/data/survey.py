@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -201,22 +202,25 @@ def survey_all(scans: list, settings: Settings, cache: str, read_slab,
     came from where ({"memory", "cache", "read"}: counts, over all ranks inside
     :func:`openmae.data.ranks.shared_by_ranks`, where each rank surveys every world-size-th volume; "ranks": how many
     shared the work)."""
-    _, world = share()
+    rank, world = share()
+    threads = min(THREADS, os.cpu_count() or 1)
     # a lone process meeting an unreadable volume with bad_files=fail stops there; ranks first finish their parts
     # and exchange them, so that every rank raises the same (first) error and none is left waiting for another
     catch = () if bad_files == "fail" and world == 1 else (BadImageError,)
     found = shared_map(lambda v: _stored(scans[v], settings, cache, read_slab), len(scans), catch=catch,
-                       threads=min(THREADS, os.cpu_count() or 1))
+                       threads=threads)
     unreadable = [item for item in found if isinstance(item, BadImageError)]
     if unreadable and bad_files == "fail":
         raise unreadable[0]
     found = [(None, "read") if isinstance(item, BadImageError) else item for item in found]
-    if world > 1:  # for later builds in this process (rank 0's monitors), under this rank's own keys: nodes' copies
-        # of the data may differ in their files' times (copied to each node's disk), so another rank's key may not
-        # be the one this rank computes
-        for scan, (survey, _) in zip(scans, found, strict=True):
-            if survey is not None:
-                _SURVEYS[_key(scan, settings)] = survey
+    if world > 1:  # the other ranks' surveys, for later builds in this process (rank 0's monitors), under this
+        # rank's own keys: nodes' copies of the data may differ in their files' times (copied to each node's disk), so
+        # another rank's key may not be the one this rank computes. A key stats each of a volume's files (a DICOM
+        # series: hundreds), on threads as the surveys themselves: a network file system's stat waits
+        theirs = [v for v, (survey, _) in enumerate(found) if v % world != rank and survey is not None]
+        with ThreadPoolExecutor(threads) as pool:
+            for v, key in zip(theirs, pool.map(lambda v: _key(scans[v], settings), theirs), strict=True):
+                _SURVEYS[key] = found[v][0]
     origins = {where: sum(origin == where for _, origin in found) for where in ("memory", "cache", "read")}
     origins["ranks"] = world
     return [survey for survey, _ in found], origins
