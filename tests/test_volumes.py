@@ -840,3 +840,40 @@ def test_file_stamps_change_with_a_files_size_time_or_presence_not_with_how_they
     resized = file_stamps(files)
     os.remove(files[6])
     assert len({digest, touched, resized, file_stamps(files)}) == 4
+
+
+def test_survey_keys_name_files_as_their_resolved_paths(tmp_path, monkeypatch):
+    """A survey's key (the name of its file in data.volume_cache, kept from run to run) resolves each file's folder
+    once instead of each file, and is the same as resolving each file: for relative paths, '.' and '//' in them, a
+    file inside a linked folder, a linked file, and a series' files."""
+    import hashlib
+    import os
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    from openmae.data.survey import Settings, _key
+
+    def by_resolving(scan, settings):  # the key as it was computed before: each file resolved
+        files = scan.members or (scan.path,)
+        stamps = [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+        what = repr((stamps, scan.kind, scan.axis, scan.rows, scan.cols, scan.volume, scan.samples, asdict(settings)))
+        return hashlib.sha1(what.encode()).hexdigest()[:20]
+
+    real = tmp_path / "real" / "series"
+    real.mkdir(parents=True)
+    for k in range(3):
+        (real / f"IM{k}.dcm").write_bytes(b"x" * (k + 1))
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    (tmp_path / "one.nii").symlink_to(real / "IM1.dcm")
+    monkeypatch.chdir(tmp_path / "real")
+    settings = Settings("zscore", foreground=0.5)
+    cases = [real / "IM0.dcm", Path("series/IM1.dcm"), f"{tmp_path}/./real//series/IM2.dcm",
+             tmp_path / "linked" / "series" / "IM0.dcm", tmp_path / "one.nii", Path("../one.nii")]
+    for path in cases:
+        scan = SimpleNamespace(path=Path(path), members=(), kind="dicom", axis=0, rows=1, cols=2, volume=0, samples=1)
+        assert _key(scan, settings) == by_resolving(scan, settings), path
+    members = (real / "IM0.dcm", "series/IM1.dcm", tmp_path / "linked" / "series" / "IM2.dcm", tmp_path / "one.nii")
+    series = SimpleNamespace(path=real / "IM0.dcm", members=members, kind="series", axis=0, rows=1, cols=2, volume=0,
+                             samples=1)
+    assert _key(series, settings) == by_resolving(series, settings)
+    assert _key(series, settings) != _key(SimpleNamespace(**{**vars(series), "members": members[:3]}), settings)

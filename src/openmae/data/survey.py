@@ -27,6 +27,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from stat import S_ISLNK
 
 import numpy as np
 
@@ -151,9 +152,22 @@ def survey_volume(scan, settings: Settings, read_slab) -> Survey:
 
 
 def _key(scan, settings: Settings) -> str:
-    """The survey's name: the volume file(s) by path, size and modification time, the part read, the settings."""
-    files = scan.members or (scan.path,)
-    stamps = [(str(Path(f).resolve()), stat.st_size, stat.st_mtime_ns) for f in files for stat in [os.stat(f)]]
+    """The survey's name: the volume file(s) by resolved path, size and modification time, the part read, the
+    settings. A file that is not a link is its folder's resolved path and its name, each folder resolved once (what
+    ``Path.resolve`` gives, without its ``lstat`` of every folder on the way and ``stat`` of the file for each of a
+    DICOM series' hundreds of files: a round trip each on a network file system)."""
+    folders: dict[str, str] = {}
+    stamps = []
+    for f in scan.members or (scan.path,):
+        stat = os.lstat(f)
+        if S_ISLNK(stat.st_mode):
+            where, stat = str(Path(f).resolve()), os.stat(f)
+        else:
+            folder, name = os.path.split(os.fspath(f))
+            if folder not in folders:
+                folders[folder] = os.path.realpath(folder)
+            where = os.path.join(folders[folder], name)
+        stamps.append((where, stat.st_size, stat.st_mtime_ns))
     what = repr((stamps, scan.kind, scan.axis, scan.rows, scan.cols, scan.volume, scan.samples, asdict(settings)))
     return hashlib.sha1(what.encode()).hexdigest()[:20]
 
