@@ -359,7 +359,7 @@ def file_stamps(files: FileList) -> str:
         return len(first) > 0 and (time.perf_counter() - start) / len(first) > STAMP_SLOW_S
 
     _, world = share()
-    slow = any(shared_map(lambda r: waits(r), world))  # the ranks' probes exchanged: one decision for all
+    slow = any(shared_map(waits, world))  # each rank's probe, exchanged: one decision for all
     count = -(-len(files) // STAMP_CHUNK)
     if slow:
         chunks = shared_map(chunk, count, threads=STAMP_THREADS)
@@ -375,7 +375,8 @@ def read_headers(files: Sequence[Path], labels: Sequence[int] | np.ndarray | Non
     order. Read once per process for the same files, unchanged, and settings (a run builds its training files again to
     measure their statistics and for its kNN monitor: a header of a DICOM slice takes 1.5 ms, so 300,000 slice files
     took 7.5 minutes a build), keyed by :func:`file_stamps`; inside :func:`openmae.data.ranks.shared_by_ranks` each
-    rank reads every world-size-th header (and stats every world-size-th chunk of files) and the ranks exchange them."""
+    rank reads every world-size-th header (and, where a stat waits, stats every world-size-th chunk of files) and the
+    ranks exchange them."""
     files = files if isinstance(files, FileList) else FileList(files)
     labels = None if labels is None else np.asarray(labels, dtype=np.int64)
     key = "|".join((files.digest(), file_stamps(files), "" if labels is None else
