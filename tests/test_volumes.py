@@ -677,11 +677,18 @@ with shared_by_ranks(rank, world):
     except BadImageError as err:
         failed = str(err)
 alone = FileVolumes(files, None, 1, [], survey=settings)  # outside the block: from this process's memory
+if rank == 1:
+    volumes_module._HEADERS.clear()  # as if a file had changed on rank 1's node alone
+kept, measured_kept = len(headers), len(measured)
+with shared_by_ranks(rank, world):
+    rebuilt = FileVolumes(files, None, 1, [], cache=str(root / f"cache{rank}"), survey=settings)
+    rebuilt_stats = band_stats(rebuilt, count=9)
 (root / f"rank{rank}.json").write_text(json.dumps({
                   "rank": rank, "read": first, "stated": stated, "stamps": stamps, "local": local,
-                  "stated_local": stated_local,
-                  "headers": headers, "then": read[len(first):], "counts": shared.counts, "failed": failed,
-                  "measured": measured, "stats": [[v.hex() for v in vs] for vs in stats],
+                  "stated_local": stated_local, "reread": headers[kept:],
+                  "rebuilt": [[v.hex() for v in vs] for vs in rebuilt_stats] == [[v.hex() for v in vs] for vs in stats],
+                  "headers": headers[:kept], "then": read[len(first):], "counts": shared.counts, "failed": failed,
+                  "measured": measured[:measured_kept], "stats": [[v.hex() for v in vs] for vs in stats],
                   "surveys": [list(map(repr, (s.kept, s.shift, s.scale))) for s in shared.surveys],
                   "cached": len(list((root / f"cache{rank}").glob("*.json"))), "same": alone.surveys == shared.surveys}))
 """
@@ -695,7 +702,8 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
     statistics (data.mean / std measured) likewise: each rank measures alternate files, and both end with one
     process's numbers to the last bit. So are the volumes' headers: each rank reads its part, and where a stat waits
     (a network file system) stats its chunks of files for the key of the headers' memo (the same key on both ranks
-    and in one process); where none waits, every file itself."""
+    and in one process); where none waits, every file itself. A rank whose headers are no longer kept (its files
+    changed) reads them again with the others, which do not go on without it."""
     import subprocess
     import sys
 
@@ -724,6 +732,9 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
     assert [r["headers"] for r in ranks] == [["0.nii", "2.nii", "4.nii"] * 2 + every,
                                              ["1.nii", "3.nii", "1.nii", "3.nii", "nan.npy"] + every]
     assert [r["cached"] for r in ranks] == [3, 2] and all(r["same"] for r in ranks)
+    # rank 1 alone without the headers (its files changed): both ranks read theirs again, none goes on alone
+    assert [r["reread"] for r in ranks] == [["0.nii", "2.nii", "4.nii"], ["1.nii", "3.nii"]]
+    assert all(r["rebuilt"] for r in ranks)
     # the files' sizes and times (the headers' memo key), where a stat waits: a chunk of two files each in turn,
     # one digest; where none waits, every file on each rank, the same digest
     assert [r["stated"] for r in ranks] == [["0.nii", "1.nii", "4.nii"], ["2.nii", "3.nii"]]

@@ -381,7 +381,9 @@ def read_headers(files: Sequence[Path], labels: Sequence[int] | np.ndarray | Non
     labels = None if labels is None else np.asarray(labels, dtype=np.int64)
     key = "|".join((files.digest(), file_stamps(files), "" if labels is None else
                     hashlib.sha1(labels.tobytes()).hexdigest(), plane, cache, fourth_axis))
-    if key in _HEADERS:
+    # kept on every rank, or read again on every rank: a rank whose files changed alone (its node's copy) must not
+    # read while the others, their headers kept, have gone on to the next exchange
+    if all(shared_map(lambda _: key in _HEADERS, share()[1])):
         return _HEADERS[key]
     # processes, not threads: parsing a header holds the GIL (2,000 CT slice headers from the page cache: 1.3-2.3 ms
     # a file on one thread, 6.4-6.6 ms on eight)
