@@ -477,6 +477,7 @@ parts = [listed[:marks[0]], listed[marks[0]:marks[1]], listed[marks[1]:marks[2]]
 (root / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "listed": parts, "classes": [str(p) for p in classes.files],
                   "labels": classes.labels.tolist(), "found": [str(p) for p in found], "failed": failed, "differ": differ,
                   "alone": alone == found}))  # a file each: the ranks' prints can share a line
+dist.destroy_process_group()  # leaving it to the exit aborts a gloo process now and then (SIGABRT)
 """
 
 

@@ -691,6 +691,7 @@ with shared_by_ranks(rank, world):
                   "measured": measured[:measured_kept], "stats": [[v.hex() for v in vs] for vs in stats],
                   "surveys": [list(map(repr, (s.kept, s.shift, s.scale))) for s in shared.surveys],
                   "cached": len(list((root / f"cache{rank}").glob("*.json"))), "same": alone.surveys == shared.surveys}))
+dist.destroy_process_group()  # leaving it to the exit aborts a gloo process now and then (SIGABRT)
 """
 
 
