@@ -18,6 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
+from slow_stats import slow_stats
+
 from openmae.data.survey import Settings, _key
 
 
@@ -46,26 +48,12 @@ def main() -> None:
     scan = SimpleNamespace(path=members[0], members=tuple(members), kind="series", axis=0, rows=1, cols=2, volume=0,
                            samples=1)
     settings = Settings("zscore")
-    stat, lstat = os.stat, os.lstat
     for latency in args.latency_ms:
         for name, fn in (("each file resolved (before)", by_resolving), ("each folder once (now)", _key)):
-            calls = [0]
-
-            def delayed(real, wait=latency / 1e3, calls=calls):
-                def call(*a, **k):
-                    calls[0] += 1
-                    if wait:
-                        time.sleep(wait)
-                    return real(*a, **k)
-                return call
-
-            os.stat, os.lstat = delayed(stat), delayed(lstat)
-            try:
+            with slow_stats(latency) as calls:
                 start = time.perf_counter()
                 key = fn(scan, settings)
                 took = time.perf_counter() - start
-            finally:
-                os.stat, os.lstat = stat, lstat
             print(f"latency {latency:g} ms, {name}: {took * 1e3 / len(members):.3f} ms a file, "
                   f"{calls[0] / len(members):.1f} stat / lstat calls a file, key {key}", flush=True)
 

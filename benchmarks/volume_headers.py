@@ -61,7 +61,7 @@ def main() -> None:
                 volumes_module.shared_map = lambda *a, setting=setting, **k: shared_map(*a, **{**k, **setting})
                 volumes_module._HEADERS.clear()
                 start = time.perf_counter()
-                (volume,), _, failed = read_headers(files, None, "axial", "", "volumes")
+                (volume,), _, failed, _ = read_headers(files, None, "axial", "", "volumes")
                 times[name].append((time.perf_counter() - start) / len(files) * 1e3)
                 assert volume.slices == len(files) and not failed
         for name, each in times.items():

@@ -31,6 +31,7 @@ SETTINGS = Settings("percentile", foreground=-500.0, min_foreground=0.05)
 
 def timed(files: list[Path], cache: str = "") -> tuple[float, FileVolumes]:
     survey._SURVEYS.clear()
+    survey._SURVEYED.clear()
     start = time.perf_counter()
     source = FileVolumes(files, None, 1, [], cache=cache, survey=SETTINGS)
     return time.perf_counter() - start, source

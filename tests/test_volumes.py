@@ -555,6 +555,7 @@ def test_volume_norm_and_foreground_pick_each_volumes_scale_and_its_slices(tmp_p
     np.testing.assert_allclose(every.surveys[0].shift, [a.mean()], rtol=1e-6)
     monkeypatch.setattr(survey_module, "CHUNK_VOXELS", 300)  # two slices a chunk
     survey_module._SURVEYS.clear()
+    survey_module._SURVEYED.clear()
     chunked = FileVolumes(files, None, 3, [], survey=Settings("zscore"))
     np.testing.assert_allclose(chunked.surveys[1].shift, every.surveys[1].shift, rtol=1e-6)
     np.testing.assert_allclose(chunked.surveys[1].scale, every.surveys[1].scale, rtol=1e-6)
@@ -573,15 +574,18 @@ def test_volume_norm_and_foreground_pick_each_volumes_scale_and_its_slices(tmp_p
     assert nan.surveys[0].kept == (0, 1, 3, 4) and "1 unreadable" in caplog.text
     cache = tmp_path / "cache"
     survey_module._SURVEYS.clear()
+    survey_module._SURVEYED.clear()
     first = FileVolumes(files, None, 1, [], cache=str(cache), survey=Settings("zscore", foreground=0.0))
     assert len(list(cache.glob("survey-*.json"))) == 2
     kept = sorted(cache.glob("survey-*.json"))
     kept[1].write_text('{"kept": null, "shift": [1.0], "scale": [2.0], "from": "another version"}')
     survey_module._SURVEYS.clear()
+    survey_module._SURVEYED.clear()
     with caplog.at_level(logging.WARNING):
         mended = FileVolumes(files, None, 1, [], cache=str(cache), survey=Settings("zscore", foreground=0.0))
     assert mended.surveys == first.surveys and "could not be read back (TypeError" in caplog.text
     survey_module._SURVEYS.clear()
+    survey_module._SURVEYED.clear()
     monkeypatch.setattr(survey_module, "survey_volume", lambda *args: pytest.fail("read the voxels again"))
     again = FileVolumes(files, None, 1, [], cache=str(cache), survey=Settings("zscore", foreground=0.0))
     assert again.surveys == first.surveys  # the mended file rewritten, both read back
@@ -809,6 +813,44 @@ def test_headers_are_read_once_per_process_until_a_file_changes(tmp_path, monkey
     assert changed.counts == [3, 7, 5] and read[3:] == ["0.npy", "1.npy", "2.npy"]
     FileVolumes(files, None, 1, [])  # other labels: another list of volumes
     assert len(read) == 9
+
+
+def test_volumes_surveyed_again_unchanged_come_from_memory_without_a_stat(tmp_path, monkeypatch):
+    """The same volume files, unchanged, surveyed again with the same settings (a run's later builds of its training
+    data) take every survey from memory without a per-volume key (a stat of every file of a series); a changed file
+    keys every volume again and reads its own alone, and so do other settings (no read: each volume's kept survey).
+    The keys resolve each folder once a build, not once a volume."""
+    import os
+
+    from openmae.data import survey as survey_module
+    from openmae.data.survey import Settings
+    from openmae.data.volumes import FileVolumes
+
+    files = []
+    for v in range(3):
+        files.append(tmp_path / "ab"[v // 2] / f"{v}.npy")  # two in a, one in b
+        files[-1].parent.mkdir(exist_ok=True)
+        np.save(files[-1], np.arange(36 * (3 + v), dtype=np.float32).reshape(3 + v, 6, 6) * (v + 1))
+    keyed, read, resolved = [], [], []
+    monkeypatch.setattr(survey_module, "THREADS", 1)  # two threads may resolve a folder at once, alike
+    realpath = os.path.realpath
+    monkeypatch.setattr(survey_module.os.path, "realpath", lambda p, **k: resolved.append(p) or realpath(p, **k))
+    key, surveyed = survey_module._key, survey_module.survey_volume
+    monkeypatch.setattr(survey_module, "_key", lambda scan, *a: keyed.append(scan.path.name) or key(scan, *a))
+    monkeypatch.setattr(survey_module, "survey_volume", lambda scan, *a: read.append(scan.path.name) or surveyed(scan, *a))
+    settings = Settings("zscore")
+    first = FileVolumes(files, None, 1, [], survey=settings)
+    assert sorted(keyed) == sorted(read) == ["0.npy", "1.npy", "2.npy"] and [resolved.count(str(tmp_path / f)) for f in "ab"] == [1, 1]
+    again = FileVolumes(files, None, 1, [], survey=settings)
+    assert again.surveys == first.surveys and len(keyed) == len(read) == 3  # no key, no read
+    stat = os.stat(files[1])
+    np.save(files[1], np.full((4, 6, 6), 7.0, np.float32))
+    os.utime(files[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    changed = FileVolumes(files, None, 1, [], survey=settings)
+    assert sorted(keyed[3:]) == ["0.npy", "1.npy", "2.npy"] and read[3:] == ["1.npy"]
+    assert changed.surveys[0] == first.surveys[0] and changed.surveys[1] != first.surveys[1]
+    FileVolumes(files, None, 1, [], bad_files="fail", survey=settings)  # another setting: keyed, not read
+    assert len(keyed) == 9 and len(read) == 4
 
 
 def test_file_stamps_change_with_a_files_size_time_or_presence_not_with_how_they_are_read(tmp_path, monkeypatch):

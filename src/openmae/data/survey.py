@@ -14,8 +14,9 @@ leaves out the slices with fewer than 10% of their pixels above the value (in th
 slices taken as bands still come from the whole volume.
 
 The pass reads every slice once (in chunks of up to 2^25 voxels, a few volumes at a time on threads); its results
-are kept per process, and in ``data.volume_cache`` when set (a small JSON file per volume and setting, named by the
-file's path, size and modification time), so that the next run reads no voxels for it."""
+are kept per process (a list of volumes built again unchanged takes them whole, without a stat of their files), and
+in ``data.volume_cache`` when set (a small JSON file per volume and setting, named by the file's path, size and
+modification time), so that the next run reads no voxels for it."""
 
 from __future__ import annotations
 
@@ -151,12 +152,13 @@ def survey_volume(scan, settings: Settings, read_slab) -> Survey:
     return Survey(kept, tuple(low.tolist()), span, bounded=True, unreadable=unreadable)
 
 
-def _key(scan, settings: Settings) -> str:
+def _key(scan, settings: Settings, folders: dict[str, str] | None = None) -> str:
     """The survey's name: the volume file(s) by resolved path, size and modification time, the part read, the
     settings. A file that is not a link is its folder's resolved path and its name, each folder resolved once (what
     ``Path.resolve`` gives, without its ``lstat`` of every folder on the way and ``stat`` of the file for each of a
-    DICOM series' hundreds of files: a round trip each on a network file system)."""
-    folders: dict[str, str] = {}
+    DICOM series' hundreds of files: a round trip each on a network file system). ``folders``: resolved folders to
+    use and add to, shared by the volumes of a build (a folder of NIfTI files: one resolution, not one a file)."""
+    folders = {} if folders is None else folders
     stamps = []
     for f in scan.members or (scan.path,):
         stat = os.lstat(f)
@@ -173,6 +175,9 @@ def _key(scan, settings: Settings) -> str:
 
 
 _SURVEYS: dict[str, Survey] = {}  # per process: key -> survey
+# per process: (what the scans were read from, settings, bad_files) -> every scan's survey, for a list of volumes
+# surveyed again unchanged (a run's later builds of its training data), which then stats none of their files
+_SURVEYED: dict[tuple[str, Settings, str], list[Survey | None]] = {}
 
 
 def _kept(path: Path) -> Survey | None:
@@ -186,9 +191,9 @@ def _kept(path: Path) -> Survey | None:
         return None
 
 
-def _stored(scan, settings: Settings, cache: str, read_slab) -> tuple[Survey, str]:
-    """(survey, where from: "memory", "cache" or "read")."""
-    key = _key(scan, settings)
+def _stored(scan, settings: Settings, cache: str, read_slab, folders: dict[str, str]) -> tuple[Survey, str]:
+    """(survey, where from: "memory", "cache" or "read"); ``folders``: :func:`_key`'s."""
+    key = _key(scan, settings, folders)
     if key in _SURVEYS:
         return _SURVEYS[key], "memory"
     path = Path(cache) / f"survey-{scan.path.name.split('.')[0]}-{key}.json" if cache else None
@@ -209,19 +214,27 @@ def _stored(scan, settings: Settings, cache: str, read_slab) -> tuple[Survey, st
     return survey, origin
 
 
-def survey_all(scans: list, settings: Settings, cache: str, read_slab,
-               bad_files: str) -> tuple[list[Survey | None], dict[str, int]]:
+def survey_all(scans: list, settings: Settings, cache: str, read_slab, bad_files: str,
+               memo: str = "") -> tuple[list[Survey | None], dict[str, int]]:
     """Each scan's :class:`Survey` (None for one none of whose slices could be read, with ``bad_files=skip``;
     ``fail``: raises), a few volumes at a time on threads (reading and decompressing release the GIL), and how many
     came from where ({"memory", "cache", "read"}: counts, over all ranks inside
     :func:`openmae.data.ranks.shared_by_ranks`, where each rank surveys every world-size-th volume; "ranks": how many
-    shared the work)."""
+    shared the work). ``memo``: what ``scans`` were read from, files unchanged (the key of their headers, which
+    already covers every file's size and time: :func:`openmae.data.volumes.read_headers`); the same scans surveyed
+    again with the same settings come from memory whole, without the per-volume keys' stat of every file (a DICOM
+    series' hundreds; a round trip each on a network file system)."""
     rank, world = share()
+    whole = (memo, settings, bad_files)
+    # from memory on every rank, or surveyed on every rank: the ranks' exchanges below must match
+    if memo and all(shared_map(lambda _: whole in _SURVEYED, world)):
+        return list(_SURVEYED[whole]), {"memory": len(scans), "cache": 0, "read": 0, "ranks": world}
     threads = min(THREADS, os.cpu_count() or 1)
     # a lone process meeting an unreadable volume with bad_files=fail stops there; ranks first finish their parts
     # and exchange them, so that every rank raises the same (first) error and none is left waiting for another
     catch = () if bad_files == "fail" and world == 1 else (BadImageError,)
-    found = shared_map(lambda v: _stored(scans[v], settings, cache, read_slab), len(scans), catch=catch,
+    folders: dict[str, str] = {}  # resolved once a build (threads may resolve one twice, alike)
+    found = shared_map(lambda v: _stored(scans[v], settings, cache, read_slab, folders), len(scans), catch=catch,
                        threads=threads)
     unreadable = [item for item in found if isinstance(item, BadImageError)]
     if unreadable and bad_files == "fail":
@@ -233,8 +246,11 @@ def survey_all(scans: list, settings: Settings, cache: str, read_slab,
         # series: hundreds), on threads as the surveys themselves: a network file system's stat waits
         theirs = [v for v, (survey, _) in enumerate(found) if v % world != rank and survey is not None]
         with ThreadPoolExecutor(threads) as pool:
-            for v, key in zip(theirs, pool.map(lambda v: _key(scans[v], settings), theirs), strict=True):
+            for v, key in zip(theirs, pool.map(lambda v: _key(scans[v], settings, folders), theirs), strict=True):
                 _SURVEYS[key] = found[v][0]
     origins = {where: sum(origin == where for _, origin in found) for where in ("memory", "cache", "read")}
     origins["ranks"] = world
-    return [survey for survey, _ in found], origins
+    surveys = [survey for survey, _ in found]
+    if memo:
+        _SURVEYED[whole] = surveys
+    return list(surveys), origins

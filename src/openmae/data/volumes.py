@@ -38,6 +38,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -321,7 +322,17 @@ def read_slices(scan: Scan, slice_: int, channels: int) -> torch.Tensor:
     return square_pixels(torch.from_numpy(slab), scan.spacing)
 
 
-_HEADERS: dict[str, tuple[list[Scan], list[int], list[BadImageError]]] = {}  # per process: files, settings -> scans
+class Headers(NamedTuple):
+    """What :func:`read_headers` gives: the volumes, their labels, the files that could not be read, and ``key``,
+    what they were read from (the files, their sizes and times, the settings), under which they are kept."""
+
+    scans: list[Scan]
+    labels: list[int]
+    failed: list[BadImageError]
+    key: str
+
+
+_HEADERS: dict[str, Headers] = {}  # per process: Headers.key -> headers
 
 
 STAMP_CHUNK = 1024  # files a digest of sizes and times covers: what the ranks exchange (a chunk, not a file)
@@ -369,7 +380,7 @@ def file_stamps(files: FileList) -> str:
 
 
 def read_headers(files: Sequence[Path], labels: Sequence[int] | np.ndarray | None, plane: str, cache: str,
-                 fourth_axis: str) -> tuple[list[Scan], list[int], list[BadImageError]]:
+                 fourth_axis: str) -> Headers:
     """The volumes of ``files`` (a 4-D file's volumes one by one, the files of a DICOM series one volume:
     :func:`assemble_series`), their labels, and the errors of the files whose headers could not be read, in file
     order. Read once per process for the same files, unchanged, and settings (a run builds its training files again to
@@ -401,7 +412,7 @@ def read_headers(files: Sequence[Path], labels: Sequence[int] | np.ndarray | Non
         each = scan.volumes if scan.samples == 1 else 1  # a 4-D file read as volumes: each one in turn
         scans += [replace(scan, volume=v) for v in range(each)]
         scan_labels += [int(labels[i]) if labels is not None else -1] * each
-    _HEADERS[key] = (*assemble_series(scans, scan_labels), failed)
+    _HEADERS[key] = Headers(*assemble_series(scans, scan_labels), failed, key)
     return _HEADERS[key]
 
 
@@ -418,7 +429,7 @@ class FileVolumes:
                  clip: tuple[float, float] | None = None, fourth_axis: str = "volumes",
                  survey: Settings | None = None) -> None:
         self.channels, self.classes, self.clip = channels, classes, clip
-        scans, scan_labels, failed = read_headers(files, labels, plane, cache, fourth_axis)
+        scans, scan_labels, failed, headers_key = read_headers(files, labels, plane, cache, fourth_axis)
         if failed and bad_files == "fail":
             raise failed[0]
         if failed:
@@ -439,7 +450,7 @@ class FileVolumes:
         origins = None
         if survey is not None and survey.active:  # surveyed in the units the slices are read in: clipped alike
             survey = replace(survey, clip=None if clip is None else tuple(clip))
-            origins = self._survey(survey, cache, bad_files)
+            origins = self._survey(survey, cache, bad_files, headers_key)
         self.counts = [s.slices if not self.surveys or self.surveys[v].kept is None else len(self.surveys[v].kept)
                        for v, s in enumerate(self.scans)]  # each volume's items
         self.ends = np.cumsum(self.counts).tolist()  # item index just past each volume's items
@@ -452,10 +463,10 @@ class FileVolumes:
                     origins["read"], origins["cache"],
                     f" (shared by {origins['ranks']} ranks)" if origins["ranks"] > 1 else "")
 
-    def _survey(self, settings: Settings, cache: str, bad_files: str) -> dict[str, int]:
+    def _survey(self, settings: Settings, cache: str, bad_files: str, headers_key: str) -> dict[str, int]:
         """Survey every volume (:func:`openmae.data.survey.survey_all`), leaving out those none of whose slices
         reads; returns how many surveys came from where."""
-        surveys, origins = survey_all(self.scans, settings, cache, read_slab, bad_files)
+        surveys, origins = survey_all(self.scans, settings, cache, read_slab, bad_files, memo=headers_key)
         lost = [str(scan.path) for scan, found in zip(self.scans, surveys, strict=True) if found is None]
         if lost:
             log.warning("%d of %d volumes have no slice that can be read and are left out: %s", len(lost),
