@@ -48,3 +48,48 @@ def test_two_process_fsdp2_equals_one_process(one_process, tmp_path, datasets):
     assert a.keys() == b.keys()  # full (unsharded) state dict in the checkpoint, official key names
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5)
+
+
+LEAVES_THE_GROUP = """
+import json, os, sys
+from pathlib import Path
+import torch.distributed as dist
+from openmae.config import load_config
+from openmae.engine.pretrain import PretrainConfig, pretrain
+
+root, out = sys.argv[1], Path(sys.argv[2])
+settings = ["model.name=mae_vit_debug_patch4_32", f"data.root={root}", "data.num_workers=0", "train.epochs=1",
+            "train.warmup_epochs=0", "train.batch_size=8", "train.progress=false", "train.tensorboard=false",
+            "pretrain.vis_images=0"]
+seen = {}
+for case, data in (("trained", ["data.name=cifar10", "data.max_samples=16"]),
+                   ("failed", ["data.name=folder", f"data.path={out / 'missing'}"])):
+    try:
+        pretrain(load_config(PretrainConfig, overrides=[*settings, *data, f"train.output_dir={out / case}"]))
+        error = ""
+    except Exception as err:
+        error = f"{type(err).__name__}: {err}"
+    seen[case] = {"error": error, "in_group": dist.is_initialized()}
+(out / f"rank{os.environ['RANK']}.json").write_text(json.dumps(seen))
+"""
+
+
+def test_a_run_under_torchrun_leaves_the_process_group_trained_or_failed(tmp_path, datasets):
+    """Each rank of a torchrun job leaves the gloo group when its run ends, trained or stopped by an error (here a
+    data folder that does not exist): a process that exits with the group still up is aborted now and then by gloo
+    (SIGABRT at exit), which would bury the run's own error under a crash report. The second run of the script (as
+    one that pretrains, then fine-tunes) joins a group of its own: it hung on the first group's keys in the store."""
+    import json
+
+    script = tmp_path / "leaves.py"
+    script.write_text(LEAVES_THE_GROUP)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(datasets), str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in range(2):
+        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert seen["trained"] == {"error": "", "in_group": False}, seen
+        assert seen["failed"]["in_group"] is False and seen["failed"]["error"].startswith("FileNotFoundError: image folder")
+        assert seen["failed"]["error"].endswith("missing does not exist"), seen
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -35,6 +36,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+_GROUPS = itertools.count()  # the process groups this process has joined
+
+
 def init_distributed(device_name: str = "auto") -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -46,10 +50,12 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         # torchrun keeps one store across elastic restarts; the keys a dead attempt left there (its ranks'
-        # addresses) make the next attempt connect to dead peers and hang. A per-attempt prefix avoids them.
+        # addresses) make the next attempt connect to dead peers and hang. A per-attempt prefix avoids them, and a
+        # per-group one the keys of the group an earlier run of this process left (a script that pretrains, then
+        # fine-tunes: every rank runs the same runs in the same order, so the count agrees)
         store, rank, world = next(dist.rendezvous("env://"))
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        store = dist.PrefixStore(f"openmae/attempt{attempt}", store)
+        store = dist.PrefixStore(f"openmae/attempt{attempt}/group{next(_GROUPS)}", store)
         dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
