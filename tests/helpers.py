@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -32,6 +33,27 @@ def tiny_pretrain(out: Path, data_root: Path, *extra: str) -> PretrainConfig:
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "model-last.pth")["model"]
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --standalone --nproc_per_node=<nproc> <args>`` (one thread a rank). Past
+    ``timeout`` torchrun is sent SIGTERM, which it passes on to its ranks (each in a session of its own, out of reach
+    of a signal to torchrun's group) before it exits, and TimeoutExpired is raised: ``subprocess.run`` would SIGKILL
+    torchrun alone, and its ranks, hung in a collective, would stay behind (holding the output pipes open)."""
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)  # torchrun's own shutdown: 30 s before it SIGKILLs its ranks
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_pretrain
+from helpers import tiny_pretrain, torchrun
 from PIL import Image
 
 from openmae.data.config import DataConfig
@@ -488,8 +488,6 @@ def test_ranks_share_the_folder_scan_each_listing_its_part(tmp_path):
     cannot be listed raises its error on both ranks (the one that did not list it is not left waiting), as do ranks
     asked for different folders."""
     import json
-    import subprocess
-    import sys
 
     from openmae.data.folders import find_images
 
@@ -501,8 +499,7 @@ def test_ranks_share_the_folder_scan_each_listing_its_part(tmp_path):
         (tmp_path / rel).write_bytes(b"x")
     script = tmp_path / "shared_scan.py"
     script.write_text(SHARED_SCAN)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    proc = torchrun(str(script), str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     one = [str(p) for p in find_images(tmp_path / "classes")]

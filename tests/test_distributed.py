@@ -1,13 +1,10 @@
 """torchrun with the gloo backend on CPU: 2 processes equal 1 process over the same global batch."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, weights
+from helpers import torchrun, weights
 
 ARGS = ["model.name=mae_vit_debug_patch4_32", "data.name=cifar10", "data.max_samples=64", "data.num_workers=0",
         "train.epochs=2", "train.warmup_epochs=1", "train.log_every_steps=1", "train.progress=false",
@@ -15,11 +12,8 @@ ARGS = ["model.name=mae_vit_debug_patch4_32", "data.name=cifar10", "data.max_sam
 
 
 def launch(nproc: int, out: Path, data_root: Path, batch: int, *extra: str) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "openmae", "pretrain", f"--data-root={data_root}", f"-o={out}", f"train.batch_size={batch}", *ARGS,
-           *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    proc = torchrun("-m", "openmae", "pretrain", f"--data-root={data_root}", f"-o={out}", f"train.batch_size={batch}",
+                    *ARGS, *extra, nproc=nproc, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -83,9 +77,7 @@ def test_a_run_under_torchrun_leaves_the_process_group_trained_or_failed(tmp_pat
 
     script = tmp_path / "leaves.py"
     script.write_text(LEAVES_THE_GROUP)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(datasets), str(tmp_path)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)
+    proc = torchrun(str(script), str(datasets), str(tmp_path), timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in range(2):
         seen = json.loads((tmp_path / f"rank{rank}.json").read_text())

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 import tifffile
 import torch
-from helpers import call_cli, run_cli
+from helpers import call_cli, run_cli, torchrun
 from nibabel.orientations import axcodes2ornt, ornt_transform
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
@@ -709,8 +709,6 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
     (a network file system) stats its chunks of files for the key of the headers' memo (the same key on both ranks
     and in one process); where none waits, every file itself. A rank whose headers are no longer kept (its files
     changed) reads them again with the others, which do not go on without it."""
-    import subprocess
-    import sys
 
     from openmae.data import volumes as volumes_module
     from openmae.data.arrays import band_stats
@@ -725,8 +723,7 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
     np.save(bad, np.full((4, 6, 6), np.nan, np.float32))
     script = tmp_path / "shared_survey.py"
     script.write_text(SHARED_SURVEY)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(tmp_path), str(bad)], capture_output=True, text=True, timeout=300)
+    proc = torchrun(str(script), str(tmp_path), str(bad))
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]  # a file each: the
     # ranks' prints could share a line
