@@ -4,6 +4,7 @@ pretraining, kNN, fine-tuning and pictures on them."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,30 @@ def test_unset_mean_std_are_measured_on_the_training_files(band_folder):
     train = np.stack([read_array(files[i], 4).numpy().astype(np.float64) for i in picked])  # (256, 4, 32, 32)
     assert np.allclose(mean, train.mean((0, 2, 3)), rtol=1e-6) and np.allclose(std, train.std((0, 2, 3)), rtol=1e-5)
     assert stats_for(array_config(band_folder, mean=(1.0,) * 4, std=(2.0,) * 4), 4) == ((1.0,) * 4, (2.0,) * 4)
+
+
+def test_measured_stats_are_kept_for_the_same_files_and_measured_again_when_they_change(tmp_path, monkeypatch):
+    """In one process (a notebook), the same settings over the same files measure once; a file rewritten, added or
+    removed since is measured again, giving what a new process would."""
+    from openmae.data import datasets as datasets_module
+
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        np.save(tmp_path / f"{i}.npy", rng.normal(loc=(10, 50), scale=(1, 4), size=(6, 6, 2)).astype(np.float32))
+    measured = []
+    monkeypatch.setattr(datasets_module, "band_stats", lambda s, real=band_stats: measured.append(len(s)) or real(s))
+    cfg = DataConfig(name="folder", path=str(tmp_path), format="array", num_workers=0)
+    first = stats_for(cfg, 2)
+    assert stats_for(cfg, 2) == first and measured == [4]  # kept
+    np.save(tmp_path / "2.npy", np.full((6, 6, 2), 1000.0, dtype=np.float32))  # rewritten under its name
+    os.utime(tmp_path / "2.npy", ns=(1, 1))  # a time of its own, whatever the file system's resolution
+    rewritten = stats_for(cfg, 2)
+    assert measured == [4, 4] and rewritten[0][0] > first[0][0] + 200
+    assert rewritten == band_stats(FileArrays(sorted(tmp_path.glob("*.npy")), None, 2, []))  # as measured anew
+    np.save(tmp_path / "4.npy", np.zeros((6, 6, 2), dtype=np.float32))  # added
+    assert stats_for(cfg, 2) != rewritten and measured == [4, 4, 5]
+    (tmp_path / "4.npy").unlink()  # removed again: the files of the second measurement, kept
+    assert stats_for(cfg, 2) == rewritten and measured == [4, 4, 5]
 
 
 def test_array_bands_equal_the_image_path_for_evaluation_and_follow_its_crops(band_folder, datasets):

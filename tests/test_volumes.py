@@ -850,6 +850,62 @@ def test_volumes_surveyed_again_unchanged_come_from_memory_without_a_stat(tmp_pa
     assert len(keyed) == 9 and len(read) == 4
 
 
+def test_memos_keep_the_entries_last_stored_or_read():
+    from openmae.data.memo import Recent
+
+    memo = Recent(2)
+    memo["a"], memo["b"] = 1, 2
+    assert memo["a"] == 1  # read: now the most recent
+    memo["c"] = 3
+    assert "b" not in memo and memo.get("a") == 1 and memo.get("b") is None and len(memo) == 2
+    memo["d"] = 4  # a was read by get after c was stored: c goes
+    assert ("a" in memo, "c" in memo, "d" in memo) == (True, False, True)
+    memo.fit(3)
+    memo["e"] = 5
+    assert len(memo) == 3 and memo.size == 3
+    memo.fit(1)  # never shrinks
+    assert memo.size == 3
+    with pytest.raises(ValueError, match="at least one entry, got size=0"):
+        Recent(0)
+
+
+def test_a_long_lived_process_keeps_the_headers_and_surveys_of_recent_builds_only(tmp_path, monkeypatch):
+    """A notebook building ever other lists of volumes keeps the headers of the last four and the whole-list surveys
+    of the last eight; each volume's survey is kept for at least twice the largest build, so that a build of some of
+    a list's volumes (the kNN monitor's) reads none of them again."""
+    from openmae.data import survey as survey_module
+    from openmae.data import volumes as volumes_module
+    from openmae.data.survey import Settings
+    from openmae.data.volumes import FileVolumes
+
+    files = []
+    for v in range(10):
+        files.append(tmp_path / f"{v}.npy")
+        np.save(files[-1], np.arange(36 * 3, dtype=np.float32).reshape(3, 6, 6) + v)
+    for memo in (volumes_module._HEADERS, survey_module._SURVEYED, survey_module._SURVEYS):
+        memo.clear()
+    monkeypatch.setattr(survey_module._SURVEYS, "size", 2)  # less than a build: grown to fit
+    headers, surveyed = [], []
+    scanned, survey_volume = volumes_module.scan_volume, survey_module.survey_volume
+    monkeypatch.setattr(volumes_module, "scan_volume", lambda path, *a: headers.append(path.name) or scanned(path, *a))
+    monkeypatch.setattr(survey_module, "survey_volume",
+                        lambda scan, *a: surveyed.append(scan.path.name) or survey_volume(scan, *a))
+    settings = Settings("zscore")
+    FileVolumes(files[:3], None, 1, [], survey=settings)
+    assert len(headers) == len(surveyed) == 3 and survey_module._SURVEYS.size == 6
+    FileVolumes(files[:2], None, 1, [], survey=settings)  # some of its volumes: headers read, no survey read
+    assert len(headers) == 5 and len(surveyed) == 3
+    for v in range(10):  # ten lists of one volume each
+        FileVolumes([files[v]], None, 1, [], survey=settings)
+    assert len(volumes_module._HEADERS) == 4 and len(survey_module._SURVEYED) == 8
+    assert len(survey_module._SURVEYS) == 6  # the last six volumes surveyed
+    before = len(headers)
+    FileVolumes([files[9]], None, 1, [], survey=settings)  # among the last four: from memory
+    assert len(headers) == before
+    FileVolumes(files[:3], None, 1, [], survey=settings)  # dropped: read again, its volumes' surveys too
+    assert len(headers) == before + 3 and sorted(surveyed[-3:]) == ["0.npy", "1.npy", "2.npy"]
+
+
 def test_file_stamps_change_with_a_files_size_time_or_presence_not_with_how_they_are_read(tmp_path, monkeypatch):
     """The key of the headers' memo: one digest of the files' sizes and times however many threads stat the chunks;
     another when a file's time or size changes or a file goes missing. Threads only where a rank's first stats were

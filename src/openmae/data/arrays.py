@@ -142,6 +142,11 @@ def _measured_pixels(source, index: int, budget: int) -> np.ndarray:
     return source.load(index)[0].flatten(1).numpy()  # (C, H*W)
 
 
+def stats_items(length: int, count: int = STATS_FILES) -> list[int]:
+    """The items of a source of ``length`` that :func:`band_stats` reads: ``count`` spread evenly, or all."""
+    return sorted({int(i * length / count) for i in range(count)}) if length > count else list(range(length))
+
+
 def band_stats(source, count: int = STATS_FILES, pixels: int = STATS_PIXELS) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Each band's mean and standard deviation over every pixel of ``count`` items of ``source`` spread evenly
     (all of them when fewer), in float64; a file larger than its share of ``pixels`` is measured on windows of it
@@ -149,7 +154,7 @@ def band_stats(source, count: int = STATS_FILES, pixels: int = STATS_PIXELS) -> 
     rank reads every world-size-th file and the ranks exchange their files' sums, added in file order as one process
     adds them: the same numbers to the last bit; a rank whose part would take more than a few seconds reads it in
     forked processes (:func:`openmae.data.ranks.shared_map`), the same numbers again."""
-    picked = sorted({int(i * len(source) / count) for i in range(count)}) if len(source) > count else range(len(source))
+    picked = stats_items(len(source), count)
 
     def measure(j: int) -> tuple[np.ndarray, np.ndarray, int]:  # a file's bands' sums, sums of squares, pixels
         x = _measured_pixels(source, picked[j], pixels // len(picked))  # (C, N)

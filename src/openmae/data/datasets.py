@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from openmae.data.arrays import ARRAY_SUFFIXES, STATS_FILES, band_stats, clipped, open_array, read_array
+from openmae.data.arrays import ARRAY_SUFFIXES, STATS_FILES, band_stats, clipped, open_array, read_array, stats_items
 from openmae.data.config import DataConfig
 from openmae.data.filelist import FileList
 from openmae.data.folders import find_images, find_in
 from openmae.data.images import IMAGE_SUFFIXES, open_image, to_channels
+from openmae.data.memo import Recent
 from openmae.data.survey import Settings
 from openmae.data.tiles import TiledBands
 from openmae.data.volumes import VOLUME_SUFFIXES, FileVolumes
@@ -224,20 +225,37 @@ def build_source(cfg: DataConfig, split: str, channels: int) -> ImageSource:
     return source
 
 
-_MEASURED: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {}  # per process: data settings -> stats
+# per process: (data settings, the measured items' files) -> stats, for the last few (a library user's training and
+# evaluation data built from one config whose data.mean is unset measure once)
+_MEASURED: Recent[str, tuple[tuple[float, ...], tuple[float, ...]]] = Recent(8)
+
+
+def _stamp(source: ImageSource, index: int) -> tuple[str, int, int]:
+    """What item ``index`` is read from: its description, its file's size and time (0, 0 when held in memory or
+    unreadable: the measurement leaves an unreadable file out)."""
+    path, _ = source.file(index)
+    try:
+        stat = os.stat(path) if path is not None else None
+    except OSError:
+        stat = None
+    return source.describe(index), stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0
 
 
 def _measured_stats(cfg: DataConfig, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Each band's mean / std over the training files (items), measured once per process for the same data settings."""
+    """Each band's mean / std over the training files (items), measured once per process for the same data settings
+    and the same measured files, unchanged (a notebook's run after files were added, removed or rewritten measures
+    them again, as a new process would)."""
     from openmae.data.build import source_for  # build imports this module
 
     # what decides the training files and their bands
     fields = ("name", "path", "root", "format", "array_layout", "slice_plane", "fourth_axis", "clip", "volume_norm",
               "norm_percentiles", "foreground", "min_foreground", "train_split", "max_samples", "holdout", "holdout_seed")
-    key = repr(([getattr(cfg, f) for f in fields], channels))
-    if key in _MEASURED:
-        return _MEASURED[key]
     source = source_for(cfg, cfg.train_split, channels, cfg.max_samples)
+    items = [_stamp(source, i) for i in stats_items(len(source))]  # at most STATS_FILES stats
+    key = repr(([getattr(cfg, f) for f in fields], channels, len(source), items))
+    measured = _MEASURED.get(key)
+    if measured is not None:
+        return measured
     mean, std = _MEASURED[key] = band_stats(source)
     log.info("data.mean=[%s] data.std=[%s]: measured on %d training %s of %s (set both to keep them fixed)",
              ",".join(f"{v:.6g}" for v in mean), ",".join(f"{v:.6g}" for v in std), min(len(source), STATS_FILES),

@@ -33,6 +33,7 @@ from stat import S_ISLNK
 import numpy as np
 
 from openmae.data.images import BadImageError
+from openmae.data.memo import Recent
 from openmae.data.ranks import share, shared_map
 
 log = logging.getLogger(__name__)
@@ -174,10 +175,13 @@ def _key(scan, settings: Settings, folders: dict[str, str] | None = None) -> str
     return hashlib.sha1(what.encode()).hexdigest()[:20]
 
 
-_SURVEYS: dict[str, Survey] = {}  # per process: key -> survey
+# per process: key -> survey, for the volumes of recent builds (at least twice the largest build's volumes: a list
+# grown by new files finds its older volumes' surveys; a Survey is a few hundred bytes)
+_SURVEYS: Recent[str, Survey] = Recent(4096)
 # per process: (what the scans were read from, settings, bad_files) -> every scan's survey, for a list of volumes
-# surveyed again unchanged (a run's later builds of its training data), which then stats none of their files
-_SURVEYED: dict[tuple[str, Settings, str], list[Survey | None]] = {}
+# surveyed again unchanged (a run's later builds of its training data), which then stats none of their files; the
+# last few lists (a run builds its training files, and the kNN monitor's two lists)
+_SURVEYED: Recent[tuple[str, Settings, str], list[Survey | None]] = Recent(8)
 
 
 def _kept(path: Path) -> Survey | None:
@@ -194,8 +198,9 @@ def _kept(path: Path) -> Survey | None:
 def _stored(scan, settings: Settings, cache: str, read_slab, folders: dict[str, str]) -> tuple[Survey, str]:
     """(survey, where from: "memory", "cache" or "read"); ``folders``: :func:`_key`'s."""
     key = _key(scan, settings, folders)
-    if key in _SURVEYS:
-        return _SURVEYS[key], "memory"
+    kept = _SURVEYS.get(key)  # one lookup: another thread's store may drop an entry between two
+    if kept is not None:
+        return kept, "memory"
     path = Path(cache) / f"survey-{scan.path.name.split('.')[0]}-{key}.json" if cache else None
     survey = _kept(path) if path is not None and path.is_file() else None
     origin = "cache"
@@ -229,6 +234,7 @@ def survey_all(scans: list, settings: Settings, cache: str, read_slab, bad_files
     # from memory on every rank, or surveyed on every rank: the ranks' exchanges below must match
     if memo and all(shared_map(lambda _: whole in _SURVEYED, world)):
         return list(_SURVEYED[whole]), {"memory": len(scans), "cache": 0, "read": 0, "ranks": world}
+    _SURVEYS.fit(2 * len(scans))
     threads = min(THREADS, os.cpu_count() or 1)
     # a lone process meeting an unreadable volume with bad_files=fail stops there; ranks first finish their parts
     # and exchange them, so that every rank raises the same (first) error and none is left waiting for another

@@ -48,6 +48,7 @@ from openmae.data.arrays import clipped, require_finite
 from openmae.data.dicom import DICOM_SUFFIXES, dicom_values, no_image, open_dicom
 from openmae.data.filelist import FileList
 from openmae.data.images import BadImageError
+from openmae.data.memo import Recent
 from openmae.data.ranks import share, shared_map
 from openmae.data.survey import Settings, Survey, survey_all
 from openmae.data.volume_cache import cached_array
@@ -332,7 +333,8 @@ class Headers(NamedTuple):
     key: str
 
 
-_HEADERS: dict[str, Headers] = {}  # per process: Headers.key -> headers
+# per process: Headers.key -> headers, of the last few lists (a run's training files and its kNN monitor's two lists)
+_HEADERS: Recent[str, Headers] = Recent(4)
 
 
 STAMP_CHUNK = 1024  # files a digest of sizes and times covers: what the ranks exchange (a chunk, not a file)
