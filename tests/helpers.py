@@ -39,7 +39,13 @@ def torchrun(*args: str, nproc: int = 2, timeout: int = 300) -> subprocess.Compl
     """``python -m torch.distributed.run --standalone --nproc_per_node=<nproc> <args>`` (one thread a rank). Past
     ``timeout`` torchrun is sent SIGTERM, which it passes on to its ranks (each in a session of its own, out of reach
     of a signal to torchrun's group) before it exits, and TimeoutExpired is raised: ``subprocess.run`` would SIGKILL
-    torchrun alone, and its ranks, hung in a collective, would stay behind (holding the output pipes open)."""
+    torchrun alone, and its ranks, hung in a collective, would stay behind (holding the output pipes open). A script
+    that joins a process group itself must leave it: gloo in torch 2.14 aborts now and then at the exit of a process
+    whose group is still up (about one run in three), which fails a test whose ranks all did their work."""
+    code = Path(args[0]).read_text() if args and args[0].endswith(".py") else ""
+    if "init_process_group" in code and "destroy_process_group" not in code:
+        raise AssertionError(f"{args[0]} joins a process group but never calls dist.destroy_process_group(): end it "
+                             "with one, or the test fails now and then with the ranks' work done")
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                              *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)

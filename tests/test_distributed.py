@@ -85,3 +85,9 @@ def test_a_run_under_torchrun_leaves_the_process_group_trained_or_failed(tmp_pat
         assert seen["failed"]["in_group"] is False and seen["failed"]["error"].startswith("FileNotFoundError: image folder")
         assert seen["failed"]["error"].endswith("missing does not exist"), seen
 
+
+def test_the_torchrun_helper_refuses_a_script_that_leaves_its_group_up(tmp_path):
+    script = tmp_path / "stays.py"
+    script.write_text("import torch.distributed as dist\ndist.init_process_group('gloo')\n")
+    with pytest.raises(AssertionError, match="never calls dist.destroy_process_group"):
+        torchrun(str(script))
