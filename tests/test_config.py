@@ -42,6 +42,7 @@ def test_yaml_then_overrides(tmp_path):
     ("nonsense=1", "unknown setting(s) ['nonsense']"),
     ("data.crop_scale=[0.5,0.2]", "data.crop_scale=(0.5, 0.2) is invalid"),
     ("train.warmup_epochs=900", "train.warmup_epochs=900.0 is invalid: must be between 0 and train.epochs (800)"),
+    ("train.epochs=10", "a shorter run than the recipe's needs a shorter warm-up too, such as train.warmup_epochs=0"),
     ("pretrain.knn_every_epochs=1", "kNN needs labels"),
     ("train", "must look like key.sub=value"),
     ("train.compile_mode=fast", "train.compile_mode='fast' is invalid: must be default or reduce-overhead"),

@@ -359,6 +359,8 @@ def test_folder_scan_finds_what_rglob_finds_in_path_order(tmp_path):
     assert find_images(tmp_path / "linked") == [tmp_path / "linked" / "b.jpg", tmp_path / "linked" / "x.JPG"]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         find_images(tmp_path / "nowhere")
+    with pytest.raises(NotADirectoryError, match="top.jpg is a file; give the folder that holds the images"):
+        find_images(tmp_path / "top.jpg")
 
 
 def _private_mb() -> float:

@@ -211,6 +211,9 @@ def build_source(cfg: DataConfig, split: str, channels: int) -> ImageSource:
         source: ImageSource = file_source(files, None, channels, [], cfg)
     elif cfg.name == "imagefolder":
         path = Path(cfg.path)
+        if path.is_file():
+            raise NotADirectoryError(f"data.path {path} is a file; give the folder of class folders "
+                                     "(<path>/<class>/<image>)")
         if not path.is_dir():
             raise FileNotFoundError(f"data.path {path} does not exist")
         source = _image_folder(path / split if (path / split).is_dir() else path, channels, cfg)

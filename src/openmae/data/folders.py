@@ -77,6 +77,8 @@ def find_images(root: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) ->
     hidden files and folders are ignored, and so are links to folders below ``root`` (as ``Path.rglob`` does). The
     top-level subfolders are shared between the ranks (:func:`find_in`)."""
     root = Path(root)
+    if root.is_file():
+        raise NotADirectoryError(f"{root} is a file; give the folder that holds the images (searched recursively)")
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
     top = _entries(str(root), suffixes)  # every rank lists the top level (one listing) to agree on the folders

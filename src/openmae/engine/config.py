@@ -111,7 +111,8 @@ class TrainConfig:
     def check(self) -> None:
         require(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
         require(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", self.warmup_epochs,
-                f"between 0 and train.epochs ({self.epochs})")
+                f"between 0 and train.epochs ({self.epochs}); a shorter run than the recipe's needs a shorter warm-up "
+                f"too, such as train.warmup_epochs={self.epochs // 20} (the paper's: a twentieth of the epochs)")
         require(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1 (images per process and step)")
         require(self.accum_steps >= 1, "train.accum_steps", self.accum_steps, ">= 1")
         require(self.blr > 0, "train.blr", self.blr, "> 0")
