@@ -10,7 +10,7 @@ from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 import openmae
 from openmae.convert.checkpoints import StateDictMismatch, load_pretrained, load_state_dict_into
-from openmae.convert.files import UnsafeCheckpointError, load_file, save_file
+from openmae.convert.files import UnreadableCheckpointError, UnsafeCheckpointError, load_file, save_file
 from openmae.convert.hf import hf_config_dict, installed_layout, openmae_to_hf
 from openmae.convert.timm import create_timm_encoder, openmae_to_timm
 
@@ -68,11 +68,31 @@ def test_pickle_payload_is_refused_and_not_run(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "args": Payload()}, path)
-    with pytest.raises(UnsafeCheckpointError, match="refused to load"):
+    with pytest.raises(UnsafeCheckpointError, match="refused to load .* GLOBAL (posix|os).system"):
         load_file(path)
     with pytest.raises(UnsafeCheckpointError):
         load_pretrained(path)
     assert not marker.exists()
+
+
+def test_files_cut_short_damaged_or_of_another_kind_say_so(tmp_path):
+    """A weights file that an interrupted download cut short, an empty file, text, random bytes, a pickle that is no
+    PyTorch file, a damaged .safetensors: each a clear error naming the file, its size and what to do (the CLI prints
+    it without a traceback), where torch raised KeyError, IndexError, EOFError or OSError."""
+    from helpers import call_cli
+
+    path, _ = official_full(tmp_path)
+    whole = path.read_bytes()
+    made = {"cut.pth": whole[: len(whole) // 2], "empty.pth": b"", "text.pth": b"hi\n",
+            "random.pth": bytes(range(256)) * 20, "pickle.pth": b"\x80\x02K\x01.",
+            "damaged.safetensors": b"garbage"}
+    for name, data in made.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UnreadableCheckpointError, match=rf"could not read .*{name} \({len(data):,} bytes\) as a "
+                                                           "weights file .*download or copy it again"):
+            load_file(tmp_path / name)
+    proc = call_cli("info", str(tmp_path / "cut.pth"))
+    assert proc.returncode == 1 and proc.stderr.startswith("openmae info: error: could not read") and "Traceback" not in proc.stderr
 
 
 def test_pos_embed_interpolated_for_other_resolution(tmp_path):

@@ -109,14 +109,18 @@ def test_truncated_and_corrupted_checkpoints_fall_back(tmp_path, datasets, caplo
     pos = raw.find(b"data/0") + 200
     raw[pos : pos + 64] = bytes(64)  # silent corruption inside tensor bytes: unpickles fine
     middle.write_bytes(bytes(raw))
+    overwritten = run / "checkpoint-000000099.pth"
+    overwritten.write_bytes(b"hi" * 3000)  # other bytes from the first (torch's KeyError stopped the resume before)
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
         CheckpointManager.load(newest)
+    with pytest.raises(CheckpointError, match=r"cannot be read \(KeyError: 105\); it is truncated or corrupted$"):
+        CheckpointManager.load(overwritten)
     with pytest.raises(CheckpointError, match="fails its checksum"):
         CheckpointManager.load(middle)
     path, state = CheckpointManager(run).latest_valid()
     assert path == oldest and state["step"] == 4
     messages = " ".join(r.getMessage() for r in caplog.records)
-    assert newest.name in messages and middle.name in messages
+    assert newest.name in messages and middle.name in messages and overwritten.name in messages
 
 
 def test_full_disk_during_save_keeps_previous(tmp_path, datasets, monkeypatch):

@@ -23,8 +23,27 @@ HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # a folder's weights: o
 METADATA_KEYS = ("model_config", "normalization")  # what an openmae .safetensors file carries beside its tensors
 
 
-class UnsafeCheckpointError(RuntimeError):
+class UnsafeCheckpointError(ValueError):
     """The file holds pickled Python objects other than tensors and plain data; it was not executed."""
+
+
+class UnreadableCheckpointError(ValueError):
+    """The file is not a weights file that torch or safetensors can read: cut short (an interrupted download or
+    copy), damaged, or of another kind. ``what``: the reader's own error, in a line."""
+
+    def __init__(self, message: str, what: str) -> None:
+        super().__init__(message)
+        self.what = what
+
+
+def _unreadable(path: Path, err: BaseException) -> UnreadableCheckpointError:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
+    what = f"{type(err).__name__}: {said}" if said else type(err).__name__
+    return UnreadableCheckpointError(
+        f"could not read {path} ({path.stat().st_size:,} bytes) as a weights file ({what}): it is cut short "
+        "(an interrupted download or copy), damaged, or not a PyTorch / safetensors file; download or copy it again",
+        what)
 
 
 def load_file(path: str | os.PathLike) -> Any:
@@ -39,20 +58,33 @@ def load_file(path: str | os.PathLike) -> Any:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), "pt") as fh:  # one opening for the tensors and the metadata
-            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
-            meta = fh.metadata() or {}
+        try:
+            with safe_open(str(path), "pt") as fh:  # one opening for the tensors and the metadata
+                tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+                meta = fh.metadata() or {}
+        except Exception as err:  # safetensors' own SafetensorError derives from Exception alone
+            raise _unreadable(path, err) from None
         if "model_config" not in meta:
             return tensors
         return {"model": tensors, **{k: json.loads(meta[k]) for k in METADATA_KEYS if k in meta}}
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch names what it refused on a line of its message ("Unsupported global: GLOBAL builtins.print ...",
+        # "Trying to load unsupported GLOBAL posix.system ..."); bytes that are no pickle at all fail there too, as an
+        # "Unsupported operand"
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        if any("Unsupported operand" in line for line in lines):
+            raise _unreadable(path, err) from None
+        said = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "")
         raise UnsafeCheckpointError(
             f"refused to load {path}: it contains pickled Python objects other than tensors and plain data, "
-            f"which could run code when unpickled (torch.load weights_only=True said: {str(err).splitlines()[0]}). "
+            f"which could run code when unpickled (torch.load weights_only=True said: {said.split('. ')[0]}). "
             f"If you trust the file, re-save its state dict as safetensors or a plain dict of tensors."
         ) from None
+    except (EOFError, OSError, RuntimeError, KeyError, IndexError, ValueError, UnicodeDecodeError) as err:
+        # what torch.load raises on a cut zip archive (OSError, RuntimeError) or bytes of another kind (the rest)
+        raise _unreadable(path, err) from None
 
 
 def weights_metadata(model_config: dict[str, Any], normalization: dict[str, Any] | None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from openmae.convert.files import load_file, save_file
+from openmae.convert.files import UnreadableCheckpointError, load_file, save_file
 
 log = logging.getLogger("openmae.checkpoint")
 NAME = re.compile(r"^checkpoint-(\d{9})\.pth$")
@@ -112,8 +112,9 @@ class CheckpointManager:
         try:
             state = load_file(path)
         except (RuntimeError, EOFError, OSError, ValueError) as err:
-            raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: "
-                                  f"{str(err).splitlines()[0] if str(err) else ''}); it is truncated or corrupted") from None
+            what = err.what if isinstance(err, UnreadableCheckpointError) else \
+                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            raise CheckpointError(f"checkpoint {path} cannot be read ({what}); it is truncated or corrupted") from None
         if not isinstance(state, dict) or "model" not in state or "step" not in state:
             raise CheckpointError(f"{path} is not an openmae run checkpoint (no 'model'/'step')")
         if "sha256" in state and state["sha256"] != _digest(state):
