@@ -51,7 +51,7 @@ if [ -z "${CKPT:-}" ]; then
 # 1. throughput: 60 steps of the same pretraining, to size the real run
 $PY -m openmae pretrain -c configs/pretrain/fashion_mnist.yaml $COMMON $MODEL $LIMIT -o "$OUT_DIR/probe_speed" \
   train.epochs=1 train.warmup_epochs=1 train.max_steps_per_epoch=60 train.log_every_steps=20 pretrain.vis_images=0 \
-  > "$OUT_DIR/speed.log" 2>&1
+  train.overwrite=true > "$OUT_DIR/speed.log" 2>&1
 IPS=$($PY -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(max(x.get('images_per_s', 0) for x in r))" \
   "$OUT_DIR/probe_speed/metrics.jsonl")
 EPOCHS=$($PY -c "print(max(1, int(0.9 * $PRETRAIN_S * $IPS / 60000)))")  # 60,000 training images
@@ -74,7 +74,8 @@ for SEED in $SEEDS; do
   FT="$OUT_DIR/finetune_seed$SEED"
   $PY -m openmae finetune -c configs/finetune/fashion_mnist.yaml ${FINETUNE_CONFIG:+-c "$FINETUNE_CONFIG"} \
     --checkpoint "$CKPT" $COMMON $LIMIT \
-    -o "$FT" train.epochs="$FINETUNE_EPOCHS" train.warmup_epochs=1 train.ckpt_every_epochs=0 train.seed="$SEED" $FINETUNE_SET \
+    -o "$FT" train.epochs="$FINETUNE_EPOCHS" train.warmup_epochs=1 train.ckpt_every_epochs=0 train.seed="$SEED" \
+    train.overwrite=true $FINETUNE_SET \
     > "$FT.log" 2>&1
   rm -f "$FT"/checkpoint-*.pth "$FT"/model-best.pth
   echo "seed $SEED: $(grep "top-1" "$FT.log" | tail -1)" | tee -a "$OUT_DIR/summary.txt"

@@ -164,7 +164,7 @@ class Protocol:
         """Cached linear probe; its last epoch's top-1."""
         overrides = [*self.data, *self.eval_limit, *QUIET, *self.encoder(ckpt), f"linprobe.pooling={pooling}",
                      f"linprobe.last_blocks={last_blocks}", f"linprobe.init={ckpt or ''}", f"train.output_dir={self.out / key}",
-                     *self.train, *extra]
+                     "train.overwrite=true", *self.train, *extra]  # a step without a stored result starts over
         cfg = load_config(LinprobeConfig, [self.probe_config], overrides)
         return self.step(key, self.classifier_top1(key, lambda: linprobe(cfg)),
                          [self.probe_config.relative_to(REPO), *overrides])
@@ -173,7 +173,8 @@ class Protocol:
         """Fine-tuning; its last epoch's top-1."""
         overrides = [*self.data, *QUIET, *self.encoder(ckpt), f"train.epochs={epochs}",
                      f"train.warmup_epochs={min(1, epochs)}", f"finetune.init={ckpt or ''}",
-                     f"train.output_dir={self.out / key}", *self.train, *self.finetune_set, *overrides]
+                     f"train.output_dir={self.out / key}", "train.overwrite=true", *self.train, *self.finetune_set,
+                     *overrides]
         cfg = load_config(FinetuneConfig, [self.finetune_config], overrides)
         return self.step(key, self.classifier_top1(key, lambda: finetune(cfg)),
                          [self.finetune_config.relative_to(REPO), *overrides])

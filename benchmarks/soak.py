@@ -55,7 +55,8 @@ def main() -> None:
     cmd = [sys.executable, "-m", "openmae", "pretrain", f"--data-root={args.data_root}", f"-o={out}",
            "model.name=mae_vit_debug_patch4_32", "data.name=cifar10", "data.max_samples=800", "data.num_workers=2",
            f"train.epochs={epochs}", "train.warmup_epochs=1", "train.batch_size=16", "train.log_every_steps=50",
-           "train.ckpt_every_epochs=10", "pretrain.vis_every_epochs=20", "pretrain.vis_images=4", "train.progress=false"]
+           "train.ckpt_every_epochs=10", "pretrain.vis_every_epochs=20", "pretrain.vis_images=4", "train.progress=false",
+           "train.overwrite=true"]  # a soak run again starts over
     start = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     samples = []

@@ -123,6 +123,35 @@ def test_truncated_and_corrupted_checkpoints_fall_back(tmp_path, datasets, caplo
     assert newest.name in messages and middle.name in messages and overwritten.name in messages
 
 
+def test_a_new_run_over_a_finished_one_is_refused_unless_asked_to_start_over(tmp_path, datasets, caplog):
+    """The same command again without --resume (the arrow key, a script run twice) would have replaced the run's
+    metrics at once and its checkpoints as it went; it is refused, the run's files untouched. With
+    train.overwrite=true the earlier run's checkpoints go first, so that a later --resume auto continues this run,
+    not the earlier one (whose checkpoint is at a later step)."""
+    from helpers import call_cli
+
+    run = tmp_path / "run"
+    pretrain(tiny_pretrain(run, datasets, "train.epochs=2", "train.tensorboard=true"))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert {"checkpoint-000000008.pth", "model-last.pth", "metrics.jsonl"} <= set(before)
+    with pytest.raises(FileExistsError, match=r"run already holds a run \(checkpoint-000000008.pth, model-last.pth, "
+                                              r"metrics.jsonl, tb\); continue it with --resume auto"):
+        pretrain(tiny_pretrain(run, datasets, "train.epochs=2"))
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    args = ["pretrain", f"--data-root={datasets}", f"-o={run}", "model.name=mae_vit_debug_patch4_32", "data.name=cifar10",
+            "data.max_samples=64", "train.epochs=1", "train.warmup_epochs=0", "data.num_workers=0"]
+    proc = call_cli(*args)
+    assert proc.returncode == 1 and "already holds a run" in proc.stderr and "train.overwrite=true" in proc.stderr
+    pretrain(tiny_pretrain(run, datasets, "train.epochs=1", "train.overwrite=true"))
+    assert "removing the earlier run's checkpoint-000000008.pth, model-last.pth, metrics.jsonl, tb" in caplog.text
+    assert [p.name for p in CheckpointManager(run).list()] == ["checkpoint-000000004.pth"]
+    assert max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()) == 4
+    caplog.clear()
+    caplog.set_level("INFO")
+    pretrain(tiny_pretrain(run, datasets, "train.epochs=1", "train.resume=auto"))
+    assert "resumed from" in caplog.text and "checkpoint-000000004.pth (epoch 1, batch 0, step 4)" in caplog.text
+
+
 def test_full_disk_during_save_keeps_previous(tmp_path, datasets, monkeypatch):
     run = tmp_path / "run"
     pretrain(tiny_pretrain(run, datasets, "train.epochs=1"))

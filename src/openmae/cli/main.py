@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"openmae {args.command}: configuration error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+    except (FileNotFoundError, NotADirectoryError, FileExistsError, ValueError) as err:
         print(f"openmae {args.command}: error: {err}", file=sys.stderr)
         return 1
 

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import random
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,37 @@ class Resume:
     @property
     def model_config(self) -> dict[str, Any] | None:
         return self.state.get("model_config")
+
+
+RUN_FILES = ("model-last.pth", "model-best.pth", "model-timm.safetensors", "metrics.jsonl")  # with checkpoints, tb/
+
+
+def earlier_run(run_dir: str | Path) -> list[Path]:
+    """The files of a run already in ``run_dir`` (checkpoints newest first, then :data:`RUN_FILES` and ``tb``)."""
+    run_dir = Path(run_dir)
+    found = CheckpointManager(run_dir).list() + [run_dir / name for name in (*RUN_FILES, "tb")]
+    return [path for path in found if path.exists()]
+
+
+def start_fresh(run_dir: str | Path, overwrite: bool, found: list[Path], is_main: bool) -> None:
+    """A new run in ``run_dir``: refused when ``found`` (:func:`earlier_run`, as the main rank saw it) names an earlier
+    run's files, whose checkpoints and metrics it would replace, unless ``overwrite``; then the main rank removes
+    them first, so that a later ``resume=auto`` cannot take the old run's checkpoint for this one's."""
+    if not found:
+        return
+    if not overwrite:
+        shown = ", ".join(path.name for path in found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise FileExistsError(f"{run_dir} already holds a run ({shown}); continue it with --resume auto "
+                              "(train.resume=auto), give this run a folder of its own (-o), or set "
+                              "train.overwrite=true to start over there (those files are removed)")
+    if is_main:
+        log.warning("train.overwrite=true: removing the earlier run's %s from %s", ", ".join(p.name for p in found),
+                    run_dir)
+        for path in found:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def find_resume(resume: str, run_dir: str | Path, is_main: bool) -> Resume | None:

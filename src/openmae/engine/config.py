@@ -94,6 +94,9 @@ class TrainConfig:
     seed: int = 0  # seeds torch, numpy and Python in the training process, and (with epoch and index) every sample's augmentation
     output_dir: str = "runs/run"
     resume: str = ""
+    # a new run in an output_dir that holds another (checkpoints, model files, metrics): refused unless true, when
+    # those files are removed first (a later resume=auto must not find the old run's checkpoints)
+    overwrite: bool = False
     ckpt_every_epochs: int = 20
     ckpt_every_steps: int = 0
     keep_last: int = 2

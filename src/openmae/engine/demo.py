@@ -43,8 +43,9 @@ def run_demo(data_root: str | None, output: str, overrides: list[str], minutes: 
     start = time.time()
     out = Path(output)
     root = [f"data.root={data_root}"] if data_root else []
+    # the demo's own folders: a demo run again starts over in them
     cfg = load_config(PretrainConfig, overrides=MODEL + PRETRAIN + root + [f"train.output_dir={out / 'pretrain'}",
-                                                                            *overrides])
+                                                                            "train.overwrite=true", *overrides])
     print(f"[demo] pretraining {cfg.model.name} (depth {cfg.model.depth}) on Fashion-MNIST for {cfg.train.epochs} "
           f"epochs (~{minutes:.0f} min on 2 CPU cores)")
     stopped = pretrain(cfg).get("stopped_by")
@@ -62,7 +63,7 @@ def run_demo(data_root: str | None, output: str, overrides: list[str], minutes: 
     # plain AdamW (multinomial logistic regression on BatchNorm-ed features) converges far faster
     probe = common + ["linprobe.mode=cached", "linprobe.pooling=mean", "train.epochs=20", "train.warmup_epochs=2",
                       "train.batch_size=256", "train.optimizer=adamw", "train.lr=1e-3", "train.betas=[0.9,0.999]",
-                      "train.progress=false", "train.tensorboard=false"]
+                      "train.progress=false", "train.tensorboard=false", "train.overwrite=true"]
     results["probe_mae"] = linprobe(load_config(LinprobeConfig, overrides=probe + [
         f"linprobe.init={ckpt}", f"train.output_dir={out / 'linprobe'}"]))
     results["probe_random"] = linprobe(load_config(LinprobeConfig, overrides=probe + MODEL + [

@@ -33,9 +33,11 @@ from openmae.engine.checkpoint import (
     CheckpointError,
     CheckpointManager,
     Resume,
+    earlier_run,
     find_resume,
     rng_state,
     set_rng_state,
+    start_fresh,
 )
 from openmae.engine.config import TrainConfig, precision_dtype
 from openmae.engine.distributed import DistInfo, all_reduce_mean, barrier, parallelize
@@ -93,7 +95,7 @@ class Run:
 def launch(make_task: Callable[[DistInfo, Resume | None], Task], config: Any) -> dict[str, Any]:
     """Join torchrun's process group (if any), find the checkpoint to resume from (if any), seed, build the task
     (told what it resumes from, so that it skips its init weights) and train it; always leave the group."""
-    from openmae.engine.distributed import cleanup, init_distributed
+    from openmae.engine.distributed import cleanup, from_main, init_distributed
     from openmae.engine.logging import setup_console
 
     info = init_distributed(config.train.device)
@@ -101,6 +103,8 @@ def launch(make_task: Callable[[DistInfo, Resume | None], Task], config: Any) ->
     try:
         t = config.train
         resume = find_resume(t.resume, t.output_dir, info.is_main)
+        if resume is None:  # a new run, not over another unless asked (rank 0 writes the run's files)
+            start_fresh(t.output_dir, t.overwrite, from_main(earlier_run(t.output_dir), info), info.is_main)
         if resume is not None:  # normalise as before the stop (the init file, if any, is not read again)
             inherit_stats(config.data, resume.state, str(resume.path), int((resume.model_config or {}).get("in_chans", 3)))
         # all three generators of the training process: timm's Mixup draws its ratio and its mixup-or-cutmix
