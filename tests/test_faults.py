@@ -132,12 +132,12 @@ def test_a_new_run_over_a_finished_one_is_refused_unless_asked_to_start_over(tmp
 
     run = tmp_path / "run"
     pretrain(tiny_pretrain(run, datasets, "train.epochs=2", "train.tensorboard=true"))
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".openmae-run.lock"}
     assert {"checkpoint-000000008.pth", "model-last.pth", "metrics.jsonl"} <= set(before)
     with pytest.raises(FileExistsError, match=r"run already holds a run \(checkpoint-000000008.pth, model-last.pth, "
                                               r"metrics.jsonl, tb\); continue it with --resume auto"):
         pretrain(tiny_pretrain(run, datasets, "train.epochs=2"))
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".openmae-run.lock"} == before
     args = ["pretrain", f"--data-root={datasets}", f"-o={run}", "model.name=mae_vit_debug_patch4_32", "data.name=cifar10",
             "data.max_samples=64", "train.epochs=1", "train.warmup_epochs=0", "data.num_workers=0"]
     proc = call_cli(*args)
@@ -150,6 +150,30 @@ def test_a_new_run_over_a_finished_one_is_refused_unless_asked_to_start_over(tmp
     caplog.set_level("INFO")
     pretrain(tiny_pretrain(run, datasets, "train.epochs=1", "train.resume=auto"))
     assert "resumed from" in caplog.text and "checkpoint-000000004.pth (epoch 1, batch 0, step 4)" in caplog.text
+
+
+def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path, datasets):
+    """While a run holds its folder (here: the lock taken as a running process holds it), another run there (a
+    resume of the same checkpoint, a job submitted twice) stops before reading or writing anything, naming the
+    holder; once the holder lets go (its process ends, however it ends), a run goes ahead."""
+    import fcntl
+
+    from openmae.engine.run_lock import LOCK_NAME, RunFolderInUse
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = open(run / LOCK_NAME, "a+")  # noqa: SIM115
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder.write("pid 4242 on node7, since 2026-12-04 04:00:00\n")
+    holder.flush()
+    with pytest.raises(RunFolderInUse, match=r"run is in use by another run \(pid 4242 on node7, since 2026-12-04 "
+                                             r"04:00:00\); wait for it to end"):
+        pretrain(tiny_pretrain(run, datasets, "train.epochs=1", "train.resume=auto"))
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]  # nothing read, nothing written
+    holder.close()
+    pretrain(tiny_pretrain(run, datasets, "train.epochs=1", "train.resume=auto"))
+    assert (run / "model-last.pth").is_file()
+    assert (run / LOCK_NAME).read_text().startswith(f"pid {os.getpid()} on ")  # the last run that held it
 
 
 def test_full_disk_during_save_keeps_previous(tmp_path, datasets, monkeypatch):
@@ -167,7 +191,7 @@ def test_full_disk_during_save_keeps_previous(tmp_path, datasets, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         manager.save(state, step=99)
     assert manager.list() == [only] and only.read_bytes() == before
-    assert not [p for p in run.iterdir() if p.name.startswith(".")]
+    assert not [p for p in run.iterdir() if p.name.startswith(".") and p.name != ".openmae-run.lock"]  # no temporary
 
 
 @pytest.fixture(scope="module")

@@ -97,25 +97,28 @@ def launch(make_task: Callable[[DistInfo, Resume | None], Task], config: Any) ->
     (told what it resumes from, so that it skips its init weights) and train it; always leave the group."""
     from openmae.engine.distributed import cleanup, from_main, init_distributed
     from openmae.engine.logging import setup_console
+    from openmae.engine.run_lock import run_lock
 
     info = init_distributed(config.train.device)
     setup_console(info.is_main)
     try:
         t = config.train
-        resume = find_resume(t.resume, t.output_dir, info.is_main)
-        if resume is None:  # a new run, not over another unless asked (rank 0 writes the run's files)
-            start_fresh(t.output_dir, t.overwrite, from_main(earlier_run(t.output_dir), info), info.is_main)
-        if resume is not None:  # normalise as before the stop (the init file, if any, is not read again)
-            inherit_stats(config.data, resume.state, str(resume.path), int((resume.model_config or {}).get("in_chans", 3)))
-        # all three generators of the training process: timm's Mixup draws its ratio and its mixup-or-cutmix
-        # switch from numpy's, so seeding torch alone left a mixup run different each time (a resumed run restores
-        # the three from its checkpoint)
-        torch.manual_seed(t.seed)
-        random.seed(t.seed)
-        np.random.seed(t.seed % 2**32)
-        with shared_by_ranks(info.rank, info.world_size):  # every rank builds the task's sources alike
-            task = make_task(info, resume)
-        return train(task, config, t, info, resume)
+        with run_lock(t.output_dir, info):  # one run at a time in a folder: taken before anything there is read
+            resume = find_resume(t.resume, t.output_dir, info.is_main)
+            if resume is None:  # a new run, not over another unless asked (rank 0 writes the run's files)
+                start_fresh(t.output_dir, t.overwrite, from_main(earlier_run(t.output_dir), info), info.is_main)
+            if resume is not None:  # normalise as before the stop (the init file, if any, is not read again)
+                inherit_stats(config.data, resume.state, str(resume.path),
+                              int((resume.model_config or {}).get("in_chans", 3)))
+            # all three generators of the training process: timm's Mixup draws its ratio and its mixup-or-cutmix
+            # switch from numpy's, so seeding torch alone left a mixup run different each time (a resumed run
+            # restores the three from its checkpoint)
+            torch.manual_seed(t.seed)
+            random.seed(t.seed)
+            np.random.seed(t.seed % 2**32)
+            with shared_by_ranks(info.rank, info.world_size):  # every rank builds the task's sources alike
+                task = make_task(info, resume)
+            return train(task, config, t, info, resume)
     finally:
         cleanup(info)
 
