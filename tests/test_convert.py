@@ -29,6 +29,34 @@ def test_official_full_checkpoint_loads_strictly(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v)
 
 
+def test_weights_under_a_training_wrappers_prefix_load(tmp_path, caplog):
+    """A state dict saved from DDP (``module.``), a compiled model (``_orig_mod.``), a LightningModule (``model.``,
+    beside a loss's tensors) or a larger model (``encoder.``), in our names or Hugging Face's: the same weights, the
+    architecture inferred as from a plain file, what lay outside the prefix logged."""
+    caplog.set_level("INFO")
+    ref = openmae.create_model("mae_vit_debug_patch4_32")
+    sd = ref.state_dict()
+    hf = openmae_to_hf(sd)
+    files = {
+        "ddp.pth": {"model": {f"module.{k}": v for k, v in sd.items()}},
+        "compiled.pth": {"state_dict": {f"module._orig_mod.{k}": v for k, v in sd.items()}},
+        "lightning.pth": {"state_dict": {**{f"model.{k}": v for k, v in sd.items()}, "loss.scale": torch.ones(1)},
+                          "epoch": 3},
+        "part.pth": {f"encoder.{k}": v for k, v in sd.items()},
+        "hf_ddp.pth": {f"module.{k}": v for k, v in hf.items()},
+    }
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+        loaded = load_pretrained(tmp_path / name)  # architecture inferred from the shapes
+        assert loaded.cfg.embed_dim == ref.cfg.embed_dim and loaded.cfg.depth == ref.cfg.depth, name
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in sd.items()), name
+    assert "weights read from under the prefix 'model.' (50 tensors); 1 outside it left out: loss.scale" in caplog.text
+    two = {**{f"teacher.{k}": v for k, v in sd.items()}, **{f"student.{k}": v for k, v in sd.items()}}
+    torch.save(two, tmp_path / "two.pth")  # two models: not guessed
+    with pytest.raises(ValueError):
+        load_pretrained(tmp_path / "two.pth", "mae_vit_debug_patch4_32")
+
+
 def test_official_encoder_only_checkpoint(tmp_path):
     ref = openmae.create_model("mae_vit_debug_patch4_32")
     path = tmp_path / "mae_pretrain_debug.pth"

@@ -121,14 +121,38 @@ def save_file(obj: Any, path: str | os.PathLike, metadata: dict[str, Any] | None
     return path
 
 
+# a key every ViT state dict has, in openmae / official / timm names and in Hugging Face's
+ANCHORS = ("patch_embed.proj.weight", "vit.embeddings.patch_embeddings.projection.weight")
+
+
+def strip_wrapper_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``sd`` with the prefix a training wrapper put before every model key taken off: DDP's ``module.``,
+    ``torch.compile``'s ``_orig_mod.``, Lightning's ``model.`` (or whatever a LightningModule named its network),
+    ``backbone.`` / ``encoder.`` of a larger model; found as what precedes a key every ViT has
+    (:data:`ANCHORS`). Keys outside the prefix (a loss module's, another head's) are left out, and logged."""
+    if any(anchor in sd for anchor in ANCHORS):
+        return sd
+    found = [key[: -len(anchor)] for key in sd for anchor in ANCHORS if key.endswith("." + anchor)]
+    if len(found) != 1:  # none, or several models in one file (a teacher and a student): the caller says no fit
+        return sd
+    prefix = found[0]
+    inside = {key[len(prefix):]: value for key, value in sd.items() if key.startswith(prefix)}
+    outside = [key for key in sd if not key.startswith(prefix)]
+    log.info("weights read from under the prefix %r (%d tensors)%s", prefix, len(inside),
+             f"; {len(outside)} outside it left out: {', '.join(outside[:5])}{' ...' if len(outside) > 5 else ''}"
+             if outside else "")
+    return inside
+
+
 def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """The tensor dict inside a checkpoint: ``{'model': sd}`` (official, openmae), ``{'state_dict': sd}`` or sd."""
+    """The tensor dict inside a checkpoint: ``{'model': sd}`` (official, openmae), ``{'state_dict': sd}`` or sd,
+    without a wrapper's key prefix (:func:`strip_wrapper_prefix`)."""
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "model_state"):
             if key in obj and isinstance(obj[key], dict):
-                return obj[key]
+                return strip_wrapper_prefix(obj[key])
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
+            return strip_wrapper_prefix(obj)
     raise ValueError(
         f"no state dict found: expected a dict of tensors or one under 'model'/'state_dict', "
         f"got {type(obj).__name__} with keys {list(obj)[:8] if isinstance(obj, dict) else '-'}"
