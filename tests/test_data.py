@@ -4,6 +4,7 @@ import dataclasses
 import logging
 import shutil
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -61,17 +62,31 @@ def test_every_odd_file_has_a_defined_outcome(tmp_path, datasets):
 
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
-    Image.new("RGB", (200, 200)).save(tmp_path / "big.png")
+    """Images over data.max_image_pixels (0: PIL's limit, twice its MAX_IMAGE_PIXELS) are refused as bad files, the
+    message naming the setting; under it they read, also those PIL only warns about (a 108-MP camera's photo, once
+    skipped as a bomb)."""
+    from openmae.data.images import PIL_PIXEL_LIMIT, set_pixel_limit
+
+    Image.new("RGB", (200, 200)).save(tmp_path / "big.png")  # 40,000 pixels
     Image.new("RGB", (200, 200)).save(tmp_path / "big.jpg")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
-    with pytest.raises(BadImageError, match="DecompressionBomb"):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", PIL_PIXEL_LIMIT)  # restored after the test
+    set_pixel_limit(30_000)
+    with pytest.raises(BadImageError, match=r"big.png: DecompressionBombError: .* If it is a genuine image, raise "
+                                            r"data.max_image_pixels \(now 30,000\)"):
         open_image(tmp_path / "big.png", 3)
     # a JPEG's header alone (read first by data.jpeg_draft and data.device_augment) is refused the same way, as a
-    # bad file, not a crash (over twice the limit PIL raises an error rather than a warning)
-    for limit in (10_000, 30_000):
-        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
-        with pytest.raises(BadImageError, match="DecompressionBomb"):
-            read_header(tmp_path / "big.jpg")
+    # bad file, not a crash
+    with pytest.raises(BadImageError, match="DecompressionBomb"):
+        read_header(tmp_path / "big.jpg")
+    set_pixel_limit(50_000)  # PIL's warning zone for its limit of 25,000, under twice it: read, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert open_image(tmp_path / "big.png", 3).size == (200, 200) and read_header(tmp_path / "big.jpg").width == 200
+    set_pixel_limit(0)
+    assert Image.MAX_IMAGE_PIXELS == PIL_PIXEL_LIMIT
+    cfg = DataConfig(name="folder", path=str(tmp_path), max_image_pixels=30_000)
+    build_source(cfg, "train", 3)  # the setting reaches the process (and the workers it forks)
+    assert Image.MAX_IMAGE_PIXELS == 15_000
 
 
 def test_messy_folder_trains_and_reports_skips(tmp_path, datasets, caplog):

@@ -93,6 +93,9 @@ class DataConfig:
     # the output's pixels each way (openmae.data.draft); false: every image decoded at full size
     jpeg_draft: bool = True
     bad_files: str = "skip"
+    # images of more pixels than this are refused as decompression bombs (a file whose header claims a huge size;
+    # skipped like an unreadable file); 0: PIL's limit, 178,956,970 (a 108-MP photo reads, a 200-MP one does not)
+    max_image_pixels: int = 0
     max_samples: int = 0
     repeat: int = 1  # training epochs go over the (limited) training images this many times
     max_eval_samples: int = 0
@@ -127,6 +130,8 @@ class DataConfig:
         require(self.device_ahead or self.device_augment, "data.device_ahead", self.device_ahead,
                 "true unless data.device_augment=true (it says whether that path decodes a batch ahead)")
         require(self.bad_files in ("skip", "fail"), "data.bad_files", self.bad_files, "'skip' or 'fail'")
+        require(self.max_image_pixels >= 0, "data.max_image_pixels", self.max_image_pixels,
+                ">= 0 (0: PIL's limit)")
         require(self.max_samples >= 0, "data.max_samples", self.max_samples, ">= 0 (0 = all)")
         require(self.repeat >= 1, "data.repeat", self.repeat, ">= 1 (training epochs go over the images this many times)")
         require(self.max_eval_samples >= 0, "data.max_eval_samples", self.max_eval_samples, ">= 0 (0 = all)")

@@ -22,7 +22,7 @@ from openmae.data.arrays import ARRAY_SUFFIXES, STATS_FILES, band_stats, clipped
 from openmae.data.config import DataConfig
 from openmae.data.filelist import FileList
 from openmae.data.folders import find_images, find_in
-from openmae.data.images import IMAGE_SUFFIXES, open_image, to_channels
+from openmae.data.images import IMAGE_SUFFIXES, open_image, set_pixel_limit, to_channels
 from openmae.data.memo import Recent
 from openmae.data.survey import Settings
 from openmae.data.tiles import TiledBands
@@ -202,6 +202,7 @@ def _named(cfg: DataConfig, split: str, channels: int) -> ImageSource:
 
 def build_source(cfg: DataConfig, split: str, channels: int) -> ImageSource:
     """The images of ``split`` ("train", "test", ...) as configured; refuses an empty dataset."""
+    set_pixel_limit(cfg.max_image_pixels)  # for the files' headers read here and the workers forked later
     if cfg.format == "image" and channels not in (1, 3):
         raise ValueError(f"the model takes {channels} input channels (model.in_chans) and image files decode to 1 or 3; "
                          f"for files of {channels} bands set data.format=array (.npy, TIFF or PNG arrays)")

@@ -85,7 +85,9 @@ def open_image_or_header(path: str | Path, channels: int, keep_encoded: Callable
     bombs included."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL warns from MAX_IMAGE_PIXELS (a 100-MP camera's photo) and refuses from twice that: the refusal is
+            # the limit (set_pixel_limit), the warning would repeat for every such photo read
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if keep_encoded is not None and keep_encoded(head := _header(img)):
                     return head
@@ -93,8 +95,20 @@ def open_image_or_header(path: str | Path, channels: int, keep_encoded: Callable
                     img.draft(img.mode, (max(1, img.width // reduce), max(1, img.height // reduce)))
                 img.load()
                 return to_channels(img, channels)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except Image.DecompressionBombError as err:
+        raise BadImageError(f"{path}: DecompressionBombError: {err} If it is a genuine image, raise "
+                            f"data.max_image_pixels (now {2 * Image.MAX_IMAGE_PIXELS:,})") from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise BadImageError(f"{path}: {type(err).__name__}: {err}") from None
+
+
+PIL_PIXEL_LIMIT = Image.MAX_IMAGE_PIXELS  # PIL's own: it refuses images of more than twice this many pixels
+
+
+def set_pixel_limit(pixels: int) -> None:
+    """Refuse images of more than ``pixels`` pixels (``data.max_image_pixels``; 0: PIL's limit) in this process and
+    the loader workers it forks. PIL keeps its limit in a module global, which this sets."""
+    Image.MAX_IMAGE_PIXELS = pixels // 2 if pixels else PIL_PIXEL_LIMIT
 
 
 def read_header(path: str | Path) -> Header:
