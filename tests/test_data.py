@@ -89,6 +89,33 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     assert Image.MAX_IMAGE_PIXELS == 15_000
 
 
+def test_phone_photos_heic_and_avif_read_upright(tmp_path, datasets, monkeypatch):
+    """A HEIC photo as a phone writes it (pixels stored sideways, the turn recorded) and an AVIF read upright, within
+    the codecs' loss of the photo; a folder of them is found and read; without pillow-heif a HEIC stops the run
+    naming what to install."""
+    import pillow_heif
+
+    from openmae.data import images as images_module
+
+    photo = Image.open(datasets / "imagenet-sample" / "n01440764_tench.JPEG").convert("RGB")  # 500x375
+    stored = pillow_heif.from_pillow(photo.transpose(Image.Transpose.ROTATE_90))  # 375 wide, 500 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise to show"
+    stored.save(tmp_path / "IMG_0001.HEIC", exif=exif.tobytes(), quality=95)
+    photo.save(tmp_path / "IMG_0002.avif", quality=95)
+    want = np.asarray(photo, dtype=np.float64)
+    for name in ("IMG_0001.HEIC", "IMG_0002.avif"):
+        got = np.asarray(open_image(tmp_path / name, 3), dtype=np.float64)
+        assert got.shape == want.shape and np.abs(got - want).mean() < 3, name
+        assert (read_header(tmp_path / name).width, read_header(tmp_path / name).height) == (500, 375)
+    source = build_source(DataConfig(name="folder", path=str(tmp_path)), "train", 3)
+    assert [source.describe(i).rsplit("/", 1)[-1] for i in range(len(source))] == ["IMG_0001.HEIC", "IMG_0002.avif"]
+    monkeypatch.setattr(images_module, "_HEIF_READY", [])
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"IMG_0001.HEIC: HEIC / HEIF photos are read with pillow-heif; pip install"):
+        open_image(tmp_path / "IMG_0001.HEIC", 3)
+
+
 def test_messy_folder_trains_and_reports_skips(tmp_path, datasets, caplog):
     root = make_messy_folder(tmp_path / "messy", datasets)
     cfg = tiny_pretrain(tmp_path / "run", datasets, "data.name=folder", f"data.path={root}", "data.max_samples=0",

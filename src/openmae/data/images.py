@@ -1,5 +1,6 @@
 """Decoding any image file into a PIL image with the model's channel count, with defined outcomes for
-odd inputs: grayscale, RGBA, palette (with transparency), CMYK, 16-bit, EXIF rotation, decompression bombs.
+odd inputs: grayscale, RGBA, palette (with transparency), CMYK, 16-bit, EXIF rotation, decompression bombs; phones'
+HEIC / HEIF photos through pillow-heif (``openmae[heif]``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".avif", ".heic",
+                  ".heif")
+HEIF_SUFFIXES = (".heic", ".heif")  # a phone's photos (an iPhone's by default): read through pillow-heif
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 EXIF_ORIENTATION = 0x0112
 TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -76,6 +79,23 @@ def _header(img: Image.Image) -> Header:
     return Header(img.format, img.mode, height, width, orientation, bool(img.info.get("progressive")))
 
 
+_HEIF_READY: list[bool] = []  # pillow-heif's opener registered with PIL (once a process)
+
+
+def _heif(path: str | Path) -> None:
+    """Register pillow-heif's opener with PIL, which reads no HEIC / HEIF itself (AVIF, the same container with
+    another codec, it reads since Pillow 11.2); ImportError names the package when it is missing."""
+    if _HEIF_READY:
+        return
+    try:
+        import pillow_heif
+    except ImportError:
+        raise ImportError(f"{path}: HEIC / HEIF photos are read with pillow-heif; pip install pillow-heif (or "
+                          "openmae[heif]), or convert them to JPEG") from None
+    pillow_heif.register_heif_opener()
+    _HEIF_READY.append(True)
+
+
 def open_image_or_header(path: str | Path, channels: int, keep_encoded: Callable[[Header], bool] | None = None,
                          reduce: int = 1) -> Image.Image | Header:
     """``path`` opened once: its :class:`Header` alone when ``keep_encoded(header)`` says so (the caller decodes it
@@ -83,6 +103,8 @@ def open_image_or_header(path: str | Path, channels: int, keep_encoded: Callable
     1/4 or 1/8: libjpeg scales in the DCT domain, through PIL's ``draft``, and saves most of the decoding); other
     formats decode fully. Raises :class:`BadImageError` on anything that is not a readable image, decompression
     bombs included."""
+    if str(path).lower().endswith(HEIF_SUFFIXES):
+        _heif(path)
     try:
         with warnings.catch_warnings():
             # PIL warns from MAX_IMAGE_PIXELS (a 100-MP camera's photo) and refuses from twice that: the refusal is
