@@ -69,6 +69,37 @@ def test_resume_is_bit_exact(tmp_path, datasets):
     assert len(losses(tmp_path / "full")) == 12
 
 
+@pytest.mark.parametrize("before,after", [((16, 1), (8, 1)), ((8, 2), (16, 1)), ((16, 1), (12, 1)), ((8, 1), (8, 2))])
+def test_a_resume_with_another_global_batch_goes_on_with_the_epochs_unused_images(before, after):
+    """After b batches of B images on each of W processes the job has used the first b x B x W images of the
+    epoch's order; a resume with another batch or process count starts at the first batch whose images are all
+    unused: none skipped, fewer than one new global batch seen twice."""
+    from openmae.data.loader import ResumableSampler
+    from openmae.engine.checkpoint import resume_batch
+
+    (batch, world), (new_batch, new_world), done = before, after, 3
+    used = {i for r in range(world) for i in ResumableSampler(96, batch, 7, rank=r, world_size=world).epoch_indices(2)[:done * batch]}
+    state = {"batch_in_epoch": done, "config": {"train": {"batch_size": batch}}, "rng": [{}] * world}
+    start = resume_batch(state, new_batch, new_world)
+    rest = [i for r in range(new_world)
+            for i in ResumableSampler(96, new_batch, 7, rank=r, world_size=new_world).epoch_indices(2, start)]
+    assert len(used) == done * batch * world and not set(range(96)) - used - set(rest)  # none skipped
+    assert len(used & set(rest)) < new_batch * new_world  # up to one new global batch again
+    if batch * world == new_batch * new_world:
+        assert start == done
+
+
+def test_a_resume_with_changed_settings_says_which(tmp_path, datasets, caplog):
+    cut = tiny_pretrain(tmp_path / "cut", datasets, "train.halt_after_steps=3")
+    assert pretrain(cut)["halted"]
+    caplog.set_level("INFO")
+    pretrain(tiny_pretrain(tmp_path / "cut", datasets, "train.resume=auto", "train.batch_size=8", "train.epochs=4"))
+    assert ("resumed with settings changed since the checkpoint, which the rest of the run follows: train.epochs: 3 "
+            "-> 4; train.batch_size: 16 -> 8 (its epoch goes on at batch 6, not 3") in caplog.text
+    steps = [r["step"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl") if "loss" in r]
+    assert steps == [1, 2, 3] + list(range(4, 4 + 2 + 3 * 8))  # the rest of epoch 0 at batch 8, then 3 epochs of 8
+
+
 def test_one_loader_iterator_runs_through_all_epochs(tmp_path, datasets, monkeypatch):
     """The loop draws every epoch from one loader iterator (workers run on across epoch boundaries instead of
     refilling their queues at each epoch's start), also after a mid-epoch resume."""

@@ -185,6 +185,41 @@ def start_fresh(run_dir: str | Path, overwrite: bool, found: list[Path], is_main
                 path.unlink(missing_ok=True)
 
 
+# settings that say where a run is and how it is driven, not what it computes: not reported when a resume changes them
+RUN_PLACE = ("train.output_dir", "train.resume", "train.overwrite", "train.progress", "train.halt_after_steps",
+             "data.root", "data.path")
+
+
+def changed_settings(saved: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """``section.key: old -> new`` for each setting a resumed run changed since its checkpoint was written (both as
+    :func:`openmae.config.to_dict` gives them), but the places in :data:`RUN_PLACE`."""
+    if not saved:
+        return []
+    changed = []
+    for section, values in now.items():
+        before = saved.get(section, {})
+        if not isinstance(values, dict) or not isinstance(before, dict):
+            continue
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if key in before and before[key] != value and name not in RUN_PLACE:
+                changed.append(f"{name}: {before[key]} -> {value}")
+    return changed
+
+
+def resume_batch(state: dict[str, Any], batch_size: int, world_size: int) -> int:
+    """The batch of the checkpoint's epoch to resume at, with this run's batch per process and process count.
+    A rank takes every ``world_size``-th index of the epoch's order, so after ``b`` batches the job has used the
+    order's first ``b x batch x world`` images, whatever the split: a resume with another global batch (fewer GPUs,
+    a batch that fits) starts at the first batch whose images are unused (up to one batch seen twice), not at the
+    same batch number, which would skip or repeat images."""
+    start = state["batch_in_epoch"]
+    saved = (state.get("config") or {}).get("train", {}).get("batch_size", batch_size) * len(state.get("rng", [0]))
+    if start == 0 or saved == batch_size * world_size:
+        return start
+    return start * saved // (batch_size * world_size)
+
+
 def find_resume(resume: str, run_dir: str | Path, is_main: bool) -> Resume | None:
     """The checkpoint ``train.resume`` names (``auto``: the newest valid one in ``run_dir``, None when there is
     none; a path: that file, which must load). Looked up before the task is built, so that a resumed task does not

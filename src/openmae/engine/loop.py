@@ -33,8 +33,10 @@ from openmae.engine.checkpoint import (
     CheckpointError,
     CheckpointManager,
     Resume,
+    changed_settings,
     earlier_run,
     find_resume,
+    resume_batch,
     rng_state,
     set_rng_state,
     start_fresh,
@@ -217,12 +219,21 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
             scaler.load_state_dict(state["scaler"])
         if hasattr(task, "load_extra_state"):
             task.load_extra_state(state.get("task_state", {}), path)
-        epoch, start_batch, step = state["epoch"], state["batch_in_epoch"], state["step"]
+        epoch, step = state["epoch"], state["step"]
+        start_batch = resume_batch(state, train_cfg.batch_size, info.world_size)
         rngs = state["rng"]
         set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
         resumed = step
         if info.is_main:
             log.info("resumed from %s (epoch %d, batch %d, step %d)", path, epoch, start_batch, step)
+            changed = changed_settings(state.get("config"), to_dict(config))
+            if len(rngs) != info.world_size:
+                changed.append(f"processes: {len(rngs)} -> {info.world_size}")
+            if changed:  # the run goes on with them, no longer the exact continuation of the one that saved
+                log.warning("resumed with settings changed since the checkpoint, which the rest of the run follows: "
+                            "%s%s", "; ".join(changed), "" if start_batch == state["batch_in_epoch"] else
+                            f" (its epoch goes on at batch {start_batch}, not {state['batch_in_epoch']}: the first "
+                            "whose images are unused with the new global batch)")
 
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
