@@ -71,3 +71,34 @@ def test_info_on_weights_that_are_not_a_vit(tmp_path):
     info = summarize(tmp_path / "other.pth")
     assert info["model"] is None and info["architecture_from"].startswith("nowhere: no ViT encoder among its keys")
     assert not info["encoder"] and info["parameters"] == 50
+
+
+def test_info_on_a_run_folder_says_where_the_run_stands(tmp_path, datasets, capsys):
+    """A run folder: stopped part-way (with the command that continues it), running now (the process holding its
+    lock named), finished (with its last evaluation); read from its files, no checkpoint loaded."""
+    import fcntl
+
+    from openmae.engine.run_lock import LOCK_NAME
+    from openmae.engine.run_status import run_status
+
+    run = tmp_path / "run"
+    knn_monitor = ("pretrain.knn_every_epochs=1", "pretrain.knn_train_samples=64", "pretrain.knn_eval_samples=32")
+    assert pretrain(tiny_pretrain(run, datasets, "train.halt_after_steps=6", *knn_monitor))["halted"]
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{run}: an openmae pretrain run folder, not running, stopped before its last epoch\n")
+    assert "  progress: epoch 1.50 of 3, step 6; last logged " in out and "knn_top1 " in out
+    assert "checkpoints: checkpoint-000000006.pth" in out
+    assert f"continue it: openmae pretrain -c {run / 'config.yaml'} -o {run} --resume auto" in out
+    with open(run / LOCK_NAME, "a+") as holder:  # as the process running it holds it
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.truncate(0)
+        holder.write("pid 4242 on node7, since 2026-12-04 04:00:00\n")
+        holder.flush()
+        status = run_status(run)
+        assert (status["state"], status["held_by"]) == ("running", "pid 4242 on node7, since 2026-12-04 04:00:00")
+    pretrain(tiny_pretrain(run, datasets, "train.resume=auto", *knn_monitor))
+    assert main(["info", "--json", str(run)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["state"], status["epoch"], status["step"], status["held_by"]) == ("finished", 3.0, 12, None)
+    assert set(status["evaluation"]) == {"knn_top1", "knn_top5"} and status["model_last"]

@@ -173,12 +173,18 @@ def cmd_convert(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-@command("info", "what a weights file or Hugging Face folder holds: layout, parts, architecture, normalisation, run")
+@command("info", "what a weights file or Hugging Face folder holds (layout, parts, architecture, normalisation, "
+                 "run), or where a run folder's run stands")
 def cmd_info(args: argparse.Namespace, rest: list[str]) -> int:
     from openmae.convert.summary import format_summary, summarize
+    from openmae.engine.run_status import format_status, is_run_folder, run_status
 
     if rest:
         raise ConfigError(f"unexpected arguments {rest}")
+    if is_run_folder(args.path):
+        status = run_status(args.path)
+        print(json.dumps(status, indent=1) if args.json else format_status(status))
+        return 0
     info = summarize(args.path)
     print(json.dumps(info, indent=1) if args.json else format_summary(info))
     return 0
@@ -287,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--hf-layout", default="v4", choices=["v4", "v5"],
                            help="Hugging Face key names: v4 = hub files / transformers 4, v5 = transformers 5")
         if name == "info":
-            p.add_argument("path", help="a weights file (.pth/.pt/.bin/.safetensors) or a Hugging Face model folder")
+            p.add_argument("path", help="a weights file (.pth/.pt/.bin/.safetensors), a Hugging Face model folder or "
+                                        "a run folder (-o of a training command)")
             p.add_argument("--json", action="store_true", help="everything as JSON")
         if name == "benchmark":
             p.add_argument("--preset", help="default: mae_vit_base_patch16 on a GPU, mae_vit_small_patch16 on a CPU")

@@ -23,6 +23,7 @@ from openmae.engine.distributed import DistInfo, from_main
 
 log = logging.getLogger("openmae.train")
 LOCK_NAME = ".openmae-run.lock"
+LOCK_TRIES = 5  # a tenth of a second apart
 
 try:
     import fcntl
@@ -32,6 +33,22 @@ except ImportError:  # not POSIX: runs go unlocked
 
 class RunFolderInUse(FileExistsError):
     """Another run holds the run folder's lock."""
+
+
+_HELD: list[IO[str]] = []  # the lock files this process holds
+
+
+def _close_in_child() -> None:
+    """A forked process (a loader worker, a pool of band statistics) gets the open lock file too, and an flock lasts
+    while any process has it open: closed in the child, the lock ends with the run, not with its last worker."""
+    for handle in _HELD:
+        with contextlib.suppress(OSError):
+            handle.close()
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 def _acquire(run_dir: Path) -> tuple[IO[str] | None, str]:
@@ -46,7 +63,14 @@ def _acquire(run_dir: Path) -> tuple[IO[str] | None, str]:
         log.warning("could not open %s to lock the run folder (%s); running without the lock", path, err)
         return None, ""
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for attempt in range(LOCK_TRIES):  # `openmae info` looks at the lock for an instant: tried again a moment
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == LOCK_TRIES - 1:
+                    raise
+                time.sleep(0.1)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "a process whose details were not written yet"
@@ -61,7 +85,24 @@ def _acquire(run_dir: Path) -> tuple[IO[str] | None, str]:
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     handle.flush()
+    _HELD.append(handle)
     return handle, ""
+
+
+def held_by(run_dir: str | Path) -> str | None:
+    """Who holds ``run_dir``'s lock now (None: no run there), looked at without keeping it: a shared lock taken and
+    let go at once (a run starting in that instant tries again)."""
+    path = Path(run_dir) / LOCK_NAME
+    if fcntl is None or not path.is_file():
+        return None
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "a process whose details were not written yet"
+        except OSError:
+            return None
+    return None
 
 
 @contextlib.contextmanager
@@ -77,4 +118,5 @@ def run_lock(run_dir: str | Path, info: DistInfo) -> Iterator[None]:
         yield
     finally:
         if handle is not None:
+            _HELD.remove(handle)
             handle.close()  # releases the lock; the file stays, naming the last run that held it
