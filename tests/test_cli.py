@@ -177,3 +177,13 @@ def test_readme_commands_are_ones_the_cli_accepts():
         if words[0] in ("pretrain", "finetune", "linprobe", "knn", "evaluate"):
             proc = call_cli(*words, "--print-config")
             assert proc.returncode == 0, (words, proc.stderr[-2000:])
+
+
+@pytest.mark.parametrize("command,message", [
+    (["pretrain"], "data.path='' is invalid: must be a folder of images when data.name is folder or imagefolder: "
+                   "give it with --data <folder>"),
+    (["visualize"], "visualize needs the weights to reconstruct with: --checkpoint <file or folder>"),
+])
+def test_a_command_run_bare_says_what_it_needs(command, message):
+    proc = call_cli(*command)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -145,6 +145,9 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     settings = [a for a in args.images if "=" in a] + rest
     args.images = [a for a in args.images if "=" not in a]
     data = from_dict(DataConfig, dict(parse_override(item.removeprefix("data.")) for item in settings))
+    if not args.checkpoint:
+        raise ConfigError("visualize needs the weights to reconstruct with: --checkpoint <file or folder> (a "
+                          "pretraining run's model-last.pth, an official mae_visualize_*.pth, a Hugging Face folder)")
     obj = load_file(args.checkpoint)
     model = load_pretrained(obj)
     inherit_stats(data, obj, args.checkpoint, model.cfg.in_chans)  # the pictures normalise as the run trained

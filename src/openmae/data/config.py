@@ -119,7 +119,8 @@ class DataConfig:
                 f"'image' for the named dataset {self.name!r}; array files are read from data.name=folder or "
                 "imagefolder")
         require(self.name not in ("folder", "imagefolder") or bool(self.path), "data.path", self.path,
-                "a folder of images when data.name is folder or imagefolder")
+                "a folder of images when data.name is folder or imagefolder: give it with --data <folder> (or "
+                "data.path=...), or name a dataset, e.g. --data-root <datasets> data.name=cifar10")
         require(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "data.crop_scale", self.crop_scale,
                 "two numbers 0 < low <= high <= 1")
         require(0 <= self.hflip <= 1, "data.hflip", self.hflip, "a probability in [0, 1]")
