@@ -5,6 +5,7 @@ overrides only change them. Every value is type-checked and every section valida
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -93,6 +94,20 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _guess(cls: type, hints: dict[str, Any], key: str, prefix: str) -> str | None:
+    """The setting an unknown ``key`` most likely meant: a close spelling in its section (``train.lrr``:
+    ``train.lr``), the one it begins (``pretrain.mask``: ``pretrain.mask_ratio``), or the same name in a section
+    below (``epochs`` at the top level: ``train.epochs``)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.75) or [n for n in names if n.startswith(key)][:1]
+    if close:
+        return prefix + close[0]
+    for name in names:
+        if dataclasses.is_dataclass(hints[name]) and key in {f.name for f in dataclasses.fields(hints[name])}:
+            return f"{prefix}{name}.{key}"
+    return None
+
+
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "", base: T | None = None) -> T:
     """Build dataclass ``cls`` from a (partial) nested dict, refusing unknown keys and wrong types.
 
@@ -106,8 +121,10 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "", base: T | No
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown setting(s) {[prefix + k for k in unknown]}; valid under "
-                          f"'{prefix.rstrip('.') or 'top level'}': {sorted(names)}")
+        guesses = [guess for k in unknown if (guess := _guess(cls, hints, k, prefix))]
+        raise ConfigError(f"unknown setting(s) {[prefix + k for k in unknown]}"
+                          + (f" (did you mean {', '.join(guesses)}?)" if guesses else "")
+                          + f"; valid under '{prefix.rstrip('.') or 'top level'}': {sorted(names)}")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
