@@ -57,9 +57,11 @@ settings = ["model.name=mae_vit_debug_patch4_32", f"data.root={root}", "data.num
             "pretrain.vis_images=0"]
 seen = {}
 for case, data in (("trained", ["data.name=cifar10", "data.max_samples=16"]),
-                   ("failed", ["data.name=folder", f"data.path={out / 'missing'}"])):
+                   ("failed", ["data.name=folder", f"data.path={out / 'missing'}"]),
+                   ("again", ["data.name=cifar10", "data.max_samples=16"])):
+    where = out / ("trained" if case == "again" else case)  # again: a new run over the trained one, refused
     try:
-        pretrain(load_config(PretrainConfig, overrides=[*settings, *data, f"train.output_dir={out / case}"]))
+        pretrain(load_config(PretrainConfig, overrides=[*settings, *data, f"train.output_dir={where}"]))
         error = ""
     except Exception as err:
         error = f"{type(err).__name__}: {err}"
@@ -72,7 +74,8 @@ def test_a_run_under_torchrun_leaves_the_process_group_trained_or_failed(tmp_pat
     """Each rank of a torchrun job leaves the gloo group when its run ends, trained or stopped by an error (here a
     data folder that does not exist): a process that exits with the group still up is aborted now and then by gloo
     (SIGABRT at exit), which would bury the run's own error under a crash report. The second run of the script (as
-    one that pretrains, then fine-tunes) joins a group of its own: it hung on the first group's keys in the store."""
+    one that pretrains, then fine-tunes) joins a group of its own: it hung on the first group's keys in the store.
+    A third, started over the first without --resume, is refused on both ranks alike."""
     import json
 
     script = tmp_path / "leaves.py"
@@ -84,6 +87,8 @@ def test_a_run_under_torchrun_leaves_the_process_group_trained_or_failed(tmp_pat
         assert seen["trained"] == {"error": "", "in_group": False}, seen
         assert seen["failed"]["in_group"] is False and seen["failed"]["error"].startswith("FileNotFoundError: image folder")
         assert seen["failed"]["error"].endswith("missing does not exist"), seen
+        # rank 0's view of the folder decides for both (rank 1 writes no run files): both refuse, none waits
+        assert seen["again"]["in_group"] is False and "trained already holds a run" in seen["again"]["error"], seen
 
 
 def test_the_torchrun_helper_refuses_a_script_that_leaves_its_group_up(tmp_path):
