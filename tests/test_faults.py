@@ -134,8 +134,8 @@ def test_a_new_run_over_a_finished_one_is_refused_unless_asked_to_start_over(tmp
     pretrain(tiny_pretrain(run, datasets, "train.epochs=2", "train.tensorboard=true"))
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".openmae-run.lock"}
     assert {"checkpoint-000000008.pth", "model-last.pth", "metrics.jsonl"} <= set(before)
-    with pytest.raises(FileExistsError, match=r"run already holds a run \(checkpoint-000000008.pth, model-last.pth, "
-                                              r"metrics.jsonl, tb\); continue it with --resume auto"):
+    with pytest.raises(FileExistsError, match=r"run already holds a run \(a pretrain run finished: checkpoint-000000008.pth, "
+                                              r"model-last.pth, metrics.jsonl, tb\); continue it with --resume auto"):
         pretrain(tiny_pretrain(run, datasets, "train.epochs=2"))
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".openmae-run.lock"} == before
     args = ["pretrain", f"--data-root={datasets}", f"-o={run}", "model.name=mae_vit_debug_patch4_32", "data.name=cifar10",

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from helpers import tiny_pretrain
 from test_finetune import tiny_finetune
@@ -90,6 +91,8 @@ def test_info_on_a_run_folder_says_where_the_run_stands(tmp_path, datasets, caps
     assert "  progress: epoch 1.50 of 3, step 6; last logged " in out and "knn_top1 " in out
     assert "checkpoints: checkpoint-000000006.pth" in out
     assert f"continue it: openmae pretrain -c {run / 'config.yaml'} -o {run} --resume auto" in out
+    with pytest.raises(FileExistsError, match="already holds a run \\(a pretrain run stopped at epoch 1.50 of 3: "):
+        pretrain(tiny_pretrain(run, datasets, *knn_monitor))  # the same again without --resume: says how far it got
     with open(run / LOCK_NAME, "a+") as holder:  # as the process running it holds it
         fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
         holder.truncate(0)

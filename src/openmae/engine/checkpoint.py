@@ -164,6 +164,22 @@ def earlier_run(run_dir: str | Path) -> list[Path]:
     return [path for path in found if path.exists()]
 
 
+def _progress(run_dir: str | Path) -> str:
+    """How far the run in ``run_dir`` got ("a pretrain run stopped at epoch 1.50 of 3: "), or "" when unknown."""
+    from openmae.engine.run_status import is_run_folder, run_status  # it reads checkpoints' names from here
+
+    try:
+        status = run_status(run_dir) if is_run_folder(run_dir) else None
+    except (OSError, ValueError) as err:  # a config.yaml or metrics.jsonl that does not parse: the files alone
+        log.debug("no progress read from %s: %s", run_dir, err)
+        return ""
+    if status is None or not status["step"]:  # (its state says "running": this run holds the folder's lock now)
+        return ""
+    finished = status["epochs"] is not None and status["epoch"] >= status["epochs"]
+    where = "finished" if finished else f"stopped at epoch {status['epoch']:.2f} of {status['epochs']}"
+    return f"a {status['task']} run {where}: "
+
+
 def start_fresh(run_dir: str | Path, overwrite: bool, found: list[Path], is_main: bool) -> None:
     """A new run in ``run_dir``: refused when ``found`` (:func:`earlier_run`, as the main rank saw it) names an earlier
     run's files, whose checkpoints and metrics it would replace, unless ``overwrite``; then the main rank removes
@@ -172,7 +188,7 @@ def start_fresh(run_dir: str | Path, overwrite: bool, found: list[Path], is_main
         return
     if not overwrite:
         shown = ", ".join(path.name for path in found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
-        raise FileExistsError(f"{run_dir} already holds a run ({shown}); continue it with --resume auto "
+        raise FileExistsError(f"{run_dir} already holds a run ({_progress(run_dir)}{shown}); continue it with --resume auto "
                               "(train.resume=auto), give this run a folder of its own (-o), or set "
                               "train.overwrite=true to start over there (those files are removed)")
     if is_main:
