@@ -5,6 +5,8 @@
   first attempt only (torchrun's TORCHELASTIC_RESTART_COUNT == 0).
 - ``signal_at_step:<rank>:<step>:<name>``: that rank sends itself the signal <name> (e.g. SIGUSR1) right after
   optimizer step <step>, on the first attempt only.
+- ``raise_at_step:<step>``: optimizer step <step> raises a RuntimeError the CLI does not catch (as a CUDA
+  out-of-memory error would).
 """
 
 import io
@@ -50,6 +52,18 @@ elif fault.startswith(("kill_at_step:", "signal_at_step:")):
             return out
 
         torch.optim.AdamW.step = dying_step
+
+elif fault.startswith("raise_at_step:"):
+    failing, real_adamw_step = int(fault.split(":")[1]), torch.optim.AdamW.step
+    taken = {"n": 0}
+
+    def failing_step(self, *args, **kwargs):
+        taken["n"] += 1
+        if taken["n"] == failing:
+            raise RuntimeError(f"injected failure at optimizer step {failing}")
+        return real_adamw_step(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = failing_step
 
 from openmae.cli.main import main  # noqa: E402
 

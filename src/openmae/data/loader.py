@@ -233,6 +233,16 @@ class Loader(DataLoader):
             gc.unfreeze()
 
 
+def end_workers(batches: Iterator[Batch]) -> None:
+    """Stop the worker processes of a loader's iterator now, as torch does when the iterator is garbage-collected
+    (its ``_shutdown_workers``, which ``__del__`` calls): a run that ends on an error leaves its iterator referenced
+    by the traceback, and with it idle workers (a notebook keeps the last traceback) that leave SIGTERM to the
+    training process."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
 def make_loader(dataset: SeededSamples, sampler: ResumableSampler, num_workers: int, pin_memory: bool) -> DataLoader:
     return Loader(
         dataset, batch_size=sampler.batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,

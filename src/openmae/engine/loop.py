@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from openmae.config import dump_yaml, to_dict
 from openmae.data.ahead import DeviceAhead
-from openmae.data.loader import Batch, ResumableSampler, SeededSamples, make_loader
+from openmae.data.loader import Batch, ResumableSampler, SeededSamples, end_workers, make_loader
 from openmae.data.normalization import inherit_stats
 from openmae.data.ranks import shared_by_ranks
 from openmae.engine.checkpoint import (
@@ -297,10 +297,12 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
     # are the same either way (each sample's seed depends on its epoch and index only).
     if epoch < train_cfg.epochs:  # a finished run that is resumed starts no workers
         sampler.set_position(epoch, start_batch, train_cfg.epochs, batches)
+        loaded = iter(loader)
+        resources.callback(end_workers, loaded)  # however the run ends (after the thread below stops)
         if dataset.device_stage is not None and workers > 0 and config.data.device_ahead:  # decode ahead, in a thread
-            stream = resources.enter_context(DeviceAhead(iter(loader), dataset, device))
+            stream = resources.enter_context(DeviceAhead(loaded, dataset, device))
         else:
-            stream = (dataset.to_device(b, device) for b in loader)
+            stream = (dataset.to_device(b, device) for b in loaded)
     while epoch < train_cfg.epochs:
         run.epoch = epoch
         model.train()

@@ -9,7 +9,10 @@ forwards, and the second must not cut the save short (SIGKILL, or Ctrl-C's SIGIN
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -40,6 +43,21 @@ def exit_code(result: dict[str, Any] | None) -> int:
     return 128 + signal_number(stopped) if stopped else 0
 
 
+def _kill_daemonic_children() -> None:
+    """At exit, end the process's daemonic children (loader workers) with SIGKILL. multiprocessing ends them with
+    SIGTERM and then waits for them, but a worker forked during training leaves SIGTERM to the training process (it
+    ignores it, or runs the recording handler it inherited), so a run that ended on an uncaught error, its loader's
+    iterator kept alive by the traceback, waited on its workers forever instead of exiting. Registered after
+    multiprocessing's own exit function (torch imports multiprocessing first), so it runs before it."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            with contextlib.suppress(OSError, ValueError):
+                child.kill()
+
+
+_AT_EXIT: list[bool] = []  # _kill_daemonic_children registered (once a process)
+
+
 class StopSignals:
     """Context manager: while active, the named signals are recorded instead of ending the process.
 
@@ -54,6 +72,9 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
+        if self.numbers and not _AT_EXIT:
+            atexit.register(_kill_daemonic_children)
+            _AT_EXIT.append(True)
         if threading.current_thread() is threading.main_thread():
             for number in self.numbers:
                 self._previous[number] = signal.signal(number, self._handle)
