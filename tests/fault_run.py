@@ -7,6 +7,8 @@
   optimizer step <step>, on the first attempt only.
 - ``raise_at_step:<step>``: optimizer step <step> raises a RuntimeError the CLI does not catch (as a CUDA
   out-of-memory error would).
+- ``raise_in_eval``: the encoder's features raise a RuntimeError when computed for an evaluation (the kNN monitor),
+  while the evaluation's loader is part-way through its images.
 """
 
 import io
@@ -64,6 +66,18 @@ elif fault.startswith("raise_at_step:"):
         return real_adamw_step(self, *args, **kwargs)
 
     torch.optim.AdamW.step = failing_step
+
+elif fault == "raise_in_eval":
+    from openmae.models.mae import MaskedAutoencoder
+
+    real_features = MaskedAutoencoder.forward_features
+
+    def failing_features(self, *args, **kwargs):
+        if not self.training:
+            raise RuntimeError("injected failure in evaluation")
+        return real_features(self, *args, **kwargs)
+
+    MaskedAutoencoder.forward_features = failing_features
 
 from openmae.cli.main import main  # noqa: E402
 

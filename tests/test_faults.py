@@ -176,12 +176,17 @@ def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path, datasets):
     assert (run / LOCK_NAME).read_text().startswith(f"pid {os.getpid()} on ")  # the last run that held it
 
 
-def test_a_run_that_fails_with_loader_workers_exits(tmp_path, datasets):
+@pytest.mark.parametrize("fault,error", [
+    ("raise_at_step:3", "RuntimeError: injected failure at optimizer step 3"),  # the training loader's workers
+    ("raise_in_eval", "RuntimeError: injected failure in evaluation"),  # the kNN monitor's loader's workers
+])
+def test_a_run_that_fails_with_loader_workers_exits(tmp_path, datasets, fault, error):
     """An error the CLI does not catch (a CUDA out-of-memory error) in a run with loader workers: the process exits
     with the error. Its workers leave SIGTERM to the training process, and multiprocessing ends a process's workers
     at exit with SIGTERM, then waits for them: the run hung there for ever (its iterator kept alive by the
-    traceback)."""
-    proc = cli(tmp_path / "run", datasets, "data.num_workers=2", fault="raise_at_step:3")
+    traceback). The training loader's workers are shut down as the run ends; others (an evaluation's) at exit."""
+    proc = cli(tmp_path / "run", datasets, "data.num_workers=2", "pretrain.knn_every_epochs=1",
+               "pretrain.knn_train_samples=64", "pretrain.knn_eval_samples=48", fault=fault)
     try:
         _, err = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
@@ -189,7 +194,7 @@ def test_a_run_that_fails_with_loader_workers_exits(tmp_path, datasets):
         proc.communicate()
         pytest.fail("the failed run did not exit")
     assert proc.returncode == 1, err[-2000:]
-    assert err.rstrip().endswith("RuntimeError: injected failure at optimizer step 3"), err[-2000:]
+    assert err.rstrip().endswith(error), err[-2000:]  # the run's own error last, no killed worker reported after it
 
 
 def test_full_disk_during_save_keeps_previous(tmp_path, datasets, monkeypatch):

@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import signal
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -228,9 +229,11 @@ class Loader(DataLoader):
         gc.collect()  # nothing left for the workers to find among the frozen objects
         gc.freeze()
         try:
-            return super().__iter__()  # forks the workers (persistent: once for the loader's life)
+            batches = super().__iter__()  # forks the workers (persistent: once for the loader's life)
         finally:
             gc.unfreeze()
+        _WITH_WORKERS.add(batches)
+        return batches
 
 
 def end_workers(batches: Iterator[Batch]) -> None:
@@ -241,6 +244,18 @@ def end_workers(batches: Iterator[Batch]) -> None:
     shutdown = getattr(batches, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
+
+
+_WITH_WORKERS: weakref.WeakSet = weakref.WeakSet()  # the iterators with worker processes, while they live
+
+
+def end_all_workers() -> None:
+    """Stop the workers of every loader iterator still alive (at the process's exit, before multiprocessing's own
+    SIGTERM-and-wait: an evaluation's iterator that an error left in a traceback), each as :func:`end_workers` does,
+    so that they end as after a finished loop and torch reports no killed worker."""
+    for batches in list(_WITH_WORKERS):
+        with contextlib.suppress(Exception):  # at exit: one that cannot stop is killed next
+            end_workers(batches)
 
 
 def make_loader(dataset: SeededSamples, sampler: ResumableSampler, num_workers: int, pin_memory: bool) -> DataLoader:

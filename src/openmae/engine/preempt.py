@@ -44,11 +44,15 @@ def exit_code(result: dict[str, Any] | None) -> int:
 
 
 def _kill_daemonic_children() -> None:
-    """At exit, end the process's daemonic children (loader workers) with SIGKILL. multiprocessing ends them with
+    """At exit, end the process's daemonic children (loader workers), not with SIGTERM. multiprocessing ends them with
     SIGTERM and then waits for them, but a worker forked during training leaves SIGTERM to the training process (it
     ignores it, or runs the recording handler it inherited), so a run that ended on an uncaught error, its loader's
     iterator kept alive by the traceback, waited on its workers forever instead of exiting. Registered after
-    multiprocessing's own exit function (torch imports multiprocessing first), so it runs before it."""
+    multiprocessing's own exit function (torch imports multiprocessing first), so it runs before it. Loader workers
+    are asked to stop first (:func:`openmae.data.loader.end_all_workers`); SIGKILL ends what is left."""
+    from openmae.data.loader import end_all_workers  # the data package does not import the engine
+
+    end_all_workers()
     for child in multiprocessing.active_children():
         if child.daemon:
             with contextlib.suppress(OSError, ValueError):
