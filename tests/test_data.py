@@ -110,7 +110,7 @@ def test_phone_photos_heic_and_avif_read_upright(tmp_path, datasets, monkeypatch
         assert (read_header(tmp_path / name).width, read_header(tmp_path / name).height) == (500, 375)
     source = build_source(DataConfig(name="folder", path=str(tmp_path)), "train", 3)
     assert [source.describe(i).rsplit("/", 1)[-1] for i in range(len(source))] == ["IMG_0001.HEIC", "IMG_0002.avif"]
-    monkeypatch.setattr(images_module, "_HEIF_READY", [])
+    images_module._register_heif.cache_clear()
     monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if not installed
     with pytest.raises(ImportError, match=r"IMG_0001.HEIC: HEIC / HEIF photos are read with pillow-heif; pip install"):
         open_image(tmp_path / "IMG_0001.HEIC", 3)

@@ -36,9 +36,15 @@ class UnreadableCheckpointError(ValueError):
         self.what = what
 
 
-def _unreadable(path: Path, err: BaseException) -> UnreadableCheckpointError:
+def _said(err: BaseException, marker: str) -> str:
+    """The line of ``err``'s message holding ``marker`` (torch's messages run to a dozen lines of advice), else its
+    first line."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    said = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
+    return next((line for line in lines if marker in line), lines[0] if lines else "")
+
+
+def _unreadable(path: Path, err: BaseException) -> UnreadableCheckpointError:
+    said = _said(err, "Unsupported")
     what = f"{type(err).__name__}: {said}" if said else type(err).__name__
     return UnreadableCheckpointError(
         f"could not read {path} ({path.stat().st_size:,} bytes) as a weights file ({what}): it is cut short "
@@ -73,10 +79,9 @@ def load_file(path: str | os.PathLike) -> Any:
         # torch names what it refused on a line of its message ("Unsupported global: GLOBAL builtins.print ...",
         # "Trying to load unsupported GLOBAL posix.system ..."); bytes that are no pickle at all fail there too, as an
         # "Unsupported operand"
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        if any("Unsupported operand" in line for line in lines):
+        if "Unsupported operand" in str(err):
             raise _unreadable(path, err) from None
-        said = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "")
+        said = _said(err, "GLOBAL")
         raise UnsafeCheckpointError(
             f"refused to load {path}: it contains pickled Python objects other than tensors and plain data, "
             f"which could run code when unpickled (torch.load weights_only=True said: {said.split('. ')[0]}). "

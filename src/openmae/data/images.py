@@ -5,6 +5,7 @@ HEIC / HEIF photos through pillow-heif (``openmae[heif]``).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,21 +80,22 @@ def _header(img: Image.Image) -> Header:
     return Header(img.format, img.mode, height, width, orientation, bool(img.info.get("progressive")))
 
 
-_HEIF_READY: list[bool] = []  # pillow-heif's opener registered with PIL (once a process)
+@functools.cache  # once a process; a missing package raises each time (not cached)
+def _register_heif() -> None:
+    """Register pillow-heif's opener with PIL, which reads no HEIC / HEIF itself (AVIF, the same container with
+    another codec, it reads since Pillow 11.2)."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
 
 
 def _heif(path: str | Path) -> None:
-    """Register pillow-heif's opener with PIL, which reads no HEIC / HEIF itself (AVIF, the same container with
-    another codec, it reads since Pillow 11.2); ImportError names the package when it is missing."""
-    if _HEIF_READY:
-        return
+    """:func:`_register_heif`; ImportError names the package when it is missing."""
     try:
-        import pillow_heif
+        _register_heif()
     except ImportError:
         raise ImportError(f"{path}: HEIC / HEIF photos are read with pillow-heif; pip install pillow-heif (or "
                           "openmae[heif]), or convert them to JPEG") from None
-    pillow_heif.register_heif_opener()
-    _HEIF_READY.append(True)
 
 
 def open_image_or_header(path: str | Path, channels: int, keep_encoded: Callable[[Header], bool] | None = None,

@@ -108,7 +108,8 @@ def launch(make_task: Callable[[DistInfo, Resume | None], Task], config: Any) ->
         with run_lock(t.output_dir, info):  # one run at a time in a folder: taken before anything there is read
             resume = find_resume(t.resume, t.output_dir, info.is_main)
             if resume is None:  # a new run, not over another unless asked (rank 0 writes the run's files)
-                start_fresh(t.output_dir, t.overwrite, from_main(earlier_run(t.output_dir), info), info.is_main)
+                found = from_main(earlier_run(t.output_dir) if info.is_main else None, info)
+                start_fresh(t.output_dir, t.overwrite, found, info.is_main)
             if resume is not None:  # normalise as before the stop (the init file, if any, is not read again)
                 inherit_stats(config.data, resume.state, str(resume.path),
                               int((resume.model_config or {}).get("in_chans", 3)))

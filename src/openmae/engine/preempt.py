@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -59,7 +60,9 @@ def _kill_daemonic_children() -> None:
                 child.kill()
 
 
-_AT_EXIT: list[bool] = []  # _kill_daemonic_children registered (once a process)
+@functools.cache  # once a process
+def _kill_daemonic_children_at_exit() -> None:
+    atexit.register(_kill_daemonic_children)
 
 
 class StopSignals:
@@ -76,9 +79,8 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
-        if self.numbers and not _AT_EXIT:
-            atexit.register(_kill_daemonic_children)
-            _AT_EXIT.append(True)
+        if self.numbers:
+            _kill_daemonic_children_at_exit()
         if threading.current_thread() is threading.main_thread():
             for number in self.numbers:
                 self._previous[number] = signal.signal(number, self._handle)

@@ -10,12 +10,12 @@ from typing import Any
 
 import yaml
 
-from openmae.engine.checkpoint import NAME
+from openmae.convert.summary import TASKS
+from openmae.engine.checkpoint import CheckpointManager
 from openmae.engine.logging import read_metrics
 from openmae.engine.run_lock import held_by
 
-TASKS = ("pretrain", "finetune", "linprobe")
-EVAL_KEYS = ("top1", "knn_top1", "best_top1")  # what an epoch's evaluation logs
+EVALUATED = ("top", "knn", "eval", "best")  # how the keys an epoch's evaluation logs begin
 
 
 def is_run_folder(path: str | Path) -> bool:
@@ -32,9 +32,9 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
     epochs = (config.get("train") or {}).get("epochs")
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     steps = [r for r in records if "loss" in r and "step" in r]
-    evals = [r for r in records if any(k in r for k in EVAL_KEYS)]
+    evals = [found for r in records if (found := {k: v for k, v in r.items() if k.startswith(EVALUATED)})]
     epoch = max((float(r.get("epoch", 0)) for r in records), default=0.0)
-    checkpoints = sorted((p for p in run_dir.iterdir() if NAME.match(p.name)), key=lambda p: p.name, reverse=True)
+    checkpoints = CheckpointManager(run_dir).list()
     holder = held_by(run_dir)
     if holder:
         state = "running"
@@ -52,8 +52,7 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         "epochs": epochs,
         "step": last["step"] if last else 0,
         "last": {k: last[k] for k in ("time", "loss", "images_per_s") if k in last} if last else None,
-        "evaluation": {k: v for k, v in evals[-1].items() if k.startswith(("top", "knn", "eval", "best"))}
-        if evals else None,
+        "evaluation": evals[-1] if evals else None,
         "checkpoints": [p.name for p in checkpoints],
         "model_last": (run_dir / "model-last.pth").is_file(),
         "continue": f"openmae {task} -c {run_dir / 'config.yaml'} -o {run_dir} --resume auto" if task else None,
