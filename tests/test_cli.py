@@ -187,3 +187,17 @@ def test_readme_commands_are_ones_the_cli_accepts():
 def test_a_command_run_bare_says_what_it_needs(command, message):
     proc = call_cli(*command)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_ctrl_c_that_stops_at_once_exits_130_without_a_traceback(monkeypatch, capsys):
+    """A second Ctrl-C in training (or one outside it) reaches the command as KeyboardInterrupt: the CLI says what
+    was kept and exits as a shell reports Ctrl-C, instead of Python's traceback."""
+    from openmae.cli import main as cli_main
+
+    def interrupted(args, rest):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli_main.COMMANDS, "info", (cli_main.COMMANDS["info"][0], interrupted))
+    assert cli_main.main(["info", "runs/mine"]) == 130
+    err = capsys.readouterr().err
+    assert "openmae info: stopped by Ctrl-C at once, without saving" in err and "--resume auto" in err

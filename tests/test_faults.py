@@ -152,6 +152,32 @@ def test_a_new_run_over_a_finished_one_is_refused_unless_asked_to_start_over(tmp
     assert "resumed from" in caplog.text and "checkpoint-000000004.pth (epoch 1, batch 0, step 4)" in caplog.text
 
 
+def test_resume_auto_after_a_run_that_saved_nothing_starts_over(tmp_path, datasets, caplog):
+    """A job's command with --resume auto (requeued by the scheduler, or run again after a Ctrl-C) whose earlier
+    run stopped before its first checkpoint has nothing to continue from: it starts over in its place (it was
+    refused as a new run over an earlier one, with advice to add the --resume auto it had). Checkpoints none of
+    which loads, or model files, are not replaced unasked."""
+    from openmae.engine.run_status import format_status, run_status
+
+    run = tmp_path / "run"
+    pretrain(tiny_pretrain(run, datasets, "train.epochs=2", "train.tensorboard=true", "train.halt_after_steps=3"))
+    for path in [*CheckpointManager(run).list(), run / "model-last.pth"]:  # as a run stopped before its first save
+        path.unlink(missing_ok=True)
+    assert "nothing saved to continue from; this starts it over: openmae pretrain" in format_status(run_status(run))
+    caplog.set_level("INFO")
+    pretrain(tiny_pretrain(run, datasets, "train.epochs=1", "train.resume=auto", "train.tensorboard=false"))
+    assert ("stopped before it saved a checkpoint (a pretrain run stopped at epoch 0.75 of 2), so there is nothing to continue from; "
+            "starting over (its metrics.jsonl, tb removed)") in caplog.text
+    assert max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()) == 4
+    assert not (run / "tb").exists() and [p.name for p in CheckpointManager(run).list()] == ["checkpoint-000000004.pth"]
+    (ckpt,) = CheckpointManager(run).list()
+    ckpt.write_bytes(b"hi" * 3000)  # no checkpoint loads: not replaced unasked
+    with pytest.raises(FileExistsError, match=r"holds a run \(a pretrain run finished: checkpoint-000000004.pth, "
+                                              r"model-last.pth, metrics.jsonl\) and no checkpoint of it loads; give "):
+        pretrain(tiny_pretrain(run, datasets, "train.epochs=1", "train.resume=auto"))
+    assert ckpt.read_bytes() == b"hi" * 3000
+
+
 def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path, datasets):
     """While a run holds its folder (here: the lock taken as a running process holds it), another run there (a
     resume of the same checkpoint, a job submitted twice) stops before reading or writing anything, naming the
@@ -231,21 +257,28 @@ def test_torchrun_restarts_after_a_worker_dies(tmp_path, datasets, reference_two
     assert same(weights(run), reference_two_ranks)
 
 
-def test_sigterm_to_the_process_group_saves_exits_143_and_resume_matches(tmp_path, datasets, reference):
-    """Slurm's time limit / preemption: SIGTERM to every process of the job, loader workers included."""
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_to_the_process_group_saves_exits_128_plus_n_and_resume_matches(tmp_path, datasets, reference,
+                                                                                       name):
+    """SIGTERM: Slurm's time limit / preemption, to every process of the job, loader workers included. SIGINT:
+    Ctrl-C, to the terminal's foreground process group, the run and its loader workers: before, the run ended at
+    once without a checkpoint (its workers died of it too)."""
+    number = signal.Signals[name]
     run = tmp_path / "run"
     proc = cli(run, datasets, "data.num_workers=2", "train.ckpt_every_steps=0")
     deadline = time.time() + 300
     while logged_steps(run) < 5 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before it could be signalled"
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, number)
     code, err = finish(proc)
-    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert code == 128 + number, err[-3000:]  # 143, 130: what a shell reports for a process the signal ended
     (ckpt,) = CheckpointManager(run).list()  # no periodic checkpoints in this run: this one is the signal's
     stopped_at = CheckpointManager.load(ckpt)["step"]
     assert stopped_at == logged_steps(run) and 5 <= stopped_at < 18
-    assert f"stopped by SIGTERM after step {stopped_at}" in err
+    assert f"stopped by {name} after step {stopped_at}" in err and "Traceback" not in err
+    if name == "SIGINT":
+        assert "Ctrl-C (SIGINT) received" in err and "Ctrl-C again stops at once" in err
     code, err = finish(cli(run, datasets))
     assert code == 0, err[-3000:]
     assert f"resumed from {ckpt}" in err

@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import platform
+import signal
 import sys
 from collections.abc import Callable
 
@@ -333,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, NotADirectoryError, FileExistsError, ValueError) as err:
         print(f"openmae {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C in training, or one outside it: what a shell reports, no traceback
+        print(f"openmae {args.command}: stopped by Ctrl-C at once, without saving; a run's folder keeps the "
+              "checkpoints saved before (`openmae info <run folder>` lists them; --resume auto continues from the last)", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

@@ -180,20 +180,37 @@ def _progress(run_dir: str | Path) -> str:
     return f"a {status['task']} run {where}: "
 
 
-def start_fresh(run_dir: str | Path, overwrite: bool, found: list[Path], is_main: bool) -> None:
+LOGS_ONLY = ("metrics.jsonl", "tb")  # what a run that saved nothing leaves
+
+
+def start_fresh(run_dir: str | Path, overwrite: bool, found: list[Path], is_main: bool, resume_auto: bool = False
+                ) -> None:
     """A new run in ``run_dir``: refused when ``found`` (:func:`earlier_run`, as the main rank saw it) names an earlier
     run's files, whose checkpoints and metrics it would replace, unless ``overwrite``; then the main rank removes
-    them first, so that a later ``resume=auto`` cannot take the old run's checkpoint for this one's."""
+    them first, so that a later ``resume=auto`` cannot take the old run's checkpoint for this one's.
+
+    ``resume_auto``: the run was asked to continue (``resume=auto``, a requeued job's command) and found no valid
+    checkpoint. An earlier run that left only its logs (stopped before its first save) has nothing to continue
+    from, so this one starts over in its place; one that left checkpoints none of which loads, or model files, is
+    refused, since starting over would replace them."""
     if not found:
         return
-    if not overwrite:
+    names = ", ".join(p.name for p in found)
+    if resume_auto and not overwrite and all(path.name in LOGS_ONLY for path in found):
+        said = (f"resume=auto: the earlier run in {run_dir} stopped before it saved a checkpoint "
+                f"({_progress(run_dir).rstrip(': ') or 'no step logged'}), so there is nothing to continue from; "
+                f"starting over (its {names} removed)")
+    elif not overwrite:
         shown = ", ".join(path.name for path in found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
-        raise FileExistsError(f"{run_dir} already holds a run ({_progress(run_dir)}{shown}); continue it with --resume auto "
-                              "(train.resume=auto), give this run a folder of its own (-o), or set "
-                              "train.overwrite=true to start over there (those files are removed)")
+        ways = "continue it with --resume auto (train.resume=auto), " if not resume_auto else ""
+        saved = " and no checkpoint of it loads" if resume_auto else ""
+        raise FileExistsError(f"{run_dir} already holds a run ({_progress(run_dir)}{shown}){saved}; {ways}give this "
+                              "run a folder of its own (-o), or set train.overwrite=true to start over there (those "
+                              "files are removed)")
+    else:
+        said = f"train.overwrite=true: removing the earlier run's {names} from {run_dir}"
     if is_main:
-        log.warning("train.overwrite=true: removing the earlier run's %s from %s", ", ".join(p.name for p in found),
-                    run_dir)
+        log.warning(said)
         for path in found:
             if path.is_dir():
                 shutil.rmtree(path)

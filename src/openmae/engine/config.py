@@ -104,9 +104,9 @@ class TrainConfig:
     max_steps_per_epoch: int = 0
     halt_after_steps: int = 0
     nonfinite: str = "stop"
-    # on these signals (a cluster's preemption or time-limit warning): save a checkpoint and exit with 128 + the
-    # signal's number; [] leaves them to end the process at once
-    stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
+    # on these signals (a cluster's preemption or time-limit warning, Ctrl-C): save a checkpoint and exit with 128 +
+    # the signal's number (a second Ctrl-C stops at once); [] leaves them to end the process at once
+    stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGINT")
     device: str = "auto"
     tensorboard: bool = True
     progress: bool = True

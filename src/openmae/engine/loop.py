@@ -109,7 +109,7 @@ def launch(make_task: Callable[[DistInfo, Resume | None], Task], config: Any) ->
             resume = find_resume(t.resume, t.output_dir, info.is_main)
             if resume is None:  # a new run, not over another unless asked (rank 0 writes the run's files)
                 found = from_main(earlier_run(t.output_dir) if info.is_main else None, info)
-                start_fresh(t.output_dir, t.overwrite, found, info.is_main)
+                start_fresh(t.output_dir, t.overwrite, found, info.is_main, resume_auto=t.resume == "auto")
             if resume is not None:  # normalise as before the stop (the init file, if any, is not read again)
                 inherit_stats(config.data, resume.state, str(resume.path),
                               int((resume.model_config or {}).get("in_chans", 3)))

@@ -4,7 +4,13 @@ Slurm sends SIGTERM at a job's time limit and on preemption (and a chosen signal
 torchrun forwards SIGTERM to its workers. The handler only records the signal; the training loop asks
 :meth:`StopSignals.agreed` at points where every rank is at the same step, saves a checkpoint there and returns.
 Later stop signals are only noted: under torchrun a worker gets the scheduler's SIGTERM and then the one torchrun
-forwards, and the second must not cut the save short (SIGKILL, or Ctrl-C's SIGINT, still end a run at once).
+forwards, and the second must not cut the save short (SIGKILL still ends a run at once).
+
+Ctrl-C (SIGINT, one of the default stop signals) is a stop signal too: the first saves and stops as above, a second
+one stops at once as Python does (KeyboardInterrupt), for a user who cannot wait for the step to end. A terminal
+sends it to every process of the foreground group (the run and its loader workers, which leave it to the run);
+torchrun starts each worker in a session of its own and forwards the one SIGINT it gets. A process started with
+SIGINT ignored (a background job of a shell script) goes on ignoring it.
 """
 
 from __future__ import annotations
@@ -83,6 +89,8 @@ class StopSignals:
             _kill_daemonic_children_at_exit()
         if threading.current_thread() is threading.main_thread():
             for number in self.numbers:
+                if number == signal.SIGINT and signal.getsignal(number) == signal.SIG_IGN:
+                    continue  # started to ignore Ctrl-C (a shell's background job): it still does
                 self._previous[number] = signal.signal(number, self._handle)
         return self
 
@@ -95,8 +103,13 @@ class StopSignals:
         name = signal.Signals(number).name
         if self.received is None:
             self.received, self.received_at = name, time.monotonic()
+            said = "Ctrl-C (SIGINT)" if number == signal.SIGINT else name
+            at_once = "Ctrl-C again stops at once" if signal.SIGINT in self._previous else "SIGKILL stops at once"
             log.warning("%s received: saving a checkpoint at the next step where all processes agree, then stopping "
-                        "(SIGKILL or Ctrl-C stop at once, without saving)", name)
+                        "(%s, without saving)", said, at_once)
+        elif number == signal.SIGINT:  # Ctrl-C after a stop was asked for: the user will not wait for the save
+            log.warning("Ctrl-C again: stopping at once, without saving")
+            raise KeyboardInterrupt
 
     _handle.stops_training = True  # type: ignore[attr-defined]  # loader workers ignore signals so handled
 

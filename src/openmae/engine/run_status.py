@@ -75,5 +75,11 @@ def format_status(status: dict[str, Any]) -> str:
     shown = ", ".join(status["checkpoints"][:3]) + (" ..." if len(status["checkpoints"]) > 3 else "")
     lines.append(f"  checkpoints: {shown or 'none'}" + ("; model-last.pth" if status["model_last"] else ""))
     if status["continue"] and status["state"] == "stopped":
-        lines.append(f"  continue it: {status['continue']}")
+        if status["checkpoints"]:
+            lines.append(f"  continue it: {status['continue']}")
+        elif status["model_last"]:  # --resume auto would refuse to replace it
+            lines.append("  no checkpoint to continue from; this starts it over, model-last.pth removed: "
+                         + status["continue"].replace("--resume auto", "train.overwrite=true"))
+        else:
+            lines.append(f"  nothing saved to continue from; this starts it over: {status['continue']}")
     return "\n".join(lines)
