@@ -299,3 +299,25 @@ def test_timm_loads_a_converted_encoder_by_its_own_pretrained_mechanism(tmp_path
     with torch.no_grad():
         torch.testing.assert_close(vit.forward_features(imgs), model.eval().forward_features(imgs), rtol=1e-5,
                                    atol=1e-5)
+
+
+def test_a_run_folder_given_as_weights_reads_its_last_weights(tmp_path, datasets, caplog):
+    """`--checkpoint runs/mine` (or `pretrain.init=runs/mine`, `openmae convert runs/mine ...`): the run folder's
+    model-last.pth, written with each checkpoint; before, "a folder without model.safetensors" as if it were a
+    Hugging Face folder. One that has saved nothing yet says so. A folder given where settings go names the flags."""
+    from helpers import call_cli, tiny_pretrain
+
+    from openmae.engine.pretrain import pretrain
+
+    run = tmp_path / "run"
+    pretrain(tiny_pretrain(run, datasets, "train.epochs=1"))
+    caplog.set_level("INFO")
+    got, want = load_file(run), load_file(run / "model-last.pth")
+    assert got.keys() == want.keys() and all(torch.equal(got["model"][k], v) for k, v in want["model"].items())
+    assert f"{run} is a run folder: reading its model-last.pth" in caplog.text
+    (run / "model-last.pth").unlink()
+    with pytest.raises(FileNotFoundError, match=r"is a run folder without weights yet: it has no model-last.pth"):
+        load_file(run)
+    proc = call_cli("knn", str(run))
+    assert proc.returncode == 2
+    assert f"unexpected argument '{run}': it is a folder, give it as --checkpoint {run} or --data {run}" in proc.stderr

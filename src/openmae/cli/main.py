@@ -41,7 +41,12 @@ def run_overrides(args: argparse.Namespace, rest: list[str]) -> list[str]:
         out.append(f"train.resume={args.resume}")
     for item in rest:
         if "=" not in item:
-            raise ConfigError(f"unexpected argument {item!r}: settings look like key.sub=value (e.g. train.epochs=10)")
+            flags = [f"{flag} {item}" for flag, name in (("--checkpoint", "checkpoint"), ("--data", "data"))
+                     if hasattr(args, name)]
+            where = (f": it is a {'folder' if os.path.isdir(item) else 'file'}, give it as {' or '.join(flags)};"
+                     if flags and os.path.exists(item) else ":")
+            raise ConfigError(f"unexpected argument {item!r}{where} settings look like key.sub=value (e.g. "
+                              "train.epochs=10)")
     return out + rest
 
 
@@ -274,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("pretrain", "finetune", "linprobe", "knn", "evaluate"):
             add_run_flags(p, training=name not in ("knn", "evaluate"))
         if name in ("finetune", "linprobe", "knn", "visualize"):
-            p.add_argument("--checkpoint", "--init", help="pretrained weights (openmae, official, timm or Hugging Face)")
+            p.add_argument("--checkpoint", "--init", help="pretrained weights: a file (openmae, official, timm), a "
+                           "Hugging Face folder, or a run folder (its model-last.pth)")
         if name == "evaluate":
             p.add_argument("--checkpoint", "--init", required=True,
                            help="the classifier: model-best.pth of a finetune (or online linprobe) run, or its "

@@ -20,6 +20,7 @@ import torch
 
 log = logging.getLogger(__name__)
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # a folder's weights: one file, or shards with an index
+RUN_WEIGHTS = "model-last.pth"  # what a run folder given as weights reads (written with each of its checkpoints)
 METADATA_KEYS = ("model_config", "normalization")  # what an openmae .safetensors file carries beside its tensors
 
 
@@ -58,6 +59,12 @@ def load_file(path: str | os.PathLike) -> Any:
     (``openmae convert --to openmae``) reads as ``{'model': tensors, 'model_config': ..., 'normalization': ...}``."""
     path = Path(path)
     if path.is_dir():
+        run_weights = path / RUN_WEIGHTS
+        if run_weights.is_file() and not any((path / name).is_file() for name in HF_WEIGHTS):
+            best = path / "model-best.pth"
+            log.info("%s is a run folder: reading its %s (the weights of its last checkpoint)%s", path, RUN_WEIGHTS,
+                     f"; for the best evaluation's weights give {best}" if best.is_file() else "")
+            return load_file(run_weights)
         return load_hf_folder(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint file or model folder: {path}")
@@ -179,6 +186,9 @@ def load_hf_folder(folder: Path) -> dict[str, Any]:
             tensors.update(unwrap_state_dict(load_file(folder / shard)))
     else:
         weights = next((folder / name for name in HF_WEIGHTS if (folder / name).is_file()), None)
+        if weights is None and (folder / "metrics.jsonl").is_file():
+            raise FileNotFoundError(f"{folder} is a run folder without weights yet: it has no {RUN_WEIGHTS} (the run "
+                                    "stopped before its first checkpoint, or has not reached it); give a weights file")
         if weights is None:
             raise FileNotFoundError(f"{folder} is a folder without {' or '.join(HF_WEIGHTS)} (nor their sharded "
                                     "index): give a weights file, or a Hugging Face model folder")
