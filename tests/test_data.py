@@ -184,6 +184,33 @@ def test_holdout_splits_the_training_images_and_replaces_the_eval_split(datasets
         holdout_indices(5, 0.01, 0)
 
 
+def test_class_folders_without_an_evaluation_folder_are_refused_unless_held_out(tmp_path):
+    """`openmae knn/finetune/linprobe --data <class folders>`: --data means class folders for these commands (it was
+    refused: "data.name='folder' is invalid"); a folder with no `test/` beside `train/` evaluated on the training
+    images themselves (kNN finding each image itself), saying "evaluating on the 'test' split"."""
+    from helpers import call_cli
+
+    from openmae.data.build import split_sources
+
+    for name, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (32, 32), tuple(c + 4 * i for c in colour)).save(tmp_path / "photos" / name / f"{i}.png")
+    photos = str(tmp_path / "photos")
+    with pytest.raises(ValueError, match=r"has no 'test/' folder \(data.eval_split\), so evaluation would read the "
+                                         r"training images themselves; set data.holdout=0.1"):
+        split_sources(DataConfig(name="imagefolder", path=photos), 3)
+    train, held = split_sources(DataConfig(name="imagefolder", path=photos, holdout=0.25), 3)
+    assert (len(train), len(held)) == (9, 3)
+    with pytest.raises(ValueError, match="has no 'val/' folder"):
+        split_sources(DataConfig(name="imagefolder", path=photos, eval_split="val"), 3)
+    proc = call_cli("knn", "--data", photos, "model.name=mae_vit_debug_patch4_32", "data.num_workers=0")
+    assert proc.returncode == 1 and "has no 'test/' folder" in proc.stderr, proc.stderr[-2000:]
+    proc = call_cli("knn", "--data", photos, "model.name=mae_vit_debug_patch4_32", "data.num_workers=0",
+                    "data.holdout=0.25", "knn.k=3")
+    assert proc.returncode == 0 and '"eval_samples": 3' in proc.stdout, proc.stderr[-2000:]
+
+
 def test_missing_named_dataset_says_where(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset 'mnist' .* not found under .*data.download=true"):
         build_source(DataConfig(name="mnist", root=str(tmp_path)), "train", 1)

@@ -627,6 +627,7 @@ def test_pretraining_with_volume_norm_records_it_and_evaluation_without_is_told(
     assert saved["volume_norm"] == "zscore" and len(source) == 16
     assert abs(saved["mean"][0] - float(pixels.mean())) < 1e-4 and abs(saved["std"][0] - float(pixels.std())) < 1e-3
     checkpoint = str(tmp_path / "pre" / "model-last.pth")
+    data.append("data.holdout=0.25")  # kNN's queries: a held-out volume (the folder has no test/ of its own)
     plain = run_cli("knn", "--checkpoint", checkpoint, *data, "model.name=auto", "knn.k=3")
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert "was trained on volumes scaled with data.volume_norm=zscore, but this run reads them with " \

@@ -28,12 +28,17 @@ def command(name: str, help_text: str):
     return register
 
 
+LABELLED = ("finetune", "linprobe", "knn", "evaluate")  # the commands that read labels: --data names class folders
+
+
 def run_overrides(args: argparse.Namespace, rest: list[str]) -> list[str]:
     """Shortcut flags -> ``key=value`` overrides; the remaining arguments are overrides themselves."""
     out = []
     if getattr(args, "data_root", None):
         out.append(f"data.root={args.data_root}")
     if getattr(args, "data", None):
+        if args.command in LABELLED:  # class folders: what --data can only mean for these
+            out.append("data.name=imagefolder")
         out.append(f"data.path={args.data}")
     if getattr(args, "output", None):
         out.append(f"train.output_dir={args.output}")
@@ -55,7 +60,8 @@ def add_run_flags(parser: argparse.ArgumentParser, training: bool = True) -> Non
     evaluate, which write no run)."""
     parser.add_argument("--config", "-c", action="append", default=[], help="YAML preset(s), applied in order")
     parser.add_argument("--data-root", help="folder holding named datasets (default $OPENMAE_DATA)")
-    parser.add_argument("--data", help="image folder (data.path)")
+    parser.add_argument("--data", help="image folder (data.path); for the commands that read labels, a folder of "
+                        "class folders (data.name=imagefolder), or of split folders holding them (train/, test/)")
     if training:
         parser.add_argument("--output", "-o", help="run folder (train.output_dir)")
         parser.add_argument("--resume", help="'auto' (newest valid checkpoint in the run folder) or a checkpoint path")

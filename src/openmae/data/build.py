@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -93,10 +94,24 @@ def source_for(cfg: DataConfig, split: str, channels: int, limit: int = 0, full:
     return source
 
 
+def _own_eval_folder(cfg: DataConfig) -> None:
+    """Refuse class folders with no folder for the evaluation split: it would read the training images themselves
+    (an ImageFolder split is ``path/<split>`` where there is one, else ``path``), and kNN or accuracy on them
+    measures memory, not transfer."""
+    if cfg.name != "imagefolder" or not Path(cfg.path).is_dir() or (Path(cfg.path) / cfg.eval_split).is_dir():
+        return
+    raise ValueError(f"data.path {cfg.path} has no '{cfg.eval_split}/' folder (data.eval_split), so evaluation would "
+                     "read the training images themselves; set data.holdout=0.1 to evaluate on a held-out tenth of "
+                     f"them, or give a folder holding '{cfg.train_split}/' and '{cfg.eval_split}/', each of class "
+                     "folders")
+
+
 def split_sources(cfg: DataConfig, channels: int) -> tuple[ImageSource, ImageSource]:
     """The training and evaluation splits (``data.max_samples`` / ``data.max_eval_samples`` applied), each folder
     scanned once: build them once per run, as scanning an ImageNet-sized folder takes minutes, and with
     ``data.holdout`` both come from the training folder."""
+    if not cfg.holdout:
+        _own_eval_folder(cfg)
     full = build_source(cfg, cfg.train_split, channels) if cfg.holdout else None
     return (source_for(cfg, cfg.train_split, channels, cfg.max_samples, full),
             source_for(cfg, cfg.eval_split, channels, cfg.max_eval_samples, full))
@@ -106,6 +121,7 @@ def report_source(cfg: DataConfig, channels: int) -> ImageSource | None:
     """``data.eval_split`` itself (not its held-out stand-in) when ``data.report_eval_split`` is on, else None."""
     if not cfg.report_eval_split:
         return None
+    _own_eval_folder(cfg)
     return source_for(cfg, cfg.eval_split, channels, cfg.max_eval_samples, holdout=False)
 
 
