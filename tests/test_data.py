@@ -191,6 +191,7 @@ def test_class_folders_without_an_evaluation_folder_are_refused_unless_held_out(
     from helpers import call_cli
 
     from openmae.data.build import split_sources
+    from openmae.engine.pretrain import PretrainTask
 
     for name, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
         (tmp_path / "photos" / name).mkdir(parents=True)
@@ -209,6 +210,9 @@ def test_class_folders_without_an_evaluation_folder_are_refused_unless_held_out(
     proc = call_cli("knn", "--data", photos, "model.name=mae_vit_debug_patch4_32", "data.num_workers=0",
                     "data.holdout=0.25", "knn.k=3")
     assert proc.returncode == 0 and '"eval_samples": 3' in proc.stdout, proc.stderr[-2000:]
+    with pytest.raises(ValueError, match="has no 'test/' folder"):  # the kNN monitor: before the first epoch
+        PretrainTask(tiny_pretrain(tmp_path / "run", tmp_path, "data.name=imagefolder", f"data.path={photos}",
+                                   "pretrain.knn_every_epochs=1"))
 
 
 def test_missing_named_dataset_says_where(tmp_path):

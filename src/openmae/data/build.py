@@ -94,7 +94,7 @@ def source_for(cfg: DataConfig, split: str, channels: int, limit: int = 0, full:
     return source
 
 
-def _own_eval_folder(cfg: DataConfig) -> None:
+def require_eval_folder(cfg: DataConfig) -> None:
     """Refuse class folders with no folder for the evaluation split: it would read the training images themselves
     (an ImageFolder split is ``path/<split>`` where there is one, else ``path``), and kNN or accuracy on them
     measures memory, not transfer."""
@@ -111,7 +111,7 @@ def split_sources(cfg: DataConfig, channels: int) -> tuple[ImageSource, ImageSou
     scanned once: build them once per run, as scanning an ImageNet-sized folder takes minutes, and with
     ``data.holdout`` both come from the training folder."""
     if not cfg.holdout:
-        _own_eval_folder(cfg)
+        require_eval_folder(cfg)
     full = build_source(cfg, cfg.train_split, channels) if cfg.holdout else None
     return (source_for(cfg, cfg.train_split, channels, cfg.max_samples, full),
             source_for(cfg, cfg.eval_split, channels, cfg.max_eval_samples, full))
@@ -121,7 +121,7 @@ def report_source(cfg: DataConfig, channels: int) -> ImageSource | None:
     """``data.eval_split`` itself (not its held-out stand-in) when ``data.report_eval_split`` is on, else None."""
     if not cfg.report_eval_split:
         return None
-    _own_eval_folder(cfg)
+    require_eval_folder(cfg)
     return source_for(cfg, cfg.eval_split, channels, cfg.max_eval_samples, holdout=False)
 
 

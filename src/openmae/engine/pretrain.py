@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from openmae.convert.checkpoints import load_state_dict_into
-from openmae.data.build import eval_batches, split_sources, train_dataset
+from openmae.data.build import eval_batches, require_eval_folder, split_sources, train_dataset
 from openmae.data.datasets import ImageSource, keep_stats, stats_for
 from openmae.data.loader import Batch
 from openmae.engine.config import TrainConfig
@@ -51,6 +51,8 @@ class PretrainTask:
                      f"; left at their initialisation: {', '.join(left)}" if left else "")
         self.model_config = self.model.cfg.to_dict()
         check_bands(cfg.pretrain.vis_bands, model_cfg.in_chans)  # at the start, not at the first pictures
+        if cfg.pretrain.knn_every_epochs and not cfg.data.holdout:
+            require_eval_folder(cfg.data)  # at the start, not after the first epochs
         keep_stats(cfg.data, model_cfg.in_chans)  # recorded in config.yaml and the checkpoints
 
     def shard_blocks(self) -> list[nn.Module]:
