@@ -321,3 +321,76 @@ def test_a_run_folder_given_as_weights_reads_its_last_weights(tmp_path, datasets
     proc = call_cli("knn", str(run))
     assert proc.returncode == 2
     assert f"unexpected argument '{run}': it is a folder, give it as --checkpoint {run} or --data {run}" in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["finetune", "probe_cls", "probe_mean"])
+def test_a_classifier_goes_to_timm_and_hugging_face_with_its_head_classes_and_normalisation(tmp_path, datasets, kind):
+    """A fine-tuned classifier or online probe: `--to hf` wrote a ViTMAEForPreTraining without its head and fc_norm,
+    `--to timm` its encoder alone. Now a folder that timm (`local-dir:`) and transformers'
+    AutoModelForImageClassification / AutoImageProcessor load, giving the run's logits, class names and
+    normalisation; `--to timm` to a file, a state dict timm loads strictly (a probe's BatchNorm head folded)."""
+    import safetensors.torch
+    import timm
+    from test_finetune import tiny_finetune
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from openmae.config import load_config
+    from openmae.convert.export import convert_file
+    from openmae.engine.evaluate import load_classifier
+    from openmae.engine.finetune import finetune
+    from openmae.engine.linprobe import LinprobeConfig, linprobe
+
+    run = tmp_path / "run"
+    if kind == "finetune":
+        finetune(tiny_finetune(run, datasets, "train.epochs=1"))
+    else:
+        linprobe(load_config(LinprobeConfig, overrides=[
+            "model.name=mae_vit_debug_patch4_32", f"data.root={datasets}", "data.name=cifar10", "data.max_samples=64",
+            "data.max_eval_samples=32", "data.num_workers=0", "linprobe.mode=online", f"linprobe.pooling={kind[6:]}",
+            "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=16", "train.progress=false",
+            "train.tensorboard=false", f"train.output_dir={run}"]))
+    best = run / "model-best.pth"
+    ours, ours_cfg = load_classifier(str(best))
+    folder = convert_file(best, tmp_path / "hf", "hf")
+    flat = convert_file(best, tmp_path / "flat.safetensors", "timm")
+    config = json.loads((folder / "config.json").read_text())
+    plain = timm.create_model(config["architecture"], num_classes=10, **config["model_args"])
+    plain.load_state_dict(safetensors.torch.load_file(flat))  # strict, as a timm user reads it
+    by_timm = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    by_hf = AutoModelForImageClassification.from_pretrained(folder)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = ours.eval()(images)
+        for got in (plain.eval()(images), by_timm.eval()(images), by_hf.eval()(pixel_values=images).logits):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert by_hf.config.id2label[3] == "cat" and by_hf.config.num_labels == 10  # CIFAR-10's fourth class
+    stats = load_file(best)["normalization"]
+    processor = AutoImageProcessor.from_pretrained(folder)
+    assert list(processor.data_config["mean"]) == stats["mean"] and list(processor.data_config["std"]) == stats["std"]
+    assert "tag" not in config["pretrained_cfg"] and "num_classes" not in config["model_args"]
+    read = load_file(folder)  # the folder as a checkpoint: its shape (2 heads) and normalisation from config.json
+    shape = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
+    assert {k: read["model_config"][k] for k in shape} == {k: ours_cfg.to_dict()[k] for k in shape}
+    assert read["normalization"] == stats
+    if kind == "finetune":  # kNN / probes read an encoder's final norm, which average pooling replaced
+        with pytest.raises(StateDictMismatch, match="fine-tuned with average pooling has no final norm"):
+            load_pretrained(best)
+    with pytest.raises(ValueError, match="a classifier goes to Hugging Face as a folder"):
+        convert_file(best, tmp_path / "x.safetensors", "hf")
+
+
+def test_an_encoder_goes_to_a_timm_folder(tmp_path):
+    """`--to timm` to a path without suffix: a folder timm creates the encoder from (`local-dir:`), its features
+    those of the MAE's encoder (it was a torch.save file without a suffix)."""
+    import timm
+
+    from openmae.convert.export import convert_file
+
+    model = openmae.create_model("mae_vit_debug_patch4_32")  # 2 heads of 32: what its file records
+    path = save_file({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, tmp_path / "mae.pth")
+    folder = convert_file(path, tmp_path / "encoder", "timm")
+    encoder = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.forward_features(images), model.eval().forward_features(images),
+                                   rtol=1e-5, atol=1e-5)

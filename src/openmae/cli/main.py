@@ -303,8 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="channels to show: one (grey) or three (red, green, blue), e.g. 3 2 1; default the "
                                 "first three")
         if name == "convert":
-            p.add_argument("src", help="input weights (.pth/.pt/.bin/.safetensors, any supported layout)")
-            p.add_argument("dst", help="output file (.pth or .safetensors), or a folder for --to hf")
+            p.add_argument("src", help="input weights (.pth/.pt/.bin/.safetensors, any supported layout), a Hugging "
+                           "Face folder or a run folder")
+            p.add_argument("dst", help="output file (.pth or .safetensors), or a folder (no suffix) for --to hf and "
+                           "--to timm (a timm model folder; a classifier's, for --to hf too, is what transformers' "
+                           "AutoModelForImageClassification loads)")
             p.add_argument("--to", required=True, choices=["openmae", "official", "timm", "hf"])
             p.add_argument("--hf-layout", default="v4", choices=["v4", "v5"],
                            help="Hugging Face key names: v4 = hub files / transformers 4, v5 = transformers 5")

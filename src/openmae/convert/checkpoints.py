@@ -95,6 +95,10 @@ def load_state_dict_into(
         for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
             if items:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+        if missing == ["norm.bias", "norm.weight"]:
+            lines.append("  a classifier fine-tuned with average pooling has no final norm (its fc_norm normalises the "
+                         "pooled tokens instead, and was left out): evaluate it with `openmae evaluate`, or give the "
+                         "pretraining checkpoint it was fine-tuned from")
         raise StateDictMismatch("\n".join(lines))
     model.load_state_dict(sd, strict=False)
     return sorted(set(own) - set(sd))

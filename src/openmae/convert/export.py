@@ -7,12 +7,16 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+from torch import nn
+
 from openmae.convert.checkpoints import infer_config, stored_config, to_openmae_keys
 from openmae.convert.files import load_file, save_file, unwrap_state_dict, weights_metadata
 from openmae.convert.hf import Layout, hf_config_dict, openmae_to_hf
 from openmae.convert.timm import openmae_to_timm
+from openmae.convert.timm_folder import save_timm_folder
 from openmae.data.normalization import recorded_stats
 from openmae.models.mae import MAEConfig
+from openmae.models.vit import fold_bn_head
 
 Format = Literal["openmae", "official", "timm", "hf"]
 FORMATS = ("openmae", "official", "timm", "hf")
@@ -27,17 +31,35 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: Format, hf_
     of its images) when ``dst`` has no suffix, else just the tensors. An ``openmae`` file keeps the normalisation
     ``src`` records (:mod:`openmae.data.normalization`); a ``timm`` or ``openmae`` .safetensors carries the model
     config (a ``timm`` one: when ``src`` stores it) and the normalisation as metadata, which timm ignores.
+    ``timm`` to a path without suffix: a timm model folder (:mod:`openmae.convert.timm_folder`).
+
+    A classifier (``model-best.pth`` or a checkpoint of ``openmae finetune`` / an online ``openmae linprobe``) keeps
+    its head: ``timm`` and ``hf`` to a folder write the timm model folder that timm and transformers'
+    ``AutoModelForImageClassification`` load, with its classes' names and normalisation; ``timm`` to a file, the
+    flat state dict (a probe's BatchNorm head folded into its Linear).
     """
     if to not in FORMATS:
         raise ValueError(f"unknown target format {to!r}; choose one of {FORMATS}")
     obj = load_file(src)
-    sd = to_openmae_keys(unwrap_state_dict(obj))
+    raw = unwrap_state_dict(obj)
+    sd = to_openmae_keys(raw)
     stored = stored_config(obj)
     cfg = stored or infer_config(sd)
     dst = Path(dst)
     stats = recorded_stats(obj)
+    classifier = "head.weight" in raw or "head.1.weight" in raw  # fine-tuned, or an online probe's BatchNorm head
+    if classifier:
+        sd = raw  # with its head and fc_norm (to_openmae_keys reads an encoder, without them)
+    if classifier and to in ("timm", "hf") and not dst.suffix:
+        return classifier_folder(src, obj, dst)
+    if classifier and to == "hf":
+        raise ValueError(f"a classifier goes to Hugging Face as a folder (config.json, model.safetensors) that "
+                         f"transformers' AutoModelForImageClassification loads; give a folder: {dst.with_suffix('')}")
+    if to == "timm" and not dst.suffix:  # an encoder as a timm model folder (timm.create_model("local-dir:..."))
+        return save_timm_folder(openmae_to_timm(sd), cfg, dst, stats=stats)
     if to == "timm":  # a known architecture (and normalisation) as metadata, which timm leaves alone
-        return save_file(openmae_to_timm(sd), dst, metadata=weights_metadata(cfg.to_dict(), stats) if stored is not None else None)
+        return save_file(fold_bn_head(openmae_to_timm(sd)), dst,
+                         metadata=weights_metadata(cfg.to_dict(), stats) if stored is not None else None)
     if to == "hf":
         tensors = openmae_to_hf(sd, layout=hf_layout)
         if dst.suffix:
@@ -57,6 +79,18 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: Format, hf_
         if stats is not None:
             payload["normalization"] = stats
     return save_file(payload, dst)
+
+
+def classifier_folder(src: str | os.PathLike, obj: dict[str, Any], dst: Path) -> Path:
+    """A fine-tuned classifier or online probe as a timm model folder (:mod:`openmae.convert.timm_folder`), built as
+    its run built it (how its head reads the tokens comes from the run's settings in the file)."""
+    from openmae.engine.evaluate import load_classifier  # the engine's reading of a run's classifier file
+
+    model, cfg = load_classifier(str(src))
+    run_data = (obj.get("config") or {}).get("data") or {}
+    return save_timm_folder(model.state_dict(), cfg, dst, model.num_classes, model.global_pool,
+                            fc_norm=not isinstance(model.fc_norm, nn.Identity), classes=obj.get("classes"),
+                            stats=recorded_stats(obj), crop_pct=run_data.get("eval_crop_pct"))
 
 
 def hf_processor_dict(cfg: MAEConfig, stats: dict[str, Any]) -> dict[str, Any]:

@@ -197,6 +197,11 @@ def load_hf_folder(folder: Path) -> dict[str, Any]:
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     if config.get("model_type") == "vit_mae":
         out["model_config"] = mae_config_from_hf(config).to_dict()
+    else:  # a timm model folder (timm's save_for_hf, `openmae convert --to timm`, a timm hub download)
+        from openmae.convert.timm_folder import read_timm_config
+
+        shape, stats = read_timm_config(config)
+        out.update({k: v for k, v in (("model_config", shape), ("normalization", stats)) if v is not None})
     processor = folder / "preprocessor_config.json"
     if processor.is_file():
         p = json.loads(processor.read_text())

@@ -54,9 +54,15 @@ def draw_box(crop, channels: int, height: int, width: int) -> tuple[int, int, in
     return tuple(crop.get_params(shape_only, crop.scale, crop.ratio))  # timm's (Python's random)
 
 
+def eval_crop_pct(configured: float | None, img_size: tuple[int, int]) -> float:
+    """The centre crop's share of the resized image in evaluation: ``data.eval_crop_pct``, else 0.875 from 224 px up
+    and 1 below."""
+    return configured or (0.875 if min(img_size) >= 224 else 1.0)
+
+
 def eval_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std) -> T.Compose:
-    """Resize the short side to size / crop_pct, then centre-crop (crop_pct 0.875 from 224px up, else 1)."""
-    crop_pct = cfg.eval_crop_pct or (0.875 if min(img_size) >= 224 else 1.0)
+    """Resize the short side to size / crop_pct, then centre-crop (:func:`eval_crop_pct`)."""
+    crop_pct = eval_crop_pct(cfg.eval_crop_pct, img_size)
     resize = tuple(int(s / crop_pct) for s in img_size)
     return T.Compose([
         T.Resize(resize if img_size[0] != img_size[1] else resize[0], interpolation=InterpolationMode.BICUBIC,

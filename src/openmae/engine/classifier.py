@@ -18,6 +18,7 @@ from openmae.data.config import DataConfig
 from openmae.data.loader import Batch
 from openmae.engine.distributed import barrier
 from openmae.engine.loop import Run
+from openmae.models.vit import fold_bn_head
 
 log = logging.getLogger("openmae.classifier")
 
@@ -106,8 +107,9 @@ class BestKeeper:
             save_file({"model": sd, "model_config": self.model_config, "epoch": epoch, "metrics": metrics,
                        **self.extra}, self.run_dir / "model-best.pth")
         if final:
-            # timm reads the tensors; openmae also the architecture (head counts) and normalisation in the metadata
-            save_file({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")},
+            # timm reads the tensors (a probe's BatchNorm head folded into its Linear); openmae also the architecture
+            # (head counts) and normalisation in the metadata
+            save_file(fold_bn_head({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}),
                       self.run_dir / "model-timm.safetensors",
                       metadata=weights_metadata(self.model_config, self.extra.get("normalization")))
             log.info("exported the final classifier in timm layout to %s", self.run_dir / "model-timm.safetensors")

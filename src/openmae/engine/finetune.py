@@ -68,7 +68,7 @@ class FinetuneTask:
                               warmup_power=3 / 4) if f.model_ema else None
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
                                {"num_classes": self.num_classes, "global_pool": f.global_pool,
-                                "normalization": stats_record(cfg.data)},
+                                "normalization": stats_record(cfg.data), "classes": list(self.train_source.classes)},
                                report_prefix(cfg.data))
         if not cfg.data.holdout:
             log.info("evaluating on the '%s' split: model-best.pth is its best epoch, chosen on that split; report "

@@ -77,7 +77,8 @@ class LinprobeTask:
             param.requires_grad = name.startswith("head.")
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
                                {"num_classes": self.num_classes, "mode": p.mode, "last_blocks": p.last_blocks,
-                                "pooling": p.pooling, "normalization": stats_record(cfg.data)},
+                                "pooling": p.pooling, "normalization": stats_record(cfg.data),
+                                "classes": list(self.train_source.classes)},
                                report_prefix(cfg.data))
         if p.mode == "cached":
             self.classifier.to(device)

@@ -20,6 +20,7 @@ from openmae.models.patches import adapt_in_chans
 from openmae.models.pos_embed import interpolate_pos_embed
 
 log = logging.getLogger(__name__)
+BN_HEAD_EPS = 1e-6  # a probe's BatchNorm1d head (the official code's)
 
 
 def create_classifier(cfg: MAEConfig, num_classes: int, global_pool: str = "avg", drop_path: float = 0.0,
@@ -51,8 +52,24 @@ def create_classifier(cfg: MAEConfig, num_classes: int, global_pool: str = "avg"
     trunc_normal_(model.head.weight, std=head_init_std)
     nn.init.zeros_(model.head.bias)
     if bn_head:
-        model.head = nn.Sequential(nn.BatchNorm1d(head_in, affine=False, eps=1e-6), model.head)
+        model.head = nn.Sequential(nn.BatchNorm1d(head_in, affine=False, eps=BN_HEAD_EPS), model.head)
     return model
+
+
+def fold_bn_head(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``sd`` with a probe's BatchNorm1d(affine=False) + Linear head (``head.0`` / ``head.1``) folded into one
+    ``head`` Linear with the same outputs (eval mode: the running statistics are constants), which timm's
+    ``VisionTransformer`` and anything built on it load; other state dicts come back unchanged.
+    W' = W / sqrt(var + eps), b' = b - W' @ mean; eps is the probe's (1e-6, :func:`create_classifier`)."""
+    if "head.1.weight" not in sd:
+        return sd
+    mean, var = sd["head.0.running_mean"].double(), sd["head.0.running_var"].double()
+    weight, bias = sd["head.1.weight"].double(), sd["head.1.bias"].double()
+    folded = weight / torch.sqrt(var + BN_HEAD_EPS)
+    out = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    dtype = sd["head.1.weight"].dtype
+    out["head.weight"], out["head.bias"] = folded.to(dtype), (bias - folded @ mean).to(dtype)
+    return out
 
 
 def load_encoder(model: VisionTransformer, mae_sd: dict[str, torch.Tensor], grid: tuple[int, int] | None = None,
