@@ -156,6 +156,21 @@ def test_visualize_dataset_items(tmp_path, datasets):
     pngs = sorted((tmp_path / "pics").glob("test-*.png"))
     assert [p.name for p in pngs] == ["test-00000.png", "test-00001.png", "test-00002.png"]
     assert Image.open(pngs[0]).size == (4 * 112 + 6, 112)  # 28px enlarged 4x
+    # a folder given: all of its images, or --count of them spread over it (--count was ignored: a folder of 1,000
+    # photos wrote 1,000 pictures)
+    for cls in ("a", "b"):
+        (tmp_path / "shots" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (28, 28), 40 * i).save(tmp_path / "shots" / cls / f"{cls}{i}.png")
+    proc = call_cli("visualize", "--checkpoint", str(ckpt), "--count", "2", "-o", str(tmp_path / "some"),
+                    str(tmp_path / "shots"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "some").iterdir()) == ["a0.png", "b0.png"]
+    assert call_cli("visualize", "--checkpoint", str(ckpt), "-o", str(tmp_path / "all"), str(tmp_path / "shots")
+                    ).returncode == 0
+    assert len(list((tmp_path / "all").iterdir())) == 6
+    proc = call_cli("visualize", "--checkpoint", str(ckpt), "--count", "0", str(tmp_path / "shots"))
+    assert proc.returncode == 2 and "--count=0: give the number of pictures" in proc.stderr
 
 
 def test_cached_probe_head_reads_cls_plus_mean_of_several_blocks(datasets, tmp_path):

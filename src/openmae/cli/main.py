@@ -166,11 +166,16 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     if not any(k.startswith("decoder_") for k in model.state_dict()) or model.cfg.decoder_depth == 0:
         raise ConfigError("visualize needs a checkpoint with the decoder")
     check_bands(args.bands, model.cfg.in_chans)
+    if args.count is not None and args.count < 1:
+        raise ConfigError(f"--count={args.count}: give the number of pictures to write, 1 or more")
     if args.images:
-        written = visualize_files(model, image_paths(args.images, suffixes_for(data)), args.out, data, args.mask_ratio,
-                                  args.seed, bands=tuple(args.bands))
+        paths = image_paths(args.images, suffixes_for(data))
+        if args.count is not None and args.count < len(paths):  # spread over the folders, not the first class's
+            paths = [paths[i * len(paths) // args.count] for i in range(args.count)]
+        written = visualize_files(model, paths, args.out, data, args.mask_ratio, args.seed, bands=tuple(args.bands))
     elif data.name != "folder" or data.path:
-        written = visualize_dataset(model, data, args.out, args.count, args.mask_ratio, args.seed, tuple(args.bands))
+        written = visualize_dataset(model, data, args.out, args.count or 8, args.mask_ratio, args.seed,
+                                    tuple(args.bands))
     else:
         raise ConfigError("give image files or folders, or a dataset (data.name=cifar10 data.root=...)")
     for path in written:
@@ -295,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--plot", help="PNG of the confusion matrix")
         if name == "visualize":
             p.add_argument("images", nargs="*", help="image files and/or folders (or give data.name=... instead)")
-            p.add_argument("--count", type=int, default=8, help="images taken from a dataset")
+            p.add_argument("--count", type=int, help="how many pictures: of a dataset (default 8), or of the files and "
+                           "folders given (default all; spread evenly over them)")
             p.add_argument("--out", "-o", default="reconstructions", help="folder for the PNGs")
             p.add_argument("--mask-ratio", type=float, default=0.75)
             p.add_argument("--seed", type=int, default=0)
