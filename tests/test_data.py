@@ -732,3 +732,39 @@ def test_training_datasets_pickle_for_spawned_loader_workers(tmp_path, datasets)
         copy = pickle.loads(pickle.dumps(dataset))
         for item in ((0, 11), (len(dataset) - 1, 12)):
             assert _item_equal(dataset[item], copy[item]), name
+
+
+def test_an_evaluation_that_fails_stops_its_loader_workers(datasets):
+    """An error inside an evaluation loop (the model's: a CUDA out-of-memory error) left the loader's iterator in the
+    traceback, which a notebook keeps, and with it the loader's worker processes, idle, until the next error."""
+    import multiprocessing
+
+    from torch import nn
+
+    from openmae.data.build import eval_batches
+    from openmae.engine.classifier import evaluate
+    from openmae.eval.features import extract_features
+
+    class FailsAtItsSecondBatch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, images):
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("CUDA out of memory (as a test)")
+            return torch.zeros(images.shape[0], 10)
+
+        forward_features = forward
+
+    cfg = DataConfig(name="cifar10", root=str(datasets), num_workers=2)
+    kept = []
+    for run in (lambda b: evaluate(FailsAtItsSecondBatch(), b, torch.device("cpu")),
+                lambda b: extract_features(FailsAtItsSecondBatch(), b, torch.device("cpu"))):
+        try:
+            run(eval_batches(cfg, "test", (32, 32), 3, 16, limit=128))
+        except RuntimeError as err:
+            kept.append(err)  # as a notebook keeps the last error, its traceback and the frames in it
+        assert kept[-1].__traceback__ is not None
+        assert not [child for child in multiprocessing.active_children() if child.daemon]

@@ -13,7 +13,7 @@ from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource, build_source, stats_for
 from openmae.data.device import DeviceAugment, PlanCrops
 from openmae.data.draft import with_draft
-from openmae.data.loader import Batch, ResumableSampler, SeededSamples, make_loader, probe_source
+from openmae.data.loader import Batch, ResumableSampler, SeededSamples, end_workers, make_loader, probe_source
 from openmae.data.transforms import eval_transform, pretrain_transform
 from openmae.data.volumes import FileVolumes
 
@@ -161,4 +161,8 @@ def eval_batches(cfg: DataConfig, split: str, img_size: tuple[int, int], channel
     transform = with_draft(transform, channels) if cfg.jpeg_draft and cfg.format == "image" else transform
     sampler = ResumableSampler(len(source), batch_size, seed, shuffle=False, drop_last=False)
     loader = make_loader(SeededSamples(source, transform, cfg.bad_files), sampler, cfg.num_workers, False)
-    yield from loader
+    batches = iter(loader)
+    try:
+        yield from batches
+    finally:  # closed (batches_of) or run to its end: the workers stop now, not when the iterator is collected
+        end_workers(batches)

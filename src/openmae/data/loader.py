@@ -14,7 +14,7 @@ import math
 import random
 import signal
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,6 +244,20 @@ def end_workers(batches: Iterator[Batch]) -> None:
     shutdown = getattr(batches, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
+
+
+@contextlib.contextmanager
+def batches_of(loader: Iterable[Batch]) -> Iterator[Iterator[Batch]]:
+    """An iterator over ``loader`` whose worker processes stop when the ``with`` block ends, by an error in it too:
+    an error's traceback keeps a plain ``for`` loop's iterator alive, and with it the loader's idle workers (a
+    notebook keeps its last traceback until the next error)."""
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        end_workers(batches)
+        if isinstance(batches, Generator):  # a generator over a loader (eval_batches): closed, it stops its own
+            batches.close()
 
 
 _WITH_WORKERS: weakref.WeakSet = weakref.WeakSet()  # the iterators with worker processes, while they live

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from openmae.convert.files import save_file, weights_metadata
 from openmae.data.config import DataConfig
-from openmae.data.loader import Batch
+from openmae.data.loader import Batch, batches_of
 from openmae.engine.distributed import barrier
 from openmae.engine.loop import Run
 from openmae.models.vit import fold_bn_head
@@ -35,22 +35,24 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
     correct1 = correct5 = total = 0
     loss_sum = 0.0
     counts: torch.Tensor | None = None
-    for batch in batches:
-        images, labels = batch.images.to(device, non_blocking=True), batch.labels.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(images).float()  # (B, classes)
-            if flip:  # log of the mean of the two softmaxes: a log-probability, so cross_entropy stays its NLL
-                mirrored = model(images.flip(-1)).float()
-                logits = torch.logsumexp(torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)]), 0) - math.log(2)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == labels).sum().item()
-        correct5 += (top == labels[:, None]).any(1).sum().item()
-        total += labels.numel()
-        if confusion:
-            n = logits.shape[1]
-            pairs = torch.bincount((labels * n + top[:, 0]).cpu(), minlength=n * n).view(n, n)
-            counts = pairs if counts is None else counts + pairs
+    with batches_of(batches) as each:
+        for batch in each:
+            images, labels = batch.images.to(device, non_blocking=True), batch.labels.to(device)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = model(images).float()  # (B, classes)
+                if flip:  # log of the mean of the two softmaxes: a log-probability, so cross_entropy stays its NLL
+                    mirrored = model(images.flip(-1)).float()
+                    logits = (torch.logsumexp(torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)]), 0)
+                              - math.log(2))
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            correct1 += (top[:, 0] == labels).sum().item()
+            correct5 += (top == labels[:, None]).any(1).sum().item()
+            total += labels.numel()
+            if confusion:
+                n = logits.shape[1]
+                pairs = torch.bincount((labels * n + top[:, 0]).cpu(), minlength=n * n).view(n, n)
+                counts = pairs if counts is None else counts + pairs
     model.train(was_training)
     out: dict[str, Any] = {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total,
                            "eval_loss": loss_sum / total}

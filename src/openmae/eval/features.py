@@ -8,7 +8,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from openmae.data.loader import Batch
+from openmae.data.loader import Batch, batches_of
 from openmae.models.config import POOLING
 
 
@@ -51,10 +51,11 @@ def extract_features(encoder: nn.Module, batches: Iterable[Batch], device: torch
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
-    for batch in batches:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            tokens = encoder_tokens(encoder, batch.images.to(device, non_blocking=True), last_blocks)
-        feats.append(pool(tokens, pooling).float().cpu())
-        labels.append(batch.labels)
+    with batches_of(batches) as each:
+        for batch in each:
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                tokens = encoder_tokens(encoder, batch.images.to(device, non_blocking=True), last_blocks)
+            feats.append(pool(tokens, pooling).float().cpu())
+            labels.append(batch.labels)
     encoder.train(was_training)
     return torch.cat(feats), torch.cat(labels)
