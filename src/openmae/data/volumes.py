@@ -36,9 +36,9 @@ import os
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from openmae.data.arrays import clipped, require_finite
 from openmae.data.dicom import DICOM_SUFFIXES, dicom_values, no_image, open_dicom
 from openmae.data.filelist import FileList
+from openmae.data.header_cache import HeaderShards
 from openmae.data.images import BadImageError
 from openmae.data.memo import Recent
 from openmae.data.ranks import share, shared_map
@@ -344,6 +345,21 @@ STAMP_SLOW_S = 30e-6  # a stat slower than this (timed on a rank's first files) 
 # (2.4x slower on 8 threads)
 
 
+def stats_wait(files: FileList) -> bool:
+    """Whether a stat of ``files`` waits (a network file system's round trip: then threads help), as each rank's
+    first 32 stats of its first chunk time it; each rank's probe is exchanged, so that all decide alike."""
+
+    def waits(rank: int) -> bool:
+        first = range(rank * STAMP_CHUNK, min(len(files), rank * STAMP_CHUNK + min(STAMP_CHUNK, 32)))
+        start = time.perf_counter()
+        for i in first:
+            with contextlib.suppress(OSError):
+                os.stat(files.raw(i))
+        return len(first) > 0 and (time.perf_counter() - start) / len(first) > STAMP_SLOW_S
+
+    return any(shared_map(waits, share()[1]))
+
+
 def file_stamps(files: FileList) -> str:
     """A digest of every file's size and modification time (a file changed since is read again: a stat a file, not a
     parse), in chunks of :data:`STAMP_CHUNK` files, :data:`STAMP_THREADS` chunks at a time where a stat waits. Inside
@@ -363,22 +379,65 @@ def file_stamps(files: FileList) -> str:
                 digest.update(b"-;")
         return digest.hexdigest()
 
-    def waits(rank: int) -> bool:  # this rank's first chunk's first 32 stats, timed
-        first = range(rank * STAMP_CHUNK, min(len(files), rank * STAMP_CHUNK + min(STAMP_CHUNK, 32)))
-        start = time.perf_counter()
-        for i in first:
-            with contextlib.suppress(OSError):
-                os.stat(files.raw(i))
-        return len(first) > 0 and (time.perf_counter() - start) / len(first) > STAMP_SLOW_S
-
-    _, world = share()
-    slow = any(shared_map(waits, world))  # each rank's probe, exchanged: one decision for all
     count = -(-len(files) // STAMP_CHUNK)
-    if slow:
+    if stats_wait(files):
         chunks = shared_map(chunk, count, threads=STAMP_THREADS)
     else:
         chunks = [chunk(c) for c in range(count)]
     return hashlib.sha1("".join(map(str, chunks)).encode()).hexdigest()
+
+
+def _record(found: Scan | BaseException) -> dict[str, Any]:
+    """What a header said, as :class:`openmae.data.header_cache.HeaderShards` keeps it (the path is the file's own)."""
+    if isinstance(found, BaseException):
+        return {"error": str(found)}
+    scan = {f.name: getattr(found, f.name) for f in fields(Scan) if f.name != "path"}
+    return {"scan": {**scan, "members": [str(m) for m in found.members]}}
+
+
+def _from_record(path: Path, record: dict[str, Any]) -> Scan | BadImageError | None:
+    """:func:`_record` read back for ``path``; None when it does not describe a :class:`Scan` of this version."""
+    if "error" in record:
+        return BadImageError(str(record["error"]))
+    try:
+        kept = dict(record["scan"])
+        for key in ("flip", "spacing", "scale"):
+            kept[key] = tuple(kept[key])
+        kept["members"] = tuple(map(Path, kept["members"]))
+        stored = kept["stored"]  # (dtype, offset, shape, order), or empty
+        kept["stored"] = (stored[0], stored[1], tuple(stored[2]), stored[3]) if stored else ()
+        return Scan(path, **kept)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+def _scanned(files: FileList, plane: str, cache: str, fourth_axis: str) -> list[Scan | BaseException]:
+    """Each file's :func:`scan_volume` (or its error), shared by the ranks; with ``data.volume_cache``, the headers
+    kept there for files unchanged since (:mod:`openmae.data.header_cache`), the others read and then kept."""
+
+    def read(i: int) -> Scan:
+        return scan_volume(files[i], plane, cache, fourth_axis)
+
+    # processes, not threads: parsing a header holds the GIL (2,000 CT slice headers from the page cache: 1.3-2.3 ms
+    # a file on one thread, 6.4-6.6 ms on eight)
+    if not cache:
+        return shared_map(read, len(files), (BadImageError, ImportError), processes=True, what="volume headers")
+    shards = HeaderShards(cache, f"{plane}|{fourth_axis}")
+    kept = shared_map(lambda i: shards.get(files[i]), len(files),  # a stat each
+                      threads=STAMP_THREADS if stats_wait(files) else 1)
+    found: list[Scan | BaseException | None] = [
+        None if record is None or isinstance(record, BaseException) else _from_record(files[i], record)
+        for i, record in enumerate(kept)]
+    todo = [i for i, item in enumerate(found) if item is None]
+    for i, item in zip(todo, shared_map(lambda j: read(todo[j]), len(todo), (BadImageError, ImportError),
+                                        processes=True, what="volume headers"), strict=True):
+        found[i] = item
+    if share()[0] == 0 and todo:  # every rank has every header now: the main rank keeps the new ones
+        shards.put((files[i], _record(found[i])) for i in todo if not isinstance(found[i], ImportError))
+    if files:
+        log.info("volume headers: %d read, %d kept in data.volume_cache (unchanged files)", len(todo),
+                 len(files) - len(todo))
+    return found  # type: ignore[return-value]
 
 
 def read_headers(files: Sequence[Path], labels: Sequence[int] | np.ndarray | None, plane: str, cache: str,
@@ -398,10 +457,7 @@ def read_headers(files: Sequence[Path], labels: Sequence[int] | np.ndarray | Non
     # read while the others, their headers kept, have gone on to the next exchange
     if all(shared_map(lambda _: key in _HEADERS, share()[1])):
         return _HEADERS[key]
-    # processes, not threads: parsing a header holds the GIL (2,000 CT slice headers from the page cache: 1.3-2.3 ms
-    # a file on one thread, 6.4-6.6 ms on eight)
-    found = shared_map(lambda i: scan_volume(files[i], plane, cache, fourth_axis), len(files),
-                       (BadImageError, ImportError), processes=True, what="volume headers")
+    found = _scanned(files, plane, cache, fourth_axis)
     scans: list[Scan] = []
     scan_labels: list[int] = []
     failed: list[BadImageError] = []
