@@ -30,9 +30,11 @@ def cli(out: Path, data_root: Path, *extra: str, fault: str = "", torchrun: int 
     else:
         cmd = [sys.executable, str(REPO / "tests" / "fault_run.py"), "pretrain", *args]
     env = {**os.environ, "FAULT": fault, "OMP_NUM_THREADS": "1"}
-    # its own process group, so that a test can signal the run and its loader workers together, as Slurm does
+    # its own process group, so that a test can signal the run and its loader workers together, as Slurm does; Ctrl-C
+    # not ignored, as in a terminal (a suite started as a shell's background job, `make test &`, ignores SIGINT, and
+    # a child inherits that)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str]:

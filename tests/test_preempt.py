@@ -36,22 +36,23 @@ def test_signals_are_recorded_not_fatal_and_the_handlers_come_back():
 
 
 def test_ctrl_c_once_saves_twice_stops_at_once_and_an_ignored_one_stays_ignored(caplog):
-    before = signal.getsignal(signal.SIGINT)
-    with caplog.at_level(logging.WARNING, logger="openmae.train"):
-        with StopSignals(["SIGTERM", "SIGINT"]) as stops:
-            os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: recorded, the run goes on to its save
-            assert stops.received == "SIGINT"
-            with pytest.raises(KeyboardInterrupt):
-                os.kill(os.getpid(), signal.SIGINT)  # the second: at once, as Python would
-    assert "Ctrl-C (SIGINT) received: saving a checkpoint" in caplog.text and "Ctrl-C again stops at once" in caplog.text
-    assert signal.getsignal(signal.SIGINT) is before
-    with StopSignals(["SIGTERM", "SIGINT"]) as stops:  # a SIGTERM first, then Ctrl-C: the user will not wait either
-        os.kill(os.getpid(), signal.SIGTERM)
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-        assert stops.received == "SIGTERM"
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # started as a shell script's background job
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whoever started the suite
     try:
+        with caplog.at_level(logging.WARNING, logger="openmae.train"):
+            with StopSignals(["SIGTERM", "SIGINT"]) as stops:
+                os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: recorded, the run goes on to its save
+                assert stops.received == "SIGINT"
+                with pytest.raises(KeyboardInterrupt):
+                    os.kill(os.getpid(), signal.SIGINT)  # the second: at once, as Python would
+        assert "Ctrl-C (SIGINT) received: saving a checkpoint" in caplog.text
+        assert "Ctrl-C again stops at once" in caplog.text
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with StopSignals(["SIGTERM", "SIGINT"]) as stops:  # a SIGTERM first, then Ctrl-C: the user will not wait
+            os.kill(os.getpid(), signal.SIGTERM)
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+            assert stops.received == "SIGTERM"
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # started as a shell script's background job
         with StopSignals(["SIGINT"]) as stops:
             os.kill(os.getpid(), signal.SIGINT)
             assert stops.received is None and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
