@@ -394,3 +394,53 @@ def test_an_encoder_goes_to_a_timm_folder(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(encoder.forward_features(images), model.eval().forward_features(images),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_weights_by_address_or_hugging_face_hub_name_are_downloaded_once(tmp_path, monkeypatch):
+    """`--checkpoint facebook/vit-mae-base`, `hf-hub:timm/...@rev`, or an official checkpoint's https:// address:
+    before, "no such checkpoint file". The hub through huggingface_hub (its cache), an address into torch's hub
+    cache, once; the transfers themselves are stood in for (no network here). A mistyped local path is not sent to
+    the hub; a failed download says what to check."""
+    import huggingface_hub
+
+    from openmae.convert.export import convert_file
+    from openmae.convert.files import HUB_FILES
+
+    model = openmae.create_model("mae_vit_debug_patch4_32")
+    official = tmp_path / "mae_visualize_debug.pth"
+    torch.save({"model": model.state_dict()}, official)
+    hub_copy = convert_file(official, tmp_path / "hub" / "vit-mae-debug", "hf")
+    asked = []
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None):
+        asked.append((repo_id, revision, allow_patterns))
+        if repo_id != "facebook/vit-mae-debug":
+            raise huggingface_hub.errors.LocalEntryNotFoundError("Cannot find the requested files in the disk cache "
+                                                                 "and outgoing traffic has been disabled")  # offline
+        return str(hub_copy)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    for name in ("facebook/vit-mae-debug", "hf-hub:facebook/vit-mae-debug@v1.0"):
+        sd = load_file(name)["model"]
+        assert all(torch.equal(sd[k], v) for k, v in openmae_to_hf(model.state_dict(), layout="v4").items())
+    assert asked == [("facebook/vit-mae-debug", None, HUB_FILES), ("facebook/vit-mae-debug", "v1.0", HUB_FILES)]
+    assert load_pretrained("facebook/vit-mae-debug").cfg.embed_dim == 64  # anywhere weights are read
+    with pytest.raises(FileNotFoundError, match=r"no file or folder facebook/vit-mae-nope here, and the Hugging Face "
+                                                r"hub model .* could not be had \(LocalEntryNotFoundError: Cannot find"):
+        load_file("facebook/vit-mae-nope")
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    asked.clear()
+    with pytest.raises(FileNotFoundError, match="no such checkpoint file or model folder: runs/mine"):
+        load_file("runs/mine")  # a local folder of that name: a mistyped path, not a hub name
+    assert asked == []
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch_hub"))
+    fetched = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda url, dst, progress=True: fetched.append(url) or Path(dst).write_bytes(official.read_bytes()))
+    url = "https://dl.fbaipublicfiles.com/mae/visualize/mae_visualize_vit_debug.pth"
+    for _ in range(2):
+        sd = load_file(url)["model"]
+        assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+    assert fetched == [url] and (tmp_path / "torch_hub" / "checkpoints" / "mae_visualize_vit_debug.pth").is_file()

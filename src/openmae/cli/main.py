@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
             add_run_flags(p, training=name not in ("knn", "evaluate"))
         if name in ("finetune", "linprobe", "knn", "visualize"):
             p.add_argument("--checkpoint", "--init", help="pretrained weights: a file (openmae, official, timm), a "
-                           "Hugging Face folder, or a run folder (its model-last.pth)")
+                           "Hugging Face folder or hub name (facebook/vit-mae-base), an https:// address, or a run "
+                           "folder (its model-last.pth)")
         if name == "evaluate":
             p.add_argument("--checkpoint", "--init", required=True,
                            help="the classifier: model-best.pth of a finetune (or online linprobe) run, or its "

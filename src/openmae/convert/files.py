@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -53,11 +54,61 @@ def _unreadable(path: Path, err: BaseException) -> UnreadableCheckpointError:
         what)
 
 
+# a Hugging Face hub repository: owner/name, optionally as timm writes it (hf-hub:owner/name) and at a revision (@rev)
+HUB_ID = re.compile(r"^(?:hf[-_]hub:)?([A-Za-z0-9][\w.-]*/[\w.-]+)(?:@([\w./-]+))?$")
+# what a hub repository's weights are (one file or shards) and the configs that describe them
+HUB_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "model-*.safetensors",
+             "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json"]
+
+
+def fetch(source: str) -> Path | None:
+    """Where the weights ``source`` names lie on this machine when it is no local path: an ``https://`` address
+    (downloaded once into torch's hub cache, ``$TORCH_HOME/hub/checkpoints``, as ``torch.hub`` and timm keep
+    downloads; the official MAE checkpoints are such addresses), or a Hugging Face hub repository
+    ``owner/name[@revision]`` (its weights and configs, through huggingface_hub's cache; ``HF_HUB_OFFLINE=1`` reads
+    the cache alone, ``HF_TOKEN`` opens gated repositories). None for anything else."""
+    if source.startswith(("https://", "http://")):
+        return _download(source)
+    match = HUB_ID.match(source)
+    if match is None or Path(source).exists() or Path(source).parent.is_dir():  # runs/typo: a local path, mistyped
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(match[1], revision=match[2], allow_patterns=HUB_FILES))
+    except Exception as err:  # noqa: BLE001 - huggingface_hub's errors (not found, gated, offline, HTTP) share no base
+        said = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise FileNotFoundError(
+            f"no file or folder {source} here, and the Hugging Face hub model {match[1]} could not be had "
+            f"({type(err).__name__}: {said}); check the path or the model's name, the network (HF_HUB_OFFLINE=1 reads "
+            "only what was downloaded before), or HF_TOKEN for a gated model") from None
+
+
+def _download(url: str) -> Path:
+    """``url``'s file in torch's hub cache, downloaded first when it is not there (to a temporary file, then
+    renamed: an interrupted download leaves nothing that would be read as the file)."""
+    import urllib.error
+    from urllib.parse import urlparse
+
+    target = Path(torch.hub.get_dir()) / "checkpoints" / (Path(urlparse(url).path).name or "weights.pth")
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log.info("downloading %s to %s", url, target)
+        try:
+            torch.hub.download_url_to_file(url, str(target), progress=True)
+        except (OSError, urllib.error.URLError, ValueError) as err:
+            raise FileNotFoundError(f"could not download {url} ({type(err).__name__}: {err}); check the address and "
+                                    "the network, or download the file yourself and give its path") from None
+    return target
+
+
 def load_file(path: str | os.PathLike) -> Any:
     """Load a ``.pth``/``.pt``/``.bin`` (tensors and plain data only) or ``.safetensors`` file onto the CPU, or a
     Hugging Face model folder (:func:`load_hf_folder`). A ``.safetensors`` file whose metadata holds a model config
-    (``openmae convert --to openmae``) reads as ``{'model': tensors, 'model_config': ..., 'normalization': ...}``."""
-    path = Path(path)
+    (``openmae convert --to openmae``) reads as ``{'model': tensors, 'model_config': ..., 'normalization': ...}``.
+    An ``https://`` address or a Hugging Face hub model name is downloaded first (:func:`fetch`)."""
+    fetched = fetch(path) if isinstance(path, str) else None
+    path = fetched or Path(path)
     if path.is_dir():
         run_weights = path / RUN_WEIGHTS
         if run_weights.is_file() and not any((path / name).is_file() for name in HF_WEIGHTS):

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from openmae.convert.checkpoints import infer_config, stored_config, to_openmae_keys
-from openmae.convert.files import load_file, unwrap_state_dict
+from openmae.convert.files import fetch, load_file, unwrap_state_dict
 from openmae.convert.hf import detect_layout, is_hf_state_dict
 from openmae.data.normalization import recorded_stats
 from openmae.models.mae import DECODER_PREFIXES, MAEConfig
@@ -44,7 +44,7 @@ def _written_by(obj: Any, path: Path, task: str | None) -> str:
 
 def summarize(path: str | os.PathLike) -> dict[str, Any]:
     """Everything :func:`format_summary` prints, as plain data (``openmae info --json``)."""
-    path = Path(path)
+    path = (fetch(path) if isinstance(path, str) else None) or Path(path)  # a download's local copy
     obj = load_file(path)
     raw = unwrap_state_dict(obj)
     hf = is_hf_state_dict(raw)
