@@ -336,7 +336,7 @@ def test_a_classifier_goes_to_timm_and_hugging_face_with_its_head_classes_and_no
 
     from openmae.config import load_config
     from openmae.convert.export import convert_file
-    from openmae.engine.evaluate import load_classifier
+    from openmae.engine.evaluate import EvaluateConfig, load_classifier, run_evaluate
     from openmae.engine.finetune import finetune
     from openmae.engine.linprobe import LinprobeConfig, linprobe
 
@@ -372,6 +372,11 @@ def test_a_classifier_goes_to_timm_and_hugging_face_with_its_head_classes_and_no
     shape = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
     assert {k: read["model_config"][k] for k in shape} == {k: ours_cfg.to_dict()[k] for k in shape}
     assert read["normalization"] == stats
+    measured = [run_evaluate(load_config(EvaluateConfig, overrides=[
+        f"evaluate.init={weights}", "data.name=cifar10", f"data.root={datasets}", "data.max_eval_samples=32",
+        "data.num_workers=0"])) for weights in (best, folder)]  # the folder evaluated as the run's own file is
+    assert measured[1]["top1"] == measured[0]["top1"]
+    assert measured[1]["eval_loss"] == pytest.approx(measured[0]["eval_loss"], rel=1e-5)
     if kind == "finetune":  # kNN / probes read an encoder's final norm, which average pooling replaced
         with pytest.raises(StateDictMismatch, match="fine-tuned with average pooling has no final norm"):
             load_pretrained(best)

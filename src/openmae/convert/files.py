@@ -251,8 +251,7 @@ def load_hf_folder(folder: Path) -> dict[str, Any]:
     else:  # a timm model folder (timm's save_for_hf, `openmae convert --to timm`, a timm hub download)
         from openmae.convert.timm_folder import read_timm_config
 
-        shape, stats = read_timm_config(config)
-        out.update({k: v for k, v in (("model_config", shape), ("normalization", stats)) if v is not None})
+        out.update(read_timm_config(config))
     processor = folder / "preprocessor_config.json"
     if processor.is_file():
         p = json.loads(processor.read_text())

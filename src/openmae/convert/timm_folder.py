@@ -72,13 +72,14 @@ def save_timm_folder(sd: dict[str, torch.Tensor], cfg: MAEConfig, dst: str | Pat
     return dst
 
 
-def read_timm_config(config: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(the :class:`MAEConfig` dict, the normalisation) of a timm model folder's ``config.json`` (this module's, or a
-    timm hub download such as ``timm/vit_base_patch16_224.mae``); (None, None) for another kind of config. The shape
-    is read off the model timm builds from it, on the meta device (no memory, no weights): head counts are not in
-    the tensors' shapes."""
+def read_timm_config(config: dict[str, Any]) -> dict[str, Any]:
+    """What a timm model folder's ``config.json`` (this module's, or a timm hub download such as
+    ``timm/vit_base_patch16_224.mae``) says of its weights, as a loaded checkpoint holds it: ``model_config`` (the
+    :class:`MAEConfig` dict), ``normalization`` when it records one, and how a classifier's head reads the tokens
+    (``global_pool``, ``fc_norm``); {} for another kind of config. The shape is read off the model timm builds from
+    it, on the meta device (no memory, no weights): head counts are not in the tensors' shapes."""
     if not isinstance(config.get("architecture"), str):
-        return None, None
+        return {}
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
@@ -87,14 +88,17 @@ def read_timm_config(config: dict[str, Any]) -> tuple[dict[str, Any] | None, dic
         with torch.device("meta"):
             model = timm.create_model(config["architecture"], pretrained=False, num_classes=0, **args)
     except (RuntimeError, TypeError, ValueError):  # a model this timm does not know, or arguments it does not take
-        return None, None
+        return {}
     if not isinstance(model, VisionTransformer):
-        return None, None
+        return {}
     block = model.blocks[0]
     shape = MAEConfig(img_size=tuple(model.patch_embed.img_size), patch_size=model.patch_embed.patch_size[0],
                       in_chans=model.patch_embed.proj.in_channels, embed_dim=model.embed_dim, depth=len(model.blocks),
                       num_heads=block.attn.num_heads, mlp_ratio=block.mlp.fc1.out_features / model.embed_dim)
+    read: dict[str, Any] = {"model_config": shape.to_dict(), "global_pool": model.global_pool,
+                            "fc_norm": not isinstance(model.fc_norm, torch.nn.Identity)}
     pretrained = config.get("pretrained_cfg") or {}
-    stats = ({"mean": [float(v) for v in pretrained["mean"]], "std": [float(v) for v in pretrained["std"]],
-              "format": "image"} if pretrained.get("mean") and pretrained.get("std") else None)
-    return shape.to_dict(), stats
+    if pretrained.get("mean") and pretrained.get("std"):
+        read["normalization"] = {"mean": [float(v) for v in pretrained["mean"]],
+                                 "std": [float(v) for v in pretrained["std"]], "format": "image"}
+    return read

@@ -33,7 +33,7 @@ def _head_kind(obj: dict[str, Any], path: str) -> tuple[str, bool]:
     """(global_pool, BatchNorm head) of the classifier stored in ``obj``, or a ConfigError saying what the file is.
     A probe's BatchNorm head reads the final norm's output (``create_classifier(..., fc_norm=False)``)."""
     run_cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
-    if "global_pool" in obj:  # fine-tuning's model-best.pth
+    if "global_pool" in obj:  # fine-tuning's model-best.pth, a timm model folder
         return str(obj["global_pool"]), False
     if "finetune" in run_cfg:  # a fine-tuning run checkpoint (model-last.pth, checkpoint-*.pth)
         return str(run_cfg["finetune"].get("global_pool", "avg")), False
@@ -73,7 +73,7 @@ def load_classifier(path: str, data: DataConfig | None = None) -> tuple[nn.Modul
     if data is not None:
         inherit_stats(data, obj, path, cfg.in_chans)
     model = create_classifier(cfg, head.shape[0], global_pool, bn_head=bn_head, head_in=head.shape[1],
-                              fc_norm=False if bn_head else None)
+                              fc_norm=False if bn_head else obj.get("fc_norm"))  # a timm folder says it
     try:
         model.load_state_dict(sd)
     except RuntimeError as err:
