@@ -46,13 +46,18 @@ def save_timm_folder(sd: dict[str, torch.Tensor], cfg: MAEConfig, dst: str | Pat
     shape = {"img_size": list(cfg.img_size), "patch_size": cfg.patch_size, "in_chans": cfg.in_chans,
              "embed_dim": cfg.embed_dim, "depth": cfg.depth, "num_heads": cfg.num_heads, "mlp_ratio": cfg.mlp_ratio,
              "global_pool": global_pool, **({"fc_norm": fc_norm} if fc_norm is not None else {})}
-    model = timm.create_model(timm_architecture(cfg), pretrained=False, num_classes=num_classes, **shape)
     weights = fold_bn_head({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")})
+    if "head.weight" in weights and weights["head.weight"].shape[1] != cfg.embed_dim:
+        raise ValueError(f"its head reads {weights['head.weight'].shape[1]} features an image (a probe of several "
+                         f"blocks, or of the cls token and the mean together), which a timm ViT's head, reading "
+                         f"{cfg.embed_dim}, cannot; convert the encoder it probes instead")
+    model = timm.create_model(timm_architecture(cfg), pretrained=False, num_classes=num_classes, **shape)
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        raise ValueError(f"the weights do not fit a timm ViT of {cfg.embed_dim} wide, {cfg.depth} blocks, "
-                         f"{num_classes} classes, {global_pool} pooling: {str(err).splitlines()[1].strip()}") from None
+        said = " ".join(str(err).split())  # torch's message runs over several lines
+        raise ValueError(f"the weights do not fit a timm ViT {cfg.embed_dim} wide, {cfg.depth} blocks deep, of "
+                         f"{num_classes} classes with {global_pool} pooling: {said[:400]}") from None
     preprocessing: dict[str, Any] = {"interpolation": "bicubic", "crop_mode": "center",
                                      "crop_pct": eval_crop_pct(crop_pct, cfg.img_size)}
     if stats is not None:
