@@ -60,7 +60,11 @@ def test_info_on_a_classifier(tmp_path, datasets, capsys):
     assert info["classifier_classes"] == 10 and not info["decoder"]
     assert info["metrics"]["epoch"] == 1 and "top1" in info["metrics"]
     assert main(["info", str(tmp_path / "model-best.pth")]) == 0
-    assert "classifier head (10 classes)" in capsys.readouterr().out
+    assert "classifier head (10 classes: airplane, automobile, bird, cat, deer, dog, ...)" in capsys.readouterr().out
+    from openmae.convert.export import convert_file  # its timm model folder: the same names, from its config
+
+    assert summarize(convert_file(tmp_path / "model-best.pth", tmp_path / "clf", "hf"))["class_names"][:2] == [
+        "airplane", "automobile"]
     # the timm export: tensors as timm reads them, the architecture and normalisation in its metadata
     exported = summarize(tmp_path / "model-timm.safetensors")
     assert exported["architecture_from"] == "the file's config" and exported["classifier_classes"] == 10

@@ -252,6 +252,8 @@ def load_hf_folder(folder: Path) -> dict[str, Any]:
         from openmae.convert.timm_folder import read_timm_config
 
         out.update(read_timm_config(config))
+        if isinstance(config.get("label_names"), list):  # a classifier's class names, as timm keeps them
+            out["classes"] = config["label_names"]
     processor = folder / "preprocessor_config.json"
     if processor.is_file():
         p = json.loads(processor.read_text())

@@ -68,6 +68,7 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "encoder": any(k.startswith("blocks.") for k in sd),
         "decoder": any(k.startswith(DECODER_PREFIXES) for k in sd),
         "classifier_classes": int(raw[head_key].shape[0]) if head_key else None,
+        "class_names": list(obj["classes"]) if isinstance(obj, dict) and isinstance(obj.get("classes"), list) else None,
         "model": cfg.to_dict() if cfg else None,
         "architecture_from": "the file's config" if stored is not None else "the tensors' shapes (head counts guessed)" if cfg
         else f"nowhere: no ViT encoder among its keys ({', '.join(sorted(raw)[:5])}, ...)",
@@ -90,7 +91,9 @@ def format_summary(info: dict[str, Any]) -> str:
     m = info["model"]
     parts = [name for name, there in (("encoder", info["encoder"]), ("decoder", info["decoder"])) if there]
     if info["classifier_classes"] is not None:
-        parts.append(f"classifier head ({info['classifier_classes']} classes)")
+        names = info["class_names"] or []
+        shown = f": {', '.join(map(str, names[:6]))}{', ...' if len(names) > 6 else ''}" if names else ""
+        parts.append(f"classifier head ({info['classifier_classes']} classes{shown})")
     lines = [
         f"{info['path']}: {info['written_by']}, {info['layout']}",
         f"  parts: {', '.join(parts) or 'none recognised'}; {info['tensors']} tensors, "
