@@ -368,6 +368,8 @@ def test_a_classifier_goes_to_timm_and_hugging_face_with_its_head_classes_and_no
     processor = AutoImageProcessor.from_pretrained(folder)
     assert list(processor.data_config["mean"]) == stats["mean"] and list(processor.data_config["std"]) == stats["std"]
     assert "tag" not in config["pretrained_cfg"] and "num_classes" not in config["model_args"]
+    last = convert_file(run / "model-last.pth", tmp_path / "last", "hf")  # the run's last weights name them too
+    assert json.loads((last / "config.json").read_text())["label_names"] == config["label_names"]
     read = load_file(folder)  # the folder as a checkpoint: its shape (2 heads) and normalisation from config.json
     shape = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
     assert {k: read["model_config"][k] for k in shape} == {k: ours_cfg.to_dict()[k] for k in shape}

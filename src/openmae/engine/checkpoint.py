@@ -87,8 +87,8 @@ class CheckpointManager:
     def save(self, state: dict[str, Any], step: int, keep: bool = False) -> Path:
         state = {**state, "sha256": _digest(state), "keep": keep}
         path = save_file(state, self.path(step))
-        save_file({"model": state["model"], "model_config": state.get("model_config"),
-                   "config": state.get("config")}, self.run_dir / "model-last.pth")
+        save_file({"model": state["model"], "model_config": state.get("model_config"), "config": state.get("config"),
+                   **({"classes": state["classes"]} if "classes" in state else {})}, self.run_dir / "model-last.pth")
         self._prune()
         return path
 

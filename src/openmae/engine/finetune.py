@@ -66,9 +66,10 @@ class FinetuneTask:
         # Built on the run's device from the initial weights (the loop moves the same model there).
         self.ema = ModelEmaV3(self.model.to(device), decay=f.model_ema_decay, use_warmup=f.model_ema_warmup,
                               warmup_power=3 / 4) if f.model_ema else None
+        self.classes = list(self.train_source.classes)  # the outputs' names, in the files it writes
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
                                {"num_classes": self.num_classes, "global_pool": f.global_pool,
-                                "normalization": stats_record(cfg.data), "classes": list(self.train_source.classes)},
+                                "normalization": stats_record(cfg.data), "classes": self.classes},
                                report_prefix(cfg.data))
         if not cfg.data.holdout:
             log.info("evaluating on the '%s' split: model-best.pth is its best epoch, chosen on that split; report "

@@ -75,10 +75,11 @@ class LinprobeTask:
             load_encoder(self.classifier, sd, mae_cfg.grid, old_grid)
         for name, param in self.classifier.named_parameters():
             param.requires_grad = name.startswith("head.")
+        self.classes = list(self.train_source.classes)  # the outputs' names, in the files it writes
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
                                {"num_classes": self.num_classes, "mode": p.mode, "last_blocks": p.last_blocks,
                                 "pooling": p.pooling, "normalization": stats_record(cfg.data),
-                                "classes": list(self.train_source.classes)},
+                                "classes": self.classes},
                                report_prefix(cfg.data))
         if p.mode == "cached":
             self.classifier.to(device)

@@ -254,6 +254,8 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
             state = {"model": state_model, "optimizer": state_optim, "epoch": epoch_, "batch_in_epoch": batch_in_epoch,
                      "step": step, "rng": rngs, "config": to_dict(config), "model_config": model_config,
                      "task": task.name, "task_state": task.extra_state() if hasattr(task, "extra_state") else {}}
+            if getattr(task, "classes", None):  # a classifier's outputs' names, carried into model-last.pth
+                state["classes"] = task.classes
             if scaler.is_enabled():
                 state["scaler"] = scaler.state_dict()
             ckpts.save(state, step, keep=keep)
