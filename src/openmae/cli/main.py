@@ -160,14 +160,14 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     if not args.checkpoint:
         raise ConfigError("visualize needs the weights to reconstruct with: --checkpoint <file or folder> (a "
                           "pretraining run's model-last.pth, an official mae_visualize_*.pth, a Hugging Face folder)")
+    if args.count is not None and args.count < 1:
+        raise ConfigError(f"--count={args.count}: give the number of pictures to write, 1 or more")
     obj = load_file(args.checkpoint)
     model = load_pretrained(obj)
     inherit_stats(data, obj, args.checkpoint, model.cfg.in_chans)  # the pictures normalise as the run trained
     if not any(k.startswith("decoder_") for k in model.state_dict()) or model.cfg.decoder_depth == 0:
         raise ConfigError("visualize needs a checkpoint with the decoder")
     check_bands(args.bands, model.cfg.in_chans)
-    if args.count is not None and args.count < 1:
-        raise ConfigError(f"--count={args.count}: give the number of pictures to write, 1 or more")
     if args.images:
         paths = image_paths(args.images, suffixes_for(data))
         if args.count is not None and args.count < len(paths):  # spread over the folders, not the first class's

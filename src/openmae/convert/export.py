@@ -86,7 +86,7 @@ def classifier_folder(src: str | os.PathLike, obj: dict[str, Any], dst: Path) ->
     its run built it (how its head reads the tokens comes from the run's settings in the file)."""
     from openmae.engine.evaluate import load_classifier  # the engine's reading of a run's classifier file
 
-    model, cfg = load_classifier(str(src))
+    model, cfg = load_classifier(str(src), obj=obj)
     run_data = (obj.get("config") or {}).get("data") or {}
     return save_timm_folder(model.state_dict(), cfg, dst, model.num_classes, model.global_pool,
                             fc_norm=not isinstance(model.fc_norm, nn.Identity), classes=obj.get("classes"),

@@ -360,7 +360,7 @@ def stats_wait(files: FileList) -> bool:
     return any(shared_map(waits, share()[1]))
 
 
-def file_stamps(files: FileList) -> str:
+def file_stamps(files: FileList, slow: bool | None = None) -> str:
     """A digest of every file's size and modification time (a file changed since is read again: a stat a file, not a
     parse), in chunks of :data:`STAMP_CHUNK` files, :data:`STAMP_THREADS` chunks at a time where a stat waits. Inside
     :func:`openmae.data.ranks.shared_by_ranks`, when a rank's first stats wait (a network file system: one file
@@ -380,7 +380,7 @@ def file_stamps(files: FileList) -> str:
         return digest.hexdigest()
 
     count = -(-len(files) // STAMP_CHUNK)
-    if stats_wait(files):
+    if stats_wait(files) if slow is None else slow:  # ``slow``: the caller's probe
         chunks = shared_map(chunk, count, threads=STAMP_THREADS)
     else:
         chunks = [chunk(c) for c in range(count)]
@@ -411,9 +411,10 @@ def _from_record(path: Path, record: dict[str, Any]) -> Scan | BadImageError | N
         return None
 
 
-def _scanned(files: FileList, plane: str, cache: str, fourth_axis: str) -> list[Scan | BaseException]:
+def _scanned(files: FileList, plane: str, cache: str, fourth_axis: str, slow: bool) -> list[Scan | BaseException]:
     """Each file's :func:`scan_volume` (or its error), shared by the ranks; with ``data.volume_cache``, the headers
-    kept there for files unchanged since (:mod:`openmae.data.header_cache`), the others read and then kept."""
+    kept there for files unchanged since (:mod:`openmae.data.header_cache`), the others read and then kept, looked
+    up on threads where a stat waits (``slow``: :func:`stats_wait`)."""
 
     def read(i: int) -> Scan:
         return scan_volume(files[i], plane, cache, fourth_axis)
@@ -424,7 +425,7 @@ def _scanned(files: FileList, plane: str, cache: str, fourth_axis: str) -> list[
         return shared_map(read, len(files), (BadImageError, ImportError), processes=True, what="volume headers")
     shards = HeaderShards(cache, f"{plane}|{fourth_axis}")
     kept = shared_map(lambda i: shards.get(files[i]), len(files),  # a stat each
-                      threads=STAMP_THREADS if stats_wait(files) else 1)
+                      threads=STAMP_THREADS if slow else 1)
     found: list[Scan | BaseException | None] = [
         None if record is None or isinstance(record, BaseException) else _from_record(files[i], record)
         for i, record in enumerate(kept)]
@@ -451,13 +452,14 @@ def read_headers(files: Sequence[Path], labels: Sequence[int] | np.ndarray | Non
     ranks exchange them."""
     files = files if isinstance(files, FileList) else FileList(files)
     labels = None if labels is None else np.asarray(labels, dtype=np.int64)
-    key = "|".join((files.digest(), file_stamps(files), "" if labels is None else
+    slow = stats_wait(files)  # one probe for the stamps and the kept headers' lookups
+    key = "|".join((files.digest(), file_stamps(files, slow), "" if labels is None else
                     hashlib.sha1(labels.tobytes()).hexdigest(), plane, cache, fourth_axis))
     # kept on every rank, or read again on every rank: a rank whose files changed alone (its node's copy) must not
     # read while the others, their headers kept, have gone on to the next exchange
     if all(shared_map(lambda _: key in _HEADERS, share()[1])):
         return _HEADERS[key]
-    found = _scanned(files, plane, cache, fourth_axis)
+    found = _scanned(files, plane, cache, fourth_axis, slow)
     scans: list[Scan] = []
     scan_labels: list[int] = []
     failed: list[BadImageError] = []

@@ -195,22 +195,20 @@ def start_fresh(run_dir: str | Path, overwrite: bool, found: list[Path], is_main
     refused, since starting over would replace them."""
     if not found:
         return
-    names = ", ".join(p.name for p in found)
-    if resume_auto and not overwrite and all(path.name in LOGS_ONLY for path in found):
-        said = (f"resume=auto: the earlier run in {run_dir} stopped before it saved a checkpoint "
-                f"({_progress(run_dir).rstrip(': ') or 'no step logged'}), so there is nothing to continue from; "
-                f"starting over (its {names} removed)")
-    elif not overwrite:
+    starts_over = resume_auto and not overwrite and all(path.name in LOGS_ONLY for path in found)
+    if not overwrite and not starts_over:
         shown = ", ".join(path.name for path in found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
         ways = "continue it with --resume auto (train.resume=auto), " if not resume_auto else ""
         saved = " and no checkpoint of it loads" if resume_auto else ""
         raise FileExistsError(f"{run_dir} already holds a run ({_progress(run_dir)}{shown}){saved}; {ways}give this "
                               "run a folder of its own (-o), or set train.overwrite=true to start over there (those "
                               "files are removed)")
-    else:
-        said = f"train.overwrite=true: removing the earlier run's {names} from {run_dir}"
     if is_main:
-        log.warning(said)
+        names = ", ".join(p.name for p in found)
+        log.warning(f"resume=auto: the earlier run in {run_dir} stopped before it saved a checkpoint "
+                    f"({_progress(run_dir).rstrip(': ') or 'no step logged'}), so there is nothing to continue from; "
+                    f"starting over (its {names} removed)" if starts_over else
+                    f"train.overwrite=true: removing the earlier run's {names} from {run_dir}")
         for path in found:
             if path.is_dir():
                 shutil.rmtree(path)

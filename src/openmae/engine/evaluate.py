@@ -54,10 +54,10 @@ def _head_kind(obj: dict[str, Any], path: str) -> tuple[str, bool]:
                       "`openmae linprobe linprobe.mode=online`")
 
 
-def load_classifier(path: str, data: DataConfig | None = None) -> tuple[nn.Module, MAEConfig]:
+def load_classifier(path: str, data: DataConfig | None = None, obj: Any = None) -> tuple[nn.Module, MAEConfig]:
     """The classifier stored at ``path`` (its architecture from the file's model config) and that config;
-    ``data`` takes the normalisation the file records when its own is unset."""
-    obj = load_file(path)
+    ``data`` takes the normalisation the file records when its own is unset; ``obj``: the file, already loaded."""
+    obj = load_file(path) if obj is None else obj
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict) or not isinstance(obj.get("model_config"),
                                                                                              dict):
         raise ConfigError(f"{path} holds no 'model' weights with a 'model_config' (a bare weights file such as "
