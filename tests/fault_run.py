@@ -7,6 +7,8 @@
   optimizer step <step>, on the first attempt only.
 - ``raise_at_step:<step>``: optimizer step <step> raises a RuntimeError the CLI does not catch (as a CUDA
   out-of-memory error would).
+- ``signal_in_eval:<rank>:<call>:<name>``: that rank sends itself the signal <name> when the encoder's features are
+  computed for an evaluation (the kNN monitor) for the <call>-th time, on the first attempt only.
 - ``raise_in_eval``: the encoder's features raise a RuntimeError when computed for an evaluation (the kNN monitor),
   while the evaluation's loader is part-way through its images.
 """
@@ -66,6 +68,22 @@ elif fault.startswith("raise_at_step:"):
         return real_adamw_step(self, *args, **kwargs)
 
     torch.optim.AdamW.step = failing_step
+
+elif fault.startswith("signal_in_eval:"):
+    from openmae.models.mae import MaskedAutoencoder
+
+    _, rank, call, name = fault.split(":")
+    if os.environ.get("RANK", "0") == rank and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        evaluation_features, evaluated = MaskedAutoencoder.forward_features, {"n": 0}
+
+        def signalling_features(self, *args, **kwargs):
+            if not self.training:
+                evaluated["n"] += 1
+                if evaluated["n"] == int(call):
+                    os.kill(os.getpid(), getattr(signal, name))
+            return evaluation_features(self, *args, **kwargs)
+
+        MaskedAutoencoder.forward_features = signalling_features
 
 elif fault == "raise_in_eval":
     from openmae.models.mae import MaskedAutoencoder

@@ -307,9 +307,12 @@ def test_sigterm_to_torchrun_and_its_workers_saves_and_resume_matches(tmp_path, 
     assert code != 0
     (ckpt,) = CheckpointManager(run).list()
     stopped_at = CheckpointManager.load(ckpt)["step"]
-    # at an agreement step: step 4's when the signal lands between step 4's log line (which the wait above reads)
-    # and that step's agreement, a few milliseconds later (seen once in a full suite run), else a later one
-    assert f"stopped by SIGTERM after step {stopped_at}" in err and stopped_at in (4, 8, 12, 16)
+    # at an agreement step, a log step or an epoch's end (6 steps an epoch): step 4's when the signal lands between
+    # step 4's log line (which the wait above reads) and that step's agreement, a few milliseconds later (seen once
+    # in a full suite run), else a later one
+    said = (f"after epoch {stopped_at // 6} (step {stopped_at})" if stopped_at % 4 else  # step 12: a log step first
+            f"after step {stopped_at}")
+    assert f"stopped by SIGTERM {said}" in err and stopped_at in (4, 6, 8, 12, 16), err[-3000:]
     code, err = finish(cli(run, datasets, "train.batch_size=8", torchrun=2))
     assert code == 0, err[-3000:]
     assert f"resumed from {ckpt}" in err
@@ -317,14 +320,15 @@ def test_sigterm_to_torchrun_and_its_workers_saves_and_resume_matches(tmp_path, 
 
 
 def test_torchrun_stop_signal_on_one_rank_stops_all_at_one_step(tmp_path, datasets, reference_two_ranks):
-    """Rank 1 alone gets SIGUSR1 after step 5; the ranks agree at the next log step (8), save, exit; torchrun
-    restarts them (--max-restarts=2) and the resumed run ends where an uninterrupted one does."""
+    """Rank 1 alone gets SIGUSR1 after step 5; the ranks agree at the next log step or epoch end, whichever comes
+    first (the end of epoch 1, step 6; the next log step is 8), save, exit; torchrun restarts them
+    (--max-restarts=2) and the resumed run ends where an uninterrupted one does."""
     run = tmp_path / "run"
     code, err = finish(cli(run, datasets, "train.batch_size=8", "train.log_every_steps=4", "train.ckpt_every_steps=0",
                            fault="signal_at_step:1:5:SIGUSR1", torchrun=2))
     assert code == 0, err[-3000:]
-    assert "stopped by SIGUSR1 after step 8" in err
-    assert "resumed from" in err and "checkpoint-000000008.pth" in err
+    assert "stopped by SIGUSR1 after epoch 1 (step 6)" in err
+    assert "resumed from" in err and "checkpoint-000000006.pth" in err
     assert same(weights(run), reference_two_ranks)
 
 
@@ -333,3 +337,19 @@ def test_resume_with_other_model_settings_is_refused(tmp_path, datasets):
     pretrain(tiny_pretrain(run, datasets, "train.epochs=1"))
     with pytest.raises(CheckpointError, match="was written for model .* but this run builds"):
         pretrain(tiny_pretrain(run, datasets, "train.epochs=2", "train.resume=auto", "model.depth=3"))
+
+
+def test_torchrun_stop_during_the_main_ranks_evaluation_cuts_it_and_the_restart_evaluates_again(tmp_path, datasets,
+                                                                                             reference_two_ranks):
+    """Rank 0 alone evaluates (a kNN monitor; rank 1 waits) and gets SIGUSR1 during epoch 2's: it cuts the evaluation
+    short, the ranks agree, save as before it, exit; torchrun restarts them and the resumed run evaluates epoch 2
+    once more, ending where an uninterrupted run does (the monitor draws no random numbers)."""
+    run = tmp_path / "run"
+    code, err = finish(cli(run, datasets, "train.batch_size=8", "train.log_every_steps=4", "train.ckpt_every_steps=0",
+                           "pretrain.knn_every_epochs=1", "pretrain.knn_train_samples=64",
+                           "pretrain.knn_eval_samples=32", fault="signal_in_eval:0:3:SIGUSR1", torchrun=2))
+    assert code == 0, err[-3000:]
+    assert "stopped by SIGUSR1 during the evaluation after epoch 2 (step 12), which a resumed run does again" in err
+    assert "resumed from" in err and "checkpoint-000000012.pth" in err
+    assert err.count("epoch 1 kNN") == 1 and err.count("epoch 2 kNN") == 1 and err.count("epoch 3 kNN") == 1
+    assert same(weights(run), reference_two_ranks)

@@ -127,3 +127,60 @@ def test_no_stop_signals_leaves_the_handlers_alone(tmp_path, datasets, monkeypat
     finally:
         signal.signal(signal.SIGUSR1, before)
     assert "stopped_by" not in result and seen == [signal.SIGUSR1]
+
+
+def test_a_stop_during_an_epoch_end_evaluation_cuts_it_short_and_resume_evaluates_again(tmp_path, datasets,
+                                                                                        monkeypatch, caplog):
+    import openmae.eval.features as features
+
+    knn = ("pretrain.knn_every_epochs=1", "pretrain.knn_train_samples=64", "pretrain.knn_eval_samples=32")
+    pretrain(tiny_pretrain(tmp_path / "full", datasets, *knn))
+    real_tokens, calls = features.encoder_tokens, {"n": 0}
+
+    def tokens_then_signal(*args, **kwargs):  # Ctrl-C during the first batch of epoch 2's kNN monitor
+        calls["n"] += 1
+        if calls["n"] == 2 + 1:  # the kNN after epoch 1 reads 64 training and 32 evaluation images: 2 batches
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_tokens(*args, **kwargs)
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whoever started the suite
+    try:
+        with monkeypatch.context() as patch, caplog.at_level(logging.INFO):
+            patch.setattr(features, "encoder_tokens", tokens_then_signal)
+            result = pretrain(tiny_pretrain(tmp_path / "cut", datasets, *knn))
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert result["stopped_by"] == "SIGINT"
+    assert calls["n"] == 3  # cut short before the next batch: not the rest of the kNN's 64 + 32 images
+    assert re.search(r"stopped by SIGINT during the evaluation after epoch 2 \(step 8\), which a resumed run does again; "
+                     r"checkpoint saved in .*, \d+\.\d s after the signal", caplog.text)
+    assert "epoch 2 kNN" not in caplog.text and "epoch 1 kNN" in caplog.text
+    (ckpt,) = CheckpointManager(tmp_path / "cut").list()
+    state = CheckpointManager.load(ckpt)
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (8, 1, 4)  # as at epoch 2's last step
+    pretrain(tiny_pretrain(tmp_path / "cut", datasets, *knn, "train.resume=auto"))
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = lambda d: [{k: v for k, v in r.items() if k not in ("time", "images_per_s")}  # noqa: E731
+                      for r in read_metrics(d / "metrics.jsonl")]
+    assert rows(tmp_path / "full") == rows(tmp_path / "cut")  # epoch 2's kNN once, the same numbers
+
+
+def test_a_stop_during_the_evaluation_of_the_last_epoch_that_it_finishes_ends_the_run_as_usual(tmp_path, datasets,
+                                                                                               monkeypatch):
+    import openmae.eval.features as features
+
+    knn = ("pretrain.knn_every_epochs=1", "pretrain.knn_train_samples=64", "pretrain.knn_eval_samples=32")
+    real_tokens, calls = features.encoder_tokens, {"n": 0}
+
+    def tokens_then_signal(*args, **kwargs):  # a SIGTERM during the last batch of the last epoch's kNN
+        calls["n"] += 1
+        out = real_tokens(*args, **kwargs)
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(features, "encoder_tokens", tokens_then_signal)
+    result = pretrain(tiny_pretrain(tmp_path / "r", datasets, *knn))
+    assert "stopped_by" not in result and "knn_top1" in result and calls["n"] == 6
+    assert CheckpointManager.load(CheckpointManager(tmp_path / "r").list()[-1])["epoch"] == 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import logging
 import math
 import random
@@ -246,14 +247,45 @@ def end_workers(batches: Iterator[Batch]) -> None:
         shutdown()
 
 
+class StopAsked(Exception):
+    """Raised by a loop over :func:`batches_of` between two batches when the training run it serves was asked to stop
+    (Ctrl-C, a scheduler's SIGTERM) during its epoch-end evaluation: the run saves as before the evaluation, which
+    a resumed run does again, instead of making the user wait for (or, by pressing again, lose) a long evaluation."""
+
+
+_stop_asked: list[Callable[[], bool]] = []  # the innermost `stops_between_batches` of this process
+
+
+@contextlib.contextmanager
+def stops_between_batches(asked: Callable[[], bool]) -> Iterator[None]:
+    """While active, the loops over :func:`batches_of` raise :class:`StopAsked` before a batch once ``asked()``.
+    The training loop sets it around its evaluations alone (what else it does between steps is not cut short)."""
+    _stop_asked.append(asked)
+    try:
+        yield
+    finally:
+        _stop_asked.pop()
+
+
+def _checked(batches: Iterator[Batch], asked: Callable[[], bool]) -> Iterator[Batch]:
+    """``batches``, asking before the first is read (which starts the loader's workers) and before each is used;
+    one asked for during the last batch lets the loop end as usual."""
+    for batch in itertools.chain([None], batches):
+        if asked():
+            raise StopAsked("a stop was asked for during an evaluation")
+        if batch is not None:
+            yield batch
+
+
 @contextlib.contextmanager
 def batches_of(loader: Iterable[Batch]) -> Iterator[Iterator[Batch]]:
     """An iterator over ``loader`` whose worker processes stop when the ``with`` block ends, by an error in it too:
     an error's traceback keeps a plain ``for`` loop's iterator alive, and with it the loader's idle workers (a
-    notebook keeps its last traceback until the next error)."""
+    notebook keeps its last traceback until the next error). Inside :func:`stops_between_batches` it raises
+    :class:`StopAsked` between batches once a stop was asked for."""
     batches = iter(loader)
     try:
-        yield batches
+        yield _checked(batches, _stop_asked[-1]) if _stop_asked else batches
     finally:
         end_workers(batches)
         if isinstance(batches, Generator):  # a generator over a loader (eval_batches): closed, it stops its own

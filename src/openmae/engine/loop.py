@@ -26,7 +26,15 @@ from tqdm import tqdm
 
 from openmae.config import dump_yaml, to_dict
 from openmae.data.ahead import DeviceAhead
-from openmae.data.loader import Batch, ResumableSampler, SeededSamples, end_workers, make_loader
+from openmae.data.loader import (
+    Batch,
+    ResumableSampler,
+    SeededSamples,
+    StopAsked,
+    end_workers,
+    make_loader,
+    stops_between_batches,
+)
 from openmae.data.normalization import inherit_stats
 from openmae.data.ranks import shared_by_ranks
 from openmae.engine.checkpoint import (
@@ -42,7 +50,7 @@ from openmae.engine.checkpoint import (
     start_fresh,
 )
 from openmae.engine.config import TrainConfig, precision_dtype
-from openmae.engine.distributed import DistInfo, all_reduce_mean, barrier, parallelize
+from openmae.engine.distributed import DistInfo, all_reduce_mean, barrier, from_main, parallelize
 from openmae.engine.host_memory import keep_freed_host_memory
 from openmae.engine.logging import MetricsLog, read_metrics
 from openmae.engine.optim import build_optimizer
@@ -68,7 +76,11 @@ class Task(Protocol):
     """What differs between pretraining, fine-tuning and probing. Optional hooks, called when a task has them:
     ``after_step(step)`` after each optimizer update (e.g. a weight average), and ``extra_state() -> dict`` /
     ``load_extra_state(state, path)`` for what the task keeps beyond its model (saved with every checkpoint and
-    restored on resume, so that resuming stays exact)."""
+    restored on resume, so that resuming stays exact).
+
+    ``after_epoch`` evaluates on the main rank alone (no collectives there) and ends with a barrier on every rank. A
+    stop asked for during it cuts its loops over ``openmae.data.loader.batches_of`` short (``StopAsked``): it must
+    change what a checkpoint keeps only after those loops (the best weights' record, a monitor's state)."""
 
     name: str
     model: nn.Module
@@ -155,8 +167,9 @@ def _options() -> StateDictOptions:
     return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
-    state = rng_state()
+def _gather_rng(info: DistInfo, state: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every rank's random generators' ``state`` (their state now by default), on every rank."""
+    state = rng_state() if state is None else state
     if not info.enabled:
         return [state]
     import torch.distributed as dist
@@ -246,10 +259,10 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
     metrics_log = MetricsLog(run_dir, info.is_main, resumed, train_cfg.tensorboard)
     run = Run(config, train_cfg, run_dir, info, metrics_log, step, epoch)
 
-    def checkpoint(epoch_: int, batch_in_epoch: int, keep: bool = False) -> None:
+    def checkpoint(epoch_: int, batch_in_epoch: int, keep: bool = False, rng: dict[str, Any] | None = None) -> None:
         state_model = get_model_state_dict(model, options=_options())
         state_optim = get_optimizer_state_dict(model, optimizer, options=_options())
-        rngs = _gather_rng(info)
+        rngs = _gather_rng(info, rng)
         if info.is_main:
             state = {"model": state_model, "optimizer": state_optim, "epoch": epoch_, "batch_in_epoch": batch_in_epoch,
                      "step": step, "rng": rngs, "config": to_dict(config), "model_config": model_config,
@@ -291,6 +304,19 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
                 "skipped_files": skipped_files, "skipped_steps": skipped_steps, **extra}
         metrics_log.write(last)
         pending, window_start, window_images = [], time.perf_counter(), 0
+
+    def stopped(stop: str, when: str) -> dict[str, Any]:
+        """Log the stop (its checkpoint saved) and what the run returns."""
+        bar.close()
+        if info.is_main:
+            # None where only another rank got the signal
+            waited = None if stops.received_at is None else time.monotonic() - stops.received_at
+            after = "" if waited is None else f", {waited:.1f} s after the signal"
+            log.warning("stopped by %s %s; checkpoint saved in %s%s. Run the same command with --resume=auto "
+                        "(train.resume=auto) to continue exactly from here", stop, when, run_dir, after)
+            if waited is not None and (warning := torchrun_grace_warning(waited)):
+                log.warning(warning)
+        return {**last, "stopped_by": stop}
 
     bar = tqdm(total=total_steps, initial=step, disable=not (info.is_main and train_cfg.progress), unit="step",
                dynamic_ncols=True, desc=task.name)
@@ -373,29 +399,37 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
                 flush(epoch)
                 if not saved:  # the periodic save of this very step may just have written it
                     checkpoint(epoch, i + 1)
-                bar.close()
-                if info.is_main:
-                    # None where only another rank got the signal
-                    waited = None if stops.received_at is None else time.monotonic() - stops.received_at
-                    after = "" if waited is None else f", {waited:.1f} s after the signal"
-                    log.warning("stopped by %s after step %d; checkpoint saved in %s%s. Run the same command with "
-                                "--resume=auto (train.resume=auto) to continue exactly from here", stop, step, run_dir,
-                                after)
-                    if waited is not None and (warning := torchrun_grace_warning(waited)):
-                        log.warning(warning)
-                return {**last, "stopped_by": stop}
+                return stopped(stop, f"after step {step}")
         start_batch = 0
         flush(epoch)
         epoch += 1
         run.epoch = epoch
-        evaluated = task.after_epoch(run, epoch)
+        before_evaluation = rng_state()  # what a stop during the evaluation saves with (a resumed run evaluates again)
+        cut = False
+        try:
+            # a stop asked for during the evaluation (which may take minutes) cuts it short at its next batch
+            with stops_between_batches(lambda: stops.received is not None):
+                evaluated = task.after_epoch(run, epoch)
+        except StopAsked:  # on the main rank, which alone evaluates: the others wait at the end of their after_epoch
+            evaluated, cut = {}, True
+            barrier(info)  # (rank 0's evaluations are no collectives, so theirs is the barrier it skipped)
+        stop = stops.agreed(info)  # once an epoch, on every rank
+        if stop and from_main(cut, info):  # saved as at the end of the epoch's last step, before its evaluation
+            checkpoint(epoch - 1, batches, rng=before_evaluation)
+            return stopped(stop, f"during the evaluation after epoch {epoch} (step {step}), which a resumed run "
+                                 "does again")
         if evaluated:
             last = {**last, **evaluated}
             metrics_log.write({"step": step, "epoch": epoch, **evaluated})
         periodic = train_cfg.ckpt_every_epochs and epoch % train_cfg.ckpt_every_epochs == 0
         halt = train_cfg.halt_after_steps and step == train_cfg.halt_after_steps
-        if periodic or epoch == train_cfg.epochs or halt or train_cfg.ckpt_every_steps:
+        saved = bool(periodic or epoch == train_cfg.epochs or halt or train_cfg.ckpt_every_steps)
+        if saved:
             checkpoint(epoch, 0, keep=bool(periodic))
+        if stop and epoch < train_cfg.epochs:  # (after the last epoch's evaluation the run is done)
+            if not saved:
+                checkpoint(epoch, 0)
+            return stopped(stop, f"after epoch {epoch} (step {step})")
         window_start, window_images = time.perf_counter(), 0  # evaluation and saving are not training time
         if halt:
             bar.close()
