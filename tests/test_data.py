@@ -684,6 +684,46 @@ def test_shared_map_spreads_long_work_over_forked_processes(monkeypatch, caplog)
     assert ranks.pool_size() == len(os.sched_getaffinity(0)) // 2
 
 
+CTRL_C_IN_A_POOL = """
+import logging, sys, time
+from openmae.data import ranks
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+ranks.pool_size = lambda: 3  # three processes on any machine
+ranks.POOL_AFTER_S = 0.0  # whatever the work's length
+# 48 items after the 16 timed here, in chunks of 2: two processes each take a 30 s item, the third does the rest
+# and waits for work
+try:
+    ranks.shared_map(lambda i: time.sleep(30 if i in (16, 18) else 0.01), 64, processes=True, what="the items")
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_during_work_in_forked_processes_stops_it_at_once_without_their_tracebacks(tmp_path):
+    """A terminal's Ctrl-C reaches the pool's processes too (a large DICOM folder's headers parsed at a run's
+    start): one waiting for work printed a KeyboardInterrupt traceback of its own. Now the items in hand stop and
+    the parent, interrupted, returns at once, with no process's traceback."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    script = tmp_path / "pool.py"
+    script.write_text(CTRL_C_IN_A_POOL)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert "the items: " in proc.stderr.readline()  # the first items timed: the processes take the rest
+    time.sleep(2.0)  # the short items done: a process waits for work
+    signalled = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: every process of the foreground group
+    out, err = proc.communicate(timeout=60)
+    waited = time.monotonic() - signalled
+    assert proc.returncode == 130 and out == "interrupted\n", err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert waited < 10, f"the interrupted map ended {waited:.1f} s after Ctrl-C: it waited for the 30 s items"
+
 def _item_equal(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)

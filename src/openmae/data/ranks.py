@@ -14,6 +14,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -61,8 +62,33 @@ def pool_size() -> int:
     return cores // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
 
 
+_ctrl_c = {"received": False, "in_item": False}  # in a pool process
+
+
 def _pool_call(i: int) -> Any:
-    return _POOL_WORK[-1](i)
+    if _ctrl_c["received"]:  # the rest of a chunk after a Ctrl-C: the parent no longer waits for it
+        raise KeyboardInterrupt
+    _ctrl_c["in_item"] = True
+    try:
+        return _POOL_WORK[-1](i)
+    finally:
+        _ctrl_c["in_item"] = False
+
+
+def _ctrl_c_in_pool(number: int, frame: Any) -> None:
+    """A pool process's Ctrl-C (a terminal sends it to every process of the run): the item in hand stops, as Python
+    stops it, and goes back to the parent as that item's exception (the parent, interrupted too, drops it); a
+    process waiting for work goes on waiting, to be ended by the parent. Left to Python, such a process printed a
+    traceback of its own; ignoring Ctrl-C instead made the parent wait for the chunks in hand (an eighth of a
+    process's share each); ending the process at once breaks the executor of Python 3.11 (its manager thread then
+    reports an InvalidStateError)."""
+    _ctrl_c["received"] = True
+    if _ctrl_c["in_item"]:
+        raise KeyboardInterrupt
+
+
+def _pool_process_start() -> None:
+    signal.signal(signal.SIGINT, _ctrl_c_in_pool)
 
 
 def _in_processes(one: Callable[[int], Any], items: range, size: int) -> list[Any]:
@@ -73,7 +99,8 @@ def _in_processes(one: Callable[[int], Any], items: range, size: int) -> list[An
     gc.collect()
     gc.freeze()  # until the map ends: the processes are forked as it goes
     try:  # a process killed (out of memory) raises BrokenProcessPool here instead of leaving the map waiting
-        with ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_pool_process_start) as pool:
             return list(pool.map(_pool_call, items, chunksize=max(1, len(items) // (size * 8))))
     finally:
         gc.unfreeze()
