@@ -66,6 +66,40 @@ def test_every_preset_loads_and_validates(path):
         cfg.model.resolve()
 
 
+def test_presets_are_installed_with_the_package_and_read_by_name_from_anywhere(tmp_path, monkeypatch):
+    """A ``pip install`` has no checkout: ``-c mae_vit_base_imagenet`` (or the checkout's path the README shows) reads
+    the preset installed with openmae, from any folder; a wrong name suggests the closest and lists them all. A
+    wheel built from the tree holds every preset."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from openmae.config import PRESETS, preset_names
+
+    assert PRESETS.parent.name == "openmae" and (REPO / "configs").resolve() == PRESETS.resolve()
+    by_path = to_dict(load_config(PretrainConfig, [REPO / "configs/pretrain/mae_vit_base_imagenet.yaml"]))
+    monkeypatch.chdir(tmp_path)  # not in the checkout
+    for given in ("mae_vit_base_imagenet", "mae_vit_base_imagenet.yaml", "pretrain/mae_vit_base_imagenet",
+                  "configs/pretrain/mae_vit_base_imagenet.yaml"):
+        assert to_dict(load_config(PretrainConfig, [given])) == by_path, given
+    both = load_config(FinetuneConfig, ["fashion_mnist", "fashion_mnist_30ep"])  # a base and its overlay
+    assert (both.train.epochs, both.finetune.mixup) == (30, 0.8)
+    assert "small_cached" in preset_names("linprobe") and load_config(LinprobeConfig, ["small_cached"])
+    with pytest.raises(ConfigError, match=r"config file mae_vit_bse_imagenet does not exist; did you mean the preset "
+                                          r"mae_vit_base_imagenet\? The presets of this command: cifar10, .*"
+                                          r"mae_vit_large_imagenet \(-c <name>\)"):
+        load_config(PretrainConfig, ["mae_vit_bse_imagenet"])
+    with pytest.raises(ConfigError, match=r"config file \.\./configs/x does not exist"):
+        load_config(PretrainConfig, ["../configs/x"])
+    local = tmp_path / "cifar10.yaml"  # a file of the user's own wins over a preset's name
+    local.write_text("train:\n  epochs: 3\n  warmup_epochs: 1\n")
+    assert load_config(PretrainConfig, ["cifar10.yaml"], check=False).train.epochs == 3
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(REPO),
+                    "-w", str(tmp_path / "wheel")], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheel").glob("openmae-*.whl")
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("openmae/configs/")}
+    assert shipped == {f"openmae/configs/{p.relative_to(PRESETS).as_posix()}" for p in PRESETS.glob("*/*.yaml")}
+
 def test_paper_presets_hold_the_paper_recipe():
     base = load_config(PretrainConfig, [REPO / "configs/pretrain/mae_vit_base_imagenet.yaml"])
     assert (base.train.blr, base.train.weight_decay, base.train.betas, base.pretrain.mask_ratio) == (1.5e-4, 0.05, (0.9, 0.95), 0.75)

@@ -174,15 +174,40 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
+PRESETS = Path(__file__).parent / "configs"  # the YAML presets installed with openmae: pretrain/, finetune/, linprobe/
+
+
+def preset_names(folder: str) -> list[str]:
+    """The names of the presets in ``PRESETS/<folder>`` (``mae_vit_base_imagenet``, ...), sorted."""
+    return sorted(p.stem for p in (PRESETS / folder).glob("*.yaml")) if folder else []
+
+
+def config_file(given: str | Path, folder: str = "") -> Path:
+    """The YAML file ``given`` names: a file's path, else one of the installed presets, by name in ``folder``
+    (``mae_vit_base_imagenet``), by ``<folder>/<name>``, or by its path in a source checkout
+    (``configs/pretrain/cifar10.yaml``, which a ``pip install`` leaves behind)."""
+    path = Path(given)
+    if path.is_file():
+        return path
+    name = path.as_posix().removeprefix("configs/").removesuffix(".yaml")
+    for candidate in (PRESETS / folder / f"{name}.yaml" if folder else None, PRESETS / f"{name}.yaml"):
+        if candidate is not None and candidate.is_file() and ".." not in path.parts:
+            return candidate
+    names = preset_names(folder)
+    close = difflib.get_close_matches(Path(name).name, names, n=1)
+    presets = (f"; did you mean the preset {close[0]}?" if close else "") + (
+        f" The presets of this command: {', '.join(names)} (-c <name>)" if names else "")
+    raise ConfigError(f"config file {given} does not exist{presets}")
+
+
 def load_config(cls: type[T], files: list[str | Path] | None = None, overrides: list[str] | None = None,
                 check: bool = True) -> T:
-    """Defaults of ``cls``, then each YAML file in order, then ``key.sub=value`` overrides; validated unless
-    ``check`` is false (types are checked either way)."""
+    """Defaults of ``cls``, then each YAML file in order (a path, or the name of one of ``cls``'s presets:
+    :func:`config_file`), then ``key.sub=value`` overrides; validated unless ``check`` is false (types are checked
+    either way)."""
     tree: dict[str, Any] = {}
-    for path in files or []:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+    for given in files or []:
+        path = config_file(given, getattr(cls, "PRESETS", ""))
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")

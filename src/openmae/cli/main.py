@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from openmae.config import ConfigError, dump_yaml, from_dict, load_config, parse_override, validate
+from openmae.config import ConfigError, dump_yaml, from_dict, load_config, parse_override, preset_names, validate
 from openmae.engine.config import COMPILE_MODES
 from openmae.engine.task_config import EvaluateConfig, FinetuneConfig, KnnConfig, LinprobeConfig, PretrainConfig
 
@@ -55,10 +55,13 @@ def run_overrides(args: argparse.Namespace, rest: list[str]) -> list[str]:
     return out + rest
 
 
-def add_run_flags(parser: argparse.ArgumentParser, training: bool = True) -> None:
+def add_run_flags(parser: argparse.ArgumentParser, training: bool = True, presets: str = "") -> None:
     """The flags of commands built from a config; ``training``: also the run folder and resuming (not for knn and
-    evaluate, which write no run)."""
-    parser.add_argument("--config", "-c", action="append", default=[], help="YAML preset(s), applied in order")
+    evaluate, which write no run); ``presets``: the folder of the command's installed presets."""
+    names = preset_names(presets)
+    parser.add_argument("--config", "-c", action="append", default=[],
+                        help="YAML file(s), applied in order" + (f", or the name of a preset installed with openmae: "
+                                                                  f"{', '.join(names)}" if names else ""))
     parser.add_argument("--data-root", help="folder holding named datasets (default $OPENMAE_DATA)")
     parser.add_argument("--data", help="image folder (data.path); for the commands that read labels, a folder of "
                         "class folders (data.name=imagefolder), or of split folders holding them (train/, test/)")
@@ -288,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         if name in ("pretrain", "finetune", "linprobe", "knn", "evaluate"):
-            add_run_flags(p, training=name not in ("knn", "evaluate"))
+            add_run_flags(p, training=name not in ("knn", "evaluate"),
+                          presets=name if name in ("pretrain", "finetune", "linprobe") else "")
         if name in ("finetune", "linprobe", "knn", "visualize"):
             p.add_argument("--checkpoint", "--init", help="pretrained weights: a file (openmae, official, timm), a "
                            "Hugging Face folder or hub name (facebook/vit-mae-base), an https:// address, or a run "

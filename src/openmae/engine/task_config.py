@@ -5,6 +5,7 @@ once; the tasks that run them live beside this module (``engine/pretrain.py`` ..
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from openmae.config import require
 from openmae.data.config import SHIFT_MODES, DataConfig, check_recipe
@@ -48,6 +49,7 @@ class PretrainSection:
 
 @dataclass
 class PretrainConfig:
+    PRESETS: ClassVar[str] = "pretrain"  # its presets' folder (openmae.config.PRESETS)
     model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/pretrain"))
@@ -107,6 +109,7 @@ class FinetuneSection:
 
 @dataclass
 class FinetuneConfig:
+    PRESETS: ClassVar[str] = "finetune"  # its presets' folder (openmae.config.PRESETS)
     model: ModelSection = field(default_factory=lambda: ModelSection(name="auto"))
     data: DataConfig = field(default_factory=lambda: DataConfig(crop_scale=(0.08, 1.0)))  # timm's / the paper's crop
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
@@ -150,6 +153,7 @@ class LinprobeSection:
 
 @dataclass
 class LinprobeConfig:
+    PRESETS: ClassVar[str] = "linprobe"  # its presets' folder (openmae.config.PRESETS)
     model: ModelSection = field(default_factory=lambda: ModelSection(name="auto"))
     data: DataConfig = field(default_factory=lambda: DataConfig(crop_scale=(0.08, 1.0)))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
