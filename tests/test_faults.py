@@ -353,3 +353,17 @@ def test_torchrun_stop_during_the_main_ranks_evaluation_cuts_it_and_the_restart_
     assert "resumed from" in err and "checkpoint-000000012.pth" in err
     assert err.count("epoch 1 kNN") == 1 and err.count("epoch 2 kNN") == 1 and err.count("epoch 3 kNN") == 1
     assert same(weights(run), reference_two_ranks)
+
+
+def test_torchrun_ranks_wait_for_the_main_ranks_evaluation_and_save_past_the_collective_timeout(tmp_path, datasets,
+                                                                                                reference_two_ranks):
+    """Rank 0 alone evaluates (a kNN monitor) and writes checkpoints while rank 1 waits. With the waits in a barrier,
+    work of rank 0's longer than the process group's timeout (NCCL's: 10 minutes by default; here gloo's, set to 3 s
+    by train.dist_timeout_s) ended the job; the ranks wait on the job's store now, with no collective in flight."""
+    run = tmp_path / "run"
+    code, err = finish(cli(run, datasets, "train.batch_size=8", "train.dist_timeout_s=3", "pretrain.knn_every_epochs=1",
+                           "pretrain.knn_train_samples=64", "pretrain.knn_eval_samples=32", fault="slow_main:8",
+                           torchrun=2))
+    assert code == 0, err[-3000:]
+    assert "resumed from" not in err and err.count("epoch 3 kNN") == 1  # one attempt, to the end
+    assert same(weights(run), reference_two_ranks)

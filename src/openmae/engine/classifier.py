@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from openmae.convert.files import save_file, weights_metadata
 from openmae.data.config import DataConfig
 from openmae.data.loader import Batch, batches_of
-from openmae.engine.distributed import barrier
+from openmae.engine.distributed import wait_for_main
 from openmae.engine.loop import Run
 from openmae.models.vit import fold_bn_head
 
@@ -137,7 +137,7 @@ def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module, eva
         else:
             log.info("epoch %d: top-1 %.2f top-5 %.2f (best %.2f, epoch %d)", epoch, out["top1"], out["top5"],
                      out["best_top1"], out["best_epoch"])
-    barrier(run.info)
+    wait_for_main(run.info)
     return out
 
 

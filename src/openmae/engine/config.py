@@ -108,6 +108,9 @@ class TrainConfig:
     # the signal's number (a second Ctrl-C stops at once); [] leaves them to end the process at once
     stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGINT")
     device: str = "auto"
+    # seconds a collective of torchrun's process group may wait for a rank (0: torch's default, 10 minutes with NCCL,
+    # 30 with gloo); the main rank's evaluations and checkpoint writes are waited for without one in flight
+    dist_timeout_s: float = 0.0
     tensorboard: bool = True
     progress: bool = True
 
@@ -116,6 +119,8 @@ class TrainConfig:
         require(0 <= self.warmup_epochs <= self.epochs, "train.warmup_epochs", self.warmup_epochs,
                 f"between 0 and train.epochs ({self.epochs}); a shorter run than the recipe's needs a shorter warm-up "
                 f"too, such as train.warmup_epochs={self.epochs // 20} (the paper's: a twentieth of the epochs)")
+        require(self.dist_timeout_s >= 0, "train.dist_timeout_s", self.dist_timeout_s,
+                ">= 0 seconds (0: torch's default)")
         require(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1 (images per process and step)")
         require(self.accum_steps >= 1, "train.accum_steps", self.accum_steps, ">= 1")
         require(self.blr > 0, "train.blr", self.blr, "> 0")

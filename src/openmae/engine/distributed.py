@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import os
 from dataclasses import dataclass
@@ -40,8 +41,14 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 _GROUPS = itertools.count()  # the process groups this process has joined
 
 
-def init_distributed(device_name: str = "auto") -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
+_STORE: list[Any] = []  # the key-value store of the process group init_distributed joined (wait_for_main's)
+_WAITS = itertools.count()  # wait_for_main's calls: every rank makes them in the same order
+MAIN_WAIT = datetime.timedelta(days=1)  # how long the other ranks wait for the main rank's work of its own
+
+
+def init_distributed(device_name: str = "auto", timeout_s: float = 0.0) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU; ``timeout_s``:
+    how long a collective waits for a rank (0: torch's default)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -57,7 +64,9 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
         store, rank, world = next(dist.rendezvous("env://"))
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         store = dist.PrefixStore(f"openmae/attempt{attempt}/group{next(_GROUPS)}", store)
-        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
+        timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, timeout=timeout)
+        _STORE[:] = [store]
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
@@ -113,11 +122,25 @@ def from_main(value: Any, info: DistInfo) -> Any:
     return box[0]
 
 
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
+def wait_for_main(info: DistInfo) -> None:
+    """Every rank waits here for the main rank, back from work of its own (an evaluation, writing a checkpoint).
+    They wait on the job's key-value store, with no collective in flight: however long that work takes, no
+    collective times out (NCCL's watchdog ends a process whose collective has waited 10 minutes by default, and a
+    kNN monitor over ImageNet's training images on one GPU takes about that long; HF's Trainer raises the timeout
+    instead). Where the process group was made outside openmae (no store known), a barrier."""
+    if not info.enabled:
+        return
+    if not _STORE:
         dist.barrier()
+        return
+    key = f"openmae/main-done/{next(_WAITS)}"
+    if info.is_main:
+        _STORE[0].set(key, "1")
+    else:
+        _STORE[0].wait([key], MAIN_WAIT)
 
 
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+    _STORE.clear()

@@ -50,7 +50,7 @@ from openmae.engine.checkpoint import (
     start_fresh,
 )
 from openmae.engine.config import TrainConfig, precision_dtype
-from openmae.engine.distributed import DistInfo, all_reduce_mean, barrier, from_main, parallelize
+from openmae.engine.distributed import DistInfo, all_reduce_mean, from_main, parallelize, wait_for_main
 from openmae.engine.host_memory import keep_freed_host_memory
 from openmae.engine.logging import MetricsLog, read_metrics
 from openmae.engine.optim import build_optimizer
@@ -78,7 +78,7 @@ class Task(Protocol):
     ``load_extra_state(state, path)`` for what the task keeps beyond its model (saved with every checkpoint and
     restored on resume, so that resuming stays exact).
 
-    ``after_epoch`` evaluates on the main rank alone (no collectives there) and ends with a barrier on every rank. A
+    ``after_epoch`` evaluates on the main rank alone (no collectives there) and ends with ``wait_for_main``. A
     stop asked for during it cuts its loops over ``openmae.data.loader.batches_of`` short (``StopAsked``): it must
     change what a checkpoint keeps only after those loops (the best weights' record, a monitor's state)."""
 
@@ -113,7 +113,7 @@ def launch(make_task: Callable[[DistInfo, Resume | None], Task], config: Any) ->
     from openmae.engine.logging import setup_console
     from openmae.engine.run_lock import run_lock
 
-    info = init_distributed(config.train.device)
+    info = init_distributed(config.train.device, config.train.dist_timeout_s)
     setup_console(info.is_main)
     try:
         t = config.train
@@ -272,7 +272,7 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
             if scaler.is_enabled():
                 state["scaler"] = scaler.state_dict()
             ckpts.save(state, step, keep=keep)
-        barrier(info)
+        wait_for_main(info)
 
     after_step = getattr(task, "after_step", None)
     pending: list[tuple[int, torch.Tensor, dict[str, torch.Tensor]]] = []
@@ -412,7 +412,7 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
                 evaluated = task.after_epoch(run, epoch)
         except StopAsked:  # on the main rank, which alone evaluates: the others wait at the end of their after_epoch
             evaluated, cut = {}, True
-            barrier(info)  # (rank 0's evaluations are no collectives, so theirs is the barrier it skipped)
+            wait_for_main(info)  # the one its after_epoch skipped, which the other ranks are in
         stop = stops.agreed(info)  # once an epoch, on every rank
         if stop and from_main(cut, info):  # saved as at the end of the epoch's last step, before its evaluation
             checkpoint(epoch - 1, batches, rng=before_evaluation)

@@ -15,7 +15,7 @@ from openmae.data.build import eval_batches, require_eval_folder, split_sources,
 from openmae.data.datasets import ImageSource, keep_stats, stats_for
 from openmae.data.loader import Batch
 from openmae.engine.config import TrainConfig
-from openmae.engine.distributed import DistInfo, barrier
+from openmae.engine.distributed import DistInfo, wait_for_main
 from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
 from openmae.engine.task_config import PretrainConfig
@@ -127,7 +127,7 @@ class PretrainTask:
             if p.knn_every_epochs and (epoch % p.knn_every_epochs == 0 or last):
                 out = self.knn()
                 log.info("epoch %d kNN: %s", epoch, ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
-        barrier(run.info)
+        wait_for_main(run.info)
         return out
 
 
