@@ -235,6 +235,36 @@ def test_resumed_probe_keeps_the_best_epochs_record(datasets, tmp_path, monkeypa
     assert load_file(tmp_path / "model-best.pth")["epoch"] == 1
 
 
+def test_a_resumed_online_probe_does_not_read_init_and_a_cached_one_says_why_it_must(datasets, tmp_path):
+    """An online probe's checkpoints hold its frozen encoder: resumed, it finishes after linprobe.init is gone (as
+    fine-tuning does), equal to the uninterrupted run; it failed, reading the file again. A cached probe's hold the
+    head alone: its features come from the file again, and a missing file says so."""
+    from openmae.config import load_config
+    from openmae.engine.linprobe import LinprobeConfig, linprobe
+
+    encoder = openmae.create_model("mae_vit_debug_patch4_32")
+    init = tmp_path / "init.pth"
+    torch.save({"model": encoder.state_dict(), "model_config": encoder.cfg.to_dict()}, init)
+
+    def cfg(out, *extra):
+        return load_config(LinprobeConfig, overrides=[
+            "data.name=cifar10", f"data.root={datasets}", "data.max_samples=64", "data.max_eval_samples=32",
+            "data.num_workers=0", "model.name=auto", f"linprobe.init={init}", "train.epochs=2",
+            "train.warmup_epochs=0", "train.batch_size=16", "train.progress=false", "train.tensorboard=false",
+            f"train.output_dir={tmp_path / out}", *extra])
+
+    full = linprobe(cfg("full", "linprobe.mode=online"))
+    assert linprobe(cfg("cut", "linprobe.mode=online", "train.halt_after_steps=2"))["halted"]
+    assert linprobe(cfg("cached", "linprobe.mode=cached", "train.halt_after_steps=2"))["halted"]
+    init.unlink()
+    resumed = linprobe(cfg("cut", "linprobe.mode=online", "train.resume=auto"))
+    a, b = (load_file(tmp_path / d / "model-timm.safetensors")["model"] for d in ("full", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (full["top1"], full["eval_loss"]) == (resumed["top1"], resumed["eval_loss"])
+    with pytest.raises(FileNotFoundError, match=r"init.pth: a cached probe that resumes computes its features from "
+                                                r"linprobe.init again"):
+        linprobe(cfg("cached", "linprobe.mode=cached", "train.resume=auto"))
+
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_online_probe_head_reads_the_pooling_asked_for(datasets, tmp_path, pooling):
     """linprobe.mode=online: the BatchNorm head's input is the pooled feature that kNN and cached probes use for the

@@ -57,10 +57,22 @@ class FeatureSource:
 class LinprobeTask:
     name = "linprobe"
 
-    def __init__(self, cfg: LinprobeConfig, device: torch.device) -> None:
+    def __init__(self, cfg: LinprobeConfig, device: torch.device, resumed: dict[str, Any] | None = None) -> None:
+        """``resumed``: the model config of the checkpoint the run resumes from. An online probe's checkpoints hold
+        its frozen encoder, so linprobe.init is not read then; a cached probe's hold its head alone, and its features
+        are computed from linprobe.init again."""
         self.cfg, self.device = cfg, device
         p = cfg.linprobe
-        mae_cfg, sd, old_grid = resolve_encoder(cfg.model, p.init, data=cfg.data)
+        try:
+            mae_cfg, sd, old_grid = resolve_encoder(cfg.model, p.init, resumed if p.mode == "online" else None,
+                                                    data=cfg.data)
+        except FileNotFoundError as err:
+            if resumed is None:
+                raise
+            raise FileNotFoundError(f"{err}: a cached probe that resumes computes its features from linprobe.init "
+                                    "again (its checkpoints keep the head alone); put the file back, or give its new "
+                                    "place in linprobe.init (an online probe, linprobe.mode=online, keeps its encoder "
+                                    "in its checkpoints)") from None
         self.mae_cfg, self.model_config = mae_cfg, mae_cfg.to_dict()
         self.amp_dtype = autocast_dtype(cfg.train.precision, device)
         self.train_source, self.eval_source = split_sources(cfg.data, mae_cfg.in_chans)
@@ -169,4 +181,4 @@ def _identity(x):
 
 def linprobe(cfg: LinprobeConfig) -> dict[str, Any]:
     """Linear probe of a pretrained (or random) encoder as configured."""
-    return launch(lambda info, resume: LinprobeTask(cfg, info.device), cfg)  # the frozen encoder is always read
+    return launch(lambda info, resume: LinprobeTask(cfg, info.device, resume.model_config if resume else None), cfg)
