@@ -191,13 +191,16 @@ def test_a_command_run_bare_says_what_it_needs(command, message):
 
 def test_a_ctrl_c_that_stops_at_once_exits_130_without_a_traceback(monkeypatch, capsys):
     """A second Ctrl-C in training (or one outside it) reaches the command as KeyboardInterrupt: the CLI says what
-    was kept and exits as a shell reports Ctrl-C, instead of Python's traceback."""
+    was kept and exits as a shell reports Ctrl-C, instead of Python's traceback; a command that writes no run (info,
+    knn, ...) says no more than that it stopped."""
     from openmae.cli import main as cli_main
 
     def interrupted(args, rest):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(cli_main.COMMANDS, "info", (cli_main.COMMANDS["info"][0], interrupted))
-    assert cli_main.main(["info", "runs/mine"]) == 130
-    err = capsys.readouterr().err
-    assert "openmae info: stopped by Ctrl-C at once, without saving" in err and "--resume auto" in err
+    for command, args in (("pretrain", ["--print-config"]), ("info", ["runs/mine"])):
+        monkeypatch.setitem(cli_main.COMMANDS, command, (cli_main.COMMANDS[command][0], interrupted))
+        assert cli_main.main([command, *args]) == 130
+    training, info = capsys.readouterr().err.splitlines()
+    assert training.startswith("openmae pretrain: stopped by Ctrl-C at once, without saving") and "--resume auto" in training
+    assert info == "openmae info: stopped by Ctrl-C"

@@ -29,6 +29,7 @@ def command(name: str, help_text: str):
 
 
 LABELLED = ("finetune", "linprobe", "knn", "evaluate")  # the commands that read labels: --data names class folders
+TRAINING = ("pretrain", "finetune", "linprobe", "demo")  # the commands that write runs (checkpoints) to resume
 
 
 def run_overrides(args: argparse.Namespace, rest: list[str]) -> list[str]:
@@ -361,8 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"openmae {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one outside it: what a shell reports, no traceback
-        print(f"openmae {args.command}: stopped by Ctrl-C at once, without saving; a run's folder keeps the "
-              "checkpoints saved before (`openmae info <run folder>` lists them; --resume auto continues from the last)", file=sys.stderr)
+        kept = ("at once, without saving; a run's folder keeps the checkpoints saved before (`openmae info <run "
+                "folder>` lists them; --resume auto continues from the last)") if args.command in TRAINING else ""
+        print(f"openmae {args.command}: stopped by Ctrl-C {kept}".rstrip(), file=sys.stderr)
         return 128 + signal.SIGINT
 
 
