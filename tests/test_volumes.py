@@ -651,6 +651,8 @@ from openmae.data.ranks import shared_by_ranks
 from openmae.data.survey import Settings
 from openmae.data.volumes import FileVolumes
 
+if sys.argv[3] == "nodes":
+    os.environ["LOCAL_RANK"] = "0"  # each rank the first (and only) of its node
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 root, bad_file = Path(sys.argv[1]), Path(sys.argv[2])
@@ -701,7 +703,8 @@ dist.destroy_process_group()  # leaving it to the exit aborts a gloo process now
 """
 
 
-def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_path, monkeypatch):
+@pytest.mark.parametrize("layout", ["one node", "nodes"])
+def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_path, monkeypatch, layout):
     """Under torchrun the ranks building the training data survey every world-size-th volume each and exchange the
     results: two ranks read five volumes between them (3 and 2, none twice), each ends with every survey, equal to
     one process's own, keeps only its part in data.volume_cache, and an unreadable volume (bad_files=fail) raises the
@@ -710,7 +713,10 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
     process's numbers to the last bit. So are the volumes' headers: each rank reads its part, and where a stat waits
     (a network file system) stats its chunks of files for the key of the headers' memo (the same key on both ranks
     and in one process); where none waits, every file itself. A rank whose headers are no longer kept (its files
-    changed) reads them again with the others, which do not go on without it."""
+    changed) reads them again with the others, which do not go on without it. Each rank has its own
+    data.volume_cache here, as each node would on its own disk: on one node the main rank keeps every header; on two
+    nodes of one rank each, the first rank of each node does (it was the main rank's alone, so the other node's rank
+    read its part again at every start)."""
 
     from openmae.data import volumes as volumes_module
     from openmae.data.arrays import band_stats
@@ -725,7 +731,7 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
     np.save(bad, np.full((4, 6, 6), np.nan, np.float32))
     script = tmp_path / "shared_survey.py"
     script.write_text(SHARED_SURVEY)
-    proc = torchrun(str(script), str(tmp_path), str(bad))
+    proc = torchrun(str(script), str(tmp_path), str(bad), layout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]  # a file each: the
     # ranks' prints could share a line
@@ -737,10 +743,15 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
                                              ["1.nii", "3.nii", "1.nii", "3.nii", "nan.npy"] + every]
     assert [r["cached"] for r in ranks] == [3, 2] and all(r["same"] for r in ranks)
     # rank 1 alone without the headers in memory (its files changed): none goes on alone. Each rank looks its part
-    # up in its data.volume_cache, where the main rank alone kept every header (the folder's one record): rank 0
-    # finds 0, 2 and 4 there, rank 1 nothing in its own, so 1 and 3 are read again, one by each rank
-    assert [r["headers_kept"] for r in ranks] == [1, 0]
-    assert [r["reread"] for r in ranks] == [["1.nii"], ["3.nii"]]
+    # up in its data.volume_cache. On one node the main rank alone kept every header (the folder's one record):
+    # rank 0 finds 0, 2 and 4 there, rank 1 nothing in its own, so 1 and 3 are read again, one by each rank. On two
+    # nodes each node's rank kept them all: nothing is read again
+    if layout == "one node":
+        assert [r["headers_kept"] for r in ranks] == [1, 0]
+        assert [r["reread"] for r in ranks] == [["1.nii"], ["3.nii"]]
+    else:
+        assert [r["headers_kept"] for r in ranks] == [1, 1]
+        assert [r["reread"] for r in ranks] == [[], []]
     assert all(r["rebuilt"] for r in ranks)
     # the files' sizes and times (the headers' memo key), where a stat waits: a chunk of two files each in turn,
     # one digest; where none waits, every file on each rank, the same digest

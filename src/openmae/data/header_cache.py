@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -76,7 +77,8 @@ class HeaderShards:
             records[path.name] = {"stamp": [stat.st_size, stat.st_mtime_ns], **record}
         for folder, records in changed.items():
             target = self._path(folder)
-            partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+            # a name of this process's own: on a disk the nodes share, each node's first rank writes the record
+            partial = target.with_name(f"{target.name}.{socket.gethostname()}.{os.getpid()}.partial")
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 partial.write_text(json.dumps(records))

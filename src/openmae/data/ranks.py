@@ -41,6 +41,13 @@ def share() -> tuple[int, int]:
     return _SHARE[-1] if _SHARE else (0, 1)
 
 
+def keeps_for_node() -> bool:
+    """Whether this process writes what every rank ends with (after an exchange) to a cache: the main rank, and under
+    torchrun the first rank of every node (LOCAL_RANK 0), so that a cache on each node's own disk holds it all (on a
+    disk the nodes share, each node writes the same)."""
+    return share()[0] == 0 or os.environ.get("LOCAL_RANK") == "0"
+
+
 def gather(part: Any, world_size: int) -> list[Any]:
     """Every rank's ``part`` (picklable), in rank order, on every rank."""
     import torch.distributed as dist

@@ -50,7 +50,7 @@ from openmae.data.filelist import FileList
 from openmae.data.header_cache import HeaderShards
 from openmae.data.images import BadImageError
 from openmae.data.memo import Recent
-from openmae.data.ranks import share, shared_map
+from openmae.data.ranks import keeps_for_node, share, shared_map
 from openmae.data.survey import Settings, Survey, survey_all
 from openmae.data.volume_cache import cached_array
 
@@ -433,7 +433,7 @@ def _scanned(files: FileList, plane: str, cache: str, fourth_axis: str, slow: bo
     for i, item in zip(todo, shared_map(lambda j: read(todo[j]), len(todo), (BadImageError, ImportError),
                                         processes=True, what="volume headers"), strict=True):
         found[i] = item
-    if share()[0] == 0 and todo:  # every rank has every header now: the main rank keeps the new ones
+    if todo and keeps_for_node():  # every rank has every header now: one a node keeps the new ones
         shards.put((files[i], _record(found[i])) for i in todo if not isinstance(found[i], ImportError))
     if files:
         log.info("volume headers: %d read, %d kept in data.volume_cache (unchanged files)", len(todo),
