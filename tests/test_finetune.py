@@ -213,3 +213,39 @@ def test_mixup_runs_with_one_seed_are_equal_whatever_numpy_held_before(tmp_path,
         weights.append(unwrap_state_dict(load_file(tmp_path / f"run{i}" / "model-timm.safetensors")))
     a, b = weights
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stop_during_validation_saves_before_it_and_the_resumed_run_ends_as_an_uninterrupted_one(tmp_path, datasets,
+                                                                                                  monkeypatch):
+    """SIGTERM as the last epoch's validation starts: the validation is cut short, the run saves as at the epoch's
+    last step (model-best.pth and the exported weights not yet written for that epoch) and stops; resumed, it
+    validates that epoch and ends with the uninterrupted run's files and log."""
+    import os
+    import signal
+
+    import openmae.engine.finetune as finetune_module
+
+    finetune(tiny_finetune(tmp_path / "full", datasets))
+    real, calls = finetune_module.eval_batches, {"n": 0}
+
+    def signalling(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the validation after epoch 2, the last
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(finetune_module, "eval_batches", signalling)
+        assert finetune(tiny_finetune(tmp_path / "cut", datasets))["stopped_by"] == "SIGTERM"
+    assert not (tmp_path / "cut" / "model-timm.safetensors").exists()
+    assert load_file(tmp_path / "cut" / "model-best.pth")["epoch"] == 1
+    state = CheckpointManager.load(CheckpointManager(tmp_path / "cut").list()[-1])
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 4, 8)
+    resumed = finetune(tiny_finetune(tmp_path / "cut", datasets, "train.resume=auto"))
+    a, b = (load_file(tmp_path / d / "model-timm.safetensors")["model"] for d in ("full", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    best = [load_file(tmp_path / d / "model-best.pth") for d in ("full", "cut")]
+    assert (best[0]["epoch"], best[0]["metrics"]) == (best[1]["epoch"], best[1]["metrics"])
+    rows = lambda d: [{k: v for k, v in r.items() if k not in ("time", "images_per_s")}  # noqa: E731
+                      for r in read_metrics(d / "metrics.jsonl")]
+    assert rows(tmp_path / "full") == rows(tmp_path / "cut") and resumed["best_epoch"] == best[0]["epoch"]
