@@ -30,6 +30,7 @@ def command(name: str, help_text: str):
 
 LABELLED = ("finetune", "linprobe", "knn", "evaluate")  # the commands that read labels: --data names class folders
 TRAINING = ("pretrain", "finetune", "linprobe", "demo")  # the commands that write runs (checkpoints) to resume
+DISTRIBUTED = ("pretrain", "finetune", "linprobe")  # the commands that split their work between torchrun's ranks
 
 
 def run_overrides(args: argparse.Namespace, rest: list[str]) -> list[str]:
@@ -353,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    world = os.environ.get("WORLD_SIZE", "1")
+    if args.command not in DISTRIBUTED and world.isdigit() and int(world) > 1:
+        # each rank would do the whole work again, every one on the first GPU, and write the same files
+        print(f"openmae {args.command}: runs in one process, but torchrun started {world} (WORLD_SIZE={world}); run "
+              f"it as `openmae {args.command} ...` without torchrun (only {', '.join(DISTRIBUTED)} split their work "
+              "between ranks)", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[args.command][1](args, rest)
     except ConfigError as err:
