@@ -184,3 +184,42 @@ def test_a_stop_during_the_evaluation_of_the_last_epoch_that_it_finishes_ends_th
     result = pretrain(tiny_pretrain(tmp_path / "r", datasets, *knn))
     assert "stopped_by" not in result and "knn_top1" in result and calls["n"] == 6
     assert CheckpointManager.load(CheckpointManager(tmp_path / "r").list()[-1])["epoch"] == 3
+
+
+def test_a_stop_while_the_run_is_prepared_stops_before_the_first_step(tmp_path, datasets, monkeypatch, caplog):
+    """A signal while the data and the model are prepared (a volume survey, a checkpoint read: minutes) stops the run
+    before its first step, which may compile for minutes more; it took that step and saved it before. Fresh: nothing
+    saved, and --resume auto starts it; resumed: its checkpoints untouched, and the next resume ends as an
+    uninterrupted run."""
+    from openmae.engine.pretrain import PretrainTask
+
+    pretrain(tiny_pretrain(tmp_path / "full", datasets))
+    real_data, real_step, steps = PretrainTask.train_data, torch.optim.AdamW.step, {"n": 0}
+
+    def data_then_signal(self, info):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_data(self, info)
+
+    def counted_step(self, *args, **kwargs):
+        steps["n"] += 1
+        return real_step(self, *args, **kwargs)
+
+    run = tmp_path / "cut"
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING, logger="openmae.train"):
+        patch.setattr(PretrainTask, "train_data", data_then_signal)
+        patch.setattr(torch.optim.AdamW, "step", counted_step)
+        assert pretrain(tiny_pretrain(run, datasets))["stopped_by"] == "SIGTERM"
+        assert steps["n"] == 0 and CheckpointManager(run).list() == []
+        assert "stopped by SIGTERM before the first step, while the run was prepared: nothing new to save" in caplog.text
+        patch.setattr(PretrainTask, "train_data", real_data)
+        assert pretrain(tiny_pretrain(run, datasets, "train.resume=auto", "train.halt_after_steps=6"))["halted"]
+        (saved,) = CheckpointManager(run).list()
+        patch.setattr(PretrainTask, "train_data", data_then_signal)
+        assert pretrain(tiny_pretrain(run, datasets, "train.resume=auto"))["stopped_by"] == "SIGTERM"
+        # (the optimizer's state is loaded through a step of lr 0, torch's way: steps are not counted here)
+        assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) == 6
+        assert CheckpointManager(run).list() == [saved]
+        assert f"--resume=auto continues from {saved}" in caplog.text
+    pretrain(tiny_pretrain(run, datasets, "train.resume=auto"))
+    a, b = weights(tmp_path / "full"), weights(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -318,6 +318,14 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
                 log.warning(warning)
         return {**last, "stopped_by": stop}
 
+    # a stop asked for while the data and the model were prepared (a volume survey, a checkpoint read: minutes), before
+    # a first step that may compile for minutes more: nothing was trained since the checkpoint resumed from, if any
+    if epoch < train_cfg.epochs and (stop := stops.agreed(info)):
+        if info.is_main:
+            log.warning("stopped by %s before the first step, while the run was prepared: nothing new to save. %s",
+                        stop, f"--resume=auto continues from {resume.path}" if resume is not None else
+                        "The same command starts the run (it has saved nothing)")
+        return {**last, "stopped_by": stop}
     bar = tqdm(total=total_steps, initial=step, disable=not (info.is_main and train_cfg.progress), unit="step",
                dynamic_ncols=True, desc=task.name)
     optimizer.zero_grad(set_to_none=True)
