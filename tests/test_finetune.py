@@ -224,6 +224,7 @@ def test_a_stop_during_validation_saves_before_it_and_the_resumed_run_ends_as_an
     import signal
 
     import openmae.engine.finetune as finetune_module
+    from openmae.engine.run_status import format_status, run_status
 
     finetune(tiny_finetune(tmp_path / "full", datasets))
     real, calls = finetune_module.eval_batches, {"n": 0}
@@ -241,7 +242,12 @@ def test_a_stop_during_validation_saves_before_it_and_the_resumed_run_ends_as_an
     assert load_file(tmp_path / "cut" / "model-best.pth")["epoch"] == 1
     state = CheckpointManager.load(CheckpointManager(tmp_path / "cut").list()[-1])
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 4, 8)
+    # every step was logged, but the run is not finished: `openmae info` says how it stopped (it said "finished")
+    status = run_status(tmp_path / "cut")
+    assert status["state"] == "stopped" and "continue it: openmae finetune" in format_status(status)
+    assert ", not running, stopped by SIGTERM during the evaluation after epoch 2 (step 8)" in format_status(status)
     resumed = finetune(tiny_finetune(tmp_path / "cut", datasets, "train.resume=auto"))
+    assert run_status(tmp_path / "cut")["state"] == "finished" and not (tmp_path / "cut" / "stopped.json").exists()
     a, b = (load_file(tmp_path / d / "model-timm.safetensors")["model"] for d in ("full", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     best = [load_file(tmp_path / d / "model-best.pth") for d in ("full", "cut")]

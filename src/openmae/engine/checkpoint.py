@@ -154,7 +154,8 @@ class Resume:
         return self.state.get("model_config")
 
 
-RUN_FILES = ("model-last.pth", "model-best.pth", "model-timm.safetensors", "metrics.jsonl")  # with checkpoints, tb/
+STOPPED = "stopped.json"  # how the run last stopped on a signal (by, step, when), while it is stopped so
+RUN_FILES = ("model-last.pth", "model-best.pth", "model-timm.safetensors", "metrics.jsonl", STOPPED)  # + checkpoints, tb/
 
 
 def earlier_run(run_dir: str | Path) -> list[Path]:
@@ -175,12 +176,12 @@ def _progress(run_dir: str | Path) -> str:
         return ""
     if status is None or not status["step"]:  # (its state says "running": this run holds the folder's lock now)
         return ""
-    finished = status["epochs"] is not None and status["epoch"] >= status["epochs"]
+    finished = status["epochs"] is not None and status["epoch"] >= status["epochs"] and not status["stopped_by"]
     where = "finished" if finished else f"stopped at epoch {status['epoch']:.2f} of {status['epochs']}"
     return f"a {status['task']} run {where}: "
 
 
-LOGS_ONLY = ("metrics.jsonl", "tb")  # what a run that saved nothing leaves
+LOGS_ONLY = ("metrics.jsonl", "tb", STOPPED)  # what a run that saved nothing leaves
 
 
 def start_fresh(run_dir: str | Path, overwrite: bool, found: list[Path], is_main: bool, resume_auto: bool = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import random
 import time
@@ -38,6 +39,7 @@ from openmae.data.loader import (
 from openmae.data.normalization import inherit_stats
 from openmae.data.ranks import shared_by_ranks
 from openmae.engine.checkpoint import (
+    STOPPED,
     CheckpointError,
     CheckpointManager,
     Resume,
@@ -136,6 +138,12 @@ def launch(make_task: Callable[[DistInfo, Resume | None], Task], config: Any) ->
             return train(task, config, t, info, resume)
     finally:
         cleanup(info)
+
+
+def note_stop(run_dir: Path, stop: str, step: int, when: str) -> None:
+    """Write :data:`openmae.engine.checkpoint.STOPPED` (how the run stopped), which `openmae info` reads: a run cut
+    during its last epoch's evaluation has logged every step, and looked finished."""
+    (run_dir / STOPPED).write_text(json.dumps({"by": stop, "step": step, "when": when}))
 
 
 def cpu_has_native_bf16() -> bool:
@@ -306,9 +314,10 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
         pending, window_start, window_images = [], time.perf_counter(), 0
 
     def stopped(stop: str, when: str) -> dict[str, Any]:
-        """Log the stop (its checkpoint saved) and what the run returns."""
+        """Log the stop (its checkpoint saved), note it for `openmae info`, and what the run returns."""
         bar.close()
         if info.is_main:
+            note_stop(run_dir, stop, step, when)
             # None where only another rank got the signal
             waited = None if stops.received_at is None else time.monotonic() - stops.received_at
             after = "" if waited is None else f", {waited:.1f} s after the signal"
@@ -322,10 +331,13 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
     # a first step that may compile for minutes more: nothing was trained since the checkpoint resumed from, if any
     if epoch < train_cfg.epochs and (stop := stops.agreed(info)):
         if info.is_main:
+            note_stop(run_dir, stop, step, "before the first step, while the run was prepared")
             log.warning("stopped by %s before the first step, while the run was prepared: nothing new to save. %s",
                         stop, f"--resume=auto continues from {resume.path}" if resume is not None else
                         "The same command starts the run (it has saved nothing)")
         return {**last, "stopped_by": stop}
+    if info.is_main:
+        (run_dir / STOPPED).unlink(missing_ok=True)  # going on: no longer stopped
     bar = tqdm(total=total_steps, initial=step, disable=not (info.is_main and train_cfg.progress), unit="step",
                dynamic_ncols=True, desc=task.name)
     optimizer.zero_grad(set_to_none=True)

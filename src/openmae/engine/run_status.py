@@ -4,6 +4,7 @@ evaluation, and the command that continues it."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import yaml
 
 from openmae.convert.summary import TASKS
-from openmae.engine.checkpoint import CheckpointManager
+from openmae.engine.checkpoint import STOPPED, CheckpointManager
 from openmae.engine.logging import read_metrics
 from openmae.engine.run_lock import held_by
 
@@ -36,18 +37,23 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
     epoch = max((float(r.get("epoch", 0)) for r in records), default=0.0)
     checkpoints = CheckpointManager(run_dir).list()
     holder = held_by(run_dir)
+    try:  # how it stopped on a signal, noted by the training loop (a run cut in its last evaluation logged every step)
+        stop = json.loads((run_dir / STOPPED).read_text())
+    except (OSError, ValueError):
+        stop = None
     if holder:
         state = "running"
-    elif epochs is not None and epoch >= epochs:
+    elif epochs is not None and epoch >= epochs and stop is None:
         state = "finished"
     else:
-        state = "stopped" if records or checkpoints else "not started"
+        state = "stopped" if records or checkpoints or stop else "not started"
     last = steps[-1] if steps else None
     return {
         "path": str(run_dir),
         "task": task,
         "state": state,
         "held_by": holder,
+        "stopped_by": stop,  # (kept until the run goes on)
         "epoch": epoch,
         "epochs": epochs,
         "step": last["step"] if last else 0,
@@ -61,8 +67,11 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
 
 def format_status(status: dict[str, Any]) -> str:
     """The status as lines a person reads."""
+    stop = status.get("stopped_by")
+    stopped = (f"not running, stopped by {stop['by']} {stop['when']}" if stop else
+               "not running, stopped before its last epoch")
     state = {"running": f"running now ({status['held_by']})", "finished": "finished",
-             "stopped": "not running, stopped before its last epoch", "not started": "not started"}[status["state"]]
+             "stopped": stopped, "not started": "not started"}[status["state"]]
     lines = [f"{status['path']}: an openmae {status['task'] or 'training'} run folder, {state}",
              f"  progress: epoch {status['epoch']:.2f} of {status['epochs']}, step {status['step']}"]
     if last := status["last"]:
