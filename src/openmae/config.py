@@ -190,9 +190,10 @@ def config_file(given: str | Path, folder: str = "") -> Path:
     if path.is_file():
         return path
     name = path.as_posix().removeprefix("configs/").removesuffix(".yaml")
-    for candidate in (PRESETS / folder / f"{name}.yaml" if folder else None, PRESETS / f"{name}.yaml"):
-        if candidate is not None and candidate.is_file() and ".." not in path.parts:
-            return candidate
+    if ".." not in path.parts:  # a name within the presets' folder, never above it
+        for candidate in (PRESETS / folder / f"{name}.yaml", PRESETS / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
     names = preset_names(folder)
     close = difflib.get_close_matches(Path(name).name, names, n=1)
     presets = (f"; did you mean the preset {close[0]}?" if close else "") + (

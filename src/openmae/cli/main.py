@@ -59,7 +59,7 @@ def run_overrides(args: argparse.Namespace, rest: list[str]) -> list[str]:
 
 def add_run_flags(parser: argparse.ArgumentParser, training: bool = True, presets: str = "") -> None:
     """The flags of commands built from a config; ``training``: also the run folder and resuming (not for knn and
-    evaluate, which write no run); ``presets``: the folder of the command's installed presets."""
+    evaluate, which write no run); ``presets``: the folder of the command's installed presets (none for some)."""
     names = preset_names(presets)
     parser.add_argument("--config", "-c", action="append", default=[],
                         help="YAML file(s), applied in order" + (f", or the name of a preset installed with openmae: "
@@ -293,8 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         if name in ("pretrain", "finetune", "linprobe", "knn", "evaluate"):
-            add_run_flags(p, training=name not in ("knn", "evaluate"),
-                          presets=name if name in ("pretrain", "finetune", "linprobe") else "")
+            add_run_flags(p, training=name not in ("knn", "evaluate"), presets=name)
         if name in ("finetune", "linprobe", "knn", "visualize"):
             p.add_argument("--checkpoint", "--init", help="pretrained weights: a file (openmae, official, timm), a "
                            "Hugging Face folder or hub name (facebook/vit-mae-base), an https:// address, or a run "
