@@ -9,8 +9,8 @@
   out-of-memory error would).
 - ``signal_in_eval:<rank>:<call>:<name>``: that rank sends itself the signal <name> when the encoder's features are
   computed for an evaluation (the kNN monitor) for the <call>-th time, on the first attempt only.
-- ``slow_main:<seconds>``: rank 0's first evaluation (the kNN monitor) and first checkpoint write each take that many
-  seconds longer, while the other ranks wait for it.
+- ``slow_main:<seconds>``: rank 0's first checkpoint write and first reconstruction pictures' write each take that
+  many seconds longer, while the other ranks wait for it.
 - ``raise_in_eval``: the encoder's features raise a RuntimeError when computed for an evaluation (the kNN monitor),
   while the evaluation's loader is part-way through its images.
 """
@@ -92,10 +92,10 @@ elif fault.startswith("slow_main:"):
         import time
 
         import openmae.engine.checkpoint as checkpoint
-        from openmae.models.mae import MaskedAutoencoder
+        import openmae.engine.pretrain as pretrain
 
         delay, slowed = float(fault.split(":")[1]), set()
-        real_save, real_eval_features = checkpoint.save_file, MaskedAutoencoder.forward_features
+        real_save, real_grid = checkpoint.save_file, pretrain.save_grid
 
         def slow_once(what: str) -> None:
             if what not in slowed:
@@ -106,13 +106,12 @@ elif fault.startswith("slow_main:"):
             slow_once("save")
             return real_save(obj, path)
 
-        def slow_features(self, *args, **kwargs):
-            if not self.training:
-                slow_once("evaluation")
-            return real_eval_features(self, *args, **kwargs)
+        def slow_grid(*args, **kwargs):
+            slow_once("pictures")
+            return real_grid(*args, **kwargs)
 
         checkpoint.save_file = slow_save
-        MaskedAutoencoder.forward_features = slow_features
+        pretrain.save_grid = slow_grid
 
 elif fault == "raise_in_eval":
     from openmae.models.mae import MaskedAutoencoder

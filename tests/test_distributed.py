@@ -1,5 +1,6 @@
 """torchrun with the gloo backend on CPU: 2 processes equal 1 process over the same global batch."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,12 +9,29 @@ from helpers import torchrun, weights
 
 ARGS = ["model.name=mae_vit_debug_patch4_32", "data.name=cifar10", "data.max_samples=64", "data.num_workers=0",
         "train.epochs=2", "train.warmup_epochs=1", "train.log_every_steps=1", "train.progress=false",
-        "train.tensorboard=false", "pretrain.vis_images=0", "train.blr=1.5e-3"]
+        "train.tensorboard=false", "train.blr=1.5e-3", "pretrain.vis_images=4",
+        # a kNN monitor whose images do not split evenly between 2 ranks (each evaluates its part)
+        "pretrain.knn_every_epochs=1", "pretrain.knn_train_samples=101", "pretrain.knn_eval_samples=37"]
+
+
+def monitored(run: Path) -> list[tuple[float, float]]:
+    """The kNN monitor's (top-1, top-5) at every epoch, and the pictures of the last were written."""
+    assert (run / "pictures" / "reconstruction-epoch0002.png").is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(row["knn_top1"], row["knn_top5"]) for row in rows if "knn_top1" in row]
+
+
+def same_monitor(a: Path, b: Path) -> None:
+    """The same kNN accuracies, to one of the 37 images (the two runs' weights differ by float32 rounding)."""
+    seen, reference = monitored(a), monitored(b)
+    assert len(seen) == len(reference) == 2
+    for got, want in zip(seen, reference):
+        assert got == pytest.approx(want, abs=100 / 37 + 1e-9), (seen, reference)
 
 
 def launch(nproc: int, out: Path, data_root: Path, batch: int, *extra: str) -> None:
     proc = torchrun("-m", "openmae", "pretrain", f"--data-root={data_root}", f"-o={out}", f"train.batch_size={batch}",
-                    *ARGS, *extra, nproc=nproc, timeout=600)
+                    *ARGS, *extra, nproc=nproc, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -34,14 +52,18 @@ def test_two_process_gloo_equals_one_process(one_process, tmp_path, datasets):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5)
     logs = [(run / "metrics.jsonl").read_text().count("\n") for run in (one_process, tmp_path / "two")]
     assert logs[0] == logs[1]  # rank 0 alone writes the log
+    same_monitor(tmp_path / "two", one_process)
 
 
 def test_two_process_fsdp2_equals_one_process(one_process, tmp_path, datasets):
+    """With the monitor's forwards (the kNN's features, the pictures' reconstructions) on every rank: under FSDP a
+    forward gathers each block's weights from all ranks, and the job hung when rank 0 alone ran them."""
     launch(2, tmp_path / "fsdp", datasets, 8, "train.distributed=fsdp")
     a, b = weights(one_process), weights(tmp_path / "fsdp")
     assert a.keys() == b.keys()  # full (unsharded) state dict in the checkpoint, official key names
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5)
+    same_monitor(tmp_path / "fsdp", one_process)
 
 
 LEAVES_THE_GROUP = """
@@ -96,3 +118,125 @@ def test_the_torchrun_helper_refuses_a_script_that_leaves_its_group_up(tmp_path)
     script.write_text("import torch.distributed as dist\ndist.init_process_group('gloo')\n")
     with pytest.raises(AssertionError, match="never calls dist.destroy_process_group"):
         torchrun(str(script))
+
+
+SPLIT_EVALUATION = """
+import json, os, sys, functools
+from pathlib import Path
+import torch
+import torch.distributed as dist
+from torch import nn
+from openmae.data.loader import Batch
+from openmae.engine.classifier import evaluate
+from openmae.engine.distributed import gather_rows, gather_stacked, init_distributed, share_of
+from openmae.eval.knn import knn_predict
+
+info = init_distributed("cpu")
+out = Path(sys.argv[1])
+g = torch.Generator().manual_seed(0)
+train, train_labels = torch.randn(101, 16, generator=g), torch.randint(0, 7, (101,), generator=g)
+test, test_labels = torch.randn(37, 16, generator=g), torch.randint(0, 7, (37,), generator=g)
+seen = {}
+# knn over every training feature against knn over this rank's part, merged
+index, keep = share_of(len(train), info)
+mine = torch.from_numpy(index[keep])
+for k in (1, 20, 60):  # 60: more than a rank's part (51 and 50)
+    whole = knn_predict(train, train_labels, test, 7, k=k, chunk=16)
+    split = knn_predict(train[mine], train_labels[mine], test, 7, k=k, chunk=16,
+                        gather=functools.partial(gather_stacked, info=info))
+    seen[f"knn{k}"] = [(whole - split).abs().max().item(), bool((whole.argmax(1) == split.argmax(1)).all())]
+# every item's row back in order, the repeats dropped
+index, keep = share_of(len(test), info)
+seen["rows"] = bool(torch.equal(gather_rows(test[torch.from_numpy(index)], len(test), info), test))
+seen["parts"] = [len(index), int(keep.sum())]
+# a classifier's metrics from this rank's part equal those of all the images
+torch.manual_seed(1)  # the same classifier on every rank
+model = nn.Linear(16, 7)
+def batches(feats, labels):
+    return [Batch(feats[i : i + 8], labels[i : i + 8], labels[i : i + 8], 0) for i in range(0, len(feats), 8)]
+part = torch.from_numpy(index)
+whole = evaluate(model, batches(test, test_labels), torch.device("cpu"), confusion=True)
+split = evaluate(model, batches(test[part], test_labels[part]), torch.device("cpu"), confusion=True,
+                 gather=functools.partial(gather_rows, count=len(test), info=info))
+seen["evaluate"] = [whole, split]
+(out / f"rank{info.rank}.json").write_text(json.dumps(seen))
+dist.destroy_process_group()
+"""
+
+
+def test_an_evaluation_split_between_ranks_equals_one_over_all_the_images(tmp_path):
+    """Under torchrun every rank evaluates its part of the images (``share_of``: 37 items over 2 ranks are 19 each,
+    one a repeat that evens the parts) and the results are gathered: the kNN's neighbours found in each rank's part of
+    the training features and merged score as over all of them (k above a part's size too), every item's row comes
+    back in its place, and a classifier's top-1 / top-5 / loss / confusion equal those over all the images."""
+    import json
+
+    script = tmp_path / "split.py"
+    script.write_text(SPLIT_EVALUATION)
+    proc = torchrun(str(script), str(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in range(2):
+        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        for k in (1, 20, 60):
+            assert seen[f"knn{k}"][0] < 1e-5 and seen[f"knn{k}"][1], (k, seen[f"knn{k}"])
+        assert seen["rows"] and seen["parts"] == [19, 19 - rank]
+        whole, split = seen["evaluate"]
+        assert whole["confusion"] == split["confusion"] and sum(map(sum, split["confusion"])) == 37
+        assert (whole["top1"], whole["top5"]) == (split["top1"], split["top5"])
+        assert split["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-12)
+
+
+CLASSIFIER = ["model.name=mae_vit_debug_patch4_32", "data.name=cifar10", "data.max_samples=64",
+              "data.max_eval_samples=37", "data.num_workers=0", "train.epochs=2", "train.warmup_epochs=1",
+              "train.log_every_steps=1", "train.progress=false", "train.tensorboard=false"]
+FINETUNE = ["finetune.mixup=0", "finetune.cutmix=0", "finetune.auto_augment=", "finetune.reprob=0"]
+
+
+def classify(command: str, nproc: int, out: Path, data_root: Path, *extra: str) -> dict:
+    """A run of ``openmae <command>`` over a global batch of 16; its model-best.pth."""
+    proc = torchrun("-m", "openmae", command, f"--data-root={data_root}", f"-o={out}",
+                    f"train.batch_size={16 // nproc}", *CLASSIFIER, *extra, nproc=nproc, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    from openmae.convert.files import load_file
+
+    return load_file(out / "model-best.pth")
+
+
+def test_a_classifier_fine_tuned_by_two_ranks_under_fsdp_is_evaluated_and_kept_as_by_one(tmp_path, datasets):
+    """Each rank evaluates its part of the 37 test images; the metrics are those of all, and the main rank keeps the
+    best weights whole. Under FSDP the job hung when rank 0 alone evaluated (a forward gathers each block's weights
+    from all ranks)."""
+    extra = ["train.distributed=fsdp", *FINETUNE]
+    one = classify("finetune", 1, tmp_path / "one", datasets, *extra)
+    two = classify("finetune", 2, tmp_path / "two", datasets, *extra)
+    assert one["epoch"] == two["epoch"]
+    for name in ("top1", "top5"):  # to one of the 37 images: the weights differ by float32 rounding
+        assert two["metrics"][name] == pytest.approx(one["metrics"][name], abs=100 / 37 + 1e-9)
+    assert two["metrics"]["eval_loss"] == pytest.approx(one["metrics"]["eval_loss"], rel=1e-3)
+    assert one["model"].keys() == two["model"].keys()
+    for k, v in one["model"].items():
+        assert type(two["model"][k]) is torch.Tensor  # whole tensors (FSDP holds a part of each on every rank)
+        torch.testing.assert_close(two["model"][k], v, rtol=1e-3, atol=1e-4)
+    assert (tmp_path / "two" / "model-timm.safetensors").is_file()
+
+
+def test_a_cached_probe_of_two_ranks_computes_and_evaluates_the_features_of_all_the_images(tmp_path, datasets):
+    """Each rank computes the features of its part of the images (gathered: every rank trains on all of them) and
+    evaluates its part of the 37 test images. Its best weights, evaluated in one process on features computed there,
+    score what the two ranks measured. (Its BatchNorm head sees 8 features a rank, not 16, so it trains otherwise than
+    one process.)"""
+    from openmae.config import load_config
+    from openmae.convert.files import load_file
+    from openmae.engine.linprobe import LinprobeConfig, LinprobeTask
+
+    extra = ["linprobe.mode=cached", "linprobe.last_blocks=2", "train.seed=3", "train.precision=fp32"]
+    best = classify("linprobe", 2, tmp_path / "two", datasets, *extra)
+    cfg = load_config(LinprobeConfig, overrides=[*CLASSIFIER, *extra, f"data.root={datasets}",
+                                                  f"train.output_dir={tmp_path / 'one'}"])
+    task = LinprobeTask(cfg, torch.device("cpu"))
+    assert len(task.train_feats[0]) == 64
+    task.classifier.load_state_dict(load_file(tmp_path / "two" / "model-best.pth")["model"])  # its encoder too
+    task.eval_feats = task._features(cfg.data.eval_split, task.eval_source)
+    mine = task.evaluate()
+    assert (mine["top1"], mine["top5"]) == (best["metrics"]["top1"], best["metrics"]["top5"])
+    assert mine["eval_loss"] == pytest.approx(best["metrics"]["eval_loss"], rel=1e-9)  # fp32: the same features

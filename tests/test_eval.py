@@ -220,7 +220,7 @@ def test_resumed_probe_keeps_the_best_epochs_record(datasets, tmp_path, monkeypa
     from openmae.engine.linprobe import LinprobeConfig, LinprobeTask, linprobe
 
     scores = iter([50.0, 40.0])
-    monkeypatch.setattr(LinprobeTask, "evaluate", lambda self: {"top1": next(scores), "top5": 100.0, "eval_loss": 1.0})
+    monkeypatch.setattr(LinprobeTask, "evaluate", lambda self, info=None: {"top1": next(scores), "top5": 100.0, "eval_loss": 1.0})
 
     def cfg(*extra):
         return load_config(LinprobeConfig, overrides=[

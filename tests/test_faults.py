@@ -339,11 +339,11 @@ def test_resume_with_other_model_settings_is_refused(tmp_path, datasets):
         pretrain(tiny_pretrain(run, datasets, "train.epochs=2", "train.resume=auto", "model.depth=3"))
 
 
-def test_torchrun_stop_during_the_main_ranks_evaluation_cuts_it_and_the_restart_evaluates_again(tmp_path, datasets,
-                                                                                             reference_two_ranks):
-    """Rank 0 alone evaluates (a kNN monitor; rank 1 waits) and gets SIGUSR1 during epoch 2's: it cuts the evaluation
-    short, the ranks agree, save as before it, exit; torchrun restarts them and the resumed run evaluates epoch 2
-    once more, ending where an uninterrupted run does (the monitor draws no random numbers)."""
+def test_torchrun_stop_during_an_evaluation_cuts_it_on_every_rank_and_the_restart_evaluates_again(tmp_path, datasets,
+                                                                                              reference_two_ranks):
+    """Rank 0 gets SIGUSR1 during epoch 2's kNN monitor (which each rank computes its part of): the ranks agree before
+    the evaluation's next batch, cut it short there, save as before it, exit; torchrun restarts them and the resumed
+    run evaluates epoch 2 once more, ending where an uninterrupted run does (the monitor draws no random numbers)."""
     run = tmp_path / "run"
     code, err = finish(cli(run, datasets, "train.batch_size=8", "train.log_every_steps=4", "train.ckpt_every_steps=0",
                            "pretrain.knn_every_epochs=1", "pretrain.knn_train_samples=64",
@@ -356,14 +356,15 @@ def test_torchrun_stop_during_the_main_ranks_evaluation_cuts_it_and_the_restart_
 
 
 def test_torchrun_ranks_wait_for_the_main_ranks_evaluation_and_save_past_the_collective_timeout(tmp_path, datasets,
-                                                                                                reference_two_ranks):
-    """Rank 0 alone evaluates (a kNN monitor) and writes checkpoints while rank 1 waits. With the waits in a barrier,
-    work of rank 0's longer than the process group's timeout (NCCL's: 10 minutes by default; here gloo's, set to 3 s
-    by train.dist_timeout_s) ended the job; the ranks wait on the job's store now, with no collective in flight."""
+                                                                                                 reference_two_ranks):
+    """Rank 0 alone writes checkpoints and pictures while rank 1 waits (the kNN monitor's evaluation is split between
+    them). With the waits in a barrier, work of rank 0's longer than the process group's timeout (NCCL's: 10 minutes
+    by default; here gloo's, set to 3 s by train.dist_timeout_s) ended the job; the ranks wait on the job's store
+    now, with no collective in flight."""
     run = tmp_path / "run"
     code, err = finish(cli(run, datasets, "train.batch_size=8", "train.dist_timeout_s=3", "pretrain.knn_every_epochs=1",
-                           "pretrain.knn_train_samples=64", "pretrain.knn_eval_samples=32", fault="slow_main:8",
-                           torchrun=2))
+                           "pretrain.knn_train_samples=64", "pretrain.knn_eval_samples=32", "pretrain.vis_images=4",
+                           fault="slow_main:8", torchrun=2))
     assert code == 0, err[-3000:]
     assert "resumed from" not in err and err.count("epoch 3 kNN") == 1  # one attempt, to the end
     assert same(weights(run), reference_two_ranks)

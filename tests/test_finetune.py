@@ -176,7 +176,7 @@ def test_resumed_run_keeps_the_best_epochs_record(tmp_path, datasets, monkeypatc
     """model-best.pth's record travels in checkpoints: after a resume, an epoch worse than one before the halt
     does not replace model-best.pth (scripted top-1: 50 after epoch 1, 40 after epoch 2)."""
     scores = iter([50.0, 40.0])
-    monkeypatch.setattr(FinetuneTask, "evaluate", lambda self: {"top1": next(scores), "top5": 100.0, "eval_loss": 1.0})
+    monkeypatch.setattr(FinetuneTask, "evaluate", lambda self, info=None: {"top1": next(scores), "top5": 100.0, "eval_loss": 1.0})
     assert finetune(tiny_finetune(tmp_path, datasets, "train.halt_after_steps=4"))["halted"]  # end of epoch 1
     out = finetune(tiny_finetune(tmp_path, datasets, "train.resume=auto"))
     assert (out["top1"], out["best_top1"], out["best_epoch"]) == (40.0, 50.0, 1)

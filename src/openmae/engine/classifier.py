@@ -3,20 +3,24 @@ in timm's layout."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from openmae.convert.files import save_file, weights_metadata
+from openmae.data.build import SourceView
 from openmae.data.config import DataConfig
+from openmae.data.datasets import ImageSource
 from openmae.data.loader import Batch, batches_of
-from openmae.engine.distributed import wait_for_main
+from openmae.engine.distributed import DistInfo, gather_rows, same_buffers, share_of, wait_for_main
 from openmae.engine.loop import Run
 from openmae.models.vit import fold_bn_head
 
@@ -25,16 +29,17 @@ log = logging.getLogger("openmae.classifier")
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.dtype | None = None,
-             confusion: bool = False, flip: bool = False) -> dict[str, Any]:
+             confusion: bool = False, flip: bool = False,
+             gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
     """Top-1, top-5 (in percent) and mean cross-entropy over every batch; with ``confusion``, also the confusion
     matrix as ``confusion`` (a list of rows: true class, columns: predicted class). ``flip``: test-time
     augmentation, each image's class probabilities averaged with its horizontal mirror's (ranks and cross-entropy
-    are then those of the averaged probabilities)."""
+    are then those of the averaged probabilities). ``gather``: the batches are this rank's part of the images
+    (``openmae.engine.distributed.share_of``), and ``gather`` turns each rank's per-image results into all the
+    images' (``gather_rows``): every rank returns the metrics of all."""
     was_training = model.training
     model.eval()
-    correct1 = correct5 = total = 0
-    loss_sum = 0.0
-    counts: torch.Tensor | None = None
+    labels_seen, tops, losses = [], [], []  # per image, on the device: one host sync at the end, not one a batch
     with batches_of(batches) as each:
         for batch in each:
             images, labels = batch.images.to(device, non_blocking=True), batch.labels.to(device)
@@ -44,20 +49,21 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
                     mirrored = model(images.flip(-1)).float()
                     logits = (torch.logsumexp(torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)]), 0)
                               - math.log(2))
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            correct1 += (top[:, 0] == labels).sum().item()
-            correct5 += (top == labels[:, None]).any(1).sum().item()
-            total += labels.numel()
-            if confusion:
-                n = logits.shape[1]
-                pairs = torch.bincount((labels * n + top[:, 0]).cpu(), minlength=n * n).view(n, n)
-                counts = pairs if counts is None else counts + pairs
+            losses.append(F.cross_entropy(logits, labels, reduction="none"))  # (B,)
+            tops.append(logits.topk(min(5, logits.shape[1]), dim=1).indices)  # (B, min(5, classes))
+            labels_seen.append(labels)
+            width = logits.shape[1]  # the classes
     model.train(was_training)
-    out: dict[str, Any] = {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total,
-                           "eval_loss": loss_sum / total}
+    labels, top, loss = torch.cat(labels_seen), torch.cat(tops), torch.cat(losses).double()
+    if gather is not None:
+        labels, top, loss = gather(labels), gather(top), gather(loss)
+    total = labels.numel()
+    out: dict[str, Any] = {"top1": 100.0 * (top[:, 0] == labels).sum().item() / total,
+                           "top5": 100.0 * (top == labels[:, None]).any(1).sum().item() / total,
+                           "eval_loss": loss.sum().item() / total}
     if confusion:
-        out["confusion"] = counts.tolist() if counts is not None else []
+        n = width
+        out["confusion"] = torch.bincount((labels * n + top[:, 0]).cpu(), minlength=n * n).view(n, n).tolist()
     return out
 
 
@@ -102,13 +108,17 @@ class BestKeeper:
             best = task_state["best"]
             self.best, self.epoch, self.metrics = float(best["top1"]), int(best["epoch"]), dict(best["metrics"])
 
-    def update(self, model: nn.Module, metrics: dict[str, float], epoch: int, final: bool) -> dict[str, float]:
-        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        if metrics["top1"] > self.best:
+    def update(self, sd: dict[str, torch.Tensor], metrics: dict[str, float], epoch: int, final: bool,
+               write: bool = True) -> dict[str, float]:
+        """The record updated with this epoch's ``metrics`` (on every rank alike), and the files written from the
+        weights ``sd`` (whole, on the CPU) when ``write`` (the main rank)."""
+        improved = metrics["top1"] > self.best
+        if improved:
             self.best, self.epoch, self.metrics = metrics["top1"], epoch, dict(metrics)
+        if improved and write:
             save_file({"model": sd, "model_config": self.model_config, "epoch": epoch, "metrics": metrics,
                        **self.extra}, self.run_dir / "model-best.pth")
-        if final:
+        if final and write:
             # timm reads the tensors (a probe's BatchNorm head folded into its Linear); openmae also the architecture
             # (head counts) and normalisation in the metadata
             save_file(fold_bn_head({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}),
@@ -122,23 +132,40 @@ class BestKeeper:
         return out
 
 
-def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module, evaluate_fn: Callable[[], dict[str, float]],
-                         best: BestKeeper, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Rank 0 evaluates every ``every`` epochs and at the end, keeps the best weights; all ranks wait."""
+def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module,
+                         evaluate_fn: Callable[[DistInfo], dict[str, float]], best: BestKeeper,
+                         extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every ``every`` epochs and at the end, every rank evaluates its part of the images (``evaluate_fn``, which
+    returns the metrics of all on every rank); the main rank keeps the best weights; all ranks wait for it."""
     final = epoch == run.train.epochs
-    out: dict[str, Any] = {}
-    if run.info.is_main and (epoch % every == 0 or final):
-        out = {**best.update(model, evaluate_fn(), epoch, final), **(extra or {})}
-        if best.report:
-            split = best.report[:-1]
-            log.info("epoch %d: held-out top-1 %.2f top-5 %.2f, %s top-1 %.2f (best held-out %.2f at epoch %d, whose "
-                     "%s top-1 is %.2f)", epoch, out["top1"], out["top5"], split, out[f"{best.report}top1"],
-                     out["best_top1"], out["best_epoch"], split, out[f"best_{best.report}top1"])
-        else:
-            log.info("epoch %d: top-1 %.2f top-5 %.2f (best %.2f, epoch %d)", epoch, out["top1"], out["top5"],
-                     out["best_top1"], out["best_epoch"])
+    if not (epoch % every == 0 or final):
+        return {}
+    metrics = evaluate_fn(run.info)
+    # whole weights on the main rank's CPU: a collective under FSDP, where each rank holds a part of every tensor
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    out = {**best.update(sd, metrics, epoch, final, write=run.info.is_main), **(extra or {})}
+    if run.info.is_main and best.report:
+        split = best.report[:-1]
+        log.info("epoch %d: held-out top-1 %.2f top-5 %.2f, %s top-1 %.2f (best held-out %.2f at epoch %d, whose "
+                 "%s top-1 is %.2f)", epoch, out["top1"], out["top5"], split, out[f"{best.report}top1"],
+                 out["best_top1"], out["best_epoch"], split, out[f"best_{best.report}top1"])
+    elif run.info.is_main:
+        log.info("epoch %d: top-1 %.2f top-5 %.2f (best %.2f, epoch %d)", epoch, out["top1"], out["top5"],
+                 out["best_top1"], out["best_epoch"])
     wait_for_main(run.info)
     return out
+
+
+def evaluate_share(model: nn.Module, source: ImageSource, batches_for: Callable[[ImageSource], Iterable[Batch]],
+                   device: torch.device, info: DistInfo, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """``evaluate`` over every image of ``source``, each rank of a torchrun job taking its part (``share_of``):
+    ``batches_for(images)`` makes the batches of the images given. Every rank returns the metrics of all."""
+    if not info.enabled:
+        return evaluate(model, batches_for(source), device, amp_dtype)
+    same_buffers(model, info)  # one model measured: the main rank's (BatchNorm statistics)
+    index, _ = share_of(len(source), info)
+    return evaluate(model, batches_for(SourceView(source, index)), device, amp_dtype,
+                    gather=functools.partial(gather_rows, count=len(source), info=info))
 
 
 def labels_and_images(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -27,6 +28,9 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+ONE_PROCESS = DistInfo()  # a run outside torchrun (a default argument: never changed)
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -94,11 +98,13 @@ def parallelize(model: nn.Module, info: DistInfo, strategy: str = "ddp", compile
     if not info.enabled:
         return model
     if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
         for block in blocks or []:
             fully_shard(block)
         fully_shard(model)
+        if hasattr(model, "forward_features"):  # the evaluations' features (kNN): the root's weights gathered for it
+            register_fsdp_forward_method(model, "forward_features")
         return model
     return nn.parallel.DistributedDataParallel(
         model, device_ids=[info.device.index] if info.device.type == "cuda" else None
@@ -111,6 +117,54 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= info.world_size
     return value
+
+
+GATHER_BYTES = 1 << 30  # the most gather_rows holds on a device at once
+
+
+def share_of(count: int, info: DistInfo) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's part of ``count`` items an evaluation splits between the ranks: (indices, keep). Rank r takes
+    items r, r + W, r + 2W, ... (W ranks), wrapped past the end so that every rank has ceil(count / W) of them and
+    runs as many batches (the collectives of a stop check between batches, and the gather after, line up on every
+    rank); ``keep`` (bool) is false on the wrapped repeats. :func:`gather_rows` puts the ranks' rows back in order."""
+    world = info.world_size
+    per = -(-count // world)
+    position = np.arange(per, dtype=np.int64) * world + info.rank  # (per,) the items' places among all
+    return position % max(count, 1), position < count
+
+
+def gather_stacked(local: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """(W, *local.shape): every rank's ``local`` (the same shape on every rank), in rank order, on every rank, on
+    ``local``'s device. A collective (NCCL's needs the tensors on the rank's GPU; gloo's on the CPU)."""
+    if not info.enabled:
+        return local[None]
+    on = info.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    mine = local.to(on).contiguous()
+    every = [torch.empty_like(mine) for _ in range(info.world_size)]
+    dist.all_gather(every, mine)
+    return torch.stack(every).to(local.device)
+
+
+def gather_rows(local: torch.Tensor, count: int, info: DistInfo) -> torch.Tensor:
+    """(count, ...): the rows every rank computed for its part (:func:`share_of`, one row an item), on every rank, in
+    the items' order, without the wrapped repeats."""
+    if not info.enabled or not len(local):
+        return local[:count]
+    # in pieces of GATHER_BYTES at most on the device (cached probe features of ImageNet: tens of GB in all)
+    rows = max(1, GATHER_BYTES // (local[0].numel() * local.element_size() * info.world_size))
+    every = torch.cat([gather_stacked(local[i : i + rows], info) for i in range(0, len(local), rows)], dim=1)
+    # (W, per, ...): rank r's row j is item j * W + r
+    return every.transpose(0, 1).reshape(-1, *local.shape[1:])[:count]
+
+
+def same_buffers(module: nn.Module, info: DistInfo) -> None:
+    """Every rank's buffers of ``module`` made the main rank's: each rank updates a BatchNorm's running statistics
+    from its own batches (DDP copies rank 0's over them at each training forward, then the rank's batch moves them),
+    so an evaluation split between the ranks would measure a slightly different model on each; now it measures the
+    main rank's, which it saves."""
+    if info.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def from_main(value: Any, info: DistInfo) -> Any:

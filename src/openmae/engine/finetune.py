@@ -14,21 +14,21 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 
 from openmae.data.build import eval_batches, report_source, split_sources, train_dataset
-from openmae.data.datasets import keep_stats, stats_for
+from openmae.data.datasets import ImageSource, keep_stats, stats_for
 from openmae.data.loader import Batch
 from openmae.data.normalization import stats_record
 from openmae.data.transforms import check_shift, finetune_transform
 from openmae.engine.checkpoint import CheckpointError
 from openmae.engine.classifier import (
     BestKeeper,
-    evaluate,
     evaluate_after_epoch,
+    evaluate_share,
     labels_and_images,
     num_classes_of,
     report_prefix,
 )
 from openmae.engine.config import TrainConfig
-from openmae.engine.distributed import DistInfo
+from openmae.engine.distributed import ONE_PROCESS, DistInfo
 from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
 from openmae.engine.optim import param_groups
 from openmae.engine.task_config import FinetuneConfig
@@ -120,13 +120,17 @@ class FinetuneTask:
         """What is evaluated, kept and exported: the EMA weights when finetune.model_ema is on."""
         return self.ema.module if self.ema is not None else self.model
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, info: DistInfo = ONE_PROCESS) -> dict[str, float]:
+        """Top-1 etc. on the evaluation images (each rank of a torchrun job evaluating its part of them)."""
         d, m = self.cfg.data, self.mae_cfg
         device = next(self.model.parameters()).device
 
+        def batches_for(images: ImageSource):
+            return eval_batches(d, d.eval_split, m.img_size, m.in_chans, self.cfg.finetune.eval_batch_size,
+                                source=images)
+
         def on(model: nn.Module, source=self.eval_source) -> dict[str, float]:
-            return evaluate(model, eval_batches(d, d.eval_split, m.img_size, m.in_chans, self.cfg.finetune.eval_batch_size,
-                                                source=source), device, self.amp_dtype)
+            return evaluate_share(model, source, batches_for, device, info, self.amp_dtype)
 
         metrics = on(self.classifier)
         if self.report_source is not None:

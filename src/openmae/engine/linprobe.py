@@ -14,20 +14,20 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from openmae.data.build import eval_batches, report_source, split_sources, train_dataset
+from openmae.data.build import SourceView, eval_batches, report_source, split_sources, train_dataset
 from openmae.data.datasets import ImageSource, keep_stats
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples
 from openmae.data.normalization import stats_record
 from openmae.engine.classifier import (
     BestKeeper,
-    evaluate,
     evaluate_after_epoch,
+    evaluate_share,
     labels_and_images,
     num_classes_of,
     report_prefix,
 )
 from openmae.engine.config import TrainConfig
-from openmae.engine.distributed import DistInfo
+from openmae.engine.distributed import ONE_PROCESS, DistInfo, gather_rows, share_of
 from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
 from openmae.engine.optim import param_groups
 from openmae.engine.task_config import LinprobeConfig
@@ -57,11 +57,12 @@ class FeatureSource:
 class LinprobeTask:
     name = "linprobe"
 
-    def __init__(self, cfg: LinprobeConfig, device: torch.device, resumed: dict[str, Any] | None = None) -> None:
+    def __init__(self, cfg: LinprobeConfig, device: torch.device, resumed: dict[str, Any] | None = None,
+                 info: DistInfo = ONE_PROCESS) -> None:
         """``resumed``: the model config of the checkpoint the run resumes from. An online probe's checkpoints hold
         its frozen encoder, so linprobe.init is not read then; a cached probe's hold its head alone, and its features
-        are computed from linprobe.init again."""
-        self.cfg, self.device = cfg, device
+        are computed from linprobe.init again (each rank of a torchrun job ``info`` computing its part of them)."""
+        self.cfg, self.device, self.info = cfg, device, info
         p = cfg.linprobe
         try:
             mae_cfg, sd, old_grid = resolve_encoder(cfg.model, p.init, resumed if p.mode == "online" else None,
@@ -107,11 +108,15 @@ class LinprobeTask:
             self.num_workers = cfg.data.num_workers
 
     def _features(self, split: str, source: ImageSource) -> tuple[torch.Tensor, torch.Tensor]:
-        m, bs = self.mae_cfg, self.cfg.linprobe.eval_batch_size
+        """Features (N, D) and labels (N,) of every image of ``source``, on every rank (each computes its part)."""
+        m, bs, info = self.mae_cfg, self.cfg.linprobe.eval_batch_size, self.info
         p = self.cfg.linprobe
+        index, _ = share_of(len(source), info)
         feats = extract_features(self.classifier, eval_batches(self.cfg.data, split, m.img_size, m.in_chans, bs,
-                                                               source=source),
+                                                               source=SourceView(source, index) if info.enabled
+                                                               else source),
                                  self.device, p.pooling, self.amp_dtype, last_blocks=p.last_blocks)
+        feats = tuple(gather_rows(part, len(source), info) for part in feats)
         log.info("cached %d %s features of width %d", len(feats[0]), split, feats[0].shape[1])
         return feats
 
@@ -143,24 +148,30 @@ class LinprobeTask:
     def load_extra_state(self, state: dict[str, Any], path: Path) -> None:
         self.best.load_state(state)
 
-    def evaluate(self) -> dict[str, float]:
-        metrics = self._evaluate_on(self.eval_source, self.eval_feats)
+    def evaluate(self, info: DistInfo = ONE_PROCESS) -> dict[str, float]:
+        """Top-1 etc. on the evaluation images (each rank of a torchrun job evaluating its part of them)."""
+        metrics = self._evaluate_on(self.eval_source, self.eval_feats, info)
         if self.report_source is not None:
-            report = self._evaluate_on(self.report_source, self.report_feats)
+            report = self._evaluate_on(self.report_source, self.report_feats, info)
             metrics.update({f"{self.best.report}{k}": v for k, v in report.items()})
         return metrics
 
-    def _evaluate_on(self, source: ImageSource, cached: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, float]:
+    def _evaluate_on(self, source: ImageSource, cached: tuple[torch.Tensor, torch.Tensor] | None,
+                     info: DistInfo) -> dict[str, float]:
         """Top-1 etc. of the probe on ``source``'s images (or, in cached mode, on their ``cached`` features)."""
+        bs = self.cfg.linprobe.eval_batch_size
         if cached is not None:
-            feats, labels = cached
-            bs = self.cfg.linprobe.eval_batch_size
-            batches = [Batch(feats[i : i + bs], labels[i : i + bs], labels[i : i + bs], 0) for i in range(0, len(feats), bs)]
-            return evaluate(self.model, batches, self.device)
+            def feature_batches(items: FeatureSource | SourceView) -> list[Batch]:
+                index = items.index if isinstance(items, SourceView) else slice(None)  # a rank's part, or all
+                feats, labels = cached[0][index], cached[1][index]  # (n, D), (n,)
+                return [Batch(feats[i : i + bs], labels[i : i + bs], labels[i : i + bs], 0)
+                        for i in range(0, len(feats), bs)]
+
+            return evaluate_share(self.model, FeatureSource(*cached), feature_batches, self.device, info)
         d, m = self.cfg.data, self.mae_cfg
-        return evaluate(self.classifier, eval_batches(d, d.eval_split, m.img_size, m.in_chans,
-                                                      self.cfg.linprobe.eval_batch_size, source=source),
-                        self.device, self.amp_dtype)
+        return evaluate_share(self.classifier, source,
+                              lambda images: eval_batches(d, d.eval_split, m.img_size, m.in_chans, bs, source=images),
+                              self.device, info, self.amp_dtype)
 
     def after_epoch(self, run: Run, epoch: int) -> dict[str, Any]:
         p = self.cfg.linprobe
@@ -181,4 +192,5 @@ def _identity(x):
 
 def linprobe(cfg: LinprobeConfig) -> dict[str, Any]:
     """Linear probe of a pretrained (or random) encoder as configured."""
-    return launch(lambda info, resume: LinprobeTask(cfg, info.device, resume.model_config if resume else None), cfg)
+    return launch(lambda info, resume: LinprobeTask(cfg, info.device, resume.model_config if resume else None,
+                                                          info), cfg)

@@ -52,7 +52,7 @@ from openmae.engine.checkpoint import (
     start_fresh,
 )
 from openmae.engine.config import TrainConfig, precision_dtype
-from openmae.engine.distributed import DistInfo, all_reduce_mean, from_main, parallelize, wait_for_main
+from openmae.engine.distributed import DistInfo, all_reduce_mean, parallelize, wait_for_main
 from openmae.engine.host_memory import keep_freed_host_memory
 from openmae.engine.logging import MetricsLog, read_metrics
 from openmae.engine.optim import build_optimizer
@@ -80,9 +80,13 @@ class Task(Protocol):
     ``load_extra_state(state, path)`` for what the task keeps beyond its model (saved with every checkpoint and
     restored on resume, so that resuming stays exact).
 
-    ``after_epoch`` evaluates on the main rank alone (no collectives there) and ends with ``wait_for_main``. A
-    stop asked for during it cuts its loops over ``openmae.data.loader.batches_of`` short (``StopAsked``): it must
-    change what a checkpoint keeps only after those loops (the best weights' record, a monitor's state)."""
+    ``after_epoch`` runs on every rank: its evaluations split the images between the ranks
+    (``openmae.engine.distributed.share_of``), so that each of its loops over ``openmae.data.loader.batches_of``
+    runs as many batches on every rank; the main rank alone writes files, after the collectives (they would wait
+    for its own work past the process group's timeout), and it ends with ``wait_for_main``. A stop
+    asked for during it cuts those loops short (``StopAsked``; under torchrun the ranks agree on it before every
+    batch, a collective, and all stop at the same one): it must change what a checkpoint keeps only after those loops
+    (the best weights' record, a monitor's state)."""
 
     name: str
     model: nn.Module
@@ -427,14 +431,14 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
         before_evaluation = rng_state()  # what a stop during the evaluation saves with (a resumed run evaluates again)
         cut = False
         try:
-            # a stop asked for during the evaluation (which may take minutes) cuts it short at its next batch
-            with stops_between_batches(lambda: stops.received is not None):
+            # a stop asked for during the evaluation (which may take minutes) cuts it short at its next batch; under
+            # torchrun on every rank at the same batch (the ranks agree before each: a collective)
+            with stops_between_batches(lambda: stops.agreed(info) is not None):
                 evaluated = task.after_epoch(run, epoch)
-        except StopAsked:  # on the main rank, which alone evaluates: the others wait at the end of their after_epoch
+        except StopAsked:  # on every rank alike
             evaluated, cut = {}, True
-            wait_for_main(info)  # the one its after_epoch skipped, which the other ranks are in
         stop = stops.agreed(info)  # once an epoch, on every rank
-        if stop and from_main(cut, info):  # saved as at the end of the epoch's last step, before its evaluation
+        if stop and cut:  # saved as at the end of the epoch's last step, before its evaluation
             checkpoint(epoch - 1, batches, rng=before_evaluation)
             return stopped(stop, f"during the evaluation after epoch {epoch} (step {step}), which a resumed run "
                                  "does again")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import replace
 from functools import cached_property
@@ -11,11 +12,12 @@ import torch
 from torch import nn
 
 from openmae.convert.checkpoints import load_state_dict_into
-from openmae.data.build import eval_batches, require_eval_folder, split_sources, train_dataset
+from openmae.data.build import SourceView, eval_batches, require_eval_folder, split_sources, train_dataset
 from openmae.data.datasets import ImageSource, keep_stats, stats_for
 from openmae.data.loader import Batch
+from openmae.data.ranks import shared_by_ranks
 from openmae.engine.config import TrainConfig
-from openmae.engine.distributed import DistInfo, wait_for_main
+from openmae.engine.distributed import ONE_PROCESS, DistInfo, gather_rows, gather_stacked, same_buffers, share_of, wait_for_main
 from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
 from openmae.engine.task_config import PretrainConfig
@@ -73,7 +75,7 @@ class PretrainTask:
         return StepOutput(out.loss)
 
     # ------------------------------------------------------------------ monitoring
-    # Built at first use (rank 0 alone monitors) and kept: reading them again at every epoch would rescan the
+    # Built at first use and kept: reading them again at every epoch would rescan the
     # folders, minutes on an ImageNet-sized one.
     @cached_property
     def picture_batch(self) -> Batch:
@@ -98,35 +100,58 @@ class PretrainTask:
         batch = self.picture_batch
         mean, std = stats_for(cfg.data, m.in_chans)
         rec = reconstruct(self.model, batch.images, mean, std, cfg.pretrain.mask_ratio, seed=0,
-                          stretch=cfg.data.reads_arrays)
+                          stretch=cfg.data.reads_arrays)  # on every rank: under FSDP a forward is a collective
+        if not run.info.is_main:
+            return
         bands = tuple(cfg.pretrain.vis_bands)
         path = save_grid(rec, run.run_dir / "pictures" / f"reconstruction-epoch{epoch:04d}.png", auto_scale(m.img_size),
                          bands)
         run.metrics.image("reconstruction", grid_image(rec, auto_scale(m.img_size), bands=bands), run.step)
         log.info("reconstructions written to %s", path)
 
-    def knn(self) -> dict[str, float]:
+    def knn(self, info: DistInfo = ONE_PROCESS) -> dict[str, float]:
+        """The kNN monitor's top-1 / top-5, the same on every rank: each rank of a torchrun job computes the features
+        of its part of the images and finds the nearest among its part of the training ones (``knn_accuracy``'s
+        ``gather``)."""
         cfg, m = self.cfg, self.model.cfg
         device = next(self.model.parameters()).device
         bs = max(cfg.train.batch_size, 256)
-        train_source, eval_source = self.knn_sources
-        train = extract_features(self.model, eval_batches(cfg.data, cfg.data.train_split, m.img_size, m.in_chans, bs,
-                                                          source=train_source), device, cfg.pretrain.knn_pooling)
-        test = extract_features(self.model, eval_batches(cfg.data, cfg.data.eval_split, m.img_size, m.in_chans, bs,
-                                                         source=eval_source), device, cfg.pretrain.knn_pooling)
-        num_classes = int(max(train[1].max(), test[1].max())) + 1
-        return knn_accuracy(train[0], train[1], test[0], test[1], num_classes, cfg.pretrain.knn_k,
-                            cfg.pretrain.knn_temperature)
+        with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
+            train_source, eval_source = self.knn_sources
+        same_buffers(self.model, info)  # one encoder measured (the model has no statistics of its own: a guard)
+
+        def features(split: str, source: ImageSource) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """This rank's part: features (n, D), labels (n,), and which are not the repeats that even the parts."""
+            index, keep = share_of(len(source), info)
+            part = SourceView(source, index) if info.enabled else source
+            feats, labels = extract_features(self.model, eval_batches(cfg.data, split, m.img_size, m.in_chans, bs,
+                                                                      source=part), device, cfg.pretrain.knn_pooling)
+            return feats, labels, torch.from_numpy(keep)
+
+        train_feats, train_labels, keep = features(cfg.data.train_split, train_source)
+        test_feats, test_labels, _ = features(cfg.data.eval_split, eval_source)
+        gather = None
+        if info.enabled:
+            gather = functools.partial(gather_stacked, info=info)
+            train_feats, train_labels = train_feats[keep], train_labels[keep]
+            test_feats = gather_rows(test_feats, len(eval_source), info)  # (M, D): every rank all of them
+            test_labels = gather_rows(test_labels, len(eval_source), info)
+        top = max(int(train_labels.max()) if len(train_labels) else 0, int(test_labels.max()))
+        num_classes = (int(gather(torch.tensor([top])).max()) if gather else top) + 1
+        return knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes, cfg.pretrain.knn_k,
+                            cfg.pretrain.knn_temperature, gather=gather)
 
     def after_epoch(self, run: Run, epoch: int) -> dict[str, Any]:
+        """Every rank takes its part (under FSDP each forward is a collective); the main rank writes and logs, last:
+        a collective after work of its own would wait for it past the process group's timeout."""
         p, last = self.cfg.pretrain, epoch == self.cfg.train.epochs
         out: dict[str, Any] = {}
-        if run.info.is_main:
-            if (p.vis_every_epochs and epoch % p.vis_every_epochs == 0) or last:
-                self.pictures(run, epoch)
-            if p.knn_every_epochs and (epoch % p.knn_every_epochs == 0 or last):
-                out = self.knn()
+        if p.knn_every_epochs and (epoch % p.knn_every_epochs == 0 or last):
+            out = self.knn(run.info)
+            if run.info.is_main:
                 log.info("epoch %d kNN: %s", epoch, ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
+        if (p.vis_every_epochs and epoch % p.vis_every_epochs == 0) or last:
+            self.pictures(run, epoch)
         wait_for_main(run.info)
         return out
 

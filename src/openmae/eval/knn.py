@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -28,15 +30,42 @@ def _check(k: int, temperature: float) -> None:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
+Gather = Callable[[torch.Tensor], torch.Tensor]  # every process's tensor of one shape, stacked (W, ...) in rank order
+
+
+def _nearest_of_all(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, k: int,
+                    chunk: int, gather: Gather | None):
+    """Per chunk of test features: similarities (m, k) and labels (m, k) of the ``k`` nearest training features. With
+    ``gather``, the training features are split between processes (each holds its part, every one all the test
+    features): each process's ``k`` nearest are gathered and the ``k`` nearest of those kept, which are the ``k``
+    nearest of all (the processes' similarity matrices and memory are 1 / W of one process's)."""
+    if gather is None:
+        k = min(k, train_feats.shape[0])
+        for sim, idx in _neighbours(train_feats, test_feats, k, chunk):
+            yield sim, train_labels[idx]
+        return
+    k = min(k, int(gather(torch.tensor([train_feats.shape[0]])).sum()))
+    mine = min(k, train_feats.shape[0])
+    for sim, idx in _neighbours(train_feats, test_feats, mine, chunk):
+        labels = train_labels[idx]
+        if mine < k:  # a part with fewer than k features: the missing neighbours never win (exp(-inf) = 0)
+            sim = F.pad(sim, (0, k - mine), value=float("-inf"))
+            labels = F.pad(labels, (0, k - mine))
+        sims, labels = gather(sim), gather(labels)  # (W, m, k) twice
+        sims, labels = sims.permute(1, 0, 2).flatten(1), labels.permute(1, 0, 2).flatten(1)  # (m, W * k)
+        sim, pick = sims.topk(k, dim=1)
+        yield sim, labels.gather(1, pick)
+
+
 @torch.no_grad()
 def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, num_classes: int,
-                k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+                k: int = 20, temperature: float = 0.07, chunk: int = 1024, gather: Gather | None = None) -> torch.Tensor:
     """Class scores (M, num_classes): each of the ``k`` most cosine-similar training samples votes for its
-    class with weight ``exp(similarity / temperature)``."""
+    class with weight ``exp(similarity / temperature)``. ``gather``: the training features are this process's part
+    of them (see ``_nearest_of_all``)."""
     _check(k, temperature)
-    k = min(k, train_feats.shape[0])
-    return torch.cat([_votes(sim, train_labels[idx], num_classes, temperature)
-                      for sim, idx in _neighbours(train_feats, test_feats, k, chunk)])
+    return torch.cat([_votes(sim, labels, num_classes, temperature)
+                      for sim, labels in _nearest_of_all(train_feats, train_labels, test_feats, k, chunk, gather)])
 
 
 @torch.no_grad()
@@ -68,9 +97,10 @@ def standardize(train_feats: torch.Tensor, *others: torch.Tensor) -> list[torch.
 
 
 def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
-                 test_labels: torch.Tensor, num_classes: int, k: int = 20, temperature: float = 0.07) -> dict[str, float]:
-    """Top-1 (and top-5 when there are more than 5 classes) accuracy in percent."""
-    scores = knn_predict(train_feats, train_labels, test_feats, num_classes, k, temperature)
+                 test_labels: torch.Tensor, num_classes: int, k: int = 20, temperature: float = 0.07,
+                 gather: Gather | None = None) -> dict[str, float]:
+    """Top-1 (and top-5 when there are more than 5 classes) accuracy in percent (``gather``: see ``knn_predict``)."""
+    scores = knn_predict(train_feats, train_labels, test_feats, num_classes, k, temperature, gather=gather)
     out = {"knn_top1": 100.0 * (scores.argmax(1) == test_labels).float().mean().item()}
     if num_classes > 5:
         top5 = scores.topk(5, dim=1).indices
