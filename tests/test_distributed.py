@@ -220,23 +220,32 @@ def test_a_classifier_fine_tuned_by_two_ranks_under_fsdp_is_evaluated_and_kept_a
     assert (tmp_path / "two" / "model-timm.safetensors").is_file()
 
 
-def test_a_cached_probe_of_two_ranks_computes_and_evaluates_the_features_of_all_the_images(tmp_path, datasets):
+def test_a_cached_probe_of_two_ranks_computes_and_evaluates_the_features_of_all_the_images(tmp_path, datasets,
+                                                                                           caplog):
     """Each rank computes the features of its part of the images (gathered: every rank trains on all of them) and
-    evaluates its part of the 37 test images. Its best weights, evaluated in one process on features computed there,
-    score what the two ranks measured. (Its BatchNorm head sees 8 features a rank, not 16, so it trains otherwise than
+    evaluates its part of the 37 test images. The features the main rank keeps (linprobe.feature_cache) are those one
+    process computes, and one process reads them; the best weights, evaluated in one process on features computed
+    there, score what the two ranks measured. (Its BatchNorm head sees 8 features a rank, not 16, so it trains otherwise than
     one process.)"""
     from openmae.config import load_config
     from openmae.convert.files import load_file
     from openmae.engine.linprobe import LinprobeConfig, LinprobeTask
 
-    extra = ["linprobe.mode=cached", "linprobe.last_blocks=2", "train.seed=3", "train.precision=fp32"]
+    extra = ["linprobe.mode=cached", "linprobe.last_blocks=2", "train.seed=3", "train.precision=fp32",
+             f"linprobe.feature_cache={tmp_path / 'kept'}"]
     best = classify("linprobe", 2, tmp_path / "two", datasets, *extra)
+    assert len(list((tmp_path / "kept").glob("*.pt"))) == 2  # the main rank kept the train and eval features
     cfg = load_config(LinprobeConfig, overrides=[*CLASSIFIER, *extra, f"data.root={datasets}",
                                                   f"train.output_dir={tmp_path / 'one'}"])
-    task = LinprobeTask(cfg, torch.device("cpu"))
-    assert len(task.train_feats[0]) == 64
+    torch.manual_seed(3)  # the encoder the ranks drew (train.seed): one process reads the features they kept
+    with caplog.at_level("INFO", logger="openmae.features"):
+        task = LinprobeTask(cfg, torch.device("cpu"))
+    assert caplog.text.count("kept by an earlier probe") == 2, caplog.text
+    computed = task._compute_features(cfg.data.train_split, task.train_source)
+    torch.testing.assert_close(task.train_feats[0], computed[0], rtol=0, atol=1e-5)
+    assert torch.equal(task.train_feats[1], computed[1]) and len(computed[1]) == 64
     task.classifier.load_state_dict(load_file(tmp_path / "two" / "model-best.pth")["model"])  # its encoder too
-    task.eval_feats = task._features(cfg.data.eval_split, task.eval_source)
+    task.eval_feats = task._compute_features(cfg.data.eval_split, task.eval_source)
     mine = task.evaluate()
     assert (mine["top1"], mine["top5"]) == (best["metrics"]["top1"], best["metrics"]["top5"])
     assert mine["eval_loss"] == pytest.approx(best["metrics"]["eval_loss"], rel=1e-9)  # fp32: the same features

@@ -7,7 +7,7 @@ from helpers import call_cli
 from PIL import Image
 
 import openmae
-from openmae.convert.files import load_file
+from openmae.convert.files import load_file, save_file
 from openmae.eval.knn import knn_accuracy, knn_accuracy_grid, knn_predict, standardize
 from openmae.eval.reconstruction import reconstruct
 
@@ -287,3 +287,89 @@ def test_online_probe_head_reads_the_pooling_asked_for(datasets, tmp_path, pooli
     torch.testing.assert_close(seen["x"], pool(tokens, pooling))
     other = pool(tokens, "cls" if pooling == "mean" else "mean")
     assert not torch.allclose(seen["x"], other)
+
+
+def test_a_cached_probe_keeps_its_features_and_a_later_probe_of_the_same_encoder_and_images_reads_them(datasets,
+                                                                                                      tmp_path):
+    """linprobe.feature_cache: the first probe keeps its train / eval / report features; a second of the same encoder
+    and images (another learning rate, a resumed run) reads them and never runs the encoder over an image, ending
+    where a probe that computes them does; another encoder, other images or another pooling compute (and keep) their
+    own; a damaged file is said and computed again."""
+    from openmae.config import load_config
+    from openmae.engine import linprobe as probe_module
+    from openmae.engine.linprobe import LinprobeConfig, linprobe
+
+    encoders = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        encoders[name] = tmp_path / f"{name}.pth"
+        save_file({"model": openmae.create_model("mae_vit_debug_patch4_32").state_dict()}, encoders[name])
+    cache = tmp_path / "cache"
+
+    def cfg(out, *extra, encoder="a", kept=True):
+        return load_config(LinprobeConfig, overrides=[
+            "data.name=cifar10", f"data.root={datasets}", "data.max_samples=64", "data.max_eval_samples=32",
+            "data.holdout=0.25", "data.report_eval_split=true", "data.num_workers=0", "model.name=auto",
+            f"linprobe.init={encoders[encoder]}", "linprobe.mode=cached", "train.epochs=2", "train.warmup_epochs=0",
+            "train.batch_size=16", "train.progress=false", "train.tensorboard=false", "train.log_every_steps=1",
+            f"train.output_dir={tmp_path / out}", *([f"linprobe.feature_cache={cache}"] if kept else []), *extra])
+
+    computed = []
+    real = probe_module.extract_features
+
+    def counted(*args, **kwargs):
+        computed.append(1)
+        return real(*args, **kwargs)
+
+    probe_module.extract_features = counted
+    try:
+        linprobe(cfg("first"))
+        assert len(computed) == 3 and len(list(cache.glob("*.pt"))) == 3  # train, held-out eval, test report
+        computed.clear()
+        sweep = linprobe(cfg("sweep", "train.blr=0.3"))
+        assert computed == []  # all three read
+        assert linprobe(cfg("cut", "train.blr=0.3", "train.halt_after_steps=3"))["halted"]
+        resumed = linprobe(cfg("cut", "train.blr=0.3", "train.resume=auto"))
+        assert computed == []
+        plain = linprobe(cfg("plain", "train.blr=0.3", kept=False))
+        assert len(computed) == 3
+        for run in (sweep, resumed):
+            assert (run["top1"], run["test_top1"], run["eval_loss"]) == (plain["top1"], plain["test_top1"],
+                                                                         plain["eval_loss"])
+        for case, extra, encoder in (("other encoder", [], "b"), ("other images", ["data.max_samples=48"], "a"),
+                                     ("other pooling", ["linprobe.pooling=mean"], "a")):
+            computed.clear()
+            linprobe(cfg(case.replace(" ", "_"), *extra, encoder=encoder))
+            assert len(computed) == 3, case
+        assert len(list(cache.glob("*.pt"))) == 4 * 3
+        for path in cache.glob("train-*.pt"):  # damaged: cut short
+            path.write_bytes(path.read_bytes()[:100])
+        computed.clear()
+        linprobe(cfg("damaged"))
+        assert len(computed) == 1
+    finally:
+        probe_module.extract_features = real
+
+
+def test_kept_features_are_keyed_by_the_images_themselves(datasets):
+    """Two sets of as many images under the same settings key different features; the same images the same."""
+    from openmae.data.build import SourceView
+    from openmae.data.config import DataConfig
+    from openmae.data.datasets import build_source
+    from openmae.eval.feature_cache import cache_path, feature_key
+
+    source = build_source(DataConfig(name="cifar10", root=str(datasets)), "test", 3)
+
+    def key(index):
+        return feature_key("eval", "test", SourceView(source, index), "w", {}, {})
+
+    assert cache_path("c", key(range(10))) == cache_path("c", key(range(10)))
+    assert cache_path("c", key(range(10))) != cache_path("c", key(range(10, 20)))
+
+
+def test_feature_cache_is_for_cached_probes():
+    from openmae.config import ConfigError, load_config
+    from openmae.engine.linprobe import LinprobeConfig
+
+    with pytest.raises(ConfigError, match="linprobe.feature_cache.*online mode"):
+        load_config(LinprobeConfig, overrides=["data.name=cifar10", "linprobe.feature_cache=/tmp/x"])

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from openmae.config import to_dict
 from openmae.data.build import SourceView, eval_batches, report_source, split_sources, train_dataset
 from openmae.data.datasets import ImageSource, keep_stats
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples
@@ -27,11 +28,12 @@ from openmae.engine.classifier import (
     report_prefix,
 )
 from openmae.engine.config import TrainConfig
-from openmae.engine.distributed import ONE_PROCESS, DistInfo, gather_rows, share_of
+from openmae.engine.distributed import ONE_PROCESS, DistInfo, gather_rows, gather_stacked, share_of
 from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
 from openmae.engine.optim import param_groups
 from openmae.engine.task_config import LinprobeConfig
 from openmae.engine.weights import resolve_encoder
+from openmae.eval.feature_cache import feature_key, read_features, weights_digest, write_features
 from openmae.eval.features import extract_features, pooled_width
 from openmae.models.vit import create_classifier, load_encoder
 
@@ -95,10 +97,11 @@ class LinprobeTask:
                                 "classes": self.classes},
                                report_prefix(cfg.data))
         if p.mode == "cached":
+            self.weights = weights_digest(self.classifier) if p.feature_cache else ""  # the kept features' key
             self.classifier.to(device)
-            self.train_feats = self._features(cfg.data.train_split, self.train_source)
-            self.eval_feats = self._features(cfg.data.eval_split, self.eval_source)
-            self.report_feats = (self._features(cfg.data.eval_split, self.report_source)
+            self.train_feats = self._features("train", cfg.data.train_split, self.train_source)
+            self.eval_feats = self._features("eval", cfg.data.eval_split, self.eval_source)
+            self.report_feats = (self._features("report", cfg.data.eval_split, self.report_source)
                                  if self.report_source is not None else None)
             self.model = self.classifier.head  # only the head trains; features come from the cache
             self.num_workers = 0  # in-memory tensors: worker processes would only add overhead
@@ -107,8 +110,25 @@ class LinprobeTask:
             self.model = self.classifier
             self.num_workers = cfg.data.num_workers
 
-    def _features(self, split: str, source: ImageSource) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (N, D) and labels (N,) of every image of ``source``, on every rank (each computes its part)."""
+    def _features(self, role: str, split: str, source: ImageSource) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (N, D) and labels (N,) of every image of ``source``, on every rank (each computes its part), or
+        those an earlier probe kept in linprobe.feature_cache (read when every rank finds them)."""
+        p = self.cfg.linprobe
+        if not p.feature_cache:
+            return self._compute_features(split, source)
+        key = feature_key(role, split, source, self.weights, self.model_config, to_dict(self.cfg.data),
+                          pooling=p.pooling, last_blocks=p.last_blocks, precision=str(self.amp_dtype))
+        kept = read_features(p.feature_cache, key)
+        if self.info.enabled:  # all read them, or all compute them (a collective each batch)
+            kept = kept if int(gather_stacked(torch.tensor([int(kept is not None)]), self.info).min()) else None
+        if kept is not None:
+            return kept
+        feats = self._compute_features(split, source)
+        if self.info.is_main:
+            write_features(p.feature_cache, key, *feats)
+        return feats
+
+    def _compute_features(self, split: str, source: ImageSource) -> tuple[torch.Tensor, torch.Tensor]:
         m, bs, info = self.mae_cfg, self.cfg.linprobe.eval_batch_size, self.info
         p = self.cfg.linprobe
         index, _ = share_of(len(source), info)

@@ -138,9 +138,14 @@ class LinprobeSection:
     last_blocks: int = 1  # cached mode: probe the concatenated pooled features of the last N blocks
     eval_batch_size: int = 256
     eval_every_epochs: int = 1
+    # cached mode: a folder where the features are kept, keyed by the encoder's weights, the images and the settings;
+    # a later probe of the same (another learning rate, a resumed run) reads them instead of computing them again
+    feature_cache: str = ""
 
     def check(self) -> None:
         require(self.mode in ("online", "cached"), "linprobe.mode", self.mode, "online or cached")
+        require(not self.feature_cache or self.mode == "cached", "linprobe.feature_cache", self.feature_cache,
+                "empty in online mode (an online probe computes features of augmented images at every step)")
         require(self.pooling in POOLING, "linprobe.pooling", self.pooling, f"one of {POOLING}")
         require(self.last_blocks >= 1, "linprobe.last_blocks", self.last_blocks, ">= 1 (1 = the last block only)")
         require(self.pooling != "cls+mean" or self.mode == "cached", "linprobe.pooling", self.pooling,
