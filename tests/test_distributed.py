@@ -249,3 +249,23 @@ def test_a_cached_probe_of_two_ranks_computes_and_evaluates_the_features_of_all_
     mine = task.evaluate()
     assert (mine["top1"], mine["top5"]) == (best["metrics"]["top1"], best["metrics"]["top5"])
     assert mine["eval_loss"] == pytest.approx(best["metrics"]["eval_loss"], rel=1e-9)  # fp32: the same features
+
+
+@pytest.mark.parametrize("standardized", [False, True], ids=["cosine", "standardized"])
+def test_openmae_knn_under_torchrun_splits_the_images_and_scores_as_one_process(standardized, tmp_path, datasets):
+    """`torchrun ... -m openmae knn`: each rank computes the features of its part of the images (101 training and 37
+    test images: parts evened by a repeat), finds the nearest among its part of the training features, and the
+    standardisation takes the mean and std of all of them; rank 0 prints what one process does. It was refused."""
+    from openmae.config import load_config
+    from openmae.engine.knn_eval import knn_eval
+    from openmae.engine.task_config import KnnConfig
+
+    args = ["model.name=mae_vit_debug_patch4_32", "data.name=cifar10", "data.max_samples=101",
+            "data.max_eval_samples=37", "data.num_workers=0", "knn.batch_size=16", "knn.k=10",
+            f"knn.standardize={str(standardized).lower()}"]
+    proc = torchrun("-m", "openmae", "knn", f"--data-root={datasets}", *args, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads(proc.stdout.strip().splitlines()[-1])
+    one = knn_eval(load_config(KnnConfig, overrides=[*args, f"data.root={datasets}"]))
+    assert (two["train_samples"], two["eval_samples"]) == (101, 37)
+    assert (two["knn_top1"], two["knn_top5"]) == (one["knn_top1"], one["knn_top5"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import replace
 from functools import cached_property
@@ -12,18 +11,17 @@ import torch
 from torch import nn
 
 from openmae.convert.checkpoints import load_state_dict_into
-from openmae.data.build import SourceView, eval_batches, require_eval_folder, split_sources, train_dataset
+from openmae.data.build import eval_batches, require_eval_folder, split_sources, train_dataset
 from openmae.data.datasets import ImageSource, keep_stats, stats_for
 from openmae.data.loader import Batch
 from openmae.data.ranks import shared_by_ranks
 from openmae.engine.config import TrainConfig
-from openmae.engine.distributed import ONE_PROCESS, DistInfo, gather_rows, gather_stacked, same_buffers, share_of, wait_for_main
+from openmae.engine.distributed import ONE_PROCESS, DistInfo, wait_for_main
+from openmae.engine.knn_eval import knn_over_ranks
 from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
 from openmae.engine.task_config import PretrainConfig
 from openmae.engine.weights import resolve_encoder
-from openmae.eval.features import extract_features
-from openmae.eval.knn import knn_accuracy
 from openmae.eval.reconstruction import auto_scale, check_bands, grid_image, reconstruct, save_grid
 from openmae.models.mae import MaskedAutoencoder
 
@@ -110,36 +108,19 @@ class PretrainTask:
         log.info("reconstructions written to %s", path)
 
     def knn(self, info: DistInfo = ONE_PROCESS) -> dict[str, float]:
-        """The kNN monitor's top-1 / top-5, the same on every rank: each rank of a torchrun job computes the features
-        of its part of the images and finds the nearest among its part of the training ones (``knn_accuracy``'s
-        ``gather``)."""
-        cfg, m = self.cfg, self.model.cfg
-        device = next(self.model.parameters()).device
+        """The kNN monitor's top-1 / top-5, the same on every rank (each rank of a torchrun job computes its part)."""
+        cfg, m, p = self.cfg, self.model.cfg, self.cfg.pretrain
         bs = max(cfg.train.batch_size, 256)
         with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
-            train_source, eval_source = self.knn_sources
-        same_buffers(self.model, info)  # one encoder measured (the model has no statistics of its own: a guard)
+            sources = self.knn_sources
 
-        def features(split: str, source: ImageSource) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            """This rank's part: features (n, D), labels (n,), and which are not the repeats that even the parts."""
-            index, keep = share_of(len(source), info)
-            part = SourceView(source, index) if info.enabled else source
-            feats, labels = extract_features(self.model, eval_batches(cfg.data, split, m.img_size, m.in_chans, bs,
-                                                                      source=part), device, cfg.pretrain.knn_pooling)
-            return feats, labels, torch.from_numpy(keep)
+        def batches_for(split: str, images: ImageSource):
+            return eval_batches(cfg.data, split, m.img_size, m.in_chans, bs, source=images)
 
-        train_feats, train_labels, keep = features(cfg.data.train_split, train_source)
-        test_feats, test_labels, _ = features(cfg.data.eval_split, eval_source)
-        gather = None
-        if info.enabled:
-            gather = functools.partial(gather_stacked, info=info)
-            train_feats, train_labels = train_feats[keep], train_labels[keep]
-            test_feats = gather_rows(test_feats, len(eval_source), info)  # (M, D): every rank all of them
-            test_labels = gather_rows(test_labels, len(eval_source), info)
-        top = max(int(train_labels.max()) if len(train_labels) else 0, int(test_labels.max()))
-        num_classes = (int(gather(torch.tensor([top])).max()) if gather else top) + 1
-        return knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes, cfg.pretrain.knn_k,
-                            cfg.pretrain.knn_temperature, gather=gather)
+        out = knn_over_ranks(self.model, sources, batches_for, (cfg.data.train_split, cfg.data.eval_split),
+                             next(self.model.parameters()).device, info, p.knn_pooling, k=p.knn_k,
+                             temperature=p.knn_temperature)
+        return {name: out[name] for name in out if name.startswith("knn_")}
 
     def after_epoch(self, run: Run, epoch: int) -> dict[str, Any]:
         """Every rank takes its part (under FSDP each forward is a collective); the main rank writes and logs, last:
