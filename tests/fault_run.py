@@ -10,7 +10,7 @@
 - ``signal_in_eval:<rank>:<call>:<name>``: that rank sends itself the signal <name> when the encoder's features are
   computed for an evaluation (the kNN monitor) for the <call>-th time, on the first attempt only.
 - ``slow_main:<seconds>``: rank 0's first checkpoint write and first reconstruction pictures' write each take that
-  many seconds longer, while the other ranks wait for it.
+  many seconds longer, while the other ranks wait for it, on the first attempt only.
 - ``raise_in_eval``: the encoder's features raise a RuntimeError when computed for an evaluation (the kNN monitor),
   while the evaluation's loader is part-way through its images.
 """
@@ -88,7 +88,7 @@ elif fault.startswith("signal_in_eval:"):
         MaskedAutoencoder.forward_features = signalling_features
 
 elif fault.startswith("slow_main:"):
-    if os.environ.get("RANK", "0") == "0":
+    if os.environ.get("RANK", "0") == "0" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
         import time
 
         import openmae.engine.checkpoint as checkpoint

@@ -368,3 +368,20 @@ def test_torchrun_ranks_wait_for_the_main_ranks_evaluation_and_save_past_the_col
     assert code == 0, err[-3000:]
     assert "resumed from" not in err and err.count("epoch 3 kNN") == 1  # one attempt, to the end
     assert same(weights(run), reference_two_ranks)
+
+
+def test_torchrun_ranks_stop_when_the_main_rank_hangs_past_main_wait_and_the_restart_resumes(tmp_path, datasets,
+                                                                                            reference_two_ranks):
+    """Rank 0's first checkpoint write takes 15 s longer on the first attempt: rank 1 waits train.main_wait_s (3 s),
+    then stops with an error that says what it waited for and what to do; torchrun restarts the group, which ends
+    where an uninterrupted run does. Before, the other ranks waited a day for a main rank that hung (and the job held
+    its nodes)."""
+    run = tmp_path / "run"
+    code, err = finish(cli(run, datasets, "train.batch_size=8", "train.main_wait_s=3", fault="slow_main:15",
+                           torchrun=2))
+    assert code == 0, err[-3000:]
+    assert "the main rank did not finish its own work (writing a checkpoint" in err
+    assert "within train.main_wait_s=3 s" in err
+    # the restarted group goes on from the checkpoint rank 0 was writing, or starts over if it was killed in it
+    assert "resumed from" in err or "stopped before it saved a checkpoint" in err
+    assert same(weights(run), reference_two_ranks)

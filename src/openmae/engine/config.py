@@ -109,8 +109,11 @@ class TrainConfig:
     stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGINT")
     device: str = "auto"
     # seconds a collective of torchrun's process group may wait for a rank (0: torch's default, 10 minutes with NCCL,
-    # 30 with gloo); the main rank's evaluations and checkpoint writes are waited for without one in flight
+    # 30 with gloo); the main rank's own work (writing checkpoints, the best weights, pictures) is waited for without
+    # one in flight, for up to main_wait_s: past that the other ranks stop with an error (a main rank hung on a stuck
+    # file system held the job until the scheduler's limit), which torchrun's --max-restarts resumes from
     dist_timeout_s: float = 0.0
+    main_wait_s: float = 3600.0
     tensorboard: bool = True
     progress: bool = True
 
@@ -121,6 +124,8 @@ class TrainConfig:
                 f"too, such as train.warmup_epochs={self.epochs // 20} (the paper's: a twentieth of the epochs)")
         require(self.dist_timeout_s >= 0, "train.dist_timeout_s", self.dist_timeout_s,
                 ">= 0 seconds (0: torch's default)")
+        require(self.main_wait_s > 0, "train.main_wait_s", self.main_wait_s,
+                "> 0 seconds (how long the other ranks wait for the main rank's writes)")
         require(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1 (images per process and step)")
         require(self.accum_steps >= 1, "train.accum_steps", self.accum_steps, ">= 1")
         require(self.blr > 0, "train.blr", self.blr, "> 0")

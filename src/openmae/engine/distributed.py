@@ -47,12 +47,13 @@ _GROUPS = itertools.count()  # the process groups this process has joined
 
 _STORE: list[Any] = []  # the key-value store of the process group init_distributed joined (wait_for_main's)
 _WAITS = itertools.count()  # wait_for_main's calls: every rank makes them in the same order
-MAIN_WAIT = datetime.timedelta(days=1)  # how long the other ranks wait for the main rank's work of its own
+_MAIN_WAIT: list[float] = []  # seconds the other ranks wait for the main rank's own work (train.main_wait_s)
 
 
-def init_distributed(device_name: str = "auto", timeout_s: float = 0.0) -> DistInfo:
+def init_distributed(device_name: str = "auto", timeout_s: float = 0.0, main_wait_s: float = 3600.0) -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU; ``timeout_s``:
-    how long a collective waits for a rank (0: torch's default)."""
+    how long a collective waits for a rank (0: torch's default); ``main_wait_s``: how long :func:`wait_for_main`
+    waits."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -71,6 +72,7 @@ def init_distributed(device_name: str = "auto", timeout_s: float = 0.0) -> DistI
         timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
         dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, timeout=timeout)
         _STORE[:] = [store]
+        _MAIN_WAIT[:] = [main_wait_s]
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
@@ -176,12 +178,17 @@ def from_main(value: Any, info: DistInfo) -> Any:
     return box[0]
 
 
+class MainRankTimeout(RuntimeError):
+    """The other ranks waited for the main rank's own work longer than train.main_wait_s."""
+
+
 def wait_for_main(info: DistInfo) -> None:
-    """Every rank waits here for the main rank, back from work of its own (an evaluation, writing a checkpoint).
-    They wait on the job's key-value store, with no collective in flight: however long that work takes, no
-    collective times out (NCCL's watchdog ends a process whose collective has waited 10 minutes by default, and a
-    kNN monitor over ImageNet's training images on one GPU takes about that long; HF's Trainer raises the timeout
-    instead). Where the process group was made outside openmae (no store known), a barrier."""
+    """Every rank waits here for the main rank, back from work of its own (writing a checkpoint, the best weights,
+    pictures). They wait on the job's key-value store, with no collective in flight: that work may take longer than
+    a collective's timeout (NCCL's watchdog ends a process whose collective has waited 10 minutes by default: a
+    checkpoint of a large model on a slow file system) without ending the job; past train.main_wait_s they stop with
+    an error that says so (a main rank hung in a write would hold the job until the scheduler's limit). Where the
+    process group was made outside openmae (no store known), a barrier."""
     if not info.enabled:
         return
     if not _STORE:
@@ -190,11 +197,22 @@ def wait_for_main(info: DistInfo) -> None:
     key = f"openmae/main-done/{next(_WAITS)}"
     if info.is_main:
         _STORE[0].set(key, "1")
-    else:
-        _STORE[0].wait([key], MAIN_WAIT)
+        return
+    seconds = _MAIN_WAIT[0] if _MAIN_WAIT else 3600.0
+    try:
+        _STORE[0].wait([key], datetime.timedelta(seconds=seconds))
+    except RuntimeError as err:  # torch's DistStoreError: "wait timeout after ...", or the store's end
+        if "timeout" not in str(err).lower():
+            raise
+        raise MainRankTimeout(
+            f"rank {info.rank}: the main rank did not finish its own work (writing a checkpoint, the best weights or "
+            f"pictures) within train.main_wait_s={seconds:g} s: it hangs or is slowed (a stuck file system?); see "
+            "rank 0's log (`py-spy dump --pid <its pid>` shows where it is), or raise train.main_wait_s. torchrun's "
+            "--max-restarts resumes the job from its last checkpoint") from None
 
 
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
     _STORE.clear()
+    _MAIN_WAIT.clear()

@@ -119,7 +119,7 @@ def launch(make_task: Callable[[DistInfo, Resume | None], Task], config: Any) ->
     from openmae.engine.logging import setup_console
     from openmae.engine.run_lock import run_lock
 
-    info = init_distributed(config.train.device, config.train.dist_timeout_s)
+    info = init_distributed(config.train.device, config.train.dist_timeout_s, config.train.main_wait_s)
     setup_console(info.is_main)
     try:
         t = config.train
