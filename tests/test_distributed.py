@@ -269,3 +269,28 @@ def test_openmae_knn_under_torchrun_splits_the_images_and_scores_as_one_process(
     one = knn_eval(load_config(KnnConfig, overrides=[*args, f"data.root={datasets}"]))
     assert (two["train_samples"], two["eval_samples"]) == (101, 37)
     assert (two["knn_top1"], two["knn_top5"]) == (one["knn_top1"], one["knn_top5"])
+
+
+def test_openmae_evaluate_under_torchrun_measures_each_ranks_part_and_reports_them_all(tmp_path, datasets):
+    """`torchrun ... -m openmae evaluate` (flip test-time augmentation, 37 test images): each rank measures its part;
+    rank 0 prints and writes the top-1 / top-5, per-class accuracy and confusion matrix one process gives. It was
+    refused."""
+    from test_finetune import tiny_finetune
+
+    from openmae.config import load_config
+    from openmae.engine.evaluate import EvaluateConfig, run_evaluate
+    from openmae.engine.finetune import finetune
+
+    finetune(tiny_finetune(tmp_path / "run", datasets, "train.epochs=1", "train.warmup_epochs=0"))
+    args = ["data.name=cifar10", "data.max_eval_samples=37", "data.num_workers=0", "evaluate.tta=flip",
+            "evaluate.batch_size=8"]
+    proc = torchrun("-m", "openmae", "evaluate", "--checkpoint", str(tmp_path / "run" / "model-best.pth"),
+                    f"--data-root={datasets}", *args, "-o", str(tmp_path / "two.json"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    one = run_evaluate(load_config(EvaluateConfig, overrides=[f"evaluate.init={tmp_path / 'run' / 'model-best.pth'}",
+                                                              f"data.root={datasets}", *args]))
+    assert two["samples"] == one["samples"] == 37 and sum(map(sum, two["confusion"])) == 37
+    for key in ("top1", "top5", "confusion", "per_class_top1"):
+        assert two[key] == one[key], key
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-6)

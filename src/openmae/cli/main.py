@@ -30,7 +30,7 @@ def command(name: str, help_text: str):
 
 LABELLED = ("finetune", "linprobe", "knn", "evaluate")  # the commands that read labels: --data names class folders
 TRAINING = ("pretrain", "finetune", "linprobe", "demo")  # the commands that write runs (checkpoints) to resume
-DISTRIBUTED = ("pretrain", "finetune", "linprobe", "knn")  # the commands that split their work between torchrun's ranks
+DISTRIBUTED = ("pretrain", "finetune", "linprobe", "knn", "evaluate")  # the commands that split their work between torchrun's ranks
 
 
 def run_overrides(args: argparse.Namespace, rest: list[str]) -> list[str]:

@@ -157,14 +157,15 @@ def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module,
 
 
 def evaluate_share(model: nn.Module, source: ImageSource, batches_for: Callable[[ImageSource], Iterable[Batch]],
-                   device: torch.device, info: DistInfo, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
+                   device: torch.device, info: DistInfo, amp_dtype: torch.dtype | None = None, confusion: bool = False,
+                   flip: bool = False) -> dict[str, Any]:
     """``evaluate`` over every image of ``source``, each rank of a torchrun job taking its part (``share_of``):
     ``batches_for(images)`` makes the batches of the images given. Every rank returns the metrics of all."""
     if not info.enabled:
-        return evaluate(model, batches_for(source), device, amp_dtype)
+        return evaluate(model, batches_for(source), device, amp_dtype, confusion, flip)
     same_buffers(model, info)  # one model measured: the main rank's (BatchNorm statistics)
     index, _ = share_of(len(source), info)
-    return evaluate(model, batches_for(SourceView(source, index)), device, amp_dtype,
+    return evaluate(model, batches_for(SourceView(source, index)), device, amp_dtype, confusion, flip,
                     gather=functools.partial(gather_rows, count=len(source), info=info))
 
 

@@ -16,9 +16,11 @@ from openmae.config import ConfigError
 from openmae.convert.files import load_file
 from openmae.data.build import eval_batches, source_for
 from openmae.data.config import DataConfig
+from openmae.data.datasets import ImageSource
 from openmae.data.normalization import inherit_stats
-from openmae.engine.classifier import evaluate as evaluate_batches
-from openmae.engine.distributed import pick_device
+from openmae.data.ranks import shared_by_ranks
+from openmae.engine.classifier import evaluate_share
+from openmae.engine.distributed import DistInfo, cleanup, init_distributed
 from openmae.engine.linprobe import probe_global_pool
 from openmae.engine.logging import setup_console
 from openmae.engine.loop import autocast_dtype
@@ -85,20 +87,34 @@ def load_classifier(path: str, data: DataConfig | None = None, obj: Any = None) 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Top-1 / top-5 / mean cross-entropy of ``evaluate.init`` on ``data.eval_split`` (held-out images with
-    ``data.holdout``), per-class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    ``data.holdout``), per-class accuracy and the confusion matrix (rows: true class, columns: predicted). Under
+    torchrun each rank measures its part of the images."""
+    info = init_distributed(cfg.evaluate.device)
+    try:
+        return _evaluate(cfg, info)
+    finally:
+        cleanup(info)
+
+
+def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     e, d = cfg.evaluate, cfg.data
-    setup_console(True)  # the per-class table is printed through the log
-    device = pick_device(e.device)
+    setup_console(info.is_main)  # the per-class table is printed through the log
+    device = info.device
     model, mae_cfg = load_classifier(e.init, d)
     classes = model.num_classes
-    source = source_for(d, d.eval_split, mae_cfg.in_chans, d.max_eval_samples)
+    with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
+        source = source_for(d, d.eval_split, mae_cfg.in_chans, d.max_eval_samples)
     names = list(source.classes) or [str(i) for i in range(classes)]
     if len(names) != classes:
         raise ConfigError(f"the classifier in {e.init} has {classes} outputs but the '{d.eval_split}' split of "
                           f"data.name={d.name} has {len(names)} classes; evaluate on the dataset it was trained on")
-    batches = eval_batches(d, d.eval_split, mae_cfg.img_size, mae_cfg.in_chans, e.batch_size, source=source)
-    metrics = evaluate_batches(model.to(device), batches, device, autocast_dtype(e.precision, device), confusion=True,
-                               flip=e.tta == "flip")
+
+    def batches_for(images: ImageSource):
+        return eval_batches(d, d.eval_split, mae_cfg.img_size, mae_cfg.in_chans, e.batch_size, source=images)
+
+    # under torchrun each rank measures its part of the images: the metrics of all on every rank
+    metrics = evaluate_share(model.to(device), source, batches_for, device, info, autocast_dtype(e.precision, device),
+                             confusion=True, flip=e.tta == "flip")
     confusion: list[list[int]] = metrics.pop("confusion")
     per_class = {name: (100.0 * row[i] / sum(row) if sum(row) else float("nan"))
                  for i, (name, row) in enumerate(zip(names, confusion))}
@@ -110,6 +126,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         log.info("  %-20s %6.2f", name, acc)
     result = {**metrics, "tta": e.tta, "samples": len(source), "per_class_top1": per_class, "classes": names,
               "confusion": confusion}
+    if not info.is_main:  # the main rank writes the files
+        return result
     if e.output:
         Path(e.output).parent.mkdir(parents=True, exist_ok=True)
         Path(e.output).write_text(json.dumps(result, indent=1))
