@@ -355,8 +355,8 @@ def test_torchrun_stop_during_an_evaluation_cuts_it_on_every_rank_and_the_restar
     assert same(weights(run), reference_two_ranks)
 
 
-def test_torchrun_ranks_wait_for_the_main_ranks_evaluation_and_save_past_the_collective_timeout(tmp_path, datasets,
-                                                                                                 reference_two_ranks):
+def test_torchrun_ranks_wait_for_the_main_ranks_writes_past_the_collective_timeout(tmp_path, datasets,
+                                                                                  reference_two_ranks):
     """Rank 0 alone writes checkpoints and pictures while rank 1 waits (the kNN monitor's evaluation is split between
     them). With the waits in a barrier, work of rank 0's longer than the process group's timeout (NCCL's: 10 minutes
     by default; here gloo's, set to 3 s by train.dist_timeout_s) ended the job; the ranks wait on the job's store
