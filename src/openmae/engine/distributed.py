@@ -1,4 +1,5 @@
-"""torch.distributed under torchrun: process group setup, DDP / FSDP2 wrapping, the main rank's own work waited for, evaluations split between the ranks."""
+"""torch.distributed under torchrun: process group setup, DDP / FSDP2 wrapping, the main rank's own work waited
+for, evaluations split between the ranks."""
 
 from __future__ import annotations
 
