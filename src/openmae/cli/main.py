@@ -368,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, NotADirectoryError, FileExistsError, ValueError) as err:
         print(f"openmae {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except RuntimeError as err:
+        from openmae.engine.distributed import MainRankTimeout
+
+        if not isinstance(err, MainRankTimeout):
+            raise
+        print(f"openmae {args.command}: error: {err}", file=sys.stderr)  # what it waited for says it all
+        return 1
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one outside it: what a shell reports, no traceback
         kept = ("at once, without saving; a run's folder keeps the checkpoints saved before (`openmae info <run "
                 "folder>` lists them; --resume auto continues from the last)") if args.command in TRAINING else ""

@@ -48,10 +48,11 @@ _GROUPS = itertools.count()  # the process groups this process has joined
 
 _STORE: list[Any] = []  # the key-value store of the process group init_distributed joined (wait_for_main's)
 _WAITS = itertools.count()  # wait_for_main's calls: every rank makes them in the same order
-_MAIN_WAIT: list[float] = []  # seconds the other ranks wait for the main rank's own work (train.main_wait_s)
+MAIN_WAIT_S = 3600.0  # how long the other ranks wait for the main rank's own work by default (train.main_wait_s)
+_MAIN_WAIT: list[float] = []  # that wait of the process group init_distributed joined
 
 
-def init_distributed(device_name: str = "auto", timeout_s: float = 0.0, main_wait_s: float = 3600.0) -> DistInfo:
+def init_distributed(device_name: str = "auto", timeout_s: float = 0.0, main_wait_s: float = MAIN_WAIT_S) -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU; ``timeout_s``:
     how long a collective waits for a rank (0: torch's default); ``main_wait_s``: how long :func:`wait_for_main`
     waits."""
@@ -199,7 +200,7 @@ def wait_for_main(info: DistInfo) -> None:
     if info.is_main:
         _STORE[0].set(key, "1")
         return
-    seconds = _MAIN_WAIT[0] if _MAIN_WAIT else 3600.0
+    seconds = _MAIN_WAIT[0] if _MAIN_WAIT else MAIN_WAIT_S
     try:
         _STORE[0].wait([key], datetime.timedelta(seconds=seconds))
     except RuntimeError as err:  # torch's DistStoreError: "wait timeout after ...", or the store's end
