@@ -33,7 +33,7 @@ from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
 from openmae.engine.optim import param_groups
 from openmae.engine.task_config import LinprobeConfig
 from openmae.engine.weights import resolve_encoder
-from openmae.eval.feature_cache import feature_key, read_features, weights_digest, write_features
+from openmae.eval.feature_cache import feature_key, read_features, say_read, weights_digest, write_features
 from openmae.eval.features import extract_features, pooled_width
 from openmae.models.vit import create_classifier, load_encoder
 
@@ -122,6 +122,7 @@ class LinprobeTask:
         if self.info.enabled:  # all read them, or all compute them (a collective each batch)
             kept = kept if int(gather_stacked(torch.tensor([int(kept is not None)]), self.info).min()) else None
         if kept is not None:
+            say_read(p.feature_cache, key, len(kept[0]))
             return kept
         feats = self._compute_features(split, source)
         if self.info.is_main:

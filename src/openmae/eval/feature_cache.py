@@ -76,9 +76,12 @@ def read_features(folder: str | Path, key: dict[str, Any]) -> tuple[torch.Tensor
     if len(feats) != key["count"] or len(labels) != key["count"]:
         log.warning("%s holds %d features for %d images: computing them again", path, len(feats), key["count"])
         return None
-    log.info("read the %s features of %d images from %s (kept by an earlier probe of the same encoder and images)",
-             key["role"], len(feats), path)
     return feats, labels
+
+
+def say_read(folder: str | Path, key: dict[str, Any], count: int) -> None:
+    log.info("read the %s features of %d images from %s (kept by an earlier probe of the same encoder and images)",
+             key["role"], count, cache_path(folder, key))
 
 
 def write_features(folder: str | Path, key: dict[str, Any], feats: torch.Tensor, labels: torch.Tensor) -> None:
