@@ -16,11 +16,10 @@ import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from openmae.convert.files import save_file, weights_metadata
-from openmae.data.build import SourceView
 from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource
 from openmae.data.loader import Batch, batches_of
-from openmae.engine.distributed import DistInfo, gather_rows, same_buffers, share_of, wait_for_main
+from openmae.engine.distributed import DistInfo, gather_rows, part_of, same_buffers, wait_for_main
 from openmae.engine.loop import Run
 from openmae.models.vit import fold_bn_head
 
@@ -164,8 +163,7 @@ def evaluate_share(model: nn.Module, source: ImageSource, batches_for: Callable[
     if not info.enabled:
         return evaluate(model, batches_for(source), device, amp_dtype, confusion, flip)
     same_buffers(model, info)  # one model measured: the main rank's (BatchNorm statistics)
-    index, _ = share_of(len(source), info)
-    return evaluate(model, batches_for(SourceView(source, index)), device, amp_dtype, confusion, flip,
+    return evaluate(model, batches_for(part_of(source, info)[0]), device, amp_dtype, confusion, flip,
                     gather=functools.partial(gather_rows, count=len(source), info=info))
 
 

@@ -137,6 +137,15 @@ def share_of(count: int, info: DistInfo) -> tuple[np.ndarray, np.ndarray]:
     return position % max(count, 1), position < count
 
 
+def part_of(source: Any, info: DistInfo) -> tuple[Any, np.ndarray]:
+    """This rank's part of ``source``'s images (:func:`share_of`; the whole source outside torchrun) and its
+    ``keep``."""
+    from openmae.data.build import SourceView  # here: the data pipeline is not imported with the process group
+
+    index, keep = share_of(len(source), info)
+    return (SourceView(source, index) if info.enabled else source), keep
+
+
 def gather_stacked(local: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """(W, *local.shape): every rank's ``local`` (the same shape on every rank), in rank order, on every rank, on
     ``local``'s device. A collective (NCCL's needs the tensors on the rank's GPU; gloo's on the CPU)."""

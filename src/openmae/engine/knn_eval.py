@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from openmae.convert.checkpoints import load_state_dict_into
-from openmae.data.build import SourceView, eval_batches, split_sources
+from openmae.data.build import eval_batches, split_sources
 from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource
 from openmae.data.loader import Batch
@@ -24,8 +24,8 @@ from openmae.engine.distributed import (
     gather_rows,
     gather_stacked,
     init_distributed,
+    part_of,
     same_buffers,
-    share_of,
 )
 from openmae.engine.task_config import KnnConfig
 from openmae.engine.weights import resolve_encoder
@@ -71,8 +71,7 @@ def knn_over_ranks(model: nn.Module, sources: tuple[ImageSource, ImageSource],
 
     def features(split: str, source: ImageSource) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's part: features (n, D), labels (n,), and which are not the repeats that even the parts."""
-        index, keep = share_of(len(source), info)
-        part = SourceView(source, index) if info.enabled else source
+        part, keep = part_of(source, info)
         feats, labels = extract_features(model, batches_for(split, part), device, pooling, last_blocks=last_blocks)
         return feats, labels, torch.from_numpy(keep)
 

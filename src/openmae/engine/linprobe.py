@@ -28,7 +28,7 @@ from openmae.engine.classifier import (
     report_prefix,
 )
 from openmae.engine.config import TrainConfig
-from openmae.engine.distributed import ONE_PROCESS, DistInfo, gather_rows, gather_stacked, share_of
+from openmae.engine.distributed import ONE_PROCESS, DistInfo, gather_rows, gather_stacked, part_of
 from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
 from openmae.engine.optim import param_groups
 from openmae.engine.task_config import LinprobeConfig
@@ -132,10 +132,8 @@ class LinprobeTask:
     def _compute_features(self, split: str, source: ImageSource) -> tuple[torch.Tensor, torch.Tensor]:
         m, bs, info = self.mae_cfg, self.cfg.linprobe.eval_batch_size, self.info
         p = self.cfg.linprobe
-        index, _ = share_of(len(source), info)
         feats = extract_features(self.classifier, eval_batches(self.cfg.data, split, m.img_size, m.in_chans, bs,
-                                                               source=SourceView(source, index) if info.enabled
-                                                               else source),
+                                                               source=part_of(source, info)[0]),
                                  self.device, p.pooling, self.amp_dtype, last_blocks=p.last_blocks)
         feats = tuple(gather_rows(part, len(source), info) for part in feats)
         log.info("cached %d %s features of width %d", len(feats[0]), split, feats[0].shape[1])
