@@ -151,10 +151,20 @@ photos_row bands 60 25 loader.log "${bands[@]}" --workers 15 --device-augment --
 
 # TorchCodec's batched decode_jpeg (data.jpeg_decoder=torchcodec; torchvision deprecates its own since 0.29): a batch
 # of 256 photos decoded by each (time, equal pixels), then the GPU loader path with it. The machine has no network:
-# a wheel carried in runs/wheels (pip download --no-deps 'torchcodec>=0.16,<0.17' -d runs/wheels) is installed.
-if [ -z "$PLAN" ] && [[ "$PARTS" == *" codec "* ]] && ! python3 -c "import torchcodec" 2>/dev/null; then
-  python3 -m pip install -q --no-deps runs/wheels/torchcodec-*.whl >/dev/null 2>&1 \
-    || echo "## torchcodec is not installed and no wheel in runs/wheels installed" | tee -a "$timing"
+# the carried wheels in runs/wheels are tried newest first until one imports with the machine's Python and torch
+# (TorchCodec is built for one torch: 0.11 for torch 2.11, 0.16 for 2.14; the H200 of 2026-12-04 had Python 3.12
+# and torch 2.11, this machine 3.11 and 2.14), e.g.
+#   for v in 3.11 3.12; do pip download --no-deps --only-binary=:all: --python-version $v 'torchcodec>=0.11,<0.12' \
+#     -d runs/wheels; done   # and the same for 'torchcodec>=0.16,<0.17'
+if [ -z "$PLAN" ] && [[ "$PARTS" == *" codec "* ]] && ! python3 -c "import torchcodec.decoders" 2>/dev/null; then
+  for wheel in $(ls -r runs/wheels/torchcodec-*.whl 2>/dev/null); do
+    python3 -m pip install -q --no-deps --force-reinstall "$wheel" >/dev/null 2>&1 || continue
+    python3 -c "from torchcodec.decoders import decode_jpeg" >/dev/null 2>&1 && echo "## installed $wheel" >> "$timing" \
+      && break
+    python3 -m pip uninstall -q -y torchcodec >/dev/null 2>&1
+  done
+  python3 -c "import torchcodec.decoders" 2>/dev/null \
+    || echo "## torchcodec is not installed: no wheel in runs/wheels imports with $(python3 -V)" | tee -a "$timing"
 fi
 photos_row codec 40 15 codec.log python3 benchmarks/jpeg_decoders.py --data "$PHOTOS" --images 256 --device cuda
 photos_row codec 60 25 loader.log "${loader[@]}" --workers 15 --device-augment --device cuda --jpeg-decoder torchcodec

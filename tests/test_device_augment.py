@@ -116,6 +116,14 @@ def test_auto_jpeg_decoder_falls_back_to_torchcodec_and_says_what_is_missing(mon
     monkeypatch.setattr(jpeg, "_torchcodec", lambda: None)
     with pytest.raises(ImportError, match="no JPEG decoder found .*pip install torchcodec"):
         jpeg.jpeg_decoder("auto")
+    with pytest.raises(ImportError, match=r"data.jpeg_decoder=torchcodec, but TorchCodec is not installed .*"
+                                          r"pip install torchcodec \(or openmae\[torchcodec\]\)$"):
+        jpeg.jpeg_decoder("torchcodec")
+    monkeypatch.undo()  # torchvision's decoder back, TorchCodec's still missing: the other choice is said
+    monkeypatch.setattr(jpeg, "_torchcodec", lambda: None)
+    with pytest.raises(ImportError, match="data.jpeg_decoder=torchcodec, but TorchCodec is not installed .*"
+                                          "set data.jpeg_decoder=auto for torchvision's decoder"):
+        jpeg.jpeg_decoder("torchcodec")
     with pytest.raises(ConfigError, match="data.jpeg_decoder='nvjpeg' is invalid: must be one of"):
         load_config(FinetuneConfig, overrides=["data.name=cifar10", "data.jpeg_decoder=nvjpeg"])
 

@@ -42,5 +42,9 @@ def jpeg_decoder(choice: str = "auto") -> Callable:
     if choice == "torchvision":
         raise ImportError("data.jpeg_decoder=torchvision, but this torchvision has no decode_jpeg (removed in favour "
                           "of TorchCodec): set data.jpeg_decoder=torchcodec and pip install torchcodec")
+    if choice == "torchcodec":
+        other = ", or set data.jpeg_decoder=auto for torchvision's decoder" if _torchvision() is not None else ""
+        raise ImportError("data.jpeg_decoder=torchcodec, but TorchCodec is not installed (or failed to import): "
+                          f"pip install torchcodec (or openmae[torchcodec]){other}")
     raise ImportError(f"data.jpeg_decoder={choice}: no JPEG decoder found (torchvision's decode_jpeg is gone, and "
                       "TorchCodec is not installed): pip install torchcodec (or openmae[torchcodec])")
