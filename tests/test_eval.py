@@ -1,5 +1,7 @@
 """kNN, reconstruction pictures and conversion through the command line."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -365,6 +367,33 @@ def test_kept_features_are_keyed_by_the_images_themselves(datasets):
 
     assert cache_path("c", key(range(10))) == cache_path("c", key(range(10)))
     assert cache_path("c", key(range(10))) != cache_path("c", key(range(10, 20)))
+
+
+def test_kept_features_are_keyed_by_the_files_sizes_and_times(tmp_path):
+    """An image rewritten in place under the same name keys other features (the old ones would be stale)."""
+    from openmae.data.config import DataConfig
+    from openmae.data.datasets import build_source
+    from openmae.eval.feature_cache import cache_path, feature_key
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / c / f"{i}.png")
+
+    def key():
+        return feature_key("eval", "val", build_source(DataConfig(name="imagefolder", path=str(tmp_path)), "val", 3), "w", {}, {})
+
+    before = key()
+    assert cache_path("c", key()) == cache_path("c", before)
+    photo = tmp_path / "b" / "1.png"
+    stat = photo.stat()
+    Image.new("RGB", (8, 8), (0, 200, 0)).save(photo)  # the same size of file, a new time
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert cache_path("c", key()) != cache_path("c", before)
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same time, but another size
+    with open(photo, "ab") as f:
+        f.write(b"\0")
+    assert cache_path("c", key()) != cache_path("c", before)
 
 
 def test_feature_cache_is_for_cached_probes():
