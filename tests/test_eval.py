@@ -47,6 +47,32 @@ def test_knn_grid_equals_one_search_per_setting():
         knn_accuracy_grid(train, labels, test, test_labels, 5, (5,), (0,))
 
 
+def test_knn_chunks_keep_the_similarities_under_their_budget_and_score_alike(monkeypatch, caplog):
+    """A chunk's (m, N) similarities are held to knn.SIMILARITY_BYTES (ImageNet's 1.28 M training features: 209 test
+    features a chunk, not 1,024 at 5.2 GB); any chunking scores alike; the search goes to a GPU only when the
+    features fit there."""
+    from openmae.eval import knn
+
+    assert knn.chunk_rows(1024, 1_281_167) == 209 and knn.chunk_rows(1024, 50_000) == 1024
+    gen = torch.Generator().manual_seed(2)
+    train, test = torch.randn(300, 8, generator=gen), torch.randn(70, 8, generator=gen)
+    labels = torch.randint(0, 5, (300,), generator=gen)
+    whole = knn_predict(train, labels, test, 5, k=20)
+    sizes = []
+    real = knn.F.normalize
+    monkeypatch.setattr(knn.F, "normalize", lambda x, dim: sizes.append(len(x)) or real(x, dim=dim))
+    monkeypatch.setattr(knn, "SIMILARITY_BYTES", 300 * 4 * 16)  # 16 rows of similarities
+    torch.testing.assert_close(knn_predict(train, labels, test, 5, k=20, device="cpu"), whole, rtol=1e-5, atol=0)
+    assert sizes == [300, 16, 16, 16, 16, 6]  # the training features, then the test features a chunk at a time
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 << 30, 80 << 30))  # 2 GiB free
+    assert knn.search_device(train, "cuda") == torch.device("cuda")
+    big = torch.empty(2_000_000, 768, device="meta")  # 6.1 GB of features
+    with caplog.at_level("WARNING", logger="openmae.knn"):
+        assert knn.search_device(big, "cuda") == torch.device("cpu")
+    assert "the kNN search runs on the CPU: its 2000000 training features" in caplog.text
+    assert knn.search_device(train, None) == torch.device("cpu") and knn.search_device(train, "cpu").type == "cpu"
+
+
 def test_standardize_lets_a_small_informative_dimension_vote():
     """Cosine similarity of raw features is ruled by a large uninformative dimension and an offset (the class
     changes the angle less than the noise does); scaled by the training features' mean and std, the

@@ -88,7 +88,8 @@ def knn_over_ranks(model: nn.Module, sources: tuple[ImageSource, ImageSource],
     num_classes = (int(gather(torch.tensor([top])).max()) if gather else top) + 1
     if standardized:
         train_feats, test_feats = _standardized_over_ranks(train_feats, test_feats, info)
-    out = knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes, k, temperature, gather=gather)
+    out = knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes, k, temperature, gather=gather,
+                       device=device)  # the search on the run's device when the features fit there
     return {**out, "train_samples": len(train_source), "eval_samples": len(eval_source)}
 
 

@@ -2,19 +2,49 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+log = logging.getLogger("openmae.knn")
+
+# the most one chunk's (m, N) similarity matrix takes (fp32): against ImageNet's 1.28 M training features a chunk of
+# 1,024 test features would take 5.2 GB, on a GPU beside a training run's activations
+SIMILARITY_BYTES = 1 << 30
+
+
+def chunk_rows(chunk: int, train_count: int) -> int:
+    """Test features a chunk: at most ``chunk``, and few enough that their similarities fit SIMILARITY_BYTES."""
+    return max(1, min(chunk, SIMILARITY_BYTES // (4 * max(train_count, 1))))
+
+
+def search_device(train_feats: torch.Tensor, device: torch.device | str | None) -> torch.device:
+    """Where the neighbour search runs: ``device`` (a GPU does ImageNet's ~100 TFLOP of similarities in well under a
+    second, a CPU in minutes) when the training features and one chunk's similarities fit there, else the CPU."""
+    if device is None:
+        return train_feats.device
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device
+    need = train_feats.shape[0] * max(train_feats.shape[1], 1) * 4 + SIMILARITY_BYTES  # fp32 features + one chunk
+    free, _ = torch.cuda.mem_get_info(device)
+    if need > free:
+        log.warning("the kNN search runs on the CPU: its %d training features and one chunk's similarities need "
+                    "%.1f GB and %s has %.1f GB free", train_feats.shape[0], need / 1e9, device, free / 1e9)
+        return torch.device("cpu")
+    return device
+
 
 @torch.no_grad()
 def _neighbours(train_feats: torch.Tensor, test_feats: torch.Tensor, k: int, chunk: int):
     """Per chunk of test features: cosine similarities (m, k) and indices (m, k) of the ``k`` nearest training
-    features (chunked so that the (m, N) similarity matrix stays small)."""
+    features, on the training features' device (chunked so that the (m, N) similarity matrix stays small)."""
     train = F.normalize(train_feats.float(), dim=1)
-    for start in range(0, test_feats.shape[0], chunk):
-        test = F.normalize(test_feats[start : start + chunk].float(), dim=1)
+    rows = chunk_rows(chunk, len(train))
+    for start in range(0, test_feats.shape[0], rows):
+        test = F.normalize(test_feats[start : start + rows].to(train.device).float(), dim=1)
         yield (test @ train.T).topk(k, dim=1)  # (m, N) -> (m, k) twice
 
 
@@ -39,6 +69,7 @@ def _nearest_of_all(train_feats: torch.Tensor, train_labels: torch.Tensor, test_
     ``gather``, the training features are split between processes (each holds its part, every one all the test
     features): each process's ``k`` nearest are gathered and the ``k`` nearest of those kept, which are the ``k``
     nearest of all (the processes' similarity matrices and memory are 1 / W of one process's)."""
+    train_labels = train_labels.to(train_feats.device)
     if gather is None:
         k = min(k, train_feats.shape[0])
         for sim, idx in _neighbours(train_feats, test_feats, k, chunk):
@@ -59,24 +90,30 @@ def _nearest_of_all(train_feats: torch.Tensor, train_labels: torch.Tensor, test_
 
 @torch.no_grad()
 def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, num_classes: int,
-                k: int = 20, temperature: float = 0.07, chunk: int = 1024, gather: Gather | None = None) -> torch.Tensor:
-    """Class scores (M, num_classes): each of the ``k`` most cosine-similar training samples votes for its
+                k: int = 20, temperature: float = 0.07, chunk: int = 1024, gather: Gather | None = None,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """Class scores (M, num_classes) on the CPU: each of the ``k`` most cosine-similar training samples votes for its
     class with weight ``exp(similarity / temperature)``. ``gather``: the training features are this process's part
-    of them (see ``_nearest_of_all``)."""
+    of them (see ``_nearest_of_all``). ``device``: where to search (``search_device``; default: where the features
+    are)."""
     _check(k, temperature)
-    return torch.cat([_votes(sim, labels, num_classes, temperature)
+    train_feats = train_feats.to(search_device(train_feats, device))
+    return torch.cat([_votes(sim, labels, num_classes, temperature).cpu()
                       for sim, labels in _nearest_of_all(train_feats, train_labels, test_feats, k, chunk, gather)])
 
 
 @torch.no_grad()
 def knn_accuracy_grid(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                       test_labels: torch.Tensor, num_classes: int, ks: tuple[int, ...],
-                      temperatures: tuple[float, ...], chunk: int = 1024) -> dict[tuple[int, float], float]:
+                      temperatures: tuple[float, ...], chunk: int = 1024, device: torch.device | str | None = None
+                      ) -> dict[tuple[int, float], float]:
     """Top-1 accuracy (percent) for every (k, temperature), from one neighbour search for the largest k
-    (the nearest k of the largest-k search are the k nearest)."""
+    (the nearest k of the largest-k search are the k nearest); ``device``: as ``knn_predict``'s."""
     for k in ks:
         for t in temperatures:
             _check(k, t)
+    train_feats = train_feats.to(search_device(train_feats, device))
+    train_labels, test_labels = train_labels.to(train_feats.device), test_labels.to(train_feats.device)
     kmax = min(max(ks), train_feats.shape[0])
     correct = {(k, t): 0 for k in ks for t in temperatures}
     start = 0
@@ -98,9 +135,12 @@ def standardize(train_feats: torch.Tensor, *others: torch.Tensor) -> list[torch.
 
 def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                  test_labels: torch.Tensor, num_classes: int, k: int = 20, temperature: float = 0.07,
-                 gather: Gather | None = None) -> dict[str, float]:
-    """Top-1 (and top-5 when there are more than 5 classes) accuracy in percent (``gather``: see ``knn_predict``)."""
-    scores = knn_predict(train_feats, train_labels, test_feats, num_classes, k, temperature, gather=gather)
+                 gather: Gather | None = None, device: torch.device | str | None = None) -> dict[str, float]:
+    """Top-1 (and top-5 when there are more than 5 classes) accuracy in percent (``gather``, ``device``: see
+    ``knn_predict``)."""
+    scores = knn_predict(train_feats, train_labels, test_feats, num_classes, k, temperature, gather=gather,
+                         device=device)
+    test_labels = test_labels.cpu()
     out = {"knn_top1": 100.0 * (scores.argmax(1) == test_labels).float().mean().item()}
     if num_classes > 5:
         top5 = scores.topk(5, dim=1).indices
