@@ -25,6 +25,7 @@
 #   PARTS="loadab" bash benchmarks/gpu_check.sh photos        # receiving/resizing costs; the resize per crop;
 #                                                             # workers decoding; no decoding ahead; epoch boundaries
 #   PARTS="bands" bash benchmarks/gpu_check.sh photos         # multi-band arrays (data.format=array) in the loader
+#   PARTS="knn" bash benchmarks/gpu_check.sh                  # the kNN's neighbour search at ImageNet's scale, GPU vs CPU
 #   PARTS="codec" bash benchmarks/gpu_check.sh photos         # TorchCodec's nvJPEG decode against torchvision's
 #                                                             # (a torchcodec wheel in runs/wheels is installed first)
 #   BUDGET_S=580 PARTS="B L H mem" bash benchmarks/gpu_check.sh   # a longer budget
@@ -42,7 +43,7 @@ PHOTOS="${1:-}"
 mkdir -p "$OUT_DIR"
 timing="$OUT_DIR/timing.log"
 : > "$timing"
-for f in throughput.log loader.log profile.log; do rm -f "$OUT_DIR/$f"; done
+for f in throughput.log loader.log profile.log knn.log; do rm -f "$OUT_DIR/$f"; done
 export PYTHONUNBUFFERED=1
 
 # row PART LIMIT_S NEEDS_S LOG COMMAND...: run COMMAND when PART is asked for and at least NEEDS_S seconds of the
@@ -169,6 +170,11 @@ fi
 photos_row codec 40 15 codec.log python3 benchmarks/jpeg_decoders.py --data "$PHOTOS" --images 256 --device cuda
 photos_row codec 60 25 loader.log "${loader[@]}" --workers 15 --device-augment --device cuda --jpeg-decoder torchcodec
 
+# the kNN's neighbour search at ImageNet's scale (1,281,167 random training features of width 768, k 20): all 50,000
+# validation features on the GPU, and 1,024 of them on the CPU (openmae knn before the search moved to the device)
+row knn 60 20 knn.log python3 benchmarks/knn_search.py --device cuda --queries 50000
+row knn 90 40 knn.log python3 benchmarks/knn_search.py --device cpu --queries 1024
+
 echo "## all rows done at ${SECONDS} s (budget ${BUDGET_S} s)" >> "$timing"
 [ -n "$PLAN" ] && exit 0
 echo
@@ -177,5 +183,6 @@ cat "$timing"
 [ -f "$OUT_DIR/throughput.log" ] && grep -E '^(mae_vit|\| |## )' "$OUT_DIR/throughput.log"
 [ -f "$OUT_DIR/loader.log" ] && grep -E '^(\{"workers|\{"part|operators called|Self CPU time total|Self CUDA time total)' "$OUT_DIR/loader.log"
 [ -f "$OUT_DIR/codec.log" ] && grep -E '^\{' "$OUT_DIR/codec.log"
+[ -f "$OUT_DIR/knn.log" ] && grep -E '^\{' "$OUT_DIR/knn.log"
 [ -f "$OUT_DIR/profile.log" ] && grep -E '^(mae_vit|profiled|\| (kind|matmul|attention|copies|optimizer|element-wise)[ ,]|GPU idle)' "$OUT_DIR/profile.log"
 exit 0
