@@ -20,10 +20,10 @@ import time
 import types
 from pathlib import Path
 
-from openmae.data import volumes as volumes_module
+from openmae.data import stamps as stamps_module
 from openmae.data.filelist import FileList
 from openmae.data.ranks import shared_by_ranks
-from openmae.data.volumes import file_stamps
+from openmae.data.stamps import file_stamps
 
 
 def one_by_one(files: FileList) -> str:
@@ -31,7 +31,7 @@ def one_by_one(files: FileList) -> str:
     stamps = hashlib.sha1()
     for path in files:
         with contextlib.suppress(OSError):  # a missing file: its error came from reading it
-            stat = volumes_module.os.stat(path)
+            stat = stamps_module.os.stat(path)
             stamps.update(f"{stat.st_size},{stat.st_mtime_ns};".encode())
     return stamps.hexdigest()
 
@@ -63,21 +63,21 @@ def main() -> None:
     if world > 1:
         dist.barrier()
         files = write_files(Path(args.out), args.files)
-    default = {"STAMP_THREADS": volumes_module.STAMP_THREADS, "STAMP_SLOW_S": volumes_module.STAMP_SLOW_S}
+    default = {"STAMP_THREADS": stamps_module.STAMP_THREADS, "STAMP_SLOW_S": stamps_module.STAMP_SLOW_S}
     settings = {"one by one": (one_by_one, default), "file_stamps, one thread": (file_stamps, {"STAMP_THREADS": 1}),
                 f"file_stamps, {default['STAMP_THREADS']} threads always": (file_stamps, {"STAMP_SLOW_S": 0.0}),
                 "file_stamps (threads where the first stats are slow)": (file_stamps, {})}
     if rank == 0:
         print(f"{len(files)} files, {world} rank(s); ms a thousand files (each round's), then the median")
     for latency in args.latency_ms:
-        volumes_module.os = types.SimpleNamespace(stat=lambda p, lat=latency / 1e3: (time.sleep(lat) if lat else None)
+        stamps_module.os = types.SimpleNamespace(stat=lambda p, lat=latency / 1e3: (time.sleep(lat) if lat else None)
                                                   or os.stat(p))
         times: dict[str, list[float]] = {name: [] for name in settings}
         digests: dict[str, str] = {}
         for _ in range(args.rounds):
             for name, (fn, setting) in settings.items():  # alternating: the machine's moments fall on each alike
                 for attribute, value in {**default, **setting}.items():
-                    setattr(volumes_module, attribute, value)
+                    setattr(stamps_module, attribute, value)
                 if world > 1:
                     dist.barrier()
                 start = time.perf_counter()
@@ -89,9 +89,9 @@ def main() -> None:
                 print(f"latency {latency:g} ms, {name}: {', '.join(f'{t:.1f}' for t in each)}; "
                       f"median {sorted(each)[len(each) // 2]:.1f} ms a thousand files", flush=True)
         assert len(set(list(digests.values())[1:])) == 1  # file_stamps gives one digest however it is run
-    volumes_module.os = os
+    stamps_module.os = os
     for attribute, value in default.items():
-        setattr(volumes_module, attribute, value)
+        setattr(stamps_module, attribute, value)
     if world > 1:
         dist.destroy_process_group()
 

@@ -644,7 +644,7 @@ from pathlib import Path
 import numpy as np
 import torch.distributed as dist
 from openmae.data.filelist import FileList
-from openmae.data import arrays as arrays_module, survey as survey_module, volumes as volumes_module
+from openmae.data import arrays as arrays_module, survey as survey_module, stamps as stamps_module, volumes as volumes_module
 from openmae.data.arrays import band_stats
 from openmae.data.images import BadImageError
 from openmae.data.ranks import shared_by_ranks
@@ -666,16 +666,16 @@ measured = []
 pixels = arrays_module._measured_pixels
 arrays_module._measured_pixels = lambda source, index, budget: measured.append(index) or pixels(source, index, budget)
 stat_calls = []
-volumes_module.os = types.SimpleNamespace(stat=lambda p: stat_calls.append(os.path.basename(os.fsdecode(p))) or os.stat(p))
-volumes_module.STAMP_CHUNK, volumes_module.STAMP_SLOW_S = 2, 0.0  # every stat as if it waited: shared
+stamps_module.os = types.SimpleNamespace(stat=lambda p: stat_calls.append(os.path.basename(os.fsdecode(p))) or os.stat(p))
+stamps_module.STAMP_CHUNK, stamps_module.STAMP_SLOW_S = 2, 0.0  # every stat as if it waited: shared
 settings = Settings("zscore", foreground=0.5, min_foreground=0.1)
 files = sorted(root.glob("*.nii"))
 with shared_by_ranks(rank, world):
     shared = FileVolumes(files, None, 1, [], cache=str(root / f"cache{rank}"), survey=settings)
     first, stated = list(read), sorted(set(stat_calls))
-    stamps = volumes_module.file_stamps(FileList(files))
-    volumes_module.STAMP_SLOW_S, stat_calls[:] = 1.0, []  # no stat waits: each rank stats every file
-    local = volumes_module.file_stamps(FileList(files))
+    stamps = stamps_module.file_stamps(FileList(files))
+    stamps_module.STAMP_SLOW_S, stat_calls[:] = 1.0, []  # no stat waits: each rank stats every file
+    local = stamps_module.file_stamps(FileList(files))
     stated_local = sorted(set(stat_calls))
     stats = band_stats(shared, count=9)  # 9 of its 20 slices
     try:
@@ -718,11 +718,12 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
     nodes of one rank each, the first rank of each node does (it was the main rank's alone, so the other node's rank
     read its part again at every start)."""
 
-    from openmae.data import volumes as volumes_module
+    from openmae.data import stamps as stamps_module
     from openmae.data.arrays import band_stats
     from openmae.data.filelist import FileList
+    from openmae.data.stamps import file_stamps
     from openmae.data.survey import Settings
-    from openmae.data.volumes import FileVolumes, file_stamps
+    from openmae.data.volumes import FileVolumes
 
     for v in range(5):
         save_nifti(tmp_path / f"{v}.nii", body_volume(1.0 + v, 10.0 * v), "LPS")
@@ -757,7 +758,7 @@ def test_ranks_share_the_survey_and_band_statistics_each_reading_its_part(tmp_pa
     # one digest; where none waits, every file on each rank, the same digest
     assert [r["stated"] for r in ranks] == [["0.nii", "1.nii", "4.nii"], ["2.nii", "3.nii"]]
     assert [r["stated_local"] for r in ranks] == [every, every]
-    monkeypatch.setattr(volumes_module, "STAMP_CHUNK", 2)
+    monkeypatch.setattr(stamps_module, "STAMP_CHUNK", 2)
     want = file_stamps(FileList(sorted(tmp_path.glob("*.nii"))))
     assert ranks[0]["stamps"] == ranks[1]["stamps"] == ranks[0]["local"] == ranks[1]["local"] == want
     one = FileVolumes(sorted(tmp_path.glob("*.nii")), None, 1, [],
@@ -928,9 +929,9 @@ def test_file_stamps_change_with_a_files_size_time_or_presence_not_with_how_they
     slow (a network file system), one thread from a local disk."""
     import os
 
-    from openmae.data import volumes as volumes_module
+    from openmae.data import stamps as stamps_module
     from openmae.data.filelist import FileList
-    from openmae.data.volumes import file_stamps
+    from openmae.data.stamps import file_stamps
 
     files = []
     for v in range(7):
@@ -938,21 +939,21 @@ def test_file_stamps_change_with_a_files_size_time_or_presence_not_with_how_they
         files.append(tmp_path / f"{v}.dcm")
     files = FileList(files)
     threads = []
-    chunk_size, slow_s = volumes_module.STAMP_CHUNK, volumes_module.STAMP_SLOW_S
-    shared_map = volumes_module.shared_map
-    monkeypatch.setattr(volumes_module, "shared_map",
+    chunk_size, slow_s = stamps_module.STAMP_CHUNK, stamps_module.STAMP_SLOW_S
+    shared_map = stamps_module.shared_map
+    monkeypatch.setattr(stamps_module, "shared_map",
                         lambda *a, **k: ("threads" in k and threads.append(k["threads"])) or shared_map(*a, **k))
     for chunk in (1, 3, 7, 1000):
-        monkeypatch.setattr(volumes_module, "STAMP_CHUNK", chunk)
-        monkeypatch.setattr(volumes_module, "STAMP_SLOW_S", 1.0)
+        monkeypatch.setattr(stamps_module, "STAMP_CHUNK", chunk)
+        monkeypatch.setattr(stamps_module, "STAMP_SLOW_S", 1.0)
         alone = file_stamps(files)
-        monkeypatch.setattr(volumes_module, "STAMP_SLOW_S", 0.0)
+        monkeypatch.setattr(stamps_module, "STAMP_SLOW_S", 0.0)
         assert file_stamps(files) == alone
     assert threads == [8] * 4  # in one process: threads only where a stat waited
-    monkeypatch.setattr(volumes_module, "STAMP_CHUNK", chunk_size)
-    monkeypatch.setattr(volumes_module, "STAMP_SLOW_S", slow_s)
+    monkeypatch.setattr(stamps_module, "STAMP_CHUNK", chunk_size)
+    monkeypatch.setattr(stamps_module, "STAMP_SLOW_S", slow_s)
     assert file_stamps(files) == alone  # the default chunks (the 7 files in one), as the 1000's
-    monkeypatch.setattr(volumes_module, "STAMP_CHUNK", 3)  # the changes below in the second and third chunks
+    monkeypatch.setattr(stamps_module, "STAMP_CHUNK", 3)  # the changes below in the second and third chunks
     digest = file_stamps(files)
     stat = os.stat(files[3])
     os.utime(files[3], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
