@@ -29,7 +29,8 @@ def search_device(train_feats: torch.Tensor, device: torch.device | str | None) 
     if device.type != "cuda":
         return device
     need = train_feats.shape[0] * max(train_feats.shape[1], 1) * 4 + SIMILARITY_BYTES  # fp32 features + one chunk
-    free, _ = torch.cuda.mem_get_info(device)
+    # the driver's free memory, and what PyTorch holds cached but unused (a training run's activations between steps)
+    free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if need > free:
         log.warning("the kNN search runs on the CPU: its %d training features and one chunk's similarities need "
                     "%.1f GB and %s has %.1f GB free", train_feats.shape[0], need / 1e9, device, free / 1e9)
