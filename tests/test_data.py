@@ -649,6 +649,56 @@ def test_shared_map_in_one_process_keeps_order_catches_and_runs_on_threads():
         shared_map(lambda i: alone.wait(), 2, threads=1)
 
 
+CUT_ON_ONE_RANK = """
+import json, sys
+from pathlib import Path
+import torch.distributed as dist
+from openmae.data.ranks import BuildStopped, cut_by, shared_by_ranks, shared_map
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+asked, done = [], []
+
+def work(i):
+    done.append(i)
+    if rank == 1 and i == 3:
+        asked.append("SIGTERM")  # rank 1 alone is asked to stop, at its second item
+    return i * i
+
+with shared_by_ranks(rank, world), cut_by(lambda: bool(asked)):
+    try:
+        outcome = shared_map(work, 10)
+    except BuildStopped as err:
+        outcome = str(err)
+Path(sys.argv[1], f"rank{rank}.json").write_text(json.dumps({"done": done, "outcome": outcome}))
+dist.destroy_process_group()
+"""
+
+
+def test_a_stop_on_one_rank_cuts_the_shared_work_and_every_rank_raises(tmp_path):
+    """``cut_by``: the rank asked to stop skips the items it has left; after the exchange every rank raises
+    BuildStopped (rank 0, never asked, too: a rank going on alone would wait for the other in the next exchange)."""
+    import json
+
+    script = tmp_path / "cut.py"
+    script.write_text(CUT_ON_ONE_RANK)
+    proc = torchrun(str(script), str(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["done"] == [0, 2, 4, 6, 8] and ranks[1]["done"] == [1, 3]
+    assert ranks[0]["outcome"] == ranks[1]["outcome"] == "a stop was asked for: 3 of 10 items skipped"
+
+
+def test_a_stop_in_one_process_cuts_the_shared_work(monkeypatch):
+    from openmae.data.ranks import BuildStopped, cut_by, shared_map
+
+    done: list[int] = []
+    with cut_by(lambda: len(done) >= 3), pytest.raises(BuildStopped, match="7 of 10 items skipped"):
+        shared_map(done.append, 10)
+    assert done == [0, 1, 2]
+    assert shared_map(lambda i: i, 3) == [0, 1, 2]  # outside the block: nothing cut
+
+
 def test_shared_map_spreads_long_work_over_forked_processes(monkeypatch, caplog):
     """``processes=True``: a rank computes its first items itself, timed; when the rest would take longer than
     ``POOL_AFTER_S`` it goes to forked processes (one a core of the node's share: LOCAL_WORLD_SIZE ranks divide the

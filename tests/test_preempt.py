@@ -196,9 +196,10 @@ def test_a_stop_while_the_run_is_prepared_stops_before_the_first_step(tmp_path, 
     pretrain(tiny_pretrain(tmp_path / "full", datasets))
     real_data, real_step, steps = PretrainTask.train_data, torch.optim.AdamW.step, {"n": 0}
 
-    def data_then_signal(self, info):
+    def data_then_signal(self, info):  # the data built, the model and the checkpoint not yet
+        built = real_data(self, info)
         os.kill(os.getpid(), signal.SIGTERM)
-        return real_data(self, info)
+        return built
 
     def counted_step(self, *args, **kwargs):
         steps["n"] += 1

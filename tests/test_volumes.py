@@ -1038,3 +1038,52 @@ def test_volume_headers_are_kept_in_the_volume_cache_for_unchanged_files(tmp_pat
     third, _ = build_in_a_new_process()
     assert sorted(parsed) == ["added.npy", "stack.npy"] and len(third) == len(first) + 3
     assert "volume headers: 2 read, 5 kept in data.volume_cache" in caplog.text
+
+
+def test_a_stop_during_the_volume_survey_cuts_it_and_the_run_stops_before_its_first_step(tmp_path, monkeypatch,
+                                                                                         caplog):
+    """SIGTERM while the training volumes are surveyed (thousands of files: minutes) skips the volumes left and stops
+    the run at once, before its first step (the survey went on to the last volume, then the run stopped); the same
+    command with --resume=auto then surveys the volumes left and trains."""
+    import os
+    import signal
+
+    from openmae.config import load_config
+    from openmae.data import survey as survey_module
+    from openmae.engine.checkpoint import STOPPED, CheckpointManager
+    from openmae.engine.pretrain import PretrainConfig, pretrain
+
+    root = tmp_path / "mr"
+    root.mkdir()
+    for v in range(6):
+        save_nifti(root / f"{v}.nii", body_volume(1.0 + v, 10.0 * v), "LPS")
+    cfg = load_config(PretrainConfig, overrides=[
+        f"data.path={root}", "data.name=folder", "data.format=volume", "data.num_workers=0", "data.volume_norm=zscore",
+        "data.mean=[0.0]", "data.std=[1.0]",  # set: the survey comes with the training data, under the stop handlers
+        "model.name=mae_vit_debug_patch4_32", "model.in_chans=1", "train.epochs=1", "train.warmup_epochs=0",
+        "train.batch_size=8", "train.progress=false", "train.tensorboard=false", "pretrain.vis_images=0",
+        f"train.output_dir={tmp_path / 'run'}"])
+    surveyed, survey_volume = [], survey_module.survey_volume
+
+    def signalled(scan, *args):
+        surveyed.append(scan.path.name)
+        if len(surveyed) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return survey_volume(scan, *args)
+
+    monkeypatch.setattr(survey_module, "survey_volume", signalled)
+    monkeypatch.setattr(survey_module, "THREADS", 1)  # one volume at a time: none other in hand at the signal
+    with caplog.at_level(logging.WARNING, logger="openmae.train"):
+        assert pretrain(cfg)["stopped_by"] == "SIGTERM"
+    assert surveyed == ["0.nii", "1.nii"]  # the four volumes left were skipped
+    assert "stopped by SIGTERM before the first step, while its training data was built: nothing new to save. The " \
+        "same command with --resume=auto starts the run again" in caplog.text
+    assert json.loads((tmp_path / "run" / STOPPED).read_text())["step"] == 0
+    assert CheckpointManager(tmp_path / "run").list() == []
+    surveyed.clear()
+    monkeypatch.setattr(survey_module, "survey_volume", lambda scan, *a: surveyed.append(scan.path.name)
+                        or survey_volume(scan, *a))
+    cfg.train.resume = "auto"
+    assert "stopped_by" not in pretrain(cfg)
+    assert surveyed == ["2.nii", "3.nii", "4.nii", "5.nii"]  # the two surveyed before the stop were kept
+    assert not (tmp_path / "run" / STOPPED).exists()

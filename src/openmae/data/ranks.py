@@ -24,6 +24,28 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _SHARE: list[tuple[int, int]] = []  # (rank, world size) inside shared_by_ranks
+_CUT_WHEN: list[Callable[[], bool]] = []  # inside cut_by: whether a stop was asked for
+
+
+class BuildStopped(Exception):
+    """A stop was asked for (:func:`cut_by`) while :func:`shared_map`'s work was in hand: the items left were skipped
+    on every rank, and every rank raised this after the exchange."""
+
+
+class _Skipped:
+    """An item :func:`shared_map` did not compute because a stop was asked for (pickles to another rank)."""
+
+
+@contextlib.contextmanager
+def cut_by(stopped: Callable[[], bool]) -> Iterator[None]:
+    """Within the block, :func:`shared_map` asks ``stopped()`` before each item (a stop signal received: a volume
+    survey of thousands of files would otherwise go on for minutes), skips the items left once it is true, and
+    raises :class:`BuildStopped` on every rank (the ranks agree in the exchange they make anyway)."""
+    _CUT_WHEN.append(stopped)
+    try:
+        yield
+    finally:
+        _CUT_WHEN.pop()
 
 
 @contextlib.contextmanager
@@ -136,8 +158,11 @@ def shared_map(fn: Callable[[int], T], count: int, catch: tuple[type[BaseExcepti
     arrays rather than tensors (torch sends a tensor from a process through shared memory: tens of ms each)."""
     rank, world = share()
     mine = range(rank, count, world)
+    stopped = _CUT_WHEN[-1] if _CUT_WHEN else None
 
     def one(i: int) -> T | BaseException:
+        if stopped is not None and stopped():
+            return _Skipped()  # type: ignore[return-value]
         try:
             return fn(i)
         except catch as err:
@@ -160,11 +185,19 @@ def shared_map(fn: Callable[[int], T], count: int, catch: tuple[type[BaseExcepti
     else:
         results += [one(i) for i in mine]
     if world == 1:
+        _raise_if_cut(results, count)
         return results
     parts = gather((agree, results), world)
     if any(theirs != agree for theirs, _ in parts):
         raise RanksDisagree([theirs for theirs, _ in parts])
+    _raise_if_cut([r for _, part in parts for r in part], count)
     merged: list[Any] = [None] * count
     for r, (_, part) in enumerate(parts):
         merged[r::world] = part
     return merged
+
+
+def _raise_if_cut(results: list[Any], count: int) -> None:
+    skipped = sum(isinstance(r, _Skipped) for r in results)
+    if skipped:
+        raise BuildStopped(f"a stop was asked for: {skipped} of {count} items skipped")

@@ -37,7 +37,7 @@ from openmae.data.loader import (
     stops_between_batches,
 )
 from openmae.data.normalization import inherit_stats
-from openmae.data.ranks import shared_by_ranks
+from openmae.data.ranks import BuildStopped, cut_by, shared_by_ranks
 from openmae.engine.checkpoint import (
     STOPPED,
     CheckpointError,
@@ -150,6 +150,19 @@ def note_stop(run_dir: Path, stop: str, step: int, when: str) -> None:
     (run_dir / STOPPED).write_text(json.dumps({"by": stop, "step": step, "when": when}))
 
 
+def _stopped_while_prepared(stop: str, run_dir: Path, step: int, resume: Resume | None, info: DistInfo,
+                            when: str) -> dict[str, Any]:
+    """A stop asked for before the first step (a volume survey, a checkpoint read: minutes; the first step may
+    compile for minutes more): nothing was trained since the checkpoint resumed from, if any."""
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        note_stop(run_dir, stop, step, f"before the first step, {when}")
+        log.warning("stopped by %s before the first step, %s: nothing new to save. %s", stop, when,
+                    f"--resume=auto continues from {resume.path}" if resume is not None else
+                    "The same command with --resume=auto starts the run again")
+    return {"stopped_by": stop}
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this x86 CPU has bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast trains faster."""
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
@@ -205,8 +218,13 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
     run_dir = Path(train_cfg.output_dir)
     device = info.device
     amp_dtype = autocast_dtype(train_cfg.precision, device)
-    with shared_by_ranks(info.rank, info.world_size):
-        dataset, sampler = task.train_data(info)
+    try:  # a stop signal during the build cuts its file surveys short (every rank at the same point)
+        with shared_by_ranks(info.rank, info.world_size), cut_by(lambda: stops.received is not None):
+            dataset, sampler = task.train_data(info)
+    except BuildStopped:
+        step = resume.state["step"] if resume is not None else 0
+        return _stopped_while_prepared(stops.agreed(info) or "a stop", run_dir, step, resume, info,
+                                       "while its training data was built")
     workers = getattr(task, "num_workers", config.data.num_workers)
     loader = make_loader(dataset, sampler, workers, pin_memory=device.type == "cuda")
     accum = train_cfg.accum_steps
@@ -334,12 +352,7 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
     # a stop asked for while the data and the model were prepared (a volume survey, a checkpoint read: minutes), before
     # a first step that may compile for minutes more: nothing was trained since the checkpoint resumed from, if any
     if epoch < train_cfg.epochs and (stop := stops.agreed(info)):
-        if info.is_main:
-            note_stop(run_dir, stop, step, "before the first step, while the run was prepared")
-            log.warning("stopped by %s before the first step, while the run was prepared: nothing new to save. %s",
-                        stop, f"--resume=auto continues from {resume.path}" if resume is not None else
-                        "The same command starts the run (it has saved nothing)")
-        return {**last, "stopped_by": stop}
+        return _stopped_while_prepared(stop, run_dir, step, resume, info, "while the run was prepared")
     if info.is_main:
         (run_dir / STOPPED).unlink(missing_ok=True)  # going on: no longer stopped
     bar = tqdm(total=total_steps, initial=step, disable=not (info.is_main and train_cfg.progress), unit="step",
