@@ -28,7 +28,8 @@ def search_device(train_feats: torch.Tensor, device: torch.device | str | None) 
     device = torch.device(device)
     if device.type != "cuda":
         return device
-    need = train_feats.shape[0] * max(train_feats.shape[1], 1) * 4 + SIMILARITY_BYTES  # fp32 features + one chunk
+    # the fp32 features, their normalised copy and one chunk's similarities
+    need = 2 * train_feats.shape[0] * max(train_feats.shape[1], 1) * 4 + SIMILARITY_BYTES
     # the driver's free memory, and what PyTorch holds cached but unused (a training run's activations between steps)
     free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if need > free:
