@@ -75,11 +75,13 @@ def last_blocks_of(feats: torch.Tensor, pooling: str, n: int, depth: int, width:
     return torch.cat({"cls": [cls[:, last]], "mean": [mean[:, last]], "cls+mean": [cls[:, last], mean[:, last]]}[pooling], 1)
 
 
-def search(rows: list, name: str, train, val, num_classes: int, **setting) -> None:
-    """kNN of ``val`` against ``train`` for every (k, temperature), raw and standardised; appends result rows."""
+def search(rows: list, name: str, train, val, num_classes: int, device: torch.device, **setting) -> None:
+    """kNN of ``val`` against ``train`` for every (k, temperature), raw and standardised, searched on ``device`` when
+    the features fit there; appends result rows."""
     for std in (False, True):
         tr, va = standardize(train[0], val[0]) if std else (train[0], val[0])
-        for (k, t), acc in knn_accuracy_grid(tr, train[1], va, val[1], num_classes, KS, TEMPERATURES).items():
+        for (k, t), acc in knn_accuracy_grid(tr, train[1], va, val[1], num_classes, KS, TEMPERATURES,
+                                                 device=device).items():
             rows.append({"features": name, **setting, "standardize": std, "k": k, "temperature": t, "holdout_top1": acc})
     best = max((r for r in rows if r["features"] == name and all(r[a] == b for a, b in setting.items())),
                key=lambda r: r["holdout_top1"])
@@ -135,9 +137,9 @@ def main() -> None:
         for pooling in POOLINGS:
             for n in blocks:
                 search(rows, "encoder", (last_blocks_of(train[0], pooling, n, depth, width), train[1]),
-                       (last_blocks_of(val[0], pooling, n, depth, width), val[1]), num_classes,
+                       (last_blocks_of(val[0], pooling, n, depth, width), val[1]), num_classes, device,
                        pooling=pooling, last_blocks=n)
-        search(rows, "pixels", *p.pixels(m.img_size, m.in_chans, (n_train, n_eval), args.holdout), num_classes)
+        search(rows, "pixels", *p.pixels(m.img_size, m.in_chans, (n_train, n_eval), args.holdout), num_classes, device)
         p.results["knn_search"] = rows
         p.save()
     rows = p.results["knn_search"]
@@ -151,7 +153,7 @@ def main() -> None:
         train, test = p.pixels(m.img_size, m.in_chans, (n_train, n_eval))
         tr, te = standardize(train[0], test[0]) if best_pix["standardize"] else (train[0], test[0])
         return knn_accuracy(tr, train[1], te, test[1], int(train[1].max()) + 1, best_pix["k"],
-                            best_pix["temperature"])["knn_top1"]
+                            best_pix["temperature"], device=device)["knn_top1"]
 
     p.step("knn_pixels_selected_test", pixel_knn)
 
