@@ -689,7 +689,7 @@ def test_a_stop_on_one_rank_cuts_the_shared_work_and_every_rank_raises(tmp_path)
     assert ranks[0]["outcome"] == ranks[1]["outcome"] == "a stop was asked for: 3 of 10 items skipped"
 
 
-def test_a_stop_in_one_process_cuts_the_shared_work(monkeypatch):
+def test_a_stop_in_one_process_cuts_the_shared_work():
     from openmae.data.ranks import BuildStopped, cut_by, shared_map
 
     done: list[int] = []

@@ -416,12 +416,12 @@ def test_kept_features_are_keyed_by_the_files_sizes_and_times(tmp_path):
     assert cache_path("c", key()) == cache_path("c", before)
     photo = tmp_path / "b" / "1.png"
     stat = photo.stat()
-    Image.new("RGB", (8, 8), (0, 200, 0)).save(photo)  # the same size of file, a new time
-    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # written again: a new time, the same size
     assert cache_path("c", key()) != cache_path("c", before)
-    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same time, but another size
-    with open(photo, "ab") as f:
+    with open(photo, "ab") as f:  # another size, the old time
         f.write(b"\0")
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert photo.stat().st_mtime_ns == stat.st_mtime_ns and photo.stat().st_size == stat.st_size + 1
     assert cache_path("c", key()) != cache_path("c", before)
 
 
