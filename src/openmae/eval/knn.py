@@ -100,8 +100,8 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
     are)."""
     _check(k, temperature)
     train_feats = train_feats.to(search_device(train_feats, device))
-    return torch.cat([_votes(sim, labels, num_classes, temperature).cpu()
-                      for sim, labels in _nearest_of_all(train_feats, train_labels, test_feats, k, chunk, gather)])
+    return torch.cat([_votes(sim, labels, num_classes, temperature)
+                      for sim, labels in _nearest_of_all(train_feats, train_labels, test_feats, k, chunk, gather)]).cpu()
 
 
 @torch.no_grad()
@@ -115,17 +115,15 @@ def knn_accuracy_grid(train_feats: torch.Tensor, train_labels: torch.Tensor, tes
         for t in temperatures:
             _check(k, t)
     train_feats = train_feats.to(search_device(train_feats, device))
-    train_labels, test_labels = train_labels.to(train_feats.device), test_labels.to(train_feats.device)
-    kmax = min(max(ks), train_feats.shape[0])
-    correct = {(k, t): 0 for k in ks for t in temperatures}
+    test_labels = test_labels.to(train_feats.device)
+    correct = {(k, t): torch.zeros((), dtype=torch.long, device=train_feats.device) for k in ks for t in temperatures}
     start = 0
-    for sim, idx in _neighbours(train_feats, test_feats, kmax, chunk):
-        labels, truth = train_labels[idx], test_labels[start : start + len(sim)]
-        for k, t in correct:
-            kk = min(k, kmax)
-            correct[k, t] += (_votes(sim[:, :kk], labels[:, :kk], num_classes, t).argmax(1) == truth).sum().item()
+    for sim, labels in _nearest_of_all(train_feats, train_labels, test_feats, max(ks), chunk, None):
+        truth = test_labels[start : start + len(sim)]
+        for k, t in correct:  # counted on the search's device: one host sync at the end, not one a setting and chunk
+            correct[k, t] += (_votes(sim[:, :k], labels[:, :k], num_classes, t).argmax(1) == truth).sum()
         start += len(sim)
-    return {key: 100.0 * c / len(test_feats) for key, c in correct.items()}
+    return {key: 100.0 * int(c) / len(test_feats) for key, c in correct.items()}
 
 
 def standardize(train_feats: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
