@@ -4,20 +4,20 @@
 #   B       ViT-B/16 pretraining step: openmae bf16 (SDPA, fused AdamW) compiled and eager, Hugging Face (SDPA, bf16)
 #           and the official-style fp16 + GradScaler eager step, in one run (the ratios)
 #   loader  the loader on real photos: the CPU path (15 workers) and GPU decoding + augmentation (4 and 15 workers)
-#   L, H    ViT-L/16 and ViT-H/14: openmae compiled block by block and eager beside the official-style fp16 step
-#   mem     ViT-L/16 eager without and with activation checkpointing (peak memory per image)
+#   L, H    ViT-L/16 and ViT-H/14: openmae compiled block by block and eager beside the official-style fp16 step;
+#           ViT-L/16 eager with activation checkpointing too (peak memory per image with and without it)
 # (the default), and on request: whole (L and H compiled as a whole, their best setting), graphs (B and L compiled
 # and replayed as CUDA graphs), big (twice the batches), prof (where ViT-B/16's step goes), loadab (the loader's
 # alternatives), bands (13-band arrays made from the photos: the loader's CPU path and device path).
 # and prints the tables last. The whole script stops by BUDGET_S seconds (default 290, install included): each
 # row runs under a time limit cut to what is left, a row that needs more than is left is skipped, and timing.log
 # and the summary say which rows ran, timed out or were skipped. Rows skipped for time run in a second call with
-# PARTS. Timing on an H100 (2026-11-26): L and H compiled whole with their reference rows ~105 s each with a cold
-# compiler cache (so parts B L H mem loader took ~7 minutes that way); the loader rows 10-20 s each. On a CPU,
-# compiling ViT-B/16 whole took twice as long as block by block.
+# PARTS. Timing on an H200 (2026-12-04, cold compiler cache): install 22 s, B 94, the loader rows 19 and 14, L 59,
+# H 59 (each row's NEEDS_S below is these); on an H100 (2026-11-26) L and H compiled whole with their reference rows
+# took ~105 s each. On a CPU, compiling ViT-B/16 whole took twice as long as block by block.
 #
 #   bash benchmarks/gpu_check.sh [photo-folder]
-#   PARTS="L H" bash benchmarks/gpu_check.sh                  # only some parts (default: B loader L H mem)
+#   PARTS="L H" bash benchmarks/gpu_check.sh                  # only some parts (default: B loader L H)
 #   PARTS="whole prof" bash benchmarks/gpu_check.sh           # the second call: best settings, and the profile
 #   PLAN=1 bash benchmarks/gpu_check.sh photos                # print the rows and their limits, run nothing
 #   PARTS="prof" bash benchmarks/gpu_check.sh                 # where ViT-B/16's step goes (kernels, GPU idle time)
@@ -28,7 +28,7 @@
 #   PARTS="knn" bash benchmarks/gpu_check.sh                  # the kNN's neighbour search at ImageNet's scale, GPU vs CPU
 #   PARTS="codec" bash benchmarks/gpu_check.sh photos         # TorchCodec's nvJPEG decode against torchvision's
 #                                                             # (a torchcodec wheel in runs/wheels is installed first)
-#   BUDGET_S=580 PARTS="B L H mem" bash benchmarks/gpu_check.sh   # a longer budget
+#   BUDGET_S=580 PARTS="B L H whole" bash benchmarks/gpu_check.sh # a longer budget
 # Results go to $OUT (or /tmp/gpu_check).
 # The photo folder, from a machine that has the datasets (every fourth ImageNet-sample photo: 27 MB, in an ignored
 # folder that can travel with the working tree to a machine without them):
@@ -38,7 +38,7 @@ cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-/tmp/gpu_check}"
 BUDGET_S="${BUDGET_S:-290}"
 PLAN="${PLAN:-}"
-PARTS=" ${PARTS:-B loader L H mem} "
+PARTS=" ${PARTS:-B loader L H} "
 PHOTOS="${1:-}"
 mkdir -p "$OUT_DIR"
 timing="$OUT_DIR/timing.log"
@@ -48,7 +48,7 @@ export PYTHONUNBUFFERED=1
 
 # row PART LIMIT_S NEEDS_S LOG COMMAND...: run COMMAND when PART is asked for and at least NEEDS_S seconds of the
 # budget are left, for at most LIMIT_S seconds (or what is left); its output goes to $OUT_DIR/LOG. NEEDS_S is what
-# the row is expected to take on an H100-class machine with a cold compiler cache. With PLAN set, print the row
+# the row is expected to take with a cold compiler cache (measured on an H200 where a row ran there, else a guess). With PLAN set, print the row
 # instead and count NEEDS_S as spent (the expected schedule).
 row() {
   local part=$1 limit=$2 needs=$3 log=$4
@@ -85,7 +85,7 @@ if [ -z "$PLAN" ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee -a "$OUT_DIR/env.txt"
   echo "## install and environment done at ${SECONDS} s" >> "$timing"
 else
-  SECONDS=10 # what the install and environment lines take
+  SECONDS=22 # what the install and environment lines took on the H200
 fi
 
 step=(python3 benchmarks/throughput.py --steps 8 --warmup 3 --precision bf16)
@@ -102,18 +102,18 @@ NO_PHOTOS_SAID=" "
 
 # Batches fill a good part of an 80 GB card (2026-11-26 on an H100: B 53, L 91, H 201 MiB per image).
 # The ratios of the issue, each measured in one run: openmae compiled and eager vs Hugging Face vs the official style.
-row B 120 70 throughput.log "${step[@]}" --preset mae_vit_base_patch16 --batch 256 --compile --with-eager
+row B 120 95 throughput.log "${step[@]}" --preset mae_vit_base_patch16 --batch 256 --compile --with-eager
 # the CPU path (PIL decode, torchvision crop/resize) and the GPU path (nvJPEG decode, resize/flip/normalise on the
 # GPU); the rows split the training process's time: waiting for the workers vs the device stage
 photos_row loader 45 20 loader.log "${loader[@]}" --workers 15
-photos_row loader 60 25 loader.log "${loader[@]}" --workers 4 15 --device-augment --device cuda
+photos_row loader 60 15 loader.log "${loader[@]}" --workers 4 15 --device-augment --device cuda
 # L and H compiled block by block (the identical blocks share one graph: compiling takes a fraction of the whole
-# model's time, so that all parts fit the budget); part "whole" compiles them whole, the best setting (the MFU targets)
-row L 90 45 throughput.log "${step[@]}" --preset mae_vit_large_patch16 --batch 256 --compile blocks --with-eager --no-hf
-row H 100 50 throughput.log "${step[@]}" --preset mae_vit_huge_patch14 --batch 128 --compile blocks --with-eager --no-hf
-# memory: the same eager step without and with activation checkpointing
-row mem 40 25 throughput.log "${step[@]}" --preset mae_vit_large_patch16 --batch 128 --no-hf --no-reference
-row mem 40 25 throughput.log "${step[@]}" --preset mae_vit_large_patch16 --batch 128 --no-hf --no-reference --grad-checkpointing
+# model's time, so that all parts fit the budget); part "whole" compiles them whole, the best setting (the MFU targets).
+# ViT-L/16's run has the eager step with activation checkpointing as one more row (memory per image without and with
+# it, in one process: two processes of their own took 42 s on the H200)
+row L 90 65 throughput.log "${step[@]}" --preset mae_vit_large_patch16 --batch 256 --compile blocks --with-eager --no-hf \
+  --with-checkpointing
+row H 100 60 throughput.log "${step[@]}" --preset mae_vit_huge_patch14 --batch 128 --compile blocks --with-eager --no-hf
 row whole 130 90 throughput.log "${step[@]}" --preset mae_vit_large_patch16 --batch 256 --compile --no-hf
 row whole 150 100 throughput.log "${step[@]}" --preset mae_vit_huge_patch14 --batch 128 --compile --no-hf
 # CUDA graphs: the compiled step replayed as graphs (torch.compile mode reduce-overhead; the step has static shapes),

@@ -34,13 +34,16 @@ def main() -> None:
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--with-eager", action="store_true",
                         help="with --compile: openmae's eager step as one more row of the same run")
+    parser.add_argument("--with-checkpointing", action="store_true",
+                        help="openmae's eager step with activation checkpointing as one more row of the same run "
+                             "(peak memory per image with and without it)")
     args = parser.parse_args()
     suite = [(args.preset, args.batch)] if args.preset else CPU_SUITE
     for preset, batch in suite:
         result = benchmark(preset, batch, args.precision, bool(args.compile), not args.no_hf, not args.no_reference,
                            warmup=args.warmup, steps=args.steps, grad_checkpointing=args.grad_checkpointing,
                            compile_scope=args.compile or "model", compile_mode=args.compile_mode,
-                           eager_too=args.with_eager)
+                           eager_too=args.with_eager, checkpointed_too=args.with_checkpointing)
         print(json.dumps(result))
         print(table(result), flush=True)
 

@@ -260,6 +260,30 @@ def test_benchmark_compiled_and_eager_openmae_in_one_run():
     assert all(r["images_per_s"] > 0 for r in out["rows"])
 
 
+@pytest.mark.parametrize("interleave", [True, False])
+def test_benchmark_adds_the_checkpointed_step_as_one_more_row(interleave, monkeypatch):
+    """``checkpointed_too``: the eager step with activation checkpointing beside the plain one, in one run (the GPU
+    check's memory comparison); its model really checkpoints, the first row's does not."""
+    from openmae.engine import benchmark as bench
+
+    built = []
+    real = bench.openmae_step
+
+    def spy(cfg, *args, **kwargs):
+        built.append(cfg.grad_checkpointing)
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "openmae_step", spy)
+    out = bench.benchmark("mae_vit_debug_patch4_32", 4, "fp32", compare_hf=False, eager_reference=False,
+                          device_name="cpu", warmup=1, steps=1, interleave=interleave, checkpointed_too=True)
+    assert [r["name"] for r in out["rows"]] == ["openmae fp32", "openmae fp32 ckpt"] and built == [False, True]
+    assert all(r["images_per_s"] > 0 for r in out["rows"])
+    built.clear()  # already checkpointing: no second row of the same step
+    out = bench.benchmark("mae_vit_debug_patch4_32", 4, "fp32", compare_hf=False, eager_reference=False,
+                          device_name="cpu", warmup=1, steps=1, grad_checkpointing=True, checkpointed_too=True)
+    assert [r["name"] for r in out["rows"]] == ["openmae fp32 ckpt"] and built == [True]
+
+
 def test_benchmark_times_the_matmul_rates_in_the_steps_rounds(monkeypatch):
     """On a CPU the matmul rate of each precision the MFUs refer to (bf16 for openmae and Hugging Face, fp32 for
     the eager reference) is timed in the same rounds as the steps, not once before them at another moment."""

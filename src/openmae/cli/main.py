@@ -233,7 +233,8 @@ def cmd_benchmark(args: argparse.Namespace, rest: list[str]) -> int:
         return 0
     result = benchmark(preset, batch, args.precision, bool(args.compile), not args.no_hf, True,
                        steps=args.steps, grad_checkpointing=args.grad_checkpointing, compile_scope=args.compile or "model",
-                       compile_mode=args.compile_mode, eager_too=args.with_eager)
+                       compile_mode=args.compile_mode, eager_too=args.with_eager,
+                       checkpointed_too=args.with_checkpointing)
     print(json.dumps(result))
     print(table(result))
     return 0
@@ -340,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--steps", type=int, default=10)
             p.add_argument("--with-eager", action="store_true",
                            help="with --compile: openmae's eager step as one more row of the same run")
+            p.add_argument("--with-checkpointing", action="store_true",
+                           help="openmae's eager step with activation checkpointing as one more row of the same run "
+                                "(peak memory per image with and without it)")
             p.add_argument("--profile", action="store_true",
                            help="instead of the comparison: where openmae's step spends its time (matmuls, attention, "
                                 "copies and casts, optimizer, the rest) and its costliest operators or GPU kernels")

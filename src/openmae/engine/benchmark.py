@@ -7,7 +7,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -154,11 +154,14 @@ def openmae_step(cfg: MAEConfig, imgs: torch.Tensor, noise: torch.Tensor, dtype:
 def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: bool = False, compare_hf: bool = True,
               eager_reference: bool = True, device_name: str = "auto", warmup: int = 3, steps: int = 10,
               grad_checkpointing: bool = False, compile_scope: str = "model", compile_mode: str = "default",
-              interleave: bool | None = None, eager_too: bool = False, **overrides) -> dict:
+              interleave: bool | None = None, eager_too: bool = False, checkpointed_too: bool = False,
+              **overrides) -> dict:
     """Time openmae's step (and the peers') for ``preset``; returns rows and the machine's matmul rate.
 
     ``eager_too`` (with ``compile_model``): openmae's eager step as one more row, so that one run says which of
     the two is openmae's best setting on this machine (compiling wins on some CPUs and loses on others).
+    ``checkpointed_too``: openmae's eager step with activation checkpointing as one more row (with ``grad_checkpointing``
+    already on, nothing is added), so that one run gives the peak memory per image with and without it.
 
     ``interleave`` (default: on a CPU) times the implementations in turn, round by round (``time_interleaved``),
     with the matmul probes (``matmul_probe``) of the precisions the MFUs refer to in the same rounds: a shared
@@ -194,6 +197,10 @@ def benchmark(preset: str, batch: int, precision: str = "bf16", compile_model: b
     if compile_model and eager_too:
         torch.manual_seed(0)
         add(f"openmae {precision}{' ckpt' if grad_checkpointing else ''}", openmae_step(cfg, imgs, noise, dtype, device),
+            dtype)
+    if checkpointed_too and not grad_checkpointing:
+        torch.manual_seed(0)
+        add(f"openmae {precision} ckpt", openmae_step(replace(cfg, grad_checkpointing=True), imgs, noise, dtype, device),
             dtype)
     if device.type == "cuda":
         torch.cuda.empty_cache()
