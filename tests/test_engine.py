@@ -166,21 +166,21 @@ def test_loop_options_train_and_checkpoint(tmp_path, datasets, extra):
 def test_auto_precision_is_fp32_on_cpu_and_names_bf16_where_the_cpu_has_it(monkeypatch, caplog):
     import logging
 
-    from openmae.engine import loop
+    from openmae.engine import precision
 
-    loop._bf16_hint.cache_clear()
-    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)
+    precision._bf16_hint.cache_clear()
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     with caplog.at_level(logging.INFO, logger="openmae.train"):
-        assert loop.autocast_dtype("auto", torch.device("cpu")) is None
-        assert loop.autocast_dtype("auto", torch.device("cpu")) is None
+        assert precision.autocast_dtype("auto", torch.device("cpu")) is None
+        assert precision.autocast_dtype("auto", torch.device("cpu")) is None
     assert sum("train.precision=bf16 would train faster" in r.message for r in caplog.records) == 1
-    loop._bf16_hint.cache_clear()
+    precision._bf16_hint.cache_clear()
     caplog.clear()
-    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     with caplog.at_level(logging.INFO, logger="openmae.train"):
-        assert loop.autocast_dtype("auto", torch.device("cpu")) is None
+        assert precision.autocast_dtype("auto", torch.device("cpu")) is None
     assert not caplog.records
-    assert loop.autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    assert precision.autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
 
 
 def test_pretraining_continues_from_init_weights(tmp_path, datasets):

@@ -23,7 +23,7 @@ from openmae.engine.classifier import evaluate_share
 from openmae.engine.distributed import DistInfo, cleanup, init_distributed
 from openmae.engine.linprobe import probe_global_pool
 from openmae.engine.logging import setup_console
-from openmae.engine.loop import autocast_dtype
+from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
 from openmae.eval.plots import confusion_plot
 from openmae.models.mae import MAEConfig

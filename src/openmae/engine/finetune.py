@@ -29,8 +29,9 @@ from openmae.engine.classifier import (
 )
 from openmae.engine.config import TrainConfig
 from openmae.engine.distributed import ONE_PROCESS, DistInfo
-from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
+from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
+from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import FinetuneConfig
 from openmae.engine.weights import resolve_encoder
 from openmae.models.vit import create_classifier, load_encoder

@@ -29,8 +29,9 @@ from openmae.engine.classifier import (
 )
 from openmae.engine.config import TrainConfig
 from openmae.engine.distributed import ONE_PROCESS, DistInfo, gather_rows, gather_stacked, part_of
-from openmae.engine.loop import Run, StepOutput, autocast_dtype, launch
+from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
+from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import LinprobeConfig
 from openmae.engine.weights import resolve_encoder
 from openmae.eval.feature_cache import feature_key, read_features, say_read, weights_digest, write_features

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import random
@@ -16,16 +15,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 from tqdm import tqdm
 
-from openmae.config import dump_yaml, to_dict
+from openmae.config import dump_yaml
 from openmae.data.ahead import DeviceAhead
 from openmae.data.loader import (
     Batch,
@@ -38,26 +30,16 @@ from openmae.data.loader import (
 )
 from openmae.data.normalization import inherit_stats
 from openmae.data.ranks import BuildStopped, cut_by, shared_by_ranks
-from openmae.engine.checkpoint import (
-    STOPPED,
-    CheckpointError,
-    CheckpointManager,
-    Resume,
-    changed_settings,
-    earlier_run,
-    find_resume,
-    resume_batch,
-    rng_state,
-    set_rng_state,
-    start_fresh,
-)
-from openmae.engine.config import TrainConfig, precision_dtype
-from openmae.engine.distributed import DistInfo, all_reduce_mean, parallelize, wait_for_main
+from openmae.engine.checkpoint import STOPPED, CheckpointManager, Resume, earlier_run, find_resume, rng_state, start_fresh
+from openmae.engine.config import TrainConfig
+from openmae.engine.distributed import DistInfo, all_reduce_mean, parallelize
 from openmae.engine.host_memory import keep_freed_host_memory
 from openmae.engine.logging import MetricsLog, read_metrics
 from openmae.engine.optim import build_optimizer
+from openmae.engine.precision import autocast_dtype
 from openmae.engine.preempt import StopSignals, torchrun_grace_warning
 from openmae.engine.schedule import effective_lr, lr_at
+from openmae.engine.train_state import restore, save
 
 log = logging.getLogger("openmae.train")
 
@@ -163,47 +145,6 @@ def _stopped_while_prepared(stop: str, run_dir: Path, step: int, resume: Resume 
     return {"stopped_by": stop}
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this x86 CPU has bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast trains faster."""
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(probe() for probe in probes if probe is not None)
-
-
-@functools.cache
-def _bf16_hint() -> None:  # once per process
-    log.info("train.precision=auto means fp32 on a CPU; this CPU has bf16 instructions, so train.precision=bf16 "
-             "would train faster (1.5x for the Fashion-MNIST model on a 2-core AVX512-BF16 machine, same loss; "
-             "docs/benchmarks.md)")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None for fp32; bf16 / fp16 for autocast. ``auto`` = bf16 on CUDA cards that support it, fp32 on CPU
-    (where a CPU with bf16 instructions would train faster in bf16, the log says so)."""
-    if precision == "auto":
-        if device.type == "cpu" and cpu_has_native_bf16():
-            _bf16_hint()
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"train.precision=fp16 needs a CUDA device (got {device}); use bf16 or fp32 on CPU")
-    return precision_dtype(precision)
-
-
-def _options() -> StateDictOptions:
-    return StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def _gather_rng(info: DistInfo, state: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Every rank's random generators' ``state`` (their state now by default), on every rank."""
-    state = rng_state() if state is None else state
-    if not info.enabled:
-        return [state]
-    import torch.distributed as dist
-
-    states: list[Any] = [None] * info.world_size
-    dist.all_gather_object(states, state)
-    return states
-
-
 def train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resume: Resume | None = None
           ) -> dict[str, Any]:
     """Run ``task`` to the end (or to ``halt_after_steps``, or to a stop signal), continuing from ``resume`` when
@@ -245,39 +186,11 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
     optimizer = build_optimizer(train_cfg.optimizer, groups, base_lr, train_cfg.betas, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     ckpts = CheckpointManager(run_dir, train_cfg.keep_last)
-    model_config = task.model_config
 
     epoch, start_batch, step, resumed = 0, 0, 0, None
     if resume is not None:
-        path, state = resume.path, resume.state
-        if state.get("task", task.name) != task.name:
-            raise CheckpointError(f"{path} was written by `openmae {state['task']}`, but this run is `openmae "
-                                  f"{task.name}`; give this run its own output folder (-o), or resume that run with "
-                                  f"`openmae {state['task']}`")
-        if state.get("model_config") != model_config:
-            raise CheckpointError(f"{path} was written for model {state.get('model_config')}, "
-                                  f"but this run builds {model_config}; use the same model settings to resume")
-        set_model_state_dict(model, state["model"], options=_options())
-        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=_options())
-        if "scaler" in state and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        if hasattr(task, "load_extra_state"):
-            task.load_extra_state(state.get("task_state", {}), path)
-        epoch, step = state["epoch"], state["step"]
-        start_batch = resume_batch(state, train_cfg.batch_size, info.world_size)
-        rngs = state["rng"]
-        set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
+        epoch, start_batch, step = restore(resume, task, model, optimizer, scaler, config, train_cfg.batch_size, info)
         resumed = step
-        if info.is_main:
-            log.info("resumed from %s (epoch %d, batch %d, step %d)", path, epoch, start_batch, step)
-            changed = changed_settings(state.get("config"), to_dict(config))
-            if len(rngs) != info.world_size:
-                changed.append(f"processes: {len(rngs)} -> {info.world_size}")
-            if changed:  # the run goes on with them, no longer the exact continuation of the one that saved
-                log.warning("resumed with settings changed since the checkpoint, which the rest of the run follows: "
-                            "%s%s", "; ".join(changed), "" if start_batch == state["batch_in_epoch"] else
-                            f" (its epoch goes on at batch {start_batch}, not {state['batch_in_epoch']}: the first "
-                            "whose images are unused with the new global batch)")
 
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -290,19 +203,7 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
     run = Run(config, train_cfg, run_dir, info, metrics_log, step, epoch)
 
     def checkpoint(epoch_: int, batch_in_epoch: int, keep: bool = False, rng: dict[str, Any] | None = None) -> None:
-        state_model = get_model_state_dict(model, options=_options())
-        state_optim = get_optimizer_state_dict(model, optimizer, options=_options())
-        rngs = _gather_rng(info, rng)
-        if info.is_main:
-            state = {"model": state_model, "optimizer": state_optim, "epoch": epoch_, "batch_in_epoch": batch_in_epoch,
-                     "step": step, "rng": rngs, "config": to_dict(config), "model_config": model_config,
-                     "task": task.name, "task_state": task.extra_state() if hasattr(task, "extra_state") else {}}
-            if getattr(task, "classes", None):  # a classifier's outputs' names, carried into model-last.pth
-                state["classes"] = task.classes
-            if scaler.is_enabled():
-                state["scaler"] = scaler.state_dict()
-            ckpts.save(state, step, keep=keep)
-        wait_for_main(info)
+        save(ckpts, epoch_, batch_in_epoch, step, task, model, optimizer, scaler, config, info, keep, rng)
 
     after_step = getattr(task, "after_step", None)
     pending: list[tuple[int, torch.Tensor, dict[str, torch.Tensor]]] = []
