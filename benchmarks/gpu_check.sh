@@ -7,7 +7,8 @@
 #   L, H    ViT-L/16 and ViT-H/14: openmae compiled block by block and eager beside the official-style fp16 step;
 #           ViT-L/16 eager with activation checkpointing too (peak memory per image with and without it)
 # (the default), and on request: whole (L and H compiled as a whole, their best setting), graphs (B and L compiled
-# and replayed as CUDA graphs), big (twice the batches), prof (where ViT-B/16's step goes), loadab (the loader's
+# and replayed as CUDA graphs), big (twice the batches), prof (where ViT-B/16's step goes; profl: ViT-L/16's compiled
+# step without and with CUDA graphs), loadab (the loader's
 # alternatives), bands (13-band arrays made from the photos: the loader's CPU path and device path).
 # and prints the tables last. The whole script stops by BUDGET_S seconds (default 290, install included): each
 # row runs under a time limit cut to what is left, a row that needs more than is left is skipped, and timing.log
@@ -21,6 +22,7 @@
 #   PARTS="whole prof" bash benchmarks/gpu_check.sh           # the second call: best settings, and the profile
 #   PLAN=1 bash benchmarks/gpu_check.sh photos                # print the rows and their limits, run nothing
 #   PARTS="prof" bash benchmarks/gpu_check.sh                 # where ViT-B/16's step goes (kernels, GPU idle time)
+#   PARTS="profl" bash benchmarks/gpu_check.sh                # ViT-L/16 compiled: GPU idle time without/with CUDA graphs
 #   PARTS="big" bash benchmarks/gpu_check.sh                  # B, L, H at twice the batches above (MFU vs batch)
 #   PARTS="loadab" bash benchmarks/gpu_check.sh photos        # receiving/resizing costs; the resize per crop;
 #                                                             # workers decoding; no decoding ahead; epoch boundaries
@@ -128,6 +130,11 @@ row big 150 100 throughput.log "${step[@]}" --preset mae_vit_huge_patch14 --batc
 prof=(python3 benchmarks/profile_step.py --preset mae_vit_base_patch16 --batch 256 --precision bf16)
 row prof 60 30 profile.log "${prof[@]}"
 row prof 120 70 profile.log "${prof[@]}" --compile
+# ViT-L/16 compiled whole, as kernels launched one by one and replayed as CUDA graphs (the graphs gave it 14% on the
+# H200, ViT-B/16 2%): how long the GPU sits idle between kernels in each
+profl=(python3 benchmarks/profile_step.py --preset mae_vit_large_patch16 --batch 256 --precision bf16 --compile)
+row profl 150 90 profile.log "${profl[@]}"
+row profl 150 90 profile.log "${profl[@]}" --compile-mode reduce-overhead
 # the loader's alternatives: the training process's CPU time for a batch of 256 photos (receiving it as pickled
 # arrays vs one shared buffer; dispatching its resize per crop vs batched); the device stage's profile; its resize
 # crop by crop; the workers decoding (data.device_decode=false: GPUs without a hardware JPEG decoder); the device
