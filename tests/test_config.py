@@ -44,6 +44,15 @@ def test_yaml_then_overrides(tmp_path):
     ("train.batchsize=4", "(did you mean train.batch_size?)"),
     ("epochs=3", "unknown setting(s) ['epochs'] (did you mean train.epochs?)"),
     ("pretrain.mask=0.5", "(did you mean pretrain.mask_ratio?)"),
+    ("data.img_size=32", "unknown setting(s) ['data.img_size'] (did you mean model.img_size?)"),  # another section
+    ("train.mask_ratio=0.5", "(did you mean pretrain.mask_ratio?)"),
+    ("train.accum_iter=4", "(did you mean train.accum_steps?)"),  # the official code's names
+    ("input_size=64", "unknown setting(s) ['input_size'] (did you mean model.img_size?)"),
+    ("model.preset=mae_vit_base_patch16", "(did you mean model.name?)"),
+    ("model=mae_vit_base_patch16", "model is a section of settings, not a value: got 'mae_vit_base_patch16'; did you "
+                                   "mean model.name=mae_vit_base_patch16?"),
+    ("data=/my/images", "did you mean data.path=/my/images?"),
+    ("train=3", "train is a section of settings, not a value: got 3; its settings are ['accum_steps',"),
     ("data.crop_scale=[0.5,0.2]", "data.crop_scale=(0.5, 0.2) is invalid"),
     ("train.warmup_epochs=900", "train.warmup_epochs=900.0 is invalid: must be between 0 and train.epochs (800)"),
     ("train.epochs=10", "a shorter run than the recipe's needs a shorter warm-up too, such as train.warmup_epochs=0"),

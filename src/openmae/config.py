@@ -94,34 +94,62 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _guess(cls: type, hints: dict[str, Any], key: str, prefix: str) -> str | None:
+# The official MAE code's command-line names (main_pretrain.py, main_finetune.py, main_linprobe.py) and other
+# common spellings, by the setting they are called here: ``accum_iter=4`` is met with ``train.accum_steps``.
+OTHER_NAMES = {"accum_iter": "accum_steps", "input_size": "img_size", "image_size": "img_size", "preset": "name",
+               "data_path": "path", "nb_classes": "num_classes", "aa": "auto_augment", "finetune": "init",
+               "num_epochs": "epochs", "warmup": "warmup_epochs", "lr_min": "min_lr", "drop_path_rate": "drop_path"}
+
+
+def _sections(cls: type) -> list[tuple[str, type]]:
+    """The dataclass sections of ``cls``, by name."""
+    hints = _hints(cls)
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])]
+
+
+def _guess(cls: type, key: str, prefix: str, root: type | None = None) -> str | None:
     """The setting an unknown ``key`` most likely meant: a close spelling in its section (``train.lrr``:
-    ``train.lr``), the one it begins (``pretrain.mask``: ``pretrain.mask_ratio``), or the same name in a section
-    below (``epochs`` at the top level: ``train.epochs``)."""
+    ``train.lr``), the one it begins (``pretrain.mask``: ``pretrain.mask_ratio``), the same name in a section
+    below (``epochs`` at the top level: ``train.epochs``) or in another section of the ``root`` configuration
+    (``data.img_size``: ``model.img_size``), or the setting the official code's name for it is called here
+    (``train.accum_iter``: ``train.accum_steps``)."""
     names = [f.name for f in dataclasses.fields(cls)]
+    if key in OTHER_NAMES and OTHER_NAMES[key] in names:
+        return prefix + OTHER_NAMES[key]
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.75) or [n for n in names if n.startswith(key)][:1]
     if close:
         return prefix + close[0]
-    for name in names:
-        if dataclasses.is_dataclass(hints[name]) and key in {f.name for f in dataclasses.fields(hints[name])}:
-            return f"{prefix}{name}.{key}"
+    for wanted in (key, OTHER_NAMES.get(key)):
+        for section, tp in _sections(cls) + (_sections(root) if root is not None and root is not cls else []):
+            if wanted in {f.name for f in dataclasses.fields(tp)}:
+                return f"{section}.{wanted}" if not prefix or tp is not cls else prefix + wanted
     return None
 
 
-def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "", base: T | None = None) -> T:
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "", base: T | None = None,
+              root: type | None = None) -> T:
     """Build dataclass ``cls`` from a (partial) nested dict, refusing unknown keys and wrong types.
 
     Values not in ``data`` keep those of ``base`` (default: ``cls()``), so a section whose default comes
-    from a task-specific factory (fine-tuning's ``train.blr``) keeps it when only other keys are set.
+    from a task-specific factory (fine-tuning's ``train.blr``) keeps it when only other keys are set. ``root``: the
+    whole configuration a section belongs to, where an unknown key's likely meaning is looked for too.
     """
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+        if not prefix:
+            raise ConfigError(f"a configuration must be a mapping of sections, got {data!r}")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        # the setting a single value most likely meant (model=mae_vit_base_patch16: model.name, as the official
+        # code's --model; finetune=weights.pth: finetune.init; data=/my/images: data.path)
+        meant = [n for n in ("path", "init", "name") if n in fields and (n != "path" or "/" in str(data))]
+        raise ConfigError(f"{prefix.rstrip('.')} is a section of settings, not a value: got {data!r}"
+                          + (f"; did you mean {prefix}{meant[0]}={data}?" if meant and not isinstance(data, list)
+                             else f"; its settings are {sorted(fields)}"))
     base = cls() if base is None else base
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        guesses = [guess for k in unknown if (guess := _guess(cls, hints, k, prefix))]
+        guesses = [guess for k in unknown if (guess := _guess(cls, k, prefix, root))]
         raise ConfigError(f"unknown setting(s) {[prefix + k for k in unknown]}"
                           + (f" (did you mean {', '.join(guesses)}?)" if guesses else "")
                           + f"; valid under '{prefix.rstrip('.') or 'top level'}': {sorted(names)}")
@@ -129,7 +157,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "", base: T | No
     for name, value in data.items():
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, value, f"{prefix}{name}.", getattr(base, name))
+            kwargs[name] = from_dict(tp, value, f"{prefix}{name}.", getattr(base, name), root or cls)
         else:
             kwargs[name] = coerce(value, tp, prefix + name)
     return dataclasses.replace(base, **kwargs)
