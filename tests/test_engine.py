@@ -253,3 +253,39 @@ def test_pretraining_from_an_encoder_only_file_keeps_the_decoder_initialised(tmp
 def test_pretraining_auto_model_needs_init():
     with pytest.raises(ConfigError, match="model.name='auto'.*pretrain.init"):
         load_config(PretrainConfig, overrides=["model.name=auto", "data.name=cifar10"])
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_without_a_progress_bar_each_log_interval_is_a_log_line(tmp_path, datasets, monkeypatch, caplog, terminal):
+    """A batch job's log (the console not a terminal) or train.progress=false: a line at every log interval with the
+    step, loss, lr, images/s and time left, the numbers metrics.jsonl records; on a terminal the bar shows them."""
+    import io
+    import logging
+    import re
+    import sys
+
+    class Console(io.StringIO):
+        def isatty(self) -> bool:
+            return terminal
+
+    console = Console()
+    monkeypatch.setattr(sys, "stderr", console)
+    cfg = tiny_pretrain(tmp_path / "r", datasets, "train.epochs=2", "train.log_every_steps=2", "train.progress=true")
+    with caplog.at_level(logging.INFO, logger="openmae.train"):
+        pretrain(cfg)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    records = [r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in records] == [2, 4, 6, 8]
+    if terminal:
+        assert lines == [] and "8/8" in console.getvalue()  # the bar
+        return
+    assert "8/8" not in console.getvalue()
+    assert len(lines) == 4
+    for line, record in zip(lines, records, strict=True):
+        found = re.fullmatch(r"step (\d+)/8 \(epoch ([\d.]+)\): loss ([\d.]+), lr (\S+), (\d+) images/s, "
+                             r"(\d+):(\d\d):(\d\d) left", line)
+        assert found, line
+        assert int(found[1]) == record["step"] and float(found[2]) == pytest.approx(record["epoch"], abs=0.005)
+        assert float(found[3]) == pytest.approx(record["loss"], abs=1e-4)
+        assert float(found[4]) == pytest.approx(record["lr"], rel=1e-2)
+    assert lines[-1].endswith("0:00:00 left")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -234,6 +236,11 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
                 "images_per_s": round(window_images * info.world_size / max(elapsed, 1e-9), 2),
                 "skipped_files": skipped_files, "skipped_steps": skipped_steps, **extra}
         metrics_log.write(last)
+        if bar.disable and info.is_main:  # no bar (a batch job's log, or train.progress=false): a line instead
+            left = (total_steps - last["step"]) * elapsed / len(pending)
+            log.info("step %d/%d (epoch %.2f): loss %.4f, lr %.3g, %.0f images/s%s, %s left", last["step"], total_steps,
+                     last["epoch"], mean_loss, last["lr"], last["images_per_s"],
+                     "".join(f", {k} {v:.4g}" for k, v in extra.items()), datetime.timedelta(seconds=round(left)))
         pending, window_start, window_images = [], time.perf_counter(), 0
 
     def stopped(stop: str, when: str) -> dict[str, Any]:
@@ -256,7 +263,8 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
         return _stopped_while_prepared(stop, run_dir, step, resume, info, "while the run was prepared")
     if info.is_main:
         (run_dir / STOPPED).unlink(missing_ok=True)  # going on: no longer stopped
-    bar = tqdm(total=total_steps, initial=step, disable=not (info.is_main and train_cfg.progress), unit="step",
+    shown = info.is_main and train_cfg.progress and sys.stderr.isatty()  # a bar's redraws clutter a log file
+    bar = tqdm(total=total_steps, initial=step, disable=not shown, unit="step",
                dynamic_ncols=True, desc=task.name)
     optimizer.zero_grad(set_to_none=True)
     # One loader iterator for the rest of the run: its workers go on preparing the next epoch's first batches
