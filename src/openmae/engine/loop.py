@@ -238,7 +238,7 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
         metrics_log.write(last)
         if bar.disable and info.is_main:  # no bar (a batch job's log, or train.progress=false): a line instead
             left = (total_steps - last["step"]) * elapsed / len(pending)
-            log.info("step %d/%d (epoch %.2f): loss %.4f, lr %.3g, %.0f images/s%s, %s left", last["step"], total_steps,
+            log.info("step %d/%d (epoch %.2f): loss %.4f, lr %.2e, %.0f images/s%s, %s left", last["step"], total_steps,
                      last["epoch"], mean_loss, last["lr"], last["images_per_s"],
                      "".join(f", {k} {v:.4g}" for k, v in extra.items()), datetime.timedelta(seconds=round(left)))
         pending, window_start, window_images = [], time.perf_counter(), 0
