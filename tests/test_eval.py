@@ -153,6 +153,37 @@ def test_visualization_of_real_photo(tmp_path, datasets, norm_pix):
     assert arr[:, :128].std() > 10  # the original panel is a photo, not a flat colour
 
 
+def test_visualize_names_each_picture_apart_and_leaves_out_unreadable_images(tmp_path):
+    """Pictures are named by their files' stems: cat/001.png and dog/001.png (or x.png and x.webp) wrote the same
+    picture, the second over the first. An unreadable file stopped the command with a traceback; it is left out with
+    a warning (data.bad_files=fail: a one-line error naming it), and a list of unreadable files alone is an error."""
+    model = openmae.create_model("mae_vit_tiny_patch7_28_gray", depth=1, decoder_depth=1)
+    ckpt = tmp_path / "mae.pth"
+    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, ckpt)
+    shots = tmp_path / "shots"
+    for cls in ("cat", "dog"):
+        (shots / cls).mkdir(parents=True)
+        Image.new("L", (28, 28), 80 if cls == "cat" else 160).save(shots / cls / "001.png")
+    Image.new("L", (28, 28), 10).save(shots / "x.png")
+    Image.new("L", (28, 28), 200).save(shots / "x.webp", lossless=True)
+    (shots / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    proc = call_cli("visualize", "--checkpoint", str(ckpt), "-o", str(tmp_path / "pics"), str(shots))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == ["cat-001.png", "dog-001.png", "x-png.png",
+                                                                      "x-webp.png"]
+    assert "no picture of an unreadable image" in proc.stderr and "broken.jpg" in proc.stderr
+    # each picture is of its own file: the original panels differ as the files' grey levels do
+    first_panel = {name: np.asarray(Image.open(tmp_path / "pics" / name))[:, :112].mean()
+                   for name in ("cat-001.png", "dog-001.png", "x-png.png", "x-webp.png")}
+    assert first_panel["x-png.png"] < first_panel["cat-001.png"] < first_panel["dog-001.png"] < first_panel["x-webp.png"]
+    proc = call_cli("visualize", "--checkpoint", str(ckpt), "-o", str(tmp_path / "strict"), str(shots),
+                    "data.bad_files=fail")
+    assert proc.returncode == 1 and "openmae visualize: error: " in proc.stderr and "broken.jpg" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = call_cli("visualize", "--checkpoint", str(ckpt), "-o", str(tmp_path / "none"), str(shots / "broken.jpg"))
+    assert proc.returncode == 1 and "none of the 1 images could be read" in proc.stderr
+
+
 def test_convert_cli_roundtrip(tmp_path):
     model = openmae.create_model("mae_vit_debug_patch4_32")
     official = tmp_path / "official.pth"

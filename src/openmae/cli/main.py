@@ -373,11 +373,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"openmae {args.command}: error: {err}", file=sys.stderr)
         return 1
     except RuntimeError as err:
+        from openmae.data.images import BadImageError
         from openmae.engine.distributed import MainRankTimeout
 
-        if not isinstance(err, MainRankTimeout):
+        if not isinstance(err, (MainRankTimeout, BadImageError)):
             raise
-        print(f"openmae {args.command}: error: {err}", file=sys.stderr)  # what it waited for says it all
+        # what it waited for, or the file and why it could not be read (data.bad_files=fail), says it all
+        print(f"openmae {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one outside it: what a shell reports, no traceback
         kept = ("at once, without saving; a run's folder keeps the checkpoints saved before (`openmae info <run "

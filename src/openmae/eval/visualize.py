@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from openmae.data.config import DataConfig
 from openmae.data.datasets import file_source, stats_for
 from openmae.data.draft import with_draft
 from openmae.data.folders import find_images
-from openmae.data.images import IMAGE_SUFFIXES
+from openmae.data.images import IMAGE_SUFFIXES, BadImageError
 from openmae.data.loader import SeededSamples
 from openmae.data.transforms import eval_transform
 from openmae.data.volumes import FileVolumes, suffix_of
@@ -42,6 +43,31 @@ def stem_of(path: Path) -> str:
     return path.name[: -len(suffix_of(path))] or path.name
 
 
+def distinct_names(names: list[str], paths: list[Path]) -> list[str]:
+    """``names`` (one per path) with those that repeat told apart by the folders below the one their files share
+    (cat/001.jpg and dog/001.jpg: cat-001, dog-001), then by their suffixes (x.webp and x.tif: x-webp, x-tif), then
+    by their place in the list: no two files write the same picture."""
+    out = list(names)
+
+    def repeats() -> list[list[int]]:
+        seen: dict[str, list[int]] = {}
+        for i, name in enumerate(out):
+            seen.setdefault(name, []).append(i)
+        return [ids for ids in seen.values() if len(ids) > 1]
+
+    for ids in repeats():
+        shared = Path(os.path.commonpath([paths[i].absolute().parent for i in ids]))
+        for i in ids:
+            out[i] = "-".join((*paths[i].absolute().parent.relative_to(shared).parts, out[i]))
+    for ids in repeats():
+        for i in ids:
+            out[i] = "-".join(filter(None, (out[i], suffix_of(paths[i]).lstrip(".").replace(".", "-"))))
+    for ids in repeats():
+        for i in ids[1:]:
+            out[i] = f"{out[i]}-{i}"
+    return out
+
+
 def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | Path, data: DataConfig,
                     mask_ratio: float = 0.75, seed: int = 0, scale: int | None = None, bands: tuple[int, ...] = (),
                     ) -> list[Path]:
@@ -51,10 +77,13 @@ def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | 
     m = model.cfg
     source = file_source(paths, None, m.in_chans, [], replace(data, bad_files="fail"))
     if isinstance(source, FileVolumes):  # a volume's middle slice, named by its file (a series: folder and first file)
-        shown = [(f"{scan.path.parent.name}-{stem_of(scan.path)}" if scan.members else stem_of(scan.path), source.middle(v))
+        shown = [(f"{scan.path.parent.name}-{stem_of(scan.path)}" if scan.members else stem_of(scan.path),
+                  source.middle(v), scan.path)
                  for v, scan in enumerate(source.scans) if scan.volume == 0 and source.counts[v]]  # a 4-D file: its first volume
     else:
-        shown = [(stem_of(path), i) for i, path in enumerate(paths)]
+        shown = [(stem_of(path), i, path) for i, path in enumerate(paths)]
+    names = distinct_names([name for name, _, _ in shown], [path for _, _, path in shown])  # cat/1.jpg, dog/1.jpg
+    shown = [(name, item) for name, (_, item, _) in zip(names, shown, strict=True)]
     if data.reads_arrays and data.mean is None and not data.path:  # no training folder named: these files'
         mean, std = band_stats(source)
         log.info("data.mean/std measured on the %d files shown (the checkpoint records none; set them to its "
@@ -64,13 +93,22 @@ def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | 
     transform = eval_transform(data, m.img_size, mean, std)
     if data.jpeg_draft and data.format == "image":  # a camera's photo decoded at the scale its resize needs
         transform = with_draft(transform, m.in_chans)
-    # read and transformed as the loader does; an unreadable file stops with its name
+    # read and transformed as the loader does; an unreadable file is left out with a warning (data.bad_files=fail:
+    # stops with its name)
     files = SeededSamples(source, transform, bad_files="fail", seeded=False)
     written = []
     for i, (stem, item) in enumerate(shown):
-        img = files[(item, 0)][0].unsqueeze(0)  # (1, C, H, W)
+        try:
+            img = files[(item, 0)][0].unsqueeze(0)  # (1, C, H, W)
+        except BadImageError as err:
+            if data.bad_files == "fail":
+                raise
+            log.warning("no picture of an unreadable image (data.bad_files=fail stops instead): %s", err)
+            continue
         rec = reconstruct(model, img, mean, std, mask_ratio, seed=seed + i, stretch=data.reads_arrays)
         written.append(save_grid(rec, Path(out_dir) / f"{stem}.png", scale or auto_scale(m.img_size), bands))
+    if not written:
+        raise ValueError(f"none of the {len(shown)} images could be read (the warnings above say why)")
     return written
 
 
