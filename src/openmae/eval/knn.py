@@ -141,8 +141,9 @@ def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     scores = knn_predict(train_feats, train_labels, test_feats, num_classes, k, temperature, gather=gather,
                          device=device)
     test_labels = test_labels.cpu()
-    out = {"knn_top1": 100.0 * (scores.argmax(1) == test_labels).float().mean().item()}
+    # from the counts, as the grid's: a float32 mean printed 27.399998903274536 for 137 of 500
+    out = {"knn_top1": 100.0 * int((scores.argmax(1) == test_labels).sum()) / len(test_labels)}
     if num_classes > 5:
         top5 = scores.topk(5, dim=1).indices
-        out["knn_top5"] = 100.0 * (top5 == test_labels[:, None]).any(1).float().mean().item()
+        out["knn_top5"] = 100.0 * int((top5 == test_labels[:, None]).any(1).sum()) / len(test_labels)
     return out
