@@ -26,7 +26,7 @@ from openmae.data.arrays import read_array
 from openmae.data.config import DataConfig
 from openmae.data.datasets import build_source
 from openmae.data.images import BadImageError
-from openmae.data.volumes import neighbours, read_slices, scan_volume
+from openmae.data.scans import neighbours, read_slices, scan_volume
 
 SHAPE = (6, 7, 5)  # (R, A, S) voxels of the canonical test volume
 
@@ -288,7 +288,7 @@ def test_processes_wanting_the_same_volume_at_once_decompress_it_once(tmp_path, 
     import os
     import time
 
-    from openmae.data import volumes as volumes_module
+    from openmae.data import scans as scans_module
 
     volume = canonical()
     save_nifti(tmp_path / "v.nii.gz", volume, "PIL", slope_inter=(2.0, -100.0))
@@ -305,7 +305,7 @@ def test_processes_wanting_the_same_volume_at_once_decompress_it_once(tmp_path, 
             time.sleep(0.5)
             return nib.load(path)
 
-    monkeypatch.setattr(volumes_module, "_nibabel", lambda: Slow)
+    monkeypatch.setattr(scans_module, "_nibabel", lambda: Slow)
     context = multiprocessing.get_context("fork")
     together = context.Barrier(3)
 

@@ -38,7 +38,7 @@ class DataConfig:
     ``array_layout`` says (``auto``: from which axis has ``in_chans`` entries), normalised by ``mean`` / ``std``,
     which are measured on the training files when not set (:mod:`openmae.data.arrays`); ``volume`` reads 3-D scans
     (NIfTI, multi-frame DICOM, ``.npy`` / TIFF stacks) and makes each of their slices an image, cut across
-    ``slice_plane`` in NIfTI files, with ``in_chans`` neighbouring slices as its bands (:mod:`openmae.data.volumes`),
+    ``slice_plane`` in NIfTI files, with ``in_chans`` neighbouring slices as its bands (:mod:`openmae.data.scans`),
     normalised like arrays. Unset ``mean`` / ``std`` are
     first taken from the weights a command starts from, when they record them (:mod:`openmae.data.normalization`).
     """

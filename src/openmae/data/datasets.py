@@ -24,9 +24,10 @@ from openmae.data.filelist import FileList
 from openmae.data.folders import find_images, find_in
 from openmae.data.images import IMAGE_SUFFIXES, open_image, set_pixel_limit, to_channels
 from openmae.data.memo import Recent
+from openmae.data.scans import VOLUME_SUFFIXES
 from openmae.data.survey import Settings
 from openmae.data.tiles import TiledBands
-from openmae.data.volumes import VOLUME_SUFFIXES, FileVolumes
+from openmae.data.volumes import FileVolumes
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ and returned in the scanner's units, so that every file of a folder is on one sc
   folder that mixes them with MONOCHROME2 images reads brighter-is-higher throughout.
 - Colour images come as RGB (pydicom converts YBR), laid out (H, W, 3).
 - A file of several frames (an enhanced CT or MR, a dose grid, a cine loop) is refused by ``data.format=array``
-  and read frame by frame, as slices, by ``data.format=volume`` (:mod:`openmae.data.volumes`); the rescale then
+  and read frame by frame, as slices, by ``data.format=volume`` (:mod:`openmae.data.scans`); the rescale then
   comes from the frame's functional groups when the file keeps it there. An RT dose grid reads in Gy.
 - Compressed transfer syntaxes are decoded by pydicom's plugins: RLE natively, JPEG 2000 through Pillow, JPEG
   lossless / extended through pylibjpeg (``openmae[medical]``); a missing decoder stops the run saying which.

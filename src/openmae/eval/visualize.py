@@ -14,8 +14,9 @@ from openmae.data.draft import with_draft
 from openmae.data.folders import find_images
 from openmae.data.images import IMAGE_SUFFIXES, BadImageError
 from openmae.data.loader import SeededSamples
+from openmae.data.scans import suffix_of
 from openmae.data.transforms import eval_transform
-from openmae.data.volumes import FileVolumes, suffix_of
+from openmae.data.volumes import FileVolumes
 from openmae.eval.reconstruction import auto_scale, reconstruct, save_grid
 from openmae.models.mae import MaskedAutoencoder
 
