@@ -464,3 +464,56 @@ def test_feature_cache_is_for_cached_probes():
 
     with pytest.raises(ConfigError, match="linprobe.feature_cache.*online mode"):
         load_config(LinprobeConfig, overrides=["data.name=cifar10", "linprobe.feature_cache=/tmp/x"])
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_long_passes_over_images_say_how_far_they_came(tmp_path, datasets, monkeypatch, caplog, terminal):
+    """kNN's features and `openmae evaluate`'s pass (a million ImageNet images: minutes on end, silent): a line every
+    LOG_EVERY_S in a log file (here every batch), with the images done of the total and the time left; a bar on a
+    terminal, gone when the pass ends."""
+    import io
+    import logging
+    import re
+    import sys
+
+    from openmae.config import load_config
+    from openmae.engine.knn_eval import KnnConfig, knn_eval
+    from openmae.eval import progress
+
+    class Console(io.StringIO):
+        def isatty(self) -> bool:
+            return terminal
+
+    console = Console()
+    monkeypatch.setattr(sys, "stderr", console)
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    data = [f"data.root={datasets}", "data.name=fashion-mnist", "data.max_samples=100", "data.max_eval_samples=40",
+            "data.num_workers=0"]
+    with caplog.at_level(logging.INFO, logger="openmae.eval.progress"):
+        out = knn_eval(load_config(KnnConfig, overrides=[*data, "model.name=mae_vit_tiny_patch7_28_gray",
+                                                         "model.depth=1", "knn.batch_size=32"]))
+    assert out["train_samples"] == 100
+    lines = [r.getMessage() for r in caplog.records if r.name == "openmae.eval.progress"]
+    if terminal:
+        assert lines == [] and "kNN features of the train images" in console.getvalue()
+        return
+    # batches of 32: a line after each but the last of a pass
+    found = [re.fullmatch(r"kNN features of the (\w+) images: (\d+) of (\d+) images \((\d+)%\), \d+ images/s, "
+                          r"\d+:\d\d:\d\d left", line) for line in lines]
+    assert all(found), lines
+    assert [(m[1], int(m[2]), int(m[3]), int(m[4])) for m in found] == [
+        ("train", 32, 100, 32), ("train", 64, 100, 64), ("train", 96, 100, 96), ("test", 32, 40, 80)]
+    assert "kNN features" not in console.getvalue()
+    # an evaluation's pass alike (openmae evaluate, a fine-tuning's validation)
+    from openmae.data.build import eval_batches
+    from openmae.data.config import DataConfig
+    from openmae.engine.classifier import evaluate
+
+    caplog.clear()
+    cfg = DataConfig(name="fashion-mnist", root=str(datasets), max_eval_samples=40, num_workers=0)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    with caplog.at_level(logging.INFO, logger="openmae.eval.progress"):
+        evaluate(linear, eval_batches(cfg, "test", (28, 28), 1, 16, 40), torch.device("cpu"), what="evaluation of the "
+                 "test images", total=40)
+    assert [re.sub(r", \d+ images/s, .* left$", "", r.getMessage()) for r in caplog.records] == [
+        "evaluation of the test images: 16 of 40 images (40%)", "evaluation of the test images: 32 of 40 images (80%)"]

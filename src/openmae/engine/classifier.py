@@ -21,6 +21,7 @@ from openmae.data.datasets import ImageSource
 from openmae.data.loader import Batch, batches_of
 from openmae.engine.distributed import DistInfo, gather_rows, part_of, same_buffers, wait_for_main
 from openmae.engine.loop import Run
+from openmae.eval.progress import reported
 from openmae.models.vit import fold_bn_head
 
 log = logging.getLogger("openmae.classifier")
@@ -29,18 +30,20 @@ log = logging.getLogger("openmae.classifier")
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.dtype | None = None,
              confusion: bool = False, flip: bool = False,
-             gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+             gather: Callable[[torch.Tensor], torch.Tensor] | None = None, what: str = "evaluation",
+             total: int | None = None) -> dict[str, Any]:
     """Top-1, top-5 (in percent) and mean cross-entropy over every batch; with ``confusion``, also the confusion
     matrix as ``confusion`` (a list of rows: true class, columns: predicted class). ``flip``: test-time
     augmentation, each image's class probabilities averaged with its horizontal mirror's (ranks and cross-entropy
     are then those of the averaged probabilities). ``gather``: the batches are this rank's part of the images
     (``openmae.engine.distributed.share_of``), and ``gather`` turns each rank's per-image results into all the
-    images' (``gather_rows``): every rank returns the metrics of all."""
+    images' (``gather_rows``): every rank returns the metrics of all. With ``total`` (the images of the batches), how
+    far it came is reported as ``what`` (:func:`openmae.eval.progress.reported`)."""
     was_training = model.training
     model.eval()
     labels_seen, tops, losses = [], [], []  # per image, on the device: one host sync at the end, not one a batch
     with batches_of(batches) as each:
-        for batch in each:
+        for batch in each if total is None else reported(each, what, total):
             images, labels = batch.images.to(device, non_blocking=True), batch.labels.to(device)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = model(images).float()  # (B, classes)
@@ -157,14 +160,16 @@ def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module,
 
 def evaluate_share(model: nn.Module, source: ImageSource, batches_for: Callable[[ImageSource], Iterable[Batch]],
                    device: torch.device, info: DistInfo, amp_dtype: torch.dtype | None = None, confusion: bool = False,
-                   flip: bool = False) -> dict[str, Any]:
+                   flip: bool = False, what: str = "evaluation") -> dict[str, Any]:
     """``evaluate`` over every image of ``source``, each rank of a torchrun job taking its part (``share_of``):
-    ``batches_for(images)`` makes the batches of the images given. Every rank returns the metrics of all."""
+    ``batches_for(images)`` makes the batches of the images given. Every rank returns the metrics of all; how far
+    it came is reported as ``what``."""
     if not info.enabled:
-        return evaluate(model, batches_for(source), device, amp_dtype, confusion, flip)
+        return evaluate(model, batches_for(source), device, amp_dtype, confusion, flip, what=what, total=len(source))
     same_buffers(model, info)  # one model measured: the main rank's (BatchNorm statistics)
-    return evaluate(model, batches_for(part_of(source, info)[0]), device, amp_dtype, confusion, flip,
-                    gather=functools.partial(gather_rows, count=len(source), info=info))
+    part = part_of(source, info)[0]
+    return evaluate(model, batches_for(part), device, amp_dtype, confusion, flip,
+                    gather=functools.partial(gather_rows, count=len(source), info=info), what=what, total=len(part))
 
 
 def labels_and_images(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -114,7 +114,7 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
 
     # under torchrun each rank measures its part of the images: the metrics of all on every rank
     metrics = evaluate_share(model.to(device), source, batches_for, device, info, autocast_dtype(e.precision, device),
-                             confusion=True, flip=e.tta == "flip")
+                             confusion=True, flip=e.tta == "flip", what=f"evaluation of the {d.eval_split} images")
     confusion: list[list[int]] = metrics.pop("confusion")
     per_class = {name: (100.0 * row[i] / sum(row) if sum(row) else float("nan"))
                  for i, (name, row) in enumerate(zip(names, confusion))}

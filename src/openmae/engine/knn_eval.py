@@ -72,7 +72,8 @@ def knn_over_ranks(model: nn.Module, sources: tuple[ImageSource, ImageSource],
     def features(split: str, source: ImageSource) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's part: features (n, D), labels (n,), and which are not the repeats that even the parts."""
         part, keep = part_of(source, info)
-        feats, labels = extract_features(model, batches_for(split, part), device, pooling, last_blocks=last_blocks)
+        feats, labels = extract_features(model, batches_for(split, part), device, pooling, last_blocks=last_blocks,
+                                         what=f"kNN features of the {split} images", total=len(part))
         return feats, labels, torch.from_numpy(keep)
 
     train_source, eval_source = sources

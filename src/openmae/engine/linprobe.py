@@ -133,9 +133,11 @@ class LinprobeTask:
     def _compute_features(self, split: str, source: ImageSource) -> tuple[torch.Tensor, torch.Tensor]:
         m, bs, info = self.mae_cfg, self.cfg.linprobe.eval_batch_size, self.info
         p = self.cfg.linprobe
+        part = part_of(source, info)[0]
         feats = extract_features(self.classifier, eval_batches(self.cfg.data, split, m.img_size, m.in_chans, bs,
-                                                               source=part_of(source, info)[0]),
-                                 self.device, p.pooling, self.amp_dtype, last_blocks=p.last_blocks)
+                                                               source=part),
+                                 self.device, p.pooling, self.amp_dtype, last_blocks=p.last_blocks,
+                                 what=f"probe features of the {split} images", total=len(part))
         feats = tuple(gather_rows(part, len(source), info) for part in feats)
         log.info("cached %d %s features of width %d", len(feats[0]), split, feats[0].shape[1])
         return feats

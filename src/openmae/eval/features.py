@@ -9,6 +9,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from openmae.data.loader import Batch, batches_of
+from openmae.eval.progress import reported
 from openmae.models.config import POOLING
 
 
@@ -46,13 +47,15 @@ def encoder_tokens(encoder: nn.Module, images: torch.Tensor, last_blocks: int = 
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, batches: Iterable[Batch], device: torch.device, pooling: str = "cls",
-                     amp_dtype: torch.dtype | None = None, last_blocks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features (N, D * last_blocks) float32 on the CPU and labels (N,) for every batch (``encoder_tokens``)."""
+                     amp_dtype: torch.dtype | None = None, last_blocks: int = 1, what: str = "features",
+                     total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (N, D * last_blocks) float32 on the CPU and labels (N,) for every batch (``encoder_tokens``);
+    with ``total`` (the images), how far it came is reported as ``what`` (:func:`openmae.eval.progress.reported`)."""
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
     with batches_of(batches) as each:
-        for batch in each:
+        for batch in each if total is None else reported(each, what, total):
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 tokens = encoder_tokens(encoder, batch.images.to(device, non_blocking=True), last_blocks)
             feats.append(pool(tokens, pooling).float().cpu())
