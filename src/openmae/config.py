@@ -119,10 +119,12 @@ def _guess(cls: type, key: str, prefix: str, root: type | None = None) -> str | 
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.75) or [n for n in names if n.startswith(key)][:1]
     if close:
         return prefix + close[0]
+    below = [(f"{prefix}{name}.", tp) for name, tp in _sections(cls)]
+    beside = [(f"{name}.", tp) for name, tp in (_sections(root) if root is not None else []) if tp is not cls]
     for wanted in (key, OTHER_NAMES.get(key)):
-        for section, tp in _sections(cls) + (_sections(root) if root is not None and root is not cls else []):
+        for place, tp in below + beside:
             if wanted in {f.name for f in dataclasses.fields(tp)}:
-                return f"{section}.{wanted}" if not prefix or tp is not cls else prefix + wanted
+                return place + wanted
     return None
 
 
