@@ -160,7 +160,7 @@ def test_registry_and_errors():
     with pytest.raises(ValueError, match="patch size 5 does not divide image size 32x32"):
         openmae.create_model("mae_vit_debug_patch4_32", patch_size=5)
     model = openmae.create_model("mae_vit_debug_patch4_32")
-    with pytest.raises(ValueError, match="images have 1 channels but the model expects in_chans=3"):
+    with pytest.raises(ValueError, match="images have 1 channel but the model expects in_chans=3"):
         model(torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match="images are 28x28 but the model was built for 32x32"):
         model(torch.zeros(1, 3, 28, 28))

@@ -98,8 +98,9 @@ def format_summary(info: dict[str, Any]) -> str:
         f"{info['path']}: {info['written_by']}, {info['layout']}",
         f"  parts: {', '.join(parts) or 'none recognised'}; {info['tensors']} tensors, "
         f"{info['parameters'] / 1e6:.2f}M parameters",
-        f"  model: {info['preset'] or 'no preset'}: width {m['embed_dim']}, depth {m['depth']}, {m['num_heads']} heads, "
-        f"patch {m['patch_size']}, {m['img_size'][0]}x{m['img_size'][1]} px, {m['in_chans']} channels"
+        f"  model: {info['preset'] or 'no preset'}: width {m['embed_dim']}, depth {m['depth']}, {m['num_heads']} "
+        f"head{'s' * (m['num_heads'] != 1)}, patch {m['patch_size']}, {m['img_size'][0]}x{m['img_size'][1]} px, "
+        f"{m['in_chans']} channel{'s' * (m['in_chans'] != 1)}"
         + (f"; decoder {m['decoder_depth']} x {m['decoder_embed_dim']}" if info["decoder"] else "")
         + ("; norm_pix_loss" if m.get("norm_pix_loss") else "") + f" (from {info['architecture_from']})"
         if m else f"  model: from {info['architecture_from']}",

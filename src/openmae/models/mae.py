@@ -105,7 +105,7 @@ class MaskedAutoencoder(nn.Module):
         _, c, h, w = imgs.shape
         if c != self.cfg.in_chans:
             raise ValueError(
-                f"images have {c} channels but the model expects in_chans={self.cfg.in_chans}; "
+                f"images have {c} channel{'s' * (c != 1)} but the model expects in_chans={self.cfg.in_chans}; "
                 f"convert the data (data.channels) or build the model with in_chans={c}"
             )
         if (h, w) != tuple(self.cfg.img_size):
