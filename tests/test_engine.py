@@ -255,10 +255,11 @@ def test_pretraining_auto_model_needs_init():
         load_config(PretrainConfig, overrides=["model.name=auto", "data.name=cifar10"])
 
 
-@pytest.mark.parametrize("terminal", [False, True])
+@pytest.mark.parametrize("terminal", [False, True, "notebook"])
 def test_without_a_progress_bar_each_log_interval_is_a_log_line(tmp_path, datasets, monkeypatch, caplog, terminal):
     """A batch job's log (the console not a terminal) or train.progress=false: a line at every log interval with the
-    step, loss, lr, images/s and time left, the numbers metrics.jsonl records; on a terminal the bar shows them."""
+    step, loss, lr, images/s and time left, the numbers metrics.jsonl records; on a terminal, or in a Jupyter notebook
+    (whose output is no terminal but draws the bar), the bar shows them."""
     import io
     import logging
     import re
@@ -266,8 +267,10 @@ def test_without_a_progress_bar_each_log_interval_is_a_log_line(tmp_path, datase
 
     class Console(io.StringIO):
         def isatty(self) -> bool:
-            return terminal
+            return terminal is True
 
+    if terminal == "notebook":
+        Console.__module__ = "ipykernel.iostream"  # ipykernel's OutStream: isatty() is False
     console = Console()
     monkeypatch.setattr(sys, "stderr", console)
     cfg = tiny_pretrain(tmp_path / "r", datasets, "train.epochs=2", "train.log_every_steps=2", "train.progress=true")

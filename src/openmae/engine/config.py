@@ -115,8 +115,8 @@ class TrainConfig:
     dist_timeout_s: float = 0.0
     main_wait_s: float = 3600.0
     tensorboard: bool = True
-    # a progress bar on a terminal; where the console is not one (a batch job's log file) or with false, a log line
-    # at every train.log_every_steps instead (step, loss, lr, images/s, time left)
+    # a progress bar on a terminal or in a notebook; in a log file (a batch job's) or with false, a log line at every
+    # train.log_every_steps instead (step, loss, lr, images/s, time left)
     progress: bool = True
 
     def check(self) -> None:

@@ -7,7 +7,6 @@ import datetime
 import json
 import logging
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from openmae.engine.precision import autocast_dtype
 from openmae.engine.preempt import StopSignals, torchrun_grace_warning
 from openmae.engine.schedule import effective_lr, lr_at
 from openmae.engine.train_state import restore, save
+from openmae.eval.progress import on_screen
 
 log = logging.getLogger("openmae.train")
 
@@ -263,7 +263,7 @@ def _train(task: Task, config: Any, train_cfg: TrainConfig, info: DistInfo, resu
         return _stopped_while_prepared(stop, run_dir, step, resume, info, "while the run was prepared")
     if info.is_main:
         (run_dir / STOPPED).unlink(missing_ok=True)  # going on: no longer stopped
-    shown = info.is_main and train_cfg.progress and sys.stderr.isatty()  # a bar's redraws clutter a log file
+    shown = info.is_main and train_cfg.progress and on_screen()  # a bar's redraws clutter a log file
     bar = tqdm(total=total_steps, initial=step, disable=not shown, unit="step",
                dynamic_ncols=True, desc=task.name)
     optimizer.zero_grad(set_to_none=True)

@@ -20,6 +20,12 @@ log = logging.getLogger(__name__)
 LOG_EVERY_S = 60.0  # off a terminal: seconds between two lines
 
 
+def on_screen() -> bool:
+    """Whether the console is one a person watches, where a progress bar redraws in place: a terminal, or a Jupyter
+    notebook's output (not a terminal, but it draws tqdm's bars) rather than a log file or a pipe."""
+    return sys.stderr.isatty() or type(sys.stderr).__module__.startswith("ipykernel")
+
+
 def reported(batches: Iterator[Batch], what: str, total: int) -> Iterator[Batch]:
     """``batches`` as they come, reporting how many of ``total`` images were done (under torchrun: rank 0's part)."""
     if dist.is_available() and dist.is_initialized():
@@ -27,7 +33,7 @@ def reported(batches: Iterator[Batch], what: str, total: int) -> Iterator[Batch]
             yield from batches
             return
         what = f"{what}, rank 0's part"
-    if sys.stderr.isatty():
+    if on_screen():
         with tqdm(total=total, desc=what, unit="img", leave=False, dynamic_ncols=True) as bar:
             for batch in batches:
                 yield batch
