@@ -3,6 +3,7 @@ in timm's layout."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -42,8 +43,8 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
     was_training = model.training
     model.eval()
     labels_seen, tops, losses = [], [], []  # per image, on the device: one host sync at the end, not one a batch
-    with batches_of(batches) as each:
-        for batch in each if total is None else reported(each, what, total):
+    with batches_of(batches) as each, contextlib.closing(reported(each, what, total)) as shown:
+        for batch in shown:
             images, labels = batch.images.to(device, non_blocking=True), batch.labels.to(device)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = model(images).float()  # (B, classes)

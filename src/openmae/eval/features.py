@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import torch
@@ -54,8 +55,8 @@ def extract_features(encoder: nn.Module, batches: Iterable[Batch], device: torch
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
-    with batches_of(batches) as each:
-        for batch in each if total is None else reported(each, what, total):
+    with batches_of(batches) as each, contextlib.closing(reported(each, what, total)) as shown:
+        for batch in shown:
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 tokens = encoder_tokens(encoder, batch.images.to(device, non_blocking=True), last_blocks)
             feats.append(pool(tokens, pooling).float().cpu())

@@ -8,7 +8,7 @@ import datetime
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import torch.distributed as dist
 from tqdm import tqdm
@@ -26,8 +26,12 @@ def on_screen() -> bool:
     return sys.stderr.isatty() or type(sys.stderr).__module__.startswith("ipykernel")
 
 
-def reported(batches: Iterator[Batch], what: str, total: int) -> Iterator[Batch]:
-    """``batches`` as they come, reporting how many of ``total`` images were done (under torchrun: rank 0's part)."""
+def reported(batches: Iterator[Batch], what: str, total: int | None) -> Generator[Batch, None, None]:
+    """``batches`` as they come, reporting how many of ``total`` images were done (under torchrun: rank 0's part;
+    ``total`` None: nothing). Close it when the loop ends early (``contextlib.closing``): its bar goes with it."""
+    if total is None:
+        yield from batches
+        return
     if dist.is_available() and dist.is_initialized():
         if dist.get_rank() != 0:
             yield from batches
