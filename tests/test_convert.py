@@ -103,6 +103,53 @@ def test_pickle_payload_is_refused_and_not_run(tmp_path):
     assert not marker.exists()
 
 
+def test_the_official_codes_checkpoints_load_with_the_architecture_their_args_name(tmp_path):
+    """The official MAE code saves its argparse.Namespace (args) with every checkpoint: such files were refused as
+    unsafe. They load (the Namespace read as a dict, nothing else allowed), and --model names the architecture where
+    the shapes alone guess head counts (the debug preset's two 64-wide heads read as one): pretraining checkpoints
+    (mae_vit_*), fine-tuning ones (vit_*: that encoder); a file whose shapes differ from its --model's preset (changed
+    code) falls back to the shapes."""
+    import argparse
+
+    from helpers import call_cli
+
+    model = openmae.create_model("mae_vit_debug_patch4_32", norm_pix_loss=False)
+    args = argparse.Namespace(model="mae_vit_debug_patch4_32", input_size=32, mask_ratio=0.75, norm_pix_loss=False,
+                              blr=1.5e-4, output_dir="./output_dir", resume="", dist_url="env://")
+    full = tmp_path / "checkpoint-799.pth"
+    torch.save({"model": model.state_dict(), "optimizer": torch.optim.AdamW(model.parameters()).state_dict(),
+                "epoch": 799, "scaler": {"scale": 65536.0, "_growth_tracker": 0}, "args": args}, full)
+    obj = load_file(full)
+    assert obj["args"]["model"] == "mae_vit_debug_patch4_32" and obj["epoch"] == 799
+    loaded = load_pretrained(full)
+    assert loaded.cfg == model.cfg and loaded.cfg.num_heads == 2  # from the shapes: 1 (64 wide: one 64-wide head)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    proc = call_cli("info", str(full))
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    assert "a checkpoint of the official MAE code after epoch 799" in out
+    assert "mae_vit_debug_patch4_32: width 64, depth 2, 2 heads" in out and "(--model mae_vit_debug_patch4_32)" in out
+
+    base = openmae.create_model("mae_vit_base_patch16")  # a fine-tuning's: --model vit_base_patch16, the encoder
+    tuned = tmp_path / "finetuned.pth"
+    torch.save({"model": base.encoder_state_dict(), "args": argparse.Namespace(model="vit_base_patch16",
+                                                                               input_size=224)}, tuned)
+    assert load_pretrained(tuned).cfg.num_heads == 12
+
+    changed = tmp_path / "changed.pth"  # three blocks where the preset has two: the shapes win
+    torch.save({"model": openmae.create_model("mae_vit_debug_patch4_32", depth=3).state_dict(), "args": args}, changed)
+    assert load_pretrained(changed).cfg.depth == 3
+
+    class Payload:  # a Namespace is read as plain data: what it holds is still checked
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": model.state_dict(), "args": argparse.Namespace(model=Payload())}, evil)
+    with pytest.raises(UnsafeCheckpointError, match="GLOBAL (posix|os).system"):
+        load_file(evil)
+
+
 def test_files_cut_short_damaged_or_of_another_kind_say_so(tmp_path):
     """A weights file that an interrupted download cut short, an empty file, text, random bytes, a pickle that is no
     PyTorch file, a damaged .safetensors: each a clear error naming the file, its size and what to do (the CLI prints

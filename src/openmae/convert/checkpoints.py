@@ -104,11 +104,44 @@ def load_state_dict_into(
     return sorted(set(own) - set(sd))
 
 
+def official_args_config(obj: Any) -> MAEConfig | None:
+    """The architecture the official MAE code's ``args`` (saved with each of its checkpoints) names: ``--model``
+    (mae_vit_base_patch16; a fine-tuning's vit_base_patch16: that encoder), ``--input_size`` and, for pretraining,
+    ``--norm_pix_loss``; None when there are no such args, the model is no preset here, or its tensors' shapes are
+    not that preset's (the code was changed)."""
+    from openmae.models.registry import PRESETS, model_config
+
+    args = obj.get("args") if isinstance(obj, dict) else None
+    name = args.get("model") if isinstance(args, dict) else None
+    if not isinstance(name, str):
+        return None
+    name = name if name in PRESETS else f"mae_{name}"
+    if name not in PRESETS:
+        return None
+    overrides: dict[str, Any] = {}
+    if isinstance(args.get("input_size"), int):
+        overrides["img_size"] = args["input_size"]
+    if isinstance(args.get("norm_pix_loss"), bool):
+        overrides["norm_pix_loss"] = args["norm_pix_loss"]
+    named = model_config(name, **overrides)
+    sd = to_openmae_keys(unwrap_state_dict(obj))
+    try:  # the shapes read from the tensors: all but the head counts must agree
+        shapes = infer_config(sd)
+    except (KeyError, ValueError):
+        return None
+    read = ["embed_dim", "depth", "patch_size", "in_chans", "img_size"]
+    if any(k.startswith(DECODER_PREFIXES) for k in sd):
+        read += ["decoder_embed_dim", "decoder_depth"]
+    return named if all(getattr(named, k) == getattr(shapes, k) for k in read) else None
+
+
 def stored_config(obj: Any) -> MAEConfig | None:
-    """The architecture a loaded weights file stores (openmae's files, a Hugging Face folder's config.json), or
-    None: then only :func:`infer_config` can read one from the shapes, guessing head counts."""
-    return MAEConfig(**obj["model_config"]) if isinstance(obj, dict) and isinstance(obj.get("model_config"), dict) \
-        else None
+    """The architecture a loaded weights file stores (openmae's files, a Hugging Face folder's config.json, the
+    official code's checkpoints: :func:`official_args_config`), or None: then only :func:`infer_config` can read one
+    from the shapes, guessing head counts."""
+    if isinstance(obj, dict) and isinstance(obj.get("model_config"), dict):
+        return MAEConfig(**obj["model_config"])
+    return official_args_config(obj)
 
 
 def load_pretrained(

@@ -8,6 +8,7 @@ folder (``save_pretrained``, a hub download) reads as one checkpoint: its weight
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -132,7 +133,13 @@ def load_file(path: str | os.PathLike) -> Any:
             return tensors
         return {"model": tensors, **{k: json.loads(meta[k]) for k in METADATA_KEYS if k in meta}}
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # the official MAE code saves its command line's argparse.Namespace with every checkpoint (args): an attribute
+        # holder rebuilt from plain data, without running code, read as a dict
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, dict) and isinstance(obj.get("args"), argparse.Namespace):
+            obj = {**obj, "args": vars(obj["args"])}
+        return obj
     except pickle.UnpicklingError as err:
         # torch names what it refused on a line of its message ("Unsupported global: GLOBAL builtins.print ...",
         # "Trying to load unsupported GLOBAL posix.system ..."); bytes that are no pickle at all fail there too, as an

@@ -39,6 +39,9 @@ def _written_by(obj: Any, path: Path, task: str | None) -> str:
         return "an openmae classifier (model-best.pth)"
     if isinstance(obj, dict) and "model_config" in obj:
         return "openmae weights"
+    if isinstance(obj, dict) and isinstance(obj.get("args"), dict):
+        epoch = f" after epoch {obj['epoch']}" if isinstance(obj.get("epoch"), int) else ""
+        return f"a checkpoint of the official MAE code{epoch} (with its command line's args)"
     return "weights without a config (official MAE, timm or Hugging Face files)"
 
 
@@ -70,7 +73,9 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "classifier_classes": int(raw[head_key].shape[0]) if head_key else None,
         "class_names": list(obj["classes"]) if isinstance(obj, dict) and isinstance(obj.get("classes"), list) else None,
         "model": cfg.to_dict() if cfg else None,
-        "architecture_from": "the file's config" if stored is not None else "the tensors' shapes (head counts guessed)" if cfg
+        "architecture_from": ("the file's config" if isinstance(obj, dict) and "model_config" in obj else
+                              f"the official code's args (--model {obj['args']['model']})") if stored is not None
+        else "the tensors' shapes (head counts guessed)" if cfg
         else f"nowhere: no ViT encoder among its keys ({', '.join(sorted(raw)[:5])}, ...)",
         "preset": _preset(cfg) if cfg else None,
         "normalization": recorded_stats(obj),
