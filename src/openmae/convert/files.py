@@ -9,6 +9,7 @@ folder (``save_pretrained``, a hub download) reads as one checkpoint: its weight
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -103,6 +104,15 @@ def _download(url: str) -> Path:
     return target
 
 
+def _namespace_allowed() -> contextlib.AbstractContextManager:
+    """``argparse.Namespace`` among the globals a weights-only load may build, for this load (torch >= 2.5), or
+    from now on in this process (torch 2.4, which has no context for it)."""
+    if hasattr(torch.serialization, "safe_globals"):
+        return torch.serialization.safe_globals([argparse.Namespace])
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    return contextlib.nullcontext()
+
+
 def load_file(path: str | os.PathLike) -> Any:
     """Load a ``.pth``/``.pt``/``.bin`` (tensors and plain data only) or ``.safetensors`` file onto the CPU, or a
     Hugging Face model folder (:func:`load_hf_folder`). A ``.safetensors`` file whose metadata holds a model config
@@ -135,7 +145,7 @@ def load_file(path: str | os.PathLike) -> Any:
     try:
         # the official MAE code saves its command line's argparse.Namespace with every checkpoint (args): an attribute
         # holder rebuilt from plain data, without running code, read as a dict
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with _namespace_allowed():
             obj = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(obj, dict) and isinstance(obj.get("args"), argparse.Namespace):
             obj = {**obj, "args": vars(obj["args"])}
