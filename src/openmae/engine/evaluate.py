@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from openmae.config import ConfigError
+from openmae.convert.checkpoints import infer_config, stored_config
 from openmae.convert.files import load_file
 from openmae.data.build import eval_batches, source_for
 from openmae.data.config import DataConfig
@@ -47,7 +48,12 @@ def _head_kind(obj: dict[str, Any], path: str) -> tuple[str, bool]:
         raise ConfigError(f"{path} is a linear probe trained on cached features: its head reads pooled features of "
                           "the encoder's last blocks, which only `openmae linprobe` computes; re-run that probe "
                           "(with data.* set to the split to measure), or train an online one (linprobe.mode=online)")
-    if "pretrain" in run_cfg or any(k.startswith(("decoder_", "mask_token")) for k in obj.get("model", {})):
+    weights = obj.get("model", {})
+    if not run_cfg and "head.weight" in weights and "model_config" not in obj:
+        # a classifier of the official fine-tuning code (timm's keys): global pooling replaces the final norm by
+        # fc_norm (its default, --global_pool), the cls token keeps it (--cls_token)
+        return ("avg" if "fc_norm.weight" in weights else "token"), False
+    if "pretrain" in run_cfg or any(k.startswith(("decoder_", "mask_token")) for k in weights):
         raise ConfigError(f"{path} is a pretraining checkpoint (an encoder and decoder, no classifier head): "
                           "fine-tune it first (`openmae finetune --checkpoint ...`) and evaluate that run's "
                           "model-best.pth, or measure the encoder itself with `openmae knn` / `openmae linprobe`")
@@ -60,18 +66,23 @@ def load_classifier(path: str, data: DataConfig | None = None, obj: Any = None) 
     """The classifier stored at ``path`` (its architecture from the file's model config) and that config;
     ``data`` takes the normalisation the file records when its own is unset; ``obj``: the file, already loaded."""
     obj = load_file(path) if obj is None else obj
-    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict) or not isinstance(obj.get("model_config"),
-                                                                                             dict):
-        raise ConfigError(f"{path} holds no 'model' weights with a 'model_config' (a bare weights file such as "
-                          "model-timm.safetensors carries no architecture); give the run's model-best.pth or a run "
-                          "checkpoint")
+    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+        raise ConfigError(f"{path} holds no 'model' weights (a bare weights file such as model-timm.safetensors "
+                          "carries no architecture); give the run's model-best.pth or a run checkpoint")
     global_pool, bn_head = _head_kind(obj, path)
     sd: dict[str, torch.Tensor] = obj["model"]
     head_key = "head.1.weight" if bn_head else "head.weight"
     head = sd.get(head_key)
     if head is None:
         raise ConfigError(f"{path} has no classifier head weights ({head_key})")
-    cfg = MAEConfig(**obj["model_config"])
+    # openmae's files store their architecture; the official code's checkpoints name it (args), or the shapes say it
+    cfg = stored_config(obj)
+    if cfg is None:
+        cfg = infer_config(sd)
+        heads = f"{cfg.num_heads} head{'s' * (cfg.num_heads != 1)}"
+        log.warning("%s records no architecture: read from its tensors' shapes as width %d, depth %d, patch %d, with "
+                    "%s (the paper's for this width; the shapes cannot tell): a model trained with other head counts "
+                    "measures wrong here", path, cfg.embed_dim, cfg.depth, cfg.patch_size, heads)
     if data is not None:
         inherit_stats(data, obj, path, cfg.in_chans)
     model = create_classifier(cfg, head.shape[0], global_pool, bn_head=bn_head, head_in=head.shape[1],
