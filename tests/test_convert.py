@@ -129,6 +129,7 @@ def test_the_official_codes_checkpoints_load_with_the_architecture_their_args_na
     assert proc.returncode == 0, proc.stderr
     assert "a checkpoint of the official MAE code after epoch 799" in out
     assert "mae_vit_debug_patch4_32: width 64, depth 2, 2 heads" in out and "(--model mae_vit_debug_patch4_32)" in out
+    assert "normalisation: mean [0.485, 0.456, 0.406] std [0.229, 0.224, 0.225]" in out  # the official code's, always
 
     base = openmae.create_model("mae_vit_base_patch16")  # a fine-tuning's: --model vit_base_patch16, the encoder
     tuned = tmp_path / "finetuned.pth"

@@ -115,10 +115,12 @@ def test_flip_test_time_augmentation_averages_the_probabilities_of_each_image_an
 def test_evaluate_measures_a_classifier_of_the_official_fine_tuning_code(tmp_path, datasets, caplog, pooling):
     """The official fine-tuning code's checkpoints (timm's keys, {'model': ...} with or without its args; global
     pooling: fc_norm in place of the final norm, --cls_token: the norm) were refused for having no openmae config.
-    They are measured as the classifier they hold: the numbers of that classifier on the same images; with args, the
-    architecture they name (two heads here), without, the shapes' (warned: head counts are guessed)."""
+    They are measured as the classifier they hold: the numbers of that classifier on the same images, normalised with
+    ImageNet's statistics as the official code does; with args, the architecture they name (two heads here),
+    without, the shapes' (warned: head counts are guessed)."""
     import argparse
     import logging
+    from dataclasses import replace
 
     from openmae.engine.classifier import evaluate
     from openmae.models.vit import create_classifier
@@ -128,12 +130,14 @@ def test_evaluate_measures_a_classifier_of_the_official_fine_tuning_code(tmp_pat
     clf = create_classifier(mae_cfg, 10, pooling)
     for block in clf.blocks:  # weights away from their init, so that one head or two measure differently
         torch.nn.init.normal_(block.attn.qkv.weight, std=0.5)
+    torch.nn.init.normal_(clf.head.weight, std=1.0)  # and a head that is not near uniform (its init: std 2e-5)
     clf.eval()
     with_args = tmp_path / "checkpoint-99.pth"
     torch.save({"model": clf.state_dict(), "epoch": 99, "args": argparse.Namespace(
         model="vit_debug_patch4_32", input_size=32, nb_classes=10, global_pool=pooling == "avg")}, with_args)
     cfg = evaluate_cfg(with_args, datasets)
-    d = cfg.data
+    # normalised as the official code does, with ImageNet's statistics (not CIFAR-10's, which the data would take)
+    d = replace(cfg.data, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     source = source_for(d, d.eval_split, 3, d.max_eval_samples)
     want = evaluate(clf, eval_batches(d, d.eval_split, (32, 32), 3, 8, source=source), torch.device("cpu"))
     out = run_evaluate(cfg)
@@ -143,7 +147,8 @@ def test_evaluate_measures_a_classifier_of_the_official_fine_tuning_code(tmp_pat
     bare = tmp_path / "mae_finetuned_vit_debug.pth"  # as released: the weights alone
     torch.save({"model": clf.state_dict()}, bare)
     with caplog.at_level(logging.WARNING, logger="openmae.evaluate"):
-        guessed = run_evaluate(evaluate_cfg(bare, datasets))
+        guessed = run_evaluate(evaluate_cfg(bare, datasets, "data.mean=[0.485,0.456,0.406]",
+                                            "data.std=[0.229,0.224,0.225]"))
     assert "read from its tensors' shapes as width 64, depth 2, patch 4, with 1 head (the paper's" in caplog.text
     assert guessed["eval_loss"] != pytest.approx(want["eval_loss"], rel=1e-6)  # one 64-wide head, not two: other numbers
 

@@ -24,6 +24,7 @@ from openmae.data.filelist import FileList
 from openmae.data.folders import find_images, find_in
 from openmae.data.images import IMAGE_SUFFIXES, open_image, set_pixel_limit, to_channels
 from openmae.data.memo import Recent
+from openmae.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from openmae.data.scans import VOLUME_SUFFIXES
 from openmae.data.survey import Settings
 from openmae.data.tiles import TiledBands
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # Dataset statistics for normalisation (mean, std) per channel
 STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "fashion-mnist": ((0.2860,), (0.3530,)),

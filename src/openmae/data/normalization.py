@@ -15,6 +15,10 @@ from typing import Any
 
 from openmae.data.config import DataConfig
 
+# ImageNet's statistics (timm's IMAGENET_DEFAULT_MEAN / _STD), with which the official MAE code normalises every image
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +41,9 @@ def recorded_stats(obj: Any) -> dict[str, Any] | None:
     if not isinstance(record, dict):
         config = obj.get("config")
         record = config.get("data") if isinstance(config, dict) else None
+    if record is None and isinstance(obj.get("args"), dict) and isinstance(obj["args"].get("model"), str):
+        # a checkpoint of the official MAE code (its args): it normalises every image with ImageNet's statistics
+        record = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "format": "image"}
     if not isinstance(record, dict) or record.get("mean") is None or record.get("std") is None:
         return None
     out = {"mean": [float(v) for v in record["mean"]], "std": [float(v) for v in record["std"]],
