@@ -115,7 +115,8 @@ def test_the_official_codes_checkpoints_load_with_the_architecture_their_args_na
 
     model = openmae.create_model("mae_vit_debug_patch4_32", norm_pix_loss=False)
     args = argparse.Namespace(model="mae_vit_debug_patch4_32", input_size=32, mask_ratio=0.75, norm_pix_loss=False,
-                              blr=1.5e-4, output_dir="./output_dir", resume="", dist_url="env://")
+                              blr=1.5e-4, data_path="/datasets01/imagenet_full_size/061417/", output_dir="./output_dir",
+                              resume="", dist_url="env://")
     full = tmp_path / "checkpoint-799.pth"
     torch.save({"model": model.state_dict(), "optimizer": torch.optim.AdamW(model.parameters()).state_dict(),
                 "epoch": 799, "scaler": {"scale": 65536.0, "_growth_tracker": 0}, "args": args}, full)
@@ -133,9 +134,15 @@ def test_the_official_codes_checkpoints_load_with_the_architecture_their_args_na
 
     base = openmae.create_model("mae_vit_base_patch16")  # a fine-tuning's: --model vit_base_patch16, the encoder
     tuned = tmp_path / "finetuned.pth"
-    torch.save({"model": base.encoder_state_dict(), "args": argparse.Namespace(model="vit_base_patch16",
-                                                                               input_size=224)}, tuned)
+    torch.save({"model": base.encoder_state_dict(), "args": argparse.Namespace(
+        model="vit_base_patch16", input_size=224, blr=5e-4, data_path="/imagenet", nb_classes=1000)}, tuned)
     assert load_pretrained(tuned).cfg.num_heads == 12
+
+    timm_args = tmp_path / "timm-train.pth"  # timm's train.py saves args of its own: not the official code's
+    torch.save({"state_dict": model.state_dict(), "args": argparse.Namespace(model="mae_vit_debug_patch4_32",
+                                                                             data_dir="/imagenet", lr=None)}, timm_args)
+    assert load_pretrained(timm_args).cfg.num_heads == 1  # the shapes' guess
+    assert "normalisation: not recorded" in call_cli("info", str(timm_args)).stdout
 
     changed = tmp_path / "changed.pth"  # three blocks where the preset has two: the shapes win
     torch.save({"model": openmae.create_model("mae_vit_debug_patch4_32", depth=3).state_dict(), "args": args}, changed)

@@ -134,7 +134,8 @@ def test_evaluate_measures_a_classifier_of_the_official_fine_tuning_code(tmp_pat
     clf.eval()
     with_args = tmp_path / "checkpoint-99.pth"
     torch.save({"model": clf.state_dict(), "epoch": 99, "args": argparse.Namespace(
-        model="vit_debug_patch4_32", input_size=32, nb_classes=10, global_pool=pooling == "avg")}, with_args)
+        model="vit_debug_patch4_32", input_size=32, nb_classes=10, global_pool=pooling == "avg", blr=1e-3,
+        data_path="/cifar10")}, with_args)
     cfg = evaluate_cfg(with_args, datasets)
     # normalised as the official code does, with ImageNet's statistics (not CIFAR-10's, which the data would take)
     d = replace(cfg.data, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))

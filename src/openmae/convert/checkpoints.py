@@ -12,6 +12,7 @@ import torch
 from openmae.convert.files import load_file, unwrap_state_dict
 from openmae.convert.hf import hf_to_openmae, is_hf_state_dict
 from openmae.convert.timm import timm_to_openmae
+from openmae.data.normalization import official_args
 from openmae.models.mae import DECODER_PREFIXES, MAEConfig, MaskedAutoencoder
 from openmae.models.patches import PIXEL_HEADS, adapt_in_chans
 from openmae.models.pos_embed import interpolate_pos_embed
@@ -111,8 +112,8 @@ def official_args_config(obj: Any) -> MAEConfig | None:
     not that preset's (the code was changed)."""
     from openmae.models.registry import PRESETS, model_config
 
-    args = obj.get("args") if isinstance(obj, dict) else None
-    name = args.get("model") if isinstance(args, dict) else None
+    args = official_args(obj)
+    name = args.get("model") if args is not None else None
     if not isinstance(name, str):
         return None
     name = name if name in PRESETS else f"mae_{name}"

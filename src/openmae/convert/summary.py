@@ -14,7 +14,7 @@ import torch
 from openmae.convert.checkpoints import infer_config, stored_config, to_openmae_keys
 from openmae.convert.files import fetch, load_file, unwrap_state_dict
 from openmae.convert.hf import detect_layout, is_hf_state_dict
-from openmae.data.normalization import recorded_stats
+from openmae.data.normalization import official_args, recorded_stats
 from openmae.models.mae import DECODER_PREFIXES, MAEConfig
 from openmae.models.registry import PRESETS, model_config
 
@@ -39,7 +39,7 @@ def _written_by(obj: Any, path: Path, task: str | None) -> str:
         return "an openmae classifier (model-best.pth)"
     if isinstance(obj, dict) and "model_config" in obj:
         return "openmae weights"
-    if isinstance(obj, dict) and isinstance(obj.get("args"), dict):
+    if official_args(obj) is not None:
         epoch = f" after epoch {obj['epoch']}" if isinstance(obj.get("epoch"), int) else ""
         return f"a checkpoint of the official MAE code{epoch} (with its command line's args)"
     return "weights without a config (official MAE, timm or Hugging Face files)"

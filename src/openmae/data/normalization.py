@@ -32,6 +32,14 @@ def stats_record(cfg: DataConfig) -> dict[str, Any]:
     return record
 
 
+def official_args(obj: Any) -> dict[str, Any] | None:
+    """The command line the official MAE code (main_pretrain / main_finetune / main_linprobe.py) saves with each of its
+    checkpoints (``args``, read as a dict), or None. Told from other programs' args (timm's train.py saves its own)
+    by the options every one of those scripts has: ``--blr`` and ``--data_path``."""
+    args = obj.get("args") if isinstance(obj, dict) else None
+    return args if isinstance(args, dict) and {"blr", "data_path"} <= set(args) else None
+
+
 def recorded_stats(obj: Any) -> dict[str, Any] | None:
     """The normalisation a loaded weights file records ({'mean', 'std', 'format'}, and 'volume_norm' when volumes
     were scaled each on its own), or None (a file of another program, or of a run from before runs recorded it)."""
@@ -41,8 +49,8 @@ def recorded_stats(obj: Any) -> dict[str, Any] | None:
     if not isinstance(record, dict):
         config = obj.get("config")
         record = config.get("data") if isinstance(config, dict) else None
-    if record is None and isinstance(obj.get("args"), dict) and isinstance(obj["args"].get("model"), str):
-        # a checkpoint of the official MAE code (its args): it normalises every image with ImageNet's statistics
+    if record is None and official_args(obj) is not None:
+        # a checkpoint of the official MAE code: it normalises every image with ImageNet's statistics
         record = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "format": "image"}
     if not isinstance(record, dict) or record.get("mean") is None or record.get("std") is None:
         return None
