@@ -125,10 +125,10 @@ def official_args_config(obj: Any) -> MAEConfig | None:
     if isinstance(args.get("norm_pix_loss"), bool):
         overrides["norm_pix_loss"] = args["norm_pix_loss"]
     named = model_config(name, **overrides)
-    sd = to_openmae_keys(unwrap_state_dict(obj))
     try:  # the shapes read from the tensors: all but the head counts must agree
+        sd = to_openmae_keys(unwrap_state_dict(obj))
         shapes = infer_config(sd)
-    except (KeyError, ValueError):
+    except (KeyError, ValueError):  # no state dict, or no ViT encoder in it
         return None
     read = ["embed_dim", "depth", "patch_size", "in_chans", "img_size"]
     if any(k.startswith(DECODER_PREFIXES) for k in sd):
