@@ -158,6 +158,37 @@ def test_the_official_codes_checkpoints_load_with_the_architecture_their_args_na
         load_file(evil)
 
 
+def test_weights_without_an_architecture_take_the_heads_a_run_sets(tmp_path, caplog):
+    """A weights-only file (the released official encoders, a bare state dict) names no head count: kNN, probes and
+    fine-tuning guess the paper's for its width, warned where it is not a paper size, and take model.num_heads."""
+    import logging
+
+    from openmae.engine.config import ModelSection
+    from openmae.engine.weights import resolve_encoder
+
+    bare = tmp_path / "encoder.pth"  # the debug preset's two 64-wide heads
+    torch.save({"model": openmae.create_model("mae_vit_debug_patch4_32").encoder_state_dict()}, bare)
+    with caplog.at_level(logging.INFO, logger="openmae.convert.checkpoints"):
+        guessed, _, _ = resolve_encoder(ModelSection(name="auto"), str(bare))
+    assert guessed.num_heads == 1 and [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "records no architecture: read from its tensors' shapes as width 64, depth 2, patch 4, with 1 head " \
+           "(the paper's for this width; the shapes cannot tell)" in caplog.text
+    assert "set model.num_heads=<its heads> if it had others" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="openmae.convert.checkpoints"):
+        told, sd, _ = resolve_encoder(ModelSection(name="auto", num_heads=2), str(bare))
+    assert told.num_heads == 2 and told.embed_dim == 64 and not caplog.records
+    openmae.create_model("mae_vit_debug_patch4_32").load_state_dict(sd, strict=False)  # the weights it names
+
+    tiny = tmp_path / "vit-tiny.pth"  # a paper size (ViT-Ti: 192 wide, 12 deep, 3 heads): said, not warned
+    torch.save({"model": openmae.create_model("mae_vit_base_patch16", embed_dim=192, num_heads=3, img_size=32,
+                                              decoder_depth=1).encoder_state_dict()}, tiny)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="openmae.convert.checkpoints"):
+        assert resolve_encoder(ModelSection(name="auto"), str(tiny))[0].num_heads == 3
+    assert [r.levelno for r in caplog.records] == [logging.INFO] and "3 heads" in caplog.text
+
+
 def test_files_cut_short_damaged_or_of_another_kind_say_so(tmp_path):
     """A weights file that an interrupted download cut short, an empty file, text, random bytes, a pickle that is no
     PyTorch file, a damaged .safetensors: each a clear error naming the file, its size and what to do (the CLI prints

@@ -151,7 +151,15 @@ def test_evaluate_measures_a_classifier_of_the_official_fine_tuning_code(tmp_pat
         guessed = run_evaluate(evaluate_cfg(bare, datasets, "data.mean=[0.485,0.456,0.406]",
                                             "data.std=[0.229,0.224,0.225]"))
     assert "read from its tensors' shapes as width 64, depth 2, patch 4, with 1 head (the paper's" in caplog.text
+    assert "set model.num_heads=<its heads> if it had others" in caplog.text
     assert guessed["eval_loss"] != pytest.approx(want["eval_loss"], rel=1e-6)  # one 64-wide head, not two: other numbers
+    # the heads it had, set: that classifier's numbers again, unwarned; with ImageNet's statistics unasked (the file
+    # records none: another program's RGB weights)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="openmae.evaluate"):
+        told = run_evaluate(evaluate_cfg(bare, datasets, "model.num_heads=2"))
+    assert "records no architecture" not in caplog.text
+    assert told["top1"] == want["top1"] and told["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-6)
 
 
 def test_evaluate_refuses_files_that_are_not_classifiers(tmp_path, datasets):

@@ -43,7 +43,12 @@ def test_info_on_run_files_and_their_conversions(tmp_path, datasets, capsys):
     bare = summarize(convert_file(tmp_path / "official.pth", tmp_path / "bare.safetensors", "timm"))
     assert bare["written_by"].startswith("weights without a config") and not bare["decoder"]
     assert bare["architecture_from"] == "the tensors' shapes (head counts guessed)" and bare["preset"] is None
-    assert bare["normalization"] is None
+    assert bare["normalization"] is None and timm["normalization_assumed"] is None
+    assert bare["normalization_assumed"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                                             "format": "image"}  # another program's RGB weights (inherit_stats)
+    assert main(["info", str(tmp_path / "bare.safetensors")]) == 0
+    assert "normalisation: not recorded; ImageNet's assumed (mean [0.485, 0.456, 0.406] std [0.229, 0.224, 0.225])" \
+           in capsys.readouterr().out
 
     assert main(["info", str(ckpt)]) == 0
     text = capsys.readouterr().out

@@ -41,11 +41,31 @@ def test_unset_normalisation_takes_the_record_and_set_one_is_kept(caplog):
     chosen = DataConfig(mean=(0.5,), std=(0.5,))
     inherit_stats(chosen, run_record(), "run.pth", 3)
     assert (chosen.mean, chosen.std) == ((0.5,), (0.5,))
-    # a file recorded before runs wrote theirs (mean None), and one of another program: nothing to take
-    for obj in ({"config": {"data": {"mean": None, "std": None}}}, {"model": {}}, {"w": torch.zeros(1)}):
-        other = DataConfig()
-        inherit_stats(other, obj, "x.pth", 3)
-        assert other.mean is None and recorded_stats(obj) is None
+    # a run's file recorded before runs wrote theirs (mean None): its dataset's own, as that run had
+    old = DataConfig(name="cifar10")
+    inherit_stats(old, {"config": {"data": {"mean": None, "std": None}}}, "x.pth", 3)
+    assert old.mean is None
+    # another program's (the released official weights, a bare state dict): ImageNet's for RGB images, with which the
+    # official code, timm and Hugging Face trained MAE; CIFAR-10's own would shift every input (said: a warning)
+    for obj in ({"model": {}}, {"w": torch.zeros(1)}):
+        caplog.clear()
+        other = DataConfig(name="cifar10")
+        with caplog.at_level(logging.INFO, logger="openmae.data.normalization"):
+            inherit_stats(other, obj, "mae_pretrain_vit_base.pth", 3)
+        assert (other.mean, other.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) and recorded_stats(obj) is None
+        assert [r.levelno for r in caplog.records] == [logging.WARNING]
+        assert "mae_pretrain_vit_base.pth records no normalisation: its images are taken as normalised with " \
+               "ImageNet's mean/std, as the official MAE code, timm and Hugging Face train MAE, not with cifar10's " \
+               "own; set data.mean/std if it was trained otherwise" in caplog.text
+    folder = DataConfig(name="folder", path="x")  # ImageNet's either way: said, not warned
+    with caplog.at_level(logging.INFO, logger="openmae.data.normalization"):
+        caplog.clear()
+        inherit_stats(folder, {"model": {}}, "w.pth", 3)
+    assert folder.mean == (0.485, 0.456, 0.406) and [r.levelno for r in caplog.records] == [logging.INFO]
+    for fmt, channels in (("image", 1), ("array", 3)):  # grey images, arrays in their own units: nothing assumed
+        unset = DataConfig(name="folder", path="x", format=fmt)
+        inherit_stats(unset, {"model": {}}, "w.pth", channels)
+        assert unset.mean is None
     # model-best.pth and converted files keep it under "normalization"; files without a format were images
     assert recorded_stats({"normalization": {"mean": [0.1], "std": [0.2]}}) == {"mean": [0.1], "std": [0.2],
                                                                                  "format": "image"}

@@ -145,6 +145,25 @@ def stored_config(obj: Any) -> MAEConfig | None:
     return official_args_config(obj)
 
 
+def file_architecture(obj: Any, sd: dict[str, torch.Tensor], origin: str, heads_set: bool = False) -> MAEConfig:
+    """The architecture of a loaded weights file (``sd``: its state dict in openmae keys): the one it stores
+    (:func:`stored_config`), else the one its tensors' shapes say, with a warning that head counts are guessed
+    unless the run sets them (``heads_set``: ``model.num_heads`` given); said, not warned, for the paper's ViT sizes
+    (the released official weights)."""
+    stored = stored_config(obj)
+    if stored is not None:
+        return stored
+    cfg = infer_config(sd)
+    paper = (cfg.embed_dim, cfg.depth, cfg.num_heads) in VIT_SIZES.values()  # ViT-Ti/S/B/L/H: their heads are known
+    if not heads_set:
+        log.log(logging.INFO if paper else logging.WARNING,
+                "%s records no architecture: read from its tensors' shapes as width %d, depth %d, patch %d, with "
+                "%d head%s (the paper's for this width; the shapes cannot tell): a model trained with other head "
+                "counts measures wrong here; set model.num_heads=<its heads> if it had others", origin,
+                cfg.embed_dim, cfg.depth, cfg.patch_size, cfg.num_heads, "s" * (cfg.num_heads != 1))
+    return cfg
+
+
 def load_pretrained(
     source: str | os.PathLike | dict[str, Any], name: str | None = None, **overrides: Any
 ) -> MaskedAutoencoder:

@@ -14,7 +14,7 @@ import torch
 from openmae.convert.checkpoints import infer_config, stored_config, to_openmae_keys
 from openmae.convert.files import fetch, load_file, unwrap_state_dict
 from openmae.convert.hf import detect_layout, is_hf_state_dict
-from openmae.data.normalization import official_args, recorded_stats
+from openmae.data.normalization import IMAGENET_MEAN, IMAGENET_STD, of_another_program, official_args, recorded_stats
 from openmae.models.mae import DECODER_PREFIXES, MAEConfig
 from openmae.models.registry import PRESETS, model_config
 
@@ -80,6 +80,9 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "preset": _preset(cfg) if cfg else None,
         "normalization": recorded_stats(obj),
     }
+    # what the commands take for RGB images where another program's file records none (inherit_stats)
+    out["normalization_assumed"] = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "format": "image"} if (
+        out["normalization"] is None and of_another_program(obj) and cfg is not None and cfg.in_chans == 3) else None
     if task:
         data, train = run.get("data", {}), run.get("train", {})
         out["run"] = {"task": task, "step": obj.get("step"), "epoch": obj.get("epoch"), "epochs": train.get("epochs"),
@@ -110,9 +113,11 @@ def format_summary(info: dict[str, Any]) -> str:
         + ("; norm_pix_loss" if m.get("norm_pix_loss") else "") + f" (from {info['architecture_from']})"
         if m else f"  model: from {info['architecture_from']}",
     ]
-    stats = info["normalization"]
+    stats, assumed = info["normalization"], info.get("normalization_assumed")
     lines.append("  normalisation: " + (
         f"mean {stats['mean']} std {stats['std']} (data.format={stats['format']})" if stats else
+        f"not recorded; ImageNet's assumed (mean {assumed['mean']} std {assumed['std']}), as the official MAE code, "
+        "timm and Hugging Face train MAE (data.mean/std set it otherwise)" if assumed else
         "not recorded (commands use data.mean/std as set, else the dataset's own or ImageNet's)"))
     if run := info.get("run"):
         where = f"step {run['step']}, epoch {run['epoch']} of {run['epochs']}" if run["step"] is not None else \

@@ -61,14 +61,38 @@ def recorded_stats(obj: Any) -> dict[str, Any] | None:
     return out
 
 
+def of_another_program(obj: Any) -> bool:
+    """Whether a loaded weights file that records no normalisation is another program's (the released official
+    weights, timm's or Hugging Face's files, a bare state dict) rather than an openmae run's from before runs recorded
+    theirs (its config names the dataset, whose statistics it then had)."""
+    return not (isinstance(obj, dict) and isinstance(obj.get("config"), dict))
+
+
+def _take_imagenets(cfg: DataConfig, origin: str) -> None:
+    """RGB weights of another program without a record were trained on images normalised with ImageNet's statistics:
+    the official MAE code normalises every image so, and timm's and Hugging Face's MAE models name them (timm's
+    ``resolve_data_config`` takes them when a model names none). The dataset's own would shift every input."""
+    from openmae.data.datasets import STATS  # datasets imports this module's constants
+
+    cfg.mean, cfg.std = IMAGENET_MEAN, IMAGENET_STD
+    own = STATS.get(cfg.name)
+    level = logging.WARNING if own is not None and own != (IMAGENET_MEAN, IMAGENET_STD) else logging.INFO
+    log.log(level, "%s records no normalisation: its images are taken as normalised with ImageNet's mean/std, as the "
+            "official MAE code, timm and Hugging Face train MAE%s; set data.mean/std if it was trained otherwise",
+            origin, f", not with {cfg.name}'s own" if level == logging.WARNING else "")
+
+
 def inherit_stats(cfg: DataConfig, obj: Any, origin: str, channels: int) -> None:
     """Set ``cfg.mean`` / ``cfg.std`` to those ``obj`` (loaded from ``origin``) records, unless they are set
     already or the record is for other inputs (another ``data.format``: other units; another channel count: the
-    weights were adapted to these bands)."""
+    weights were adapted to these bands). RGB images read with another program's weights that record none take
+    ImageNet's (:func:`_take_imagenets`)."""
     if cfg.mean is not None or cfg.std is not None:
         return
     record = recorded_stats(obj)
     if record is None:
+        if of_another_program(obj) and channels == 3 and cfg.format == "image":
+            _take_imagenets(cfg, origin)
         return
     if record["format"] != cfg.format or len(record["mean"]) != channels:
         log.info("the normalisation recorded in %s (%d channels, data.format=%s) is not used for %d channels of "

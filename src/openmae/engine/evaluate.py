@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from openmae.config import ConfigError
-from openmae.convert.checkpoints import infer_config, stored_config
+from openmae.convert.checkpoints import file_architecture
 from openmae.convert.files import load_file
 from openmae.data.build import eval_batches, source_for
 from openmae.data.config import DataConfig
@@ -21,6 +21,7 @@ from openmae.data.datasets import ImageSource
 from openmae.data.normalization import inherit_stats
 from openmae.data.ranks import shared_by_ranks
 from openmae.engine.classifier import evaluate_share
+from openmae.engine.config import ModelSection
 from openmae.engine.distributed import DistInfo, cleanup, init_distributed
 from openmae.engine.linprobe import probe_global_pool
 from openmae.engine.logging import setup_console
@@ -62,9 +63,11 @@ def _head_kind(obj: dict[str, Any], path: str) -> tuple[str, bool]:
                       "`openmae linprobe linprobe.mode=online`")
 
 
-def load_classifier(path: str, data: DataConfig | None = None, obj: Any = None) -> tuple[nn.Module, MAEConfig]:
+def load_classifier(path: str, data: DataConfig | None = None, obj: Any = None, model: ModelSection | None = None
+                    ) -> tuple[nn.Module, MAEConfig]:
     """The classifier stored at ``path`` (its architecture from the file's model config) and that config;
-    ``data`` takes the normalisation the file records when its own is unset; ``obj``: the file, already loaded."""
+    ``data`` takes the normalisation the file records when its own is unset; ``obj``: the file, already loaded;
+    ``model``: settings over the file's architecture (``model.num_heads`` where the file records none)."""
     obj = load_file(path) if obj is None else obj
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
         raise ConfigError(f"{path} holds no 'model' weights (a bare weights file such as model-timm.safetensors "
@@ -76,13 +79,12 @@ def load_classifier(path: str, data: DataConfig | None = None, obj: Any = None) 
     if head is None:
         raise ConfigError(f"{path} has no classifier head weights ({head_key})")
     # openmae's files store their architecture; the official code's checkpoints name it (args), or the shapes say it
-    cfg = stored_config(obj)
-    if cfg is None:
-        cfg = infer_config(sd)
-        heads = f"{cfg.num_heads} head{'s' * (cfg.num_heads != 1)}"
-        log.warning("%s records no architecture: read from its tensors' shapes as width %d, depth %d, patch %d, with "
-                    "%s (the paper's for this width; the shapes cannot tell): a model trained with other head counts "
-                    "measures wrong here", path, cfg.embed_dim, cfg.depth, cfg.patch_size, heads)
+    overrides = model.overrides() if model is not None else {}
+    cfg = file_architecture(obj, sd, path, heads_set="num_heads" in overrides)
+    if model is not None and model.name != "auto":
+        cfg = model.resolve()
+    elif overrides:
+        cfg = MAEConfig(**{**cfg.to_dict(), **overrides})
     if data is not None:
         inherit_stats(data, obj, path, cfg.in_chans)
     model = create_classifier(cfg, head.shape[0], global_pool, bn_head=bn_head, head_in=head.shape[1],
@@ -111,7 +113,7 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     e, d = cfg.evaluate, cfg.data
     setup_console(info.is_main)  # the per-class table is printed through the log
     device = info.device
-    model, mae_cfg = load_classifier(e.init, d)
+    model, mae_cfg = load_classifier(e.init, d, model=cfg.model)
     classes = model.num_classes
     with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
         source = source_for(d, d.eval_split, mae_cfg.in_chans, d.max_eval_samples)

@@ -227,6 +227,8 @@ class EvaluateSection:
 
 @dataclass
 class EvaluateConfig:
+    # auto: the classifier file's architecture; its fields set over it what a file without one has guessed
+    model: ModelSection = field(default_factory=lambda: ModelSection(name="auto"))
     data: DataConfig = field(default_factory=DataConfig)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
 

@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from openmae.convert.checkpoints import infer_config, stored_config, to_openmae_keys
+from openmae.convert.checkpoints import file_architecture, to_openmae_keys
 from openmae.convert.files import load_file, unwrap_state_dict
 from openmae.data.config import DataConfig
 from openmae.data.normalization import inherit_stats
@@ -41,7 +41,7 @@ def resolve_encoder(model: ModelSection, init: str, resumed: dict | None = None,
         return cfg, None, None
     obj = load_file(init)
     sd = to_openmae_keys(unwrap_state_dict(obj))
-    stored = stored_config(obj) or infer_config(sd)
+    stored = file_architecture(obj, sd, init, heads_set=model.num_heads is not None)
     if model.name == "auto":
         cfg = MAEConfig(**{**stored.to_dict(), **model.overrides()})
     else:
