@@ -49,6 +49,11 @@ def test_info_on_run_files_and_their_conversions(tmp_path, datasets, capsys):
     assert main(["info", str(tmp_path / "bare.safetensors")]) == 0
     assert "normalisation: not recorded; ImageNet's assumed (mean [0.485, 0.456, 0.406] std [0.229, 0.224, 0.225])" \
            in capsys.readouterr().out
+    # converted to a layout that keeps a normalisation, it records the assumption: the Hugging Face folder's
+    # preprocessor_config.json (which AutoImageProcessor needs), an openmae file
+    for dst, to in (("hf-bare", "hf"), ("bare-openmae.pth", "openmae")):
+        assert summarize(convert_file(tmp_path / "official.pth", tmp_path / dst, to))["normalization"] == \
+               bare["normalization_assumed"]
 
     assert main(["info", str(ckpt)]) == 0
     text = capsys.readouterr().out

@@ -191,7 +191,9 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
 @command("convert", "convert weights between openmae/official, timm and Hugging Face layouts")
 def cmd_convert(args: argparse.Namespace, rest: list[str]) -> int:
     from openmae.convert.export import convert_file
+    from openmae.engine.logging import setup_console
 
+    setup_console(True)  # what the conversion read and assumed
     if rest:
         raise ConfigError(f"unexpected arguments {rest}")
     print(convert_file(args.src, args.dst, args.to, args.hf_layout))

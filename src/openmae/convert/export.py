@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -14,12 +15,14 @@ from openmae.convert.files import load_file, save_file, unwrap_state_dict, weigh
 from openmae.convert.hf import Layout, hf_config_dict, openmae_to_hf
 from openmae.convert.timm import openmae_to_timm
 from openmae.convert.timm_folder import save_timm_folder
-from openmae.data.normalization import recorded_stats
+from openmae.data.normalization import assumed_stats, recorded_stats
 from openmae.models.mae import MAEConfig
 from openmae.models.vit import fold_bn_head
 
 Format = Literal["openmae", "official", "timm", "hf"]
 FORMATS = ("openmae", "official", "timm", "hf")
+
+log = logging.getLogger(__name__)
 
 
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: Format, hf_layout: Layout = "v4") -> Path:
@@ -47,6 +50,9 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, to: Format, hf_
     cfg = stored or infer_config(sd)
     dst = Path(dst)
     stats = recorded_stats(obj)
+    if stats is None and (stats := assumed_stats(obj, cfg.in_chans)) is not None:
+        log.info("%s records no normalisation: ImageNet's assumed (the official MAE code, timm and Hugging Face train "
+                 "MAE with it; openmae reads such files so), written where the %s layout keeps one", src, to)
     classifier = "head.weight" in raw or "head.1.weight" in raw  # fine-tuned, or an online probe's BatchNorm head
     if classifier:
         sd = raw  # with its head and fc_norm (to_openmae_keys reads an encoder, without them)
@@ -90,7 +96,8 @@ def classifier_folder(src: str | os.PathLike, obj: dict[str, Any], dst: Path) ->
     run_data = (obj.get("config") or {}).get("data") or {}
     return save_timm_folder(model.state_dict(), cfg, dst, model.num_classes, model.global_pool,
                             fc_norm=not isinstance(model.fc_norm, nn.Identity), classes=obj.get("classes"),
-                            stats=recorded_stats(obj), crop_pct=run_data.get("eval_crop_pct"))
+                            stats=recorded_stats(obj) or assumed_stats(obj, cfg.in_chans),
+                            crop_pct=run_data.get("eval_crop_pct"))
 
 
 def hf_processor_dict(cfg: MAEConfig, stats: dict[str, Any]) -> dict[str, Any]:

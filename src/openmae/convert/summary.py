@@ -14,7 +14,7 @@ import torch
 from openmae.convert.checkpoints import infer_config, stored_config, to_openmae_keys
 from openmae.convert.files import fetch, load_file, unwrap_state_dict
 from openmae.convert.hf import detect_layout, is_hf_state_dict
-from openmae.data.normalization import IMAGENET_MEAN, IMAGENET_STD, of_another_program, official_args, recorded_stats
+from openmae.data.normalization import assumed_stats, official_args, recorded_stats
 from openmae.models.mae import DECODER_PREFIXES, MAEConfig
 from openmae.models.registry import PRESETS, model_config
 
@@ -81,8 +81,7 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "normalization": recorded_stats(obj),
     }
     # what the commands take for RGB images where another program's file records none (inherit_stats)
-    out["normalization_assumed"] = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "format": "image"} if (
-        out["normalization"] is None and of_another_program(obj) and cfg is not None and cfg.in_chans == 3) else None
+    out["normalization_assumed"] = assumed_stats(obj, cfg.in_chans) if cfg is not None else None
     if task:
         data, train = run.get("data", {}), run.get("train", {})
         out["run"] = {"task": task, "step": obj.get("step"), "epoch": obj.get("epoch"), "epochs": train.get("epochs"),

@@ -68,6 +68,14 @@ def of_another_program(obj: Any) -> bool:
     return not (isinstance(obj, dict) and isinstance(obj.get("config"), dict))
 
 
+def assumed_stats(obj: Any, channels: int) -> dict[str, Any] | None:
+    """The normalisation read into weights that record none: ImageNet's for another program's RGB weights
+    (:func:`_take_imagenets`), else None (the dataset's own or ImageNet's apply, as the command's data says)."""
+    if channels != 3 or recorded_stats(obj) is not None or not of_another_program(obj):
+        return None
+    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "format": "image"}
+
+
 def _take_imagenets(cfg: DataConfig, origin: str) -> None:
     """RGB weights of another program without a record were trained on images normalised with ImageNet's statistics:
     the official MAE code normalises every image so, and timm's and Hugging Face's MAE models name them (timm's
@@ -91,7 +99,7 @@ def inherit_stats(cfg: DataConfig, obj: Any, origin: str, channels: int) -> None
         return
     record = recorded_stats(obj)
     if record is None:
-        if of_another_program(obj) and channels == 3 and cfg.format == "image":
+        if assumed_stats(obj, channels) is not None and cfg.format == "image":
             _take_imagenets(cfg, origin)
         return
     if record["format"] != cfg.format or len(record["mean"]) != channels:
