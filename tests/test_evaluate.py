@@ -195,3 +195,55 @@ def test_evaluate_refuses_a_dataset_with_other_classes(tmp_path, datasets):
         f"data.path={tmp_path / 'folder'}", "data.num_workers=0"])
     with pytest.raises(ConfigError, match="has 10 outputs but .* has 3 classes"):
         run_evaluate(cfg)
+
+
+def test_checkpoints_of_timms_training_script_read_as_timm_built_them(tmp_path, datasets, caplog):
+    """timm's train.py checkpoints (`model_best.pth.tar`: state_dict, its args, arch naming the model) were read as
+    weights without a config: head counts guessed from the shapes (two 64-wide heads read as one), the dataset's
+    normalisation, and `evaluate` refused them. The timm model their arch and model_kwargs name says the heads, the
+    pooling and the normalisation (its pretrained_cfg's, as timm's training took them): `evaluate` gives that model's
+    own numbers on the same images, and kNN builds its encoder without a guess."""
+    import argparse
+    import logging
+    from dataclasses import replace
+
+    import timm
+    from timm.utils import CheckpointSaver
+
+    from openmae.convert.summary import summarize
+    from openmae.engine.classifier import evaluate
+    from openmae.engine.weights import resolve_encoder
+
+    kwargs = {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 2, "global_pool": "avg"}
+    args = argparse.Namespace(model="vit_base_patch16_224", model_kwargs=kwargs, in_chans=None, mean=None, std=None,
+                              num_classes=10, lr=1e-3, data_dir="/cifar10")
+    torch.manual_seed(0)
+    model = timm.create_model(args.model, num_classes=10, **kwargs)
+    for block in model.blocks:  # weights away from their init, so that one head or two measure differently
+        torch.nn.init.normal_(block.attn.qkv.weight, std=0.5)
+    torch.nn.init.normal_(model.head.weight, std=1.0)
+    model.eval()
+    saver = CheckpointSaver(model, torch.optim.AdamW(model.parameters()), args=args, checkpoint_dir=str(tmp_path))
+    saver.save_checkpoint(epoch=3, metric=41.0)
+    best = tmp_path / "model_best.pth.tar"
+    assert best.is_file()
+
+    info = summarize(best)
+    assert info["written_by"] == "a checkpoint of timm's train.py after epoch 3 (--model vit_base_patch16_224)"
+    assert info["architecture_from"] == "timm's model vit_base_patch16_224" and info["model"]["num_heads"] == 2
+    # vit_base_patch16_224's default weights (augreg) normalise with 0.5: what train.py took with no --mean/--std
+    assert info["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3, "format": "image"}
+
+    cfg = evaluate_cfg(best, datasets)
+    d = replace(cfg.data, mean=(0.5,) * 3, std=(0.5,) * 3)
+    source = source_for(d, d.eval_split, 3, d.max_eval_samples)
+    want = evaluate(model, eval_batches(d, d.eval_split, (32, 32), 3, 8, source=source), torch.device("cpu"))
+    out = run_evaluate(cfg)
+    assert out["top1"] == want["top1"] and out["top5"] == want["top5"]
+    assert out["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-6)
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="openmae.convert.checkpoints"):
+        encoder_cfg, sd, _ = resolve_encoder(ModelSection(name="auto"), str(best))
+    assert encoder_cfg.num_heads == 2 and "records no architecture" not in caplog.text  # named, not guessed
+    assert torch.equal(sd["blocks.0.attn.qkv.weight"], model.state_dict()["blocks.0.attn.qkv.weight"])

@@ -124,8 +124,13 @@ def official_args_config(obj: Any) -> MAEConfig | None:
         overrides["img_size"] = args["input_size"]
     if isinstance(args.get("norm_pix_loss"), bool):
         overrides["norm_pix_loss"] = args["norm_pix_loss"]
-    named = model_config(name, **overrides)
-    try:  # the shapes read from the tensors: all but the head counts must agree
+    return _if_shapes_agree(model_config(name, **overrides), obj)
+
+
+def _if_shapes_agree(named: MAEConfig, obj: Any) -> MAEConfig | None:
+    """``named`` (what a file's args name) when the shapes read from its tensors agree with it in all but the head
+    counts, else None (the code or settings were changed after it was named)."""
+    try:
         sd = to_openmae_keys(unwrap_state_dict(obj))
         shapes = infer_config(sd)
     except (KeyError, ValueError):  # no state dict, or no ViT encoder in it
@@ -136,13 +141,29 @@ def official_args_config(obj: Any) -> MAEConfig | None:
     return named if all(getattr(named, k) == getattr(shapes, k) for k in read) else None
 
 
+def timm_train_config(obj: Any) -> MAEConfig | None:
+    """The architecture of a checkpoint of timm's train.py: its tensors' shapes with the head count (and MLP width)
+    of the timm model its ``arch`` names (:func:`openmae.convert.timm_train.timm_model_facts`), when they agree."""
+    from openmae.convert.timm_train import timm_model_facts
+
+    facts = timm_model_facts(obj)
+    if facts is None or not facts["img_size"]:
+        return None
+    try:
+        shapes = infer_config(to_openmae_keys(unwrap_state_dict(obj)))
+    except (KeyError, ValueError):
+        return None
+    return _if_shapes_agree(MAEConfig(**{**shapes.to_dict(), **{k: facts[k] for k in (
+        "embed_dim", "depth", "num_heads", "patch_size", "in_chans", "img_size")}}), obj)
+
+
 def stored_config(obj: Any) -> MAEConfig | None:
     """The architecture a loaded weights file stores (openmae's files, a Hugging Face folder's config.json, the
-    official code's checkpoints: :func:`official_args_config`), or None: then only :func:`infer_config` can read one
-    from the shapes, guessing head counts."""
+    official code's checkpoints: :func:`official_args_config`, timm's train.py ones: :func:`timm_train_config`), or
+    None: then only :func:`infer_config` can read one from the shapes, guessing head counts."""
     if isinstance(obj, dict) and isinstance(obj.get("model_config"), dict):
         return MAEConfig(**obj["model_config"])
-    return official_args_config(obj)
+    return official_args_config(obj) or timm_train_config(obj)
 
 
 def file_architecture(obj: Any, sd: dict[str, torch.Tensor], origin: str, heads_set: bool = False) -> MAEConfig:

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from openmae.convert.timm_train import timm_train_stats
+
 log = logging.getLogger(__name__)
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # a folder's weights: one file, or shards with an index
 RUN_WEIGHTS = "model-last.pth"  # what a run folder given as weights reads (written with each of its checkpoints)
@@ -149,6 +151,8 @@ def load_file(path: str | os.PathLike) -> Any:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(obj, dict) and isinstance(obj.get("args"), argparse.Namespace):
             obj = {**obj, "args": vars(obj["args"])}
+        if (stats := timm_train_stats(obj)) is not None and "normalization" not in obj:
+            obj = {**obj, "normalization": stats}  # a timm train.py checkpoint's: as the run normalised
         return obj
     except pickle.UnpicklingError as err:
         # torch names what it refused on a line of its message ("Unsupported global: GLOBAL builtins.print ...",

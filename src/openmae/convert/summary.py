@@ -14,6 +14,7 @@ import torch
 from openmae.convert.checkpoints import infer_config, stored_config, to_openmae_keys
 from openmae.convert.files import fetch, load_file, unwrap_state_dict
 from openmae.convert.hf import detect_layout, is_hf_state_dict
+from openmae.convert.timm_train import timm_train_args
 from openmae.data.normalization import assumed_stats, official_args, recorded_stats
 from openmae.models.mae import DECODER_PREFIXES, MAEConfig
 from openmae.models.registry import PRESETS, model_config
@@ -39,6 +40,9 @@ def _written_by(obj: Any, path: Path, task: str | None) -> str:
         return "an openmae classifier (model-best.pth)"
     if isinstance(obj, dict) and "model_config" in obj:
         return "openmae weights"
+    if timm_train_args(obj) is not None:
+        epoch = f" after epoch {obj['epoch']}" if isinstance(obj.get("epoch"), int) else ""
+        return f"a checkpoint of timm's train.py{epoch} (--model {obj['arch']})"
     if official_args(obj) is not None:
         epoch = f" after epoch {obj['epoch']}" if isinstance(obj.get("epoch"), int) else ""
         return f"a checkpoint of the official MAE code{epoch} (with its command line's args)"
@@ -74,6 +78,7 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "class_names": list(obj["classes"]) if isinstance(obj, dict) and isinstance(obj.get("classes"), list) else None,
         "model": cfg.to_dict() if cfg else None,
         "architecture_from": ("the file's config" if isinstance(obj, dict) and "model_config" in obj else
+                              f"timm's model {obj['arch']}" if timm_train_args(obj) is not None else
                               f"the official code's args (--model {obj['args']['model']})") if stored is not None
         else "the tensors' shapes (head counts guessed)" if cfg
         else f"nowhere: no ViT encoder among its keys ({', '.join(sorted(raw)[:5])}, ...)",

@@ -14,7 +14,8 @@ import torch.nn as nn
 
 from openmae.config import ConfigError
 from openmae.convert.checkpoints import file_architecture
-from openmae.convert.files import load_file
+from openmae.convert.files import load_file, unwrap_state_dict
+from openmae.convert.timm_train import timm_model_facts
 from openmae.data.build import eval_batches, source_for
 from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource
@@ -49,6 +50,8 @@ def _head_kind(obj: dict[str, Any], path: str) -> tuple[str, bool]:
         raise ConfigError(f"{path} is a linear probe trained on cached features: its head reads pooled features of "
                           "the encoder's last blocks, which only `openmae linprobe` computes; re-run that probe "
                           "(with data.* set to the split to measure), or train an online one (linprobe.mode=online)")
+    if (timm := timm_model_facts(obj)) is not None:  # a checkpoint of timm's train.py: its model says
+        return timm["global_pool"], False
     weights = obj.get("model", {})
     if not run_cfg and "head.weight" in weights and "model_config" not in obj:
         # a classifier of the official fine-tuning code (timm's keys): global pooling replaces the final norm by
@@ -69,11 +72,12 @@ def load_classifier(path: str, data: DataConfig | None = None, obj: Any = None, 
     ``data`` takes the normalisation the file records when its own is unset; ``obj``: the file, already loaded;
     ``model``: settings over the file's architecture (``model.num_heads`` where the file records none)."""
     obj = load_file(path) if obj is None else obj
-    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+    timm = timm_model_facts(obj)
+    if not isinstance(obj, dict) or not (isinstance(obj.get("model"), dict) or timm is not None):
         raise ConfigError(f"{path} holds no 'model' weights (a bare weights file such as model-timm.safetensors "
                           "carries no architecture); give the run's model-best.pth or a run checkpoint")
     global_pool, bn_head = _head_kind(obj, path)
-    sd: dict[str, torch.Tensor] = obj["model"]
+    sd: dict[str, torch.Tensor] = unwrap_state_dict(obj) if timm is not None else obj["model"]
     head_key = "head.1.weight" if bn_head else "head.weight"
     head = sd.get(head_key)
     if head is None:
@@ -87,8 +91,9 @@ def load_classifier(path: str, data: DataConfig | None = None, obj: Any = None, 
         cfg = MAEConfig(**{**cfg.to_dict(), **overrides})
     if data is not None:
         inherit_stats(data, obj, path, cfg.in_chans)
+    fc_norm = False if bn_head else timm["fc_norm"] if timm is not None else obj.get("fc_norm")  # timm's say it
     model = create_classifier(cfg, head.shape[0], global_pool, bn_head=bn_head, head_in=head.shape[1],
-                              fc_norm=False if bn_head else obj.get("fc_norm"))  # a timm folder says it
+                              fc_norm=fc_norm)
     try:
         model.load_state_dict(sd)
     except RuntimeError as err:
