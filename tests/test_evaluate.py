@@ -160,6 +160,14 @@ def test_evaluate_measures_a_classifier_of_the_official_fine_tuning_code(tmp_pat
         told = run_evaluate(evaluate_cfg(bare, datasets, "model.num_heads=2"))
     assert "records no architecture" not in caplog.text
     assert told["top1"] == want["top1"] and told["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-6)
+    # a preset named over it: that preset's classifier, nothing guessed; a preset it is not: what each holds
+    with caplog.at_level(logging.WARNING, logger="openmae.evaluate"):
+        named = run_evaluate(evaluate_cfg(bare, datasets, "model.name=mae_vit_debug_patch4_32"))
+    assert named["eval_loss"] == told["eval_loss"] and "records no architecture" not in caplog.text
+    with pytest.raises(ConfigError, match=r"do not fit the classifier model.name=mae_vit_base_patch16 describes "
+                                          r"\(width 768, depth 12, patch 16, .* pooling, 10 classes\): Missing key.* "
+                                          r"the file holds width 64, depth 2, patch 4: name that model"):
+        run_evaluate(evaluate_cfg(bare, datasets, "model.name=mae_vit_base_patch16"))
 
 
 def test_evaluate_refuses_files_that_are_not_classifiers(tmp_path, datasets):

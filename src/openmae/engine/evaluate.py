@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from openmae.config import ConfigError
-from openmae.convert.checkpoints import file_architecture
+from openmae.convert.checkpoints import describe, file_architecture, infer_config
 from openmae.convert.files import load_file, unwrap_state_dict
 from openmae.convert.timm_train import timm_model_facts
 from openmae.data.build import eval_batches, source_for
@@ -66,6 +66,14 @@ def _head_kind(obj: dict[str, Any], path: str) -> tuple[str, bool]:
                       "`openmae linprobe linprobe.mode=online`")
 
 
+def _shapes(sd: dict[str, torch.Tensor]) -> str:
+    """What a classifier's tensors say of its encoder, for an error message."""
+    try:
+        return describe(infer_config(sd).__dict__)
+    except (KeyError, ValueError):
+        return "no ViT encoder"
+
+
 def load_classifier(path: str, data: DataConfig | None = None, obj: Any = None, model: ModelSection | None = None
                     ) -> tuple[nn.Module, MAEConfig]:
     """The classifier stored at ``path`` (its architecture from the file's model config) and that config;
@@ -84,23 +92,28 @@ def load_classifier(path: str, data: DataConfig | None = None, obj: Any = None, 
         raise ConfigError(f"{path} has no classifier head weights ({head_key})")
     # openmae's files store their architecture; the official code's checkpoints name it (args), or the shapes say it
     overrides = model.overrides() if model is not None else {}
-    cfg = file_architecture(obj, sd, path, heads_set="num_heads" in overrides)
-    if model is not None and model.name != "auto":
+    named = model is not None and model.name != "auto"  # a preset named over the file's architecture
+    if named:
         cfg = model.resolve()
-    elif overrides:
+    else:
+        cfg = file_architecture(obj, sd, path, heads_set="num_heads" in overrides)
         cfg = MAEConfig(**{**cfg.to_dict(), **overrides})
     if data is not None:
         inherit_stats(data, obj, path, cfg.in_chans)
     fc_norm = False if bn_head else timm["fc_norm"] if timm is not None else obj.get("fc_norm")  # timm's say it
-    model = create_classifier(cfg, head.shape[0], global_pool, bn_head=bn_head, head_in=head.shape[1],
-                              fc_norm=fc_norm)
+    classifier = create_classifier(cfg, head.shape[0], global_pool, bn_head=bn_head, head_in=head.shape[1],
+                                   fc_norm=fc_norm)
     try:
-        model.load_state_dict(sd)
+        classifier.load_state_dict(sd)
     except RuntimeError as err:
-        raise ConfigError(f"{path}: its weights do not fit the classifier its settings describe ({global_pool} "
-                          f"pooling, {head.shape[0]} classes): {str(err).splitlines()[0]}; the file was changed or "
-                          "written by another program") from None
-    return model, cfg
+        said = " ".join(str(err).split(":", 1)[-1].split())  # past torch's "Error(s) in loading ... for X:"
+        raise ConfigError(
+            f"{path}: its weights do not fit the classifier {f'model.name={model.name}' if named else 'its settings'} "
+            f"describe{'s' * named} ({describe(cfg.__dict__)}, {global_pool} pooling, {head.shape[0]} classes): "
+            f"{said[:300]}{' ...' if len(said) > 300 else ''}; " + (
+                f"the file holds {_shapes(sd)}: name that model, or model.name=auto to read it from the file" if named else
+                "the file was changed or written by another program")) from None
+    return classifier, cfg
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
