@@ -178,6 +178,9 @@ def test_weights_without_an_architecture_take_the_heads_a_run_sets(tmp_path, cap
     with caplog.at_level(logging.INFO, logger="openmae.convert.checkpoints"):
         told, sd, _ = resolve_encoder(ModelSection(name="auto", num_heads=2), str(bare))
     assert told.num_heads == 2 and told.embed_dim == 64 and not caplog.records
+    with caplog.at_level(logging.INFO, logger="openmae.convert.checkpoints"):  # a preset named: nothing guessed
+        assert resolve_encoder(ModelSection(name="mae_vit_debug_patch4_32"), str(bare))[0].num_heads == 2
+    assert not caplog.records
     openmae.create_model("mae_vit_debug_patch4_32").load_state_dict(sd, strict=False)  # the weights it names
 
     tiny = tmp_path / "vit-tiny.pth"  # a paper size (ViT-Ti: 192 wide, 12 deep, 3 heads): said, not warned

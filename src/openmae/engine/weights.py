@@ -41,7 +41,7 @@ def resolve_encoder(model: ModelSection, init: str, resumed: dict | None = None,
         return cfg, None, None
     obj = load_file(init)
     sd = to_openmae_keys(unwrap_state_dict(obj))
-    stored = file_architecture(obj, sd, init, heads_set=model.num_heads is not None)
+    stored = file_architecture(obj, sd, init, heads_set=model.num_heads is not None or model.name != "auto")
     if model.name == "auto":
         cfg = MAEConfig(**{**stored.to_dict(), **model.overrides()})
     else:
