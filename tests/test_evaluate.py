@@ -254,4 +254,9 @@ def test_checkpoints_of_timms_training_script_read_as_timm_built_them(tmp_path, 
     with caplog.at_level(logging.INFO, logger="openmae.convert.checkpoints"):
         encoder_cfg, sd, _ = resolve_encoder(ModelSection(name="auto"), str(best))
     assert encoder_cfg.num_heads == 2 and "records no architecture" not in caplog.text  # named, not guessed
+    # names timm cannot build here (unknown; on the hub, which a machine without network would wait for): the shapes
+    from openmae.convert.timm_train import timm_model_facts
+
+    for arch in ("vit_nonexistent_patch4", "hf-hub:timm/vit_base_patch16_224.mae"):
+        assert timm_model_facts({"arch": arch, "state_dict": {}, "args": {"model": arch}}) is None
     assert torch.equal(sd["blocks.0.attn.qkv.weight"], model.state_dict()["blocks.0.attn.qkv.weight"])

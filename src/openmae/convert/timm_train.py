@@ -34,6 +34,9 @@ def _model_facts(arch: str, kwargs_json: str) -> dict[str, Any] | None:
     import torch
     from timm.models.vision_transformer import VisionTransformer
 
+    if ":" in arch:  # hf-hub:<name>, local-dir:<folder>: timm would read the hub or a folder that may be gone
+        log.info("%s is read from the hub or a folder by timm: its architecture is read from the tensors' shapes", arch)
+        return None
     try:
         with torch.device("meta"):
             model = timm.create_model(arch, pretrained=False, **json.loads(kwargs_json))
