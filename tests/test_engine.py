@@ -183,6 +183,28 @@ def test_auto_precision_is_fp32_on_cpu_and_names_bf16_where_the_cpu_has_it(monke
     assert precision.autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
 
 
+@pytest.mark.parametrize("major", [7, 8])
+def test_auto_precision_on_cuda_is_bf16_where_the_card_computes_in_it_else_fp16(monkeypatch, caplog, major):
+    """torch's is_bf16_supported() says yes for a V100 or T4 too (emulated, without tensor cores): auto took bf16
+    there, slower than fp16 and fp32's tensor-core rates; such a card trains in fp16 with the gradient scaler, as
+    the official MAE code does, said once."""
+    import logging
+
+    from openmae.engine import precision
+
+    def supported(including_emulation: bool = True) -> bool:  # torch's answer for a card of this generation
+        return major >= 8 or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    precision._fp16_note.cache_clear()
+    cuda = torch.device("cuda", 0)
+    with caplog.at_level(logging.INFO, logger="openmae.train"):
+        chosen = [precision.autocast_dtype("auto", cuda) for _ in range(2)]
+    assert chosen == [torch.bfloat16 if major >= 8 else torch.float16] * 2
+    assert sum("fp16 with a gradient scaler" in r.message for r in caplog.records) == (major < 8)
+    assert precision.autocast_dtype("bf16", cuda) is torch.bfloat16  # asked for: as asked
+
+
 def test_pretraining_continues_from_init_weights(tmp_path, datasets):
     """pretrain.init: the model starts from the file's weights (openmae layout here; model.name=auto reads the
     architecture), so on the same batches and masks its loss stays below a fresh start's."""

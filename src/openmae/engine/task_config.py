@@ -210,7 +210,7 @@ TTA_MODES = ("none", "flip")
 class EvaluateSection:
     init: str = ""  # the classifier: model-best.pth, or a fine-tuning / online-probe run checkpoint
     batch_size: int = 256
-    precision: str = "auto"  # as train.precision: auto = bf16 on CUDA, fp32 on CPU
+    precision: str = "auto"  # as train.precision: auto = bf16 on CUDA (fp16 before Ampere), fp32 on CPU
     device: str = "auto"
     output: str = ""  # a JSON file for every number (per-class accuracy and confusion matrix included)
     plot: str = ""  # a PNG of the confusion matrix (rows as percentages of each true class)
