@@ -235,6 +235,9 @@ def test_checkpoints_of_timms_training_script_read_as_timm_built_them(tmp_path, 
     saver.save_checkpoint(epoch=3, metric=41.0)
     best = tmp_path / "model_best.pth.tar"
     assert best.is_file()
+    ema = tmp_path / "ema.pth.tar"  # with --model-ema, the averaged weights beside the trained ones: said, not read
+    torch.save({**torch.load(best, weights_only=False), "state_dict_ema": model.state_dict()}, ema)
+    assert "its EMA weights (state_dict_ema) are not read" in summarize(ema)["written_by"]
 
     info = summarize(best)
     assert info["written_by"] == "a checkpoint of timm's train.py after epoch 3 (--model vit_base_patch16_224)"

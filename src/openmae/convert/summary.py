@@ -42,7 +42,9 @@ def _written_by(obj: Any, path: Path, task: str | None) -> str:
         return "openmae weights"
     if timm_train_args(obj) is not None:
         epoch = f" after epoch {obj['epoch']}" if isinstance(obj.get("epoch"), int) else ""
-        return f"a checkpoint of timm's train.py{epoch} (--model {obj['arch']})"
+        ema = ("; its EMA weights (state_dict_ema) are not read: timm's clean_checkpoint.py --use-ema writes them as "
+               "a file of their own" if isinstance(obj.get("state_dict_ema"), dict) else "")
+        return f"a checkpoint of timm's train.py{epoch} (--model {obj['arch']}{ema})"
     if official_args(obj) is not None:
         epoch = f" after epoch {obj['epoch']}" if isinstance(obj.get("epoch"), int) else ""
         return f"a checkpoint of the official MAE code{epoch} (with its command line's args)"
