@@ -180,8 +180,8 @@ def test_readme_commands_are_ones_the_cli_accepts():
 
 
 @pytest.mark.parametrize("command,message", [
-    (["pretrain"], "data.path='' is invalid: must be a folder of images when data.name is folder or imagefolder: "
-                   "give it with --data <folder>"),
+    (["pretrain"], "data.path='' is invalid: must be a folder of images (data.name=folder): give it with --data "
+                   "<folder or file.csv>"),
     (["visualize"], "visualize needs the weights to reconstruct with: --checkpoint <file or folder>"),
 ])
 def test_a_command_run_bare_says_what_it_needs(command, message):

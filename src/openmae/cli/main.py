@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from openmae.config import ConfigError, dump_yaml, from_dict, load_config, parse_override, preset_names, validate
+from openmae.data.config import CSV_SUFFIXES
 from openmae.engine.config import COMPILE_MODES
 from openmae.engine.task_config import EvaluateConfig, FinetuneConfig, KnnConfig, LinprobeConfig, PretrainConfig
 
@@ -39,7 +40,9 @@ def run_overrides(args: argparse.Namespace, rest: list[str]) -> list[str]:
     if getattr(args, "data_root", None):
         out.append(f"data.root={args.data_root}")
     if getattr(args, "data", None):
-        if args.command in LABELLED:  # class folders: what --data can only mean for these
+        if args.data.lower().endswith(CSV_SUFFIXES):  # a list of images and their labels
+            out.append("data.name=csv")
+        elif args.command in LABELLED:  # class folders: what a folder can only mean for these
             out.append("data.name=imagefolder")
         out.append(f"data.path={args.data}")
     if getattr(args, "output", None):
@@ -66,7 +69,8 @@ def add_run_flags(parser: argparse.ArgumentParser, training: bool = True, preset
                                                                   f"{', '.join(names)}" if names else ""))
     parser.add_argument("--data-root", help="folder holding named datasets (default $OPENMAE_DATA)")
     parser.add_argument("--data", help="image folder (data.path); for the commands that read labels, a folder of "
-                        "class folders (data.name=imagefolder), or of split folders holding them (train/, test/)")
+                        "class folders (data.name=imagefolder), or of split folders holding them (train/, test/); "
+                        "or a CSV file of images and labels (data.name=csv; {split} in its name: a file a split)")
     if training:
         parser.add_argument("--output", "-o", help="run folder (train.output_dir)")
         parser.add_argument("--resume", help="'auto' (newest valid checkpoint in the run folder) or a checkpoint path")

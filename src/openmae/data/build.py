@@ -13,6 +13,7 @@ from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource, build_source, stats_for
 from openmae.data.device import DeviceAugment, PlanCrops
 from openmae.data.draft import with_draft
+from openmae.data.labels import LABEL_COLUMNS, SPLIT_COLUMNS, class_names, has_splits
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples, end_workers, make_loader, probe_source
 from openmae.data.transforms import eval_transform, pretrain_transform
 from openmae.data.volumes import FileVolumes
@@ -98,6 +99,15 @@ def require_eval_folder(cfg: DataConfig) -> None:
     """Refuse class folders with no folder for the evaluation split: it would read the training images themselves
     (an ImageFolder split is ``path/<split>`` where there is one, else ``path``), and kNN or accuracy on them
     measures memory, not transfer."""
+    if cfg.name == "csv":
+        if not class_names(cfg):
+            raise _no_labels(cfg)
+        if has_splits(cfg):
+            return
+        raise ValueError(f"data.path {cfg.path} has no split column ({', '.join(SPLIT_COLUMNS)}), so evaluation would "
+                         "read the training images themselves; set data.holdout=0.1 to evaluate on a held-out tenth of "
+                         f"them, add a split column ('{cfg.train_split}' / '{cfg.eval_split}'), or give one file a split "
+                         "with a pattern: data.path=<folder>/{split}.csv")
     if cfg.name != "imagefolder" or not Path(cfg.path).is_dir() or (Path(cfg.path) / cfg.eval_split).is_dir():
         return
     raise ValueError(f"data.path {cfg.path} has no '{cfg.eval_split}/' folder (data.eval_split), so evaluation would "
@@ -113,8 +123,21 @@ def split_sources(cfg: DataConfig, channels: int) -> tuple[ImageSource, ImageSou
     if not cfg.holdout:
         require_eval_folder(cfg)
     full = build_source(cfg, cfg.train_split, channels) if cfg.holdout else None
-    return (source_for(cfg, cfg.train_split, channels, cfg.max_samples, full),
-            source_for(cfg, cfg.eval_split, channels, cfg.max_eval_samples, full))
+    train = source_for(cfg, cfg.train_split, channels, cfg.max_samples, full)
+    require_labels(cfg, train)
+    return train, source_for(cfg, cfg.eval_split, channels, cfg.max_eval_samples, full)
+
+
+def require_labels(cfg: DataConfig, source: ImageSource) -> None:
+    """Refuse a list of images without labels where each image's class is read (classifiers, probes, kNN)."""
+    if cfg.name == "csv" and not source.classes:
+        raise _no_labels(cfg)
+
+
+def _no_labels(cfg: DataConfig) -> ValueError:
+    return ValueError(f"data.path {cfg.path} lists no labels (no column named {', '.join(LABEL_COLUMNS)}): "
+                      "fine-tuning, probes, kNN and evaluate read each image's class; add a label column, or name "
+                      "it with data.csv_columns=[<image column>,<label column>]")
 
 
 def report_source(cfg: DataConfig, channels: int) -> ImageSource | None:

@@ -9,7 +9,8 @@ from openmae.data.jpeg import DECODERS
 from openmae.data.survey import NORMS
 
 NAMED = ("cifar10", "cifar100", "fashion-mnist", "mnist", "stl10")
-KINDS = NAMED + ("folder", "imagefolder")
+KINDS = NAMED + ("folder", "imagefolder", "csv")
+CSV_SUFFIXES = (".csv", ".tsv")  # what --data names as a list of images and labels (data.name=csv)
 FORMATS = ("image", "array", "volume")
 PLANES = ("axial", "coronal", "sagittal")
 FOURTH_AXES = ("volumes", "bands")
@@ -22,8 +23,10 @@ class DataConfig:
     """Where images come from and how they are augmented.
 
     ``name``: a named dataset (cifar10, cifar100, fashion-mnist, mnist, stl10) read from ``root``,
-    ``folder`` (any images under ``path``, searched recursively, no labels) or ``imagefolder``
-    (``path/<class>/<image>``). ``root`` defaults to ``$OPENMAE_DATA``.
+    ``folder`` (any images under ``path``, searched recursively, no labels), ``imagefolder``
+    (``path/<class>/<image>``) or ``csv`` (``path`` a CSV file of images and labels, or a ``{split}`` pattern:
+    :mod:`openmae.data.labels`, columns named by ``csv_columns`` where its header does not say them). ``root``
+    defaults to ``$OPENMAE_DATA``.
 
     ``holdout`` > 0 sets that fraction of the training split aside (a fixed random subset drawn with
     ``holdout_seed``): training reads the rest and evaluation reads the held-out images instead of
@@ -45,6 +48,7 @@ class DataConfig:
 
     name: str = "folder"
     path: str = ""
+    csv_columns: tuple[str, ...] = ()  # data.name=csv: [image, label] or [image, label, split]; () = from the header
     format: str = "image"
     array_layout: str = "auto"
     slice_plane: str = "axial"
@@ -115,12 +119,17 @@ class DataConfig:
         require(self.slice_plane in PLANES, "data.slice_plane", self.slice_plane, f"one of {list(PLANES)}")
         require(self.fourth_axis in FOURTH_AXES, "data.fourth_axis", self.fourth_axis, f"one of {list(FOURTH_AXES)}")
         require(self.array_layout in LAYOUTS, "data.array_layout", self.array_layout, f"one of {list(LAYOUTS)}")
-        require(self.format == "image" or self.name in ("folder", "imagefolder"), "data.format", self.format,
-                f"'image' for the named dataset {self.name!r}; array files are read from data.name=folder or "
-                "imagefolder")
-        require(self.name not in ("folder", "imagefolder") or bool(self.path), "data.path", self.path,
-                "a folder of images when data.name is folder or imagefolder: give it with --data <folder> (or "
+        require(self.format == "image" or self.name in ("folder", "imagefolder", "csv"), "data.format", self.format,
+                f"'image' for the named dataset {self.name!r}; array files are read from data.name=folder, "
+                "imagefolder or csv")
+        needs = {"folder": "a folder of images", "imagefolder": "a folder of class folders",
+                 "csv": "a CSV file of images and labels"}
+        require(self.name not in needs or bool(self.path), "data.path", self.path,
+                f"{needs.get(self.name)} (data.name={self.name}): give it with --data <folder or file.csv> (or "
                 "data.path=...), or name a dataset, e.g. --data-root <datasets> data.name=cifar10")
+        require(len(self.csv_columns) in (0, 2, 3), "data.csv_columns", self.csv_columns,
+                "[image column, label column] or [image, label, split] (data.name=csv), or [] to read them from the "
+                "header")
         require(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "data.crop_scale", self.crop_scale,
                 "two numbers 0 < low <= high <= 1")
         require(0 <= self.hflip <= 1, "data.hflip", self.hflip, "a probability in [0, 1]")

@@ -23,6 +23,7 @@ from openmae.data.config import DataConfig
 from openmae.data.filelist import FileList
 from openmae.data.folders import find_images, find_in
 from openmae.data.images import IMAGE_SUFFIXES, open_image, set_pixel_limit, to_channels
+from openmae.data.labels import csv_split
 from openmae.data.memo import Recent
 from openmae.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from openmae.data.scans import VOLUME_SUFFIXES
@@ -220,6 +221,9 @@ def build_source(cfg: DataConfig, split: str, channels: int) -> ImageSource:
         if not path.is_dir():
             raise FileNotFoundError(f"data.path {path} does not exist")
         source = _image_folder(path / split if (path / split).is_dir() else path, channels, cfg)
+    elif cfg.name == "csv":
+        files, labels, classes = csv_split(cfg, split)
+        source = file_source(FileList(files), labels, channels, classes, cfg)
     else:
         source = _named(cfg, split, channels)
     if len(source) == 0:

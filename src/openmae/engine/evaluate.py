@@ -16,7 +16,7 @@ from openmae.config import ConfigError
 from openmae.convert.checkpoints import describe, file_architecture, infer_config
 from openmae.convert.files import load_file, unwrap_state_dict
 from openmae.convert.timm_train import timm_model_facts
-from openmae.data.build import eval_batches, source_for
+from openmae.data.build import eval_batches, require_labels, source_for
 from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource
 from openmae.data.normalization import inherit_stats
@@ -135,6 +135,7 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     classes = model.num_classes
     with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
         source = source_for(d, d.eval_split, mae_cfg.in_chans, d.max_eval_samples)
+    require_labels(d, source)
     names = list(source.classes) or [str(i) for i in range(classes)]
     if len(names) != classes:
         raise ConfigError(f"the classifier in {e.init} has {classes} outputs but the '{d.eval_split}' split of "

@@ -1,0 +1,144 @@
+"""Labelled images listed in a CSV file (``data.name=csv``): a row an image, with its path and its class, as many
+medical, satellite and competition datasets ship their labels, instead of class folders.
+
+``data.path`` is the CSV file (``.tsv`` and ``;``-separated files too), or a pattern holding ``{split}``
+(``/data/{split}.csv``: ``train.csv`` for training, ``test.csv`` for evaluation). Its header names the columns:
+the image's path (``path``, ``image``, ``file``, ``filename``, ...; relative to the CSV's folder, or absolute; a file
+of one column is a list of paths), its class (``label``, ``class``, ``target``, ``category``; a name or a number;
+pretraining needs none) and, where one file holds every split, the
+split of each row (``split``, ``subset``, ``set``: the values ``data.train_split`` / ``data.eval_split`` name);
+``data.csv_columns=[image,label]`` (or ``[image,label,split]``) names other columns. A file whose first row names
+an image file has no header: its first column is the path, its second the label. The classes are the labels of
+every split the files hold, sorted (numbers by value), so that a class has one index in all splits. Without a split
+column or pattern every row is a training image: evaluation then needs ``data.holdout``, as class folders without a
+test folder do. Python's csv module reads the file: a CSV dialect's quoting is not worth writing again.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from openmae.data.arrays import ARRAY_SUFFIXES
+from openmae.data.config import DataConfig
+from openmae.data.images import IMAGE_SUFFIXES
+from openmae.data.scans import VOLUME_SUFFIXES, suffix_of
+
+IMAGE_COLUMNS = ("path", "image", "file", "filename", "file_name", "image_path", "filepath", "file_path", "img",
+                 "image_id", "image_name")
+LABEL_COLUMNS = ("label", "class", "target", "category", "class_name", "labels")
+SPLIT_COLUMNS = ("split", "subset", "set", "partition")
+FILE_SUFFIXES = frozenset(IMAGE_SUFFIXES + ARRAY_SUFFIXES + VOLUME_SUFFIXES)  # a first row naming a file: no header
+
+
+class Table(NamedTuple):
+    """One CSV file's rows: images (as written), labels (as written; None: no label column, images for pretraining)
+    and splits (None: no split column)."""
+
+    folder: Path
+    images: list[str]
+    labels: list[str] | None
+    splits: list[str] | None
+
+
+def csv_files(cfg: DataConfig) -> dict[str, Path]:
+    """The CSV file of each split: one file for all (``{'': path}``), or the pattern's file of each split."""
+    if "{split}" not in cfg.path:
+        return {"": Path(cfg.path)}
+    return {split: Path(cfg.path.replace("{split}", split)) for split in (cfg.train_split, cfg.eval_split)}
+
+
+def _column(header: list[str], given: str | None, names: tuple[str, ...], what: str, path: Path) -> int | None:
+    lowered = [h.strip().lower() for h in header]
+    if given is not None:
+        if given.lower() not in lowered:
+            raise ValueError(f"{path} has no column {given!r} (data.csv_columns); its columns: {header}")
+        return lowered.index(given.lower())
+    found = next((lowered.index(n) for n in names if n in lowered), None)
+    if found is None and what == "image":
+        if len(header) == 1:  # a bare list of paths (pretraining reads no labels)
+            return 0
+        raise ValueError(f"{path}: none of its columns {header} is an image column ({', '.join(names)}); name the "
+                         "image and label columns with data.csv_columns=[<image column>,<label column>]")
+    return found
+
+
+@functools.lru_cache(maxsize=8)
+def _read(path: str, size: int, mtime: int, columns: tuple[str, ...]) -> Table:  # size, mtime: a rewrite reads again
+    file = Path(path)
+    with open(file, newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: the byte-order mark a spreadsheet writes
+        first = fh.readline()
+        fh.seek(0)
+        delimiter = "\t" if "\t" in first or file.suffix == ".tsv" else ";" if ";" in first and "," not in first else ","
+        rows = list(csv.reader(fh, delimiter=delimiter))
+    rows = [r for r in rows if any(cell.strip() for cell in r)]  # blank lines
+    if not rows:
+        raise ValueError(f"{file} is empty: a labelled image list needs a header row and a row per image")
+    if not columns and suffix_of(Path(rows[0][0].strip())) in FILE_SUFFIXES:  # no header: a path, and its label
+        header, body = [f"column {i + 1}" for i in range(len(rows[0]))], rows
+        image, label, split = 0, (1 if len(header) > 1 else None), None
+    else:
+        header, body = rows[0], rows[1:]
+        given = list(columns) + [None] * (3 - len(columns))
+        image = _column(header, given[0], IMAGE_COLUMNS, "image", file)
+        label = _column(header, given[1], LABEL_COLUMNS, "label", file)
+        split = _column(header, given[2], SPLIT_COLUMNS, "split", file)
+    assert image is not None
+    needed = [c for c in (image, label) if c is not None]
+    wanted = max(c for c in (image, label, split) if c is not None)
+    for number, row in enumerate(body, start=2):
+        if len(row) <= wanted or not all(row[c].strip() for c in needed):
+            raise ValueError(f"{file}, line {number}: {row} has no {' or '.join(repr(header[c]) for c in needed)} "
+                             "value; every row needs " + ("an image and its label" if label is not None else "an image"))
+    column = lambda c: [r[c].strip() for r in body] if c is not None else None
+    return Table(file.parent, column(image), column(label), column(split))
+
+
+def read_table(path: Path, cfg: DataConfig) -> Table:
+    if not path.is_file():
+        raise FileNotFoundError(f"data.path {path} does not exist (data.name=csv reads a CSV file listing images and "
+                                "their labels" + (", one per split" if "{split}" in cfg.path else "") + ")")
+    stat = path.stat()
+    return _read(str(path), stat.st_size, stat.st_mtime_ns, tuple(cfg.csv_columns))
+
+
+def has_splits(cfg: DataConfig) -> bool:
+    """Whether the files say which images are for evaluation (a pattern, or a split column)."""
+    files = csv_files(cfg)
+    return "" not in files or read_table(files[""], cfg).splits is not None
+
+
+def class_names(cfg: DataConfig) -> list[str]:
+    """Every split's labels, sorted: numbers by value, else as text."""
+    labels = {label for path in csv_files(cfg).values() if path.is_file() for label in read_table(path, cfg).labels or ()}
+    try:
+        return sorted(labels, key=lambda v: (float(v), v))
+    except ValueError:
+        return sorted(labels)
+
+
+def csv_split(cfg: DataConfig, split: str) -> tuple[list[Path], np.ndarray | None, list[str]]:
+    """The files of ``split``, their class indices and the classes' names (None and none: a list without labels)."""
+    files = csv_files(cfg)
+    table = read_table(files[""] if "" in files else Path(cfg.path.replace("{split}", split)), cfg)
+    rows: range | list[int] = range(len(table.images))
+    if table.splits is not None:
+        rows = [i for i, s in enumerate(table.splits) if s.lower() == split.lower()]
+        if not rows:
+            raise ValueError(f"{files['']} has no rows of the '{split}' split; its split column holds "
+                             f"{sorted(set(table.splits))[:10]}: set data.train_split / data.eval_split to those")
+    classes = class_names(cfg)
+    index = {name: i for i, name in enumerate(classes)}
+    paths = [Path(os.path.join(table.folder, table.images[i])) for i in rows]
+    if paths and not any(p.is_file() for p in paths[:8]):
+        raise FileNotFoundError(f"the first images listed for the '{split}' split do not exist ({paths[0]}, ...): "
+                                f"paths in {'the files' if '' not in files else files['']} are read relative to "
+                                f"its folder {table.folder} unless absolute")
+    if table.labels is None:
+        return paths, None, []
+    return paths, np.array([index[table.labels[i]] for i in rows], dtype=np.int64), classes
