@@ -58,6 +58,10 @@ def test_evaluate_gives_the_numbers_the_fine_tuning_run_recorded(tmp_path, datas
     written = json.loads(json_out.read_text())
     assert printed["top1"] == written["top1"] == pytest.approx(out["top1"])
     assert written["confusion"] == out["confusion"]
+    # balanced accuracy: the mean of the per-class top-1 (recall) over the classes with images
+    present = [v for v in out["per_class_top1"].values() if v == v]
+    assert written["balanced_accuracy"] == pytest.approx(sum(present) / len(present))
+    assert set(written["per_class_f1"]) == set(written["per_class_precision"]) == set(out["classes"])
     assert Image.open(tmp_path / "confusion.png").size[0] > 300  # the figure was drawn
 
 
@@ -263,3 +267,18 @@ def test_checkpoints_of_timms_training_script_read_as_timm_built_them(tmp_path, 
     for arch in ("vit_nonexistent_patch4", "hf-hub:timm/vit_base_patch16_224.mae"):
         assert timm_model_facts({"arch": arch, "state_dict": {}, "args": {"model": arch}}) is None
     assert torch.equal(sd["blocks.0.attn.qkv.weight"], model.state_dict()["blocks.0.attn.qkv.weight"])
+
+
+def test_class_scores_of_a_confusion_matrix():
+    """Balanced accuracy and macro F1 as scikit-learn defines them (zero_division=0), from hand-counted matrices:
+    a class the images lack (third) counts in neither mean; one never predicted has precision and F1 0."""
+    from openmae.eval.confusion import class_scores
+
+    s = class_scores([[5, 1, 0], [2, 2, 0], [0, 0, 0]])  # class 0: TP 5, FN 1, FP 2; class 1: TP 2, FN 2, FP 1
+    assert s["balanced_accuracy"] == pytest.approx(100 * (5 / 6 + 2 / 4) / 2)
+    assert s["macro_f1"] == pytest.approx(100 * (10 / 13 + 4 / 7) / 2)  # F1 = 2TP / (2TP + FP + FN)
+    assert s["per_class_recall"][2] is None and s["per_class_f1"][2] is None
+    assert s["per_class_precision"][:2] == pytest.approx([100 * 5 / 7, 100 * 2 / 3])
+    never = class_scores([[3, 0], [2, 0]])  # everything predicted as class 0: top-1 60%, balanced 50%
+    assert (never["balanced_accuracy"], never["macro_f1"]) == (50.0, pytest.approx(100 * (0.75 + 0) / 2))
+    assert never["per_class_precision"] == [60.0, 0.0] and never["per_class_f1"] == [75.0, 0.0]

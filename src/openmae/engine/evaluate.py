@@ -28,6 +28,7 @@ from openmae.engine.linprobe import probe_global_pool
 from openmae.engine.logging import setup_console
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
+from openmae.eval.confusion import class_scores
 from openmae.eval.plots import confusion_plot
 from openmae.models.mae import MAEConfig
 from openmae.models.vit import create_classifier
@@ -145,18 +146,26 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
         return eval_batches(d, d.eval_split, mae_cfg.img_size, mae_cfg.in_chans, e.batch_size, source=images)
 
     # under torchrun each rank measures its part of the images: the metrics of all on every rank
-    metrics = evaluate_share(model.to(device), source, batches_for, device, info, autocast_dtype(e.precision, device),
+    metrics = evaluate_share(model.to(device), source, batches_for, device, info, autocast_dtype(e.precision, device, hint=False),
                              confusion=True, flip=e.tta == "flip", what=f"evaluation of the {d.eval_split} images")
     confusion: list[list[int]] = metrics.pop("confusion")
+    scores = class_scores(confusion)
     per_class = {name: (100.0 * row[i] / sum(row) if sum(row) else float("nan"))
                  for i, (name, row) in enumerate(zip(names, confusion))}
+    by_name = {key: dict(zip(names, scores[f"per_class_{key}"])) for key in ("precision", "f1")}
     split = f"held-out part of '{d.train_split}'" if d.holdout else f"'{d.eval_split}'"
     view = " (flip test-time augmentation)" if e.tta == "flip" else ""
-    log.info("%s on the %s split (%d images)%s: top-1 %.2f top-5 %.2f loss %.4f", e.init, split, len(source), view,
-             metrics["top1"], metrics["top5"], metrics["eval_loss"])
-    for name, acc in per_class.items():
-        log.info("  %-20s %6.2f", name, acc)
-    result = {**metrics, "tta": e.tta, "samples": len(source), "per_class_top1": per_class, "classes": names,
+    log.info("%s on the %s split (%d images)%s: top-1 %.2f top-5 %.2f balanced accuracy %.2f macro F1 %.2f loss "
+             "%.4f", e.init, split, len(source), view, metrics["top1"], metrics["top5"], scores["balanced_accuracy"],
+             scores["macro_f1"], metrics["eval_loss"])
+    log.info("  %-20s %7s %9s %6s %7s", "class", "top-1", "precision", "F1", "images")  # top-1 of a class: its recall
+    for i, name in enumerate(names):
+        precision, f1 = by_name["precision"][name], by_name["f1"][name]
+        log.info("  %-20s %7.2f %9s %6s %7d", name, per_class[name], "-" if precision is None else f"{precision:.2f}",
+                 "-" if f1 is None else f"{f1:.2f}", sum(confusion[i]))
+    result = {**metrics, "balanced_accuracy": scores["balanced_accuracy"], "macro_f1": scores["macro_f1"],
+              "tta": e.tta, "samples": len(source), "per_class_top1": per_class,
+              "per_class_precision": by_name["precision"], "per_class_f1": by_name["f1"], "classes": names,
               "confusion": confusion}
     if not info.is_main:  # the main rank writes the files
         return result

@@ -40,12 +40,12 @@ def _fp16_note() -> None:  # once per process
              "official MAE code trains); set train.precision=fp32 for full precision")
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(precision: str, device: torch.device, hint: bool = True) -> torch.dtype | None:
     """None for fp32; bf16 / fp16 for autocast. ``auto`` = bf16 on CUDA cards that compute in it (Ampere and newer),
     fp16 (with the loop's gradient scaler) on older ones, whose tensor cores are fp16 ones and which would emulate
     bf16; fp32 on CPU (where a CPU with bf16 instructions would train faster in bf16, the log says so)."""
     if precision == "auto":
-        if device.type == "cpu" and cpu_has_native_bf16():
+        if hint and device.type == "cpu" and cpu_has_native_bf16():  # hint: training's (evaluate's is no training)
             _bf16_hint()
         if device.type != "cuda":
             return None
