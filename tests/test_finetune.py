@@ -183,6 +183,42 @@ def test_resumed_run_keeps_the_best_epochs_record(tmp_path, datasets, monkeypatc
     assert load_file(tmp_path / "model-best.pth")["epoch"] == 1
 
 
+def test_select_by_chooses_model_best_by_balanced_accuracy_and_a_resume_may_change_it(tmp_path, datasets, monkeypatch,
+                                                                                       caplog):
+    """finetune.select_by: on imbalanced classes top-1 follows the largest class, so model-best.pth can be chosen by
+    balanced accuracy or macro F1 instead (scripted numbers where they disagree with top-1). A run resumed with
+    another choice judges the best epoch so far by its own number of that measure; records written before the
+    choice (top-1 alone) still load."""
+    from openmae.engine.classifier import BestKeeper
+
+    def scripted(rows):
+        it = iter(rows)
+        monkeypatch.setattr(FinetuneTask, "evaluate", lambda self, info=None: {
+            **dict(zip(("top1", "balanced_accuracy"), next(it))), "top5": 100.0, "eval_loss": 1.0, "macro_f1": 0.0})
+
+    rows = [(60.0, 40.0), (50.0, 55.0), (55.0, 45.0)]  # (top-1, balanced accuracy) after epochs 1, 2, 3
+    for select_by, epoch in (("top1", 1), ("balanced_accuracy", 2)):
+        scripted(rows)
+        out = finetune(tiny_finetune(tmp_path / select_by, datasets, "train.epochs=3", f"finetune.select_by={select_by}"))
+        assert out["best_epoch"] == epoch and load_file(tmp_path / select_by / "model-best.pth")["epoch"] == epoch
+        assert out["best_top1"] == rows[epoch - 1][0]
+    assert out["best_balanced_accuracy"] == 55.0
+
+    scripted(rows)  # top-1 until the halt after epoch 1, then balanced accuracy: epoch 2's 55 beats epoch 1's 40
+    assert finetune(tiny_finetune(tmp_path / "changed", datasets, "train.epochs=3", "train.halt_after_steps=4"))["halted"]
+    with caplog.at_level("INFO", logger="openmae.classifier"):
+        out = finetune(tiny_finetune(tmp_path / "changed", datasets, "train.epochs=3", "train.resume=auto",
+                                     "finetune.select_by=balanced_accuracy"))
+    assert out["best_epoch"] == 2 and "best epoch so far (1) was chosen by top-1; from now on by balanced accuracy, " \
+                                      "which it measured 40.00" in caplog.text
+
+    keeper = BestKeeper(tmp_path, {}, {})
+    keeper.load_state({"best": {"top1": 50.0, "epoch": 3, "metrics": {"top1": 50.0}}})  # a record of before
+    assert (keeper.best, keeper.epoch) == (50.0, 3)
+    with pytest.raises(ConfigError, match="finetune.select_by"):
+        tiny_finetune(tmp_path, datasets, "finetune.select_by=accuracy")
+
+
 def test_finetune_shift_reaches_the_training_images(tmp_path, datasets):
     """finetune.shift / shift_mode from the command line end up in the training loader's transform."""
     from torchvision.transforms import v2 as T

@@ -20,8 +20,10 @@ from openmae.convert.files import save_file, weights_metadata
 from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource
 from openmae.data.loader import Batch, batches_of
+from openmae.engine.config import SELECT_BY
 from openmae.engine.distributed import DistInfo, gather_rows, part_of, same_buffers, wait_for_main
 from openmae.engine.loop import Run
+from openmae.eval.confusion import class_scores
 from openmae.eval.progress import reported
 from openmae.models.vit import fold_bn_head
 
@@ -61,12 +63,15 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
     if gather is not None:
         labels, top, loss = gather(labels), gather(top), gather(loss)
     total = labels.numel()
+    n = width
+    matrix = torch.bincount((labels * n + top[:, 0]).cpu(), minlength=n * n).view(n, n)  # (true, predicted)
+    scores = class_scores(matrix.numpy())
     out: dict[str, Any] = {"top1": 100.0 * (top[:, 0] == labels).sum().item() / total,
                            "top5": 100.0 * (top == labels[:, None]).any(1).sum().item() / total,
-                           "eval_loss": loss.sum().item() / total}
+                           "eval_loss": loss.sum().item() / total,
+                           "balanced_accuracy": scores["balanced_accuracy"], "macro_f1": scores["macro_f1"]}
     if confusion:
-        n = width
-        out["confusion"] = torch.bincount((labels * n + top[:, 0]).cpu(), minlength=n * n).view(n, n).tolist()
+        out["confusion"] = matrix.tolist()
     return out
 
 
@@ -87,37 +92,49 @@ def report_prefix(data: DataConfig) -> str:
 
 
 class BestKeeper:
-    """Writes ``model-best.pth`` when the top-1 improves and ``model-timm.safetensors`` (timm keys) at the end.
+    """Writes ``model-best.pth`` when the measure ``select_by`` (top-1, balanced accuracy or macro F1) improves and
+    ``model-timm.safetensors`` (timm keys) at the end.
 
     Its record (the best epoch and its metrics) travels in checkpoints (``state`` / ``load_state``), so that a
     resumed run does not replace ``model-best.pth`` with a worse epoch. ``report``: the prefix of metrics from the
     evaluation split measured beside held-out images (``report_prefix``); they are kept and logged, never chosen on.
     """
 
-    def __init__(self, run_dir: Path, model_config: dict[str, Any], extra: dict[str, Any], report: str = "") -> None:
+    def __init__(self, run_dir: Path, model_config: dict[str, Any], extra: dict[str, Any], report: str = "",
+                 select_by: str = "top1") -> None:
         self.run_dir, self.model_config, self.extra, self.report = run_dir, model_config, extra, report
-        self.best = float("-inf")
+        self.select_by = select_by
+        self.best = float("-inf")  # the best epoch's select_by
         self.epoch = 0
         self.metrics: dict[str, float] = {}
 
     def state(self) -> dict[str, Any]:
         """Its part of a checkpoint's task_state."""
-        return {"best": {"top1": self.best, "epoch": self.epoch, "metrics": dict(self.metrics)}}
+        return {"best": {"select_by": self.select_by, "value": self.best, "epoch": self.epoch,
+                         "metrics": dict(self.metrics)}}
 
     def load_state(self, task_state: dict[str, Any]) -> None:
         """From a checkpoint's task_state; one written before the record travelled has none, and the record
-        starts afresh."""
-        if "best" in task_state:
-            best = task_state["best"]
-            self.best, self.epoch, self.metrics = float(best["top1"]), int(best["epoch"]), dict(best["metrics"])
+        starts afresh. A run resumed with another ``select_by`` judges the best epoch so far by its own number of
+        that measure (epochs evaluated before it are not measured again)."""
+        if "best" not in task_state:
+            return
+        best = task_state["best"]
+        self.epoch, self.metrics = int(best["epoch"]), dict(best["metrics"])
+        chosen_by = best.get("select_by", "top1")  # records written before the choice had top-1 alone
+        self.best = float(best.get("value", best.get("top1")))
+        if chosen_by != self.select_by:
+            self.best = float(self.metrics.get(self.select_by, float("-inf")))
+            log.info("best epoch so far (%d) was chosen by %s; from now on by %s, which it measured %.2f", self.epoch,
+                     SELECT_BY[chosen_by], SELECT_BY[self.select_by], self.best)
 
     def update(self, sd: dict[str, torch.Tensor], metrics: dict[str, float], epoch: int, final: bool,
                write: bool = True) -> dict[str, float]:
         """The record updated with this epoch's ``metrics`` (on every rank alike), and the files written from the
         weights ``sd`` (whole, on the CPU) when ``write`` (the main rank)."""
-        improved = metrics["top1"] > self.best
+        improved = metrics[self.select_by] > self.best
         if improved:
-            self.best, self.epoch, self.metrics = metrics["top1"], epoch, dict(metrics)
+            self.best, self.epoch, self.metrics = metrics[self.select_by], epoch, dict(metrics)
         if improved and write:
             save_file({"model": sd, "model_config": self.model_config, "epoch": epoch, "metrics": metrics,
                        **self.extra}, self.run_dir / "model-best.pth")
@@ -128,7 +145,9 @@ class BestKeeper:
                       self.run_dir / "model-timm.safetensors",
                       metadata=weights_metadata(self.model_config, self.extra.get("normalization")))
             log.info("exported the final classifier in timm layout to %s", self.run_dir / "model-timm.safetensors")
-        out = {**metrics, "best_top1": self.best, "best_epoch": self.epoch}
+        out = {**metrics, "best_top1": self.metrics.get("top1", float("nan")), "best_epoch": self.epoch}
+        if self.select_by != "top1":
+            out[f"best_{self.select_by}"] = self.best
         if self.report:
             # nan: the best epoch was evaluated before data.report_eval_split was turned on (a resumed run)
             out[f"best_{self.report}top1"] = self.metrics.get(f"{self.report}top1", float("nan"))
@@ -152,6 +171,10 @@ def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module,
         log.info("epoch %d: held-out top-1 %.2f top-5 %.2f, %s top-1 %.2f (best held-out %.2f at epoch %d, whose "
                  "%s top-1 is %.2f)", epoch, out["top1"], out["top5"], split, out[f"{best.report}top1"],
                  out["best_top1"], out["best_epoch"], split, out[f"best_{best.report}top1"])
+    elif run.info.is_main and best.select_by != "top1":
+        name = SELECT_BY[best.select_by]
+        log.info("epoch %d: top-1 %.2f top-5 %.2f %s %.2f (best %s %.2f, epoch %d)", epoch, out["top1"], out["top5"],
+                 name, out[best.select_by], name, best.best, out["best_epoch"])
     elif run.info.is_main:
         log.info("epoch %d: top-1 %.2f top-5 %.2f (best %.2f, epoch %d)", epoch, out["top1"], out["top5"],
                  out["best_top1"], out["best_epoch"])

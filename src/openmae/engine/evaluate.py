@@ -156,15 +156,14 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     split = f"held-out part of '{d.train_split}'" if d.holdout else f"'{d.eval_split}'"
     view = " (flip test-time augmentation)" if e.tta == "flip" else ""
     log.info("%s on the %s split (%d images)%s: top-1 %.2f top-5 %.2f balanced accuracy %.2f macro F1 %.2f loss "
-             "%.4f", e.init, split, len(source), view, metrics["top1"], metrics["top5"], scores["balanced_accuracy"],
-             scores["macro_f1"], metrics["eval_loss"])
+             "%.4f", e.init, split, len(source), view, metrics["top1"], metrics["top5"], metrics["balanced_accuracy"],
+             metrics["macro_f1"], metrics["eval_loss"])
     log.info("  %-20s %7s %9s %6s %7s", "class", "top-1", "precision", "F1", "images")  # top-1 of a class: its recall
     for i, name in enumerate(names):
         precision, f1 = by_name["precision"][name], by_name["f1"][name]
         log.info("  %-20s %7.2f %9s %6s %7d", name, per_class[name], "-" if precision is None else f"{precision:.2f}",
                  "-" if f1 is None else f"{f1:.2f}", sum(confusion[i]))
-    result = {**metrics, "balanced_accuracy": scores["balanced_accuracy"], "macro_f1": scores["macro_f1"],
-              "tta": e.tta, "samples": len(source), "per_class_top1": per_class,
+    result = {**metrics, "tta": e.tta, "samples": len(source), "per_class_top1": per_class,
               "per_class_precision": by_name["precision"], "per_class_f1": by_name["f1"], "classes": names,
               "confusion": confusion}
     if not info.is_main:  # the main rank writes the files

@@ -71,7 +71,7 @@ class FinetuneTask:
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
                                {"num_classes": self.num_classes, "global_pool": f.global_pool,
                                 "normalization": stats_record(cfg.data), "classes": self.classes},
-                               report_prefix(cfg.data))
+                               report_prefix(cfg.data), f.select_by)
         if not cfg.data.holdout:
             log.info("evaluating on the '%s' split: model-best.pth is its best epoch, chosen on that split; report "
                      "the last epoch, or set data.holdout (with data.report_eval_split=true) to choose on held-out "

@@ -96,7 +96,7 @@ class LinprobeTask:
                                {"num_classes": self.num_classes, "mode": p.mode, "last_blocks": p.last_blocks,
                                 "pooling": p.pooling, "normalization": stats_record(cfg.data),
                                 "classes": self.classes},
-                               report_prefix(cfg.data))
+                               report_prefix(cfg.data), p.select_by)
         if p.mode == "cached":
             self.weights = weights_digest(self.classifier) if p.feature_cache else ""  # the kept features' key
             self.classifier.to(device)

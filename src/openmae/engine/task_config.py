@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from openmae.config import require
 from openmae.data.config import SHIFT_MODES, DataConfig, check_recipe
-from openmae.engine.config import PRECISIONS, ModelSection, TrainConfig
+from openmae.engine.config import PRECISIONS, SELECT_BY, ModelSection, TrainConfig
 from openmae.models.config import GLOBAL_POOL, POOLING
 
 
@@ -90,8 +90,11 @@ class FinetuneSection:
     model_ema_warmup: bool = True
     eval_batch_size: int = 256
     eval_every_epochs: int = 1
+    # what chooses model-best.pth's epoch: top1, or balanced_accuracy / macro_f1 (imbalanced classes)
+    select_by: str = "top1"
 
     def check(self) -> None:
+        require(self.select_by in SELECT_BY, "finetune.select_by", self.select_by, f"one of {list(SELECT_BY)}")
         require(self.global_pool in GLOBAL_POOL, "finetune.global_pool", self.global_pool, f"one of {GLOBAL_POOL}")
         require(0 <= self.drop_path < 1, "finetune.drop_path", self.drop_path, "in [0, 1)")
         require(0 < self.layer_decay <= 1, "finetune.layer_decay", self.layer_decay, "in (0, 1]")
@@ -141,8 +144,10 @@ class LinprobeSection:
     # cached mode: a folder where the features are kept, keyed by the encoder's weights, the images and the settings;
     # a later probe of the same (another learning rate, a resumed run) reads them instead of computing them again
     feature_cache: str = ""
+    select_by: str = "top1"  # as finetune.select_by
 
     def check(self) -> None:
+        require(self.select_by in SELECT_BY, "linprobe.select_by", self.select_by, f"one of {list(SELECT_BY)}")
         require(self.mode in ("online", "cached"), "linprobe.mode", self.mode, "online or cached")
         require(not self.feature_cache or self.mode == "cached", "linprobe.feature_cache", self.feature_cache,
                 "empty in online mode (an online probe computes features of augmented images at every step)")
