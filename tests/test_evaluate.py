@@ -2,6 +2,7 @@
 per-class accuracy and the confusion matrix agree with them; files that are not classifiers are refused by name."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,6 +59,9 @@ def test_evaluate_gives_the_numbers_the_fine_tuning_run_recorded(tmp_path, datas
     written = json.loads(json_out.read_text())
     assert printed["top1"] == written["top1"] == pytest.approx(out["top1"])
     assert written["confusion"] == out["confusion"]
+    # ROC-AUC (ten classes: under MAX_CLASSES): the mean of the classes' one-vs-rest AUCs
+    aucs = [v for v in written["per_class_auc"].values() if v is not None]
+    assert len(aucs) == 10 and written["roc_auc"] == pytest.approx(sum(aucs) / 10)
     # balanced accuracy: the mean of the per-class top-1 (recall) over the classes with images
     present = [v for v in out["per_class_top1"].values() if v == v]
     assert written["balanced_accuracy"] == pytest.approx(sum(present) / len(present))
@@ -282,3 +286,47 @@ def test_class_scores_of_a_confusion_matrix():
     never = class_scores([[3, 0], [2, 0]])  # everything predicted as class 0: top-1 60%, balanced 50%
     assert (never["balanced_accuracy"], never["macro_f1"]) == (50.0, pytest.approx(100 * (0.75 + 0) / 2))
     assert never["per_class_precision"] == [60.0, 0.0] and never["per_class_f1"] == [75.0, 0.0]
+
+
+def test_roc_auc_is_the_chance_a_positive_outranks_a_negative():
+    """ROC-AUC by average ranks equals its definition counted pair by pair (ties count half), on scores with many
+    ties; scikit-learn's documented example gives 0.75; a class without positives or negatives has none."""
+    import numpy as np
+
+    from openmae.eval.ranking import auc_scores, roc_auc
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        scores = rng.integers(0, 5, 40).astype(np.float32)
+        positive = rng.random(40) < 0.3
+        pos, neg = scores[positive], scores[~positive]
+        pairs = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
+        assert roc_auc(scores, positive) == pytest.approx(pairs / (len(pos) * len(neg)), abs=1e-12)
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True])) == 0.75
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.4, 0.0]])
+    out = auc_scores(probs, np.array([0, 1, 1]))  # class 2 has no images
+    assert out["per_class_auc"] == [100.0, 100.0, None] and out["roc_auc"] == 100.0
+
+
+def test_evaluate_writes_each_images_predictions(tmp_path, datasets):
+    """--predictions: a CSV row an image in the split's order, its class, the top-5 classes (most probable first)
+    and their probabilities; its 'correct' column gives top-1, its rows the confusion matrix."""
+    import csv
+
+    finetune(tiny_finetune(tmp_path, datasets, "train.epochs=1"))
+    out_csv = tmp_path / "predictions.csv"
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "model-best.pth"), "--data-root", str(datasets), *DATA,
+                 "-o", str(tmp_path / "eval.json"), "--predictions", str(out_csv)])
+    assert code == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == result["samples"] == 32
+    assert 100.0 * sum(int(r["correct"]) for r in rows) / 32 == pytest.approx(result["top1"])
+    names = result["classes"]
+    counted = [[0] * 10 for _ in names]
+    for r in rows:
+        counted[names.index(r["label"])][names.index(r["predicted"])] += 1
+        probs = [float(p) for p in r["top5_probabilities"].split()]
+        assert r["top5"].split()[0] == r["predicted"] and probs == sorted(probs, reverse=True)
+        assert float(r["probability"]) == probs[0] and Path(r["image"]).is_file()
+    assert counted == result["confusion"]

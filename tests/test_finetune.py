@@ -215,6 +215,13 @@ def test_select_by_chooses_model_best_by_balanced_accuracy_and_a_resume_may_chan
     keeper = BestKeeper(tmp_path, {}, {})
     keeper.load_state({"best": {"top1": 50.0, "epoch": 3, "metrics": {"top1": 50.0}}})  # a record of before
     assert (keeper.best, keeper.epoch) == (50.0, 3)
+    with pytest.raises(ValueError, match=r"select_by=roc_auc: the evaluation did not measure it \(ROC-AUC is "
+                                         r"measured for up to 100 classes\)"):
+        BestKeeper(tmp_path, {}, {}, select_by="roc_auc").update({}, {"top1": 1.0}, 1, False, write=False)
+
+    monkeypatch.undo()  # a real evaluation measures ROC-AUC (ten classes), and chooses by it
+    out = finetune(tiny_finetune(tmp_path / "auc", datasets, "train.epochs=1", "finetune.select_by=roc_auc"))
+    assert 0 <= out["roc_auc"] <= 100 and out["best_roc_auc"] == out["roc_auc"] and out["best_epoch"] == 1
     with pytest.raises(ConfigError, match="finetune.select_by"):
         tiny_finetune(tmp_path, datasets, "finetune.select_by=accuracy")
 

@@ -146,6 +146,8 @@ def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
         rest = [*rest, f"evaluate.output={args.json_out}"]
     if args.plot:
         rest = [*rest, f"evaluate.plot={args.plot}"]
+    if args.predictions:
+        rest = [*rest, f"evaluate.predictions={args.predictions}"]
     return _run_task(EvaluateConfig, "openmae.engine.evaluate:run_evaluate", args, rest, "evaluate.init")
 
 
@@ -311,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "model-last.pth / checkpoint-*.pth")
             p.add_argument("--out", "-o", dest="json_out", help="JSON file for every number (per class, confusion)")
             p.add_argument("--plot", help="PNG of the confusion matrix")
+            p.add_argument("--predictions", help="CSV of each image's class, top-5 predictions and probabilities")
         if name == "visualize":
             p.add_argument("images", nargs="*", help="image files and/or folders (or give data.name=... instead)")
             p.add_argument("--count", type=int, help="how many pictures: of a dataset (default 8), or of the files and "

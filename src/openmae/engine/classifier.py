@@ -25,6 +25,7 @@ from openmae.engine.distributed import DistInfo, gather_rows, part_of, same_buff
 from openmae.engine.loop import Run
 from openmae.eval.confusion import class_scores
 from openmae.eval.progress import reported
+from openmae.eval.ranking import MAX_CLASSES, auc_scores
 from openmae.models.vit import fold_bn_head
 
 log = logging.getLogger("openmae.classifier")
@@ -34,17 +35,21 @@ log = logging.getLogger("openmae.classifier")
 def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.dtype | None = None,
              confusion: bool = False, flip: bool = False,
              gather: Callable[[torch.Tensor], torch.Tensor] | None = None, what: str = "evaluation",
-             total: int | None = None) -> dict[str, Any]:
+             total: int | None = None, keep: bool = False) -> dict[str, Any]:
     """Top-1, top-5 (in percent) and mean cross-entropy over every batch; with ``confusion``, also the confusion
     matrix as ``confusion`` (a list of rows: true class, columns: predicted class). ``flip``: test-time
     augmentation, each image's class probabilities averaged with its horizontal mirror's (ranks and cross-entropy
     are then those of the averaged probabilities). ``gather``: the batches are this rank's part of the images
     (``openmae.engine.distributed.share_of``), and ``gather`` turns each rank's per-image results into all the
     images' (``gather_rows``): every rank returns the metrics of all. With ``total`` (the images of the batches), how
-    far it came is reported as ``what`` (:func:`openmae.eval.progress.reported`)."""
+    far it came is reported as ``what`` (:func:`openmae.eval.progress.reported`). Balanced accuracy and macro F1
+    always (:mod:`openmae.eval.confusion`); ROC-AUC up to ``MAX_CLASSES`` classes (:mod:`openmae.eval.ranking`; with
+    ``confusion``, each class's too). ``keep``: also each image's label, top-5 classes and their probabilities, in the
+    images' order (``labels``, ``top``, ``top_probs``: tensors)."""
     was_training = model.training
     model.eval()
-    labels_seen, tops, losses = [], [], []  # per image, on the device: one host sync at the end, not one a batch
+    # per image, on the device: one host sync at the end, not one a batch
+    labels_seen, tops, losses, top_probs, probs_seen = [], [], [], [], []
     with batches_of(batches) as each, contextlib.closing(reported(each, what, total)) as shown:
         for batch in shown:
             images, labels = batch.images.to(device, non_blocking=True), batch.labels.to(device)
@@ -58,10 +63,19 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
             tops.append(logits.topk(min(5, logits.shape[1]), dim=1).indices)  # (B, min(5, classes))
             labels_seen.append(labels)
             width = logits.shape[1]  # the classes
+            probs = logits.softmax(1) if keep or width <= MAX_CLASSES else None  # (B, classes)
+            if keep:
+                top_probs.append(probs.gather(1, tops[-1]))  # (B, min(5, classes))
+            if width <= MAX_CLASSES:
+                probs_seen.append(probs)
     model.train(was_training)
     labels, top, loss = torch.cat(labels_seen), torch.cat(tops), torch.cat(losses).double()
+    every_prob = torch.cat(probs_seen) if probs_seen else None  # (N, classes)
+    chosen_probs = torch.cat(top_probs) if keep else None  # (N, min(5, classes))
     if gather is not None:
         labels, top, loss = gather(labels), gather(top), gather(loss)
+        every_prob = gather(every_prob) if every_prob is not None else None
+        chosen_probs = gather(chosen_probs) if chosen_probs is not None else None
     total = labels.numel()
     n = width
     matrix = torch.bincount((labels * n + top[:, 0]).cpu(), minlength=n * n).view(n, n)  # (true, predicted)
@@ -70,8 +84,15 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
                            "top5": 100.0 * (top == labels[:, None]).any(1).sum().item() / total,
                            "eval_loss": loss.sum().item() / total,
                            "balanced_accuracy": scores["balanced_accuracy"], "macro_f1": scores["macro_f1"]}
+    if every_prob is not None:
+        auc = auc_scores(every_prob.cpu().numpy(), labels.cpu().numpy())
+        out["roc_auc"] = auc["roc_auc"]
+        if confusion:
+            out["per_class_auc"] = auc["per_class_auc"]
     if confusion:
         out["confusion"] = matrix.tolist()
+    if keep:
+        out.update(labels=labels.cpu(), top=top.cpu(), top_probs=chosen_probs.cpu())
     return out
 
 
@@ -132,6 +153,9 @@ class BestKeeper:
                write: bool = True) -> dict[str, float]:
         """The record updated with this epoch's ``metrics`` (on every rank alike), and the files written from the
         weights ``sd`` (whole, on the CPU) when ``write`` (the main rank)."""
+        if self.select_by not in metrics:  # ROC-AUC: measured up to MAX_CLASSES classes
+            raise ValueError(f"select_by={self.select_by}: the evaluation did not measure it (ROC-AUC is measured for "
+                             f"up to {MAX_CLASSES} classes); choose by top1, balanced_accuracy or macro_f1")
         improved = metrics[self.select_by] > self.best
         if improved:
             self.best, self.epoch, self.metrics = metrics[self.select_by], epoch, dict(metrics)
@@ -184,16 +208,18 @@ def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module,
 
 def evaluate_share(model: nn.Module, source: ImageSource, batches_for: Callable[[ImageSource], Iterable[Batch]],
                    device: torch.device, info: DistInfo, amp_dtype: torch.dtype | None = None, confusion: bool = False,
-                   flip: bool = False, what: str = "evaluation") -> dict[str, Any]:
+                   flip: bool = False, what: str = "evaluation", keep: bool = False) -> dict[str, Any]:
     """``evaluate`` over every image of ``source``, each rank of a torchrun job taking its part (``share_of``):
     ``batches_for(images)`` makes the batches of the images given. Every rank returns the metrics of all; how far
     it came is reported as ``what``."""
     if not info.enabled:
-        return evaluate(model, batches_for(source), device, amp_dtype, confusion, flip, what=what, total=len(source))
+        return evaluate(model, batches_for(source), device, amp_dtype, confusion, flip, what=what, total=len(source),
+                        keep=keep)
     same_buffers(model, info)  # one model measured: the main rank's (BatchNorm statistics)
     part = part_of(source, info)[0]
     return evaluate(model, batches_for(part), device, amp_dtype, confusion, flip,
-                    gather=functools.partial(gather_rows, count=len(source), info=info), what=what, total=len(part))
+                    gather=functools.partial(gather_rows, count=len(source), info=info), what=what, total=len(part),
+                    keep=keep)
 
 
 def labels_and_images(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,8 +19,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # train.precision also takes "auto"
 # what chooses a classifier's best epoch (model-best.pth): top-1, or a measure of imbalanced classes
-# (openmae.eval.confusion); each named as the log says it
-SELECT_BY = {"top1": "top-1", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1"}
+# (openmae.eval.confusion, openmae.eval.ranking); each named as the log says it
+SELECT_BY = {"top1": "top-1", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "roc_auc": "ROC-AUC"}
 
 
 def precision_dtype(name: str) -> torch.dtype | None:

@@ -4,6 +4,7 @@ matrix (the official code's ``--eval``, with the per-class view a user needs to 
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
@@ -117,6 +118,22 @@ def load_classifier(path: str, data: DataConfig | None = None, obj: Any = None, 
     return classifier, cfg
 
 
+def write_predictions(path: Path, source: ImageSource, names: list[str], labels: torch.Tensor, top: torch.Tensor,
+                      top_probs: torch.Tensor) -> None:
+    """A CSV row an image, in the split's order: the image (its file), its class, the predicted class and its
+    probability, whether it was right, and the top-5 classes with their probabilities (error analysis; a
+    ``data.name=csv`` list read back, or a spreadsheet)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["image", "label", "predicted", "probability", "correct", "top5", "top5_probabilities"])
+        for i in range(len(source)):
+            ranked = top[i].tolist()  # (k,) classes, most probable first
+            out.writerow([source.describe(i), names[int(labels[i])], names[ranked[0]], f"{float(top_probs[i, 0]):.6f}",
+                          int(ranked[0] == int(labels[i])), " ".join(names[c] for c in ranked),
+                          " ".join(f"{float(p):.6f}" for p in top_probs[i])])
+
+
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Top-1 / top-5 / mean cross-entropy of ``evaluate.init`` on ``data.eval_split`` (held-out images with
     ``data.holdout``), per-class accuracy and the confusion matrix (rows: true class, columns: predicted). Under
@@ -146,32 +163,40 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
         return eval_batches(d, d.eval_split, mae_cfg.img_size, mae_cfg.in_chans, e.batch_size, source=images)
 
     # under torchrun each rank measures its part of the images: the metrics of all on every rank
-    metrics = evaluate_share(model.to(device), source, batches_for, device, info, autocast_dtype(e.precision, device, hint=False),
-                             confusion=True, flip=e.tta == "flip", what=f"evaluation of the {d.eval_split} images")
+    metrics = evaluate_share(model.to(device), source, batches_for, device, info,
+                             autocast_dtype(e.precision, device, hint=False), confusion=True, flip=e.tta == "flip",
+                             what=f"evaluation of the {d.eval_split} images", keep=bool(e.predictions))
+    kept = {key: metrics.pop(key) for key in ("labels", "top", "top_probs") if key in metrics}
     confusion: list[list[int]] = metrics.pop("confusion")
     scores = class_scores(confusion)
     per_class = {name: (100.0 * row[i] / sum(row) if sum(row) else float("nan"))
                  for i, (name, row) in enumerate(zip(names, confusion))}
-    by_name = {key: dict(zip(names, scores[f"per_class_{key}"])) for key in ("precision", "f1")}
+    by_name = {key: dict(zip(names, values)) for key, values in (
+        ("precision", scores["per_class_precision"]), ("f1", scores["per_class_f1"]),
+        ("auc", metrics.pop("per_class_auc", [None] * classes)))}
     split = f"held-out part of '{d.train_split}'" if d.holdout else f"'{d.eval_split}'"
     view = " (flip test-time augmentation)" if e.tta == "flip" else ""
-    log.info("%s on the %s split (%d images)%s: top-1 %.2f top-5 %.2f balanced accuracy %.2f macro F1 %.2f loss "
+    auc = f" ROC-AUC {metrics['roc_auc']:.2f}" if "roc_auc" in metrics else ""
+    log.info("%s on the %s split (%d images)%s: top-1 %.2f top-5 %.2f balanced accuracy %.2f macro F1 %.2f%s loss "
              "%.4f", e.init, split, len(source), view, metrics["top1"], metrics["top5"], metrics["balanced_accuracy"],
-             metrics["macro_f1"], metrics["eval_loss"])
-    log.info("  %-20s %7s %9s %6s %7s", "class", "top-1", "precision", "F1", "images")  # top-1 of a class: its recall
+             metrics["macro_f1"], auc, metrics["eval_loss"])
+    shown = lambda v: "-" if v is None else f"{v:.2f}"
+    log.info("  %-20s %7s %9s %6s %6s %7s", "class", "top-1", "precision", "F1", "AUC", "images")  # top-1: recall
     for i, name in enumerate(names):
-        precision, f1 = by_name["precision"][name], by_name["f1"][name]
-        log.info("  %-20s %7.2f %9s %6s %7d", name, per_class[name], "-" if precision is None else f"{precision:.2f}",
-                 "-" if f1 is None else f"{f1:.2f}", sum(confusion[i]))
+        log.info("  %-20s %7.2f %9s %6s %6s %7d", name, per_class[name], shown(by_name["precision"][name]),
+                 shown(by_name["f1"][name]), shown(by_name["auc"][name]), sum(confusion[i]))
     result = {**metrics, "tta": e.tta, "samples": len(source), "per_class_top1": per_class,
-              "per_class_precision": by_name["precision"], "per_class_f1": by_name["f1"], "classes": names,
-              "confusion": confusion}
+              "per_class_precision": by_name["precision"], "per_class_f1": by_name["f1"],
+              "per_class_auc": by_name["auc"], "classes": names, "confusion": confusion}
     if not info.is_main:  # the main rank writes the files
         return result
     if e.output:
         Path(e.output).parent.mkdir(parents=True, exist_ok=True)
         Path(e.output).write_text(json.dumps(result, indent=1))
         log.info("wrote %s", e.output)
+    if e.predictions:
+        write_predictions(Path(e.predictions), source, names, **kept)
+        log.info("wrote %s (each image's class, top-5 predictions and their probabilities)", e.predictions)
     if e.plot:
         Path(e.plot).parent.mkdir(parents=True, exist_ok=True)
         confusion_plot(confusion, names, e.plot, f"{Path(e.init).name}: top-1 {metrics['top1']:.2f}% on {split}{view}")

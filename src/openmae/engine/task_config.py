@@ -90,7 +90,7 @@ class FinetuneSection:
     model_ema_warmup: bool = True
     eval_batch_size: int = 256
     eval_every_epochs: int = 1
-    # what chooses model-best.pth's epoch: top1, or balanced_accuracy / macro_f1 (imbalanced classes)
+    # what chooses model-best.pth's epoch: top1, or balanced_accuracy / macro_f1 / roc_auc (imbalanced classes)
     select_by: str = "top1"
 
     def check(self) -> None:
@@ -219,6 +219,7 @@ class EvaluateSection:
     device: str = "auto"
     output: str = ""  # a JSON file for every number (per-class accuracy and confusion matrix included)
     plot: str = ""  # a PNG of the confusion matrix (rows as percentages of each true class)
+    predictions: str = ""  # a CSV of each image's class, top-5 predictions and their probabilities
     # test-time augmentation: none, or flip (each image's class probabilities averaged with its mirror's; only
     # for classifiers trained with horizontal flips). Reported apart: fine-tuning's own numbers are single-view.
     tta: str = "none"
