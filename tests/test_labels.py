@@ -123,3 +123,16 @@ def test_what_a_list_lacks_is_said(tmp_path, datasets):
                                           "knn.init=x.pth"])
     with pytest.raises(ConfigError, match=r"data.path.*a CSV file of images and labels \(data.name=csv\)"):
         load_config(KnnConfig, overrides=["data.name=csv", "knn.init=x.pth"])
+
+
+def test_visualize_reads_the_images_a_list_names(tmp_path, datasets):
+    """`openmae visualize model.pth labels.csv`: the images it lists (every split), as files given one by one."""
+    photos = sorted((datasets / "cifar10" / "test" / "ship").iterdir())[:3]
+    listed = tmp_path / "labels.csv"
+    listed.write_text("path,label,split\n" + "".join(f"{p},ship,{s}\n" for p, s in zip(photos, ("train", "test",
+                                                                                                   "train"))))
+    model = openmae.create_model("mae_vit_debug_patch4_32")
+    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, tmp_path / "mae.pth")
+    proc = call_cli("visualize", "--checkpoint", str(tmp_path / "mae.pth"), str(listed), "-o", str(tmp_path / "pics"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == sorted(f"{p.stem}.png" for p in photos)

@@ -180,7 +180,7 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
         raise ConfigError("visualize needs a checkpoint with the decoder")
     check_bands(args.bands, model.cfg.in_chans)
     if args.images:
-        paths = image_paths(args.images, suffixes_for(data))
+        paths = image_paths(args.images, suffixes_for(data), data.csv_columns)
         if args.count is not None and args.count < len(paths):  # spread over the folders, not the first class's
             paths = [paths[i * len(paths) // args.count] for i in range(args.count)]
         written = visualize_files(model, paths, args.out, data, args.mask_ratio, args.seed, bands=tuple(args.bands))
@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--plot", help="PNG of the confusion matrix")
             p.add_argument("--predictions", help="CSV of each image's class, top-5 predictions and probabilities")
         if name == "visualize":
-            p.add_argument("images", nargs="*", help="image files and/or folders (or give data.name=... instead)")
+            p.add_argument("images", nargs="*",
+                           help="image files, folders and/or CSV lists of images (or give data.name=... instead)")
             p.add_argument("--count", type=int, help="how many pictures: of a dataset (default 8), or of the files and "
                            "folders given (default all; spread evenly over them)")
             p.add_argument("--out", "-o", default="reconstructions", help="folder for the PNGs")

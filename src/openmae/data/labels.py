@@ -107,6 +107,12 @@ def read_table(path: Path, cfg: DataConfig) -> Table:
     return _read(str(path), stat.st_size, stat.st_mtime_ns, tuple(cfg.csv_columns))
 
 
+def listed_files(path: Path, columns: tuple[str, ...] = ()) -> list[Path]:
+    """Every image a CSV list names, whatever its split (``openmae visualize labels.csv``)."""
+    table = read_table(path, DataConfig(name="csv", path=str(path), csv_columns=columns))
+    return [Path(os.path.join(table.folder, image)) for image in table.images]
+
+
 def has_splits(cfg: DataConfig) -> bool:
     """Whether the files say which images are for evaluation (a pattern, or a split column)."""
     files = csv_files(cfg)

@@ -8,11 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from openmae.data.arrays import band_stats
-from openmae.data.config import DataConfig
+from openmae.data.config import CSV_SUFFIXES, DataConfig
 from openmae.data.datasets import file_source, stats_for
 from openmae.data.draft import with_draft
 from openmae.data.folders import find_images
 from openmae.data.images import IMAGE_SUFFIXES, BadImageError
+from openmae.data.labels import listed_files
 from openmae.data.loader import SeededSamples
 from openmae.data.scans import suffix_of
 from openmae.data.transforms import eval_transform
@@ -23,13 +24,17 @@ from openmae.models.mae import MaskedAutoencoder
 log = logging.getLogger(__name__)
 
 
-def image_paths(inputs: list[str], suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
-    """The files named and those found in the folders named (with one of ``suffixes``)."""
+def image_paths(inputs: list[str], suffixes: tuple[str, ...] = IMAGE_SUFFIXES,
+                columns: tuple[str, ...] = ()) -> list[Path]:
+    """The files named, those found in the folders named (with one of ``suffixes``) and those a CSV list names
+    (:mod:`openmae.data.labels`; ``columns``: its ``data.csv_columns``)."""
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             paths += find_images(p, suffixes)
+        elif p.is_file() and p.suffix.lower() in CSV_SUFFIXES:
+            paths += listed_files(p, columns)
         elif p.is_file():
             paths.append(p)
         else:
