@@ -24,6 +24,16 @@ def test_knn_separable_is_perfect():
     assert knn_accuracy(train, train_labels, test, test_labels, 4, k=5)["knn_top1"] == 100.0
 
 
+def test_knn_balanced_accuracy_weighs_each_class_alike():
+    """Nine test images of class 0 and one of class 1, all found as class 0: top-1 90%, balanced accuracy 50% (the
+    rare class missed), macro F1 (94.7 + 0) / 2."""
+    train = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    test = torch.tensor([[1.0, 0.1]] * 10)
+    out = knn_accuracy(train, torch.tensor([0, 1]), test, torch.tensor([0] * 9 + [1]), 2, k=1)
+    assert (out["knn_top1"], out["knn_balanced_accuracy"]) == (90.0, 50.0)
+    assert out["knn_macro_f1"] == pytest.approx(100 * (18 / 19 + 0) / 2)
+
+
 def test_knn_hand_made_example():
     train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
     labels = torch.tensor([0, 0, 1])

@@ -118,4 +118,5 @@ def test_info_on_a_run_folder_says_where_the_run_stands(tmp_path, datasets, caps
     assert main(["info", "--json", str(run)]) == 0
     status = json.loads(capsys.readouterr().out)
     assert (status["state"], status["epoch"], status["step"], status["held_by"]) == ("finished", 3.0, 12, None)
-    assert set(status["evaluation"]) == {"knn_top1", "knn_top5"} and status["model_last"]
+    assert set(status["evaluation"]) == {"knn_top1", "knn_top5", "knn_balanced_accuracy", "knn_macro_f1"}
+    assert status["model_last"]

@@ -16,7 +16,8 @@ from openmae.engine.checkpoint import STOPPED, CheckpointManager
 from openmae.engine.logging import read_metrics
 from openmae.engine.run_lock import held_by
 
-EVALUATED = ("top", "knn", "eval", "best")  # how the keys an epoch's evaluation logs begin
+# how the keys an epoch's evaluation logs begin
+EVALUATED = ("top", "knn", "eval", "best", "balanced_accuracy", "macro_f1", "roc_auc")
 
 
 def is_run_folder(path: str | Path) -> bool:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from openmae.eval.confusion import class_scores
+
 log = logging.getLogger("openmae.knn")
 
 # the most one chunk's (m, N) similarity matrix takes (fp32): against ImageNet's 1.28 M training features a chunk of
@@ -136,13 +138,17 @@ def standardize(train_feats: torch.Tensor, *others: torch.Tensor) -> list[torch.
 def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                  test_labels: torch.Tensor, num_classes: int, k: int = 20, temperature: float = 0.07,
                  gather: Gather | None = None, device: torch.device | str | None = None) -> dict[str, float]:
-    """Top-1 (and top-5 when there are more than 5 classes) accuracy in percent (``gather``, ``device``: see
-    ``knn_predict``)."""
+    """Top-1 (and top-5 when there are more than 5 classes) accuracy, balanced accuracy and macro F1
+    (:mod:`openmae.eval.confusion`), in percent (``gather``, ``device``: see ``knn_predict``)."""
     scores = knn_predict(train_feats, train_labels, test_feats, num_classes, k, temperature, gather=gather,
                          device=device)
     test_labels = test_labels.cpu()
+    predicted = scores.argmax(1).cpu()
     # from the counts, as the grid's: a float32 mean printed 27.399998903274536 for 137 of 500
-    out = {"knn_top1": 100.0 * int((scores.argmax(1) == test_labels).sum()) / len(test_labels)}
+    out = {"knn_top1": 100.0 * int((predicted == test_labels).sum()) / len(test_labels)}
+    matrix = torch.bincount(test_labels * num_classes + predicted, minlength=num_classes ** 2)  # (true, predicted)
+    balance = class_scores(matrix.view(num_classes, num_classes).numpy())
+    out.update(knn_balanced_accuracy=balance["balanced_accuracy"], knn_macro_f1=balance["macro_f1"])
     if num_classes > 5:
         top5 = scores.topk(5, dim=1).indices
         out["knn_top5"] = 100.0 * int((top5 == test_labels[:, None]).any(1).sum()) / len(test_labels)
