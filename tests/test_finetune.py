@@ -211,6 +211,8 @@ def test_select_by_chooses_model_best_by_balanced_accuracy_and_a_resume_may_chan
                                      "finetune.select_by=balanced_accuracy"))
     assert out["best_epoch"] == 2 and "best epoch so far (1) was chosen by top-1; from now on by balanced accuracy, " \
                                       "which it measured 40.00" in caplog.text
+    assert "epoch 3: top-1 55.00 top-5 100.00 balanced accuracy 45.00 (best balanced accuracy 55.00, epoch 2)" \
+           in caplog.text  # the measure it chooses by, named
 
     keeper = BestKeeper(tmp_path, {}, {})
     keeper.load_state({"best": {"top1": 50.0, "epoch": 3, "metrics": {"top1": 50.0}}})  # a record of before

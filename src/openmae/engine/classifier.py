@@ -190,18 +190,17 @@ def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module,
     # whole weights on the main rank's CPU: a collective under FSDP, where each rank holds a part of every tensor
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     out = {**best.update(sd, metrics, epoch, final, write=run.info.is_main), **(extra or {})}
+    # the measure model-best.pth is chosen by, when it is not top-1: this epoch's, and the best's
+    chosen = "" if best.select_by == "top1" else f" {SELECT_BY[best.select_by]} {out[best.select_by]:.2f}"
+    best_of = f"{SELECT_BY[best.select_by]} " if chosen else ""
     if run.info.is_main and best.report:
         split = best.report[:-1]
-        log.info("epoch %d: held-out top-1 %.2f top-5 %.2f, %s top-1 %.2f (best held-out %.2f at epoch %d, whose "
-                 "%s top-1 is %.2f)", epoch, out["top1"], out["top5"], split, out[f"{best.report}top1"],
-                 out["best_top1"], out["best_epoch"], split, out[f"best_{best.report}top1"])
-    elif run.info.is_main and best.select_by != "top1":
-        name = SELECT_BY[best.select_by]
-        log.info("epoch %d: top-1 %.2f top-5 %.2f %s %.2f (best %s %.2f, epoch %d)", epoch, out["top1"], out["top5"],
-                 name, out[best.select_by], name, best.best, out["best_epoch"])
+        log.info("epoch %d: held-out top-1 %.2f top-5 %.2f%s, %s top-1 %.2f (best held-out %s%.2f at epoch %d, whose "
+                 "%s top-1 is %.2f)", epoch, out["top1"], out["top5"], chosen, split, out[f"{best.report}top1"],
+                 best_of, best.best, out["best_epoch"], split, out[f"best_{best.report}top1"])
     elif run.info.is_main:
-        log.info("epoch %d: top-1 %.2f top-5 %.2f (best %.2f, epoch %d)", epoch, out["top1"], out["top5"],
-                 out["best_top1"], out["best_epoch"])
+        log.info("epoch %d: top-1 %.2f top-5 %.2f%s (best %s%.2f, epoch %d)", epoch, out["top1"], out["top5"], chosen,
+                 best_of, best.best, out["best_epoch"])
     wait_for_main(run.info)
     return out
 

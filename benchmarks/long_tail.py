@@ -1,0 +1,92 @@
+"""Long-tailed classes from a CSV list: Fashion-MNIST's images written as PNG files, listed in one CSV file with a
+split column (`data.name=csv`), the training rows cut to a long tail (class c keeps 6000 x ratio^(-c/9) images:
+6000 down to 60 at ratio 100), the test rows all 10,000 (balanced: their top-1 is their balanced accuracy). A cached
+linear probe of an encoder (the demo's recipe) chooses model-best.pth on held-out (long-tailed) training images by
+top-1 or by balanced accuracy (`linprobe.select_by`), and reports the test split beside each epoch.
+
+    python benchmarks/long_tail.py --init runs/demo/pretrain/model-last.pth --out runs/long_tail   # minutes, 2 cores
+
+Prints, for each choice, the epoch chosen and its held-out and test numbers; writes <out>/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from openmae.config import load_config
+from openmae.data.datasets import default_root, read_idx
+from openmae.engine.linprobe import LinprobeConfig, linprobe
+from openmae.engine.logging import read_metrics
+
+CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+
+
+def write_list(root: Path, out: Path, ratio: float, seed: int) -> tuple[Path, dict[str, int]]:
+    """<out>/images/<split>/<index>.png and <out>/long_tail.csv (path, label, split); the training rows of class c are
+    a random 6000 x ratio^(-c/9) of its images."""
+    rng = np.random.default_rng(seed)
+    rows, kept = [], {}
+    for split, stem in (("train", "train"), ("test", "t10k")):
+        images = read_idx(next(root.glob(f"{stem}-images-idx3-ubyte*")))
+        labels = read_idx(next(root.glob(f"{stem}-labels-idx1-ubyte*")))
+        folder = out / "images" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for c, name in enumerate(CLASSES):
+            index = np.flatnonzero(labels == c)
+            if split == "train":
+                index = np.sort(rng.choice(index, round(len(index) * ratio ** (-c / (len(CLASSES) - 1))), replace=False))
+                kept[name] = len(index)
+            for i in index:
+                png = folder / f"{i:05d}.png"
+                if not png.exists():
+                    Image.fromarray(images[i]).save(png)
+                rows.append(f"images/{split}/{i:05d}.png,{name},{split}\n")
+    listed = out / "long_tail.csv"
+    listed.write_text("path,label,split\n" + "".join(rows))
+    return listed, kept
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--init", required=True, help="the encoder to probe (e.g. the demo's model-last.pth)")
+    parser.add_argument("--out", default="runs/long_tail")
+    parser.add_argument("--data-root", default=str(default_root()))
+    parser.add_argument("--ratio", type=float, default=100.0, help="the largest class's images over the smallest's")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out = Path(args.out)
+    listed, kept = write_list(Path(args.data_root) / "fashion-mnist", out, args.ratio, args.seed)
+    print(f"[long_tail] {listed}: training images per class {kept} ({sum(kept.values())} in all)")
+    logging.getLogger("openmae.train").setLevel(logging.WARNING)
+    results = {"kept": kept}
+    for select_by in ("top1", "balanced_accuracy"):
+        run = out / f"select_{select_by}"
+        linprobe(load_config(LinprobeConfig, overrides=[
+            "data.name=csv", f"data.path={listed}", "data.holdout=0.1", "data.report_eval_split=true",
+            f"linprobe.init={args.init}", "linprobe.mode=cached", "linprobe.pooling=mean", f"linprobe.select_by={select_by}",
+            f"train.epochs={args.epochs}", "train.warmup_epochs=2", "train.batch_size=256", "train.optimizer=adamw",
+            "train.lr=1e-3", "train.betas=[0.9,0.999]", "train.progress=false", "train.tensorboard=false",
+            "train.overwrite=true", f"train.seed={args.seed}", f"train.output_dir={run}"]))
+        evals = [r for r in read_metrics(run / "metrics.jsonl") if "top1" in r]
+        chosen = next(r for r in evals if r["epoch"] == evals[-1]["best_epoch"])
+        keys = ("top1", "balanced_accuracy", "macro_f1", "roc_auc")
+        results[select_by] = {"epoch": chosen["epoch"], "held_out": {k: chosen[k] for k in keys},
+                              "test": {k: chosen[f"test_{k}"] for k in keys},
+                              "last_epoch_test": {k: evals[-1][f"test_{k}"] for k in keys}}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print("\nchosen by          epoch  held-out top-1  held-out balanced  test top-1 (= balanced)  test macro F1  test AUC")
+    for select_by in ("top1", "balanced_accuracy"):
+        r = results[select_by]
+        print(f"{select_by:<18} {r['epoch']:5d}  {r['held_out']['top1']:14.2f}  {r['held_out']['balanced_accuracy']:17.2f}"
+              f"  {r['test']['top1']:23.2f}  {r['test']['macro_f1']:13.2f}  {r['test']['roc_auc']:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
