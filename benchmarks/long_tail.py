@@ -2,7 +2,8 @@
 split column (`data.name=csv`), the training rows cut to a long tail (class c keeps 6000 x ratio^(-c/9) images:
 6000 down to 60 at ratio 100), the test rows all 10,000 (balanced: their top-1 is their balanced accuracy). A cached
 linear probe of an encoder (the demo's recipe) chooses model-best.pth on held-out (long-tailed) training images by
-top-1 or by balanced accuracy (`linprobe.select_by`), and reports the test split beside each epoch.
+top-1 or by balanced accuracy (`linprobe.select_by`), and reports the test split beside each epoch; the control
+probes as many training images, as many of each class (<out>/balanced.csv).
 
     python benchmarks/long_tail.py --init runs/demo/pretrain/model-last.pth --out runs/long_tail   # minutes, 2 cores
 
@@ -27,9 +28,9 @@ from openmae.engine.logging import read_metrics
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 
 
-def write_list(root: Path, out: Path, ratio: float, seed: int) -> tuple[Path, dict[str, int]]:
+def write_list(root: Path, out: Path, ratio: float, seed: int, even: int = 0) -> tuple[Path, dict[str, int]]:
     """<out>/images/<split>/<index>.png and <out>/long_tail.csv (path, label, split); the training rows of class c are
-    a random 6000 x ratio^(-c/9) of its images."""
+    a random 6000 x ratio^(-c/9) of its images (``even``: that many of each class instead, <out>/balanced.csv)."""
     rng = np.random.default_rng(seed)
     rows, kept = [], {}
     for split, stem in (("train", "train"), ("test", "t10k")):
@@ -40,14 +41,15 @@ def write_list(root: Path, out: Path, ratio: float, seed: int) -> tuple[Path, di
         for c, name in enumerate(CLASSES):
             index = np.flatnonzero(labels == c)
             if split == "train":
-                index = np.sort(rng.choice(index, round(len(index) * ratio ** (-c / (len(CLASSES) - 1))), replace=False))
+                count = even or round(len(index) * ratio ** (-c / (len(CLASSES) - 1)))
+                index = np.sort(rng.choice(index, count, replace=False))
                 kept[name] = len(index)
             for i in index:
                 png = folder / f"{i:05d}.png"
                 if not png.exists():
                     Image.fromarray(images[i]).save(png)
                 rows.append(f"images/{split}/{i:05d}.png,{name},{split}\n")
-    listed = out / "long_tail.csv"
+    listed = out / ("balanced.csv" if even else "long_tail.csv")
     listed.write_text("path,label,split\n" + "".join(rows))
     return listed, kept
 
@@ -65,12 +67,16 @@ def main() -> None:
     listed, kept = write_list(Path(args.data_root) / "fashion-mnist", out, args.ratio, args.seed)
     print(f"[long_tail] {listed}: training images per class {kept} ({sum(kept.values())} in all)")
     logging.getLogger("openmae.train").setLevel(logging.WARNING)
-    results = {"kept": kept}
-    for select_by in ("top1", "balanced_accuracy"):
+    # the control: as many training images, as many of each class
+    balanced, _ = write_list(Path(args.data_root) / "fashion-mnist", out, args.ratio, args.seed,
+                             even=sum(kept.values()) // len(CLASSES))
+    results: dict = {"kept": kept}
+    for select_by, images in (("top1", listed), ("balanced_accuracy", listed), ("control", balanced)):
         run = out / f"select_{select_by}"
+        chooser = "top1" if select_by == "control" else select_by
         linprobe(load_config(LinprobeConfig, overrides=[
-            "data.name=csv", f"data.path={listed}", "data.holdout=0.1", "data.report_eval_split=true",
-            f"linprobe.init={args.init}", "linprobe.mode=cached", "linprobe.pooling=mean", f"linprobe.select_by={select_by}",
+            "data.name=csv", f"data.path={images}", "data.holdout=0.1", "data.report_eval_split=true",
+            f"linprobe.init={args.init}", "linprobe.mode=cached", "linprobe.pooling=mean", f"linprobe.select_by={chooser}",
             f"train.epochs={args.epochs}", "train.warmup_epochs=2", "train.batch_size=256", "train.optimizer=adamw",
             "train.lr=1e-3", "train.betas=[0.9,0.999]", "train.progress=false", "train.tensorboard=false",
             "train.overwrite=true", f"train.seed={args.seed}", f"train.output_dir={run}"]))
@@ -82,7 +88,7 @@ def main() -> None:
                               "last_epoch_test": {k: evals[-1][f"test_{k}"] for k in keys}}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print("\nchosen by          epoch  held-out top-1  held-out balanced  test top-1 (= balanced)  test macro F1  test AUC")
-    for select_by in ("top1", "balanced_accuracy"):
+    for select_by in ("top1", "balanced_accuracy", "control"):  # control: balanced training images, by top-1
         r = results[select_by]
         print(f"{select_by:<18} {r['epoch']:5d}  {r['held_out']['top1']:14.2f}  {r['held_out']['balanced_accuracy']:17.2f}"
               f"  {r['test']['top1']:23.2f}  {r['test']['macro_f1']:13.2f}  {r['test']['roc_auc']:8.2f}")
