@@ -2,8 +2,9 @@
 split column (`data.name=csv`), the training rows cut to a long tail (class c keeps 6000 x ratio^(-c/9) images:
 6000 down to 60 at ratio 100), the test rows all 10,000 (balanced: their top-1 is their balanced accuracy). A cached
 linear probe of an encoder (the demo's recipe) chooses model-best.pth on held-out (long-tailed) training images by
-top-1 or by balanced accuracy (`linprobe.select_by`), and reports the test split beside each epoch; the control
-probes as many training images, as many of each class (<out>/balanced.csv).
+top-1 or by balanced accuracy (`linprobe.select_by`), and reports the test split beside each epoch; "sampling" draws
+the long tail class-balanced (`data.balance=classes`); the control probes as many training images, as many of each
+class (<out>/balanced.csv).
 
     python benchmarks/long_tail.py --init runs/demo/pretrain/model-last.pth --out runs/long_tail   # minutes, 2 cores
 
@@ -71,11 +72,14 @@ def main() -> None:
     balanced, _ = write_list(Path(args.data_root) / "fashion-mnist", out, args.ratio, args.seed,
                              even=sum(kept.values()) // len(CLASSES))
     results: dict = {"kept": kept}
-    for select_by, images in (("top1", listed), ("balanced_accuracy", listed), ("control", balanced)):
+    variants = (("top1", listed, "none"), ("balanced_accuracy", listed, "none"),
+                ("sampling", listed, "classes"), ("control", balanced, "none"))
+    for select_by, images, balance in variants:
         run = out / f"select_{select_by}"
-        chooser = "top1" if select_by == "control" else select_by
+        chooser = {"control": "top1", "sampling": "balanced_accuracy"}.get(select_by, select_by)
         linprobe(load_config(LinprobeConfig, overrides=[
-            "data.name=csv", f"data.path={images}", "data.holdout=0.1", "data.report_eval_split=true",
+            "data.name=csv", f"data.path={images}", f"data.balance={balance}", "data.holdout=0.1",
+            "data.report_eval_split=true",
             f"linprobe.init={args.init}", "linprobe.mode=cached", "linprobe.pooling=mean", f"linprobe.select_by={chooser}",
             f"train.epochs={args.epochs}", "train.warmup_epochs=2", "train.batch_size=256", "train.optimizer=adamw",
             "train.lr=1e-3", "train.betas=[0.9,0.999]", "train.progress=false", "train.tensorboard=false",
@@ -88,7 +92,9 @@ def main() -> None:
                               "last_epoch_test": {k: evals[-1][f"test_{k}"] for k in keys}}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print("\nchosen by          epoch  held-out top-1  held-out balanced  test top-1 (= balanced)  test macro F1  test AUC")
-    for select_by in ("top1", "balanced_accuracy", "control"):  # control: balanced training images, by top-1
+    # sampling: the long tail drawn class-balanced (data.balance=classes), chosen by balanced accuracy; control: as
+    # many training images with no tail, chosen by top-1
+    for select_by in ("top1", "balanced_accuracy", "sampling", "control"):
         r = results[select_by]
         print(f"{select_by:<18} {r['epoch']:5d}  {r['held_out']['top1']:14.2f}  {r['held_out']['balanced_accuracy']:17.2f}"
               f"  {r['test']['top1']:23.2f}  {r['test']['macro_f1']:13.2f}  {r['test']['roc_auc']:8.2f}")

@@ -238,6 +238,36 @@ def test_sampler_splits_global_batch_and_resumes():
         ResumableSampler(100, 64, world_size=2)
 
 
+def test_class_balanced_sampling_draws_every_class_alike_and_resumes_exactly(caplog):
+    """data.balance=classes: an epoch of a 100:10:1 long tail draws its 1,110 items with replacement, the three
+    classes about a third each; an item drawn twice gets two seeds (two crops); a mid-epoch start and two ranks draw
+    the epoch's own items; images without labels are refused."""
+    from openmae.data.loader import class_balanced
+
+    labels = np.repeat([0, 1, 2], [1000, 100, 10])
+    with caplog.at_level(logging.INFO, logger="openmae.data"):
+        weights = class_balanced(labels, ["common", "middle", "rare"])
+    assert "each epoch draws its 1110 images with replacement, the 3 classes alike: the rarest (rare, 10 images) " \
+           "each about 37.0 times an epoch" in caplog.text
+    s = ResumableSampler(1110, 10, seed=1, weights=weights)
+    s.set_position(0)
+    drawn = list(s)
+    shares = np.bincount(labels[[i for i, _ in drawn]], minlength=3) / len(drawn)
+    assert np.all(np.abs(shares - 1 / 3) < 0.05), shares  # unbalanced: 0.90 / 0.09 / 0.009
+    assert len({seed for _, seed in drawn}) == len(drawn) > len({i for i, _ in drawn})  # repeats, each its own seed
+    s.set_position(0, start_batch=40)
+    assert list(s) == drawn[400:]
+    ranks = [ResumableSampler(1110, 5, seed=1, rank=r, world_size=2, weights=weights) for r in range(2)]
+    for r in ranks:
+        r.set_position(0)
+    halves = [list(r) for r in ranks]
+    assert sorted(halves[0] + halves[1]) == sorted(drawn)
+    s.set_position(1)
+    assert list(s) != drawn  # each epoch its own draw
+    with pytest.raises(ValueError, match="these images have no labels .* set data.balance=none"):
+        class_balanced(np.full(10, -1))
+
+
 def test_sampler_spanning_epochs_equals_the_epochs_one_by_one():
     """One iterator over several epochs (what the training loop uses, so the loader's workers run on across an
     epoch boundary) yields exactly the single epochs' (index, seed) pairs in turn, from a mid-epoch start,

@@ -136,3 +136,44 @@ def test_visualize_reads_the_images_a_list_names(tmp_path, datasets):
     proc = call_cli("visualize", "--checkpoint", str(tmp_path / "mae.pth"), str(listed), "-o", str(tmp_path / "pics"))
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == sorted(f"{p.stem}.png" for p in photos)
+
+
+def test_balanced_sampling_reaches_fine_tuning_and_cached_probes(tmp_path, datasets, caplog):
+    """data.balance=classes on a long-tailed list (8 : 4 : 2 images): fine-tuning's epochs and a cached probe's
+    draw the classes alike (each run logs the draw); a pretraining list without labels is refused."""
+    import logging
+
+    import numpy as np
+    from test_finetune import tiny_finetune
+
+    from openmae.engine.distributed import ONE_PROCESS
+    from openmae.engine.finetune import FinetuneTask
+    from openmae.engine.linprobe import LinprobeConfig, linprobe
+
+    folders = class_folders(tmp_path, datasets)
+    table = [(path, name, "train") for name, count in zip(CLASSES, (8, 4, 2))
+             for path in sorted((folders / "train" / name).iterdir())[:count]]
+    table += [(path, path.parent.name, "test") for path in sorted((folders / "test").rglob("*.jpg"))]
+    listed = tmp_path / "tail.csv"
+    listed.write_text("path,label,split\n" + "".join(f"{p},{c},{s}\n" for p, c, s in table))
+    data = ["data.name=csv", f"data.path={listed}", "data.max_samples=0", "data.balance=classes"]
+    task = FinetuneTask(tiny_finetune(tmp_path / "ft", datasets, *data, "train.batch_size=2"), torch.device("cpu"))
+    samples, sampler = task.train_data(ONE_PROCESS)
+    sampler.set_position(0, end_epoch=50)
+    labels = np.array([samples.source.file(i)[1] for i, _ in sampler])
+    assert np.bincount(labels, minlength=3) / len(labels) == pytest.approx([1 / 3] * 3, abs=0.05)
+    with caplog.at_level(logging.INFO, logger="openmae.data"):
+        linprobe(load_config(LinprobeConfig, overrides=[
+            "model.name=mae_vit_debug_patch4_32", *data, "linprobe.mode=cached", "train.epochs=1",
+            "train.warmup_epochs=0", "train.batch_size=2", "train.progress=false", "train.tensorboard=false",
+            f"train.output_dir={tmp_path / 'probe'}"]))
+    assert "each epoch draws its 14 images with replacement, the 3 classes alike: the rarest (ship, 2 images)" \
+           in caplog.text
+    paths = tmp_path / "paths.csv"
+    paths.write_text("".join(f"{p}\n" for p, _, _ in table))
+    with pytest.raises(ValueError, match="these images have no labels"):
+        from openmae.engine.pretrain import PretrainConfig, pretrain
+
+        pretrain(load_config(PretrainConfig, overrides=[
+            "model.name=mae_vit_debug_patch4_32", "data.name=csv", f"data.path={paths}", "data.balance=classes",
+            "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=2", f"train.output_dir={tmp_path / 'pre'}"]))

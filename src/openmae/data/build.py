@@ -14,7 +14,15 @@ from openmae.data.datasets import ImageSource, build_source, stats_for
 from openmae.data.device import DeviceAugment, PlanCrops
 from openmae.data.draft import with_draft
 from openmae.data.labels import LABEL_COLUMNS, SPLIT_COLUMNS, class_names, has_splits
-from openmae.data.loader import Batch, ResumableSampler, SeededSamples, end_workers, make_loader, probe_source
+from openmae.data.loader import (
+    Batch,
+    ResumableSampler,
+    SeededSamples,
+    class_balanced,
+    end_workers,
+    make_loader,
+    probe_source,
+)
 from openmae.data.transforms import eval_transform, pretrain_transform
 from openmae.data.volumes import FileVolumes
 
@@ -160,7 +168,10 @@ def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, bat
     if cfg.repeat > 1:  # a small folder: longer epochs, so that per-epoch costs (loader refill, logging) amortise
         source = SourceView.repeated(source, cfg.repeat)
     mean, std = stats_for(cfg, channels)
-    sampler = ResumableSampler(len(source), batch_size, seed, shuffle=True, rank=rank, world_size=world_size)
+    weights = (class_balanced([source.file(i)[1] for i in range(len(source))], list(source.classes))
+               if cfg.balance == "classes" else None)
+    sampler = ResumableSampler(len(source), batch_size, seed, shuffle=True, rank=rank, world_size=world_size,
+                               weights=weights)
     if cfg.device_augment:
         plan = PlanCrops(img_size, cfg.crop_scale, cfg.hflip, channels, cfg.device_decode, cfg.jpeg_draft,
                          cfg.reads_arrays)

@@ -10,6 +10,7 @@ from openmae.data.survey import NORMS
 
 NAMED = ("cifar10", "cifar100", "fashion-mnist", "mnist", "stl10")
 KINDS = NAMED + ("folder", "imagefolder", "csv")
+BALANCE = ("none", "classes")  # data.balance: how a training epoch draws its images
 CSV_SUFFIXES = (".csv", ".tsv")  # what --data names as a list of images and labels (data.name=csv)
 FORMATS = ("image", "array", "volume")
 PLANES = ("axial", "coronal", "sagittal")
@@ -102,6 +103,9 @@ class DataConfig:
     max_image_pixels: int = 0
     max_samples: int = 0
     repeat: int = 1  # training epochs go over the (limited) training images this many times
+    # classes: each training epoch draws its images with replacement, every class alike (long-tailed labelled data;
+    # as many images an epoch as before); none: every image once an epoch
+    balance: str = "none"
     max_eval_samples: int = 0
     holdout: float = 0.0
     holdout_seed: int = 0
@@ -127,6 +131,7 @@ class DataConfig:
         require(self.name not in needs or bool(self.path), "data.path", self.path,
                 f"{needs.get(self.name)} (data.name={self.name}): give it with --data <folder or file.csv> (or "
                 "data.path=...), or name a dataset, e.g. --data-root <datasets> data.name=cifar10")
+        require(self.balance in BALANCE, "data.balance", self.balance, f"one of {list(BALANCE)}")
         require(len(self.csv_columns) in (0, 2, 3), "data.csv_columns", self.csv_columns,
                 "[image column, label column] or [image, label, split] (data.name=csv), or [] to read them from the "
                 "header")

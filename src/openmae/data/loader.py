@@ -45,8 +45,10 @@ class ResumableSampler(Sampler):
     """
 
     def __init__(self, size: int, batch_size: int, seed: int = 0, shuffle: bool = True, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = True) -> None:
+                 world_size: int = 1, drop_last: bool = True, weights: torch.Tensor | None = None) -> None:
         self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
+        # (size,) each item's chance to be drawn: an epoch's ``size`` items drawn with replacement (data.balance)
+        self.weights = weights
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch, self.start_batch, self.end_epoch = 0, 0, 1
         self.batches: int | None = None  # batches taken from each epoch (None: all)
@@ -77,7 +79,10 @@ class ResumableSampler(Sampler):
 
     def epoch_indices(self, epoch: int, start_batch: int = 0) -> list[int]:
         """This rank's sample indices of ``epoch`` from batch ``start_batch`` on."""
-        if self.shuffle:
+        if self.weights is not None:  # from the epoch's own seed, as a permutation: a resume draws the same
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=gen).tolist()
+        elif self.shuffle:
             gen = torch.Generator().manual_seed(self.seed + epoch)
             order = torch.randperm(self.size, generator=gen).tolist()
         else:
@@ -95,14 +100,39 @@ class ResumableSampler(Sampler):
             return self.batches_per_epoch * self.batch_size
         return math.ceil(self.size / self.world_size)  # the order is padded to a multiple of the world size
 
+    def draws(self, epoch: int, start_batch: int = 0) -> list[int]:
+        """With ``weights``: this rank's positions in the epoch's draw from batch ``start_batch`` on, which seed each
+        drawn item's augmentation (an image drawn twice in an epoch is cropped twice, not copied)."""
+        return list(range(self.rank, self.size, self.world_size))[start_batch * self.batch_size : self._end()]
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for epoch in range(self.epoch, self.end_epoch):
-            for index in self.epoch_indices(epoch, self.start_batch if epoch == self.epoch else 0):
-                yield index, sample_seed(self.seed, epoch, index)
+            start = self.start_batch if epoch == self.epoch else 0
+            indices = self.epoch_indices(epoch, start)
+            keys = self.draws(epoch, start) if self.weights is not None else indices
+            for index, key in zip(indices, keys, strict=True):
+                yield index, sample_seed(self.seed, epoch, key)
 
     def __len__(self) -> int:  # arithmetic: drawing every epoch's order here would cost a permutation each
         first = max(0, self._end() - self.start_batch * self.batch_size)
         return first + (self.end_epoch - self.epoch - 1) * self._end()
+
+
+def class_balanced(labels: np.ndarray | torch.Tensor, classes: list[str] | None = None) -> torch.Tensor:
+    """(N,) chances that make every class of ``labels`` (N,) equally likely (``data.balance=classes``), and the log
+    says how often the rarest class's images are then seen."""
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if len(labels) and int(labels.min()) < 0:
+        raise ValueError("data.balance=classes draws every class alike, but these images have no labels (a folder "
+                         "or list without them); set data.balance=none")
+    counts = torch.bincount(labels)
+    present = counts > 0
+    rarest = int(torch.where(present, counts, counts.max() + 1).argmin())
+    name = classes[rarest] if classes and rarest < len(classes) else str(rarest)
+    log.info("data.balance=classes: each epoch draws its %d images with replacement, the %d classes alike: the "
+             "rarest (%s, %d images) each about %.1f times an epoch", len(labels), int(present.sum()), name,
+             int(counts[rarest]), len(labels) / int(present.sum()) / int(counts[rarest]))
+    return (1.0 / counts.double())[labels]
 
 
 class SeededSamples(Dataset):

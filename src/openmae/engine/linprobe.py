@@ -17,7 +17,7 @@ import torch.nn as nn
 from openmae.config import to_dict
 from openmae.data.build import SourceView, eval_batches, report_source, split_sources, train_dataset
 from openmae.data.datasets import ImageSource, keep_stats
-from openmae.data.loader import Batch, ResumableSampler, SeededSamples
+from openmae.data.loader import Batch, ResumableSampler, SeededSamples, class_balanced
 from openmae.data.normalization import stats_record
 from openmae.engine.classifier import (
     BestKeeper,
@@ -151,8 +151,9 @@ class LinprobeTask:
     def train_data(self, info: DistInfo):
         d, m, t = self.cfg.data, self.mae_cfg, self.cfg.train
         if self.cfg.linprobe.mode == "cached":
+            weights = class_balanced(self.train_feats[1], self.classes) if d.balance == "classes" else None
             sampler = ResumableSampler(len(self.train_feats[0]), t.batch_size, t.seed, rank=info.rank,
-                                       world_size=info.world_size)
+                                       world_size=info.world_size, weights=weights)
             return SeededSamples(FeatureSource(*self.train_feats), _identity, seeded=False), sampler
         return train_dataset(d, m.img_size, m.in_chans, t.batch_size, t.seed, info.rank, info.world_size,
                              source=self.train_source)
