@@ -142,12 +142,8 @@ def cmd_knn(args: argparse.Namespace, rest: list[str]) -> int:
 
 @command("evaluate", "accuracy of a fine-tuned classifier (or online probe) on a split: top-1/5, per class, confusion")
 def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
-    if args.json_out:
-        rest = [*rest, f"evaluate.output={args.json_out}"]
-    if args.plot:
-        rest = [*rest, f"evaluate.plot={args.plot}"]
-    if args.predictions:
-        rest = [*rest, f"evaluate.predictions={args.predictions}"]
+    for flag, key in (("json_out", "output"), ("plot", "plot"), ("predictions", "predictions")):
+        rest = [*rest, f"evaluate.{key}={getattr(args, flag)}"] if getattr(args, flag) else rest
     return _run_task(EvaluateConfig, "openmae.engine.evaluate:run_evaluate", args, rest, "evaluate.init")
 
 
