@@ -217,6 +217,10 @@ def test_select_by_chooses_model_best_by_balanced_accuracy_and_a_resume_may_chan
     keeper = BestKeeper(tmp_path, {}, {})
     keeper.load_state({"best": {"top1": 50.0, "epoch": 3, "metrics": {"top1": 50.0}}})  # a record of before
     assert (keeper.best, keeper.epoch) == (50.0, 3)
+    nan = BestKeeper(tmp_path, {}, {}, select_by="roc_auc")  # one class in the split: no AUC, the first epoch kept
+    nan.update({}, {"roc_auc": float("nan")}, 1, False, write=False)
+    nan.update({}, {"roc_auc": float("nan")}, 2, False, write=False)
+    assert nan.epoch == 1
     with pytest.raises(ValueError, match=r"select_by=roc_auc: the evaluation did not measure it \(ROC-AUC is "
                                          r"measured for up to 100 classes\)"):
         BestKeeper(tmp_path, {}, {}, select_by="roc_auc").update({}, {"top1": 1.0}, 1, False, write=False)

@@ -156,9 +156,11 @@ class BestKeeper:
         if self.select_by not in metrics:  # ROC-AUC: measured up to MAX_CLASSES classes
             raise ValueError(f"select_by={self.select_by}: the evaluation did not measure it (ROC-AUC is measured for "
                              f"up to {MAX_CLASSES} classes); choose by top1, balanced_accuracy or macro_f1")
-        improved = metrics[self.select_by] > self.best
+        value = metrics[self.select_by]
+        # nan (no class with images of both kinds for ROC-AUC): never an improvement, but the first evaluation is kept
+        improved = value > self.best or self.epoch == 0
         if improved:
-            self.best, self.epoch, self.metrics = metrics[self.select_by], epoch, dict(metrics)
+            self.best, self.epoch, self.metrics = value, epoch, dict(metrics)
         if improved and write:
             save_file({"model": sd, "model_config": self.model_config, "epoch": epoch, "metrics": metrics,
                        **self.extra}, self.run_dir / "model-best.pth")
