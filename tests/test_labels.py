@@ -177,3 +177,21 @@ def test_balanced_sampling_reaches_fine_tuning_and_cached_probes(tmp_path, datas
         pretrain(load_config(PretrainConfig, overrides=[
             "model.name=mae_vit_debug_patch4_32", "data.name=csv", f"data.path={paths}", "data.balance=classes",
             "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=2", f"train.output_dir={tmp_path / 'pre'}"]))
+
+
+def test_pretraining_on_a_list_without_a_test_split_shows_its_training_images(tmp_path, datasets):
+    """The reconstruction pictures show the evaluation split's images where the list has them; a list of training
+    images only (a {split} pattern with no test file, a split column without test rows) shows training images
+    instead of failing at the first epoch's end."""
+    from openmae.engine.pretrain import PretrainConfig, pretrain
+
+    photos = sorted((datasets / "cifar10" / "test" / "cat").iterdir())[:8]
+    (tmp_path / "train.csv").write_text("path,label\n" + "".join(f"{p},cat\n" for p in photos))
+    (tmp_path / "split.csv").write_text("path,label,split\n" + "".join(f"{p},cat,train\n" for p in photos))
+    for path in (tmp_path / "{split}.csv", tmp_path / "split.csv"):
+        out = tmp_path / path.stem
+        pretrain(load_config(PretrainConfig, overrides=[
+            "model.name=mae_vit_debug_patch4_32", "data.name=csv", f"data.path={path}", "train.epochs=1",
+            "train.warmup_epochs=0", "train.batch_size=4", "train.progress=false", "train.tensorboard=false",
+            "pretrain.vis_images=2", f"train.output_dir={out}"]))
+        assert (out / "pictures" / "reconstruction-epoch0001.png").is_file()

@@ -113,6 +113,15 @@ def listed_files(path: Path, columns: tuple[str, ...] = ()) -> list[Path]:
     return [Path(os.path.join(table.folder, image)) for image in table.images]
 
 
+def holds_split(cfg: DataConfig, split: str) -> bool:
+    """Whether the list has images of ``split`` (its pattern's file, or rows of it; a list without splits: all)."""
+    files = csv_files(cfg)
+    if "" not in files:
+        return Path(cfg.path.replace("{split}", split)).is_file()
+    splits = read_table(files[""], cfg).splits
+    return splits is None or any(s.lower() == split.lower() for s in splits)
+
+
 def has_splits(cfg: DataConfig) -> bool:
     """Whether the files say which images are for evaluation (a pattern, or a split column)."""
     files = csv_files(cfg)

@@ -13,6 +13,7 @@ from torch import nn
 from openmae.convert.checkpoints import load_state_dict_into
 from openmae.data.build import eval_batches, require_eval_folder, split_sources, train_dataset
 from openmae.data.datasets import ImageSource, keep_stats, stats_for
+from openmae.data.labels import holds_split
 from openmae.data.loader import Batch
 from openmae.data.ranks import shared_by_ranks
 from openmae.engine.config import TrainConfig
@@ -79,7 +80,9 @@ class PretrainTask:
     def picture_batch(self) -> Batch:
         """The fixed images the reconstruction pictures show (the eval split when there is one, else training)."""
         cfg, m = self.cfg, self.model.cfg
-        split = cfg.data.train_split if cfg.data.name == "folder" else cfg.data.eval_split
+        d = cfg.data
+        held = d.name != "folder" and (d.name != "csv" or holds_split(d, d.eval_split))  # a list of training images
+        split = d.eval_split if held else d.train_split
         return next(iter(eval_batches(cfg.data, split, m.img_size, m.in_chans, cfg.pretrain.vis_images,
                                       limit=cfg.pretrain.vis_images)))
 
