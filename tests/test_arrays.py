@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -243,6 +244,7 @@ def test_fine_tuning_recipe_on_arrays(band_folder):
     outs = []
     for reprob in (0.0, 1.0):  # erasing comes last: the same seed draws the same crop, flip and shift before it
         torch.manual_seed(0)
+        random.seed(0)  # timm's erasing draws its box from Python's generator: unseeded, the box followed earlier tests
         outs.append(finetune_transform(cfg, (24, 24), cfg.mean, cfg.std, "", reprob, shift=2)(x))
     assert outs[0].shape == (4, 24, 24)
     erased = (outs[0] != outs[1]).all(0).float().mean().item()  # one box, every band replaced by noise
