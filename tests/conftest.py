@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,4 +30,8 @@ def datasets() -> Path:
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
+    # every generator a test may draw from without seeding it (timm's augmentations use Python's and numpy's): a
+    # test's draws must not depend on the tests before it
     torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
