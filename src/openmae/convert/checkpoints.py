@@ -124,37 +124,41 @@ def official_args_config(obj: Any) -> MAEConfig | None:
         overrides["img_size"] = args["input_size"]
     if isinstance(args.get("norm_pix_loss"), bool):
         overrides["norm_pix_loss"] = args["norm_pix_loss"]
-    return _if_shapes_agree(model_config(name, **overrides), obj)
+    return _if_shapes_agree(model_config(name, **overrides), _shapes_of(obj))
 
 
-def _if_shapes_agree(named: MAEConfig, obj: Any) -> MAEConfig | None:
-    """``named`` (what a file's args name) when the shapes read from its tensors agree with it in all but the head
-    counts, else None (the code or settings were changed after it was named)."""
+def _shapes_of(obj: Any) -> tuple[MAEConfig, bool] | None:
+    """The architecture a file's tensors show (head counts guessed) and whether they hold a decoder, or None (no
+    state dict, or no ViT encoder in it)."""
     try:
         sd = to_openmae_keys(unwrap_state_dict(obj))
-        shapes = infer_config(sd)
-    except (KeyError, ValueError):  # no state dict, or no ViT encoder in it
+        return infer_config(sd), any(k.startswith(DECODER_PREFIXES) for k in sd)
+    except (KeyError, ValueError):
+        return None
+
+
+def _if_shapes_agree(named: MAEConfig, shapes: tuple[MAEConfig, bool] | None) -> MAEConfig | None:
+    """``named`` (what a file's args name) when the ``shapes`` read from its tensors agree with it in all but the head
+    counts, else None (the code or settings were changed after it was named)."""
+    if shapes is None:
         return None
     read = ["embed_dim", "depth", "patch_size", "in_chans", "img_size"]
-    if any(k.startswith(DECODER_PREFIXES) for k in sd):
+    if shapes[1]:
         read += ["decoder_embed_dim", "decoder_depth"]
-    return named if all(getattr(named, k) == getattr(shapes, k) for k in read) else None
+    return named if all(getattr(named, k) == getattr(shapes[0], k) for k in read) else None
 
 
 def timm_train_config(obj: Any) -> MAEConfig | None:
-    """The architecture of a checkpoint of timm's train.py: its tensors' shapes with the head count (and MLP width)
-    of the timm model its ``arch`` names (:func:`openmae.convert.timm_train.timm_model_facts`), when they agree."""
+    """The architecture of a checkpoint of timm's train.py: its tensors' shapes with the head count of the timm model
+    its ``arch`` names (:func:`openmae.convert.timm_train.timm_model_facts`), when that model's shapes agree."""
     from openmae.convert.timm_train import timm_model_facts
 
     facts = timm_model_facts(obj)
-    if facts is None or not facts["img_size"]:
+    shapes = _shapes_of(obj)
+    if facts is None or not facts["img_size"] or shapes is None:
         return None
-    try:
-        shapes = infer_config(to_openmae_keys(unwrap_state_dict(obj)))
-    except (KeyError, ValueError):
-        return None
-    return _if_shapes_agree(MAEConfig(**{**shapes.to_dict(), **{k: facts[k] for k in (
-        "embed_dim", "depth", "num_heads", "patch_size", "in_chans", "img_size")}}), obj)
+    named = {k: facts[k] for k in ("embed_dim", "depth", "num_heads", "patch_size", "in_chans", "img_size")}
+    return _if_shapes_agree(MAEConfig(**{**shapes[0].to_dict(), **named}), shapes)
 
 
 def stored_config(obj: Any) -> MAEConfig | None:

@@ -88,7 +88,8 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "normalization": recorded_stats(obj),
     }
     # what the commands take for RGB images where another program's file records none (inherit_stats)
-    out["normalization_assumed"] = assumed_stats(obj, cfg.in_chans) if cfg is not None else None
+    out["normalization_assumed"] = (assumed_stats(obj, cfg.in_chans) if cfg is not None and out["normalization"] is None
+                                    else None)
     if task:
         data, train = run.get("data", {}), run.get("train", {})
         out["run"] = {"task": task, "step": obj.get("step"), "epoch": obj.get("epoch"), "epochs": train.get("epochs"),

@@ -108,8 +108,6 @@ def require_eval_folder(cfg: DataConfig) -> None:
     (an ImageFolder split is ``path/<split>`` where there is one, else ``path``), and kNN or accuracy on them
     measures memory, not transfer."""
     if cfg.name == "csv":
-        if not class_names(cfg):
-            raise _no_labels(cfg)
         if has_splits(cfg):
             return
         raise ValueError(f"data.path {cfg.path} has no split column ({', '.join(SPLIT_COLUMNS)}), so evaluation would "
@@ -128,24 +126,20 @@ def split_sources(cfg: DataConfig, channels: int) -> tuple[ImageSource, ImageSou
     """The training and evaluation splits (``data.max_samples`` / ``data.max_eval_samples`` applied), each folder
     scanned once: build them once per run, as scanning an ImageNet-sized folder takes minutes, and with
     ``data.holdout`` both come from the training folder."""
+    require_labels(cfg)
     if not cfg.holdout:
         require_eval_folder(cfg)
     full = build_source(cfg, cfg.train_split, channels) if cfg.holdout else None
-    train = source_for(cfg, cfg.train_split, channels, cfg.max_samples, full)
-    require_labels(cfg, train)
-    return train, source_for(cfg, cfg.eval_split, channels, cfg.max_eval_samples, full)
+    return (source_for(cfg, cfg.train_split, channels, cfg.max_samples, full),
+            source_for(cfg, cfg.eval_split, channels, cfg.max_eval_samples, full))
 
 
-def require_labels(cfg: DataConfig, source: ImageSource) -> None:
+def require_labels(cfg: DataConfig) -> None:
     """Refuse a list of images without labels where each image's class is read (classifiers, probes, kNN)."""
-    if cfg.name == "csv" and not source.classes:
-        raise _no_labels(cfg)
-
-
-def _no_labels(cfg: DataConfig) -> ValueError:
-    return ValueError(f"data.path {cfg.path} lists no labels (no column named {', '.join(LABEL_COLUMNS)}): "
-                      "fine-tuning, probes, kNN and evaluate read each image's class; add a label column, or name "
-                      "it with data.csv_columns=[<image column>,<label column>]")
+    if cfg.name == "csv" and not class_names(cfg):
+        raise ValueError(f"data.path {cfg.path} lists no labels (no column named {', '.join(LABEL_COLUMNS)}): "
+                         "fine-tuning, probes, kNN and evaluate read each image's class; add a label column, or "
+                         "name it with data.csv_columns=[<image column>,<label column>]")
 
 
 def report_source(cfg: DataConfig, channels: int) -> ImageSource | None:

@@ -50,8 +50,7 @@ def recorded_stats(obj: Any) -> dict[str, Any] | None:
         config = obj.get("config")
         record = config.get("data") if isinstance(config, dict) else None
     if record is None and official_args(obj) is not None:
-        # a checkpoint of the official MAE code: it normalises every image with ImageNet's statistics
-        record = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "format": "image"}
+        record = _imagenet_record()  # a checkpoint of the official MAE code: it normalises every image so
     if not isinstance(record, dict) or record.get("mean") is None or record.get("std") is None:
         return None
     out = {"mean": [float(v) for v in record["mean"]], "std": [float(v) for v in record["std"]],
@@ -68,12 +67,14 @@ def of_another_program(obj: Any) -> bool:
     return not (isinstance(obj, dict) and isinstance(obj.get("config"), dict))
 
 
-def assumed_stats(obj: Any, channels: int) -> dict[str, Any] | None:
-    """The normalisation read into weights that record none: ImageNet's for another program's RGB weights
-    (:func:`_take_imagenets`), else None (the dataset's own or ImageNet's apply, as the command's data says)."""
-    if channels != 3 or recorded_stats(obj) is not None or not of_another_program(obj):
-        return None
+def _imagenet_record() -> dict[str, Any]:
     return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "format": "image"}
+
+
+def assumed_stats(obj: Any, channels: int) -> dict[str, Any] | None:
+    """The normalisation read into weights whose ``recorded_stats`` are None: ImageNet's for another program's RGB
+    weights (:func:`_take_imagenets`), else None (the dataset's own or ImageNet's apply, as the command's data says)."""
+    return _imagenet_record() if channels == 3 and of_another_program(obj) else None
 
 
 def _take_imagenets(cfg: DataConfig, origin: str) -> None:

@@ -23,7 +23,7 @@ from openmae.data.loader import Batch, batches_of
 from openmae.engine.config import SELECT_BY
 from openmae.engine.distributed import DistInfo, gather_rows, part_of, same_buffers, wait_for_main
 from openmae.engine.loop import Run
-from openmae.eval.confusion import class_scores
+from openmae.eval.confusion import class_scores, confusion_matrix
 from openmae.eval.progress import reported
 from openmae.eval.ranking import MAX_CLASSES, auc_scores
 from openmae.models.vit import fold_bn_head
@@ -43,9 +43,10 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
     (``openmae.engine.distributed.share_of``), and ``gather`` turns each rank's per-image results into all the
     images' (``gather_rows``): every rank returns the metrics of all. With ``total`` (the images of the batches), how
     far it came is reported as ``what`` (:func:`openmae.eval.progress.reported`). Balanced accuracy and macro F1
-    always (:mod:`openmae.eval.confusion`); ROC-AUC up to ``MAX_CLASSES`` classes (:mod:`openmae.eval.ranking`; with
-    ``confusion``, each class's too). ``keep``: also each image's label, top-5 classes and their probabilities, in the
-    images' order (``labels``, ``top``, ``top_probs``: tensors)."""
+    always (:mod:`openmae.eval.confusion`; with ``confusion``, each class's recall, precision and F1 too); ROC-AUC up
+    to ``MAX_CLASSES`` classes (:mod:`openmae.eval.ranking`; with ``confusion``, each class's too). ``keep``: also
+    each image's label, top-5 classes and their probabilities, in the images' order (``labels``, ``top``,
+    ``top_probs``: tensors)."""
     was_training = model.training
     model.eval()
     # per image, on the device: one host sync at the end, not one a batch
@@ -77,8 +78,7 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
         every_prob = gather(every_prob) if every_prob is not None else None
         chosen_probs = gather(chosen_probs) if chosen_probs is not None else None
     total = labels.numel()
-    n = width
-    matrix = torch.bincount((labels * n + top[:, 0]).cpu(), minlength=n * n).view(n, n)  # (true, predicted)
+    matrix = confusion_matrix(labels, top[:, 0], width)  # (true, predicted)
     scores = class_scores(matrix.numpy())
     out: dict[str, Any] = {"top1": 100.0 * (top[:, 0] == labels).sum().item() / total,
                            "top5": 100.0 * (top == labels[:, None]).any(1).sum().item() / total,
@@ -91,6 +91,7 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
             out["per_class_auc"] = auc["per_class_auc"]
     if confusion:
         out["confusion"] = matrix.tolist()
+        out.update({key: scores[key] for key in ("per_class_recall", "per_class_precision", "per_class_f1")})
     if keep:
         out.update(labels=labels.cpu(), top=top.cpu(), top_probs=chosen_probs.cpu())
     return out

@@ -29,7 +29,6 @@ from openmae.engine.linprobe import probe_global_pool
 from openmae.engine.logging import setup_console
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
-from openmae.eval.confusion import class_scores
 from openmae.eval.plots import confusion_plot
 from openmae.models.mae import MAEConfig
 from openmae.models.vit import create_classifier
@@ -151,9 +150,9 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     device = info.device
     model, mae_cfg = load_classifier(e.init, d, model=cfg.model)
     classes = model.num_classes
+    require_labels(d)
     with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
         source = source_for(d, d.eval_split, mae_cfg.in_chans, d.max_eval_samples)
-    require_labels(d, source)
     names = list(source.classes) or [str(i) for i in range(classes)]
     if len(names) != classes:
         raise ConfigError(f"the classifier in {e.init} has {classes} outputs but the '{d.eval_split}' split of "
@@ -168,12 +167,10 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
                              what=f"evaluation of the {d.eval_split} images", keep=bool(e.predictions))
     kept = {key: metrics.pop(key) for key in ("labels", "top", "top_probs") if key in metrics}
     confusion: list[list[int]] = metrics.pop("confusion")
-    scores = class_scores(confusion)
-    per_class = {name: (100.0 * row[i] / sum(row) if sum(row) else float("nan"))
-                 for i, (name, row) in enumerate(zip(names, confusion))}
-    by_name = {key: dict(zip(names, values)) for key, values in (
-        ("precision", scores["per_class_precision"]), ("f1", scores["per_class_f1"]),
-        ("auc", metrics.pop("per_class_auc", [None] * classes)))}
+    # a class's top-1 is its recall (nan: no images of it)
+    per_class = {name: float("nan") if r is None else r for name, r in zip(names, metrics.pop("per_class_recall"))}
+    by_name = {key: dict(zip(names, metrics.pop(f"per_class_{key}", [None] * classes)))
+               for key in ("precision", "f1", "auc")}
     split = f"held-out part of '{d.train_split}'" if d.holdout else f"'{d.eval_split}'"
     view = " (flip test-time augmentation)" if e.tta == "flip" else ""
     auc = f" ROC-AUC {metrics['roc_auc']:.2f}" if "roc_auc" in metrics else ""

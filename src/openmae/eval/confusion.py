@@ -9,9 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 
-def class_scores(confusion: list[list[int]]) -> dict[str, Any]:
+def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, classes: int) -> torch.Tensor:
+    """(classes, classes) counts on the CPU, rows the true class, columns the predicted one, of ``labels`` and
+    ``predicted`` (N,)."""
+    return torch.bincount((labels * classes + predicted).cpu(), minlength=classes * classes).view(classes, classes)
+
+
+def class_scores(confusion: list[list[int]] | np.ndarray) -> dict[str, Any]:
     """``balanced_accuracy`` and ``macro_f1`` (percent) and per class ``recall`` / ``precision`` / ``f1`` (percent;
     recall None for a class without images, whose precision and F1 count only where it was predicted). The means
     are over the classes the images or the predictions hold (scikit-learn's)."""

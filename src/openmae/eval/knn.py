@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from openmae.eval.confusion import class_scores
+from openmae.eval.confusion import class_scores, confusion_matrix
 
 log = logging.getLogger("openmae.knn")
 
@@ -146,8 +146,7 @@ def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     predicted = scores.argmax(1).cpu()
     # from the counts, as the grid's: a float32 mean printed 27.399998903274536 for 137 of 500
     out = {"knn_top1": 100.0 * int((predicted == test_labels).sum()) / len(test_labels)}
-    matrix = torch.bincount(test_labels * num_classes + predicted, minlength=num_classes ** 2)  # (true, predicted)
-    balance = class_scores(matrix.view(num_classes, num_classes).numpy())
+    balance = class_scores(confusion_matrix(test_labels, predicted, num_classes).numpy())
     out.update(knn_balanced_accuracy=balance["balanced_accuracy"], knn_macro_f1=balance["macro_f1"])
     if num_classes > 5:
         top5 = scores.topk(5, dim=1).indices
