@@ -159,6 +159,18 @@ whole = evaluate(model, batches(test, test_labels), torch.device("cpu"), confusi
 split = evaluate(model, batches(test[part], test_labels[part]), torch.device("cpu"), confusion=True,
                  gather=functools.partial(gather_rows, count=len(test), info=info))
 seen["evaluate"] = [whole, split]
+# several classes an image: rows (N, 5) of 0 / 1 merged alike
+rows, test_rows = (torch.rand(101, 5, generator=g) < 0.3).float(), (torch.rand(37, 5, generator=g) < 0.3).float()
+for k in (1, 60):
+    whole = knn_predict(train, rows, test, 5, k=k, chunk=16)
+    split = knn_predict(train[mine], rows[mine], test, 5, k=k, chunk=16,
+                        gather=functools.partial(gather_stacked, info=info))
+    seen[f"rows_knn{k}"] = (whole - split).abs().max().item()
+model = nn.Linear(16, 5)
+whole = evaluate(model, batches(test, test_rows), torch.device("cpu"), confusion=True)
+split = evaluate(model, batches(test[part], test_rows[part]), torch.device("cpu"), confusion=True,
+                 gather=functools.partial(gather_rows, count=len(test), info=info))
+seen["rows_evaluate"] = [whole, split]
 (out / f"rank{info.rank}.json").write_text(json.dumps(seen))
 dist.destroy_process_group()
 """
@@ -168,7 +180,8 @@ def test_an_evaluation_split_between_ranks_equals_one_over_all_the_images(tmp_pa
     """Under torchrun every rank evaluates its part of the images (``share_of``: 37 items over 2 ranks are 19 each,
     one a repeat that evens the parts) and the results are gathered: the kNN's neighbours found in each rank's part of
     the training features and merged score as over all of them (k above a part's size too), every item's row comes
-    back in its place, and a classifier's top-1 / top-5 / loss / confusion equal those over all the images."""
+    back in its place, and a classifier's top-1 / top-5 / loss / confusion equal those over all the images; so do
+    kNN scores and a classifier's measures of images of several classes each (rows of 0 / 1)."""
     import json
 
     script = tmp_path / "split.py"
@@ -184,6 +197,16 @@ def test_an_evaluation_split_between_ranks_equals_one_over_all_the_images(tmp_pa
         assert whole["confusion"] == split["confusion"] and sum(map(sum, split["confusion"])) == 37
         assert (whole["top1"], whole["top5"]) == (split["top1"], split["top5"])
         assert split["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-12)
+        assert seen["rows_knn1"] < 1e-5 and seen["rows_knn60"] < 1e-5
+        whole, split = seen["rows_evaluate"]
+        assert whole["per_class_images"] == split["per_class_images"] and sum(split["per_class_images"]) > 0
+        rounded = lambda values: [None if v is None else round(v, 9) for v in values]
+        assert split.keys() == whole.keys() and "mean_ap" in whole
+        for key, value in whole.items():
+            if isinstance(value, list):
+                assert rounded(split[key]) == rounded(value), key
+            else:
+                assert split[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
 
 
 CLASSIFIER = ["model.name=mae_vit_debug_patch4_32", "data.name=cifar10", "data.max_samples=64",

@@ -50,6 +50,11 @@ class DataConfig:
     name: str = "folder"
     path: str = ""
     csv_columns: tuple[str, ...] = ()  # data.name=csv: [image, label] or [image, label, split]; () = from the header
+    # data.name=csv: each image may have several classes (or none), listed in its label cell separated by
+    # label_separator ("": the first of | ; , and a space that any label cell holds); classifiers then learn one
+    # yes/no a class (sigmoid + binary cross-entropy) and are measured by mean average precision
+    multi_label: bool = False
+    label_separator: str = ""
     format: str = "image"
     array_layout: str = "auto"
     slice_plane: str = "axial"
@@ -132,6 +137,12 @@ class DataConfig:
                 f"{needs.get(self.name)} (data.name={self.name}): give it with --data <folder or file.csv> (or "
                 "data.path=...), or name a dataset, e.g. --data-root <datasets> data.name=cifar10")
         require(self.balance in BALANCE, "data.balance", self.balance, f"one of {list(BALANCE)}")
+        require(not self.multi_label or self.name == "csv", "data.multi_label", self.multi_label,
+                "false unless data.name=csv (several classes an image are read from a CSV list's label cells)")
+        require(not self.multi_label or self.balance == "none", "data.balance", self.balance,
+                "none with data.multi_label=true (drawing every class alike needs one class an image)")
+        require(not self.multi_label or self.format != "volume", "data.format", self.format,
+                "image or array with data.multi_label=true (volumes' slices take one class each)")
         require(len(self.csv_columns) in (0, 2, 3), "data.csv_columns", self.csv_columns,
                 "[image column, label column] or [image, label, split] (data.name=csv), or [] to read them from the "
                 "header")

@@ -56,8 +56,11 @@ class ImageSource(Protocol):
     def file(self, index: int) -> tuple[Path | None, int]: ...
 
 
-def _label(labels: np.ndarray | None, index: int) -> int:
-    return int(labels[index]) if labels is not None else -1
+def _label(labels: np.ndarray | None, index: int) -> int | np.ndarray:
+    """An item's class index, -1 without labels, or its row (classes,) of a multi-label array (N, classes)."""
+    if labels is None:
+        return -1
+    return labels[index] if labels.ndim == 2 else int(labels[index])
 
 
 class FileImages:
@@ -67,7 +70,8 @@ class FileImages:
                  classes: list[str]) -> None:
         # packed: no Python object a file, which the loader's workers would copy page by page (openmae.data.filelist)
         self.files = files if isinstance(files, FileList) else FileList(files)
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)  # (N,)
+        # (N,) class indices, or (N, classes) zeros and ones (data.multi_label)
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.float32 if np.ndim(labels) == 2 else np.int64)
         self.channels, self.classes = channels, classes
 
     def __len__(self) -> int:

@@ -12,6 +12,11 @@ an image file has no header: its first column is the path, its second the label.
 every split the files hold, sorted (numbers by value), so that a class has one index in all splits. Without a split
 column or pattern every row is a training image: evaluation then needs ``data.holdout``, as class folders without a
 test folder do. Python's csv module reads the file: a CSV dialect's quoting is not worth writing again.
+
+With ``data.multi_label`` a label cell lists each of the image's classes (``Effusion|Mass``: NIH ChestX-ray14;
+``haze primary water``: satellite tags), separated by ``data.label_separator`` (unset: the first of ``|``, ``;``,
+``,`` and a space that any label cell holds); an empty cell is an image of none of them, and the labels are an
+(N, classes) array of zeros and ones.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ def _column(header: list[str], given: str | None, names: tuple[str, ...], what: 
 
 
 @functools.lru_cache(maxsize=8)
-def _read(path: str, size: int, mtime: int, columns: tuple[str, ...]) -> Table:  # size, mtime: a rewrite reads again
+def _read(path: str, size: int, mtime: int, columns: tuple[str, ...], multi: bool) -> Table:  # size, mtime: rewrites
     file = Path(path)
     with open(file, newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: the byte-order mark a spreadsheet writes
         first = fh.readline()
@@ -89,12 +94,14 @@ def _read(path: str, size: int, mtime: int, columns: tuple[str, ...]) -> Table: 
         label = _column(header, given[1], LABEL_COLUMNS, "label", file)
         split = _column(header, given[2], SPLIT_COLUMNS, "split", file)
     assert image is not None
-    needed = [c for c in (image, label) if c is not None]
+    needed = [c for c in (image, label if not multi else None) if c is not None]  # several labels: may be none
     wanted = max(c for c in (image, label, split) if c is not None)
     for number, row in enumerate(body, start=2):
         if len(row) <= wanted or not all(row[c].strip() for c in needed):
+            needs = ("an image and its label (images of several classes each, or of none: data.multi_label=true)"
+                     if label is not None and not multi else "an image")
             raise ValueError(f"{file}, line {number}: {row} has no {' or '.join(repr(header[c]) for c in needed)} "
-                             "value; every row needs " + ("an image and its label" if label is not None else "an image"))
+                             f"value; every row needs {needs}")
     column = lambda c: [r[c].strip() for r in body] if c is not None else None
     return Table(file.parent, column(image), column(label), column(split))
 
@@ -104,7 +111,24 @@ def read_table(path: Path, cfg: DataConfig) -> Table:
         raise FileNotFoundError(f"data.path {path} does not exist (data.name=csv reads a CSV file listing images and "
                                 "their labels" + (", one per split" if "{split}" in cfg.path else "") + ")")
     stat = path.stat()
-    return _read(str(path), stat.st_size, stat.st_mtime_ns, tuple(cfg.csv_columns))
+    return _read(str(path), stat.st_size, stat.st_mtime_ns, tuple(cfg.csv_columns), cfg.multi_label)
+
+
+SEPARATORS = ("|", ";", ",", " ")  # data.label_separator unset: the first that a label cell holds
+
+
+def label_separator(cfg: DataConfig) -> str:
+    """The separator of a multi-label list's classes: ``data.label_separator``, else the first of ``SEPARATORS``
+    that any label cell of the files holds (none: every image has one class at most, and any separator splits
+    nothing)."""
+    if cfg.label_separator:
+        return cfg.label_separator
+    cells = [cell for path in csv_files(cfg).values() if path.is_file() for cell in read_table(path, cfg).labels or ()]
+    return next((sep for sep in SEPARATORS if any(sep in cell for cell in cells)), "|")
+
+
+def _classes_of(cell: str, separator: str) -> list[str]:
+    return [name.strip() for name in cell.split(separator) if name.strip()]
 
 
 def listed_files(path: Path, columns: tuple[str, ...] = ()) -> list[Path]:
@@ -131,6 +155,9 @@ def has_splits(cfg: DataConfig) -> bool:
 def class_names(cfg: DataConfig) -> list[str]:
     """Every split's labels, sorted: numbers by value, else as text."""
     labels = {label for path in csv_files(cfg).values() if path.is_file() for label in read_table(path, cfg).labels or ()}
+    if cfg.multi_label:
+        separator = label_separator(cfg)
+        labels = {name for cell in labels for name in _classes_of(cell, separator)}
     try:
         return sorted(labels, key=lambda v: (float(v), v))
     except ValueError:
@@ -138,7 +165,8 @@ def class_names(cfg: DataConfig) -> list[str]:
 
 
 def csv_split(cfg: DataConfig, split: str) -> tuple[list[Path], np.ndarray | None, list[str]]:
-    """The files of ``split``, their class indices and the classes' names (None and none: a list without labels)."""
+    """The files of ``split``, their class indices (N,) (``data.multi_label``: (N, classes) float32, 1 where the
+    image is of the class) and the classes' names (None and none: a list without labels)."""
     files = csv_files(cfg)
     table = read_table(files[""] if "" in files else Path(cfg.path.replace("{split}", split)), cfg)
     rows: range | list[int] = range(len(table.images))
@@ -156,4 +184,9 @@ def csv_split(cfg: DataConfig, split: str) -> tuple[list[Path], np.ndarray | Non
                                 f"its folder {table.folder} unless absolute")
     if table.labels is None:
         return paths, None, []
-    return paths, np.array([index[table.labels[i]] for i in rows], dtype=np.int64), classes
+    if not cfg.multi_label:
+        return paths, np.array([index[table.labels[i]] for i in rows], dtype=np.int64), classes
+    separator, hot = label_separator(cfg), np.zeros((len(rows), len(classes)), dtype=np.float32)
+    for n, i in enumerate(rows):
+        hot[n, [index[name] for name in _classes_of(table.labels[i], separator)]] = 1.0
+    return paths, hot, classes

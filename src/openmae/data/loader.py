@@ -215,7 +215,8 @@ class SeededSamples(Dataset):
 
 @dataclass
 class Batch:
-    """images (N, C, H, W), labels (N,) (-1 = unlabeled), seeds (N,) int64, skipped (files replaced).
+    """images (N, C, H, W), labels (N,) (-1 = unlabeled; (N, classes) of 0 / 1 with ``data.multi_label``), seeds
+    (N,) int64, skipped (files replaced).
 
     With ``data.device_augment`` the loader's images are a ``PlannedBatch`` (crops planned for the device) until
     ``to_device``."""
@@ -233,7 +234,9 @@ def collate(samples: list) -> Batch:
     """Stack the images; crops planned for the device (``data.device_augment``) go into one ``PlannedBatch``."""
     images, labels, seeds, skipped = zip(*samples)
     images = torch.stack(images) if isinstance(images[0], torch.Tensor) else PlannedBatch.pack(list(images))
-    return Batch(images, torch.tensor(labels), torch.tensor(seeds, dtype=torch.int64), sum(skipped))
+    # (N,) class indices, or (N, classes) rows of a multi-label list
+    labels = torch.from_numpy(np.stack(labels)) if isinstance(labels[0], np.ndarray) else torch.tensor(labels)
+    return Batch(images, labels, torch.tensor(seeds, dtype=torch.int64), sum(skipped))
 
 
 def _leave_stop_signals_to_parent(worker_id: int) -> None:

@@ -24,6 +24,7 @@ from openmae.engine.config import SELECT_BY
 from openmae.engine.distributed import DistInfo, gather_rows, part_of, same_buffers, wait_for_main
 from openmae.engine.loop import Run
 from openmae.eval.confusion import class_scores, confusion_matrix
+from openmae.eval.multilabel import multilabel_scores
 from openmae.eval.progress import reported
 from openmae.eval.ranking import MAX_CLASSES, auc_scores
 from openmae.models.vit import fold_bn_head
@@ -46,20 +47,33 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
     always (:mod:`openmae.eval.confusion`; with ``confusion``, each class's recall, precision and F1 too); ROC-AUC up
     to ``MAX_CLASSES`` classes (:mod:`openmae.eval.ranking`; with ``confusion``, each class's too). ``keep``: also
     each image's label, top-5 classes and their probabilities, in the images' order (``labels``, ``top``,
-    ``top_probs``: tensors)."""
+    ``top_probs``: tensors).
+
+    Batches of labels (B, classes) (``data.multi_label``) are measured as several yes / no classes an image
+    (:mod:`openmae.eval.multilabel`: mean AP, ROC-AUC, F1, exact match; eval_loss the binary cross-entropy averaged
+    over the classes); ``confusion`` then adds each class's scores, ``keep`` the images' ``labels`` and ``probs``."""
     was_training = model.training
     model.eval()
     # per image, on the device: one host sync at the end, not one a batch
     labels_seen, tops, losses, top_probs, probs_seen = [], [], [], [], []
+    multi = False
     with batches_of(batches) as each, contextlib.closing(reported(each, what, total)) as shown:
         for batch in shown:
             images, labels = batch.images.to(device, non_blocking=True), batch.labels.to(device)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = model(images).float()  # (B, classes)
-                if flip:  # log of the mean of the two softmaxes: a log-probability, so cross_entropy stays its NLL
-                    mirrored = model(images.flip(-1)).float()
-                    logits = (torch.logsumexp(torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)]), 0)
-                              - math.log(2))
+                mirrored = model(images.flip(-1)).float() if flip else None
+            multi = labels.ndim == 2  # (B, classes) of 0 / 1: several classes an image (data.multi_label)
+            if multi:  # each class a yes / no; flip: the two probabilities averaged
+                probs = logits.sigmoid() if mirrored is None else (logits.sigmoid() + mirrored.sigmoid()) / 2
+                losses.append((F.binary_cross_entropy_with_logits(logits, labels, reduction="none") if mirrored is None
+                               else F.binary_cross_entropy(probs, labels, reduction="none")).mean(1))  # (B,)
+                labels_seen.append(labels)
+                probs_seen.append(probs)
+                continue
+            if mirrored is not None:  # log of the mean of the two softmaxes: a log-probability, so cross_entropy
+                logits = (torch.logsumexp(torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)]), 0)  # stays
+                          - math.log(2))  # its NLL
             losses.append(F.cross_entropy(logits, labels, reduction="none"))  # (B,)
             tops.append(logits.topk(min(5, logits.shape[1]), dim=1).indices)  # (B, min(5, classes))
             labels_seen.append(labels)
@@ -70,6 +84,9 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
             if width <= MAX_CLASSES:
                 probs_seen.append(probs)
     model.train(was_training)
+    if multi:
+        return _multilabel_metrics(torch.cat(labels_seen), torch.cat(probs_seen), torch.cat(losses).double(),
+                                   gather, confusion, keep)
     labels, top, loss = torch.cat(labels_seen), torch.cat(tops), torch.cat(losses).double()
     every_prob = torch.cat(probs_seen) if probs_seen else None  # (N, classes)
     chosen_probs = torch.cat(top_probs) if keep else None  # (N, min(5, classes))
@@ -95,6 +112,27 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
     if keep:
         out.update(labels=labels.cpu(), top=top.cpu(), top_probs=chosen_probs.cpu())
     return out
+
+
+def _multilabel_metrics(labels: torch.Tensor, probs: torch.Tensor, loss: torch.Tensor,
+                        gather: Callable[[torch.Tensor], torch.Tensor] | None, per_class: bool,
+                        keep: bool) -> dict[str, Any]:
+    """:func:`evaluate`'s measures of images with several classes each: labels and probabilities (N, classes),
+    each image's binary cross-entropy (N,) averaged over the classes."""
+    if gather is not None:
+        labels, probs, loss = gather(labels), gather(probs), gather(loss)
+    labels, probs = labels.cpu(), probs.cpu()
+    out = {**multilabel_scores(probs.numpy(), labels.numpy(), per_class), "eval_loss": loss.sum().item() / len(loss)}
+    if keep:
+        out.update(labels=labels, probs=probs)
+    return out
+
+
+def say_labels(multi_label: bool, classes: int, select_by: str) -> None:
+    """Say how images of several classes each are learnt and judged (nothing for one class an image)."""
+    if multi_label:
+        log.info("%d classes, each image of any number of them (data.multi_label): a yes / no a class (binary "
+                 "cross-entropy); model-best.pth is the epoch of the best %s", classes, SELECT_BY[select_by])
 
 
 def num_classes_of(configured: int, classes: list[str], labels_max: int | None = None) -> int:
@@ -172,13 +210,26 @@ class BestKeeper:
                       self.run_dir / "model-timm.safetensors",
                       metadata=weights_metadata(self.model_config, self.extra.get("normalization")))
             log.info("exported the final classifier in timm layout to %s", self.run_dir / "model-timm.safetensors")
-        out = {**metrics, "best_top1": self.metrics.get("top1", float("nan")), "best_epoch": self.epoch}
-        if self.select_by != "top1":
+        lead = headline_measure(metrics)
+        out = {**metrics, f"best_{lead}": self.metrics.get(lead, float("nan")), "best_epoch": self.epoch}
+        if self.select_by != lead:
             out[f"best_{self.select_by}"] = self.best
         if self.report:
             # nan: the best epoch was evaluated before data.report_eval_split was turned on (a resumed run)
-            out[f"best_{self.report}top1"] = self.metrics.get(f"{self.report}top1", float("nan"))
+            out[f"best_{self.report}{lead}"] = self.metrics.get(f"{self.report}{lead}", float("nan"))
         return out
+
+
+def headline_measure(metrics: dict[str, Any]) -> str:
+    """The measure an evaluation is first named by: top-1, or mean AP for images of several classes each."""
+    return "top1" if "top1" in metrics or "mean_ap" not in metrics else "mean_ap"
+
+
+def headline(metrics: dict[str, Any], prefix: str = "") -> str:
+    """``top-1 76.10 top-5 98.20`` (``mean AP 61.20 ROC-AUC 84.00``) of ``metrics``' values named ``prefix...``."""
+    if headline_measure(metrics) == "top1":
+        return f"top-1 {metrics[f'{prefix}top1']:.2f} top-5 {metrics[f'{prefix}top5']:.2f}"
+    return f"mean AP {metrics[f'{prefix}mean_ap']:.2f} ROC-AUC {metrics[f'{prefix}roc_auc']:.2f}"
 
 
 def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module,
@@ -194,16 +245,18 @@ def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module,
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     out = {**best.update(sd, metrics, epoch, final, write=run.info.is_main), **(extra or {})}
     # the measure model-best.pth is chosen by, when it is not top-1: this epoch's, and the best's
-    chosen = "" if best.select_by == "top1" else f" {SELECT_BY[best.select_by]} {out[best.select_by]:.2f}"
-    best_of = f"{SELECT_BY[best.select_by]} " if chosen else ""
+    lead = headline_measure(metrics)
+    shown = {"top1", "top5"} if lead == "top1" else {"mean_ap", "roc_auc"}  # what headline() says
+    chosen = "" if best.select_by in shown else f" {SELECT_BY[best.select_by]} {out[best.select_by]:.2f}"
+    best_of = "" if best.select_by == lead else f"{SELECT_BY[best.select_by]} "
     if run.info.is_main and best.report:
         split = best.report[:-1]
-        log.info("epoch %d: held-out top-1 %.2f top-5 %.2f%s, %s top-1 %.2f (best held-out %s%.2f at epoch %d, whose "
-                 "%s top-1 is %.2f)", epoch, out["top1"], out["top5"], chosen, split, out[f"{best.report}top1"],
-                 best_of, best.best, out["best_epoch"], split, out[f"best_{best.report}top1"])
+        log.info("epoch %d: held-out %s%s, %s %s %.2f (best held-out %s%.2f at epoch %d, whose %s %s is %.2f)", epoch,
+                 headline(out), chosen, split, SELECT_BY[lead], out[f"{best.report}{lead}"], best_of, best.best,
+                 out["best_epoch"], split, SELECT_BY[lead], out[f"best_{best.report}{lead}"])
     elif run.info.is_main:
-        log.info("epoch %d: top-1 %.2f top-5 %.2f%s (best %s%.2f, epoch %d)", epoch, out["top1"], out["top5"], chosen,
-                 best_of, best.best, out["best_epoch"])
+        log.info("epoch %d: %s%s (best %s%.2f, epoch %d)", epoch, headline(out), chosen, best_of, best.best,
+                 out["best_epoch"])
     wait_for_main(run.info)
     return out
 

@@ -20,7 +20,17 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 PRECISIONS = ("fp32", "bf16", "fp16")  # train.precision also takes "auto"
 # what chooses a classifier's best epoch (model-best.pth): top-1, or a measure of imbalanced classes
 # (openmae.eval.confusion, openmae.eval.ranking); each named as the log says it
-SELECT_BY = {"top1": "top-1", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "roc_auc": "ROC-AUC"}
+SELECT_BY = {"top1": "top-1", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "roc_auc": "ROC-AUC",
+             "mean_ap": "mean AP"}
+ONE_CLASS_MEASURES = ("top1", "balanced_accuracy")  # measured where each image has one class
+MANY_CLASS_MEASURES = ("mean_ap",)  # measured where images may have several (data.multi_label)
+
+
+def measure_to_select(select_by: str, multi_label: bool) -> str:
+    """The measure ``select_by`` names; ``auto``: top-1, or mean average precision for images of several classes."""
+    if select_by == "auto":
+        return "mean_ap" if multi_label else "top1"
+    return select_by
 
 
 def precision_dtype(name: str) -> torch.dtype | None:

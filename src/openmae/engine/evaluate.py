@@ -29,6 +29,7 @@ from openmae.engine.linprobe import probe_global_pool
 from openmae.engine.logging import setup_console
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
+from openmae.eval.multilabel import THRESHOLD
 from openmae.eval.plots import confusion_plot
 from openmae.models.mae import MAEConfig
 from openmae.models.vit import create_classifier
@@ -148,8 +149,13 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     e, d = cfg.evaluate, cfg.data
     setup_console(info.is_main)  # the per-class table is printed through the log
     device = info.device
-    model, mae_cfg = load_classifier(e.init, d, model=cfg.model)
+    obj = load_file(e.init)
+    model, mae_cfg = load_classifier(e.init, d, obj, model=cfg.model)
     classes = model.num_classes
+    if _multi_label(obj) and not d.multi_label:  # a classifier of several classes an image reads its labels so
+        d.multi_label = True
+        log.info("%s was trained on several classes an image: the labels are read as such (data.multi_label=true)",
+                 e.init)
     require_labels(d)
     with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
         source = source_for(d, d.eval_split, mae_cfg.in_chans, d.max_eval_samples)
@@ -165,6 +171,8 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     metrics = evaluate_share(model.to(device), source, batches_for, device, info,
                              autocast_dtype(e.precision, device, hint=False), confusion=True, flip=e.tta == "flip",
                              what=f"evaluation of the {d.eval_split} images", keep=bool(e.predictions))
+    if d.multi_label:
+        return _report_multilabel(cfg, info, metrics, source, names)
     kept = {key: metrics.pop(key) for key in ("labels", "top", "top_probs") if key in metrics}
     confusion: list[list[int]] = metrics.pop("confusion")
     # a class's top-1 is its recall (nan: no images of it)
@@ -187,10 +195,7 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
               "per_class_auc": by_name["auc"], "classes": names, "confusion": confusion}
     if not info.is_main:  # the main rank writes the files
         return result
-    if e.output:
-        Path(e.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(e.output).write_text(json.dumps(result, indent=1))
-        log.info("wrote %s", e.output)
+    _write_result(e.output, result)
     if e.predictions:
         write_predictions(Path(e.predictions), source, names, **kept)
         log.info("wrote %s (each image's class, top-5 predictions and their probabilities)", e.predictions)
@@ -199,3 +204,65 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
         confusion_plot(confusion, names, e.plot, f"{Path(e.init).name}: top-1 {metrics['top1']:.2f}% on {split}{view}")
         log.info("wrote %s", e.plot)
     return result
+
+
+def _write_result(path: str, result: dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=1))
+        log.info("wrote %s", path)
+
+
+def _multi_label(obj: Any) -> bool:
+    """Whether a classifier file was trained on several classes an image (its record, or its run's settings)."""
+    if not isinstance(obj, dict):
+        return False
+    run_cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    return bool(obj.get("multi_label", run_cfg.get("data", {}).get("multi_label", False)))
+
+
+def _report_multilabel(cfg: EvaluateConfig, info: DistInfo, metrics: dict[str, Any], source: ImageSource,
+                       names: list[str]) -> dict[str, Any]:
+    """``openmae evaluate``'s report of a classifier of several classes an image: mean AP, ROC-AUC, F1 and exact
+    match, each class's AP, AUC, precision, recall and F1 at a probability of one half, and its images."""
+    e, d = cfg.evaluate, cfg.data
+    kept = {key: metrics.pop(key) for key in ("labels", "probs") if key in metrics}
+    per_class = {key: dict(zip(names, metrics.pop(f"per_class_{key}")))
+                 for key in ("ap", "auc", "precision", "recall", "f1", "images")}
+    split = f"held-out part of '{d.train_split}'" if d.holdout else f"'{d.eval_split}'"
+    view = " (flip test-time augmentation)" if e.tta == "flip" else ""
+    log.info("%s on the %s split (%d images)%s: mean AP %.2f ROC-AUC %.2f macro F1 %.2f micro F1 %.2f exact match "
+             "%.2f loss %.4f", e.init, split, len(source), view, metrics["mean_ap"], metrics["roc_auc"],
+             metrics["macro_f1"], metrics["micro_f1"], metrics["exact_match"], metrics["eval_loss"])
+    shown = lambda v: "-" if v is None else f"{v:.2f}"
+    log.info("  %-20s %6s %6s %9s %6s %6s %7s", "class", "AP", "AUC", "precision", "recall", "F1", "images")
+    for name in names:
+        log.info("  %-20s %6s %6s %9s %6s %6s %7d", name, *(shown(per_class[k][name]) for k in
+                 ("ap", "auc", "precision", "recall", "f1")), per_class["images"][name])
+    result = {**metrics, "tta": e.tta, "samples": len(source), "classes": names,
+              **{f"per_class_{key}": values for key, values in per_class.items()}}
+    if not info.is_main:  # the main rank writes the files
+        return result
+    _write_result(e.output, result)
+    if e.predictions:
+        write_multilabel_predictions(Path(e.predictions), source, names, **kept)
+        log.info("wrote %s (each image's classes, those predicted and every class's probability)", e.predictions)
+    if e.plot:
+        log.warning("evaluate.plot: no confusion matrix for images of several classes each (each class is a yes / no "
+                    "of its own); its scores are in the table above and in evaluate.output")
+    return result
+
+
+def write_multilabel_predictions(path: Path, source: ImageSource, names: list[str], labels: torch.Tensor,
+                                 probs: torch.Tensor) -> None:
+    """A CSV row an image, in the split's order: the image, its classes and those predicted (probability above one
+    half; separated by ``|``), whether they are the same, and each class's probability (a column a class)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["image", "labels", "predicted", "exact", *(f"p_{name}" for name in names)])
+        for i in range(len(source)):
+            truth = [n for n, y in zip(names, labels[i].tolist()) if y > 0.5]
+            said = [n for n, p in zip(names, probs[i].tolist()) if p > THRESHOLD]
+            out.writerow([source.describe(i), "|".join(truth), "|".join(said), int(truth == said),
+                          *(f"{float(p):.6f}" for p in probs[i])])

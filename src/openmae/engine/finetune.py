@@ -26,8 +26,9 @@ from openmae.engine.classifier import (
     labels_and_images,
     num_classes_of,
     report_prefix,
+    say_labels,
 )
-from openmae.engine.config import TrainConfig
+from openmae.engine.config import TrainConfig, measure_to_select
 from openmae.engine.distributed import ONE_PROCESS, DistInfo
 from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
@@ -61,7 +62,8 @@ class FinetuneTask:
         mixing = f.mixup > 0 or f.cutmix > 0
         self.mixup = Mixup(mixup_alpha=f.mixup, cutmix_alpha=f.cutmix, label_smoothing=f.smoothing,
                            num_classes=self.num_classes) if mixing else None
-        self.criterion = SoftTargetCrossEntropy() if mixing else (
+        self.multi_label = cfg.data.multi_label  # several classes an image: a yes / no each (binary cross-entropy)
+        self.criterion = nn.BCEWithLogitsLoss() if self.multi_label else SoftTargetCrossEntropy() if mixing else (
             LabelSmoothingCrossEntropy(f.smoothing) if f.smoothing > 0 else nn.CrossEntropyLoss())
         self.amp_dtype = autocast_dtype(cfg.train.precision, device)
         # Built on the run's device from the initial weights (the loop moves the same model there).
@@ -70,8 +72,10 @@ class FinetuneTask:
         self.classes = list(self.train_source.classes)  # the outputs' names, in the files it writes
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
                                {"num_classes": self.num_classes, "global_pool": f.global_pool,
-                                "normalization": stats_record(cfg.data), "classes": self.classes},
-                               report_prefix(cfg.data), f.select_by)
+                                "normalization": stats_record(cfg.data), "classes": self.classes,
+                                "multi_label": self.multi_label},
+                               report_prefix(cfg.data), measure_to_select(f.select_by, cfg.data.multi_label))
+        say_labels(cfg.data.multi_label, self.num_classes, self.best.select_by)
         if not cfg.data.holdout:
             log.info("evaluating on the '%s' split: model-best.pth is its best epoch, chosen on that split; report "
                      "the last epoch, or set data.holdout (with data.report_eval_split=true) to choose on held-out "
@@ -94,7 +98,12 @@ class FinetuneTask:
     def forward(self, model: nn.Module, batch: Batch, device: torch.device) -> StepOutput:
         images, labels = labels_and_images(batch, device)
         targets = labels
-        if self.mixup is not None:
+        if self.multi_label:
+            # timm's Mixup mixes rows of several classes only from timm 1.0.31 (multi_label=True): its image mixing
+            # (batch mode, the mode built above) is taken, and the rows mixed as that release mixes them
+            lam = self.mixup._mix_batch(images) if self.mixup is not None else 1.0  # images mixed in place
+            targets = mixed_rows(labels, lam, self.cfg.finetune.smoothing)
+        elif self.mixup is not None:
             images, targets = self.mixup(images, labels)
         logits = model(images)
         return StepOutput(self.criterion(logits.float(), targets))
@@ -143,6 +152,14 @@ class FinetuneTask:
     def after_epoch(self, run: Run, epoch: int) -> dict[str, Any]:
         return evaluate_after_epoch(run, epoch, self.cfg.finetune.eval_every_epochs, self.classifier, self.evaluate,
                                     self.best)
+
+def mixed_rows(labels: torch.Tensor, lam: float, smoothing: float) -> torch.Tensor:
+    """Targets (B, classes) of images of several classes each: rows of 0 / 1 ``labels`` smoothed towards one half
+    by ``smoothing``, each image's mixed with its mirror in the batch's (``labels.flip(0)``) by ``lam`` (mixup /
+    cutmix pair image i with image B - 1 - i)."""
+    rows = labels.float() * (1.0 - smoothing) + 0.5 * smoothing
+    return rows * lam + rows.flip(0) * (1.0 - lam)
+
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune a ViT classifier from a pretrained (or random) encoder as configured."""

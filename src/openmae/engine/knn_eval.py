@@ -85,8 +85,11 @@ def knn_over_ranks(model: nn.Module, sources: tuple[ImageSource, ImageSource],
         train_feats, train_labels = train_feats[keep], train_labels[keep]
         test_feats = gather_rows(test_feats, len(eval_source), info)  # (M, D): every rank all of them
         test_labels = gather_rows(test_labels, len(eval_source), info)
-    top = max(int(train_labels.max()) if len(train_labels) else 0, int(test_labels.max()))
-    num_classes = (int(gather(torch.tensor([top])).max()) if gather else top) + 1
+    if test_labels.ndim == 2:  # (N, classes): several classes an image
+        num_classes = test_labels.shape[1]
+    else:
+        top = max(int(train_labels.max()) if len(train_labels) else 0, int(test_labels.max()))
+        num_classes = (int(gather(torch.tensor([top])).max()) if gather else top) + 1
     if standardized:
         train_feats, test_feats = _standardized_over_ranks(train_feats, test_feats, info)
     out = knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes, k, temperature, gather=gather,

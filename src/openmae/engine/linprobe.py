@@ -26,8 +26,9 @@ from openmae.engine.classifier import (
     labels_and_images,
     num_classes_of,
     report_prefix,
+    say_labels,
 )
-from openmae.engine.config import TrainConfig
+from openmae.engine.config import TrainConfig, measure_to_select
 from openmae.engine.distributed import ONE_PROCESS, DistInfo, gather_rows, gather_stacked, part_of
 from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
@@ -51,7 +52,8 @@ class FeatureSource:
         return len(self.feats)
 
     def load(self, index: int):
-        return self.feats[index], int(self.labels[index])
+        label = self.labels[index]  # a class index, or a row of 0 / 1 (data.multi_label)
+        return self.feats[index], label.numpy() if label.ndim else int(label)
 
     def describe(self, index: int) -> str:
         return f"cached feature {index}"
@@ -95,8 +97,9 @@ class LinprobeTask:
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
                                {"num_classes": self.num_classes, "mode": p.mode, "last_blocks": p.last_blocks,
                                 "pooling": p.pooling, "normalization": stats_record(cfg.data),
-                                "classes": self.classes},
-                               report_prefix(cfg.data), p.select_by)
+                                "classes": self.classes, "multi_label": cfg.data.multi_label},
+                               report_prefix(cfg.data), measure_to_select(p.select_by, cfg.data.multi_label))
+        say_labels(cfg.data.multi_label, self.num_classes, self.best.select_by)
         if p.mode == "cached":
             self.weights = weights_digest(self.classifier) if p.feature_cache else ""  # the kept features' key
             self.classifier.to(device)
@@ -163,7 +166,10 @@ class LinprobeTask:
         if self.cfg.linprobe.mode == "online":
             self.classifier.eval()  # frozen encoder; only the BatchNorm head is in training mode
             self.classifier.head.train()
-        return StepOutput(nn.functional.cross_entropy(model(inputs).float(), labels))
+        logits = model(inputs).float()  # (B, classes)
+        if labels.ndim == 2:  # several classes an image (data.multi_label): a yes / no each
+            return StepOutput(nn.functional.binary_cross_entropy_with_logits(logits, labels))
+        return StepOutput(nn.functional.cross_entropy(logits, labels))
 
     def extra_state(self) -> dict[str, Any]:
         return self.best.state()

@@ -17,7 +17,8 @@ from openmae.engine.logging import read_metrics
 from openmae.engine.run_lock import held_by
 
 # how the keys an epoch's evaluation logs begin
-EVALUATED = ("top", "knn", "eval", "best", "balanced_accuracy", "macro_f1", "roc_auc")
+EVALUATED = ("top", "knn", "eval", "best", "balanced_accuracy", "macro_f1", "roc_auc", "mean_ap", "micro_f1",
+             "exact_match")
 
 
 def is_run_folder(path: str | Path) -> bool:

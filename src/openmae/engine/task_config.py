@@ -9,7 +9,14 @@ from typing import ClassVar
 
 from openmae.config import require
 from openmae.data.config import SHIFT_MODES, DataConfig, check_recipe
-from openmae.engine.config import PRECISIONS, SELECT_BY, ModelSection, TrainConfig
+from openmae.engine.config import (
+    MANY_CLASS_MEASURES,
+    ONE_CLASS_MEASURES,
+    PRECISIONS,
+    SELECT_BY,
+    ModelSection,
+    TrainConfig,
+)
 from openmae.models.config import GLOBAL_POOL, POOLING
 
 
@@ -90,11 +97,13 @@ class FinetuneSection:
     model_ema_warmup: bool = True
     eval_batch_size: int = 256
     eval_every_epochs: int = 1
-    # what chooses model-best.pth's epoch: top1, or balanced_accuracy / macro_f1 / roc_auc (imbalanced classes)
-    select_by: str = "top1"
+    # what chooses model-best.pth's epoch: top1, or balanced_accuracy / macro_f1 / roc_auc (imbalanced classes),
+    # mean_ap (several classes an image); auto: top1, or mean_ap with data.multi_label
+    select_by: str = "auto"
 
     def check(self) -> None:
-        require(self.select_by in SELECT_BY, "finetune.select_by", self.select_by, f"one of {list(SELECT_BY)}")
+        require(self.select_by in ("auto", *SELECT_BY), "finetune.select_by", self.select_by,
+                f"auto or one of {list(SELECT_BY)}")
         require(self.global_pool in GLOBAL_POOL, "finetune.global_pool", self.global_pool, f"one of {GLOBAL_POOL}")
         require(0 <= self.drop_path < 1, "finetune.drop_path", self.drop_path, "in [0, 1)")
         require(0 < self.layer_decay <= 1, "finetune.layer_decay", self.layer_decay, "in (0, 1]")
@@ -127,9 +136,22 @@ class FinetuneConfig:
         require(not self.data.device_augment, "data.device_augment", self.data.device_augment,
                 "false for fine-tuning (its RandAugment / random erasing recipe runs in the loader's workers)")
         check_recipe(self.data.format, self.finetune.auto_augment, self.finetune.color_jitter)
+        check_select_by("finetune.select_by", self.finetune.select_by, self.data.multi_label)
         require(not (self.finetune.model_ema and self.train.distributed == "fsdp"), "finetune.model_ema",
                 self.finetune.model_ema, "false with train.distributed=fsdp (the average needs whole weights on "
                 "every rank); use ddp")
+
+
+def check_select_by(name: str, select_by: str, multi_label: bool) -> None:
+    """A measure that the evaluation of these labels gives (one class an image, or several)."""
+    if multi_label:
+        require(select_by not in ONE_CLASS_MEASURES, name, select_by,
+                "mean_ap, roc_auc, macro_f1 or auto with data.multi_label=true (top-1 and balanced accuracy measure "
+                "one class an image)")
+    else:
+        require(select_by not in MANY_CLASS_MEASURES, name, select_by,
+                "top1, balanced_accuracy, macro_f1, roc_auc or auto: mean_ap measures images of several classes "
+                "each (data.multi_label=true)")
 
 
 @dataclass
@@ -144,10 +166,11 @@ class LinprobeSection:
     # cached mode: a folder where the features are kept, keyed by the encoder's weights, the images and the settings;
     # a later probe of the same (another learning rate, a resumed run) reads them instead of computing them again
     feature_cache: str = ""
-    select_by: str = "top1"  # as finetune.select_by
+    select_by: str = "auto"  # as finetune.select_by
 
     def check(self) -> None:
-        require(self.select_by in SELECT_BY, "linprobe.select_by", self.select_by, f"one of {list(SELECT_BY)}")
+        require(self.select_by in ("auto", *SELECT_BY), "linprobe.select_by", self.select_by,
+                f"auto or one of {list(SELECT_BY)}")
         require(self.mode in ("online", "cached"), "linprobe.mode", self.mode, "online or cached")
         require(not self.feature_cache or self.mode == "cached", "linprobe.feature_cache", self.feature_cache,
                 "empty in online mode (an online probe computes features of augmented images at every step)")

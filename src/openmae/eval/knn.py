@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from openmae.eval.confusion import class_scores, confusion_matrix
+from openmae.eval.multilabel import multilabel_scores
 
 log = logging.getLogger("openmae.knn")
 
@@ -53,8 +54,11 @@ def _neighbours(train_feats: torch.Tensor, test_feats: torch.Tensor, k: int, chu
 
 
 def _votes(top_sim: torch.Tensor, top_labels: torch.Tensor, num_classes: int, temperature: float) -> torch.Tensor:
+    """(m, C) votes of neighbours of labels (m, k), or of rows (m, k, C) of several classes each (each class
+    gets the weight of every neighbour of it)."""
     weights = (top_sim / temperature).exp()  # (m, k)
-    return (F.one_hot(top_labels, num_classes).float() * weights.unsqueeze(-1)).sum(dim=1)  # (m, C)
+    rows = top_labels.float() if top_labels.ndim == 3 else F.one_hot(top_labels, num_classes).float()  # (m, k, C)
+    return (rows * weights.unsqueeze(-1)).sum(dim=1)  # (m, C)
 
 
 def _check(k: int, temperature: float) -> None:
@@ -82,14 +86,14 @@ def _nearest_of_all(train_feats: torch.Tensor, train_labels: torch.Tensor, test_
     k = min(k, int(gather(torch.tensor([train_feats.shape[0]])).sum()))
     mine = min(k, train_feats.shape[0])
     for sim, idx in _neighbours(train_feats, test_feats, mine, chunk):
-        labels = train_labels[idx]
+        labels = train_labels[idx]  # (m, mine), or (m, mine, C) of several classes each
         if mine < k:  # a part with fewer than k features: the missing neighbours never win (exp(-inf) = 0)
             sim = F.pad(sim, (0, k - mine), value=float("-inf"))
-            labels = F.pad(labels, (0, k - mine))
-        sims, labels = gather(sim), gather(labels)  # (W, m, k) twice
-        sims, labels = sims.permute(1, 0, 2).flatten(1), labels.permute(1, 0, 2).flatten(1)  # (m, W * k)
+            labels = F.pad(labels, (0, 0) * (labels.ndim - 2) + (0, k - mine))
+        sims, labels = gather(sim), gather(labels)  # (W, m, k) twice (labels (W, m, k, C))
+        sims, labels = sims.transpose(0, 1).flatten(1), labels.transpose(0, 1).flatten(1, 2)  # (m, W * k)
         sim, pick = sims.topk(k, dim=1)
-        yield sim, labels.gather(1, pick)
+        yield sim, labels.gather(1, pick.view(*pick.shape, *(1,) * (labels.ndim - 2)).expand(-1, -1, *labels.shape[2:]))
 
 
 @torch.no_grad()
@@ -139,7 +143,15 @@ def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
                  test_labels: torch.Tensor, num_classes: int, k: int = 20, temperature: float = 0.07,
                  gather: Gather | None = None, device: torch.device | str | None = None) -> dict[str, float]:
     """Top-1 (and top-5 when there are more than 5 classes) accuracy, balanced accuracy and macro F1
-    (:mod:`openmae.eval.confusion`), in percent (``gather``, ``device``: see ``knn_predict``)."""
+    (:mod:`openmae.eval.confusion`), in percent (``gather``, ``device``: see ``knn_predict``). Labels (N, C) of
+    several classes an image (``data.multi_label``): each class's share of the ``k`` neighbours' weight is its
+    probability, measured by :func:`openmae.eval.multilabel.multilabel_scores` (``knn_mean_ap`` ...)."""
+    if test_labels.ndim == 2:  # several classes an image: each class's share of the neighbours' weight
+        every = torch.cat([train_labels, train_labels.new_ones(len(train_labels), 1)], 1)  # a last class: all
+        scores = knn_predict(train_feats, every, test_feats, num_classes + 1, k, temperature, gather=gather,
+                             device=device)  # (M, C + 1)
+        share = (scores[:, :-1] / scores[:, -1:]).numpy()
+        return {f"knn_{key}": value for key, value in multilabel_scores(share, test_labels.cpu().numpy()).items()}
     scores = knn_predict(train_feats, train_labels, test_feats, num_classes, k, temperature, gather=gather,
                          device=device)
     test_labels = test_labels.cpu()
