@@ -143,7 +143,8 @@ def test_fine_tuning_on_several_classes_an_image_chooses_by_mean_ap_and_evaluate
     """A fine-tuning run on tagged photos (mixup and cutmix on): each evaluation records mean AP, ROC-AUC, F1 and
     exact match, no top-1; model-best.pth is the epoch of the best mean AP; `openmae evaluate` reads the file's
     labels as several an image by itself and gives the numbers the run recorded; its predictions CSV gives the
-    exact-match rate and each class's probability."""
+    exact-match rate and each class's probability; converted to a timm / Hugging Face folder it stays a classifier
+    of several classes an image."""
     from test_finetune import tiny_finetune
 
     from openmae.cli.main import main
@@ -179,6 +180,23 @@ def test_fine_tuning_on_several_classes_an_image_chooses_by_mean_ap_and_evaluate
     probs = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
     truth = np.array([[float(c in r["labels"].split("|")) for c in CLASSES] for r in rows])
     assert multilabel_scores(probs, truth)["mean_ap"] == pytest.approx(result["mean_ap"], abs=0.5)  # 6 decimals
+
+    # to a timm / Hugging Face folder: transformers learns it with binary cross-entropy (its problem_type), and
+    # the folder evaluated reads its labels as several an image, as the run's own file
+    from transformers import AutoModelForImageClassification
+
+    from openmae.convert.export import convert_file
+
+    folder = convert_file(out / "model-best.pth", tmp_path / "hf", "hf")
+    by_hf = AutoModelForImageClassification.from_pretrained(folder)
+    assert by_hf.config.problem_type == "multi_label_classification"
+    images, targets = torch.randn(2, 3, 32, 32), torch.tensor([[1.0, 0, 1, 0, 0], [0, 0, 0, 1, 1]])
+    got = by_hf(pixel_values=images, labels=targets)
+    assert got.loss.item() == pytest.approx(F.binary_cross_entropy_with_logits(got.logits, targets).item())
+    code = main(["evaluate", "--checkpoint", str(folder), "--data", str(listed), "data.num_workers=0",
+                 "-o", str(tmp_path / "folder.json")])
+    assert code == 0
+    assert json.loads((tmp_path / "folder.json").read_text())["mean_ap"] == pytest.approx(result["mean_ap"], abs=1e-4)
 
 
 def test_probes_and_knn_of_several_classes_an_image(tmp_path, datasets):

@@ -210,3 +210,13 @@ def load_pretrained(
     model = MaskedAutoencoder(cfg)
     load_state_dict_into(model, sd)
     return model
+
+
+def trained_multi_label(obj: Any) -> bool:
+    """Whether a classifier file was trained on several classes an image (``data.multi_label``): its record, its
+    run's settings, or a timm / Hugging Face folder's ``problem_type``."""
+    if not isinstance(obj, dict):
+        return False
+    run_cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    data = run_cfg.get("data") if isinstance(run_cfg.get("data"), dict) else {}
+    return bool(obj.get("multi_label", data.get("multi_label", False)))

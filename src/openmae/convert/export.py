@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from openmae.convert.checkpoints import infer_config, stored_config, to_openmae_keys
+from openmae.convert.checkpoints import infer_config, stored_config, to_openmae_keys, trained_multi_label
 from openmae.convert.files import load_file, save_file, unwrap_state_dict, weights_metadata
 from openmae.convert.hf import Layout, hf_config_dict, openmae_to_hf
 from openmae.convert.timm import openmae_to_timm
@@ -97,7 +97,7 @@ def classifier_folder(src: str | os.PathLike, obj: dict[str, Any], dst: Path) ->
     return save_timm_folder(model.state_dict(), cfg, dst, model.num_classes, model.global_pool,
                             fc_norm=not isinstance(model.fc_norm, nn.Identity), classes=obj.get("classes"),
                             stats=recorded_stats(obj) or assumed_stats(obj, cfg.in_chans),
-                            crop_pct=run_data.get("eval_crop_pct"))
+                            crop_pct=run_data.get("eval_crop_pct"), multi_label=trained_multi_label(obj))
 
 
 def hf_processor_dict(cfg: MAEConfig, stats: dict[str, Any]) -> dict[str, Any]:

@@ -275,6 +275,8 @@ def load_hf_folder(folder: Path) -> dict[str, Any]:
         out.update(read_timm_config(config))
         if isinstance(config.get("label_names"), list):  # a classifier's class names, as timm keeps them
             out["classes"] = config["label_names"]
+        if config.get("problem_type") == "multi_label_classification":  # several classes an image (transformers')
+            out["multi_label"] = True
     processor = folder / "preprocessor_config.json"
     if processor.is_file():
         p = json.loads(processor.read_text())

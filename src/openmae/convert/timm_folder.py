@@ -22,6 +22,7 @@ from openmae.models.vit import fold_bn_head
 SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge"}  # timm's names for the widths
 # what timm copies from the named model's own weights into the folder's config, which are not these weights'
 INHERITED = ("tag", "license", "hf_hub_id", "origin_url", "paper_ids", "paper_name", "notes")
+MULTI_LABEL = "multi_label_classification"  # transformers' problem_type of a classifier of several classes an image
 
 
 def timm_architecture(cfg: MAEConfig) -> str:
@@ -35,11 +36,13 @@ def timm_architecture(cfg: MAEConfig) -> str:
 
 def save_timm_folder(sd: dict[str, torch.Tensor], cfg: MAEConfig, dst: str | Path, num_classes: int = 0,
                      global_pool: str = "token", fc_norm: bool | None = None, classes: list[str] | None = None,
-                     stats: dict[str, Any] | None = None, crop_pct: float | None = None) -> Path:
+                     stats: dict[str, Any] | None = None, crop_pct: float | None = None,
+                     multi_label: bool = False) -> Path:
     """Write the ViT of state dict ``sd`` (timm keys: an encoder, a fine-tuned classifier, or an online probe whose
     BatchNorm head is folded into its Linear) to folder ``dst``. ``global_pool`` / ``fc_norm``: how its head reads
     the tokens (:func:`openmae.models.vit.create_classifier`); ``classes``: the names of its outputs; ``stats``: the
-    normalisation its images had (``mean`` / ``std``), with the evaluation's bicubic resize and centre crop."""
+    normalisation its images had (``mean`` / ``std``), with the evaluation's bicubic resize and centre crop;
+    ``multi_label``: a classifier of several classes an image (``problem_type`` in its ``config.json``)."""
     import timm
     from timm.models import save_for_hf
 
@@ -73,6 +76,8 @@ def save_timm_folder(sd: dict[str, torch.Tensor], cfg: MAEConfig, dst: str | Pat
     config["model_args"].pop("num_classes", None)
     for key in INHERITED:
         config["pretrained_cfg"].pop(key, None)
+    if multi_label:  # transformers then learns it with binary cross-entropy; openmae evaluates its labels as sets
+        config["problem_type"] = MULTI_LABEL
     path.write_text(json.dumps(config, indent=2))
     return dst
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from openmae.config import ConfigError
-from openmae.convert.checkpoints import describe, file_architecture, infer_config
+from openmae.convert.checkpoints import describe, file_architecture, infer_config, trained_multi_label
 from openmae.convert.files import load_file, unwrap_state_dict
 from openmae.convert.timm_train import timm_model_facts
 from openmae.data.build import eval_batches, require_labels, source_for
@@ -152,7 +152,7 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     obj = load_file(e.init)
     model, mae_cfg = load_classifier(e.init, d, obj, model=cfg.model)
     classes = model.num_classes
-    if _multi_label(obj) and not d.multi_label:  # a classifier of several classes an image reads its labels so
+    if trained_multi_label(obj) and not d.multi_label:  # a classifier of several classes an image reads its labels so
         d.multi_label = True
         log.info("%s was trained on several classes an image: the labels are read as such (data.multi_label=true)",
                  e.init)
@@ -211,14 +211,6 @@ def _write_result(path: str, result: dict[str, Any]) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(result, indent=1))
         log.info("wrote %s", path)
-
-
-def _multi_label(obj: Any) -> bool:
-    """Whether a classifier file was trained on several classes an image (its record, or its run's settings)."""
-    if not isinstance(obj, dict):
-        return False
-    run_cfg = obj.get("config") if isinstance(obj.get("config"), dict) else {}
-    return bool(obj.get("multi_label", run_cfg.get("data", {}).get("multi_label", False)))
 
 
 def _report_multilabel(cfg: EvaluateConfig, info: DistInfo, metrics: dict[str, Any], source: ImageSource,
