@@ -217,7 +217,11 @@ def test_probes_and_knn_of_several_classes_an_image(tmp_path, datasets):
              if "mean_ap" in r]
     assert len(evals) == 2 and evals[-1]["best_mean_ap"] == max(r["mean_ap"] for r in evals)
     assert torch.load(tmp_path / "probe" / "model-best.pth", weights_only=True)["multi_label"] is True
-    assert result is not None
+    assert result["best_mean_ap"] == evals[-1]["best_mean_ap"]
+    online = linprobe(load_config(LinprobeConfig, overrides=[
+        *data, "linprobe.mode=online", "linprobe.select_by=roc_auc", "train.epochs=1", "train.warmup_epochs=0",
+        "train.batch_size=8", "train.progress=false", "train.tensorboard=false", f"train.output_dir={tmp_path / 'on'}"]))
+    assert online["best_roc_auc"] == online["roc_auc"] and "top1" not in online and online["best_epoch"] == 1
 
     # two training images a class pair apart: the query's neighbours weigh exp(1 / 0.5) and exp(0 / 0.5)
     train = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -235,3 +239,42 @@ def test_probes_and_knn_of_several_classes_an_image(tmp_path, datasets):
     knn = json.loads(call_cli("knn", "--checkpoint", str(encoder), "--data", str(listed), "data.multi_label=true",
                               "knn.k=5").stdout.splitlines()[-1])
     assert 0 < knn["knn_mean_ap"] <= 100 and knn["eval_samples"] == 24 and "knn_top1" not in knn
+
+
+def test_a_column_a_class_reads_as_rows_or_as_one_class_an_image(tmp_path, datasets):
+    """``data.label_columns``: a column a class, 1 where the image is of it (CheXpert's findings; ISIC's one-hot
+    diagnoses), 0 or empty where not; -1 (uncertain) read as ``data.uncertain_label`` (CheXpert's U-Zeros /
+    U-Ones), refused while unset; one-hot rows read as one class an image without ``data.multi_label``."""
+    photos = sorted((datasets / "cifar10" / "test" / "cat").iterdir())[:4]
+    marks = (("1", "0", "1.0"), ("0", "", "1"), ("-1", "1", "0"), ("0", "0", "0"))
+    listed = tmp_path / "findings.csv"
+    listed.write_text("Path,Sex,Edema,Effusion,Mass,split\n" + "".join(
+        f"{p},F,{','.join(m)},train\n" for p, m in zip(photos, marks)))
+    cfg = DataConfig(name="csv", path=str(listed), multi_label=True, label_columns=("edema", "Effusion", "Mass"),
+                     uncertain_label=1.0)
+    source = build_source(cfg, "train", 3)
+    assert source.classes == ["Edema", "Effusion", "Mass"]  # the file's spelling, the columns' order
+    assert rows_of(source).tolist() == [[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]]
+    cfg.uncertain_label = 0.0
+    assert rows_of(build_source(cfg, "train", 3))[2].tolist() == [0, 1, 0]
+    cfg.uncertain_label = None
+    with pytest.raises(ValueError, match=r"findings.csv, line 4: 'Edema' is -1 \(uncertain\); set "
+                                         r"data.uncertain_label=0 or 1"):
+        build_source(cfg, "train", 3)
+
+    # one-hot: a class index an image
+    listed.write_text("image,MEL,NV,BCC\n" + "".join(f"{p},{m}\n" for p, m in zip(photos[:3], ("0,1,0", "1,0,0",
+                                                                                               "0,0,1"))))
+    one = DataConfig(name="csv", path=str(listed), label_columns=("MEL", "NV", "BCC"))
+    assert [one_class for _, one_class in (build_source(one, "train", 3).file(i) for i in range(3))] == [1, 0, 2]
+    listed.write_text(listed.read_text() + f"{photos[3]},1,1,0\n")
+    with pytest.raises(ValueError, match=r"line 5: 2 of data.label_columns marked .* one class an image .* "
+                                         r"data.multi_label=true"):
+        build_source(one, "train", 3)
+    with pytest.raises(ValueError, match=r"has no column 'Nevus' \(data.label_columns\)"):
+        build_source(DataConfig(name="csv", path=str(listed), label_columns=("MEL", "Nevus")), "train", 3)
+    listed.write_text(listed.read_text() + f"{photos[3]},1,yes,0\n")
+    with pytest.raises(ValueError, match=r"line 6: 'NV' holds 'yes'; a class column holds 1 \(of the class\), 0 or "
+                                         r"nothing \(not\), -1 \(uncertain\)"):
+        build_source(DataConfig(name="csv", path=str(listed), multi_label=True, label_columns=("MEL", "NV", "BCC")),
+                     "train", 3)

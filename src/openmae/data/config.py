@@ -55,6 +55,11 @@ class DataConfig:
     # yes/no a class (sigmoid + binary cross-entropy) and are measured by mean average precision
     multi_label: bool = False
     label_separator: str = ""
+    # data.name=csv: columns that are each a class, 1 where the image is of it, 0 or empty where not (CheXpert's
+    # findings; one-hot diagnoses: one 1 a row unless multi_label); a cell of -1 (uncertain) reads as
+    # uncertain_label, 0 or 1 (CheXpert's U-Zeros / U-Ones), and is refused while that is unset
+    label_columns: tuple[str, ...] = ()
+    uncertain_label: float | None = None
     format: str = "image"
     array_layout: str = "auto"
     slice_plane: str = "axial"
@@ -143,6 +148,10 @@ class DataConfig:
                 "none with data.multi_label=true (drawing every class alike needs one class an image)")
         require(not self.multi_label or self.format != "volume", "data.format", self.format,
                 "image or array with data.multi_label=true (volumes' slices take one class each)")
+        require(not self.label_columns or self.name == "csv", "data.label_columns", self.label_columns,
+                "empty unless data.name=csv (columns of a CSV list, each a class)")
+        require(self.uncertain_label in (None, 0.0, 1.0), "data.uncertain_label", self.uncertain_label,
+                "0 or 1 (what a class column's -1, uncertain, reads as), or unset to refuse such cells")
         require(len(self.csv_columns) in (0, 2, 3), "data.csv_columns", self.csv_columns,
                 "[image column, label column] or [image, label, split] (data.name=csv), or [] to read them from the "
                 "header")

@@ -16,7 +16,9 @@ test folder do. Python's csv module reads the file: a CSV dialect's quoting is n
 With ``data.multi_label`` a label cell lists each of the image's classes (``Effusion|Mass``: NIH ChestX-ray14;
 ``haze primary water``: satellite tags), separated by ``data.label_separator`` (unset: the first of ``|``, ``;``,
 ``,`` and a space that any label cell holds); an empty cell is an image of none of them, and the labels are an
-(N, classes) array of zeros and ones.
+(N, classes) array of zeros and ones. ``data.label_columns`` names columns that are each a class instead (1: of
+it; 0 or empty: not; -1: uncertain, read as ``data.uncertain_label``): rows of several classes with
+``data.multi_label``, else one-hot rows, one class each; the classes are those columns, in their order.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from openmae.data.images import IMAGE_SUFFIXES
 from openmae.data.scans import VOLUME_SUFFIXES, suffix_of
 
 IMAGE_COLUMNS = ("path", "image", "file", "filename", "file_name", "image_path", "filepath", "file_path", "img",
-                 "image_id", "image_name")
-LABEL_COLUMNS = ("label", "class", "target", "category", "class_name", "labels")
+                 "image_id", "image_name", "image index")
+# "tags": satellite tiles' land covers; "finding labels": NIH ChestX-ray14's findings (its images: "image index")
+LABEL_COLUMNS = ("label", "class", "target", "category", "class_name", "labels", "tags", "finding labels")
 SPLIT_COLUMNS = ("split", "subset", "set", "partition")
 FILE_SUFFIXES = frozenset(IMAGE_SUFFIXES + ARRAY_SUFFIXES + VOLUME_SUFFIXES)  # a first row naming a file: no header
 
@@ -49,6 +52,8 @@ class Table(NamedTuple):
     images: list[str]
     labels: list[str] | None
     splits: list[str] | None
+    marks: np.ndarray | None = None  # data.label_columns: (rows, columns) of 1, 0 or -1 (uncertain)
+    marked: tuple[str, ...] = ()  # those columns' names, as the header spells them
 
 
 def csv_files(cfg: DataConfig) -> dict[str, Path]:
@@ -74,7 +79,8 @@ def _column(header: list[str], given: str | None, names: tuple[str, ...], what: 
 
 
 @functools.lru_cache(maxsize=8)
-def _read(path: str, size: int, mtime: int, columns: tuple[str, ...], multi: bool) -> Table:  # size, mtime: rewrites
+def _read(path: str, size: int, mtime: int, columns: tuple[str, ...], multi: bool,  # size, mtime: rewrites
+          class_columns: tuple[str, ...] = ()) -> Table:
     file = Path(path)
     with open(file, newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: the byte-order mark a spreadsheet writes
         first = fh.readline()
@@ -94,6 +100,9 @@ def _read(path: str, size: int, mtime: int, columns: tuple[str, ...], multi: boo
         label = _column(header, given[1], LABEL_COLUMNS, "label", file)
         split = _column(header, given[2], SPLIT_COLUMNS, "split", file)
     assert image is not None
+    if class_columns:  # a column a class: no label column
+        label = None
+        marked = [_class_column(header, name, file) for name in class_columns]
     needed = [c for c in (image, label if not multi else None) if c is not None]  # several labels: may be none
     wanted = max(c for c in (image, label, split) if c is not None)
     for number, row in enumerate(body, start=2):
@@ -103,7 +112,32 @@ def _read(path: str, size: int, mtime: int, columns: tuple[str, ...], multi: boo
             raise ValueError(f"{file}, line {number}: {row} has no {' or '.join(repr(header[c]) for c in needed)} "
                              f"value; every row needs {needs}")
     column = lambda c: [r[c].strip() for r in body] if c is not None else None
-    return Table(file.parent, column(image), column(label), column(split))
+    if not class_columns:
+        return Table(file.parent, column(image), column(label), column(split))
+    marks = np.zeros((len(body), len(marked)), dtype=np.float32)
+    for number, row in enumerate(body, start=2):
+        for j, c in enumerate(marked):
+            marks[number - 2, j] = _mark(row[c] if c < len(row) else "", header[c], file, number)
+    return Table(file.parent, column(image), None, column(split), marks, tuple(header[c].strip() for c in marked))
+
+
+def _class_column(header: list[str], name: str, path: Path) -> int:
+    lowered = [h.strip().lower() for h in header]
+    if name.lower() not in lowered:
+        raise ValueError(f"{path} has no column {name!r} (data.label_columns); its columns: {header}")
+    return lowered.index(name.lower())
+
+
+def _mark(cell: str, name: str, path: Path, number: int) -> float:
+    """A class column's cell: 1 (of the class), 0 or empty (not), -1 (uncertain)."""
+    try:
+        value = float(cell) if cell.strip() else 0.0
+    except ValueError:
+        value = float("nan")
+    if value not in (0.0, 1.0, -1.0):
+        raise ValueError(f"{path}, line {number}: {name.strip()!r} holds {cell!r}; a class column holds 1 (of the "
+                         "class), 0 or nothing (not), -1 (uncertain)")
+    return value
 
 
 def read_table(path: Path, cfg: DataConfig) -> Table:
@@ -111,7 +145,8 @@ def read_table(path: Path, cfg: DataConfig) -> Table:
         raise FileNotFoundError(f"data.path {path} does not exist (data.name=csv reads a CSV file listing images and "
                                 "their labels" + (", one per split" if "{split}" in cfg.path else "") + ")")
     stat = path.stat()
-    return _read(str(path), stat.st_size, stat.st_mtime_ns, tuple(cfg.csv_columns), cfg.multi_label)
+    return _read(str(path), stat.st_size, stat.st_mtime_ns, tuple(cfg.csv_columns), cfg.multi_label,
+                 tuple(cfg.label_columns))
 
 
 SEPARATORS = ("|", ";", ",", " ")  # data.label_separator unset: the first that a label cell holds
@@ -153,7 +188,10 @@ def has_splits(cfg: DataConfig) -> bool:
 
 
 def class_names(cfg: DataConfig) -> list[str]:
-    """Every split's labels, sorted: numbers by value, else as text."""
+    """Every split's labels, sorted: numbers by value, else as text (``data.label_columns``: those columns)."""
+    if cfg.label_columns:
+        path = next((p for p in csv_files(cfg).values() if p.is_file()), None)
+        return list(read_table(path, cfg).marked) if path is not None else list(cfg.label_columns)
     labels = {label for path in csv_files(cfg).values() if path.is_file() for label in read_table(path, cfg).labels or ()}
     if cfg.multi_label:
         separator = label_separator(cfg)
@@ -168,7 +206,8 @@ def csv_split(cfg: DataConfig, split: str) -> tuple[list[Path], np.ndarray | Non
     """The files of ``split``, their class indices (N,) (``data.multi_label``: (N, classes) float32, 1 where the
     image is of the class) and the classes' names (None and none: a list without labels)."""
     files = csv_files(cfg)
-    table = read_table(files[""] if "" in files else Path(cfg.path.replace("{split}", split)), cfg)
+    listed = files[""] if "" in files else Path(cfg.path.replace("{split}", split))
+    table = read_table(listed, cfg)
     rows: range | list[int] = range(len(table.images))
     if table.splits is not None:
         rows = [i for i, s in enumerate(table.splits) if s.lower() == split.lower()]
@@ -182,6 +221,8 @@ def csv_split(cfg: DataConfig, split: str) -> tuple[list[Path], np.ndarray | Non
         raise FileNotFoundError(f"the first images listed for the '{split}' split do not exist ({paths[0]}, ...): "
                                 f"paths in {'the files' if '' not in files else files['']} are read relative to "
                                 f"its folder {table.folder} unless absolute")
+    if table.marks is not None:
+        return paths, _class_rows(table, rows, cfg, listed), classes
     if table.labels is None:
         return paths, None, []
     if not cfg.multi_label:
@@ -190,3 +231,25 @@ def csv_split(cfg: DataConfig, split: str) -> tuple[list[Path], np.ndarray | Non
     for n, i in enumerate(rows):
         hot[n, [index[name] for name in _classes_of(table.labels[i], separator)]] = 1.0
     return paths, hot, classes
+
+
+def _class_rows(table: Table, rows: range | list[int], cfg: DataConfig, where: Path) -> np.ndarray:
+    """The rows of ``data.label_columns`` (N, classes), -1 read as ``data.uncertain_label``; without
+    ``data.multi_label`` each row's one class (N,)."""
+    marks = table.marks[np.asarray(list(rows), dtype=np.int64)]
+    unsure = np.argwhere(marks < 0)
+    if len(unsure) and cfg.uncertain_label is None:
+        n, c = unsure[0]
+        line = list(rows)[n] + 2
+        raise ValueError(f"{where}, line {line}: {table.marked[c]!r} is -1 (uncertain); set data.uncertain_label=0 or "
+                         "1 (read as not of the class, or as of it: CheXpert's U-Zeros / U-Ones)")
+    marks[marks < 0] = cfg.uncertain_label if cfg.uncertain_label is not None else 0.0
+    if cfg.multi_label:
+        return marks
+    counts = marks.sum(1)
+    if (counts != 1).any():
+        n = int(np.flatnonzero(counts != 1)[0])
+        raise ValueError(f"{where}, line {list(rows)[n] + 2}: {int(counts[n])} of data.label_columns marked "
+                         f"({', '.join(table.marked)}); one class an image needs exactly one (images of several "
+                         "classes each, or of none: data.multi_label=true)")
+    return marks.argmax(1).astype(np.int64)
