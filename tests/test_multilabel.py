@@ -4,6 +4,7 @@ precision, ROC-AUC, F1 and exact match (scikit-learn's definitions), in fine-tun
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def test_average_precision_and_the_multi_label_scores_are_scikit_learns():
     assert out["roc_auc"] == pytest.approx(100 * np.mean([roc_auc(probs[:, c], truth[:, c] > 0) for c in (0, 1)]))
 
 
-def test_label_cells_of_several_classes_read_as_rows(tmp_path, datasets):
+def test_label_cells_of_several_classes_read_as_rows(tmp_path, datasets, caplog):
     for separator in ("|", " ", ";"):
         listed = tagged_list(tmp_path, datasets, 2, 1, separator)
         cfg = DataConfig(name="csv", path=str(listed), multi_label=True)
@@ -89,6 +90,15 @@ def test_label_cells_of_several_classes_read_as_rows(tmp_path, datasets):
                                          r"its label \(images of several classes each, or of none: "
                                          r"data.multi_label=true\)"):
         build_source(DataConfig(name="csv", path=str(listed)), "train", 3)
+    # read as one class an image, cells listing several with '|' are said to look like it, once a list
+    photo = sorted((datasets / "cifar10" / "test" / "cat").iterdir())[0]
+    bare = tmp_path / "bare.csv"
+    bare.write_text(f"path,label\n{photo},cat|animal\n{photo},cat\n")
+    with caplog.at_level(logging.WARNING, logger="openmae.data"):
+        for _ in range(2):
+            assert build_source(DataConfig(name="csv", path=str(bare)), "train", 3).classes == ["cat", "cat|animal"]
+    assert caplog.text.count("labels such as 'cat|animal' read as classes of their own; if they list several "
+                             "classes of an image, set data.multi_label=true") == 1
     for settings, match in (({"name": "imagefolder", "path": "x"}, "data.multi_label"),
                             ({"balance": "classes"}, "data.balance"), ({"format": "volume"}, "data.format")):
         with pytest.raises(ConfigError, match=match):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import logging
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -35,6 +36,8 @@ from openmae.data.arrays import ARRAY_SUFFIXES
 from openmae.data.config import DataConfig
 from openmae.data.images import IMAGE_SUFFIXES
 from openmae.data.scans import VOLUME_SUFFIXES, suffix_of
+
+log = logging.getLogger("openmae.data")
 
 IMAGE_COLUMNS = ("path", "image", "file", "filename", "file_name", "image_path", "filepath", "file_path", "img",
                  "image_id", "image_name", "image index")
@@ -149,6 +152,7 @@ def read_table(path: Path, cfg: DataConfig) -> Table:
                  tuple(cfg.label_columns))
 
 
+_WARNED: set[str] = set()  # lists whose labels looked like several classes each, said once a process
 SEPARATORS = ("|", ";", ",", " ")  # data.label_separator unset: the first that a label cell holds
 
 
@@ -196,6 +200,10 @@ def class_names(cfg: DataConfig) -> list[str]:
     if cfg.multi_label:
         separator = label_separator(cfg)
         labels = {name for cell in labels for name in _classes_of(cell, separator)}
+    elif (listed := next((label for label in sorted(labels) if "|" in label), None)) and cfg.path not in _WARNED:
+        _WARNED.add(cfg.path)  # once a list, not at every split built
+        log.warning("data.path %s: labels such as %r read as classes of their own; if they list several classes of "
+                    "an image, set data.multi_label=true", cfg.path, listed)
     try:
         return sorted(labels, key=lambda v: (float(v), v))
     except ValueError:
