@@ -225,11 +225,11 @@ def headline_measure(metrics: dict[str, Any]) -> str:
     return "top1" if "top1" in metrics or "mean_ap" not in metrics else "mean_ap"
 
 
-def headline(metrics: dict[str, Any], prefix: str = "") -> str:
-    """``top-1 76.10 top-5 98.20`` (``mean AP 61.20 ROC-AUC 84.00``) of ``metrics``' values named ``prefix...``."""
+def headline(metrics: dict[str, Any]) -> str:
+    """``top-1 76.10 top-5 98.20``, or ``mean AP 61.20 ROC-AUC 84.00`` for images of several classes each."""
     if headline_measure(metrics) == "top1":
-        return f"top-1 {metrics[f'{prefix}top1']:.2f} top-5 {metrics[f'{prefix}top5']:.2f}"
-    return f"mean AP {metrics[f'{prefix}mean_ap']:.2f} ROC-AUC {metrics[f'{prefix}roc_auc']:.2f}"
+        return f"top-1 {metrics['top1']:.2f} top-5 {metrics['top5']:.2f}"
+    return f"mean AP {metrics['mean_ap']:.2f} ROC-AUC {metrics['roc_auc']:.2f}"
 
 
 def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module,

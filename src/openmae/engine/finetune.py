@@ -153,6 +153,7 @@ class FinetuneTask:
         return evaluate_after_epoch(run, epoch, self.cfg.finetune.eval_every_epochs, self.classifier, self.evaluate,
                                     self.best)
 
+
 def mixed_rows(labels: torch.Tensor, lam: float, smoothing: float) -> torch.Tensor:
     """Targets (B, classes) of images of several classes each: rows of 0 / 1 ``labels`` smoothed towards one half
     by ``smoothing``, each image's mixed with its mirror in the batch's (``labels.flip(0)``) by ``lam`` (mixup /
