@@ -18,7 +18,7 @@ from openmae.data.build import split_sources
 from openmae.data.config import DataConfig
 from openmae.data.datasets import build_source
 from openmae.engine.task_config import FinetuneConfig, KnnConfig, LinprobeConfig
-from openmae.eval.multilabel import average_precision, multilabel_scores
+from openmae.eval.multilabel import average_precision, multilabel_scores, precision_recall
 from openmae.eval.ranking import roc_auc
 
 # each photo's tags: its CIFAR-10 class and what it is (a bird's row is empty: none of these classes)
@@ -56,6 +56,9 @@ def test_average_precision_and_the_multi_label_scores_are_scikit_learns():
     assert average_precision(np.array([0.9, 0.5, 0.5, 0.9]), np.array([0, 1, 0, 1], bool)) == pytest.approx(
         0.5 * 0.5 + 0.5 * 0.5)  # at 0.9: precision 1/2, recall 1/2; at 0.5: precision 2/4, recall +1/2
     assert np.isnan(average_precision(scores, np.zeros(50, bool)))
+    # scikit-learn's documented precision_recall_curve of that example, highest score first, without recall 0
+    precision, recall = precision_recall(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool))
+    assert precision.tolist() == pytest.approx([1, 0.5, 2 / 3, 0.5]) and recall.tolist() == [0.5, 0.5, 1, 1]
 
     probs = np.array([[0.9, 0.2, 0.6], [0.8, 0.7, 0.1], [0.3, 0.4, 0.2], [0.1, 0.9, 0.4]])
     truth = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 1, 0]], dtype=np.float32)
@@ -175,8 +178,10 @@ def test_fine_tuning_on_several_classes_an_image_chooses_by_mean_ap_and_evaluate
 
     preds = tmp_path / "preds.csv"
     code = main(["evaluate", "--checkpoint", str(out / "model-best.pth"), "--data", str(listed),
-                 "data.num_workers=0", "-o", str(tmp_path / "eval.json"), "--predictions", str(preds)])
+                 "data.num_workers=0", "-o", str(tmp_path / "eval.json"), "--predictions", str(preds),
+                 "--plot", str(tmp_path / "curves.png")])
     assert code == 0
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the classes' precision-recall curves
     result = json.loads((tmp_path / "eval.json").read_text())
     for key in ("mean_ap", "roc_auc", "macro_f1", "micro_f1", "exact_match", "eval_loss"):
         assert result[key] == pytest.approx(best[key], abs=1e-4), key

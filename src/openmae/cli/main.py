@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the classifier: model-best.pth of a finetune (or online linprobe) run, or its "
                                 "model-last.pth / checkpoint-*.pth")
             p.add_argument("--out", "-o", dest="json_out", help="JSON file for every number (per class, confusion)")
-            p.add_argument("--plot", help="PNG of the confusion matrix")
+            p.add_argument("--plot", help="PNG of the confusion matrix (several classes an image: precision-recall curves)")
             p.add_argument("--predictions", help="CSV of each image's class, top-5 predictions and probabilities")
         if name == "visualize":
             p.add_argument("images", nargs="*",

@@ -30,7 +30,7 @@ from openmae.engine.logging import setup_console
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
 from openmae.eval.multilabel import THRESHOLD
-from openmae.eval.plots import confusion_plot
+from openmae.eval.plots import confusion_plot, precision_recall_plot
 from openmae.models.mae import MAEConfig
 from openmae.models.vit import create_classifier
 
@@ -170,7 +170,8 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     # under torchrun each rank measures its part of the images: the metrics of all on every rank
     metrics = evaluate_share(model.to(device), source, batches_for, device, info,
                              autocast_dtype(e.precision, device, hint=False), confusion=True, flip=e.tta == "flip",
-                             what=f"evaluation of the {d.eval_split} images", keep=bool(e.predictions))
+                             what=f"evaluation of the {d.eval_split} images",
+                             keep=bool(e.predictions) or (bool(e.plot) and d.multi_label))  # its curves need them
     if d.multi_label:
         return _report_multilabel(cfg, info, metrics, source, names)
     kept = {key: metrics.pop(key) for key in ("labels", "top", "top_probs") if key in metrics}
@@ -237,11 +238,13 @@ def _report_multilabel(cfg: EvaluateConfig, info: DistInfo, metrics: dict[str, A
         return result
     _write_result(e.output, result)
     if e.predictions:
-        write_multilabel_predictions(Path(e.predictions), source, names, **kept)
+        write_multilabel_predictions(Path(e.predictions), source, names, kept["labels"], kept["probs"])
         log.info("wrote %s (each image's classes, those predicted and every class's probability)", e.predictions)
-    if e.plot:
-        log.warning("evaluate.plot: no confusion matrix for images of several classes each (each class is a yes / no "
-                    "of its own); its scores are in the table above and in evaluate.output")
+    if e.plot:  # no confusion matrix: each class is a yes / no of its own
+        Path(e.plot).parent.mkdir(parents=True, exist_ok=True)
+        precision_recall_plot(kept["probs"].numpy(), kept["labels"].numpy(), names, e.plot,
+                              f"{Path(e.init).name}: mean AP {metrics['mean_ap']:.2f} on {split}{view}")
+        log.info("wrote %s (each class's precision against recall)", e.plot)
     return result
 
 

@@ -241,7 +241,8 @@ class EvaluateSection:
     precision: str = "auto"  # as train.precision: auto = bf16 on CUDA (fp16 before Ampere), fp32 on CPU
     device: str = "auto"
     output: str = ""  # a JSON file for every number (per-class accuracy and confusion matrix included)
-    plot: str = ""  # a PNG of the confusion matrix (rows as percentages of each true class)
+    plot: str = ""  # a PNG of the confusion matrix (rows as percentages of each true class); several classes an
+    # image (data.multi_label): each class's precision-recall curve
     predictions: str = ""  # a CSV of each image's class, top-5 predictions and their probabilities
     # test-time augmentation: none, or flip (each image's class probabilities averaged with its mirror's; only
     # for classifiers trained with horizontal flips). Reported apart: fine-tuning's own numbers are single-view.

@@ -20,18 +20,25 @@ from openmae.eval.ranking import roc_auc
 THRESHOLD = 0.5  # a class is predicted where its probability is above this (its logit above 0)
 
 
-def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
-    """The average precision of ranking the images by ``scores`` (N,) for those where ``positive`` (N,) is true:
-    the sum over distinct scores, highest first, of the precision there times the recall gained; nan without
-    positives."""
-    count = int(positive.sum())
-    if count == 0:
-        return float("nan")
+def precision_recall(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall (each (T,)) of calling the images of ``scores`` (N,) at least each distinct score, highest
+    first, positive, for those where ``positive`` (N,) is true (scikit-learn's ``precision_recall_curve``, reversed
+    and without its final point of recall 0); recall is nan without positives."""
     order = np.argsort(-scores, kind="stable")
     ordered, hits = scores[order], positive[order].astype(np.float64)
     last = np.r_[np.flatnonzero(ordered[1:] != ordered[:-1]), len(ordered) - 1]  # each distinct score's last image
     found = np.cumsum(hits)[last]
-    precision, recall = found / (last + 1), found / count
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return found / (last + 1), found / hits.sum()
+
+
+def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The average precision of ranking the images by ``scores`` (N,) for those where ``positive`` (N,) is true:
+    the sum over distinct scores, highest first, of the precision there times the recall gained; nan without
+    positives."""
+    if not positive.any():
+        return float("nan")
+    precision, recall = precision_recall(scores, positive)
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 

@@ -1,4 +1,5 @@
-"""Figures a person would rather look at than read: loss curves, accuracy per epoch and accuracy-vs-setting plots."""
+"""Figures a person would rather look at than read: loss curves, accuracy per epoch, accuracy-vs-setting plots,
+confusion matrices and precision-recall curves."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -87,6 +89,34 @@ def confusion_plot(confusion: list[list[int]], classes: list[str], path: str | P
     ax.set_xlabel("predicted")
     ax.set_ylabel("true (row: % of the class)")
     ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def precision_recall_plot(probs: np.ndarray, truth: np.ndarray, classes: list[str], path: str | Path,
+                          title: str = "") -> Path:
+    """Each class's precision against recall (a classifier of several classes an image: ``probs`` and ``truth``
+    (N, classes)), named with its average precision; classes without positive images are left out, and the legend
+    past 20 classes."""
+    from openmae.eval.multilabel import average_precision, precision_recall
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    for c, name in enumerate(classes):
+        positive = truth[:, c] > 0.5
+        if positive.any():
+            precision, recall = precision_recall(probs[:, c], positive)
+            ax.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="pre", lw=1.0,
+                    label=f"{name} (AP {100 * average_precision(probs[:, c], positive):.1f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(classes) <= 20:
+        ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
