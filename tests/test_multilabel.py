@@ -175,6 +175,9 @@ def test_fine_tuning_on_several_classes_an_image_chooses_by_mean_ap_and_evaluate
     assert evals[-1]["best_epoch"] == best["epoch"] and evals[-1]["best_mean_ap"] == best["mean_ap"]
     kept = torch.load(out / "model-best.pth", weights_only=True)
     assert kept["multi_label"] is True and kept["epoch"] == best["epoch"] and kept["classes"] == CLASSES
+    from openmae.convert.summary import format_summary, summarize
+
+    assert "classifier head (5 classes, several an image: airplane," in format_summary(summarize(out / "model-best.pth"))
 
     preds = tmp_path / "preds.csv"
     code = main(["evaluate", "--checkpoint", str(out / "model-best.pth"), "--data", str(listed),

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from openmae.convert.checkpoints import infer_config, stored_config, to_openmae_keys
+from openmae.convert.checkpoints import infer_config, stored_config, to_openmae_keys, trained_multi_label
 from openmae.convert.files import fetch, load_file, unwrap_state_dict
 from openmae.convert.hf import detect_layout, is_hf_state_dict
 from openmae.convert.timm_train import timm_train_args
@@ -78,6 +78,7 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "decoder": any(k.startswith(DECODER_PREFIXES) for k in sd),
         "classifier_classes": int(raw[head_key].shape[0]) if head_key else None,
         "class_names": list(obj["classes"]) if isinstance(obj, dict) and isinstance(obj.get("classes"), list) else None,
+        "multi_label": bool(head_key) and trained_multi_label(obj),  # several classes an image (data.multi_label)
         "model": cfg.to_dict() if cfg else None,
         "architecture_from": ("the file's config" if isinstance(obj, dict) and "model_config" in obj else
                               f"timm's model {obj['arch']}" if timm_train_args(obj) is not None else
@@ -108,7 +109,8 @@ def format_summary(info: dict[str, Any]) -> str:
     if info["classifier_classes"] is not None:
         names = info["class_names"] or []
         shown = f": {', '.join(map(str, names[:6]))}{', ...' if len(names) > 6 else ''}" if names else ""
-        parts.append(f"classifier head ({info['classifier_classes']} classes{shown})")
+        several = ", several an image" if info.get("multi_label") else ""
+        parts.append(f"classifier head ({info['classifier_classes']} classes{several}{shown})")
     lines = [
         f"{info['path']}: {info['written_by']}, {info['layout']}",
         f"  parts: {', '.join(parts) or 'none recognised'}; {info['tensors']} tensors, "
