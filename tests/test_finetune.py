@@ -304,3 +304,53 @@ def test_a_stop_during_validation_saves_before_it_and_the_resumed_run_ends_as_an
     rows = lambda d: [{k: v for k, v in r.items() if k not in ("time", "images_per_s")}  # noqa: E731
                       for r in read_metrics(d / "metrics.jsonl")]
     assert rows(tmp_path / "full") == rows(tmp_path / "cut") and resumed["best_epoch"] == best[0]["epoch"]
+
+
+def test_knn_and_cached_probes_read_a_classifier_fine_tuned_with_average_pooling(tmp_path, datasets):
+    """A classifier fine-tuned with average pooling has no final norm: its features are fc_norm of the mean patch
+    token, as its head reads them (timm's ``forward_head(..., pre_logits=True)``). kNN and cached probes read those
+    (they refused the file before); other poolings, several blocks and online probes are refused, saying why."""
+    import re
+
+    from openmae.config import load_config
+    from openmae.data.build import eval_batches, source_for
+    from openmae.data.loader import Batch
+    from openmae.engine.config import ModelSection
+    from openmae.engine.evaluate import load_classifier
+    from openmae.engine.knn_eval import knn_eval, load_encoder_model
+    from openmae.engine.linprobe import LinprobeConfig, LinprobeTask
+    from openmae.engine.task_config import KnnConfig
+    from openmae.eval.features import extract_features
+
+    finetune(tiny_finetune(tmp_path / "ft", datasets, "train.epochs=1"))
+    best = str(tmp_path / "ft" / "model-best.pth")
+    encoder, cfg = load_encoder_model(ModelSection(name="auto"), best)
+    classifier, _ = load_classifier(best)
+    images = torch.randn(4, 3, 32, 32)
+    batch = Batch(images, torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long), 0)
+    feats, _ = extract_features(encoder, [batch], torch.device("cpu"), "mean")
+    with torch.no_grad():
+        want = classifier.eval().forward_head(classifier.forward_features(images), pre_logits=True)
+    torch.testing.assert_close(feats, want, rtol=1e-5, atol=1e-6)
+    for pooling, blocks in (("cls", 1), ("cls+mean", 1), ("mean", 2)):
+        with pytest.raises(ValueError, match=rf"pooling={re.escape(pooling)}, last_blocks={blocks}: a classifier "
+                                             r"fine-tuned with average pooling has one feature, .* set pooling=mean"):
+            extract_features(encoder, [batch], torch.device("cpu"), pooling, last_blocks=blocks)
+
+    data = [f"data.root={datasets}", "data.name=cifar10", "data.max_samples=64", "data.max_eval_samples=32",
+            "data.num_workers=0"]
+    knn = knn_eval(load_config(KnnConfig, overrides=[*data, f"knn.init={best}", "knn.pooling=mean", "knn.k=5"]))
+    assert knn["eval_samples"] == 32 and 0 <= knn["knn_top1"] <= 100
+    probe = load_config(LinprobeConfig, overrides=[
+        *data, f"linprobe.init={best}", "linprobe.mode=cached", "linprobe.pooling=mean", "train.epochs=1",
+        "train.warmup_epochs=0", "train.batch_size=16", "train.progress=false", "train.tensorboard=false",
+        f"train.output_dir={tmp_path / 'probe'}"])
+    task = LinprobeTask(probe, torch.device("cpu"))
+    d = probe.data
+    source = source_for(d, d.eval_split, 3, d.max_eval_samples)
+    want, _ = extract_features(encoder, eval_batches(d, d.eval_split, cfg.img_size, 3, 16, source=source),
+                               torch.device("cpu"), "mean")
+    torch.testing.assert_close(task.eval_feats[0], want, rtol=1e-5, atol=1e-6)
+    probe.linprobe.mode, probe.linprobe.feature_cache = "online", ""
+    with pytest.raises(ValueError, match=r"is a classifier fine-tuned with average pooling: probe its features cached"):
+        LinprobeTask(probe, torch.device("cpu"))

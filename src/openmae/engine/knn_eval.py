@@ -31,21 +31,30 @@ from openmae.engine.task_config import KnnConfig
 from openmae.engine.weights import resolve_encoder
 from openmae.eval.features import extract_features
 from openmae.eval.knn import knn_accuracy, standardize
-from openmae.models.mae import MaskedAutoencoder
+from openmae.models.mae import MAEConfig, MaskedAutoencoder
+from openmae.models.vit import create_classifier, load_encoder, pooled_by_fc_norm
 
 log = logging.getLogger("openmae.knn")
 
 
 def load_encoder_model(model: ModelSection, init: str, seed: int = 0, data: DataConfig | None = None
-                       ) -> MaskedAutoencoder:
-    """An MAE whose encoder holds ``init``'s weights (decoder optional), or a random one when ``init`` is empty;
-    ``data`` takes the normalisation ``init`` records when its own is unset."""
-    cfg, sd, _ = resolve_encoder(model, init, data=data)
+                       ) -> tuple[nn.Module, MAEConfig]:
+    """An MAE whose encoder holds ``init``'s weights (decoder optional), or a random one when ``init`` is empty,
+    and its config; a classifier fine-tuned with average pooling (no final norm) comes as timm's classifier pooled
+    alike, whose features are its ``fc_norm`` of the mean patch token. ``data`` takes the normalisation ``init``
+    records when its own is unset."""
+    cfg, sd, old_grid = resolve_encoder(model, init, data=data)
     torch.manual_seed(seed)
+    if sd is not None and pooled_by_fc_norm(sd):
+        classifier = create_classifier(cfg, 1, "avg", fc_norm=True)  # its head is not read
+        load_encoder(classifier, sd, cfg.grid, old_grid)
+        log.info("%s is a classifier fine-tuned with average pooling: its features are fc_norm of the mean patch "
+                 "token, as its head reads them", init)
+        return classifier, cfg
     mae = MaskedAutoencoder(cfg)
     if sd is not None:
         load_state_dict_into(mae, sd)
-    return mae
+    return mae, cfg
 
 
 def _standardized_over_ranks(train: torch.Tensor, test: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
@@ -103,8 +112,8 @@ def knn_eval(cfg: KnnConfig) -> dict[str, Any]:
     k, d = cfg.knn, cfg.data
     info = init_distributed(k.device)
     try:
-        model = load_encoder_model(cfg.model, k.init, k.seed, d).to(info.device)
-        m = model.cfg
+        model, m = load_encoder_model(cfg.model, k.init, k.seed, d)
+        model = model.to(info.device)
         with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
             train_source, eval_source = split_sources(d, m.in_chans)
 

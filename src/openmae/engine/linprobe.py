@@ -36,8 +36,8 @@ from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import LinprobeConfig
 from openmae.engine.weights import resolve_encoder
 from openmae.eval.feature_cache import feature_key, read_features, say_read, weights_digest, write_features
-from openmae.eval.features import extract_features, pooled_width
-from openmae.models.vit import create_classifier, load_encoder
+from openmae.eval.features import extract_features, pooled_norm, pooled_width
+from openmae.models.vit import create_classifier, load_encoder, pooled_by_fc_norm
 
 log = logging.getLogger("openmae.linprobe")
 
@@ -85,10 +85,17 @@ class LinprobeTask:
         self.report_source = report_source(cfg.data, mae_cfg.in_chans)  # the test split beside held-out images
         keep_stats(cfg.data, mae_cfg.in_chans)  # recorded in config.yaml and the checkpoints
         self.num_classes = num_classes_of(p.num_classes, self.train_source.classes)
-        # online: the head reads the pooling asked for (mean: normed patch tokens averaged, as cached features are)
+        # online: the head reads the pooling asked for (mean: normed patch tokens averaged, as cached features are);
+        # a classifier fine-tuned with average pooling: fc_norm of the mean patch token, as its own head read it
+        by_fc_norm = sd is not None and pooled_by_fc_norm(sd)
         self.classifier = create_classifier(mae_cfg, self.num_classes, probe_global_pool(p.pooling), bn_head=True,
-                                            head_init_std=0.01, fc_norm=False,
+                                            head_init_std=0.01, fc_norm=by_fc_norm,
                                             head_in=pooled_width(p.pooling, mae_cfg.embed_dim) * p.last_blocks)
+        if by_fc_norm:
+            pooled_norm(self.classifier, p.pooling, p.last_blocks)  # the poolings it has features for
+            if p.mode == "online":  # its checkpoints and model-best.pth would hold a classifier no reader builds
+                raise ValueError(f"{p.init} is a classifier fine-tuned with average pooling: probe its features "
+                                 "cached (linprobe.mode=cached linprobe.pooling=mean)")
         if sd is not None:
             load_encoder(self.classifier, sd, mae_cfg.grid, old_grid)
         for name, param in self.classifier.named_parameters():

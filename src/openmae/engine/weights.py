@@ -40,7 +40,10 @@ def resolve_encoder(model: ModelSection, init: str, resumed: dict | None = None,
         cfg = MAEConfig(**{**resumed, **model.overrides()}) if model.name == "auto" else model.resolve()
         return cfg, None, None
     obj = load_file(init)
-    sd = to_openmae_keys(unwrap_state_dict(obj))
+    raw = unwrap_state_dict(obj)
+    sd = to_openmae_keys(raw)
+    if "norm.weight" not in sd and "fc_norm.weight" in raw:  # a classifier fine-tuned with average pooling: its
+        sd.update({k: raw[k] for k in ("fc_norm.weight", "fc_norm.bias")})  # features' norm (pooled_by_fc_norm)
     stored = file_architecture(obj, sd, init, heads_set=model.num_heads is not None or model.name != "auto")
     if model.name == "auto":
         cfg = MAEConfig(**{**stored.to_dict(), **model.overrides()})

@@ -46,12 +46,27 @@ def encoder_tokens(encoder: nn.Module, images: torch.Tensor, last_blocks: int = 
     return encoder.forward_features(images, last_blocks=last_blocks)
 
 
+def pooled_norm(encoder: nn.Module, pooling: str, last_blocks: int) -> nn.Module | None:
+    """The ``fc_norm`` of a classifier fine-tuned with average pooling (its tokens have no final norm: its
+    features are ``fc_norm`` of their mean, as its head reads them), None for an encoder with a final norm; a
+    ValueError for the poolings such a classifier has no features for."""
+    fc_norm = getattr(encoder, "fc_norm", None)
+    if not isinstance(fc_norm, nn.LayerNorm):
+        return None
+    if pooling != "mean" or last_blocks != 1:
+        raise ValueError(f"pooling={pooling}, last_blocks={last_blocks}: a classifier fine-tuned with average pooling "
+                         "has one feature, fc_norm of its last block's mean patch token (no final norm for its cls "
+                         "token or earlier blocks); set pooling=mean (knn.pooling / linprobe.pooling) and last_blocks=1")
+    return fc_norm
+
+
 @torch.no_grad()
 def extract_features(encoder: nn.Module, batches: Iterable[Batch], device: torch.device, pooling: str = "cls",
                      amp_dtype: torch.dtype | None = None, last_blocks: int = 1, what: str = "features",
                      total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (N, D * last_blocks) float32 on the CPU and labels (N,) for every batch (``encoder_tokens``);
     with ``total`` (the images), how far it came is reported as ``what`` (:func:`openmae.eval.progress.reported`)."""
+    fc_norm = pooled_norm(encoder, pooling, last_blocks)
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
@@ -59,7 +74,8 @@ def extract_features(encoder: nn.Module, batches: Iterable[Batch], device: torch
         for batch in shown:
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 tokens = encoder_tokens(encoder, batch.images.to(device, non_blocking=True), last_blocks)
-            feats.append(pool(tokens, pooling).float().cpu())
+                pooled = pool(tokens, pooling) if fc_norm is None else fc_norm(pool(tokens, pooling))  # (N, D)
+            feats.append(pooled.float().cpu())
             labels.append(batch.labels)
     encoder.train(was_training)
     return torch.cat(feats), torch.cat(labels)

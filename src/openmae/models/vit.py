@@ -72,16 +72,26 @@ def fold_bn_head(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def pooled_by_fc_norm(sd: dict[str, torch.Tensor]) -> bool:
+    """Whether weights ``sd`` are a classifier fine-tuned with average pooling: no final ``norm``, an ``fc_norm``
+    that normalises the mean of the patch tokens instead (its features, as its head reads them)."""
+    return "fc_norm.weight" in sd and "norm.weight" not in sd
+
+
 def load_encoder(model: VisionTransformer, mae_sd: dict[str, torch.Tensor], grid: tuple[int, int] | None = None,
                  old_grid: tuple[int, int] | None = None) -> list[str]:
     """Copy MAE encoder weights into ``model``; returns the keys left at their init (the head, fc_norm).
 
-    The decoder is dropped; with average pooling the final ``norm`` is dropped as in the official code;
+    The decoder is dropped; with average pooling the final ``norm`` is dropped as in the official code (and the
+    ``fc_norm`` of weights that have one, a classifier fine-tuned so, kept);
     the position table is resized (bicubic) when the resolution differs; the patch embedding of another number of
     input channels is adapted (:func:`openmae.models.patches.adapt_in_chans`).
     """
-    sd = {k: v for k, v in mae_sd.items() if not k.startswith(DECODER_PREFIXES) and not k.startswith(("head.", "fc_norm."))}
     own = model.state_dict()
+    # a classifier fine-tuned with average pooling, read by a model pooled alike: its fc_norm is its features' norm
+    keep_fc_norm = pooled_by_fc_norm(mae_sd) and "fc_norm.weight" in own
+    sd = {k: v for k, v in mae_sd.items() if not k.startswith(DECODER_PREFIXES) and not k.startswith("head.")
+          and (keep_fc_norm or not k.startswith("fc_norm."))}
     for line in adapt_in_chans(sd, model.patch_embed.proj.in_channels):  # an RGB encoder for other bands
         log.warning(line)
     if "norm.weight" not in own:  # average pooling: norm is Identity, fc_norm is trained from scratch
