@@ -243,9 +243,11 @@ def test_checkpoints_of_timms_training_script_read_as_timm_built_them(tmp_path, 
     saver.save_checkpoint(epoch=3, metric=41.0)
     best = tmp_path / "model_best.pth.tar"
     assert best.is_file()
-    ema = tmp_path / "ema.pth.tar"  # with --model-ema, the averaged weights beside the trained ones: said, not read
-    torch.save({**torch.load(best, weights_only=False), "state_dict_ema": model.state_dict()}, ema)
-    assert "its EMA weights (state_dict_ema) are not read" in summarize(ema)["written_by"]
+    ema = tmp_path / "ema.pth.tar"  # with --model-ema, the averaged weights beside the trained ones
+    averaged = timm.create_model(args.model, num_classes=10, **kwargs).eval()
+    torch.nn.init.normal_(averaged.head.weight, std=1.0)
+    torch.save({**torch.load(best, weights_only=False), "state_dict_ema": averaged.state_dict()}, ema)
+    assert "with EMA weights (state_dict_ema): model.ema=true reads them" in summarize(ema)["written_by"]
 
     info = summarize(best)
     assert info["written_by"] == "a checkpoint of timm's train.py after epoch 3 (--model vit_base_patch16_224)"
@@ -260,6 +262,15 @@ def test_checkpoints_of_timms_training_script_read_as_timm_built_them(tmp_path, 
     out = run_evaluate(cfg)
     assert out["top1"] == want["top1"] and out["top5"] == want["top5"]
     assert out["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-6)
+    # model.ema=true: the averaged weights measured (and read as an encoder), not the trained ones
+    want_ema = evaluate(averaged, eval_batches(d, d.eval_split, (32, 32), 3, 8, source=source), torch.device("cpu"))
+    out_ema = run_evaluate(evaluate_cfg(ema, datasets, "model.ema=true"))
+    assert out_ema["eval_loss"] == pytest.approx(want_ema["eval_loss"], rel=1e-6) != out["eval_loss"]
+    assert out_ema["top1"] == want_ema["top1"]
+    assert torch.equal(resolve_encoder(ModelSection(name="auto", ema=True), str(ema))[1]["blocks.0.attn.qkv.weight"],
+                       averaged.state_dict()["blocks.0.attn.qkv.weight"])
+    with pytest.raises(ValueError, match=r"model.ema=true: .*model_best.pth.tar holds no averaged weights \(keys "):
+        run_evaluate(evaluate_cfg(best, datasets, "model.ema=true"))
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="openmae.convert.checkpoints"):

@@ -60,6 +60,15 @@ def test_ema_is_the_average_of_the_trained_weights_and_is_what_gets_evaluated(tm
     evals = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "top1" in r]
     assert len(evals) == 2 and all("live_top1" in r and "live_eval_loss" in r for r in evals)
     assert out["eval_loss"] != out["live_eval_loss"]
+    # the run's last checkpoint measured again: its trained weights (live_*), or with model.ema=true its average
+    from openmae.engine.evaluate import EvaluateConfig, run_evaluate
+
+    data = [f"data.root={datasets}", "data.name=cifar10", "data.max_eval_samples=32", "data.num_workers=0"]
+    last = sorted(tmp_path.glob("checkpoint-*.pth"))[-1]
+    for ema_on, prefix in (("false", "live_"), ("true", "")):
+        again = run_evaluate(load_config(EvaluateConfig, overrides=[f"evaluate.init={last}", *data,
+                                                                    f"model.ema={ema_on}"]))
+        assert again["eval_loss"] == pytest.approx(out[f"{prefix}eval_loss"], rel=1e-6), ema_on
 
 
 def test_ema_warmup_follows_timm_schedule(tmp_path, datasets):

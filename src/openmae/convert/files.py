@@ -228,6 +228,21 @@ def strip_wrapper_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return inside
 
 
+def averaged_weights(obj: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint ``obj`` with the weights it averages (an EMA) in place of its trained ones: timm train.py's
+    ``state_dict_ema``, an openmae fine-tuning run checkpoint's (``task_state['ema']``); a ValueError naming what the
+    file holds otherwise."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict_ema"), dict):
+        return {**obj, "state_dict": obj["state_dict_ema"]}
+    task_state = obj.get("task_state") if isinstance(obj, dict) else None
+    if isinstance(task_state, dict) and isinstance(task_state.get("ema"), dict):
+        return {**obj, "model": task_state["ema"]}
+    held = f"keys {sorted(obj)[:8]}" if isinstance(obj, dict) else type(obj).__name__
+    raise ValueError(f"model.ema=true: {path} holds no averaged weights ({held}); they are in a checkpoint of timm's "
+                     "train.py run with --model-ema (state_dict_ema) or of `openmae finetune finetune.model_ema=true` "
+                     "(whose model-best.pth holds them as its weights); set model.ema=false to read the file's own")
+
+
 def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     """The tensor dict inside a checkpoint: ``{'model': sd}`` (official, openmae), ``{'state_dict': sd}`` or sd,
     without a wrapper's key prefix (:func:`strip_wrapper_prefix`)."""

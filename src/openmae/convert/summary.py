@@ -42,8 +42,8 @@ def _written_by(obj: Any, path: Path, task: str | None) -> str:
         return "openmae weights"
     if timm_train_args(obj) is not None:
         epoch = f" after epoch {obj['epoch']}" if isinstance(obj.get("epoch"), int) else ""
-        ema = ("; its EMA weights (state_dict_ema) are not read: timm's clean_checkpoint.py --use-ema writes them as "
-               "a file of their own" if isinstance(obj.get("state_dict_ema"), dict) else "")
+        ema = ("; with EMA weights (state_dict_ema): model.ema=true reads them" if isinstance(obj.get("state_dict_ema"),
+                                                                                        dict) else "")
         return f"a checkpoint of timm's train.py{epoch} (--model {obj['arch']}{ema})"
     if official_args(obj) is not None:
         epoch = f" after epoch {obj['epoch']}" if isinstance(obj.get("epoch"), int) else ""

@@ -64,10 +64,14 @@ class ModelSection:
     norm_pix_loss: bool | None = None
     masking: str | None = None
     grad_checkpointing: bool | None = None
+    # read the weights a file averages (an EMA) instead of its trained ones: timm train.py's state_dict_ema, an
+    # openmae fine-tuning run checkpoint's (finetune.model_ema=true; its model-best.pth holds them already)
+    ema: bool = False
 
     def overrides(self) -> dict[str, Any]:
+        """The architecture fields set (``name`` and ``ema`` say which weights, not their shape)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "name" and getattr(self, f.name) is not None}
+                if f.name not in ("name", "ema") and getattr(self, f.name) is not None}
 
     def resolve(self) -> MAEConfig:
         return model_config(self.name, **self.overrides())

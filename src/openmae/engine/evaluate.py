@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from openmae.config import ConfigError
 from openmae.convert.checkpoints import describe, file_architecture, infer_config, trained_multi_label
-from openmae.convert.files import load_file, unwrap_state_dict
+from openmae.convert.files import averaged_weights, load_file, unwrap_state_dict
 from openmae.convert.timm_train import timm_model_facts
 from openmae.data.build import eval_batches, require_labels, source_for
 from openmae.data.config import DataConfig
@@ -82,6 +82,9 @@ def load_classifier(path: str, data: DataConfig | None = None, obj: Any = None, 
     ``data`` takes the normalisation the file records when its own is unset; ``obj``: the file, already loaded;
     ``model``: settings over the file's architecture (``model.num_heads`` where the file records none)."""
     obj = load_file(path) if obj is None else obj
+    if model is not None and model.ema:
+        obj = averaged_weights(obj, path)
+        log.info("%s: its averaged (EMA) weights are measured (model.ema=true)", path)
     timm = timm_model_facts(obj)
     if not isinstance(obj, dict) or not (isinstance(obj.get("model"), dict) or timm is not None):
         raise ConfigError(f"{path} holds no 'model' weights (a bare weights file such as model-timm.safetensors "

@@ -8,7 +8,7 @@ import logging
 import torch
 
 from openmae.convert.checkpoints import file_architecture, to_openmae_keys
-from openmae.convert.files import load_file, unwrap_state_dict
+from openmae.convert.files import averaged_weights, load_file, unwrap_state_dict
 from openmae.data.config import DataConfig
 from openmae.data.normalization import inherit_stats
 from openmae.engine.config import ModelSection
@@ -40,6 +40,9 @@ def resolve_encoder(model: ModelSection, init: str, resumed: dict | None = None,
         cfg = MAEConfig(**{**resumed, **model.overrides()}) if model.name == "auto" else model.resolve()
         return cfg, None, None
     obj = load_file(init)
+    if model.ema:
+        obj = averaged_weights(obj, init)
+        log.info("%s: its averaged (EMA) weights are read (model.ema=true)", init)
     raw = unwrap_state_dict(obj)
     sd = to_openmae_keys(raw)
     if "norm.weight" not in sd and "fc_norm.weight" in raw:  # a classifier fine-tuned with average pooling: its
