@@ -22,6 +22,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # train.precision also takes "auto"
 # (openmae.eval.confusion, openmae.eval.ranking); each named as the log says it
 SELECT_BY = {"top1": "top-1", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "roc_auc": "ROC-AUC",
              "mean_ap": "mean AP"}
+CLASS_WEIGHTS = ("none", "balanced")  # finetune / linprobe.class_weights (openmae.engine.imbalance)
 ONE_CLASS_MEASURES = ("top1", "balanced_accuracy")  # measured where each image has one class
 MANY_CLASS_MEASURES = ("mean_ap",)  # measured where images may have several (data.multi_label)
 

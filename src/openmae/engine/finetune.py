@@ -30,6 +30,7 @@ from openmae.engine.classifier import (
 )
 from openmae.engine.config import TrainConfig, measure_to_select
 from openmae.engine.distributed import ONE_PROCESS, DistInfo
+from openmae.engine.imbalance import class_balance, labels_of
 from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
 from openmae.engine.precision import autocast_dtype
@@ -65,6 +66,9 @@ class FinetuneTask:
         self.multi_label = cfg.data.multi_label  # several classes an image: a yes / no each (binary cross-entropy)
         self.criterion = nn.BCEWithLogitsLoss() if self.multi_label else SoftTargetCrossEntropy() if mixing else (
             LabelSmoothingCrossEntropy(f.smoothing) if f.smoothing > 0 else nn.CrossEntropyLoss())
+        # class weights / logit adjustment for imbalanced classes, from the training labels (None: off)
+        self.balance = class_balance(lambda: labels_of(self.train_source), self.num_classes, f.class_weights,
+                                     f.logit_adjustment, f.smoothing, list(self.train_source.classes))
         self.amp_dtype = autocast_dtype(cfg.train.precision, device)
         # Built on the run's device from the initial weights (the loop moves the same model there).
         self.ema = ModelEmaV3(self.model.to(device), decay=f.model_ema_decay, use_warmup=f.model_ema_warmup,
@@ -105,8 +109,8 @@ class FinetuneTask:
             targets = mixed_rows(labels, lam, self.cfg.finetune.smoothing)
         elif self.mixup is not None:
             images, targets = self.mixup(images, labels)
-        logits = model(images)
-        return StepOutput(self.criterion(logits.float(), targets))
+        logits = model(images).float()
+        return StepOutput(self.criterion(logits, targets) if self.balance is None else self.balance.loss(logits, targets))
 
     def after_step(self, step: int) -> None:
         if self.ema is not None:

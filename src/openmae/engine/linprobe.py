@@ -30,6 +30,7 @@ from openmae.engine.classifier import (
 )
 from openmae.engine.config import TrainConfig, measure_to_select
 from openmae.engine.distributed import ONE_PROCESS, DistInfo, gather_rows, gather_stacked, part_of
+from openmae.engine.imbalance import class_balance, labels_of
 from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
 from openmae.engine.precision import autocast_dtype
@@ -120,6 +121,10 @@ class LinprobeTask:
             self.train_feats = self.eval_feats = self.report_feats = None
             self.model = self.classifier
             self.num_workers = cfg.data.num_workers
+        # class weights / logit adjustment for imbalanced classes, from the training labels (None: off)
+        self.balance = class_balance(lambda: self.train_feats[1] if self.train_feats is not None else
+                                     labels_of(self.train_source), self.num_classes, p.class_weights,
+                                     p.logit_adjustment, names=self.classes)
 
     def _features(self, role: str, split: str, source: ImageSource) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (N, D) and labels (N,) of every image of ``source``, on every rank (each computes its part), or
@@ -174,6 +179,8 @@ class LinprobeTask:
             self.classifier.eval()  # frozen encoder; only the BatchNorm head is in training mode
             self.classifier.head.train()
         logits = model(inputs).float()  # (B, classes)
+        if self.balance is not None:
+            return StepOutput(self.balance.loss(logits, labels))
         if labels.ndim == 2:  # several classes an image (data.multi_label): a yes / no each
             return StepOutput(nn.functional.binary_cross_entropy_with_logits(logits, labels))
         return StepOutput(nn.functional.cross_entropy(logits, labels))

@@ -10,6 +10,7 @@ from typing import ClassVar
 from openmae.config import require
 from openmae.data.config import SHIFT_MODES, DataConfig, check_recipe
 from openmae.engine.config import (
+    CLASS_WEIGHTS,
     MANY_CLASS_MEASURES,
     ONE_CLASS_MEASURES,
     PRECISIONS,
@@ -100,10 +101,16 @@ class FinetuneSection:
     # what chooses model-best.pth's epoch: top1, or balanced_accuracy / macro_f1 / roc_auc (imbalanced classes),
     # mean_ap (several classes an image); auto: top1, or mean_ap with data.multi_label
     select_by: str = "auto"
+    # imbalanced classes (openmae.engine.imbalance): balanced weighs each class's images by images / (classes x its
+    # images) (several classes an image: its positives by negatives / positives); logit_adjustment tau trains on the
+    # logits plus tau x log of each class's share (1.0: Menon et al.'s); drawing the classes alike: data.balance
+    class_weights: str = "none"
+    logit_adjustment: float = 0.0
 
     def check(self) -> None:
         require(self.select_by in ("auto", *SELECT_BY), "finetune.select_by", self.select_by,
                 f"auto or one of {list(SELECT_BY)}")
+        check_imbalance("finetune", self.class_weights, self.logit_adjustment)
         require(self.global_pool in GLOBAL_POOL, "finetune.global_pool", self.global_pool, f"one of {GLOBAL_POOL}")
         require(0 <= self.drop_path < 1, "finetune.drop_path", self.drop_path, "in [0, 1)")
         require(0 < self.layer_decay <= 1, "finetune.layer_decay", self.layer_decay, "in (0, 1]")
@@ -137,6 +144,7 @@ class FinetuneConfig:
                 "false for fine-tuning (its RandAugment / random erasing recipe runs in the loader's workers)")
         check_recipe(self.data.format, self.finetune.auto_augment, self.finetune.color_jitter)
         check_select_by("finetune.select_by", self.finetune.select_by, self.data.multi_label)
+        check_remedies("finetune", self.finetune.class_weights, self.finetune.logit_adjustment, self.data)
         require(not (self.finetune.model_ema and self.train.distributed == "fsdp"), "finetune.model_ema",
                 self.finetune.model_ema, "false with train.distributed=fsdp (the average needs whole weights on "
                 "every rank); use ddp")
@@ -154,6 +162,22 @@ def check_select_by(name: str, select_by: str, multi_label: bool) -> None:
                 "each (data.multi_label=true)")
 
 
+def check_imbalance(section: str, class_weights: str, logit_adjustment: float) -> None:
+    require(class_weights in CLASS_WEIGHTS, f"{section}.class_weights", class_weights, f"one of {list(CLASS_WEIGHTS)}")
+    require(logit_adjustment >= 0, f"{section}.logit_adjustment", logit_adjustment,
+            ">= 0 (tau: the logits plus tau x log prior in training; 1.0 is the paper's, 0 off)")
+
+
+def check_remedies(section: str, class_weights: str, logit_adjustment: float, data: DataConfig) -> None:
+    """One remedy for imbalanced classes at a time, and logit adjustment for one class an image."""
+    require(not logit_adjustment or not data.multi_label, f"{section}.logit_adjustment", logit_adjustment,
+            "0 with data.multi_label=true (it shifts one softmax over the classes; several classes an image: "
+            f"{section}.class_weights=balanced)")
+    require(data.balance == "none" or (class_weights == "none" and not logit_adjustment), "data.balance", data.balance,
+            f"none with {section}.class_weights / logit_adjustment (drawing the classes alike and reweighting or "
+            "adjusting the loss for them would count their imbalance twice): choose one")
+
+
 @dataclass
 class LinprobeSection:
     init: str = ""
@@ -167,10 +191,13 @@ class LinprobeSection:
     # a later probe of the same (another learning rate, a resumed run) reads them instead of computing them again
     feature_cache: str = ""
     select_by: str = "auto"  # as finetune.select_by
+    class_weights: str = "none"  # as finetune.class_weights
+    logit_adjustment: float = 0.0  # as finetune.logit_adjustment
 
     def check(self) -> None:
         require(self.select_by in ("auto", *SELECT_BY), "linprobe.select_by", self.select_by,
                 f"auto or one of {list(SELECT_BY)}")
+        check_imbalance("linprobe", self.class_weights, self.logit_adjustment)
         require(self.mode in ("online", "cached"), "linprobe.mode", self.mode, "online or cached")
         require(not self.feature_cache or self.mode == "cached", "linprobe.feature_cache", self.feature_cache,
                 "empty in online mode (an online probe computes features of augmented images at every step)")
@@ -196,6 +223,8 @@ class LinprobeConfig:
 
     def check(self) -> None:
         require(self.data.name != "folder", "data.name", self.data.name, "a labelled dataset (imagefolder or named)")
+        check_select_by("linprobe.select_by", self.linprobe.select_by, self.data.multi_label)
+        check_remedies("linprobe", self.linprobe.class_weights, self.linprobe.logit_adjustment, self.data)
 
 
 @dataclass
