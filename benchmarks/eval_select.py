@@ -120,8 +120,8 @@ def main() -> None:
     held = DataConfig(name=args.dataset, root=args.data_root, holdout=args.holdout, num_workers=2,
                       max_samples=n_train, max_eval_samples=n_eval)
     # the normalisation the checkpoint records, as the commands take it
-    encoder = load_encoder_model(ModelSection(name="auto"), str(ckpt), data=held).to(device)
-    m = encoder.cfg
+    encoder, m = load_encoder_model(ModelSection(name="auto"), str(ckpt), data=held)
+    encoder = encoder.to(device)
     depth, width = m.depth, m.embed_dim
     blocks = sorted({1, 2, 3, depth // 2, depth} & set(range(1, depth + 1)))
 

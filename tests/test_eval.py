@@ -133,7 +133,7 @@ def test_knn_command_on_a_holdout_equals_the_library_path(datasets):
                                                      "knn.pooling=cls+mean", "knn.last_blocks=2", "knn.standardize=true",
                                                      "knn.k=10"]))
     cfg = DataConfig(**data)
-    mae = load_encoder_model(ModelSection(name="mae_vit_tiny_patch7_28_gray", depth=3), "")
+    mae, _ = load_encoder_model(ModelSection(name="mae_vit_tiny_patch7_28_gray", depth=3), "")
     feats = [extract_features(mae, eval_batches(cfg, split, (28, 28), 1, 256, limit), torch.device("cpu"), "cls+mean",
                               last_blocks=2) for split, limit in (("train", 1500), ("test", 500))]
     assert feats[0][0].shape == (1500, 2 * 2 * 192)
