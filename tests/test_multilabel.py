@@ -186,6 +186,11 @@ def test_fine_tuning_on_several_classes_an_image_chooses_by_mean_ap_and_evaluate
     assert code == 0
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the classes' precision-recall curves
     result = json.loads((tmp_path / "eval.json").read_text())
+    with pytest.raises(ConfigError, match=r"trained on several classes an image .* data.name=cifar10 has one class"):
+        from openmae.engine.evaluate import EvaluateConfig, run_evaluate
+
+        run_evaluate(load_config(EvaluateConfig, overrides=[f"evaluate.init={out / 'model-best.pth'}",
+                                                            "data.name=cifar10", f"data.root={datasets}"]))
     for key in ("mean_ap", "roc_auc", "macro_f1", "micro_f1", "exact_match", "eval_loss"):
         assert result[key] == pytest.approx(best[key], abs=1e-4), key
     assert result["per_class_images"] == {"airplane": 6, "animal": 6, "cat": 6, "ship": 6, "vehicle": 12}

@@ -156,6 +156,10 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     model, mae_cfg = load_classifier(e.init, d, obj, model=cfg.model)
     classes = model.num_classes
     if trained_multi_label(obj) and not d.multi_label:  # a classifier of several classes an image reads its labels so
+        if d.name != "csv":
+            raise ConfigError(f"{e.init} was trained on several classes an image (data.multi_label), which only a CSV "
+                              f"list holds; data.name={d.name} has one class an image: give the list it was trained "
+                              "on (--data labels.csv)")
         d.multi_label = True
         log.info("%s was trained on several classes an image: the labels are read as such (data.multi_label=true)",
                  e.init)
