@@ -49,18 +49,13 @@ def test_the_remedies_reach_fine_tuning_and_probes_and_are_refused_together(tmp_
     import logging
 
     from test_finetune import tiny_finetune
-    from test_labels import CLASSES, class_folders
+    from test_labels import long_tailed_list
 
     from openmae.data.loader import Batch
     from openmae.engine.finetune import FinetuneTask
     from openmae.engine.linprobe import LinprobeTask
 
-    folders = class_folders(tmp_path, datasets)
-    table = [(path, name, "train") for name, count in zip(CLASSES, (8, 4, 2))
-             for path in sorted((folders / "train" / name).iterdir())[:count]]
-    table += [(path, path.parent.name, "test") for path in sorted((folders / "test").rglob("*.jpg"))]
-    listed = tmp_path / "tail.csv"
-    listed.write_text("path,label,split\n" + "".join(f"{p},{c},{s}\n" for p, c, s in table))
+    listed, _ = long_tailed_list(tmp_path, datasets)
     data = ["data.name=csv", f"data.path={listed}", "data.max_samples=0"]
     with caplog.at_level(logging.INFO, logger="openmae.classifier"):
         task = FinetuneTask(tiny_finetune(tmp_path / "ft", datasets, *data, "finetune.class_weights=balanced",

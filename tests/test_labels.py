@@ -43,6 +43,18 @@ def rows(folders: Path, relative_to: Path) -> list[tuple[str, str, str]]:
     return out
 
 
+def long_tailed_list(tmp_path: Path, datasets: Path) -> tuple[Path, list[tuple[Path, str, str]]]:
+    """<tmp_path>/tail.csv: 8, 4 and 2 training photos of the three classes (a long tail), 4 test photos each; and
+    its rows (photo, class, split)."""
+    folders = class_folders(tmp_path, datasets)
+    table = [(path, name, "train") for name, count in zip(CLASSES, (8, 4, 2))
+             for path in sorted((folders / "train" / name).iterdir())[:count]]
+    table += [(path, path.parent.name, "test") for path in sorted((folders / "test").rglob("*.jpg"))]
+    listed = tmp_path / "tail.csv"
+    listed.write_text("path,label,split\n" + "".join(f"{p},{c},{s}\n" for p, c, s in table))
+    return listed, table
+
+
 def test_a_csv_of_images_and_labels_reads_as_the_same_class_folders(tmp_path, datasets):
     folders = class_folders(tmp_path, datasets)
     want = {split: items(build_source(DataConfig(name="imagefolder", path=str(folders)), split, 3))
@@ -150,12 +162,7 @@ def test_balanced_sampling_reaches_fine_tuning_and_cached_probes(tmp_path, datas
     from openmae.engine.finetune import FinetuneTask
     from openmae.engine.linprobe import LinprobeConfig, linprobe
 
-    folders = class_folders(tmp_path, datasets)
-    table = [(path, name, "train") for name, count in zip(CLASSES, (8, 4, 2))
-             for path in sorted((folders / "train" / name).iterdir())[:count]]
-    table += [(path, path.parent.name, "test") for path in sorted((folders / "test").rglob("*.jpg"))]
-    listed = tmp_path / "tail.csv"
-    listed.write_text("path,label,split\n" + "".join(f"{p},{c},{s}\n" for p, c, s in table))
+    listed, table = long_tailed_list(tmp_path, datasets)
     data = ["data.name=csv", f"data.path={listed}", "data.max_samples=0", "data.balance=classes"]
     task = FinetuneTask(tiny_finetune(tmp_path / "ft", datasets, *data, "train.batch_size=2"), torch.device("cpu"))
     samples, sampler = task.train_data(ONE_PROCESS)

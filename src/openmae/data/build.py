@@ -65,6 +65,12 @@ class SourceView:
         return self.source.view(int(self.index[index]))
 
 
+def labels_of(source: ImageSource | SourceView) -> np.ndarray:
+    """The labels of every item of a source, read without decoding it: (N,) class indices, or (N, classes) rows
+    (``data.multi_label``)."""
+    return np.stack([np.asarray(source.file(i)[1]) for i in range(len(source))])
+
+
 def holdout_indices(count: int, fraction: float, seed: int, what: str = "images") -> tuple[list[int], list[int]]:
     """(kept, held out): a fixed random ``fraction`` of ``range(count)`` held out, both in ascending order."""
     held = round(count * fraction)
@@ -162,8 +168,7 @@ def train_dataset(cfg: DataConfig, img_size: tuple[int, int], channels: int, bat
     if cfg.repeat > 1:  # a small folder: longer epochs, so that per-epoch costs (loader refill, logging) amortise
         source = SourceView.repeated(source, cfg.repeat)
     mean, std = stats_for(cfg, channels)
-    weights = (class_balanced([source.file(i)[1] for i in range(len(source))], list(source.classes))
-               if cfg.balance == "classes" else None)
+    weights = class_balanced(labels_of(source), list(source.classes)) if cfg.balance == "classes" else None
     sampler = ResumableSampler(len(source), batch_size, seed, shuffle=True, rank=rank, world_size=world_size,
                                weights=weights)
     if cfg.device_augment:

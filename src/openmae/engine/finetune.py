@@ -13,7 +13,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 
-from openmae.data.build import eval_batches, report_source, split_sources, train_dataset
+from openmae.data.build import eval_batches, labels_of, report_source, split_sources, train_dataset
 from openmae.data.datasets import ImageSource, keep_stats, stats_for
 from openmae.data.loader import Batch
 from openmae.data.normalization import stats_record
@@ -30,7 +30,7 @@ from openmae.engine.classifier import (
 )
 from openmae.engine.config import TrainConfig, measure_to_select
 from openmae.engine.distributed import ONE_PROCESS, DistInfo
-from openmae.engine.imbalance import class_balance, labels_of
+from openmae.engine.imbalance import class_balance
 from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
 from openmae.engine.precision import autocast_dtype

@@ -20,11 +20,6 @@ import torch.nn.functional as F
 log = logging.getLogger("openmae.classifier")
 
 
-def labels_of(source) -> np.ndarray:
-    """The labels of every item of an image source: (N,) class indices, or (N, classes) rows."""
-    return np.stack([np.asarray(source.file(i)[1]) for i in range(len(source))])
-
-
 def class_balance(labels, num_classes: int, class_weights: str, logit_adjustment: float, smoothing: float = 0.0,
                   names: list[str] | None = None) -> ClassBalance | None:
     """A :class:`ClassBalance` when either remedy is asked for, else None (the task's own loss). ``labels``: the
@@ -52,6 +47,7 @@ class ClassBalance:
                              f"{', '.join(absent[:5])} {'has' if len(absent) == 1 else 'have'} none; train without "
                              "them, or give those classes images")
         self.weight = self.pos_weight = self.adjust = None
+        self._device: tuple[torch.device, torch.dtype] | None = None  # where the class tensors are (loss)
         if class_weights == "balanced" and self.multi:
             self.pos_weight = (len(labels) - counts) / counts  # (classes,): each class's negatives / positives
         elif class_weights == "balanced":
@@ -70,15 +66,21 @@ class ClassBalance:
     def active(self) -> bool:
         return any(t is not None for t in (self.weight, self.pos_weight, self.adjust))
 
+    def _on(self, logits: torch.Tensor) -> None:
+        """The class tensors moved to the logits' device and dtype once, not a copy (and a host sync) every step."""
+        if self._device != (logits.device, logits.dtype):
+            self.weight, self.pos_weight, self.adjust = (None if t is None else t.to(logits) for t in
+                                                         (self.weight, self.pos_weight, self.adjust))
+            self._device = (logits.device, logits.dtype)
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The balanced loss of ``logits`` (B, classes) float32 against class indices (B,), soft targets (B,
         classes) (mixup) or, for several classes an image, rows (B, classes); smoothing applies to class indices
         (soft targets and rows come smoothed)."""
+        self._on(logits)
         if self.multi:
-            weight = None if self.pos_weight is None else self.pos_weight.to(logits)
-            return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
+            return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=self.pos_weight)
         if self.adjust is not None:
-            logits = logits + self.adjust.to(logits)
-        weight = None if self.weight is None else self.weight.to(logits)
-        return F.cross_entropy(logits, targets, weight=weight,
+            logits = logits + self.adjust
+        return F.cross_entropy(logits, targets, weight=self.weight,
                                label_smoothing=self.smoothing if targets.ndim == 1 else 0.0)

@@ -15,7 +15,14 @@ import torch
 import torch.nn as nn
 
 from openmae.config import to_dict
-from openmae.data.build import SourceView, eval_batches, report_source, split_sources, train_dataset
+from openmae.data.build import (
+    SourceView,
+    eval_batches,
+    labels_of,
+    report_source,
+    split_sources,
+    train_dataset,
+)
 from openmae.data.datasets import ImageSource, keep_stats
 from openmae.data.loader import Batch, ResumableSampler, SeededSamples, class_balanced
 from openmae.data.normalization import stats_record
@@ -30,7 +37,7 @@ from openmae.engine.classifier import (
 )
 from openmae.engine.config import TrainConfig, measure_to_select
 from openmae.engine.distributed import ONE_PROCESS, DistInfo, gather_rows, gather_stacked, part_of
-from openmae.engine.imbalance import class_balance, labels_of
+from openmae.engine.imbalance import class_balance
 from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
 from openmae.engine.precision import autocast_dtype
