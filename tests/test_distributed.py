@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import torchrun, weights
@@ -129,7 +130,7 @@ from torch import nn
 from openmae.data.loader import Batch
 from openmae.engine.classifier import evaluate
 from openmae.engine.distributed import gather_rows, gather_stacked, init_distributed, share_of
-from openmae.eval.knn import knn_predict
+from openmae.eval.knn import knn_accuracy, knn_predict
 
 info = init_distributed("cpu")
 out = Path(sys.argv[1])
@@ -171,6 +172,19 @@ whole = evaluate(model, batches(test, test_rows), torch.device("cpu"), confusion
 split = evaluate(model, batches(test[part], test_rows[part]), torch.device("cpu"), confusion=True,
                  gather=functools.partial(gather_rows, count=len(test), info=info))
 seen["rows_evaluate"] = [whole, split]
+# some labels unknown (nan: data.uncertain_label=ignore); k=1 leaves some classes known to no neighbour
+nan = float("nan")
+unsure = rows.masked_fill(torch.rand(101, 5, generator=g) < 0.3, nan)
+test_unsure = test_rows.masked_fill(torch.rand(37, 5, generator=g) < 0.2, nan)
+for k in (1, 60):
+    whole = knn_accuracy(train, unsure, test, test_unsure, 5, k=k)
+    split = knn_accuracy(train[mine], unsure[mine], test, test_unsure, 5, k=k,
+                         gather=functools.partial(gather_stacked, info=info))
+    seen[f"unknown_knn{k}"] = [whole, split]
+whole = evaluate(model, batches(test, test_unsure), torch.device("cpu"), confusion=True)
+split = evaluate(model, batches(test[part], test_unsure[part]), torch.device("cpu"), confusion=True,
+                 gather=functools.partial(gather_rows, count=len(test), info=info))
+seen["unknown_evaluate"] = [whole, split]
 (out / f"rank{info.rank}.json").write_text(json.dumps(seen))
 dist.destroy_process_group()
 """
@@ -181,7 +195,8 @@ def test_an_evaluation_split_between_ranks_equals_one_over_all_the_images(tmp_pa
     one a repeat that evens the parts) and the results are gathered: the kNN's neighbours found in each rank's part of
     the training features and merged score as over all of them (k above a part's size too), every item's row comes
     back in its place, and a classifier's top-1 / top-5 / loss / confusion equal those over all the images; so do
-    kNN scores and a classifier's measures of images of several classes each (rows of 0 / 1)."""
+    kNN scores and a classifier's measures of images of several classes each (rows of 0 / 1), some of whose labels
+    are unknown (nan)."""
     import json
 
     script = tmp_path / "split.py"
@@ -198,15 +213,20 @@ def test_an_evaluation_split_between_ranks_equals_one_over_all_the_images(tmp_pa
         assert (whole["top1"], whole["top5"]) == (split["top1"], split["top5"])
         assert split["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-12)
         assert seen["rows_knn1"] < 1e-5 and seen["rows_knn60"] < 1e-5
-        whole, split = seen["rows_evaluate"]
-        assert whole["per_class_images"] == split["per_class_images"] and sum(split["per_class_images"]) > 0
         rounded = lambda values: [None if v is None else round(v, 9) for v in values]
-        assert split.keys() == whole.keys() and "mean_ap" in whole
-        for key, value in whole.items():
-            if isinstance(value, list):
-                assert rounded(split[key]) == rounded(value), key
-            else:
-                assert split[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
+        for name in ("rows_evaluate", "unknown_evaluate"):
+            whole, split = seen[name]
+            assert whole["per_class_images"] == split["per_class_images"] and sum(split["per_class_images"]) > 0
+            assert split.keys() == whole.keys() and "mean_ap" in whole
+            assert np.isfinite(whole["mean_ap"]) and np.isfinite(whole["eval_loss"])
+            for key, value in whole.items():
+                if isinstance(value, list):
+                    assert rounded(split[key]) == rounded(value), (name, key)
+                else:
+                    assert split[key] == pytest.approx(value, rel=1e-12, nan_ok=True), (name, key)
+        for k in (1, 60):
+            whole, split = seen[f"unknown_knn{k}"]
+            assert np.isfinite(whole["knn_mean_ap"]) and split == pytest.approx(whole, rel=1e-6, nan_ok=True), k
 
 
 CLASSIFIER = ["model.name=mae_vit_debug_patch4_32", "data.name=cifar10", "data.max_samples=64",

@@ -21,6 +21,10 @@ class ConfigError(ValueError):
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null (unset)"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from openmae.config import require
 from openmae.data.jpeg import DECODERS
@@ -57,9 +58,10 @@ class DataConfig:
     label_separator: str = ""
     # data.name=csv: columns that are each a class, 1 where the image is of it, 0 or empty where not (CheXpert's
     # findings; one-hot diagnoses: one 1 a row unless multi_label); a cell of -1 (uncertain) reads as
-    # uncertain_label, 0 or 1 (CheXpert's U-Zeros / U-Ones), and is refused while that is unset
+    # uncertain_label, 0 or 1 (CheXpert's U-Zeros / U-Ones) or ignore (U-Ignore: left out of the losses and the
+    # measures; multi_label only), and is refused while that is unset
     label_columns: tuple[str, ...] = ()
-    uncertain_label: float | None = None
+    uncertain_label: float | Literal["ignore"] | None = None
     format: str = "image"
     array_layout: str = "auto"
     slice_plane: str = "axial"
@@ -150,8 +152,12 @@ class DataConfig:
                 "image or array with data.multi_label=true (volumes' slices take one class each)")
         require(not self.label_columns or self.name == "csv", "data.label_columns", self.label_columns,
                 "empty unless data.name=csv (columns of a CSV list, each a class)")
-        require(self.uncertain_label in (None, 0.0, 1.0), "data.uncertain_label", self.uncertain_label,
-                "0 or 1 (what a class column's -1, uncertain, reads as), or unset to refuse such cells")
+        require(self.uncertain_label in (None, 0.0, 1.0, "ignore"), "data.uncertain_label", self.uncertain_label,
+                "0 or 1 (what a class column's -1, uncertain, reads as), ignore (left out of the losses and measures), "
+                "or unset to refuse such cells")
+        require(self.uncertain_label != "ignore" or self.multi_label, "data.uncertain_label", self.uncertain_label,
+                "0 or 1 without data.multi_label=true (one class an image has no label to leave out: set "
+                "data.multi_label=true to leave the uncertain ones out)")
         require(len(self.csv_columns) in (0, 2, 3), "data.csv_columns", self.csv_columns,
                 "[image column, label column] or [image, label, split] (data.name=csv), or [] to read them from the "
                 "header")

@@ -242,16 +242,17 @@ def csv_split(cfg: DataConfig, split: str) -> tuple[list[Path], np.ndarray | Non
 
 
 def _class_rows(table: Table, rows: range | list[int], cfg: DataConfig, where: Path) -> np.ndarray:
-    """The rows of ``data.label_columns`` (N, classes), -1 read as ``data.uncertain_label``; without
-    ``data.multi_label`` each row's one class (N,)."""
+    """The rows of ``data.label_columns`` (N, classes), -1 read as ``data.uncertain_label`` (``ignore``: nan, an
+    unknown label); without ``data.multi_label`` each row's one class (N,)."""
     marks = table.marks[np.asarray(list(rows), dtype=np.int64)]
     unsure = np.argwhere(marks < 0)
     if len(unsure) and cfg.uncertain_label is None:
         n, c = unsure[0]
         line = list(rows)[n] + 2
         raise ValueError(f"{where}, line {line}: {table.marked[c]!r} is -1 (uncertain); set data.uncertain_label=0 or "
-                         "1 (read as not of the class, or as of it: CheXpert's U-Zeros / U-Ones)")
-    marks[marks < 0] = cfg.uncertain_label if cfg.uncertain_label is not None else 0.0
+                         "1 (read as not of the class, or as of it: CheXpert's U-Zeros / U-Ones), or ignore (left out "
+                         "of the losses and the measures: U-Ignore)")
+    marks[marks < 0] = np.nan if cfg.uncertain_label == "ignore" else cfg.uncertain_label or 0.0
     if cfg.multi_label:
         return marks
     counts = marks.sum(1)

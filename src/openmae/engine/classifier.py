@@ -23,6 +23,7 @@ from openmae.data.loader import Batch, batches_of
 from openmae.engine.config import SELECT_BY
 from openmae.engine.distributed import DistInfo, gather_rows, part_of, same_buffers, wait_for_main
 from openmae.engine.loop import Run
+from openmae.engine.row_loss import image_losses
 from openmae.eval.confusion import class_scores, confusion_matrix
 from openmae.eval.multilabel import multilabel_scores
 from openmae.eval.progress import reported
@@ -66,8 +67,7 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
             multi = labels.ndim == 2  # (B, classes) of 0 / 1: several classes an image (data.multi_label)
             if multi:  # each class a yes / no; flip: the two probabilities averaged
                 probs = logits.sigmoid() if mirrored is None else (logits.sigmoid() + mirrored.sigmoid()) / 2
-                losses.append((F.binary_cross_entropy_with_logits(logits, labels, reduction="none") if mirrored is None
-                               else F.binary_cross_entropy(probs, labels, reduction="none")).mean(1))  # (B,)
+                losses.append(image_losses(logits, labels, None if mirrored is None else probs))  # (B,)
                 labels_seen.append(labels)
                 probs_seen.append(probs)
                 continue

@@ -258,13 +258,19 @@ def _report_multilabel(cfg: EvaluateConfig, info: DistInfo, metrics: dict[str, A
 def write_multilabel_predictions(path: Path, source: ImageSource, names: list[str], labels: torch.Tensor,
                                  probs: torch.Tensor) -> None:
     """A CSV row an image, in the split's order: the image, its classes and those predicted (probability above one
-    half; separated by ``|``), whether they are the same, and each class's probability (a column a class)."""
+    half; separated by ``|``), whether they are the same, and each class's probability (a column a class). Labels
+    of which some are unknown (``data.uncertain_label=ignore``) add a column ``unknown``: those classes, left out of
+    ``exact``."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    unknown = bool(labels.isnan().any())
     with open(path, "w", newline="") as fh:
         out = csv.writer(fh)
-        out.writerow(["image", "labels", "predicted", "exact", *(f"p_{name}" for name in names)])
+        out.writerow(["image", "labels", "predicted", "exact", *(["unknown"] if unknown else []),
+                      *(f"p_{name}" for name in names)])
         for i in range(len(source)):
             truth = [n for n, y in zip(names, labels[i].tolist()) if y > 0.5]
             said = [n for n, p in zip(names, probs[i].tolist()) if p > THRESHOLD]
-            out.writerow([source.describe(i), "|".join(truth), "|".join(said), int(truth == said),
-                          *(f"{float(p):.6f}" for p in probs[i])])
+            unsure = [n for n, y in zip(names, labels[i].tolist()) if y != y]  # nan: unknown
+            out.writerow([source.describe(i), "|".join(truth), "|".join(said),
+                          int(truth == [n for n in said if n not in unsure]),
+                          *(["|".join(unsure)] if unknown else []), *(f"{float(p):.6f}" for p in probs[i])])

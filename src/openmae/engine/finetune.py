@@ -34,6 +34,7 @@ from openmae.engine.imbalance import class_balance
 from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
 from openmae.engine.precision import autocast_dtype
+from openmae.engine.row_loss import row_loss
 from openmae.engine.task_config import FinetuneConfig
 from openmae.engine.weights import resolve_encoder
 from openmae.models.vit import create_classifier, load_encoder
@@ -64,7 +65,7 @@ class FinetuneTask:
         self.mixup = Mixup(mixup_alpha=f.mixup, cutmix_alpha=f.cutmix, label_smoothing=f.smoothing,
                            num_classes=self.num_classes) if mixing else None
         self.multi_label = cfg.data.multi_label  # several classes an image: a yes / no each (binary cross-entropy)
-        self.criterion = nn.BCEWithLogitsLoss() if self.multi_label else SoftTargetCrossEntropy() if mixing else (
+        self.criterion = row_loss if self.multi_label else SoftTargetCrossEntropy() if mixing else (
             LabelSmoothingCrossEntropy(f.smoothing) if f.smoothing > 0 else nn.CrossEntropyLoss())
         # class weights / logit adjustment for imbalanced classes, from the training labels (None: off)
         self.balance = class_balance(lambda: labels_of(self.train_source), self.num_classes, f.class_weights,
@@ -161,9 +162,10 @@ class FinetuneTask:
 def mixed_rows(labels: torch.Tensor, lam: float, smoothing: float) -> torch.Tensor:
     """Targets (B, classes) of images of several classes each: rows of 0 / 1 ``labels`` smoothed towards one half
     by ``smoothing``, each image's mixed with its mirror in the batch's (``labels.flip(0)``) by ``lam`` (mixup /
-    cutmix pair image i with image B - 1 - i)."""
+    cutmix pair image i with image B - 1 - i). An unknown label (nan) stays unknown, and so does a label mixed with
+    one (what the mixed image shows of that class is unknown); ``lam`` 1 (no mixing) leaves the rows unmixed."""
     rows = labels.float() * (1.0 - smoothing) + 0.5 * smoothing
-    return rows * lam + rows.flip(0) * (1.0 - lam)
+    return rows if lam == 1.0 else rows * lam + rows.flip(0) * (1.0 - lam)
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from openmae.engine.row_loss import row_loss
+
 log = logging.getLogger("openmae.classifier")
 
 
@@ -39,8 +41,10 @@ class ClassBalance:
         labels = torch.as_tensor(np.asarray(labels))
         self.multi = labels.ndim == 2
         self.smoothing = smoothing
-        counts = (labels.double().sum(0) if self.multi else
-                  torch.bincount(labels.long(), minlength=num_classes).double())  # (classes,)
+        # (classes,); rows: each class's positives and its known labels (a nan is unknown: data.uncertain_label)
+        counts = (labels.double().nansum(0) if self.multi else
+                  torch.bincount(labels.long(), minlength=num_classes).double())
+        known = (~labels.isnan()).double().sum(0) if self.multi else counts.sum()
         absent = [names[c] if names else str(c) for c in torch.nonzero(counts == 0).flatten().tolist()]
         if absent and (class_weights != "none" or logit_adjustment):
             raise ValueError(f"class_weights / logit_adjustment weigh each class by its training images, but "
@@ -49,7 +53,7 @@ class ClassBalance:
         self.weight = self.pos_weight = self.adjust = None
         self._device: tuple[torch.device, torch.dtype] | None = None  # where the class tensors are (loss)
         if class_weights == "balanced" and self.multi:
-            self.pos_weight = (len(labels) - counts) / counts  # (classes,): each class's negatives / positives
+            self.pos_weight = (known - counts) / counts  # (classes,): each class's negatives / positives
         elif class_weights == "balanced":
             self.weight = counts.sum() / (num_classes * counts)  # (classes,)
         if logit_adjustment:
@@ -79,7 +83,7 @@ class ClassBalance:
         (soft targets and rows come smoothed)."""
         self._on(logits)
         if self.multi:
-            return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=self.pos_weight)
+            return row_loss(logits, targets, pos_weight=self.pos_weight)
         if self.adjust is not None:
             logits = logits + self.adjust
         return F.cross_entropy(logits, targets, weight=self.weight,

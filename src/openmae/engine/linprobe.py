@@ -41,6 +41,7 @@ from openmae.engine.imbalance import class_balance
 from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
 from openmae.engine.precision import autocast_dtype
+from openmae.engine.row_loss import row_loss
 from openmae.engine.task_config import LinprobeConfig
 from openmae.engine.weights import resolve_encoder
 from openmae.eval.feature_cache import feature_key, read_features, say_read, weights_digest, write_features
@@ -189,7 +190,7 @@ class LinprobeTask:
         if self.balance is not None:
             return StepOutput(self.balance.loss(logits, labels))
         if labels.ndim == 2:  # several classes an image (data.multi_label): a yes / no each
-            return StepOutput(nn.functional.binary_cross_entropy_with_logits(logits, labels))
+            return StepOutput(row_loss(logits, labels))
         return StepOutput(nn.functional.cross_entropy(logits, labels))
 
     def extra_state(self) -> dict[str, Any]:

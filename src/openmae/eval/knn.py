@@ -145,12 +145,20 @@ def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     """Top-1 (and top-5 when there are more than 5 classes) accuracy, balanced accuracy and macro F1
     (:mod:`openmae.eval.confusion`), in percent (``gather``, ``device``: see ``knn_predict``). Labels (N, C) of
     several classes an image (``data.multi_label``): each class's share of the ``k`` neighbours' weight is its
-    probability, measured by :func:`openmae.eval.multilabel.multilabel_scores` (``knn_mean_ap`` ...)."""
+    probability, measured by :func:`openmae.eval.multilabel.multilabel_scores` (``knn_mean_ap`` ...); a nan label
+    is unknown (``data.uncertain_label=ignore``): a class's share is of the weight of the neighbours whose label of
+    it is known, or the class's share of the known training labels where none of the ``k`` is."""
     if test_labels.ndim == 2:  # several classes an image: each class's share of the neighbours' weight
-        every = torch.cat([train_labels, train_labels.new_ones(len(train_labels), 1)], 1)  # a last class: all
-        scores = knn_predict(train_feats, every, test_feats, num_classes + 1, k, temperature, gather=gather,
-                             device=device)  # (M, C + 1)
-        share = (scores[:, :-1] / scores[:, -1:]).numpy()
+        known = ~train_labels.isnan()  # (N, C)
+        # C more classes: the known labels' weights, the denominators of the shares (one search for both)
+        every = torch.cat([train_labels.nan_to_num(0.0), known.to(train_labels.dtype)], 1)  # (N, 2C)
+        scores = knn_predict(train_feats, every, test_feats, 2 * num_classes, k, temperature, gather=gather,
+                             device=device)  # (M, 2C)
+        share = scores[:, :num_classes] / scores[:, num_classes:]  # (M, C); nan: none of the k known
+        counts = every.double().sum(0)  # (2C,): each class's positives and known labels (this rank's part's)
+        counts = gather(counts).sum(0) if gather is not None else counts  # all the training labels'
+        prior = (counts[:num_classes] / counts[num_classes:].clamp_min(1)).to(share)  # (C,)
+        share = torch.where(share.isnan(), prior.expand_as(share), share).numpy()
         return {f"knn_{key}": value for key, value in multilabel_scores(share, test_labels.cpu().numpy()).items()}
     scores = knn_predict(train_feats, train_labels, test_feats, num_classes, k, temperature, gather=gather,
                          device=device)

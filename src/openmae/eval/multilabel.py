@@ -55,10 +55,13 @@ def multilabel_scores(probs: np.ndarray, targets: np.ndarray, per_class: bool = 
     """``mean_ap``, ``roc_auc``, ``macro_f1``, ``micro_f1`` and ``exact_match`` (percent) of probabilities ``probs``
     (N, C) against ``targets`` (N, C) of zeros and ones; with ``per_class``, each class's ``per_class_ap``,
     ``per_class_auc``, ``per_class_precision``, ``per_class_recall``, ``per_class_f1`` (percent; None where a class
-    has no images to measure it on) and ``per_class_images`` (its positive images)."""
-    truth, predicted = targets > 0.5, probs > THRESHOLD  # (N, C)
-    ap = [average_precision(probs[:, c], truth[:, c]) for c in range(probs.shape[1])]
-    auc = [roc_auc(probs[:, c], truth[:, c]) for c in range(probs.shape[1])]
+    has no images to measure it on) and ``per_class_images`` (its positive images). A nan target is an unknown
+    label (``data.uncertain_label=ignore``): each class is measured on the images whose label of it is known, and
+    an image is an exact match when its every known label is."""
+    known = ~np.isnan(targets)  # (N, C)
+    truth, predicted = (targets > 0.5) & known, (probs > THRESHOLD) & known  # (N, C)
+    ap = [average_precision(probs[known[:, c], c], truth[known[:, c], c]) for c in range(probs.shape[1])]
+    auc = [roc_auc(probs[known[:, c], c], truth[known[:, c], c]) for c in range(probs.shape[1])]
     hit = (truth & predicted).sum(0).astype(np.float64)  # (C,)
     true, said = truth.sum(0).astype(np.float64), predicted.sum(0).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
