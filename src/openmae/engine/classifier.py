@@ -25,7 +25,7 @@ from openmae.engine.distributed import DistInfo, gather_rows, part_of, same_buff
 from openmae.engine.loop import Run
 from openmae.engine.row_loss import image_losses
 from openmae.eval.confusion import class_scores, confusion_matrix
-from openmae.eval.multilabel import multilabel_scores
+from openmae.eval.multilabel import f1_thresholds, multilabel_scores
 from openmae.eval.progress import reported
 from openmae.eval.ranking import MAX_CLASSES, auc_scores
 from openmae.models.vit import fold_bn_head
@@ -118,11 +118,13 @@ def _multilabel_metrics(labels: torch.Tensor, probs: torch.Tensor, loss: torch.T
                         gather: Callable[[torch.Tensor], torch.Tensor] | None, per_class: bool,
                         keep: bool) -> dict[str, Any]:
     """:func:`evaluate`'s measures of images with several classes each: labels and probabilities (N, classes),
-    each image's binary cross-entropy (N,) averaged over the classes."""
+    each image's binary cross-entropy (N,) averaged over the classes; ``f1_thresholds``: each class's threshold of
+    the best F1 on these images (kept in model-best.pth, not logged: :func:`evaluate_after_epoch`)."""
     if gather is not None:
         labels, probs, loss = gather(labels), gather(probs), gather(loss)
     labels, probs = labels.cpu(), probs.cpu()
-    out = {**multilabel_scores(probs.numpy(), labels.numpy(), per_class), "eval_loss": loss.sum().item() / len(loss)}
+    out = {**multilabel_scores(probs.numpy(), labels.numpy(), per_class), "eval_loss": loss.sum().item() / len(loss),
+           "f1_thresholds": f1_thresholds(probs.numpy(), labels.numpy())}
     if keep:
         out.update(labels=labels, probs=probs)
     return out
@@ -149,6 +151,14 @@ def report_prefix(data: DataConfig) -> str:
     """The prefix of the metrics measured on ``data.eval_split`` itself beside the held-out images
     (``data.report_eval_split``), e.g. ``test_``; empty when there are none."""
     return f"{data.eval_split}_" if data.report_eval_split else ""
+
+
+def chosen_on(data: DataConfig) -> dict[str, Any]:
+    """The images a run's evaluations measure, on which model-best.pth is chosen (and, for several classes an image,
+    its decision thresholds fitted): kept in the file, so that `openmae evaluate` knows them."""
+    where = {"data": str(Path(data.path).resolve()) if data.path else data.name,
+             "split": data.train_split if data.holdout else data.eval_split}
+    return {**where, "holdout": data.holdout, "holdout_seed": data.holdout_seed} if data.holdout else where
 
 
 class BestKeeper:
@@ -189,9 +199,10 @@ class BestKeeper:
                      SELECT_BY[chosen_by], SELECT_BY[self.select_by], self.best)
 
     def update(self, sd: dict[str, torch.Tensor], metrics: dict[str, float], epoch: int, final: bool,
-               write: bool = True) -> dict[str, float]:
+               write: bool = True, kept: dict[str, Any] | None = None) -> dict[str, float]:
         """The record updated with this epoch's ``metrics`` (on every rank alike), and the files written from the
-        weights ``sd`` (whole, on the CPU) when ``write`` (the main rank)."""
+        weights ``sd`` (whole, on the CPU) when ``write`` (the main rank); ``kept``: more for model-best.pth (each
+        class's decision threshold)."""
         if self.select_by not in metrics:  # ROC-AUC: measured up to MAX_CLASSES classes
             raise ValueError(f"select_by={self.select_by}: the evaluation did not measure it (ROC-AUC is measured for "
                              f"up to {MAX_CLASSES} classes); choose by top1, balanced_accuracy or macro_f1")
@@ -202,7 +213,7 @@ class BestKeeper:
             self.best, self.epoch, self.metrics = value, epoch, dict(metrics)
         if improved and write:
             save_file({"model": sd, "model_config": self.model_config, "epoch": epoch, "metrics": metrics,
-                       **self.extra}, self.run_dir / "model-best.pth")
+                       **self.extra, **(kept or {})}, self.run_dir / "model-best.pth")
         if final and write:
             # timm reads the tensors (a probe's BatchNorm head folded into its Linear); openmae also the architecture
             # (head counts) and normalisation in the metadata
@@ -241,9 +252,13 @@ def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module,
     if not (epoch % every == 0 or final):
         return {}
     metrics = evaluate_fn(run.info)
+    # several classes an image: each class's threshold of the best F1 on the images chosen on, kept with the weights
+    # (a list a class: not logged; the report split's are not kept, those would be fitted on the images it reports)
+    fitted = {key: metrics.pop(key) for key in list(metrics) if key.endswith("f1_thresholds")}
+    kept = {"thresholds": fitted["f1_thresholds"]} if "f1_thresholds" in fitted else None
     # whole weights on the main rank's CPU: a collective under FSDP, where each rank holds a part of every tensor
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    out = {**best.update(sd, metrics, epoch, final, write=run.info.is_main), **(extra or {})}
+    out = {**best.update(sd, metrics, epoch, final, write=run.info.is_main, kept=kept), **(extra or {})}
     # the measure model-best.pth is chosen by, when it is not top-1: this epoch's, and the best's
     lead = headline_measure(metrics)
     shown = {"top1", "top5"} if lead == "top1" else {"mean_ap", "roc_auc"}  # what headline() says

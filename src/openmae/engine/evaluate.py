@@ -22,14 +22,14 @@ from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource
 from openmae.data.normalization import inherit_stats
 from openmae.data.ranks import shared_by_ranks
-from openmae.engine.classifier import evaluate_share
+from openmae.engine.classifier import chosen_on, evaluate_share
 from openmae.engine.config import ModelSection
 from openmae.engine.distributed import DistInfo, cleanup, init_distributed
 from openmae.engine.linprobe import probe_global_pool
 from openmae.engine.logging import setup_console
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
-from openmae.eval.multilabel import THRESHOLD
+from openmae.eval.multilabel import THRESHOLD, multilabel_scores
 from openmae.eval.plots import confusion_plot, precision_recall_plot
 from openmae.models.mae import MAEConfig
 from openmae.models.vit import create_classifier
@@ -164,6 +164,9 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
         log.info("%s was trained on several classes an image: the labels are read as such (data.multi_label=true)",
                  e.init)
     require_labels(d)
+    # several classes an image: each class's threshold of the best F1 where the run chose model-best.pth
+    record = obj if isinstance(obj, dict) else {}
+    fitted = record.get("thresholds") if e.thresholds == "auto" and isinstance(record.get("thresholds"), list) else None
     with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
         source = source_for(d, d.eval_split, mae_cfg.in_chans, d.max_eval_samples)
     names = list(source.classes) or [str(i) for i in range(classes)]
@@ -178,9 +181,10 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     metrics = evaluate_share(model.to(device), source, batches_for, device, info,
                              autocast_dtype(e.precision, device, hint=False), confusion=True, flip=e.tta == "flip",
                              what=f"evaluation of the {d.eval_split} images",
-                             keep=bool(e.predictions) or (bool(e.plot) and d.multi_label))  # its curves need them
+                             keep=bool(e.predictions) or (bool(e.plot) and d.multi_label)  # its curves need them
+                             or (d.multi_label and fitted is not None))
     if d.multi_label:
-        return _report_multilabel(cfg, info, metrics, source, names)
+        return _report_multilabel(cfg, info, metrics, source, names, fitted, record.get("chosen_on"))
     kept = {key: metrics.pop(key) for key in ("labels", "top", "top_probs") if key in metrics}
     confusion: list[list[int]] = metrics.pop("confusion")
     # a class's top-1 is its recall (nan: no images of it)
@@ -222,11 +226,14 @@ def _write_result(path: str, result: dict[str, Any]) -> None:
 
 
 def _report_multilabel(cfg: EvaluateConfig, info: DistInfo, metrics: dict[str, Any], source: ImageSource,
-                       names: list[str]) -> dict[str, Any]:
+                       names: list[str], fitted: list[float] | None, fitted_on: dict[str, Any] | None) -> dict[str, Any]:
     """``openmae evaluate``'s report of a classifier of several classes an image: mean AP, ROC-AUC, F1 and exact
-    match, each class's AP, AUC, precision, recall and F1 at a probability of one half, and its images."""
+    match, each class's AP, AUC, precision, recall and F1 at a probability of one half, and its images; with
+    ``fitted`` (each class's threshold of the best F1 on the images ``fitted_on`` its run chose on), F1, precision,
+    recall and exact match at those too (``tuned_*``)."""
     e, d = cfg.evaluate, cfg.data
     kept = {key: metrics.pop(key) for key in ("labels", "probs") if key in metrics}
+    metrics.pop("f1_thresholds")  # fitted on the images measured here: not a measure of them
     per_class = {key: dict(zip(names, metrics.pop(f"per_class_{key}")))
                  for key in ("ap", "auc", "precision", "recall", "f1", "images")}
     split = f"held-out part of '{d.train_split}'" if d.holdout else f"'{d.eval_split}'"
@@ -234,18 +241,22 @@ def _report_multilabel(cfg: EvaluateConfig, info: DistInfo, metrics: dict[str, A
     log.info("%s on the %s split (%d images)%s: mean AP %.2f ROC-AUC %.2f macro F1 %.2f micro F1 %.2f exact match "
              "%.2f loss %.4f", e.init, split, len(source), view, metrics["mean_ap"], metrics["roc_auc"],
              metrics["macro_f1"], metrics["micro_f1"], metrics["exact_match"], metrics["eval_loss"])
+    tuned = _at_thresholds(kept["labels"], kept["probs"], fitted, fitted_on, names, chosen_on(d)) if fitted else {}
     shown = lambda v: "-" if v is None else f"{v:.2f}"
-    log.info("  %-20s %6s %6s %9s %6s %6s %7s", "class", "AP", "AUC", "precision", "recall", "F1", "images")
-    for name in names:
-        log.info("  %-20s %6s %6s %9s %6s %6s %7d", name, *(shown(per_class[k][name]) for k in
-                 ("ap", "auc", "precision", "recall", "f1")), per_class["images"][name])
-    result = {**metrics, "tta": e.tta, "samples": len(source), "classes": names,
+    more = ("threshold", "tuned F1") if tuned else ()
+    log.info("  %-20s %6s %6s %9s %6s %6s %7s" + " %9s %8s" * bool(tuned), "class", "AP", "AUC", "precision", "recall",
+             "F1", "images", *more)
+    for i, name in enumerate(names):
+        log.info("  %-20s %6s %6s %9s %6s %6s %7d" + " %9.3f %8s" * bool(tuned), name,
+                 *(shown(per_class[k][name]) for k in ("ap", "auc", "precision", "recall", "f1")),
+                 per_class["images"][name], *((fitted[i], shown(tuned["per_class_tuned_f1"][name])) if tuned else ()))
+    result = {**metrics, **tuned, "tta": e.tta, "samples": len(source), "classes": names,
               **{f"per_class_{key}": values for key, values in per_class.items()}}
     if not info.is_main:  # the main rank writes the files
         return result
     _write_result(e.output, result)
     if e.predictions:
-        write_multilabel_predictions(Path(e.predictions), source, names, kept["labels"], kept["probs"])
+        write_multilabel_predictions(Path(e.predictions), source, names, kept["labels"], kept["probs"], fitted)
         log.info("wrote %s (each image's classes, those predicted and every class's probability)", e.predictions)
     if e.plot:  # no confusion matrix: each class is a yes / no of its own
         Path(e.plot).parent.mkdir(parents=True, exist_ok=True)
@@ -255,22 +266,48 @@ def _report_multilabel(cfg: EvaluateConfig, info: DistInfo, metrics: dict[str, A
     return result
 
 
+def _at_thresholds(labels: torch.Tensor, probs: torch.Tensor, fitted: list[float], fitted_on: dict[str, Any] | None,
+                   names: list[str], here: dict[str, Any]) -> dict[str, Any]:
+    """F1, precision, recall and exact match at each class's ``fitted`` threshold (``tuned_*``, ``per_class_tuned_*``,
+    ``thresholds``), said; a warning when they were fitted on the images measured (then they flatter)."""
+    if len(fitted) != len(names):
+        raise ConfigError(f"the classifier file holds {len(fitted)} decision thresholds for {len(names)} classes; "
+                          "evaluate with evaluate.thresholds=half")
+    scores = multilabel_scores(probs.numpy(), labels.numpy(), per_class=True, thresholds=fitted)
+    where = "" if fitted_on is None else f" ({fitted_on['split']} of {fitted_on['data']}" + (
+        f", data.holdout={fitted_on['holdout']})" if "holdout" in fitted_on else ")")
+    log.info("at each class's threshold of the best F1 where the run chose model-best.pth%s: macro F1 %.2f micro F1 "
+             "%.2f exact match %.2f (evaluate.thresholds=half: one half only)", where, scores["macro_f1"],
+             scores["micro_f1"], scores["exact_match"])
+    if fitted_on == here:
+        log.warning("the thresholds were fitted on these very images, so F1 and exact match at them flatter the "
+                    "classifier; fine-tune with data.holdout (thresholds fitted on held-out training images) and "
+                    "evaluate on the test split for numbers that do not")
+    return {"tuned_macro_f1": scores["macro_f1"], "tuned_micro_f1": scores["micro_f1"],
+            "tuned_exact_match": scores["exact_match"], "thresholds": dict(zip(names, fitted)),
+            **{f"per_class_tuned_{key}": dict(zip(names, scores[f"per_class_{key}"]))
+               for key in ("precision", "recall", "f1")}}
+
+
 def write_multilabel_predictions(path: Path, source: ImageSource, names: list[str], labels: torch.Tensor,
-                                 probs: torch.Tensor) -> None:
+                                 probs: torch.Tensor, fitted: list[float] | None = None) -> None:
     """A CSV row an image, in the split's order: the image, its classes and those predicted (probability above one
     half; separated by ``|``), whether they are the same, and each class's probability (a column a class). Labels
     of which some are unknown (``data.uncertain_label=ignore``) add a column ``unknown``: those classes, left out of
-    ``exact``."""
+    ``exact``. With ``fitted`` (each class's threshold), also ``tuned`` and ``tuned_exact``: the classes predicted
+    at those."""
     path.parent.mkdir(parents=True, exist_ok=True)
     unknown = bool(labels.isnan().any())
+    cuts = [[THRESHOLD] * len(names)] + ([fitted] if fitted else [])  # each class's threshold: one half, fitted
     with open(path, "w", newline="") as fh:
         out = csv.writer(fh)
-        out.writerow(["image", "labels", "predicted", "exact", *(["unknown"] if unknown else []),
-                      *(f"p_{name}" for name in names)])
+        out.writerow(["image", "labels", "predicted", "exact", *(["tuned", "tuned_exact"] if fitted else []),
+                      *(["unknown"] if unknown else []), *(f"p_{name}" for name in names)])
         for i in range(len(source)):
             truth = [n for n, y in zip(names, labels[i].tolist()) if y > 0.5]
-            said = [n for n, p in zip(names, probs[i].tolist()) if p > THRESHOLD]
             unsure = [n for n, y in zip(names, labels[i].tolist()) if y != y]  # nan: unknown
-            out.writerow([source.describe(i), "|".join(truth), "|".join(said),
-                          int(truth == [n for n in said if n not in unsure]),
-                          *(["|".join(unsure)] if unknown else []), *(f"{float(p):.6f}" for p in probs[i])])
+            row = [source.describe(i), "|".join(truth)]
+            for at in cuts:
+                said = [n for n, p, t in zip(names, probs[i].tolist(), at) if p > t]
+                row += ["|".join(said), int(truth == [n for n in said if n not in unsure])]
+            out.writerow([*row, *(["|".join(unsure)] if unknown else []), *(f"{float(p):.6f}" for p in probs[i])])

@@ -276,9 +276,14 @@ class EvaluateSection:
     # test-time augmentation: none, or flip (each image's class probabilities averaged with its mirror's; only
     # for classifiers trained with horizontal flips). Reported apart: fine-tuning's own numbers are single-view.
     tta: str = "none"
+    # several classes an image: auto also measures F1 and exact match at each class's decision threshold fitted on
+    # the images the run chose model-best.pth on (kept in the file); half: at one half only
+    thresholds: str = "auto"
 
     def check(self) -> None:
         require(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, ">= 1")
+        require(self.thresholds in ("auto", "half"), "evaluate.thresholds", self.thresholds,
+                "auto (the classifier file's fitted thresholds, where it has them) or half")
         require(self.precision in ("auto", *PRECISIONS), "evaluate.precision", self.precision,
                 "auto, fp32, bf16 or fp16 (fp16 on CUDA only)")
         require(self.tta in TTA_MODES, "evaluate.tta", self.tta, " or ".join(TTA_MODES))
