@@ -46,9 +46,10 @@ def test_each_class_threshold_reaches_its_best_f1():
 
 def test_a_run_keeps_thresholds_fitted_on_held_out_images_and_evaluate_uses_them(tmp_path, datasets, caplog):
     """A fine-tuning run choosing on held-out training images keeps each class's threshold of the best F1 on them in
-    model-best.pth (and where it fitted them); `openmae evaluate` on the test split measures F1 and exact match at
-    them beside one half's, its predictions CSV names the classes above them; evaluated on the held-out images
-    themselves their F1 is each class's best there, with a warning that it flatters."""
+    model-best.pth (and where it fitted them) and measures the test split at them every epoch (``test_tuned_*``);
+    `openmae evaluate` on the test split measures F1 and exact match at them beside one half's (as the run did), its
+    predictions CSV names the classes above them, a timm / Hugging Face folder carries them; evaluated on the
+    held-out images themselves their F1 is each class's best there, with a warning that it flatters."""
     import torch
     from test_finetune import tiny_finetune
 
@@ -74,8 +75,11 @@ def test_a_run_keeps_thresholds_fitted_on_held_out_images_and_evaluate_uses_them
     probs = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
     truth = np.array([[float(c in r["labels"].split("|")) for c in CLASSES] for r in rows])
     want = multilabel_scores(probs, truth, thresholds=kept["thresholds"])
+    chosen = next(r for r in logged if r.get("epoch") == kept["epoch"] and "mean_ap" in r)
     for key in ("macro_f1", "micro_f1", "exact_match"):
         assert got[f"tuned_{key}"] == pytest.approx(want[key], abs=1e-6), key
+        # the run measured the test split at the thresholds of its held-out images every epoch: the same numbers
+        assert chosen[f"test_tuned_{key}"] == pytest.approx(got[f"tuned_{key}"], abs=1e-6), key
     assert got["thresholds"] == dict(zip(CLASSES, kept["thresholds"]))
     for r in rows:
         assert r["tuned"] == "|".join(c for c, t in zip(CLASSES, kept["thresholds"]) if float(r[f"p_{c}"]) > t)
@@ -83,6 +87,17 @@ def test_a_run_keeps_thresholds_fitted_on_held_out_images_and_evaluate_uses_them
     assert main(["evaluate", "--checkpoint", str(out / "model-best.pth"), "--data", str(listed), "data.num_workers=0",
                  "evaluate.thresholds=half", "-o", str(result)]) == 0
     assert not any(key.startswith("tuned_") for key in json.loads(result.read_text()))
+    # a timm / Hugging Face folder carries them (config.json's decision_thresholds) and evaluates alike
+    from transformers import AutoConfig
+
+    from openmae.convert.export import convert_file
+
+    folder = convert_file(out / "model-best.pth", tmp_path / "hf", "hf")
+    assert AutoConfig.from_pretrained(folder).decision_thresholds == pytest.approx(kept["thresholds"])
+    assert main(["evaluate", "--checkpoint", str(folder), "--data", str(listed), "data.num_workers=0",
+                 "-o", str(tmp_path / "folder.json")]) == 0
+    assert json.loads((tmp_path / "folder.json").read_text())["tuned_macro_f1"] == pytest.approx(got["tuned_macro_f1"],
+                                                                                              abs=1e-4)
 
     # on the held-out images the thresholds were fitted on: each class's best F1 there, and a warning
     with caplog.at_level(logging.WARNING, logger="openmae"):

@@ -292,6 +292,8 @@ def load_hf_folder(folder: Path) -> dict[str, Any]:
             out["classes"] = config["label_names"]
         if config.get("problem_type") == "multi_label_classification":  # several classes an image (transformers')
             out["multi_label"] = True
+        if isinstance(config.get("decision_thresholds"), list):  # each class's (a classifier of several an image)
+            out["thresholds"] = [float(t) for t in config["decision_thresholds"]]
     processor = folder / "preprocessor_config.json"
     if processor.is_file():
         p = json.loads(processor.read_text())

@@ -37,7 +37,7 @@ log = logging.getLogger("openmae.classifier")
 def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.dtype | None = None,
              confusion: bool = False, flip: bool = False,
              gather: Callable[[torch.Tensor], torch.Tensor] | None = None, what: str = "evaluation",
-             total: int | None = None, keep: bool = False) -> dict[str, Any]:
+             total: int | None = None, keep: bool = False, thresholds: list[float] | None = None) -> dict[str, Any]:
     """Top-1, top-5 (in percent) and mean cross-entropy over every batch; with ``confusion``, also the confusion
     matrix as ``confusion`` (a list of rows: true class, columns: predicted class). ``flip``: test-time
     augmentation, each image's class probabilities averaged with its horizontal mirror's (ranks and cross-entropy
@@ -52,7 +52,8 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
 
     Batches of labels (B, classes) (``data.multi_label``) are measured as several yes / no classes an image
     (:mod:`openmae.eval.multilabel`: mean AP, ROC-AUC, F1, exact match; eval_loss the binary cross-entropy averaged
-    over the classes); ``confusion`` then adds each class's scores, ``keep`` the images' ``labels`` and ``probs``."""
+    over the classes); ``confusion`` then adds each class's scores, ``keep`` the images' ``labels`` and ``probs``,
+    ``thresholds`` (each class's, fitted elsewhere) macro / micro F1 and exact match at them (``tuned_*``)."""
     was_training = model.training
     model.eval()
     # per image, on the device: one host sync at the end, not one a batch
@@ -86,7 +87,7 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
     model.train(was_training)
     if multi:
         return _multilabel_metrics(torch.cat(labels_seen), torch.cat(probs_seen), torch.cat(losses).double(),
-                                   gather, confusion, keep)
+                                   gather, confusion, keep, thresholds)
     labels, top, loss = torch.cat(labels_seen), torch.cat(tops), torch.cat(losses).double()
     every_prob = torch.cat(probs_seen) if probs_seen else None  # (N, classes)
     chosen_probs = torch.cat(top_probs) if keep else None  # (N, min(5, classes))
@@ -116,7 +117,7 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
 
 def _multilabel_metrics(labels: torch.Tensor, probs: torch.Tensor, loss: torch.Tensor,
                         gather: Callable[[torch.Tensor], torch.Tensor] | None, per_class: bool,
-                        keep: bool) -> dict[str, Any]:
+                        keep: bool, thresholds: list[float] | None = None) -> dict[str, Any]:
     """:func:`evaluate`'s measures of images with several classes each: labels and probabilities (N, classes),
     each image's binary cross-entropy (N,) averaged over the classes; ``f1_thresholds``: each class's threshold of
     the best F1 on these images (kept in model-best.pth, not logged: :func:`evaluate_after_epoch`)."""
@@ -125,6 +126,9 @@ def _multilabel_metrics(labels: torch.Tensor, probs: torch.Tensor, loss: torch.T
     labels, probs = labels.cpu(), probs.cpu()
     out = {**multilabel_scores(probs.numpy(), labels.numpy(), per_class), "eval_loss": loss.sum().item() / len(loss),
            "f1_thresholds": f1_thresholds(probs.numpy(), labels.numpy())}
+    if thresholds is not None:  # fitted on other images (held-out ones): the F1 they give here
+        tuned = multilabel_scores(probs.numpy(), labels.numpy(), thresholds=thresholds)
+        out.update({f"tuned_{key}": tuned[key] for key in ("macro_f1", "micro_f1", "exact_match")})
     if keep:
         out.update(labels=labels, probs=probs)
     return out
@@ -278,18 +282,19 @@ def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module,
 
 def evaluate_share(model: nn.Module, source: ImageSource, batches_for: Callable[[ImageSource], Iterable[Batch]],
                    device: torch.device, info: DistInfo, amp_dtype: torch.dtype | None = None, confusion: bool = False,
-                   flip: bool = False, what: str = "evaluation", keep: bool = False) -> dict[str, Any]:
+                   flip: bool = False, what: str = "evaluation", keep: bool = False,
+                   thresholds: list[float] | None = None) -> dict[str, Any]:
     """``evaluate`` over every image of ``source``, each rank of a torchrun job taking its part (``share_of``):
     ``batches_for(images)`` makes the batches of the images given. Every rank returns the metrics of all; how far
     it came is reported as ``what``."""
     if not info.enabled:
         return evaluate(model, batches_for(source), device, amp_dtype, confusion, flip, what=what, total=len(source),
-                        keep=keep)
+                        keep=keep, thresholds=thresholds)
     same_buffers(model, info)  # one model measured: the main rank's (BatchNorm statistics)
     part = part_of(source, info)[0]
     return evaluate(model, batches_for(part), device, amp_dtype, confusion, flip,
                     gather=functools.partial(gather_rows, count=len(source), info=info), what=what, total=len(part),
-                    keep=keep)
+                    keep=keep, thresholds=thresholds)
 
 
 def labels_and_images(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

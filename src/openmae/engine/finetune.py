@@ -145,12 +145,13 @@ class FinetuneTask:
             return eval_batches(d, d.eval_split, m.img_size, m.in_chans, self.cfg.finetune.eval_batch_size,
                                 source=images)
 
-        def on(model: nn.Module, source=self.eval_source) -> dict[str, float]:
-            return evaluate_share(model, source, batches_for, device, info, self.amp_dtype)
+        def on(model: nn.Module, source=self.eval_source, thresholds=None) -> dict[str, float]:
+            return evaluate_share(model, source, batches_for, device, info, self.amp_dtype, thresholds=thresholds)
 
         metrics = on(self.classifier)
-        if self.report_source is not None:
-            metrics.update({f"{self.best.report}{k}": v for k, v in on(self.classifier, self.report_source).items()})
+        if self.report_source is not None:  # several classes an image: also at the thresholds fitted on held-out images
+            report = on(self.classifier, self.report_source, metrics.get("f1_thresholds"))
+            metrics.update({f"{self.best.report}{k}": v for k, v in report.items()})
         if self.ema is not None:
             metrics.update({f"live_{k}": v for k, v in on(self.model).items()})
         return metrics
