@@ -117,7 +117,7 @@ def test_uncertain_labels_read_as_unknown_and_left_out_of_losses_measures_and_vo
 def test_a_probe_on_uncertain_findings_and_its_evaluation_leave_them_out(tmp_path, datasets):
     """An online probe of CheXpert-like findings with ``data.uncertain_label=ignore``: finite losses; `openmae
     evaluate` of its model-best.pth gives the run's mean AP, and its predictions CSV names each image's unknown
-    classes and counts them out of ``exact``."""
+    classes and counts them out of ``exact``; given the list alone, it reads the labels as the run did."""
     from openmae.cli.main import main
     from openmae.engine.linprobe import linprobe
 
@@ -145,3 +145,10 @@ def test_a_probe_on_uncertain_findings_and_its_evaluation_leave_them_out(tmp_pat
     assert [r["unknown"] for r in rows] == ["|".join(f for f, m in zip(FINDINGS, row) if m < 0) for row in test_marks]
     assert [r["labels"] for r in rows] == ["|".join(f for f, m in zip(FINDINGS, row) if m > 0) for row in test_marks]
     assert 100.0 * sum(int(r["exact"]) for r in rows) / len(rows) == pytest.approx(got["exact_match"])
+    # given the list alone, evaluate reads its labels as the run read them (its columns, -1 left out)
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "probe" / "model-best.pth"), "--data", str(listed),
+                 "data.num_workers=0", "-o", str(tmp_path / "again.json")])
+    assert code == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert {k: again[k] for k in ("mean_ap", "eval_loss", "samples")} == {k: got[k] for k in ("mean_ap", "eval_loss",
+                                                                                            "samples")}

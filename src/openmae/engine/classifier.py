@@ -165,6 +165,18 @@ def chosen_on(data: DataConfig) -> dict[str, Any]:
     return {**where, "holdout": data.holdout, "holdout_seed": data.holdout_seed} if data.holdout else where
 
 
+LABEL_READING = ("label_columns", "uncertain_label", "label_separator")  # how a CSV list's labels were read
+
+
+def data_record(data: DataConfig) -> dict[str, Any]:
+    """What model-best.pth keeps of the data it was trained on: the images it was chosen on (:func:`chosen_on`)
+    and how a CSV list's labels were read, where not by default (``labels_read``: `openmae evaluate` reads them so
+    again unless told otherwise)."""
+    read = {key: getattr(data, key) for key in LABEL_READING if getattr(data, key) not in ((), "", None)}
+    return {"chosen_on": chosen_on(data), **({"labels_read": {k: list(v) if isinstance(v, tuple) else v
+                                                               for k, v in read.items()}} if read else {})}
+
+
 class BestKeeper:
     """Writes ``model-best.pth`` when the measure ``select_by`` (top-1, balanced accuracy or macro F1) improves and
     ``model-timm.safetensors`` (timm keys) at the end.

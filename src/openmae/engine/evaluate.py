@@ -22,7 +22,7 @@ from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource
 from openmae.data.normalization import inherit_stats
 from openmae.data.ranks import shared_by_ranks
-from openmae.engine.classifier import chosen_on, evaluate_share
+from openmae.engine.classifier import LABEL_READING, chosen_on, evaluate_share
 from openmae.engine.config import ModelSection
 from openmae.engine.distributed import DistInfo, cleanup, init_distributed
 from openmae.engine.linprobe import probe_global_pool
@@ -163,9 +163,10 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
         d.multi_label = True
         log.info("%s was trained on several classes an image: the labels are read as such (data.multi_label=true)",
                  e.init)
+    record = obj if isinstance(obj, dict) else {}
+    _read_labels_as_trained(d, record, e.init)
     require_labels(d)
     # several classes an image: each class's threshold of the best F1 where the run chose model-best.pth
-    record = obj if isinstance(obj, dict) else {}
     fitted = record.get("thresholds") if e.thresholds == "auto" and isinstance(record.get("thresholds"), list) else None
     with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
         source = source_for(d, d.eval_split, mae_cfg.in_chans, d.max_eval_samples)
@@ -218,6 +219,22 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     return result
 
 
+def _read_labels_as_trained(d: DataConfig, record: dict[str, Any], init: str) -> None:
+    """A CSV list's labels read as the classifier's run read them (its ``data.label_columns``, ``uncertain_label``,
+    ``label_separator``: model-best.pth's ``labels_read``, a run checkpoint's settings) where none is given."""
+    run_data = (record.get("config") or {}).get("data") if isinstance(record.get("config"), dict) else None
+    read = record.get("labels_read") or {k: v for k, v in (run_data or {}).items()
+                                         if k in LABEL_READING and v not in ((), [], "", None)}
+    if d.name != "csv" or not isinstance(read, dict) or any(getattr(d, key) not in ((), "", None)
+                                                            for key in LABEL_READING):
+        return
+    for key, value in read.items():
+        setattr(d, key, tuple(value) if key == "label_columns" else value)
+    log.info("labels read as %s's run read them: %s (give data.label_columns / data.uncertain_label / "
+             "data.label_separator to read them otherwise)", init,
+             " ".join(f"data.{k}=[{','.join(v)}]" if isinstance(v, list) else f"data.{k}={v}" for k, v in read.items()))
+
+
 def _write_result(path: str, result: dict[str, Any]) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +264,7 @@ def _report_multilabel(cfg: EvaluateConfig, info: DistInfo, metrics: dict[str, A
     log.info("  %-20s %6s %6s %9s %6s %6s %7s" + " %9s %8s" * bool(tuned), "class", "AP", "AUC", "precision", "recall",
              "F1", "images", *more)
     for i, name in enumerate(names):
-        log.info("  %-20s %6s %6s %9s %6s %6s %7d" + " %9.3f %8s" * bool(tuned), name,
+        log.info("  %-20s %6s %6s %9s %6s %6s %7d" + " %9.4f %8s" * bool(tuned), name,
                  *(shown(per_class[k][name]) for k in ("ap", "auc", "precision", "recall", "f1")),
                  per_class["images"][name], *((fitted[i], shown(tuned["per_class_tuned_f1"][name])) if tuned else ()))
     result = {**metrics, **tuned, "tta": e.tta, "samples": len(source), "classes": names,
@@ -277,7 +294,7 @@ def _at_thresholds(labels: torch.Tensor, probs: torch.Tensor, fitted: list[float
     where = "" if fitted_on is None else f" ({fitted_on['split']} of {fitted_on['data']}" + (
         f", data.holdout={fitted_on['holdout']})" if "holdout" in fitted_on else ")")
     log.info("at each class's threshold of the best F1 where the run chose model-best.pth%s: macro F1 %.2f micro F1 "
-             "%.2f exact match %.2f (evaluate.thresholds=half: one half only)", where, scores["macro_f1"],
+             "%.2f exact match %.2f (evaluate.thresholds=half leaves them out)", where, scores["macro_f1"],
              scores["micro_f1"], scores["exact_match"])
     if fitted_on == here:
         log.warning("the thresholds were fitted on these very images, so F1 and exact match at them flatter the "

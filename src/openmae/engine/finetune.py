@@ -21,7 +21,7 @@ from openmae.data.transforms import check_shift, finetune_transform
 from openmae.engine.checkpoint import CheckpointError
 from openmae.engine.classifier import (
     BestKeeper,
-    chosen_on,
+    data_record,
     evaluate_after_epoch,
     evaluate_share,
     labels_and_images,
@@ -79,7 +79,7 @@ class FinetuneTask:
         self.best = BestKeeper(Path(cfg.train.output_dir), self.model_config,
                                {"num_classes": self.num_classes, "global_pool": f.global_pool,
                                 "normalization": stats_record(cfg.data), "classes": self.classes,
-                                "multi_label": self.multi_label, "chosen_on": chosen_on(cfg.data)},
+                                "multi_label": self.multi_label, **data_record(cfg.data)},
                                report_prefix(cfg.data), measure_to_select(f.select_by, cfg.data.multi_label))
         say_labels(cfg.data.multi_label, self.num_classes, self.best.select_by)
         if not cfg.data.holdout:

@@ -28,7 +28,7 @@ from openmae.data.loader import Batch, ResumableSampler, SeededSamples, class_ba
 from openmae.data.normalization import stats_record
 from openmae.engine.classifier import (
     BestKeeper,
-    chosen_on,
+    data_record,
     evaluate_after_epoch,
     evaluate_share,
     labels_and_images,
@@ -115,7 +115,7 @@ class LinprobeTask:
                                {"num_classes": self.num_classes, "mode": p.mode, "last_blocks": p.last_blocks,
                                 "pooling": p.pooling, "normalization": stats_record(cfg.data),
                                 "classes": self.classes, "multi_label": cfg.data.multi_label,
-                                "chosen_on": chosen_on(cfg.data)},
+                                **data_record(cfg.data)},
                                report_prefix(cfg.data), measure_to_select(p.select_by, cfg.data.multi_label))
         say_labels(cfg.data.multi_label, self.num_classes, self.best.select_by)
         if p.mode == "cached":
