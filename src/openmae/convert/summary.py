@@ -79,6 +79,8 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "classifier_classes": int(raw[head_key].shape[0]) if head_key else None,
         "class_names": list(obj["classes"]) if isinstance(obj, dict) and isinstance(obj.get("classes"), list) else None,
         "multi_label": bool(head_key) and trained_multi_label(obj),  # several classes an image (data.multi_label)
+        # each class's decision threshold, fitted where the run chose its best epoch
+        "thresholds": obj["thresholds"] if isinstance(obj, dict) and isinstance(obj.get("thresholds"), list) else None,
         "model": cfg.to_dict() if cfg else None,
         "architecture_from": ("the file's config" if isinstance(obj, dict) and "model_config" in obj else
                               f"timm's model {obj['arch']}" if timm_train_args(obj) is not None else
@@ -110,7 +112,9 @@ def format_summary(info: dict[str, Any]) -> str:
         names = info["class_names"] or []
         shown = f": {', '.join(map(str, names[:6]))}{', ...' if len(names) > 6 else ''}" if names else ""
         several = ", several an image" if info.get("multi_label") else ""
-        parts.append(f"classifier head ({info['classifier_classes']} classes{several}{shown})")
+        fitted = info.get("thresholds") if info.get("multi_label") else None
+        fitted = f"; decision thresholds {min(fitted):.3g} to {max(fitted):.3g}" if fitted else ""
+        parts.append(f"classifier head ({info['classifier_classes']} classes{several}{shown}{fitted})")
     lines = [
         f"{info['path']}: {info['written_by']}, {info['layout']}",
         f"  parts: {', '.join(parts) or 'none recognised'}; {info['tensors']} tensors, "
