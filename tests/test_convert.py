@@ -233,6 +233,22 @@ def test_atomic_save_keeps_previous_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["w.pth"]  # no temporary file left behind
 
 
+def test_saved_files_have_the_permissions_of_a_plain_write(tmp_path):
+    """A checkpoint or weights file is readable as any file the user writes (the umask's), not private as the
+    temporary file it is written through: colleagues on a shared cluster read a run's model-best.pth."""
+    import os
+
+    old = os.umask(0o027)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        for name in ("w.pth", "w.safetensors"):
+            path = save_file({"a": torch.ones(2)}, tmp_path / name)
+            assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o640, name
+    finally:
+        os.umask(old)
+
+
 def test_safetensors_roundtrip(tmp_path):
     model = openmae.create_model("mae_vit_debug_patch4_32")
     path = save_file(model.state_dict(), tmp_path / "w.safetensors")

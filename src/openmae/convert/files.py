@@ -177,10 +177,25 @@ def weights_metadata(model_config: dict[str, Any], normalization: dict[str, Any]
     return {"model_config": model_config, **({"normalization": normalization} if normalization else {})}
 
 
+def _umask() -> int:
+    """The process's umask: read from /proc where it is there (setting it to read it back would, for that moment,
+    change what every thread creates)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_file(obj: Any, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
     """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``.
 
-    A crash or full disk during the write leaves any previous file at ``path`` untouched.
+    A crash or full disk during the write leaves any previous file at ``path`` untouched; the file's permissions
+    are those the umask gives a new file (readable by the group and others, usually), as a plain write's.
     ``.safetensors`` takes a flat dict of tensors (and ``metadata``, stored as JSON strings, read back by
     :func:`load_file`); other suffixes are written with ``torch.save``.
     """
@@ -188,6 +203,8 @@ def save_file(obj: Any, path: str | os.PathLike, metadata: dict[str, Any] | None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp's file is private (0600): made as open() makes one, by the umask
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             if path.suffix == ".safetensors":
                 from safetensors.torch import save
