@@ -6,15 +6,22 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import signal
 import sys
 from collections.abc import Callable
 
+from openmae.cli.version import VersionAction
 from openmae.config import ConfigError, dump_yaml, from_dict, load_config, parse_override, preset_names, validate
 from openmae.data.config import CSV_SUFFIXES
 from openmae.engine.config import COMPILE_MODES
-from openmae.engine.task_config import EvaluateConfig, FinetuneConfig, KnnConfig, LinprobeConfig, PretrainConfig
+from openmae.engine.task_config import (
+    EmbedConfig,
+    EvaluateConfig,
+    FinetuneConfig,
+    KnnConfig,
+    LinprobeConfig,
+    PretrainConfig,
+)
 
 # Only settings are imported up front (no torch, no timm): `--help`, `--print-config` and a refused setting answer
 # in a fraction of a second; each command imports what runs it once its config has been read and checked.
@@ -31,7 +38,8 @@ def command(name: str, help_text: str):
 
 LABELLED = ("finetune", "linprobe", "knn", "evaluate")  # the commands that read labels: --data names class folders
 TRAINING = ("pretrain", "finetune", "linprobe", "demo")  # the commands that write runs (checkpoints) to resume
-DISTRIBUTED = ("pretrain", "finetune", "linprobe", "knn", "evaluate")  # the commands that split their work between torchrun's ranks
+# the commands that split their work between torchrun's ranks
+DISTRIBUTED = ("pretrain", "finetune", "linprobe", "knn", "evaluate", "embed")
 
 
 def run_overrides(args: argparse.Namespace, rest: list[str]) -> list[str]:
@@ -138,6 +146,13 @@ def cmd_linprobe(args: argparse.Namespace, rest: list[str]) -> int:
 @command("knn", "weighted kNN accuracy of an encoder's features")
 def cmd_knn(args: argparse.Namespace, rest: list[str]) -> int:
     return _run_task(KnnConfig, "openmae.engine.knn_eval:knn_eval", args, rest, "knn.init")
+
+
+@command("embed", "an encoder's features of every image of a split, to a safetensors file (and a map of them)")
+def cmd_embed(args: argparse.Namespace, rest: list[str]) -> int:
+    for flag, key in (("embed_out", "output"), ("plot", "plot")):
+        rest = [*rest, f"embed.{key}={getattr(args, flag)}"] if getattr(args, flag) else rest
+    return _run_task(EmbedConfig, "openmae.engine.embed:embed", args, rest, "embed.init")
 
 
 @command("evaluate", "accuracy of a fine-tuned classifier (or online probe) on a split: top-1/5, per class, confusion")
@@ -251,45 +266,6 @@ def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
     return run_demo(args.data_root, args.output, rest, args.minutes)
 
 
-LIBRARIES = ("torchvision", "timm", "safetensors", "numpy", "transformers", "tensorboard", "torchcodec")
-
-
-def version_text() -> str:
-    """openmae's version, Python's, torch's with its build and the devices it sees, and the installed versions of
-    the other libraries a run depends on (read from their metadata, not imported): a bug report's first lines."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
-    import openmae
-
-    if torch.cuda.is_available():
-        names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
-        devices = f"{torch.cuda.device_count()} GPU(s): {', '.join(names)}"
-    else:
-        devices = "no GPU visible" if torch.version.cuda or torch.version.hip else "CPU build"
-    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else f"ROCm {torch.version.hip}" if torch.version.hip else "CPU"
-    lines = [f"openmae {openmae.__version__}", f"python {platform.python_version()} ({platform.platform()})",
-             f"torch {torch.__version__} ({build}; {devices}; {torch.get_num_threads()} CPU threads)"]
-    for name in LIBRARIES:
-        try:
-            lines.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            lines.append(f"{name} not installed")
-    return "\n".join(lines)
-
-
-class VersionAction(argparse.Action):
-    """``--version``: :func:`version_text`, computed only when asked (it imports torch)."""
-
-    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
-        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        print(version_text())  # on stdout, as argparse's own version action
-        parser.exit()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openmae", description="Masked Autoencoders: pretrain, evaluate, convert.")
     parser.add_argument("--version", action=VersionAction,
@@ -297,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        if name in ("pretrain", "finetune", "linprobe", "knn", "evaluate"):
-            add_run_flags(p, training=name not in ("knn", "evaluate"), presets=name)
-        if name in ("finetune", "linprobe", "knn", "visualize"):
+        if name in ("pretrain", "finetune", "linprobe", "knn", "evaluate", "embed"):
+            add_run_flags(p, training=name not in ("knn", "evaluate", "embed"), presets=name)
+        if name in ("finetune", "linprobe", "knn", "visualize", "embed"):
             p.add_argument("--checkpoint", "--init", help="pretrained weights: a file (openmae, official, timm), a "
                            "Hugging Face folder or hub name (facebook/vit-mae-base), an https:// address, or a run "
                            "folder (its model-last.pth)")
@@ -310,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", "-o", dest="json_out", help="JSON file for every number (per class, confusion)")
             p.add_argument("--plot", help="PNG of the confusion matrix (several classes an image: precision-recall curves)")
             p.add_argument("--predictions", help="CSV of each image's class, top-5 predictions and probabilities")
+        if name == "embed":
+            p.add_argument("--out", "-o", dest="embed_out", help="the .safetensors file (default embeddings.safetensors; "
+                           "the images' CSV beside it)")
+            p.add_argument("--plot", help="PNG of the images' first two principal components, coloured by class")
         if name == "visualize":
             p.add_argument("images", nargs="*",
                            help="image files, folders and/or CSV lists of images (or give data.name=... instead)")

@@ -242,9 +242,14 @@ class KnnSection:
     def check(self) -> None:
         require(self.k >= 1, "knn.k", self.k, ">= 1")
         require(self.temperature > 0, "knn.temperature", self.temperature, "> 0")
-        require(self.pooling in POOLING, "knn.pooling", self.pooling, f"one of {POOLING}")
-        require(self.batch_size >= 1, "knn.batch_size", self.batch_size, ">= 1")
-        require(self.last_blocks >= 1, "knn.last_blocks", self.last_blocks, ">= 1 (1 = the last block only)")
+        check_reading("knn", self.pooling, self.last_blocks, self.batch_size)
+
+
+def check_reading(section: str, pooling: str, last_blocks: int, batch_size: int) -> None:
+    """The settings of a command that reads a frozen encoder's features (kNN, embed)."""
+    require(pooling in POOLING, f"{section}.pooling", pooling, f"one of {POOLING}")
+    require(batch_size >= 1, f"{section}.batch_size", batch_size, ">= 1")
+    require(last_blocks >= 1, f"{section}.last_blocks", last_blocks, ">= 1 (1 = the last block only)")
 
 
 @dataclass
@@ -258,6 +263,38 @@ class KnnConfig:
         require(not self.data.report_eval_split, "data.report_eval_split", self.data.report_eval_split,
                 "false for kNN (one evaluation, no epoch to choose): run `openmae knn` without data.holdout for the "
                 "test split's number")
+
+
+@dataclass
+class EmbedSection:
+    init: str = ""  # the encoder (any file or folder the other commands take); empty: a random one
+    output: str = "embeddings.safetensors"  # features (N, D) [+ labels]; beside it <stem>.csv: the images in order
+    split: str = ""  # which split's images ("": data.train_split; an unlabelled folder has one)
+    pooling: str = "cls"
+    last_blocks: int = 1  # > 1: the pooled features of the encoder's last N blocks, concatenated
+    batch_size: int = 256
+    precision: str = "auto"  # as train.precision: auto = bf16 on CUDA (fp16 before Ampere), fp32 on CPU
+    device: str = "auto"
+    plot: str = ""  # a PNG of the images' map: their first two principal components, coloured by class
+    seed: int = 0  # a random encoder's weights (embed.init empty)
+
+    def check(self) -> None:
+        require(self.output.endswith(".safetensors"), "embed.output", self.output,
+                "a .safetensors file (features, labels; the images' CSV is written beside it)")
+        check_reading("embed", self.pooling, self.last_blocks, self.batch_size)
+        require(self.precision in ("auto", *PRECISIONS), "embed.precision", self.precision,
+                "auto, fp32, bf16 or fp16 (fp16 on CUDA only)")
+
+
+@dataclass
+class EmbedConfig:
+    model: ModelSection = field(default_factory=lambda: ModelSection(name="auto"))
+    data: DataConfig = field(default_factory=DataConfig)
+    embed: EmbedSection = field(default_factory=EmbedSection)
+
+    def check(self) -> None:
+        require(not self.data.holdout, "data.holdout", self.data.holdout,
+                "0 for embed: it writes every image of a split (embed.split)")
 
 
 TTA_MODES = ("none", "flip")

@@ -121,3 +121,39 @@ def precision_recall_plot(probs: np.ndarray, truth: np.ndarray, classes: list[st
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def principal_map(feats: np.ndarray, most: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+    """The first two principal components of ``feats`` (N, D) for at most ``most`` of them, spread evenly: their
+    coordinates (n, 2) and which rows they are (n,)."""
+    rows = np.unique(np.linspace(0, len(feats) - 1, min(most, len(feats))).round().astype(np.int64))
+    centred = feats[rows].astype(np.float64) - feats[rows].astype(np.float64).mean(0)
+    _, _, directions = np.linalg.svd(centred, full_matrices=False)  # rows of directions: the components, largest first
+    return centred @ directions[:2].T, rows
+
+
+def embedding_plot(feats: np.ndarray, labels: np.ndarray | None, classes: list[str], path: str | Path,
+                   title: str = "") -> Path:
+    """The images' map: their features' first two principal components (at most 20,000 images), coloured by class
+    (several classes an image: by the first); the legend up to 20 classes."""
+    xy, rows = principal_map(feats)
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
+    if labels is None or not classes:
+        ax.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.5, lw=0)
+    else:
+        picked = labels[rows]
+        first = picked if picked.ndim == 1 else np.where((picked > 0.5).any(1), (picked > 0.5).argmax(1), -1)
+        colours = plt.get_cmap("tab20" if len(classes) > 10 else "tab10")
+        for c, name in enumerate(classes):
+            here = first == c
+            if here.any():
+                ax.scatter(xy[here, 0], xy[here, 1], s=3, alpha=0.6, lw=0, color=colours(c % colours.N), label=name)
+        if len(classes) <= 20:
+            ax.legend(fontsize=7, markerscale=4, loc="best")
+    ax.set_xlabel("first principal component")
+    ax.set_ylabel("second principal component")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
