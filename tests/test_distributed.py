@@ -212,15 +212,19 @@ def test_an_evaluation_split_between_ranks_equals_one_over_all_the_images(tmp_pa
         assert whole["confusion"] == split["confusion"] and sum(map(sum, split["confusion"])) == 37
         assert (whole["top1"], whole["top5"]) == (split["top1"], split["top5"])
         assert split["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-12)
+        assert split["ece"] == pytest.approx(whole["ece"], rel=1e-12) and split["calibration"] == whole["calibration"]
         assert seen["rows_knn1"] < 1e-5 and seen["rows_knn60"] < 1e-5
-        rounded = lambda values: [None if v is None else round(v, 9) for v in values]
+        rounded = lambda values: [None if v is None or v != v else round(v, 9) for v in values]  # nan: None
         for name in ("rows_evaluate", "unknown_evaluate"):
             whole, split = seen[name]
             assert whole["per_class_images"] == split["per_class_images"] and sum(split["per_class_images"]) > 0
             assert split.keys() == whole.keys() and "mean_ap" in whole
             assert np.isfinite(whole["mean_ap"]) and np.isfinite(whole["eval_loss"])
             for key, value in whole.items():
-                if isinstance(value, list):
+                if isinstance(value, dict):  # the calibration bins: each image's probability float32 (batched
+                    for part, numbers in value.items():  # otherwise on a rank: to float32's precision)
+                        np.testing.assert_allclose(split[key][part], numbers, rtol=1e-6, equal_nan=True)
+                elif isinstance(value, list):
                     assert rounded(split[key]) == rounded(value), (name, key)
                 else:
                     assert split[key] == pytest.approx(value, rel=1e-12, nan_ok=True), (name, key)

@@ -4,6 +4,7 @@ per-class accuracy and the confusion matrix agree with them; files that are not 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -327,12 +328,19 @@ def test_evaluate_writes_each_images_predictions(tmp_path, datasets):
     finetune(tiny_finetune(tmp_path, datasets, "train.epochs=1"))
     out_csv = tmp_path / "predictions.csv"
     code = main(["evaluate", "--checkpoint", str(tmp_path / "model-best.pth"), "--data-root", str(datasets), *DATA,
-                 "-o", str(tmp_path / "eval.json"), "--predictions", str(out_csv)])
+                 "-o", str(tmp_path / "eval.json"), "--predictions", str(out_csv),
+                 "--calibration-plot", str(tmp_path / "reliability.png")])
     assert code == 0
     result = json.loads((tmp_path / "eval.json").read_text())
     rows = list(csv.DictReader(out_csv.open()))
     assert len(rows) == result["samples"] == 32
     assert 100.0 * sum(int(r["correct"]) for r in rows) / 32 == pytest.approx(result["top1"])
+    # the expected calibration error: of the top class's probability against being right
+    from openmae.eval.calibration import calibration_bins
+
+    binned = calibration_bins(np.array([float(r["probability"]) for r in rows]), np.array([int(r["correct"]) for r in rows]))
+    assert result["ece"] == pytest.approx(binned["ece"], abs=1e-3) and result["calibration"]["count"] == binned["count"]
+    assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     names = result["classes"]
     counted = [[0] * 10 for _ in names]
     for r in rows:

@@ -18,6 +18,7 @@ from openmae.engine.finetune import mixed_rows
 from openmae.engine.imbalance import ClassBalance
 from openmae.engine.row_loss import image_losses, row_loss
 from openmae.engine.task_config import LinprobeConfig
+from openmae.eval.calibration import multilabel_calibration
 from openmae.eval.knn import knn_accuracy
 from openmae.eval.multilabel import average_precision, multilabel_scores
 from openmae.eval.ranking import roc_auc
@@ -138,13 +139,16 @@ def test_a_probe_on_uncertain_findings_and_its_evaluation_leave_them_out(tmp_pat
                  "-o", str(tmp_path / "eval.json"), "--predictions", str(preds)])
     assert code == 0
     got = json.loads((tmp_path / "eval.json").read_text())
-    for key in ("mean_ap", "roc_auc", "exact_match", "eval_loss"):
+    for key in ("mean_ap", "roc_auc", "exact_match", "eval_loss", "ece"):
         assert got[key] == pytest.approx(best[key], abs=1e-4), key
     rows = list(csv.DictReader(preds.open()))
     test_marks = marks[20:]
     assert [r["unknown"] for r in rows] == ["|".join(f for f, m in zip(FINDINGS, row) if m < 0) for row in test_marks]
     assert [r["labels"] for r in rows] == ["|".join(f for f, m in zip(FINDINGS, row) if m > 0) for row in test_marks]
     assert 100.0 * sum(int(r["exact"]) for r in rows) / len(rows) == pytest.approx(got["exact_match"])
+    probs = np.array([[float(r[f"p_{f}"]) for f in FINDINGS] for r in rows])  # each known pair's calibration
+    assert got["ece"] == pytest.approx(multilabel_calibration(probs, np.where(test_marks < 0, np.nan, test_marks))["ece"],
+                                       abs=1e-3)
     # given the list alone, evaluate reads its labels as the run read them (its columns, -1 left out)
     code = main(["evaluate", "--checkpoint", str(tmp_path / "probe" / "model-best.pth"), "--data", str(listed),
                  "data.num_workers=0", "-o", str(tmp_path / "again.json")])

@@ -157,7 +157,8 @@ def cmd_embed(args: argparse.Namespace, rest: list[str]) -> int:
 
 @command("evaluate", "accuracy of a fine-tuned classifier (or online probe) on a split: top-1/5, per class, confusion")
 def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
-    for flag, key in (("json_out", "output"), ("plot", "plot"), ("predictions", "predictions")):
+    for flag, key in (("json_out", "output"), ("plot", "plot"), ("predictions", "predictions"),
+                      ("calibration_plot", "calibration_plot")):
         rest = [*rest, f"evaluate.{key}={getattr(args, flag)}"] if getattr(args, flag) else rest
     return _run_task(EvaluateConfig, "openmae.engine.evaluate:run_evaluate", args, rest, "evaluate.init")
 
@@ -286,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", "-o", dest="json_out", help="JSON file for every number (per class, confusion)")
             p.add_argument("--plot", help="PNG of the confusion matrix (several classes an image: precision-recall curves)")
             p.add_argument("--predictions", help="CSV of each image's class, top-5 predictions and probabilities")
+            p.add_argument("--calibration-plot", help="PNG of accuracy against confidence (its ECE)")
         if name == "embed":
             p.add_argument("--out", "-o", dest="embed_out", help="the .safetensors file (default embeddings.safetensors; "
                            "the images' CSV beside it)")

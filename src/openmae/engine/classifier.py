@@ -24,6 +24,7 @@ from openmae.engine.config import SELECT_BY
 from openmae.engine.distributed import DistInfo, gather_rows, part_of, same_buffers, wait_for_main
 from openmae.engine.loop import Run
 from openmae.engine.row_loss import image_losses
+from openmae.eval.calibration import calibration_bins, multilabel_calibration
 from openmae.eval.confusion import class_scores, confusion_matrix
 from openmae.eval.multilabel import f1_thresholds, multilabel_scores
 from openmae.eval.progress import reported
@@ -53,11 +54,14 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
     Batches of labels (B, classes) (``data.multi_label``) are measured as several yes / no classes an image
     (:mod:`openmae.eval.multilabel`: mean AP, ROC-AUC, F1, exact match; eval_loss the binary cross-entropy averaged
     over the classes); ``confusion`` then adds each class's scores, ``keep`` the images' ``labels`` and ``probs``,
-    ``thresholds`` (each class's, fitted elsewhere) macro / micro F1 and exact match at them (``tuned_*``)."""
+    ``thresholds`` (each class's, fitted elsewhere) macro / micro F1 and exact match at them (``tuned_*``).
+
+    ``ece``: the expected calibration error (:mod:`openmae.eval.calibration`); with ``confusion``, its bins
+    (``calibration``)."""
     was_training = model.training
     model.eval()
     # per image, on the device: one host sync at the end, not one a batch
-    labels_seen, tops, losses, top_probs, probs_seen = [], [], [], [], []
+    labels_seen, tops, losses, top_probs, probs_seen, sure = [], [], [], [], [], []
     multi = False
     with batches_of(batches) as each, contextlib.closing(reported(each, what, total)) as shown:
         for batch in shown:
@@ -77,6 +81,7 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
                           - math.log(2))  # its NLL
             losses.append(F.cross_entropy(logits, labels, reduction="none"))  # (B,)
             tops.append(logits.topk(min(5, logits.shape[1]), dim=1).indices)  # (B, min(5, classes))
+            sure.append((logits.amax(1) - logits.logsumexp(1)).exp())  # (B,): the top class's probability
             labels_seen.append(labels)
             width = logits.shape[1]  # the classes
             probs = logits.softmax(1) if keep or width <= MAX_CLASSES else None  # (B, classes)
@@ -89,10 +94,11 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
         return _multilabel_metrics(torch.cat(labels_seen), torch.cat(probs_seen), torch.cat(losses).double(),
                                    gather, confusion, keep, thresholds)
     labels, top, loss = torch.cat(labels_seen), torch.cat(tops), torch.cat(losses).double()
+    confidence = torch.cat(sure)  # (N,)
     every_prob = torch.cat(probs_seen) if probs_seen else None  # (N, classes)
     chosen_probs = torch.cat(top_probs) if keep else None  # (N, min(5, classes))
     if gather is not None:
-        labels, top, loss = gather(labels), gather(top), gather(loss)
+        labels, top, loss, confidence = gather(labels), gather(top), gather(loss), gather(confidence)
         every_prob = gather(every_prob) if every_prob is not None else None
         chosen_probs = gather(chosen_probs) if chosen_probs is not None else None
     total = labels.numel()
@@ -102,6 +108,10 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
                            "top5": 100.0 * (top == labels[:, None]).any(1).sum().item() / total,
                            "eval_loss": loss.sum().item() / total,
                            "balanced_accuracy": scores["balanced_accuracy"], "macro_f1": scores["macro_f1"]}
+    binned = calibration_bins(confidence.cpu().numpy(), (top[:, 0] == labels).cpu().numpy())
+    out["ece"] = binned.pop("ece")
+    if confusion:
+        out["calibration"] = binned  # each confidence bin's images, confidence and accuracy
     if every_prob is not None:
         auc = auc_scores(every_prob.cpu().numpy(), labels.cpu().numpy())
         out["roc_auc"] = auc["roc_auc"]
@@ -124,8 +134,11 @@ def _multilabel_metrics(labels: torch.Tensor, probs: torch.Tensor, loss: torch.T
     if gather is not None:
         labels, probs, loss = gather(labels), gather(probs), gather(loss)
     labels, probs = labels.cpu(), probs.cpu()
+    binned = multilabel_calibration(probs.numpy(), labels.numpy())
     out = {**multilabel_scores(probs.numpy(), labels.numpy(), per_class), "eval_loss": loss.sum().item() / len(loss),
-           "f1_thresholds": f1_thresholds(probs.numpy(), labels.numpy())}
+           "ece": binned.pop("ece"), "f1_thresholds": f1_thresholds(probs.numpy(), labels.numpy())}
+    if per_class:
+        out["calibration"] = binned
     if thresholds is not None:  # fitted on other images (held-out ones): the F1 they give here
         tuned = multilabel_scores(probs.numpy(), labels.numpy(), thresholds=thresholds)
         out.update({f"tuned_{key}": tuned[key] for key in ("macro_f1", "micro_f1", "exact_match")})

@@ -30,7 +30,7 @@ from openmae.engine.logging import setup_console
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
 from openmae.eval.multilabel import THRESHOLD, multilabel_scores
-from openmae.eval.plots import confusion_plot, precision_recall_plot
+from openmae.eval.plots import confusion_plot, precision_recall_plot, reliability_plot
 from openmae.models.mae import MAEConfig
 from openmae.models.vit import create_classifier
 
@@ -196,8 +196,8 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     view = " (flip test-time augmentation)" if e.tta == "flip" else ""
     auc = f" ROC-AUC {metrics['roc_auc']:.2f}" if "roc_auc" in metrics else ""
     log.info("%s on the %s split (%d images)%s: top-1 %.2f top-5 %.2f balanced accuracy %.2f macro F1 %.2f%s loss "
-             "%.4f", e.init, split, len(source), view, metrics["top1"], metrics["top5"], metrics["balanced_accuracy"],
-             metrics["macro_f1"], auc, metrics["eval_loss"])
+             "%.4f ECE %.2f", e.init, split, len(source), view, metrics["top1"], metrics["top5"],
+             metrics["balanced_accuracy"], metrics["macro_f1"], auc, metrics["eval_loss"], metrics["ece"])
     shown = lambda v: "-" if v is None else f"{v:.2f}"
     log.info("  %-20s %7s %9s %6s %6s %7s", "class", "top-1", "precision", "F1", "AUC", "images")  # top-1: recall
     for i, name in enumerate(names):
@@ -216,6 +216,7 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
         Path(e.plot).parent.mkdir(parents=True, exist_ok=True)
         confusion_plot(confusion, names, e.plot, f"{Path(e.init).name}: top-1 {metrics['top1']:.2f}% on {split}{view}")
         log.info("wrote %s", e.plot)
+    _calibration_plot(e.calibration_plot, result, f"{Path(e.init).name} on {split}{view}")
     return result
 
 
@@ -233,6 +234,13 @@ def _read_labels_as_trained(d: DataConfig, record: dict[str, Any], init: str) ->
     log.info("labels read as %s's run read them: %s (give data.label_columns / data.uncertain_label / "
              "data.label_separator to read them otherwise)", init,
              " ".join(f"data.{k}=[{','.join(v)}]" if isinstance(v, list) else f"data.{k}={v}" for k, v in read.items()))
+
+
+def _calibration_plot(path: str, result: dict[str, Any], what: str) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        reliability_plot(result["calibration"], path, f"{what}: ECE {result['ece']:.2f}")
+        log.info("wrote %s (accuracy against confidence)", path)
 
 
 def _write_result(path: str, result: dict[str, Any]) -> None:
@@ -256,8 +264,8 @@ def _report_multilabel(cfg: EvaluateConfig, info: DistInfo, metrics: dict[str, A
     split = f"held-out part of '{d.train_split}'" if d.holdout else f"'{d.eval_split}'"
     view = " (flip test-time augmentation)" if e.tta == "flip" else ""
     log.info("%s on the %s split (%d images)%s: mean AP %.2f ROC-AUC %.2f macro F1 %.2f micro F1 %.2f exact match "
-             "%.2f loss %.4f", e.init, split, len(source), view, metrics["mean_ap"], metrics["roc_auc"],
-             metrics["macro_f1"], metrics["micro_f1"], metrics["exact_match"], metrics["eval_loss"])
+             "%.2f loss %.4f ECE %.2f", e.init, split, len(source), view, metrics["mean_ap"], metrics["roc_auc"],
+             metrics["macro_f1"], metrics["micro_f1"], metrics["exact_match"], metrics["eval_loss"], metrics["ece"])
     tuned = _at_thresholds(kept["labels"], kept["probs"], fitted, fitted_on, names, chosen_on(d)) if fitted else {}
     shown = lambda v: "-" if v is None else f"{v:.2f}"
     more = ("threshold", "tuned F1") if tuned else ()
@@ -280,6 +288,7 @@ def _report_multilabel(cfg: EvaluateConfig, info: DistInfo, metrics: dict[str, A
         precision_recall_plot(kept["probs"].numpy(), kept["labels"].numpy(), names, e.plot,
                               f"{Path(e.init).name}: mean AP {metrics['mean_ap']:.2f} on {split}{view}")
         log.info("wrote %s (each class's precision against recall)", e.plot)
+    _calibration_plot(e.calibration_plot, result, f"{Path(e.init).name} on {split}{view}, each class a yes / no")
     return result
 
 

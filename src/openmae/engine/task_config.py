@@ -310,6 +310,7 @@ class EvaluateSection:
     plot: str = ""  # a PNG of the confusion matrix (rows as percentages of each true class); several classes an
     # image (data.multi_label): each class's precision-recall curve
     predictions: str = ""  # a CSV of each image's class, top-5 predictions and their probabilities
+    calibration_plot: str = ""  # a PNG of accuracy against confidence (a reliability diagram; its ECE)
     # test-time augmentation: none, or flip (each image's class probabilities averaged with its mirror's; only
     # for classifiers trained with horizontal flips). Reported apart: fine-tuning's own numbers are single-view.
     tta: str = "none"

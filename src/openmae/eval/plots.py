@@ -157,3 +157,28 @@ def embedding_plot(feats: np.ndarray, labels: np.ndarray | None, classes: list[s
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def reliability_plot(bins: dict[str, list], path: str | Path, title: str = "") -> Path:
+    """A reliability diagram: each confidence bin's accuracy (bars) against its mean confidence (the diagonal is a
+    calibrated classifier), the bins' share of the images beneath (:func:`openmae.eval.calibration.calibration_bins`)."""
+    count = np.asarray(bins["count"], dtype=np.float64)
+    width = 1.0 / len(count)
+    left = np.arange(len(count)) * width
+    acc, conf = np.nan_to_num(np.asarray(bins["accuracy"])), np.nan_to_num(np.asarray(bins["confidence"]))
+    fig, (ax, below) = plt.subplots(2, 1, figsize=(5, 5.5), dpi=120, sharex=True, height_ratios=(3, 1))
+    ax.bar(left, acc, width, align="edge", edgecolor="black", lw=0.5, label="accuracy")
+    ax.bar(left, conf - acc, width, bottom=acc, align="edge", color="tab:red", alpha=0.3, lw=0, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    below.bar(left, count / max(count.sum(), 1.0), width, align="edge", color="grey")
+    below.set_xlabel("confidence")
+    below.set_ylabel("share")
+    below.set_xlim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
