@@ -213,6 +213,7 @@ def test_an_evaluation_split_between_ranks_equals_one_over_all_the_images(tmp_pa
         assert (whole["top1"], whole["top5"]) == (split["top1"], split["top5"])
         assert split["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-12)
         assert split["ece"] == pytest.approx(whole["ece"], rel=1e-12) and split["calibration"] == whole["calibration"]
+        assert split["temperature"] == whole["temperature"]  # fitted on all the images' NLL, gathered
         assert seen["rows_knn1"] < 1e-5 and seen["rows_knn60"] < 1e-5
         rounded = lambda values: [None if v is None or v != v else round(v, 9) for v in values]  # nan: None
         for name in ("rows_evaluate", "unknown_evaluate"):

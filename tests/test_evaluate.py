@@ -340,6 +340,9 @@ def test_evaluate_writes_each_images_predictions(tmp_path, datasets):
 
     binned = calibration_bins(np.array([float(r["probability"]) for r in rows]), np.array([int(r["correct"]) for r in rows]))
     assert result["ece"] == pytest.approx(binned["ece"], abs=1e-3) and result["calibration"]["count"] == binned["count"]
+    # the temperature model-best.pth keeps was fitted on these same images (no data.holdout): evaluate fits it again
+    kept = torch.load(tmp_path / "model-best.pth", weights_only=True)
+    assert result["temperature"] == kept["temperature"] == result["temperature_here"]
     assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     names = result["classes"]
     counted = [[0] * 10 for _ in names]

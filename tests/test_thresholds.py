@@ -84,6 +84,10 @@ def test_a_run_keeps_thresholds_fitted_on_held_out_images_and_evaluate_uses_them
         assert got[f"tuned_{key}"] == pytest.approx(want[key], abs=1e-6), key
         # the run measured the test split at the thresholds of its held-out images every epoch: the same numbers
         assert chosen[f"test_tuned_{key}"] == pytest.approx(got[f"tuned_{key}"], abs=1e-6), key
+    # so with the temperature fitted on the held-out images: kept in the file, the test split's ECE and loss at it
+    assert kept["temperature"] == chosen["temperature"] == got["temperature"]
+    for key in ("scaled_ece", "scaled_eval_loss"):
+        assert chosen[f"test_{key}"] == pytest.approx(got[key], abs=1e-5), key
     assert got["thresholds"] == dict(zip(CLASSES, kept["thresholds"]))
     for r in rows:
         assert r["tuned"] == "|".join(c for c, t in zip(CLASSES, kept["thresholds"]) if float(r[f"p_{c}"]) > t)

@@ -29,6 +29,7 @@ from openmae.eval.confusion import class_scores, confusion_matrix
 from openmae.eval.multilabel import f1_thresholds, multilabel_scores
 from openmae.eval.progress import reported
 from openmae.eval.ranking import MAX_CLASSES, auc_scores
+from openmae.eval.temperature import best_temperature, nll_by_temperature, scaled
 from openmae.models.vit import fold_bn_head
 
 log = logging.getLogger("openmae.classifier")
@@ -38,7 +39,7 @@ log = logging.getLogger("openmae.classifier")
 def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.dtype | None = None,
              confusion: bool = False, flip: bool = False,
              gather: Callable[[torch.Tensor], torch.Tensor] | None = None, what: str = "evaluation",
-             total: int | None = None, keep: bool = False, thresholds: list[float] | None = None) -> dict[str, Any]:
+             total: int | None = None, keep: bool = False, fitted: dict[str, Any] | None = None) -> dict[str, Any]:
     """Top-1, top-5 (in percent) and mean cross-entropy over every batch; with ``confusion``, also the confusion
     matrix as ``confusion`` (a list of rows: true class, columns: predicted class). ``flip``: test-time
     augmentation, each image's class probabilities averaged with its horizontal mirror's (ranks and cross-entropy
@@ -54,14 +55,19 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
     Batches of labels (B, classes) (``data.multi_label``) are measured as several yes / no classes an image
     (:mod:`openmae.eval.multilabel`: mean AP, ROC-AUC, F1, exact match; eval_loss the binary cross-entropy averaged
     over the classes); ``confusion`` then adds each class's scores, ``keep`` the images' ``labels`` and ``probs``,
-    ``thresholds`` (each class's, fitted elsewhere) macro / micro F1 and exact match at them (``tuned_*``).
+    ``fitted["thresholds"]`` (each class's, fitted on other images) macro / micro F1 and exact match at them
+    (``tuned_*``).
 
     ``ece``: the expected calibration error (:mod:`openmae.eval.calibration`); with ``confusion``, its bins
-    (``calibration``)."""
+    (``calibration``). ``temperature``: the temperature whose scaling calibrates these images best
+    (:mod:`openmae.eval.temperature`); ``fitted["temperature"]`` (one fitted on other images): the ECE and loss at
+    it (``scaled_ece``, ``scaled_eval_loss``)."""
     was_training = model.training
     model.eval()
     # per image, on the device: one host sync at the end, not one a batch
     labels_seen, tops, losses, top_probs, probs_seen, sure = [], [], [], [], [], []
+    grid_sums, grid_counts, scaled_seen, scaled_losses = [], [], [], []  # temperature scaling's
+    given = (fitted or {}).get("temperature")
     multi = False
     with batches_of(batches) as each, contextlib.closing(reported(each, what, total)) as shown:
         for batch in shown:
@@ -75,10 +81,13 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
                 losses.append(image_losses(logits, labels, None if mirrored is None else probs))  # (B,)
                 labels_seen.append(labels)
                 probs_seen.append(probs)
+                _scaling(logits if mirrored is None else torch.logit(probs, eps=1e-7), labels, given, grid_sums,
+                         grid_counts, scaled_seen, scaled_losses)
                 continue
             if mirrored is not None:  # log of the mean of the two softmaxes: a log-probability, so cross_entropy
                 logits = (torch.logsumexp(torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)]), 0)  # stays
                           - math.log(2))  # its NLL
+            _scaling(logits, labels, given, grid_sums, grid_counts, scaled_seen, scaled_losses)
             losses.append(F.cross_entropy(logits, labels, reduction="none"))  # (B,)
             tops.append(logits.topk(min(5, logits.shape[1]), dim=1).indices)  # (B, min(5, classes))
             sure.append((logits.amax(1) - logits.logsumexp(1)).exp())  # (B,): the top class's probability
@@ -90,9 +99,20 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
             if width <= MAX_CLASSES:
                 probs_seen.append(probs)
     model.train(was_training)
+    parts = [torch.cat(grid_sums), torch.cat(grid_counts), *(
+        [torch.cat(scaled_seen), torch.cat(scaled_losses).double()] if given is not None else [])]
+    parts = [gather(t) for t in parts] if gather is not None else parts  # all the images'
+    temperature = {"temperature": best_temperature(parts[0], parts[1])}  # the one these images would want
     if multi:
-        return _multilabel_metrics(torch.cat(labels_seen), torch.cat(probs_seen), torch.cat(losses).double(),
-                                   gather, confusion, keep, thresholds)
+        labels, probs, loss = torch.cat(labels_seen), torch.cat(probs_seen), torch.cat(losses).double()
+        if gather is not None:
+            labels, probs, loss = gather(labels), gather(probs), gather(loss)
+        labels, probs = labels.cpu(), probs.cpu()
+        out = _multilabel_metrics(labels, probs, loss, confusion, keep, (fitted or {}).get("thresholds"))
+        if given is not None:  # fitted on other images: the calibration it gives these
+            out.update(scaled_ece=multilabel_calibration(parts[2].cpu().numpy(), labels.numpy())["ece"],
+                       scaled_eval_loss=parts[3].mean().item())
+        return {**out, **temperature}
     labels, top, loss = torch.cat(labels_seen), torch.cat(tops), torch.cat(losses).double()
     confidence = torch.cat(sure)  # (N,)
     every_prob = torch.cat(probs_seen) if probs_seen else None  # (N, classes)
@@ -110,6 +130,10 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
                            "balanced_accuracy": scores["balanced_accuracy"], "macro_f1": scores["macro_f1"]}
     binned = calibration_bins(confidence.cpu().numpy(), (top[:, 0] == labels).cpu().numpy())
     out["ece"] = binned.pop("ece")
+    out.update(temperature)
+    if given is not None:  # fitted on other images: the calibration it gives these
+        out.update(scaled_ece=calibration_bins(parts[2].cpu().numpy(), (top[:, 0] == labels).cpu().numpy())["ece"],
+                   scaled_eval_loss=parts[3].mean().item())
     if confusion:
         out["calibration"] = binned  # each confidence bin's images, confidence and accuracy
     if every_prob is not None:
@@ -125,15 +149,11 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
     return out
 
 
-def _multilabel_metrics(labels: torch.Tensor, probs: torch.Tensor, loss: torch.Tensor,
-                        gather: Callable[[torch.Tensor], torch.Tensor] | None, per_class: bool,
+def _multilabel_metrics(labels: torch.Tensor, probs: torch.Tensor, loss: torch.Tensor, per_class: bool,
                         keep: bool, thresholds: list[float] | None = None) -> dict[str, Any]:
-    """:func:`evaluate`'s measures of images with several classes each: labels and probabilities (N, classes),
-    each image's binary cross-entropy (N,) averaged over the classes; ``f1_thresholds``: each class's threshold of
-    the best F1 on these images (kept in model-best.pth, not logged: :func:`evaluate_after_epoch`)."""
-    if gather is not None:
-        labels, probs, loss = gather(labels), gather(probs), gather(loss)
-    labels, probs = labels.cpu(), probs.cpu()
+    """:func:`evaluate`'s measures of images with several classes each: labels and probabilities (N, classes) of all
+    the images, on the CPU, each image's binary cross-entropy (N,) averaged over the classes; ``f1_thresholds``: each
+    class's threshold of the best F1 on these images (kept in model-best.pth, not logged: :func:`evaluate_after_epoch`)."""
     binned = multilabel_calibration(probs.numpy(), labels.numpy())
     out = {**multilabel_scores(probs.numpy(), labels.numpy(), per_class), "eval_loss": loss.sum().item() / len(loss),
            "ece": binned.pop("ece"), "f1_thresholds": f1_thresholds(probs.numpy(), labels.numpy())}
@@ -145,6 +165,19 @@ def _multilabel_metrics(labels: torch.Tensor, probs: torch.Tensor, loss: torch.T
     if keep:
         out.update(labels=labels, probs=probs)
     return out
+
+
+def _scaling(logits: torch.Tensor, labels: torch.Tensor, given: float | None, sums: list, counts: list,
+             probs: list, losses: list) -> None:
+    """One batch's part of temperature scaling: its images' NLL at each temperature of the grid and, with a
+    temperature ``given``, the probabilities and losses at it (lists appended to, on the device)."""
+    at_each, terms = nll_by_temperature(logits, labels)
+    sums.append(at_each)
+    counts.append(terms)
+    if given is not None:
+        confidence, loss = scaled(logits, labels, given)
+        probs.append(confidence)
+        losses.append(loss)
 
 
 def say_labels(multi_label: bool, classes: int, select_by: str) -> None:
@@ -172,7 +205,8 @@ def report_prefix(data: DataConfig) -> str:
 
 def chosen_on(data: DataConfig) -> dict[str, Any]:
     """The images a run's evaluations measure, on which model-best.pth is chosen (and, for several classes an image,
-    its decision thresholds fitted): kept in the file, so that `openmae evaluate` knows them."""
+    its temperature and, for several classes an image, decision thresholds fitted): kept in the file, so that
+    `openmae evaluate` knows them."""
     where = {"data": str(Path(data.path).resolve()) if data.path else data.name,
              "split": data.train_split if data.holdout else data.eval_split}
     return {**where, "holdout": data.holdout, "holdout_seed": data.holdout_seed} if data.holdout else where
@@ -281,10 +315,13 @@ def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module,
     if not (epoch % every == 0 or final):
         return {}
     metrics = evaluate_fn(run.info)
-    # several classes an image: each class's threshold of the best F1 on the images chosen on, kept with the weights
+    # the images chosen on fit what model-best.pth keeps with the weights: several classes an image, each class's
+    # threshold of the best F1
     # (a list a class: not logged; the report split's are not kept, those would be fitted on the images it reports)
     fitted = {key: metrics.pop(key) for key in list(metrics) if key.endswith("f1_thresholds")}
-    kept = {"thresholds": fitted["f1_thresholds"]} if "f1_thresholds" in fitted else None
+    kept = {"thresholds": fitted["f1_thresholds"]} if "f1_thresholds" in fitted else {}
+    if "temperature" in metrics:  # and the temperature that calibrates them (logged too: one number)
+        kept["temperature"] = metrics["temperature"]
     # whole weights on the main rank's CPU: a collective under FSDP, where each rank holds a part of every tensor
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     out = {**best.update(sd, metrics, epoch, final, write=run.info.is_main, kept=kept), **(extra or {})}
@@ -308,18 +345,25 @@ def evaluate_after_epoch(run: Run, epoch: int, every: int, model: nn.Module,
 def evaluate_share(model: nn.Module, source: ImageSource, batches_for: Callable[[ImageSource], Iterable[Batch]],
                    device: torch.device, info: DistInfo, amp_dtype: torch.dtype | None = None, confusion: bool = False,
                    flip: bool = False, what: str = "evaluation", keep: bool = False,
-                   thresholds: list[float] | None = None) -> dict[str, Any]:
+                   fitted: dict[str, Any] | None = None) -> dict[str, Any]:
     """``evaluate`` over every image of ``source``, each rank of a torchrun job taking its part (``share_of``):
     ``batches_for(images)`` makes the batches of the images given. Every rank returns the metrics of all; how far
     it came is reported as ``what``."""
     if not info.enabled:
         return evaluate(model, batches_for(source), device, amp_dtype, confusion, flip, what=what, total=len(source),
-                        keep=keep, thresholds=thresholds)
+                        keep=keep, fitted=fitted)
     same_buffers(model, info)  # one model measured: the main rank's (BatchNorm statistics)
     part = part_of(source, info)[0]
     return evaluate(model, batches_for(part), device, amp_dtype, confusion, flip,
                     gather=functools.partial(gather_rows, count=len(source), info=info), what=what, total=len(part),
-                    keep=keep, thresholds=thresholds)
+                    keep=keep, fitted=fitted)
+
+
+def fitted_on_held_out(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What an evaluation of held-out images fitted, for measuring the report split at it (:func:`evaluate`'s
+    ``fitted``): the temperature, and each class's threshold for several classes an image."""
+    return {key: metrics[name] for key, name in (("temperature", "temperature"), ("thresholds", "f1_thresholds"))
+            if name in metrics}
 
 
 def labels_and_images(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -168,6 +168,8 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     require_labels(d)
     # several classes an image: each class's threshold of the best F1 where the run chose model-best.pth
     fitted = record.get("thresholds") if e.thresholds == "auto" and isinstance(record.get("thresholds"), list) else None
+    # and the temperature that calibrated those images (a file of another program, or of before it: none)
+    scale = record.get("temperature") if isinstance(record.get("temperature"), (int, float)) else None
     with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
         source = source_for(d, d.eval_split, mae_cfg.in_chans, d.max_eval_samples)
     names = list(source.classes) or [str(i) for i in range(classes)]
@@ -183,7 +185,8 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
                              autocast_dtype(e.precision, device, hint=False), confusion=True, flip=e.tta == "flip",
                              what=f"evaluation of the {d.eval_split} images",
                              keep=bool(e.predictions) or (bool(e.plot) and d.multi_label)  # its curves need them
-                             or (d.multi_label and fitted is not None))
+                             or (d.multi_label and fitted is not None), fitted=None if scale is None else {"temperature": scale})
+    _say_fitted(metrics, scale, fitted, record.get("chosen_on"), chosen_on(d))
     if d.multi_label:
         return _report_multilabel(cfg, info, metrics, source, names, fitted, record.get("chosen_on"))
     kept = {key: metrics.pop(key) for key in ("labels", "top", "top_probs") if key in metrics}
@@ -218,6 +221,26 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
         log.info("wrote %s", e.plot)
     _calibration_plot(e.calibration_plot, result, f"{Path(e.init).name} on {split}{view}")
     return result
+
+
+def _say_fitted(metrics: dict[str, Any], temperature: float | None, thresholds: list[float] | None,
+                fitted_on: dict[str, Any] | None, here: dict[str, Any]) -> None:
+    """The measures at the ``temperature`` model-best.pth keeps (``scaled_ece``, ``scaled_eval_loss``), said;
+    ``temperature`` the file's and ``temperature_here`` the one these images would want; a warning when what the
+    file keeps was fitted on the images measured (then the numbers at it flatter)."""
+    metrics["temperature_here"] = metrics.pop("temperature")
+    if temperature is not None:
+        metrics["temperature"] = temperature
+        log.info("at the temperature %.3g fitted where the run chose model-best.pth: ECE %.2f (unscaled %.2f), loss "
+                 "%.4f (unscaled %.4f); these images' own temperature would be %.3g", temperature,
+                 metrics["scaled_ece"], metrics["ece"], metrics["scaled_eval_loss"], metrics["eval_loss"],
+                 metrics["temperature_here"])
+    if fitted_on is not None and fitted_on == here and (temperature is not None or thresholds):
+        log.warning("the %s kept in the classifier file %s fitted on these very images, so the numbers at %s flatter "
+                    "the classifier; train with data.holdout (fitted on held-out training images) and evaluate on the "
+                    "test split for numbers that do not", "temperature and thresholds" if temperature is not None and
+                    thresholds else "temperature" if temperature is not None else "thresholds",
+                    "were" if thresholds else "was", "them" if thresholds else "it")
 
 
 def _read_labels_as_trained(d: DataConfig, record: dict[str, Any], init: str) -> None:
@@ -266,7 +289,7 @@ def _report_multilabel(cfg: EvaluateConfig, info: DistInfo, metrics: dict[str, A
     log.info("%s on the %s split (%d images)%s: mean AP %.2f ROC-AUC %.2f macro F1 %.2f micro F1 %.2f exact match "
              "%.2f loss %.4f ECE %.2f", e.init, split, len(source), view, metrics["mean_ap"], metrics["roc_auc"],
              metrics["macro_f1"], metrics["micro_f1"], metrics["exact_match"], metrics["eval_loss"], metrics["ece"])
-    tuned = _at_thresholds(kept["labels"], kept["probs"], fitted, fitted_on, names, chosen_on(d)) if fitted else {}
+    tuned = _at_thresholds(kept["labels"], kept["probs"], fitted, fitted_on, names) if fitted else {}
     shown = lambda v: "-" if v is None else f"{v:.2f}"
     more = ("threshold", "tuned F1") if tuned else ()
     log.info("  %-20s %6s %6s %9s %6s %6s %7s" + " %9s %8s" * bool(tuned), "class", "AP", "AUC", "precision", "recall",
@@ -293,9 +316,9 @@ def _report_multilabel(cfg: EvaluateConfig, info: DistInfo, metrics: dict[str, A
 
 
 def _at_thresholds(labels: torch.Tensor, probs: torch.Tensor, fitted: list[float], fitted_on: dict[str, Any] | None,
-                   names: list[str], here: dict[str, Any]) -> dict[str, Any]:
+                   names: list[str]) -> dict[str, Any]:
     """F1, precision, recall and exact match at each class's ``fitted`` threshold (``tuned_*``, ``per_class_tuned_*``,
-    ``thresholds``), said; a warning when they were fitted on the images measured (then they flatter)."""
+    ``thresholds``), said."""
     if len(fitted) != len(names):
         raise ConfigError(f"the classifier file holds {len(fitted)} decision thresholds for {len(names)} classes; "
                           "evaluate with evaluate.thresholds=half")
@@ -305,10 +328,6 @@ def _at_thresholds(labels: torch.Tensor, probs: torch.Tensor, fitted: list[float
     log.info("at each class's threshold of the best F1 where the run chose model-best.pth%s: macro F1 %.2f micro F1 "
              "%.2f exact match %.2f (evaluate.thresholds=half leaves them out)", where, scores["macro_f1"],
              scores["micro_f1"], scores["exact_match"])
-    if fitted_on == here:
-        log.warning("the thresholds were fitted on these very images, so F1 and exact match at them flatter the "
-                    "classifier; fine-tune with data.holdout (thresholds fitted on held-out training images) and "
-                    "evaluate on the test split for numbers that do not")
     return {"tuned_macro_f1": scores["macro_f1"], "tuned_micro_f1": scores["micro_f1"],
             "tuned_exact_match": scores["exact_match"], "thresholds": dict(zip(names, fitted)),
             **{f"per_class_tuned_{key}": dict(zip(names, scores[f"per_class_{key}"]))

@@ -24,6 +24,7 @@ from openmae.engine.classifier import (
     data_record,
     evaluate_after_epoch,
     evaluate_share,
+    fitted_on_held_out,
     labels_and_images,
     num_classes_of,
     report_prefix,
@@ -145,12 +146,12 @@ class FinetuneTask:
             return eval_batches(d, d.eval_split, m.img_size, m.in_chans, self.cfg.finetune.eval_batch_size,
                                 source=images)
 
-        def on(model: nn.Module, source=self.eval_source, thresholds=None) -> dict[str, float]:
-            return evaluate_share(model, source, batches_for, device, info, self.amp_dtype, thresholds=thresholds)
+        def on(model: nn.Module, source=self.eval_source, fitted=None) -> dict[str, float]:
+            return evaluate_share(model, source, batches_for, device, info, self.amp_dtype, fitted=fitted)
 
         metrics = on(self.classifier)
-        if self.report_source is not None:  # several classes an image: also at the thresholds fitted on held-out images
-            report = on(self.classifier, self.report_source, metrics.get("f1_thresholds"))
+        if self.report_source is not None:  # also at the temperature (and thresholds) fitted on held-out images
+            report = on(self.classifier, self.report_source, fitted_on_held_out(metrics))
             metrics.update({f"{self.best.report}{k}": v for k, v in report.items()})
         if self.ema is not None:
             metrics.update({f"live_{k}": v for k, v in on(self.model).items()})

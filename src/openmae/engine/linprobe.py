@@ -31,6 +31,7 @@ from openmae.engine.classifier import (
     data_record,
     evaluate_after_epoch,
     evaluate_share,
+    fitted_on_held_out,
     labels_and_images,
     num_classes_of,
     report_prefix,
@@ -204,15 +205,15 @@ class LinprobeTask:
     def evaluate(self, info: DistInfo = ONE_PROCESS) -> dict[str, float]:
         """Top-1 etc. on the evaluation images (each rank of a torchrun job evaluating its part of them)."""
         metrics = self._evaluate_on(self.eval_source, self.eval_feats, info)
-        if self.report_source is not None:  # several classes an image: also at the thresholds fitted on held-out images
-            report = self._evaluate_on(self.report_source, self.report_feats, info, metrics.get("f1_thresholds"))
+        if self.report_source is not None:  # also at the temperature (and thresholds) fitted on held-out images
+            report = self._evaluate_on(self.report_source, self.report_feats, info, fitted_on_held_out(metrics))
             metrics.update({f"{self.best.report}{k}": v for k, v in report.items()})
         return metrics
 
     def _evaluate_on(self, source: ImageSource, cached: tuple[torch.Tensor, torch.Tensor] | None,
-                     info: DistInfo, thresholds: list[float] | None = None) -> dict[str, float]:
+                     info: DistInfo, fitted: dict[str, Any] | None = None) -> dict[str, float]:
         """Top-1 etc. of the probe on ``source``'s images (or, in cached mode, on their ``cached`` features);
-        ``thresholds``: each class's, for several classes an image."""
+        ``fitted``: a temperature and thresholds fitted on other images (:func:`evaluate`)."""
         bs = self.cfg.linprobe.eval_batch_size
         if cached is not None:
             def feature_batches(items: FeatureSource | SourceView) -> list[Batch]:
@@ -222,11 +223,11 @@ class LinprobeTask:
                         for i in range(0, len(feats), bs)]
 
             return evaluate_share(self.model, FeatureSource(*cached), feature_batches, self.device, info,
-                                  thresholds=thresholds)
+                                  fitted=fitted)
         d, m = self.cfg.data, self.mae_cfg
         return evaluate_share(self.classifier, source,
                               lambda images: eval_batches(d, d.eval_split, m.img_size, m.in_chans, bs, source=images),
-                              self.device, info, self.amp_dtype, thresholds=thresholds)
+                              self.device, info, self.amp_dtype, fitted=fitted)
 
     def after_epoch(self, run: Run, epoch: int) -> dict[str, Any]:
         p = self.cfg.linprobe
