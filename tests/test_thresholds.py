@@ -66,7 +66,8 @@ def test_a_run_keeps_thresholds_fitted_on_held_out_images_and_evaluate_uses_them
         "data": str(listed.resolve()), "split": "train", "holdout": 0.25, "holdout_seed": 0}
     from openmae.convert.summary import format_summary, summarize
 
-    shown = f"decision thresholds {min(kept['thresholds']):.3g} to {max(kept['thresholds']):.3g})"
+    shown = (f"decision thresholds {min(kept['thresholds']):.3g} to {max(kept['thresholds']):.3g}; calibrated at "
+             f"temperature {kept['temperature']:.3g})")
     assert shown in format_summary(summarize(out / "model-best.pth"))  # openmae info
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert not any("f1_thresholds" in key for r in logged for key in r)  # kept in the file, not logged

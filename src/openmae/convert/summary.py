@@ -81,6 +81,8 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "multi_label": bool(head_key) and trained_multi_label(obj),  # several classes an image (data.multi_label)
         # each class's decision threshold, fitted where the run chose its best epoch
         "thresholds": obj["thresholds"] if isinstance(obj, dict) and isinstance(obj.get("thresholds"), list) else None,
+        # the temperature that calibrated the images its run chose it on (temperature scaling)
+        "temperature": obj.get("temperature") if isinstance(obj, dict) and head_key else None,
         "model": cfg.to_dict() if cfg else None,
         "architecture_from": ("the file's config" if isinstance(obj, dict) and "model_config" in obj else
                               f"timm's model {obj['arch']}" if timm_train_args(obj) is not None else
@@ -114,6 +116,7 @@ def format_summary(info: dict[str, Any]) -> str:
         several = ", several an image" if info.get("multi_label") else ""
         fitted = info.get("thresholds") if info.get("multi_label") else None
         fitted = f"; decision thresholds {min(fitted):.3g} to {max(fitted):.3g}" if fitted else ""
+        fitted += f"; calibrated at temperature {info['temperature']:.3g}" if info.get("temperature") else ""
         parts.append(f"classifier head ({info['classifier_classes']} classes{several}{shown}{fitted})")
     lines = [
         f"{info['path']}: {info['written_by']}, {info['layout']}",
