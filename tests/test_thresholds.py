@@ -103,10 +103,12 @@ def test_a_run_keeps_thresholds_fitted_on_held_out_images_and_evaluate_uses_them
 
     folder = convert_file(out / "model-best.pth", tmp_path / "hf", "hf")
     assert AutoConfig.from_pretrained(folder).decision_thresholds == pytest.approx(kept["thresholds"])
+    assert AutoConfig.from_pretrained(folder).calibration_temperature == kept["temperature"]
     assert main(["evaluate", "--checkpoint", str(folder), "--data", str(listed), "data.num_workers=0",
                  "-o", str(tmp_path / "folder.json")]) == 0
-    assert json.loads((tmp_path / "folder.json").read_text())["tuned_macro_f1"] == pytest.approx(got["tuned_macro_f1"],
-                                                                                              abs=1e-4)
+    from_folder = json.loads((tmp_path / "folder.json").read_text())
+    assert from_folder["tuned_macro_f1"] == pytest.approx(got["tuned_macro_f1"], abs=1e-4)
+    assert from_folder["scaled_ece"] == pytest.approx(got["scaled_ece"], abs=1e-4)
 
     # on the held-out images the thresholds were fitted on: each class's best F1 there, and a warning
     with caplog.at_level(logging.WARNING, logger="openmae"):

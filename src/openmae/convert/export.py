@@ -98,7 +98,7 @@ def classifier_folder(src: str | os.PathLike, obj: dict[str, Any], dst: Path) ->
                             fc_norm=not isinstance(model.fc_norm, nn.Identity), classes=obj.get("classes"),
                             stats=recorded_stats(obj) or assumed_stats(obj, cfg.in_chans),
                             crop_pct=run_data.get("eval_crop_pct"), multi_label=trained_multi_label(obj),
-                            thresholds=obj.get("thresholds"))
+                            thresholds=obj.get("thresholds"), temperature=obj.get("temperature"))
 
 
 def hf_processor_dict(cfg: MAEConfig, stats: dict[str, Any]) -> dict[str, Any]:

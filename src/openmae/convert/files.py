@@ -311,6 +311,8 @@ def load_hf_folder(folder: Path) -> dict[str, Any]:
             out["multi_label"] = True
         if isinstance(config.get("decision_thresholds"), list):  # each class's (a classifier of several an image)
             out["thresholds"] = [float(t) for t in config["decision_thresholds"]]
+        if isinstance(config.get("calibration_temperature"), (int, float)):  # a classifier's, temperature scaling's
+            out["temperature"] = float(config["calibration_temperature"])
     processor = folder / "preprocessor_config.json"
     if processor.is_file():
         p = json.loads(processor.read_text())

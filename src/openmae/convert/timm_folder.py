@@ -37,14 +37,16 @@ def timm_architecture(cfg: MAEConfig) -> str:
 def save_timm_folder(sd: dict[str, torch.Tensor], cfg: MAEConfig, dst: str | Path, num_classes: int = 0,
                      global_pool: str = "token", fc_norm: bool | None = None, classes: list[str] | None = None,
                      stats: dict[str, Any] | None = None, crop_pct: float | None = None,
-                     multi_label: bool = False, thresholds: list[float] | None = None) -> Path:
+                     multi_label: bool = False, thresholds: list[float] | None = None,
+                     temperature: float | None = None) -> Path:
     """Write the ViT of state dict ``sd`` (timm keys: an encoder, a fine-tuned classifier, or an online probe whose
     BatchNorm head is folded into its Linear) to folder ``dst``. ``global_pool`` / ``fc_norm``: how its head reads
     the tokens (:func:`openmae.models.vit.create_classifier`); ``classes``: the names of its outputs; ``stats``: the
     normalisation its images had (``mean`` / ``std``), with the evaluation's bicubic resize and centre crop;
     ``multi_label``: a classifier of several classes an image (``problem_type`` in its ``config.json``), with
     ``thresholds``, each class's decision threshold (``decision_thresholds``: transformers keeps the key as the
-    config's attribute)."""
+    config's attribute); ``temperature``: the one that calibrates its probabilities (``calibration_temperature``: the
+    logits / it; transformers' own ``temperature`` is a text generation setting)."""
     import timm
     from timm.models import save_for_hf
 
@@ -82,6 +84,8 @@ def save_timm_folder(sd: dict[str, torch.Tensor], cfg: MAEConfig, dst: str | Pat
         config["problem_type"] = MULTI_LABEL
     if multi_label and thresholds:
         config["decision_thresholds"] = [float(t) for t in thresholds]
+    if temperature is not None and num_classes:
+        config["calibration_temperature"] = float(temperature)
     path.write_text(json.dumps(config, indent=2))
     return dst
 
