@@ -115,7 +115,7 @@ def test_uncertain_labels_read_as_unknown_and_left_out_of_losses_measures_and_vo
     assert out == pytest.approx(want, nan_ok=True)
 
 
-def test_a_probe_on_uncertain_findings_and_its_evaluation_leave_them_out(tmp_path, datasets):
+def test_a_probe_on_uncertain_findings_and_its_evaluation_leave_them_out(tmp_path, datasets, caplog):
     """An online probe of CheXpert-like findings with ``data.uncertain_label=ignore``: finite losses; `openmae
     evaluate` of its model-best.pth gives the run's mean AP, and its predictions CSV names each image's unknown
     classes and counts them out of ``exact``; given the list alone, it reads the labels as the run did."""
@@ -156,3 +156,12 @@ def test_a_probe_on_uncertain_findings_and_its_evaluation_leave_them_out(tmp_pat
     again = json.loads((tmp_path / "again.json").read_text())
     assert {k: again[k] for k in ("mean_ap", "eval_loss", "samples")} == {k: got[k] for k in ("mean_ap", "eval_loss",
                                                                                             "samples")}
+    # a file that records none (written before, or by another program) leaves the settings as given, unsaid
+    import logging
+
+    from openmae.engine.evaluate import _read_labels_as_trained
+
+    given = DataConfig(name="csv", path=str(listed), multi_label=True)
+    with caplog.at_level(logging.INFO, logger="openmae"):
+        _read_labels_as_trained(given, {"model": {}}, "old.pth")
+    assert given.label_columns == () and "labels read as" not in caplog.text

@@ -249,7 +249,7 @@ def _read_labels_as_trained(d: DataConfig, record: dict[str, Any], init: str) ->
     run_data = (record.get("config") or {}).get("data") if isinstance(record.get("config"), dict) else None
     read = record.get("labels_read") or {k: v for k, v in (run_data or {}).items()
                                          if k in LABEL_READING and v not in ((), [], "", None)}
-    if d.name != "csv" or not isinstance(read, dict) or any(getattr(d, key) not in ((), "", None)
+    if d.name != "csv" or not read or not isinstance(read, dict) or any(getattr(d, key) not in ((), "", None)
                                                             for key in LABEL_READING):
         return
     for key, value in read.items():
