@@ -5,8 +5,10 @@ matrix (the official code's ``--eval``, with the per-class view a user needs to 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,9 +188,9 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
                              what=f"evaluation of the {d.eval_split} images",
                              keep=bool(e.predictions) or (bool(e.plot) and d.multi_label)  # its curves need them
                              or (d.multi_label and fitted is not None), fitted=None if scale is None else {"temperature": scale})
-    _say_fitted(metrics, scale, fitted, record.get("chosen_on"), chosen_on(d))
+    say_fitted = functools.partial(_say_fitted, metrics, scale, fitted, record.get("chosen_on"), chosen_on(d))
     if d.multi_label:
-        return _report_multilabel(cfg, info, metrics, source, names, fitted, record.get("chosen_on"))
+        return _report_multilabel(cfg, info, metrics, source, names, fitted, record.get("chosen_on"), say_fitted)
     kept = {key: metrics.pop(key) for key in ("labels", "top", "top_probs") if key in metrics}
     confusion: list[list[int]] = metrics.pop("confusion")
     # a class's top-1 is its recall (nan: no images of it)
@@ -201,6 +203,7 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     log.info("%s on the %s split (%d images)%s: top-1 %.2f top-5 %.2f balanced accuracy %.2f macro F1 %.2f%s loss "
              "%.4f ECE %.2f", e.init, split, len(source), view, metrics["top1"], metrics["top5"],
              metrics["balanced_accuracy"], metrics["macro_f1"], auc, metrics["eval_loss"], metrics["ece"])
+    say_fitted()
     shown = lambda v: "-" if v is None else f"{v:.2f}"
     log.info("  %-20s %7s %9s %6s %6s %7s", "class", "top-1", "precision", "F1", "AUC", "images")  # top-1: recall
     for i, name in enumerate(names):
@@ -274,7 +277,8 @@ def _write_result(path: str, result: dict[str, Any]) -> None:
 
 
 def _report_multilabel(cfg: EvaluateConfig, info: DistInfo, metrics: dict[str, Any], source: ImageSource,
-                       names: list[str], fitted: list[float] | None, fitted_on: dict[str, Any] | None) -> dict[str, Any]:
+                       names: list[str], fitted: list[float] | None, fitted_on: dict[str, Any] | None,
+                       say_fitted: Callable[[], None]) -> dict[str, Any]:
     """``openmae evaluate``'s report of a classifier of several classes an image: mean AP, ROC-AUC, F1 and exact
     match, each class's AP, AUC, precision, recall and F1 at a probability of one half, and its images; with
     ``fitted`` (each class's threshold of the best F1 on the images ``fitted_on`` its run chose on), F1, precision,
@@ -289,6 +293,7 @@ def _report_multilabel(cfg: EvaluateConfig, info: DistInfo, metrics: dict[str, A
     log.info("%s on the %s split (%d images)%s: mean AP %.2f ROC-AUC %.2f macro F1 %.2f micro F1 %.2f exact match "
              "%.2f loss %.4f ECE %.2f", e.init, split, len(source), view, metrics["mean_ap"], metrics["roc_auc"],
              metrics["macro_f1"], metrics["micro_f1"], metrics["exact_match"], metrics["eval_loss"], metrics["ece"])
+    say_fitted()
     tuned = _at_thresholds(kept["labels"], kept["probs"], fitted, fitted_on, names) if fitted else {}
     shown = lambda v: "-" if v is None else f"{v:.2f}"
     more = ("threshold", "tuned F1") if tuned else ()
