@@ -204,9 +204,8 @@ def report_prefix(data: DataConfig) -> str:
 
 
 def chosen_on(data: DataConfig) -> dict[str, Any]:
-    """The images a run's evaluations measure, on which model-best.pth is chosen (and, for several classes an image,
-    its temperature and, for several classes an image, decision thresholds fitted): kept in the file, so that
-    `openmae evaluate` knows them."""
+    """The images a run's evaluations measure, on which model-best.pth is chosen and its temperature (and, for
+    several classes an image, decision thresholds) fitted: kept in the file, so that `openmae evaluate` knows them."""
     where = {"data": str(Path(data.path).resolve()) if data.path else data.name,
              "split": data.train_split if data.holdout else data.eval_split}
     return {**where, "holdout": data.holdout, "holdout_seed": data.holdout_seed} if data.holdout else where
