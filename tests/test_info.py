@@ -70,7 +70,9 @@ def test_info_on_a_classifier(tmp_path, datasets, capsys):
     assert info["classifier_classes"] == 10 and not info["decoder"]
     assert info["metrics"]["epoch"] == 1 and "top1" in info["metrics"]
     assert main(["info", str(tmp_path / "model-best.pth")]) == 0
-    assert "classifier head (10 classes: airplane, automobile, bird, cat, deer, dog, ...)" in capsys.readouterr().out
+    kept = torch.load(tmp_path / "model-best.pth", weights_only=True)  # with the temperature fitted on its images
+    assert (f"classifier head (10 classes: airplane, automobile, bird, cat, deer, dog, ...; calibrated at temperature "
+            f"{kept['temperature']:.3g})") in capsys.readouterr().out
     from openmae.convert.export import convert_file  # its timm model folder: the same names, from its config
 
     assert summarize(convert_file(tmp_path / "model-best.pth", tmp_path / "clf", "hf"))["class_names"][:2] == [
