@@ -85,3 +85,16 @@ def test_temperature_scaling_fits_the_grid_minimum_and_measures_at_a_given_one()
     per_image = (F.binary_cross_entropy_with_logits(z / 0.5, rows.nan_to_num(0), reduction="none") * known).sum(1) / (
         known.sum(1).clamp_min(1))
     assert out["scaled_eval_loss"] == pytest.approx(per_image.mean().item(), rel=1e-5)
+
+
+def test_evaluate_says_when_the_temperature_sits_at_the_end_of_the_grid(caplog):
+    import logging
+
+    from openmae.engine.evaluate import _say_fitted
+    from openmae.eval.temperature import GRID
+
+    for wanted, said in ((float(GRID[0]), True), (float(GRID[60]), False), (float(GRID[-1]), True)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="openmae"):
+            _say_fitted({"temperature": wanted, "ece": 3.0, "eval_loss": 0.5}, None, None, None, {})
+        assert ("at the end of the range tried (0.05 to 20)" in caplog.text) == said, wanted

@@ -33,6 +33,7 @@ from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
 from openmae.eval.multilabel import THRESHOLD, multilabel_scores
 from openmae.eval.plots import confusion_plot, precision_recall_plot, reliability_plot
+from openmae.eval.temperature import GRID
 from openmae.models.mae import MAEConfig
 from openmae.models.vit import create_classifier
 
@@ -232,6 +233,10 @@ def _say_fitted(metrics: dict[str, Any], temperature: float | None, thresholds: 
     ``temperature`` the file's and ``temperature_here`` the one these images would want; said too when what the
     file keeps was fitted on the images measured (then the numbers at it flatter)."""
     metrics["temperature_here"] = metrics.pop("temperature")
+    if metrics["temperature_here"] in (float(GRID[0]), float(GRID[-1])):
+        log.info("the temperature these images want is at the end of the range tried (%.3g to %.3g): no one "
+                 "temperature calibrates this classifier's probabilities (one barely trained, or all but constant)",
+                 float(GRID[0]), float(GRID[-1]))
     if temperature is not None:
         metrics["temperature"] = temperature
         log.info("at the temperature %.3g fitted where the run chose model-best.pth: ECE %.2f (unscaled %.2f), loss "
