@@ -180,12 +180,11 @@ def weights_metadata(model_config: dict[str, Any], normalization: dict[str, Any]
 def _umask() -> int:
     """The process's umask: read from /proc where it is there (setting it to read it back would, for that moment,
     change what every thread creates)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
+    status = Path("/proc/self/status")  # Linux 4.7 and later; elsewhere (macOS, Windows) not there
+    lines = status.read_text().splitlines() if status.is_file() else []
+    for line in lines:
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

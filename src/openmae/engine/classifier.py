@@ -24,12 +24,12 @@ from openmae.engine.config import SELECT_BY
 from openmae.engine.distributed import DistInfo, gather_rows, part_of, same_buffers, wait_for_main
 from openmae.engine.loop import Run
 from openmae.engine.row_loss import image_losses
-from openmae.eval.calibration import calibration_bins, multilabel_calibration
+from openmae.eval.calibration import calibration_bins, multilabel_calibration, top_probability
 from openmae.eval.confusion import class_scores, confusion_matrix
 from openmae.eval.multilabel import f1_thresholds, multilabel_scores
 from openmae.eval.progress import reported
 from openmae.eval.ranking import MAX_CLASSES, auc_scores
-from openmae.eval.temperature import best_temperature, nll_by_temperature, scaled
+from openmae.eval.temperature import best_temperature, nll_by_temperature
 from openmae.models.vit import fold_bn_head
 
 log = logging.getLogger("openmae.classifier")
@@ -90,7 +90,7 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
             _scaling(logits, labels, given, grid_sums, grid_counts, scaled_seen, scaled_losses)
             losses.append(F.cross_entropy(logits, labels, reduction="none"))  # (B,)
             tops.append(logits.topk(min(5, logits.shape[1]), dim=1).indices)  # (B, min(5, classes))
-            sure.append((logits.amax(1) - logits.logsumexp(1)).exp())  # (B,): the top class's probability
+            sure.append(top_probability(logits))  # (B,): the top class's probability
             labels_seen.append(labels)
             width = logits.shape[1]  # the classes
             probs = logits.softmax(1) if keep or width <= MAX_CLASSES else None  # (B, classes)
@@ -152,14 +152,17 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
 def _multilabel_metrics(labels: torch.Tensor, probs: torch.Tensor, loss: torch.Tensor, per_class: bool,
                         keep: bool, thresholds: list[float] | None = None) -> dict[str, Any]:
     """:func:`evaluate`'s measures of images with several classes each: labels and probabilities (N, classes) of all
-    the images, on the CPU, each image's binary cross-entropy (N,) averaged over the classes; ``f1_thresholds``: each
-    class's threshold of the best F1 on these images (kept in model-best.pth, not logged: :func:`evaluate_after_epoch`)."""
+    the images, on the CPU, each image's binary cross-entropy (N,) averaged over the classes; ``f1_thresholds``
+    (without ``thresholds`` given): each class's threshold of the best F1 on these images (kept in model-best.pth,
+    not logged: :func:`evaluate_after_epoch`)."""
     binned = multilabel_calibration(probs.numpy(), labels.numpy())
     out = {**multilabel_scores(probs.numpy(), labels.numpy(), per_class), "eval_loss": loss.sum().item() / len(loss),
-           "ece": binned.pop("ece"), "f1_thresholds": f1_thresholds(probs.numpy(), labels.numpy())}
+           "ece": binned.pop("ece")}
     if per_class:
         out["calibration"] = binned
-    if thresholds is not None:  # fitted on other images (held-out ones): the F1 they give here
+    if thresholds is None:  # fitted here (the images a run chooses on), unless these are measured at others'
+        out["f1_thresholds"] = f1_thresholds(probs.numpy(), labels.numpy())
+    else:  # fitted on other images (held-out ones): the F1 they give here
         tuned = multilabel_scores(probs.numpy(), labels.numpy(), thresholds=thresholds)
         out.update({f"tuned_{key}": tuned[key] for key in ("macro_f1", "micro_f1", "exact_match")})
     if keep:
@@ -174,10 +177,10 @@ def _scaling(logits: torch.Tensor, labels: torch.Tensor, given: float | None, su
     at_each, terms = nll_by_temperature(logits, labels)
     sums.append(at_each)
     counts.append(terms)
-    if given is not None:
-        confidence, loss = scaled(logits, labels, given)
-        probs.append(confidence)
-        losses.append(loss)
+    if given is not None:  # what calibration reads of logits / T, and the loss there
+        z = logits.float() / given
+        probs.append(top_probability(z) if labels.ndim == 1 else z.sigmoid())  # (B,) or (B, classes)
+        losses.append(F.cross_entropy(z, labels, reduction="none") if labels.ndim == 1 else image_losses(z, labels))
 
 
 def say_labels(multi_label: bool, classes: int, select_by: str) -> None:

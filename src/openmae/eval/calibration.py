@@ -12,8 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 BINS = 15
+
+
+def top_probability(logits: torch.Tensor) -> torch.Tensor:
+    """(B,): the softmax probability of each row's top class of ``logits`` (B, C), without the (B, C) softmax."""
+    return (logits.amax(1) - logits.logsumexp(1)).exp()
 
 
 def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> dict[str, Any]:

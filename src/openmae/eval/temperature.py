@@ -43,15 +43,3 @@ def best_temperature(sums: torch.Tensor, counts: torch.Tensor) -> float:
         return 1.0
     return float(GRID[int(torch.argmin(sums.sum(0).cpu() / float(total)))])
 
-
-def scaled(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The probabilities of ``logits / temperature`` that calibration reads and each image's loss (B,) at them: the
-    top class's probability (B,) and the cross-entropy; for rows of several classes each, every class's probability
-    (B, C) and the binary cross-entropy averaged over the image's known labels."""
-    z = logits.float() / temperature
-    if labels.ndim == 1:
-        spread = torch.logsumexp(z, 1)
-        return (z.amax(1) - spread).exp(), spread - z.gather(1, labels[:, None]).squeeze(1)
-    known = ~labels.isnan()
-    terms = F.binary_cross_entropy_with_logits(z, labels.nan_to_num(0.0), reduction="none") * known
-    return z.sigmoid(), terms.sum(1) / known.sum(1).clamp_min(1)
