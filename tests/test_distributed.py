@@ -12,22 +12,28 @@ ARGS = ["model.name=mae_vit_debug_patch4_32", "data.name=cifar10", "data.max_sam
         "train.epochs=2", "train.warmup_epochs=1", "train.log_every_steps=1", "train.progress=false",
         "train.tensorboard=false", "train.blr=1.5e-3", "pretrain.vis_images=4",
         # a kNN monitor whose images do not split evenly between 2 ranks (each evaluates its part)
-        "pretrain.knn_every_epochs=1", "pretrain.knn_train_samples=101", "pretrain.knn_eval_samples=37"]
+        "pretrain.knn_every_epochs=1", "pretrain.knn_train_samples=101", "pretrain.knn_eval_samples=37",
+        # and the held-out reconstruction loss of 37 test images
+        "pretrain.eval_every_epochs=1", "pretrain.eval_samples=37"]
 
 
-def monitored(run: Path) -> list[tuple[float, float]]:
-    """The kNN monitor's (top-1, top-5) at every epoch, and the pictures of the last were written."""
+def monitored(run: Path) -> list[tuple[float, float, float, float]]:
+    """The kNN monitor's (top-1, top-5) and the held-out eval_loss / eval_psnr at every epoch, and the pictures of
+    the last were written."""
     assert (run / "pictures" / "reconstruction-epoch0002.png").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [(row["knn_top1"], row["knn_top5"]) for row in rows if "knn_top1" in row]
+    return [(row["knn_top1"], row["knn_top5"], row["eval_loss"], row["eval_psnr"]) for row in rows if "knn_top1" in row]
 
 
 def same_monitor(a: Path, b: Path) -> None:
-    """The same kNN accuracies, to one of the 37 images (the two runs' weights differ by float32 rounding)."""
+    """The same kNN accuracies, to one of the 37 images, and held-out losses (the two runs' weights differ by float32
+    rounding)."""
     seen, reference = monitored(a), monitored(b)
     assert len(seen) == len(reference) == 2
     for got, want in zip(seen, reference):
-        assert got == pytest.approx(want, abs=100 / 37 + 1e-9), (seen, reference)
+        assert got[:2] == pytest.approx(want[:2], abs=100 / 37 + 1e-9), (seen, reference)
+        assert got[2:] == pytest.approx(want[2:], rel=1e-4), (seen, reference)
+    assert seen[0][2] != seen[1][2]  # measured at each epoch
 
 
 def launch(nproc: int, out: Path, data_root: Path, batch: int, *extra: str) -> None:
@@ -185,6 +191,21 @@ whole = evaluate(model, batches(test, test_unsure), torch.device("cpu"), confusi
 split = evaluate(model, batches(test[part], test_unsure[part]), torch.device("cpu"), confusion=True,
                  gather=functools.partial(gather_rows, count=len(test), info=info))
 seen["unknown_evaluate"] = [whole, split]
+# an MAE's reconstruction errors: each rank its part, every image masked by its place among all
+import numpy as np
+import openmae
+from openmae.eval.reconstruction_error import reconstruction_errors
+torch.manual_seed(2)
+mae = openmae.create_model("mae_vit_debug_patch4_32")
+imgs = torch.randn(37, 3, 32, 32, generator=g)
+def image_batches(x):
+    return [Batch(x[i : i + 8], torch.zeros(len(x[i : i + 8])), torch.zeros(0), 0) for i in range(0, len(x), 8)]
+stats = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+whole = reconstruction_errors(mae, image_batches(imgs), np.arange(37), 0.75, stats)
+split = reconstruction_errors(mae, image_batches(imgs[part]), index, 0.75, stats,
+                              gather=functools.partial(gather_rows, count=37, info=info))
+seen["reconstruction"] = [((split.loss - whole.loss) / whole.loss).abs().max().item(),
+                          ((split.psnr - whole.psnr) / whole.psnr).abs().max().item(), len(split.loss)]
 (out / f"rank{info.rank}.json").write_text(json.dumps(seen))
 dist.destroy_process_group()
 """
@@ -196,7 +217,7 @@ def test_an_evaluation_split_between_ranks_equals_one_over_all_the_images(tmp_pa
     the training features and merged score as over all of them (k above a part's size too), every item's row comes
     back in its place, and a classifier's top-1 / top-5 / loss / confusion equal those over all the images; so do
     kNN scores and a classifier's measures of images of several classes each (rows of 0 / 1), some of whose labels
-    are unknown (nan)."""
+    are unknown (nan); and an MAE's reconstruction error of each image (masked by its place among all)."""
     import json
 
     script = tmp_path / "split.py"
@@ -232,6 +253,8 @@ def test_an_evaluation_split_between_ranks_equals_one_over_all_the_images(tmp_pa
         for k in (1, 60):
             whole, split = seen[f"unknown_knn{k}"]
             assert np.isfinite(whole["knn_mean_ap"]) and split == pytest.approx(whole, rel=1e-6, nan_ok=True), k
+        loss_gap, psnr_gap, images = seen["reconstruction"]
+        assert loss_gap < 1e-5 and psnr_gap < 1e-5 and images == 37
 
 
 CLASSIFIER = ["model.name=mae_vit_debug_patch4_32", "data.name=cifar10", "data.max_samples=64",

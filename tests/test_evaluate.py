@@ -182,9 +182,10 @@ def test_evaluate_measures_a_classifier_of_the_official_fine_tuning_code(tmp_pat
 def test_evaluate_refuses_files_that_are_not_classifiers(tmp_path, datasets):
     mae_cfg = ModelSection(name="mae_vit_debug_patch4_32").resolve()
     mae = MaskedAutoencoder(mae_cfg)
-    save_file({"model": mae.state_dict(), "model_config": mae_cfg.to_dict(), "config": {"pretrain": {}}},
+    # an encoder without its decoder (a pretrained MAE with one is measured by its reconstruction)
+    save_file({"model": mae.encoder_state_dict(), "model_config": mae_cfg.to_dict(), "config": {"pretrain": {}}},
               tmp_path / "pretrain.pth")
-    with pytest.raises(ConfigError, match="pretraining checkpoint.*openmae finetune"):
+    with pytest.raises(ConfigError, match="pretrained encoder .*no decoder.*openmae finetune"):
         run_evaluate(evaluate_cfg(tmp_path / "pretrain.pth", datasets))
     save_file({"model": {}, "model_config": mae_cfg.to_dict(), "num_classes": 10, "mode": "cached", "last_blocks": 2},
               tmp_path / "cached.pth")
@@ -194,6 +195,10 @@ def test_evaluate_refuses_files_that_are_not_classifiers(tmp_path, datasets):
                "global_pool": "avg"}, tmp_path / "head-only.pth")
     with pytest.raises(ConfigError, match="do not fit the classifier"):
         run_evaluate(evaluate_cfg(tmp_path / "head-only.pth", datasets))
+    with pytest.raises(ConfigError, match=r"evaluate.mask_ratio=0.5 applies to a pretrained MAE.*a classifier"):
+        run_evaluate(evaluate_cfg(tmp_path / "head-only.pth", datasets, "evaluate.mask_ratio=0.5"))
+    with pytest.raises(ConfigError, match=r"data.name=folder reads no labels.*is a classifier"):
+        run_evaluate(evaluate_cfg(tmp_path / "head-only.pth", datasets, "data.name=folder", f"data.path={tmp_path}"))
     save_file({"head.weight": torch.zeros(10, 64)}, tmp_path / "model-timm.safetensors")
     with pytest.raises(ConfigError, match="carries no architecture"):
         run_evaluate(evaluate_cfg(tmp_path / "model-timm.safetensors", datasets))

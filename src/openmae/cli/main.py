@@ -155,7 +155,8 @@ def cmd_embed(args: argparse.Namespace, rest: list[str]) -> int:
     return _run_task(EmbedConfig, "openmae.engine.embed:embed", args, rest, "embed.init")
 
 
-@command("evaluate", "accuracy of a fine-tuned classifier (or online probe) on a split: top-1/5, per class, confusion")
+@command("evaluate", "accuracy of a fine-tuned classifier (or online probe) on a split: top-1/5, per class, "
+         "confusion; or a pretrained MAE's reconstruction loss")
 def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
     for flag, key in (("json_out", "output"), ("plot", "plot"), ("predictions", "predictions"),
                       ("calibration_plot", "calibration_plot")):
@@ -283,10 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             p.add_argument("--checkpoint", "--init", required=True,
                            help="the classifier: model-best.pth of a finetune (or online linprobe) run, or its "
-                                "model-last.pth / checkpoint-*.pth")
+                                "model-last.pth / checkpoint-*.pth; or a pretrained MAE with its decoder (a pretrain "
+                                "run's model-last.pth, mae_visualize_*.pth, facebook/vit-mae-base)")
             p.add_argument("--out", "-o", dest="json_out", help="JSON file for every number (per class, confusion)")
             p.add_argument("--plot", help="PNG of the confusion matrix (several classes an image: precision-recall curves)")
-            p.add_argument("--predictions", help="CSV of each image's class, top-5 predictions and probabilities")
+            p.add_argument("--predictions", help="CSV of each image's class, top-5 predictions and probabilities "
+                           "(a pretrained MAE: each image's loss and PSNR)")
             p.add_argument("--calibration-plot", help="PNG of accuracy against confidence (its ECE)")
         if name == "embed":
             p.add_argument("--out", "-o", dest="embed_out", help="the .safetensors file (default embeddings.safetensors; "

@@ -27,6 +27,7 @@ from openmae.data.ranks import shared_by_ranks
 from openmae.engine.classifier import LABEL_READING, chosen_on, evaluate_share
 from openmae.engine.config import ModelSection
 from openmae.engine.distributed import DistInfo, cleanup, init_distributed
+from openmae.engine.evaluate_reconstruction import evaluate_reconstruction, holds_decoder
 from openmae.engine.linprobe import probe_global_pool
 from openmae.engine.logging import setup_console
 from openmae.engine.precision import autocast_dtype
@@ -63,9 +64,10 @@ def _head_kind(obj: dict[str, Any], path: str) -> tuple[str, bool]:
         # fc_norm (its default, --global_pool), the cls token keeps it (--cls_token)
         return ("avg" if "fc_norm.weight" in weights else "token"), False
     if "pretrain" in run_cfg or any(k.startswith(("decoder_", "mask_token")) for k in weights):
-        raise ConfigError(f"{path} is a pretraining checkpoint (an encoder and decoder, no classifier head): "
-                          "fine-tune it first (`openmae finetune --checkpoint ...`) and evaluate that run's "
-                          "model-best.pth, or measure the encoder itself with `openmae knn` / `openmae linprobe`")
+        raise ConfigError(f"{path} is a pretrained encoder (no classifier head, and no decoder whose reconstruction "
+                          "evaluate could measure): fine-tune it first (`openmae finetune --checkpoint ...`) and "
+                          "evaluate that run's model-best.pth, or measure the encoder itself with `openmae knn` / "
+                          "`openmae linprobe`")
     raise ConfigError(f"{path} is not a classifier written by openmae (no fine-tuning or probe settings in it; keys "
                       f"{sorted(obj)[:8]}); give the model-best.pth or a run checkpoint of `openmae finetune` or "
                       "`openmae linprobe linprobe.mode=online`")
@@ -142,8 +144,9 @@ def write_predictions(path: Path, source: ImageSource, names: list[str], labels:
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Top-1 / top-5 / mean cross-entropy of ``evaluate.init`` on ``data.eval_split`` (held-out images with
-    ``data.holdout``), per-class accuracy and the confusion matrix (rows: true class, columns: predicted). Under
-    torchrun each rank measures its part of the images."""
+    ``data.holdout``), per-class accuracy and the confusion matrix (rows: true class, columns: predicted); of a
+    pretrained MAE, its reconstruction loss (:mod:`openmae.engine.evaluate_reconstruction`). Under torchrun each rank
+    measures its part of the images."""
     info = init_distributed(cfg.evaluate.device)
     try:
         return _evaluate(cfg, info)
@@ -156,6 +159,14 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     setup_console(info.is_main)  # the per-class table is printed through the log
     device = info.device
     obj = load_file(e.init)
+    if holds_decoder(obj):  # a pretrained MAE: how well it reconstructs the images
+        return evaluate_reconstruction(cfg, info, obj)
+    if d.name == "folder":
+        raise ConfigError(f"data.name=folder reads no labels, and {e.init} is a classifier: measure it on a labelled "
+                          "dataset, a named one (data.name=fashion-mnist ...) or data.name=imagefolder data.path=...")
+    if e.mask_ratio:
+        raise ConfigError(f"evaluate.mask_ratio={e.mask_ratio} applies to a pretrained MAE, and {e.init} is a "
+                          "classifier: leave it out")
     model, mae_cfg = load_classifier(e.init, d, obj, model=cfg.model)
     classes = model.num_classes
     if trained_multi_label(obj) and not d.multi_label:  # a classifier of several classes an image reads its labels so

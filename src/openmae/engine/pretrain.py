@@ -4,36 +4,31 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import torch
 from torch import nn
 
 from openmae.convert.checkpoints import load_state_dict_into
-from openmae.data.build import eval_batches, require_eval_folder, split_sources, train_dataset
+from openmae.data.build import eval_batches, require_eval_folder, source_for, split_sources, train_dataset
 from openmae.data.datasets import ImageSource, keep_stats, stats_for
 from openmae.data.labels import holds_split
 from openmae.data.loader import Batch
 from openmae.data.ranks import shared_by_ranks
 from openmae.engine.config import TrainConfig
-from openmae.engine.distributed import ONE_PROCESS, DistInfo, wait_for_main
+from openmae.engine.distributed import ONE_PROCESS, DistInfo, gather_rows, part_of, share_of, wait_for_main
 from openmae.engine.knn_eval import knn_over_ranks
 from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
+from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import PretrainConfig
 from openmae.engine.weights import resolve_encoder
 from openmae.eval.reconstruction import auto_scale, check_bands, grid_image, reconstruct, save_grid
+from openmae.eval.reconstruction_error import reconstruction_errors
 from openmae.models.mae import MaskedAutoencoder
 
 log = logging.getLogger("openmae.pretrain")
-
-
-def masking_noise(model: MaskedAutoencoder, seeds: torch.Tensor, mask_ratio: float) -> torch.Tensor:
-    """(N, L) noise, each row drawn from its sample's seed: masks independent of batch split and resume."""
-    rows = [model.random_noise(1, torch.device("cpu"), torch.Generator().manual_seed(int(s) + 1), mask_ratio)
-            for s in seeds.tolist()]
-    return torch.cat(rows)
 
 
 class PretrainTask:
@@ -52,7 +47,7 @@ class PretrainTask:
                      f"; left at their initialisation: {', '.join(left)}" if left else "")
         self.model_config = self.model.cfg.to_dict()
         check_bands(cfg.pretrain.vis_bands, model_cfg.in_chans)  # at the start, not at the first pictures
-        if cfg.pretrain.knn_every_epochs and not cfg.data.holdout:
+        if (cfg.pretrain.knn_every_epochs or cfg.pretrain.eval_every_epochs) and not cfg.data.holdout:
             require_eval_folder(cfg.data)  # at the start, not after the first epochs
         keep_stats(cfg.data, model_cfg.in_chans)  # recorded in config.yaml and the checkpoints
 
@@ -68,7 +63,7 @@ class PretrainTask:
                              info.rank, info.world_size)
 
     def forward(self, model: nn.Module, batch: Batch, device: torch.device) -> StepOutput:
-        noise = masking_noise(self.model, batch.seeds, self.cfg.pretrain.mask_ratio)
+        noise = self.model.seeded_noise(batch.seeds, self.cfg.pretrain.mask_ratio)
         imgs = batch.images.to(device, non_blocking=True)
         out = model(imgs, mask_ratio=self.cfg.pretrain.mask_ratio, noise=noise.to(device, non_blocking=True))
         return StepOutput(out.loss)
@@ -92,6 +87,32 @@ class PretrainTask:
         p = self.cfg.pretrain
         data = replace(self.cfg.data, max_samples=p.knn_train_samples, max_eval_samples=p.knn_eval_samples)
         return split_sources(data, self.model.cfg.in_chans)
+
+    @cached_property
+    def held_out(self) -> ImageSource:
+        """The images the reconstruction loss is measured on (pretrain.eval_samples of them, else
+        data.max_eval_samples, spread evenly)."""
+        d = self.cfg.data
+        return source_for(d, d.eval_split, self.model.cfg.in_chans, self.cfg.pretrain.eval_samples or d.max_eval_samples)
+
+    def reconstruction(self, info: DistInfo = ONE_PROCESS) -> dict[str, float]:
+        """``eval_loss`` (and ``eval_psnr``) of the held-out images, the same on every rank (each rank of a torchrun
+        job measures its part; under FSDP each forward is a collective, and every rank runs as many)."""
+        cfg, m = self.cfg, self.model.cfg
+        with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
+            source = self.held_out
+        part, _ = part_of(source, info)
+        positions = share_of(len(source), info)[0]  # each image's place in the split: its mask's seed
+        batches = eval_batches(cfg.data, cfg.data.eval_split, m.img_size, m.in_chans, max(cfg.train.batch_size, 64),
+                               source=part)
+        device = next(self.model.parameters()).device
+        errors = reconstruction_errors(
+            self.model, batches, positions, cfg.pretrain.mask_ratio,
+            None if cfg.data.reads_arrays else stats_for(cfg.data, m.in_chans),
+            autocast_dtype(cfg.train.precision, device, hint=False),
+            gather=partial(gather_rows, count=len(source), info=info) if info.enabled else None,
+            what="reconstruction loss of the held-out images")
+        return {f"eval_{key}": value for key, value in errors.summary().items()}
 
     def pictures(self, run: Run, epoch: int) -> None:
         """Reconstructions of fixed held-out images (the eval split when there is one, else training images)."""
@@ -134,6 +155,12 @@ class PretrainTask:
             out = self.knn(run.info)
             if run.info.is_main:
                 log.info("epoch %d kNN: %s", epoch, ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
+        if p.eval_every_epochs and (epoch % p.eval_every_epochs == 0 or last):
+            held = self.reconstruction(run.info)
+            out.update(held)
+            if run.info.is_main:
+                log.info("epoch %d held-out reconstruction (%d images): %s", epoch, len(self.held_out),
+                         ", ".join(f"{k} {v:.4f}" for k, v in held.items()))
         if (p.vis_every_epochs and epoch % p.vis_every_epochs == 0) or last:
             self.pictures(run, epoch)
         wait_for_main(run.info)

@@ -42,6 +42,13 @@ class PretrainSection:
     knn_pooling: str = "cls"
     knn_train_samples: int = 0
     knn_eval_samples: int = 0
+    # Every that many epochs (and at the last; 0 = off), the reconstruction loss of held-out images, which need no
+    # labels: the evaluation split, or with data.holdout the held-out part of the training images (an unlabelled
+    # folder's only held-out images); logged as eval_loss (the training objective, each image masked alike at every
+    # evaluation) and eval_psnr (pixel values in [0, 1]: data.format=image). A held-out loss that rises while the
+    # training loss falls: the model memorises its images (a small set; more epochs will not help it).
+    eval_every_epochs: int = 0
+    eval_samples: int = 0  # that many of the held-out images, spread evenly (0: data.max_eval_samples; all)
 
     def check(self) -> None:
         require(0 < self.mask_ratio < 1, "pretrain.mask_ratio", self.mask_ratio, "strictly between 0 and 1")
@@ -53,6 +60,8 @@ class PretrainSection:
         require(self.knn_k >= 1, "pretrain.knn_k", self.knn_k, ">= 1")
         require(self.knn_temperature > 0, "pretrain.knn_temperature", self.knn_temperature, "> 0")
         require(self.knn_pooling in POOLING, "pretrain.knn_pooling", self.knn_pooling, f"one of {POOLING}")
+        require(self.eval_every_epochs >= 0, "pretrain.eval_every_epochs", self.eval_every_epochs, ">= 0 (0 = off)")
+        require(self.eval_samples >= 0, "pretrain.eval_samples", self.eval_samples, ">= 0 (0 = all)")
 
 
 @dataclass
@@ -68,6 +77,10 @@ class PretrainConfig:
                 "a preset, or auto together with pretrain.init (the architecture is read from that file)")
         require(not (self.pretrain.knn_every_epochs and self.data.name == "folder"), "pretrain.knn_every_epochs",
                 self.pretrain.knn_every_epochs, "0 for unlabeled folders (kNN needs labels: use imagefolder or a named set)")
+        require(not (self.pretrain.eval_every_epochs and self.data.name == "folder" and not self.data.holdout),
+                "pretrain.eval_every_epochs", self.pretrain.eval_every_epochs,
+                "0, or a held-out part of the folder to measure on: data.holdout=0.05 (an unlabelled folder has no "
+                "evaluation split)")
 
 
 @dataclass
@@ -302,7 +315,10 @@ TTA_MODES = ("none", "flip")
 
 @dataclass
 class EvaluateSection:
-    init: str = ""  # the classifier: model-best.pth, or a fine-tuning / online-probe run checkpoint
+    # the classifier: model-best.pth, or a fine-tuning / online-probe run checkpoint; or a pretrained MAE with its
+    # decoder (a pretraining run's model-last.pth, mae_visualize_*.pth, facebook/vit-mae-base), whose reconstruction
+    # of the split's images is measured (the loss of the removed patches, PSNR; no labels needed)
+    init: str = ""
     batch_size: int = 256
     precision: str = "auto"  # as train.precision: auto = bf16 on CUDA (fp16 before Ampere), fp32 on CPU
     device: str = "auto"
@@ -317,9 +333,14 @@ class EvaluateSection:
     # several classes an image: auto also measures F1 and exact match at each class's decision threshold fitted on
     # the images the run chose model-best.pth on (kept in the file); half: at one half only
     thresholds: str = "auto"
+    # a pretrained MAE: the share of each image's patches removed; 0 = its run's pretrain.mask_ratio, or the
+    # paper's 0.75 for a file that records none
+    mask_ratio: float = 0.0
 
     def check(self) -> None:
         require(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, ">= 1")
+        require(0 <= self.mask_ratio < 1, "evaluate.mask_ratio", self.mask_ratio,
+                "0 (the run's own) or a share of the patches strictly between 0 and 1")
         require(self.thresholds in ("auto", "half"), "evaluate.thresholds", self.thresholds,
                 "auto (the classifier file's fitted thresholds, where it has them) or half")
         require(self.precision in ("auto", *PRECISIONS), "evaluate.precision", self.precision,
@@ -336,8 +357,6 @@ class EvaluateConfig:
 
     def check(self) -> None:
         require(bool(self.evaluate.init), "evaluate.init", self.evaluate.init,
-                "a classifier file: --checkpoint runs/<finetune run>/model-best.pth")
-        require(self.data.name != "folder", "data.name", self.data.name,
-                "a labelled dataset: a named one (data.name=fashion-mnist ...) or data.name=imagefolder data.path=...")
+                "a classifier file (--checkpoint runs/<finetune run>/model-best.pth) or a pretrained MAE's")
         require(not self.data.report_eval_split, "data.report_eval_split", self.data.report_eval_split,
                 "false: evaluate reads one split, data.eval_split (or its held-out stand-in with data.holdout)")

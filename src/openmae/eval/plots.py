@@ -14,14 +14,20 @@ import matplotlib.pyplot as plt
 
 
 def loss_curve(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Training loss against optimizer step, from ``metrics.jsonl`` records."""
+    """Training loss against optimizer step, from ``metrics.jsonl`` records; with the evaluations' ``eval_loss`` (a
+    pretraining run's held-out reconstruction loss, a classifier's on its evaluation images) as points."""
     rows = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    held = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r and "step" in r]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     if rows:
         steps, losses = zip(*rows)
-        ax.plot(steps, losses, lw=1.2)
+        ax.plot(steps, losses, lw=1.2, label="training loss")
+    if held:
+        steps, losses = zip(*held)
+        ax.plot(steps, losses, marker="o", ms=3.5, lw=1.2, label="evaluation loss (eval_loss)")
+        ax.legend(fontsize=8)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel("loss")
     ax.set_title(title or "training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()

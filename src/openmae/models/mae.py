@@ -123,6 +123,13 @@ class MaskedAutoencoder(nn.Module):
         """Masking noise (N, L) drawn by the model's strategy; pass it back as ``noise=`` for a fixed mask."""
         return self.masking.noise(batch, self.cfg.grid, mask_ratio, generator=generator, device=device)
 
+    def seeded_noise(self, seeds: torch.Tensor, mask_ratio: float = 0.75) -> torch.Tensor:
+        """(N, L) masking noise on the CPU, row i drawn from ``seeds[i]`` alone: a sample's mask does not depend on
+        the batch it is in, on the ranks or on a resume."""
+        rows = [self.random_noise(1, torch.device("cpu"), torch.Generator().manual_seed(int(s) + 1), mask_ratio)
+                for s in seeds.tolist()]
+        return torch.cat(rows)
+
     def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
         for blk in blocks:
             if self.cfg.grad_checkpointing and self.training and x.requires_grad:
@@ -174,10 +181,13 @@ class MaskedAutoencoder(nn.Module):
             target = (target - mean) / (var + 1.0e-6) ** 0.5
         return target
 
+    def patch_losses(self, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """(N, L): each patch's mean squared error against :meth:`target`."""
+        return ((pred.float() - self.target(imgs).float()) ** 2).mean(dim=-1)
+
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error over the removed patches only."""
-        loss = (pred.float() - self.target(imgs).float()) ** 2
-        loss = loss.mean(dim=-1)  # (N, L) per-patch loss
+        loss = self.patch_losses(imgs, pred)  # (N, L)
         return (loss * mask).sum() / mask.sum()
 
     def forward(

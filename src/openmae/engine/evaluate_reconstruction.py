@@ -1,0 +1,115 @@
+"""``openmae evaluate`` of a pretrained MAE (an encoder with its decoder): how well it reconstructs the images of a
+split, which need no labels (:mod:`openmae.eval.reconstruction_error`): the loss of the removed patches, the PSNR
+of images, each image's numbers in a CSV and the images it reconstructs worst. Two checkpoints (the official
+ImageNet MAE and one pretrained further on one's own images; two epochs of a run) measured on the same images see
+the same masks, as the run's held-out loss (``pretrain.eval_every_epochs``) does."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from openmae.config import ConfigError
+from openmae.convert.checkpoints import load_pretrained, to_openmae_keys
+from openmae.convert.files import unwrap_state_dict
+from openmae.data.build import eval_batches, source_for
+from openmae.data.datasets import ImageSource, stats_for
+from openmae.data.normalization import inherit_stats
+from openmae.data.ranks import shared_by_ranks
+from openmae.engine.distributed import DistInfo, gather_rows, part_of, share_of
+from openmae.engine.precision import autocast_dtype
+from openmae.engine.task_config import EvaluateConfig
+from openmae.eval.reconstruction_error import Errors, reconstruction_errors
+
+log = logging.getLogger("openmae.evaluate")
+
+PAPER_MASK_RATIO = 0.75
+WORST_SHOWN = 5  # the images of the highest loss the log names
+
+
+def holds_decoder(obj: Any) -> bool:
+    """Whether ``obj`` (a loaded checkpoint) is an MAE with its decoder and no classifier head, in any layout
+    :func:`load_pretrained` reads (openmae's, the official code's, Hugging Face's)."""
+    try:
+        sd = to_openmae_keys(unwrap_state_dict(obj))
+    except (KeyError, ValueError, TypeError):
+        return False
+    return "head.weight" not in sd and any(key.startswith("decoder_pred") for key in sd)
+
+
+def run_mask_ratio(obj: Any) -> float | None:
+    """The mask ratio the file's pretraining run trained with (None: it records none)."""
+    run_cfg = obj.get("config") if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else {}
+    ratio = (run_cfg.get("pretrain") or {}).get("mask_ratio") if isinstance(run_cfg.get("pretrain"), dict) else None
+    return float(ratio) if isinstance(ratio, (int, float)) else None
+
+
+def _refuse_classifier_settings(cfg: EvaluateConfig) -> None:
+    e = cfg.evaluate
+    given = [f"evaluate.{key}" for key, value in (("plot", e.plot), ("calibration_plot", e.calibration_plot))
+             if value] + (["evaluate.tta=flip"] if e.tta != "none" else [])
+    if given or cfg.model.ema:
+        raise ConfigError(f"{e.init} is a pretrained MAE (encoder and decoder, no classifier): evaluate measures how "
+                          f"well it reconstructs the images; {', '.join(given or ['model.ema=true'])} "
+                          "applies to classifiers only: leave it out (`openmae visualize` draws reconstructions)")
+
+
+def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> dict[str, Any]:
+    """The mean loss (and PSNR) of the removed patches of every image of ``data.eval_split`` (its held-out stand-in
+    with ``data.holdout``; an unlabelled folder's images), each masked by its place in the split; under torchrun
+    each rank measures its part."""
+    e, d = cfg.evaluate, cfg.data
+    _refuse_classifier_settings(cfg)
+    overrides = cfg.model.overrides()
+    model = load_pretrained(obj, None if cfg.model.name == "auto" else cfg.model.name, **overrides)
+    m = model.cfg
+    if m.decoder_depth == 0:
+        raise ConfigError(f"{e.init} has no decoder blocks (decoder_depth 0): nothing reconstructs its images")
+    inherit_stats(d, obj, e.init, m.in_chans)
+    recorded = run_mask_ratio(obj)
+    ratio = e.mask_ratio or recorded or PAPER_MASK_RATIO
+    with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
+        source = source_for(d, d.eval_split, m.in_chans, d.max_eval_samples)
+    part, _ = part_of(source, info)
+    batches = eval_batches(d, d.eval_split, m.img_size, m.in_chans, e.batch_size, source=part)
+    errors = reconstruction_errors(
+        model.to(info.device), batches, share_of(len(source), info)[0], ratio,
+        None if d.reads_arrays else stats_for(d, m.in_chans), autocast_dtype(e.precision, info.device, hint=False),
+        gather=functools.partial(gather_rows, count=len(source), info=info) if info.enabled else None,
+        what=f"reconstruction of the {d.eval_split} images")
+    whole = f"folder {d.path}" if d.name == "folder" else f"'{d.train_split}' split"
+    split = f"held-out part of the {whole}" if d.holdout else whole if d.name == "folder" else f"'{d.eval_split}' split"
+    summary = errors.summary()
+    whose = "the run's" if e.mask_ratio == 0 and recorded else "set" if e.mask_ratio else "the paper's"
+    log.info("%s on the %s (%d images), %.0f%% of each image's patches removed (%s): loss %.4f%s%s", e.init,
+             split, len(source), 100 * ratio, whose, summary["loss"],
+             " (per-patch normalised pixels)" if m.norm_pix_loss else "",
+             f", PSNR {summary['psnr']:.2f} dB" if "psnr" in summary else "")
+    worst = errors.loss.argsort(descending=True)[:WORST_SHOWN].tolist()
+    log.info("  highest loss: %s", ", ".join(f"{source.describe(i)} ({float(errors.loss[i]):.4f})" for i in worst))
+    result = {**summary, "samples": len(source), "mask_ratio": ratio, "norm_pix_loss": m.norm_pix_loss,
+              "split": split}
+    if info.is_main:  # the main rank writes the files
+        if e.output:
+            Path(e.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(e.output).write_text(json.dumps(result, indent=1))
+            log.info("wrote %s", e.output)
+        if e.predictions:
+            write_errors(Path(e.predictions), source, errors)
+            log.info("wrote %s (each image's loss%s)", e.predictions, " and PSNR" if errors.psnr is not None else "")
+    return result
+
+
+def write_errors(path: Path, source: ImageSource, errors: Errors) -> None:
+    """A CSV row an image, in the split's order: the image (its file), its loss and PSNR (left out where none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["image", "loss"] + (["psnr"] if errors.psnr is not None else []))
+        for i in range(len(source)):
+            out.writerow([source.describe(i), f"{float(errors.loss[i]):.6f}"]
+                         + ([f"{float(errors.psnr[i]):.4f}"] if errors.psnr is not None else []))

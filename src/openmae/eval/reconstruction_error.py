@@ -1,0 +1,100 @@
+"""How well an MAE reconstructs images it did not train on, without labels: each image's loss on its removed patches
+(the training objective: per-patch normalised pixels for a ``norm_pix_loss`` model) and, for images whose pixel
+values lie in [0, 1], the PSNR of its removed patches in those values (comparable between models with and without
+``norm_pix_loss``). Each image's mask is drawn from its place in the split (:meth:`MaskedAutoencoder.seeded_noise`),
+so that two evaluations of the same images (two epochs, two checkpoints, one process or several) see the same
+masks. Held out, the loss shows overfitting on a small set, which the training loss cannot; per image, it ranks the
+images the model finds unlike its training ones (an anomaly score)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from openmae.data.loader import Batch, batches_of
+from openmae.eval.progress import reported
+from openmae.eval.reconstruction import predicted_patches
+from openmae.models.mae import MaskedAutoencoder
+
+PSNR_FLOOR = 1e-10  # the least mean squared error a PSNR is taken of (a perfect reconstruction: 100 dB)
+
+
+@dataclass
+class Errors:
+    """Per image, in the images' order: ``loss`` (N,) and ``psnr`` (N,) in dB (None: pixel values not in [0, 1])."""
+
+    loss: torch.Tensor
+    psnr: torch.Tensor | None
+
+    def summary(self) -> dict[str, float]:
+        """The means over the images (the loss's equals the training loss's definition: every image has as many
+        removed patches)."""
+        out = {"loss": float(self.loss.double().mean())}
+        return out if self.psnr is None else {**out, "psnr": float(self.psnr.double().mean())}
+
+
+@torch.no_grad()
+def image_errors(model: MaskedAutoencoder, imgs: torch.Tensor, noise: torch.Tensor, mask_ratio: float,
+                 stats: tuple[tuple[float, ...], tuple[float, ...]] | None,
+                 amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N,) loss and (N,) PSNR of the removed patches of normalised ``imgs`` (N, C, H, W) masked by ``noise`` (N, L).
+    ``stats``: the data's (mean, std), which map the images back to pixel values in [0, 1]; None: no PSNR."""
+    device = imgs.device
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        out = model(imgs, mask_ratio=mask_ratio, noise=noise.to(device))
+    mask = out.mask.float()  # (N, L), 1 = removed
+    removed = mask.sum(1)  # (N,) the same for every image
+    loss = (model.patch_losses(imgs, out.pred) * mask).sum(1) / removed  # (N,)
+    if stats is None:
+        return loss, None
+    channels = model.cfg.in_chans
+    mean = torch.tensor(stats[0], device=device).view(1, 1, 1, channels)
+    std = torch.tensor(stats[1], device=device).view(1, 1, 1, channels)
+    n, length, _ = out.pred.shape
+
+    def to_unit(patches: torch.Tensor) -> torch.Tensor:  # (N, L, p*p*C) -> (N, L, p*p, C) in pixel values
+        return patches.float().view(n, length, -1, channels) * std + mean
+
+    pred = to_unit(predicted_patches(model, imgs, out.pred)).clamp(0, 1)  # as a picture of it shows it
+    truth = to_unit(model.patchify(imgs))
+    mse = ((pred - truth) ** 2).flatten(2).mean(-1)  # (N, L)
+    mse = (mse * mask).sum(1) / removed
+    return loss, 10 * torch.log10(1 / mse.clamp_min(PSNR_FLOOR))
+
+
+def reconstruction_errors(model: MaskedAutoencoder, batches: Iterable[Batch], positions: np.ndarray,
+                          mask_ratio: float, stats: tuple[tuple[float, ...], tuple[float, ...]] | None,
+                          amp_dtype: torch.dtype | None = None,
+                          gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                          what: str = "reconstruction errors") -> Errors:
+    """:func:`image_errors` of every image of ``batches`` (in order), the i-th masked by the noise of seed
+    ``positions[i]`` (its place in the whole split). ``gather``: the batches are this rank's part of the images
+    (``openmae.engine.distributed.share_of``) and ``gather`` puts every rank's rows together (``gather_rows``): every
+    rank returns all the images' errors."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    losses, psnrs, done = [], [], 0
+    try:
+        with batches_of(batches) as each, contextlib.closing(reported(each, what, len(positions))) as shown:
+            for batch in shown:
+                count = batch.images.shape[0]
+                seeds = torch.from_numpy(positions[done : done + count])
+                noise = model.seeded_noise(seeds, mask_ratio)
+                loss, psnr = image_errors(model, batch.images.to(device, non_blocking=True), noise, mask_ratio,
+                                          stats, amp_dtype)
+                losses.append(loss)
+                psnrs.append(psnr)
+                done += count
+    finally:
+        model.train(was_training)
+    loss = torch.cat(losses) if losses else torch.zeros(0, device=device)
+    psnr = None if stats is None else torch.cat(psnrs) if psnrs else torch.zeros(0, device=device)
+    if gather is not None:
+        loss = gather(loss)
+        psnr = None if psnr is None else gather(psnr)
+    return Errors(loss.cpu(), None if psnr is None else psnr.cpu())

@@ -1,0 +1,121 @@
+"""Reconstruction error without labels: each image's loss and PSNR equal their definitions, whatever the batches;
+a pretraining run's held-out loss (``pretrain.eval_every_epochs``) is what ``openmae evaluate`` measures of its
+checkpoint on the same images; settings that cannot apply are refused."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from helpers import call_cli, tiny_pretrain
+
+import openmae
+from openmae.config import ConfigError, load_config
+from openmae.data.build import holdout_indices
+from openmae.data.loader import Batch
+from openmae.engine.logging import read_metrics
+from openmae.engine.pretrain import pretrain
+from openmae.engine.task_config import EvaluateConfig, PretrainConfig
+from openmae.eval.reconstruction import reconstruct
+from openmae.eval.reconstruction_error import reconstruction_errors
+
+MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+
+
+def batches_of_size(imgs: torch.Tensor, size: int) -> list[Batch]:
+    return [Batch(imgs[i : i + size], torch.zeros(len(imgs[i : i + size])), torch.zeros(0), 0)
+            for i in range(0, len(imgs), size)]
+
+
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_each_images_loss_and_psnr_are_their_definitions_whatever_the_batches(norm_pix):
+    """Image i's loss is the model's own loss of it alone, masked by the noise of seed positions[i] (what
+    ``reconstruct`` draws with seed positions[i] + 1); its PSNR is that of the removed pixels of the picture
+    ``reconstruct`` makes (dataset normalisation undone, clamped to [0, 1]); batches of 2 or 7 give the same; the
+    mean loss over a batch is the training loss of that batch with those masks."""
+    torch.manual_seed(0)
+    model = openmae.create_model("mae_vit_debug_patch4_32", norm_pix_loss=norm_pix).eval()
+    pixels = torch.rand(7, 3, 32, 32)
+    imgs = (pixels - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    positions = np.array([5, 3, 11, 0, 8, 2, 40])
+    errors = reconstruction_errors(model, batches_of_size(imgs, 2), positions, 0.75, (MEAN, STD))
+    again = reconstruction_errors(model, batches_of_size(imgs, 7), positions, 0.75, (MEAN, STD))
+    torch.testing.assert_close(errors.loss, again.loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(errors.psnr, again.psnr, rtol=1e-5, atol=0)
+    for i, place in enumerate(positions):
+        noise = model.random_noise(1, torch.device("cpu"), torch.Generator().manual_seed(int(place) + 1))
+        with torch.no_grad():
+            own = model(imgs[i : i + 1], noise=noise).loss
+        assert float(errors.loss[i]) == pytest.approx(float(own), rel=1e-5)
+        rec = reconstruct(model, imgs[i : i + 1], MEAN, STD, 0.75, seed=int(place) + 1)
+        removed = rec.mask.view(1, 8, 8).repeat_interleave(4, 1).repeat_interleave(4, 2)  # (1, H, W) a patch 4 px
+        removed = removed[:, None].expand(1, 3, 32, 32).bool()  # (1, C, H, W) the removed pixels
+        mse = ((rec.reconstruction - rec.original)[removed] ** 2).mean()
+        assert float(errors.psnr[i]) == pytest.approx(float(10 * torch.log10(1 / mse)), rel=1e-4)
+    noise = model.seeded_noise(torch.from_numpy(positions))
+    with torch.no_grad():
+        batch_loss = model(imgs, noise=noise).loss
+    assert errors.summary()["loss"] == pytest.approx(float(batch_loss), rel=1e-5)
+    assert errors.summary()["psnr"] == pytest.approx(float(errors.psnr.double().mean()))
+    # no pixel statistics (arrays in their own units): no PSNR
+    assert reconstruction_errors(model, batches_of_size(imgs, 4), positions, 0.75, None).psnr is None
+
+
+def test_a_runs_held_out_loss_is_what_evaluate_measures_of_its_checkpoint(tmp_path, datasets):
+    """An unlabelled folder of 40 photos with a held-out fifth: the run trains on the other 32 only, logs eval_loss /
+    eval_psnr of the 8 every epoch, and
+    `openmae evaluate` of model-last.pth on the same held-out images gives the last epoch's numbers, each image's in
+    its CSV (their mean), naming the worst; the official layout converted from it measures the same when told its
+    head counts, which its shapes cannot tell."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted((datasets / "cifar10" / "test").rglob("*.jpg"))[:40]:
+        shutil.copy(path, photos / f"{path.parent.name}-{path.name}")
+    data = ["data.name=folder", f"data.path={photos}", "data.holdout=0.2", "data.max_samples=0"]
+    run = tmp_path / "run"
+    out = pretrain(tiny_pretrain(run, datasets, *data, "train.batch_size=8", "train.epochs=2",
+                                 "pretrain.eval_every_epochs=1"))
+    logged = [r for r in read_metrics(run / "metrics.jsonl") if "eval_loss" in r]
+    assert [r["epoch"] for r in logged] == [1, 2] and logged[0]["eval_loss"] != logged[1]["eval_loss"]
+    assert out["eval_loss"] == logged[-1]["eval_loss"] and 0 < out["eval_psnr"] < 60
+    assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) == 2 * 32 // 8  # the 8 held out not trained on
+
+    predictions, result = tmp_path / "errors.csv", tmp_path / "errors.json"
+    proc = call_cli("evaluate", "--checkpoint", str(run / "model-last.pth"), "--predictions", str(predictions),
+                    "-o", str(result), *data, "data.num_workers=0", "evaluate.batch_size=3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    told = json.loads(result.read_text())
+    assert told["samples"] == 8 and told["mask_ratio"] == 0.75
+    assert told["loss"] == pytest.approx(logged[-1]["eval_loss"], rel=1e-5)
+    assert told["psnr"] == pytest.approx(logged[-1]["eval_psnr"], rel=1e-5)
+    rows = list(csv.DictReader(predictions.open()))
+    held = holdout_indices(40, 0.2, 0)[1]
+    names = sorted(p.name for p in photos.iterdir())
+    assert [r["image"].rsplit("/", 1)[-1] for r in rows] == [names[i] for i in held]
+    assert np.mean([float(r["loss"]) for r in rows]) == pytest.approx(told["loss"], rel=1e-5)
+    worst = max(rows, key=lambda r: float(r["loss"]))["image"]
+    assert f"highest loss: {worst} (" in proc.stderr
+
+    official = tmp_path / "official.pth"
+    assert call_cli("convert", str(run / "model-last.pth"), str(official), "--to", "official").returncode == 0
+    # a file without its architecture: the debug preset's two heads named (its shapes read as one)
+    again = call_cli("evaluate", "--checkpoint", str(official), *data, "data.num_workers=0", "evaluate.mask_ratio=0.75",
+                     "model.num_heads=2", "model.decoder_num_heads=2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout.splitlines()[-1])["loss"] == pytest.approx(told["loss"], rel=1e-5)
+
+
+def test_settings_a_reconstruction_cannot_use_are_refused(tmp_path, datasets):
+    with pytest.raises(ConfigError, match=r"pretrain.eval_every_epochs=1 is invalid: .*data.holdout=0.05"):
+        load_config(PretrainConfig, overrides=["data.name=folder", f"data.path={tmp_path}",
+                                               "pretrain.eval_every_epochs=1"])
+    with pytest.raises(ConfigError, match="evaluate.mask_ratio=1.0 is invalid"):
+        load_config(EvaluateConfig, overrides=["evaluate.init=x.pth", "data.name=cifar10", "evaluate.mask_ratio=1.0"])
+    torch.manual_seed(0)
+    mae = openmae.create_model("mae_vit_debug_patch4_32")
+    torch.save({"model": mae.state_dict(), "model_config": mae.cfg.to_dict()}, tmp_path / "mae.pth")
+    proc = call_cli("evaluate", "--checkpoint", str(tmp_path / "mae.pth"), f"--data-root={datasets}",
+                    "data.name=cifar10", "--plot", str(tmp_path / "p.png"))
+    assert proc.returncode != 0 and "evaluate.plot applies to classifiers only" in proc.stderr
