@@ -5,20 +5,24 @@ checkpoint on the same images; settings that cannot apply are refused."""
 import csv
 import json
 import shutil
+from dataclasses import fields
 
 import numpy as np
 import pytest
 import torch
 from helpers import call_cli, tiny_pretrain
+from PIL import Image
 
 import openmae
 from openmae.config import ConfigError, load_config
-from openmae.data.build import holdout_indices
+from openmae.convert.checkpoints import load_pretrained
+from openmae.convert.files import load_file
+from openmae.data.build import eval_batches, holdout_indices
 from openmae.data.loader import Batch
 from openmae.engine.logging import read_metrics
 from openmae.engine.pretrain import pretrain
 from openmae.engine.task_config import EvaluateConfig, PretrainConfig
-from openmae.eval.reconstruction import reconstruct
+from openmae.eval.reconstruction import Reconstruction, grid_image, reconstruct
 from openmae.eval.reconstruction_error import reconstruction_errors
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
@@ -67,7 +71,7 @@ def test_a_runs_held_out_loss_is_what_evaluate_measures_of_its_checkpoint(tmp_pa
     """An unlabelled folder of 40 photos with a held-out fifth: the run trains on the other 32 only, logs eval_loss /
     eval_psnr of the 8 every epoch, and
     `openmae evaluate` of model-last.pth on the same held-out images gives the last epoch's numbers, each image's in
-    its CSV (their mean), naming the worst; the official layout converted from it measures the same when told its
+    its CSV (their mean), naming the worst and drawing them (--plot); the official layout converted from it measures the same when told its
     head counts, which its shapes cannot tell."""
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -83,8 +87,9 @@ def test_a_runs_held_out_loss_is_what_evaluate_measures_of_its_checkpoint(tmp_pa
     assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) == 2 * 32 // 8  # the 8 held out not trained on
 
     predictions, result = tmp_path / "errors.csv", tmp_path / "errors.json"
+    plot = tmp_path / "worst.png"
     proc = call_cli("evaluate", "--checkpoint", str(run / "model-last.pth"), "--predictions", str(predictions),
-                    "-o", str(result), *data, "data.num_workers=0", "evaluate.batch_size=3")
+                    "-o", str(result), "--plot", str(plot), *data, "data.num_workers=0", "evaluate.batch_size=3")
     assert proc.returncode == 0, proc.stderr[-2000:]
     told = json.loads(result.read_text())
     assert told["samples"] == 8 and told["mask_ratio"] == 0.75
@@ -97,6 +102,16 @@ def test_a_runs_held_out_loss_is_what_evaluate_measures_of_its_checkpoint(tmp_pa
     assert np.mean([float(r["loss"]) for r in rows]) == pytest.approx(told["loss"], rel=1e-5)
     worst = max(rows, key=lambda r: float(r["loss"]))["image"]
     assert f"highest loss: {worst} (" in proc.stderr
+    # --plot: the 8 images by falling loss, each masked as measured (seed: its place among the held-out images)
+    cfg = load_config(EvaluateConfig, overrides=[f"evaluate.init={run / 'model-last.pth'}", *data])
+    model = load_pretrained(load_file(run / "model-last.pth"))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the run's (ImageNet's, as a folder's default)
+    imgs = next(iter(eval_batches(cfg.data, cfg.data.eval_split, (32, 32), 3, 8))).images
+    order = sorted(range(8), key=lambda i: -float(rows[i]["loss"]))
+    drawn = [reconstruct(model, imgs[i : i + 1], mean, std, 0.75, seed=i + 1) for i in order]
+    want = grid_image(Reconstruction(*(torch.cat([getattr(r, f.name) for r in drawn]) for f in fields(Reconstruction))),
+                      scale=4)
+    assert np.array_equal(np.asarray(Image.open(plot)), want)
 
     official = tmp_path / "official.pth"
     assert call_cli("convert", str(run / "model-last.pth"), str(official), "--to", "official").returncode == 0
@@ -117,5 +132,5 @@ def test_settings_a_reconstruction_cannot_use_are_refused(tmp_path, datasets):
     mae = openmae.create_model("mae_vit_debug_patch4_32")
     torch.save({"model": mae.state_dict(), "model_config": mae.cfg.to_dict()}, tmp_path / "mae.pth")
     proc = call_cli("evaluate", "--checkpoint", str(tmp_path / "mae.pth"), f"--data-root={datasets}",
-                    "data.name=cifar10", "--plot", str(tmp_path / "p.png"))
-    assert proc.returncode != 0 and "evaluate.plot applies to classifiers only" in proc.stderr
+                    "data.name=cifar10", "--calibration-plot", str(tmp_path / "p.png"))
+    assert proc.returncode != 0 and "evaluate.calibration_plot applies to classifiers only" in proc.stderr

@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "model-last.pth / checkpoint-*.pth; or a pretrained MAE with its decoder (a pretrain "
                                 "run's model-last.pth, mae_visualize_*.pth, facebook/vit-mae-base)")
             p.add_argument("--out", "-o", dest="json_out", help="JSON file for every number (per class, confusion)")
-            p.add_argument("--plot", help="PNG of the confusion matrix (several classes an image: precision-recall curves)")
+            p.add_argument("--plot", help="PNG of the confusion matrix (several classes an image: precision-recall "
+                           "curves; a pretrained MAE: the 8 images it reconstructs worst)")
             p.add_argument("--predictions", help="CSV of each image's class, top-5 predictions and probabilities "
                            "(a pretrained MAE: each image's loss and PSNR)")
             p.add_argument("--calibration-plot", help="PNG of accuracy against confidence (its ECE)")

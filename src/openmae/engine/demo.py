@@ -23,7 +23,9 @@ from openmae.eval.knn import knn_accuracy
 MODEL = ["model.name=mae_vit_tiny_patch7_28_gray", "model.depth=6"]
 # about 7 minutes of pretraining on 2 CPU cores (~450 images/s)
 PRETRAIN = ["data.name=fashion-mnist", "train.epochs=3", "train.warmup_epochs=1", "train.batch_size=256",
-            "train.blr=1.5e-3", "train.log_every_steps=20", "pretrain.vis_images=8", "train.ckpt_every_epochs=1"]
+            "train.blr=1.5e-3", "train.log_every_steps=20", "pretrain.vis_images=8", "train.ckpt_every_epochs=1",
+            # the reconstruction loss of test images it does not train on, every epoch
+            "pretrain.eval_every_epochs=1", "pretrain.eval_samples=2000"]
 EVAL_TRAIN, EVAL_TEST = 10000, 10000
 
 
@@ -49,7 +51,8 @@ def run_demo(data_root: str | None, output: str, overrides: list[str], minutes: 
                                                                             "train.overwrite=true", *overrides])
     print(f"[demo] pretraining {cfg.model.name} (depth {cfg.model.depth}) on Fashion-MNIST for {cfg.train.epochs} "
           f"epochs (~{minutes:.0f} min on 2 CPU cores)")
-    stopped = pretrain(cfg).get("stopped_by")
+    pretrained = pretrain(cfg)
+    stopped = pretrained.get("stopped_by")
     if stopped:
         print(f"[demo] pretraining stopped by {stopped}; its checkpoint is in {out / 'pretrain'}, no evaluation run")
         return exit_code({"stopped_by": stopped})
@@ -84,6 +87,10 @@ def run_demo(data_root: str | None, output: str, overrides: list[str], minutes: 
     print(f"\n[demo] Fashion-MNIST test accuracy ({EVAL_TEST} test images, {EVAL_TRAIN} training images for kNN/probe)")
     for name, value in rows:
         print(f"  {name:<45} {value:6.2f}%")
+    if "eval_loss" in pretrained:
+        print(f"\n[demo] reconstruction of {cfg.pretrain.eval_samples} test images (75% of each removed): loss "
+              f"{pretrained['eval_loss']:.4f} (training loss {pretrained['loss']:.4f}), PSNR "
+              f"{pretrained['eval_psnr']:.2f} dB")
     pictures = sorted((out / "pretrain" / "pictures").glob("*.png"))
     print(f"\n[demo] reconstructions of test images: {pictures[-1] if pictures else '-'}")
     print(f"[demo] loss curve: {out / 'pretrain' / 'loss_curve.png'}")

@@ -1,8 +1,9 @@
 """``openmae evaluate`` of a pretrained MAE (an encoder with its decoder): how well it reconstructs the images of a
 split, which need no labels (:mod:`openmae.eval.reconstruction_error`): the loss of the removed patches, the PSNR
-of images, each image's numbers in a CSV and the images it reconstructs worst. Two checkpoints (the official
-ImageNet MAE and one pretrained further on one's own images; two epochs of a run) measured on the same images see
-the same masks, as the run's held-out loss (``pretrain.eval_every_epochs``) does."""
+of images, each image's numbers in a CSV and the images it reconstructs worst (named; drawn with ``--plot``). Two
+checkpoints (the official ImageNet MAE and one pretrained further on one's own images; two epochs of a run)
+measured on the same images see the same masks, as the run's held-out loss (``pretrain.eval_every_epochs``)
+does."""
 
 from __future__ import annotations
 
@@ -10,25 +11,32 @@ import csv
 import functools
 import json
 import logging
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from openmae.config import ConfigError
 from openmae.convert.checkpoints import load_pretrained, to_openmae_keys
 from openmae.convert.files import unwrap_state_dict
-from openmae.data.build import eval_batches, source_for
+from openmae.data.build import SourceView, eval_batches, source_for
+from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource, stats_for
 from openmae.data.normalization import inherit_stats
 from openmae.data.ranks import shared_by_ranks
 from openmae.engine.distributed import DistInfo, gather_rows, part_of, share_of
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
+from openmae.eval.reconstruction import Reconstruction, auto_scale, reconstruct, save_grid
 from openmae.eval.reconstruction_error import Errors, reconstruction_errors
+from openmae.models.mae import MaskedAutoencoder
 
 log = logging.getLogger("openmae.evaluate")
 
 PAPER_MASK_RATIO = 0.75
 WORST_SHOWN = 5  # the images of the highest loss the log names
+WORST_DRAWN = 8  # and --plot draws
 
 
 def holds_decoder(obj: Any) -> bool:
@@ -50,8 +58,8 @@ def run_mask_ratio(obj: Any) -> float | None:
 
 def _refuse_classifier_settings(cfg: EvaluateConfig) -> None:
     e = cfg.evaluate
-    given = [f"evaluate.{key}" for key, value in (("plot", e.plot), ("calibration_plot", e.calibration_plot))
-             if value] + (["evaluate.tta=flip"] if e.tta != "none" else [])
+    given = (["evaluate.calibration_plot"] if e.calibration_plot else []) + (
+        ["evaluate.tta=flip"] if e.tta != "none" else [])
     if given or cfg.model.ema:
         raise ConfigError(f"{e.init} is a pretrained MAE (encoder and decoder, no classifier): evaluate measures how "
                           f"well it reconstructs the images; {', '.join(given or ['model.ema=true'])} "
@@ -101,7 +109,26 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
         if e.predictions:
             write_errors(Path(e.predictions), source, errors)
             log.info("wrote %s (each image's loss%s)", e.predictions, " and PSNR" if errors.psnr is not None else "")
+        if e.plot:
+            worst = errors.loss.argsort(descending=True)[:WORST_DRAWN].tolist()
+            draw_worst(model, d, source, worst, ratio, Path(e.plot))
     return result
+
+
+def draw_worst(model: MaskedAutoencoder, d: DataConfig, source: ImageSource, worst: list[int], ratio: float,
+               path: Path) -> None:
+    """The images ``worst`` (indices into ``source``), one row each as ``openmae visualize`` draws them (original |
+    masked | reconstruction | pasted), each masked as it was measured (its place in the split)."""
+    m = model.cfg
+    mean, std = stats_for(d, m.in_chans)
+    batch = next(iter(eval_batches(d, d.eval_split, m.img_size, m.in_chans, len(worst),
+                                   source=SourceView(source, worst))))
+    rows = [reconstruct(model, batch.images[i : i + 1], mean, std, ratio, seed=place + 1, stretch=d.reads_arrays)
+            for i, place in enumerate(worst)]  # seed place + 1: the noise seeded_noise draws for that place
+    save_grid(Reconstruction(*(torch.cat([getattr(r, f.name) for r in rows]) for f in fields(Reconstruction))),
+              path, auto_scale(m.img_size))
+    log.info("wrote %s (the %d images of the highest loss, the highest first: original | masked | reconstruction | "
+             "pasted)", path, len(worst))
 
 
 def write_errors(path: Path, source: ImageSource, errors: Errors) -> None:

@@ -324,7 +324,7 @@ class EvaluateSection:
     device: str = "auto"
     output: str = ""  # a JSON file for every number (per-class accuracy and confusion matrix included)
     plot: str = ""  # a PNG of the confusion matrix (rows as percentages of each true class); several classes an
-    # image (data.multi_label): each class's precision-recall curve
+    # image (data.multi_label): each class's precision-recall curve; a pretrained MAE: its 8 worst reconstructions
     predictions: str = ""  # a CSV of each image's class, top-5 predictions and their probabilities
     calibration_plot: str = ""  # a PNG of accuracy against confidence (a reliability diagram; its ECE)
     # test-time augmentation: none, or flip (each image's class probabilities averaged with its mirror's; only
