@@ -365,3 +365,32 @@ def test_openmae_evaluate_under_torchrun_measures_each_ranks_part_and_reports_th
     for key in ("top1", "top5", "confusion", "per_class_top1"):
         assert two[key] == one[key], key
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-6)
+
+
+def test_openmae_evaluate_of_a_pretrained_mae_under_torchrun_equals_one_process(tmp_path, datasets):
+    """`torchrun ... -m openmae evaluate` of a pretrained MAE: each rank reconstructs its part of 37 test images, each
+    masked by its place among all; rank 0 writes the loss and PSNR one process gives, each image's row once, and the
+    worst images' picture."""
+    import csv
+
+    import openmae
+    from openmae.config import load_config
+    from openmae.engine.evaluate import EvaluateConfig, run_evaluate
+
+    torch.manual_seed(0)
+    mae = openmae.create_model("mae_vit_debug_patch4_32", norm_pix_loss=True)
+    torch.save({"model": mae.state_dict(), "model_config": mae.cfg.to_dict()}, tmp_path / "mae.pth")
+    args = ["data.name=cifar10", "data.max_eval_samples=37", "data.num_workers=0", "evaluate.batch_size=8",
+            "evaluate.mask_ratio=0.6"]
+    proc = torchrun("-m", "openmae", "evaluate", "--checkpoint", str(tmp_path / "mae.pth"), f"--data-root={datasets}",
+                    *args, "-o", str(tmp_path / "two.json"), "--predictions", str(tmp_path / "two.csv"), "--plot",
+                    str(tmp_path / "worst.png"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    one = run_evaluate(load_config(EvaluateConfig, overrides=[f"evaluate.init={tmp_path / 'mae.pth'}",
+                                                              f"data.root={datasets}", *args]))
+    assert two["samples"] == one["samples"] == 37 and two["mask_ratio"] == 0.6 and two["norm_pix_loss"]
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5) and two["psnr"] == pytest.approx(one["psnr"], rel=1e-5)
+    rows = list(csv.DictReader((tmp_path / "two.csv").open()))
+    assert len(rows) == 37 and len({r["image"] for r in rows}) == 37
+    assert (tmp_path / "worst.png").stat().st_size > 1000
