@@ -72,7 +72,7 @@ def test_a_runs_held_out_loss_is_what_evaluate_measures_of_its_checkpoint(tmp_pa
     eval_psnr of the 8 every epoch, and
     `openmae evaluate` of model-last.pth on the same held-out images gives the last epoch's numbers, each image's in
     its CSV (their mean), naming the worst and drawing them (--plot); the official layout converted from it measures the same when told its
-    head counts, which its shapes cannot tell."""
+    head counts, which its shapes cannot tell, and so does a Hugging Face folder of it."""
     photos = tmp_path / "photos"
     photos.mkdir()
     for path in sorted((datasets / "cifar10" / "test").rglob("*.jpg"))[:40]:
@@ -120,6 +120,11 @@ def test_a_runs_held_out_loss_is_what_evaluate_measures_of_its_checkpoint(tmp_pa
                      "model.num_heads=2", "model.decoder_num_heads=2")
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout.splitlines()[-1])["loss"] == pytest.approx(told["loss"], rel=1e-5)
+    # a Hugging Face folder (its config.json holds the architecture and norm_pix_loss) measures the same
+    assert call_cli("convert", str(run / "model-last.pth"), str(tmp_path / "hf"), "--to", "hf").returncode == 0
+    hf = call_cli("evaluate", "--checkpoint", str(tmp_path / "hf"), *data, "data.num_workers=0")
+    assert hf.returncode == 0, hf.stderr[-2000:]
+    assert json.loads(hf.stdout.splitlines()[-1])["loss"] == pytest.approx(told["loss"], rel=1e-5)
 
 
 def test_settings_a_reconstruction_cannot_use_are_refused(tmp_path, datasets):
