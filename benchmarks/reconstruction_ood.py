@@ -1,5 +1,5 @@
-"""Each image's reconstruction loss as a score of how unlike an MAE's training images it is (`openmae evaluate` of a
-pretrained MAE, `--predictions`): the demo's encoder (pretrained on Fashion-MNIST) measured on Fashion-MNIST
+"""Whether each image's reconstruction loss tells images unlike an MAE's training ones from like ones (`openmae
+evaluate` of a pretrained MAE, `--predictions`): the demo's encoder (pretrained on Fashion-MNIST) measured on Fashion-MNIST
 training and test photos, on CIFAR-10 test photos and on the ImageNet sample photos (both read grey at 28 px, as
 the model takes them), every image masked by its place in its split. Prints each set's mean loss and PSNR and the
 ROC-AUC of the loss telling each other set from the Fashion-MNIST test photos (0.5: no better than chance).

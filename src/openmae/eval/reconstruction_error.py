@@ -3,8 +3,10 @@
 values lie in [0, 1], the PSNR of its removed patches in those values (comparable between models with and without
 ``norm_pix_loss``). Each image's mask is drawn from its place in the split (:meth:`MaskedAutoencoder.seeded_noise`),
 so that two evaluations of the same images (two epochs, two checkpoints, one process or several) see the same
-masks. Held out, the loss shows overfitting on a small set, which the training loss cannot; per image, it ranks the
-images the model finds unlike its training ones (an anomaly score)."""
+masks. Held out, the loss shows overfitting on a small set, which the training loss cannot (the training loss is
+of augmented crops); per image, it ranks the images the model fills in worst, which are the hardest to fill in
+rather than those least like its training images (benchmarks/reconstruction_ood.py: a Fashion-MNIST MAE's loss does
+not tell grey CIFAR-10 or ImageNet photos from its own test photos)."""
 
 from __future__ import annotations
 
