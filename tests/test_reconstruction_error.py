@@ -10,7 +10,7 @@ from dataclasses import fields
 import numpy as np
 import pytest
 import torch
-from helpers import call_cli, tiny_pretrain
+from helpers import call_cli, tiny_pretrain, weights
 from PIL import Image
 
 import openmae
@@ -139,3 +139,18 @@ def test_settings_a_reconstruction_cannot_use_are_refused(tmp_path, datasets):
     proc = call_cli("evaluate", "--checkpoint", str(tmp_path / "mae.pth"), f"--data-root={datasets}",
                     "data.name=cifar10", "--calibration-plot", str(tmp_path / "p.png"))
     assert proc.returncode != 0 and "evaluate.calibration_plot applies to classifiers only" in proc.stderr
+
+
+def test_the_held_out_evaluation_leaves_the_training_bit_identical(tmp_path, datasets):
+    """Measuring the held-out loss every epoch (model in eval mode and back, loaders, masks of its own generators)
+    changes nothing of the training: the weights equal, bit for bit, those of the same run without it, and so does
+    every logged training loss."""
+    plain = pretrain(tiny_pretrain(tmp_path / "plain", datasets, "train.epochs=2"))
+    watched = pretrain(tiny_pretrain(tmp_path / "watched", datasets, "train.epochs=2", "pretrain.eval_every_epochs=1",
+                                     "data.max_eval_samples=24"))
+    assert "eval_loss" in watched and "eval_loss" not in plain
+    a, b = weights(tmp_path / "plain"), weights(tmp_path / "watched")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r] for run in (tmp_path / "plain",
+                                                                                                 tmp_path / "watched")]
+    assert losses[0] == losses[1] and len(losses[0]) == 8
