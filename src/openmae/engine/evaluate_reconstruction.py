@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from openmae.config import ConfigError
-from openmae.convert.checkpoints import load_pretrained, to_openmae_keys
+from openmae.convert.checkpoints import load_pretrained
 from openmae.convert.files import unwrap_state_dict
 from openmae.data.build import SourceView, eval_batches, source_for
 from openmae.data.config import DataConfig
@@ -40,13 +40,27 @@ WORST_DRAWN = 8  # and --plot draws
 
 
 def holds_decoder(obj: Any) -> bool:
-    """Whether ``obj`` (a loaded checkpoint) is an MAE with its decoder and no classifier head, in any layout
-    :func:`load_pretrained` reads (openmae's, the official code's, Hugging Face's)."""
+    """Whether ``obj`` (a loaded checkpoint) is an MAE with its decoder's pixel head, in any layout
+    :func:`load_pretrained` reads: ``decoder_pred`` ends its key in openmae's, the official code's and Hugging Face's
+    (``decoder.decoder_pred``) alike, so the keys are not converted (a Hugging Face file's would be copied)."""
     try:
-        sd = to_openmae_keys(unwrap_state_dict(obj))
-    except (KeyError, ValueError, TypeError):
+        sd = unwrap_state_dict(obj)
+    except ValueError:
         return False
-    return "head.weight" not in sd and any(key.startswith("decoder_pred") for key in sd)
+    return any(key.endswith("decoder_pred.weight") for key in sd)
+
+
+def errors_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConfig, batch_size: int,
+                      mask_ratio: float, amp_dtype: torch.dtype | None, info: DistInfo, what: str) -> Errors:
+    """:func:`reconstruction_errors` of every image of ``source`` (its PSNR for images, not for arrays in their own
+    units), each masked by its place in it; each rank of a torchrun job measures its part (``share_of``) and every
+    rank returns all the images' errors."""
+    m = model.cfg
+    positions = share_of(len(source), info)[0]  # each image's place: its mask's seed
+    batches = eval_batches(d, d.eval_split, m.img_size, m.in_chans, batch_size, source=part_of(source, info)[0])
+    return reconstruction_errors(
+        model, batches, positions, mask_ratio, None if d.reads_arrays else stats_for(d, m.in_chans), amp_dtype,
+        gather=functools.partial(gather_rows, count=len(source), info=info) if info.enabled else None, what=what)
 
 
 def run_mask_ratio(obj: Any) -> float | None:
@@ -82,13 +96,9 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
     ratio = e.mask_ratio or recorded or PAPER_MASK_RATIO
     with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
         source = source_for(d, d.eval_split, m.in_chans, d.max_eval_samples)
-    part, _ = part_of(source, info)
-    batches = eval_batches(d, d.eval_split, m.img_size, m.in_chans, e.batch_size, source=part)
-    errors = reconstruction_errors(
-        model.to(info.device), batches, share_of(len(source), info)[0], ratio,
-        None if d.reads_arrays else stats_for(d, m.in_chans), autocast_dtype(e.precision, info.device, hint=False),
-        gather=functools.partial(gather_rows, count=len(source), info=info) if info.enabled else None,
-        what=f"reconstruction of the {d.eval_split} images")
+    errors = errors_over_ranks(model.to(info.device), source, d, e.batch_size, ratio,
+                               autocast_dtype(e.precision, info.device, hint=False), info,
+                               f"reconstruction of the {d.eval_split} images")
     whole = f"folder {d.path}" if d.name == "folder" else f"'{d.train_split}' split"
     split = f"held-out part of the {whole}" if d.holdout else whole if d.name == "folder" else f"'{d.eval_split}' split"
     summary = errors.summary()

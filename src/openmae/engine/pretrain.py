@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from functools import cached_property, partial
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -17,7 +17,8 @@ from openmae.data.labels import holds_split
 from openmae.data.loader import Batch
 from openmae.data.ranks import shared_by_ranks
 from openmae.engine.config import TrainConfig
-from openmae.engine.distributed import ONE_PROCESS, DistInfo, gather_rows, part_of, share_of, wait_for_main
+from openmae.engine.distributed import ONE_PROCESS, DistInfo, wait_for_main
+from openmae.engine.evaluate_reconstruction import errors_over_ranks
 from openmae.engine.knn_eval import knn_over_ranks
 from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
@@ -25,7 +26,6 @@ from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import PretrainConfig
 from openmae.engine.weights import resolve_encoder
 from openmae.eval.reconstruction import auto_scale, check_bands, grid_image, reconstruct, save_grid
-from openmae.eval.reconstruction_error import reconstruction_errors
 from openmae.models.mae import MaskedAutoencoder
 
 log = logging.getLogger("openmae.pretrain")
@@ -98,20 +98,12 @@ class PretrainTask:
     def reconstruction(self, info: DistInfo = ONE_PROCESS) -> dict[str, float]:
         """``eval_loss`` (and ``eval_psnr``) of the held-out images, the same on every rank (each rank of a torchrun
         job measures its part; under FSDP each forward is a collective, and every rank runs as many)."""
-        cfg, m = self.cfg, self.model.cfg
+        cfg = self.cfg
         with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
             source = self.held_out
-        part, _ = part_of(source, info)
-        positions = share_of(len(source), info)[0]  # each image's place in the split: its mask's seed
-        batches = eval_batches(cfg.data, cfg.data.eval_split, m.img_size, m.in_chans, max(cfg.train.batch_size, 64),
-                               source=part)
-        device = next(self.model.parameters()).device
-        errors = reconstruction_errors(
-            self.model, batches, positions, cfg.pretrain.mask_ratio,
-            None if cfg.data.reads_arrays else stats_for(cfg.data, m.in_chans),
-            autocast_dtype(cfg.train.precision, device, hint=False),
-            gather=partial(gather_rows, count=len(source), info=info) if info.enabled else None,
-            what="reconstruction loss of the held-out images")
+        amp_dtype = autocast_dtype(cfg.train.precision, next(self.model.parameters()).device, hint=False)
+        errors = errors_over_ranks(self.model, source, cfg.data, max(cfg.train.batch_size, 64),
+                                   cfg.pretrain.mask_ratio, amp_dtype, info, "reconstruction loss of the held-out images")
         return {f"eval_{key}": value for key, value in errors.summary().items()}
 
     def pictures(self, run: Run, epoch: int) -> None:
