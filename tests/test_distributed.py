@@ -291,6 +291,35 @@ def test_a_classifier_fine_tuned_by_two_ranks_under_fsdp_is_evaluated_and_kept_a
     assert (tmp_path / "two" / "model-timm.safetensors").is_file()
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_partial_fine_tuning_by_two_ranks_keeps_the_frozen_weights_and_trains_as_one_process(tmp_path, datasets,
+                                                                                            strategy):
+    """finetune.tune_blocks=1 under torchrun: the frozen part (embeddings, block 0) stays the pretrained weights bit
+    for bit on every rank (DDP leaves parameters without gradients alone, FSDP2 shards frozen and trained ones side
+    by side), and the trained ones end as one process trains them, to float32 rounding."""
+    import openmae
+
+    torch.manual_seed(0)
+    mae = openmae.create_model("mae_vit_debug_patch4_32")
+    init = tmp_path / "init.pth"
+    torch.save({"model": mae.state_dict(), "model_config": mae.cfg.to_dict()}, init)
+    # SGD: AdamW scales each update to about lr whatever the gradient's size, so that the float32 rounding of
+    # near-zero gradients (summed in another order over two ranks) would move those weights by up to lr a step
+    extra = [f"train.distributed={strategy}", *FINETUNE, f"finetune.init={init}", "finetune.tune_blocks=1",
+             "train.optimizer=sgd", "train.blr=0.05", "finetune.drop_path=0"]  # each rank draws its own drops
+    from openmae.convert.files import load_file
+
+    for n in (1, 2):  # the last weights (model-best.pth's epoch may differ by one image's top-1)
+        classify("finetune", n, tmp_path / f"{n}", datasets, *extra)
+    one, two = (load_file(tmp_path / f"{n}" / "model-timm.safetensors")["model"] for n in (1, 2))
+    pretrained = mae.state_dict()
+    frozen = [k for k in one if k.startswith(("patch_embed.", "blocks.0.")) or k in ("cls_token", "pos_embed")]
+    assert len(frozen) == 16 and all(torch.equal(two[k], pretrained[k]) for k in frozen)
+    assert not torch.equal(two["blocks.1.mlp.fc1.weight"], pretrained["blocks.1.mlp.fc1.weight"])
+    for k, v in one.items():
+        torch.testing.assert_close(two[k], v, rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+
+
 def test_a_cached_probe_of_two_ranks_computes_and_evaluates_the_features_of_all_the_images(tmp_path, datasets,
                                                                                            caplog):
     """Each rank computes the features of its part of the images (gathered: every rank trains on all of them) and

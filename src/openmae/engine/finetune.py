@@ -1,5 +1,6 @@
-"""Fine-tuning task: the whole ViT, layer-wise lr decay, RandAugment / mixup / cutmix / random erasing /
-label smoothing / weight EMA (timm's implementations), global average pooling + fc_norm."""
+"""Fine-tuning task: the whole ViT (or its last blocks: finetune.tune_blocks), layer-wise lr decay, RandAugment /
+mixup / cutmix / random erasing / label smoothing / weight EMA (timm's implementations), global average pooling +
+fc_norm."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from openmae.engine.precision import autocast_dtype
 from openmae.engine.row_loss import row_loss
 from openmae.engine.task_config import FinetuneConfig
 from openmae.engine.weights import resolve_encoder
-from openmae.models.vit import create_classifier, load_encoder
+from openmae.models.vit import create_classifier, load_encoder, tune_last_blocks
 
 log = logging.getLogger("openmae.finetune")
 
@@ -63,6 +64,11 @@ class FinetuneTask:
         if sd is not None:
             load_encoder(self.model, sd, mae_cfg.grid, old_grid)
             log.info("encoder initialised from %s", f.init)
+        trained, total = tune_last_blocks(self.model, f.tune_blocks)
+        if trained < total:
+            log.info("partial fine-tuning: the last %d of %d blocks, the final norm and the head train (%.2f M of "
+                     "%.2f M parameters); the rest stays as initialised", f.tune_blocks, mae_cfg.depth, trained / 1e6,
+                     total / 1e6)
         mixing = f.mixup > 0 or f.cutmix > 0
         self.mixup = Mixup(mixup_alpha=f.mixup, cutmix_alpha=f.cutmix, label_smoothing=f.smoothing,
                            num_classes=self.num_classes) if mixing else None
@@ -131,6 +137,16 @@ class FinetuneTask:
             raise CheckpointError(f"{path} has no EMA weights (written with finetune.model_ema=false) but this run "
                                   "has finetune.model_ema=true; resume with the same setting or start a new run")
         self.ema.module.load_state_dict(state["ema"])
+
+    def check_resume(self, state: dict[str, Any], path: Path) -> None:
+        """The parameters that train (finetune.tune_blocks) are those whose optimizer state the checkpoint holds."""
+        saved = state.get("config", {}).get("finetune", {}).get("tune_blocks")
+        now = self.cfg.finetune.tune_blocks
+        if saved != now:
+            raise CheckpointError(f"{path} was written by a run with finetune.tune_blocks={saved}, but this run has "
+                                  f"{now}: its optimizer holds the state of other parameters; resume with "
+                                  f"finetune.tune_blocks={saved}, or start a new run (another -o) from its weights "
+                                  f"with finetune.init={path}")
 
     @property
     def classifier(self) -> nn.Module:

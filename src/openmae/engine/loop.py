@@ -62,7 +62,8 @@ class Task(Protocol):
     """What differs between pretraining, fine-tuning and probing. Optional hooks, called when a task has them:
     ``after_step(step)`` after each optimizer update (e.g. a weight average), and ``extra_state() -> dict`` /
     ``load_extra_state(state, path)`` for what the task keeps beyond its model (saved with every checkpoint and
-    restored on resume, so that resuming stays exact).
+    restored on resume, so that resuming stays exact); ``check_resume(state, path)`` refuses a checkpoint whose
+    run this one cannot continue (raising ``CheckpointError``) before anything is loaded.
 
     ``after_epoch`` runs on every rank: its evaluations split the images between the ranks
     (``openmae.engine.distributed.share_of``), so that each of its loops over ``openmae.data.loader.batches_of``

@@ -119,8 +119,15 @@ class FinetuneSection:
     # logits plus tau x log of each class's share (1.0: Menon et al.'s); drawing the classes alike: data.balance
     class_weights: str = "none"
     logit_adjustment: float = 0.0
+    # Partial fine-tuning (the paper's section 4.3): only the encoder's last N blocks (with the final norm and the
+    # head) train; the patch embedding, position table, cls token and earlier blocks stay as pretrained. Faster per
+    # step and lighter in memory (no backward through the frozen blocks); 0: the head and its norm alone (the
+    # paper's "0 blocks" is the linear probe: `openmae linprobe`); null: the whole encoder (the default)
+    tune_blocks: int | None = None
 
     def check(self) -> None:
+        require(self.tune_blocks is None or self.tune_blocks >= 0, "finetune.tune_blocks", self.tune_blocks,
+                ">= 0 (the encoder's last N blocks train), or null to fine-tune everything")
         require(self.select_by in ("auto", *SELECT_BY), "finetune.select_by", self.select_by,
                 f"auto or one of {list(SELECT_BY)}")
         check_imbalance("finetune", self.class_weights, self.logit_adjustment)

@@ -84,6 +84,8 @@ def restore(resume: Resume, task: Task, model: nn.Module, optimizer: torch.optim
     if state.get("model_config") != task.model_config:
         raise CheckpointError(f"{path} was written for model {state.get('model_config')}, "
                               f"but this run builds {task.model_config}; use the same model settings to resume")
+    if hasattr(task, "check_resume"):
+        task.check_resume(state, path)
     set_model_state_dict(model, state["model"], options=_options())
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=_options())
     if "scaler" in state and scaler.is_enabled():
