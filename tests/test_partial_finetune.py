@@ -72,6 +72,8 @@ def test_a_partial_run_keeps_the_frozen_weights_resumes_exactly_and_refuses_anot
     assert len(frozen) == 2 + 12 + 2  # patch embedding, block 0's twelve tensors, cls token, position table
     assert all(torch.equal(weights[k], pretrained[k]) for k in frozen)
     assert all(not torch.equal(weights[k], pretrained[k]) for k in weights if k.startswith("blocks.1."))
+    trained = sum(v.numel() for k, v in weights.items() if k.startswith(("blocks.1.", "fc_norm.", "head.")))
+    assert f"({trained:,} of {sum(v.numel() for v in weights.values()):,} parameters)" in caplog.text
     (last,) = CheckpointManager(tmp_path / "full").list()[-1:]
     optimizer = CheckpointManager.load(last)["optimizer"]["state"]
     assert sorted(optimizer) == sorted(k for k in weights if k.startswith(("blocks.1.", "fc_norm.", "head.")))
@@ -99,3 +101,53 @@ def test_tune_blocks_out_of_range_is_refused(tmp_path, datasets):
     everything = create_classifier(debug_encoder().cfg, 10)
     assert tune_last_blocks(everything, 4)[0] == tune_last_blocks(everything, None)[1]
     assert all(p.requires_grad for p in everything.parameters())
+
+
+def saved_for_backward(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The loss of a training forward and the bytes of the activations it keeps for its backward (weights aside)."""
+    kept: dict[int, int] = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        loss = model.train()(images).logsumexp(1).mean()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return loss, sum(n for ptr, n in kept.items() if ptr not in weights)
+
+
+@pytest.mark.parametrize("tune", ["null", "1"])
+def test_activation_checkpointing_reaches_fine_tuning_with_the_same_gradients_and_fewer_activations(tmp_path, datasets,
+                                                                                                   tune):
+    """model.grad_checkpointing=true made no difference to `openmae finetune` (only pretraining read it): now its
+    classifier recomputes each block in the backward (timm's non-reentrant checkpointing, so that the first trained
+    block after frozen ones, whose input needs no gradient, still gets its gradients), keeping fewer activations,
+    with the gradients of the plain step."""
+    tasks = [FinetuneTask(tiny_finetune(tmp_path, datasets, f"finetune.tune_blocks={tune}", "finetune.drop_path=0",
+                                        f"model.grad_checkpointing={on}"), torch.device("cpu"))
+             for on in ("false", "true")]
+    assert [t.model.grad_checkpointing for t in tasks] == [False, True]
+    tasks[1].model.load_state_dict(tasks[0].model.state_dict())
+    images = torch.randn(8, 3, 32, 32)
+    (plain, plain_bytes), (recomputed, recomputed_bytes) = (saved_for_backward(t.model, images) for t in tasks)
+    assert recomputed.item() == pytest.approx(plain.item(), rel=1e-6)
+    assert recomputed_bytes < 0.75 * plain_bytes
+    plain.backward()
+    recomputed.backward()
+    grads = dict(tasks[0].model.named_parameters())
+    trained = [(n, p) for n, p in tasks[1].model.named_parameters() if p.requires_grad]
+    assert trained and any(n.startswith("blocks.1.") for n, _ in trained)
+    for name, param in trained:
+        assert param.grad is not None, name
+        torch.testing.assert_close(param.grad, grads[name].grad, rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_reentrant_checkpointing_with_frozen_blocks_is_refused(tmp_path, datasets, monkeypatch):
+    """timm's reentrant checkpointing (TIMM_REENTRANT_CKPT) would leave the first trained block without gradients
+    (its input needs none): refused, saying what to change."""
+    monkeypatch.setattr("openmae.engine.finetune.use_reentrant_ckpt", lambda: True)
+    cfg = tiny_finetune(tmp_path, datasets, "finetune.tune_blocks=1", "model.grad_checkpointing=true")
+    with pytest.raises(ValueError, match=r"TIMM_REENTRANT_CKPT is set\): the first trained block would get no"):
+        FinetuneTask(cfg, torch.device("cpu"))
+    FinetuneTask(tiny_finetune(tmp_path, datasets, "model.grad_checkpointing=true"), torch.device("cpu"))  # all train

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from timm.data import Mixup
+from timm.layers import use_reentrant_ckpt
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 
@@ -64,11 +65,18 @@ class FinetuneTask:
         if sd is not None:
             load_encoder(self.model, sd, mae_cfg.grid, old_grid)
             log.info("encoder initialised from %s", f.init)
+        # activation checkpointing (model.grad_checkpointing): timm's, non-reentrant, so that the first block trained
+        # after frozen ones still gets its gradients (its input needs none)
+        self.model.set_grad_checkpointing(mae_cfg.grad_checkpointing)
         trained, total = tune_last_blocks(self.model, f.tune_blocks)
+        if mae_cfg.grad_checkpointing and trained < total and use_reentrant_ckpt():
+            raise ValueError("model.grad_checkpointing=true with finetune.tune_blocks and timm's reentrant "
+                             "checkpointing (TIMM_REENTRANT_CKPT is set): the first trained block would get no "
+                             "gradients; unset TIMM_REENTRANT_CKPT, or turn one of the two settings off")
         if trained < total:
-            log.info("partial fine-tuning: the last %d of %d blocks, the final norm and the head train (%.2f M of "
-                     "%.2f M parameters); the rest stays as initialised", f.tune_blocks, mae_cfg.depth, trained / 1e6,
-                     total / 1e6)
+            log.info("partial fine-tuning: the last %d of %d blocks, the final norm and the head train (%s of %s "
+                     "parameters); the rest stays as initialised", f.tune_blocks, mae_cfg.depth, f"{trained:,}",
+                     f"{total:,}")
         mixing = f.mixup > 0 or f.cutmix > 0
         self.mixup = Mixup(mixup_alpha=f.mixup, cutmix_alpha=f.cutmix, label_smoothing=f.smoothing,
                            num_classes=self.num_classes) if mixing else None
