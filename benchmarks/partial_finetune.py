@@ -26,6 +26,7 @@ from openmae.config import load_config
 from openmae.data.datasets import default_root
 from openmae.engine.finetune import FinetuneConfig, finetune
 from openmae.engine.logging import read_metrics
+from openmae.engine.step_profile import kept_for_backward
 from openmae.models import model_config
 from openmae.models.vit import create_classifier, tune_last_blocks
 
@@ -36,17 +37,8 @@ def saved_bytes_per_image(tune_blocks: int | None, batch: int = 64) -> float:
     """Bytes of the tensors a training forward of the demo's classifier keeps for its backward, per image."""
     model = create_classifier(model_config("mae_vit_tiny_patch7_28_gray", depth=6), 10, "avg", drop_path=0.1)
     tune_last_blocks(model, tune_blocks)
-    seen: dict[int, int] = {}
-
-    def keep(t: torch.Tensor) -> torch.Tensor:
-        if not isinstance(t, torch.nn.Parameter):
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()  # a storage once
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-        model.train()(torch.randn(batch, 1, 28, 28)).sum()
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    return sum(n for ptr, n in seen.items() if ptr not in params) / batch
+    _, kept = kept_for_backward(model, lambda: model.train()(torch.randn(batch, 1, 28, 28)))
+    return kept / batch
 
 
 def run(init: str, blocks: int | None, args: argparse.Namespace, out: Path) -> dict:

@@ -11,6 +11,7 @@ from openmae.convert.files import load_file
 from openmae.engine.checkpoint import CheckpointError, CheckpointManager
 from openmae.engine.finetune import FinetuneConfig, FinetuneTask, finetune
 from openmae.engine.optim import param_groups
+from openmae.engine.step_profile import kept_for_backward
 from openmae.models.vit import create_classifier, load_encoder, tune_last_blocks
 
 
@@ -103,20 +104,6 @@ def test_tune_blocks_out_of_range_is_refused(tmp_path, datasets):
     assert all(p.requires_grad for p in everything.parameters())
 
 
-def saved_for_backward(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The loss of a training forward and the bytes of the activations it keeps for its backward (weights aside)."""
-    kept: dict[int, int] = {}
-
-    def keep(t: torch.Tensor) -> torch.Tensor:
-        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-        loss = model.train()(images).logsumexp(1).mean()
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    return loss, sum(n for ptr, n in kept.items() if ptr not in weights)
-
-
 @pytest.mark.parametrize("tune", ["null", "1"])
 def test_activation_checkpointing_reaches_fine_tuning_with_the_same_gradients_and_fewer_activations(tmp_path, datasets,
                                                                                                    tune):
@@ -130,7 +117,8 @@ def test_activation_checkpointing_reaches_fine_tuning_with_the_same_gradients_an
     assert [t.model.grad_checkpointing for t in tasks] == [False, True]
     tasks[1].model.load_state_dict(tasks[0].model.state_dict())
     images = torch.randn(8, 3, 32, 32)
-    (plain, plain_bytes), (recomputed, recomputed_bytes) = (saved_for_backward(t.model, images) for t in tasks)
+    (plain, plain_bytes), (recomputed, recomputed_bytes) = (
+        kept_for_backward(t.model, lambda t=t: t.model.train()(images).logsumexp(1).mean()) for t in tasks)
     assert recomputed.item() == pytest.approx(plain.item(), rel=1e-6)
     assert recomputed_bytes < 0.75 * plain_bytes
     plain.backward()

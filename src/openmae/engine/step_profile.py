@@ -118,3 +118,19 @@ def profile_preset(preset: str, batch: int, precision: str = "bf16", compile_mod
     step = openmae_step(cfg, imgs, noise, precision_dtype(precision), device, compile_model, compile_scope, compile_mode)
     compiled = f" compiled ({compile_scope})" if compile_model else ""
     return replace(profile_step(step, device, warmup, steps, top), title=f"{preset} batch {batch} {precision}{compiled}")
+
+
+def kept_for_backward(model: torch.nn.Module, forward: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """``forward()``'s output and the bytes of the activations autograd keeps for its backward (each storage once,
+    ``model``'s weights aside), counted by ``torch.autograd.graph.saved_tensors_hooks``: what a step holds in memory
+    until its backward, on any device (a CPU has no peak-memory counter to read)."""
+    kept: dict[int, int] = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        out = forward()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return out, sum(n for ptr, n in kept.items() if ptr not in weights)
