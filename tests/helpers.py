@@ -16,6 +16,7 @@ import torch
 
 from openmae.config import load_config
 from openmae.convert.files import load_file
+from openmae.data.loader import Batch
 from openmae.engine.pretrain import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,3 +95,9 @@ def call_cli(*args: str) -> subprocess.CompletedProcess:
     for w in caught:
         err.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno))
     return subprocess.CompletedProcess(["openmae", *args], code, out.getvalue(), err.getvalue())
+
+
+def batches_of_size(imgs: torch.Tensor, size: int) -> list[Batch]:
+    """Unlabelled images (N, C, H, W) as loader batches of ``size`` (the last one shorter)."""
+    return [Batch(imgs[i : i + size], torch.zeros(len(imgs[i : i + size])), torch.zeros(0), 0)
+            for i in range(0, len(imgs), size)]

@@ -205,7 +205,8 @@ whole = reconstruction_errors(mae, image_batches(imgs), np.arange(37), 0.75, sta
 split = reconstruction_errors(mae, image_batches(imgs[part]), index, 0.75, stats,
                               gather=functools.partial(gather_rows, count=37, info=info))
 seen["reconstruction"] = [((split.loss - whole.loss) / whole.loss).abs().max().item(),
-                          ((split.psnr - whole.psnr) / whole.psnr).abs().max().item(), len(split.loss)]
+                          ((split.psnr - whole.psnr) / whole.psnr).abs().max().item(), len(split.loss),
+                          ((split.inpainting_loss - whole.inpainting_loss) / whole.inpainting_loss).abs().max().item()]
 (out / f"rank{info.rank}.json").write_text(json.dumps(seen))
 dist.destroy_process_group()
 """
@@ -253,8 +254,8 @@ def test_an_evaluation_split_between_ranks_equals_one_over_all_the_images(tmp_pa
         for k in (1, 60):
             whole, split = seen[f"unknown_knn{k}"]
             assert np.isfinite(whole["knn_mean_ap"]) and split == pytest.approx(whole, rel=1e-6, nan_ok=True), k
-        loss_gap, psnr_gap, images = seen["reconstruction"]
-        assert loss_gap < 1e-5 and psnr_gap < 1e-5 and images == 37
+        loss_gap, psnr_gap, images, inpainting_gap = seen["reconstruction"]
+        assert loss_gap < 1e-5 and psnr_gap < 1e-5 and inpainting_gap < 1e-5 and images == 37
 
 
 CLASSIFIER = ["model.name=mae_vit_debug_patch4_32", "data.name=cifar10", "data.max_samples=64",

@@ -10,7 +10,7 @@ from dataclasses import fields
 import numpy as np
 import pytest
 import torch
-from helpers import call_cli, tiny_pretrain, weights
+from helpers import batches_of_size, call_cli, tiny_pretrain, weights
 from PIL import Image
 
 import openmae
@@ -18,7 +18,6 @@ from openmae.config import ConfigError, load_config
 from openmae.convert.checkpoints import load_pretrained
 from openmae.convert.files import load_file
 from openmae.data.build import eval_batches, holdout_indices
-from openmae.data.loader import Batch
 from openmae.engine.logging import read_metrics
 from openmae.engine.pretrain import pretrain
 from openmae.engine.task_config import EvaluateConfig, PretrainConfig
@@ -26,11 +25,6 @@ from openmae.eval.reconstruction import Reconstruction, grid_image, reconstruct
 from openmae.eval.reconstruction_error import reconstruction_errors
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
-
-
-def batches_of_size(imgs: torch.Tensor, size: int) -> list[Batch]:
-    return [Batch(imgs[i : i + size], torch.zeros(len(imgs[i : i + size])), torch.zeros(0), 0)
-            for i in range(0, len(imgs), size)]
 
 
 @pytest.mark.parametrize("norm_pix", [False, True])
@@ -95,6 +89,10 @@ def test_a_runs_held_out_loss_is_what_evaluate_measures_of_its_checkpoint(tmp_pa
     assert told["samples"] == 8 and told["mask_ratio"] == 0.75
     assert told["loss"] == pytest.approx(logged[-1]["eval_loss"], rel=1e-5)
     assert told["psnr"] == pytest.approx(logged[-1]["eval_psnr"], rel=1e-5)
+    # the inpainter's loss: no model in it, the same at every epoch (same masks), and evaluate's
+    assert logged[0]["eval_inpainting_loss"] == logged[1]["eval_inpainting_loss"]
+    assert told["inpainting_loss"] == pytest.approx(logged[-1]["eval_inpainting_loss"], rel=1e-5)
+    assert told["relative_loss"] == pytest.approx(logged[-1]["eval_relative_loss"], rel=1e-5)
     rows = list(csv.DictReader(predictions.open()))
     held = holdout_indices(40, 0.2, 0)[1]
     names = sorted(p.name for p in photos.iterdir())
@@ -102,6 +100,13 @@ def test_a_runs_held_out_loss_is_what_evaluate_measures_of_its_checkpoint(tmp_pa
     assert np.mean([float(r["loss"]) for r in rows]) == pytest.approx(told["loss"], rel=1e-5)
     worst = max(rows, key=lambda r: float(r["loss"]))["image"]
     assert f"highest loss: {worst} (" in proc.stderr
+    # beside each image's loss the generic inpainter's and their ratio, named by the highest ratio too
+    for r in rows:
+        assert float(r["relative_loss"]) == pytest.approx(float(r["loss"]) / float(r["inpainting_loss"]), rel=1e-4)
+    assert np.mean([float(r["inpainting_loss"]) for r in rows]) == pytest.approx(told["inpainting_loss"], rel=1e-5)
+    assert np.mean([float(r["relative_loss"]) for r in rows]) == pytest.approx(told["relative_loss"], rel=1e-5)
+    odd = max(rows, key=lambda r: float(r["relative_loss"]))["image"]
+    assert f"highest relative loss (the loss over a generic inpainter's): {odd} (" in proc.stderr
     # --plot: the 8 images by falling loss, each masked as measured (seed: its place among the held-out images)
     cfg = load_config(EvaluateConfig, overrides=[f"evaluate.init={run / 'model-last.pth'}", *data])
     model = load_pretrained(load_file(run / "model-last.pth"))
@@ -112,6 +117,16 @@ def test_a_runs_held_out_loss_is_what_evaluate_measures_of_its_checkpoint(tmp_pa
     want = grid_image(Reconstruction(*(torch.cat([getattr(r, f.name) for r in drawn]) for f in fields(Reconstruction))),
                       scale=4)
     assert np.array_equal(np.asarray(Image.open(plot)), want)
+    # evaluate.rank_by=relative_loss: --plot draws them by falling relative loss instead
+    by_ratio = call_cli("evaluate", "--checkpoint", str(run / "model-last.pth"), "--plot", str(tmp_path / "odd.png"),
+                        *data, "data.num_workers=0", "evaluate.rank_by=relative_loss")
+    assert by_ratio.returncode == 0, by_ratio.stderr[-2000:]
+    by_loss, order = order, sorted(range(8), key=lambda i: -float(rows[i]["relative_loss"]))
+    assert order != by_loss  # (these 8 photos rank differently by the two)
+    drawn = [reconstruct(model, imgs[i : i + 1], mean, std, 0.75, seed=i + 1) for i in order]
+    want = grid_image(Reconstruction(*(torch.cat([getattr(r, f.name) for r in drawn]) for f in fields(Reconstruction))),
+                      scale=4)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "odd.png")), want)
 
     official = tmp_path / "official.pth"
     assert call_cli("convert", str(run / "model-last.pth"), str(official), "--to", "official").returncode == 0
@@ -133,6 +148,8 @@ def test_settings_a_reconstruction_cannot_use_are_refused(tmp_path, datasets):
                                                "pretrain.eval_every_epochs=1"])
     with pytest.raises(ConfigError, match="evaluate.mask_ratio=1.0 is invalid"):
         load_config(EvaluateConfig, overrides=["evaluate.init=x.pth", "data.name=cifar10", "evaluate.mask_ratio=1.0"])
+    with pytest.raises(ConfigError, match="evaluate.rank_by='psnr' is invalid: must be loss or relative_loss"):
+        load_config(EvaluateConfig, overrides=["evaluate.init=x.pth", "data.name=cifar10", "evaluate.rank_by=psnr"])
     torch.manual_seed(0)
     mae = openmae.create_model("mae_vit_debug_patch4_32")
     torch.save({"model": mae.state_dict(), "model_config": mae.cfg.to_dict()}, tmp_path / "mae.pth")

@@ -164,9 +164,10 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     if d.name == "folder":
         raise ConfigError(f"data.name=folder reads no labels, and {e.init} is a classifier: measure it on a labelled "
                           "dataset, a named one (data.name=fashion-mnist ...) or data.name=imagefolder data.path=...")
-    if e.mask_ratio:
-        raise ConfigError(f"evaluate.mask_ratio={e.mask_ratio} applies to a pretrained MAE, and {e.init} is a "
-                          "classifier: leave it out")
+    for key, value, default in (("mask_ratio", e.mask_ratio, 0.0), ("rank_by", e.rank_by, "loss")):
+        if value != default:
+            raise ConfigError(f"evaluate.{key}={value} applies to a pretrained MAE, and {e.init} is a classifier: "
+                              "leave it out")
     model, mae_cfg = load_classifier(e.init, d, obj, model=cfg.model)
     classes = model.num_classes
     if trained_multi_label(obj) and not d.multi_label:  # a classifier of several classes an image reads its labels so

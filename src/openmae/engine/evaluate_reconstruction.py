@@ -37,6 +37,8 @@ log = logging.getLogger("openmae.evaluate")
 PAPER_MASK_RATIO = 0.75
 WORST_SHOWN = 5  # the images of the highest loss the log names
 WORST_DRAWN = 8  # and --plot draws
+# what evaluate.rank_by may rank the images by, as the log says it
+RANKINGS = {"loss": "loss", "relative_loss": "relative loss (the loss over a generic inpainter's)"}
 
 
 def holds_decoder(obj: Any) -> bool:
@@ -103,12 +105,15 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
     split = f"held-out part of the {whole}" if d.holdout else whole if d.name == "folder" else f"'{d.eval_split}' split"
     summary = errors.summary()
     whose = "the run's" if e.mask_ratio == 0 and recorded else "set" if e.mask_ratio else "the paper's"
-    log.info("%s on the %s (%d images), %.0f%% of each image's patches removed (%s): loss %.4f%s%s", e.init,
-             split, len(source), 100 * ratio, whose, summary["loss"],
-             " (per-patch normalised pixels)" if m.norm_pix_loss else "",
-             f", PSNR {summary['psnr']:.2f} dB" if "psnr" in summary else "")
-    worst = errors.loss.argsort(descending=True)[:WORST_SHOWN].tolist()
-    log.info("  highest loss: %s", ", ".join(f"{source.describe(i)} ({float(errors.loss[i]):.4f})" for i in worst))
+    log.info("%s on the %s (%d images), %.0f%% of each image's patches removed (%s): loss %.4f%s%s; a generic "
+             "inpainter's %.4f, the model's loss a mean %.3f of it", e.init, split, len(source), 100 * ratio, whose,
+             summary["loss"], " (per-patch normalised pixels)" if m.norm_pix_loss else "",
+             f", PSNR {summary['psnr']:.2f} dB" if "psnr" in summary else "", summary["inpainting_loss"],
+             summary["relative_loss"])
+    for key, what in RANKINGS.items():
+        values = getattr(errors, key)
+        worst = values.argsort(descending=True)[:WORST_SHOWN].tolist()
+        log.info("  highest %s: %s", what, ", ".join(f"{source.describe(i)} ({float(values[i]):.4f})" for i in worst))
     result = {**summary, "samples": len(source), "mask_ratio": ratio, "norm_pix_loss": m.norm_pix_loss,
               "split": split}
     if info.is_main:  # the main rank writes the files
@@ -118,15 +123,16 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
             log.info("wrote %s", e.output)
         if e.predictions:
             write_errors(Path(e.predictions), source, errors)
-            log.info("wrote %s (each image's loss%s)", e.predictions, " and PSNR" if errors.psnr is not None else "")
+            log.info("wrote %s (each image's loss, the inpainter's, their ratio%s)", e.predictions,
+                     " and PSNR" if errors.psnr is not None else "")
         if e.plot:
-            worst = errors.loss.argsort(descending=True)[:WORST_DRAWN].tolist()
-            draw_worst(model, d, source, worst, ratio, Path(e.plot))
+            worst = getattr(errors, e.rank_by).argsort(descending=True)[:WORST_DRAWN].tolist()
+            draw_worst(model, d, source, worst, ratio, Path(e.plot), RANKINGS[e.rank_by])
     return result
 
 
 def draw_worst(model: MaskedAutoencoder, d: DataConfig, source: ImageSource, worst: list[int], ratio: float,
-               path: Path) -> None:
+               path: Path, what: str = RANKINGS["loss"]) -> None:
     """The images ``worst`` (indices into ``source``), one row each as ``openmae visualize`` draws them (original |
     masked | reconstruction | pasted), each masked as it was measured (its place in the split)."""
     m = model.cfg
@@ -137,16 +143,19 @@ def draw_worst(model: MaskedAutoencoder, d: DataConfig, source: ImageSource, wor
             for i, place in enumerate(worst)]  # seed place + 1: the noise seeded_noise draws for that place
     save_grid(Reconstruction(*(torch.cat([getattr(r, f.name) for r in rows]) for f in fields(Reconstruction))),
               path, auto_scale(m.img_size))
-    log.info("wrote %s (the %d images of the highest loss, the highest first: original | masked | reconstruction | "
-             "pasted)", path, len(worst))
+    log.info("wrote %s (the %d images of the highest %s, the highest first: original | masked | reconstruction | "
+             "pasted)", path, len(worst), what)
 
 
 def write_errors(path: Path, source: ImageSource, errors: Errors) -> None:
-    """A CSV row an image, in the split's order: the image (its file), its loss and PSNR (left out where none)."""
+    """A CSV row an image, in the split's order: the image (its file), its loss, the generic inpainter's, their ratio
+    and the PSNR (left out where none)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         out = csv.writer(fh)
-        out.writerow(["image", "loss"] + (["psnr"] if errors.psnr is not None else []))
+        out.writerow(["image", "loss", "inpainting_loss", "relative_loss"] + (["psnr"] if errors.psnr is not None else []))
+        relative = errors.relative_loss
         for i in range(len(source)):
-            out.writerow([source.describe(i), f"{float(errors.loss[i]):.6f}"]
+            out.writerow([source.describe(i), f"{float(errors.loss[i]):.6f}", f"{float(errors.inpainting_loss[i]):.6f}",
+                          f"{float(relative[i]):.6f}"]
                          + ([f"{float(errors.psnr[i]):.4f}"] if errors.psnr is not None else []))

@@ -45,8 +45,10 @@ class PretrainSection:
     # Every that many epochs (and at the last; 0 = off), the reconstruction loss of held-out images, which need no
     # labels: the evaluation split, or with data.holdout the held-out part of the training images (an unlabelled
     # folder's only held-out images); logged as eval_loss (the training objective, each image masked alike at every
-    # evaluation) and eval_psnr (pixel values in [0, 1]: data.format=image). A held-out loss that rises while the
-    # training loss falls: the model memorises its images (a small set; more epochs will not help it).
+    # evaluation) and eval_psnr (pixel values in [0, 1]: data.format=image), beside eval_inpainting_loss (a blur of
+    # the visible pixels on the same patches: the yardstick) and eval_relative_loss (the mean of each image's ratio of
+    # the two). A held-out loss that rises while the training loss falls: the model memorises its images (a small
+    # set; more epochs will not help it).
     eval_every_epochs: int = 0
     eval_samples: int = 0  # that many of the held-out images, spread evenly (0: data.max_eval_samples; all)
 
@@ -343,6 +345,10 @@ class EvaluateSection:
     # a pretrained MAE: the share of each image's patches removed; 0 = its run's pretrain.mask_ratio, or the
     # paper's 0.75 for a file that records none
     mask_ratio: float = 0.0
+    # a pretrained MAE: which images --plot draws, the highest first: loss (the images it fills in worst: often
+    # simply the hardest) or relative_loss (the loss over a generic inpainter's on the same patches: the images its
+    # training did not prepare it for)
+    rank_by: str = "loss"
 
     def check(self) -> None:
         require(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, ">= 1")
@@ -353,6 +359,7 @@ class EvaluateSection:
         require(self.precision in ("auto", *PRECISIONS), "evaluate.precision", self.precision,
                 "auto, fp32, bf16 or fp16 (fp16 on CUDA only)")
         require(self.tta in TTA_MODES, "evaluate.tta", self.tta, " or ".join(TTA_MODES))
+        require(self.rank_by in ("loss", "relative_loss"), "evaluate.rank_by", self.rank_by, "loss or relative_loss")
 
 
 @dataclass

@@ -6,7 +6,9 @@ so that two evaluations of the same images (two epochs, two checkpoints, one pro
 masks. Held out, the loss shows overfitting on a small set, which the training loss cannot (the training loss is
 of augmented crops); per image, it ranks the images the model fills in worst, which are the hardest to fill in
 rather than those least like its training images (benchmarks/reconstruction_ood.py: a Fashion-MNIST MAE's loss does
-not tell grey CIFAR-10 or ImageNet photos from its own test photos)."""
+not tell grey CIFAR-10 or ImageNet photos from its own test photos). Each image's loss divided by a generic
+inpainter's on the same removed patches (:mod:`openmae.eval.inpainting`), its ``relative_loss``, corrects for that
+difficulty and does tell them apart."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from openmae.data.loader import Batch, batches_of
+from openmae.eval.inpainting import RELATIVE_FLOOR, inpainting_losses
 from openmae.eval.progress import reported
 from openmae.eval.reconstruction import predicted_patches
 from openmae.models.mae import MaskedAutoencoder
@@ -27,32 +30,43 @@ PSNR_FLOOR = 1e-10  # the least mean squared error a PSNR is taken of (a perfect
 
 @dataclass
 class Errors:
-    """Per image, in the images' order: ``loss`` (N,) and ``psnr`` (N,) in dB (None: pixel values not in [0, 1])."""
+    """Per image, in the images' order: ``loss`` (N,), ``inpainting_loss`` (N,) the generic inpainter's on the same
+    removed patches (:func:`inpainting_losses`) and ``psnr`` (N,) in dB (None: pixel values not in [0, 1])."""
 
     loss: torch.Tensor
+    inpainting_loss: torch.Tensor
     psnr: torch.Tensor | None
+
+    @property
+    def relative_loss(self) -> torch.Tensor:
+        """(N,) each image's loss as a share of the inpainter's: below 1, the model fills it in better than a blur;
+        high, an image its training did not prepare it for (its difficulty divided out)."""
+        return self.loss / self.inpainting_loss.clamp_min(RELATIVE_FLOOR)
 
     def summary(self) -> dict[str, float]:
         """The means over the images (the loss's equals the training loss's definition: every image has as many
-        removed patches)."""
-        out = {"loss": float(self.loss.double().mean())}
+        removed patches); ``relative_loss`` is the mean of the images' own ratios."""
+        out = {"loss": float(self.loss.double().mean()), "inpainting_loss": float(self.inpainting_loss.double().mean()),
+               "relative_loss": float(self.relative_loss.double().mean())}
         return out if self.psnr is None else {**out, "psnr": float(self.psnr.double().mean())}
 
 
 @torch.no_grad()
 def image_errors(model: MaskedAutoencoder, imgs: torch.Tensor, noise: torch.Tensor, mask_ratio: float,
                  stats: tuple[tuple[float, ...], tuple[float, ...]] | None,
-                 amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(N,) loss and (N,) PSNR of the removed patches of normalised ``imgs`` (N, C, H, W) masked by ``noise`` (N, L).
-    ``stats``: the data's (mean, std), which map the images back to pixel values in [0, 1]; None: no PSNR."""
+                 amp_dtype: torch.dtype | None = None) -> Errors:
+    """The errors of the removed patches of normalised ``imgs`` (N, C, H, W) masked by ``noise`` (N, L): the
+    model's loss, the generic inpainter's and the PSNR. ``stats``: the data's (mean, std), which map the images back
+    to pixel values in [0, 1]; None: no PSNR."""
     device = imgs.device
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         out = model(imgs, mask_ratio=mask_ratio, noise=noise.to(device))
     mask = out.mask.float()  # (N, L), 1 = removed
     removed = mask.sum(1)  # (N,) the same for every image
     loss = (model.patch_losses(imgs, out.pred) * mask).sum(1) / removed  # (N,)
+    inpainting = inpainting_losses(model, imgs, mask)  # (N,)
     if stats is None:
-        return loss, None
+        return Errors(loss, inpainting, None)
     channels = model.cfg.in_chans
     mean = torch.tensor(stats[0], device=device).view(1, 1, 1, channels)
     std = torch.tensor(stats[1], device=device).view(1, 1, 1, channels)
@@ -65,7 +79,7 @@ def image_errors(model: MaskedAutoencoder, imgs: torch.Tensor, noise: torch.Tens
     truth = to_unit(model.patchify(imgs))
     mse = ((pred - truth) ** 2).flatten(2).mean(-1)  # (N, L)
     mse = (mse * mask).sum(1) / removed
-    return loss, 10 * torch.log10(1 / mse.clamp_min(PSNR_FLOOR))
+    return Errors(loss, inpainting, 10 * torch.log10(1 / mse.clamp_min(PSNR_FLOOR)))
 
 
 def reconstruction_errors(model: MaskedAutoencoder, batches: Iterable[Batch], positions: np.ndarray,
@@ -80,23 +94,22 @@ def reconstruction_errors(model: MaskedAutoencoder, batches: Iterable[Batch], po
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    losses, psnrs, done = [], [], 0
+    parts: list[Errors] = []
+    done = 0
     try:
         with batches_of(batches) as each, contextlib.closing(reported(each, what, len(positions))) as shown:
             for batch in shown:
                 count = batch.images.shape[0]
                 seeds = torch.from_numpy(positions[done : done + count])
                 noise = model.seeded_noise(seeds, mask_ratio)
-                loss, psnr = image_errors(model, batch.images.to(device, non_blocking=True), noise, mask_ratio,
-                                          stats, amp_dtype)
-                losses.append(loss)
-                psnrs.append(psnr)
+                parts.append(image_errors(model, batch.images.to(device, non_blocking=True), noise, mask_ratio,
+                                          stats, amp_dtype))
                 done += count
     finally:
         model.train(was_training)
-    loss = torch.cat(losses) if losses else torch.zeros(0, device=device)
-    psnr = None if stats is None else torch.cat(psnrs) if psnrs else torch.zeros(0, device=device)
-    if gather is not None:
-        loss = gather(loss)
-        psnr = None if psnr is None else gather(psnr)
-    return Errors(loss.cpu(), None if psnr is None else psnr.cpu())
+
+    def joined(name: str) -> torch.Tensor:  # (N,) one field of every batch's errors, every rank's with ``gather``
+        rows = torch.cat([getattr(e, name) for e in parts]) if parts else torch.zeros(0, device=device)
+        return (rows if gather is None else gather(rows)).cpu()
+
+    return Errors(joined("loss"), joined("inpainting_loss"), None if stats is None else joined("psnr"))
