@@ -206,7 +206,8 @@ split = reconstruction_errors(mae, image_batches(imgs[part]), index, 0.75, stats
                               gather=functools.partial(gather_rows, count=37, info=info))
 seen["reconstruction"] = [((split.loss - whole.loss) / whole.loss).abs().max().item(),
                           ((split.psnr - whole.psnr) / whole.psnr).abs().max().item(), len(split.loss),
-                          ((split.inpainting_loss - whole.inpainting_loss) / whole.inpainting_loss).abs().max().item()]
+                          max(((getattr(split, k) - getattr(whole, k)) / getattr(whole, k)).abs().max().item()
+                              for k in ("pixel_loss", "inpainting_loss"))]
 (out / f"rank{info.rank}.json").write_text(json.dumps(seen))
 dist.destroy_process_group()
 """

@@ -199,6 +199,8 @@ def test_evaluate_refuses_files_that_are_not_classifiers(tmp_path, datasets):
         run_evaluate(evaluate_cfg(tmp_path / "head-only.pth", datasets, "evaluate.mask_ratio=0.5"))
     with pytest.raises(ConfigError, match=r"evaluate.rank_by=relative_loss applies to a pretrained MAE.*a classifier"):
         run_evaluate(evaluate_cfg(tmp_path / "head-only.pth", datasets, "evaluate.rank_by=relative_loss"))
+    with pytest.raises(ConfigError, match=r"evaluate.reference=errors.csv applies to a pretrained MAE.*a classifier"):
+        run_evaluate(evaluate_cfg(tmp_path / "head-only.pth", datasets, "evaluate.reference=errors.csv"))
     with pytest.raises(ConfigError, match=r"data.name=folder reads no labels.*is a classifier"):
         run_evaluate(evaluate_cfg(tmp_path / "head-only.pth", datasets, "data.name=folder", f"data.path={tmp_path}"))
     save_file({"head.weight": torch.zeros(10, 64)}, tmp_path / "model-timm.safetensors")

@@ -1,6 +1,6 @@
 """The generic inpainter that measures an image's own difficulty: its fill equals the normalised convolution written
-out pixel by pixel, its loss is in the units of the model's own loss (pixels, or per-patch standardised pixels), and
-each image's relative loss is its loss over the inpainter's."""
+out pixel by pixel, its loss and the model's squared error of the same pixels are in the normalised input's units
+whatever the model's target, and each image's relative loss is the ratio of the two."""
 
 import math
 
@@ -10,31 +10,31 @@ import torch
 from helpers import batches_of_size
 
 import openmae
+from openmae.config import ConfigError, load_config
+from openmae.engine.task_config import EvaluateConfig
 from openmae.eval.inpainting import EMPTY, gaussian_kernel, inpaint, inpainting_losses, visible_pixels
 from openmae.eval.reconstruction_error import reconstruction_errors
+from openmae.eval.typicality import Reference
 from openmae.models.patches import patchify
 
 
 def direct_fill(img: torch.Tensor, visible: torch.Tensor, sigma: float) -> torch.Tensor:
     """(C, H, W) image, (H, W) visible map -> each pixel the Gaussian-weighted mean of the visible pixels within the
-    kernel's reach (the image's visible mean where they weigh less than EMPTY), summed pixel by pixel in float64."""
+    kernel's reach (the image's visible mean where they weigh less than EMPTY), pixel by pixel in float64."""
     radius = max(1, math.ceil(3 * sigma))
-    g = [math.exp(-(d * d) / (2 * sigma * sigma)) for d in range(-radius, radius + 1)]
-    total = sum(g)
-    g = [v / total for v in g]
+    g = torch.tensor([math.exp(-(d * d) / (2 * sigma * sigma)) for d in range(-radius, radius + 1)], dtype=torch.float64)
+    g = g / g.sum()
     c, h, w = img.shape
     img, visible = img.double(), visible.double()
     mean = (img * visible).sum((1, 2)) / visible.sum()
     out = torch.empty(c, h, w, dtype=torch.float64)
     for y in range(h):
         for x in range(w):
-            num, den = torch.zeros(c, dtype=torch.float64), 0.0
-            for i in range(max(0, y - radius), min(h, y + radius + 1)):
-                for j in range(max(0, x - radius), min(w, x + radius + 1)):
-                    weight = g[i - y + radius] * g[j - x + radius] * float(visible[i, j])
-                    num += weight * img[:, i, j]
-                    den += weight
-            out[:, y, x] = num / den if den >= EMPTY else mean
+            top, bottom, left, right = max(0, y - radius), min(h, y + radius + 1), max(0, x - radius), min(w, x + radius + 1)
+            weight = torch.outer(g[top - y + radius : bottom - y + radius], g[left - x + radius : right - x + radius])
+            weight = weight * visible[top:bottom, left:right]  # the window's visible pixels, as they lie
+            den = weight.sum()
+            out[:, y, x] = (img[:, top:bottom, left:right] * weight).sum((1, 2)) / den if den >= EMPTY else mean
     return out
 
 
@@ -65,13 +65,13 @@ def test_a_flat_image_is_filled_exactly_and_a_patch_mask_becomes_its_pixels():
 
 
 @pytest.mark.parametrize("norm_pix", [False, True])
-def test_the_inpainters_loss_is_in_the_models_units_and_the_relative_loss_their_ratio(norm_pix):
+def test_the_inpainters_and_the_models_errors_are_in_pixels_and_the_relative_loss_their_ratio(norm_pix):
     """Per image: the mean over its removed patches of each patch's squared error of the fill (sigma one patch), in
-    pixels, or divided by the input patch's variance + 1e-6 for a norm_pix_loss model (the patch's mean cancels);
+    the normalised input's units whatever the model's target;
     ``reconstruction_errors`` reports it beside the loss, and the relative loss is the loss over it."""
     torch.manual_seed(1)
     model = openmae.create_model("mae_vit_debug_patch4_32", norm_pix_loss=norm_pix).eval()
-    imgs = torch.randn(5, 3, 32, 32)
+    imgs = 2.5 * torch.randn(5, 3, 32, 32)  # patches of variance ~6: the two targets' units differ
     positions = np.array([4, 0, 9, 2, 7])
     errors = reconstruction_errors(model, batches_of_size(imgs, 2), positions, 0.75, ((0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
     noise = model.seeded_noise(torch.from_numpy(positions))
@@ -81,12 +81,66 @@ def test_the_inpainters_loss_is_in_the_models_units_and_the_relative_loss_their_
     for n in range(5):
         fill = patchify(direct_fill(imgs[n], visible_pixels(mask[n : n + 1], (8, 8), 4)[0, 0], 4.0)[None], 4)[0]
         truth = patchify(imgs[n : n + 1].double(), 4)[0]  # (L, p*p*C)
-        per_patch = ((fill - truth) ** 2).mean(-1)
-        if norm_pix:
-            per_patch = per_patch / (truth.var(-1) + 1e-6)
-        want = per_patch[mask[n].bool()].mean()
+        want = ((fill - truth) ** 2).mean(-1)[mask[n].bool()].mean()
         assert float(errors.inpainting_loss[n]) == pytest.approx(float(want), rel=1e-4)
-    torch.testing.assert_close(errors.relative_loss, errors.loss / errors.inpainting_loss)
+    # the model's own squared error of the removed pixels in the same units: its loss for a pixel-target model, its
+    # prediction mapped back with each input patch's mean and variance for a norm_pix_loss one
+    with torch.no_grad():
+        pred = model(imgs, noise=noise).pred
+    truth = patchify(imgs, 4)
+    if norm_pix:
+        pred = pred * (truth.var(-1, keepdim=True) + 1e-6) ** 0.5 + truth.mean(-1, keepdim=True)
+        assert not torch.allclose(errors.pixel_loss, errors.loss, rtol=0.1)
+    else:
+        torch.testing.assert_close(errors.pixel_loss, errors.loss, rtol=1e-5, atol=0)
+    want = (((pred - truth) ** 2).mean(-1) * mask).sum(1) / mask.sum(1)
+    torch.testing.assert_close(errors.pixel_loss, want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(errors.relative_loss, errors.pixel_loss / errors.inpainting_loss)
     summary = errors.summary()
     assert summary["inpainting_loss"] == pytest.approx(float(errors.inpainting_loss.double().mean()))
-    assert summary["relative_loss"] == pytest.approx(float((errors.loss / errors.inpainting_loss).double().mean()))
+    assert summary["relative_loss"] == pytest.approx(float(errors.relative_loss.double().mean()))
+
+
+def test_atypicality_is_the_squared_mahalanobis_distance_of_the_log_errors_and_flags_both_ways():
+    """Fitted on reference images' (log pixel loss, log inpainting loss): the squared Mahalanobis distance from their
+    mean under their covariance; an image the model fills in much worse, or much better, than reference images of its
+    difficulty, and one far harder than any, all lie far off, while a typical one does not (either ratio alone would
+    miss one of the first two)."""
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(0.0, 0.5, 400)  # log inpainting loss
+    error = 0.8 * difficulty - 1.0 + rng.normal(0.0, 0.1, 400)  # log pixel loss: tracks the difficulty
+    pixel, blur = np.exp(error), np.exp(difficulty)
+    ref = Reference.fit(pixel, blur)
+    x = np.stack([error, difficulty], 1)
+    centred = x - x.mean(0)
+    want = np.einsum("ni,ij,nj->n", centred, np.linalg.inv(np.cov(x.T)), centred)
+    np.testing.assert_allclose(ref.score(pixel, blur), want, rtol=1e-9)
+    assert ref.score(pixel, blur).mean() == pytest.approx(2 * 399 / 400)  # a sample covariance's own mean
+    assert ref.tail == pytest.approx(np.percentile(want, 95)) and ref.count == 400
+    typical, worse, better, harder = ref.score(np.exp([-1.0, -0.5, -1.5, 2.2]), np.exp([0.0, 0.0, 0.0, 4.0]))
+    assert typical < 1 and min(worse, better, harder) > 20
+
+
+def test_a_reference_is_read_from_evaluates_csv_and_a_bad_one_is_refused(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = rng.uniform(0.1, 1.0, (30, 2))
+    good = tmp_path / "ref.csv"
+    good.write_text("image,loss,pixel_loss,inpainting_loss\n" + "".join(f"a{i}.png,0.5,{a},{b}\n" for i, (a, b) in enumerate(rows)))
+    ref = Reference.from_csv(good)
+    np.testing.assert_allclose(ref.score(rows[:, 0], rows[:, 1]), Reference.fit(rows[:, 0], rows[:, 1]).score(rows[:, 0], rows[:, 1]))
+    with pytest.raises(ConfigError, match="no such file"):
+        Reference.from_csv(tmp_path / "missing.csv")
+    old = tmp_path / "old.csv"
+    old.write_text("image,loss,psnr\na.png,0.5,13.2\n")
+    with pytest.raises(ConfigError, match="has no column pixel_loss, inpainting_loss .columns: image, loss, psnr"):
+        Reference.from_csv(old)
+    few = tmp_path / "few.csv"
+    few.write_text("image,pixel_loss,inpainting_loss\n" + "a.png,0.5,0.7\n" * 9)
+    with pytest.raises(ConfigError, match="holds 9 images; at least 10"):
+        Reference.from_csv(few)
+    alike = tmp_path / "alike.csv"
+    alike.write_text("image,pixel_loss,inpainting_loss\n" + "a.png,0.5,0.7\n" * 20)
+    with pytest.raises(ConfigError, match="do not vary"):
+        Reference.from_csv(alike)
+    with pytest.raises(ConfigError, match="evaluate.rank_by='atypicality' is invalid: .*without evaluate.reference"):
+        load_config(EvaluateConfig, overrides=["evaluate.init=x.pth", "data.name=cifar10", "evaluate.rank_by=atypicality"])

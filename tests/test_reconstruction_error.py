@@ -23,6 +23,7 @@ from openmae.engine.pretrain import pretrain
 from openmae.engine.task_config import EvaluateConfig, PretrainConfig
 from openmae.eval.reconstruction import Reconstruction, grid_image, reconstruct
 from openmae.eval.reconstruction_error import reconstruction_errors
+from openmae.eval.typicality import Reference
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 
@@ -100,13 +101,35 @@ def test_a_runs_held_out_loss_is_what_evaluate_measures_of_its_checkpoint(tmp_pa
     assert np.mean([float(r["loss"]) for r in rows]) == pytest.approx(told["loss"], rel=1e-5)
     worst = max(rows, key=lambda r: float(r["loss"]))["image"]
     assert f"highest loss: {worst} (" in proc.stderr
-    # beside each image's loss the generic inpainter's and their ratio, named by the highest ratio too
+    # beside each image's loss its squared error of the removed pixels (a pixel-target model's: the loss), a generic
+    # inpainter's and their ratio, named by the highest ratio too
+    assert not told["norm_pix_loss"] and told["pixel_loss"] == pytest.approx(told["loss"], rel=1e-5)
     for r in rows:
-        assert float(r["relative_loss"]) == pytest.approx(float(r["loss"]) / float(r["inpainting_loss"]), rel=1e-4)
-    assert np.mean([float(r["inpainting_loss"]) for r in rows]) == pytest.approx(told["inpainting_loss"], rel=1e-5)
-    assert np.mean([float(r["relative_loss"]) for r in rows]) == pytest.approx(told["relative_loss"], rel=1e-5)
+        assert float(r["relative_loss"]) == pytest.approx(float(r["pixel_loss"]) / float(r["inpainting_loss"]), rel=1e-4)
+    for key in ("pixel_loss", "inpainting_loss", "relative_loss"):
+        assert np.mean([float(r[key]) for r in rows]) == pytest.approx(told[key], rel=1e-5)
     odd = max(rows, key=lambda r: float(r["relative_loss"]))["image"]
-    assert f"highest relative loss (the loss over a generic inpainter's): {odd} (" in proc.stderr
+    assert f"highest relative loss (the squared error over a generic inpainter's): {odd} (" in proc.stderr
+    assert "atypicality" not in rows[0] and "atypicality" not in told
+    # atypicality: 8 images are too few for a reference, refused saying so; all 40 photos as the reference, the 8
+    # held-out ones scored by the Gaussian fitted on the 40 (log squared error, log inpainter's)
+    few = call_cli("evaluate", "--checkpoint", str(run / "model-last.pth"), *data, f"evaluate.reference={predictions}")
+    assert few.returncode != 0 and "the reference holds 8 images; at least 10 are needed" in few.stderr
+    reference = tmp_path / "reference.csv"
+    assert call_cli("evaluate", "--checkpoint", str(run / "model-last.pth"), *data, "data.holdout=0",
+                    "data.num_workers=0", "--predictions", str(reference)).returncode == 0
+    scored = call_cli("evaluate", "--checkpoint", str(run / "model-last.pth"), *data, "data.num_workers=0",
+                      f"evaluate.reference={reference}", "--predictions", str(tmp_path / "scored.csv"))
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    ref_rows = list(csv.DictReader(reference.open()))
+    fitted = Reference.fit(*(np.array([float(r[k]) for r in ref_rows]) for k in ("pixel_loss", "inpainting_loss")))
+    want = fitted.score(*(np.array([float(r[k]) for r in rows]) for k in ("pixel_loss", "inpainting_loss")))
+    got = [float(r["atypicality"]) for r in csv.DictReader((tmp_path / "scored.csv").open())]
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    result = json.loads(scored.stdout.splitlines()[-1])
+    assert len(ref_rows) == 40 and result["atypicality"] == pytest.approx(want.mean(), rel=1e-4)
+    assert result["atypical_share"] == np.mean(want > fitted.tail)
+    assert f"against {reference} (40 images): mean atypicality {want.mean():.2f}" in scored.stderr
     # --plot: the 8 images by falling loss, each masked as measured (seed: its place among the held-out images)
     cfg = load_config(EvaluateConfig, overrides=[f"evaluate.init={run / 'model-last.pth'}", *data])
     model = load_pretrained(load_file(run / "model-last.pth"))
@@ -148,7 +171,7 @@ def test_settings_a_reconstruction_cannot_use_are_refused(tmp_path, datasets):
                                                "pretrain.eval_every_epochs=1"])
     with pytest.raises(ConfigError, match="evaluate.mask_ratio=1.0 is invalid"):
         load_config(EvaluateConfig, overrides=["evaluate.init=x.pth", "data.name=cifar10", "evaluate.mask_ratio=1.0"])
-    with pytest.raises(ConfigError, match="evaluate.rank_by='psnr' is invalid: must be loss or relative_loss"):
+    with pytest.raises(ConfigError, match="evaluate.rank_by='psnr' is invalid: must be loss, relative_loss or atypicality"):
         load_config(EvaluateConfig, overrides=["evaluate.init=x.pth", "data.name=cifar10", "evaluate.rank_by=psnr"])
     torch.manual_seed(0)
     mae = openmae.create_model("mae_vit_debug_patch4_32")

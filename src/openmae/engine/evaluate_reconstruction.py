@@ -30,6 +30,7 @@ from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
 from openmae.eval.reconstruction import Reconstruction, auto_scale, reconstruct, save_grid
 from openmae.eval.reconstruction_error import Errors, reconstruction_errors
+from openmae.eval.typicality import TAIL, Reference
 from openmae.models.mae import MaskedAutoencoder
 
 log = logging.getLogger("openmae.evaluate")
@@ -38,7 +39,8 @@ PAPER_MASK_RATIO = 0.75
 WORST_SHOWN = 5  # the images of the highest loss the log names
 WORST_DRAWN = 8  # and --plot draws
 # what evaluate.rank_by may rank the images by, as the log says it
-RANKINGS = {"loss": "loss", "relative_loss": "relative loss (the loss over a generic inpainter's)"}
+RANKINGS = {"loss": "loss", "relative_loss": "relative loss (the squared error over a generic inpainter's)",
+            "atypicality": "atypicality (against the reference images)"}
 
 
 def holds_decoder(obj: Any) -> bool:
@@ -96,6 +98,7 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
     inherit_stats(d, obj, e.init, m.in_chans)
     recorded = run_mask_ratio(obj)
     ratio = e.mask_ratio or recorded or PAPER_MASK_RATIO
+    reference = Reference.from_csv(e.reference) if e.reference else None  # before the pass over the images
     with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
         source = source_for(d, d.eval_split, m.in_chans, d.max_eval_samples)
     errors = errors_over_ranks(model.to(info.device), source, d, e.batch_size, ratio,
@@ -105,15 +108,24 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
     split = f"held-out part of the {whole}" if d.holdout else whole if d.name == "folder" else f"'{d.eval_split}' split"
     summary = errors.summary()
     whose = "the run's" if e.mask_ratio == 0 and recorded else "set" if e.mask_ratio else "the paper's"
-    log.info("%s on the %s (%d images), %.0f%% of each image's patches removed (%s): loss %.4f%s%s; a generic "
-             "inpainter's %.4f, the model's loss a mean %.3f of it", e.init, split, len(source), 100 * ratio, whose,
-             summary["loss"], " (per-patch normalised pixels)" if m.norm_pix_loss else "",
-             f", PSNR {summary['psnr']:.2f} dB" if "psnr" in summary else "", summary["inpainting_loss"],
-             summary["relative_loss"])
-    for key, what in RANKINGS.items():
-        values = getattr(errors, key)
+    log.info("%s on the %s (%d images), %.0f%% of each image's patches removed (%s): loss %.4f%s%s; squared "
+             "error of the removed pixels %.4f, a generic inpainter's %.4f (a mean ratio of %.3f)", e.init, split,
+             len(source), 100 * ratio, whose, summary["loss"], " (per-patch normalised pixels)" if m.norm_pix_loss
+             else "", f", PSNR {summary['psnr']:.2f} dB" if "psnr" in summary else "", summary["pixel_loss"],
+             summary["inpainting_loss"], summary["relative_loss"])
+    scores = {"loss": errors.loss, "relative_loss": errors.relative_loss}
+    if reference is not None:
+        scores["atypicality"] = torch.from_numpy(reference.score(errors.pixel_loss.numpy(),
+                                                                 errors.inpainting_loss.numpy()))
+        summary["atypicality"] = float(scores["atypicality"].mean())
+        summary["atypical_share"] = float((scores["atypicality"] > reference.tail).double().mean())
+        log.info("  against %s (%d images): mean atypicality %.2f (theirs about 2); %.1f%% of the images lie beyond "
+                 "%.0f%% of the reference's (%.0f%% expected of images like them)", e.reference, reference.count,
+                 summary["atypicality"], 100 * summary["atypical_share"], TAIL, 100 - TAIL)
+    for key, values in scores.items():
         worst = values.argsort(descending=True)[:WORST_SHOWN].tolist()
-        log.info("  highest %s: %s", what, ", ".join(f"{source.describe(i)} ({float(values[i]):.4f})" for i in worst))
+        log.info("  highest %s: %s", RANKINGS[key],
+                 ", ".join(f"{source.describe(i)} ({float(values[i]):.4f})" for i in worst))
     result = {**summary, "samples": len(source), "mask_ratio": ratio, "norm_pix_loss": m.norm_pix_loss,
               "split": split}
     if info.is_main:  # the main rank writes the files
@@ -122,11 +134,11 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
             Path(e.output).write_text(json.dumps(result, indent=1))
             log.info("wrote %s", e.output)
         if e.predictions:
-            write_errors(Path(e.predictions), source, errors)
-            log.info("wrote %s (each image's loss, the inpainter's, their ratio%s)", e.predictions,
-                     " and PSNR" if errors.psnr is not None else "")
+            write_errors(Path(e.predictions), source, errors, scores.get("atypicality"))
+            log.info("wrote %s (each image's loss, squared error, the inpainter's, their ratio%s%s)", e.predictions,
+                     ", PSNR" if errors.psnr is not None else "", ", atypicality" if reference is not None else "")
         if e.plot:
-            worst = getattr(errors, e.rank_by).argsort(descending=True)[:WORST_DRAWN].tolist()
+            worst = scores[e.rank_by].argsort(descending=True)[:WORST_DRAWN].tolist()
             draw_worst(model, d, source, worst, ratio, Path(e.plot), RANKINGS[e.rank_by])
     return result
 
@@ -147,15 +159,16 @@ def draw_worst(model: MaskedAutoencoder, d: DataConfig, source: ImageSource, wor
              "pasted)", path, len(worst), what)
 
 
-def write_errors(path: Path, source: ImageSource, errors: Errors) -> None:
-    """A CSV row an image, in the split's order: the image (its file), its loss, the generic inpainter's, their ratio
-    and the PSNR (left out where none)."""
+def write_errors(path: Path, source: ImageSource, errors: Errors, atypicality: torch.Tensor | None = None) -> None:
+    """A CSV row an image, in the split's order: the image (its file), its loss, its squared error of the removed
+    pixels, the generic inpainter's, their ratio, the PSNR and the atypicality (the last two left out where none):
+    such a file of images like the training ones is what ``evaluate.reference`` reads."""
+    columns = {"loss": errors.loss, "pixel_loss": errors.pixel_loss, "inpainting_loss": errors.inpainting_loss,
+               "relative_loss": errors.relative_loss, "psnr": errors.psnr, "atypicality": atypicality}
+    columns = {key: value.tolist() for key, value in columns.items() if value is not None}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         out = csv.writer(fh)
-        out.writerow(["image", "loss", "inpainting_loss", "relative_loss"] + (["psnr"] if errors.psnr is not None else []))
-        relative = errors.relative_loss
+        out.writerow(["image", *columns])
         for i in range(len(source)):
-            out.writerow([source.describe(i), f"{float(errors.loss[i]):.6f}", f"{float(errors.inpainting_loss[i]):.6f}",
-                          f"{float(relative[i]):.6f}"]
-                         + ([f"{float(errors.psnr[i]):.4f}"] if errors.psnr is not None else []))
+            out.writerow([source.describe(i), *(f"{values[i]:.6g}" for values in columns.values())])

@@ -345,9 +345,13 @@ class EvaluateSection:
     # a pretrained MAE: the share of each image's patches removed; 0 = its run's pretrain.mask_ratio, or the
     # paper's 0.75 for a file that records none
     mask_ratio: float = 0.0
+    # a pretrained MAE: a CSV that `openmae evaluate --predictions` wrote of images like its training ones (the same
+    # checkpoint): each image's atypicality, how far its (error, a blur's error) lies from theirs, is measured against
+    # it, and the share of images more atypical than 95% of the reference's (about 5% for images like them)
+    reference: str = ""
     # a pretrained MAE: which images --plot draws, the highest first: loss (the images it fills in worst: often
-    # simply the hardest) or relative_loss (the loss over a generic inpainter's on the same patches: the images its
-    # training did not prepare it for)
+    # simply the hardest), relative_loss (its squared error over a generic inpainter's on the same pixels: those it
+    # fills in worse than its training taught it to) or atypicality (needs evaluate.reference: the least like those)
     rank_by: str = "loss"
 
     def check(self) -> None:
@@ -359,7 +363,10 @@ class EvaluateSection:
         require(self.precision in ("auto", *PRECISIONS), "evaluate.precision", self.precision,
                 "auto, fp32, bf16 or fp16 (fp16 on CUDA only)")
         require(self.tta in TTA_MODES, "evaluate.tta", self.tta, " or ".join(TTA_MODES))
-        require(self.rank_by in ("loss", "relative_loss"), "evaluate.rank_by", self.rank_by, "loss or relative_loss")
+        require(self.rank_by in ("loss", "relative_loss", "atypicality"), "evaluate.rank_by", self.rank_by,
+                "loss, relative_loss or atypicality")
+        require(self.rank_by != "atypicality" or bool(self.reference), "evaluate.rank_by", self.rank_by,
+                "loss or relative_loss without evaluate.reference (atypicality is measured against it)")
 
 
 @dataclass

@@ -1,10 +1,9 @@
 """A generic inpainter, the yardstick of an image's own difficulty: each removed pixel becomes the Gaussian-weighted
 mean of the visible pixels around it (normalised convolution: blur(image x visible) / blur(visible)), the Gaussian's
 sigma one patch. An MAE's loss on an image ranks the images that are hard to fill in (smooth photos are easy, sharp
-edges hard) rather than those unlike its training images; divided by this inpainter's loss on the same removed
-patches (``relative_loss``), it says how much better than a blur the model fills the image in, which is what its
-training taught it (benchmarks/reconstruction_ood.py: a Fashion-MNIST MAE's loss tells grey CIFAR-10 photos from
-its own test photos at a ROC-AUC of 0.47, the relative loss at 0.96)."""
+edges hard) rather than those unlike its training images; the model's squared error over this inpainter's on the
+same removed pixels (``relative_loss``) says how much better than a blur the model fills the image in, which is
+what its training taught it (benchmarks/reconstruction_ood.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ import torch.nn.functional as F
 from openmae.models.mae import MaskedAutoencoder
 from openmae.models.patches import patchify
 
-NORM_PIX_EPS = 1.0e-6  # as MaskedAutoencoder.target's per-patch standardisation
 EMPTY = 1.0e-3  # a pixel whose visible neighbourhood weighs less than this takes the image's visible mean
 RELATIVE_FLOOR = 1.0e-8  # the least inpainter loss a relative loss is taken of (a blank image fills in exactly)
 
@@ -60,15 +58,16 @@ def visible_pixels(mask: torch.Tensor, grid: tuple[int, int], patch: int) -> tor
 
 
 def inpainting_losses(model: MaskedAutoencoder, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(N,) the inpainter's loss on each image's removed patches (``mask`` (N, L), 1 = removed), in the units of the
-    model's own loss: its regression target (per-patch standardised pixels for a ``norm_pix_loss`` model, where the
-    inpainter's patch is standardised with the input patch's mean and variance, as :func:`predicted_patches` maps a
-    prediction back)."""
+    """(N,) the inpainter's mean squared error of each image's removed pixels (``mask`` (N, L) of patches, 1 =
+    removed), in the units of the normalised input ``imgs`` (N, C, H, W): a pixel-target model's loss's units,
+    whatever the model's target (a ``norm_pix_loss`` model's per-patch standardised pixels would magnify a blur's
+    small errors on near-flat patches into thousands)."""
     m = model.cfg
     filled = inpaint(imgs, visible_pixels(mask, m.grid, m.patch_size), sigma=float(m.patch_size))
-    pred = patchify(filled, m.patch_size)  # (N, L, p*p*C)
-    if m.norm_pix_loss:
-        truth = patchify(imgs.float(), m.patch_size)
-        pred = (pred - truth.mean(-1, keepdim=True)) / (truth.var(-1, keepdim=True) + NORM_PIX_EPS) ** 0.5
+    return removed_mse(patchify(filled, m.patch_size), patchify(imgs.float(), m.patch_size), mask)
+
+
+def removed_mse(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N,) the mean squared error of (N, L, D) patches over the removed ones (``mask`` (N, L), 1 = removed)."""
     removed = mask.float()
-    return (model.patch_losses(imgs, pred) * removed).sum(1) / removed.sum(1)
+    return (((pred.float() - truth.float()) ** 2).mean(-1) * removed).sum(1) / removed.sum(1)

@@ -6,9 +6,9 @@ so that two evaluations of the same images (two epochs, two checkpoints, one pro
 masks. Held out, the loss shows overfitting on a small set, which the training loss cannot (the training loss is
 of augmented crops); per image, it ranks the images the model fills in worst, which are the hardest to fill in
 rather than those least like its training images (benchmarks/reconstruction_ood.py: a Fashion-MNIST MAE's loss does
-not tell grey CIFAR-10 or ImageNet photos from its own test photos). Each image's loss divided by a generic
-inpainter's on the same removed patches (:mod:`openmae.eval.inpainting`), its ``relative_loss``, corrects for that
-difficulty and does tell them apart."""
+not tell grey CIFAR-10 or ImageNet photos from its own test photos). Each image's squared error divided by a
+generic inpainter's on the same removed pixels (:mod:`openmae.eval.inpainting`), its ``relative_loss``, corrects
+for that difficulty."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from openmae.data.loader import Batch, batches_of
-from openmae.eval.inpainting import RELATIVE_FLOOR, inpainting_losses
+from openmae.eval.inpainting import RELATIVE_FLOOR, inpainting_losses, removed_mse
 from openmae.eval.progress import reported
 from openmae.eval.reconstruction import predicted_patches
 from openmae.models.mae import MaskedAutoencoder
@@ -30,24 +30,28 @@ PSNR_FLOOR = 1e-10  # the least mean squared error a PSNR is taken of (a perfect
 
 @dataclass
 class Errors:
-    """Per image, in the images' order: ``loss`` (N,), ``inpainting_loss`` (N,) the generic inpainter's on the same
-    removed patches (:func:`inpainting_losses`) and ``psnr`` (N,) in dB (None: pixel values not in [0, 1])."""
+    """Per image, in the images' order: ``loss`` (N,) the model's (its training objective), ``pixel_loss`` (N,) the
+    mean squared error of its reconstruction of the removed pixels in the normalised input's units (the loss itself
+    for a pixel-target model; a ``norm_pix_loss`` model's prediction mapped back with each input patch's mean and
+    variance, as its pictures show it), ``inpainting_loss`` (N,) a generic inpainter's in the same units
+    (:func:`inpainting_losses`) and ``psnr`` (N,) in dB (None: pixel values not in [0, 1])."""
 
     loss: torch.Tensor
+    pixel_loss: torch.Tensor
     inpainting_loss: torch.Tensor
     psnr: torch.Tensor | None
 
     @property
     def relative_loss(self) -> torch.Tensor:
-        """(N,) each image's loss as a share of the inpainter's: below 1, the model fills it in better than a blur;
-        high, an image its training did not prepare it for (its difficulty divided out)."""
-        return self.loss / self.inpainting_loss.clamp_min(RELATIVE_FLOOR)
+        """(N,) each image's pixel loss as a share of the inpainter's: below 1, the model fills it in better than a
+        blur; high, worse than its training taught it to on images of the same difficulty."""
+        return self.pixel_loss / self.inpainting_loss.clamp_min(RELATIVE_FLOOR)
 
     def summary(self) -> dict[str, float]:
         """The means over the images (the loss's equals the training loss's definition: every image has as many
         removed patches); ``relative_loss`` is the mean of the images' own ratios."""
-        out = {"loss": float(self.loss.double().mean()), "inpainting_loss": float(self.inpainting_loss.double().mean()),
-               "relative_loss": float(self.relative_loss.double().mean())}
+        out = {key: float(getattr(self, key).double().mean())
+               for key in ("loss", "pixel_loss", "inpainting_loss", "relative_loss")}
         return out if self.psnr is None else {**out, "psnr": float(self.psnr.double().mean())}
 
 
@@ -56,7 +60,7 @@ def image_errors(model: MaskedAutoencoder, imgs: torch.Tensor, noise: torch.Tens
                  stats: tuple[tuple[float, ...], tuple[float, ...]] | None,
                  amp_dtype: torch.dtype | None = None) -> Errors:
     """The errors of the removed patches of normalised ``imgs`` (N, C, H, W) masked by ``noise`` (N, L): the
-    model's loss, the generic inpainter's and the PSNR. ``stats``: the data's (mean, std), which map the images back
+    model's loss, its pixel loss, the generic inpainter's and the PSNR. ``stats``: the data's (mean, std), which map the images back
     to pixel values in [0, 1]; None: no PSNR."""
     device = imgs.device
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -64,9 +68,11 @@ def image_errors(model: MaskedAutoencoder, imgs: torch.Tensor, noise: torch.Tens
     mask = out.mask.float()  # (N, L), 1 = removed
     removed = mask.sum(1)  # (N,) the same for every image
     loss = (model.patch_losses(imgs, out.pred) * mask).sum(1) / removed  # (N,)
+    recon = predicted_patches(model, imgs, out.pred)  # (N, L, p*p*C) in the normalised input's units
+    pixel_loss = removed_mse(recon, model.patchify(imgs), mask)  # (N,) the loss itself for a pixel-target model
     inpainting = inpainting_losses(model, imgs, mask)  # (N,)
     if stats is None:
-        return Errors(loss, inpainting, None)
+        return Errors(loss, pixel_loss, inpainting, None)
     channels = model.cfg.in_chans
     mean = torch.tensor(stats[0], device=device).view(1, 1, 1, channels)
     std = torch.tensor(stats[1], device=device).view(1, 1, 1, channels)
@@ -75,11 +81,11 @@ def image_errors(model: MaskedAutoencoder, imgs: torch.Tensor, noise: torch.Tens
     def to_unit(patches: torch.Tensor) -> torch.Tensor:  # (N, L, p*p*C) -> (N, L, p*p, C) in pixel values
         return patches.float().view(n, length, -1, channels) * std + mean
 
-    pred = to_unit(predicted_patches(model, imgs, out.pred)).clamp(0, 1)  # as a picture of it shows it
+    pred = to_unit(recon).clamp(0, 1)  # as a picture of it shows it
     truth = to_unit(model.patchify(imgs))
     mse = ((pred - truth) ** 2).flatten(2).mean(-1)  # (N, L)
     mse = (mse * mask).sum(1) / removed
-    return Errors(loss, inpainting, 10 * torch.log10(1 / mse.clamp_min(PSNR_FLOOR)))
+    return Errors(loss, pixel_loss, inpainting, 10 * torch.log10(1 / mse.clamp_min(PSNR_FLOOR)))
 
 
 def reconstruction_errors(model: MaskedAutoencoder, batches: Iterable[Batch], positions: np.ndarray,
@@ -112,4 +118,5 @@ def reconstruction_errors(model: MaskedAutoencoder, batches: Iterable[Batch], po
         rows = torch.cat([getattr(e, name) for e in parts]) if parts else torch.zeros(0, device=device)
         return (rows if gather is None else gather(rows)).cpu()
 
-    return Errors(joined("loss"), joined("inpainting_loss"), None if stats is None else joined("psnr"))
+    return Errors(joined("loss"), joined("pixel_loss"), joined("inpainting_loss"),
+                  None if stats is None else joined("psnr"))
