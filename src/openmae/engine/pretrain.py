@@ -96,10 +96,10 @@ class PretrainTask:
         return source_for(d, d.eval_split, self.model.cfg.in_chans, self.cfg.pretrain.eval_samples or d.max_eval_samples)
 
     def reconstruction(self, info: DistInfo = ONE_PROCESS) -> dict[str, float]:
-        """``eval_loss`` (and ``eval_psnr``; ``eval_inpainting_loss``, a blur's on the same patches, and
-        ``eval_relative_loss``, the mean of the images' ratios of the two) of the held-out images, the same on every
-        rank (each rank of a torchrun job measures its part; under FSDP each forward is a collective, and every rank
-        runs as many)."""
+        """``eval_loss`` (and ``eval_psnr``; ``eval_pixel_loss`` the squared error of the removed pixels,
+        ``eval_inpainting_loss`` a blur's, ``eval_relative_loss`` the mean of the images' ratios of the two) of the
+        held-out images, the same on every rank (each rank of a torchrun job measures its part; under FSDP each
+        forward is a collective, and every rank runs as many)."""
         cfg = self.cfg
         with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
             source = self.held_out

@@ -45,10 +45,10 @@ class PretrainSection:
     # Every that many epochs (and at the last; 0 = off), the reconstruction loss of held-out images, which need no
     # labels: the evaluation split, or with data.holdout the held-out part of the training images (an unlabelled
     # folder's only held-out images); logged as eval_loss (the training objective, each image masked alike at every
-    # evaluation) and eval_psnr (pixel values in [0, 1]: data.format=image), beside eval_inpainting_loss (a blur of
-    # the visible pixels on the same patches: the yardstick) and eval_relative_loss (the mean of each image's ratio of
-    # the two). A held-out loss that rises while the training loss falls: the model memorises its images (a small
-    # set; more epochs will not help it).
+    # evaluation) and eval_psnr (pixel values in [0, 1]: data.format=image), beside eval_pixel_loss (the squared
+    # error of the removed pixels), eval_inpainting_loss (a blur of the visible pixels': the yardstick) and
+    # eval_relative_loss (the mean of each image's ratio of the two). A held-out loss that rises while the training
+    # loss falls: the model memorises its images (a small set; more epochs will not help it).
     eval_every_epochs: int = 0
     eval_samples: int = 0  # that many of the held-out images, spread evenly (0: data.max_eval_samples; all)
 

@@ -15,8 +15,7 @@ import matplotlib.pyplot as plt
 
 def loss_curve(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Training loss against optimizer step, from ``metrics.jsonl`` records; with the evaluations' ``eval_loss`` (a
-    pretraining run's held-out reconstruction loss, a classifier's on its evaluation images) as points, and a
-    pretraining run's ``eval_inpainting_loss`` (a blur's loss on the same images) as a dashed line."""
+    pretraining run's held-out reconstruction loss, a classifier's on its evaluation images) as points."""
     rows = [(r["step"], r["loss"]) for r in records if "loss" in r]
     held = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r and "step" in r]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
@@ -26,9 +25,6 @@ def loss_curve(records: list[dict[str, Any]], path: str | Path, title: str = "")
     if held:
         steps, losses = zip(*held)
         ax.plot(steps, losses, marker="o", ms=3.5, lw=1.2, label="evaluation loss (eval_loss)")
-        blur = [r["eval_inpainting_loss"] for r in records if "eval_inpainting_loss" in r]
-        if blur:  # a pretraining run's yardstick: a blur of the visible pixels on the same removed patches
-            ax.axhline(blur[-1], color="grey", ls="--", lw=1, label=f"generic inpainter's loss ({blur[-1]:.3f})")
         ax.legend(fontsize=8)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
