@@ -102,20 +102,20 @@ def test_the_inpainters_and_the_models_errors_are_in_pixels_and_the_relative_los
 
 
 def test_atypicality_is_the_squared_mahalanobis_distance_of_the_log_errors_and_flags_both_ways():
-    """Fitted on reference images' (log pixel loss, log inpainting loss): the squared Mahalanobis distance from their
+    """Fitted on reference images' (log loss, log inpainting loss): the squared Mahalanobis distance from their
     mean under their covariance; an image the model fills in much worse, or much better, than reference images of its
     difficulty, and one far harder than any, all lie far off, while a typical one does not (either ratio alone would
     miss one of the first two)."""
     rng = np.random.default_rng(0)
     difficulty = rng.normal(0.0, 0.5, 400)  # log inpainting loss
-    error = 0.8 * difficulty - 1.0 + rng.normal(0.0, 0.1, 400)  # log pixel loss: tracks the difficulty
-    pixel, blur = np.exp(error), np.exp(difficulty)
-    ref = Reference.fit(pixel, blur)
+    error = 0.8 * difficulty - 1.0 + rng.normal(0.0, 0.1, 400)  # log loss: tracks the difficulty
+    loss, blur = np.exp(error), np.exp(difficulty)
+    ref = Reference.fit(loss, blur)
     x = np.stack([error, difficulty], 1)
     centred = x - x.mean(0)
     want = np.einsum("ni,ij,nj->n", centred, np.linalg.inv(np.cov(x.T)), centred)
-    np.testing.assert_allclose(ref.score(pixel, blur), want, rtol=1e-9)
-    assert ref.score(pixel, blur).mean() == pytest.approx(2 * 399 / 400)  # a sample covariance's own mean
+    np.testing.assert_allclose(ref.score(loss, blur), want, rtol=1e-9)
+    assert ref.score(loss, blur).mean() == pytest.approx(2 * 399 / 400)  # a sample covariance's own mean
     assert ref.tail == pytest.approx(np.percentile(want, 95)) and ref.count == 400
     typical, worse, better, harder = ref.score(np.exp([-1.0, -0.5, -1.5, 2.2]), np.exp([0.0, 0.0, 0.0, 4.0]))
     assert typical < 1 and min(worse, better, harder) > 20
@@ -125,21 +125,21 @@ def test_a_reference_is_read_from_evaluates_csv_and_a_bad_one_is_refused(tmp_pat
     rng = np.random.default_rng(1)
     rows = rng.uniform(0.1, 1.0, (30, 2))
     good = tmp_path / "ref.csv"
-    good.write_text("image,loss,pixel_loss,inpainting_loss\n" + "".join(f"a{i}.png,0.5,{a},{b}\n" for i, (a, b) in enumerate(rows)))
+    good.write_text("image,loss,pixel_loss,inpainting_loss\n" + "".join(f"a{i}.png,{a},0.5,{b}\n" for i, (a, b) in enumerate(rows)))
     ref = Reference.from_csv(good)
     np.testing.assert_allclose(ref.score(rows[:, 0], rows[:, 1]), Reference.fit(rows[:, 0], rows[:, 1]).score(rows[:, 0], rows[:, 1]))
     with pytest.raises(ConfigError, match="no such file"):
         Reference.from_csv(tmp_path / "missing.csv")
     old = tmp_path / "old.csv"
     old.write_text("image,loss,psnr\na.png,0.5,13.2\n")
-    with pytest.raises(ConfigError, match="has no column pixel_loss, inpainting_loss .columns: image, loss, psnr"):
+    with pytest.raises(ConfigError, match="has no column inpainting_loss .columns: image, loss, psnr"):
         Reference.from_csv(old)
     few = tmp_path / "few.csv"
-    few.write_text("image,pixel_loss,inpainting_loss\n" + "a.png,0.5,0.7\n" * 9)
+    few.write_text("image,loss,inpainting_loss\n" + "a.png,0.5,0.7\n" * 9)
     with pytest.raises(ConfigError, match="holds 9 images; at least 10"):
         Reference.from_csv(few)
     alike = tmp_path / "alike.csv"
-    alike.write_text("image,pixel_loss,inpainting_loss\n" + "a.png,0.5,0.7\n" * 20)
+    alike.write_text("image,loss,inpainting_loss\n" + "a.png,0.5,0.7\n" * 20)
     with pytest.raises(ConfigError, match="do not vary"):
         Reference.from_csv(alike)
     with pytest.raises(ConfigError, match="evaluate.rank_by='atypicality' is invalid: .*without evaluate.reference"):

@@ -112,7 +112,7 @@ def test_a_runs_held_out_loss_is_what_evaluate_measures_of_its_checkpoint(tmp_pa
     assert f"highest relative loss (the squared error over a generic inpainter's): {odd} (" in proc.stderr
     assert "atypicality" not in rows[0] and "atypicality" not in told
     # atypicality: 8 images are too few for a reference, refused saying so; all 40 photos as the reference, the 8
-    # held-out ones scored by the Gaussian fitted on the 40 (log squared error, log inpainter's)
+    # held-out ones scored by the Gaussian fitted on the 40 (log loss, log inpainter's error)
     few = call_cli("evaluate", "--checkpoint", str(run / "model-last.pth"), *data, f"evaluate.reference={predictions}")
     assert few.returncode != 0 and "the reference holds 8 images; at least 10 are needed" in few.stderr
     reference = tmp_path / "reference.csv"
@@ -122,8 +122,8 @@ def test_a_runs_held_out_loss_is_what_evaluate_measures_of_its_checkpoint(tmp_pa
                       f"evaluate.reference={reference}", "--predictions", str(tmp_path / "scored.csv"))
     assert scored.returncode == 0, scored.stderr[-2000:]
     ref_rows = list(csv.DictReader(reference.open()))
-    fitted = Reference.fit(*(np.array([float(r[k]) for r in ref_rows]) for k in ("pixel_loss", "inpainting_loss")))
-    want = fitted.score(*(np.array([float(r[k]) for r in rows]) for k in ("pixel_loss", "inpainting_loss")))
+    fitted = Reference.fit(*(np.array([float(r[k]) for r in ref_rows]) for k in ("loss", "inpainting_loss")))
+    want = fitted.score(*(np.array([float(r[k]) for r in rows]) for k in ("loss", "inpainting_loss")))
     got = [float(r["atypicality"]) for r in csv.DictReader((tmp_path / "scored.csv").open())]
     np.testing.assert_allclose(got, want, rtol=1e-4)
     result = json.loads(scored.stdout.splitlines()[-1])

@@ -115,8 +115,7 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
              summary["inpainting_loss"], summary["relative_loss"])
     scores = {"loss": errors.loss, "relative_loss": errors.relative_loss}
     if reference is not None:
-        scores["atypicality"] = torch.from_numpy(reference.score(errors.pixel_loss.numpy(),
-                                                                 errors.inpainting_loss.numpy()))
+        scores["atypicality"] = torch.from_numpy(reference.score(errors.loss.numpy(), errors.inpainting_loss.numpy()))
         summary["atypicality"] = float(scores["atypicality"].mean())
         summary["atypical_share"] = float((scores["atypicality"] > reference.tail).double().mean())
         log.info("  against %s (%d images): mean atypicality %.2f (theirs about 2); %.1f%% of the images lie beyond "

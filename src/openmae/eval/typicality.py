@@ -1,11 +1,12 @@
 """How unlike a set of reference images (those the model was trained on, or others like them) each image is, from
-two numbers ``openmae evaluate`` measures of every image: the MAE's squared error of its removed pixels and a generic
-inpainter's on the same pixels (the image's own difficulty). The logarithms of the two are fitted by one Gaussian
-over the reference images; an image's ``atypicality`` is its squared Mahalanobis distance from it (about 2 for
-images like the reference; an image the model fills in worse, or better, than images of its difficulty, or one far
-harder or easier than them, lies far off). Either number alone fails one way: a Fashion-MNIST MAE fills grey natural
-photos in well because they are smooth; a CIFAR-10 MAE fills garments on black in better than a blur does, because
-their edges are the kind it learned (benchmarks/reconstruction_ood.py)."""
+two numbers ``openmae evaluate`` measures of every image: the MAE's loss of its removed patches (its own objective)
+and a generic inpainter's squared error of the same pixels (the image's own difficulty). The logarithms of the two
+are fitted by one Gaussian over the reference images (their units do not matter: the covariance takes them in); an
+image's ``atypicality`` is its squared Mahalanobis distance from it (about 2 for images like the reference; an image
+the model fills in worse, or better, than images of its difficulty, or one far harder or easier than them, lies far
+off). The loss alone, or its ratio to the inpainter's, fails one way or the other on some data: a pixel-target
+Fashion-MNIST MAE fills grey natural photos in well because they are smooth; a CIFAR-10 MAE fills garments on black
+in better than a blur does, because their edges are the kind it learned (benchmarks/reconstruction_ood.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from openmae.config import ConfigError
 
-FEATURES = ("pixel_loss", "inpainting_loss")  # the columns of `openmae evaluate --predictions` it is fitted on
+FEATURES = ("loss", "inpainting_loss")  # the columns of `openmae evaluate --predictions` it is fitted on
 MIN_REFERENCE = 10  # the fewest reference images a 2-D Gaussian is fitted on
 TAIL = 95.0  # the reference's own percentile of atypicality an image counts as atypical above
 LOG_FLOOR = 1.0e-12  # the least error a logarithm is taken of (a perfect fill)
@@ -29,7 +30,7 @@ def _logs(columns: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 
 @dataclass
 class Reference:
-    """A Gaussian over the reference images' (log pixel loss, log inpainting loss): ``mean`` (2,), ``precision`` (2, 2)
+    """A Gaussian over the reference images' (log loss, log inpainting loss): ``mean`` (2,), ``precision`` (2, 2)
     the inverse covariance, ``tail`` its own images' 95th percentile of atypicality, ``count`` how many it holds."""
 
     mean: np.ndarray
@@ -38,8 +39,8 @@ class Reference:
     count: int
 
     @classmethod
-    def fit(cls, pixel_loss: np.ndarray, inpainting_loss: np.ndarray) -> Reference:
-        x = _logs((pixel_loss, inpainting_loss))
+    def fit(cls, loss: np.ndarray, inpainting_loss: np.ndarray) -> Reference:
+        x = _logs((loss, inpainting_loss))
         if len(x) < MIN_REFERENCE:
             raise ConfigError(f"the reference holds {len(x)} images; at least {MIN_REFERENCE} are needed to fit it "
                               "(a few hundred images like the training ones are a good reference)")
@@ -48,7 +49,7 @@ class Reference:
             raise ConfigError("the reference images' errors do not vary (all alike): give images that differ, such "
                               "as a few hundred of the training images")
         ref = cls(x.mean(0), np.linalg.inv(cov), 0.0, len(x))
-        ref.tail = float(np.percentile(ref.score(pixel_loss, inpainting_loss), TAIL))
+        ref.tail = float(np.percentile(ref.score(loss, inpainting_loss), TAIL))
         return ref
 
     @classmethod
@@ -71,7 +72,7 @@ class Reference:
             raise ConfigError(f"evaluate.reference={path}: a value is not a number ({err})") from err
         return cls.fit(*values)
 
-    def score(self, pixel_loss: np.ndarray, inpainting_loss: np.ndarray) -> np.ndarray:
+    def score(self, loss: np.ndarray, inpainting_loss: np.ndarray) -> np.ndarray:
         """(N,) each image's squared Mahalanobis distance from the reference's Gaussian."""
-        x = _logs((np.asarray(pixel_loss), np.asarray(inpainting_loss))) - self.mean
+        x = _logs((np.asarray(loss), np.asarray(inpainting_loss))) - self.mean
         return np.einsum("ni,ij,nj->n", x, self.precision, x)
