@@ -46,7 +46,7 @@ class PretrainSection:
     # labels: the evaluation split, or with data.holdout the held-out part of the training images (an unlabelled
     # folder's only held-out images); logged as eval_loss (the training objective, each image masked alike at every
     # evaluation) and eval_psnr (pixel values in [0, 1]: data.format=image), beside eval_pixel_loss (the squared
-    # error of the removed pixels), eval_inpainting_loss (a blur of the visible pixels': the yardstick) and
+    # error of the removed pixels), eval_inpainting_loss (a blur's error of them: the yardstick) and
     # eval_relative_loss (the mean of each image's ratio of the two). A held-out loss that rises while the training
     # loss falls: the model memorises its images (a small set; more epochs will not help it).
     eval_every_epochs: int = 0

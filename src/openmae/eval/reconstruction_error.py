@@ -60,8 +60,8 @@ def image_errors(model: MaskedAutoencoder, imgs: torch.Tensor, noise: torch.Tens
                  stats: tuple[tuple[float, ...], tuple[float, ...]] | None,
                  amp_dtype: torch.dtype | None = None) -> Errors:
     """The errors of the removed patches of normalised ``imgs`` (N, C, H, W) masked by ``noise`` (N, L): the
-    model's loss, its pixel loss, the generic inpainter's and the PSNR. ``stats``: the data's (mean, std), which map the images back
-    to pixel values in [0, 1]; None: no PSNR."""
+    model's loss, its pixel loss, the generic inpainter's and the PSNR. ``stats``: the data's (mean, std), which map
+    the images back to pixel values in [0, 1]; None: no PSNR."""
     device = imgs.device
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         out = model(imgs, mask_ratio=mask_ratio, noise=noise.to(device))
