@@ -115,6 +115,10 @@ def test_a_runs_held_out_loss_is_what_evaluate_measures_of_its_checkpoint(tmp_pa
     # held-out ones scored by the Gaussian fitted on the 40 (log loss, log inpainter's error)
     few = call_cli("evaluate", "--checkpoint", str(run / "model-last.pth"), *data, f"evaluate.reference={predictions}")
     assert few.returncode != 0 and "the reference holds 8 images; at least 10 are needed" in few.stderr
+    # nor did the run keep its 8 held-out images' as one: ranking by atypicality without a reference is refused
+    assert "reconstruction_reference" not in load_file(run / "model-last.pth")
+    unranked = call_cli("evaluate", "--checkpoint", str(run / "model-last.pth"), *data, "evaluate.rank_by=atypicality")
+    assert unranked.returncode != 0 and "evaluate.rank_by=atypicality needs reference images" in unranked.stderr
     reference = tmp_path / "reference.csv"
     assert call_cli("evaluate", "--checkpoint", str(run / "model-last.pth"), *data, "data.holdout=0",
                     "data.num_workers=0", "--predictions", str(reference)).returncode == 0
@@ -194,3 +198,30 @@ def test_the_held_out_evaluation_leaves_the_training_bit_identical(tmp_path, dat
     losses = [[r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r] for run in (tmp_path / "plain",
                                                                                                  tmp_path / "watched")]
     assert losses[0] == losses[1] and len(losses[0]) == 8
+
+
+def test_a_run_keeps_its_held_out_images_as_the_atypicality_reference(tmp_path, datasets):
+    """With 10 held-out photos (of 40) evaluated, model-last.pth and each checkpoint (for a resume) carry the Gaussian
+    of their (log loss, log inpainter's error) at the last evaluation, the one `openmae evaluate` fits on the same
+    photos' CSV; evaluate then measures atypicality against it by itself (the same photos: a mean of 2 (n-1)/n)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted((datasets / "cifar10" / "test").rglob("*.jpg"))[:40]:
+        shutil.copy(path, photos / f"{path.parent.name}-{path.name}")
+    data = ["data.name=folder", f"data.path={photos}", "data.holdout=0.25", "data.max_samples=0"]
+    run = tmp_path / "run"
+    pretrain(tiny_pretrain(run, datasets, *data, "train.batch_size=10", "train.epochs=1", "pretrain.eval_every_epochs=1"))
+    kept = load_file(run / "model-last.pth")["reconstruction_reference"]
+    ckpt = sorted(run.glob("checkpoint-*.pth"))[-1]
+    assert load_file(ckpt)["task_state"]["reference"] == kept and kept["count"] == 10 and kept["mask_ratio"] == 0.75
+    table = tmp_path / "held.csv"
+    proc = call_cli("evaluate", "--checkpoint", str(run / "model-last.pth"), *data, "data.num_workers=0",
+                    "--predictions", str(table))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader(table.open()))
+    fitted = Reference.fit(*(np.array([float(r[k]) for r in rows]) for k in ("loss", "inpainting_loss")))
+    np.testing.assert_allclose(kept["mean"], fitted.mean, rtol=1e-4)
+    np.testing.assert_allclose(kept["precision"], fitted.precision, rtol=1e-3)
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["atypicality"] == pytest.approx(2 * 9 / 10, rel=1e-3)
+    assert "against the run's held-out images (10 images): mean atypicality 1.80" in proc.stderr

@@ -22,6 +22,9 @@ from openmae.convert.files import UnreadableCheckpointError, load_file, save_fil
 
 log = logging.getLogger("openmae.checkpoint")
 NAME = re.compile(r"^checkpoint-(\d{9})\.pth$")
+# what model-last.pth carries beside the weights: a classifier's class names, a pretraining run's reference of its
+# held-out images' reconstruction errors (openmae.eval.typicality)
+CARRIED = ("classes", "reconstruction_reference")
 
 
 class CheckpointError(RuntimeError):
@@ -88,7 +91,7 @@ class CheckpointManager:
         state = {**state, "sha256": _digest(state), "keep": keep}
         path = save_file(state, self.path(step))
         save_file({"model": state["model"], "model_config": state.get("model_config"), "config": state.get("config"),
-                   **({"classes": state["classes"]} if "classes" in state else {})}, self.run_dir / "model-last.pth")
+                   **{key: state[key] for key in CARRIED if key in state}}, self.run_dir / "model-last.pth")
         self._prune()
         return path
 

@@ -98,7 +98,12 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
     inherit_stats(d, obj, e.init, m.in_chans)
     recorded = run_mask_ratio(obj)
     ratio = e.mask_ratio or recorded or PAPER_MASK_RATIO
-    reference = Reference.from_csv(e.reference) if e.reference else None  # before the pass over the images
+    reference, against = run_reference(obj, e.reference, ratio)  # before the pass over the images
+    if e.rank_by == "atypicality" and reference is None:
+        raise ConfigError(f"evaluate.rank_by=atypicality needs reference images: {e.init} carries none (a pretraining "
+                          "run keeps its held-out images' with pretrain.eval_every_epochs, 10 images or more, at this "
+                          "mask ratio); give evaluate.reference=<a CSV `openmae evaluate --predictions` wrote of "
+                          "images like the training ones>, or rank by loss or relative_loss")
     with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
         source = source_for(d, d.eval_split, m.in_chans, d.max_eval_samples)
     errors = errors_over_ranks(model.to(info.device), source, d, e.batch_size, ratio,
@@ -119,7 +124,7 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
         summary["atypicality"] = float(scores["atypicality"].mean())
         summary["atypical_share"] = float((scores["atypicality"] > reference.tail).double().mean())
         log.info("  against %s (%d images): mean atypicality %.2f (theirs about 2); %.1f%% of the images lie beyond "
-                 "%.0f%% of the reference's (%.0f%% expected of images like them)", e.reference, reference.count,
+                 "%.0f%% of the reference's (%.0f%% expected of images like them)", against, reference.count,
                  summary["atypicality"], 100 * summary["atypical_share"], TAIL, 100 - TAIL)
     for key, values in scores.items():
         worst = values.argsort(descending=True)[:WORST_SHOWN].tolist()
@@ -140,6 +145,21 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
             worst = scores[e.rank_by].argsort(descending=True)[:WORST_DRAWN].tolist()
             draw_worst(model, d, source, worst, ratio, Path(e.plot), RANKINGS[e.rank_by])
     return result
+
+
+def run_reference(obj: Any, path: str, ratio: float) -> tuple[Reference | None, str]:
+    """The reference the atypicality is measured against, and its name: ``evaluate.reference`` (a CSV) when given,
+    else the one a pretraining run's model-last.pth carries (its held-out images', at the last evaluation) when it
+    was measured at this mask ratio; (None, "") without either."""
+    if path:
+        return Reference.from_csv(path), path
+    kept = obj.get("reconstruction_reference") if isinstance(obj, dict) else None
+    if not isinstance(kept, dict) or kept.get("mask_ratio") != ratio:
+        if isinstance(kept, dict):
+            log.info("the run's reference of its held-out images was measured at mask ratio %s, not %s: no "
+                     "atypicality", kept.get("mask_ratio"), ratio)
+        return None, ""
+    return Reference.from_dict(kept), "the run's held-out images"
 
 
 def draw_worst(model: MaskedAutoencoder, d: DataConfig, source: ImageSource, worst: list[int], ratio: float,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from openmae.config import ConfigError
 from openmae.convert.checkpoints import load_state_dict_into
 from openmae.data.build import eval_batches, require_eval_folder, source_for, split_sources, train_dataset
 from openmae.data.datasets import ImageSource, keep_stats, stats_for
@@ -26,6 +28,7 @@ from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import PretrainConfig
 from openmae.engine.weights import resolve_encoder
 from openmae.eval.reconstruction import auto_scale, check_bands, grid_image, reconstruct, save_grid
+from openmae.eval.typicality import Reference
 from openmae.models.mae import MaskedAutoencoder
 
 log = logging.getLogger("openmae.pretrain")
@@ -46,6 +49,10 @@ class PretrainTask:
             log.info("weights from %s%s", cfg.pretrain.init,
                      f"; left at their initialisation: {', '.join(left)}" if left else "")
         self.model_config = self.model.cfg.to_dict()
+        # the held-out images' Gaussian of (log loss, log inpainter's error) at the last evaluation: model-last.pth
+        # carries it, and `openmae evaluate` measures other images' atypicality against it
+        self.reference: dict[str, Any] | None = None
+        self.told_no_reference = False
         check_bands(cfg.pretrain.vis_bands, model_cfg.in_chans)  # at the start, not at the first pictures
         if (cfg.pretrain.knn_every_epochs or cfg.pretrain.eval_every_epochs) and not cfg.data.holdout:
             require_eval_folder(cfg.data)  # at the start, not after the first epochs
@@ -106,7 +113,20 @@ class PretrainTask:
         amp_dtype = autocast_dtype(cfg.train.precision, next(self.model.parameters()).device, hint=False)
         errors = errors_over_ranks(self.model, source, cfg.data, max(cfg.train.batch_size, 64),
                                    cfg.pretrain.mask_ratio, amp_dtype, info, "reconstruction loss of the held-out images")
+        try:  # what `openmae evaluate` measures the atypicality of other images against (model-last.pth carries it)
+            fitted = Reference.fit(errors.loss.numpy(), errors.inpainting_loss.numpy())
+            self.reference = {**fitted.to_dict(), "mask_ratio": cfg.pretrain.mask_ratio}
+        except ConfigError as err:  # too few held-out images, or all alike: none kept, the run goes on
+            if not self.told_no_reference:
+                log.info("no atypicality reference kept from the held-out images: %s", err)
+            self.reference, self.told_no_reference = None, True
         return {f"eval_{key}": value for key, value in errors.summary().items()}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"reference": self.reference} if self.reference is not None else {}
+
+    def load_extra_state(self, state: dict[str, Any], path: Path) -> None:
+        self.reference = state.get("reference")
 
     def pictures(self, run: Run, epoch: int) -> None:
         """Reconstructions of fixed held-out images (the eval split when there is one, else training images)."""

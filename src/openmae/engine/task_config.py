@@ -347,11 +347,12 @@ class EvaluateSection:
     mask_ratio: float = 0.0
     # a pretrained MAE: a CSV that `openmae evaluate --predictions` wrote of images like its training ones (the same
     # checkpoint): each image's atypicality, how far its (error, a blur's error) lies from theirs, is measured against
-    # it, and the share of images more atypical than 95% of the reference's (about 5% for images like them)
+    # it, and the share of images more atypical than 95% of the reference's (about 5% for images like them). Empty:
+    # the reference a pretraining run's model-last.pth carries (its held-out images', pretrain.eval_every_epochs)
     reference: str = ""
     # a pretrained MAE: which images --plot draws, the highest first: loss (the images it fills in worst: often
     # simply the hardest), relative_loss (its squared error over a generic inpainter's on the same pixels: those it
-    # fills in worse than its training taught it to) or atypicality (needs evaluate.reference: the least like those)
+    # fills in worse than its training taught it to) or atypicality (needs a reference: the least like those)
     rank_by: str = "loss"
 
     def check(self) -> None:
@@ -365,8 +366,6 @@ class EvaluateSection:
         require(self.tta in TTA_MODES, "evaluate.tta", self.tta, " or ".join(TTA_MODES))
         require(self.rank_by in ("loss", "relative_loss", "atypicality"), "evaluate.rank_by", self.rank_by,
                 "loss, relative_loss or atypicality")
-        require(self.rank_by != "atypicality" or bool(self.reference), "evaluate.rank_by", self.rank_by,
-                "loss or relative_loss without evaluate.reference (atypicality is measured against it)")
 
 
 @dataclass

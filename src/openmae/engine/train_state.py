@@ -65,6 +65,8 @@ def save(ckpts: CheckpointManager, epoch: int, batch_in_epoch: int, step: int, t
                  "task": task.name, "task_state": task.extra_state() if hasattr(task, "extra_state") else {}}
         if getattr(task, "classes", None):  # a classifier's outputs' names, carried into model-last.pth
             state["classes"] = task.classes
+        if getattr(task, "reference", None):  # a pretraining run's held-out errors' Gaussian, carried there too
+            state["reconstruction_reference"] = task.reference
         if scaler.is_enabled():
             state["scaler"] = scaler.state_dict()
         ckpts.save(state, step, keep=keep)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +72,16 @@ class Reference:
         except ValueError as err:
             raise ConfigError(f"evaluate.reference={path}: a value is not a number ({err})") from err
         return cls.fit(*values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain numbers, for a checkpoint (read back by :meth:`from_dict`)."""
+        return {"mean": self.mean.tolist(), "precision": self.precision.tolist(), "tail": self.tail,
+                "count": self.count}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Reference:
+        return cls(np.array(d["mean"], dtype=np.float64), np.array(d["precision"], dtype=np.float64),
+                   float(d["tail"]), int(d["count"]))
 
     def score(self, loss: np.ndarray, inpainting_loss: np.ndarray) -> np.ndarray:
         """(N,) each image's squared Mahalanobis distance from the reference's Gaussian."""
