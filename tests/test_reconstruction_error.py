@@ -28,6 +28,14 @@ from openmae.eval.typicality import Reference
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 
 
+def photo_folder(folder, datasets, count: int = 40):
+    """An unlabelled folder of the first ``count`` CIFAR-10 test photos, named by class and file."""
+    folder.mkdir()
+    for path in sorted((datasets / "cifar10" / "test").rglob("*.jpg"))[:count]:
+        shutil.copy(path, folder / f"{path.parent.name}-{path.name}")
+    return folder
+
+
 @pytest.mark.parametrize("norm_pix", [False, True])
 def test_each_images_loss_and_psnr_are_their_definitions_whatever_the_batches(norm_pix):
     """Image i's loss is the model's own loss of it alone, masked by the noise of seed positions[i] (what
@@ -68,10 +76,7 @@ def test_a_runs_held_out_loss_is_what_evaluate_measures_of_its_checkpoint(tmp_pa
     `openmae evaluate` of model-last.pth on the same held-out images gives the last epoch's numbers, each image's in
     its CSV (their mean), naming the worst and drawing them (--plot); the official layout converted from it measures the same when told its
     head counts, which its shapes cannot tell, and so does a Hugging Face folder of it."""
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for path in sorted((datasets / "cifar10" / "test").rglob("*.jpg"))[:40]:
-        shutil.copy(path, photos / f"{path.parent.name}-{path.name}")
+    photos = photo_folder(tmp_path / "photos", datasets)
     data = ["data.name=folder", f"data.path={photos}", "data.holdout=0.2", "data.max_samples=0"]
     run = tmp_path / "run"
     out = pretrain(tiny_pretrain(run, datasets, *data, "train.batch_size=8", "train.epochs=2",
@@ -204,10 +209,7 @@ def test_a_run_keeps_its_held_out_images_as_the_atypicality_reference(tmp_path, 
     """With 10 held-out photos (of 40) evaluated, model-last.pth and each checkpoint (for a resume) carry the Gaussian
     of their (log loss, log inpainter's error) at the last evaluation, the one `openmae evaluate` fits on the same
     photos' CSV; evaluate then measures atypicality against it by itself (the same photos: a mean of 2 (n-1)/n)."""
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for path in sorted((datasets / "cifar10" / "test").rglob("*.jpg"))[:40]:
-        shutil.copy(path, photos / f"{path.parent.name}-{path.name}")
+    photos = photo_folder(tmp_path / "photos", datasets)
     data = ["data.name=folder", f"data.path={photos}", "data.holdout=0.25", "data.max_samples=0"]
     run = tmp_path / "run"
     pretrain(tiny_pretrain(run, datasets, *data, "train.batch_size=10", "train.epochs=1", "pretrain.eval_every_epochs=1"))
