@@ -141,5 +141,9 @@ def test_a_reference_is_read_from_evaluates_csv_and_a_bad_one_is_refused(tmp_pat
     alike.write_text("image,loss,inpainting_loss\n" + "a.png,0.5,0.7\n" * 20)
     with pytest.raises(ConfigError, match="do not vary"):
         Reference.from_csv(alike)
+    broken = rows.copy()
+    broken[3, 0] = np.inf
+    with pytest.raises(ConfigError, match="1 of the reference's 30 images have errors that are not finite"):
+        Reference.fit(broken[:, 0], broken[:, 1])
     back = Reference.from_dict(ref.to_dict())  # as a checkpoint keeps it
     np.testing.assert_array_equal(back.score(rows[:, 0], rows[:, 1]), ref.score(rows[:, 0], rows[:, 1]))

@@ -45,8 +45,12 @@ class Reference:
         if len(x) < MIN_REFERENCE:
             raise ConfigError(f"the reference holds {len(x)} images; at least {MIN_REFERENCE} are needed to fit it "
                               "(a few hundred images like the training ones are a good reference)")
+        if not np.isfinite(x).all():
+            raise ConfigError(f"{int((~np.isfinite(x).all(1)).sum())} of the reference's {len(x)} images have errors "
+                              "that are not finite numbers: measure the reference again with a model that trained "
+                              "without diverging")
         cov = np.cov(x.T)
-        if np.linalg.cond(cov) > 1e12:
+        if not np.linalg.cond(cov) < 1e12:  # (NaN-safe)
             raise ConfigError("the reference images' errors do not vary (all alike): give images that differ, such "
                               "as a few hundred of the training images")
         ref = cls(x.mean(0), np.linalg.inv(cov), 0.0, len(x))
