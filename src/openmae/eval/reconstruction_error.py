@@ -69,7 +69,8 @@ def image_errors(model: MaskedAutoencoder, imgs: torch.Tensor, noise: torch.Tens
     removed = mask.sum(1)  # (N,) the same for every image
     loss = (model.patch_losses(imgs, out.pred) * mask).sum(1) / removed  # (N,)
     recon = predicted_patches(model, imgs, out.pred)  # (N, L, p*p*C) in the normalised input's units
-    pixel_loss = removed_mse(recon, model.patchify(imgs), mask)  # (N,) the loss itself for a pixel-target model
+    patches = model.patchify(imgs)  # (N, L, p*p*C) the input's
+    pixel_loss = removed_mse(recon, patches, mask)  # (N,) the loss itself for a pixel-target model
     inpainting = inpainting_losses(model, imgs, mask)  # (N,)
     if stats is None:
         return Errors(loss, pixel_loss, inpainting, None)
@@ -82,9 +83,7 @@ def image_errors(model: MaskedAutoencoder, imgs: torch.Tensor, noise: torch.Tens
         return patches.float().view(n, length, -1, channels) * std + mean
 
     pred = to_unit(recon).clamp(0, 1)  # as a picture of it shows it
-    truth = to_unit(model.patchify(imgs))
-    mse = ((pred - truth) ** 2).flatten(2).mean(-1)  # (N, L)
-    mse = (mse * mask).sum(1) / removed
+    mse = removed_mse(pred.flatten(2), to_unit(patches).flatten(2), mask)  # (N,)
     return Errors(loss, pixel_loss, inpainting, 10 * torch.log10(1 / mse.clamp_min(PSNR_FLOOR)))
 
 
