@@ -101,3 +101,14 @@ def batches_of_size(imgs: torch.Tensor, size: int) -> list[Batch]:
     """Unlabelled images (N, C, H, W) as loader batches of ``size`` (the last one shorter)."""
     return [Batch(imgs[i : i + size], torch.zeros(len(imgs[i : i + size])), torch.zeros(0), 0)
             for i in range(0, len(imgs), size)]
+
+
+def assert_trained_grads_match(model: torch.nn.Module, reference: torch.nn.Module) -> None:
+    """``model``'s trained parameters have ``reference``'s gradients (the same loss with everything trained); its
+    frozen ones have none, where the reference's reach them (nonzero)."""
+    full = dict(reference.named_parameters())
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param.grad, full[name].grad, rtol=1e-5, atol=1e-7, msg=name)
+        elif full[name].requires_grad:
+            assert param.grad is None and full[name].grad is not None and full[name].grad.abs().sum() > 0, name

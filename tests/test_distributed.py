@@ -73,6 +73,27 @@ def test_two_process_fsdp2_equals_one_process(one_process, tmp_path, datasets):
     same_monitor(tmp_path / "fsdp", one_process)
 
 
+def test_pretraining_with_a_frozen_encoder_part_by_two_ranks_under_fsdp_equals_one_process(tmp_path, datasets):
+    """pretrain.tune_blocks=1 under FSDP2: the frozen blocks (sharded beside trained ones) keep the starting weights
+    bit for bit, and the rest trains as one process trains it, to float32 rounding."""
+    import openmae
+
+    torch.manual_seed(0)
+    mae = openmae.create_model("mae_vit_debug_patch4_32")
+    init = tmp_path / "init.pth"
+    torch.save({"model": mae.state_dict(), "model_config": mae.cfg.to_dict()}, init)
+    extra = ["model.name=auto", f"pretrain.init={init}", "pretrain.tune_blocks=1"]
+    launch(1, tmp_path / "one", datasets, 16, *extra)
+    launch(2, tmp_path / "two", datasets, 8, *extra, "train.distributed=fsdp")
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    start = mae.state_dict()
+    frozen = [k for k in one if k.startswith(("patch_embed.", "blocks.0.")) or k == "cls_token"]
+    assert len(frozen) == 15 and all(torch.equal(two[k], start[k]) and torch.equal(one[k], start[k]) for k in frozen)
+    assert not torch.equal(two["blocks.1.mlp.fc1.weight"], start["blocks.1.mlp.fc1.weight"])
+    for k, v in one.items():
+        torch.testing.assert_close(two[k], v, rtol=1e-4, atol=2e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
 LEAVES_THE_GROUP = """
 import json, os, sys
 from pathlib import Path

@@ -40,6 +40,7 @@ from openmae.engine.optim import param_groups
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.row_loss import row_loss
 from openmae.engine.task_config import FinetuneConfig
+from openmae.engine.train_state import refuse_other_tuning
 from openmae.engine.weights import resolve_encoder
 from openmae.models.vit import create_classifier, load_encoder, tune_last_blocks
 
@@ -148,13 +149,7 @@ class FinetuneTask:
 
     def check_resume(self, state: dict[str, Any], path: Path) -> None:
         """The parameters that train (finetune.tune_blocks) are those whose optimizer state the checkpoint holds."""
-        saved = state.get("config", {}).get("finetune", {}).get("tune_blocks")
-        now = self.cfg.finetune.tune_blocks
-        if saved != now:
-            raise CheckpointError(f"{path} was written by a run with finetune.tune_blocks={saved}, but this run has "
-                                  f"{now}: its optimizer holds the state of other parameters; resume with "
-                                  f"finetune.tune_blocks={saved}, or start a new run (another -o) from its weights "
-                                  f"with finetune.init={path}")
+        refuse_other_tuning(state, path, "finetune", self.cfg.finetune.tune_blocks)
 
     @property
     def classifier(self) -> nn.Module:

@@ -26,9 +26,11 @@ from openmae.engine.loop import Run, StepOutput, launch
 from openmae.engine.optim import param_groups
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import PretrainConfig
+from openmae.engine.train_state import refuse_other_tuning
 from openmae.engine.weights import resolve_encoder
 from openmae.eval.reconstruction import auto_scale, check_bands, grid_image, reconstruct, save_grid
 from openmae.eval.typicality import Reference
+from openmae.models.freezing import tune_encoder_blocks
 from openmae.models.mae import MaskedAutoencoder
 
 log = logging.getLogger("openmae.pretrain")
@@ -48,6 +50,7 @@ class PretrainTask:
                 self.model.reset_pos_embed()
             log.info("weights from %s%s", cfg.pretrain.init,
                      f"; left at their initialisation: {', '.join(left)}" if left else "")
+        self.tune_blocks(cfg.pretrain.tune_blocks)
         self.model_config = self.model.cfg.to_dict()
         # the held-out images' Gaussian of (log loss, log inpainter's error) at the last evaluation: model-last.pth
         # carries it, and `openmae evaluate` measures other images' atypicality against it
@@ -57,6 +60,18 @@ class PretrainTask:
         if (cfg.pretrain.knn_every_epochs or cfg.pretrain.eval_every_epochs) and not cfg.data.holdout:
             require_eval_folder(cfg.data)  # at the start, not after the first epochs
         keep_stats(cfg.data, model_cfg.in_chans)  # recorded in config.yaml and the checkpoints
+
+    def tune_blocks(self, blocks: int | None) -> None:
+        """pretrain.tune_blocks: the decoder with the encoder's last blocks, or alone."""
+        trained, total = tune_encoder_blocks(self.model, blocks)
+        if blocks is not None and blocks < self.model.cfg.depth:
+            what = (f"the encoder's last {blocks} of {self.model.cfg.depth} blocks, its final norm and the decoder train"
+                    if blocks else "the encoder is frozen: the decoder alone trains")
+            log.info("%s (%s of %s parameters); the rest keeps the weights it starts with", what, f"{trained:,}", f"{total:,}")
+
+    def check_resume(self, state: dict[str, Any], path: Path) -> None:
+        """The parameters that train (pretrain.tune_blocks) are those whose optimizer state the checkpoint holds."""
+        refuse_other_tuning(state, path, "pretrain", self.cfg.pretrain.tune_blocks)
 
     def shard_blocks(self) -> list[nn.Module]:
         return [*self.model.blocks, *self.model.decoder_blocks]

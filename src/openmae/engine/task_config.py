@@ -51,8 +51,15 @@ class PretrainSection:
     # loss falls: the model memorises its images (a small set; more epochs will not help it).
     eval_every_epochs: int = 0
     eval_samples: int = 0  # that many of the held-out images, spread evenly (0: data.max_eval_samples; all)
+    # Part of the encoder trains, the decoder always: the encoder's last N blocks and its final norm; 0: the encoder
+    # is frozen and a decoder learns to reconstruct from its features (a decoder for an encoder-only file, such as the
+    # official mae_pretrain_vit_*, to look at its reconstructions; what a frozen encoder's features keep of the
+    # pixels); null: the whole encoder (the default). No backward through the frozen blocks: faster steps
+    tune_blocks: int | None = None
 
     def check(self) -> None:
+        require(self.tune_blocks is None or self.tune_blocks >= 0, "pretrain.tune_blocks", self.tune_blocks,
+                ">= 0 (the encoder's last N blocks train with the decoder; 0: the decoder alone), or null for all")
         require(0 < self.mask_ratio < 1, "pretrain.mask_ratio", self.mask_ratio, "strictly between 0 and 1")
         require(self.vis_every_epochs >= 0, "pretrain.vis_every_epochs", self.vis_every_epochs, ">= 0 (0 = at the end)")
         require(self.vis_images >= 0, "pretrain.vis_images", self.vis_images, ">= 0")

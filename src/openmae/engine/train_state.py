@@ -29,6 +29,8 @@ from openmae.engine.checkpoint import (
 from openmae.engine.distributed import DistInfo, wait_for_main
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from openmae.engine.loop import Task
 
 log = logging.getLogger("openmae.train")
@@ -71,6 +73,17 @@ def save(ckpts: CheckpointManager, epoch: int, batch_in_epoch: int, step: int, t
             state["scaler"] = scaler.state_dict()
         ckpts.save(state, step, keep=keep)
     wait_for_main(info)
+
+
+def refuse_other_tuning(state: dict[str, Any], path: Path, section: str, now: int | None) -> None:
+    """A checkpoint of a run that trained other parameters (``<section>.tune_blocks``) is refused: its optimizer
+    holds the state of those."""
+    saved = state.get("config", {}).get(section, {}).get("tune_blocks")
+    if saved != now:
+        raise CheckpointError(f"{path} was written by a run with {section}.tune_blocks={saved}, but this run has "
+                              f"{now}: its optimizer holds the state of other parameters; resume with "
+                              f"{section}.tune_blocks={saved}, or start a new run (another -o) from its weights "
+                              f"with {section}.init={path}")
 
 
 def restore(resume: Resume, task: Task, model: nn.Module, optimizer: torch.optim.Optimizer,

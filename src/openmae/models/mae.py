@@ -132,7 +132,10 @@ class MaskedAutoencoder(nn.Module):
 
     def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
         for blk in blocks:
-            if self.cfg.grad_checkpointing and self.training and x.requires_grad:
+            # recomputed in the backward when the block is in the graph: its input or its own weights need gradients
+            # (the first trained block after frozen ones: its input needs none; pretrain.tune_blocks)
+            if self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled() and (
+                    x.requires_grad or any(p.requires_grad for p in blk.parameters())):
                 x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
             else:
                 x = blk(x)

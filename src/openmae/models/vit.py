@@ -15,6 +15,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from openmae.models.attention import Attention
 from openmae.models.config import GLOBAL_POOL, MAEConfig
+from openmae.models.freezing import count_trained, last_block_prefixes, train_only
 from openmae.models.mae import DECODER_PREFIXES
 from openmae.models.patches import adapt_in_chans
 from openmae.models.pos_embed import interpolate_pos_embed
@@ -59,23 +60,16 @@ def create_classifier(cfg: MAEConfig, num_classes: int, global_pool: str = "avg"
 def tune_last_blocks(model: VisionTransformer, blocks: int | None) -> tuple[int, int]:
     """Partial fine-tuning (the paper's section 4.3): only the encoder's last ``blocks`` transformer blocks, the
     final ``norm`` / ``fc_norm`` and the head train; the patch embedding, the cls token, the position table and the
-    earlier blocks keep their pretrained values (``requires_grad`` off, so autograd builds no graph through them
-    and the optimizer holds no state for them) and lose their drop path: they compute the pretrained features as
-    they are, stochastic depth regularising the blocks that learn. ``None`` (or the encoder's depth): everything
-    trains. Returns the numbers of trained and of all parameters."""
+    earlier blocks keep their pretrained values (:func:`openmae.models.freezing.train_only`) and lose their drop
+    path: they compute the pretrained features as they are, stochastic depth regularising the blocks that learn.
+    ``None`` (or the encoder's depth): everything trains. Returns the numbers of trained and of all parameters."""
     depth = len(model.blocks)
-    if blocks is not None and not 0 <= blocks <= depth:
-        raise ValueError(f"finetune.tune_blocks={blocks}, but the encoder has {depth} blocks: give 0 to {depth} (the "
-                         "last N blocks train), or null to fine-tune everything")
-    if blocks is not None and blocks < depth:
-        first = depth - blocks  # the first block that trains
-        trained = tuple(f"blocks.{i}." for i in range(first, depth)) + ("norm.", "fc_norm.", "head.")
-        for name, param in model.named_parameters():
-            param.requires_grad = name.startswith(trained)
-        for block in model.blocks[:first]:
-            block.drop_path1, block.drop_path2 = nn.Identity(), nn.Identity()
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    tuned = last_block_prefixes(depth, blocks, "finetune.tune_blocks")
+    if tuned is None:
+        return count_trained(model)
+    for block in model.blocks[:depth - len(tuned)]:
+        block.drop_path1, block.drop_path2 = nn.Identity(), nn.Identity()
+    return train_only(model, (*tuned, "norm.", "fc_norm.", "head."))
 
 
 def fold_bn_head(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
