@@ -87,8 +87,9 @@ def plot(results: dict, args: argparse.Namespace, out: Path, path: Path) -> None
     mean, std = stats_for(cfg.data, 1)
     shown = {name: reconstruct(openmae.load_pretrained(out / name / "model-last.pth"), images, mean, std, seed=0)
              for name in RUNS if (out / name / "model-last.pth").is_file()}
-    fig = plt.figure(figsize=(11, 4.2))
-    curves = fig.add_subplot(1, 2, 1)
+    fig = plt.figure(figsize=(12, 4.4), layout="constrained")
+    left, right = fig.subfigures(1, 2, width_ratios=[1, 1.25])
+    curves = left.subplots()
     for (name, label), style in zip(RUNS.items(), ("o-", "s-", "^--"), strict=True):
         if name in results:
             epochs, losses = zip(*results[name]["curve"], strict=True)
@@ -99,16 +100,14 @@ def plot(results: dict, args: argparse.Namespace, out: Path, path: Path) -> None
     curves.legend(fontsize=8)
     first = next(iter(shown.values()))
     rows = [("original", first.original), ("masked", first.masked)] + [(RUNS[n], r.pasted) for n, r in shown.items()]
-    for i, (label, panel) in enumerate(rows):
-        for j in range(panel.shape[0]):
-            ax = fig.add_subplot(len(rows), 2 * panel.shape[0], (2 * i + 1) * panel.shape[0] + j + 1)
+    axes = right.subplots(len(rows), first.original.shape[0], gridspec_kw={"wspace": 0.05, "hspace": 0.08})
+    for (label, panel), row in zip(rows, axes, strict=True):
+        for j, ax in enumerate(row):
             ax.imshow(panel[j, 0].numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(label.split(" (")[0].replace(", ", ",\n"), fontsize=6, rotation=0, ha="right",
-                              va="center")
-    fig.tight_layout()
+        row[0].set_ylabel(label.split(" (")[0].replace(", ", ",\n"), fontsize=7, rotation=0, ha="right", va="center")
+    right.suptitle("reconstructions (visible patches pasted back)", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
 

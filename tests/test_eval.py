@@ -145,6 +145,21 @@ def test_knn_command_on_a_holdout_equals_the_library_path(datasets):
     assert out["knn_top1"] == pytest.approx(expected["knn_top1"], abs=1e-9)
 
 
+def test_visualizing_an_encoder_without_its_decoder_is_refused_saying_how_to_train_one(tmp_path, datasets):
+    """An encoder-only file (the official mae_pretrain_vit_* layout) would be drawn by an untrained decoder (noise):
+    refused, naming the run that trains a decoder behind it."""
+    model = openmae.create_model("mae_vit_debug_patch4_32")
+    ckpt = tmp_path / "mae_pretrain_vit_debug.pth"
+    torch.save({"model": model.encoder_state_dict()}, ckpt)
+    photo = sorted((datasets / "imagenet-sample").glob("*.JPEG"))[0]
+    proc = call_cli("visualize", "--checkpoint", str(ckpt), str(photo), "-o", str(tmp_path / "pics"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert (f"{ckpt} holds an encoder without its MAE decoder, and visualize needs one to reconstruct: train a "
+            f"decoder behind the frozen encoder first (`openmae pretrain --data <images> -o runs/decoder "
+            f"model.name=auto pretrain.init={ckpt} pretrain.tune_blocks=0`)") in " ".join(proc.stderr.split())
+    assert not (tmp_path / "pics").exists()
+
+
 @pytest.mark.parametrize("norm_pix", [False, True])
 def test_visualization_of_real_photo(tmp_path, datasets, norm_pix):
     model = openmae.create_model("mae_vit_debug_patch4_32", img_size=64, patch_size=8, norm_pix_loss=norm_pix)

@@ -187,6 +187,14 @@ def test_evaluate_refuses_files_that_are_not_classifiers(tmp_path, datasets):
               tmp_path / "pretrain.pth")
     with pytest.raises(ConfigError, match="pretrained encoder .*no decoder.*openmae finetune"):
         run_evaluate(evaluate_cfg(tmp_path / "pretrain.pth", datasets))
+    # the official encoder-only layout (mae_pretrain_vit_*: the tensors alone): what it is, and how to measure its
+    # reconstructions (a decoder trained behind it)
+    official = tmp_path / "mae_pretrain_vit_debug.pth"
+    torch.save({"model": mae.encoder_state_dict()}, official)
+    with pytest.raises(ConfigError, match=rf"pretrained encoder .*to measure its reconstructions, train a decoder "
+                                          rf"behind the frozen encoder first .*pretrain.init={official} "
+                                          r"pretrain.tune_blocks=0"):
+        run_evaluate(evaluate_cfg(official, datasets))
     save_file({"model": {}, "model_config": mae_cfg.to_dict(), "num_classes": 10, "mode": "cached", "last_blocks": 2},
               tmp_path / "cached.pth")
     with pytest.raises(ConfigError, match="cached features"):

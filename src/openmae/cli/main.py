@@ -166,7 +166,7 @@ def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
 
 @command("visualize", "reconstruction pictures: original | masked | reconstruction | pasted")
 def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
-    from openmae.convert.checkpoints import load_pretrained
+    from openmae.convert.checkpoints import TRAIN_A_DECODER, holds_decoder, load_pretrained
     from openmae.convert.files import load_file
     from openmae.data.config import DataConfig
     from openmae.data.datasets import suffixes_for
@@ -189,8 +189,9 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     obj = load_file(args.checkpoint)
     model = load_pretrained(obj)
     inherit_stats(data, obj, args.checkpoint, model.cfg.in_chans)  # the pictures normalise as the run trained
-    if not any(k.startswith("decoder_") for k in model.state_dict()) or model.cfg.decoder_depth == 0:
-        raise ConfigError("visualize needs a checkpoint with the decoder")
+    if not holds_decoder(obj) or model.cfg.decoder_depth == 0:  # an untrained decoder would draw noise
+        raise ConfigError(f"{args.checkpoint} holds an encoder without its MAE decoder, and visualize needs one to "
+                          f"reconstruct: {TRAIN_A_DECODER.format(path=args.checkpoint)}")
     check_bands(args.bands, model.cfg.in_chans)
     if args.images:
         paths = image_paths(args.images, suffixes_for(data), data.csv_columns)

@@ -32,6 +32,22 @@ def to_openmae_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return timm_to_openmae(sd)
 
 
+def holds_decoder(obj: Any) -> bool:
+    """Whether ``obj`` (a loaded checkpoint) is an MAE with its decoder's pixel head, in any layout
+    :func:`load_pretrained` reads: ``decoder_pred`` ends its key in openmae's, the official code's and Hugging Face's
+    (``decoder.decoder_pred``) alike, so the keys are not converted (a Hugging Face file's would be copied)."""
+    try:
+        sd = unwrap_state_dict(obj)
+    except ValueError:
+        return False
+    return any(key.endswith("decoder_pred.weight") for key in sd)
+
+
+TRAIN_A_DECODER = ("train a decoder behind the frozen encoder first (`openmae pretrain --data <images> -o runs/decoder "
+                   "model.name=auto pretrain.init={path} pretrain.tune_blocks=0`) and give that run's "
+                   "model-last.pth, or a file with its decoder (mae_visualize_*.pth, a pretraining run's model-last.pth)")
+
+
 def describe(cfg_like: dict[str, Any]) -> str:
     return f"width {cfg_like['embed_dim']}, depth {cfg_like['depth']}, patch {cfg_like['patch_size']}"
 

@@ -16,7 +16,14 @@ import torch
 import torch.nn as nn
 
 from openmae.config import ConfigError
-from openmae.convert.checkpoints import describe, file_architecture, infer_config, trained_multi_label
+from openmae.convert.checkpoints import (
+    TRAIN_A_DECODER,
+    describe,
+    file_architecture,
+    holds_decoder,
+    infer_config,
+    trained_multi_label,
+)
 from openmae.convert.files import averaged_weights, load_file, unwrap_state_dict
 from openmae.convert.timm_train import timm_model_facts
 from openmae.data.build import eval_batches, require_labels, source_for
@@ -27,7 +34,7 @@ from openmae.data.ranks import shared_by_ranks
 from openmae.engine.classifier import LABEL_READING, chosen_on, evaluate_share
 from openmae.engine.config import ModelSection
 from openmae.engine.distributed import DistInfo, cleanup, init_distributed
-from openmae.engine.evaluate_reconstruction import evaluate_reconstruction, holds_decoder
+from openmae.engine.evaluate_reconstruction import evaluate_reconstruction
 from openmae.engine.linprobe import probe_global_pool
 from openmae.engine.logging import setup_console
 from openmae.engine.precision import autocast_dtype
@@ -63,11 +70,13 @@ def _head_kind(obj: dict[str, Any], path: str) -> tuple[str, bool]:
         # a classifier of the official fine-tuning code (timm's keys): global pooling replaces the final norm by
         # fc_norm (its default, --global_pool), the cls token keeps it (--cls_token)
         return ("avg" if "fc_norm.weight" in weights else "token"), False
-    if "pretrain" in run_cfg or any(k.startswith(("decoder_", "mask_token")) for k in weights):
+    encoder_alone = "cls_token" in weights and "head.weight" not in weights  # the official mae_pretrain_vit_*
+    if "pretrain" in run_cfg or encoder_alone or any(k.startswith(("decoder_", "mask_token")) for k in weights):
         raise ConfigError(f"{path} is a pretrained encoder (no classifier head, and no decoder whose reconstruction "
                           "evaluate could measure): fine-tune it first (`openmae finetune --checkpoint ...`) and "
                           "evaluate that run's model-best.pth, or measure the encoder itself with `openmae knn` / "
-                          "`openmae linprobe`")
+                          "`openmae linprobe`; to measure its reconstructions, "
+                          + TRAIN_A_DECODER.format(path=path))
     raise ConfigError(f"{path} is not a classifier written by openmae (no fine-tuning or probe settings in it; keys "
                       f"{sorted(obj)[:8]}); give the model-best.pth or a run checkpoint of `openmae finetune` or "
                       "`openmae linprobe linprobe.mode=online`")

@@ -19,7 +19,6 @@ import torch
 
 from openmae.config import ConfigError
 from openmae.convert.checkpoints import load_pretrained
-from openmae.convert.files import unwrap_state_dict
 from openmae.data.build import SourceView, eval_batches, source_for
 from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource, stats_for
@@ -41,17 +40,6 @@ WORST_DRAWN = 8  # and --plot draws
 # what evaluate.rank_by may rank the images by, as the log says it
 RANKINGS = {"loss": "loss", "relative_loss": "relative loss (the squared error over a generic inpainter's)",
             "atypicality": "atypicality (against the reference images)"}
-
-
-def holds_decoder(obj: Any) -> bool:
-    """Whether ``obj`` (a loaded checkpoint) is an MAE with its decoder's pixel head, in any layout
-    :func:`load_pretrained` reads: ``decoder_pred`` ends its key in openmae's, the official code's and Hugging Face's
-    (``decoder.decoder_pred``) alike, so the keys are not converted (a Hugging Face file's would be copied)."""
-    try:
-        sd = unwrap_state_dict(obj)
-    except ValueError:
-        return False
-    return any(key.endswith("decoder_pred.weight") for key in sd)
 
 
 def errors_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConfig, batch_size: int,
