@@ -96,6 +96,7 @@ def plot(results: dict, args: argparse.Namespace, out: Path, path: Path) -> None
             curves.plot(epochs, losses, style, label=f"{label}: {results[name]['eval_loss']:.4f}")
     curves.set(xlabel="epoch", ylabel="held-out loss (removed patches' MSE)",
                title="Fashion-MNIST test images, 75% removed")
+    curves.set_xticks(range(1, args.epochs + 1))
     curves.grid(alpha=0.3)
     curves.legend(fontsize=8)
     first = next(iter(shown.values()))
