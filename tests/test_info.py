@@ -47,8 +47,11 @@ def test_info_on_run_files_and_their_conversions(tmp_path, datasets, capsys):
     assert bare["normalization_assumed"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                                              "format": "image"}  # another program's RGB weights (inherit_stats)
     assert main(["info", str(tmp_path / "bare.safetensors")]) == 0
+    text = capsys.readouterr().out
     assert "normalisation: not recorded; ImageNet's assumed (mean [0.485, 0.456, 0.406] std [0.229, 0.224, 0.225])" \
-           in capsys.readouterr().out
+           in text
+    assert "parts: encoder alone (no decoder: to see or measure its reconstructions, train one behind it with " \
+           "`openmae pretrain ... pretrain.init=<this file> pretrain.tune_blocks=0`)" in text
     # converted to a layout that keeps a normalisation, it records the assumption: the Hugging Face folder's
     # preprocessor_config.json (which AutoImageProcessor needs), an openmae file
     for dst, to in (("hf-bare", "hf"), ("bare-openmae.pth", "openmae")):

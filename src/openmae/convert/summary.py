@@ -118,6 +118,9 @@ def format_summary(info: dict[str, Any]) -> str:
         fitted = f"; decision thresholds {min(fitted):.3g} to {max(fitted):.3g}" if fitted else ""
         fitted += f"; calibrated at temperature {info['temperature']:.3g}" if info.get("temperature") else ""
         parts.append(f"classifier head ({info['classifier_classes']} classes{several}{shown}{fitted})")
+    elif parts == ["encoder"]:  # what visualize and evaluate need, and how to get it
+        parts = ["encoder alone (no decoder: to see or measure its reconstructions, train one behind it with `openmae "
+                 "pretrain ... pretrain.init=<this file> pretrain.tune_blocks=0`)"]
     lines = [
         f"{info['path']}: {info['written_by']}, {info['layout']}",
         f"  parts: {', '.join(parts) or 'none recognised'}; {info['tensors']} tensors, "
