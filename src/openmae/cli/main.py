@@ -186,6 +186,9 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
                           "pretraining run's model-last.pth, an official mae_visualize_*.pth, a Hugging Face folder)")
     if args.count is not None and args.count < 1:
         raise ConfigError(f"--count={args.count}: give the number of pictures to write, 1 or more")
+    if args.errors is not None and not args.errors > 0:
+        raise ConfigError(f"--errors={args.errors}: give the squared error at which the heat map is brightest, > 0 "
+                          "(1, the default: an error of one standard deviation of the data)")
     obj = load_file(args.checkpoint)
     model = load_pretrained(obj)
     inherit_stats(data, obj, args.checkpoint, model.cfg.in_chans)  # the pictures normalise as the run trained
@@ -197,10 +200,11 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
         paths = image_paths(args.images, suffixes_for(data), data.csv_columns)
         if args.count is not None and args.count < len(paths):  # spread over the folders, not the first class's
             paths = [paths[i * len(paths) // args.count] for i in range(args.count)]
-        written = visualize_files(model, paths, args.out, data, args.mask_ratio, args.seed, bands=tuple(args.bands))
+        written = visualize_files(model, paths, args.out, data, args.mask_ratio, args.seed, bands=tuple(args.bands),
+                                  errors=args.errors)
     elif data.name != "folder" or data.path:
         written = visualize_dataset(model, data, args.out, args.count or 8, args.mask_ratio, args.seed,
-                                    tuple(args.bands))
+                                    tuple(args.bands), args.errors)
     else:
         raise ConfigError("give image files or folders, or a dataset (data.name=cifar10 data.root=...)")
     for path in written:
@@ -308,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--bands", type=int, nargs="+", default=[], metavar="B",
                            help="channels to show: one (grey) or three (red, green, blue), e.g. 3 2 1; default the "
                                 "first three")
+            p.add_argument("--errors", type=float, nargs="?", const=1.0, metavar="MAX",
+                           help="error maps instead: original | every patch reconstructed (while removed, by passes "
+                                "whose masks cover the image) | each pixel's squared error, black 0 to white-yellow "
+                                "MAX (default 1: an error of one standard deviation of the data)")
         if name == "convert":
             p.add_argument("src", help="input weights (.pth/.pt/.bin/.safetensors, any supported layout), a Hugging "
                            "Face folder or a run folder")

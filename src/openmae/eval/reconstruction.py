@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -11,6 +13,9 @@ from PIL import Image
 
 from openmae.models.mae import MaskedAutoencoder
 from openmae.models.patches import patchify, unpatchify
+
+if TYPE_CHECKING:
+    from openmae.eval.error_map import ErrorMap
 
 
 @dataclass
@@ -22,6 +27,10 @@ class Reconstruction:
     reconstruction: torch.Tensor
     pasted: torch.Tensor
     mask: torch.Tensor  # (N, L), 1 = removed
+    coloured: ClassVar[tuple[int, ...]] = ()  # the panels already red, green, blue (none here)
+
+    def panels(self) -> list[torch.Tensor]:
+        return [self.original, self.masked, self.reconstruction, self.pasted]
 
 
 def predicted_patches(model: MaskedAutoencoder, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -49,23 +58,26 @@ def reconstruct(model: MaskedAutoencoder, imgs: torch.Tensor, mean: tuple[float,
     p, c, size = model.cfg.patch_size, model.cfg.in_chans, model.cfg.img_size
     recon = unpatchify(predicted_patches(model, imgs, out.pred), p, size, c)
     pixel_mask = unpatchify(out.mask.unsqueeze(-1).expand(-1, -1, p * p * c), p, size, c)  # 1 = removed
-    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
-
-    lo, span = torch.zeros(()), torch.ones(())
-    if stretch:
-        flat = (imgs * s + m).float().flatten(2).cpu()  # (N, C, H*W)
-        lo, hi = flat.quantile(0.01, dim=2)[..., None, None], flat.quantile(0.99, dim=2)[..., None, None]
-        span = (hi - lo).clamp_min(1e-12)
-
-    def to_unit(x: torch.Tensor) -> torch.Tensor:
-        return (((x * s + m).float().cpu() - lo) / span).clamp(0, 1)
-
+    to_unit = displayed(imgs, mean, std, stretch)
     original = to_unit(imgs)
     reconstruction = to_unit(recon)
     masked = original * (1 - pixel_mask.cpu()) + 0.5 * pixel_mask.cpu()  # removed patches shown mid-grey
     pasted = original * (1 - pixel_mask.cpu()) + reconstruction * pixel_mask.cpu()
     return Reconstruction(original, masked, reconstruction, pasted, out.mask.cpu())
+
+
+def displayed(imgs: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], stretch: bool = False
+              ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The map of normalised images like ``imgs`` (N, C, H, W) to panels in [0, 1] on the CPU: the normalisation
+    undone, and with ``stretch`` each band of each image mapped from its 1st-99th percentile range in ``imgs``."""
+    m = torch.tensor(mean, device=imgs.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=imgs.device).view(1, -1, 1, 1)
+    lo, span = torch.zeros(()), torch.ones(())
+    if stretch:
+        flat = (imgs * s + m).float().flatten(2).cpu()  # (N, C, H*W)
+        lo, hi = flat.quantile(0.01, dim=2)[..., None, None], flat.quantile(0.99, dim=2)[..., None, None]
+        span = (hi - lo).clamp_min(1e-12)
+    return lambda x: (((x * s + m).float().cpu() - lo) / span).clamp(0, 1)
 
 
 def check_bands(bands: tuple[int, ...] | list[int], channels: int) -> None:
@@ -75,20 +87,22 @@ def check_bands(bands: tuple[int, ...] | list[int], channels: int) -> None:
                          f"to {channels - 1} (the model has {channels}); e.g. 3 2 1 for Sentinel-2's true colour")
 
 
-def grid_image(rec: Reconstruction, scale: int = 1, gap: int = 2, bands: tuple[int, ...] = ()) -> np.ndarray:
-    """One row per image, four panels per row, as an (H, W, 3) uint8 array; ``scale`` enlarges small images.
+def grid_image(rec: Reconstruction | ErrorMap, scale: int = 1, gap: int = 2, bands: tuple[int, ...] = ()) -> np.ndarray:
+    """One row per image, its panels side by side (four of a :class:`Reconstruction`, three of an
+    :class:`openmae.eval.error_map.ErrorMap`), as an (H, W, 3) uint8 array; ``scale`` enlarges small images.
     ``bands``: which channels to show, one (grey) or three (as red, green, blue); by default the first three, or
     the first alone when there are fewer."""
-    panels = [rec.original, rec.masked, rec.reconstruction, rec.pasted]
+    panels = rec.panels()
     n, c, h, w = rec.original.shape
     check_bands(bands, c)
     shown = list(bands) if bands else ([0] if c < 3 else [0, 1, 2])
-    hh, ww = h * scale, w * scale
-    canvas = np.full((n * hh + (n - 1) * gap, 4 * ww + 3 * gap, 3), 255, dtype=np.uint8)
+    hh, ww, cols = h * scale, w * scale, len(panels)
+    canvas = np.full((n * hh + (n - 1) * gap, cols * ww + (cols - 1) * gap, 3), 255, dtype=np.uint8)
     for row in range(n):
         for col, panel in enumerate(panels):
             x = panel[row]
-            x = x[shown].expand(3, -1, -1) if len(shown) == 1 else x[shown]
+            if col not in rec.coloured:
+                x = x[shown].expand(3, -1, -1) if len(shown) == 1 else x[shown]
             arr = (x.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
             if scale > 1:
                 arr = arr.repeat(scale, axis=0).repeat(scale, axis=1)
@@ -97,7 +111,7 @@ def grid_image(rec: Reconstruction, scale: int = 1, gap: int = 2, bands: tuple[i
     return canvas
 
 
-def save_grid(rec: Reconstruction, path: str | Path, scale: int = 1, bands: tuple[int, ...] = ()) -> Path:
+def save_grid(rec: Reconstruction | ErrorMap, path: str | Path, scale: int = 1, bands: tuple[int, ...] = ()) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid_image(rec, scale, bands=bands)).save(path)

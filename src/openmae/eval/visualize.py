@@ -7,6 +7,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from openmae.data.arrays import band_stats
 from openmae.data.config import CSV_SUFFIXES, DataConfig
 from openmae.data.datasets import file_source, stats_for
@@ -18,7 +20,8 @@ from openmae.data.loader import SeededSamples
 from openmae.data.scans import suffix_of
 from openmae.data.transforms import eval_transform
 from openmae.data.volumes import FileVolumes
-from openmae.eval.reconstruction import auto_scale, reconstruct, save_grid
+from openmae.eval.error_map import ErrorMap, error_map
+from openmae.eval.reconstruction import Reconstruction, auto_scale, reconstruct, save_grid
 from openmae.models.mae import MaskedAutoencoder
 
 log = logging.getLogger(__name__)
@@ -74,12 +77,25 @@ def distinct_names(names: list[str], paths: list[Path]) -> list[str]:
     return out
 
 
+def picture(model: MaskedAutoencoder, img: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+            mask_ratio: float, seed: int, stretch: bool, errors: float | None) -> Reconstruction | ErrorMap:
+    """One image's panels: its reconstruction, or with ``errors`` (the heat map's scale) its error map."""
+    if errors is None:
+        return reconstruct(model, img, mean, std, mask_ratio, seed=seed, stretch=stretch)
+    shown = error_map(model, img, mean, std, mask_ratio, seed=seed, vmax=errors, stretch=stretch)
+    log.info("mean squared error %.4f (every patch predicted while removed, %d passes)", float(shown.errors.mean()),
+             shown.passes)
+    return shown
+
+
 def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | Path, data: DataConfig,
                     mask_ratio: float = 0.75, seed: int = 0, scale: int | None = None, bands: tuple[int, ...] = (),
-                    ) -> list[Path]:
+                    errors: float | None = None) -> list[Path]:
     """Writes ``<out_dir>/<image stem>.png`` (original | masked | reconstruction | pasted) for each path (a volume:
     its middle slice, of its first volume for a 4-D file; a DICOM series a file a slice: ``<folder>-<its first
-    file>.png``); ``bands``: the channels shown (:func:`openmae.eval.reconstruction.grid_image`)."""
+    file>.png``); ``bands``: the channels shown (:func:`openmae.eval.reconstruction.grid_image`); ``errors``: the
+    error map instead (original | every patch reconstructed | squared error up to ``errors``,
+    :mod:`openmae.eval.error_map`)."""
     m = model.cfg
     source = file_source(paths, None, m.in_chans, [], replace(data, bad_files="fail"))
     if isinstance(source, FileVolumes):  # a volume's middle slice, named by its file (a series: folder and first file)
@@ -111,7 +127,7 @@ def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | 
                 raise
             log.warning("no picture of an unreadable image (data.bad_files=fail stops instead): %s", err)
             continue
-        rec = reconstruct(model, img, mean, std, mask_ratio, seed=seed + i, stretch=data.reads_arrays)
+        rec = picture(model, img, mean, std, mask_ratio, seed + i, data.reads_arrays, errors)
         written.append(save_grid(rec, Path(out_dir) / f"{stem}.png", scale or auto_scale(m.img_size), bands))
     if not written:
         raise ValueError(f"none of the {len(shown)} images could be read (the warnings above say why)")
@@ -119,8 +135,10 @@ def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | 
 
 
 def visualize_dataset(model: MaskedAutoencoder, data: DataConfig, out_dir: str | Path, count: int = 8,
-                      mask_ratio: float = 0.75, seed: int = 0, bands: tuple[int, ...] = ()) -> list[Path]:
-    """Writes ``<out_dir>/<split>-<index>.png`` for the first ``count`` images of the evaluation split."""
+                      mask_ratio: float = 0.75, seed: int = 0, bands: tuple[int, ...] = (),
+                      errors: float | None = None) -> list[Path]:
+    """Writes ``<out_dir>/<split>-<index>.png`` for the first ``count`` images of the evaluation split (``errors``:
+    their error maps, as :func:`visualize_files`)."""
     from openmae.data.build import eval_batches
 
     m = model.cfg
@@ -129,8 +147,8 @@ def visualize_dataset(model: MaskedAutoencoder, data: DataConfig, out_dir: str |
     written: list[Path] = []
     for batch in eval_batches(data, split, m.img_size, m.in_chans, count, limit=count):
         for i in range(batch.images.shape[0]):
-            rec = reconstruct(model, batch.images[i : i + 1], mean, std, mask_ratio, seed=seed + len(written),
-                              stretch=data.reads_arrays)
+            rec = picture(model, batch.images[i : i + 1], mean, std, mask_ratio, seed + len(written),
+                          data.reads_arrays, errors)
             written.append(save_grid(rec, Path(out_dir) / f"{split}-{len(written):05d}.png", auto_scale(m.img_size),
                                      bands))
         break

@@ -45,6 +45,22 @@ def plan_from_noise(noise: torch.Tensor, mask_ratio: float) -> MaskPlan:
     return MaskPlan(ids_keep=ids_keep, ids_restore=ids_restore, mask=mask)
 
 
+def covering_noise(batch: int, length: int, mask_ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Noise (P, N, L) for P passes whose removed patches together cover every patch of each image once or more: a
+    random order of the L patches cut into runs of R = L - ``num_visible`` (the last run wrapping round to the
+    start), pass p removing run p; P = ceil(L / R) (2 at the paper's 0.75). Each pass removes R patches, as
+    :func:`plan_from_noise` of any noise at this ratio does, so each pass is an ordinary forward of the model."""
+    removed = length - num_visible(length, mask_ratio)
+    if removed == 0:
+        raise ValueError(f"mask_ratio={mask_ratio} removes none of {length} patches: nothing to reconstruct")
+    rank = torch.argsort(torch.argsort(torch.rand(batch, length, generator=generator), dim=1), dim=1)  # (N, L)
+    passes = []
+    for p in range(math.ceil(length / removed)):
+        place = (rank - p * removed) % length  # (N, L): 0 .. R-1 for this pass's run
+        passes.append((place < removed).float() + place.float() / length)  # removed >= 1 > kept
+    return torch.stack(passes)
+
+
 class MaskingStrategy(Protocol):
     """Draws noise (N, L) for a patch grid; lower noise = more likely to stay visible."""
 

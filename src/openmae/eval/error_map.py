@@ -1,0 +1,73 @@
+"""Where a model fails to reconstruct an image: every patch predicted while removed, and each pixel's squared error.
+
+Passes with complementary masks (:func:`openmae.models.masking.covering_noise`: two at the paper's 0.75) remove every
+patch at least once; each patch's prediction is the mean of those of the passes that removed it (in the input's
+normalised pixel units, a norm_pix model's mapped back as its pictures are). The squared error of each pixel against
+the input, averaged over the channels, is drawn as a heat map on one fixed scale (``vmax``: 1 is an error of one
+standard deviation of the data), so that pictures of different images compare: a defect, a lesion or an object unlike
+the training images stands out where the model cannot fill it in from its surroundings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import matplotlib
+import torch
+
+from openmae.eval.reconstruction import displayed, predicted_patches
+from openmae.models.mae import MaskedAutoencoder
+from openmae.models.masking import covering_noise
+from openmae.models.patches import patchify, unpatchify
+
+COLORMAP = "inferno"  # perceptually ordered, dark for no error
+
+
+@dataclass
+class ErrorMap:
+    """Panels (N, C, H, W) in [0, 1]: the original, its reconstruction (every patch as predicted while removed) and
+    the heat map of its squared error (N, 3, H, W, red-green-blue); ``errors`` (N, H, W) in the input's normalised
+    units, ``passes`` the forwards it took."""
+
+    original: torch.Tensor
+    reconstruction: torch.Tensor
+    heat: torch.Tensor
+    errors: torch.Tensor
+    passes: int
+    coloured: ClassVar[tuple[int, ...]] = (2,)
+
+    def panels(self) -> list[torch.Tensor]:
+        return [self.original, self.reconstruction, self.heat]
+
+
+@torch.no_grad()
+def covered_prediction(model: MaskedAutoencoder, imgs: torch.Tensor, mask_ratio: float = 0.75, seed: int = 0
+                       ) -> tuple[torch.Tensor, int]:
+    """Every patch of normalised ``imgs`` (N, C, H, W) predicted while removed: (N, L, p*p*C) in the input's units,
+    the mean over the passes that removed it; and the number of passes."""
+    model.eval()
+    imgs = imgs.to(next(model.parameters()).device)
+    noises = covering_noise(imgs.shape[0], model.num_patches, mask_ratio, torch.Generator().manual_seed(seed))
+    total = count = None
+    for noise in noises.to(imgs.device):  # (N, L) each
+        out = model(imgs, mask_ratio=mask_ratio, noise=noise)
+        removed = out.mask.unsqueeze(-1)  # (N, L, 1)
+        pred = predicted_patches(model, imgs, out.pred) * removed
+        total, count = (pred, removed) if total is None else (total + pred, count + removed)
+    return total / count, len(noises)
+
+
+def error_map(model: MaskedAutoencoder, imgs: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+              mask_ratio: float = 0.75, seed: int = 0, vmax: float = 1.0, stretch: bool = False) -> ErrorMap:
+    """The :class:`ErrorMap` of normalised ``imgs``; the heat map runs from no error (black) to ``vmax`` and above
+    (white-yellow). ``stretch``: panels of bands in their own units, as :func:`openmae.eval.reconstruction.reconstruct`."""
+    if not vmax > 0:
+        raise ValueError(f"the error map's scale vmax={vmax}: give a squared error > 0 (1: one standard deviation)")
+    pred, passes = covered_prediction(model, imgs, mask_ratio, seed)
+    p, c, size = model.cfg.patch_size, model.cfg.in_chans, model.cfg.img_size
+    imgs = imgs.to(pred.device)
+    errors = unpatchify((pred - patchify(imgs, p).float()) ** 2, p, size, c).mean(dim=1)  # (N, H, W)
+    colours = matplotlib.colormaps[COLORMAP]((errors / vmax).clamp(0, 1).cpu().numpy())  # (N, H, W, 4)
+    heat = torch.from_numpy(colours[..., :3]).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
+    to_unit = displayed(imgs, mean, std, stretch)
+    return ErrorMap(to_unit(imgs), to_unit(unpatchify(pred, p, size, c)), heat, errors.cpu(), passes)
