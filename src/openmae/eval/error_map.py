@@ -9,6 +9,7 @@ the training images stands out where the model cannot fill it in from its surrou
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,6 +41,18 @@ class ErrorMap:
         return [self.original, self.reconstruction, self.heat]
 
 
+def covered_mean(passes: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, int]:
+    """Each patch's mean prediction over the passes that removed it: ``passes`` gives each pass's predictions
+    (N, L, D) and mask (N, L), 1 = removed; returns (N, L, D) and the number of passes."""
+    total = count = None
+    used = 0
+    for pred, mask in passes:
+        removed = mask.unsqueeze(-1).float()  # (N, L, 1)
+        total, count = (pred * removed, removed) if total is None else (total + pred * removed, count + removed)
+        used += 1
+    return total / count, used
+
+
 @torch.no_grad()
 def covered_prediction(model: MaskedAutoencoder, imgs: torch.Tensor, mask_ratio: float = 0.75, seed: int = 0
                        ) -> tuple[torch.Tensor, int]:
@@ -48,13 +61,13 @@ def covered_prediction(model: MaskedAutoencoder, imgs: torch.Tensor, mask_ratio:
     model.eval()
     imgs = imgs.to(next(model.parameters()).device)
     noises = covering_noise(imgs.shape[0], model.num_patches, mask_ratio, torch.Generator().manual_seed(seed))
-    total = count = None
-    for noise in noises.to(imgs.device):  # (N, L) each
-        out = model(imgs, mask_ratio=mask_ratio, noise=noise)
-        removed = out.mask.unsqueeze(-1)  # (N, L, 1)
-        pred = predicted_patches(model, imgs, out.pred) * removed
-        total, count = (pred, removed) if total is None else (total + pred, count + removed)
-    return total / count, len(noises)
+
+    def passes() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for noise in noises.to(imgs.device):  # (N, L) each
+            out = model(imgs, mask_ratio=mask_ratio, noise=noise)
+            yield predicted_patches(model, imgs, out.pred), out.mask
+
+    return covered_mean(passes())
 
 
 def error_map(model: MaskedAutoencoder, imgs: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
