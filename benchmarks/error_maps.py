@@ -151,7 +151,7 @@ def draw(shown: list, results: dict, path: Path, examples: int = 5) -> None:
             for xi, v in zip(x + offset, values, strict=True):
                 ax.text(xi, v + 0.01, f"{v:.3f}", ha="center", fontsize=7)
         ax.set_xticks(x, [m.replace(" (", "\n(") for m in labels], fontsize=7)
-        ax.set(ylim=(0.4, 1.05), ylabel="ROC-AUC", title=title)
+        ax.set(ylim=(0.3, 1.05), ylabel="ROC-AUC", title=title)
         ax.axhline(0.5, color="grey", lw=0.5)
         ax.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
