@@ -72,7 +72,7 @@ def inpainter_errors(model: openmae.MaskedAutoencoder, imgs: torch.Tensor, seed:
             filled = inpaint(imgs, visible_pixels(mask, m.grid, m.patch_size), sigma=float(m.patch_size))
             yield patchify(filled, m.patch_size), mask
 
-    pred, _ = covered_mean(passes())
+    pred = covered_mean(passes())
     return unpatchify((pred - target) ** 2, m.patch_size, m.img_size, m.in_chans).mean(dim=1)
 
 

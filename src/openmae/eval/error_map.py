@@ -41,16 +41,14 @@ class ErrorMap:
         return [self.original, self.reconstruction, self.heat]
 
 
-def covered_mean(passes: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, int]:
-    """Each patch's mean prediction over the passes that removed it: ``passes`` gives each pass's predictions
-    (N, L, D) and mask (N, L), 1 = removed; returns (N, L, D) and the number of passes."""
+def covered_mean(passes: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Each patch's mean prediction (N, L, D) over the passes that removed it: ``passes`` gives each pass's
+    predictions (N, L, D) and mask (N, L), 1 = removed."""
     total = count = None
-    used = 0
     for pred, mask in passes:
         removed = mask.unsqueeze(-1).float()  # (N, L, 1)
         total, count = (pred * removed, removed) if total is None else (total + pred * removed, count + removed)
-        used += 1
-    return total / count, used
+    return total / count
 
 
 @torch.no_grad()
@@ -67,7 +65,7 @@ def covered_prediction(model: MaskedAutoencoder, imgs: torch.Tensor, mask_ratio:
             out = model(imgs, mask_ratio=mask_ratio, noise=noise)
             yield predicted_patches(model, imgs, out.pred), out.mask
 
-    return covered_mean(passes())
+    return covered_mean(passes()), len(noises)
 
 
 def error_map(model: MaskedAutoencoder, imgs: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],

@@ -27,10 +27,9 @@ def train_only(model: nn.Module, prefixes: tuple[str, ...]) -> tuple[int, int]:
     """Leave ``requires_grad`` on for the parameters whose names start with one of ``prefixes`` and off for all
     others (a parameter that was already fixed, as MAE's sin-cos position tables, stays fixed). Returns the numbers
     of trained and of all parameters."""
-    params = list(model.named_parameters())
-    for name, param in params:
+    for name, param in model.named_parameters():
         param.requires_grad = param.requires_grad and name.startswith(prefixes)
-    return sum(p.numel() for _, p in params if p.requires_grad), sum(p.numel() for _, p in params)
+    return count_trained(model)
 
 
 def count_trained(model: nn.Module) -> tuple[int, int]:
