@@ -145,12 +145,17 @@ def test_knn_command_on_a_holdout_equals_the_library_path(datasets):
     assert out["knn_top1"] == pytest.approx(expected["knn_top1"], abs=1e-9)
 
 
-def test_visualizing_an_encoder_without_its_decoder_is_refused_saying_how_to_train_one(tmp_path, datasets):
+@pytest.mark.parametrize("kind", ["encoder", "classifier"])
+def test_visualizing_an_encoder_without_its_decoder_is_refused_saying_how_to_train_one(tmp_path, datasets, kind):
     """An encoder-only file (the official mae_pretrain_vit_* layout) would be drawn by an untrained decoder (noise):
-    refused, naming the run that trains a decoder behind it."""
+    refused, naming the run that trains a decoder behind it. A classifier fine-tuned with average pooling (no final
+    norm) alike (it was refused for the norm it lacks, which pretraining from it now starts afresh)."""
+    from openmae.models.vit import create_classifier
+
     model = openmae.create_model("mae_vit_debug_patch4_32")
     ckpt = tmp_path / "mae_pretrain_vit_debug.pth"
-    torch.save({"model": model.encoder_state_dict()}, ckpt)
+    weights = model.encoder_state_dict() if kind == "encoder" else create_classifier(model.cfg, 10, "avg").state_dict()
+    torch.save({"model": weights}, ckpt)
     photo = sorted((datasets / "imagenet-sample").glob("*.JPEG"))[0]
     proc = call_cli("visualize", "--checkpoint", str(ckpt), str(photo), "-o", str(tmp_path / "pics"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr

@@ -116,3 +116,40 @@ def test_tune_blocks_out_of_range_is_refused(tmp_path, datasets):
     everything = debug_mae()
     assert tune_encoder_blocks(everything, 4) == tune_encoder_blocks(everything, None)
     assert all(p.requires_grad for n, p in everything.named_parameters() if "pos_embed" not in n)
+
+
+@pytest.mark.parametrize("tune_blocks", [0, None])
+def test_pretraining_starts_from_a_classifier_fine_tuned_with_average_pooling(tmp_path, datasets, caplog, tune_blocks):
+    """A classifier fine-tuned with average pooling (the paper's fine-tuning: fc_norm of the mean patch token, no
+    final norm) as pretrain.init (a decoder behind a fine-tuned encoder; continued pretraining): its encoder is read
+    bit for bit, its fc_norm and head are not, the final norm starts at its initialisation (said in the log) and
+    stays there with the encoder frozen, trains with it whole. It was refused ("no final norm")."""
+    from openmae.models.vit import create_classifier
+
+    cfg = debug_mae(depth=2).cfg
+    torch.manual_seed(1)
+    classifier = create_classifier(cfg, 10, "avg")
+    with torch.no_grad():
+        for p in classifier.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # away from any initialisation
+    sd = classifier.state_dict()
+    assert "norm.weight" not in sd and "fc_norm.weight" in sd
+    init = tmp_path / "model-best.pth"
+    torch.save({"model": sd, "model_config": cfg.to_dict()}, init)
+    run = tmp_path / "run"
+    extra = () if tune_blocks is None else (f"pretrain.tune_blocks={tune_blocks}",)
+    with caplog.at_level("INFO", logger="openmae.pretrain"):
+        pretrain(tiny_pretrain(run, datasets, "model.name=auto", f"pretrain.init={init}", "train.epochs=1", *extra))
+    assert (f"{init} is a classifier fine-tuned with average pooling: it has no final norm of every token" in caplog.text)
+    assert ("a plain standardisation of each token, frozen" if tune_blocks == 0 else "trained with the rest") in caplog.text
+    last = weights(run)
+    assert not any(k.startswith(("fc_norm.", "head.")) for k in last)
+    encoder = {k: v for k, v in sd.items() if not k.startswith(("fc_norm.", "head."))}
+    frozen = encoder if tune_blocks == 0 else {k: encoder[k] for k in ("pos_embed",)}
+    assert all(torch.equal(last[k], v) for k, v in frozen.items())
+    if tune_blocks == 0:
+        assert torch.equal(last["norm.weight"], torch.ones(cfg.embed_dim))
+        assert torch.equal(last["norm.bias"], torch.zeros(cfg.embed_dim))
+    else:
+        assert not torch.equal(last["norm.weight"], torch.ones(cfg.embed_dim))
+        assert not torch.equal(last["blocks.1.mlp.fc2.weight"], encoder["blocks.1.mlp.fc2.weight"])

@@ -190,11 +190,11 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
         raise ConfigError(f"--errors={args.errors}: give the squared error at which the heat map is brightest, > 0 "
                           "(1, the default: an error of one standard deviation of the data)")
     obj = load_file(args.checkpoint)
-    model = load_pretrained(obj)
-    inherit_stats(data, obj, args.checkpoint, model.cfg.in_chans)  # the pictures normalise as the run trained
-    if not holds_decoder(obj) or model.cfg.decoder_depth == 0:  # an untrained decoder would draw noise
+    model = load_pretrained(obj) if holds_decoder(obj) else None  # (a fine-tuned classifier does not load as an MAE)
+    if model is None or model.cfg.decoder_depth == 0:  # an untrained decoder would draw noise
         raise ConfigError(f"{args.checkpoint} holds an encoder without its MAE decoder, and visualize needs one to "
                           f"reconstruct: {TRAIN_A_DECODER.format(path=args.checkpoint)}")
+    inherit_stats(data, obj, args.checkpoint, model.cfg.in_chans)  # the pictures normalise as the run trained
     check_bands(args.bands, model.cfg.in_chans)
     if args.images:
         paths = image_paths(args.images, suffixes_for(data), data.csv_columns)

@@ -115,8 +115,9 @@ def load_state_dict_into(
         if missing == ["norm.bias", "norm.weight"]:
             lines.append("  a classifier fine-tuned with average pooling has no final norm (its fc_norm normalises the "
                          "pooled tokens instead, and was left out): evaluate it with `openmae evaluate`, read its "
-                         "features with `openmae knn` / `openmae linprobe` (pooling=mean), or give the pretraining "
-                         "checkpoint it was fine-tuned from")
+                         "features with `openmae knn` / `openmae linprobe` (pooling=mean), train a decoder behind it "
+                         "(`openmae pretrain ... pretrain.init=<it> pretrain.tune_blocks=0`: its final norm starts at "
+                         "its initialisation), or give the pretraining checkpoint it was fine-tuned from")
         raise StateDictMismatch("\n".join(lines))
     model.load_state_dict(sd, strict=False)
     return sorted(set(own) - set(sd))

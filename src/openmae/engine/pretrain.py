@@ -32,8 +32,22 @@ from openmae.eval.reconstruction import auto_scale, check_bands, grid_image, rec
 from openmae.eval.typicality import Reference
 from openmae.models.freezing import tune_encoder_blocks
 from openmae.models.mae import MaskedAutoencoder
+from openmae.models.vit import pooled_by_fc_norm
 
 log = logging.getLogger("openmae.pretrain")
+
+
+def norm_for_fc_norm(sd: dict[str, torch.Tensor], model: MaskedAutoencoder, init: str,
+                     tune_blocks: int | None) -> dict[str, torch.Tensor]:
+    """The weights of a classifier fine-tuned with average pooling, for an MAE: its ``fc_norm`` normalised the mean
+    patch token, which an MAE has no place for, and it has no final norm of every token (the decoder's input), so
+    that norm starts at the model's initialisation (logged); everything else is the classifier's."""
+    kept = "a plain standardisation of each token, frozen" if tune_blocks == 0 else "trained with the rest"
+    log.warning("%s is a classifier fine-tuned with average pooling: it has no final norm of every token (its fc_norm "
+                "normalised the mean patch token and is not read), so the encoder's final norm starts at its "
+                "initialisation (%s)", init, kept)
+    weights = {k: v for k, v in sd.items() if not k.startswith("fc_norm.")}
+    return {**weights, **{f"norm.{k}": v.detach().clone() for k, v in model.norm.state_dict().items()}}
 
 
 class PretrainTask:
@@ -45,6 +59,8 @@ class PretrainTask:
         model_cfg, sd, old_grid = resolve_encoder(cfg.model, cfg.pretrain.init, resumed, cfg.data)
         self.model = MaskedAutoencoder(model_cfg)
         if sd is not None:
+            if pooled_by_fc_norm(sd):
+                sd = norm_for_fc_norm(sd, self.model, cfg.pretrain.init, cfg.pretrain.tune_blocks)
             left = load_state_dict_into(self.model, sd)  # raises, naming the keys, when the file does not fit
             if old_grid != model_cfg.grid:  # the tables are fixed, not learned: this grid's own, not a resized one
                 self.model.reset_pos_embed()
