@@ -1,11 +1,14 @@
 """A decoder trained behind a frozen encoder (`pretrain.tune_blocks=0`) on Fashion-MNIST, the demo's recipe: how much
 of the removed pixels a frozen encoder's features let a new decoder recover, for the demo's MAE encoder and for a
-random one, beside the demo's MAE trained whole (its own decoder). Each run: the reconstruction loss of held-out test
-images at every epoch (each image masked alike every time), the median training images/s, the trained parameters,
-and the activations one training forward keeps for its backward (bytes an image).
+random one, beside the demo's MAE trained whole (its own decoder); and for that encoder fine-tuned on labels (a
+classifier with average pooling: its final norm starts afresh), beside the MAE encoder with its final norm reset
+alike. Each run: the reconstruction loss of held-out test images at every epoch (each image masked alike every time),
+the median training images/s, the trained parameters, and the activations one training forward keeps for its
+backward (bytes an image).
 
     python benchmarks/frozen_encoder.py --out runs/frozen_encoder -o docs/figures/frozen_encoder.png
     python benchmarks/frozen_encoder.py --plot-only --out runs/frozen_encoder -o docs/figures/frozen_encoder.png
+    python benchmarks/frozen_encoder.py --runs frozen_mae_plain_norm,frozen_finetuned --out runs/frozen_encoder
 
 The MAE encoder is the first run's (`whole`): an encoder-only file of it is written, as the official
 mae_pretrain_vit_* files are, so that the second run's decoder starts from its initialisation, not from the trained
@@ -34,7 +37,9 @@ from openmae.eval.reconstruction import reconstruct
 from openmae.models.freezing import tune_encoder_blocks
 
 RUNS = {"whole": "MAE trained whole (the demo)", "frozen_mae": "its encoder frozen, a new decoder",
-        "frozen_random": "a random encoder frozen, a new decoder"}
+        "frozen_random": "a random encoder frozen, a new decoder",
+        "frozen_mae_plain_norm": "its encoder frozen, final norm reset, a new decoder",
+        "frozen_finetuned": "its encoder fine-tuned on labels, frozen, a new decoder"}
 
 
 def config(args: argparse.Namespace, out: Path, *extra: str) -> PretrainConfig:
@@ -55,13 +60,19 @@ def kept_per_image(tune_blocks: int | None, batch: int = 64) -> float:
 
 def run(name: str, args: argparse.Namespace, out: Path) -> dict:
     extra: list[str] = []
-    if name == "frozen_mae":  # the whole run's encoder, alone in a file (as the official encoder-only files)
+    if name.startswith("frozen_mae"):  # the whole run's encoder, alone in a file (as the official encoder-only files)
         whole = torch.load(out.parent / "whole" / "model-last.pth", weights_only=True)
         mae = openmae.load_pretrained(whole)
-        encoder = out.parent / "whole_encoder.pth"
-        torch.save({"model": mae.encoder_state_dict(), "model_config": mae.cfg.to_dict(),
+        weights = mae.encoder_state_dict()
+        if name == "frozen_mae_plain_norm":  # the fine-tuned encoder's control: its final norm as it starts there
+            weights.update({k: torch.ones_like(v) if k.endswith("weight") else torch.zeros_like(v)
+                            for k, v in weights.items() if k.startswith("norm.")})
+        encoder = out.parent / f"{name}_encoder.pth"
+        torch.save({"model": weights, "model_config": mae.cfg.to_dict(),
                     "config": whole["config"]}, encoder)  # the config: its normalisation travels with it
         extra = ["model.name=auto", f"pretrain.init={encoder}"]
+    if name == "frozen_finetuned":  # a classifier fine-tuned from the whole run's encoder (average pooling)
+        extra = ["model.name=auto", f"pretrain.init={args.finetuned}"]
     if name != "whole":
         extra.append("pretrain.tune_blocks=0")
     result = pretrain(config(args, out, *extra))
@@ -90,7 +101,7 @@ def plot(results: dict, args: argparse.Namespace, out: Path, path: Path) -> None
     fig = plt.figure(figsize=(12, 4.4), layout="constrained")
     left, right = fig.subfigures(1, 2, width_ratios=[1, 1.25])
     curves = left.subplots()
-    for (name, label), style in zip(RUNS.items(), ("o-", "s-", "^--"), strict=True):
+    for (name, label), style in zip(RUNS.items(), ("o-", "s-", "^--", "v:", "D-"), strict=True):
         if name in results:
             epochs, losses = zip(*results[name]["curve"], strict=True)
             curves.plot(epochs, losses, style, label=f"{label}: {results[name]['eval_loss']:.4f}")
@@ -120,6 +131,9 @@ def main() -> None:
     parser.add_argument("--runs", default=",".join(RUNS))
     parser.add_argument("--epochs", type=int, default=3, help="each run's (the demo's: 3)")
     parser.add_argument("--images", type=int, default=0, help="training images (0: all 60,000)")
+    parser.add_argument("--finetuned", default="runs/partial_finetune/mae_6/model-best.pth",
+                        help="frozen_finetuned's encoder: a classifier fine-tuned from the demo's MAE "
+                             "(benchmarks/partial_finetune.py)")
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument("-o", "--figure", default="", help="write the figure there")
     args = parser.parse_args()
@@ -134,9 +148,9 @@ def main() -> None:
             saved.write_text(json.dumps(results, indent=1))
             r = results[name]
             print(f"[frozen] {name}: held-out loss {r['eval_loss']:.4f}, {r['images_per_s']:.0f} images/s", flush=True)
-    print("\nrun            held-out loss  PSNR dB  images/s  trained parameters  KiB kept an image")
+    print("\nrun                    held-out loss  PSNR dB  images/s  trained parameters  KiB kept an image")
     for name, r in results.items():
-        print(f"{name:<14} {r['eval_loss']:13.4f}  {r['eval_psnr']:7.2f}  {r['images_per_s']:8.0f}  "
+        print(f"{name:<22} {r['eval_loss']:13.4f}  {r['eval_psnr']:7.2f}  {r['images_per_s']:8.0f}  "
               f"{r['trained_parameters']:18,}  {r['kept_bytes_per_image'] / 1024:8.1f}")
     if args.figure:
         plot(results, args, out, Path(args.figure))

@@ -164,13 +164,15 @@ def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
     return _run_task(EvaluateConfig, "openmae.engine.evaluate:run_evaluate", args, rest, "evaluate.init")
 
 
-@command("visualize", "reconstruction pictures: original | masked | reconstruction | pasted")
+@command("visualize", "pictures: original | masked | reconstruction | pasted; error maps; feature maps")
 def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     from openmae.convert.checkpoints import TRAIN_A_DECODER, holds_decoder, load_pretrained
     from openmae.convert.files import load_file
     from openmae.data.config import DataConfig
     from openmae.data.datasets import suffixes_for
     from openmae.data.normalization import inherit_stats
+    from openmae.engine.config import ModelSection
+    from openmae.engine.knn_eval import load_encoder_model
     from openmae.engine.logging import setup_console
     from openmae.eval.reconstruction import check_bands
     from openmae.eval.visualize import image_paths, visualize_dataset, visualize_files
@@ -189,22 +191,28 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     if args.errors is not None and not args.errors > 0:
         raise ConfigError(f"--errors={args.errors}: give the squared error at which the heat map is brightest, > 0 "
                           "(1, the default: an error of one standard deviation of the data)")
-    obj = load_file(args.checkpoint)
-    model = load_pretrained(obj) if holds_decoder(obj) else None  # (a fine-tuned classifier does not load as an MAE)
-    if model is None or model.cfg.decoder_depth == 0:  # an untrained decoder would draw noise
-        raise ConfigError(f"{args.checkpoint} holds an encoder without its MAE decoder, and visualize needs one to "
-                          f"reconstruct: {TRAIN_A_DECODER.format(path=args.checkpoint)}")
-    inherit_stats(data, obj, args.checkpoint, model.cfg.in_chans)  # the pictures normalise as the run trained
-    check_bands(args.bands, model.cfg.in_chans)
+    if args.features:  # any encoder (a classifier too), normalised as its run trained
+        model, cfg = load_encoder_model(ModelSection(name="auto"), args.checkpoint, data=data)
+    else:
+        obj = load_file(args.checkpoint)
+        model = load_pretrained(obj) if holds_decoder(obj) else None  # (a fine-tuned classifier is no MAE)
+        if model is None or model.cfg.decoder_depth == 0:  # an untrained decoder would draw noise
+            raise ConfigError(f"{args.checkpoint} holds an encoder without its MAE decoder, and visualize needs one "
+                              f"to reconstruct: {TRAIN_A_DECODER.format(path=args.checkpoint)} (--features draws "
+                              "what its features tell apart without one)")
+        inherit_stats(data, obj, args.checkpoint, model.cfg.in_chans)  # the pictures normalise as the run trained
+        cfg = model.cfg
+    check_bands(args.bands, cfg.in_chans)
+    drawn = {"errors": args.errors, "features": args.features, "cfg": cfg}
     if args.images:
         paths = image_paths(args.images, suffixes_for(data), data.csv_columns)
         if args.count is not None and args.count < len(paths):  # spread over the folders, not the first class's
             paths = [paths[i * len(paths) // args.count] for i in range(args.count)]
         written = visualize_files(model, paths, args.out, data, args.mask_ratio, args.seed, bands=tuple(args.bands),
-                                  errors=args.errors)
+                                  **drawn)
     elif data.name != "folder" or data.path:
         written = visualize_dataset(model, data, args.out, args.count or 8, args.mask_ratio, args.seed,
-                                    tuple(args.bands), args.errors)
+                                    tuple(args.bands), **drawn)
     else:
         raise ConfigError("give image files or folders, or a dataset (data.name=cifar10 data.root=...)")
     for path in written:
@@ -312,10 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--bands", type=int, nargs="+", default=[], metavar="B",
                            help="channels to show: one (grey) or three (red, green, blue), e.g. 3 2 1; default the "
                                 "first three")
-            p.add_argument("--errors", type=float, nargs="?", const=1.0, metavar="MAX",
-                           help="error maps instead: original | every patch reconstructed (while removed, by passes "
-                                "whose masks cover the image) | each pixel's squared error, black 0 to white-yellow "
-                                "MAX (default 1: an error of one standard deviation of the data)")
+            drawn = p.add_mutually_exclusive_group()
+            drawn.add_argument("--errors", type=float, nargs="?", const=1.0, metavar="MAX",
+                               help="error maps instead: original | every patch reconstructed (while removed, by "
+                                    "passes whose masks cover the image) | each pixel's squared error, black 0 to "
+                                    "white-yellow MAX (default 1: an error of one standard deviation of the data)")
+            drawn.add_argument("--features", action="store_true",
+                               help="feature maps instead: original | each patch coloured by its features' first three "
+                                    "principal components (fitted over the images shown); any encoder, no decoder "
+                                    "needed")
         if name == "convert":
             p.add_argument("src", help="input weights (.pth/.pt/.bin/.safetensors, any supported layout), a Hugging "
                            "Face folder or a run folder")

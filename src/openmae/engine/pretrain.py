@@ -31,7 +31,7 @@ from openmae.engine.weights import resolve_encoder
 from openmae.eval.reconstruction import auto_scale, check_bands, grid_image, reconstruct, save_grid
 from openmae.eval.typicality import Reference
 from openmae.models.freezing import tune_encoder_blocks
-from openmae.models.mae import MaskedAutoencoder
+from openmae.models.mae import DECODER_PREFIXES, MaskedAutoencoder
 from openmae.models.vit import pooled_by_fc_norm
 
 log = logging.getLogger("openmae.pretrain")
@@ -50,6 +50,14 @@ def norm_for_fc_norm(sd: dict[str, torch.Tensor], model: MaskedAutoencoder, init
     return {**weights, **{f"norm.{k}": v.detach().clone() for k, v in model.norm.state_dict().items()}}
 
 
+def named_parts(keys: list[str], model: MaskedAutoencoder) -> list[str]:
+    """``keys`` with the whole decoder's, when all of them are there, as one item (an encoder-only file's are dozens)."""
+    decoder = [k for k in model.state_dict() if k.startswith(DECODER_PREFIXES)]
+    if not set(decoder) <= set(keys):
+        return keys
+    return [f"the decoder ({len(decoder)} tensors)", *(k for k in keys if k not in decoder)]
+
+
 class PretrainTask:
     name = "pretrain"
 
@@ -65,7 +73,7 @@ class PretrainTask:
             if old_grid != model_cfg.grid:  # the tables are fixed, not learned: this grid's own, not a resized one
                 self.model.reset_pos_embed()
             log.info("weights from %s%s", cfg.pretrain.init,
-                     f"; left at their initialisation: {', '.join(left)}" if left else "")
+                     f"; left at their initialisation: {', '.join(named_parts(left, self.model))}" if left else "")
         self.tune_blocks(cfg.pretrain.tune_blocks)
         self.model_config = self.model.cfg.to_dict()
         # the held-out images' Gaussian of (log loss, log inpainter's error) at the last evaluation: model-last.pth

@@ -129,13 +129,23 @@ def precision_recall_plot(probs: np.ndarray, truth: np.ndarray, classes: list[st
     return Path(path)
 
 
+def principal_axes(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Principal component analysis of ``feats`` (N, D): their mean (D,), the components (min(N, D), D), largest
+    first, each signed so that its largest loading is positive (the same for the same features), and the share of
+    the variance each explains. (NumPy's SVD of the centred rows: no scikit-learn for three lines.)"""
+    mean = feats.astype(np.float64).mean(0)
+    _, values, directions = np.linalg.svd(feats.astype(np.float64) - mean, full_matrices=False)
+    directions *= np.sign(directions[np.arange(len(directions)), np.abs(directions).argmax(1)])[:, None]
+    power = values**2
+    return mean, directions, power / max(power.sum(), 1e-300)
+
+
 def principal_map(feats: np.ndarray, most: int = 20000) -> tuple[np.ndarray, np.ndarray]:
     """The first two principal components of ``feats`` (N, D) for at most ``most`` of them, spread evenly: their
     coordinates (n, 2) and which rows they are (n,)."""
     rows = np.unique(np.linspace(0, len(feats) - 1, min(most, len(feats))).round().astype(np.int64))
-    centred = feats[rows].astype(np.float64) - feats[rows].astype(np.float64).mean(0)
-    _, _, directions = np.linalg.svd(centred, full_matrices=False)  # rows of directions: the components, largest first
-    return centred @ directions[:2].T, rows
+    mean, directions, _ = principal_axes(feats[rows])
+    return (feats[rows].astype(np.float64) - mean) @ directions[:2].T, rows
 
 
 def embedding_plot(feats: np.ndarray, labels: np.ndarray | None, classes: list[str], path: str | Path,

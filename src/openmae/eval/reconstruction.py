@@ -16,6 +16,7 @@ from openmae.models.patches import patchify, unpatchify
 
 if TYPE_CHECKING:
     from openmae.eval.error_map import ErrorMap
+    from openmae.eval.feature_map import FeatureMap
 
 
 @dataclass
@@ -87,11 +88,12 @@ def check_bands(bands: tuple[int, ...] | list[int], channels: int) -> None:
                          f"to {channels - 1} (the model has {channels}); e.g. 3 2 1 for Sentinel-2's true colour")
 
 
-def grid_image(rec: Reconstruction | ErrorMap, scale: int = 1, gap: int = 2, bands: tuple[int, ...] = ()) -> np.ndarray:
+def grid_image(rec: Reconstruction | ErrorMap | FeatureMap, scale: int = 1, gap: int = 2, bands: tuple[int, ...] = ()
+               ) -> np.ndarray:
     """One row per image, its panels side by side (four of a :class:`Reconstruction`, three of an
-    :class:`openmae.eval.error_map.ErrorMap`), as an (H, W, 3) uint8 array; ``scale`` enlarges small images.
-    ``bands``: which channels to show, one (grey) or three (as red, green, blue); by default the first three, or
-    the first alone when there are fewer."""
+    :class:`openmae.eval.error_map.ErrorMap`, two of a :class:`openmae.eval.feature_map.FeatureMap`), as an (H, W, 3)
+    uint8 array; ``scale`` enlarges small images. ``bands``: which channels to show, one (grey) or three (as red,
+    green, blue); by default the first three, or the first alone when there are fewer."""
     panels = rec.panels()
     n, c, h, w = rec.original.shape
     check_bands(bands, c)
@@ -111,7 +113,7 @@ def grid_image(rec: Reconstruction | ErrorMap, scale: int = 1, gap: int = 2, ban
     return canvas
 
 
-def save_grid(rec: Reconstruction | ErrorMap, path: str | Path, scale: int = 1, bands: tuple[int, ...] = ()) -> Path:
+def save_grid(rec: Reconstruction | ErrorMap | FeatureMap, path: str | Path, scale: int = 1, bands: tuple[int, ...] = ()) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid_image(rec, scale, bands=bands)).save(path)

@@ -1,13 +1,16 @@
-"""``openmae visualize``: one reconstruction PNG per input image (files, a folder or dataset items)."""
+"""``openmae visualize``: one PNG per input image (files, a folder or dataset items): its reconstruction, its error map
+or its feature map."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from openmae.data.arrays import band_stats
 from openmae.data.config import CSV_SUFFIXES, DataConfig
@@ -21,8 +24,9 @@ from openmae.data.scans import suffix_of
 from openmae.data.transforms import eval_transform
 from openmae.data.volumes import FileVolumes
 from openmae.eval.error_map import ErrorMap, error_map
-from openmae.eval.reconstruction import Reconstruction, auto_scale, reconstruct, save_grid
-from openmae.models.mae import MaskedAutoencoder
+from openmae.eval.feature_map import FIT_IMAGES, Components, FeatureMap, feature_map, fit_components, patch_tokens
+from openmae.eval.reconstruction import Reconstruction, auto_scale, displayed, reconstruct, save_grid
+from openmae.models.config import MAEConfig
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +81,13 @@ def distinct_names(names: list[str], paths: list[Path]) -> list[str]:
     return out
 
 
-def picture(model: MaskedAutoencoder, img: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-            mask_ratio: float, seed: int, stretch: bool, errors: float | None) -> Reconstruction | ErrorMap:
-    """One image's panels: its reconstruction, or with ``errors`` (the heat map's scale) its error map."""
+def picture(model: nn.Module, img: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], mask_ratio: float,
+            seed: int, stretch: bool, errors: float | None, features: Components | None = None
+            ) -> Reconstruction | ErrorMap | FeatureMap:
+    """One image's panels: its reconstruction, with ``errors`` (the heat map's scale) its error map, with
+    ``features`` (fitted over the images shown) its patches coloured by their features."""
+    if features is not None:
+        return feature_map(model, img, features, displayed(img, mean, std, stretch)(img))
     if errors is None:
         return reconstruct(model, img, mean, std, mask_ratio, seed=seed, stretch=stretch)
     shown = error_map(model, img, mean, std, mask_ratio, seed=seed, vmax=errors, stretch=stretch)
@@ -88,15 +96,31 @@ def picture(model: MaskedAutoencoder, img: torch.Tensor, mean: tuple[float, ...]
     return shown
 
 
-def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | Path, data: DataConfig,
+def fitted(model: nn.Module, images: list[torch.Tensor]) -> Components:
+    """The components of the patch tokens of ``images`` ((1, C, H, W) each; at most ``FIT_IMAGES``, spread evenly),
+    logged with the share of the variance they explain."""
+    if len(images) > FIT_IMAGES:
+        images = [images[i * len(images) // FIT_IMAGES] for i in range(FIT_IMAGES)]
+    components = fit_components(torch.cat([patch_tokens(model, img) for img in images]))
+    log.info("patches coloured by their features' first %d principal components (red, green, blue: %s of the "
+             "variance), fitted on %s", len(components.explained),
+             ", ".join(f"{100 * v:.1f}%" for v in components.explained),
+             f"the {len(images)} images' patches, each about its place's mean" if len(images) > 1 else
+             "one image's patches about their mean (several images take each place's mean away, which leaves out "
+             "what the tokens carry of their place)")
+    return components
+
+
+def visualize_files(model: nn.Module, paths: list[Path], out_dir: str | Path, data: DataConfig,
                     mask_ratio: float = 0.75, seed: int = 0, scale: int | None = None, bands: tuple[int, ...] = (),
-                    errors: float | None = None) -> list[Path]:
+                    errors: float | None = None, features: bool = False, cfg: MAEConfig | None = None) -> list[Path]:
     """Writes ``<out_dir>/<image stem>.png`` (original | masked | reconstruction | pasted) for each path (a volume:
     its middle slice, of its first volume for a 4-D file; a DICOM series a file a slice: ``<folder>-<its first
     file>.png``); ``bands``: the channels shown (:func:`openmae.eval.reconstruction.grid_image`); ``errors``: the
     error map instead (original | every patch reconstructed | squared error up to ``errors``,
-    :mod:`openmae.eval.error_map`)."""
-    m = model.cfg
+    :mod:`openmae.eval.error_map`); ``features``: original | patches coloured by their features
+    (:mod:`openmae.eval.feature_map`; any encoder, its architecture ``cfg`` when it is no MAE)."""
+    m = cfg or model.cfg
     source = file_source(paths, None, m.in_chans, [], replace(data, bad_files="fail"))
     if isinstance(source, FileVolumes):  # a volume's middle slice, named by its file (a series: folder and first file)
         shown = [(f"{scan.path.parent.name}-{stem_of(scan.path)}" if scan.members else stem_of(scan.path),
@@ -118,37 +142,49 @@ def visualize_files(model: MaskedAutoencoder, paths: list[Path], out_dir: str | 
     # read and transformed as the loader does; an unreadable file is left out with a warning (data.bad_files=fail:
     # stops with its name)
     files = SeededSamples(source, transform, bad_files="fail", seeded=False)
+
+    def readable(numbered: list[tuple[int, tuple[str, int]]], warn: bool = True
+                 ) -> Iterator[tuple[int, str, torch.Tensor]]:
+        for i, (stem, item) in numbered:
+            try:
+                yield i, stem, files[(item, 0)][0].unsqueeze(0)  # (1, C, H, W)
+            except BadImageError as err:
+                if data.bad_files == "fail":
+                    raise
+                if warn:
+                    log.warning("no picture of an unreadable image (data.bad_files=fail stops instead): %s", err)
+
+    numbered = list(enumerate(shown))
+    components = None
+    if features:  # fitted first, on at most FIT_IMAGES of them spread evenly (read again below)
+        spread = sorted({k * len(numbered) // FIT_IMAGES for k in range(FIT_IMAGES)} & set(range(len(numbered))))
+        fit_on = [img for _, _, img in readable([numbered[k] for k in spread], warn=False)]
+        components = fitted(model, fit_on) if fit_on else None
     written = []
-    for i, (stem, item) in enumerate(shown):
-        try:
-            img = files[(item, 0)][0].unsqueeze(0)  # (1, C, H, W)
-        except BadImageError as err:
-            if data.bad_files == "fail":
-                raise
-            log.warning("no picture of an unreadable image (data.bad_files=fail stops instead): %s", err)
-            continue
-        rec = picture(model, img, mean, std, mask_ratio, seed + i, data.reads_arrays, errors)
+    for i, stem, img in readable(numbered):
+        rec = picture(model, img, mean, std, mask_ratio, seed + i, data.reads_arrays, errors, components)
         written.append(save_grid(rec, Path(out_dir) / f"{stem}.png", scale or auto_scale(m.img_size), bands))
     if not written:
         raise ValueError(f"none of the {len(shown)} images could be read (the warnings above say why)")
     return written
 
 
-def visualize_dataset(model: MaskedAutoencoder, data: DataConfig, out_dir: str | Path, count: int = 8,
+def visualize_dataset(model: nn.Module, data: DataConfig, out_dir: str | Path, count: int = 8,
                       mask_ratio: float = 0.75, seed: int = 0, bands: tuple[int, ...] = (),
-                      errors: float | None = None) -> list[Path]:
+                      errors: float | None = None, features: bool = False, cfg: MAEConfig | None = None) -> list[Path]:
     """Writes ``<out_dir>/<split>-<index>.png`` for the first ``count`` images of the evaluation split (``errors``:
-    their error maps, as :func:`visualize_files`)."""
+    their error maps, ``features``: their feature maps, as :func:`visualize_files`)."""
     from openmae.data.build import eval_batches
 
-    m = model.cfg
+    m = cfg or model.cfg
     mean, std = stats_for(data, m.in_chans)
     split = data.train_split if data.name == "folder" else data.eval_split
     written: list[Path] = []
     for batch in eval_batches(data, split, m.img_size, m.in_chans, count, limit=count):
-        for i in range(batch.images.shape[0]):
-            rec = picture(model, batch.images[i : i + 1], mean, std, mask_ratio, seed + len(written),
-                          data.reads_arrays, errors)
+        images = [batch.images[i : i + 1] for i in range(batch.images.shape[0])]
+        components = fitted(model, images) if features else None
+        for img in images:
+            rec = picture(model, img, mean, std, mask_ratio, seed + len(written), data.reads_arrays, errors, components)
             written.append(save_grid(rec, Path(out_dir) / f"{split}-{len(written):05d}.png", auto_scale(m.img_size),
                                      bands))
         break
