@@ -166,16 +166,11 @@ def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
 
 @command("visualize", "pictures: original | masked | reconstruction | pasted; error maps; feature maps")
 def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
-    from openmae.convert.checkpoints import TRAIN_A_DECODER, holds_decoder, load_pretrained
-    from openmae.convert.files import load_file
     from openmae.data.config import DataConfig
     from openmae.data.datasets import suffixes_for
-    from openmae.data.normalization import inherit_stats
-    from openmae.engine.config import ModelSection
-    from openmae.engine.knn_eval import load_encoder_model
     from openmae.engine.logging import setup_console
     from openmae.eval.reconstruction import check_bands
-    from openmae.eval.visualize import image_paths, visualize_dataset, visualize_files
+    from openmae.eval.visualize import drawing_model, image_paths, visualize_dataset, visualize_files
 
     setup_console(True)
     # positional arguments mix image paths and data.* settings; only DataConfig matters here (dataset,
@@ -191,17 +186,7 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     if args.errors is not None and not args.errors > 0:
         raise ConfigError(f"--errors={args.errors}: give the squared error at which the heat map is brightest, > 0 "
                           "(1, the default: an error of one standard deviation of the data)")
-    if args.features:  # any encoder (a classifier too), normalised as its run trained
-        model, cfg = load_encoder_model(ModelSection(name="auto"), args.checkpoint, data=data)
-    else:
-        obj = load_file(args.checkpoint)
-        model = load_pretrained(obj) if holds_decoder(obj) else None  # (a fine-tuned classifier is no MAE)
-        if model is None or model.cfg.decoder_depth == 0:  # an untrained decoder would draw noise
-            raise ConfigError(f"{args.checkpoint} holds an encoder without its MAE decoder, and visualize needs one "
-                              f"to reconstruct: {TRAIN_A_DECODER.format(path=args.checkpoint)} (--features draws "
-                              "what its features tell apart without one)")
-        inherit_stats(data, obj, args.checkpoint, model.cfg.in_chans)  # the pictures normalise as the run trained
-        cfg = model.cfg
+    model, cfg = drawing_model(args.checkpoint, data, args.features)
     check_bands(args.bands, cfg.in_chans)
     drawn = {"errors": args.errors, "features": args.features, "cfg": cfg}
     if args.images:
