@@ -94,6 +94,8 @@ def run_demo(data_root: str | None, output: str, overrides: list[str], minutes: 
     pictures = sorted((out / "pretrain" / "pictures").glob("*.png"))
     print(f"\n[demo] reconstructions of test images: {pictures[-1] if pictures else '-'}")
     print(f"[demo] loss curve: {out / 'pretrain' / 'loss_curve.png'}")
+    print(f"[demo] more pictures: openmae visualize --checkpoint {ckpt} data.name=fashion-mnist"
+          f"{f' data.root={data_root}' if data_root else ''} --errors (error maps; --features: feature maps)")
     print(f"[demo] total time {(time.time() - start) / 60:.1f} min")
     (out / "demo_results.json").write_text(json.dumps({k: {kk: vv for kk, vv in v.items() if isinstance(vv, (int, float, str))}
                                                        for k, v in results.items()}, indent=2))

@@ -7,9 +7,9 @@ thing (an object's parts, its background, a tissue) come out alike within and ac
 first taken from the mean token of its place over those images: a ViT's tokens carry their place strongly (an MAE's
 fixed position table is added to every patch), and without this the first components draw the position table, the
 same picture for every image. (With a single image there is no such mean: its tokens are centred as a whole.) Each
-component runs from its 1st to its 99th percentile over the fitted patches. An encoder without a final norm of every token (a classifier
-fine-tuned with average pooling) has its last block's tokens standardised each (a layer norm without its scale and
-shift) before the fit. No decoder is needed: any encoder file draws."""
+component runs from its 1st to its 99th percentile over the fitted patches. An encoder without a final norm of every
+token (a classifier fine-tuned with average pooling) has its last block's tokens standardised each (a layer norm
+without its scale and shift) before the fit. No decoder is needed: any encoder file draws."""
 
 from __future__ import annotations
 

@@ -113,7 +113,8 @@ def grid_image(rec: Reconstruction | ErrorMap | FeatureMap, scale: int = 1, gap:
     return canvas
 
 
-def save_grid(rec: Reconstruction | ErrorMap | FeatureMap, path: str | Path, scale: int = 1, bands: tuple[int, ...] = ()) -> Path:
+def save_grid(rec: Reconstruction | ErrorMap | FeatureMap, path: str | Path, scale: int = 1,
+              bands: tuple[int, ...] = ()) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid_image(rec, scale, bands=bands)).save(path)

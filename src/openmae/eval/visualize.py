@@ -12,6 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from openmae.config import ConfigError
+from openmae.convert.checkpoints import TRAIN_A_DECODER, holds_decoder, load_pretrained
+from openmae.convert.files import load_file
 from openmae.data.arrays import band_stats
 from openmae.data.config import CSV_SUFFIXES, DataConfig
 from openmae.data.datasets import file_source, stats_for
@@ -20,6 +23,7 @@ from openmae.data.folders import find_images
 from openmae.data.images import IMAGE_SUFFIXES, BadImageError
 from openmae.data.labels import listed_files
 from openmae.data.loader import SeededSamples
+from openmae.data.normalization import inherit_stats
 from openmae.data.scans import suffix_of
 from openmae.data.transforms import eval_transform
 from openmae.data.volumes import FileVolumes
@@ -85,11 +89,7 @@ def drawing_model(checkpoint: str, data: DataConfig, features: bool) -> tuple[nn
     """The model ``checkpoint`` holds, for pictures, and its architecture; ``data`` takes the normalisation it
     records when its own is unset. Reconstructions and error maps need an MAE with its decoder (an untrained one would
     draw noise: refused, naming the run that trains one); ``features``: any encoder (a fine-tuned classifier too)."""
-    # the loaders are the commands' own (engine, convert), imported here alone: the rest of eval does not need them
-    from openmae.config import ConfigError
-    from openmae.convert.checkpoints import TRAIN_A_DECODER, holds_decoder, load_pretrained
-    from openmae.convert.files import load_file
-    from openmae.data.normalization import inherit_stats
+    # the commands' loader of any encoder (engine's), imported here alone: the rest of eval does not need it
     from openmae.engine.config import ModelSection
     from openmae.engine.knn_eval import load_encoder_model
 
