@@ -73,5 +73,9 @@ def test_visualize_errors_writes_three_panels_and_refuses_a_scale_of_zero(tmp_pa
     heat = png[:, 2 * 130:]
     assert (np.abs(heat[..., 0].astype(int) - heat[..., 2]) > 30).any()  # coloured, not grey
     proc = call_cli("visualize", "--checkpoint", str(ckpt), str(photo), "-o", str(tmp_path / "none"), "--errors", "0")
-    assert proc.returncode == 2 and "--errors=0.0: give the squared error at which the heat map is brightest" in \
-        proc.stderr
+    assert proc.returncode == 2 and "--errors=0.0: --errors takes the squared error at which the heat map is " \
+        "brightest, > 0" in " ".join(proc.stderr.split())
+    proc = call_cli("visualize", "--checkpoint", str(ckpt), "-o", str(tmp_path / "none"), "--errors", str(photo))
+    assert proc.returncode == 2 and f"{str(photo)!r} is no number: --errors takes the squared error" in \
+        " ".join(proc.stderr.split()) and "put images and data.* settings before --errors" in proc.stderr
+    assert not (tmp_path / "none").exists()

@@ -164,6 +164,20 @@ def cmd_evaluate(args: argparse.Namespace, rest: list[str]) -> int:
     return _run_task(EvaluateConfig, "openmae.engine.evaluate:run_evaluate", args, rest, "evaluate.init")
 
 
+def heat_scale(text: str) -> float:
+    """``--errors MAX``: a squared error > 0 (what follows --errors is taken for it: an image path is not one)."""
+    try:
+        value: float | None = float(text)
+    except ValueError:
+        value = None
+    if value is None or not value > 0:
+        raise argparse.ArgumentTypeError(f"{f'{text!r} is no number' if value is None else f'--errors={value}'}: "
+                                         "--errors takes the squared error at which the heat map is brightest, > 0 "
+                                         "(1, one standard deviation of the data, when nothing follows it); put images "
+                                         "and data.* settings before --errors")
+    return value
+
+
 @command("visualize", "pictures: original | masked | reconstruction | pasted; error maps; feature maps")
 def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     from openmae.data.config import DataConfig
@@ -183,9 +197,6 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
                           "pretraining run's model-last.pth, an official mae_visualize_*.pth, a Hugging Face folder)")
     if args.count is not None and args.count < 1:
         raise ConfigError(f"--count={args.count}: give the number of pictures to write, 1 or more")
-    if args.errors is not None and not args.errors > 0:
-        raise ConfigError(f"--errors={args.errors}: give the squared error at which the heat map is brightest, > 0 "
-                          "(1, the default: an error of one standard deviation of the data)")
     model, cfg = drawing_model(args.checkpoint, data, args.features)
     check_bands(args.bands, cfg.in_chans)
     drawn = {"errors": args.errors, "features": args.features, "cfg": cfg}
@@ -306,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="channels to show: one (grey) or three (red, green, blue), e.g. 3 2 1; default the "
                                 "first three")
             drawn = p.add_mutually_exclusive_group()
-            drawn.add_argument("--errors", type=float, nargs="?", const=1.0, metavar="MAX",
+            drawn.add_argument("--errors", type=heat_scale, nargs="?", const=1.0, metavar="MAX",
                                help="error maps instead: original | every patch reconstructed (while removed, by "
                                     "passes whose masks cover the image) | each pixel's squared error, black 0 to "
                                     "white-yellow MAX (default 1: an error of one standard deviation of the data)")
