@@ -6,7 +6,11 @@ hard each pixel is to fill in from its surroundings, `openmae.eval.inpainting`).
 
 Pixel ROC-AUC: the pasted pixels against the other pixels of the same images. Image ROC-AUC: each image's mean
 squared error (what `visualize --errors` logs), the pasted-into images against the same images untouched. A third
-score divides each pixel's MAE error by the inpainter's (each plus 0.1): its difficulty divided out.
+score divides each pixel's MAE error by the inpainter's (each plus 0.1): its difficulty divided out. Three more score
+each patch by how far its token lies from the nearest patch token of training images (``--reference`` of them, none
+pasted into; the image's score its farthest patch, as nearest-neighbour anomaly detectors score): the MAE encoder's
+tokens (`openmae.eval.feature_map.patch_tokens`), the same architecture's at random initialisation, and the patches'
+own pixels.
 
     python benchmarks/error_maps.py runs/frozen_encoder/whole/model-last.pth \
         runs/relative_ood/fashion_mnist_normpix/model-last.pth -o docs/figures/error_maps.png
@@ -18,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import openmae
@@ -32,6 +38,7 @@ from openmae.data.config import DataConfig
 from openmae.data.datasets import default_root, stats_for
 from openmae.data.normalization import inherit_stats
 from openmae.eval.error_map import COLORMAP, covered_mean, error_map
+from openmae.eval.feature_map import patch_tokens
 from openmae.eval.inpainting import inpaint, visible_pixels
 from openmae.eval.ranking import roc_auc
 from openmae.models.masking import covering_noise, plan_from_noise
@@ -40,6 +47,9 @@ from openmae.models.patches import patchify, unpatchify
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+SCORERS = [("mae", "MAE's squared error"), ("inpainter", "blur inpainter's"), ("ratio", "MAE / blur (+0.1 each)"),
+           ("distance", "MAE tokens' distance"), ("random_distance", "random encoder's"),
+           ("pixel_distance", "pixels' distance")]
 FLOOR = 0.1  # squared errors below a tenth of the data's variance count as none in the ratio of the two maps
 
 
@@ -76,10 +86,38 @@ def inpainter_errors(model: openmae.MaskedAutoencoder, imgs: torch.Tensor, seed:
     return unpatchify((pred - target) ** 2, m.patch_size, m.img_size, m.in_chans).mean(dim=1)
 
 
-def measure(errors: torch.Tensor, clean: torch.Tensor, where: torch.Tensor) -> dict[str, float]:
+def measure(errors: torch.Tensor, clean: torch.Tensor, where: torch.Tensor, image: str = "mean") -> dict[str, float]:
+    """Pixel and image ROC-AUC of maps (N, H, W); an image scored by its map's mean or max (``image``)."""
+    score = (lambda m: m.mean((1, 2))) if image == "mean" else (lambda m: m.amax((1, 2)))
     return {"pixel_auc": roc_auc(errors.flatten().numpy(), where.flatten().numpy()),
-            "image_auc": roc_auc(torch.cat([errors.mean((1, 2)), clean.mean((1, 2))]).numpy(),
+            "image_auc": roc_auc(torch.cat([score(errors), score(clean)]).numpy(),
                                  np.r_[np.ones(len(errors)), np.zeros(len(clean))].astype(bool))}
+
+
+def distance_maps(tokens: Callable[[torch.Tensor], torch.Tensor], reference: torch.Tensor, patch: int,
+                  *images: torch.Tensor) -> list[torch.Tensor]:
+    """For each of ``images`` (N, C, H, W), the map (N, H, W) of each patch's Euclidean distance from the nearest of
+    the ``reference`` images' patch tokens (any place); ``tokens``: images -> (N, h, w, D)."""
+    bank = tokens(reference).flatten(0, 2)  # (M, D)
+    maps = []
+    for imgs in images:
+        queries = tokens(imgs)  # (N, h, w, D)
+        nearest = torch.cat([torch.cdist(q, bank).amin(1) for q in queries.flatten(0, 2).split(1024)])
+        maps.append(F.interpolate(nearest.reshape(queries.shape[:3])[:, None], scale_factor=patch)[:, 0])
+    return maps
+
+
+def token_scorers(model: openmae.MaskedAutoencoder, seed: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Images -> patch tokens (N, h, w, D): the MAE encoder's, a random encoder's of its architecture, the pixels'."""
+    torch.manual_seed(seed)
+    random = openmae.MaskedAutoencoder(model.cfg).eval()
+    p, grid = model.cfg.patch_size, model.cfg.grid
+
+    def batched(encoder: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: torch.cat([patch_tokens(encoder, part) for part in x.split(250)])
+
+    return {"distance": batched(model), "random_distance": batched(random),
+            "pixel_distance": lambda x: patchify(x, p).reshape(len(x), *grid, -1)}
 
 
 def main() -> None:
@@ -89,6 +127,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000, help="Fashion-MNIST test images")
     parser.add_argument("--size", type=int, default=8, help="the pasted square's side (pixels)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reference", type=int, default=4000, help="training images whose patch tokens the "
+                        "distance scores search")
     parser.add_argument("--json", default="", help="write the numbers there")
     parser.add_argument("-o", "--figure", default="", help="write the figure there")
     args = parser.parse_args()
@@ -108,10 +148,15 @@ def main() -> None:
         blur = {name: inpainter_errors(model, imgs, args.seed) for name, imgs in (("clean", clean), ("pasted", foreign))}
         name = f"{Path(path).parent.name} ({'norm_pix' if model.cfg.norm_pix_loss else 'pixel'} targets)"
         ratio = {k: (maps[k].errors + FLOOR) / (blur[k] + FLOOR) for k in maps}  # each pixel's difficulty divided out
+        reference = torch.cat([b.images for b in eval_batches(data, "train", model.cfg.img_size, 1, 250,
+                                                              args.reference)])
+        p = model.cfg.patch_size
         results["models"][name] = {
             "checkpoint": path, "mae": measure(maps["pasted"].errors, maps["clean"].errors, where),
             "inpainter": measure(blur["pasted"], blur["clean"], where),
-            "ratio": measure(ratio["pasted"], ratio["clean"], where)}
+            "ratio": measure(ratio["pasted"], ratio["clean"], where),
+            **{scorer: measure(*distance_maps(fn, reference, p, foreign, clean), where, image="max")
+               for scorer, fn in token_scorers(model, args.seed).items()}}
         print(f"[error maps] {name}: {json.dumps(results['models'][name])}", flush=True)
         shown.append((name, maps["pasted"], blur["pasted"], where))
     if args.json:
@@ -144,12 +189,14 @@ def draw(shown: list, results: dict, path: Path, examples: int = 5) -> None:
     for ax, key, title in zip(bars, ("pixel_auc", "image_auc"), ("pixels: pasted vs the rest",
                                                                    "images: pasted into vs untouched"), strict=True):
         x = np.arange(len(labels))
-        for offset, scorer, label in ((-0.27, "mae", "MAE"), (0, "inpainter", "blur inpainter"),
-                                      (0.27, "ratio", "MAE / blur (+0.1 each)")):
+        scorers = [(s, label) for s, label in SCORERS if all(s in results["models"][m] for m in labels)]
+        width = 0.84 / len(scorers)
+        for i, (scorer, label) in enumerate(scorers):
+            offset = (i - (len(scorers) - 1) / 2) * width
             values = [results["models"][m][scorer][key] for m in labels]
-            ax.bar(x + offset, values, 0.27, label=label)
+            ax.bar(x + offset, values, width, label=label)
             for xi, v in zip(x + offset, values, strict=True):
-                ax.text(xi, v + 0.01, f"{v:.3f}", ha="center", fontsize=7)
+                ax.text(xi, v + 0.01, f"{v:.2f}", ha="center", fontsize=5.5)
         ax.set_xticks(x, [m.replace(" (", "\n(") for m in labels], fontsize=7)
         ax.set(ylim=(0.3, 1.05), ylabel="ROC-AUC", title=title)
         ax.axhline(0.5, color="grey", lw=0.5)
