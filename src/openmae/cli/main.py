@@ -197,9 +197,9 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
                           "pretraining run's model-last.pth, an official mae_visualize_*.pth, a Hugging Face folder)")
     if args.count is not None and args.count < 1:
         raise ConfigError(f"--count={args.count}: give the number of pictures to write, 1 or more")
-    model, cfg = drawing_model(args.checkpoint, data, args.features)
+    model, cfg = drawing_model(args.checkpoint, data, args.features or args.distances is not None)
     check_bands(args.bands, cfg.in_chans)
-    drawn = {"errors": args.errors, "features": args.features, "cfg": cfg}
+    drawn = {"errors": args.errors, "features": args.features, "distances": args.distances, "cfg": cfg}
     if args.images:
         paths = image_paths(args.images, suffixes_for(data), data.csv_columns)
         if args.count is not None and args.count < len(paths):  # spread over the folders, not the first class's
@@ -325,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
                                help="feature maps instead: original | each patch coloured by its features' first three "
                                     "principal components (fitted over the images shown); any encoder, no decoder "
                                     "needed")
+            drawn.add_argument("--distances", metavar="REFERENCE",
+                               help="distance maps instead: original | each patch's distance from the nearest patch "
+                                    "of the reference images (a folder or CSV list of images like the training ones, "
+                                    "up to 1,000), black 0 to white-yellow 2 (1: the reference's own 99th "
+                                    "percentile); the log gives each image's farthest patch; any encoder")
         if name == "convert":
             p.add_argument("src", help="input weights (.pth/.pt/.bin/.safetensors, any supported layout), a Hugging "
                            "Face folder or a run folder")

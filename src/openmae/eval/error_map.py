@@ -78,7 +78,13 @@ def error_map(model: MaskedAutoencoder, imgs: torch.Tensor, mean: tuple[float, .
     p, c, size = model.cfg.patch_size, model.cfg.in_chans, model.cfg.img_size
     imgs = imgs.to(pred.device)
     errors = unpatchify((pred - patchify(imgs, p).float()) ** 2, p, size, c).mean(dim=1)  # (N, H, W)
-    colours = matplotlib.colormaps[COLORMAP]((errors / vmax).clamp(0, 1).cpu().numpy())  # (N, H, W, 4)
-    heat = torch.from_numpy(colours[..., :3]).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
     to_unit = displayed(imgs, mean, std, stretch)
-    return ErrorMap(to_unit(imgs), to_unit(unpatchify(pred, p, size, c)), heat, errors.cpu(), passes)
+    return ErrorMap(to_unit(imgs), to_unit(unpatchify(pred, p, size, c)), heat_colours(errors, vmax), errors.cpu(),
+                    passes)
+
+
+def heat_colours(values: torch.Tensor, vmax: float) -> torch.Tensor:
+    """Values (N, H, W) >= 0 -> their heat-map colours (N, 3, H, W) in [0, 1], black at 0, white-yellow at ``vmax``
+    and above."""
+    colours = matplotlib.colormaps[COLORMAP]((values / vmax).clamp(0, 1).cpu().numpy())  # (N, H, W, 4)
+    return torch.from_numpy(colours[..., :3]).permute(0, 3, 1, 2).float()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from openmae.data.transforms import eval_transform
 from openmae.data.volumes import FileVolumes
 from openmae.eval.error_map import ErrorMap, error_map
 from openmae.eval.feature_map import FIT_IMAGES, Components, FeatureMap, feature_map, fit_components, patch_tokens
+from openmae.eval.patch_distance import REFERENCE_IMAGES, DistanceMap, PatchBank, build_bank, distance_map
 from openmae.eval.reconstruction import Reconstruction, auto_scale, displayed, reconstruct, save_grid
 from openmae.models.config import MAEConfig
 
@@ -105,19 +106,46 @@ def drawing_model(checkpoint: str, data: DataConfig, features: bool) -> tuple[nn
     return model, model.cfg
 
 
+@dataclass
+class Drawing:
+    """What the pictures show instead of reconstructions: error maps (``errors``: the heat map's scale), feature maps
+    (``components``, fitted over the images shown) or distance maps (``bank``, the reference's patch tokens)."""
+
+    errors: float | None = None
+    components: Components | None = None
+    bank: PatchBank | None = None
+
+
 def picture(model: nn.Module, img: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], mask_ratio: float,
-            seed: int, stretch: bool, errors: float | None, features: Components | None = None
-            ) -> Reconstruction | ErrorMap | FeatureMap:
-    """One image's panels: its reconstruction, with ``errors`` (the heat map's scale) its error map, with
-    ``features`` (fitted over the images shown) its patches coloured by their features."""
-    if features is not None:
-        return feature_map(model, img, features, displayed(img, mean, std, stretch)(img))
-    if errors is None:
+            seed: int, stretch: bool, drawing: Drawing, name: str) -> Reconstruction | ErrorMap | FeatureMap | DistanceMap:
+    """One image's panels (``name``: how the log calls it): its reconstruction, or what ``drawing`` says."""
+    if drawing.components is not None:
+        return feature_map(model, img, drawing.components, displayed(img, mean, std, stretch)(img))
+    if drawing.bank is not None:
+        shown = distance_map(model, img, drawing.bank, displayed(img, mean, std, stretch)(img))
+        log.info("%s: farthest patch %.3f (1: the reference's own 99th percentile)", name, float(shown.score[0]))
+        return shown
+    if drawing.errors is None:
         return reconstruct(model, img, mean, std, mask_ratio, seed=seed, stretch=stretch)
-    shown = error_map(model, img, mean, std, mask_ratio, seed=seed, vmax=errors, stretch=stretch)
-    log.info("mean squared error %.4f (every patch predicted while removed, %d passes)", float(shown.errors.mean()),
-             shown.passes)
+    shown = error_map(model, img, mean, std, mask_ratio, seed=seed, vmax=drawing.errors, stretch=stretch)
+    log.info("%s: mean squared error %.4f (every patch predicted while removed, %d passes)", name,
+             float(shown.errors.mean()), shown.passes)
     return shown
+
+
+def reference_bank(model: nn.Module, reference: str, data: DataConfig, cfg: MAEConfig, mean: tuple[float, ...],
+                   std: tuple[float, ...]) -> PatchBank:
+    """The patch tokens of the images under ``reference`` (a folder, or a CSV list; at most ``REFERENCE_IMAGES``
+    spread evenly), read as the pictures' images are."""
+    from openmae.data.build import eval_batches
+
+    kind = "csv" if Path(reference).suffix.lower() in CSV_SUFFIXES else "folder"
+    ref = replace(data, name=kind, path=reference, holdout=0.0, mean=list(mean), std=list(std))
+    batches = eval_batches(ref, ref.train_split, cfg.img_size, cfg.in_chans, 64, limit=REFERENCE_IMAGES)
+    bank = build_bank(model, (batch.images for batch in batches))
+    log.info("distances from the nearest of the %d reference images' %d patch tokens (%s)", int(bank.image[-1]) + 1,
+             len(bank.tokens), reference)
+    return bank
 
 
 def fitted(model: nn.Module, images: list[torch.Tensor]) -> Components:
@@ -137,13 +165,16 @@ def fitted(model: nn.Module, images: list[torch.Tensor]) -> Components:
 
 def visualize_files(model: nn.Module, paths: list[Path], out_dir: str | Path, data: DataConfig,
                     mask_ratio: float = 0.75, seed: int = 0, scale: int | None = None, bands: tuple[int, ...] = (),
-                    errors: float | None = None, features: bool = False, cfg: MAEConfig | None = None) -> list[Path]:
+                    errors: float | None = None, features: bool = False, cfg: MAEConfig | None = None,
+                    distances: str | None = None) -> list[Path]:
     """Writes ``<out_dir>/<image stem>.png`` (original | masked | reconstruction | pasted) for each path (a volume:
     its middle slice, of its first volume for a 4-D file; a DICOM series a file a slice: ``<folder>-<its first
     file>.png``); ``bands``: the channels shown (:func:`openmae.eval.reconstruction.grid_image`); ``errors``: the
     error map instead (original | every patch reconstructed | squared error up to ``errors``,
     :mod:`openmae.eval.error_map`); ``features``: original | patches coloured by their features
-    (:mod:`openmae.eval.feature_map`; any encoder, its architecture ``cfg`` when it is no MAE)."""
+    (:mod:`openmae.eval.feature_map`; any encoder, its architecture ``cfg`` when it is no MAE); ``distances``: a
+    folder (or CSV list) of reference images, original | each patch's distance from the nearest of theirs
+    (:mod:`openmae.eval.patch_distance`; any encoder)."""
     m = cfg or model.cfg
     source = file_source(paths, None, m.in_chans, [], replace(data, bad_files="fail"))
     if isinstance(source, FileVolumes):  # a volume's middle slice, named by its file (a series: folder and first file)
@@ -179,14 +210,14 @@ def visualize_files(model: nn.Module, paths: list[Path], out_dir: str | Path, da
                     log.warning("no picture of an unreadable image (data.bad_files=fail stops instead): %s", err)
 
     numbered = list(enumerate(shown))
-    components = None
+    drawing = Drawing(errors, bank=reference_bank(model, distances, data, m, mean, std) if distances else None)
     if features:  # fitted first, on at most FIT_IMAGES of them spread evenly (read again below)
         spread = sorted({k * len(numbered) // FIT_IMAGES for k in range(FIT_IMAGES)} & set(range(len(numbered))))
         fit_on = [img for _, _, img in readable([numbered[k] for k in spread], warn=False)]
-        components = fitted(model, fit_on) if fit_on else None
+        drawing.components = fitted(model, fit_on) if fit_on else None
     written = []
     for i, stem, img in readable(numbered):
-        rec = picture(model, img, mean, std, mask_ratio, seed + i, data.reads_arrays, errors, components)
+        rec = picture(model, img, mean, std, mask_ratio, seed + i, data.reads_arrays, drawing, stem)
         written.append(save_grid(rec, Path(out_dir) / f"{stem}.png", scale or auto_scale(m.img_size), bands))
     if not written:
         raise ValueError(f"none of the {len(shown)} images could be read (the warnings above say why)")
@@ -195,21 +226,23 @@ def visualize_files(model: nn.Module, paths: list[Path], out_dir: str | Path, da
 
 def visualize_dataset(model: nn.Module, data: DataConfig, out_dir: str | Path, count: int = 8,
                       mask_ratio: float = 0.75, seed: int = 0, bands: tuple[int, ...] = (),
-                      errors: float | None = None, features: bool = False, cfg: MAEConfig | None = None) -> list[Path]:
-    """Writes ``<out_dir>/<split>-<index>.png`` for the first ``count`` images of the evaluation split (``errors``:
-    their error maps, ``features``: their feature maps, as :func:`visualize_files`)."""
+                      errors: float | None = None, features: bool = False, cfg: MAEConfig | None = None,
+                      distances: str | None = None) -> list[Path]:
+    """Writes ``<out_dir>/<split>-<index>.png`` for the first ``count`` images of the evaluation split (``errors``,
+    ``features``, ``distances``: their error, feature or distance maps, as :func:`visualize_files`)."""
     from openmae.data.build import eval_batches
 
     m = cfg or model.cfg
     mean, std = stats_for(data, m.in_chans)
     split = data.train_split if data.name == "folder" else data.eval_split
     written: list[Path] = []
+    drawing = Drawing(errors, bank=reference_bank(model, distances, data, m, mean, std) if distances else None)
     for batch in eval_batches(data, split, m.img_size, m.in_chans, count, limit=count):
         images = [batch.images[i : i + 1] for i in range(batch.images.shape[0])]
-        components = fitted(model, images) if features else None
+        drawing.components = fitted(model, images) if features else None
         for img in images:
-            rec = picture(model, img, mean, std, mask_ratio, seed + len(written), data.reads_arrays, errors, components)
-            written.append(save_grid(rec, Path(out_dir) / f"{split}-{len(written):05d}.png", auto_scale(m.img_size),
-                                     bands))
+            name = f"{split}-{len(written):05d}"
+            rec = picture(model, img, mean, std, mask_ratio, seed + len(written), data.reads_arrays, drawing, name)
+            written.append(save_grid(rec, Path(out_dir) / f"{name}.png", auto_scale(m.img_size), bands))
         break
     return written

@@ -1,0 +1,96 @@
+"""How unlike reference images (parts without defects, healthy scans: images like the training ones) each patch of
+an image is: the Euclidean distance of its token (:func:`openmae.eval.feature_map.patch_tokens`) from the nearest
+patch token of the reference images, at any place, as nearest-neighbour anomaly detectors score patches (SPADE,
+PatchCore). An image's score is its farthest patch. Distances are in units of the reference's own: the 99th
+percentile of its patches' distances from the nearest patch of another reference image, so that 1 is as far as
+the reference's own most unusual patches and the heat maps of different models compare.
+
+On Fashion-MNIST test images with a square of a CIFAR-10 photo pasted in, an MAE's tokens found the pasted-into
+images at ROC-AUC 0.81-0.87 where its reconstruction error found them at 0.61-0.68 (docs/results.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openmae.eval.error_map import heat_colours
+from openmae.eval.feature_map import patch_tokens
+
+REFERENCE_IMAGES = 1000  # at most, spread evenly over a reference folder
+SCALE_PATCHES = 2000  # reference patches whose nearest distances set the unit
+ROWS = 1024  # query patches a distance matrix
+
+
+@dataclass
+class PatchBank:
+    """The reference images' patch tokens (M, D), which image each came from (M,), and the unit of distance."""
+
+    tokens: torch.Tensor
+    image: torch.Tensor
+    scale: float
+
+
+def nearest(queries: torch.Tensor, bank: PatchBank, query_image: torch.Tensor | None = None) -> torch.Tensor:
+    """Each query token's (Q, D) distance from its nearest bank token (Q,), in ROWS-row blocks (a whole matrix of
+    64,000 x 64,000 would not fit); ``query_image``: the bank image each query came from, whose own tokens are left
+    out."""
+    out = []
+    for start in range(0, len(queries), ROWS):
+        rows = queries[start : start + ROWS].float()
+        d = torch.cdist(rows, bank.tokens)  # (rows, M), through a matrix product: fast, off by ~1e-3 near 0
+        if query_image is not None:
+            d.masked_fill_(query_image[start : start + ROWS, None] == bank.image[None], float("inf"))
+        out.append((rows - bank.tokens[d.argmin(1)]).norm(dim=1))  # the nearest's distance again, exactly
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def build_bank(encoder: nn.Module, batches: Iterable[torch.Tensor], seed: int = 0) -> PatchBank:
+    """The :class:`PatchBank` of normalised reference images (batches (n, C, H, W)); its unit from ``SCALE_PATCHES``
+    of their patches (drawn with ``seed``), each against the other images' patches. Needs two images or more."""
+    tokens, image, count = [], [], 0
+    for imgs in batches:
+        t = patch_tokens(encoder, imgs)  # (n, h, w, D)
+        image.append((torch.arange(len(t)) + count).repeat_interleave(t.shape[1] * t.shape[2]))
+        tokens.append(t.flatten(0, 2))
+        count += len(t)
+    if count < 2:
+        raise ValueError("the reference holds fewer than two images: give a folder of images like the training ones "
+                         "(each patch is compared with the other images')")
+    bank = PatchBank(torch.cat(tokens), torch.cat(image), 1.0)
+    chosen = torch.randperm(len(bank.tokens), generator=torch.Generator().manual_seed(seed))[:SCALE_PATCHES]
+    own = nearest(bank.tokens[chosen], bank, bank.image[chosen])
+    bank.scale = float(own.quantile(0.99).clamp_min(1e-12))
+    return bank
+
+
+@dataclass
+class DistanceMap:
+    """Panels (N, C, H, W) in [0, 1]: the original and the heat map of each patch's distance from the reference;
+    ``distances`` (N, h, w) in the reference's unit, ``score`` (N,) each image's farthest patch."""
+
+    original: torch.Tensor
+    heat: torch.Tensor
+    distances: torch.Tensor
+    coloured: ClassVar[tuple[int, ...]] = (1,)
+
+    @property
+    def score(self) -> torch.Tensor:
+        return self.distances.flatten(1).amax(1)
+
+    def panels(self) -> list[torch.Tensor]:
+        return [self.original, self.heat]
+
+
+def distance_map(encoder: nn.Module, imgs: torch.Tensor, bank: PatchBank, original: torch.Tensor, vmax: float = 2.0
+                 ) -> DistanceMap:
+    """The :class:`DistanceMap` of normalised ``imgs``; the heat map from 0 (black) to ``vmax`` units and above
+    (white-yellow). ``original``: their panel."""
+    tokens = patch_tokens(encoder, imgs)  # (N, h, w, D)
+    distances = nearest(tokens.flatten(0, 2), bank).reshape(tokens.shape[:3]) / bank.scale
+    pixels = F.interpolate(distances[:, None], size=imgs.shape[-2:], mode="nearest")[:, 0]  # each patch one value
+    return DistanceMap(original, heat_colours(pixels, vmax), distances)

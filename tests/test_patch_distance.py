@@ -1,0 +1,106 @@
+"""Distance maps (`openmae visualize --distances`): each patch token's distance from the nearest reference patch
+token, the reference's own unit, each patch at its place, the command."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from helpers import call_cli
+from PIL import Image
+from torch import nn
+
+import openmae
+from openmae.eval import patch_distance
+from openmae.eval.error_map import heat_colours
+from openmae.eval.patch_distance import PatchBank, build_bank, distance_map, nearest
+from openmae.models.patches import patchify
+
+
+class PixelTokens(nn.Module):
+    """A stand-in encoder whose patch tokens are the patches' own pixels (8 x 8, one channel), after a prefix token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = SimpleNamespace(grid_size=(4, 4))
+        self.unused = nn.Parameter(torch.zeros(1))
+
+    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        tokens = patchify(imgs, 8)  # (N, 16, 64)
+        return torch.cat([torch.zeros_like(tokens[:, :1]), tokens], dim=1)
+
+
+def test_nearest_is_the_whole_matrix_minimum_block_by_block_and_leaves_out_the_own_image(monkeypatch):
+    monkeypatch.setattr(patch_distance, "ROWS", 7)
+    gen = torch.Generator().manual_seed(0)
+    bank = PatchBank(torch.randn(50, 8, generator=gen), torch.arange(50) // 10, 1.0)
+    queries = torch.randn(23, 8, generator=gen)
+    full = torch.cdist(queries, bank.tokens)
+    torch.testing.assert_close(nearest(queries, bank), full.amin(1))
+    own = torch.arange(23) % 5
+    torch.testing.assert_close(nearest(queries, bank, own), full.masked_fill(own[:, None] == bank.image, 1e9).amin(1))
+    assert torch.equal(nearest(bank.tokens[:10], bank), torch.zeros(10))  # a bank token is its own nearest
+
+
+def test_the_bank_numbers_its_images_across_batches_and_sets_its_unit_from_the_other_images_patches():
+    encoder = PixelTokens()
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(3, 1, 32, 32, generator=gen), torch.randn(2, 1, 32, 32, generator=gen)]
+    bank = build_bank(encoder, batches)
+    assert bank.tokens.shape == (5 * 16, 64)
+    assert torch.equal(bank.image, torch.arange(5).repeat_interleave(16))
+    assert torch.equal(bank.tokens[16 * 3 + 5], patchify(batches[1][:1], 8)[0, 5])
+    others = torch.cdist(bank.tokens, bank.tokens).masked_fill(bank.image[:, None] == bank.image, float("inf"))
+    assert bank.scale == pytest.approx(float(others.amin(1).quantile(0.99)), rel=1e-6)  # all 80 < SCALE_PATCHES
+    with pytest.raises(ValueError, match="fewer than two images"):
+        build_bank(encoder, [torch.randn(1, 1, 32, 32)])
+
+
+def test_a_patch_unlike_the_reference_is_lit_at_its_place_and_scores_its_image():
+    """A reference image itself: every patch at distance 0 (black). The same with its patch (1, 2) painted over: that
+    patch alone is far, in the reference's unit, lit at its pixels, and the image's score."""
+    encoder = PixelTokens()
+    reference = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    bank = build_bank(encoder, [reference])
+    painted = reference[:1].clone()
+    painted[..., 8:16, 16:24] = 5.0
+    imgs = torch.cat([reference[:1], painted])
+    shown = distance_map(encoder, imgs, bank, original=torch.zeros(2, 1, 32, 32))
+    assert torch.equal(shown.distances[0], torch.zeros(4, 4))
+    far = torch.cdist(painted[..., 8:16, 16:24].reshape(1, 64), bank.tokens).amin() / bank.scale
+    assert torch.equal(shown.distances[1] != 0, torch.zeros(4, 4, dtype=torch.bool).index_put_((torch.tensor(1),
+                                                                                                torch.tensor(2)),
+                                                                                               torch.tensor(True)))
+    assert float(shown.distances[1, 1, 2]) == pytest.approx(float(far), rel=1e-5) and far > 2
+    torch.testing.assert_close(shown.score, torch.stack([torch.tensor(0.0), far]))
+    assert shown.heat.shape == (2, 3, 32, 32) and shown.heat[0].max() < 0.05  # black
+    top = heat_colours(torch.full((1, 8, 8), 10.0), 2.0)[0]  # the colour map's brightest: white-yellow
+    assert torch.equal(shown.heat[1, :, 8:16, 16:24], top) and shown.heat[1, :, :8].max() < 0.05  # black elsewhere
+
+
+def test_the_command_draws_distance_maps_against_a_reference_folder(tmp_path, datasets):
+    """`visualize --distances REF`: the reference folder's images make the bank (its size and unit logged), each
+    picture original | heat map, each image's score logged; a reference of one image is refused."""
+    torch.manual_seed(0)
+    model = openmae.create_model("mae_vit_debug_patch4_32", img_size=64, patch_size=8)
+    ckpt = tmp_path / "encoder.pth"
+    torch.save({"model": model.encoder_state_dict(), "model_config": model.cfg.to_dict()}, ckpt)
+    photos = sorted((datasets / "imagenet-sample").glob("*.JPEG"))
+    reference = tmp_path / "good"
+    reference.mkdir()
+    for photo in photos[:6]:
+        (reference / photo.name).write_bytes(photo.read_bytes())
+    proc = call_cli("visualize", "--checkpoint", str(ckpt), str(photos[0]), str(photos[10]), "-o",
+                    str(tmp_path / "maps"), "--distances", str(reference))
+    assert proc.returncode == 0, proc.stderr
+    assert "6 reference images' 384 patch tokens" in proc.stderr
+    pngs = sorted((tmp_path / "maps").glob("*.png"))
+    assert len(pngs) == 2 and all(np.asarray(Image.open(p)).shape == (128, 2 * 128 + 2, 3) for p in pngs)
+    assert f"{photos[0].stem}: farthest patch 0.000 " in proc.stderr  # it is in the reference
+    assert f"{photos[10].stem}: farthest patch " in proc.stderr
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / photos[0].name).write_bytes(photos[0].read_bytes())
+    proc = call_cli("visualize", "--checkpoint", str(ckpt), str(photos[0]), "-o", str(tmp_path / "none"),
+                    "--distances", str(lone))
+    assert proc.returncode == 1 and "the reference holds fewer than two images" in proc.stderr
