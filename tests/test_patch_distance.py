@@ -98,6 +98,9 @@ def test_the_command_draws_distance_maps_against_a_reference_folder(tmp_path, da
     assert len(pngs) == 2 and all(np.asarray(Image.open(p)).shape == (128, 2 * 128 + 2, 3) for p in pngs)
     assert f"{photos[0].stem}: farthest patch 0.000 " in proc.stderr  # it is in the reference
     assert f"{photos[10].stem}: farthest patch " in proc.stderr
+    rows = (tmp_path / "maps" / "distances.csv").read_text().splitlines()
+    assert rows[0] == "picture,farthest_patch" and rows[1].startswith(f"{photos[10].stem}.png,")
+    assert rows[2] == f"{photos[0].stem}.png,0.000000"  # the farthest first
     lone = tmp_path / "lone"
     lone.mkdir()
     (lone / photos[0].name).write_bytes(photos[0].read_bytes())

@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                                help="distance maps instead: original | each patch's distance from the nearest patch "
                                     "of the reference images (a folder or CSV list of images like the training ones, "
                                     "up to 1,000), black 0 to white-yellow 2 (1: the reference's own 99th "
-                                    "percentile); the log gives each image's farthest patch; any encoder")
+                                    "percentile); each image's farthest patch in the log and distances.csv; any encoder")
         if name == "convert":
             p.add_argument("src", help="input weights (.pth/.pt/.bin/.safetensors, any supported layout), a Hugging "
                            "Face folder or a run folder")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -114,6 +114,16 @@ class Drawing:
     errors: float | None = None
     components: Components | None = None
     bank: PatchBank | None = None
+    scores: list[tuple[str, float]] = field(default_factory=list)  # each distance map's picture and farthest patch
+
+    def write_scores(self, out_dir: str | Path) -> None:
+        """``<out_dir>/distances.csv``: each distance map's picture and its farthest patch, the farthest first."""
+        if self.bank is None:
+            return
+        path = Path(out_dir) / "distances.csv"
+        rows = sorted(self.scores, key=lambda row: -row[1])
+        path.write_text("picture,farthest_patch\n" + "".join(f"{name}.png,{score:.6f}\n" for name, score in rows))
+        log.info("each image's farthest patch, the farthest first: %s", path)
 
 
 def picture(model: nn.Module, img: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], mask_ratio: float,
@@ -124,6 +134,7 @@ def picture(model: nn.Module, img: torch.Tensor, mean: tuple[float, ...], std: t
     if drawing.bank is not None:
         shown = distance_map(model, img, drawing.bank, displayed(img, mean, std, stretch)(img))
         log.info("%s: farthest patch %.3f (1: the reference's own 99th percentile)", name, float(shown.score[0]))
+        drawing.scores.append((name, float(shown.score[0])))
         return shown
     if drawing.errors is None:
         return reconstruct(model, img, mean, std, mask_ratio, seed=seed, stretch=stretch)
@@ -221,6 +232,7 @@ def visualize_files(model: nn.Module, paths: list[Path], out_dir: str | Path, da
         written.append(save_grid(rec, Path(out_dir) / f"{stem}.png", scale or auto_scale(m.img_size), bands))
     if not written:
         raise ValueError(f"none of the {len(shown)} images could be read (the warnings above say why)")
+    drawing.write_scores(out_dir)
     return written
 
 
@@ -245,4 +257,5 @@ def visualize_dataset(model: nn.Module, data: DataConfig, out_dir: str | Path, c
             rec = picture(model, img, mean, std, mask_ratio, seed + len(written), data.reads_arrays, drawing, name)
             written.append(save_grid(rec, Path(out_dir) / f"{name}.png", auto_scale(m.img_size), bands))
         break
+    drawing.write_scores(out_dir)
     return written
