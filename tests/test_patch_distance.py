@@ -31,7 +31,7 @@ class PixelTokens(nn.Module):
 
 
 def test_nearest_is_the_whole_matrix_minimum_block_by_block_and_leaves_out_the_own_image(monkeypatch):
-    monkeypatch.setattr(patch_distance, "ROWS", 7)
+    monkeypatch.setattr(patch_distance, "BLOCK", 7 * 50)  # 7 rows of the 50-token bank at a time
     gen = torch.Generator().manual_seed(0)
     bank = PatchBank(torch.randn(50, 8, generator=gen), torch.arange(50) // 10, 1.0)
     queries = torch.randn(23, 8, generator=gen)

@@ -23,7 +23,7 @@ from openmae.eval.feature_map import patch_tokens
 
 REFERENCE_IMAGES = 1000  # at most, spread evenly over a reference folder
 SCALE_PATCHES = 2000  # reference patches whose nearest distances set the unit
-ROWS = 1024  # query patches a distance matrix
+BLOCK = 2**25  # entries of a distance matrix at a time (128 MiB): its rows are query patches, its columns the bank's
 
 
 @dataclass
@@ -36,15 +36,15 @@ class PatchBank:
 
 
 def nearest(queries: torch.Tensor, bank: PatchBank, query_image: torch.Tensor | None = None) -> torch.Tensor:
-    """Each query token's (Q, D) distance from its nearest bank token (Q,), in ROWS-row blocks (a whole matrix of
-    64,000 x 64,000 would not fit); ``query_image``: the bank image each query came from, whose own tokens are left
-    out."""
-    out = []
-    for start in range(0, len(queries), ROWS):
-        rows = queries[start : start + ROWS].float()
+    """Each query token's (Q, D) distance from its nearest bank token (Q,), a block of rows at a time (``BLOCK``
+    entries: the whole matrix of 1,000 images' 196 patches against as many would take 150 GB); ``query_image``: the
+    bank image each query came from, whose own tokens are left out."""
+    out, step = [], max(1, BLOCK // max(1, len(bank.tokens)))
+    for start in range(0, len(queries), step):
+        rows = queries[start : start + step].float()
         d = torch.cdist(rows, bank.tokens)  # (rows, M), through a matrix product: fast, off by ~1e-3 near 0
         if query_image is not None:
-            d.masked_fill_(query_image[start : start + ROWS, None] == bank.image[None], float("inf"))
+            d.masked_fill_(query_image[start : start + step, None] == bank.image[None], float("inf"))
         out.append((rows - bank.tokens[d.argmin(1)]).norm(dim=1))  # the nearest's distance again, exactly
     return torch.cat(out) if out else torch.empty(0)
 
