@@ -3,6 +3,7 @@ or its feature map."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from openmae.data.volumes import FileVolumes
 from openmae.eval.error_map import ErrorMap, error_map
 from openmae.eval.feature_map import FIT_IMAGES, Components, FeatureMap, feature_map, fit_components, patch_tokens
 from openmae.eval.patch_distance import REFERENCE_IMAGES, DistanceMap, PatchBank, build_bank, distance_map
+from openmae.eval.progress import reported
 from openmae.eval.reconstruction import Reconstruction, auto_scale, displayed, reconstruct, save_grid
 from openmae.models.config import MAEConfig
 
@@ -148,12 +150,15 @@ def reference_bank(model: nn.Module, reference: str, data: DataConfig, cfg: MAEC
                    std: tuple[float, ...]) -> PatchBank:
     """The patch tokens of the images under ``reference`` (a folder, or a CSV list; at most ``REFERENCE_IMAGES``
     spread evenly), read as the pictures' images are."""
-    from openmae.data.build import eval_batches
+    from openmae.data.build import eval_batches, source_for
 
     kind = "csv" if Path(reference).suffix.lower() in CSV_SUFFIXES else "folder"
     ref = replace(data, name=kind, path=reference, holdout=0.0, mean=list(mean), std=list(std))
-    batches = eval_batches(ref, ref.train_split, cfg.img_size, cfg.in_chans, 64, limit=REFERENCE_IMAGES)
-    bank = build_bank(model, (batch.images for batch in batches))
+    source = source_for(ref, ref.train_split, cfg.in_chans, REFERENCE_IMAGES)
+    log.info("reading the patch tokens of %d reference images (%s)", len(source), reference)
+    batches = eval_batches(ref, ref.train_split, cfg.img_size, cfg.in_chans, 64, source=source)
+    with contextlib.closing(reported(batches, "reference images", len(source))) as shown:  # minutes for a large model
+        bank = build_bank(model, (batch.images for batch in shown))
     log.info("distances from the nearest of the %d reference images' %d patch tokens (%s)", int(bank.image[-1]) + 1,
              len(bank.tokens), reference)
     return bank
