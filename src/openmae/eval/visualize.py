@@ -88,22 +88,23 @@ def distinct_names(names: list[str], paths: list[Path]) -> list[str]:
     return out
 
 
-def drawing_model(checkpoint: str, data: DataConfig, features: bool) -> tuple[nn.Module, MAEConfig]:
+def drawing_model(checkpoint: str, data: DataConfig, any_encoder: bool) -> tuple[nn.Module, MAEConfig]:
     """The model ``checkpoint`` holds, for pictures, and its architecture; ``data`` takes the normalisation it
     records when its own is unset. Reconstructions and error maps need an MAE with its decoder (an untrained one would
-    draw noise: refused, naming the run that trains one); ``features``: any encoder (a fine-tuned classifier too)."""
+    draw noise: refused, naming the run that trains one); ``any_encoder`` (feature and distance maps): any encoder,
+    a fine-tuned classifier too."""
     # the commands' loader of any encoder (engine's), imported here alone: the rest of eval does not need it
     from openmae.engine.config import ModelSection
     from openmae.engine.knn_eval import load_encoder_model
 
-    if features:
+    if any_encoder:
         return load_encoder_model(ModelSection(name="auto"), checkpoint, data=data)
     obj = load_file(checkpoint)
     model = load_pretrained(obj) if holds_decoder(obj) else None  # (a fine-tuned classifier is no MAE)
     if model is None or model.cfg.decoder_depth == 0:
         raise ConfigError(f"{checkpoint} holds an encoder without its MAE decoder, and visualize needs one to "
-                          f"reconstruct: {TRAIN_A_DECODER.format(path=checkpoint)} (--features draws what its "
-                          "features tell apart without one)")
+                          f"reconstruct: {TRAIN_A_DECODER.format(path=checkpoint)} (--features and --distances draw "
+                          "without one)")
     inherit_stats(data, obj, checkpoint, model.cfg.in_chans)  # the pictures normalise as the run trained
     return model, model.cfg
 
