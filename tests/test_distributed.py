@@ -432,17 +432,27 @@ def test_openmae_evaluate_of_a_pretrained_mae_under_torchrun_equals_one_process(
     torch.manual_seed(0)
     mae = openmae.create_model("mae_vit_debug_patch4_32", norm_pix_loss=True)
     torch.save({"model": mae.state_dict(), "model_config": mae.cfg.to_dict()}, tmp_path / "mae.pth")
+    reference = tmp_path / "reference"  # each image's farthest patch from these photos' patches, too
+    reference.mkdir()
+    for photo in sorted((datasets / "imagenet-sample").glob("*.JPEG"))[:10]:
+        (reference / photo.name).write_bytes(photo.read_bytes())
     args = ["data.name=cifar10", "data.max_eval_samples=37", "data.num_workers=0", "evaluate.batch_size=8",
-            "evaluate.mask_ratio=0.6"]
+            "evaluate.mask_ratio=0.6", f"evaluate.reference_images={reference}"]
     proc = torchrun("-m", "openmae", "evaluate", "--checkpoint", str(tmp_path / "mae.pth"), f"--data-root={datasets}",
                     *args, "-o", str(tmp_path / "two.json"), "--predictions", str(tmp_path / "two.csv"), "--plot",
                     str(tmp_path / "worst.png"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads((tmp_path / "two.json").read_text())
     one = run_evaluate(load_config(EvaluateConfig, overrides=[f"evaluate.init={tmp_path / 'mae.pth'}",
-                                                              f"data.root={datasets}", *args]))
+                                                              f"data.root={datasets}", *args,
+                                                              f"evaluate.predictions={tmp_path / 'one.csv'}"]))
     assert two["samples"] == one["samples"] == 37 and two["mask_ratio"] == 0.6 and two["norm_pix_loss"]
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5) and two["psnr"] == pytest.approx(one["psnr"], rel=1e-5)
     rows = list(csv.DictReader((tmp_path / "two.csv").open()))
     assert len(rows) == 37 and len({r["image"] for r in rows}) == 37
+    ones = list(csv.DictReader((tmp_path / "one.csv").open()))  # the farthest patches, image by image, in order
+    assert [r["image"] for r in rows] == [r["image"] for r in ones]
+    np.testing.assert_allclose([float(r["farthest_patch"]) for r in rows], [float(r["farthest_patch"]) for r in ones],
+                               rtol=1e-5, atol=1e-6)
+    assert two["farthest_patch"] == pytest.approx(one["farthest_patch"], rel=1e-5) and one["farthest_patch"] > 0
     assert (tmp_path / "worst.png").stat().st_size > 1000

@@ -107,3 +107,51 @@ def test_the_command_draws_distance_maps_against_a_reference_folder(tmp_path, da
     proc = call_cli("visualize", "--checkpoint", str(ckpt), str(photos[0]), "-o", str(tmp_path / "none"),
                     "--distances", str(lone))
     assert proc.returncode == 1 and "the reference holds fewer than two images" in proc.stderr
+
+
+def test_evaluate_scores_each_image_by_its_farthest_patch_from_reference_images(tmp_path, datasets):
+    """`evaluate` of a pretrained MAE with evaluate.reference_images: each image's farthest patch (as visualize
+    --distances measures it) joins the CSV and the JSON (its mean, the share beyond the reference's 99th percentile),
+    the log names the highest, rank_by=farthest_patch orders --plot; without reference images that ranking is
+    refused."""
+    import csv
+    import json
+
+    from openmae.data.build import eval_batches
+    from openmae.data.config import DataConfig
+    from openmae.data.normalization import IMAGENET_MEAN, IMAGENET_STD
+    from openmae.eval.patch_distance import farthest_patches, read_bank
+
+    torch.manual_seed(0)
+    model = openmae.create_model("mae_vit_debug_patch4_32")
+    ckpt = tmp_path / "mae.pth"
+    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, ckpt)
+    photos = sorted((datasets / "imagenet-sample").glob("*.JPEG"))
+    reference, queries = tmp_path / "good", tmp_path / "new"
+    for folder, chosen in ((reference, photos[:12]), (queries, photos[10:16])):
+        folder.mkdir()
+        for photo in chosen:
+            (folder / photo.name).write_bytes(photo.read_bytes())
+    data = ["data.name=folder", f"data.path={queries}", "data.num_workers=0"]
+    proc = call_cli("evaluate", "--checkpoint", str(ckpt), *data, f"evaluate.reference_images={reference}",
+                    "evaluate.rank_by=farthest_patch", "--predictions", str(tmp_path / "scores.csv"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    got = {r["image"].rsplit("/", 1)[-1]: float(r["farthest_patch"]) for r in rows}
+    mean, std = tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)  # what a file recording none is read with
+    d = DataConfig(name="folder", path=str(queries), num_workers=0, mean=list(mean), std=list(std))
+    bank = read_bank(model, str(reference), d, (32, 32), 3, mean, std)
+    images = next(iter(eval_batches(d, "train", (32, 32), 3, 6))).images
+    want = farthest_patches(model, images, bank)
+    assert sorted(got) == [p.name for p in photos[10:16]]
+    np.testing.assert_allclose([got[p.name] for p in photos[10:16]], want.numpy(), rtol=1e-5, atol=1e-6)
+    assert got[photos[10].name] == 0 and got[photos[11].name] == 0  # in the reference: their own patches are there
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["farthest_patch"] == pytest.approx(float(want.mean()), rel=1e-5)
+    assert result["beyond_reference"] == pytest.approx(float((want > 1).double().mean()))
+    top = photos[10 + int(want.argmax())].name
+    named = proc.stderr.split("highest farthest patch (from the reference images' patches): ")[1].split(" (")[0]
+    assert named.endswith(top)  # the highest first
+    refused = call_cli("evaluate", "--checkpoint", str(ckpt), *data, "evaluate.rank_by=farthest_patch")
+    assert refused.returncode != 0 and "evaluate.rank_by=farthest_patch needs evaluate.reference_images" in \
+        refused.stderr

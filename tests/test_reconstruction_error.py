@@ -180,7 +180,8 @@ def test_settings_a_reconstruction_cannot_use_are_refused(tmp_path, datasets):
                                                "pretrain.eval_every_epochs=1"])
     with pytest.raises(ConfigError, match="evaluate.mask_ratio=1.0 is invalid"):
         load_config(EvaluateConfig, overrides=["evaluate.init=x.pth", "data.name=cifar10", "evaluate.mask_ratio=1.0"])
-    with pytest.raises(ConfigError, match="evaluate.rank_by='psnr' is invalid: must be loss, relative_loss or atypicality"):
+    with pytest.raises(ConfigError, match="evaluate.rank_by='psnr' is invalid: must be loss, relative_loss, "
+                                          "atypicality or farthest_patch"):
         load_config(EvaluateConfig, overrides=["evaluate.init=x.pth", "data.name=cifar10", "evaluate.rank_by=psnr"])
     torch.manual_seed(0)
     mae = openmae.create_model("mae_vit_debug_patch4_32")

@@ -174,7 +174,7 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
         raise ConfigError(f"data.name=folder reads no labels, and {e.init} is a classifier: measure it on a labelled "
                           "dataset, a named one (data.name=fashion-mnist ...) or data.name=imagefolder data.path=...")
     for key, value, default in (("mask_ratio", e.mask_ratio, 0.0), ("rank_by", e.rank_by, "loss"),
-                                ("reference", e.reference, "")):
+                                ("reference", e.reference, ""), ("reference_images", e.reference_images, "")):
         if value != default:
             raise ConfigError(f"evaluate.{key}={value} applies to a pretrained MAE, and {e.init} is a classifier: "
                               "leave it out")

@@ -7,6 +7,7 @@ does."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -27,6 +28,8 @@ from openmae.data.ranks import shared_by_ranks
 from openmae.engine.distributed import DistInfo, gather_rows, part_of, share_of
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
+from openmae.eval.patch_distance import PatchBank, farthest_patches, read_bank
+from openmae.eval.progress import reported
 from openmae.eval.reconstruction import Reconstruction, auto_scale, reconstruct, save_grid
 from openmae.eval.reconstruction_error import Errors, reconstruction_errors
 from openmae.eval.typicality import TAIL, Reference
@@ -39,7 +42,8 @@ WORST_SHOWN = 5  # the images of the highest loss the log names
 WORST_DRAWN = 8  # and --plot draws
 # what evaluate.rank_by may rank the images by, as the log says it
 RANKINGS = {"loss": "loss", "relative_loss": "relative loss (the squared error over a generic inpainter's)",
-            "atypicality": "atypicality (against the reference images)"}
+            "atypicality": "atypicality (against the reference images)",
+            "farthest_patch": "farthest patch (from the reference images' patches)"}
 
 
 def errors_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConfig, batch_size: int,
@@ -53,6 +57,17 @@ def errors_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConf
     return reconstruction_errors(
         model, batches, positions, mask_ratio, None if d.reads_arrays else stats_for(d, m.in_chans), amp_dtype,
         gather=functools.partial(gather_rows, count=len(source), info=info) if info.enabled else None, what=what)
+
+
+def farthest_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConfig, batch_size: int,
+                        bank: PatchBank, info: DistInfo) -> torch.Tensor:
+    """Each image's farthest patch from ``bank`` (:func:`openmae.eval.patch_distance.farthest_patches`), (N,) in the
+    split's order; each rank of a torchrun job measures its part and every rank returns all the images'."""
+    m = model.cfg
+    batches = eval_batches(d, d.eval_split, m.img_size, m.in_chans, batch_size, source=part_of(source, info)[0])
+    with contextlib.closing(reported(batches, "patch distances", len(source))) as shown:
+        mine = torch.cat([farthest_patches(model, batch.images, bank) for batch in shown] or [torch.empty(0)])
+    return gather_rows(mine.to(info.device), count=len(source), info=info).cpu() if info.enabled else mine
 
 
 def run_mask_ratio(obj: Any) -> float | None:
@@ -87,6 +102,11 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
     recorded = run_mask_ratio(obj)
     ratio = e.mask_ratio or recorded or PAPER_MASK_RATIO
     reference, against = run_reference(obj, e.reference, ratio)  # before the pass over the images
+    if e.rank_by == "farthest_patch" and not e.reference_images:
+        raise ConfigError("evaluate.rank_by=farthest_patch needs evaluate.reference_images=<a folder or CSV list of "
+                          "images like the training ones>, whose patch tokens each image's patches are measured from")
+    bank = (read_bank(model.to(info.device), e.reference_images, d, m.img_size, m.in_chans, *stats_for(d, m.in_chans))
+            if e.reference_images else None)  # every rank reads the whole reference
     if e.rank_by == "atypicality" and reference is None:
         raise ConfigError(f"evaluate.rank_by=atypicality needs reference images: {e.init} carries none (a pretraining "
                           "run keeps its held-out images' with pretrain.eval_every_epochs, 10 images or more, at this "
@@ -114,6 +134,13 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
         log.info("  against %s (%d images): mean atypicality %.2f (theirs about 2); %.1f%% of the images lie beyond "
                  "%.0f%% of the reference's (%.0f%% expected of images like them)", against, reference.count,
                  summary["atypicality"], 100 * summary["atypical_share"], TAIL, 100 - TAIL)
+    if bank is not None:
+        scores["farthest_patch"] = farthest_over_ranks(model, source, d, e.batch_size, bank, info)
+        summary["farthest_patch"] = float(scores["farthest_patch"].mean())
+        summary["beyond_reference"] = float((scores["farthest_patch"] > 1).double().mean())
+        log.info("  against the patches of %s: mean farthest patch %.3f; %.1f%% of the images have a patch farther "
+                 "than 99%% of the reference's own", e.reference_images, summary["farthest_patch"],
+                 100 * summary["beyond_reference"])
     for key, values in scores.items():
         worst = values.argsort(descending=True)[:WORST_SHOWN].tolist()
         log.info("  highest %s: %s", RANKINGS[key],
@@ -126,9 +153,10 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
             Path(e.output).write_text(json.dumps(result, indent=1))
             log.info("wrote %s", e.output)
         if e.predictions:
-            write_errors(Path(e.predictions), source, errors, scores.get("atypicality"))
-            log.info("wrote %s (each image's loss, squared error, the inpainter's, their ratio%s%s)", e.predictions,
-                     ", PSNR" if errors.psnr is not None else "", ", atypicality" if reference is not None else "")
+            write_errors(Path(e.predictions), source, errors, scores.get("atypicality"), scores.get("farthest_patch"))
+            log.info("wrote %s (each image's loss, squared error, the inpainter's, their ratio%s%s%s)", e.predictions,
+                     ", PSNR" if errors.psnr is not None else "", ", atypicality" if reference is not None else "",
+                     ", farthest patch" if bank is not None else "")
         if e.plot:
             worst = scores[e.rank_by].argsort(descending=True)[:WORST_DRAWN].tolist()
             draw_worst(model, d, source, worst, ratio, Path(e.plot), RANKINGS[e.rank_by])
@@ -166,12 +194,14 @@ def draw_worst(model: MaskedAutoencoder, d: DataConfig, source: ImageSource, wor
              "pasted)", path, len(worst), what)
 
 
-def write_errors(path: Path, source: ImageSource, errors: Errors, atypicality: torch.Tensor | None = None) -> None:
+def write_errors(path: Path, source: ImageSource, errors: Errors, atypicality: torch.Tensor | None = None,
+                 farthest: torch.Tensor | None = None) -> None:
     """A CSV row an image, in the split's order: the image (its file), its loss, its squared error of the removed
-    pixels, the generic inpainter's, their ratio, the PSNR and the atypicality (the last two left out where none):
-    such a file of images like the training ones is what ``evaluate.reference`` reads."""
+    pixels, the generic inpainter's, their ratio, the PSNR, the atypicality and the farthest patch (the last three
+    left out where none): such a file of images like the training ones is what ``evaluate.reference`` reads."""
     columns = {"loss": errors.loss, "pixel_loss": errors.pixel_loss, "inpainting_loss": errors.inpainting_loss,
-               "relative_loss": errors.relative_loss, "psnr": errors.psnr, "atypicality": atypicality}
+               "relative_loss": errors.relative_loss, "psnr": errors.psnr, "atypicality": atypicality,
+               "farthest_patch": farthest}
     columns = {key: value.tolist() for key, value in columns.items() if value is not None}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:

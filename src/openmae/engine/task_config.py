@@ -357,9 +357,13 @@ class EvaluateSection:
     # it, and the share of images more atypical than 95% of the reference's (about 5% for images like them). Empty:
     # the reference a pretraining run's model-last.pth carries (its held-out images', pretrain.eval_every_epochs)
     reference: str = ""
+    # a pretrained MAE (or any encoder): a folder or CSV list of images like the training ones; each image's farthest
+    # patch, its token's distance from the nearest of theirs (1: their own 99th percentile), joins the numbers
+    reference_images: str = ""
     # a pretrained MAE: which images --plot draws, the highest first: loss (the images it fills in worst: often
     # simply the hardest), relative_loss (its squared error over a generic inpainter's on the same pixels: those it
-    # fills in worse than its training taught it to) or atypicality (needs a reference: the least like those)
+    # fills in worse than its training taught it to), atypicality (needs a reference: the least like those) or
+    # farthest_patch (needs reference_images: the images with the patch least like theirs)
     rank_by: str = "loss"
 
     def check(self) -> None:
@@ -371,8 +375,8 @@ class EvaluateSection:
         require(self.precision in ("auto", *PRECISIONS), "evaluate.precision", self.precision,
                 "auto, fp32, bf16 or fp16 (fp16 on CUDA only)")
         require(self.tta in TTA_MODES, "evaluate.tta", self.tta, " or ".join(TTA_MODES))
-        require(self.rank_by in ("loss", "relative_loss", "atypicality"), "evaluate.rank_by", self.rank_by,
-                "loss, relative_loss or atypicality")
+        require(self.rank_by in ("loss", "relative_loss", "atypicality", "farthest_patch"), "evaluate.rank_by",
+                self.rank_by, "loss, relative_loss, atypicality or farthest_patch")
 
 
 @dataclass

@@ -10,16 +10,23 @@ images at ROC-AUC 0.81-0.87 where its reconstruction error found them at 0.61-0.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openmae.data.config import CSV_SUFFIXES, DataConfig
 from openmae.eval.error_map import heat_colours
 from openmae.eval.feature_map import patch_tokens
+from openmae.eval.progress import reported
+
+log = logging.getLogger(__name__)
 
 REFERENCE_IMAGES = 1000  # at most, spread evenly over a reference folder
 SCALE_PATCHES = 2000  # reference patches whose nearest distances set the unit
@@ -84,6 +91,30 @@ class DistanceMap:
 
     def panels(self) -> list[torch.Tensor]:
         return [self.original, self.heat]
+
+
+def farthest_patches(encoder: nn.Module, imgs: torch.Tensor, bank: PatchBank) -> torch.Tensor:
+    """Each normalised image's (N, C, H, W) score (N,): its farthest patch's distance, in the bank's unit."""
+    tokens = patch_tokens(encoder, imgs)  # (N, h, w, D)
+    return nearest(tokens.flatten(0, 2), bank).reshape(len(tokens), -1).amax(1) / bank.scale
+
+
+def read_bank(encoder: nn.Module, reference: str, data: DataConfig, img_size: tuple[int, int], channels: int,
+              mean: tuple[float, ...], std: tuple[float, ...]) -> PatchBank:
+    """The :class:`PatchBank` of the images under ``reference`` (a folder, or a CSV list; at most
+    ``REFERENCE_IMAGES`` spread evenly), read as ``data``'s images are (its format, crop, normalisation)."""
+    from openmae.data.build import eval_batches, source_for
+
+    kind = "csv" if Path(reference).suffix.lower() in CSV_SUFFIXES else "folder"
+    ref = replace(data, name=kind, path=reference, holdout=0.0, mean=list(mean), std=list(std))
+    source = source_for(ref, ref.train_split, channels, REFERENCE_IMAGES)
+    log.info("reading the patch tokens of %d reference images (%s)", len(source), reference)
+    batches = eval_batches(ref, ref.train_split, img_size, channels, 64, source=source)
+    with contextlib.closing(reported(batches, "reference images", len(source))) as shown:  # minutes for a large model
+        bank = build_bank(encoder, (batch.images for batch in shown))
+    log.info("distances from the nearest of the %d reference images' %d patch tokens (%s)", int(bank.image[-1]) + 1,
+             len(bank.tokens), reference)
+    return bank
 
 
 def distance_map(encoder: nn.Module, imgs: torch.Tensor, bank: PatchBank, original: torch.Tensor, vmax: float = 2.0

@@ -3,7 +3,6 @@ or its feature map."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -30,8 +29,7 @@ from openmae.data.transforms import eval_transform
 from openmae.data.volumes import FileVolumes
 from openmae.eval.error_map import ErrorMap, error_map
 from openmae.eval.feature_map import FIT_IMAGES, Components, FeatureMap, feature_map, fit_components, patch_tokens
-from openmae.eval.patch_distance import REFERENCE_IMAGES, DistanceMap, PatchBank, build_bank, distance_map
-from openmae.eval.progress import reported
+from openmae.eval.patch_distance import DistanceMap, PatchBank, distance_map, read_bank
 from openmae.eval.reconstruction import Reconstruction, auto_scale, displayed, reconstruct, save_grid
 from openmae.models.config import MAEConfig
 
@@ -147,24 +145,6 @@ def picture(model: nn.Module, img: torch.Tensor, mean: tuple[float, ...], std: t
     return shown
 
 
-def reference_bank(model: nn.Module, reference: str, data: DataConfig, cfg: MAEConfig, mean: tuple[float, ...],
-                   std: tuple[float, ...]) -> PatchBank:
-    """The patch tokens of the images under ``reference`` (a folder, or a CSV list; at most ``REFERENCE_IMAGES``
-    spread evenly), read as the pictures' images are."""
-    from openmae.data.build import eval_batches, source_for
-
-    kind = "csv" if Path(reference).suffix.lower() in CSV_SUFFIXES else "folder"
-    ref = replace(data, name=kind, path=reference, holdout=0.0, mean=list(mean), std=list(std))
-    source = source_for(ref, ref.train_split, cfg.in_chans, REFERENCE_IMAGES)
-    log.info("reading the patch tokens of %d reference images (%s)", len(source), reference)
-    batches = eval_batches(ref, ref.train_split, cfg.img_size, cfg.in_chans, 64, source=source)
-    with contextlib.closing(reported(batches, "reference images", len(source))) as shown:  # minutes for a large model
-        bank = build_bank(model, (batch.images for batch in shown))
-    log.info("distances from the nearest of the %d reference images' %d patch tokens (%s)", int(bank.image[-1]) + 1,
-             len(bank.tokens), reference)
-    return bank
-
-
 def fitted(model: nn.Module, images: list[torch.Tensor]) -> Components:
     """The components of the patch tokens of ``images`` ((1, C, H, W) each; at most ``FIT_IMAGES``, spread evenly),
     logged with the share of the variance they explain."""
@@ -227,7 +207,7 @@ def visualize_files(model: nn.Module, paths: list[Path], out_dir: str | Path, da
                     log.warning("no picture of an unreadable image (data.bad_files=fail stops instead): %s", err)
 
     numbered = list(enumerate(shown))
-    drawing = Drawing(errors, bank=reference_bank(model, distances, data, m, mean, std) if distances else None)
+    drawing = Drawing(errors, bank=read_bank(model, distances, data, m.img_size, m.in_chans, mean, std) if distances else None)
     if features:  # fitted first, on at most FIT_IMAGES of them spread evenly (read again below)
         spread = sorted({k * len(numbered) // FIT_IMAGES for k in range(FIT_IMAGES)} & set(range(len(numbered))))
         fit_on = [img for _, _, img in readable([numbered[k] for k in spread], warn=False)]
@@ -254,7 +234,7 @@ def visualize_dataset(model: nn.Module, data: DataConfig, out_dir: str | Path, c
     mean, std = stats_for(data, m.in_chans)
     split = data.train_split if data.name == "folder" else data.eval_split
     written: list[Path] = []
-    drawing = Drawing(errors, bank=reference_bank(model, distances, data, m, mean, std) if distances else None)
+    drawing = Drawing(errors, bank=read_bank(model, distances, data, m.img_size, m.in_chans, mean, std) if distances else None)
     for batch in eval_batches(data, split, m.img_size, m.in_chans, count, limit=count):
         images = [batch.images[i : i + 1] for i in range(batch.images.shape[0])]
         drawing.components = fitted(model, images) if features else None
