@@ -64,8 +64,9 @@ def farthest_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataCo
     """Each image's farthest patch from ``bank`` (:func:`openmae.eval.patch_distance.farthest_patches`), (N,) in the
     split's order; each rank of a torchrun job measures its part and every rank returns all the images'."""
     m = model.cfg
-    batches = eval_batches(d, d.eval_split, m.img_size, m.in_chans, batch_size, source=part_of(source, info)[0])
-    with contextlib.closing(reported(batches, "patch distances", len(source))) as shown:
+    part = part_of(source, info)[0]
+    batches = eval_batches(d, d.eval_split, m.img_size, m.in_chans, batch_size, source=part)
+    with contextlib.closing(reported(batches, "patch distances", len(part))) as shown:  # (rank 0's part: its own)
         mine = torch.cat([farthest_patches(model, batch.images, bank) for batch in shown] or [torch.empty(0)])
     return gather_rows(mine.to(info.device), count=len(source), info=info).cpu() if info.enabled else mine
 
