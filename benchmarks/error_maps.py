@@ -40,7 +40,7 @@ from openmae.data.normalization import inherit_stats
 from openmae.eval.error_map import COLORMAP, covered_mean, error_map
 from openmae.eval.feature_map import patch_tokens
 from openmae.eval.inpainting import inpaint, visible_pixels
-from openmae.eval.patch_distance import PatchBank, nearest
+from openmae.eval.patch_distance import bank_of, nearest
 from openmae.eval.ranking import roc_auc
 from openmae.models.masking import covering_noise, plan_from_noise
 from openmae.models.patches import patchify, unpatchify
@@ -99,8 +99,7 @@ def distance_maps(tokens: Callable[[torch.Tensor], torch.Tensor], reference: tor
                   *images: torch.Tensor) -> list[torch.Tensor]:
     """For each of ``images`` (N, C, H, W), the map (N, H, W) of each patch's Euclidean distance from the nearest of
     the ``reference`` images' patch tokens (any place); ``tokens``: images -> (N, h, w, D)."""
-    ref = tokens(reference)  # (R, h, w, D)
-    bank = PatchBank(ref.flatten(0, 2), torch.arange(len(ref)).repeat_interleave(ref.shape[1] * ref.shape[2]), 1.0)
+    bank = bank_of(tokens(reference))  # the reference's (R, h, w, D)
     maps = []
     for imgs in images:
         queries = tokens(imgs)  # (N, h, w, D)

@@ -26,6 +26,11 @@ FIT_IMAGES = 64  # images whose patches the components are fitted on (the colour
 COMPONENTS = 3  # red, green, blue
 
 
+def evenly(count: int, most: int = FIT_IMAGES) -> list[int]:
+    """At most ``most`` of ``count`` items' indices, spread evenly (all of them when there are no more)."""
+    return list(range(count)) if count <= most else [k * count // most for k in range(most)]
+
+
 @dataclass
 class Components:
     """The principal components ``axes`` (3, D) of patch tokens taken from their place's mean token ``mean``

@@ -56,19 +56,20 @@ def nearest(queries: torch.Tensor, bank: PatchBank, query_image: torch.Tensor | 
     return torch.cat(out) if out else torch.empty(0)
 
 
+def bank_of(tokens: torch.Tensor) -> PatchBank:
+    """The :class:`PatchBank` of images' patch tokens (R, h, w, D), each token numbered by its image, in unit 1."""
+    image = torch.arange(len(tokens)).repeat_interleave(tokens.shape[1] * tokens.shape[2])  # (R * h * w,)
+    return PatchBank(tokens.flatten(0, 2), image, 1.0)
+
+
 def build_bank(encoder: nn.Module, batches: Iterable[torch.Tensor], seed: int = 0) -> PatchBank:
     """The :class:`PatchBank` of normalised reference images (batches (n, C, H, W)); its unit from ``SCALE_PATCHES``
     of their patches (drawn with ``seed``), each against the other images' patches. Needs two images or more."""
-    tokens, image, count = [], [], 0
-    for imgs in batches:
-        t = patch_tokens(encoder, imgs)  # (n, h, w, D)
-        image.append((torch.arange(len(t)) + count).repeat_interleave(t.shape[1] * t.shape[2]))
-        tokens.append(t.flatten(0, 2))
-        count += len(t)
-    if count < 2:
+    tokens = [patch_tokens(encoder, imgs) for imgs in batches]  # (n, h, w, D) each
+    if sum(len(t) for t in tokens) < 2:
         raise ValueError("the reference holds fewer than two images: give a folder of images like the training ones "
                          "(each patch is compared with the other images')")
-    bank = PatchBank(torch.cat(tokens), torch.cat(image), 1.0)
+    bank = bank_of(torch.cat(tokens))
     chosen = torch.randperm(len(bank.tokens), generator=torch.Generator().manual_seed(seed))[:SCALE_PATCHES]
     own = nearest(bank.tokens[chosen], bank, bank.image[chosen])
     bank.scale = float(own.quantile(0.99).clamp_min(1e-12))
@@ -87,16 +88,26 @@ class DistanceMap:
 
     @property
     def score(self) -> torch.Tensor:
-        return self.distances.flatten(1).amax(1)
+        return farthest(self.distances)
 
     def panels(self) -> list[torch.Tensor]:
         return [self.original, self.heat]
 
 
+def patch_distances(encoder: nn.Module, imgs: torch.Tensor, bank: PatchBank) -> torch.Tensor:
+    """Each patch's (N, h, w) distance from ``bank``, in its unit, for normalised ``imgs`` (N, C, H, W)."""
+    tokens = patch_tokens(encoder, imgs)  # (N, h, w, D)
+    return nearest(tokens.flatten(0, 2), bank).reshape(tokens.shape[:3]) / bank.scale
+
+
+def farthest(distances: torch.Tensor) -> torch.Tensor:
+    """Each image's score (N,): its farthest patch of ``distances`` (N, h, w)."""
+    return distances.flatten(1).amax(1)
+
+
 def farthest_patches(encoder: nn.Module, imgs: torch.Tensor, bank: PatchBank) -> torch.Tensor:
     """Each normalised image's (N, C, H, W) score (N,): its farthest patch's distance, in the bank's unit."""
-    tokens = patch_tokens(encoder, imgs)  # (N, h, w, D)
-    return nearest(tokens.flatten(0, 2), bank).reshape(len(tokens), -1).amax(1) / bank.scale
+    return farthest(patch_distances(encoder, imgs, bank))
 
 
 def read_bank(encoder: nn.Module, reference: str, data: DataConfig, img_size: tuple[int, int], channels: int,
@@ -121,7 +132,6 @@ def distance_map(encoder: nn.Module, imgs: torch.Tensor, bank: PatchBank, origin
                  ) -> DistanceMap:
     """The :class:`DistanceMap` of normalised ``imgs``; the heat map from 0 (black) to ``vmax`` units and above
     (white-yellow). ``original``: their panel."""
-    tokens = patch_tokens(encoder, imgs)  # (N, h, w, D)
-    distances = nearest(tokens.flatten(0, 2), bank).reshape(tokens.shape[:3]) / bank.scale
+    distances = patch_distances(encoder, imgs, bank)  # (N, h, w)
     pixels = F.interpolate(distances[:, None], size=imgs.shape[-2:], mode="nearest")[:, 0]  # each patch one value
     return DistanceMap(original, heat_colours(pixels, vmax), distances)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -14,9 +14,16 @@ from PIL import Image
 from openmae.models.mae import MaskedAutoencoder
 from openmae.models.patches import patchify, unpatchify
 
-if TYPE_CHECKING:
-    from openmae.eval.error_map import ErrorMap
-    from openmae.eval.feature_map import FeatureMap
+
+class Panels(Protocol):
+    """A picture's rows (one an image): its panels (N, C, H, W) in [0, 1] side by side, ``original`` first; those
+    whose places ``coloured`` names are red, green, blue already (heat maps, feature colours), the others images of
+    the model's bands."""
+
+    original: torch.Tensor
+    coloured: ClassVar[tuple[int, ...]]
+
+    def panels(self) -> list[torch.Tensor]: ...
 
 
 @dataclass
@@ -88,12 +95,11 @@ def check_bands(bands: tuple[int, ...] | list[int], channels: int) -> None:
                          f"to {channels - 1} (the model has {channels}); e.g. 3 2 1 for Sentinel-2's true colour")
 
 
-def grid_image(rec: Reconstruction | ErrorMap | FeatureMap, scale: int = 1, gap: int = 2, bands: tuple[int, ...] = ()
-               ) -> np.ndarray:
-    """One row per image, its panels side by side (four of a :class:`Reconstruction`, three of an
-    :class:`openmae.eval.error_map.ErrorMap`, two of a :class:`openmae.eval.feature_map.FeatureMap`), as an (H, W, 3)
-    uint8 array; ``scale`` enlarges small images. ``bands``: which channels to show, one (grey) or three (as red,
-    green, blue); by default the first three, or the first alone when there are fewer."""
+def grid_image(rec: Panels, scale: int = 1, gap: int = 2, bands: tuple[int, ...] = ()) -> np.ndarray:
+    """One row per image, its panels side by side (four of a :class:`Reconstruction`, three of an error map, two of a
+    feature or distance map), as an (H, W, 3) uint8 array; ``scale`` enlarges small images. ``bands``: which channels
+    to show, one (grey) or three (as red, green, blue); by default the first three, or the first alone when there are
+    fewer."""
     panels = rec.panels()
     n, c, h, w = rec.original.shape
     check_bands(bands, c)
@@ -113,8 +119,7 @@ def grid_image(rec: Reconstruction | ErrorMap | FeatureMap, scale: int = 1, gap:
     return canvas
 
 
-def save_grid(rec: Reconstruction | ErrorMap | FeatureMap, path: str | Path, scale: int = 1,
-              bands: tuple[int, ...] = ()) -> Path:
+def save_grid(rec: Panels, path: str | Path, scale: int = 1, bands: tuple[int, ...] = ()) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid_image(rec, scale, bands=bands)).save(path)

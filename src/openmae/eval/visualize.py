@@ -27,10 +27,10 @@ from openmae.data.normalization import inherit_stats
 from openmae.data.scans import suffix_of
 from openmae.data.transforms import eval_transform
 from openmae.data.volumes import FileVolumes
-from openmae.eval.error_map import ErrorMap, error_map
-from openmae.eval.feature_map import FIT_IMAGES, Components, FeatureMap, feature_map, fit_components, patch_tokens
-from openmae.eval.patch_distance import DistanceMap, PatchBank, distance_map, read_bank
-from openmae.eval.reconstruction import Reconstruction, auto_scale, displayed, reconstruct, save_grid
+from openmae.eval.error_map import error_map
+from openmae.eval.feature_map import Components, evenly, feature_map, fit_components, patch_tokens
+from openmae.eval.patch_distance import PatchBank, distance_map, read_bank
+from openmae.eval.reconstruction import Panels, auto_scale, displayed, reconstruct, save_grid
 from openmae.models.config import MAEConfig
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class Drawing:
 
 
 def picture(model: nn.Module, img: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], mask_ratio: float,
-            seed: int, stretch: bool, drawing: Drawing, name: str) -> Reconstruction | ErrorMap | FeatureMap | DistanceMap:
+            seed: int, stretch: bool, drawing: Drawing, name: str) -> Panels:
     """One image's panels (``name``: how the log calls it): its reconstruction, or what ``drawing`` says."""
     if drawing.components is not None:
         return feature_map(model, img, drawing.components, displayed(img, mean, std, stretch)(img))
@@ -148,8 +148,7 @@ def picture(model: nn.Module, img: torch.Tensor, mean: tuple[float, ...], std: t
 def fitted(model: nn.Module, images: list[torch.Tensor]) -> Components:
     """The components of the patch tokens of ``images`` ((1, C, H, W) each; at most ``FIT_IMAGES``, spread evenly),
     logged with the share of the variance they explain."""
-    if len(images) > FIT_IMAGES:
-        images = [images[i * len(images) // FIT_IMAGES] for i in range(FIT_IMAGES)]
+    images = [images[i] for i in evenly(len(images))]
     components = fit_components(torch.cat([patch_tokens(model, img) for img in images]))
     log.info("patches coloured by their features' first %d principal components (red, green, blue: %s of the "
              "variance), fitted on %s", len(components.explained),
@@ -209,8 +208,7 @@ def visualize_files(model: nn.Module, paths: list[Path], out_dir: str | Path, da
     numbered = list(enumerate(shown))
     drawing = Drawing(errors, bank=read_bank(model, distances, data, m.img_size, m.in_chans, mean, std) if distances else None)
     if features:  # fitted first, on at most FIT_IMAGES of them spread evenly (read again below)
-        spread = sorted({k * len(numbered) // FIT_IMAGES for k in range(FIT_IMAGES)} & set(range(len(numbered))))
-        fit_on = [img for _, _, img in readable([numbered[k] for k in spread], warn=False)]
+        fit_on = [img for _, _, img in readable([numbered[k] for k in evenly(len(numbered))], warn=False)]
         drawing.components = fitted(model, fit_on) if fit_on else None
     written = []
     for i, stem, img in readable(numbered):
