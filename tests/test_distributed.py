@@ -410,6 +410,8 @@ def test_openmae_evaluate_under_torchrun_measures_each_ranks_part_and_reports_th
     proc = torchrun("-m", "openmae", "evaluate", "--checkpoint", str(tmp_path / "run" / "model-best.pth"),
                     f"--data-root={datasets}", *args, "-o", str(tmp_path / "two.json"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reading the patch tokens of 11 reference images" in proc.stderr
+    assert "6 on each of 2 processes" in proc.stderr  # the reference's reading shared
     two = json.loads((tmp_path / "two.json").read_text())
     one = run_evaluate(load_config(EvaluateConfig, overrides=[f"evaluate.init={tmp_path / 'run' / 'model-best.pth'}",
                                                               f"data.root={datasets}", *args]))
@@ -434,7 +436,7 @@ def test_openmae_evaluate_of_a_pretrained_mae_under_torchrun_equals_one_process(
     torch.save({"model": mae.state_dict(), "model_config": mae.cfg.to_dict()}, tmp_path / "mae.pth")
     reference = tmp_path / "reference"  # each image's farthest patch from these photos' patches, too
     reference.mkdir()
-    for photo in sorted((datasets / "imagenet-sample").glob("*.JPEG"))[:10]:
+    for photo in sorted((datasets / "imagenet-sample").glob("*.JPEG"))[:11]:  # read 6 a rank, one of them twice
         (reference / photo.name).write_bytes(photo.read_bytes())
     args = ["data.name=cifar10", "data.max_eval_samples=37", "data.num_workers=0", "evaluate.batch_size=8",
             "evaluate.mask_ratio=0.6", f"evaluate.reference_images={reference}"]
@@ -442,6 +444,8 @@ def test_openmae_evaluate_of_a_pretrained_mae_under_torchrun_equals_one_process(
                     *args, "-o", str(tmp_path / "two.json"), "--predictions", str(tmp_path / "two.csv"), "--plot",
                     str(tmp_path / "worst.png"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reading the patch tokens of 11 reference images" in proc.stderr
+    assert "6 on each of 2 processes" in proc.stderr  # the reference's reading shared
     two = json.loads((tmp_path / "two.json").read_text())
     one = run_evaluate(load_config(EvaluateConfig, overrides=[f"evaluate.init={tmp_path / 'mae.pth'}",
                                                               f"data.root={datasets}", *args,

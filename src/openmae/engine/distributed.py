@@ -146,6 +146,25 @@ def part_of(source: Any, info: DistInfo) -> tuple[Any, np.ndarray]:
     return (SourceView(source, index) if info.enabled else source), keep
 
 
+@dataclass
+class RankSplit:
+    """Items split between the ranks of a torchrun job (:func:`part_of`) and their rows gathered back in order
+    (:func:`gather_rows`, on every rank): what a pass over images that every rank needs whole shares (the reference
+    images of :func:`openmae.eval.patch_distance.read_bank`)."""
+
+    info: DistInfo
+
+    @property
+    def processes(self) -> int:
+        return self.info.world_size
+
+    def part(self, source: Any) -> Any:
+        return part_of(source, self.info)[0]
+
+    def gather(self, local: torch.Tensor, count: int) -> torch.Tensor:
+        return gather_rows(local.to(self.info.device), count, self.info)
+
+
 def gather_stacked(local: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """(W, *local.shape): every rank's ``local`` (the same shape on every rank), in rank order, on every rank, on
     ``local``'s device. A collective (NCCL's needs the tensors on the rank's GPU; gloo's on the CPU)."""

@@ -25,7 +25,7 @@ from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource, stats_for
 from openmae.data.normalization import inherit_stats
 from openmae.data.ranks import shared_by_ranks
-from openmae.engine.distributed import DistInfo, gather_rows, part_of, share_of
+from openmae.engine.distributed import DistInfo, RankSplit, gather_rows, part_of, share_of
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
 from openmae.eval.patch_distance import PatchBank, farthest_patches, read_bank
@@ -106,8 +106,9 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
     if e.rank_by == "farthest_patch" and not e.reference_images:
         raise ConfigError("evaluate.rank_by=farthest_patch needs evaluate.reference_images=<a folder or CSV list of "
                           "images like the training ones>, whose patch tokens each image's patches are measured from")
-    bank = (read_bank(model.to(info.device), e.reference_images, d, m.img_size, m.in_chans, *stats_for(d, m.in_chans))
-            if e.reference_images else None)  # every rank reads the whole reference
+    bank = (read_bank(model.to(info.device), e.reference_images, d, m.img_size, m.in_chans, *stats_for(d, m.in_chans),
+                      split=RankSplit(info) if info.enabled else None)
+            if e.reference_images else None)  # each rank reads its part of the reference, every rank holds it whole
     if e.rank_by == "atypicality" and reference is None:
         raise ConfigError(f"evaluate.rank_by=atypicality needs reference images: {e.init} carries none (a pretraining "
                           "run keeps its held-out images' with pretrain.eval_every_epochs, 10 images or more, at this "

@@ -11,17 +11,19 @@ images at ROC-AUC 0.81-0.87 where its reconstruction error found them at 0.61-0.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from openmae.data.config import CSV_SUFFIXES, DataConfig
+from openmae.data.datasets import ImageSource
 from openmae.eval.error_map import heat_colours
 from openmae.eval.feature_map import patch_tokens
 from openmae.eval.progress import reported
@@ -62,14 +64,19 @@ def bank_of(tokens: torch.Tensor) -> PatchBank:
     return PatchBank(tokens.flatten(0, 2), image, 1.0)
 
 
-def build_bank(encoder: nn.Module, batches: Iterable[torch.Tensor], seed: int = 0) -> PatchBank:
+def build_bank(encoder: nn.Module, batches: Iterable[torch.Tensor], seed: int = 0,
+               gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PatchBank:
     """The :class:`PatchBank` of normalised reference images (batches (n, C, H, W)); its unit from ``SCALE_PATCHES``
-    of their patches (drawn with ``seed``), each against the other images' patches. Needs two images or more."""
+    of their patches (drawn with ``seed``), each against the other images' patches. Needs two images or more.
+    ``gather``: every process's tokens (R, h, w, D), in the reference's order, from this one's, where the processes
+    of a torchrun job each read a part of the reference; every process then holds the same bank."""
     tokens = [patch_tokens(encoder, imgs) for imgs in batches]  # (n, h, w, D) each
-    if sum(len(t) for t in tokens) < 2:
+    every = torch.cat(tokens)  # (r, h, w, D): this process's images
+    every = gather(every) if gather is not None else every  # (R, h, w, D)
+    if len(every) < 2:
         raise ValueError("the reference holds fewer than two images: give a folder of images like the training ones "
                          "(each patch is compared with the other images')")
-    bank = bank_of(torch.cat(tokens))
+    bank = bank_of(every)
     chosen = torch.randperm(len(bank.tokens), generator=torch.Generator().manual_seed(seed))[:SCALE_PATCHES]
     own = nearest(bank.tokens[chosen], bank, bank.image[chosen])
     bank.scale = float(own.quantile(0.99).clamp_min(1e-12))
@@ -110,19 +117,36 @@ def farthest_patches(encoder: nn.Module, imgs: torch.Tensor, bank: PatchBank) ->
     return farthest(patch_distances(encoder, imgs, bank))
 
 
+class Split(Protocol):
+    """How the processes of a torchrun job share the reading of a reference: ``part`` is this process's part of the
+    images, ``gather`` every process's tokens from this one's (given the number of images), ``processes`` how many
+    share it."""
+
+    @property
+    def processes(self) -> int: ...
+
+    def part(self, source: ImageSource) -> ImageSource: ...
+
+    def gather(self, local: torch.Tensor, count: int) -> torch.Tensor: ...
+
+
 def read_bank(encoder: nn.Module, reference: str, data: DataConfig, img_size: tuple[int, int], channels: int,
-              mean: tuple[float, ...], std: tuple[float, ...]) -> PatchBank:
+              mean: tuple[float, ...], std: tuple[float, ...], split: Split | None = None) -> PatchBank:
     """The :class:`PatchBank` of the images under ``reference`` (a folder, or a CSV list; at most
-    ``REFERENCE_IMAGES`` spread evenly), read as ``data``'s images are (its format, crop, normalisation)."""
+    ``REFERENCE_IMAGES`` spread evenly), read as ``data``'s images are (its format, crop, normalisation); ``split``:
+    each process of a torchrun job reads its part (the encoder's passes, minutes for a large model, shared)."""
     from openmae.data.build import eval_batches, source_for
 
     kind = "csv" if Path(reference).suffix.lower() in CSV_SUFFIXES else "folder"
     ref = replace(data, name=kind, path=reference, holdout=0.0, mean=list(mean), std=list(std))
     source = source_for(ref, ref.train_split, channels, REFERENCE_IMAGES)
-    log.info("reading the patch tokens of %d reference images (%s)", len(source), reference)
-    batches = eval_batches(ref, ref.train_split, img_size, channels, 64, source=source)
-    with contextlib.closing(reported(batches, "reference images", len(source))) as shown:  # minutes for a large model
-        bank = build_bank(encoder, (batch.images for batch in shown))
+    part = split.part(source) if split is not None else source
+    shared = f", {len(part)} on each of {split.processes} processes" if split is not None else ""
+    log.info("reading the patch tokens of %d reference images (%s%s)", len(source), reference, shared)
+    batches = eval_batches(ref, ref.train_split, img_size, channels, 64, source=part)
+    gather = functools.partial(split.gather, count=len(source)) if split is not None else None
+    with contextlib.closing(reported(batches, "reference images", len(part))) as shown:  # minutes for a large model
+        bank = build_bank(encoder, (batch.images for batch in shown), gather=gather)
     log.info("distances from the nearest of the %d reference images' %d patch tokens (%s)", int(bank.image[-1]) + 1,
              len(bank.tokens), reference)
     return bank
