@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -121,8 +122,9 @@ def token_scorers(model: openmae.MaskedAutoencoder, seed: int) -> dict[str, Call
             "pixel_distance": lambda x: patchify(x, p).reshape(len(x), *grid, -1)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The options of the pasted-square benchmarks (this one, `coreset.py`)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", help="MAEs pretrained on Fashion-MNIST")
     parser.add_argument("--data-root", default=str(default_root()))
     parser.add_argument("--images", type=int, default=1000, help="Fashion-MNIST test images")
@@ -131,19 +133,44 @@ def main() -> None:
     parser.add_argument("--reference", type=int, default=4000, help="training images whose patch tokens the "
                         "distance scores search")
     parser.add_argument("--json", default="", help="write the numbers there")
+    return parser
+
+
+@dataclass
+class Case:
+    """An MAE, its data's settings and statistics, the test images (N, 1, H, W) untouched and pasted into, and the
+    pasted pixels (N, H, W)."""
+
+    model: openmae.MaskedAutoencoder
+    data: DataConfig
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    clean: torch.Tensor
+    foreign: torch.Tensor
+    where: torch.Tensor
+
+
+def case(path: str, args: argparse.Namespace) -> Case:
+    """The :class:`Case` of the checkpoint ``path``."""
+    obj = load_file(path)
+    model = openmae.load_pretrained(obj).eval()
+    data = DataConfig(name="fashion-mnist", root=args.data_root, num_workers=0)
+    inherit_stats(data, obj, path, 1)
+    mean, std = stats_for(data, 1)
+    clean = torch.cat([b.images for b in eval_batches(data, "test", model.cfg.img_size, 1, 250, args.images)])
+    foreign, where = pasted(clean, Path(args.data_root), args.size, mean[0], std[0], args.seed)
+    return Case(model, data, mean, std, clean, foreign, where)
+
+
+def main() -> None:
+    parser = arguments(__doc__)
     parser.add_argument("-o", "--figure", default="", help="write the figure there")
     args = parser.parse_args()
-    root = Path(args.data_root)
     results: dict = {"images": args.images, "size": args.size, "seed": args.seed, "models": {}}
     shown = []
     for path in args.checkpoints:
-        obj = load_file(path)
-        model = openmae.load_pretrained(obj).eval()
-        data = DataConfig(name="fashion-mnist", root=str(root), num_workers=0)
-        inherit_stats(data, obj, path, 1)
-        mean, std = stats_for(data, 1)
-        clean = torch.cat([b.images for b in eval_batches(data, "test", model.cfg.img_size, 1, 250, args.images)])
-        foreign, where = pasted(clean, root, args.size, mean[0], std[0], args.seed)
+        c = case(path, args)
+        model, data, mean, std, clean, foreign, where = c.model, c.data, c.mean, c.std, c.clean, c.foreign, c.where
         maps = {name: error_map(model, imgs, mean, std, 0.75, seed=args.seed) for name, imgs in
                 (("clean", clean), ("pasted", foreign))}
         blur = {name: inpainter_errors(model, imgs, args.seed) for name, imgs in (("clean", clean), ("pasted", foreign))}

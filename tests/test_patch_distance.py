@@ -1,5 +1,5 @@
 """Distance maps (`openmae visualize --distances`): each patch token's distance from the nearest reference patch
-token, the reference's own unit, each patch at its place, the command."""
+token, the reference's own unit, each patch at its place, a coreset of the reference, the command."""
 
 from types import SimpleNamespace
 
@@ -13,7 +13,7 @@ from torch import nn
 import openmae
 from openmae.eval import patch_distance
 from openmae.eval.error_map import heat_colours
-from openmae.eval.patch_distance import PatchBank, build_bank, distance_map, nearest
+from openmae.eval.patch_distance import PatchBank, ReferenceImages, build_bank, coreset, distance_map, nearest
 from openmae.models.patches import patchify
 
 
@@ -54,6 +54,59 @@ def test_the_bank_numbers_its_images_across_batches_and_sets_its_unit_from_the_o
     assert bank.scale == pytest.approx(float(others.amin(1).quantile(0.99)), rel=1e-6)  # all 80 < SCALE_PATCHES
     with pytest.raises(ValueError, match="fewer than two images"):
         build_bank(encoder, [torch.randn(1, 1, 32, 32)])
+
+
+def test_the_coreset_is_the_greedy_k_center_choice():
+    """Without projection (tokens of at most CORESET_DIMS dimensions): the first token drawn with the seed, then each
+    time a token farthest from the nearest of those chosen before (within float16's rounding of the search), as a
+    whole distance matrix finds it; no token twice."""
+    tokens = torch.randn(300, 16, generator=torch.Generator().manual_seed(3))
+    chosen = coreset(tokens, 40, seed=5).tolist()
+    assert chosen[0] == int(torch.randint(300, (1,), generator=torch.Generator().manual_seed(5)))
+    full = torch.cdist(tokens, tokens)
+    for k in range(1, 40):
+        gaps = full[:, chosen[:k]].amin(1)  # (300,) each token's distance from the nearest chosen so far
+        assert float(gaps[chosen[k]]) >= 0.99 * float(gaps.max()), k
+    assert len(set(chosen)) == 40
+
+
+def test_a_coreset_keeps_far_outliers_that_float16_could_not_multiply():
+    """Two tokens 10^4 and 2 x 10^4 from the others along one axis: their dot product (2 x 10^8) would overflow
+    float16 and hide the second; the tokens scaled first, the coreset's first three picks hold both."""
+    tokens = torch.randn(200, 32, generator=torch.Generator().manual_seed(7))
+    tokens[17, 0], tokens[101, 0] = 1e4, 2e4
+    picks = coreset(tokens, 3).tolist()
+    assert {17, 101} <= set(picks)
+
+
+def test_a_coreset_of_projected_tokens_keeps_a_token_of_every_cluster():
+    """768-wide tokens in 6 tight clusters far apart, chosen on their 128-dimensional projection: 6 tokens, one of
+    each cluster (a random draw of 6 of them misses a cluster 98% of the time)."""
+    gen = torch.Generator().manual_seed(4)
+    centres = 10 * torch.randn(6, 768, generator=gen)
+    cluster = torch.randint(6, (600,), generator=gen)
+    tokens = centres[cluster] + 0.1 * torch.randn(600, 768, generator=gen)
+    assert sorted(cluster[coreset(tokens, 6)].tolist()) == list(range(6))
+
+
+def test_a_coreset_bank_holds_its_share_of_the_tokens_and_sets_its_unit_against_them():
+    """keep=0.25: a quarter of the reference's tokens (the coreset's, with their images' numbers); the unit is the
+    99th percentile of every reference patch's distance from the coreset's patches of the other images. keep=1: the
+    whole bank."""
+    encoder = PixelTokens()
+    batches = [torch.randn(5, 1, 32, 32, generator=torch.Generator().manual_seed(6))]
+    whole = build_bank(encoder, batches)
+    bank = build_bank(encoder, batches, keep=0.25)
+    kept = coreset(whole.tokens, 20)
+    assert torch.equal(bank.tokens, whole.tokens[kept]) and torch.equal(bank.image, whole.image[kept])
+    others = torch.cdist(whole.tokens, bank.tokens).masked_fill(whole.image[:, None] == bank.image, float("inf"))
+    assert bank.scale == pytest.approx(float(others.amin(1).quantile(0.99)), rel=1e-6)
+    assert bank.scale > whole.scale  # the coreset's nearest patches are farther
+    assert torch.equal(build_bank(encoder, batches, keep=1.0).tokens, whole.tokens)
+    with pytest.raises(ValueError, match="coreset 0: give the share"):
+        ReferenceImages("good", coreset=0)
+    with pytest.raises(ValueError, match="reference images at most: 1; give 2 or more"):
+        ReferenceImages("good", max_images=1)
 
 
 def test_a_patch_unlike_the_reference_is_lit_at_its_place_and_scores_its_image():
@@ -101,6 +154,16 @@ def test_the_command_draws_distance_maps_against_a_reference_folder(tmp_path, da
     rows = (tmp_path / "maps" / "distances.csv").read_text().splitlines()
     assert rows[0] == "picture,farthest_patch" and rows[1].startswith(f"{photos[10].stem}.png,")
     assert rows[2] == f"{photos[0].stem}.png,0.000000"  # the farthest first
+    proc = call_cli("visualize", "--checkpoint", str(ckpt), str(photos[10]), "-o", str(tmp_path / "coreset"),
+                    "--distances", str(reference), "--reference-images", "4", "--coreset", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert "searching a coreset of 128 of the reference's 256 patch tokens" in proc.stderr
+    assert "4 reference images' 128 patch tokens" in proc.stderr
+    for flags, message in ((["--coreset", "0.5"], "--coreset and --reference-images set how the reference of "
+                                                   "--distances is searched"),
+                           (["--distances", str(reference), "--coreset", "1.5"], "coreset 1.5: give the share")):
+        proc = call_cli("visualize", "--checkpoint", str(ckpt), str(photos[10]), "-o", str(tmp_path / "x"), *flags)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
     lone = tmp_path / "lone"
     lone.mkdir()
     (lone / photos[0].name).write_bytes(photos[0].read_bytes())
@@ -120,6 +183,7 @@ def test_evaluate_scores_each_image_by_its_farthest_patch_from_reference_images(
     from openmae.data.build import eval_batches
     from openmae.data.config import DataConfig
     from openmae.data.normalization import IMAGENET_MEAN, IMAGENET_STD
+    from openmae.engine.task_config import EvaluateSection
     from openmae.eval.patch_distance import farthest_patches, read_bank
 
     torch.manual_seed(0)
@@ -140,7 +204,7 @@ def test_evaluate_scores_each_image_by_its_farthest_patch_from_reference_images(
     got = {r["image"].rsplit("/", 1)[-1]: float(r["farthest_patch"]) for r in rows}
     mean, std = tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)  # what a file recording none is read with
     d = DataConfig(name="folder", path=str(queries), num_workers=0, mean=list(mean), std=list(std))
-    bank = read_bank(model, str(reference), d, (32, 32), 3, mean, std)
+    bank = read_bank(model, ReferenceImages(str(reference)), d, (32, 32), 3, mean, std)
     images = next(iter(eval_batches(d, "train", (32, 32), 3, 6))).images
     want = farthest_patches(model, images, bank)
     assert sorted(got) == [p.name for p in photos[10:16]]
@@ -155,3 +219,18 @@ def test_evaluate_scores_each_image_by_its_farthest_patch_from_reference_images(
     refused = call_cli("evaluate", "--checkpoint", str(ckpt), *data, "evaluate.rank_by=farthest_patch")
     assert refused.returncode != 0 and "evaluate.rank_by=farthest_patch needs evaluate.reference_images" in \
         refused.stderr
+    # at most 8 of the reference's images, a third of their patch tokens searched
+    proc = call_cli("evaluate", "--checkpoint", str(ckpt), *data, f"evaluate.reference_images={reference}",
+                    "evaluate.reference_max_images=8", "evaluate.reference_coreset=0.3", "--predictions",
+                    str(tmp_path / "coreset.csv"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "searching a coreset of 154 of the reference's 512 patch tokens" in proc.stderr  # 8 images of 64
+    rows = list(csv.DictReader((tmp_path / "coreset.csv").open()))
+    got = {r["image"].rsplit("/", 1)[-1]: float(r["farthest_patch"]) for r in rows}
+    want = farthest_patches(model, images, read_bank(model, ReferenceImages(str(reference), 8, 0.3), d, (32, 32), 3,
+                                                     mean, std))
+    np.testing.assert_allclose([got[p.name] for p in photos[10:16]], want.numpy(), rtol=1e-5, atol=1e-6)
+    assert EvaluateSection().reference_max_images == patch_distance.REFERENCE_IMAGES  # the setting's default
+    refused = call_cli("evaluate", "--checkpoint", str(ckpt), *data, "evaluate.reference_coreset=0.3")
+    assert refused.returncode != 0 and "evaluate.reference_coreset=0.3 sets how evaluate.reference_images are " \
+        "searched, and none are given" in refused.stderr

@@ -40,6 +40,7 @@ from openmae.engine.logging import setup_console
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
 from openmae.eval.multilabel import THRESHOLD, multilabel_scores
+from openmae.eval.patch_distance import REFERENCE_IMAGES
 from openmae.eval.plots import confusion_plot, precision_recall_plot, reliability_plot
 from openmae.eval.temperature import GRID
 from openmae.models.mae import MAEConfig
@@ -174,7 +175,9 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
         raise ConfigError(f"data.name=folder reads no labels, and {e.init} is a classifier: measure it on a labelled "
                           "dataset, a named one (data.name=fashion-mnist ...) or data.name=imagefolder data.path=...")
     for key, value, default in (("mask_ratio", e.mask_ratio, 0.0), ("rank_by", e.rank_by, "loss"),
-                                ("reference", e.reference, ""), ("reference_images", e.reference_images, "")):
+                                ("reference", e.reference, ""), ("reference_images", e.reference_images, ""),
+                                ("reference_coreset", e.reference_coreset, 1.0),
+                                ("reference_max_images", e.reference_max_images, REFERENCE_IMAGES)):
         if value != default:
             raise ConfigError(f"evaluate.{key}={value} applies to a pretrained MAE, and {e.init} is a classifier: "
                               "leave it out")

@@ -360,6 +360,10 @@ class EvaluateSection:
     # a pretrained MAE (or any encoder): a folder or CSV list of images like the training ones; each image's farthest
     # patch, its token's distance from the nearest of theirs (1: their own 99th percentile), joins the numbers
     reference_images: str = ""
+    reference_max_images: int = 1000  # of reference_images at most, spread evenly over them
+    # the share of the reference's patch tokens searched: a greedy coreset (every token near one kept; PatchCore's)
+    # below 1, the search that much faster, for a large reference (many images, a large model's many patches)
+    reference_coreset: float = 1.0
     # a pretrained MAE: which images --plot draws, the highest first: loss (the images it fills in worst: often
     # simply the hardest), relative_loss (its squared error over a generic inpainter's on the same pixels: those it
     # fills in worse than its training taught it to), atypicality (needs a reference: the least like those) or
@@ -377,6 +381,10 @@ class EvaluateSection:
         require(self.tta in TTA_MODES, "evaluate.tta", self.tta, " or ".join(TTA_MODES))
         require(self.rank_by in ("loss", "relative_loss", "atypicality", "farthest_patch"), "evaluate.rank_by",
                 self.rank_by, "loss, relative_loss, atypicality or farthest_patch")
+        require(self.reference_max_images >= 2, "evaluate.reference_max_images", self.reference_max_images,
+                ">= 2 (each patch is compared with the other reference images')")
+        require(0 < self.reference_coreset <= 1, "evaluate.reference_coreset", self.reference_coreset,
+                "a share of the reference's patch tokens above 0 and at most 1 (1: all of them)")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from openmae.data.transforms import eval_transform
 from openmae.data.volumes import FileVolumes
 from openmae.eval.error_map import error_map
 from openmae.eval.feature_map import Components, evenly, feature_map, fit_components, patch_tokens
-from openmae.eval.patch_distance import PatchBank, distance_map, read_bank
+from openmae.eval.patch_distance import PatchBank, ReferenceImages, distance_map, read_bank
 from openmae.eval.reconstruction import Panels, auto_scale, displayed, reconstruct, save_grid
 from openmae.models.config import MAEConfig
 
@@ -162,7 +162,7 @@ def fitted(model: nn.Module, images: list[torch.Tensor]) -> Components:
 def visualize_files(model: nn.Module, paths: list[Path], out_dir: str | Path, data: DataConfig,
                     mask_ratio: float = 0.75, seed: int = 0, scale: int | None = None, bands: tuple[int, ...] = (),
                     errors: float | None = None, features: bool = False, cfg: MAEConfig | None = None,
-                    distances: str | None = None) -> list[Path]:
+                    distances: ReferenceImages | None = None) -> list[Path]:
     """Writes ``<out_dir>/<image stem>.png`` (original | masked | reconstruction | pasted) for each path (a volume:
     its middle slice, of its first volume for a 4-D file; a DICOM series a file a slice: ``<folder>-<its first
     file>.png``); ``bands``: the channels shown (:func:`openmae.eval.reconstruction.grid_image`); ``errors``: the
@@ -223,7 +223,7 @@ def visualize_files(model: nn.Module, paths: list[Path], out_dir: str | Path, da
 def visualize_dataset(model: nn.Module, data: DataConfig, out_dir: str | Path, count: int = 8,
                       mask_ratio: float = 0.75, seed: int = 0, bands: tuple[int, ...] = (),
                       errors: float | None = None, features: bool = False, cfg: MAEConfig | None = None,
-                      distances: str | None = None) -> list[Path]:
+                      distances: ReferenceImages | None = None) -> list[Path]:
     """Writes ``<out_dir>/<split>-<index>.png`` for the first ``count`` images of the evaluation split (``errors``,
     ``features``, ``distances``: their error, feature or distance maps, as :func:`visualize_files`)."""
     from openmae.data.build import eval_batches
