@@ -442,14 +442,16 @@ def test_openmae_evaluate_of_a_pretrained_mae_under_torchrun_equals_one_process(
             "evaluate.mask_ratio=0.6", f"evaluate.reference_images={reference}"]
     proc = torchrun("-m", "openmae", "evaluate", "--checkpoint", str(tmp_path / "mae.pth"), f"--data-root={datasets}",
                     *args, "-o", str(tmp_path / "two.json"), "--predictions", str(tmp_path / "two.csv"), "--plot",
-                    str(tmp_path / "worst.png"), timeout=300)
+                    str(tmp_path / "worst.png"), f"evaluate.save_reference={tmp_path / 'kept.safetensors'}",
+                    timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "reading the patch tokens of 11 reference images" in proc.stderr
     assert "6 on each of 2 processes" in proc.stderr  # the reference's reading shared
     two = json.loads((tmp_path / "two.json").read_text())
     one = run_evaluate(load_config(EvaluateConfig, overrides=[f"evaluate.init={tmp_path / 'mae.pth'}",
                                                               f"data.root={datasets}", *args,
-                                                              f"evaluate.predictions={tmp_path / 'one.csv'}"]))
+                                                              f"evaluate.predictions={tmp_path / 'one.csv'}",
+                                                              f"evaluate.save_reference={tmp_path / 'one.safetensors'}"]))
     assert two["samples"] == one["samples"] == 37 and two["mask_ratio"] == 0.6 and two["norm_pix_loss"]
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5) and two["psnr"] == pytest.approx(one["psnr"], rel=1e-5)
     rows = list(csv.DictReader((tmp_path / "two.csv").open()))
@@ -460,3 +462,8 @@ def test_openmae_evaluate_of_a_pretrained_mae_under_torchrun_equals_one_process(
                                rtol=1e-5, atol=1e-6)
     assert two["farthest_patch"] == pytest.approx(one["farthest_patch"], rel=1e-5) and one["farthest_patch"] > 0
     assert (tmp_path / "worst.png").stat().st_size > 1000
+    from safetensors.torch import load_file as read_tensors  # the reference kept by rank 0: the whole, as one process's
+
+    kept, alone = read_tensors(tmp_path / "kept.safetensors"), read_tensors(tmp_path / "one.safetensors")
+    assert kept["tokens"].shape == (11 * 64, 64) and torch.equal(kept["image"], alone["image"])
+    torch.testing.assert_close(kept["tokens"], alone["tokens"], rtol=1e-5, atol=1e-5)

@@ -159,8 +159,8 @@ def test_the_command_draws_distance_maps_against_a_reference_folder(tmp_path, da
     assert proc.returncode == 0, proc.stderr
     assert "searching a coreset of 128 of the reference's 256 patch tokens" in proc.stderr
     assert "4 reference images' 128 patch tokens" in proc.stderr
-    for flags, message in ((["--coreset", "0.5"], "--coreset and --reference-images set how the reference of "
-                                                   "--distances is searched"),
+    for flags, message in ((["--coreset", "0.5"], "--coreset, --reference-images and --save-reference set how the "
+                                                   "reference of --distances is read"),
                            (["--distances", str(reference), "--coreset", "1.5"], "coreset 1.5: give the share")):
         proc = call_cli("visualize", "--checkpoint", str(ckpt), str(photos[10]), "-o", str(tmp_path / "x"), *flags)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr

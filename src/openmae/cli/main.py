@@ -183,8 +183,8 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
     from openmae.data.config import DataConfig
     from openmae.data.datasets import suffixes_for
     from openmae.engine.logging import setup_console
-    from openmae.eval.patch_distance import ReferenceImages
     from openmae.eval.reconstruction import check_bands
+    from openmae.eval.reference_file import reference_of
     from openmae.eval.visualize import drawing_model, image_paths, visualize_dataset, visualize_files
 
     setup_console(True)
@@ -198,13 +198,9 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
                           "pretraining run's model-last.pth, an official mae_visualize_*.pth, a Hugging Face folder)")
     if args.count is not None and args.count < 1:
         raise ConfigError(f"--count={args.count}: give the number of pictures to write, 1 or more")
-    searched = {k: v for k, v in (("max_images", args.reference_images), ("coreset", args.coreset)) if v is not None}
-    if args.distances is None and searched:
-        raise ConfigError("--coreset and --reference-images set how the reference of --distances is searched: give "
-                          "--distances <folder or CSV list of reference images>, or leave them out")
+    reference = reference_of(args.distances, args.reference_images, args.coreset, args.save_reference)
     model, cfg = drawing_model(args.checkpoint, data, args.features or args.distances is not None)
     check_bands(args.bands, cfg.in_chans)
-    reference = ReferenceImages(args.distances, **searched) if args.distances else None
     drawn = {"errors": args.errors, "features": args.features, "distances": reference, "cfg": cfg}
     if args.images:
         paths = image_paths(args.images, suffixes_for(data), data.csv_columns)
@@ -334,13 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
             drawn.add_argument("--distances", metavar="REFERENCE",
                                help="distance maps instead: original | each patch's distance from the nearest patch "
                                     "of the reference images (a folder or CSV list of images like the training ones, "
-                                    "up to 1,000), black 0 to white-yellow 2 (1: the reference's own 99th "
-                                    "percentile); each image's farthest patch in the log and distances.csv; any encoder")
+                                    "up to 1,000; or a .safetensors file --save-reference kept), black 0 to "
+                                    "white-yellow 2 (1: the reference's own 99th percentile); each image's farthest "
+                                    "patch in the log and distances.csv; any encoder")
             p.add_argument("--reference-images", type=int, metavar="N",
                            help="--distances: read at most N reference images, spread evenly (default 1,000)")
             p.add_argument("--coreset", type=float, metavar="SHARE",
                            help="--distances: search a greedy coreset of this share of the reference's patch tokens "
                                 "(every token near one kept; 0.1: the search 10x faster), default 1: all")
+            p.add_argument("--save-reference", metavar="FILE",
+                           help="--distances: keep the reference's patch tokens in FILE (.safetensors), which a later "
+                                "--distances FILE reads instead of the images (the same encoder and settings)")
         if name == "convert":
             p.add_argument("src", help="input weights (.pth/.pt/.bin/.safetensors, any supported layout), a Hugging "
                            "Face folder or a run folder")

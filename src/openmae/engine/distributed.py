@@ -158,6 +158,10 @@ class RankSplit:
     def processes(self) -> int:
         return self.info.world_size
 
+    @property
+    def main(self) -> bool:
+        return self.info.is_main
+
     def part(self, source: Any) -> Any:
         return part_of(source, self.info)[0]
 

@@ -177,7 +177,8 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
     for key, value, default in (("mask_ratio", e.mask_ratio, 0.0), ("rank_by", e.rank_by, "loss"),
                                 ("reference", e.reference, ""), ("reference_images", e.reference_images, ""),
                                 ("reference_coreset", e.reference_coreset, 1.0),
-                                ("reference_max_images", e.reference_max_images, REFERENCE_IMAGES)):
+                                ("reference_max_images", e.reference_max_images, REFERENCE_IMAGES),
+                                ("save_reference", e.save_reference, "")):
         if value != default:
             raise ConfigError(f"evaluate.{key}={value} applies to a pretrained MAE, and {e.init} is a classifier: "
                               "leave it out")

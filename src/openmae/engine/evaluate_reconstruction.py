@@ -28,10 +28,11 @@ from openmae.data.ranks import shared_by_ranks
 from openmae.engine.distributed import DistInfo, RankSplit, gather_rows, part_of, share_of
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
-from openmae.eval.patch_distance import REFERENCE_IMAGES, PatchBank, ReferenceImages, farthest_patches, read_bank
+from openmae.eval.patch_distance import REFERENCE_IMAGES, PatchBank, ReferenceImages, farthest_patches
 from openmae.eval.progress import reported
 from openmae.eval.reconstruction import Reconstruction, auto_scale, reconstruct, save_grid
 from openmae.eval.reconstruction_error import Errors, reconstruction_errors
+from openmae.eval.reference_file import reference_bank
 from openmae.eval.typicality import TAIL, Reference
 from openmae.models.mae import MaskedAutoencoder
 
@@ -107,13 +108,14 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
         raise ConfigError("evaluate.rank_by=farthest_patch needs evaluate.reference_images=<a folder or CSV list of "
                           "images like the training ones>, whose patch tokens each image's patches are measured from")
     for key, value, default in (("reference_coreset", e.reference_coreset, 1.0),
-                                ("reference_max_images", e.reference_max_images, REFERENCE_IMAGES)):
+                                ("reference_max_images", e.reference_max_images, REFERENCE_IMAGES),
+                                ("save_reference", e.save_reference, "")):
         if value != default and not e.reference_images:
             raise ConfigError(f"evaluate.{key}={value} sets how evaluate.reference_images are searched, and none are "
                               "given: add evaluate.reference_images=<a folder or CSV list>, or leave it out")
-    wanted = ReferenceImages(e.reference_images, e.reference_max_images, e.reference_coreset)
-    bank = (read_bank(model.to(info.device), wanted, d, m.img_size, m.in_chans, *stats_for(d, m.in_chans),
-                      split=RankSplit(info) if info.enabled else None)
+    wanted = ReferenceImages(e.reference_images, e.reference_max_images, e.reference_coreset, e.save_reference)
+    bank = (reference_bank(model.to(info.device), wanted, d, m.img_size, m.in_chans, *stats_for(d, m.in_chans),
+                           split=RankSplit(info) if info.enabled else None)
             if e.reference_images else None)  # each rank reads its part of the reference, every rank holds it whole
     if e.rank_by == "atypicality" and reference is None:
         raise ConfigError(f"evaluate.rank_by=atypicality needs reference images: {e.init} carries none (a pretraining "

@@ -357,13 +357,17 @@ class EvaluateSection:
     # it, and the share of images more atypical than 95% of the reference's (about 5% for images like them). Empty:
     # the reference a pretraining run's model-last.pth carries (its held-out images', pretrain.eval_every_epochs)
     reference: str = ""
-    # a pretrained MAE (or any encoder): a folder or CSV list of images like the training ones; each image's farthest
-    # patch, its token's distance from the nearest of theirs (1: their own 99th percentile), joins the numbers
+    # a pretrained MAE (or any encoder): a folder or CSV list of images like the training ones (or a .safetensors
+    # file of their tokens kept by save_reference); each image's farthest patch, its token's distance from the
+    # nearest of theirs (1: their own 99th percentile), joins the numbers
     reference_images: str = ""
     reference_max_images: int = 1000  # of reference_images at most, spread evenly over them
     # the share of the reference's patch tokens searched: a greedy coreset (every token near one kept; PatchCore's)
     # below 1, the search that much faster, for a large reference (many images, a large model's many patches)
     reference_coreset: float = 1.0
+    # a .safetensors file to keep the reference's patch tokens in, for later evaluations to read as reference_images
+    # (without reading the images again); refused where reference_images is such a file already
+    save_reference: str = ""
     # a pretrained MAE: which images --plot draws, the highest first: loss (the images it fills in worst: often
     # simply the hardest), relative_loss (its squared error over a generic inpainter's on the same pixels: those it
     # fills in worse than its training taught it to), atypicality (needs a reference: the least like those) or
@@ -385,6 +389,8 @@ class EvaluateSection:
                 ">= 2 (each patch is compared with the other reference images')")
         require(0 < self.reference_coreset <= 1, "evaluate.reference_coreset", self.reference_coreset,
                 "a share of the reference's patch tokens above 0 and at most 1 (1: all of them)")
+        require(not self.save_reference or self.save_reference.endswith(".safetensors"), "evaluate.save_reference",
+                self.save_reference, "a file name ending in .safetensors")
 
 
 @dataclass

@@ -41,12 +41,14 @@ HALF_NORM = 100.0  # the coreset's longest token, centred: dot products up to 10
 
 @dataclass
 class ReferenceImages:
-    """Where the reference images are (a folder or a CSV list), how many of them to read at most (spread evenly),
-    and the share of their patch tokens searched (a greedy coreset, :func:`coreset`; 1: all)."""
+    """Where the reference images are (a folder or a CSV list; or a file of their tokens kept before,
+    :mod:`openmae.eval.reference_file`), how many of them to read at most (spread evenly), the share of their patch
+    tokens searched (a greedy coreset, :func:`coreset`; 1: all), and a file to keep the tokens in ("": none)."""
 
     path: str
     max_images: int = REFERENCE_IMAGES
     coreset: float = 1.0
+    save: str = ""
 
     def __post_init__(self) -> None:
         if self.max_images < 2:
@@ -59,11 +61,13 @@ class ReferenceImages:
 
 @dataclass
 class PatchBank:
-    """The reference images' patch tokens (M, D), which image each came from (M,), and the unit of distance."""
+    """The reference images' patch tokens (M, D), which image each came from (M,), the unit of distance, and how
+    many images the reference held (0: not known)."""
 
     tokens: torch.Tensor
     image: torch.Tensor
     scale: float
+    images: int = 0
 
 
 def nearest(queries: torch.Tensor, bank: PatchBank, query_image: torch.Tensor | None = None) -> torch.Tensor:
@@ -83,7 +87,7 @@ def nearest(queries: torch.Tensor, bank: PatchBank, query_image: torch.Tensor | 
 def bank_of(tokens: torch.Tensor) -> PatchBank:
     """The :class:`PatchBank` of images' patch tokens (R, h, w, D), each token numbered by its image, in unit 1."""
     image = torch.arange(len(tokens), device=tokens.device).repeat_interleave(tokens.shape[1] * tokens.shape[2])
-    return PatchBank(tokens.flatten(0, 2), image, 1.0)  # image: (R * h * w,)
+    return PatchBank(tokens.flatten(0, 2), image, 1.0, len(tokens))  # image: (R * h * w,)
 
 
 def coreset(tokens: torch.Tensor, count: int, seed: int = 0, dims: int = CORESET_DIMS) -> torch.Tensor:
@@ -140,7 +144,7 @@ def bank_from(tokens: torch.Tensor, seed: int = 0, keep: float = 1.0) -> PatchBa
         count = max(1, round(keep * len(whole.tokens)))
         began = time.monotonic()
         kept = coreset(whole.tokens, count, seed)
-        bank = PatchBank(whole.tokens[kept], whole.image[kept], 1.0)
+        bank = PatchBank(whole.tokens[kept], whole.image[kept], 1.0, whole.images)
         log.info("searching a coreset of %d of the reference's %d patch tokens (chosen in %.1f s)", count,
                  len(whole.tokens), time.monotonic() - began)
     chosen = torch.randperm(len(whole.tokens), generator=torch.Generator().manual_seed(seed))[:SCALE_PATCHES]
@@ -187,10 +191,13 @@ def farthest_patches(encoder: nn.Module, imgs: torch.Tensor, bank: PatchBank) ->
 class Split(Protocol):
     """How the processes of a torchrun job share the reading of a reference: ``part`` is this process's part of the
     images, ``gather`` every process's tokens from this one's (given the number of images), ``processes`` how many
-    share it."""
+    share it, ``main`` whether this process writes the files."""
 
     @property
     def processes(self) -> int: ...
+
+    @property
+    def main(self) -> bool: ...  # the process that writes files
 
     def part(self, source: ImageSource) -> ImageSource: ...
 

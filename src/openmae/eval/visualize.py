@@ -29,8 +29,9 @@ from openmae.data.transforms import eval_transform
 from openmae.data.volumes import FileVolumes
 from openmae.eval.error_map import error_map
 from openmae.eval.feature_map import Components, evenly, feature_map, fit_components, patch_tokens
-from openmae.eval.patch_distance import PatchBank, ReferenceImages, distance_map, read_bank
+from openmae.eval.patch_distance import PatchBank, ReferenceImages, distance_map
 from openmae.eval.reconstruction import Panels, auto_scale, displayed, reconstruct, save_grid
+from openmae.eval.reference_file import reference_bank
 from openmae.models.config import MAEConfig
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,8 @@ def visualize_files(model: nn.Module, paths: list[Path], out_dir: str | Path, da
                     log.warning("no picture of an unreadable image (data.bad_files=fail stops instead): %s", err)
 
     numbered = list(enumerate(shown))
-    drawing = Drawing(errors, bank=read_bank(model, distances, data, m.img_size, m.in_chans, mean, std) if distances else None)
+    drawing = Drawing(errors, bank=reference_bank(model, distances, data, m.img_size, m.in_chans, mean, std)
+                      if distances else None)
     if features:  # fitted first, on at most FIT_IMAGES of them spread evenly (read again below)
         fit_on = [img for _, _, img in readable([numbered[k] for k in evenly(len(numbered))], warn=False)]
         drawing.components = fitted(model, fit_on) if fit_on else None
@@ -232,7 +234,8 @@ def visualize_dataset(model: nn.Module, data: DataConfig, out_dir: str | Path, c
     mean, std = stats_for(data, m.in_chans)
     split = data.train_split if data.name == "folder" else data.eval_split
     written: list[Path] = []
-    drawing = Drawing(errors, bank=read_bank(model, distances, data, m.img_size, m.in_chans, mean, std) if distances else None)
+    drawing = Drawing(errors, bank=reference_bank(model, distances, data, m.img_size, m.in_chans, mean, std)
+                      if distances else None)
     for batch in eval_batches(data, split, m.img_size, m.in_chans, count, limit=count):
         images = [batch.images[i : i + 1] for i in range(batch.images.shape[0])]
         drawing.components = fitted(model, images) if features else None

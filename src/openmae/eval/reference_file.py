@@ -1,0 +1,134 @@
+"""A reference's patch tokens kept in a file (`visualize --distances <folder> --save-reference bank.safetensors`,
+`evaluate.save_reference`), so that later commands search them without reading the reference images again (minutes
+for a large model on a CPU): `visualize --distances bank.safetensors`, `evaluate.reference_images=bank.safetensors`.
+
+The file (safetensors: no pickled objects) holds the bank's tokens, each one's image, the unit, how the images were
+read (input size, normalisation) and the tokens of a fixed probe image. A later command's encoder must give the same
+probe tokens (the same weights, input size and pooling) and read its images as the reference's were, or the file is
+refused: its distances would measure the change of model, not the images."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from openmae.config import ConfigError
+from openmae.data.config import DataConfig
+from openmae.eval.feature_map import patch_tokens
+from openmae.eval.patch_distance import REFERENCE_IMAGES, PatchBank, ReferenceImages, Split, read_bank
+
+log = logging.getLogger(__name__)
+
+KEY = "openmae_patch_bank"  # the metadata entry that makes a .safetensors file a reference's bank
+VERSION = 1
+PROBE_SEED = 0  # the probe image: standard normal noise of the model's input, drawn with this seed
+PROBE_TOLERANCE = 1e-2  # relative distance of the probe's tokens: float32 on another device or thread count (and
+# TF32 matmuls) stay far below it, another model's weights far above
+
+
+def is_bank_file(path: str) -> bool:
+    """Whether ``path`` names a kept reference (a ``.safetensors`` file) rather than reference images."""
+    return Path(path).suffix.lower() == ".safetensors"
+
+
+def probe_tokens(encoder: nn.Module, img_size: tuple[int, int], channels: int) -> torch.Tensor:
+    """The patch tokens (1, h, w, D) of the probe image: what identifies the encoder that made a bank."""
+    probe = torch.randn(1, channels, *img_size, generator=torch.Generator().manual_seed(PROBE_SEED))
+    return patch_tokens(encoder, probe)
+
+
+def save_bank(bank: PatchBank, path: str, encoder: nn.Module, img_size: tuple[int, int], channels: int,
+              mean: tuple[float, ...], std: tuple[float, ...], source: str, coreset: float) -> Path:
+    """Writes ``bank`` to ``path`` (atomically), with what :func:`load_bank` checks."""
+    from openmae.convert.files import save_file
+
+    how = {"version": VERSION, "scale": bank.scale, "images": bank.images, "img_size": list(img_size),
+           "channels": channels, "mean": list(mean), "std": list(std), "reference": source, "coreset": coreset}
+    tensors = {"tokens": bank.tokens.float(), "image": bank.image.cpu(), "probe": probe_tokens(encoder, img_size,
+                                                                                                  channels)}
+    written = save_file(tensors, path, metadata={KEY: how})
+    log.info("the reference's %d patch tokens kept in %s (--distances %s, evaluate.reference_images=%s read them)",
+             len(bank.tokens), written, written, written)
+    return written
+
+
+def _refuse(path: str, what: str) -> ValueError:
+    return ValueError(f"{path}: {what}; read the reference images again (give their folder or CSV list instead), "
+                      "or the file kept with this encoder and these settings")
+
+
+def load_bank(path: str, encoder: nn.Module, img_size: tuple[int, int], channels: int, mean: tuple[float, ...],
+              std: tuple[float, ...]) -> PatchBank:
+    """The :class:`PatchBank` kept in ``path`` by :func:`save_bank`, refused where ``encoder`` gives other probe tokens
+    or the images would be read otherwise (input size, channels, normalisation)."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such reference file: {path} (write one with --save-reference or "
+                                "evaluate.save_reference)")
+    try:
+        with safe_open(path, "pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+    except Exception as err:  # safetensors' own SafetensorError derives from Exception alone
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    if KEY not in meta:
+        raise ValueError(f"{path} holds no reference's patch tokens (it is no file that --save-reference or "
+                         "evaluate.save_reference wrote): give reference images, a folder or CSV list")
+    how = json.loads(meta[KEY])
+    if how["version"] != VERSION:
+        raise _refuse(path, f"written in version {how['version']} of the format, this openmae reads {VERSION}")
+    for name, kept, now in (("input size", how["img_size"], list(img_size)), ("channels", how["channels"], channels),
+                            ("mean", how["mean"], list(mean)), ("std", how["std"], list(std))):
+        if (torch.tensor(kept, dtype=torch.float64) - torch.tensor(now, dtype=torch.float64)).abs().max() > 1e-6:
+            raise _refuse(path, f"its reference images were read with {name} {kept}, these with {now}")
+    kept_probe, probe = tensors["probe"], probe_tokens(encoder, img_size, channels)
+    if kept_probe.shape != probe.shape:
+        raise _refuse(path, f"made with another encoder: its probe tokens are {tuple(kept_probe.shape)}, this "
+                            f"encoder's {tuple(probe.shape)}")
+    off = float((probe - kept_probe).norm() / kept_probe.norm().clamp_min(1e-12))
+    if off > PROBE_TOLERANCE:
+        raise _refuse(path, f"made with another encoder (other weights): the tokens of the same probe image differ "
+                            f"by {off:.3g} of their size (at most {PROBE_TOLERANCE} for the same)")
+    log.info("the patch tokens of the reference kept in %s: %d tokens of %d images (%s%s)", path,
+             len(tensors["tokens"]), how["images"], how["reference"],
+             f", a coreset of {how['coreset']:g}" if how["coreset"] < 1 else "")
+    return PatchBank(tensors["tokens"], tensors["image"], float(how["scale"]), int(how["images"]))
+
+
+def reference_of(distances: str | None, max_images: int | None, coreset: float | None, save: str | None
+                 ) -> ReferenceImages | None:
+    """The reference of `visualize`'s options (``--distances``, ``--reference-images``, ``--coreset``,
+    ``--save-reference``; None where not given), or None without ``--distances``; refused: the others without it."""
+    searched = {k: v for k, v in (("max_images", max_images), ("coreset", coreset), ("save", save)) if v is not None}
+    if distances is None:
+        if searched:
+            raise ConfigError("--coreset, --reference-images and --save-reference set how the reference of "
+                              "--distances is read: give --distances <folder or CSV list of reference images>, or "
+                              "leave them out")
+        return None
+    if save is not None and not save.endswith(".safetensors"):
+        raise ConfigError(f"--save-reference {save}: give a file name ending in .safetensors")
+    return ReferenceImages(distances, **searched)
+
+
+def reference_bank(encoder: nn.Module, reference: ReferenceImages, data: DataConfig, img_size: tuple[int, int],
+                   channels: int, mean: tuple[float, ...], std: tuple[float, ...], split: Split | None = None
+                   ) -> PatchBank:
+    """The bank of ``reference``: read from a kept file (``reference.path`` a ``.safetensors`` file), or from its
+    images (:func:`openmae.eval.patch_distance.read_bank`), then kept in ``reference.save`` where given (by the main
+    process)."""
+    if is_bank_file(reference.path):
+        if reference.coreset != 1 or reference.max_images != REFERENCE_IMAGES or reference.save:
+            raise ValueError(f"{reference.path} is a kept reference, searched as it was kept: a coreset share, a "
+                             "number of reference images and a file to keep it in apply to reference images (a "
+                             "folder or CSV list)")
+        return load_bank(reference.path, encoder, img_size, channels, mean, std)
+    bank = read_bank(encoder, reference, data, img_size, channels, mean, std, split)
+    if reference.save and (split is None or split.main):
+        save_bank(bank, reference.save, encoder, img_size, channels, mean, std, reference.path, reference.coreset)
+    return bank

@@ -1,0 +1,107 @@
+"""A reference's patch tokens kept in a file (`visualize --save-reference`, `evaluate.save_reference`): read back, it
+searches as the images did; another encoder, input size or normalisation is refused, as are files of other kinds and
+settings that apply to images only."""
+
+import csv
+
+import pytest
+import torch
+from helpers import call_cli
+
+import openmae
+from openmae.eval.patch_distance import build_bank
+from openmae.eval.reference_file import load_bank, save_bank
+
+
+def _encoder(tmp_path, seed: int = 0, **overrides) -> str:
+    torch.manual_seed(seed)
+    model = openmae.create_model("mae_vit_debug_patch4_32", **overrides)
+    path = tmp_path / f"encoder{seed}_{len(overrides)}.pth"
+    torch.save({"model": model.encoder_state_dict(), "model_config": model.cfg.to_dict()}, path)
+    return str(path)
+
+
+@pytest.fixture
+def folders(tmp_path, datasets):
+    photos = sorted((datasets / "imagenet-sample").glob("*.JPEG"))
+    out = {}
+    for name, chosen in (("good", photos[:8]), ("new", photos[6:12])):
+        (tmp_path / name).mkdir()
+        for photo in chosen:
+            (tmp_path / name / photo.name).write_bytes(photo.read_bytes())
+        out[name] = str(tmp_path / name)
+    return out
+
+
+def test_a_kept_bank_reads_back_whole_and_refuses_another_encoder_size_or_normalisation(tmp_path):
+    torch.manual_seed(0)
+    model = openmae.create_model("mae_vit_debug_patch4_32")
+    bank = build_bank(model, [torch.randn(5, 3, 32, 32)], keep=0.5)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    path = save_bank(bank, str(tmp_path / "bank.safetensors"), model, (32, 32), 3, mean, std, "good", 0.5)
+    back = load_bank(str(path), model, (32, 32), 3, mean, std)
+    assert torch.equal(back.tokens, bank.tokens) and torch.equal(back.image, bank.image)
+    assert back.scale == bank.scale and back.images == bank.images == 5
+    torch.manual_seed(1)
+    other = openmae.create_model("mae_vit_debug_patch4_32")
+    with pytest.raises(ValueError, match=r"made with another encoder \(other weights\)"):
+        load_bank(str(path), other, (32, 32), 3, mean, std)
+    with pytest.raises(ValueError, match=r"read with std \[0.25, 0.25, 0.25\], these with \[0.2, 0.25, 0.25\]"):
+        load_bank(str(path), model, (32, 32), 3, mean, (0.2, 0.25, 0.25))
+    with pytest.raises(ValueError, match=r"read with input size \[32, 32\], these with \[64, 64\]"):
+        load_bank(str(path), model, (64, 64), 3, mean, std)
+
+
+def test_visualize_keeps_the_reference_and_searches_the_kept_file_as_the_images(tmp_path, folders):
+    ckpt = _encoder(tmp_path)
+    bank = tmp_path / "good.safetensors"
+    first = call_cli("visualize", "--checkpoint", ckpt, folders["new"], "-o", str(tmp_path / "a"), "--distances",
+                     folders["good"], "--save-reference", str(bank))
+    assert first.returncode == 0, first.stderr
+    assert "reading the patch tokens of 8 reference images" in first.stderr and bank.is_file()
+    again = call_cli("visualize", "--checkpoint", ckpt, folders["new"], "-o", str(tmp_path / "b"), "--distances",
+                     str(bank))
+    assert again.returncode == 0, again.stderr
+    assert "reading the patch tokens" not in again.stderr  # no image of the reference read again
+    assert f"the patch tokens of the reference kept in {bank}: 512 tokens of 8 images" in again.stderr
+    a, b = ((tmp_path / d / "distances.csv").read_text() for d in "ab")
+    assert a == b and len(a.splitlines()) == 7
+    for flags, message in (
+            (["--distances", str(bank), "--coreset", "0.5"], "is a kept reference, searched as it was kept"),
+            (["--distances", folders["good"], "--save-reference", str(tmp_path / "x.pt")],
+             "--save-reference " + str(tmp_path / "x.pt") + ": give a file name ending in .safetensors"),
+            (["--save-reference", str(bank)], "--coreset, --reference-images and --save-reference set how"),
+            (["--distances", ckpt.replace(".pth", ".safetensors")], "no such reference file")):
+        proc = call_cli("visualize", "--checkpoint", ckpt, folders["new"], "-o", str(tmp_path / "x"), *flags)
+        assert proc.returncode != 0 and message in proc.stderr, (flags, proc.stderr[-1500:])
+    weights = tmp_path / "weights.safetensors"  # a weights file is no kept reference
+    assert call_cli("convert", ckpt, str(weights), "--to", "openmae").returncode == 0
+    proc = call_cli("visualize", "--checkpoint", ckpt, folders["new"], "-o", str(tmp_path / "x"), "--distances",
+                    str(weights))
+    assert proc.returncode != 0 and "holds no reference's patch tokens" in proc.stderr, proc.stderr[-1500:]
+    proc = call_cli("visualize", "--checkpoint", _encoder(tmp_path, seed=1), folders["new"], "-o",
+                    str(tmp_path / "x"), "--distances", str(bank))
+    assert proc.returncode != 0 and "made with another encoder (other weights)" in proc.stderr, proc.stderr[-1500:]
+
+
+def test_evaluate_keeps_the_reference_and_reads_it_back_to_the_same_scores(tmp_path, folders):
+    torch.manual_seed(0)
+    model = openmae.create_model("mae_vit_debug_patch4_32")
+    ckpt = tmp_path / "mae.pth"
+    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, ckpt)
+    bank = tmp_path / "good.safetensors"
+    data = ["data.name=folder", f"data.path={folders['new']}", "data.num_workers=0"]
+    runs = {"kept": [f"evaluate.reference_images={folders['good']}", "evaluate.reference_coreset=0.5",
+                     f"evaluate.save_reference={bank}"],
+            "read": [f"evaluate.reference_images={bank}"]}
+    scores = {}
+    for name, settings in runs.items():
+        proc = call_cli("evaluate", "--checkpoint", str(ckpt), *data, *settings, "--predictions",
+                        str(tmp_path / f"{name}.csv"))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        scores[name] = {r["image"]: r["farthest_patch"] for r in csv.DictReader((tmp_path / f"{name}.csv").open())}
+    assert scores["kept"] == scores["read"] and len(scores["read"]) == 6
+    assert "a coreset of 0.5" in proc.stderr
+    refused = call_cli("evaluate", "--checkpoint", str(ckpt), *data, f"evaluate.reference_images={bank}",
+                       f"evaluate.save_reference={tmp_path / 'again.safetensors'}")
+    assert refused.returncode != 0 and "is a kept reference, searched as it was kept" in refused.stderr
