@@ -198,8 +198,12 @@ def test_evaluate_scores_each_image_by_its_farthest_patch_from_reference_images(
             (folder / photo.name).write_bytes(photo.read_bytes())
     data = ["data.name=folder", f"data.path={queries}", "data.num_workers=0"]
     proc = call_cli("evaluate", "--checkpoint", str(ckpt), *data, f"evaluate.reference_images={reference}",
-                    "evaluate.rank_by=farthest_patch", "--predictions", str(tmp_path / "scores.csv"))
+                    "evaluate.rank_by=farthest_patch", "--predictions", str(tmp_path / "scores.csv"), "--plot",
+                    str(tmp_path / "farthest.png"))
     assert proc.returncode == 0, proc.stderr[-2000:]
+    drawn = np.asarray(Image.open(tmp_path / "farthest.png"))  # 6 rows of original | distance map, as visualize's
+    assert drawn.shape[1] == 2 * 128 + 2 and drawn.shape[0] > 5 * 128 and "original | each patch's distance" in \
+        proc.stderr
     rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
     got = {r["image"].rsplit("/", 1)[-1]: float(r["farthest_patch"]) for r in rows}
     mean, std = tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)  # what a file recording none is read with

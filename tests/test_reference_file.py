@@ -3,6 +3,7 @@ searches as the images did; another encoder, input size or normalisation is refu
 settings that apply to images only."""
 
 import csv
+import json
 
 import pytest
 import torch
@@ -66,6 +67,11 @@ def test_visualize_keeps_the_reference_and_searches_the_kept_file_as_the_images(
     assert f"the patch tokens of the reference kept in {bank}: 512 tokens of 8 images" in again.stderr
     a, b = ((tmp_path / d / "distances.csv").read_text() for d in "ab")
     assert a == b and len(a.splitlines()) == 7
+    told = call_cli("info", str(bank))  # what the file is, not weights
+    assert told.returncode == 0, told.stderr
+    assert "a reference's patch tokens" in told.stdout and f"512 tokens of width 64, from 8 images of {folders['good']}" \
+        in told.stdout and "read at 32x32, 3 channels" in told.stdout
+    assert json.loads(call_cli("info", str(bank), "--json").stdout)["images"] == 8
     for flags, message in (
             (["--distances", str(bank), "--coreset", "0.5"], "is a kept reference, searched as it was kept"),
             (["--distances", folders["good"], "--save-reference", str(tmp_path / "x.pt")],

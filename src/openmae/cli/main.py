@@ -242,8 +242,11 @@ def cmd_info(args: argparse.Namespace, rest: list[str]) -> int:
         status = run_status(args.path)
         print(json.dumps(status, indent=1) if args.json else format_status(status))
         return 0
-    info = summarize(args.path)
-    print(json.dumps(info, indent=1) if args.json else format_summary(info))
+    from openmae.eval.reference_file import bank_summary, format_bank
+
+    kept = bank_summary(args.path)  # a reference's patch tokens, not weights
+    info = kept or summarize(args.path)
+    print(json.dumps(info, indent=1) if args.json else format_bank(info) if kept else format_summary(info))
     return 0
 
 
@@ -351,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--hf-layout", default="v4", choices=["v4", "v5"],
                            help="Hugging Face key names: v4 = hub files / transformers 4, v5 = transformers 5")
         if name == "info":
-            p.add_argument("path", help="a weights file (.pth/.pt/.bin/.safetensors), a Hugging Face model folder or "
-                                        "a run folder (-o of a training command)")
+            p.add_argument("path", help="a weights file (.pth/.pt/.bin/.safetensors), a Hugging Face model folder, "
+                                        "a run folder (-o of a training command) or a kept reference")
             p.add_argument("--json", action="store_true", help="everything as JSON")
         if name == "benchmark":
             p.add_argument("--preset", help="default: mae_vit_base_patch16 on a GPU, mae_vit_small_patch16 on a CPU")

@@ -28,9 +28,9 @@ from openmae.data.ranks import shared_by_ranks
 from openmae.engine.distributed import DistInfo, RankSplit, gather_rows, part_of, share_of
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
-from openmae.eval.patch_distance import REFERENCE_IMAGES, PatchBank, ReferenceImages, farthest_patches
+from openmae.eval.patch_distance import REFERENCE_IMAGES, PatchBank, ReferenceImages, distance_map, farthest_patches
 from openmae.eval.progress import reported
-from openmae.eval.reconstruction import Reconstruction, auto_scale, reconstruct, save_grid
+from openmae.eval.reconstruction import Reconstruction, auto_scale, displayed, reconstruct, save_grid
 from openmae.eval.reconstruction_error import Errors, reconstruction_errors
 from openmae.eval.reference_file import reference_bank
 from openmae.eval.typicality import TAIL, Reference
@@ -169,7 +169,8 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
                      ", farthest patch" if bank is not None else "")
         if e.plot:
             worst = scores[e.rank_by].argsort(descending=True)[:WORST_DRAWN].tolist()
-            draw_worst(model, d, source, worst, ratio, Path(e.plot), RANKINGS[e.rank_by])
+            draw_worst(model, d, source, worst, ratio, Path(e.plot), RANKINGS[e.rank_by],
+                       bank if e.rank_by == "farthest_patch" else None)
     return result
 
 
@@ -189,13 +190,22 @@ def run_reference(obj: Any, path: str, ratio: float) -> tuple[Reference | None, 
 
 
 def draw_worst(model: MaskedAutoencoder, d: DataConfig, source: ImageSource, worst: list[int], ratio: float,
-               path: Path, what: str = RANKINGS["loss"]) -> None:
+               path: Path, what: str = RANKINGS["loss"], bank: PatchBank | None = None) -> None:
     """The images ``worst`` (indices into ``source``), one row each as ``openmae visualize`` draws them (original |
-    masked | reconstruction | pasted), each masked as it was measured (its place in the split)."""
+    masked | reconstruction | pasted), each masked as it was measured (its place in the split); with ``bank``, as
+    ``visualize --distances`` draws them (original | each patch's distance from the reference), where the patch
+    that ranked them is."""
     m = model.cfg
     mean, std = stats_for(d, m.in_chans)
     batch = next(iter(eval_batches(d, d.eval_split, m.img_size, m.in_chans, len(worst),
                                    source=SourceView(source, worst))))
+    if bank is not None:
+        imgs = batch.images
+        save_grid(distance_map(model, imgs, bank, displayed(imgs, mean, std, d.reads_arrays)(imgs)), path,
+                  auto_scale(m.img_size))
+        log.info("wrote %s (the %d images of the highest %s, the highest first: original | each patch's distance "
+                 "from the reference, black 0 to white-yellow 2)", path, len(worst), what)
+        return
     rows = [reconstruct(model, batch.images[i : i + 1], mean, std, ratio, seed=place + 1, stretch=d.reads_arrays)
             for i, place in enumerate(worst)]  # seed place + 1: the noise seeded_noise draws for that place
     save_grid(Reconstruction(*(torch.cat([getattr(r, f.name) for r in rows]) for f in fields(Reconstruction))),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,6 +55,38 @@ def save_bank(bank: PatchBank, path: str, encoder: nn.Module, img_size: tuple[in
     log.info("the reference's %d patch tokens kept in %s (--distances %s, evaluate.reference_images=%s read them)",
              len(bank.tokens), written, written, written)
     return written
+
+
+def bank_summary(path: str) -> dict[str, Any] | None:
+    """What a kept reference holds (`openmae info`): its tokens' count and width and how it was made; None where
+    ``path`` is no such file."""
+    from safetensors import safe_open
+
+    if not is_bank_file(path) or not Path(path).is_file():
+        return None
+    try:
+        with safe_open(path, "pt") as fh:
+            meta = fh.metadata() or {}
+            shape = fh.get_slice("tokens").get_shape() if KEY in meta else None
+    except Exception:  # not readable as safetensors: left to the weights' summary, which says why
+        return None
+    if shape is None:
+        return None
+    return {"path": path, "kind": "a reference's patch tokens (visualize --save-reference / evaluate.save_reference)",
+            "tokens": shape[0], "width": shape[1], **json.loads(meta[KEY])}
+
+
+def format_bank(info: dict[str, Any]) -> str:
+    """:func:`bank_summary` as lines to read."""
+    coreset = f", a coreset of {info['coreset']:g} of their tokens" if info["coreset"] < 1 else ""
+    return "\n".join([
+        f"{info['path']}: {info['kind']}",
+        f"  {info['tokens']} tokens of width {info['width']}, from {info['images']} images of {info['reference']}"
+        f"{coreset}",
+        f"  read at {info['img_size'][0]}x{info['img_size'][1]}, {info['channels']} channels, mean {info['mean']}, "
+        f"std {info['std']}; unit (the reference's 99th percentile) {info['scale']:.4g}",
+        f"  searched by: openmae visualize --distances {info['path']}, or evaluate.reference_images={info['path']} "
+        "(with the encoder that made it)"])
 
 
 def _refuse(path: str, what: str) -> ValueError:
