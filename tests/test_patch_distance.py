@@ -238,3 +238,50 @@ def test_evaluate_scores_each_image_by_its_farthest_patch_from_reference_images(
     refused = call_cli("evaluate", "--checkpoint", str(ckpt), *data, "evaluate.reference_coreset=0.3")
     assert refused.returncode != 0 and "evaluate.reference_coreset=0.3 sets how evaluate.reference_images are " \
         "searched, and none are given" in refused.stderr
+
+
+def test_evaluate_tells_defect_classes_from_the_normal_class_by_each_score(tmp_path, datasets):
+    """An MVTec AD layout (train/good, test/good, test/<defect>): evaluate.normal_class=good gives each score's
+    ROC-AUC of telling the defect images from the good ones, over all and per defect class, equal to the ranking
+    of the CSV's scores; good test images that are reference images (farthest patch 0) against other photos: 100.
+    Refused for unlabelled images and for a class that is not there."""
+    import csv
+    import json
+
+    from openmae.eval.ranking import roc_auc
+
+    torch.manual_seed(0)
+    model = openmae.create_model("mae_vit_debug_patch4_32")
+    ckpt = tmp_path / "mae.pth"
+    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, ckpt)
+    photos = sorted((datasets / "imagenet-sample").glob("*.JPEG"))
+    layout = {"train/good": photos[:8], "test/good": photos[:4], "test/crack": photos[300:303],
+              "test/scratch": photos[600:602]}
+    for folder, chosen in layout.items():
+        (tmp_path / "part" / folder).mkdir(parents=True)
+        for photo in chosen:
+            (tmp_path / "part" / folder / photo.name).write_bytes(photo.read_bytes())
+    data = ["data.name=imagefolder", f"data.path={tmp_path / 'part'}", "data.num_workers=0"]
+    proc = call_cli("evaluate", "--checkpoint", str(ckpt), *data, f"evaluate.reference_images={tmp_path / 'part/train/good'}",
+                    "evaluate.normal_class=good", "-o", str(tmp_path / "out.json"), "--predictions",
+                    str(tmp_path / "scores.csv"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    kind = np.array([r["image"].split("/")[-2] for r in rows])
+    for score in ("loss", "relative_loss", "farthest_patch"):
+        values = np.array([float(r[score]) for r in rows])
+        assert out[f"detection_auc_{score}"] == pytest.approx(100 * roc_auc(values, kind != "good"), abs=1e-3)
+        for defect in ("crack", "scratch"):
+            kept = (kind == "good") | (kind == defect)
+            assert out["detection_auc_per_class"][defect][score] == pytest.approx(
+                100 * roc_auc(values[kept], kind[kept] == defect), abs=1e-3)
+    assert out["detection_auc_farthest_patch"] == 100.0 and out["normal_class"] == "good"
+    assert "telling the 5 images of other classes from the 4 of good" in proc.stderr
+    for settings, message in ((["data.name=folder", f"data.path={tmp_path / 'part/test'}"], "needs images with one "
+                               "class each"),
+                              ([*data[:2], "evaluate.normal_class=ok"], "the images' classes are ['crack', 'good', "
+                               "'scratch']")):
+        refused = call_cli("evaluate", "--checkpoint", str(ckpt), *settings, "data.num_workers=0",
+                           *(["evaluate.normal_class=good"] if "ok" not in settings[-1] else []))
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr[-1500:]

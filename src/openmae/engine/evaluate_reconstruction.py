@@ -16,6 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from openmae.config import ConfigError
@@ -30,6 +31,7 @@ from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
 from openmae.eval.patch_distance import REFERENCE_IMAGES, PatchBank, ReferenceImages, distance_map, farthest_patches
 from openmae.eval.progress import reported
+from openmae.eval.ranking import roc_auc
 from openmae.eval.reconstruction import Reconstruction, auto_scale, displayed, reconstruct, save_grid
 from openmae.eval.reconstruction_error import Errors, reconstruction_errors
 from openmae.eval.reference_file import reference_bank
@@ -124,6 +126,8 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
                           "images like the training ones>, or rank by loss or relative_loss")
     with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
         source = source_for(d, d.eval_split, m.in_chans, d.max_eval_samples)
+    if e.normal_class:
+        normal_labels(source, e.normal_class)  # refused before the pass over the images
     errors = errors_over_ranks(model.to(info.device), source, d, e.batch_size, ratio,
                                autocast_dtype(e.precision, info.device, hint=False), info,
                                f"reconstruction of the {d.eval_split} images")
@@ -157,6 +161,8 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
                  ", ".join(f"{source.describe(i)} ({float(values[i]):.4f})" for i in worst))
     result = {**summary, "samples": len(source), "mask_ratio": ratio, "norm_pix_loss": m.norm_pix_loss,
               "split": split}
+    if e.normal_class:
+        result.update(detection(source, scores, e.normal_class))
     if info.is_main:  # the main rank writes the files
         if e.output:
             Path(e.output).parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +178,42 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
             draw_worst(model, d, source, worst, ratio, Path(e.plot), RANKINGS[e.rank_by],
                        bank if e.rank_by == "farthest_patch" else None)
     return result
+
+
+def normal_labels(source: ImageSource, normal: str) -> np.ndarray:
+    """Whether each image of ``source`` (N,) is of the class ``normal`` (``evaluate.normal_class``), refused where the
+    images have no classes, several each, or not that one and another."""
+    classes = list(getattr(source, "classes", None) or [])
+    labels = np.array([source.file(i)[1] for i in range(len(source))], dtype=object)
+    if not classes or any(np.ndim(label) or label < 0 for label in labels):
+        raise ConfigError(f"evaluate.normal_class={normal} needs images with one class each (data.name=imagefolder, "
+                          "<path>/test/<class>/<image>, as MVTec AD's good/ and defect folders; or a CSV list with a "
+                          "label column); these have none: leave it out")
+    if normal not in classes or len(classes) < 2:
+        raise ConfigError(f"evaluate.normal_class={normal}: the images' classes are {classes}; name the class of "
+                          "normal images, beside at least one other")
+    return labels.astype(np.int64) == classes.index(normal)
+
+
+def detection(source: ImageSource, scores: dict[str, torch.Tensor], normal: str) -> dict[str, Any]:
+    """How well each score (higher: less normal) tells the other classes' images from ``normal``'s: ROC-AUC in
+    percent (:func:`openmae.eval.ranking.roc_auc`), over all the others (``detection_auc_<score>``) and for each other
+    class (``detection_auc_per_class``: MVTec AD's defect types); logged."""
+    is_normal = normal_labels(source, normal)
+    labels = np.array([int(source.file(i)[1]) for i in range(len(source))])
+    classes = list(source.classes)
+    overall = {key: 100 * roc_auc(values.numpy(), ~is_normal) for key, values in scores.items()}
+    out: dict[str, Any] = {"normal_class": normal, **{f"detection_auc_{key}": v for key, v in overall.items()},
+                           "detection_auc_per_class": {}}
+    for c, name in enumerate(classes):
+        if name != normal and (labels == c).any():
+            kept = is_normal | (labels == c)
+            out["detection_auc_per_class"][name] = {key: 100 * roc_auc(values.numpy()[kept], (labels == c)[kept])
+                                                    for key, values in scores.items()}
+    log.info("  telling the %d images of other classes from the %d of %s (ROC-AUC, 50 chance): %s", int((~is_normal)
+             .sum()), int(is_normal.sum()), normal, ", ".join(f"{RANKINGS[k].split(' (')[0]} {v:.1f}" for k, v in
+                                                              overall.items()))
+    return out
 
 
 def run_reference(obj: Any, path: str, ratio: float) -> tuple[Reference | None, str]:

@@ -368,6 +368,9 @@ class EvaluateSection:
     # a .safetensors file to keep the reference's patch tokens in, for later evaluations to read as reference_images
     # (without reading the images again); refused where reference_images is such a file already
     save_reference: str = ""
+    # a pretrained MAE, images with classes (data.name=imagefolder: MVTec AD's test/good/ and test/<defect>/): the
+    # class of normal images; each score's ROC-AUC of telling the other classes' images from them joins the numbers
+    normal_class: str = ""
     # a pretrained MAE: which images --plot draws, the highest first: loss (the images it fills in worst: often
     # simply the hardest), relative_loss (its squared error over a generic inpainter's on the same pixels: those it
     # fills in worse than its training taught it to), atypicality (needs a reference: the least like those) or
