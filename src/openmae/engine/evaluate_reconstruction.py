@@ -127,7 +127,7 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
     with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
         source = source_for(d, d.eval_split, m.in_chans, d.max_eval_samples)
     if e.normal_class:
-        normal_labels(source, e.normal_class)  # refused before the pass over the images
+        class_labels(source, e.normal_class)  # refused before the pass over the images
     errors = errors_over_ranks(model.to(info.device), source, d, e.batch_size, ratio,
                                autocast_dtype(e.precision, info.device, hint=False), info,
                                f"reconstruction of the {d.eval_split} images")
@@ -180,11 +180,11 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
     return result
 
 
-def normal_labels(source: ImageSource, normal: str) -> np.ndarray:
-    """Whether each image of ``source`` (N,) is of the class ``normal`` (``evaluate.normal_class``), refused where the
+def class_labels(source: ImageSource, normal: str) -> tuple[np.ndarray, int]:
+    """Each image's class (N,) and the index of the class ``normal`` (``evaluate.normal_class``), refused where the
     images have no classes, several each, or not that one and another."""
     classes = list(getattr(source, "classes", None) or [])
-    labels = np.array([source.file(i)[1] for i in range(len(source))], dtype=object)
+    labels = [source.file(i)[1] for i in range(len(source))]
     if not classes or any(np.ndim(label) or label < 0 for label in labels):
         raise ConfigError(f"evaluate.normal_class={normal} needs images with one class each (data.name=imagefolder, "
                           "<path>/test/<class>/<image>, as MVTec AD's good/ and defect folders; or a CSV list with a "
@@ -192,21 +192,20 @@ def normal_labels(source: ImageSource, normal: str) -> np.ndarray:
     if normal not in classes or len(classes) < 2:
         raise ConfigError(f"evaluate.normal_class={normal}: the images' classes are {classes}; name the class of "
                           "normal images, beside at least one other")
-    return labels.astype(np.int64) == classes.index(normal)
+    return np.asarray(labels, dtype=np.int64), classes.index(normal)
 
 
 def detection(source: ImageSource, scores: dict[str, torch.Tensor], normal: str) -> dict[str, Any]:
     """How well each score (higher: less normal) tells the other classes' images from ``normal``'s: ROC-AUC in
     percent (:func:`openmae.eval.ranking.roc_auc`), over all the others (``detection_auc_<score>``) and for each other
     class (``detection_auc_per_class``: MVTec AD's defect types); logged."""
-    is_normal = normal_labels(source, normal)
-    labels = np.array([int(source.file(i)[1]) for i in range(len(source))])
-    classes = list(source.classes)
+    labels, good = class_labels(source, normal)
+    is_normal = labels == good
     overall = {key: 100 * roc_auc(values.numpy(), ~is_normal) for key, values in scores.items()}
     out: dict[str, Any] = {"normal_class": normal, **{f"detection_auc_{key}": v for key, v in overall.items()},
                            "detection_auc_per_class": {}}
-    for c, name in enumerate(classes):
-        if name != normal and (labels == c).any():
+    for c, name in enumerate(source.classes):
+        if c != good and (labels == c).any():
             kept = is_normal | (labels == c)
             out["detection_auc_per_class"][name] = {key: 100 * roc_auc(values.numpy()[kept], (labels == c)[kept])
                                                     for key, values in scores.items()}
