@@ -39,18 +39,20 @@ def test_a_kept_bank_reads_back_whole_and_refuses_another_encoder_size_or_normal
     model = openmae.create_model("mae_vit_debug_patch4_32")
     bank = build_bank(model, [torch.randn(5, 3, 32, 32)], keep=0.5)
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    path = save_bank(bank, str(tmp_path / "bank.safetensors"), model, (32, 32), 3, mean, std, "good", 0.5)
-    back = load_bank(str(path), model, (32, 32), 3, mean, std)
+    path = save_bank(bank, str(tmp_path / "bank.safetensors"), model, (32, 32), 3, mean, std, 1.0, "good", 0.5)
+    back = load_bank(str(path), model, (32, 32), 3, mean, std, 1.0)
     assert torch.equal(back.tokens, bank.tokens) and torch.equal(back.image, bank.image)
     assert back.scale == bank.scale and back.images == bank.images == 5
     torch.manual_seed(1)
     other = openmae.create_model("mae_vit_debug_patch4_32")
     with pytest.raises(ValueError, match=r"made with another encoder \(other weights\)"):
-        load_bank(str(path), other, (32, 32), 3, mean, std)
+        load_bank(str(path), other, (32, 32), 3, mean, std, 1.0)
     with pytest.raises(ValueError, match=r"read with std \[0.25, 0.25, 0.25\], these with \[0.2, 0.25, 0.25\]"):
-        load_bank(str(path), model, (32, 32), 3, mean, (0.2, 0.25, 0.25))
+        load_bank(str(path), model, (32, 32), 3, mean, (0.2, 0.25, 0.25), 1.0)
     with pytest.raises(ValueError, match=r"read with input size \[32, 32\], these with \[64, 64\]"):
-        load_bank(str(path), model, (64, 64), 3, mean, std)
+        load_bank(str(path), model, (64, 64), 3, mean, std, 1.0)
+    with pytest.raises(ValueError, match=r"read with centre crop \(data.eval_crop_pct\) 1.0, these with 0.875"):
+        load_bank(str(path), model, (32, 32), 3, mean, std, 0.875)
 
 
 def test_visualize_keeps_the_reference_and_searches_the_kept_file_as_the_images(tmp_path, folders):
@@ -70,7 +72,7 @@ def test_visualize_keeps_the_reference_and_searches_the_kept_file_as_the_images(
     told = call_cli("info", str(bank))  # what the file is, not weights
     assert told.returncode == 0, told.stderr
     assert "a reference's patch tokens" in told.stdout and f"512 tokens of width 64, from 8 images of {folders['good']}" \
-        in told.stdout and "read at 32x32, 3 channels" in told.stdout
+        in told.stdout and "read at 32x32 (centre crop 1), 3 channels" in told.stdout
     assert json.loads(call_cli("info", str(bank), "--json").stdout)["images"] == 8
     for flags, message in (
             (["--distances", str(bank), "--coreset", "0.5"], "is a kept reference, searched as it was kept"),

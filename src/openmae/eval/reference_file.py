@@ -19,6 +19,7 @@ from torch import nn
 
 from openmae.config import ConfigError
 from openmae.data.config import DataConfig
+from openmae.data.transforms import eval_crop_pct
 from openmae.eval.feature_map import patch_tokens
 from openmae.eval.patch_distance import REFERENCE_IMAGES, PatchBank, ReferenceImages, Split, read_bank
 
@@ -43,12 +44,13 @@ def probe_tokens(encoder: nn.Module, img_size: tuple[int, int], channels: int) -
 
 
 def save_bank(bank: PatchBank, path: str, encoder: nn.Module, img_size: tuple[int, int], channels: int,
-              mean: tuple[float, ...], std: tuple[float, ...], source: str, coreset: float) -> Path:
+              mean: tuple[float, ...], std: tuple[float, ...], crop_pct: float, source: str, coreset: float) -> Path:
     """Writes ``bank`` to ``path`` (atomically), with what :func:`load_bank` checks."""
     from openmae.convert.files import save_file
 
     how = {"version": VERSION, "scale": bank.scale, "images": bank.images, "img_size": list(img_size),
-           "channels": channels, "mean": list(mean), "std": list(std), "reference": source, "coreset": coreset}
+           "channels": channels, "mean": list(mean), "std": list(std), "crop_pct": crop_pct, "reference": source,
+           "coreset": coreset}
     tensors = {"tokens": bank.tokens.float(), "image": bank.image.cpu(), "probe": probe_tokens(encoder, img_size,
                                                                                                   channels)}
     written = save_file(tensors, path, metadata={KEY: how})
@@ -83,8 +85,8 @@ def format_bank(info: dict[str, Any]) -> str:
         f"{info['path']}: {info['kind']}",
         f"  {info['tokens']} tokens of width {info['width']}, from {info['images']} images of {info['reference']}"
         f"{coreset}",
-        f"  read at {info['img_size'][0]}x{info['img_size'][1]}, {info['channels']} channels, mean {info['mean']}, "
-        f"std {info['std']}; unit (the reference's 99th percentile) {info['scale']:.4g}",
+        f"  read at {info['img_size'][0]}x{info['img_size'][1]} (centre crop {info['crop_pct']:g}), {info['channels']} "
+        f"channels, mean {info['mean']}, std {info['std']}; unit (the reference's 99th percentile) {info['scale']:.4g}",
         f"  searched by: openmae visualize --distances {info['path']}, or evaluate.reference_images={info['path']} "
         "(with the encoder that made it)"])
 
@@ -95,9 +97,9 @@ def _refuse(path: str, what: str) -> ValueError:
 
 
 def load_bank(path: str, encoder: nn.Module, img_size: tuple[int, int], channels: int, mean: tuple[float, ...],
-              std: tuple[float, ...]) -> PatchBank:
+              std: tuple[float, ...], crop_pct: float) -> PatchBank:
     """The :class:`PatchBank` kept in ``path`` by :func:`save_bank`, refused where ``encoder`` gives other probe tokens
-    or the images would be read otherwise (input size, channels, normalisation)."""
+    or the images would be read otherwise (input size, channels, normalisation, the evaluation's centre crop)."""
     from safetensors import safe_open
 
     if not Path(path).is_file():
@@ -116,7 +118,8 @@ def load_bank(path: str, encoder: nn.Module, img_size: tuple[int, int], channels
     if how["version"] != VERSION:
         raise _refuse(path, f"written in version {how['version']} of the format, this openmae reads {VERSION}")
     for name, kept, now in (("input size", how["img_size"], list(img_size)), ("channels", how["channels"], channels),
-                            ("mean", how["mean"], list(mean)), ("std", how["std"], list(std))):
+                            ("mean", how["mean"], list(mean)), ("std", how["std"], list(std)),
+                            ("centre crop (data.eval_crop_pct)", how["crop_pct"], crop_pct)):
         if (torch.tensor(kept, dtype=torch.float64) - torch.tensor(now, dtype=torch.float64)).abs().max() > 1e-6:
             raise _refuse(path, f"its reference images were read with {name} {kept}, these with {now}")
     kept_probe, probe = tensors["probe"], probe_tokens(encoder, img_size, channels)
@@ -155,13 +158,15 @@ def reference_bank(encoder: nn.Module, reference: ReferenceImages, data: DataCon
     """The bank of ``reference``: read from a kept file (``reference.path`` a ``.safetensors`` file), or from its
     images (:func:`openmae.eval.patch_distance.read_bank`), then kept in ``reference.save`` where given (by the main
     process)."""
+    crop = eval_crop_pct(data.eval_crop_pct, img_size)  # what the reference's images were cut to
     if is_bank_file(reference.path):
         if reference.coreset != 1 or reference.max_images != REFERENCE_IMAGES or reference.save:
             raise ValueError(f"{reference.path} is a kept reference, searched as it was kept: a coreset share, a "
                              "number of reference images and a file to keep it in apply to reference images (a "
                              "folder or CSV list)")
-        return load_bank(reference.path, encoder, img_size, channels, mean, std)
+        return load_bank(reference.path, encoder, img_size, channels, mean, std, crop)
     bank = read_bank(encoder, reference, data, img_size, channels, mean, std, split)
     if reference.save and (split is None or split.main):
-        save_bank(bank, reference.save, encoder, img_size, channels, mean, std, reference.path, reference.coreset)
+        save_bank(bank, reference.save, encoder, img_size, channels, mean, std, crop, reference.path,
+                  reference.coreset)
     return bank
