@@ -410,8 +410,6 @@ def test_openmae_evaluate_under_torchrun_measures_each_ranks_part_and_reports_th
     proc = torchrun("-m", "openmae", "evaluate", "--checkpoint", str(tmp_path / "run" / "model-best.pth"),
                     f"--data-root={datasets}", *args, "-o", str(tmp_path / "two.json"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "reading the patch tokens of 11 reference images" in proc.stderr
-    assert "6 on each of 2 processes" in proc.stderr  # the reference's reading shared
     two = json.loads((tmp_path / "two.json").read_text())
     one = run_evaluate(load_config(EvaluateConfig, overrides=[f"evaluate.init={tmp_path / 'run' / 'model-best.pth'}",
                                                               f"data.root={datasets}", *args]))
