@@ -178,7 +178,8 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
                                 ("reference", e.reference, ""), ("reference_images", e.reference_images, ""),
                                 ("reference_coreset", e.reference_coreset, 1.0),
                                 ("reference_max_images", e.reference_max_images, REFERENCE_IMAGES),
-                                ("save_reference", e.save_reference, ""), ("normal_class", e.normal_class, "")):
+                                ("save_reference", e.save_reference, ""), ("normal_class", e.normal_class, ""),
+                                ("defect_masks", e.defect_masks, "")):
         if value != default:
             raise ConfigError(f"evaluate.{key}={value} applies to a pretrained MAE, and {e.init} is a classifier: "
                               "leave it out")

@@ -29,7 +29,15 @@ from openmae.data.ranks import shared_by_ranks
 from openmae.engine.distributed import DistInfo, RankSplit, gather_rows, part_of, share_of
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
-from openmae.eval.patch_distance import REFERENCE_IMAGES, PatchBank, ReferenceImages, distance_map, farthest_patches
+from openmae.eval.defect_masks import mask_file, pixel_auc, read_mask
+from openmae.eval.patch_distance import (
+    REFERENCE_IMAGES,
+    PatchBank,
+    ReferenceImages,
+    distance_map,
+    farthest,
+    patch_distances,
+)
 from openmae.eval.progress import reported
 from openmae.eval.ranking import roc_auc
 from openmae.eval.reconstruction import Reconstruction, auto_scale, displayed, reconstruct, save_grid
@@ -62,15 +70,15 @@ def errors_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConf
         gather=functools.partial(gather_rows, count=len(source), info=info) if info.enabled else None, what=what)
 
 
-def farthest_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConfig, batch_size: int,
-                        bank: PatchBank, info: DistInfo) -> torch.Tensor:
-    """Each image's farthest patch from ``bank`` (:func:`openmae.eval.patch_distance.farthest_patches`), (N,) in the
-    split's order; each rank of a torchrun job measures its part and every rank returns all the images'."""
+def distances_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConfig, batch_size: int,
+                         bank: PatchBank, info: DistInfo) -> torch.Tensor:
+    """Each image's patch distances from ``bank`` (:func:`openmae.eval.patch_distance.patch_distances`), (N, h, w)
+    in the split's order; each rank of a torchrun job measures its part and every rank returns all the images'."""
     m = model.cfg
     part = part_of(source, info)[0]
     batches = eval_batches(d, d.eval_split, m.img_size, m.in_chans, batch_size, source=part)
     with contextlib.closing(reported(batches, "patch distances", len(part))) as shown:  # (rank 0's part: its own)
-        mine = torch.cat([farthest_patches(model, batch.images, bank) for batch in shown] or [torch.empty(0)])
+        mine = torch.cat([patch_distances(model, batch.images, bank) for batch in shown] or [torch.empty(0)])
     return gather_rows(mine.to(info.device), count=len(source), info=info).cpu() if info.enabled else mine
 
 
@@ -115,6 +123,10 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
         if value != default and not e.reference_images:
             raise ConfigError(f"evaluate.{key}={value} sets how evaluate.reference_images are searched, and none are "
                               "given: add evaluate.reference_images=<a folder or CSV list>, or leave it out")
+    if e.defect_masks and not (e.normal_class and e.reference_images):
+        raise ConfigError(f"evaluate.defect_masks={e.defect_masks} measures how the distance maps find the defect "
+                          "pixels: it needs evaluate.normal_class=<the class without defects> and "
+                          "evaluate.reference_images=<images without defects>")
     wanted = ReferenceImages(e.reference_images, e.reference_max_images, e.reference_coreset, e.save_reference)
     bank = (reference_bank(model.to(info.device), wanted, d, m.img_size, m.in_chans, *stats_for(d, m.in_chans),
                            split=RankSplit(info) if info.enabled else None)
@@ -149,7 +161,8 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
                  "%.0f%% of the reference's (%.0f%% expected of images like them)", against, reference.count,
                  summary["atypicality"], 100 * summary["atypical_share"], TAIL, 100 - TAIL)
     if bank is not None:
-        scores["farthest_patch"] = farthest_over_ranks(model, source, d, e.batch_size, bank, info)
+        maps = distances_over_ranks(model, source, d, e.batch_size, bank, info)  # (N, h, w)
+        scores["farthest_patch"] = farthest(maps)
         summary["farthest_patch"] = float(scores["farthest_patch"].mean())
         summary["beyond_reference"] = float((scores["farthest_patch"] > 1).double().mean())
         log.info("  against the patches of %s: mean farthest patch %.3f; %.1f%% of the images have a patch farther "
@@ -163,6 +176,8 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
               "split": split}
     if e.normal_class:
         result.update(detection(source, scores, e.normal_class))
+    if e.defect_masks:
+        result.update(pixel_detection(source, maps, e.normal_class, Path(e.defect_masks), m.img_size, d.eval_crop_pct))
     if info.is_main:  # the main rank writes the files
         if e.output:
             Path(e.output).parent.mkdir(parents=True, exist_ok=True)
@@ -212,6 +227,29 @@ def detection(source: ImageSource, scores: dict[str, torch.Tensor], normal: str)
     log.info("  telling the %d images of other classes from the %d of %s (ROC-AUC, 50 chance): %s", int((~is_normal)
              .sum()), int(is_normal.sum()), normal, ", ".join(f"{RANKINGS[k].split(' (')[0]} {v:.1f}" for k, v in
                                                               overall.items()))
+    return out
+
+
+def pixel_detection(source: ImageSource, maps: torch.Tensor, normal: str, masks: Path, img_size: tuple[int, int],
+                    crop: float | None) -> dict[str, Any]:
+    """How well the distance maps ``maps`` (N, h, w) find the defect pixels of the ground-truth ``masks`` (MVTec AD's
+    ``ground_truth/``; the normal class's images have none): pixel ROC-AUC in percent, over all images and for the
+    normal images with each other class's; logged."""
+    labels, good = class_labels(source, normal)
+    truth = torch.zeros(len(source), *img_size, dtype=torch.bool)  # (N, H, W)
+    for i in np.flatnonzero(labels != good):
+        image = source.file(int(i))[0]
+        if image is None:
+            raise ConfigError("evaluate.defect_masks needs image files (a folder, a CSV list) whose masks lie in "
+                              f"{masks}/<class>/; these images are held in memory")
+        truth[i] = read_mask(mask_file(masks, Path(image)), img_size, crop)
+    out: dict[str, Any] = {"pixel_auc_farthest_patch": pixel_auc(maps, truth), "pixel_auc_per_class": {}}
+    for c, name in enumerate(source.classes):
+        kept = torch.from_numpy((labels == good) | (labels == c))
+        if c != good and bool(kept.any()):
+            out["pixel_auc_per_class"][name] = pixel_auc(maps[kept], truth[kept])
+    log.info("  the defect pixels of %s (%.2f%% of the pixels) told from the others by their patch's distance: "
+             "ROC-AUC %.1f", masks, 100 * float(truth.double().mean()), out["pixel_auc_farthest_patch"])
     return out
 
 
