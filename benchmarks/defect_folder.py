@@ -1,8 +1,9 @@
 """The anomaly-detection workflow end to end, through the commands a user runs: a folder laid out as MVTec AD's
 (train/good/, test/good/, test/<defect>/) built from Fashion-MNIST, its defect a square of a grey CIFAR-10 photo
 pasted in (`benchmarks/error_maps.py`'s), then `openmae evaluate` of each MAE with the training images as the
-reference (`evaluate.reference_images`) and `evaluate.normal_class=good`: each score's ROC-AUC of telling the
-pasted-into test images from the good ones, as the command reports it; with `--coreset`, again with that share of
+reference (`evaluate.reference_images`), `evaluate.normal_class=good` and the pasted squares as ground-truth masks
+(`evaluate.defect_masks`): each score's ROC-AUC of telling the pasted-into test images from the good ones, and the
+distance maps' pixel ROC-AUC of the pasted pixels, as the command reports them; with `--coreset`, again with that share of
 the reference searched.
 
 Unlike `error_maps.py`, the good and the pasted-into test images are different images (as a real inspection's are),
@@ -43,17 +44,22 @@ def build(root: Path, out: Path, args: argparse.Namespace) -> None:
     raw = DataConfig(name="fashion-mnist", root=str(root), num_workers=0, mean=[0.0], std=[1.0])  # pixels in [0, 1]
     train = torch.cat([b.images for b in eval_batches(raw, "train", (28, 28), 1, 500, args.reference)])
     test = torch.cat([b.images for b in eval_batches(raw, "test", (28, 28), 1, 500, 2 * args.images)])
-    foreign, _ = pasted(test[args.images :], root, args.size, 0.0, 1.0, args.seed)
+    foreign, where = pasted(test[args.images :], root, args.size, 0.0, 1.0, args.seed)
     write_pngs(train, out / "train" / "good", 0)
     write_pngs(test[: args.images], out / "test" / "good", 0)
     write_pngs(foreign, out / "test" / "pasted", args.images)
+    masks = out / "ground_truth" / "pasted"  # MVTec AD's names: <image>_mask.png, white where pasted
+    masks.mkdir(parents=True)
+    for i, pixels in enumerate(where.numpy()):
+        Image.fromarray((pixels * 255).astype("uint8"), mode="L").save(masks / f"{args.images + i:05d}_mask.png")
 
 
 def evaluate(checkpoint: str, folder: Path, json_out: Path, *extra: str) -> dict:
     """`openmae evaluate` of ``checkpoint`` on ``folder``'s test images against its training images; its JSON."""
     command = [sys.executable, "-m", "openmae", "evaluate", "--checkpoint", checkpoint, "data.name=imagefolder",
                f"data.path={folder}", f"evaluate.reference_images={folder / 'train' / 'good'}",
-               "evaluate.normal_class=good", "-o", str(json_out), *extra]
+               "evaluate.normal_class=good", f"evaluate.defect_masks={folder / 'ground_truth'}", "-o", str(json_out),
+               *extra]
     began = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -82,7 +88,8 @@ def main() -> None:
             for run, extra in runs.items():
                 got = evaluate(path, folder, Path(tmp) / "out.json", *extra)
                 kept = {k: v for k, v in got.items() if k.startswith("detection_auc_") or k in
-                        ("loss", "farthest_patch", "beyond_reference", "samples", "seconds")}
+                        ("pixel_auc_farthest_patch", "loss", "farthest_patch", "beyond_reference", "samples",
+                         "seconds")}
                 results["models"][name][run] = kept
                 print(f"[defect folder] {name}, {run}: {json.dumps(kept)}", flush=True)
     if args.json:
