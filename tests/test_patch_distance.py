@@ -184,7 +184,7 @@ def test_evaluate_scores_each_image_by_its_farthest_patch_from_reference_images(
     from openmae.data.config import DataConfig
     from openmae.data.normalization import IMAGENET_MEAN, IMAGENET_STD
     from openmae.engine.task_config import EvaluateSection
-    from openmae.eval.patch_distance import farthest_patches, read_bank
+    from openmae.eval.patch_distance import farthest, patch_distances, read_bank
 
     torch.manual_seed(0)
     model = openmae.create_model("mae_vit_debug_patch4_32")
@@ -210,7 +210,7 @@ def test_evaluate_scores_each_image_by_its_farthest_patch_from_reference_images(
     d = DataConfig(name="folder", path=str(queries), num_workers=0, mean=list(mean), std=list(std))
     bank = read_bank(model, ReferenceImages(str(reference)), d, (32, 32), 3, mean, std)
     images = next(iter(eval_batches(d, "train", (32, 32), 3, 6))).images
-    want = farthest_patches(model, images, bank)
+    want = farthest(patch_distances(model, images, bank))
     assert sorted(got) == [p.name for p in photos[10:16]]
     np.testing.assert_allclose([got[p.name] for p in photos[10:16]], want.numpy(), rtol=1e-5, atol=1e-6)
     assert got[photos[10].name] == 0 and got[photos[11].name] == 0  # in the reference: their own patches are there
@@ -231,8 +231,8 @@ def test_evaluate_scores_each_image_by_its_farthest_patch_from_reference_images(
     assert "searching a coreset of 154 of the reference's 512 patch tokens" in proc.stderr  # 8 images of 64
     rows = list(csv.DictReader((tmp_path / "coreset.csv").open()))
     got = {r["image"].rsplit("/", 1)[-1]: float(r["farthest_patch"]) for r in rows}
-    want = farthest_patches(model, images, read_bank(model, ReferenceImages(str(reference), 8, 0.3), d, (32, 32), 3,
-                                                     mean, std))
+    want = farthest(patch_distances(model, images, read_bank(model, ReferenceImages(str(reference), 8, 0.3), d,
+                                                             (32, 32), 3, mean, std)))
     np.testing.assert_allclose([got[p.name] for p in photos[10:16]], want.numpy(), rtol=1e-5, atol=1e-6)
     assert EvaluateSection().reference_max_images == patch_distance.REFERENCE_IMAGES  # the setting's default
     refused = call_cli("evaluate", "--checkpoint", str(ckpt), *data, "evaluate.reference_coreset=0.3")

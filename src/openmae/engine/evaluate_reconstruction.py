@@ -138,8 +138,8 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
                           "images like the training ones>, or rank by loss or relative_loss")
     with shared_by_ranks(info.rank, info.world_size):  # a survey of volumes is split between the ranks
         source = source_for(d, d.eval_split, m.in_chans, d.max_eval_samples)
-    if e.normal_class:
-        class_labels(source, e.normal_class)  # refused before the pass over the images
+    # each image's class and the normal one's, read once (refused before the pass over the images)
+    classes = class_labels(source, e.normal_class) if e.normal_class else None
     errors = errors_over_ranks(model.to(info.device), source, d, e.batch_size, ratio,
                                autocast_dtype(e.precision, info.device, hint=False), info,
                                f"reconstruction of the {d.eval_split} images")
@@ -174,10 +174,10 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
                  ", ".join(f"{source.describe(i)} ({float(values[i]):.4f})" for i in worst))
     result = {**summary, "samples": len(source), "mask_ratio": ratio, "norm_pix_loss": m.norm_pix_loss,
               "split": split}
-    if e.normal_class:
-        result.update(detection(source, scores, e.normal_class))
-    if e.defect_masks:
-        result.update(pixel_detection(source, maps, e.normal_class, Path(e.defect_masks), m.img_size, d.eval_crop_pct))
+    if classes is not None:
+        result.update(detection(source, scores, e.normal_class, *classes))
+    if e.defect_masks and classes is not None:
+        result.update(pixel_detection(source, maps, *classes, Path(e.defect_masks), m.img_size, d.eval_crop_pct))
     if info.is_main:  # the main rank writes the files
         if e.output:
             Path(e.output).parent.mkdir(parents=True, exist_ok=True)
@@ -210,11 +210,12 @@ def class_labels(source: ImageSource, normal: str) -> tuple[np.ndarray, int]:
     return np.asarray(labels, dtype=np.int64), classes.index(normal)
 
 
-def detection(source: ImageSource, scores: dict[str, torch.Tensor], normal: str) -> dict[str, Any]:
-    """How well each score (higher: less normal) tells the other classes' images from ``normal``'s: ROC-AUC in
-    percent (:func:`openmae.eval.ranking.roc_auc`), over all the others (``detection_auc_<score>``) and for each other
-    class (``detection_auc_per_class``: MVTec AD's defect types); logged."""
-    labels, good = class_labels(source, normal)
+def detection(source: ImageSource, scores: dict[str, torch.Tensor], normal: str, labels: np.ndarray, good: int
+              ) -> dict[str, Any]:
+    """How well each score (higher: less normal) tells the other classes' images from ``normal``'s (class ``good``
+    of the images' ``labels``, :func:`class_labels`): ROC-AUC in percent (:func:`openmae.eval.ranking.roc_auc`), over
+    all the others (``detection_auc_<score>``) and for each other class (``detection_auc_per_class``: MVTec AD's
+    defect types); logged."""
     is_normal = labels == good
     overall = {key: 100 * roc_auc(values.numpy(), ~is_normal) for key, values in scores.items()}
     out: dict[str, Any] = {"normal_class": normal, **{f"detection_auc_{key}": v for key, v in overall.items()},
@@ -230,12 +231,11 @@ def detection(source: ImageSource, scores: dict[str, torch.Tensor], normal: str)
     return out
 
 
-def pixel_detection(source: ImageSource, maps: torch.Tensor, normal: str, masks: Path, img_size: tuple[int, int],
-                    crop: float | None) -> dict[str, Any]:
+def pixel_detection(source: ImageSource, maps: torch.Tensor, labels: np.ndarray, good: int, masks: Path,
+                    img_size: tuple[int, int], crop: float | None) -> dict[str, Any]:
     """How well the distance maps ``maps`` (N, h, w) find the defect pixels of the ground-truth ``masks`` (MVTec AD's
-    ``ground_truth/``; the normal class's images have none): pixel ROC-AUC in percent, over all images and for the
-    normal images with each other class's; logged."""
-    labels, good = class_labels(source, normal)
+    ``ground_truth/``; the images of class ``good`` of ``labels`` have none): pixel ROC-AUC in percent, over all
+    images and for the normal images with each other class's; logged."""
     truth = torch.zeros(len(source), *img_size, dtype=torch.bool)  # (N, H, W)
     for i in np.flatnonzero(labels != good):
         image = source.file(int(i))[0]
@@ -245,8 +245,8 @@ def pixel_detection(source: ImageSource, maps: torch.Tensor, normal: str, masks:
         truth[i] = read_mask(mask_file(masks, Path(image)), img_size, crop)
     out: dict[str, Any] = {"pixel_auc_farthest_patch": pixel_auc(maps, truth), "pixel_auc_per_class": {}}
     for c, name in enumerate(source.classes):
-        kept = torch.from_numpy((labels == good) | (labels == c))
-        if c != good and bool(kept.any()):
+        if c != good and (labels == c).any():  # as detection's: a class without images has no AUC
+            kept = torch.from_numpy((labels == good) | (labels == c))
             out["pixel_auc_per_class"][name] = pixel_auc(maps[kept], truth[kept])
     log.info("  the defect pixels of %s (%.2f%% of the pixels) told from the others by their patch's distance: "
              "ROC-AUC %.1f", masks, 100 * float(truth.double().mean()), out["pixel_auc_farthest_patch"])

@@ -109,11 +109,9 @@ def coreset(tokens: torch.Tensor, count: int, seed: int = 0, dims: int = CORESET
     chosen[0] = int(torch.randint(len(x), (1,), generator=generator))
     gap = torch.full_like(squared, float("inf"))  # (M,) each token's squared distance from the nearest chosen
     start = last = time.monotonic()
-    for k in range(1, count + 1):
+    for k in range(1, count):
         centre = half[chosen[k - 1]]  # (dims,): no host synchronisation on a GPU
         gap = torch.minimum(gap, squared - 2 * (half @ centre).float() + centre.float().pow(2).sum())
-        if k == count:
-            break
         chosen[k] = gap.argmax()
         if k % 1024 == 0 and time.monotonic() - last >= LOG_EVERY_S:
             last = time.monotonic()
@@ -181,11 +179,6 @@ def patch_distances(encoder: nn.Module, imgs: torch.Tensor, bank: PatchBank) -> 
 def farthest(distances: torch.Tensor) -> torch.Tensor:
     """Each image's score (N,): its farthest patch of ``distances`` (N, h, w)."""
     return distances.flatten(1).amax(1)
-
-
-def farthest_patches(encoder: nn.Module, imgs: torch.Tensor, bank: PatchBank) -> torch.Tensor:
-    """Each normalised image's (N, C, H, W) score (N,): its farthest patch's distance, in the bank's unit."""
-    return farthest(patch_distances(encoder, imgs, bank))
 
 
 class Split(Protocol):
