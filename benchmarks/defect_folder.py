@@ -2,9 +2,9 @@
 (train/good/, test/good/, test/<defect>/) built from Fashion-MNIST, its defect a square of a grey CIFAR-10 photo
 pasted in (`benchmarks/error_maps.py`'s), then `openmae evaluate` of each MAE with the training images as the
 reference (`evaluate.reference_images`), `evaluate.normal_class=good` and the pasted squares as ground-truth masks
-(`evaluate.defect_masks`): each score's ROC-AUC of telling the pasted-into test images from the good ones, and the
-distance maps' pixel ROC-AUC of the pasted pixels, as the command reports them; with `--coreset`, again with that share of
-the reference searched.
+(`evaluate.defect_masks`): each score's ROC-AUC of telling the pasted-into test images from the good ones, and how
+well the distance maps and the error maps find the pasted pixels (pixel ROC-AUC, per-region overlap PRO), as the
+command reports them; with `--coreset`, again with that share of the reference searched.
 
 Unlike `error_maps.py`, the good and the pasted-into test images are different images (as a real inspection's are),
 and the images go through files (PNG) and the command's own reading.
@@ -87,9 +87,8 @@ def main() -> None:
             results["models"][name] = {"checkpoint": path}
             for run, extra in runs.items():
                 got = evaluate(path, folder, Path(tmp) / "out.json", *extra)
-                kept = {k: v for k, v in got.items() if k.startswith("detection_auc_") or k in
-                        ("pixel_auc_farthest_patch", "loss", "farthest_patch", "beyond_reference", "samples",
-                         "seconds")}
+                kept = {k: v for k, v in got.items() if k.startswith(("detection_auc_", "pixel_auc_", "pro_")) or k
+                        in ("loss", "farthest_patch", "beyond_reference", "samples", "seconds")}
                 results["models"][name][run] = kept
                 print(f"[defect folder] {name}, {run}: {json.dumps(kept)}", flush=True)
     if args.json:

@@ -10,7 +10,7 @@ from helpers import call_cli
 from PIL import Image
 
 import openmae
-from openmae.eval.defect_masks import mask_file, pixel_auc, read_mask
+from openmae.eval.defect_masks import PRO_MAX_FPR, mask_file, pixel_auc, pro_auc, read_mask, regions
 from openmae.eval.ranking import roc_auc
 
 
@@ -54,10 +54,121 @@ def test_the_pixel_auc_scores_each_pixel_by_its_patchs_distance():
     assert pixel_auc(distances, beside) < 60
 
 
-def test_evaluate_measures_the_distance_maps_against_the_defect_masks(tmp_path, datasets):
+def flood_regions(masks: np.ndarray) -> np.ndarray:
+    """The reference labelling: each image's 8-neighbour regions by a flood fill, pixel by pixel."""
+    out = np.zeros(masks.shape, dtype=np.int64)
+    count = 0
+    for n, y0, x0 in zip(*np.nonzero(masks)):
+        if out[n, y0, x0]:
+            continue
+        count += 1
+        out[n, y0, x0] = count
+        todo = [(y0, x0)]
+        while todo:
+            y, x = todo.pop()
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    yy, xx = y + dy, x + dx
+                    if 0 <= yy < masks.shape[1] and 0 <= xx < masks.shape[2] and masks[n, yy, xx] and not out[n, yy, xx]:
+                        out[n, yy, xx] = count
+                        todo.append((yy, xx))
+    return out
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two labellings put the same pixels together (their numbers may differ)."""
+    pairs = set(zip(a.ravel().tolist(), b.ravel().tolist()))
+    return len(pairs) == len(np.unique(a)) == len(np.unique(b))
+
+
+def test_regions_are_8_connected_per_image_and_match_a_flood_fill():
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[0, 0, 0] = masks[0, 1, 1] = masks[0, 2, 0] = True  # touching at corners: one region
+    masks[0, 5:, 5:] = True  # a second
+    masks[1, :, 3] = True  # a line down one image ...
+    masks[2, :, 3] = True  # ... and the same in the next: two regions, not one
+    got = regions(masks)
+    assert got.dtype == torch.int64 and int(got.max()) == 4
+    assert got[0, 0, 0] == got[0, 1, 1] == got[0, 2, 0] != got[0, 5, 5] and got[1, 0, 3] != got[2, 0, 3]
+    assert not bool(got[~masks].any())
+    spiral = np.zeros((1, 15, 15), dtype=bool)  # one long winding region: many rounds of joining
+    for k in range(0, 7, 2):
+        spiral[0, k, k : 15 - k] = spiral[0, k : 15 - k, 14 - k] = spiral[0, 14 - k, k : 15 - k] = True
+        spiral[0, k + 2 : 15 - k, k] = True
+    gen = np.random.default_rng(0)
+    for masks in (spiral, gen.random((4, 30, 40)) > 0.55, gen.random((2, 9, 9)) > 0.2):  # percolating, near-full
+        got = regions(torch.from_numpy(masks)).numpy()
+        want = flood_regions(masks)
+        assert got.max() == want.max() and same_partition(got, want)
+
+
+def naive_pro(pixels: np.ndarray, masks: np.ndarray, max_fpr: float) -> float:
+    """PRO as MVTec AD defines it, threshold by threshold over every pixel: the mean share of each region's pixels
+    at or above it against the share of normal pixels at or above it; the area up to max_fpr, over max_fpr."""
+    areas = flood_regions(masks)
+    xs, ys = [0.0], [0.0]
+    for t in np.unique(pixels)[::-1]:
+        flagged = pixels >= t
+        xs.append(flagged[~masks].mean())
+        ys.append(np.mean([flagged[areas == r].mean() for r in range(1, areas.max() + 1)]))
+    xs, ys = np.array(xs), np.array(ys)
+    inside = xs <= max_fpr
+    x, y = list(xs[inside]), list(ys[inside])
+    if x[-1] < max_fpr:
+        after = np.argmax(xs > max_fpr)
+        y.append(np.interp(max_fpr, [x[-1], xs[after]], [y[-1], ys[after]]))
+        x.append(max_fpr)
+    return 100 * np.trapezoid(y, x) / max_fpr
+
+
+def test_pro_and_pixel_auc_match_their_definitions_pixel_by_pixel():
+    """Random patch maps with ties (values of 5 levels) spread to their pixels, and masks of several regions each:
+    the PRO and the pixel ROC-AUC, computed from each value's counts, equal the definitions computed over every
+    pixel; at other false-positive limits too."""
+    gen = np.random.default_rng(1)
+    for _ in range(4):
+        maps = torch.from_numpy(gen.integers(0, 5, (3, 4, 4)).astype(np.float32))
+        masks = np.zeros((3, 16, 16), dtype=bool)
+        for _ in range(4):
+            n, y, x, h, w = gen.integers(0, 3), *gen.integers(0, 13, 2), *gen.integers(1, 6, 2)
+            masks[n, y : y + h, x : x + w] = True
+        pixels = np.kron(maps.numpy(), np.ones((4, 4)))  # (3, 16, 16)
+        truth = torch.from_numpy(masks)
+        for limit in (PRO_MAX_FPR, 0.05, 1.0):
+            assert pro_auc(maps, regions(truth), limit) == pytest.approx(naive_pro(pixels, masks, limit), abs=1e-9)
+        assert pixel_auc(maps, truth) == pytest.approx(100 * roc_auc(pixels.ravel(), masks.ravel()), abs=1e-9)
+
+
+def test_pro_weighs_each_region_alike_whatever_its_size():
+    """A large region (60 pixels) and a one-pixel region, the map high on the small one only: the pixel ROC-AUC is
+    low (most defect pixels rank with the normal ones), the PRO 57.5 (half the regions found at no false positive,
+    the other only with every pixel flagged: the curve's line from (0, 0.5) to (1, 1), read to 0.3: an area of
+    0.3 (0.5 + 0.65) / 2); high on the large one only, the pixel AUC high but the PRO the same. Without normal or
+    defect pixels: nan."""
+    masks = torch.zeros(1, 20, 20, dtype=torch.bool)
+    masks[0, :6, :10] = True
+    masks[0, 15, 15] = True
+    small, large = torch.zeros(1, 20, 20), torch.zeros(1, 20, 20)
+    small[0, 15, 15] = 1
+    large[0, :6, :10] = 1
+    areas = regions(masks)
+    assert pro_auc(small, areas) == pytest.approx(57.5) == pro_auc(large, areas)
+    assert pixel_auc(small, masks) < 52 < 98 < pixel_auc(large, masks)
+    assert np.isnan(pro_auc(small, torch.zeros(1, 20, 20, dtype=torch.int64)))
+    assert np.isnan(pro_auc(small, torch.ones(1, 20, 20, dtype=torch.int64)))
+
+
+def test_evaluate_measures_the_distance_and_error_maps_against_the_defect_masks(tmp_path, datasets):
     """An MVTec AD layout whose good test images are reference images (distance 0 everywhere) and whose defect images
-    are masked whole: every defect pixel is farther than every good one, pixel ROC-AUC 100, per class too. A missing
-    mask is named; defect masks without a normal class are refused."""
+    are masked whole: every defect pixel is farther than every good one, pixel ROC-AUC and PRO 100, per class too.
+    The error maps' measures equal those of the maps computed directly, all images in one batch (the command's in
+    batches of 2: each image's masks drawn from its place, not its batch). Without reference images the error maps
+    alone. A missing mask is named; defect masks without a normal class are refused."""
+    from openmae.data.build import eval_batches
+    from openmae.data.config import DataConfig
+    from openmae.data.normalization import IMAGENET_MEAN, IMAGENET_STD
+    from openmae.eval.error_map import error_maps
+
     torch.manual_seed(0)
     model = openmae.create_model("mae_vit_debug_patch4_32")
     ckpt = tmp_path / "mae.pth"
@@ -72,17 +183,36 @@ def test_evaluate_measures_the_distance_maps_against_the_defect_masks(tmp_path, 
             if folder in ("test/crack", "test/scratch"):
                 (part / "ground_truth" / folder[5:]).mkdir(parents=True, exist_ok=True)
                 Image.new("L", (40, 30), 255).save(part / "ground_truth" / folder[5:] / f"{photo.stem}_mask.png")
-    settings = ["data.name=imagefolder", f"data.path={part}", "data.num_workers=0",
-                f"evaluate.reference_images={part / 'train/good'}", "evaluate.normal_class=good"]
-    proc = call_cli("evaluate", "--checkpoint", str(ckpt), *settings, f"evaluate.defect_masks={part / 'ground_truth'}",
+    settings = ["data.name=imagefolder", f"data.path={part}", "data.num_workers=0", "evaluate.normal_class=good",
+                f"evaluate.reference_images={part / 'train/good'}"]
+    masks = f"evaluate.defect_masks={part / 'ground_truth'}"
+    proc = call_cli("evaluate", "--checkpoint", str(ckpt), *settings, masks, "evaluate.batch_size=2",
                     "-o", str(tmp_path / "out.json"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads((tmp_path / "out.json").read_text())
-    assert out["pixel_auc_farthest_patch"] == 100.0
-    assert out["pixel_auc_per_class"] == {"crack": 100.0, "scratch": 100.0}
-    assert "(57.14% of the pixels)" in proc.stderr  # 4 of 7 images masked whole
+    assert out["pixel_auc_distance_map"] == 100.0 == out["pro_distance_map"]
+    for defect in ("crack", "scratch"):
+        assert out["localisation_per_class"][defect]["pixel_auc_distance_map"] == 100.0
+        assert out["localisation_per_class"][defect]["pro_distance_map"] == 100.0
+    assert "(57.14% of the pixels, 4 regions)" in proc.stderr  # 4 of 7 images masked whole
+    d = DataConfig(name="imagefolder", path=str(part), num_workers=0, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+    images = next(iter(eval_batches(d, "test", (32, 32), 3, 7))).images  # crack, good, scratch: 2, 3, 2
+    errors = error_maps(model, images, torch.arange(7), 0.75)  # (7, 32, 32)
+    truth = torch.zeros(7, 32, 32, dtype=torch.bool)
+    truth[[0, 1, 5, 6]] = True
+    assert out["pixel_auc_error_map"] == pytest.approx(pixel_auc(errors, truth), abs=1e-6)
+    assert out["pro_error_map"] == pytest.approx(pro_auc(errors, regions(truth)), abs=1e-6)
+    crack = torch.tensor([0, 1, 2, 3, 4])
+    assert out["localisation_per_class"]["crack"]["pro_error_map"] == pytest.approx(
+        pro_auc(errors[crack], regions(truth[crack])), abs=1e-6)
+    assert 0 < out["pro_error_map"] < 100  # a random model's errors: neither all above nor all below
+    proc = call_cli("evaluate", "--checkpoint", str(ckpt), *settings[:4], masks, "-o", str(tmp_path / "errors.json"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    alone = json.loads((tmp_path / "errors.json").read_text())
+    assert alone["pro_error_map"] == pytest.approx(out["pro_error_map"], abs=1e-6)
+    assert "pro_distance_map" not in alone and "error map: pixel ROC-AUC" in proc.stderr
     (part / "ground_truth" / "scratch" / f"{photos[601].stem}_mask.png").unlink()
-    proc = call_cli("evaluate", "--checkpoint", str(ckpt), *settings, f"evaluate.defect_masks={part / 'ground_truth'}")
+    proc = call_cli("evaluate", "--checkpoint", str(ckpt), *settings, masks)
     assert proc.returncode != 0 and f"no ground-truth mask of {part / 'test/scratch' / photos[601].name}" in proc.stderr
-    proc = call_cli("evaluate", "--checkpoint", str(ckpt), *settings[:4], f"evaluate.defect_masks={part}")
+    proc = call_cli("evaluate", "--checkpoint", str(ckpt), *settings[:3], masks)
     assert proc.returncode != 0 and "it needs evaluate.normal_class=" in proc.stderr, proc.stderr[-1500:]

@@ -465,3 +465,42 @@ def test_openmae_evaluate_of_a_pretrained_mae_under_torchrun_equals_one_process(
     kept, alone = read_tensors(tmp_path / "kept.safetensors"), read_tensors(tmp_path / "one.safetensors")
     assert kept["tokens"].shape == (11 * 64, 64) and torch.equal(kept["image"], alone["image"])
     torch.testing.assert_close(kept["tokens"], alone["tokens"], rtol=1e-5, atol=1e-5)
+
+
+def test_defect_masks_under_torchrun_score_the_maps_one_process_scores(tmp_path, datasets):
+    """`evaluate.defect_masks` under torchrun: each rank computes the error and distance maps of its part of 7 test
+    images (one read twice and dropped), every rank holds them all in order, and the pixel ROC-AUC and PRO are one
+    process's (each image's masks drawn from its place, whatever rank reads it)."""
+    from PIL import Image
+
+    import openmae
+    from openmae.config import load_config
+    from openmae.engine.evaluate import EvaluateConfig, run_evaluate
+
+    torch.manual_seed(0)
+    mae = openmae.create_model("mae_vit_debug_patch4_32")
+    torch.save({"model": mae.state_dict(), "model_config": mae.cfg.to_dict()}, tmp_path / "mae.pth")
+    photos = sorted((datasets / "imagenet-sample").glob("*.JPEG"))
+    part = tmp_path / "part"
+    for folder, chosen in {"train/good": photos[:4], "test/good": photos[2:5], "test/crack": photos[300:304]}.items():
+        (part / folder).mkdir(parents=True)
+        for i, photo in enumerate(chosen):
+            (part / folder / photo.name).write_bytes(photo.read_bytes())
+            if folder == "test/crack":  # a square in a different place in each
+                (part / "ground_truth" / "crack").mkdir(parents=True, exist_ok=True)
+                mask = Image.new("L", (48, 48))
+                mask.paste(255, (8 * i, 4 * i, 8 * i + 16, 4 * i + 24))
+                mask.save(part / "ground_truth" / "crack" / f"{photo.stem}_mask.png")
+    args = ["data.name=imagefolder", f"data.path={part}", "data.num_workers=0", "evaluate.batch_size=2",
+            "evaluate.normal_class=good", f"evaluate.reference_images={part / 'train/good'}",
+            f"evaluate.defect_masks={part / 'ground_truth'}"]
+    proc = torchrun("-m", "openmae", "evaluate", "--checkpoint", str(tmp_path / "mae.pth"), *args, "-o",
+                    str(tmp_path / "two.json"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    one = run_evaluate(load_config(EvaluateConfig, overrides=[f"evaluate.init={tmp_path / 'mae.pth'}", *args[:3],
+                                                              "evaluate.batch_size=7", *args[4:]]))
+    assert two["samples"] == one["samples"] == 7
+    for key in ("pixel_auc_error_map", "pro_error_map", "pixel_auc_distance_map", "pro_distance_map"):
+        assert two[key] == pytest.approx(one[key], abs=1e-4), key
+        assert 0 < one[key] < 100, key  # neither all above nor all below: an order to get wrong

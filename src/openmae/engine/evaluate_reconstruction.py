@@ -12,6 +12,7 @@ import csv
 import functools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from openmae.data.ranks import shared_by_ranks
 from openmae.engine.distributed import DistInfo, RankSplit, gather_rows, part_of, share_of
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
-from openmae.eval.defect_masks import mask_file, pixel_auc, read_mask
+from openmae.eval.defect_masks import mask_file, pixel_auc, pro_auc, read_mask, regions
+from openmae.eval.error_map import error_maps
 from openmae.eval.patch_distance import (
     REFERENCE_IMAGES,
     PatchBank,
@@ -70,16 +72,22 @@ def errors_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConf
         gather=functools.partial(gather_rows, count=len(source), info=info) if info.enabled else None, what=what)
 
 
-def distances_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConfig, batch_size: int,
-                         bank: PatchBank, info: DistInfo) -> torch.Tensor:
-    """Each image's patch distances from ``bank`` (:func:`openmae.eval.patch_distance.patch_distances`), (N, h, w)
-    in the split's order; each rank of a torchrun job measures its part and every rank returns all the images'."""
+def maps_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConfig, batch_size: int, info: DistInfo,
+                    measure: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], what: str) -> torch.Tensor:
+    """Each image's map ``measure(images, seeds)`` (N, ...; seeds: the images' places in the split), in the split's
+    order: its patch distances from a bank (N, h, w), its error map (N, H, W); each rank of a torchrun job measures
+    its part and every rank returns all the images'."""
     m = model.cfg
     part = part_of(source, info)[0]
+    positions = torch.from_numpy(share_of(len(source), info)[0])
     batches = eval_batches(d, d.eval_split, m.img_size, m.in_chans, batch_size, source=part)
-    with contextlib.closing(reported(batches, "patch distances", len(part))) as shown:  # (rank 0's part: its own)
-        mine = torch.cat([patch_distances(model, batch.images, bank) for batch in shown] or [torch.empty(0)])
-    return gather_rows(mine.to(info.device), count=len(source), info=info).cpu() if info.enabled else mine
+    mine, done = [], 0
+    with contextlib.closing(reported(batches, what, len(part))) as shown:  # (rank 0's part: its own)
+        for batch in shown:
+            mine.append(measure(batch.images, positions[done : done + len(batch.images)]).cpu())
+            done += len(batch.images)
+    maps = torch.cat(mine or [torch.empty(0)])
+    return gather_rows(maps.to(info.device), count=len(source), info=info).cpu() if info.enabled else maps
 
 
 def run_mask_ratio(obj: Any) -> float | None:
@@ -123,10 +131,10 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
         if value != default and not e.reference_images:
             raise ConfigError(f"evaluate.{key}={value} sets how evaluate.reference_images are searched, and none are "
                               "given: add evaluate.reference_images=<a folder or CSV list>, or leave it out")
-    if e.defect_masks and not (e.normal_class and e.reference_images):
-        raise ConfigError(f"evaluate.defect_masks={e.defect_masks} measures how the distance maps find the defect "
-                          "pixels: it needs evaluate.normal_class=<the class without defects> and "
-                          "evaluate.reference_images=<images without defects>")
+    if e.defect_masks and not e.normal_class:
+        raise ConfigError(f"evaluate.defect_masks={e.defect_masks} measures how the error maps (and the distance "
+                          "maps, with evaluate.reference_images) find the defect pixels: it needs "
+                          "evaluate.normal_class=<the class without defects>")
     wanted = ReferenceImages(e.reference_images, e.reference_max_images, e.reference_coreset, e.save_reference)
     bank = (reference_bank(model.to(info.device), wanted, d, m.img_size, m.in_chans, *stats_for(d, m.in_chans),
                            split=RankSplit(info) if info.enabled else None)
@@ -161,7 +169,8 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
                  "%.0f%% of the reference's (%.0f%% expected of images like them)", against, reference.count,
                  summary["atypicality"], 100 * summary["atypical_share"], TAIL, 100 - TAIL)
     if bank is not None:
-        maps = distances_over_ranks(model, source, d, e.batch_size, bank, info)  # (N, h, w)
+        maps = maps_over_ranks(model, source, d, e.batch_size, info, lambda x, _: patch_distances(model, x, bank),
+                               "patch distances")  # (N, h, w)
         scores["farthest_patch"] = farthest(maps)
         summary["farthest_patch"] = float(scores["farthest_patch"].mean())
         summary["beyond_reference"] = float((scores["farthest_patch"] > 1).double().mean())
@@ -177,7 +186,10 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
     if classes is not None:
         result.update(detection(source, scores, e.normal_class, *classes))
     if e.defect_masks and classes is not None:
-        result.update(pixel_detection(source, maps, *classes, Path(e.defect_masks), m.img_size, d.eval_crop_pct))
+        found = {"distance_map": maps} if bank is not None else {}
+        found["error_map"] = maps_over_ranks(model, source, d, e.batch_size, info,  # (N, H, W)
+                                             lambda x, seeds: error_maps(model, x, seeds, ratio), "error maps")
+        result.update(localisation(source, found, *classes, Path(e.defect_masks), m.img_size, d.eval_crop_pct))
     if info.is_main:  # the main rank writes the files
         if e.output:
             Path(e.output).parent.mkdir(parents=True, exist_ok=True)
@@ -231,11 +243,13 @@ def detection(source: ImageSource, scores: dict[str, torch.Tensor], normal: str,
     return out
 
 
-def pixel_detection(source: ImageSource, maps: torch.Tensor, labels: np.ndarray, good: int, masks: Path,
-                    img_size: tuple[int, int], crop: float | None) -> dict[str, Any]:
-    """How well the distance maps ``maps`` (N, h, w) find the defect pixels of the ground-truth ``masks`` (MVTec AD's
-    ``ground_truth/``; the images of class ``good`` of ``labels`` have none): pixel ROC-AUC in percent, over all
-    images and for the normal images with each other class's; logged."""
+def localisation(source: ImageSource, maps: dict[str, torch.Tensor], labels: np.ndarray, good: int, masks: Path,
+                 img_size: tuple[int, int], crop: float | None) -> dict[str, Any]:
+    """How well each of ``maps`` (N, h, w) or (N, H, W), higher where less normal, finds the defect pixels of the
+    ground-truth ``masks`` (MVTec AD's ``ground_truth/``; the images of class ``good`` of ``labels`` have none):
+    the pixel ROC-AUC and the per-region overlap (PRO, up to 30% false positives), in percent, over all images
+    (``pixel_auc_<map>``, ``pro_<map>``) and for the normal images with each other class's
+    (``localisation_per_class``); logged."""
     truth = torch.zeros(len(source), *img_size, dtype=torch.bool)  # (N, H, W)
     for i in np.flatnonzero(labels != good):
         image = source.file(int(i))[0]
@@ -243,13 +257,20 @@ def pixel_detection(source: ImageSource, maps: torch.Tensor, labels: np.ndarray,
             raise ConfigError("evaluate.defect_masks needs image files (a folder, a CSV list) whose masks lie in "
                               f"{masks}/<class>/; these images are held in memory")
         truth[i] = read_mask(mask_file(masks, Path(image)), img_size, crop)
-    out: dict[str, Any] = {"pixel_auc_farthest_patch": pixel_auc(maps, truth), "pixel_auc_per_class": {}}
+    areas = regions(truth)  # (N, H, W): each defect region's number, 0 elsewhere
+
+    def measured(kept: torch.Tensor | slice) -> dict[str, float]:
+        return {f"{measure}_{name}": value for name, values in maps.items() for measure, value in
+                (("pixel_auc", pixel_auc(values[kept], truth[kept])), ("pro", pro_auc(values[kept], areas[kept])))}
+
+    out: dict[str, Any] = {**measured(slice(None)), "localisation_per_class": {}}
     for c, name in enumerate(source.classes):
         if c != good and (labels == c).any():  # as detection's: a class without images has no AUC
-            kept = torch.from_numpy((labels == good) | (labels == c))
-            out["pixel_auc_per_class"][name] = pixel_auc(maps[kept], truth[kept])
-    log.info("  the defect pixels of %s (%.2f%% of the pixels) told from the others by their patch's distance: "
-             "ROC-AUC %.1f", masks, 100 * float(truth.double().mean()), out["pixel_auc_farthest_patch"])
+            out["localisation_per_class"][name] = measured(torch.from_numpy((labels == good) | (labels == c)))
+    log.info("  the defect pixels of %s (%.2f%% of the pixels, %d regions) told from the others: %s", masks,
+             100 * float(truth.double().mean()), int(areas.max()), "; ".join(
+                 f"{name.replace('_', ' ')}: pixel ROC-AUC {out[f'pixel_auc_{name}']:.1f}, PRO {out[f'pro_{name}']:.1f}"
+                 for name in maps))
     return out
 
 

@@ -371,8 +371,9 @@ class EvaluateSection:
     # a pretrained MAE, images with classes (data.name=imagefolder: MVTec AD's test/good/ and test/<defect>/): the
     # class of normal images; each score's ROC-AUC of telling the other classes' images from them joins the numbers
     normal_class: str = ""
-    # with normal_class and reference_images: the folder of ground-truth masks (MVTec AD's ground_truth/, a
-    # subfolder a defect class, <image>_mask.png white where the defect is); the pixel ROC-AUC of the distance maps
+    # with normal_class: the folder of ground-truth masks (MVTec AD's ground_truth/, a subfolder a defect class,
+    # <image>_mask.png white where the defect is); the pixel ROC-AUC and the per-region overlap (PRO) of the error
+    # maps (visualize --errors') and, with reference_images, of the distance maps
     defect_masks: str = ""
     # a pretrained MAE: which images --plot draws, the highest first: loss (the images it fills in worst: often
     # simply the hardest), relative_loss (its squared error over a generic inpainter's on the same pixels: those it

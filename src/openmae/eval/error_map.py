@@ -52,13 +52,18 @@ def covered_mean(passes: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.T
 
 
 @torch.no_grad()
-def covered_prediction(model: MaskedAutoencoder, imgs: torch.Tensor, mask_ratio: float = 0.75, seed: int = 0
-                       ) -> tuple[torch.Tensor, int]:
+def covered_prediction(model: MaskedAutoencoder, imgs: torch.Tensor, mask_ratio: float = 0.75, seed: int = 0,
+                       seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Every patch of normalised ``imgs`` (N, C, H, W) predicted while removed: (N, L, p*p*C) in the input's units,
-    the mean over the passes that removed it; and the number of passes."""
+    the mean over the passes that removed it; and the number of passes. The masks are drawn from ``seed``, or each
+    image's from its own of ``seeds`` (N,) (its place in a split: the same masks whatever the batch)."""
     model.eval()
     imgs = imgs.to(next(model.parameters()).device)
-    noises = covering_noise(imgs.shape[0], model.num_patches, mask_ratio, torch.Generator().manual_seed(seed))
+    if seeds is None:
+        noises = covering_noise(imgs.shape[0], model.num_patches, mask_ratio, torch.Generator().manual_seed(seed))
+    else:  # (P, N, L)
+        noises = torch.cat([covering_noise(1, model.num_patches, mask_ratio, torch.Generator().manual_seed(int(s)))
+                            for s in seeds], dim=1)
 
     def passes() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for noise in noises.to(imgs.device):  # (N, L) each
@@ -77,10 +82,25 @@ def error_map(model: MaskedAutoencoder, imgs: torch.Tensor, mean: tuple[float, .
     pred, passes = covered_prediction(model, imgs, mask_ratio, seed)
     p, c, size = model.cfg.patch_size, model.cfg.in_chans, model.cfg.img_size
     imgs = imgs.to(pred.device)
-    errors = unpatchify((pred - patchify(imgs, p).float()) ** 2, p, size, c).mean(dim=1)  # (N, H, W)
+    errors = squared_errors(model, imgs, pred)
     to_unit = displayed(imgs, mean, std, stretch)
     return ErrorMap(to_unit(imgs), to_unit(unpatchify(pred, p, size, c)), heat_colours(errors, vmax), errors.cpu(),
                     passes)
+
+
+def squared_errors(model: MaskedAutoencoder, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Each pixel's squared error (N, H, W), averaged over the channels, of the patches ``pred`` (N, L, p*p*C)
+    against normalised ``imgs`` (N, C, H, W)."""
+    p, c, size = model.cfg.patch_size, model.cfg.in_chans, model.cfg.img_size
+    return unpatchify((pred - patchify(imgs, p).float()) ** 2, p, size, c).mean(dim=1)
+
+
+def error_maps(model: MaskedAutoencoder, imgs: torch.Tensor, seeds: torch.Tensor, mask_ratio: float = 0.75
+               ) -> torch.Tensor:
+    """The squared errors (N, H, W) of :func:`error_map` alone, each image's masks drawn from its seed of ``seeds``
+    (N,): what ``evaluate.defect_masks`` scores against the defects."""
+    pred = covered_prediction(model, imgs, mask_ratio, seeds=seeds)[0]
+    return squared_errors(model, imgs.to(pred.device), pred)
 
 
 def heat_colours(values: torch.Tensor, vmax: float) -> torch.Tensor:
