@@ -72,6 +72,8 @@ def evaluate(checkpoint: str, folder: Path, json_out: Path, *extra: str) -> dict
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--coreset", type=float, default=0.0, help="also search this share of the reference")
+    parser.add_argument("--map-sigma", type=float, nargs="*", default=[], help="also score the maps smoothed by "
+                        "each of these Gaussians (evaluate.map_sigma, pixels), the whole reference searched")
     args = parser.parse_args()
     root = Path(args.data_root)
     results: dict = {"images": args.images, "reference": args.reference, "size": args.size, "seed": args.seed,
@@ -83,12 +85,14 @@ def main() -> None:
             runs = {"whole reference": ()}
             if args.coreset:
                 runs[f"coreset {args.coreset:g}"] = (f"evaluate.reference_coreset={args.coreset}",)
+            for sigma in args.map_sigma:
+                runs[f"maps smoothed, sigma {sigma:g}"] = (f"evaluate.map_sigma={sigma}",)
             name = Path(path).parent.name
             results["models"][name] = {"checkpoint": path}
             for run, extra in runs.items():
                 got = evaluate(path, folder, Path(tmp) / "out.json", *extra)
                 kept = {k: v for k, v in got.items() if k.startswith(("detection_auc_", "pixel_auc_", "pro_")) or k
-                        in ("loss", "farthest_patch", "beyond_reference", "samples", "seconds")}
+                        in ("loss", "farthest_patch", "beyond_reference", "samples", "seconds", "map_sigma")}
                 results["models"][name][run] = kept
                 print(f"[defect folder] {name}, {run}: {json.dumps(kept)}", flush=True)
     if args.json:

@@ -10,7 +10,7 @@ from helpers import call_cli
 from PIL import Image
 
 import openmae
-from openmae.eval.defect_masks import PRO_MAX_FPR, mask_file, pixel_auc, pro_auc, read_mask, regions
+from openmae.eval.defect_masks import PRO_MAX_FPR, mask_file, pixel_auc, pro_auc, read_mask, regions, smoothed
 from openmae.eval.ranking import roc_auc
 
 
@@ -158,6 +158,36 @@ def test_pro_weighs_each_region_alike_whatever_its_size():
     assert np.isnan(pro_auc(small, torch.ones(1, 20, 20, dtype=torch.int64)))
 
 
+def test_smoothing_is_a_gaussian_of_the_bilinear_map_with_reflected_edges():
+    """A map at the pixels' size blurred by sigma 1.5: a separable convolution with exp(-t^2 / 2 sigma^2), t up to
+    4 sigma (6), the edges reflected, computed in numpy; a radius past the image's side cut to it (sigma 4 on 9
+    pixels: 8). A patch map is spread bilinearly first: a constant stays constant, one high patch peaks at its
+    centre. Sigma 0: the map itself."""
+    gen = np.random.default_rng(2)
+    errors = torch.from_numpy(gen.random((2, 16, 12)).astype(np.float32))
+
+    def blurred(x: np.ndarray, sigma: float, radius: int) -> np.ndarray:
+        weights = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma**2))
+        weights /= weights.sum()
+        for axis in (1, 2):
+            padded = np.pad(x, [(0, 0)] + [(radius, radius) if a == axis else (0, 0) for a in (1, 2)], mode="reflect")
+            x = np.apply_along_axis(lambda v: np.convolve(v, weights, mode="valid"), axis, padded)
+        return x
+
+    np.testing.assert_allclose(smoothed(errors, (16, 12), 1.5).numpy(), blurred(errors.numpy(), 1.5, 6), atol=1e-5)
+    small = errors[:, :9, :9]
+    np.testing.assert_allclose(smoothed(small, (9, 9), 4.0).numpy(), blurred(small.numpy(), 4.0, 8), atol=1e-5)
+    assert smoothed(errors, (16, 12), 0) is errors
+    patches = torch.full((1, 4, 4), 3.0)
+    torch.testing.assert_close(smoothed(patches, (32, 32), 2.0), torch.full((1, 32, 32), 3.0))
+    patches[0, 1, 2] = 10.0  # rows 8-15, columns 16-23: its centre between pixels 11-12 and 19-20
+    peak = divmod(int(smoothed(patches, (32, 32), 2.0)[0].argmax()), 32)
+    assert peak[0] in (11, 12) and peak[1] in (19, 20)
+    # sigma 0.1: a kernel of one pixel, the bilinear spread alone; pixel (12, 24) reads source row 12.5 / 8 - 0.5 =
+    # 1.0625 and column 24.5 / 8 - 0.5 = 2.5625: 0.9375 of row 1 and 0.4375 of column 2, the high patch's
+    assert float(smoothed(patches, (32, 32), 0.1)[0, 12, 24]) == pytest.approx(3 + 7 * 0.9375 * 0.4375)
+
+
 def test_evaluate_measures_the_distance_and_error_maps_against_the_defect_masks(tmp_path, datasets):
     """An MVTec AD layout whose good test images are reference images (distance 0 everywhere) and whose defect images
     are masked whole: every defect pixel is farther than every good one, pixel ROC-AUC and PRO 100, per class too.
@@ -211,6 +241,14 @@ def test_evaluate_measures_the_distance_and_error_maps_against_the_defect_masks(
     alone = json.loads((tmp_path / "errors.json").read_text())
     assert alone["pro_error_map"] == pytest.approx(out["pro_error_map"], abs=1e-6)
     assert "pro_distance_map" not in alone and "error map: pixel ROC-AUC" in proc.stderr
+    proc = call_cli("evaluate", "--checkpoint", str(ckpt), *settings[:4], masks, "evaluate.map_sigma=2",
+                    "-o", str(tmp_path / "smooth.json"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    smooth = json.loads((tmp_path / "smooth.json").read_text())
+    assert smooth["map_sigma"] == 2.0 and smooth["pro_error_map"] == pytest.approx(
+        pro_auc(smoothed(errors, (32, 32), 2.0), regions(truth)), abs=1e-6) != pytest.approx(out["pro_error_map"])
+    proc = call_cli("evaluate", "--checkpoint", str(ckpt), *settings[:4], "evaluate.map_sigma=2")
+    assert proc.returncode != 0 and "evaluate.map_sigma=2.0 smooths the maps scored against" in proc.stderr
     (part / "ground_truth" / "scratch" / f"{photos[601].stem}_mask.png").unlink()
     proc = call_cli("evaluate", "--checkpoint", str(ckpt), *settings, masks)
     assert proc.returncode != 0 and f"no ground-truth mask of {part / 'test/scratch' / photos[601].name}" in proc.stderr

@@ -30,7 +30,7 @@ from openmae.data.ranks import shared_by_ranks
 from openmae.engine.distributed import DistInfo, RankSplit, gather_rows, part_of, share_of
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
-from openmae.eval.defect_masks import mask_file, pixel_auc, pro_auc, read_mask, regions
+from openmae.eval.defect_masks import mask_file, pixel_auc, pro_auc, read_mask, regions, smoothed
 from openmae.eval.error_map import error_maps
 from openmae.eval.patch_distance import (
     REFERENCE_IMAGES,
@@ -131,6 +131,9 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
         if value != default and not e.reference_images:
             raise ConfigError(f"evaluate.{key}={value} sets how evaluate.reference_images are searched, and none are "
                               "given: add evaluate.reference_images=<a folder or CSV list>, or leave it out")
+    if e.map_sigma and not e.defect_masks:
+        raise ConfigError(f"evaluate.map_sigma={e.map_sigma} smooths the maps scored against evaluate.defect_masks, and "
+                          "none are given: add evaluate.defect_masks=<MVTec AD's ground_truth/>, or leave it out")
     if e.defect_masks and not e.normal_class:
         raise ConfigError(f"evaluate.defect_masks={e.defect_masks} measures how the error maps (and the distance "
                           "maps, with evaluate.reference_images) find the defect pixels: it needs "
@@ -189,7 +192,12 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
         found = {"distance_map": maps} if bank is not None else {}
         found["error_map"] = maps_over_ranks(model, source, d, e.batch_size, info,  # (N, H, W)
                                              lambda x, seeds: error_maps(model, x, seeds, ratio), "error maps")
-        result.update(localisation(source, found, *classes, Path(e.defect_masks), m.img_size, d.eval_crop_pct))
+        if e.map_sigma:
+            log.info("  the maps spread to the pixels bilinearly and blurred by a Gaussian of sigma %g pixels, as "
+                     "PatchCore's", e.map_sigma)
+        found = {name: smoothed(values, m.img_size, e.map_sigma) for name, values in found.items()}
+        result.update(localisation(source, found, *classes, Path(e.defect_masks), m.img_size, d.eval_crop_pct),
+                      map_sigma=e.map_sigma)
     if info.is_main:  # the main rank writes the files
         if e.output:
             Path(e.output).parent.mkdir(parents=True, exist_ok=True)

@@ -375,6 +375,9 @@ class EvaluateSection:
     # <image>_mask.png white where the defect is); the pixel ROC-AUC and the per-region overlap (PRO) of the error
     # maps (visualize --errors') and, with reference_images, of the distance maps
     defect_masks: str = ""
+    # with defect_masks: the maps scored smoothed as PatchCore's are, a distance map spread to the pixels bilinearly
+    # and each map blurred by a Gaussian of this sigma (pixels of the model's input); 0: as drawn, each patch one value
+    map_sigma: float = 0.0
     # a pretrained MAE: which images --plot draws, the highest first: loss (the images it fills in worst: often
     # simply the hardest), relative_loss (its squared error over a generic inpainter's on the same pixels: those it
     # fills in worse than its training taught it to), atypicality (needs a reference: the least like those) or
@@ -396,6 +399,8 @@ class EvaluateSection:
                 ">= 2 (each patch is compared with the other reference images')")
         require(0 < self.reference_coreset <= 1, "evaluate.reference_coreset", self.reference_coreset,
                 "a share of the reference's patch tokens above 0 and at most 1 (1: all of them)")
+        require(self.map_sigma >= 0, "evaluate.map_sigma", self.map_sigma,
+                "a Gaussian's sigma in pixels of the model's input, >= 0 (0: the maps unsmoothed)")
         require(not self.save_reference or self.save_reference.endswith(".safetensors"), "evaluate.save_reference",
                 self.save_reference, "a file name ending in .safetensors")
 

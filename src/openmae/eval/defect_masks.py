@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from openmae.data.transforms import eval_crop_pct
 
@@ -50,6 +51,7 @@ def read_mask(path: Path, img_size: tuple[int, int], configured_crop: float | No
     return torch.from_numpy(np.asarray(shaped) > 0)
 
 
+SMOOTHING_CHUNK = 64  # images blurred at a time (a padded copy each)
 PRO_MAX_FPR = 0.3  # MVTec AD's: the PRO curve's area up to 30% of the normal pixels flagged, over 0.3
 
 
@@ -61,6 +63,22 @@ def spread(maps: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tor
     places = torch.arange(n * h * w, dtype=torch.float64).view(n, 1, h, w)  # exact as float64 up to 2^53
     index = F.interpolate(places, size=tuple(size), mode="nearest").long().flatten()  # (N H W,)
     return maps.flatten().double(), index
+
+
+def smoothed(maps: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """Maps (N, h, w) as PatchCore scores them: spread to the pixels ``size`` (H, W) bilinearly (a map at that size
+    as it is), then blurred by a Gaussian of ``sigma`` pixels, cut at 4 sigma (scipy's) or at the image's edge, the
+    edges reflected: (N, H, W) float32. ``sigma`` 0: ``maps`` unchanged."""
+    if sigma == 0:
+        return maps
+    radius = max(0, min(round(4 * sigma), min(size) - 1))  # reflect padding needs less than the image's side
+    out = []
+    for part in maps.split(SMOOTHING_CHUNK):
+        pixels = part[:, None].float()
+        if tuple(part.shape[-2:]) != tuple(size):
+            pixels = F.interpolate(pixels, size=tuple(size), mode="bilinear", align_corners=False)
+        out.append(gaussian_blur(pixels, [2 * radius + 1] * 2, [sigma, sigma])[:, 0])
+    return torch.cat(out)
 
 
 def descending(values: torch.Tensor, *counts: torch.Tensor) -> list[torch.Tensor]:
