@@ -28,6 +28,8 @@
 #                                                             # workers decoding; no decoding ahead; epoch boundaries
 #   PARTS="bands" bash benchmarks/gpu_check.sh photos         # multi-band arrays (data.format=array) in the loader
 #   PARTS="knn" bash benchmarks/gpu_check.sh                  # the kNN's neighbour search at ImageNet's scale, GPU vs CPU
+#   PARTS="dist" bash benchmarks/gpu_check.sh                 # the patch-distance search (1,000 reference images of
+#                                                             # ViT-B/16, its coreset) on the GPU, checked on the CPU
 #   PARTS="codec" bash benchmarks/gpu_check.sh photos         # TorchCodec's nvJPEG decode against torchvision's
 #                                                             # (a torchcodec wheel in runs/wheels is installed first)
 #   BUDGET_S=580 PARTS="B L H whole" bash benchmarks/gpu_check.sh # a longer budget
@@ -45,7 +47,7 @@ PHOTOS="${1:-}"
 mkdir -p "$OUT_DIR"
 timing="$OUT_DIR/timing.log"
 : > "$timing"
-for f in throughput.log loader.log profile.log knn.log; do rm -f "$OUT_DIR/$f"; done
+for f in throughput.log loader.log profile.log knn.log distance.log; do rm -f "$OUT_DIR/$f"; done
 export PYTHONUNBUFFERED=1
 
 # row PART LIMIT_S NEEDS_S LOG COMMAND...: run COMMAND when PART is asked for and at least NEEDS_S seconds of the
@@ -182,6 +184,10 @@ photos_row codec 60 25 loader.log "${loader[@]}" --workers 15 --device-augment -
 row knn 60 20 knn.log python3 benchmarks/knn_search.py --device cuda --queries 50000
 row knn 90 40 knn.log python3 benchmarks/knn_search.py --device cpu --queries 1024
 
+# the patch-distance search of evaluate.reference_images / visualize --distances at ImageNet's scale: 1,000 reference
+# images' 196,000 ViT-B/16 tokens, a coreset of a tenth, 1,000 query images, on the GPU; 4 of them again on the CPU
+row dist 90 40 distance.log python3 benchmarks/distance_search.py --device cuda
+
 echo "## all rows done at ${SECONDS} s (budget ${BUDGET_S} s)" >> "$timing"
 [ -n "$PLAN" ] && exit 0
 echo
@@ -191,5 +197,6 @@ cat "$timing"
 [ -f "$OUT_DIR/loader.log" ] && grep -E '^(\{"workers|\{"part|operators called|Self CPU time total|Self CUDA time total)' "$OUT_DIR/loader.log"
 [ -f "$OUT_DIR/codec.log" ] && grep -E '^\{' "$OUT_DIR/codec.log"
 [ -f "$OUT_DIR/knn.log" ] && grep -E '^\{' "$OUT_DIR/knn.log"
+[ -f "$OUT_DIR/distance.log" ] && grep -E '^\{' "$OUT_DIR/distance.log"
 [ -f "$OUT_DIR/profile.log" ] && grep -E '^(mae_vit|profiled|\| (kind|matmul|attention|copies|optimizer|element-wise)[ ,]|GPU idle)' "$OUT_DIR/profile.log"
 exit 0

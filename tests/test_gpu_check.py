@@ -147,7 +147,7 @@ def test_every_rows_arguments_are_ones_its_script_accepts(tmp_path):
 
     photos = tmp_path / "photos"
     photos.mkdir()
-    parts = "B loader L H whole graphs big prof profl loadab bands codec knn"
+    parts = "B loader L H whole graphs big prof profl loadab bands codec knn dist"
     rows = _plan_rows(_run(tmp_path, str(photos), PLAN="1", PARTS=parts, BUDGET_S="100000").stdout)
     assert {part for part, *_ in rows} == set(parts.split())
     commands = [command for *_, command in rows]

@@ -285,3 +285,24 @@ def test_evaluate_tells_defect_classes_from_the_normal_class_by_each_score(tmp_p
         refused = call_cli("evaluate", "--checkpoint", str(ckpt), *settings, "data.num_workers=0",
                            *(["evaluate.normal_class=good"] if "ok" not in settings[-1] else []))
         assert refused.returncode != 0 and message in refused.stderr, refused.stderr[-1500:]
+
+
+def test_the_bank_is_searched_on_the_encoders_gpu_where_it_fits_else_on_the_cpu(monkeypatch, caplog):
+    """1,000 ViT-B/16 images' 196,000 tokens of width 768 (0.6 GB, 1.0 GB with a coreset's projections and two blocks
+    of distances): on an encoder's GPU with 2 GiB free, on the CPU with 0.5 GiB (said why); an encoder on the CPU
+    keeps it there. The kNN's search decides by the same rule."""
+
+    class OnGpu(torch.nn.Module):  # an encoder whose weights the search takes to be on a GPU (none here)
+        def parameters(self, recurse: bool = True):
+            yield type("Weight", (), {"device": torch.device("cuda", 0)})()
+
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 << 30, 80 << 30))
+    assert patch_distance.search_device(196_000, 768, OnGpu()) == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 29, 80 << 30))
+    with caplog.at_level("WARNING"):
+        assert patch_distance.search_device(196_000, 768, OnGpu()) == torch.device("cpu")
+    assert "the search of the reference's patch tokens runs on the CPU: its 196000 tokens of width 768 need 1.0 GB" \
+        in caplog.text
+    assert patch_distance.search_device(196_000, 768, torch.nn.Linear(2, 2)) == torch.device("cpu")

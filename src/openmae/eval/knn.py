@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from openmae.eval.confusion import class_scores, confusion_matrix
+from openmae.eval.device_room import device_with_room
 from openmae.eval.multilabel import multilabel_scores
 
 log = logging.getLogger("openmae.knn")
@@ -28,18 +29,10 @@ def search_device(train_feats: torch.Tensor, device: torch.device | str | None) 
     second, a CPU in minutes) when the training features and one chunk's similarities fit there, else the CPU."""
     if device is None:
         return train_feats.device
-    device = torch.device(device)
-    if device.type != "cuda":
-        return device
     # the fp32 features, their normalised copy and one chunk's similarities
     need = 2 * train_feats.shape[0] * max(train_feats.shape[1], 1) * 4 + SIMILARITY_BYTES
-    # the driver's free memory, and what PyTorch holds cached but unused (a training run's activations between steps)
-    free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    if need > free:
-        log.warning("the kNN search runs on the CPU: its %d training features and one chunk's similarities need "
-                    "%.1f GB and %s has %.1f GB free", train_feats.shape[0], need / 1e9, device, free / 1e9)
-        return torch.device("cpu")
-    return device
+    return device_with_room(need, device, "the kNN search", f"its {train_feats.shape[0]} training features and one "
+                            "chunk's similarities", log)
 
 
 @torch.no_grad()

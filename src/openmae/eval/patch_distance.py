@@ -25,6 +25,7 @@ from torch import nn
 
 from openmae.data.config import CSV_SUFFIXES, DataConfig
 from openmae.data.datasets import ImageSource
+from openmae.eval.device_room import device_with_room
 from openmae.eval.error_map import heat_colours
 from openmae.eval.feature_map import patch_tokens
 from openmae.eval.progress import reported
@@ -69,6 +70,18 @@ class PatchBank:
     scale: float
     images: int = 0
 
+    def to(self, device: torch.device) -> PatchBank:
+        return replace(self, tokens=self.tokens.to(device), image=self.image.to(device))
+
+
+def search_device(count: int, dim: int, encoder: nn.Module) -> torch.device:
+    """Where a bank of ``count`` tokens of width ``dim`` is searched (and its coreset chosen): the encoder's device
+    where they fit its free memory (a GPU searches 196,000 tokens for 1,000 images' patches in a second, a CPU in
+    minutes), else the CPU."""
+    need = count * dim * 4 + count * CORESET_DIMS * 6 + 2 * BLOCK * 4  # tokens, a coreset's projections, two blocks
+    return device_with_room(need, next(encoder.parameters()).device, "the search of the reference's patch tokens",
+                            f"its {count} tokens of width {dim}", log)
+
 
 def nearest(queries: torch.Tensor, bank: PatchBank, query_image: torch.Tensor | None = None) -> torch.Tensor:
     """Each query token's (Q, D) distance from its nearest bank token (Q,), a block of rows at a time (``BLOCK``
@@ -76,10 +89,10 @@ def nearest(queries: torch.Tensor, bank: PatchBank, query_image: torch.Tensor | 
     bank image each query came from, whose own tokens are left out."""
     out, step = [], max(1, BLOCK // max(1, len(bank.tokens)))
     for start in range(0, len(queries), step):
-        rows = queries[start : start + step].float()
+        rows = queries[start : start + step].to(bank.tokens.device).float()
         d = torch.cdist(rows, bank.tokens)  # (rows, M), through a matrix product: fast, off by ~1e-3 near 0
         if query_image is not None:
-            d.masked_fill_(query_image[start : start + step, None] == bank.image[None], float("inf"))
+            d.masked_fill_(query_image[start : start + step, None].to(d.device) == bank.image[None], float("inf"))
         out.append((rows - bank.tokens[d.argmin(1)]).norm(dim=1))  # the nearest's distance again, exactly
     return torch.cat(out) if out else torch.empty(0)
 
@@ -126,9 +139,10 @@ def build_bank(encoder: nn.Module, batches: Iterable[torch.Tensor], seed: int = 
     more. ``gather``: every process's tokens (R, h, w, D), in the reference's order, from this one's, where the
     processes of a torchrun job each read a part of the reference; every process then holds the same bank.
     ``keep`` < 1: the bank a :func:`coreset` of that share of the tokens."""
-    tokens = [patch_tokens(encoder, imgs) for imgs in batches]  # (n, h, w, D) each
+    tokens = [patch_tokens(encoder, imgs) for imgs in batches]  # (n, h, w, D) each, on the CPU
     every = torch.cat(tokens)  # (r, h, w, D): this process's images
-    return bank_from(gather(every) if gather is not None else every, seed, keep)
+    every = gather(every) if gather is not None else every  # (R, h, w, D)
+    return bank_from(every.to(search_device(every[..., 0].numel(), every.shape[-1], encoder)), seed, keep)
 
 
 def bank_from(tokens: torch.Tensor, seed: int = 0, keep: float = 1.0) -> PatchBank:
@@ -171,9 +185,10 @@ class DistanceMap:
 
 
 def patch_distances(encoder: nn.Module, imgs: torch.Tensor, bank: PatchBank) -> torch.Tensor:
-    """Each patch's (N, h, w) distance from ``bank``, in its unit, for normalised ``imgs`` (N, C, H, W)."""
+    """Each patch's (N, h, w) distance from ``bank``, in its unit, for normalised ``imgs`` (N, C, H, W), on the
+    CPU (searched on the bank's device)."""
     tokens = patch_tokens(encoder, imgs)  # (N, h, w, D)
-    return nearest(tokens.flatten(0, 2), bank).reshape(tokens.shape[:3]) / bank.scale
+    return (nearest(tokens.flatten(0, 2), bank).reshape(tokens.shape[:3]) / bank.scale).cpu()
 
 
 def farthest(distances: torch.Tensor) -> torch.Tensor:

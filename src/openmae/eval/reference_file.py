@@ -21,7 +21,7 @@ from openmae.config import ConfigError
 from openmae.data.config import DataConfig
 from openmae.data.transforms import eval_crop_pct
 from openmae.eval.feature_map import patch_tokens
-from openmae.eval.patch_distance import REFERENCE_IMAGES, PatchBank, ReferenceImages, Split, read_bank
+from openmae.eval.patch_distance import REFERENCE_IMAGES, PatchBank, ReferenceImages, Split, read_bank, search_device
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def save_bank(bank: PatchBank, path: str, encoder: nn.Module, img_size: tuple[in
     how = {"version": VERSION, "scale": bank.scale, "images": bank.images, "img_size": list(img_size),
            "channels": channels, "mean": list(mean), "std": list(std), "crop_pct": crop_pct, "reference": source,
            "coreset": coreset}
-    tensors = {"tokens": bank.tokens.float(), "image": bank.image.cpu(), "probe": probe_tokens(encoder, img_size,
+    tensors = {"tokens": bank.tokens.float().cpu(), "image": bank.image.cpu(), "probe": probe_tokens(encoder, img_size,
                                                                                                   channels)}
     written = save_file(tensors, path, metadata={KEY: how})
     log.info("the reference's %d patch tokens kept in %s (--distances %s, evaluate.reference_images=%s read them)",
@@ -164,7 +164,8 @@ def reference_bank(encoder: nn.Module, reference: ReferenceImages, data: DataCon
             raise ValueError(f"{reference.path} is a kept reference, searched as it was kept: a coreset share, a "
                              "number of reference images and a file to keep it in apply to reference images (a "
                              "folder or CSV list)")
-        return load_bank(reference.path, encoder, img_size, channels, mean, std, crop)
+        bank = load_bank(reference.path, encoder, img_size, channels, mean, std, crop)
+        return bank.to(search_device(*bank.tokens.shape, encoder))
     bank = read_bank(encoder, reference, data, img_size, channels, mean, std, split)
     if reference.save and (split is None or split.main):
         save_bank(bank, reference.save, encoder, img_size, channels, mean, std, crop, reference.path,
