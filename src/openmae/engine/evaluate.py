@@ -179,7 +179,8 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
                                 ("reference_coreset", e.reference_coreset, 1.0),
                                 ("reference_max_images", e.reference_max_images, REFERENCE_IMAGES),
                                 ("save_reference", e.save_reference, ""), ("normal_class", e.normal_class, ""),
-                                ("defect_masks", e.defect_masks, "")):
+                                ("defect_masks", e.defect_masks, ""), ("map_sigma", e.map_sigma, 0.0),
+                                ("save_maps", e.save_maps, "")):
         if value != default:
             raise ConfigError(f"evaluate.{key}={value} applies to a pretrained MAE, and {e.init} is a classifier: "
                               "leave it out")

@@ -7,12 +7,10 @@ does."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import functools
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -28,10 +26,10 @@ from openmae.data.datasets import ImageSource, stats_for
 from openmae.data.normalization import inherit_stats
 from openmae.data.ranks import shared_by_ranks
 from openmae.engine.distributed import DistInfo, RankSplit, gather_rows, part_of, share_of
+from openmae.engine.evaluate_maps import anomaly_maps, localisation, maps_over_ranks
 from openmae.engine.precision import autocast_dtype
 from openmae.engine.task_config import EvaluateConfig
-from openmae.eval.defect_masks import mask_file, pixel_auc, pro_auc, read_mask, regions, smoothed
-from openmae.eval.error_map import error_maps
+from openmae.eval.map_files import write_maps
 from openmae.eval.patch_distance import (
     REFERENCE_IMAGES,
     PatchBank,
@@ -40,7 +38,6 @@ from openmae.eval.patch_distance import (
     farthest,
     patch_distances,
 )
-from openmae.eval.progress import reported
 from openmae.eval.ranking import roc_auc
 from openmae.eval.reconstruction import Reconstruction, auto_scale, displayed, reconstruct, save_grid
 from openmae.eval.reconstruction_error import Errors, reconstruction_errors
@@ -70,24 +67,6 @@ def errors_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConf
     return reconstruction_errors(
         model, batches, positions, mask_ratio, None if d.reads_arrays else stats_for(d, m.in_chans), amp_dtype,
         gather=functools.partial(gather_rows, count=len(source), info=info) if info.enabled else None, what=what)
-
-
-def maps_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConfig, batch_size: int, info: DistInfo,
-                    measure: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], what: str) -> torch.Tensor:
-    """Each image's map ``measure(images, seeds)`` (N, ...; seeds: the images' places in the split), in the split's
-    order: its patch distances from a bank (N, h, w), its error map (N, H, W); each rank of a torchrun job measures
-    its part and every rank returns all the images'."""
-    m = model.cfg
-    part = part_of(source, info)[0]
-    positions = torch.from_numpy(share_of(len(source), info)[0])
-    batches = eval_batches(d, d.eval_split, m.img_size, m.in_chans, batch_size, source=part)
-    mine, done = [], 0
-    with contextlib.closing(reported(batches, what, len(part))) as shown:  # (rank 0's part: its own)
-        for batch in shown:
-            mine.append(measure(batch.images, positions[done : done + len(batch.images)]).cpu())
-            done += len(batch.images)
-    maps = torch.cat(mine or [torch.empty(0)])
-    return gather_rows(maps.to(info.device), count=len(source), info=info).cpu() if info.enabled else maps
 
 
 def run_mask_ratio(obj: Any) -> float | None:
@@ -131,9 +110,9 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
         if value != default and not e.reference_images:
             raise ConfigError(f"evaluate.{key}={value} sets how evaluate.reference_images are searched, and none are "
                               "given: add evaluate.reference_images=<a folder or CSV list>, or leave it out")
-    if e.map_sigma and not e.defect_masks:
-        raise ConfigError(f"evaluate.map_sigma={e.map_sigma} smooths the maps scored against evaluate.defect_masks, and "
-                          "none are given: add evaluate.defect_masks=<MVTec AD's ground_truth/>, or leave it out")
+    if e.map_sigma and not (e.defect_masks or e.save_maps):
+        raise ConfigError(f"evaluate.map_sigma={e.map_sigma} smooths the maps scored against evaluate.defect_masks or "
+                          "kept by evaluate.save_maps, and neither is given: add one, or leave it out")
     if e.defect_masks and not e.normal_class:
         raise ConfigError(f"evaluate.defect_masks={e.defect_masks} measures how the error maps (and the distance "
                           "maps, with evaluate.reference_images) find the defect pixels: it needs "
@@ -151,6 +130,10 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
         source = source_for(d, d.eval_split, m.in_chans, d.max_eval_samples)
     # each image's class and the normal one's, read once (refused before the pass over the images)
     classes = class_labels(source, e.normal_class) if e.normal_class else None
+    if e.save_maps and len(source) and source.file(0)[0] is None:
+        raise ConfigError(f"evaluate.save_maps={e.save_maps} keeps each image's map beside its name and at its size: "
+                          f"these images are held in memory (data.name={d.name}), not files; give a folder or a CSV "
+                          "list of image files, or leave it out")
     errors = errors_over_ranks(model.to(info.device), source, d, e.batch_size, ratio,
                                autocast_dtype(e.precision, info.device, hint=False), info,
                                f"reconstruction of the {d.eval_split} images")
@@ -188,16 +171,16 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
               "split": split}
     if classes is not None:
         result.update(detection(source, scores, e.normal_class, *classes))
-    if e.defect_masks and classes is not None:
-        found = {"distance_map": maps} if bank is not None else {}
-        found["error_map"] = maps_over_ranks(model, source, d, e.batch_size, info,  # (N, H, W)
-                                             lambda x, seeds: error_maps(model, x, seeds, ratio), "error maps")
-        if e.map_sigma:
-            log.info("  the maps spread to the pixels bilinearly and blurred by a Gaussian of sigma %g pixels, as "
-                     "PatchCore's", e.map_sigma)
-        found = {name: smoothed(values, m.img_size, e.map_sigma) for name, values in found.items()}
-        result.update(localisation(source, found, *classes, Path(e.defect_masks), m.img_size, d.eval_crop_pct),
-                      map_sigma=e.map_sigma)
+    if e.defect_masks or e.save_maps:  # each image's maps: where each is unlike the normal images
+        found = anomaly_maps(model, source, d, e, ratio, maps if bank is not None else None, info)
+        if e.defect_masks and classes is not None:
+            result.update(localisation(source, found, *classes, Path(e.defect_masks), m.img_size, d.eval_crop_pct),
+                          map_sigma=e.map_sigma)
+        if e.save_maps and info.is_main:
+            kept = "distance_map" if "distance_map" in found else "error_map"
+            log.info("  each image's %s kept at its size", kept.replace("_", " "))
+            write_maps(Path(e.save_maps), [Path(source.file(i)[0]) for i in range(len(source))], found[kept],
+                       m.img_size, d.eval_crop_pct)
     if info.is_main:  # the main rank writes the files
         if e.output:
             Path(e.output).parent.mkdir(parents=True, exist_ok=True)
@@ -248,37 +231,6 @@ def detection(source: ImageSource, scores: dict[str, torch.Tensor], normal: str,
     log.info("  telling the %d images of other classes from the %d of %s (ROC-AUC, 50 chance): %s", int((~is_normal)
              .sum()), int(is_normal.sum()), normal, ", ".join(f"{RANKINGS[k].split(' (')[0]} {v:.1f}" for k, v in
                                                               overall.items()))
-    return out
-
-
-def localisation(source: ImageSource, maps: dict[str, torch.Tensor], labels: np.ndarray, good: int, masks: Path,
-                 img_size: tuple[int, int], crop: float | None) -> dict[str, Any]:
-    """How well each of ``maps`` (N, h, w) or (N, H, W), higher where less normal, finds the defect pixels of the
-    ground-truth ``masks`` (MVTec AD's ``ground_truth/``; the images of class ``good`` of ``labels`` have none):
-    the pixel ROC-AUC and the per-region overlap (PRO, up to 30% false positives), in percent, over all images
-    (``pixel_auc_<map>``, ``pro_<map>``) and for the normal images with each other class's
-    (``localisation_per_class``); logged."""
-    truth = torch.zeros(len(source), *img_size, dtype=torch.bool)  # (N, H, W)
-    for i in np.flatnonzero(labels != good):
-        image = source.file(int(i))[0]
-        if image is None:
-            raise ConfigError("evaluate.defect_masks needs image files (a folder, a CSV list) whose masks lie in "
-                              f"{masks}/<class>/; these images are held in memory")
-        truth[i] = read_mask(mask_file(masks, Path(image)), img_size, crop)
-    areas = regions(truth)  # (N, H, W): each defect region's number, 0 elsewhere
-
-    def measured(kept: torch.Tensor | slice) -> dict[str, float]:
-        return {f"{measure}_{name}": value for name, values in maps.items() for measure, value in
-                (("pixel_auc", pixel_auc(values[kept], truth[kept])), ("pro", pro_auc(values[kept], areas[kept])))}
-
-    out: dict[str, Any] = {**measured(slice(None)), "localisation_per_class": {}}
-    for c, name in enumerate(source.classes):
-        if c != good and (labels == c).any():  # as detection's: a class without images has no AUC
-            out["localisation_per_class"][name] = measured(torch.from_numpy((labels == good) | (labels == c)))
-    log.info("  the defect pixels of %s (%.2f%% of the pixels, %d regions) told from the others: %s", masks,
-             100 * float(truth.double().mean()), int(areas.max()), "; ".join(
-                 f"{name.replace('_', ' ')}: pixel ROC-AUC {out[f'pixel_auc_{name}']:.1f}, PRO {out[f'pro_{name}']:.1f}"
-                 for name in maps))
     return out
 
 

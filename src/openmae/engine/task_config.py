@@ -378,6 +378,10 @@ class EvaluateSection:
     # with defect_masks: the maps scored smoothed as PatchCore's are, a distance map spread to the pixels bilinearly
     # and each map blurred by a Gaussian of this sigma (pixels of the model's input); 0: as drawn, each patch one value
     map_sigma: float = 0.0
+    # a pretrained MAE: a folder to keep each image's map in, a float32 TIFF at the image's size in <its folder's
+    # name>/<image>.tiff (MVTec AD's layout, which its evaluation script reads): the distance map with
+    # reference_images, else the error map
+    save_maps: str = ""
     # a pretrained MAE: which images --plot draws, the highest first: loss (the images it fills in worst: often
     # simply the hardest), relative_loss (its squared error over a generic inpainter's on the same pixels: those it
     # fills in worse than its training taught it to), atypicality (needs a reference: the least like those) or
