@@ -112,3 +112,21 @@ def assert_trained_grads_match(model: torch.nn.Module, reference: torch.nn.Modul
             torch.testing.assert_close(param.grad, full[name].grad, rtol=1e-5, atol=1e-7, msg=name)
         elif full[name].requires_grad:
             assert param.grad is None and full[name].grad is not None and full[name].grad.abs().sum() > 0, name
+
+
+def debug_mae_file(path: Path) -> torch.nn.Module:
+    """The debug MAE (random weights drawn after seed 0) saved at ``path`` as a pretrained MAE's file; returned."""
+    import openmae
+
+    torch.manual_seed(0)
+    model = openmae.create_model("mae_vit_debug_patch4_32")
+    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, path)
+    return model
+
+
+def photo_folders(root: Path, layout: dict[str, list[Path]]) -> None:
+    """Copies of photos in folders under ``root``: ``layout`` maps each folder (``test/good``) to its photos."""
+    for folder, chosen in layout.items():
+        (root / folder).mkdir(parents=True)
+        for photo in chosen:
+            (root / folder / photo.name).write_bytes(photo.read_bytes())

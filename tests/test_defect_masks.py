@@ -6,10 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import call_cli
+from helpers import call_cli, debug_mae_file, photo_folders
 from PIL import Image
 
-import openmae
 from openmae.eval.defect_masks import PRO_MAX_FPR, mask_file, pixel_auc, pro_auc, read_mask, regions, smoothed
 from openmae.eval.ranking import roc_auc
 
@@ -199,20 +198,17 @@ def test_evaluate_measures_the_distance_and_error_maps_against_the_defect_masks(
     from openmae.data.normalization import IMAGENET_MEAN, IMAGENET_STD
     from openmae.eval.error_map import error_maps
 
-    torch.manual_seed(0)
-    model = openmae.create_model("mae_vit_debug_patch4_32")
     ckpt = tmp_path / "mae.pth"
-    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, ckpt)
+    model = debug_mae_file(ckpt)
     photos = sorted((datasets / "imagenet-sample").glob("*.JPEG"))
     part = tmp_path / "part"
-    for folder, chosen in {"train/good": photos[:6], "test/good": photos[:3], "test/crack": photos[300:302],
-                           "test/scratch": photos[600:602]}.items():
-        (part / folder).mkdir(parents=True)
+    defects = {"crack": photos[300:302], "scratch": photos[600:602]}
+    photo_folders(part, {"train/good": photos[:6], "test/good": photos[:3],
+                         **{f"test/{kind}": chosen for kind, chosen in defects.items()}})
+    for kind, chosen in defects.items():
+        (part / "ground_truth" / kind).mkdir(parents=True)
         for photo in chosen:
-            (part / folder / photo.name).write_bytes(photo.read_bytes())
-            if folder in ("test/crack", "test/scratch"):
-                (part / "ground_truth" / folder[5:]).mkdir(parents=True, exist_ok=True)
-                Image.new("L", (40, 30), 255).save(part / "ground_truth" / folder[5:] / f"{photo.stem}_mask.png")
+            Image.new("L", (40, 30), 255).save(part / "ground_truth" / kind / f"{photo.stem}_mask.png")
     settings = ["data.name=imagefolder", f"data.path={part}", "data.num_workers=0", "evaluate.normal_class=good",
                 f"evaluate.reference_images={part / 'train/good'}"]
     masks = f"evaluate.defect_masks={part / 'ground_truth'}"

@@ -7,12 +7,11 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
-from helpers import call_cli
+from helpers import call_cli, debug_mae_file, photo_folders
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-import openmae
 from openmae.eval.map_files import in_original_frame, map_file, resized_size
 
 
@@ -49,16 +48,11 @@ def test_evaluate_keeps_each_images_map_as_a_tiff_at_its_size(tmp_path, datasets
     <maps>/<class>/<image>.tiff, float32 at the photo's size as tifffile reads it (MVTec AD's script's reader), zero
     for the reference's own images; without reference images the error maps, not zero. Images held in memory are
     refused."""
-    torch.manual_seed(0)
-    model = openmae.create_model("mae_vit_debug_patch4_32")
     ckpt = tmp_path / "mae.pth"
-    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, ckpt)
+    debug_mae_file(ckpt)
     photos = sorted((datasets / "imagenet-sample").glob("*.JPEG"))
     part = tmp_path / "part"
-    for folder, chosen in {"train/good": photos[:4], "test/good": photos[:2], "test/crack": photos[300:302]}.items():
-        (part / folder).mkdir(parents=True)
-        for photo in chosen:
-            (part / folder / photo.name).write_bytes(photo.read_bytes())
+    photo_folders(part, {"train/good": photos[:4], "test/good": photos[:2], "test/crack": photos[300:302]})
     data = ["data.name=imagefolder", f"data.path={part}", "data.num_workers=0"]
     proc = call_cli("evaluate", "--checkpoint", str(ckpt), *data, f"evaluate.reference_images={part / 'train/good'}",
                     f"evaluate.save_maps={tmp_path / 'maps'}")

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import call_cli
+from helpers import call_cli, debug_mae_file, photo_folders
 from PIL import Image
 from torch import nn
 
@@ -186,16 +186,11 @@ def test_evaluate_scores_each_image_by_its_farthest_patch_from_reference_images(
     from openmae.engine.task_config import EvaluateSection
     from openmae.eval.patch_distance import farthest, patch_distances, read_bank
 
-    torch.manual_seed(0)
-    model = openmae.create_model("mae_vit_debug_patch4_32")
     ckpt = tmp_path / "mae.pth"
-    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, ckpt)
+    model = debug_mae_file(ckpt)
     photos = sorted((datasets / "imagenet-sample").glob("*.JPEG"))
     reference, queries = tmp_path / "good", tmp_path / "new"
-    for folder, chosen in ((reference, photos[:12]), (queries, photos[10:16])):
-        folder.mkdir()
-        for photo in chosen:
-            (folder / photo.name).write_bytes(photo.read_bytes())
+    photo_folders(tmp_path, {"good": photos[:12], "new": photos[10:16]})
     data = ["data.name=folder", f"data.path={queries}", "data.num_workers=0"]
     proc = call_cli("evaluate", "--checkpoint", str(ckpt), *data, f"evaluate.reference_images={reference}",
                     "evaluate.rank_by=farthest_patch", "--predictions", str(tmp_path / "scores.csv"), "--plot",
@@ -250,17 +245,11 @@ def test_evaluate_tells_defect_classes_from_the_normal_class_by_each_score(tmp_p
 
     from openmae.eval.ranking import roc_auc
 
-    torch.manual_seed(0)
-    model = openmae.create_model("mae_vit_debug_patch4_32")
     ckpt = tmp_path / "mae.pth"
-    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict()}, ckpt)
+    debug_mae_file(ckpt)
     photos = sorted((datasets / "imagenet-sample").glob("*.JPEG"))
-    layout = {"train/good": photos[:8], "test/good": photos[:4], "test/crack": photos[300:303],
-              "test/scratch": photos[600:602]}
-    for folder, chosen in layout.items():
-        (tmp_path / "part" / folder).mkdir(parents=True)
-        for photo in chosen:
-            (tmp_path / "part" / folder / photo.name).write_bytes(photo.read_bytes())
+    photo_folders(tmp_path / "part", {"train/good": photos[:8], "test/good": photos[:4], "test/crack": photos[300:303],
+                                      "test/scratch": photos[600:602]})
     data = ["data.name=imagefolder", f"data.path={tmp_path / 'part'}", "data.num_workers=0"]
     proc = call_cli("evaluate", "--checkpoint", str(ckpt), *data, f"evaluate.reference_images={tmp_path / 'part/train/good'}",
                     "evaluate.normal_class=good", "-o", str(tmp_path / "out.json"), "--predictions",
