@@ -60,9 +60,11 @@ def spread(maps: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tor
     (N H W,) as their index: the map spread nearest-neighbour to the pixels, as the distance maps are drawn (a map
     at the images' size: each pixel its own)."""
     n, h, w = maps.shape
+    if (h, w) == tuple(size):  # a map at the pixels' size: each pixel its own value
+        return maps.flatten().float(), torch.arange(n * h * w)
     places = torch.arange(n * h * w, dtype=torch.float64).view(n, 1, h, w)  # exact as float64 up to 2^53
     index = F.interpolate(places, size=tuple(size), mode="nearest").long().flatten()  # (N H W,)
-    return maps.flatten().double(), index
+    return maps.flatten().float(), index
 
 
 def smoothed(maps: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
