@@ -250,3 +250,40 @@ def test_evaluate_measures_the_distance_and_error_maps_against_the_defect_masks(
     assert proc.returncode != 0 and f"no ground-truth mask of {part / 'test/scratch' / photos[601].name}" in proc.stderr
     proc = call_cli("evaluate", "--checkpoint", str(ckpt), *settings[:3], masks)
     assert proc.returncode != 0 and "it needs evaluate.normal_class=" in proc.stderr, proc.stderr[-1500:]
+
+
+def test_the_mvtec_benchmark_tabulates_each_category_and_their_mean(tmp_path, datasets, capsys):
+    """benchmarks/mvtec.py on two categories laid out as MVTec AD's, each's good test images among its reference and
+    its defects masked whole: the distance maps' PRO and pixel ROC-AUC 100 in each, the error maps' measured, the
+    mean row the categories' mean; the maps kept in MVTec AD's layout; a folder without categories refused."""
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from mvtec import main
+
+    ckpt = tmp_path / "mae.pth"
+    debug_mae_file(ckpt)
+    photos = sorted((datasets / "imagenet-sample").glob("*.JPEG"))
+    for n, category in enumerate(("bottle", "screw")):
+        part, defect = tmp_path / "mvtec" / category, photos[300 + 10 * n : 302 + 10 * n]
+        photo_folders(part, {"train/good": photos[4 * n : 4 * n + 4], "test/good": photos[4 * n : 4 * n + 2],
+                             "test/crack": defect})
+        (part / "ground_truth" / "crack").mkdir(parents=True)
+        for photo in defect:
+            Image.new("L", (40, 30), 255).save(part / "ground_truth" / "crack" / f"{photo.stem}_mask.png")
+    (tmp_path / "mvtec" / "readme").mkdir()  # not a category
+    got = main([str(tmp_path / "mvtec"), "--checkpoint", str(ckpt), "--maps", str(tmp_path / "maps"), "--json",
+                str(tmp_path / "mvtec.json")])
+    assert list(got["categories"]) == ["bottle", "screw"]
+    for row in got["categories"].values():
+        assert row["pro_distance_map"] == 100.0 == row["pixel_auc_distance_map"] and row["samples"] == 4
+        assert 0 < row["pro_error_map"] < 100
+    assert got["mean"]["pro_error_map"] == pytest.approx(
+        (got["categories"]["bottle"]["pro_error_map"] + got["categories"]["screw"]["pro_error_map"]) / 2)
+    assert json.loads((tmp_path / "mvtec.json").read_text())["mean"] == got["mean"]
+    assert "| mean | 100.0 | 100.0 | 100.0 |" in capsys.readouterr().out
+    assert (tmp_path / "maps" / "screw" / "test" / "crack" / f"{photos[310].stem}.tiff").is_file()
+    with pytest.raises(SystemExit, match="no MVTec AD category in"):
+        main([str(tmp_path / "maps"), "--checkpoint", str(ckpt)])
