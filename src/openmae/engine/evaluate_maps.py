@@ -50,10 +50,12 @@ def maps_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConfig
 def anomaly_maps(model: MaskedAutoencoder, source: ImageSource, d: DataConfig, e: EvaluateSection, mask_ratio: float,
                  distances: torch.Tensor | None, info: DistInfo) -> dict[str, torch.Tensor]:
     """Each image's maps, smoothed by ``evaluate.map_sigma``: ``distance_map`` (N, h, w), its patch ``distances``
-    where reference images are given, and ``error_map`` (N, H, W), computed here."""
+    where reference images are given, and ``error_map`` (N, H, W), computed here where it is scored
+    (``evaluate.defect_masks``) or the only map to keep (``evaluate.save_maps`` without reference images)."""
     found = {"distance_map": distances} if distances is not None else {}
-    found["error_map"] = maps_over_ranks(model, source, d, e.batch_size, info,  # (N, H, W)
-                                         lambda x, seeds: error_maps(model, x, seeds, mask_ratio), "error maps")
+    if e.defect_masks or distances is None:  # the model's passes: twice the reconstruction's
+        found["error_map"] = maps_over_ranks(model, source, d, e.batch_size, info,  # (N, H, W)
+                                             lambda x, seeds: error_maps(model, x, seeds, mask_ratio), "error maps")
     if e.map_sigma:
         log.info("  the maps spread to the pixels bilinearly and blurred by a Gaussian of sigma %g pixels, as "
                  "PatchCore's", e.map_sigma)

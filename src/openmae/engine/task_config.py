@@ -375,8 +375,9 @@ class EvaluateSection:
     # <image>_mask.png white where the defect is); the pixel ROC-AUC and the per-region overlap (PRO) of the error
     # maps (visualize --errors') and, with reference_images, of the distance maps
     defect_masks: str = ""
-    # with defect_masks: the maps scored smoothed as PatchCore's are, a distance map spread to the pixels bilinearly
-    # and each map blurred by a Gaussian of this sigma (pixels of the model's input); 0: as drawn, each patch one value
+    # with defect_masks or save_maps: the maps smoothed as PatchCore's are, a distance map spread to the pixels
+    # bilinearly and each map blurred by a Gaussian of this sigma (pixels of the model's input); 0: as drawn, each
+    # patch one value
     map_sigma: float = 0.0
     # a pretrained MAE: a folder to keep each image's map in, a float32 TIFF at the image's size in <its folder's
     # name>/<image>.tiff (MVTec AD's layout, which its evaluation script reads): the distance map with

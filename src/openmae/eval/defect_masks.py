@@ -1,6 +1,6 @@
 """Where the defects are: ground-truth masks laid out as MVTec AD's (``ground_truth/<defect>/<image>_mask.png``,
-white where the defect is), read for ``evaluate.defect_masks``, and how well distance maps find their pixels (the
-pixel-level ROC-AUC of anomaly detection). A mask goes through the geometry its image went through (the evaluation's
+white where the defect is), read for ``evaluate.defect_masks``, and how well maps (distances, errors) find their
+pixels. A mask goes through the geometry its image went through (the evaluation's
 resize and centre crop, :func:`openmae.data.transforms.eval_transform`), nearest-neighbour so that it stays 0 / 1;
 images of the normal class have none (no defect pixel). Two measures: the pixel ROC-AUC, and MVTec AD's per-region
 overlap (PRO), which weighs each defect region alike whatever its size (a scratch counts as much as a stain), up to

@@ -98,7 +98,7 @@ def squared_errors(model: MaskedAutoencoder, imgs: torch.Tensor, pred: torch.Ten
 def error_maps(model: MaskedAutoencoder, imgs: torch.Tensor, seeds: torch.Tensor, mask_ratio: float = 0.75
                ) -> torch.Tensor:
     """The squared errors (N, H, W) of :func:`error_map` alone, each image's masks drawn from its seed of ``seeds``
-    (N,): what ``evaluate.defect_masks`` scores against the defects."""
+    (N,): what ``evaluate.defect_masks`` scores against the defects and ``evaluate.save_maps`` keeps."""
     pred = covered_prediction(model, imgs, mask_ratio, seeds=seeds)[0]
     return squared_errors(model, imgs.to(pred.device), pred)
 
