@@ -1,9 +1,9 @@
 """MVTec AD's table for one pretrained MAE: each category of a folder laid out as MVTec AD's
 (``<root>/<category>/train/good/``, ``test/good/``, ``test/<defect>/``, ``ground_truth/<defect>/<image>_mask.png``)
 measured by `openmae evaluate` with the category's training images as the reference: the image ROC-AUC of the
-farthest patch, the pixel ROC-AUC and the per-region overlap (PRO, up to 30% false positives) of the distance maps
-and of the error maps, and their means over the categories, as the command reports them. The whole image is seen
-(``data.eval_crop_pct=1``). ``--maps DIR`` keeps every map for MVTec AD's own evaluation script
+farthest patch and of the error map's peak, the pixel ROC-AUC and the per-region overlap (PRO, up to 30% false
+positives) of the distance maps and of the error maps, and their means over the categories, as the command reports
+them. The whole image is seen (``data.eval_crop_pct=1``). ``--maps DIR`` keeps every map for MVTec AD's own evaluation script
 (``DIR/<category>/test/<defect>/<image>.tiff``: its ``--anomaly_maps_dir DIR``).
 
     python benchmarks/mvtec.py /data/mvtec_anomaly_detection --checkpoint mae.pth --json results_mvtec.json
@@ -21,7 +21,8 @@ from pathlib import Path
 
 from defect_folder import evaluate  # the command and its JSON
 
-COLUMNS = {"image ROC-AUC": "detection_auc_farthest_patch", "pixel ROC-AUC, distance map": "pixel_auc_distance_map",
+COLUMNS = {"image ROC-AUC": "detection_auc_farthest_patch", "image, error-map peak": "detection_auc_error_map_peak",
+           "pixel ROC-AUC, distance map": "pixel_auc_distance_map",
            "PRO, distance map": "pro_distance_map", "pixel ROC-AUC, error map": "pixel_auc_error_map",
            "PRO, error map": "pro_error_map"}
 

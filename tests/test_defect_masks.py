@@ -232,6 +232,10 @@ def test_evaluate_measures_the_distance_and_error_maps_against_the_defect_masks(
     assert out["localisation_per_class"]["crack"]["pro_error_map"] == pytest.approx(
         pro_auc(errors[crack], regions(truth[crack])), abs=1e-6)
     assert 0 < out["pro_error_map"] < 100  # a random model's errors: neither all above nor all below
+    peaks = errors.flatten(1).amax(1).numpy()  # each image's largest error: its score
+    assert out["detection_auc_error_map_peak"] == pytest.approx(100 * roc_auc(peaks, truth.flatten(1).any(1).numpy()))
+    assert out["detection_auc_per_class"]["scratch"]["error_map_peak"] == pytest.approx(
+        100 * roc_auc(peaks[2:], np.array([False] * 3 + [True] * 2)))
     proc = call_cli("evaluate", "--checkpoint", str(ckpt), *settings[:4], masks, "-o", str(tmp_path / "errors.json"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     alone = json.loads((tmp_path / "errors.json").read_text())
@@ -283,7 +287,9 @@ def test_the_mvtec_benchmark_tabulates_each_category_and_their_mean(tmp_path, da
     assert got["mean"]["pro_error_map"] == pytest.approx(
         (got["categories"]["bottle"]["pro_error_map"] + got["categories"]["screw"]["pro_error_map"]) / 2)
     assert json.loads((tmp_path / "mvtec.json").read_text())["mean"] == got["mean"]
-    assert "| mean | 100.0 | 100.0 | 100.0 |" in capsys.readouterr().out
+    mean = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| mean |"))
+    cells = [float(cell) for cell in mean.strip("| ").split(" | ")[1:]]  # image, error-map peak, distance map's two, ...
+    assert cells[0] == cells[2] == cells[3] == 100.0 and cells[5] == pytest.approx(got["mean"]["pro_error_map"], abs=0.05)
     assert (tmp_path / "maps" / "screw" / "test" / "crack" / f"{photos[310].stem}.tiff").is_file()
     with pytest.raises(SystemExit, match="no MVTec AD category in"):
         main([str(tmp_path / "maps"), "--checkpoint", str(ckpt)])

@@ -50,10 +50,12 @@ log = logging.getLogger("openmae.evaluate")
 PAPER_MASK_RATIO = 0.75
 WORST_SHOWN = 5  # the images of the highest loss the log names
 WORST_DRAWN = 8  # and --plot draws
-# what evaluate.rank_by may rank the images by, as the log says it
+# each image's scores, as the log says them; evaluate.rank_by may rank --plot by all but the error map's peak (kept
+# only with evaluate.defect_masks or evaluate.save_maps)
 RANKINGS = {"loss": "loss", "relative_loss": "relative loss (the squared error over a generic inpainter's)",
             "atypicality": "atypicality (against the reference images)",
-            "farthest_patch": "farthest patch (from the reference images' patches)"}
+            "farthest_patch": "farthest patch (from the reference images' patches)",
+            "error_map_peak": "error map's peak (its largest squared error, every patch predicted while removed)"}
 
 
 def errors_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConfig, batch_size: int,
@@ -163,6 +165,11 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
         log.info("  against the patches of %s: mean farthest patch %.3f; %.1f%% of the images have a patch farther "
                  "than 99%% of the reference's own", e.reference_images, summary["farthest_patch"],
                  100 * summary["beyond_reference"])
+    found = (anomaly_maps(model, source, d, e, ratio, maps if bank is not None else None, info)
+             if e.defect_masks or e.save_maps else {})  # each image's maps: where each is unlike the normal images
+    if "error_map" in found:  # its peak, as MVTec AD's script scores an image from its map
+        scores["error_map_peak"] = found["error_map"].flatten(1).amax(1)
+        summary["error_map_peak"] = float(scores["error_map_peak"].mean())
     for key, values in scores.items():
         worst = values.argsort(descending=True)[:WORST_SHOWN].tolist()
         log.info("  highest %s: %s", RANKINGS[key],
@@ -171,16 +178,14 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
               "split": split}
     if classes is not None:
         result.update(detection(source, scores, e.normal_class, *classes))
-    if e.defect_masks or e.save_maps:  # each image's maps: where each is unlike the normal images
-        found = anomaly_maps(model, source, d, e, ratio, maps if bank is not None else None, info)
-        if e.defect_masks and classes is not None:
-            result.update(localisation(source, found, *classes, Path(e.defect_masks), m.img_size, d.eval_crop_pct),
-                          map_sigma=e.map_sigma)
-        if e.save_maps and info.is_main:
-            kept = "distance_map" if "distance_map" in found else "error_map"
-            log.info("  each image's %s kept at its size", kept.replace("_", " "))
-            write_maps(Path(e.save_maps), [Path(source.file(i)[0]) for i in range(len(source))], found[kept],
-                       m.img_size, d.eval_crop_pct)
+    if e.defect_masks and classes is not None:
+        result.update(localisation(source, found, *classes, Path(e.defect_masks), m.img_size, d.eval_crop_pct),
+                      map_sigma=e.map_sigma)
+    if e.save_maps and info.is_main:
+        kept = "distance_map" if "distance_map" in found else "error_map"
+        log.info("  each image's %s kept at its size", kept.replace("_", " "))
+        write_maps(Path(e.save_maps), [Path(source.file(i)[0]) for i in range(len(source))], found[kept],
+                   m.img_size, d.eval_crop_pct)
     if info.is_main:  # the main rank writes the files
         if e.output:
             Path(e.output).parent.mkdir(parents=True, exist_ok=True)
