@@ -1,5 +1,5 @@
 """Where a nearest-neighbour search runs (the kNN's, the patch distances'): on the GPU asked for when what it holds
-fits that GPU's free memory (a GPU does in a second what a CPU does in minutes), else on the CPU, saying why."""
+fits that GPU's free memory, else on the CPU, saying why."""
 
 from __future__ import annotations
 
