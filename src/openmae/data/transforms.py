@@ -60,16 +60,25 @@ def eval_crop_pct(configured: float | None, img_size: tuple[int, int]) -> float:
     return configured or (0.875 if min(img_size) >= 224 else 1.0)
 
 
-def eval_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std) -> T.Compose:
-    """Resize the short side to size / crop_pct, then centre-crop (:func:`eval_crop_pct`)."""
-    crop_pct = eval_crop_pct(cfg.eval_crop_pct, img_size)
+def eval_resize(crop_pct: float, img_size: tuple[int, int]) -> int | tuple[int, int]:
+    """The evaluation's resize, as ``T.Resize`` takes it: the short side to size / crop_pct for a square input, both
+    sides for another."""
     resize = tuple(int(s / crop_pct) for s in img_size)
-    return T.Compose([
-        T.Resize(resize if img_size[0] != img_size[1] else resize[0], interpolation=InterpolationMode.BICUBIC,
-                 antialias=True),
-        T.CenterCrop(img_size),
-        *_to_tensor(mean, std),
-    ])
+    return resize if img_size[0] != img_size[1] else resize[0]
+
+
+def eval_geometry(configured_crop: float | None, img_size: tuple[int, int],
+                  interpolation: InterpolationMode = InterpolationMode.BICUBIC) -> list:
+    """The evaluation's resize (:func:`eval_resize`) and centre crop (:func:`eval_crop_pct`): an image's, or with
+    nearest-neighbour interpolation its ground-truth mask's."""
+    crop_pct = eval_crop_pct(configured_crop, img_size)
+    return [T.Resize(eval_resize(crop_pct, img_size), interpolation=interpolation,
+                     antialias=interpolation != InterpolationMode.NEAREST), T.CenterCrop(img_size)]
+
+
+def eval_transform(cfg: DataConfig, img_size: tuple[int, int], mean, std) -> T.Compose:
+    """Resize the short side to size / crop_pct, then centre-crop (:func:`eval_geometry`)."""
+    return T.Compose([*eval_geometry(cfg.eval_crop_pct, img_size), *_to_tensor(mean, std)])
 
 
 def _posterize_any_bits(img, bits_to_keep, **__):

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from openmae.config import ConfigError
 from openmae.data.build import eval_batches
 from openmae.data.config import DataConfig
 from openmae.data.datasets import ImageSource
@@ -70,12 +69,8 @@ def localisation(source: ImageSource, maps: dict[str, torch.Tensor], labels: np.
     (``pixel_auc_<map>``, ``pro_<map>``) and for the normal images with each other class's
     (``localisation_per_class``); logged."""
     truth = torch.zeros(len(source), *img_size, dtype=torch.bool)  # (N, H, W)
-    for i in np.flatnonzero(labels != good):
-        image = source.file(int(i))[0]
-        if image is None:
-            raise ConfigError("evaluate.defect_masks needs image files (a folder, a CSV list) whose masks lie in "
-                              f"{masks}/<class>/; these images are held in memory")
-        truth[i] = read_mask(mask_file(masks, Path(image)), img_size, crop)
+    for i in np.flatnonzero(labels != good):  # image files (evaluate refuses images held in memory)
+        truth[i] = read_mask(mask_file(masks, Path(source.file(int(i))[0])), img_size, crop)
     areas = regions(truth)  # (N, H, W): each defect region's number, 0 elsewhere
 
     def measured(kept: torch.Tensor | slice) -> dict[str, float]:

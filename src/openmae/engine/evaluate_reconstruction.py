@@ -132,10 +132,11 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
         source = source_for(d, d.eval_split, m.in_chans, d.max_eval_samples)
     # each image's class and the normal one's, read once (refused before the pass over the images)
     classes = class_labels(source, e.normal_class) if e.normal_class else None
-    if e.save_maps and len(source) and source.file(0)[0] is None:
-        raise ConfigError(f"evaluate.save_maps={e.save_maps} keeps each image's map beside its name and at its size: "
-                          f"these images are held in memory (data.name={d.name}), not files; give a folder or a CSV "
-                          "list of image files, or leave it out")
+    needs_files = [f"evaluate.{k}={v}" for k, v in (("defect_masks", e.defect_masks), ("save_maps", e.save_maps)) if v]
+    if needs_files and len(source) and source.file(0)[0] is None:  # a mask found by, a map kept beside, a file name
+        raise ConfigError(f"{' and '.join(needs_files)} needs image files: these images are held in memory "
+                          f"(data.name={d.name}), not files; give a folder or a CSV list of image files, or leave it "
+                          "out")
     errors = errors_over_ranks(model.to(info.device), source, d, e.batch_size, ratio,
                                autocast_dtype(e.precision, info.device, hint=False), info,
                                f"reconstruction of the {d.eval_split} images")
@@ -178,7 +179,7 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
               "split": split}
     if classes is not None:
         result.update(detection(source, scores, e.normal_class, *classes))
-    if e.defect_masks and classes is not None:
+    if e.defect_masks:  # (normal_class given: refused above without)
         result.update(localisation(source, found, *classes, Path(e.defect_masks), m.img_size, d.eval_crop_pct),
                       map_sigma=e.map_sigma)
     if e.save_maps and info.is_main:

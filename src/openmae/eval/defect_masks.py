@@ -21,7 +21,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from openmae.data.transforms import eval_crop_pct
+from openmae.data.transforms import eval_geometry
 
 MASK_NAMES = ("{stem}_mask.png", "{stem}.png")  # MVTec AD's name, then the image's own
 
@@ -42,10 +42,7 @@ def mask_file(masks: Path, image: Path) -> Path:
 def read_mask(path: Path, img_size: tuple[int, int], configured_crop: float | None) -> torch.Tensor:
     """The mask (H, W) bool of ``path`` (non-zero: defect), resized and centre-cropped as the evaluation's images
     are, nearest-neighbour."""
-    crop_pct = eval_crop_pct(configured_crop, img_size)
-    resize = tuple(int(s / crop_pct) for s in img_size)
-    geometry = T.Compose([T.Resize(resize if img_size[0] != img_size[1] else resize[0],
-                                   interpolation=InterpolationMode.NEAREST), T.CenterCrop(img_size)])
+    geometry = T.Compose(eval_geometry(configured_crop, img_size, InterpolationMode.NEAREST))
     with Image.open(path) as img:
         shaped = geometry(img.convert("L"))
     return torch.from_numpy(np.asarray(shaped) > 0)

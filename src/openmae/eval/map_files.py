@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from openmae.data.images import BadImageError, read_header
-from openmae.data.transforms import eval_crop_pct
+from openmae.data.transforms import eval_crop_pct, eval_resize
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,13 @@ log = logging.getLogger(__name__)
 def resized_size(original: tuple[int, int], img_size: tuple[int, int], crop_pct: float) -> tuple[int, int]:
     """(h, w) of an image of size ``original`` (H0, W0) after the evaluation's resize, before its centre crop: both
     sides to ``img_size / crop_pct``, or for a square input the short side to it and the long one in proportion,
-    rounded down (torchvision's ``Resize`` of one number)."""
-    resize = tuple(int(s / crop_pct) for s in img_size)
-    if img_size[0] != img_size[1]:
+    rounded down (torchvision's ``Resize`` of one number, whose rule is private there)."""
+    resize = eval_resize(crop_pct, img_size)
+    if not isinstance(resize, int):
         return resize
     h0, w0 = original
     short, long = (w0, h0) if w0 <= h0 else (h0, w0)
-    new_short, new_long = resize[0], int(resize[0] * long / short)
+    new_short, new_long = resize, int(resize * long / short)
     return (new_long, new_short) if w0 <= h0 else (new_short, new_long)
 
 
