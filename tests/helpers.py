@@ -130,3 +130,17 @@ def photo_folders(root: Path, layout: dict[str, list[Path]]) -> None:
         (root / folder).mkdir(parents=True)
         for photo in chosen:
             (root / folder / photo.name).write_bytes(photo.read_bytes())
+
+
+def reference_case(tmp_path: Path, datasets: Path, good: slice, new: slice
+                   ) -> tuple[Path, torch.nn.Module, list[Path], Path, Path, list[str]]:
+    """A debug MAE's file (:func:`debug_mae_file`), the sample photos, a reference folder ``good/`` of the photos
+    ``good`` and a folder ``new/`` of the photos ``new``, and the settings that evaluate ``new/``: (checkpoint, model,
+    photos, good/, new/, settings)."""
+    ckpt = tmp_path / "mae.pth"
+    model = debug_mae_file(ckpt)
+    photos = sorted((datasets / "imagenet-sample").glob("*.JPEG"))
+    photo_folders(tmp_path, {"good": photos[good], "new": photos[new]})
+    queries = tmp_path / "new"
+    return ckpt, model, photos, tmp_path / "good", queries, ["data.name=folder", f"data.path={queries}",
+                                                              "data.num_workers=0"]

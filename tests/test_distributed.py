@@ -468,9 +468,10 @@ def test_openmae_evaluate_of_a_pretrained_mae_under_torchrun_equals_one_process(
 
 
 def test_defect_masks_under_torchrun_score_the_maps_one_process_scores(tmp_path, datasets):
-    """`evaluate.defect_masks` under torchrun: each rank computes the error and distance maps of its part of 7 test
-    images (one read twice and dropped), every rank holds them all in order, and the pixel ROC-AUC and PRO are one
-    process's (each image's masks drawn from its place, whatever rank reads it)."""
+    """`evaluate.defect_masks` under torchrun: each rank computes the error and distance maps (in 4 views of the
+    patch grid, each view's reference bank gathered from both ranks' parts) of its part of 7 test images (one read
+    twice and dropped), every rank holds them all in order, and the pixel ROC-AUC and PRO are one process's (each
+    image's masks drawn from its place, whatever rank reads it)."""
     from PIL import Image
 
     import openmae
@@ -493,7 +494,7 @@ def test_defect_masks_under_torchrun_score_the_maps_one_process_scores(tmp_path,
                 mask.save(part / "ground_truth" / "crack" / f"{photo.stem}_mask.png")
     args = ["data.name=imagefolder", f"data.path={part}", "data.num_workers=0", "evaluate.batch_size=2",
             "evaluate.normal_class=good", f"evaluate.reference_images={part / 'train/good'}",
-            f"evaluate.defect_masks={part / 'ground_truth'}"]
+            f"evaluate.defect_masks={part / 'ground_truth'}", "evaluate.map_views=4"]
     proc = torchrun("-m", "openmae", "evaluate", "--checkpoint", str(tmp_path / "mae.pth"), *args, "-o",
                     str(tmp_path / "two.json"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

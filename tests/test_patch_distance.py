@@ -6,14 +6,22 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import call_cli, debug_mae_file, photo_folders
+from helpers import call_cli, debug_mae_file, photo_folders, reference_case
 from PIL import Image
 from torch import nn
 
 import openmae
 from openmae.eval import patch_distance
 from openmae.eval.error_map import heat_colours
-from openmae.eval.patch_distance import PatchBank, ReferenceImages, build_bank, coreset, distance_map, nearest
+from openmae.eval.patch_distance import (
+    PatchBank,
+    PatchReference,
+    ReferenceImages,
+    build_bank,
+    coreset,
+    distance_map,
+    nearest,
+)
 from openmae.models.patches import patchify
 
 
@@ -22,7 +30,7 @@ class PixelTokens(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.patch_embed = SimpleNamespace(grid_size=(4, 4))
+        self.patch_embed = SimpleNamespace(grid_size=(4, 4), patch_size=(8, 8))  # as timm's PatchEmbed
         self.unused = nn.Parameter(torch.zeros(1))
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -109,6 +117,28 @@ def test_a_coreset_bank_holds_its_share_of_the_tokens_and_sets_its_unit_against_
         ReferenceImages("good", max_images=1)
 
 
+def test_in_four_views_a_painted_patch_lights_the_cells_each_view_saw_it_in():
+    """Pixel tokens in 4 views (the grid also moved by half a patch, 4 pixels): a reference image is 0 everywhere
+    (each view finds its own view of it); painted over at patch (1, 2), the cells of 4 pixels under the paint are
+    lit by every view (the highest), the half-patch ring around them by the shifted views' straddling patches only,
+    each cell the mean of the four views' distances; nothing beyond."""
+    from openmae.eval.patch_distance import build_reference, reference_distances
+
+    encoder = PixelTokens()
+    reference = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    views = build_reference(encoder, [reference], 4)
+    painted = reference[:1].clone()
+    painted[..., 8:16, 16:24] = 5.0
+    got = reference_distances(encoder, torch.cat([reference[:1], painted]), views)  # (2, 8, 8)
+    assert torch.equal(got[0], torch.zeros(8, 8))
+    lit = torch.zeros(8, 8, dtype=torch.bool)
+    lit[1:5, 3:7] = True  # rows 4-20, columns 12-28: half a patch past the paint on each side
+    assert torch.equal(got[1] != 0, lit)
+    core = torch.zeros(8, 8, dtype=torch.bool)
+    core[2:4, 4:6] = True  # the painted cells: each lit by all four views' patches, the ring by one or two
+    assert float(got[1][core].min()) > 1.5 * float(got[1][lit & ~core].max())
+
+
 def test_a_patch_unlike_the_reference_is_lit_at_its_place_and_scores_its_image():
     """A reference image itself: every patch at distance 0 (black). The same with its patch (1, 2) painted over: that
     patch alone is far, in the reference's unit, lit at its pixels, and the image's score."""
@@ -118,7 +148,7 @@ def test_a_patch_unlike_the_reference_is_lit_at_its_place_and_scores_its_image()
     painted = reference[:1].clone()
     painted[..., 8:16, 16:24] = 5.0
     imgs = torch.cat([reference[:1], painted])
-    shown = distance_map(encoder, imgs, bank, original=torch.zeros(2, 1, 32, 32))
+    shown = distance_map(encoder, imgs, PatchReference([bank], (8, 8)), original=torch.zeros(2, 1, 32, 32))
     assert torch.equal(shown.distances[0], torch.zeros(4, 4))
     far = torch.cdist(painted[..., 8:16, 16:24].reshape(1, 64), bank.tokens).amin() / bank.scale
     assert torch.equal(shown.distances[1] != 0, torch.zeros(4, 4, dtype=torch.bool).index_put_((torch.tensor(1),
@@ -159,8 +189,8 @@ def test_the_command_draws_distance_maps_against_a_reference_folder(tmp_path, da
     assert proc.returncode == 0, proc.stderr
     assert "searching a coreset of 128 of the reference's 256 patch tokens" in proc.stderr
     assert "4 reference images' 128 patch tokens" in proc.stderr
-    for flags, message in ((["--coreset", "0.5"], "--coreset, --reference-images and --save-reference set how the "
-                                                   "reference of --distances is read"),
+    for flags, message in ((["--coreset", "0.5"], "--coreset, --reference-images, --save-reference and --map-views "
+                                                   "set how the reference of --distances is read"),
                            (["--distances", str(reference), "--coreset", "1.5"], "coreset 1.5: give the share")):
         proc = call_cli("visualize", "--checkpoint", str(ckpt), str(photos[10]), "-o", str(tmp_path / "x"), *flags)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
@@ -184,14 +214,10 @@ def test_evaluate_scores_each_image_by_its_farthest_patch_from_reference_images(
     from openmae.data.config import DataConfig
     from openmae.data.normalization import IMAGENET_MEAN, IMAGENET_STD
     from openmae.engine.task_config import EvaluateSection
-    from openmae.eval.patch_distance import farthest, patch_distances, read_bank
+    from openmae.eval.patch_distance import farthest, read_reference, reference_distances
 
-    ckpt = tmp_path / "mae.pth"
-    model = debug_mae_file(ckpt)
-    photos = sorted((datasets / "imagenet-sample").glob("*.JPEG"))
-    reference, queries = tmp_path / "good", tmp_path / "new"
-    photo_folders(tmp_path, {"good": photos[:12], "new": photos[10:16]})
-    data = ["data.name=folder", f"data.path={queries}", "data.num_workers=0"]
+    ckpt, model, photos, reference, queries, data = reference_case(tmp_path, datasets, slice(None, 12),
+                                                                   slice(10, 16))
     proc = call_cli("evaluate", "--checkpoint", str(ckpt), *data, f"evaluate.reference_images={reference}",
                     "evaluate.rank_by=farthest_patch", "--predictions", str(tmp_path / "scores.csv"), "--plot",
                     str(tmp_path / "farthest.png"))
@@ -203,9 +229,9 @@ def test_evaluate_scores_each_image_by_its_farthest_patch_from_reference_images(
     got = {r["image"].rsplit("/", 1)[-1]: float(r["farthest_patch"]) for r in rows}
     mean, std = tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)  # what a file recording none is read with
     d = DataConfig(name="folder", path=str(queries), num_workers=0, mean=list(mean), std=list(std))
-    bank = read_bank(model, ReferenceImages(str(reference)), d, (32, 32), 3, mean, std)
+    bank = read_reference(model, ReferenceImages(str(reference)), d, (32, 32), 3, mean, std)
     images = next(iter(eval_batches(d, "train", (32, 32), 3, 6))).images
-    want = farthest(patch_distances(model, images, bank))
+    want = farthest(reference_distances(model, images, bank))
     assert sorted(got) == [p.name for p in photos[10:16]]
     np.testing.assert_allclose([got[p.name] for p in photos[10:16]], want.numpy(), rtol=1e-5, atol=1e-6)
     assert got[photos[10].name] == 0 and got[photos[11].name] == 0  # in the reference: their own patches are there
@@ -226,8 +252,8 @@ def test_evaluate_scores_each_image_by_its_farthest_patch_from_reference_images(
     assert "searching a coreset of 154 of the reference's 512 patch tokens" in proc.stderr  # 8 images of 64
     rows = list(csv.DictReader((tmp_path / "coreset.csv").open()))
     got = {r["image"].rsplit("/", 1)[-1]: float(r["farthest_patch"]) for r in rows}
-    want = farthest(patch_distances(model, images, read_bank(model, ReferenceImages(str(reference), 8, 0.3), d,
-                                                             (32, 32), 3, mean, std)))
+    want = farthest(reference_distances(model, images, read_reference(model, ReferenceImages(str(reference), 8, 0.3),
+                                                                      d, (32, 32), 3, mean, std)))
     np.testing.assert_allclose([got[p.name] for p in photos[10:16]], want.numpy(), rtol=1e-5, atol=1e-6)
     assert EvaluateSection().reference_max_images == patch_distance.REFERENCE_IMAGES  # the setting's default
     refused = call_cli("evaluate", "--checkpoint", str(ckpt), *data, "evaluate.reference_coreset=0.3")

@@ -10,7 +10,7 @@ import torch
 from helpers import call_cli
 
 import openmae
-from openmae.eval.patch_distance import build_bank
+from openmae.eval.patch_distance import build_reference
 from openmae.eval.reference_file import load_bank, save_bank
 
 
@@ -37,12 +37,12 @@ def folders(tmp_path, datasets):
 def test_a_kept_bank_reads_back_whole_and_refuses_another_encoder_size_or_normalisation(tmp_path):
     torch.manual_seed(0)
     model = openmae.create_model("mae_vit_debug_patch4_32")
-    bank = build_bank(model, [torch.randn(5, 3, 32, 32)], keep=0.5)
+    kept = build_reference(model, [torch.randn(5, 3, 32, 32)], keep=0.5)
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    path = save_bank(bank, str(tmp_path / "bank.safetensors"), model, (32, 32), 3, mean, std, 1.0, "good", 0.5)
-    back = load_bank(str(path), model, (32, 32), 3, mean, std, 1.0)
-    assert torch.equal(back.tokens, bank.tokens) and torch.equal(back.image, bank.image)
-    assert back.scale == bank.scale and back.images == bank.images == 5
+    path = save_bank(kept, str(tmp_path / "bank.safetensors"), model, (32, 32), 3, mean, std, 1.0, "good", 0.5)
+    back, bank = load_bank(str(path), model, (32, 32), 3, mean, std, 1.0).banks, kept.banks[0]
+    assert len(back) == 1 and torch.equal(back[0].tokens, bank.tokens) and torch.equal(back[0].image, bank.image)
+    assert back[0].scale == bank.scale and back[0].images == bank.images == 5
     torch.manual_seed(1)
     other = openmae.create_model("mae_vit_debug_patch4_32")
     with pytest.raises(ValueError, match=r"made with another encoder \(other weights\)"):
@@ -53,6 +53,37 @@ def test_a_kept_bank_reads_back_whole_and_refuses_another_encoder_size_or_normal
         load_bank(str(path), model, (64, 64), 3, mean, std, 1.0)
     with pytest.raises(ValueError, match=r"read with centre crop \(data.eval_crop_pct\) 1.0, these with 0.875"):
         load_bank(str(path), model, (32, 32), 3, mean, std, 0.875)
+
+
+def test_a_reference_kept_in_views_reads_back_each_views_bank_and_one_view_stays_version_1(tmp_path):
+    """Four views of the patch grid: version 2 of the format, each view's tokens, images and unit read back in
+    order; one view: version 1 (what earlier versions read), as before views; a version this openmae does not know:
+    refused, saying to update."""
+    from safetensors import safe_open
+
+    from openmae.convert.files import save_file
+
+    torch.manual_seed(0)
+    model = openmae.create_model("mae_vit_debug_patch4_32")
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    views = build_reference(model, [torch.randn(3, 3, 32, 32), torch.randn(2, 3, 32, 32)], 4, keep=0.5)
+    path = save_bank(views, str(tmp_path / "views.safetensors"), model, (32, 32), 3, mean, std, 1.0, "good", 0.5)
+    back = load_bank(str(path), model, (32, 32), 3, mean, std, 1.0)
+    assert back.views == 4 and back.patch == (4, 4) and len({bank.scale for bank in back.banks}) == 4
+    for kept, read in zip(views.banks, back.banks, strict=True):
+        assert torch.equal(kept.tokens, read.tokens) and torch.equal(kept.image, read.image)
+        assert kept.scale == read.scale and read.images == 5
+    one = save_bank(build_reference(model, [torch.randn(3, 3, 32, 32)]), str(tmp_path / "one.safetensors"), model,
+                    (32, 32), 3, mean, std, 1.0, "good", 1.0)
+    with safe_open(str(one), "pt") as fh:
+        how = json.loads(fh.metadata()["openmae_patch_bank"])
+        assert how["version"] == 1 and "views" not in how and set(fh.keys()) == {"tokens", "image", "probe"}
+    with safe_open(str(path), "pt") as fh:
+        meta, tensors = json.loads(fh.metadata()["openmae_patch_bank"]), {k: fh.get_tensor(k) for k in fh.keys()}
+    save_file(tensors, tmp_path / "later.safetensors", metadata={"openmae_patch_bank": {**meta, "version": 3}})
+    with pytest.raises(ValueError, match=r"written in version 3 of the format, this openmae reads versions 1, 2 \(a "
+                                         r"newer openmae wrote it: update openmae\)"):
+        load_bank(str(tmp_path / "later.safetensors"), model, (32, 32), 3, mean, std, 1.0)
 
 
 def test_visualize_keeps_the_reference_and_searches_the_kept_file_as_the_images(tmp_path, folders):
@@ -78,7 +109,7 @@ def test_visualize_keeps_the_reference_and_searches_the_kept_file_as_the_images(
             (["--distances", str(bank), "--coreset", "0.5"], "is a kept reference, searched as it was kept"),
             (["--distances", folders["good"], "--save-reference", str(tmp_path / "x.pt")],
              "--save-reference " + str(tmp_path / "x.pt") + ": give a file name ending in .safetensors"),
-            (["--save-reference", str(bank)], "--coreset, --reference-images and --save-reference set how"),
+            (["--save-reference", str(bank)], "--coreset, --reference-images, --save-reference and --map-views set how"),
             (["--distances", ckpt.replace(".pth", ".safetensors")], "no such reference file")):
         proc = call_cli("visualize", "--checkpoint", ckpt, folders["new"], "-o", str(tmp_path / "x"), *flags)
         assert proc.returncode != 0 and message in proc.stderr, (flags, proc.stderr[-1500:])

@@ -185,7 +185,8 @@ def cmd_visualize(args: argparse.Namespace, rest: list[str]) -> int:
                           "pretraining run's model-last.pth, an official mae_visualize_*.pth, a Hugging Face folder)")
     if args.count is not None and args.count < 1:
         raise ConfigError(f"--count={args.count}: give the number of pictures to write, 1 or more")
-    reference = reference_of(args.distances, args.reference_images, args.coreset, args.save_reference)
+    reference = reference_of(args.distances, args.reference_images, args.coreset, args.save_reference,
+                             args.map_views)
     model, cfg = drawing_model(args.checkpoint, data, args.features or args.distances is not None)
     check_bands(args.bands, cfg.in_chans)
     drawn = {"errors": args.errors, "features": args.features, "distances": reference, "cfg": cfg}

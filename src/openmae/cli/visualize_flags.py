@@ -52,6 +52,10 @@ def add_visualize_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coreset", type=float, metavar="SHARE",
                    help="--distances: search a greedy coreset of this share of the reference's patch tokens "
                         "(every token near one kept; 0.1: the search 10x faster), default 1: all")
+    p.add_argument("--map-views", type=int, metavar="N",
+                   help="--distances: read each image and reference image in N = k x k views of the patch grid "
+                        "(4: also moved by half a patch), the maps averaged on a grid k times finer; N times the "
+                        "passes and searches (default 1; a kept reference: its own)")
     p.add_argument("--save-reference", metavar="FILE",
                    help="--distances: keep the reference's patch tokens in FILE (.safetensors), which a later "
                         "--distances FILE reads instead of the images (the same encoder and settings)")

@@ -150,7 +150,7 @@ def part_of(source: Any, info: DistInfo) -> tuple[Any, np.ndarray]:
 class RankSplit:
     """Items split between the ranks of a torchrun job (:func:`part_of`) and their rows gathered back in order
     (:func:`gather_rows`, on every rank): what a pass over images that every rank needs whole shares (the reference
-    images of :func:`openmae.eval.patch_distance.read_bank`)."""
+    images of :func:`openmae.eval.patch_distance.read_reference`)."""
 
     info: DistInfo
 

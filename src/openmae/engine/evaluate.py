@@ -178,7 +178,8 @@ def _evaluate(cfg: EvaluateConfig, info: DistInfo) -> dict[str, Any]:
                                 ("reference", e.reference, ""), ("reference_images", e.reference_images, ""),
                                 ("reference_coreset", e.reference_coreset, 1.0),
                                 ("reference_max_images", e.reference_max_images, REFERENCE_IMAGES),
-                                ("save_reference", e.save_reference, ""), ("normal_class", e.normal_class, ""),
+                                ("save_reference", e.save_reference, ""), ("map_views", e.map_views, 1),
+                                ("normal_class", e.normal_class, ""),
                                 ("defect_masks", e.defect_masks, ""), ("map_sigma", e.map_sigma, 0.0),
                                 ("save_maps", e.save_maps, "")):
         if value != default:

@@ -32,11 +32,11 @@ from openmae.engine.task_config import EvaluateConfig
 from openmae.eval.map_files import write_maps
 from openmae.eval.patch_distance import (
     REFERENCE_IMAGES,
-    PatchBank,
+    PatchReference,
     ReferenceImages,
     distance_map,
     farthest,
-    patch_distances,
+    reference_distances,
 )
 from openmae.eval.ranking import roc_auc
 from openmae.eval.reconstruction import Reconstruction, auto_scale, displayed, reconstruct, save_grid
@@ -108,7 +108,7 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
                           "images like the training ones>, whose patch tokens each image's patches are measured from")
     for key, value, default in (("reference_coreset", e.reference_coreset, 1.0),
                                 ("reference_max_images", e.reference_max_images, REFERENCE_IMAGES),
-                                ("save_reference", e.save_reference, "")):
+                                ("save_reference", e.save_reference, ""), ("map_views", e.map_views, 1)):
         if value != default and not e.reference_images:
             raise ConfigError(f"evaluate.{key}={value} sets how evaluate.reference_images are searched, and none are "
                               "given: add evaluate.reference_images=<a folder or CSV list>, or leave it out")
@@ -119,7 +119,8 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
         raise ConfigError(f"evaluate.defect_masks={e.defect_masks} measures how the error maps (and the distance "
                           "maps, with evaluate.reference_images) find the defect pixels: it needs "
                           "evaluate.normal_class=<the class without defects>")
-    wanted = ReferenceImages(e.reference_images, e.reference_max_images, e.reference_coreset, e.save_reference)
+    wanted = ReferenceImages(e.reference_images, e.reference_max_images, e.reference_coreset, e.save_reference,
+                             e.map_views)
     bank = (reference_bank(model.to(info.device), wanted, d, m.img_size, m.in_chans, *stats_for(d, m.in_chans),
                            split=RankSplit(info) if info.enabled else None)
             if e.reference_images else None)  # each rank reads its part of the reference, every rank holds it whole
@@ -158,8 +159,8 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
                  "%.0f%% of the reference's (%.0f%% expected of images like them)", against, reference.count,
                  summary["atypicality"], 100 * summary["atypical_share"], TAIL, 100 - TAIL)
     if bank is not None:
-        maps = maps_over_ranks(model, source, d, e.batch_size, info, lambda x, _: patch_distances(model, x, bank),
-                               "patch distances")  # (N, h, w)
+        maps = maps_over_ranks(model, source, d, e.batch_size, info,  # (N, h, w); finer in several views
+                               lambda x, _: reference_distances(model, x, bank), "patch distances")
         scores["farthest_patch"] = farthest(maps)
         summary["farthest_patch"] = float(scores["farthest_patch"].mean())
         summary["beyond_reference"] = float((scores["farthest_patch"] > 1).double().mean())
@@ -256,7 +257,7 @@ def run_reference(obj: Any, path: str, ratio: float) -> tuple[Reference | None, 
 
 
 def draw_worst(model: MaskedAutoencoder, d: DataConfig, source: ImageSource, worst: list[int], ratio: float,
-               path: Path, what: str = RANKINGS["loss"], bank: PatchBank | None = None) -> None:
+               path: Path, what: str = RANKINGS["loss"], bank: PatchReference | None = None) -> None:
     """The images ``worst`` (indices into ``source``), one row each as ``openmae visualize`` draws them (original |
     masked | reconstruction | pasted), each masked as it was measured (its place in the split); with ``bank``, as
     ``visualize --distances`` draws them (original | each patch's distance from the reference), where the patch

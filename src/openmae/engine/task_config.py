@@ -5,6 +5,7 @@ once; the tasks that run them live beside this module (``engine/pretrain.py`` ..
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from math import isqrt
 from typing import ClassVar
 
 from openmae.config import require
@@ -368,6 +369,11 @@ class EvaluateSection:
     # a .safetensors file to keep the reference's patch tokens in, for later evaluations to read as reference_images
     # (without reading the images again); refused where reference_images is such a file already
     save_reference: str = ""
+    # the views of the patch grid each image (and reference image) is read in: k x k, the grid also moved by 1/k of
+    # a patch (4: half a patch, down, right and both), each view searched against the reference read at its shift,
+    # the views' distances averaged on a grid k times finer (the farthest patch its highest cell, the distance maps
+    # that fine); k x k times the reference's and the images' passes and searches. 1: the grid as it is
+    map_views: int = 1
     # a pretrained MAE, images with classes (data.name=imagefolder: MVTec AD's test/good/ and test/<defect>/): the
     # class of normal images; each score's ROC-AUC of telling the other classes' images from them joins the numbers
     normal_class: str = ""
@@ -404,6 +410,8 @@ class EvaluateSection:
                 ">= 2 (each patch is compared with the other reference images')")
         require(0 < self.reference_coreset <= 1, "evaluate.reference_coreset", self.reference_coreset,
                 "a share of the reference's patch tokens above 0 and at most 1 (1: all of them)")
+        require(self.map_views >= 1 and isqrt(self.map_views) ** 2 == self.map_views, "evaluate.map_views",
+                self.map_views, "a square number of views of the patch grid (1, 4, 9, 16; 1: the grid as it is)")
         require(self.map_sigma >= 0, "evaluate.map_sigma", self.map_sigma,
                 "a Gaussian's sigma in pixels of the model's input, >= 0 (0: the maps unsmoothed)")
         require(not self.save_reference or self.save_reference.endswith(".safetensors"), "evaluate.save_reference",

@@ -28,6 +28,7 @@ from openmae.data.datasets import ImageSource
 from openmae.eval.device_room import device_with_room
 from openmae.eval.error_map import heat_colours
 from openmae.eval.feature_map import patch_tokens
+from openmae.eval.grid_views import averaged, cell_size, put_back, shifted, view_shifts, views_side
 from openmae.eval.progress import reported
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,14 @@ HALF_NORM = 100.0  # the coreset's longest token, centred: dot products up to 10
 class ReferenceImages:
     """Where the reference images are (a folder or a CSV list; or a file of their tokens kept before,
     :mod:`openmae.eval.reference_file`), how many of them to read at most (spread evenly), the share of their patch
-    tokens searched (a greedy coreset, :func:`coreset`; 1: all), and a file to keep the tokens in ("": none)."""
+    tokens searched (a greedy coreset, :func:`coreset`; 1: all), a file to keep the tokens in ("": none), and the
+    views of the patch grid each image is read in (:mod:`openmae.eval.grid_views`; 1: the grid as it is)."""
 
     path: str
     max_images: int = REFERENCE_IMAGES
     coreset: float = 1.0
     save: str = ""
+    views: int = 1
 
     def __post_init__(self) -> None:
         if self.max_images < 2:
@@ -58,6 +61,7 @@ class ReferenceImages:
         if not 0 < self.coreset <= 1:
             raise ValueError(f"coreset {self.coreset}: give the share of the reference's patch tokens to keep, "
                              "above 0 and at most 1 (1: all; 0.1: a tenth, the search 10x faster)")
+        views_side(self.views)  # a square number (against the patch's sides when read)
 
 
 @dataclass
@@ -72,6 +76,36 @@ class PatchBank:
 
     def to(self, device: torch.device) -> PatchBank:
         return replace(self, tokens=self.tokens.to(device), image=self.image.to(device))
+
+
+@dataclass
+class PatchReference:
+    """What each image's patches are measured against: a :class:`PatchBank` for each view of the patch grid
+    (:func:`openmae.eval.grid_views.view_shifts`' order; one: the grid as it is) of an encoder of ``patch`` pixels."""
+
+    banks: list[PatchBank]
+    patch: tuple[int, int]
+
+    @property
+    def views(self) -> int:
+        return len(self.banks)
+
+    @property
+    def images(self) -> int:
+        return self.banks[0].images
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(bank.tokens) for bank in self.banks)
+
+    def to(self, device: torch.device) -> PatchReference:
+        return replace(self, banks=[bank.to(device) for bank in self.banks])
+
+
+def patch_of(encoder: nn.Module) -> tuple[int, int]:
+    """The (height, width) in pixels of ``encoder``'s patches (timm's PatchEmbed, an openmae MAE's too)."""
+    size = encoder.patch_embed.patch_size
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def search_device(count: int, dim: int, encoder: nn.Module) -> torch.device:
@@ -139,10 +173,27 @@ def build_bank(encoder: nn.Module, batches: Iterable[torch.Tensor], seed: int = 
     more. ``gather``: every process's tokens (R, h, w, D), in the reference's order, from this one's, where the
     processes of a torchrun job each read a part of the reference; every process then holds the same bank.
     ``keep`` < 1: the bank a :func:`coreset` of that share of the tokens."""
-    tokens = [patch_tokens(encoder, imgs) for imgs in batches]  # (n, h, w, D) each, on the CPU
-    every = torch.cat(tokens)  # (r, h, w, D): this process's images
-    every = gather(every) if gather is not None else every  # (R, h, w, D)
-    return bank_from(every.to(search_device(every[..., 0].numel(), every.shape[-1], encoder)), seed, keep)
+    return build_reference(encoder, batches, 1, seed, gather, keep).banks[0]
+
+
+def build_reference(encoder: nn.Module, batches: Iterable[torch.Tensor], views: int = 1, seed: int = 0,
+                    gather: Callable[[torch.Tensor], torch.Tensor] | None = None, keep: float = 1.0
+                    ) -> PatchReference:
+    """:func:`build_bank` for each of ``views`` views of the patch grid (:mod:`openmae.eval.grid_views`): the
+    :class:`PatchReference` of the reference images, each view's bank of the images read at that view's shift."""
+    patch = patch_of(encoder)
+    shifts = view_shifts(views, patch)
+    tokens: list[list[torch.Tensor]] = [[] for _ in shifts]
+    for imgs in batches:  # each batch read once, seen in every view
+        for mine, shift in zip(tokens, shifts, strict=True):
+            mine.append(patch_tokens(encoder, shifted(imgs, shift)))  # (n, h, w, D), on the CPU
+    banks = []
+    for mine in tokens:
+        every = torch.cat(mine)  # (r, h, w, D): this process's images
+        every = gather(every) if gather is not None else every  # (R, h, w, D)
+        banks.append(bank_from(every.to(search_device(every[..., 0].numel() * views, every.shape[-1], encoder)),
+                               seed, keep))
+    return PatchReference(banks, patch)
 
 
 def bank_from(tokens: torch.Tensor, seed: int = 0, keep: float = 1.0) -> PatchBank:
@@ -169,7 +220,8 @@ def bank_from(tokens: torch.Tensor, seed: int = 0, keep: float = 1.0) -> PatchBa
 @dataclass
 class DistanceMap:
     """Panels (N, C, H, W) in [0, 1]: the original and the heat map of each patch's distance from the reference;
-    ``distances`` (N, h, w) in the reference's unit, ``score`` (N,) each image's farthest patch."""
+    ``distances`` (N, h, w) in the reference's unit (a finer grid in several views of the patch grid), ``score`` (N,) each
+    image's farthest patch (its highest cell)."""
 
     original: torch.Tensor
     heat: torch.Tensor
@@ -189,6 +241,18 @@ def patch_distances(encoder: nn.Module, imgs: torch.Tensor, bank: PatchBank) -> 
     CPU (searched on the bank's device)."""
     tokens = patch_tokens(encoder, imgs)  # (N, h, w, D)
     return (nearest(tokens.flatten(0, 2), bank).reshape(tokens.shape[:3]) / bank.scale).cpu()
+
+
+def reference_distances(encoder: nn.Module, imgs: torch.Tensor, reference: PatchReference) -> torch.Tensor:
+    """Each patch's distance from ``reference``, in its unit, for normalised ``imgs`` (N, C, H, W): (N, h, w) on the
+    CPU; in several views, the views' distances put back where each saw them and averaged on the finer grid of
+    :func:`openmae.eval.grid_views.cell_size` (N, H / ch, W / cw)."""
+    if reference.views == 1:
+        return patch_distances(encoder, imgs, reference.banks[0])
+    cell = cell_size(reference.views, reference.patch)
+    return averaged([put_back(patch_distances(encoder, shifted(imgs, shift), bank), shift, reference.patch, cell)
+                     for bank, shift in zip(reference.banks, view_shifts(reference.views, reference.patch), strict=True)
+                     ])  # (N, H / ch, W / cw)
 
 
 def farthest(distances: torch.Tensor) -> torch.Tensor:
@@ -212,11 +276,12 @@ class Split(Protocol):
     def gather(self, local: torch.Tensor, count: int) -> torch.Tensor: ...
 
 
-def read_bank(encoder: nn.Module, reference: ReferenceImages, data: DataConfig, img_size: tuple[int, int],
-              channels: int, mean: tuple[float, ...], std: tuple[float, ...], split: Split | None = None) -> PatchBank:
-    """The :class:`PatchBank` of the ``reference`` images (at most its ``max_images``, spread evenly), read as
-    ``data``'s images are (its format, crop, normalisation); ``split``: each process of a torchrun job reads its
-    part (the encoder's passes, minutes for a large model, shared)."""
+def read_reference(encoder: nn.Module, reference: ReferenceImages, data: DataConfig, img_size: tuple[int, int],
+                   channels: int, mean: tuple[float, ...], std: tuple[float, ...], split: Split | None = None
+                   ) -> PatchReference:
+    """The :class:`PatchReference` of the ``reference`` images (at most its ``max_images``, spread evenly; in its
+    ``views``), read as ``data``'s images are (its format, crop, normalisation); ``split``: each process of a
+    torchrun job reads its part (the encoder's passes, minutes for a large model, shared)."""
     from openmae.data.build import eval_batches, source_for
 
     where = reference.path
@@ -225,20 +290,22 @@ def read_bank(encoder: nn.Module, reference: ReferenceImages, data: DataConfig, 
     source = source_for(ref, ref.train_split, channels, reference.max_images)
     part = split.part(source) if split is not None else source
     shared = f", {len(part)} on each of {split.processes} processes" if split is not None else ""
-    log.info("reading the patch tokens of %d reference images (%s%s)", len(source), where, shared)
+    views = f" in {reference.views} views of the patch grid" if reference.views > 1 else ""
+    log.info("reading the patch tokens of %d reference images (%s%s)%s", len(source), where, shared, views)
     batches = eval_batches(ref, ref.train_split, img_size, channels, 64, source=part)
     gather = functools.partial(split.gather, count=len(source)) if split is not None else None
     with contextlib.closing(reported(batches, "reference images", len(part))) as shown:  # minutes for a large model
-        bank = build_bank(encoder, (batch.images for batch in shown), gather=gather, keep=reference.coreset)
-    log.info("distances from the nearest of the %d reference images' %d patch tokens (%s)", len(source),
-             len(bank.tokens), where)
-    return bank
+        out = build_reference(encoder, (batch.images for batch in shown), reference.views, gather=gather,
+                              keep=reference.coreset)
+    log.info("distances from the nearest of the %d reference images' %d patch tokens (%s)%s", len(source),
+             out.tokens, where, f", each view's against its own {len(out.banks[0].tokens)}" if views else "")
+    return out
 
 
-def distance_map(encoder: nn.Module, imgs: torch.Tensor, bank: PatchBank, original: torch.Tensor, vmax: float = 2.0
-                 ) -> DistanceMap:
+def distance_map(encoder: nn.Module, imgs: torch.Tensor, reference: PatchReference, original: torch.Tensor,
+                 vmax: float = 2.0) -> DistanceMap:
     """The :class:`DistanceMap` of normalised ``imgs``; the heat map from 0 (black) to ``vmax`` units and above
     (white-yellow). ``original``: their panel."""
-    distances = patch_distances(encoder, imgs, bank)  # (N, h, w)
-    pixels = F.interpolate(distances[:, None], size=imgs.shape[-2:], mode="nearest")[:, 0]  # each patch one value
+    distances = reference_distances(encoder, imgs, reference)  # (N, h, w), or a finer grid in several views
+    pixels = F.interpolate(distances[:, None], size=imgs.shape[-2:], mode="nearest")[:, 0]  # each cell one value
     return DistanceMap(original, heat_colours(pixels, vmax), distances)

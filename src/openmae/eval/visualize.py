@@ -29,7 +29,7 @@ from openmae.data.transforms import eval_transform
 from openmae.data.volumes import FileVolumes
 from openmae.eval.error_map import error_map
 from openmae.eval.feature_map import Components, evenly, feature_map, fit_components, patch_tokens
-from openmae.eval.patch_distance import PatchBank, ReferenceImages, distance_map
+from openmae.eval.patch_distance import PatchReference, ReferenceImages, distance_map
 from openmae.eval.reconstruction import Panels, auto_scale, displayed, reconstruct, save_grid
 from openmae.eval.reference_file import reference_bank
 from openmae.models.config import MAEConfig
@@ -115,7 +115,7 @@ class Drawing:
 
     errors: float | None = None
     components: Components | None = None
-    bank: PatchBank | None = None
+    bank: PatchReference | None = None
     scores: list[tuple[str, float]] = field(default_factory=list)  # each distance map's picture and farthest patch
 
     def write_scores(self, out_dir: str | Path) -> None:
