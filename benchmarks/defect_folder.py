@@ -4,7 +4,8 @@ pasted in (`benchmarks/error_maps.py`'s), then `openmae evaluate` of each MAE wi
 reference (`evaluate.reference_images`), `evaluate.normal_class=good` and the pasted squares as ground-truth masks
 (`evaluate.defect_masks`): each score's ROC-AUC of telling the pasted-into test images from the good ones, and how
 well the distance maps and the error maps find the pasted pixels (pixel ROC-AUC, per-region overlap PRO), as the
-command reports them; with `--coreset`, again with that share of the reference searched.
+command reports them; with `--coreset`, again with that share of the reference searched; with `--map-views`, again
+in those views of the patch grid (`evaluate.map_views`).
 
 Unlike `error_maps.py`, the good and the pasted-into test images are different images (as a real inspection's are),
 and the images go through files (PNG) and the command's own reading.
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--coreset", type=float, default=0.0, help="also search this share of the reference")
     parser.add_argument("--map-sigma", type=float, nargs="*", default=[], help="also score the maps smoothed by "
                         "each of these Gaussians (evaluate.map_sigma, pixels), the whole reference searched")
+    parser.add_argument("--map-views", type=int, nargs="*", default=[], help="also search in each of these numbers "
+                        "of views of the patch grid (evaluate.map_views: 4, 9, ...), the whole reference searched")
     args = parser.parse_args()
     root = Path(args.data_root)
     results: dict = {"images": args.images, "reference": args.reference, "size": args.size, "seed": args.seed,
@@ -85,6 +88,8 @@ def main() -> None:
             runs = {"whole reference": ()}
             if args.coreset:
                 runs[f"coreset {args.coreset:g}"] = (f"evaluate.reference_coreset={args.coreset}",)
+            for views in args.map_views:
+                runs[f"{views} views of the grid"] = (f"evaluate.map_views={views}",)
             for sigma in args.map_sigma:
                 runs[f"maps smoothed, sigma {sigma:g}"] = (f"evaluate.map_sigma={sigma}",)
             name = Path(path).parent.name

@@ -5,7 +5,8 @@ and the views' maps averaged: a map of finer steps than a patch. Measured on `er
 images with a pasted CIFAR-10 square (the 1,000 untouched ones as normal images, the 1,000 pasted-into ones with
 their squares as defects): the pixel ROC-AUC and PRO (`openmae.eval.defect_masks`) of each number of views. The
 shift is a roll (the pixels pushed past one edge come back at the other): Fashion-MNIST's borders are black.
-An experiment, not an option of the commands yet.
+The experiment that led to `evaluate.map_views` (:mod:`openmae.eval.grid_views`), which reflects the edges instead
+and averages each cell over the views that reach it; `defect_folder.py --map-views` measures the option.
 
     python benchmarks/shifted_maps.py runs/error_maps/fm_pixels_15/model-last.pth --views 1 4 9
 """

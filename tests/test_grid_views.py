@@ -81,7 +81,7 @@ def test_the_views_distances_are_each_views_own_search_averaged_on_the_finer_gri
     gen = torch.Generator().manual_seed(2)
     reference, imgs = torch.randn(5, 3, 32, 32, generator=gen), torch.randn(3, 3, 32, 32, generator=gen)
     views = build_reference(model, [reference[:3], reference[3:]], 4)
-    assert views.views == 4 and views.patch == (4, 4) and views.images == 5 and views.tokens == 4 * 5 * 64
+    assert views.views == 4 and views.patch == (4, 4) and views.images == 5 and views.token_count == 4 * 5 * 64
     got = reference_distances(model, imgs, views)
     assert got.shape == (3, 16, 16)
     total, count = torch.zeros(3, 16, 16), torch.zeros(16, 16)

@@ -95,7 +95,8 @@ class PatchReference:
         return self.banks[0].images
 
     @property
-    def tokens(self) -> int:
+    def token_count(self) -> int:
+        """The tokens of all the views' banks."""
         return sum(len(bank.tokens) for bank in self.banks)
 
     def to(self, device: torch.device) -> PatchReference:
@@ -298,7 +299,7 @@ def read_reference(encoder: nn.Module, reference: ReferenceImages, data: DataCon
         out = build_reference(encoder, (batch.images for batch in shown), reference.views, gather=gather,
                               keep=reference.coreset)
     log.info("distances from the nearest of the %d reference images' %d patch tokens (%s)%s", len(source),
-             out.tokens, where, f", each view's against its own {len(out.banks[0].tokens)}" if views else "")
+             out.token_count, where, f", each view's against its own {len(out.banks[0].tokens)}" if views else "")
     return out
 
 

@@ -77,7 +77,7 @@ def save_bank(reference: PatchReference, path: str, encoder: nn.Module, img_size
     written = save_file(tensors, path, metadata={KEY: how})
     views = f" ({reference.views} views of the patch grid)" if reference.views > 1 else ""
     log.info("the reference's %d patch tokens%s kept in %s (--distances %s, evaluate.reference_images=%s read them)",
-             reference.tokens, views, written, written, written)
+             reference.token_count, views, written, written, written)
     return written
 
 
@@ -196,14 +196,14 @@ def reference_bank(encoder: nn.Module, reference: ReferenceImages, data: DataCon
             raise ValueError(f"{reference.path} is a kept reference, searched as it was kept: a coreset share, a "
                              "number of reference images and a file to keep it in apply to reference images (a "
                              "folder or CSV list)")
-        bank = load_bank(reference.path, encoder, img_size, channels, mean, std, crop)
-        if reference.views not in (1, bank.views):  # (1: the default, the file's views used)
-            raise ValueError(f"{reference.path} was kept in {bank.views} view(s) of the patch grid, and "
+        kept = load_bank(reference.path, encoder, img_size, channels, mean, std, crop)
+        if reference.views not in (1, kept.views):  # (1: the default, the file's views used)
+            raise ValueError(f"{reference.path} was kept in {kept.views} view(s) of the patch grid, and "
                              f"{reference.views} are asked for: leave the number of views out (the file's are used), "
                              "or read the reference images again in those views")
-        return bank.to(search_device(bank.tokens, bank.banks[0].tokens.shape[1], encoder))
-    bank = read_reference(encoder, reference, data, img_size, channels, mean, std, split)
+        return kept.to(search_device(kept.token_count, kept.banks[0].tokens.shape[1], encoder))
+    read = read_reference(encoder, reference, data, img_size, channels, mean, std, split)
     if reference.save and (split is None or split.main):
-        save_bank(bank, reference.save, encoder, img_size, channels, mean, std, crop, reference.path,
+        save_bank(read, reference.save, encoder, img_size, channels, mean, std, crop, reference.path,
                   reference.coreset)
-    return bank
+    return read
