@@ -54,7 +54,8 @@ def add_visualize_flags(p: argparse.ArgumentParser) -> None:
                         "(every token near one kept; 0.1: the search 10x faster), default 1: all")
     p.add_argument("--map-views", type=int, metavar="N",
                    help="--distances: read each image and reference image in N = k x k views of the patch grid "
-                        "(4: also moved by half a patch), the maps averaged on a grid k times finer; N times the "
+                        "(4: also moved by half a patch), each against the reference read at its shift, the maps "
+                        "averaged on a finer grid (half-patch cells for 4 views of an even patch); N times the "
                         "passes and searches (default 1; a kept reference: its own)")
     p.add_argument("--save-reference", metavar="FILE",
                    help="--distances: keep the reference's patch tokens in FILE (.safetensors), which a later "

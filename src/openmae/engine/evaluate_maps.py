@@ -48,9 +48,10 @@ def maps_over_ranks(model: MaskedAutoencoder, source: ImageSource, d: DataConfig
 
 def anomaly_maps(model: MaskedAutoencoder, source: ImageSource, d: DataConfig, e: EvaluateSection, mask_ratio: float,
                  distances: torch.Tensor | None, info: DistInfo) -> dict[str, torch.Tensor]:
-    """Each image's maps, smoothed by ``evaluate.map_sigma``: ``distance_map`` (N, h, w), its patch ``distances``
-    where reference images are given, and ``error_map`` (N, H, W), computed here where it is scored
-    (``evaluate.defect_masks``) or the only map to keep (``evaluate.save_maps`` without reference images)."""
+    """Each image's maps, smoothed by ``evaluate.map_sigma``: ``distance_map`` (N, h, w; finer with
+    ``evaluate.map_views``), its patch ``distances`` where reference images are given, and ``error_map`` (N, H, W),
+    computed here where it is scored (``evaluate.defect_masks``) or the only map to keep (``evaluate.save_maps``
+    without reference images)."""
     found = {"distance_map": distances} if distances is not None else {}
     if e.defect_masks or distances is None:  # the model's passes: twice the reconstruction's
         found["error_map"] = maps_over_ranks(model, source, d, e.batch_size, info,  # (N, H, W)

@@ -371,8 +371,9 @@ class EvaluateSection:
     save_reference: str = ""
     # the views of the patch grid each image (and reference image) is read in: k x k, the grid also moved by 1/k of
     # a patch (4: half a patch, down, right and both), each view searched against the reference read at its shift,
-    # the views' distances averaged on a grid k times finer (the farthest patch its highest cell, the distance maps
-    # that fine); k x k times the reference's and the images' passes and searches. 1: the grid as it is
+    # the views' distances averaged on a finer grid (half-patch cells for 4 views of an even patch; the farthest
+    # patch its highest cell, the distance maps that fine); k x k times the reference's and the images' passes and
+    # searches. 1: the grid as it is
     map_views: int = 1
     # a pretrained MAE, images with classes (data.name=imagefolder: MVTec AD's test/good/ and test/<defect>/): the
     # class of normal images; each score's ROC-AUC of telling the other classes' images from them joins the numbers

@@ -3,7 +3,8 @@ an image is: the Euclidean distance of its token (:func:`openmae.eval.feature_ma
 patch token of the reference images, at any place, as nearest-neighbour anomaly detectors score patches (SPADE,
 PatchCore). An image's score is its farthest patch. Distances are in units of the reference's own: the 99th
 percentile of its patches' distances from the nearest patch of another reference image, so that 1 is as far as
-the reference's own most unusual patches and the heat maps of different models compare.
+the reference's own most unusual patches and the heat maps of different models compare. In several views of the
+patch grid (:mod:`openmae.eval.grid_views`), the reference holds a bank a view and the maps are finer than a patch.
 
 On Fashion-MNIST test images with a square of a CIFAR-10 photo pasted in, an MAE's tokens found the pasted-into
 images at ROC-AUC 0.81-0.87 where its reconstruction error found them at 0.61-0.68 (docs/results.md)."""
@@ -221,8 +222,8 @@ def bank_from(tokens: torch.Tensor, seed: int = 0, keep: float = 1.0) -> PatchBa
 @dataclass
 class DistanceMap:
     """Panels (N, C, H, W) in [0, 1]: the original and the heat map of each patch's distance from the reference;
-    ``distances`` (N, h, w) in the reference's unit (a finer grid in several views of the patch grid), ``score`` (N,) each
-    image's farthest patch (its highest cell)."""
+    ``distances`` (N, h, w) in the reference's unit (a finer grid in several views of the patch grid), ``score``
+    (N,) each image's farthest patch (its highest cell)."""
 
     original: torch.Tensor
     heat: torch.Tensor
