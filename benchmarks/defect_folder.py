@@ -97,7 +97,7 @@ def main() -> None:
             for run, extra in runs.items():
                 got = evaluate(path, folder, Path(tmp) / "out.json", *extra)
                 kept = {k: v for k, v in got.items() if k.startswith(("detection_auc_", "pixel_auc_", "pro_")) or k
-                        in ("loss", "farthest_patch", "beyond_reference", "samples", "seconds", "map_sigma")}
+                        in ("loss", "farthest_patch", "beyond_reference", "samples", "seconds", "map_sigma", "map_views")}
                 results["models"][name][run] = kept
                 print(f"[defect folder] {name}, {run}: {json.dumps(kept)}", flush=True)
     if args.json:

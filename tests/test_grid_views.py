@@ -2,6 +2,7 @@
 each view's patch values put back on the finer grid, the views' distances averaged, the command."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -121,6 +122,7 @@ def test_evaluate_and_visualize_search_in_views_and_keep_each_views_bank(tmp_pat
                     str(tmp_path / "scores.csv"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "in 4 views of the patch grid" in proc.stderr and "each view's against its own 384" in proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1])["map_views"] == 4
     rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
     got = {r["image"].rsplit("/", 1)[-1]: float(r["farthest_patch"]) for r in rows}
     mean, std = tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)

@@ -164,6 +164,7 @@ def evaluate_reconstruction(cfg: EvaluateConfig, info: DistInfo, obj: Any) -> di
         scores["farthest_patch"] = farthest(maps)
         summary["farthest_patch"] = float(scores["farthest_patch"].mean())
         summary["beyond_reference"] = float((scores["farthest_patch"] > 1).double().mean())
+        summary["map_views"] = bank.views  # (a kept reference: the views it was kept in)
         log.info("  against the patches of %s: mean farthest patch %.3f; %.1f%% of the images have a patch farther "
                  "than 99%% of the reference's own", e.reference_images, summary["farthest_patch"],
                  100 * summary["beyond_reference"])
