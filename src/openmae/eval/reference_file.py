@@ -5,9 +5,9 @@ for a large model on a CPU): `visualize --distances bank.safetensors`, `evaluate
 The file (safetensors: no pickled objects) holds the bank's tokens, each one's image, the unit, how the images were
 read (input size, normalisation) and the tokens of a fixed probe image; with shifted views of the patch grid
 (:mod:`openmae.eval.grid_views`), those of each view (``tokens.<view>``, ``image.<view>``; version 2 of the format,
-version 1 without). A later command's encoder must give the same
-probe tokens (the same weights, input size and pooling) and read its images as the reference's were, or the file is
-refused: its distances would measure the change of model, not the images."""
+version 1 without). A later command's encoder must give the same probe tokens (the same weights, input size and
+pooling) and read its images as the reference's were, or the file is refused: its distances would measure the
+change of model, not the images."""
 
 from __future__ import annotations
 
