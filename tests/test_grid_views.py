@@ -15,7 +15,6 @@ from openmae.eval.grid_views import averaged, cell_size, grid_steps, put_back, s
 from openmae.eval.patch_distance import (
     PatchReference,
     ReferenceImages,
-    build_bank,
     build_reference,
     patch_distances,
     reference_distances,
@@ -82,12 +81,12 @@ def test_the_views_distances_are_each_views_own_search_averaged_on_the_finer_gri
     gen = torch.Generator().manual_seed(2)
     reference, imgs = torch.randn(5, 3, 32, 32, generator=gen), torch.randn(3, 3, 32, 32, generator=gen)
     views = build_reference(model, [reference[:3], reference[3:]], 4)
-    assert views.views == 4 and views.patch == (4, 4) and views.images == 5 and views.token_count == 4 * 5 * 64
+    assert views.views == 4 and views.patch == (4, 4) and views.banks[0].images == 5 and views.token_count == 4 * 5 * 64
     got = reference_distances(model, imgs, views)
     assert got.shape == (3, 16, 16)
     total, count = torch.zeros(3, 16, 16), torch.zeros(16, 16)
     for bank, (dy, dx) in zip(views.banks, view_shifts(4, (4, 4)), strict=True):
-        alone = build_bank(model, [shifted(reference, (dy, dx))])
+        alone = build_reference(model, [shifted(reference, (dy, dx))]).banks[0]
         assert torch.equal(bank.tokens, alone.tokens) and bank.scale == alone.scale
         d = patch_distances(model, shifted(imgs, (dy, dx)), bank)  # (3, 8, 8)
         a, b = dy // 2, dx // 2  # the shift in cells of 2 pixels

@@ -17,7 +17,7 @@ from openmae.eval.patch_distance import (
     PatchBank,
     PatchReference,
     ReferenceImages,
-    build_bank,
+    build_reference,
     coreset,
     distance_map,
     nearest,
@@ -54,14 +54,14 @@ def test_the_bank_numbers_its_images_across_batches_and_sets_its_unit_from_the_o
     encoder = PixelTokens()
     gen = torch.Generator().manual_seed(1)
     batches = [torch.randn(3, 1, 32, 32, generator=gen), torch.randn(2, 1, 32, 32, generator=gen)]
-    bank = build_bank(encoder, batches)
+    bank = build_reference(encoder, batches).banks[0]
     assert bank.tokens.shape == (5 * 16, 64)
     assert torch.equal(bank.image, torch.arange(5).repeat_interleave(16))
     assert torch.equal(bank.tokens[16 * 3 + 5], patchify(batches[1][:1], 8)[0, 5])
     others = torch.cdist(bank.tokens, bank.tokens).masked_fill(bank.image[:, None] == bank.image, float("inf"))
     assert bank.scale == pytest.approx(float(others.amin(1).quantile(0.99)), rel=1e-6)  # all 80 < SCALE_PATCHES
     with pytest.raises(ValueError, match="fewer than two images"):
-        build_bank(encoder, [torch.randn(1, 1, 32, 32)])
+        build_reference(encoder, [torch.randn(1, 1, 32, 32)]).banks[0]
 
 
 def test_the_coreset_is_the_greedy_k_center_choice():
@@ -103,14 +103,14 @@ def test_a_coreset_bank_holds_its_share_of_the_tokens_and_sets_its_unit_against_
     whole bank."""
     encoder = PixelTokens()
     batches = [torch.randn(5, 1, 32, 32, generator=torch.Generator().manual_seed(6))]
-    whole = build_bank(encoder, batches)
-    bank = build_bank(encoder, batches, keep=0.25)
+    whole = build_reference(encoder, batches).banks[0]
+    bank = build_reference(encoder, batches, keep=0.25).banks[0]
     kept = coreset(whole.tokens, 20)
     assert torch.equal(bank.tokens, whole.tokens[kept]) and torch.equal(bank.image, whole.image[kept])
     others = torch.cdist(whole.tokens, bank.tokens).masked_fill(whole.image[:, None] == bank.image, float("inf"))
     assert bank.scale == pytest.approx(float(others.amin(1).quantile(0.99)), rel=1e-6)
     assert bank.scale > whole.scale  # the coreset's nearest patches are farther
-    assert torch.equal(build_bank(encoder, batches, keep=1.0).tokens, whole.tokens)
+    assert torch.equal(build_reference(encoder, batches, keep=1.0).banks[0].tokens, whole.tokens)
     with pytest.raises(ValueError, match="coreset 0: give the share"):
         ReferenceImages("good", coreset=0)
     with pytest.raises(ValueError, match="reference images at most: 1; give 2 or more"):
@@ -122,7 +122,7 @@ def test_in_four_views_a_painted_patch_lights_the_cells_each_view_saw_it_in():
     (each view finds its own view of it); painted over at patch (1, 2), the cells of 4 pixels under the paint are
     lit by every view (the highest), the half-patch ring around them by the shifted views' straddling patches only,
     each cell the mean of the four views' distances; nothing beyond."""
-    from openmae.eval.patch_distance import build_reference, reference_distances
+    from openmae.eval.patch_distance import reference_distances
 
     encoder = PixelTokens()
     reference = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -144,7 +144,7 @@ def test_a_patch_unlike_the_reference_is_lit_at_its_place_and_scores_its_image()
     patch alone is far, in the reference's unit, lit at its pixels, and the image's score."""
     encoder = PixelTokens()
     reference = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(2))
-    bank = build_bank(encoder, [reference])
+    bank = build_reference(encoder, [reference]).banks[0]
     painted = reference[:1].clone()
     painted[..., 8:16, 16:24] = 5.0
     imgs = torch.cat([reference[:1], painted])

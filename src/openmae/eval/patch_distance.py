@@ -92,10 +92,6 @@ class PatchReference:
         return len(self.banks)
 
     @property
-    def images(self) -> int:
-        return self.banks[0].images
-
-    @property
     def token_count(self) -> int:
         """The tokens of all the views' banks."""
         return sum(len(bank.tokens) for bank in self.banks)
@@ -168,21 +164,15 @@ def coreset(tokens: torch.Tensor, count: int, seed: int = 0, dims: int = CORESET
     return chosen
 
 
-def build_bank(encoder: nn.Module, batches: Iterable[torch.Tensor], seed: int = 0,
-               gather: Callable[[torch.Tensor], torch.Tensor] | None = None, keep: float = 1.0) -> PatchBank:
-    """The :class:`PatchBank` of normalised reference images (batches (n, C, H, W)); its unit from ``SCALE_PATCHES``
-    of their patches (drawn with ``seed``), each against the other images' patches in the bank. Needs two images or
-    more. ``gather``: every process's tokens (R, h, w, D), in the reference's order, from this one's, where the
-    processes of a torchrun job each read a part of the reference; every process then holds the same bank.
-    ``keep`` < 1: the bank a :func:`coreset` of that share of the tokens."""
-    return build_reference(encoder, batches, 1, seed, gather, keep).banks[0]
-
-
 def build_reference(encoder: nn.Module, batches: Iterable[torch.Tensor], views: int = 1, seed: int = 0,
                     gather: Callable[[torch.Tensor], torch.Tensor] | None = None, keep: float = 1.0
                     ) -> PatchReference:
-    """:func:`build_bank` for each of ``views`` views of the patch grid (:mod:`openmae.eval.grid_views`): the
-    :class:`PatchReference` of the reference images, each view's bank of the images read at that view's shift."""
+    """The :class:`PatchReference` of normalised reference images (batches (n, C, H, W)) in ``views`` views of the
+    patch grid (:mod:`openmae.eval.grid_views`): for each view, the :class:`PatchBank` of the images read at that
+    view's shift, its unit from ``SCALE_PATCHES`` of their patches (drawn with ``seed``), each against the other
+    images' patches in the bank. Needs two images or more. ``gather``: every process's tokens (R, h, w, D), in the
+    reference's order, from this one's, where the processes of a torchrun job each read a part of the reference;
+    every process then holds the same banks. ``keep`` < 1: each bank a :func:`coreset` of that share of the tokens."""
     patch = patch_of(encoder)
     shifts = view_shifts(views, patch)
     tokens: list[list[torch.Tensor]] = [[] for _ in shifts]
@@ -199,7 +189,7 @@ def build_reference(encoder: nn.Module, batches: Iterable[torch.Tensor], views: 
 
 
 def bank_from(tokens: torch.Tensor, seed: int = 0, keep: float = 1.0) -> PatchBank:
-    """:func:`build_bank`'s bank of the reference images' patch tokens (R, h, w, D)."""
+    """A view's bank (:func:`build_reference`) of the reference images' patch tokens (R, h, w, D)."""
     if len(tokens) < 2:
         raise ValueError("the reference holds fewer than two images: give a folder of images like the training ones "
                          "(each patch is compared with the other images')")
