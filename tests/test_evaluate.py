@@ -60,7 +60,7 @@ def test_evaluate_gives_the_numbers_the_fine_tuning_run_recorded(tmp_path, datas
     written = json.loads(json_out.read_text())
     assert printed["top1"] == written["top1"] == pytest.approx(out["top1"])
     assert written["confusion"] == out["confusion"]
-    # ROC-AUC (ten classes: under MAX_CLASSES): the mean of the classes' one-vs-rest AUCs
+    # ROC-AUC (ten classes): the mean of the classes' one-vs-rest AUCs
     aucs = [v for v in written["per_class_auc"].values() if v is not None]
     assert len(aucs) == 10 and written["roc_auc"] == pytest.approx(sum(aucs) / 10)
     # balanced accuracy: the mean of the per-class top-1 (recall) over the classes with images
@@ -335,6 +335,47 @@ def test_roc_auc_is_the_chance_a_positive_outranks_a_negative():
     probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.4, 0.0]])
     out = auc_scores(probs, np.array([0, 1, 1]))  # class 2 has no images
     assert out["per_class_auc"] == [100.0, 100.0, None] and out["roc_auc"] == 100.0
+    # every class's AUC from its sorted column equals roc_auc's ranks of the whole column, ties included
+    probs = rng.integers(0, 6, (300, 7)).astype(np.float32) / 5
+    labels = rng.integers(0, 7, 300)
+    labels[labels == 6] = 5  # class 6: no positives
+    per_class = auc_scores(probs, labels)["per_class_auc"]
+    assert per_class[6] is None
+    assert per_class[:6] == pytest.approx([100 * roc_auc(probs[:, c], labels == c) for c in range(6)], abs=1e-10)
+
+
+def test_roc_auc_past_a_hundred_classes_and_its_limit(monkeypatch, caplog):
+    """A classifier of 150 classes is measured ROC-AUC (each class's roc_auc of its softmax column, averaged);
+    past MAX_KEPT_PROBABILITIES images x classes it is left out and the log says so; the images of all the ranks
+    (``all_images``), not of this rank's part, decide; choosing model-best.pth by ROC-AUC is then refused, naming the
+    limit."""
+    import openmae.eval.ranking as ranking
+    from openmae.data.loader import Batch
+    from openmae.engine.classifier import BestKeeper, evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 150)
+    x, y = torch.randn(600, 8), torch.randint(0, 150, (600,))
+    batches = [Batch(x[i:i + 100], y[i:i + 100], y[i:i + 100], 0) for i in range(0, 600, 100)]
+    cpu = torch.device("cpu")
+    out = evaluate(model, batches, cpu, confusion=True, total=600)
+    with torch.no_grad():
+        probs = model(x).softmax(1).numpy()
+    aucs = [ranking.roc_auc(probs[:, c], y.numpy() == c) for c in range(150)]
+    assert [a is None for a in out["per_class_auc"]] == [bool(np.isnan(a)) for a in aucs]
+    assert out["roc_auc"] == pytest.approx(100 * np.nanmean(aucs), abs=1e-9) and 30 < out["roc_auc"] < 70
+
+    monkeypatch.setattr(ranking, "MAX_KEPT_PROBABILITIES", 600 * 150 - 1)
+    with caplog.at_level("INFO", logger="openmae.classifier"):
+        out = evaluate(model, batches, cpu, confusion=True, total=600)
+    assert "roc_auc" not in out and "per_class_auc" not in out and out["top1"] >= 0
+    assert "ROC-AUC not measured: 600 images x 150 classes are more probabilities than an evaluation keeps" \
+           in caplog.text
+    assert "roc_auc" in evaluate(model, batches[:3], cpu, total=300)  # half the images: kept
+    assert "roc_auc" not in evaluate(model, batches[:3], cpu, total=300, all_images=600)  # a rank's half of 600
+    with pytest.raises(ValueError, match=r"ROC-AUC is measured while the evaluation's images times its classes "
+                                         r"stay within 67,108,864"):
+        BestKeeper(Path("."), {}, {}, select_by="roc_auc").update({}, out, 1, False, write=False)
 
 
 def test_evaluate_writes_each_images_predictions(tmp_path, datasets):

@@ -231,7 +231,7 @@ def test_select_by_chooses_model_best_by_balanced_accuracy_and_a_resume_may_chan
     nan.update({}, {"roc_auc": float("nan")}, 2, False, write=False)
     assert nan.epoch == 1
     with pytest.raises(ValueError, match=r"select_by=roc_auc: the evaluation did not measure it \(ROC-AUC is "
-                                         r"measured for up to 100 classes\)"):
+                                         r"measured while the evaluation's images times its classes stay within"):
         BestKeeper(tmp_path, {}, {}, select_by="roc_auc").update({}, {"top1": 1.0}, 1, False, write=False)
 
     monkeypatch.undo()  # a real evaluation measures ROC-AUC (ten classes), and chooses by it

@@ -28,7 +28,7 @@ from openmae.eval.calibration import calibration_bins, multilabel_calibration, t
 from openmae.eval.confusion import class_scores, confusion_matrix
 from openmae.eval.multilabel import f1_thresholds, multilabel_scores
 from openmae.eval.progress import reported
-from openmae.eval.ranking import MAX_CLASSES, auc_scores
+from openmae.eval.ranking import MAX_KEPT_PROBABILITIES, auc_scores, keeps_probabilities
 from openmae.eval.temperature import best_temperature, nll_by_temperature
 from openmae.models.vit import fold_bn_head
 
@@ -39,7 +39,8 @@ log = logging.getLogger("openmae.classifier")
 def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.dtype | None = None,
              confusion: bool = False, flip: bool = False,
              gather: Callable[[torch.Tensor], torch.Tensor] | None = None, what: str = "evaluation",
-             total: int | None = None, keep: bool = False, fitted: dict[str, Any] | None = None) -> dict[str, Any]:
+             total: int | None = None, keep: bool = False, fitted: dict[str, Any] | None = None,
+             all_images: int | None = None) -> dict[str, Any]:
     """Top-1, top-5 (in percent) and mean cross-entropy over every batch; with ``confusion``, also the confusion
     matrix as ``confusion`` (a list of rows: true class, columns: predicted class). ``flip``: test-time
     augmentation, each image's class probabilities averaged with its horizontal mirror's (ranks and cross-entropy
@@ -47,8 +48,9 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
     (``openmae.engine.distributed.share_of``), and ``gather`` turns each rank's per-image results into all the
     images' (``gather_rows``): every rank returns the metrics of all. With ``total`` (the images of the batches), how
     far it came is reported as ``what`` (:func:`openmae.eval.progress.reported`). Balanced accuracy and macro F1
-    always (:mod:`openmae.eval.confusion`; with ``confusion``, each class's recall, precision and F1 too); ROC-AUC up
-    to ``MAX_CLASSES`` classes (:mod:`openmae.eval.ranking`; with ``confusion``, each class's too). ``keep``: also
+    always (:mod:`openmae.eval.confusion`; with ``confusion``, each class's recall, precision and F1 too); ROC-AUC
+    (:mod:`openmae.eval.ranking`; with ``confusion``, each class's too) while the images (``all_images``: all the ranks'
+    together; default ``total``) times the classes stay within ``MAX_KEPT_PROBABILITIES``. ``keep``: also
     each image's label, top-5 classes and their probabilities, in the images' order (``labels``, ``top``,
     ``top_probs``: tensors).
 
@@ -93,10 +95,11 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
             sure.append(top_probability(logits))  # (B,): the top class's probability
             labels_seen.append(labels)
             width = logits.shape[1]  # the classes
-            probs = logits.softmax(1) if keep or width <= MAX_CLASSES else None  # (B, classes)
+            ranked = keeps_probabilities(total if all_images is None else all_images, width)  # the same on every rank
+            probs = logits.softmax(1) if keep or ranked else None  # (B, classes)
             if keep:
                 top_probs.append(probs.gather(1, tops[-1]))  # (B, min(5, classes))
-            if width <= MAX_CLASSES:
+            if ranked:
                 probs_seen.append(probs)
     model.train(was_training)
     parts = [torch.cat(grid_sums), torch.cat(grid_counts), *(
@@ -141,12 +144,20 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
         out["roc_auc"] = auc["roc_auc"]
         if confusion:
             out["per_class_auc"] = auc["per_class_auc"]
+    else:
+        _unranked(total if all_images is None else all_images, width)
     if confusion:
         out["confusion"] = matrix.tolist()
         out.update({key: scores[key] for key in ("per_class_recall", "per_class_precision", "per_class_f1")})
     if keep:
         out.update(labels=labels.cpu(), top=top.cpu(), top_probs=chosen_probs.cpu())
     return out
+
+
+@functools.cache
+def _unranked(images: int, classes: int) -> None:  # once a process for each size
+    log.info("ROC-AUC not measured: %d images x %d classes are more probabilities than an evaluation keeps (%s)",
+             images, classes, f"{MAX_KEPT_PROBABILITIES:,}")
 
 
 def _multilabel_metrics(labels: torch.Tensor, probs: torch.Tensor, loss: torch.Tensor, per_class: bool,
@@ -268,9 +279,10 @@ class BestKeeper:
         """The record updated with this epoch's ``metrics`` (on every rank alike), and the files written from the
         weights ``sd`` (whole, on the CPU) when ``write`` (the main rank); ``kept``: more for model-best.pth (each
         class's decision threshold)."""
-        if self.select_by not in metrics:  # ROC-AUC: measured up to MAX_CLASSES classes
-            raise ValueError(f"select_by={self.select_by}: the evaluation did not measure it (ROC-AUC is measured for "
-                             f"up to {MAX_CLASSES} classes); choose by top1, balanced_accuracy or macro_f1")
+        if self.select_by not in metrics:  # ROC-AUC: measured while images x classes <= MAX_KEPT_PROBABILITIES
+            raise ValueError(f"select_by={self.select_by}: the evaluation did not measure it (ROC-AUC is measured while "
+                             f"the evaluation's images times its classes stay within {MAX_KEPT_PROBABILITIES:,}); "
+                             "choose by top1, balanced_accuracy or macro_f1")
         value = metrics[self.select_by]
         # nan (no class with images of both kinds for ROC-AUC): never an improvement, but the first evaluation is kept
         improved = value > self.best or self.epoch == 0
@@ -358,7 +370,7 @@ def evaluate_share(model: nn.Module, source: ImageSource, batches_for: Callable[
     part = part_of(source, info)[0]
     return evaluate(model, batches_for(part), device, amp_dtype, confusion, flip,
                     gather=functools.partial(gather_rows, count=len(source), info=info), what=what, total=len(part),
-                    keep=keep, fitted=fitted)
+                    keep=keep, fitted=fitted, all_images=len(source))
 
 
 def fitted_on_held_out(metrics: dict[str, Any]) -> dict[str, Any]:
