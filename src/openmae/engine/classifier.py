@@ -70,6 +70,7 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
     labels_seen, tops, losses, top_probs, probs_seen, sure = [], [], [], [], [], []
     grid_sums, grid_counts, scaled_seen, scaled_losses = [], [], [], []  # temperature scaling's
     given = (fitted or {}).get("temperature")
+    counted = total if all_images is None else all_images  # ROC-AUC's images: all the ranks' (the same on each)
     multi = False
     with batches_of(batches) as each, contextlib.closing(reported(each, what, total)) as shown:
         for batch in shown:
@@ -95,7 +96,7 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
             sure.append(top_probability(logits))  # (B,): the top class's probability
             labels_seen.append(labels)
             width = logits.shape[1]  # the classes
-            ranked = keeps_probabilities(total if all_images is None else all_images, width)  # the same on every rank
+            ranked = keeps_probabilities(counted, width)
             probs = logits.softmax(1) if keep or ranked else None  # (B, classes)
             if keep:
                 top_probs.append(probs.gather(1, tops[-1]))  # (B, min(5, classes))
@@ -145,7 +146,7 @@ def evaluate(model: nn.Module, batches, device: torch.device, amp_dtype: torch.d
         if confusion:
             out["per_class_auc"] = auc["per_class_auc"]
     else:
-        _unranked(total if all_images is None else all_images, width)
+        _unranked(counted, width)
     if confusion:
         out["confusion"] = matrix.tolist()
         out.update({key: scores[key] for key in ("per_class_recall", "per_class_precision", "per_class_f1")})
